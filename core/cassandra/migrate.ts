@@ -1,0 +1,174 @@
+import { createHash } from 'node:crypto'
+import { readdir, readFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import type { Client } from 'cassandra-driver'
+import type { CassandraConfig, CassandraReplication } from '../config.js'
+import { TallyError } from '../errors.js'
+import { projectRoot } from '../paths.js'
+import { createCassandraClient } from './client.js'
+
+export interface Migration {
+  version: number
+  name: string
+  checksum: string
+  statements: string[]
+}
+
+const FILE = /^(\d{4})_([a-z0-9_]+)\.cql$/
+
+/** Splits a CQL file into statements: `--` comments dropped, statements end with `;`. */
+export function splitStatements(cql: string): string[] {
+  const text = cql
+    .split('\n')
+    .map((line) => line.replace(/--.*$/, ''))
+    .join('\n')
+  return text
+    .split(/;\s*(?:\n|$)/)
+    .map((s) => s.trim())
+    .filter((s) => s !== '')
+}
+
+export async function loadMigrations(dir = join(projectRoot(), 'schemas', 'cql')): Promise<Migration[]> {
+  const files = (await readdir(dir)).filter((f) => f.endsWith('.cql')).sort()
+  const out: Migration[] = []
+  for (const file of files) {
+    const m = FILE.exec(file)
+    if (!m)
+      throw new TallyError('TALLY_ERR_MIGRATION_NAME', `${file}: migration files are named NNNN_name.cql`, {
+        where: join(dir, file),
+      })
+    const text = await readFile(join(dir, file), 'utf8')
+    const version = Number(m[1])
+    if (out.some((x) => x.version === version)) {
+      throw new TallyError('TALLY_ERR_MIGRATION_NAME', `${file}: version ${version} is used twice`, {
+        where: join(dir, file),
+      })
+    }
+    out.push({
+      version,
+      name: m[2]!,
+      checksum: createHash('sha256').update(text).digest('hex').slice(0, 16),
+      statements: splitStatements(text),
+    })
+  }
+  return out
+}
+
+export function replicationCql(r: CassandraReplication): string {
+  const entries = Object.entries(r.factors).map(([k, v]) => `'${k}': ${v}`)
+  return `{'class': '${r.class}', ${entries.join(', ')}}`
+}
+
+export interface MigrateResult {
+  keyspace: string
+  keyspaceCreated: boolean
+  replicationChanged: boolean
+  applied: Array<{ version: number; name: string }>
+  alreadyApplied: number
+}
+
+/** Refuses names that could be a production keyspace when a caller asks for a test-only action. */
+export function assertTestKeyspace(keyspace: string): void {
+  if (!/^tally_test_[a-z0-9_]+$/.test(keyspace)) {
+    throw new TallyError(
+      'TALLY_ERR_NOT_A_TEST_KEYSPACE',
+      `refusing to drop keyspace ${keyspace}: only tally_test_* keyspaces may be dropped by tests`,
+    )
+  }
+}
+
+async function currentReplication(
+  client: Client,
+  keyspace: string,
+): Promise<Record<string, string> | undefined> {
+  const rs = await client.execute('SELECT replication FROM system_schema.keyspaces WHERE keyspace_name = ?', [
+    keyspace,
+  ])
+  const row = rs.first()
+  return row ? (row.get('replication') as Record<string, string>) : undefined
+}
+
+function sameReplication(current: Record<string, string>, wanted: CassandraReplication): boolean {
+  if (!current.class?.endsWith(wanted.class)) return false
+  const keys = Object.keys(current).filter((k) => k !== 'class')
+  const wantedKeys = Object.keys(wanted.factors)
+  return (
+    keys.length === wantedKeys.length && wantedKeys.every((k) => Number(current[k]) === wanted.factors[k])
+  )
+}
+
+/**
+ * Creates the keyspace (or aligns its replication), then applies the CQL files not applied yet, in
+ * version order, recording each in `schema_migrations`. Running it twice is a no-op. A file whose
+ * content changed after it was applied stops the run: migrations are append-only.
+ */
+export async function migrateCassandra(
+  config: CassandraConfig,
+  migrations?: Migration[],
+): Promise<MigrateResult> {
+  const all = migrations ?? (await loadMigrations())
+  const ks = config.keyspace
+  const client = createCassandraClient(config)
+  try {
+    await client.connect()
+    const current = await currentReplication(client, ks)
+    let replicationChanged = false
+    if (!current) {
+      await client.execute(
+        `CREATE KEYSPACE IF NOT EXISTS ${ks} WITH replication = ${replicationCql(config.replication)} AND durable_writes = true`,
+      )
+    } else if (!sameReplication(current, config.replication)) {
+      await client.execute(`ALTER KEYSPACE ${ks} WITH replication = ${replicationCql(config.replication)}`)
+      replicationChanged = true
+    }
+    // The CQL files name no keyspace: they apply to the configured one.
+    await client.execute(`USE ${ks}`)
+    await client.execute(
+      `CREATE TABLE IF NOT EXISTS ${ks}.schema_migrations (version int PRIMARY KEY, name text, checksum text, applied_at timestamp)`,
+    )
+    const rs = await client.execute(`SELECT version, name, checksum FROM ${ks}.schema_migrations`)
+    const done = new Map(rs.rows.map((r) => [Number(r.get('version')), String(r.get('checksum'))]))
+    const applied: Array<{ version: number; name: string }> = []
+    for (const m of all) {
+      const recorded = done.get(m.version)
+      if (recorded !== undefined) {
+        if (recorded !== m.checksum) {
+          throw new TallyError(
+            'TALLY_ERR_MIGRATION_CHANGED',
+            `migration ${m.version} (${m.name}) changed after it was applied to ${ks}; add a new migration instead`,
+            { where: `schemas/cql/${String(m.version).padStart(4, '0')}_${m.name}.cql` },
+          )
+        }
+        continue
+      }
+      for (const statement of m.statements) {
+        await client.execute(statement)
+      }
+      await client.execute(
+        `INSERT INTO ${ks}.schema_migrations (version, name, checksum, applied_at) VALUES (?, ?, ?, ?)`,
+        [m.version, m.name, m.checksum, new Date()],
+      )
+      applied.push({ version: m.version, name: m.name })
+    }
+    return {
+      keyspace: ks,
+      keyspaceCreated: !current,
+      replicationChanged,
+      applied,
+      alreadyApplied: all.length - applied.length,
+    }
+  } finally {
+    await client.shutdown()
+  }
+}
+
+/** Drops a test keyspace (guarded: only tally_test_* names). */
+export async function dropTestKeyspace(config: CassandraConfig): Promise<void> {
+  assertTestKeyspace(config.keyspace)
+  const client = createCassandraClient(config)
+  try {
+    await client.execute(`DROP KEYSPACE IF EXISTS ${config.keyspace}`)
+  } finally {
+    await client.shutdown()
+  }
+}

@@ -1,0 +1,36 @@
+import type { Command } from 'commander'
+import { migrate } from '../migrate.js'
+import type { ConfigLoader } from './main.js'
+
+export function registerAdminCommands(program: Command, getConfig: ConfigLoader): void {
+  program
+    .command('migrate')
+    .description('apply the versioned CQL files in schemas/cql and create the Kafka topics; twice is a no-op')
+    .option('--json', 'print the result as JSON', false)
+    .addHelpText(
+      'after',
+      `
+Uses CASSANDRA_CONTACT_POINTS, CASSANDRA_KEYSPACE, CASSANDRA_REPLICATION and KAFKA_BROKERS,
+KAFKA_PARTITIONS, KAFKA_REPLICATION_FACTOR, TALLY_TOPIC_RAW, TALLY_TOPIC_DEAD_LETTER.`,
+    )
+    .action(async (opts: { json: boolean }) => {
+      const result = await migrate(getConfig())
+      if (opts.json) {
+        process.stdout.write(`${JSON.stringify(result, null, 2)}\n`)
+        return
+      }
+      const c = result.cassandra
+      process.stdout.write(
+        `cassandra keyspace ${c.keyspace}: ${c.keyspaceCreated ? 'created' : 'exists'}${c.replicationChanged ? ', replication changed (run nodetool repair)' : ''}\n`,
+      )
+      for (const m of c.applied)
+        process.stdout.write(`  applied ${String(m.version).padStart(4, '0')}_${m.name}\n`)
+      process.stdout.write(`  ${c.applied.length} applied, ${c.alreadyApplied} already applied\n`)
+      for (const t of result.topics) {
+        const created = result.topicsCreated.includes(t.topic)
+        process.stdout.write(
+          `kafka topic ${t.topic}: ${created ? 'created' : 'exists'} (${t.partitions} partitions, replication ${t.replicationFactor})\n`,
+        )
+      }
+    })
+}

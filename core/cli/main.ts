@@ -1,0 +1,64 @@
+import { Command, CommanderError } from 'commander'
+import { CONFIG_VARIABLES, loadConfig, type TallyConfig } from '../config.js'
+import { errorMessage, TallyError } from '../errors.js'
+import { registerAdminCommands } from './admin.js'
+import { registerRoleCommands } from './roles.js'
+import { registerServicesCommands } from './services.js'
+
+/** Loads the configuration lazily, so `--help` works even when the environment is wrong. */
+export type ConfigLoader = () => TallyConfig
+
+function buildProgram(): Command {
+  const program = new Command('tally')
+  program
+    .description('Tally: analytics event ingestion with exact stream and batch aggregates')
+    .version(process.env.npm_package_version ?? '0.1.0')
+    .addHelpText(
+      'after',
+      `\nConfiguration (environment variables):\n${CONFIG_VARIABLES.map(([n, m]) => `  ${n.padEnd(26)} ${m}`).join('\n')}`,
+    )
+  let config: TallyConfig | undefined
+  const getConfig: ConfigLoader = () => {
+    config ??= loadConfig()
+    return config
+  }
+  registerRoleCommands(program, getConfig)
+  registerServicesCommands(program, getConfig)
+  registerAdminCommands(program, getConfig)
+  // Every subcommand reports bad usage with exit code 2 and one line.
+  const exitOverride = (cmd: Command) => {
+    cmd.exitOverride()
+    for (const sub of cmd.commands) exitOverride(sub)
+  }
+  exitOverride(program)
+  return program
+}
+
+export async function main(argv: readonly string[]): Promise<number> {
+  const program = buildProgram()
+  try {
+    await program.parseAsync([...argv], { from: 'user' })
+    return process.exitCode === undefined ? 0 : Number(process.exitCode)
+  } catch (err) {
+    if (err instanceof CommanderError) {
+      if (
+        err.code === 'commander.helpDisplayed' ||
+        err.code === 'commander.version' ||
+        err.code === 'commander.help'
+      )
+        return 0
+      return 2
+    }
+    if (err instanceof TallyError) {
+      process.stderr.write(`tally: ${err.message} [${err.code}]\n`)
+      return err.code === 'TALLY_ERR_USAGE' || err.code === 'TALLY_ERR_CONFIG' ? 2 : 1
+    }
+    process.stderr.write(`tally: ${errorMessage(err)}\n`)
+    if (err instanceof Error && err.stack && process.env.TALLY_DEBUG) process.stderr.write(`${err.stack}\n`)
+    return 1
+  }
+}
+
+// Roles resolve only after their ordered shutdown, so exiting here cuts nothing short; it ends
+// timers that client libraries leave behind.
+process.exit(await main(process.argv.slice(2)))

@@ -1,0 +1,239 @@
+import { homedir, tmpdir } from 'node:os'
+import { join, resolve } from 'node:path'
+import { ConfigError } from './errors.js'
+
+/**
+ * The only module that reads `process.env`. Everything else receives the frozen object built here
+ * (or the slice of it that it needs).
+ */
+
+export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent'
+
+export interface KafkaConfig {
+  /** True when KAFKA_BROKERS was set; otherwise the local `tally services` broker is used. */
+  configured: boolean
+  brokers: readonly string[]
+  clientId: string
+  topicRaw: string
+  topicDeadLetter: string
+  /** Partitions of the raw topic created by `tally migrate`. */
+  partitions: number
+  replicationFactor: number
+}
+
+export interface CassandraReplication {
+  class: 'SimpleStrategy' | 'NetworkTopologyStrategy'
+  /** SimpleStrategy: {replication_factor: n}; NetworkTopologyStrategy: {dc: n, …}. */
+  factors: Readonly<Record<string, number>>
+}
+
+export type Consistency = 'ONE' | 'LOCAL_ONE' | 'QUORUM' | 'LOCAL_QUORUM' | 'ALL'
+
+export interface CassandraConfig {
+  configured: boolean
+  contactPoints: readonly string[]
+  localDataCenter: string
+  keyspace: string
+  replication: CassandraReplication
+  consistency: Consistency
+  username: string | undefined
+  password: string | undefined
+}
+
+export interface ServicesConfig {
+  /** Where the Kafka and Cassandra jars are cached (outside the repo, kept between runs). */
+  cacheDir: string
+  /** Data, logs and PID files of the local servers (a temporary folder). */
+  runDir: string
+  kafkaVersion: string
+  cassandraVersion: string
+  kafkaPort: number
+  kafkaControllerPort: number
+  cassandraPort: number
+  cassandraStoragePort: number
+  cassandraJmxPort: number
+  /** How long `up` waits for each server to answer. */
+  startTimeoutMs: number
+  /** The java launcher (Cassandra 5.0 needs JDK 11 or 17). */
+  java: string
+}
+
+export interface TallyConfig {
+  host: string
+  /** PORT, when set, overrides the role's own default port. */
+  port: number | undefined
+  logLevel: LogLevel
+  dataDir: string
+  kafka: KafkaConfig
+  cassandra: CassandraConfig
+  services: ServicesConfig
+}
+
+type Env = Readonly<Record<string, string | undefined>>
+
+function str(env: Env, name: string, fallback: string): string {
+  const v = env[name]
+  return v === undefined || v === '' ? fallback : v
+}
+
+function int(env: Env, name: string, fallback: number, min: number, max: number): number {
+  const raw = env[name]
+  if (raw === undefined || raw === '') return fallback
+  if (!/^\d+$/.test(raw.trim())) throw new ConfigError(name, raw, `an integer from ${min} to ${max}`)
+  const n = Number(raw.trim())
+  if (n < min || n > max) throw new ConfigError(name, raw, `an integer from ${min} to ${max}`)
+  return n
+}
+
+function port(env: Env, name: string, fallback: number): number {
+  return int(env, name, fallback, 1, 65535)
+}
+
+function oneOf<T extends string>(env: Env, name: string, fallback: T, allowed: readonly T[]): T {
+  const raw = env[name]
+  if (raw === undefined || raw === '') return fallback
+  if (!(allowed as readonly string[]).includes(raw))
+    throw new ConfigError(name, raw, `one of ${allowed.join(', ')}`)
+  return raw as T
+}
+
+const HOST_PORT = /^(?:\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+)(?::\d{1,5})?$/
+
+function hostList(env: Env, name: string, defaultPort: number): string[] | undefined {
+  const raw = env[name]
+  if (raw === undefined || raw.trim() === '') return undefined
+  const items = raw
+    .split(',')
+    .map((s) => s.trim())
+    .filter((s) => s !== '')
+  if (items.length === 0 || items.some((s) => !HOST_PORT.test(s))) {
+    throw new ConfigError(name, raw, 'a comma-separated list of host:port, e.g. 127.0.0.1:9092,kafka-2:9092')
+  }
+  return items.map((s) => (/:\d+$/.test(s) ? s : `${s}:${defaultPort}`))
+}
+
+const IDENT = /^[a-z][a-z0-9_]{0,47}$/
+const TOPIC = /^[A-Za-z0-9._-]{1,200}$/
+
+function parseReplication(raw: string | undefined): CassandraReplication {
+  const name = 'CASSANDRA_REPLICATION'
+  if (raw === undefined || raw.trim() === '')
+    return { class: 'SimpleStrategy', factors: { replication_factor: 1 } }
+  const expected =
+    'SimpleStrategy:N or NetworkTopologyStrategy:dc1=N[,dc2=N…], e.g. NetworkTopologyStrategy:datacenter1=3'
+  const [cls, spec] = raw.split(':', 2)
+  if (cls === 'SimpleStrategy' && spec !== undefined && /^[1-9]\d?$/.test(spec)) {
+    return { class: cls, factors: { replication_factor: Number(spec) } }
+  }
+  if (cls === 'NetworkTopologyStrategy' && spec !== undefined) {
+    const factors: Record<string, number> = {}
+    for (const part of spec.split(',')) {
+      const m = /^([A-Za-z0-9_-]+)=([1-9]\d?)$/.exec(part.trim())
+      if (!m) throw new ConfigError(name, raw, expected)
+      factors[m[1]!] = Number(m[2])
+    }
+    return { class: cls, factors }
+  }
+  throw new ConfigError(name, raw, expected)
+}
+
+function deepFreeze<T>(value: T): T {
+  if (value !== null && typeof value === 'object' && !Object.isFrozen(value)) {
+    Object.freeze(value)
+    for (const v of Object.values(value)) deepFreeze(v)
+  }
+  return value
+}
+
+/** Reads, validates and freezes the configuration. Throws ConfigError naming the variable. */
+export function loadConfig(env: Env = process.env): TallyConfig {
+  const brokers = hostList(env, 'KAFKA_BROKERS', 9092)
+  const contactPoints = hostList(env, 'CASSANDRA_CONTACT_POINTS', 9042)
+  const keyspace = str(env, 'CASSANDRA_KEYSPACE', 'tally')
+  if (!IDENT.test(keyspace)) {
+    throw new ConfigError(
+      'CASSANDRA_KEYSPACE',
+      keyspace,
+      'a lower-case identifier: a letter, then letters, digits or _',
+    )
+  }
+  const topicRaw = str(env, 'TALLY_TOPIC_RAW', 'tally.events.raw')
+  const topicDeadLetter = str(env, 'TALLY_TOPIC_DEAD_LETTER', 'tally.events.dlq')
+  for (const [name, value] of [
+    ['TALLY_TOPIC_RAW', topicRaw],
+    ['TALLY_TOPIC_DEAD_LETTER', topicDeadLetter],
+  ] as const) {
+    if (!TOPIC.test(value))
+      throw new ConfigError(name, value, 'a Kafka topic name: letters, digits, ".", "_" or "-"')
+  }
+  const rawPort = env.PORT
+  const services: ServicesConfig = {
+    cacheDir: resolve(str(env, 'TALLY_SERVICES_CACHE', join(homedir(), '.cache', 'tally', 'services'))),
+    runDir: resolve(str(env, 'TALLY_SERVICES_RUN_DIR', join(tmpdir(), 'tally-services'))),
+    kafkaVersion: '3.9.2',
+    cassandraVersion: '5.0.8',
+    kafkaPort: port(env, 'TALLY_SERVICES_KAFKA_PORT', 9092),
+    kafkaControllerPort: port(env, 'TALLY_SERVICES_KAFKA_CONTROLLER_PORT', 9093),
+    cassandraPort: port(env, 'TALLY_SERVICES_CASSANDRA_PORT', 9042),
+    cassandraStoragePort: port(env, 'TALLY_SERVICES_CASSANDRA_STORAGE_PORT', 7000),
+    cassandraJmxPort: port(env, 'TALLY_SERVICES_CASSANDRA_JMX_PORT', 7199),
+    startTimeoutMs: int(env, 'TALLY_SERVICES_START_TIMEOUT_MS', 180_000, 1000, 3_600_000),
+    java: str(env, 'TALLY_JAVA', 'java'),
+  }
+  const config: TallyConfig = {
+    host: str(env, 'HOST', '127.0.0.1'),
+    port: rawPort === undefined || rawPort === '' ? undefined : port(env, 'PORT', 0),
+    logLevel: oneOf(env, 'LOG_LEVEL', 'info', ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']),
+    dataDir: resolve(str(env, 'TALLY_DATA_DIR', './data')),
+    kafka: {
+      configured: brokers !== undefined,
+      brokers: brokers ?? [`127.0.0.1:${services.kafkaPort}`],
+      clientId: str(env, 'KAFKA_CLIENT_ID', 'tally'),
+      topicRaw,
+      topicDeadLetter,
+      partitions: int(env, 'KAFKA_PARTITIONS', 6, 1, 10_000),
+      replicationFactor: int(env, 'KAFKA_REPLICATION_FACTOR', 1, 1, 32),
+    },
+    cassandra: {
+      configured: contactPoints !== undefined,
+      contactPoints: contactPoints ?? [`127.0.0.1:${services.cassandraPort}`],
+      localDataCenter: str(env, 'CASSANDRA_LOCAL_DC', 'datacenter1'),
+      keyspace,
+      replication: parseReplication(env.CASSANDRA_REPLICATION),
+      consistency: oneOf(env, 'CASSANDRA_CONSISTENCY', 'LOCAL_QUORUM', [
+        'ONE',
+        'LOCAL_ONE',
+        'QUORUM',
+        'LOCAL_QUORUM',
+        'ALL',
+      ]),
+      username: env.CASSANDRA_USERNAME || undefined,
+      password: env.CASSANDRA_PASSWORD || undefined,
+    },
+    services,
+  }
+  return deepFreeze(config)
+}
+
+/** The variables `loadConfig` reads, for `--help` texts and the README. */
+export const CONFIG_VARIABLES: ReadonlyArray<readonly [name: string, meaning: string]> = [
+  ['HOST', 'address the HTTP servers bind to (default 127.0.0.1)'],
+  ['PORT', "overrides the role's default port (ingest 8080, query 8081, stream 9464, batch 9465)"],
+  ['LOG_LEVEL', 'fatal|error|warn|info|debug|trace|silent (default info)'],
+  ['TALLY_DATA_DIR', 'local state: archive segments, embedded stores (default ./data)'],
+  ['KAFKA_BROKERS', 'host:port list; unset means the local broker of `tally services up`'],
+  ['KAFKA_CLIENT_ID', 'client id sent to Kafka (default tally)'],
+  ['KAFKA_PARTITIONS', 'partitions of the raw topic created by `tally migrate` (default 6)'],
+  ['KAFKA_REPLICATION_FACTOR', 'replication factor of the topics (default 1)'],
+  ['TALLY_TOPIC_RAW', 'raw event topic (default tally.events.raw)'],
+  ['TALLY_TOPIC_DEAD_LETTER', 'dead-letter topic (default tally.events.dlq)'],
+  ['CASSANDRA_CONTACT_POINTS', 'host:port list; unset means the local node of `tally services up`'],
+  ['CASSANDRA_LOCAL_DC', 'local data center (default datacenter1)'],
+  ['CASSANDRA_KEYSPACE', 'keyspace (default tally)'],
+  ['CASSANDRA_REPLICATION', 'SimpleStrategy:N or NetworkTopologyStrategy:dc=N,… (default SimpleStrategy:1)'],
+  ['CASSANDRA_CONSISTENCY', 'ONE|LOCAL_ONE|QUORUM|LOCAL_QUORUM|ALL (default LOCAL_QUORUM)'],
+  ['CASSANDRA_USERNAME / CASSANDRA_PASSWORD', 'credentials, when the cluster requires them'],
+  ['TALLY_SERVICES_CACHE', 'jar cache of `tally services` (default ~/.cache/tally/services)'],
+  ['TALLY_JAVA', 'java launcher for the local servers, JDK 11 or 17 (default java on PATH)'],
+  ['TALLY_SERVICES_RUN_DIR', 'data, logs and PID files of `tally services` (default $TMPDIR/tally-services)'],
+]

@@ -1,0 +1,84 @@
+import { isProgrammingError, TallyError } from './errors.js'
+
+export interface RetryOptions {
+  /** Attempts in all, the first included. Default 5. */
+  attempts?: number
+  /** First delay. Default 100 ms. */
+  initialDelayMs?: number
+  /** Cap on a single delay. Default 5000 ms. */
+  maxDelayMs?: number
+  /** Growth factor between delays. Default 2. */
+  factor?: number
+  /** Decides whether an error may be retried. Default: TallyError.retriable, or any non-programming error. */
+  retriable?: (err: unknown) => boolean
+  /** Called before each wait. */
+  onRetry?: (err: unknown, attempt: number, delayMs: number) => void
+  signal?: AbortSignal
+}
+
+function defaultRetriable(err: unknown): boolean {
+  if (isProgrammingError(err)) return false
+  if (err instanceof TallyError) return err.retriable
+  return true
+}
+
+/** Full-jitter exponential backoff delay for the given attempt (1-based). */
+export function backoffDelayMs(
+  attempt: number,
+  initialDelayMs: number,
+  maxDelayMs: number,
+  factor = 2,
+): number {
+  const ceiling = Math.min(maxDelayMs, initialDelayMs * factor ** (attempt - 1))
+  return Math.round(ceiling / 2 + (Math.random() * ceiling) / 2)
+}
+
+export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (signal?.aborted) {
+      reject(signal.reason)
+      return
+    }
+    const timer = setTimeout(() => {
+      signal?.removeEventListener('abort', onAbort)
+      resolve()
+    }, ms)
+    const onAbort = () => {
+      clearTimeout(timer)
+      reject(signal?.reason)
+    }
+    signal?.addEventListener('abort', onAbort, { once: true })
+  })
+}
+
+/**
+ * Runs `fn` until it succeeds, the error is not retriable, or attempts run out. When attempts run
+ * out the last error is wrapped as `cause` so the caller sees both what failed and how often.
+ */
+export async function retry<T>(fn: (attempt: number) => Promise<T>, options: RetryOptions = {}): Promise<T> {
+  const attempts = options.attempts ?? 5
+  const initial = options.initialDelayMs ?? 100
+  const max = options.maxDelayMs ?? 5000
+  const isRetriable = options.retriable ?? defaultRetriable
+  let last: unknown
+  for (let attempt = 1; attempt <= attempts; attempt++) {
+    try {
+      return await fn(attempt)
+    } catch (err) {
+      last = err
+      if (!isRetriable(err) || attempt === attempts) break
+      const delay = backoffDelayMs(attempt, initial, max, options.factor)
+      options.onRetry?.(err, attempt, delay)
+      await sleep(delay, options.signal)
+    }
+  }
+  if (isRetriable(last) && attempts > 1) {
+    const message = last instanceof Error ? last.message : String(last)
+    throw new TallyError('TALLY_ERR_RETRIES_EXHAUSTED', `gave up after ${attempts} attempts: ${message}`, {
+      retriable: true,
+      cause: last,
+      statusCode: last instanceof TallyError ? last.statusCode : 503,
+    })
+  }
+  throw last
+}
