@@ -1,0 +1,252 @@
+import { CompressionTypes, type Kafka, type Message, type Producer } from 'kafkajs'
+import { errorMessage, ServiceUnavailableError, TallyError } from '../errors.js'
+import type { Logger } from '../log.js'
+import type { EventLogWriter, LogRecord } from '../ports/event-log.js'
+
+export interface BatchingProducerOptions {
+  /** How long the first pending record waits for company before a batch is sent. Default 2 ms. */
+  lingerMs?: number
+  /** A batch is sent at once when it reaches this many bytes. Default 1 MiB. */
+  maxBatchBytes?: number
+  /** Records waiting (not yet sent) may take at most this many bytes; beyond, appends fail fast. Default 64 MiB. */
+  maxPendingBytes?: number
+  /** An append not acknowledged within this time is rejected (503). Default 5000 ms. */
+  appendTimeoutMs?: number
+  /** gzip by default: it is what every Kafka client and tool reads. */
+  compression?: 'gzip' | 'none'
+  logger?: Logger
+  /** Observes each send: records, bytes, seconds, outcome. */
+  onSend?: (records: number, bytes: number, seconds: number, ok: boolean) => void
+}
+
+interface Pending {
+  topic: string
+  messages: Message[]
+  bytes: number
+  resolve: () => void
+  reject: (err: Error) => void
+  /** Set once its batch is handed to Kafka; a timed-out append is then no longer removable. */
+  sent: boolean
+  settled: boolean
+  timer: NodeJS.Timeout | undefined
+}
+
+function recordBytes(r: LogRecord): number {
+  let n = r.value.length + Buffer.byteLength(r.key) + 64
+  for (const [k, v] of Object.entries(r.headers)) n += k.length + v.length + 8
+  return n
+}
+
+/**
+ * An idempotent, acks=all Kafka producer that lets concurrent requests share batches: appends made
+ * while a batch is in flight, or within `lingerMs` of each other, go out together as one request.
+ * Memory is bounded by `maxPendingBytes`; an append waits at most `appendTimeoutMs`.
+ */
+export class KafkaBatchingProducer implements EventLogWriter {
+  private readonly producer: Producer
+  private readonly lingerMs: number
+  private readonly maxBatchBytes: number
+  private readonly maxPendingBytes: number
+  private readonly appendTimeoutMs: number
+  private readonly compression: CompressionTypes
+  private queue: Pending[] = []
+  private queuedBytes = 0
+  private flushing = false
+  private lingerTimer: NodeJS.Timeout | undefined
+  private connected: Promise<void> | undefined
+  private closing: Promise<void> | undefined
+  private lastOk = true
+  private inFlightSince: number | undefined
+
+  constructor(
+    kafka: Kafka,
+    private readonly options: BatchingProducerOptions = {},
+  ) {
+    // kafkajs retries an idempotent producer's sends without limit (limiting them can break
+    // sequence numbers); the per-append timeout below is what bounds a caller's wait.
+    // A short retry cap means a send resumes within a second of Kafka coming back.
+    this.producer = kafka.producer({
+      idempotent: true,
+      maxInFlightRequests: 1,
+      allowAutoTopicCreation: false,
+      retry: { retries: Number.MAX_SAFE_INTEGER, initialRetryTime: 100, maxRetryTime: 1000 },
+    })
+    this.lingerMs = options.lingerMs ?? 2
+    this.maxBatchBytes = options.maxBatchBytes ?? 1024 * 1024
+    this.maxPendingBytes = options.maxPendingBytes ?? 64 * 1024 * 1024
+    this.appendTimeoutMs = options.appendTimeoutMs ?? 5000
+    this.compression = options.compression === 'none' ? CompressionTypes.None : CompressionTypes.GZIP
+  }
+
+  connect(): Promise<void> {
+    this.connected ??= this.producer.connect().catch((err) => {
+      this.connected = undefined
+      throw new ServiceUnavailableError('kafka', `producer cannot connect: ${errorMessage(err)}`, err)
+    })
+    return this.connected
+  }
+
+  /** False after a failed send, or while a send has waited longer than the append timeout. */
+  healthy(): boolean {
+    const stuck = this.inFlightSince !== undefined && Date.now() - this.inFlightSince > this.appendTimeoutMs
+    return this.lastOk && !stuck && this.closing === undefined
+  }
+
+  append(topic: string, records: readonly LogRecord[]): Promise<void> {
+    if (this.closing)
+      return Promise.reject(
+        new TallyError('TALLY_ERR_SHUTTING_DOWN', 'the producer is closing', {
+          statusCode: 503,
+          retriable: true,
+        }),
+      )
+    if (records.length === 0) return Promise.resolve()
+    let bytes = 0
+    const messages: Message[] = records.map((r) => {
+      bytes += recordBytes(r)
+      return {
+        key: r.key,
+        value: r.value,
+        headers: { ...r.headers },
+        ...(r.timestampMs === undefined ? {} : { timestamp: String(r.timestampMs) }),
+      }
+    })
+    if (this.queuedBytes + bytes > this.maxPendingBytes) {
+      return Promise.reject(
+        new ServiceUnavailableError(
+          'kafka',
+          `write queue full (${this.queuedBytes} bytes waiting for the log)`,
+        ),
+      )
+    }
+    return new Promise<void>((resolve, reject) => {
+      const p: Pending = {
+        topic,
+        messages,
+        bytes,
+        resolve,
+        reject,
+        sent: false,
+        settled: false,
+        timer: undefined,
+      }
+      p.timer = setTimeout(() => this.expire(p), this.appendTimeoutMs)
+      this.queue.push(p)
+      this.queuedBytes += bytes
+      this.schedule()
+    })
+  }
+
+  private expire(p: Pending): void {
+    if (p.settled) return
+    if (!p.sent) {
+      // Not handed to Kafka yet: drop it so a long outage cannot grow memory.
+      const i = this.queue.indexOf(p)
+      if (i >= 0) {
+        this.queue.splice(i, 1)
+        this.queuedBytes -= p.bytes
+      }
+    }
+    this.settle(
+      p,
+      new ServiceUnavailableError(
+        'kafka',
+        `the log did not acknowledge the write within ${this.appendTimeoutMs} ms`,
+      ),
+    )
+  }
+
+  private settle(p: Pending, err?: Error): void {
+    if (p.settled) return
+    p.settled = true
+    clearTimeout(p.timer)
+    if (err) p.reject(err)
+    else p.resolve()
+  }
+
+  private schedule(): void {
+    if (this.flushing) return
+    if (this.queuedBytes >= this.maxBatchBytes || this.lingerMs === 0) {
+      clearTimeout(this.lingerTimer)
+      this.lingerTimer = undefined
+      void this.flushLoop()
+    } else if (!this.lingerTimer) {
+      this.lingerTimer = setTimeout(() => {
+        this.lingerTimer = undefined
+        void this.flushLoop()
+      }, this.lingerMs)
+    }
+  }
+
+  private takeBatch(): Pending[] {
+    const batch: Pending[] = []
+    let bytes = 0
+    while (
+      this.queue.length > 0 &&
+      (batch.length === 0 || bytes + this.queue[0]!.bytes <= this.maxBatchBytes)
+    ) {
+      const p = this.queue.shift()!
+      this.queuedBytes -= p.bytes
+      bytes += p.bytes
+      p.sent = true
+      batch.push(p)
+    }
+    return batch
+  }
+
+  private async flushLoop(): Promise<void> {
+    if (this.flushing) return
+    this.flushing = true
+    try {
+      while (this.queue.length > 0) {
+        const batch = this.takeBatch()
+        const byTopic = new Map<string, Message[]>()
+        let bytes = 0
+        let count = 0
+        for (const p of batch) {
+          const list = byTopic.get(p.topic) ?? []
+          for (const m of p.messages) list.push(m)
+          byTopic.set(p.topic, list)
+          bytes += p.bytes
+          count += p.messages.length
+        }
+        const started = process.hrtime.bigint()
+        this.inFlightSince = Date.now()
+        try {
+          await this.connect()
+          await this.producer.sendBatch({
+            acks: -1,
+            compression: this.compression,
+            topicMessages: [...byTopic].map(([topic, messages]) => ({ topic, messages })),
+          })
+          this.lastOk = true
+          this.options.onSend?.(count, bytes, Number(process.hrtime.bigint() - started) / 1e9, true)
+          for (const p of batch) this.settle(p)
+        } catch (err) {
+          this.lastOk = false
+          this.options.onSend?.(count, bytes, Number(process.hrtime.bigint() - started) / 1e9, false)
+          this.options.logger?.warn({ err: errorMessage(err), records: count }, 'kafka write failed')
+          const wrapped = new ServiceUnavailableError('kafka', `write failed: ${errorMessage(err)}`, err)
+          for (const p of batch) this.settle(p, wrapped)
+        } finally {
+          this.inFlightSince = undefined
+        }
+      }
+    } finally {
+      this.flushing = false
+    }
+  }
+
+  /** Sends what is queued, waits for it, then disconnects. */
+  close(): Promise<void> {
+    this.closing ??= (async () => {
+      clearTimeout(this.lingerTimer)
+      while (this.queue.length > 0 || this.flushing) {
+        await this.flushLoop()
+        if (this.flushing) await new Promise((r) => setTimeout(r, 5))
+      }
+      await this.producer.disconnect()
+    })()
+    return this.closing
+  }
+}

@@ -1,0 +1,66 @@
+import { describe, expect, it } from 'vitest'
+import { loadConfig } from '../../core/config.js'
+import { ConfigError } from '../../core/errors.js'
+
+function errorOf(env: Record<string, string>): ConfigError {
+  try {
+    loadConfig(env)
+  } catch (err) {
+    if (err instanceof ConfigError) return err
+    throw err
+  }
+  throw new Error('expected a ConfigError')
+}
+
+describe('loadConfig', () => {
+  it('gives defaults that point at the local services', () => {
+    const c = loadConfig({})
+    expect(c.kafka.configured).toBe(false)
+    expect(c.kafka.brokers).toEqual(['127.0.0.1:9092'])
+    expect(c.cassandra.contactPoints).toEqual(['127.0.0.1:9042'])
+    expect(c.cassandra.keyspace).toBe('tally')
+    expect(c.cassandra.replication).toEqual({ class: 'SimpleStrategy', factors: { replication_factor: 1 } })
+    expect(c.port).toBeUndefined()
+  })
+
+  it('parses host lists, adding the default port', () => {
+    const c = loadConfig({ KAFKA_BROKERS: 'k1:9093, k2', CASSANDRA_CONTACT_POINTS: 'c1,c2:9999' })
+    expect(c.kafka.configured).toBe(true)
+    expect(c.kafka.brokers).toEqual(['k1:9093', 'k2:9092'])
+    expect(c.cassandra.contactPoints).toEqual(['c1:9042', 'c2:9999'])
+  })
+
+  it('parses replication for multi-node clusters', () => {
+    const c = loadConfig({ CASSANDRA_REPLICATION: 'NetworkTopologyStrategy:dc1=3,dc2=2' })
+    expect(c.cassandra.replication).toEqual({ class: 'NetworkTopologyStrategy', factors: { dc1: 3, dc2: 2 } })
+  })
+
+  it('returns a deeply frozen object', () => {
+    const c = loadConfig({})
+    expect(Object.isFrozen(c)).toBe(true)
+    expect(Object.isFrozen(c.kafka)).toBe(true)
+    expect(Object.isFrozen(c.kafka.brokers)).toBe(true)
+    expect(() => {
+      ;(c.kafka as { partitions: number }).partitions = 99
+    }).toThrow(TypeError)
+  })
+
+  it.each([
+    ['PORT', 'eighty', 'an integer from 1 to 65535'],
+    ['PORT', '70000', 'an integer from 1 to 65535'],
+    ['KAFKA_BROKERS', 'bad host:xx', 'host:port'],
+    ['KAFKA_PARTITIONS', '0', 'an integer from 1 to 10000'],
+    ['CASSANDRA_KEYSPACE', 'Tally-Prod', 'lower-case identifier'],
+    ['CASSANDRA_REPLICATION', 'EverywhereStrategy:3', 'SimpleStrategy:N'],
+    ['CASSANDRA_CONSISTENCY', 'MOST', 'one of ONE'],
+    ['LOG_LEVEL', 'loud', 'one of fatal'],
+    ['TALLY_TOPIC_RAW', 'events raw', 'Kafka topic name'],
+  ])('rejects %s=%s naming the variable, the value and the expected form', (name, value, expected) => {
+    const err = errorOf({ [name]: value })
+    expect(err.code).toBe('TALLY_ERR_CONFIG')
+    expect(err.where).toBe(name)
+    expect(err.message).toContain(name)
+    expect(err.message).toContain(JSON.stringify(value))
+    expect(err.message).toContain(expected)
+  })
+})
