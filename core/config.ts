@@ -58,6 +58,29 @@ export interface ServicesConfig {
   java: string
 }
 
+export interface IngestConfig {
+  /** Largest request body, after decompression. Default 500 KB. */
+  maxBodyBytes: number
+  /** Largest single event (serialized JSON). Default 32 KB. */
+  maxEventBytes: number
+  /** Most events in one batch request. Default 2000. */
+  maxBatchEvents: number
+  /** Deepest nesting of objects/arrays in an event. Default 16. */
+  maxDepth: number
+  /** Events per second per site and ingest process; 0 turns the limit off. Default 20000. */
+  rateLimitSitePerSec: number
+  /** Events per second per site and client IP; 0 turns the limit off. Default 1000. */
+  rateLimitClientPerSec: number
+  /** How long a site (write key, origins) is cached. Default 10000 ms. */
+  siteCacheTtlMs: number
+  /** A request waits at most this long for the log's acknowledgement, then gets 503. Default 5000 ms. */
+  appendTimeoutMs: number
+  /** How long a write waits for company before the producer sends a batch. Default 2 ms. */
+  lingerMs: number
+  /** Time allowed to receive a whole request. Default 10000 ms. */
+  requestTimeoutMs: number
+}
+
 export interface TallyConfig {
   host: string
   /** PORT, when set, overrides the role's own default port. */
@@ -67,6 +90,9 @@ export interface TallyConfig {
   kafka: KafkaConfig
   cassandra: CassandraConfig
   services: ServicesConfig
+  ingest: IngestConfig
+  /** Deadline for an ordered shutdown before the process gives up waiting. Default 15000 ms. */
+  shutdownTimeoutMs: number
 }
 
 type Env = Readonly<Record<string, string | undefined>>
@@ -211,6 +237,19 @@ export function loadConfig(env: Env = process.env): TallyConfig {
       password: env.CASSANDRA_PASSWORD || undefined,
     },
     services,
+    ingest: {
+      maxBodyBytes: int(env, 'TALLY_MAX_BODY_BYTES', 500 * 1024, 1024, 64 * 1024 * 1024),
+      maxEventBytes: int(env, 'TALLY_MAX_EVENT_BYTES', 32 * 1024, 256, 16 * 1024 * 1024),
+      maxBatchEvents: int(env, 'TALLY_MAX_BATCH_EVENTS', 2000, 1, 100_000),
+      maxDepth: int(env, 'TALLY_MAX_DEPTH', 16, 2, 256),
+      rateLimitSitePerSec: int(env, 'TALLY_RATE_LIMIT_SITE', 20_000, 0, 100_000_000),
+      rateLimitClientPerSec: int(env, 'TALLY_RATE_LIMIT_CLIENT', 1000, 0, 100_000_000),
+      siteCacheTtlMs: int(env, 'TALLY_SITE_CACHE_TTL_MS', 10_000, 0, 3_600_000),
+      appendTimeoutMs: int(env, 'TALLY_APPEND_TIMEOUT_MS', 5000, 100, 600_000),
+      lingerMs: int(env, 'TALLY_LINGER_MS', 2, 0, 1000),
+      requestTimeoutMs: int(env, 'TALLY_REQUEST_TIMEOUT_MS', 10_000, 100, 600_000),
+    },
+    shutdownTimeoutMs: int(env, 'TALLY_SHUTDOWN_TIMEOUT_MS', 15_000, 100, 600_000),
   }
   return deepFreeze(config)
 }
@@ -233,6 +272,17 @@ export const CONFIG_VARIABLES: ReadonlyArray<readonly [name: string, meaning: st
   ['CASSANDRA_REPLICATION', 'SimpleStrategy:N or NetworkTopologyStrategy:dc=N,… (default SimpleStrategy:1)'],
   ['CASSANDRA_CONSISTENCY', 'ONE|LOCAL_ONE|QUORUM|LOCAL_QUORUM|ALL (default LOCAL_QUORUM)'],
   ['CASSANDRA_USERNAME / CASSANDRA_PASSWORD', 'credentials, when the cluster requires them'],
+  ['TALLY_MAX_BODY_BYTES', 'largest request body after decompression (default 512000)'],
+  ['TALLY_MAX_EVENT_BYTES', 'largest single event (default 32768)'],
+  ['TALLY_MAX_BATCH_EVENTS', 'most events in one batch request (default 2000)'],
+  ['TALLY_MAX_DEPTH', 'deepest nesting inside an event (default 16)'],
+  ['TALLY_RATE_LIMIT_SITE', 'events/s per site and ingest process, 0 = off (default 20000)'],
+  ['TALLY_RATE_LIMIT_CLIENT', 'events/s per site and client IP, 0 = off (default 1000)'],
+  ['TALLY_SITE_CACHE_TTL_MS', 'how long ingest caches a site and its key (default 10000)'],
+  ['TALLY_APPEND_TIMEOUT_MS', 'wait for the log before answering 503 (default 5000)'],
+  ['TALLY_LINGER_MS', 'producer linger that lets requests share a Kafka batch (default 2)'],
+  ['TALLY_REQUEST_TIMEOUT_MS', 'time to receive a whole request (default 10000)'],
+  ['TALLY_SHUTDOWN_TIMEOUT_MS', 'deadline of the ordered shutdown (default 15000)'],
   ['TALLY_SERVICES_CACHE', 'jar cache of `tally services` (default ~/.cache/tally/services)'],
   ['TALLY_JAVA', 'java launcher for the local servers, JDK 11 or 17 (default java on PATH)'],
   ['TALLY_SERVICES_RUN_DIR', 'data, logs and PID files of `tally services` (default $TMPDIR/tally-services)'],

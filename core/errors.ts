@@ -8,6 +8,8 @@ export interface TallyErrorOptions {
   cause?: unknown
   /** Where the problem is: a parameter, a JSON path, a variable name, a file. */
   where?: string
+  /** Extra fields for the HTTP error body (e.g. the per-event `rejected` list). */
+  details?: Record<string, unknown>
 }
 
 export class TallyError extends Error {
@@ -15,6 +17,7 @@ export class TallyError extends Error {
   readonly statusCode: number
   readonly retriable: boolean
   readonly where: string | undefined
+  readonly details: Record<string, unknown> | undefined
 
   constructor(code: string, message: string, options: TallyErrorOptions = {}) {
     super(message, options.cause === undefined ? undefined : { cause: options.cause })
@@ -23,6 +26,7 @@ export class TallyError extends Error {
     this.statusCode = options.statusCode ?? 500
     this.retriable = options.retriable ?? false
     this.where = options.where
+    this.details = options.details
   }
 }
 

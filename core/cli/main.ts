@@ -4,6 +4,7 @@ import { errorMessage, TallyError } from '../errors.js'
 import { registerAdminCommands } from './admin.js'
 import { registerRoleCommands } from './roles.js'
 import { registerServicesCommands } from './services.js'
+import { registerSitesCommands } from './sites.js'
 
 /** Loads the configuration lazily, so `--help` works even when the environment is wrong. */
 export type ConfigLoader = () => TallyConfig
@@ -25,6 +26,7 @@ function buildProgram(): Command {
   registerRoleCommands(program, getConfig)
   registerServicesCommands(program, getConfig)
   registerAdminCommands(program, getConfig)
+  registerSitesCommands(program, getConfig)
   // Every subcommand reports bad usage with exit code 2 and one line.
   const exitOverride = (cmd: Command) => {
     cmd.exitOverride()

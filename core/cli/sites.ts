@@ -1,0 +1,151 @@
+import type { Command } from 'commander'
+import { createCassandraClient } from '../cassandra/client.js'
+import { CassandraSiteStore } from '../cassandra/sites.js'
+import { TallyError, UsageError } from '../errors.js'
+import type { SiteStore } from '../ports/site-store.js'
+import type { ConfigLoader } from './main.js'
+
+const DOMAIN =
+  /^(?=.{1,253}$)([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*$/
+const SITE_ID = /^[a-z0-9][a-z0-9._-]{0,99}$/
+
+export function parseDomain(raw: string): string {
+  const d = raw
+    .trim()
+    .toLowerCase()
+    .replace(/^https?:\/\//, '')
+    .replace(/\/.*$/, '')
+  if (!DOMAIN.test(d)) throw new UsageError(`"${raw}" is not a domain name (e.g. example.com)`)
+  return d
+}
+
+export function parseOrigin(raw: string): string {
+  let url: URL
+  try {
+    url = new URL(raw)
+  } catch {
+    throw new UsageError(`--origin "${raw}" is not a URL (e.g. https://www.example.com)`)
+  }
+  if (url.protocol !== 'https:' && url.protocol !== 'http:')
+    throw new UsageError(`--origin "${raw}" must be http or https`)
+  return url.origin
+}
+
+async function withStore<T>(getConfig: ConfigLoader, fn: (store: SiteStore) => Promise<T>): Promise<T> {
+  const config = getConfig()
+  const client = createCassandraClient(config.cassandra, { keyspace: config.cassandra.keyspace })
+  try {
+    await client.connect()
+  } catch (err) {
+    throw new TallyError(
+      'TALLY_ERR_SERVICE_UNAVAILABLE',
+      `cannot reach Cassandra at ${config.cassandra.contactPoints.join(',')} (keyspace ${config.cassandra.keyspace}; run \`tally migrate\` first): ${(err as Error).message}`,
+      { cause: err },
+    )
+  }
+  try {
+    return await fn(new CassandraSiteStore(client))
+  } finally {
+    await client.shutdown()
+  }
+}
+
+function print(json: boolean, value: unknown, text: string): void {
+  process.stdout.write(json ? `${JSON.stringify(value)}\n` : `${text}\n`)
+}
+
+export function registerSitesCommands(program: Command, getConfig: ConfigLoader): void {
+  const sites = program.command('sites').description('manage sites, their write keys and read tokens')
+
+  sites
+    .command('add')
+    .description('create a site; prints its id, write key (public) and a read token (secret, shown once)')
+    .argument('<domain>', 'the site domain, e.g. example.com')
+    .option(
+      '--origin <url...>',
+      'browser origins allowed to send events (the domain itself is always allowed)',
+    )
+    .option('--id <siteId>', 'site id (default: the domain)')
+    .option('--json', 'print {"siteId","writeKey","readToken"}', false)
+    .action(async (domainArg: string, opts: { origin?: string[]; id?: string; json: boolean }) => {
+      const domain = parseDomain(domainArg)
+      const siteId = opts.id ?? domain
+      if (!SITE_ID.test(siteId))
+        throw new UsageError(`--id "${siteId}" must be lower-case letters, digits, ".", "_" or "-"`)
+      const origins = (opts.origin ?? []).map(parseOrigin)
+      const { site, readToken } = await withStore(getConfig, (s) => s.create({ siteId, domain, origins }))
+      print(
+        opts.json,
+        { siteId: site.siteId, writeKey: site.writeKey, readToken },
+        `site ${site.siteId}\n  write key  ${site.writeKey}\n  read token ${readToken}  (secret: shown only now)\n  origins    ${[`https://${domain}`, ...origins].join(' ')}`,
+      )
+    })
+
+  sites
+    .command('list')
+    .description('list sites with their write keys and origins')
+    .option('--json', 'print JSON', false)
+    .action(async (opts: { json: boolean }) => {
+      const list = await withStore(getConfig, (s) => s.list())
+      const rows = list.map((s) => ({
+        siteId: s.siteId,
+        domain: s.domain,
+        writeKey: s.writeKey,
+        origins: s.origins,
+        readTokens: s.readTokenHashes.length,
+        createdAt: s.createdAt.toISOString(),
+      }))
+      print(
+        opts.json,
+        rows,
+        rows.length === 0
+          ? 'no sites'
+          : rows
+              .map(
+                (r) =>
+                  `${r.siteId}\t${r.writeKey}\t${r.origins.join(',') || '-'}\t${r.readTokens} read token(s)`,
+              )
+              .join('\n'),
+      )
+    })
+
+  sites
+    .command('rotate-key')
+    .description(
+      'replace the write key of a site; the old key stops working once ingest caches expire (TALLY_SITE_CACHE_TTL_MS)',
+    )
+    .argument('<siteId>')
+    .option('--json', 'print JSON', false)
+    .action(async (siteId: string, opts: { json: boolean }) => {
+      const site = await withStore(getConfig, (s) => s.rotateWriteKey(siteId))
+      print(
+        opts.json,
+        { siteId: site.siteId, writeKey: site.writeKey },
+        `site ${site.siteId}: new write key ${site.writeKey}`,
+      )
+    })
+
+  sites
+    .command('token')
+    .description('create another read token for a site (shown once)')
+    .argument('<siteId>')
+    .option('--json', 'print JSON', false)
+    .action(async (siteId: string, opts: { json: boolean }) => {
+      const token = await withStore(getConfig, (s) => s.addReadToken(siteId))
+      print(
+        opts.json,
+        { siteId, readToken: token },
+        `site ${siteId}: read token ${token}  (secret: shown only now)`,
+      )
+    })
+
+  sites
+    .command('remove')
+    .description('delete a site and its keys (its aggregates expire with their TTL)')
+    .argument('<siteId>')
+    .action(async (siteId: string) => {
+      const removed = await withStore(getConfig, (s) => s.remove(siteId))
+      if (!removed) throw new TallyError('TALLY_ERR_SITE_NOT_FOUND', `no site ${siteId}`)
+      process.stdout.write(`site ${siteId} removed\n`)
+    })
+}

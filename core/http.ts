@@ -1,0 +1,130 @@
+import { randomBytes } from 'node:crypto'
+import Fastify, { type FastifyError, type FastifyInstance, type FastifyServerOptions } from 'fastify'
+import { TallyError } from './errors.js'
+import type { Logger } from './log.js'
+
+const TRACEPARENT = /^00-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$/
+const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/
+
+/** A W3C trace context: the incoming one when valid, else a new one. */
+export function traceContext(header: string | string[] | undefined): {
+  traceparent: string
+  traceId: string
+} {
+  const value = Array.isArray(header) ? header[0] : header
+  const m = value ? TRACEPARENT.exec(value) : null
+  if (m && m[1] !== '0'.repeat(32)) return { traceparent: value!, traceId: m[1]! }
+  const traceId = randomBytes(16).toString('hex')
+  return { traceparent: `00-${traceId}-${randomBytes(8).toString('hex')}-01`, traceId }
+}
+
+export interface HttpServerOptions {
+  logger: Logger
+  /** Largest request body accepted (bytes). */
+  bodyLimit: number
+  /** Time allowed to receive a whole request. */
+  requestTimeoutMs: number
+  /** Idle keep-alive connections are closed after this. */
+  keepAliveTimeoutMs?: number
+  /** Observes every error answer (after mapping), e.g. to count rejections by code. */
+  onErrorAnswer?: (err: TallyError) => void
+}
+
+/** Maps Fastify's own errors to Tally codes so every error body looks the same. */
+function mapFastifyError(err: FastifyError): TallyError {
+  switch (err.code) {
+    case 'FST_ERR_CTP_BODY_TOO_LARGE':
+      return new TallyError('TALLY_ERR_PAYLOAD_TOO_LARGE', 'request body is larger than the limit', {
+        statusCode: 413,
+        cause: err,
+      })
+    case 'FST_ERR_CTP_INVALID_MEDIA_TYPE':
+      return new TallyError('TALLY_ERR_UNSUPPORTED_MEDIA_TYPE', 'send application/json or text/plain', {
+        statusCode: 415,
+        where: 'content-type',
+        cause: err,
+      })
+    case 'FST_ERR_CTP_EMPTY_JSON_BODY':
+      return new TallyError('TALLY_ERR_MALFORMED_JSON', 'the body is empty', { statusCode: 400, cause: err })
+    case 'FST_ERR_CTP_INVALID_CONTENT_LENGTH':
+      return new TallyError('TALLY_ERR_BAD_REQUEST', 'content-length does not match the body', {
+        statusCode: 400,
+        cause: err,
+      })
+    case 'FST_ERR_VALIDATION':
+      return new TallyError('TALLY_ERR_BAD_PARAMETER', err.message, { statusCode: 400, cause: err })
+  }
+  if (err instanceof SyntaxError || (err.statusCode === 400 && /JSON/i.test(err.message))) {
+    return new TallyError('TALLY_ERR_MALFORMED_JSON', `body is not valid JSON: ${err.message}`, {
+      statusCode: 400,
+      cause: err,
+    })
+  }
+  if (err.code === 'Z_DATA_ERROR' || err.code === 'Z_BUF_ERROR') {
+    return new TallyError('TALLY_ERR_BAD_ENCODING', `body is not valid gzip/deflate: ${err.message}`, {
+      statusCode: 400,
+      cause: err,
+    })
+  }
+  const status = err.statusCode && err.statusCode >= 400 ? err.statusCode : 500
+  return new TallyError(
+    status >= 500 ? 'TALLY_ERR_INTERNAL' : 'TALLY_ERR_BAD_REQUEST',
+    status >= 500 ? 'internal error' : err.message,
+    {
+      statusCode: status,
+      cause: err,
+    },
+  )
+}
+
+/**
+ * A Fastify instance with Tally's conventions: request id from `x-request-id` or the W3C trace id,
+ * echoed back in `x-request-id`; explicit body and time limits; errors as
+ * `{success:false, code, message, where, requestId}`.
+ */
+export function createHttpServer(options: HttpServerOptions): FastifyInstance {
+  const serverOptions: FastifyServerOptions = {
+    loggerInstance: options.logger,
+    bodyLimit: options.bodyLimit,
+    requestTimeout: options.requestTimeoutMs,
+    connectionTimeout: options.requestTimeoutMs,
+    keepAliveTimeout: options.keepAliveTimeoutMs ?? 72_000,
+    return503OnClosing: true,
+    forceCloseConnections: 'idle',
+    disableRequestLogging: true,
+    requestIdLogLabel: 'requestId',
+    genReqId: (req) => {
+      const given = req.headers['x-request-id']
+      if (typeof given === 'string' && REQUEST_ID.test(given)) return given
+      return traceContext(req.headers.traceparent).traceId
+    },
+  }
+  const app = Fastify(serverOptions) as unknown as FastifyInstance
+  app.addHook('onRequest', async (req, reply) => {
+    reply.header('x-request-id', req.id)
+  })
+  app.setErrorHandler((error: FastifyError, req, reply) => {
+    const err = error instanceof TallyError ? error : mapFastifyError(error)
+    options.onErrorAnswer?.(err)
+    if (err.statusCode >= 500) req.log.error({ err: error }, 'request failed')
+    else req.log.info({ code: err.code, status: err.statusCode }, err.message)
+    if (err.statusCode === 503 || err.statusCode === 429) void reply.header('retry-after', '1')
+    return reply.status(err.statusCode).send({
+      success: false,
+      code: err.code,
+      message: err.message,
+      ...(err.where ? { where: err.where } : {}),
+      ...err.details,
+      requestId: req.id,
+    })
+  })
+  app.setNotFoundHandler((req, reply) =>
+    reply.status(404).send({
+      success: false,
+      code: 'TALLY_ERR_NOT_FOUND',
+      message: `no route ${req.method} ${req.url.split('?')[0]}`,
+      requestId: req.id,
+    }),
+  )
+  return app
+}

@@ -1,0 +1,60 @@
+import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client'
+
+/** Prometheus metrics of the ingest role (served at GET /metrics). */
+export function createIngestMetrics() {
+  const registry = new Registry()
+  collectDefaultMetrics({ register: registry, prefix: 'tally_ingest_' })
+  return {
+    registry,
+    requests: new Counter({
+      name: 'tally_ingest_requests_total',
+      help: 'HTTP requests by endpoint and status',
+      labelNames: ['endpoint', 'status'] as const,
+      registers: [registry],
+    }),
+    events: new Counter({
+      name: 'tally_ingest_events_total',
+      help: 'Events by endpoint and outcome (accepted, rejected)',
+      labelNames: ['endpoint', 'outcome'] as const,
+      registers: [registry],
+    }),
+    rejections: new Counter({
+      name: 'tally_ingest_rejections_total',
+      help: 'Rejected events and requests by reason code',
+      labelNames: ['code'] as const,
+      registers: [registry],
+    }),
+    produceSeconds: new Histogram({
+      name: 'tally_ingest_produce_seconds',
+      help: 'Time for the log to acknowledge one request’s events (acks=all)',
+      buckets: [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
+      registers: [registry],
+    }),
+    kafkaSendSeconds: new Histogram({
+      name: 'tally_ingest_kafka_send_seconds',
+      help: 'Time of one producer batch send',
+      labelNames: ['outcome'] as const,
+      buckets: [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
+      registers: [registry],
+    }),
+    kafkaBatchRecords: new Histogram({
+      name: 'tally_ingest_kafka_batch_records',
+      help: 'Records per producer batch (how well concurrent requests share sends)',
+      buckets: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000],
+      registers: [registry],
+    }),
+    batchSize: new Histogram({
+      name: 'tally_ingest_request_events',
+      help: 'Events per request',
+      buckets: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000],
+      registers: [registry],
+    }),
+    inFlight: new Gauge({
+      name: 'tally_ingest_in_flight_requests',
+      help: 'Requests being handled',
+      registers: [registry],
+    }),
+  }
+}
+
+export type IngestMetrics = ReturnType<typeof createIngestMetrics>

@@ -1,0 +1,45 @@
+/**
+ * Token buckets counting events (not requests: one batch may carry thousands). Kept per process;
+ * with N ingest copies behind a balancer the cluster-wide rate is N times the configured one.
+ */
+export class EventRateLimiter {
+  private readonly buckets = new Map<string, { tokens: number; updated: number }>()
+
+  /**
+   * @param ratePerSec sustained events per second per key (0 disables the limit)
+   * @param burst bucket size: how many events may arrive at once
+   */
+  constructor(
+    private readonly ratePerSec: number,
+    private readonly burst: number,
+    private readonly maxKeys = 100_000,
+  ) {}
+
+  /** Takes `n` tokens for `key`; returns 0 when allowed, else the seconds to wait before retrying. */
+  take(key: string, n: number): number {
+    if (this.ratePerSec <= 0) return 0
+    const now = Date.now()
+    let b = this.buckets.get(key)
+    if (!b) {
+      if (this.buckets.size >= this.maxKeys) this.evictFull(now)
+      b = { tokens: this.burst, updated: now }
+      this.buckets.set(key, b)
+    } else {
+      b.tokens = Math.min(this.burst, b.tokens + ((now - b.updated) / 1000) * this.ratePerSec)
+      b.updated = now
+    }
+    if (b.tokens >= n) {
+      b.tokens -= n
+      return 0
+    }
+    return Math.max(1, Math.ceil((n - b.tokens) / this.ratePerSec))
+  }
+
+  /** Forgets buckets that have refilled: they hold no information. */
+  private evictFull(now: number): void {
+    for (const [k, b] of this.buckets) {
+      if (b.tokens + ((now - b.updated) / 1000) * this.ratePerSec >= this.burst) this.buckets.delete(k)
+    }
+    if (this.buckets.size >= this.maxKeys) this.buckets.clear()
+  }
+}

@@ -1,0 +1,39 @@
+import { isbot } from 'isbot'
+import { UAParser } from 'ua-parser-js'
+import type { UserAgentInfo } from '../schemas/events.js'
+
+export interface ParsedUserAgent extends UserAgentInfo {
+  bot: boolean
+}
+
+const UNKNOWN: ParsedUserAgent = { browser: '(unknown)', os: '(unknown)', device: '(unknown)', bot: false }
+
+/**
+ * ua-parser-js for browser/OS/device and isbot for crawlers, behind a bounded cache: user agents
+ * repeat heavily, and parsing costs far more than a Map lookup.
+ */
+export class UserAgentParser {
+  private readonly cache = new Map<string, ParsedUserAgent>()
+
+  constructor(private readonly maxEntries = 10_000) {}
+
+  parse(ua: string | undefined): ParsedUserAgent {
+    if (!ua) return UNKNOWN
+    const hit = this.cache.get(ua)
+    if (hit) return hit
+    const r = new UAParser(ua).getResult()
+    const parsed: ParsedUserAgent = Object.freeze({
+      browser: r.browser.name ?? '(unknown)',
+      os: r.os.name ?? '(unknown)',
+      device: r.device.type ?? 'desktop',
+      bot: isbot(ua),
+    })
+    if (this.cache.size >= this.maxEntries) {
+      // Drop the oldest entry (Map keeps insertion order): a cheap, bounded FIFO.
+      const first = this.cache.keys().next().value
+      if (first !== undefined) this.cache.delete(first)
+    }
+    this.cache.set(ua, parsed)
+    return parsed
+  }
+}
