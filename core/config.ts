@@ -81,6 +81,23 @@ export interface IngestConfig {
   requestTimeoutMs: number
 }
 
+export interface StreamConfig {
+  /** Consumer group of the aggregate workers. Default tally-aggregate. */
+  group: string
+  /** Event-time grace: events whose minute closed longer ago than this (by the partition's latest receivedAt) are left to the batch path. Default 5 min. */
+  graceMs: number
+  /** messageIds are remembered this long (by receivedAt) to drop client retries. Default 1 h, at most 24 h. */
+  dedupHorizonMs: number
+  /** How often open windows are written to the store (freshness). Default 500 ms. */
+  flushIntervalMs: number
+  /** HyperLogLog precision of `visitors` (4–18). Default 14 (≈0.81 % standard error). */
+  hllPrecision: number
+  /** Partitions this worker processes at once. Default 3. */
+  partitionsConcurrently: number
+  /** Row TTLs in seconds per granularity (0 = forever). */
+  ttlSeconds: { minute: number; hour: number; day: number }
+}
+
 export interface TallyConfig {
   host: string
   /** PORT, when set, overrides the role's own default port. */
@@ -91,6 +108,7 @@ export interface TallyConfig {
   cassandra: CassandraConfig
   services: ServicesConfig
   ingest: IngestConfig
+  stream: StreamConfig
   /** Deadline for an ordered shutdown before the process gives up waiting. Default 15000 ms. */
   shutdownTimeoutMs: number
 }
@@ -208,7 +226,8 @@ export function loadConfig(env: Env = process.env): TallyConfig {
   }
   const config: TallyConfig = {
     host: str(env, 'HOST', '127.0.0.1'),
-    port: rawPort === undefined || rawPort === '' ? undefined : port(env, 'PORT', 0),
+    // PORT=0 asks the OS for a free port (tests, several roles on one machine).
+    port: rawPort === undefined || rawPort === '' ? undefined : int(env, 'PORT', 0, 0, 65535),
     logLevel: oneOf(env, 'LOG_LEVEL', 'info', ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']),
     dataDir: resolve(str(env, 'TALLY_DATA_DIR', './data')),
     kafka: {
@@ -249,6 +268,19 @@ export function loadConfig(env: Env = process.env): TallyConfig {
       lingerMs: int(env, 'TALLY_LINGER_MS', 2, 0, 1000),
       requestTimeoutMs: int(env, 'TALLY_REQUEST_TIMEOUT_MS', 10_000, 100, 600_000),
     },
+    stream: {
+      group: str(env, 'TALLY_STREAM_GROUP', 'tally-aggregate'),
+      graceMs: int(env, 'TALLY_GRACE_MS', 300_000, 0, 7 * 86_400_000),
+      dedupHorizonMs: int(env, 'TALLY_DEDUP_HORIZON_MS', 3_600_000, 0, 86_400_000),
+      flushIntervalMs: int(env, 'TALLY_FLUSH_INTERVAL_MS', 500, 10, 600_000),
+      hllPrecision: int(env, 'TALLY_HLL_PRECISION', 14, 4, 18),
+      partitionsConcurrently: int(env, 'TALLY_STREAM_CONCURRENCY', 3, 1, 1000),
+      ttlSeconds: {
+        minute: int(env, 'TALLY_TTL_MINUTE_DAYS', 7, 0, 36_500) * 86_400,
+        hour: int(env, 'TALLY_TTL_HOUR_DAYS', 90, 0, 36_500) * 86_400,
+        day: int(env, 'TALLY_TTL_DAY_DAYS', 0, 0, 36_500) * 86_400,
+      },
+    },
     shutdownTimeoutMs: int(env, 'TALLY_SHUTDOWN_TIMEOUT_MS', 15_000, 100, 600_000),
   }
   return deepFreeze(config)
@@ -282,6 +314,16 @@ export const CONFIG_VARIABLES: ReadonlyArray<readonly [name: string, meaning: st
   ['TALLY_APPEND_TIMEOUT_MS', 'wait for the log before answering 503 (default 5000)'],
   ['TALLY_LINGER_MS', 'producer linger that lets requests share a Kafka batch (default 2)'],
   ['TALLY_REQUEST_TIMEOUT_MS', 'time to receive a whole request (default 10000)'],
+  ['TALLY_STREAM_GROUP', 'consumer group of the stream workers (default tally-aggregate)'],
+  ['TALLY_GRACE_MS', 'event-time grace before a window closes; later events go to batch (default 300000)'],
+  ['TALLY_DEDUP_HORIZON_MS', 'how long messageIds are remembered by the stream, max 1 day (default 3600000)'],
+  ['TALLY_FLUSH_INTERVAL_MS', 'how often workers write open windows (default 500)'],
+  ['TALLY_HLL_PRECISION', 'HyperLogLog precision of visitors, 4-18 (default 14, ~0.81% error)'],
+  ['TALLY_STREAM_CONCURRENCY', 'partitions a worker processes at once (default 3)'],
+  [
+    'TALLY_TTL_MINUTE_DAYS / _HOUR_DAYS / _DAY_DAYS',
+    'aggregate row TTL per granularity, 0 = keep (default 7 / 90 / 0)',
+  ],
   ['TALLY_SHUTDOWN_TIMEOUT_MS', 'deadline of the ordered shutdown (default 15000)'],
   ['TALLY_SERVICES_CACHE', 'jar cache of `tally services` (default ~/.cache/tally/services)'],
   ['TALLY_JAVA', 'java launcher for the local servers, JDK 11 or 17 (default java on PATH)'],

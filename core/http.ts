@@ -1,20 +1,37 @@
 import { randomBytes } from 'node:crypto'
-import Fastify, { type FastifyError, type FastifyInstance, type FastifyServerOptions } from 'fastify'
+import Fastify, {
+  type FastifyError,
+  type FastifyInstance,
+  type FastifyServerOptions,
+  LogController,
+} from 'fastify'
 import { TallyError } from './errors.js'
 import type { Logger } from './log.js'
 
 const TRACEPARENT = /^00-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$/
 const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/
 
-/** A W3C trace context: the incoming one when valid, else a new one. */
-export function traceContext(header: string | string[] | undefined): {
+const TRACE_ID = /^[0-9a-f]{32}$/
+
+/**
+ * A W3C trace context: the incoming one when valid, else a new one whose trace id is
+ * `fallbackTraceId` when that is a valid trace id (the request id, so logs and Kafka headers share
+ * one id), else a random one.
+ */
+export function traceContext(
+  header: string | string[] | undefined,
+  fallbackTraceId?: string,
+): {
   traceparent: string
   traceId: string
 } {
   const value = Array.isArray(header) ? header[0] : header
   const m = value ? TRACEPARENT.exec(value) : null
   if (m && m[1] !== '0'.repeat(32)) return { traceparent: value!, traceId: m[1]! }
-  const traceId = randomBytes(16).toString('hex')
+  const traceId =
+    fallbackTraceId !== undefined && TRACE_ID.test(fallbackTraceId) && fallbackTraceId !== '0'.repeat(32)
+      ? fallbackTraceId
+      : randomBytes(16).toString('hex')
   return { traceparent: `00-${traceId}-${randomBytes(8).toString('hex')}-01`, traceId }
 }
 
@@ -91,8 +108,8 @@ export function createHttpServer(options: HttpServerOptions): FastifyInstance {
     keepAliveTimeout: options.keepAliveTimeoutMs ?? 72_000,
     return503OnClosing: true,
     forceCloseConnections: 'idle',
-    disableRequestLogging: true,
-    requestIdLogLabel: 'requestId',
+    // Per-request access logs would dominate at ingest rates; errors are logged by the handler.
+    logController: new LogController({ disableRequestLogging: true, requestIdLogLabel: 'requestId' }),
     genReqId: (req) => {
       const given = req.headers['x-request-id']
       if (typeof given === 'string' && REQUEST_ID.test(given)) return given
@@ -108,7 +125,9 @@ export function createHttpServer(options: HttpServerOptions): FastifyInstance {
     options.onErrorAnswer?.(err)
     if (err.statusCode >= 500) req.log.error({ err: error }, 'request failed')
     else req.log.info({ code: err.code, status: err.statusCode }, err.message)
-    if (err.statusCode === 503 || err.statusCode === 429) void reply.header('retry-after', '1')
+    // A handler that knows the wait (the rate limiter) has set it already.
+    if ((err.statusCode === 503 || err.statusCode === 429) && !reply.hasHeader('retry-after'))
+      void reply.header('retry-after', '1')
     return reply.status(err.statusCode).send({
       success: false,
       code: err.code,

@@ -1,5 +1,6 @@
 import type { Command } from 'commander'
 import { startIngest } from '../../ingest/role.js'
+import { startStream } from '../../stream/role.js'
 import { untilSignal } from '../lifecycle.js'
 import { createLogger } from '../log.js'
 import type { ConfigLoader } from './main.js'
@@ -24,6 +25,29 @@ SIGTERM: stop accepting, finish in-flight requests, flush the producer, exit.`,
       const config = getConfig()
       const logger = createLogger(config.logLevel, { role: 'ingest' })
       const running = await startIngest(config, logger)
+      process.exitCode = await untilSignal(running, logger, config.shutdownTimeoutMs)
+    })
+
+  program
+    .command('stream')
+    .description(
+      'run a stream worker: raw topic → minute/hour/day aggregates in Cassandra; /metrics on port 9464 unless PORT is set',
+    )
+    .addHelpText(
+      'after',
+      `
+Workers of one consumer group (TALLY_STREAM_GROUP) share the raw topic's partitions: run more
+copies to scale, up to the partition count. Exactly-once effect: aggregates are absolute values
+checkpointed with their source offsets and fenced by an epoch per partition; replays change no
+number. Events later than TALLY_GRACE_MS are left to the batch rebuild; poison records go to the
+dead-letter topic. Settings: TALLY_FLUSH_INTERVAL_MS, TALLY_DEDUP_HORIZON_MS, TALLY_HLL_PRECISION,
+TALLY_STREAM_CONCURRENCY, TALLY_TTL_*_DAYS (see tally --help).
+SIGTERM: flush, checkpoint, leave the group.`,
+    )
+    .action(async () => {
+      const config = getConfig()
+      const logger = createLogger(config.logLevel, { role: 'stream' })
+      const running = await startStream(config, logger)
       process.exitCode = await untilSignal(running, logger, config.shutdownTimeoutMs)
     })
 }

@@ -24,3 +24,47 @@ export interface EventLogWriter {
   /** Flushes what is pending and disconnects. Calling it twice returns the same promise. */
   close(): Promise<void>
 }
+
+/** A record read back from the log. Offsets are numbers (safe up to 2^53). */
+export interface ConsumedRecord {
+  offset: number
+  key: string | undefined
+  value: Buffer | undefined
+  headers: Record<string, string>
+  timestampMs: number
+}
+
+export interface RecordBatch {
+  topic: string
+  partition: number
+  records: ConsumedRecord[]
+  /** Offset of the next record the log will write in this partition (lag = highWatermark − next offset). */
+  highWatermark: number
+}
+
+export interface BatchControl {
+  /** Keeps the group membership alive during long work on a batch. */
+  heartbeat(): Promise<void>
+  /** True once a rebalance took this partition away: stop and drop the work. */
+  isStale(): boolean
+}
+
+export interface ConsumerHandlers {
+  onBatch(batch: RecordBatch, control: BatchControl): Promise<void>
+  /** The partitions this member now owns (after every rebalance). */
+  onAssignment?(partitions: number[]): void
+}
+
+/** A member of a consumer group on one topic. Delivery is at least once. */
+export interface EventLogConsumer {
+  start(handlers: ConsumerHandlers): Promise<void>
+  /** Records progress in the log's own offsets (for lag tools); the checkpoint store stays the truth. */
+  commit(partition: number, nextOffset: number): Promise<void>
+  /** Leaves the group cleanly. Calling it twice returns the same promise. */
+  close(): Promise<void>
+}
+
+/** Per-partition end offsets of a topic (the queue depth is end offset − consumer position). */
+export interface LogOffsets {
+  endOffsets(topic: string): Promise<Map<number, number>>
+}

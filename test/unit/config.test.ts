@@ -46,8 +46,8 @@ describe('loadConfig', () => {
   })
 
   it.each([
-    ['PORT', 'eighty', 'an integer from 1 to 65535'],
-    ['PORT', '70000', 'an integer from 1 to 65535'],
+    ['PORT', 'eighty', 'an integer from 0 to 65535'],
+    ['PORT', '70000', 'an integer from 0 to 65535'],
     ['KAFKA_BROKERS', 'bad host:xx', 'host:port'],
     ['KAFKA_PARTITIONS', '0', 'an integer from 1 to 10000'],
     ['CASSANDRA_KEYSPACE', 'Tally-Prod', 'lower-case identifier'],

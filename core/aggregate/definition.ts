@@ -1,0 +1,114 @@
+import type { RawEventV1 } from '../../schemas/events.js'
+
+/**
+ * The one definition of every metric and dimension, shared by the stream workers and the batch
+ * rebuild, so that both count the same events the same way (stream = batch).
+ *
+ * - Counted events are `track`, `page` and `screen` calls from non-bots; `identify`, `group` and
+ *   `alias` describe people, not activity, and count nowhere.
+ * - `events`: counted events; `pageviews`: counted `page` calls; `visitors`: distinct visitor ids
+ *   (anonymousId, else userId) as HyperLogLog registers; `bot_events`: track/page/screen calls
+ *   from bots, kept apart and excluded from the numbers above.
+ * - Windows are UTC tumbling windows of the skew-corrected event `timestamp`.
+ */
+
+export const GRANULARITIES = ['minute', 'hour', 'day'] as const
+export type Granularity = (typeof GRANULARITIES)[number]
+
+export const DIMENSIONS = ['event', 'path', 'referrer', 'utm_source', 'browser', 'os', 'device'] as const
+export type Dimension = (typeof DIMENSIONS)[number]
+
+/** Granularities that keep breakdowns by dimension (minute windows keep totals only). */
+export const DIMENSION_GRANULARITIES: readonly Granularity[] = ['hour', 'day']
+
+export const NONE = '(none)'
+export const DIRECT = '(direct)'
+
+const MINUTE_MS = 60_000
+const HOUR_MS = 3_600_000
+const DAY_MS = 86_400_000
+
+export function windowMs(g: Granularity): number {
+  return g === 'minute' ? MINUTE_MS : g === 'hour' ? HOUR_MS : DAY_MS
+}
+
+/** Start (ms since epoch, UTC) of the window of granularity `g` that contains `tsMs`. */
+export function windowStart(tsMs: number, g: Granularity): number {
+  const w = windowMs(g)
+  return Math.floor(tsMs / w) * w
+}
+
+/**
+ * The storage bucket of a totals window: a minute window lives in its day's partition, an hour
+ * window in its month's, a day window in its year's, so a partition stays bounded.
+ */
+export function totalsBucket(windowStartMs: number, g: Granularity): string {
+  const iso = new Date(windowStartMs).toISOString()
+  return g === 'minute' ? iso.slice(0, 10) : g === 'hour' ? iso.slice(0, 7) : iso.slice(0, 4)
+}
+
+export type EventKind = 'event' | 'bot' | 'ignored'
+
+/** Whether an event counts, counts as a bot event, or is not activity at all. */
+export function kindOf(e: Pick<RawEventV1, 'type' | 'bot'>): EventKind {
+  if (e.type !== 'track' && e.type !== 'page' && e.type !== 'screen') return 'ignored'
+  return e.bot ? 'bot' : 'event'
+}
+
+export function isPageview(e: Pick<RawEventV1, 'type'>): boolean {
+  return e.type === 'page'
+}
+
+export function visitorId(e: Pick<RawEventV1, 'anonymousId' | 'userId' | 'messageId'>): string {
+  return e.anonymousId ?? e.userId ?? e.messageId
+}
+
+function str(v: unknown): string | undefined {
+  return typeof v === 'string' && v !== '' ? v : undefined
+}
+
+function obj(v: unknown): Record<string, unknown> | undefined {
+  return v !== null && typeof v === 'object' && !Array.isArray(v) ? (v as Record<string, unknown>) : undefined
+}
+
+function urlOf(raw: string | undefined): URL | undefined {
+  if (!raw) return undefined
+  try {
+    return new URL(raw)
+  } catch {
+    return undefined
+  }
+}
+
+/** Host of a referrer URL, lower-case, without a leading "www."; (direct) when there is none. */
+export function referrerHost(raw: string | undefined): string {
+  const u = urlOf(raw)
+  if (!u || !u.hostname) return DIRECT
+  return u.hostname.toLowerCase().replace(/^www\./, '')
+}
+
+const MAX_VALUE_LENGTH = 256
+
+function clip(v: string): string {
+  return v.length > MAX_VALUE_LENGTH ? v.slice(0, MAX_VALUE_LENGTH) : v
+}
+
+/** The value of every dimension for one event. */
+export function dimensionsOf(e: RawEventV1): Record<Dimension, string> {
+  const page = obj(e.context.page)
+  const props = e.properties
+  const url = str(props.url) ?? str(page?.url)
+  const path = str(props.path) ?? str(page?.path) ?? urlOf(url)?.pathname
+  const referrer = str(props.referrer) ?? str(page?.referrer)
+  const campaign = obj(e.context.campaign)
+  const utm = str(campaign?.source) ?? urlOf(url)?.searchParams.get('utm_source') ?? undefined
+  return {
+    event: clip(e.type === 'track' ? (e.event ?? NONE) : e.type === 'page' ? 'pageview' : 'screen'),
+    path: clip(path ?? NONE),
+    referrer: clip(referrerHost(referrer)),
+    utm_source: clip(utm || NONE),
+    browser: e.ua.browser,
+    os: e.ua.os,
+    device: e.ua.device,
+  }
+}

@@ -1,0 +1,84 @@
+import type { RawEventV1 } from '../../schemas/events.js'
+import { HyperLogLog } from '../hll.js'
+import type { AggregateValues, RowKey } from '../ports/aggregate-store.js'
+import {
+  DIMENSION_GRANULARITIES,
+  DIMENSIONS,
+  dimensionsOf,
+  GRANULARITIES,
+  isPageview,
+  kindOf,
+  visitorId,
+  windowStart,
+} from './definition.js'
+
+/** Every row one counted event touches: totals for each granularity, breakdowns for hour and day. */
+export function rowKeysFor(e: RawEventV1, timestampMs: number, sourcePartition: number): RowKey[] {
+  const keys: RowKey[] = []
+  for (const g of GRANULARITIES) {
+    keys.push({
+      siteId: e.siteId,
+      granularity: g,
+      windowStart: windowStart(timestampMs, g),
+      dimension: undefined,
+      value: '',
+      sourcePartition,
+    })
+  }
+  const dims = dimensionsOf(e)
+  for (const g of DIMENSION_GRANULARITIES) {
+    const ws = windowStart(timestampMs, g)
+    for (const d of DIMENSIONS) {
+      keys.push({
+        siteId: e.siteId,
+        granularity: g,
+        windowStart: ws,
+        dimension: d,
+        value: dims[d],
+        sourcePartition,
+      })
+    }
+  }
+  return keys
+}
+
+/** Counts of one row while it is being built. */
+export class RowAccumulator {
+  events = 0
+  pageviews = 0
+  botEvents = 0
+  readonly visitors: HyperLogLog
+
+  constructor(precision: number, stored?: AggregateValues) {
+    if (stored) {
+      this.events = stored.events
+      this.pageviews = stored.pageviews
+      this.botEvents = stored.botEvents
+      this.visitors =
+        stored.visitors.length > 0 ? HyperLogLog.fromBytes(stored.visitors) : new HyperLogLog(precision)
+    } else {
+      this.visitors = new HyperLogLog(precision)
+    }
+  }
+
+  /** Adds one event (the caller decides that it counts and is not a duplicate). */
+  add(e: RawEventV1, visitorHash?: bigint): void {
+    if (kindOf(e) === 'bot') {
+      this.botEvents++
+      return
+    }
+    this.events++
+    if (isPageview(e)) this.pageviews++
+    if (visitorHash === undefined) this.visitors.add(visitorId(e))
+    else this.visitors.addHash(visitorHash)
+  }
+
+  values(): AggregateValues {
+    return {
+      events: this.events,
+      pageviews: this.pageviews,
+      botEvents: this.botEvents,
+      visitors: this.visitors.toBytes(),
+    }
+  }
+}

@@ -1,0 +1,111 @@
+import type { Admin, Consumer, Kafka } from 'kafkajs'
+import { once } from '../lifecycle.js'
+import type { Logger } from '../log.js'
+import type { ConsumedRecord, ConsumerHandlers, EventLogConsumer, LogOffsets } from '../ports/event-log.js'
+
+export interface KafkaGroupConsumerOptions {
+  groupId: string
+  topic: string
+  /** Partitions processed at the same time by this member. Default 3. */
+  partitionsConsumedConcurrently?: number
+  /** Default 30000 ms; a member silent for longer is removed from the group. */
+  sessionTimeoutMs?: number
+  /** Largest fetch per partition. Default 4 MiB. */
+  maxBytesPerPartition?: number
+  logger?: Logger
+}
+
+/** A kafkajs consumer group member behind the event-log consumer port. */
+export class KafkaGroupConsumer implements EventLogConsumer {
+  private readonly consumer: Consumer
+  readonly close: () => Promise<void>
+
+  constructor(
+    kafka: Kafka,
+    private readonly options: KafkaGroupConsumerOptions,
+  ) {
+    this.consumer = kafka.consumer({
+      groupId: options.groupId,
+      sessionTimeout: options.sessionTimeoutMs ?? 30_000,
+      heartbeatInterval: 3000,
+      maxBytesPerPartition: options.maxBytesPerPartition ?? 4 * 1024 * 1024,
+      allowAutoTopicCreation: false,
+      retry: { retries: Number.MAX_SAFE_INTEGER, initialRetryTime: 200, maxRetryTime: 5000 },
+    })
+    this.close = once(async () => {
+      await this.consumer.disconnect()
+    })
+  }
+
+  async start(handlers: ConsumerHandlers): Promise<void> {
+    const { topic } = this.options
+    this.consumer.on(this.consumer.events.GROUP_JOIN, (e) => {
+      const assigned = e.payload.memberAssignment[topic] ?? []
+      this.options.logger?.info(
+        { partitions: assigned, groupId: this.options.groupId },
+        'partitions assigned',
+      )
+      handlers.onAssignment?.([...assigned].sort((a, b) => a - b))
+    })
+    await this.consumer.connect()
+    await this.consumer.subscribe({ topic, fromBeginning: true })
+    await this.consumer.run({
+      autoCommit: false,
+      eachBatchAutoResolve: false,
+      partitionsConsumedConcurrently: this.options.partitionsConsumedConcurrently ?? 3,
+      eachBatch: async ({ batch, heartbeat, isStale, isRunning }) => {
+        if (!isRunning() || isStale()) return
+        const records: ConsumedRecord[] = batch.messages.map((m) => {
+          const headers: Record<string, string> = {}
+          for (const [k, v] of Object.entries(m.headers ?? {})) {
+            if (v !== undefined) headers[k] = Array.isArray(v) ? String(v[0]) : String(v)
+          }
+          return {
+            offset: Number(m.offset),
+            key: m.key ? m.key.toString() : undefined,
+            value: m.value ?? undefined,
+            headers,
+            timestampMs: Number(m.timestamp),
+          }
+        })
+        await handlers.onBatch(
+          {
+            topic: batch.topic,
+            partition: batch.partition,
+            records,
+            highWatermark: Number(batch.highWatermark),
+          },
+          { heartbeat, isStale: () => isStale() || !isRunning() },
+        )
+      },
+    })
+  }
+
+  async commit(partition: number, nextOffset: number): Promise<void> {
+    await this.consumer.commitOffsets([{ topic: this.options.topic, partition, offset: String(nextOffset) }])
+  }
+}
+
+/** End offsets through the admin API (for lag metrics while a partition is idle). */
+export class KafkaOffsets implements LogOffsets {
+  private admin: Admin | undefined
+  private connecting: Promise<void> | undefined
+
+  constructor(private readonly kafka: Kafka) {}
+
+  async endOffsets(topic: string): Promise<Map<number, number>> {
+    if (!this.admin) {
+      const admin = this.kafka.admin()
+      this.connecting ??= admin.connect().then(() => {
+        this.admin = admin
+      })
+      await this.connecting
+    }
+    const offsets = await this.admin!.fetchTopicOffsets(topic)
+    return new Map(offsets.map((o) => [o.partition, Number(o.high)]))
+  }
+
+  async close(): Promise<void> {
+    await this.admin?.disconnect()
+  }
+}

@@ -1,0 +1,106 @@
+import type { Dimension, Granularity } from '../aggregate/definition.js'
+
+/** Counts of one window (and dimension value), for one source partition or final. */
+export interface AggregateValues {
+  events: number
+  pageviews: number
+  botEvents: number
+  /** HyperLogLog registers, serialized (core/hll.ts). */
+  visitors: Uint8Array
+}
+
+/** A row of the aggregate store. `dimension` undefined = the window's totals. */
+export interface RowKey {
+  siteId: string
+  granularity: Granularity
+  windowStart: number
+  dimension: Dimension | undefined
+  value: string
+  /** Source partition of the stream; -1 for rows written by a batch rebuild (final). */
+  sourcePartition: number
+}
+
+export interface StoredRow extends AggregateValues {
+  /** The last source offset whose event is counted in this row (−1 when none). */
+  throughOffset: number
+}
+
+export interface RowWrite {
+  key: RowKey
+  values: AggregateValues
+  throughOffset: number
+}
+
+export interface StreamCheckpoint {
+  /** Every event below this offset is in the aggregates. */
+  nextOffset: number
+  /** Max receivedAt (ms) seen: decides which windows are closed. */
+  watermarkMs: number
+  epoch: number
+}
+
+export interface DedupChunk {
+  firstOffset: number
+  lastOffset: number
+  /** Latest receivedAt (ms) among the entries. */
+  maxReceivedMs: number
+  /** 12 bytes per entry: 64-bit messageId hash (big-endian) + uint32 receivedAt minute. */
+  entries: Buffer
+}
+
+export interface PartitionRef {
+  group: string
+  topic: string
+  partition: number
+}
+
+/**
+ * What a stream worker needs from the aggregate store. Every write of an owner is fenced by its
+ * epoch: after another worker acquired the partition, a stale owner's writes lose.
+ */
+export interface StreamStore {
+  /** Takes ownership of a source partition: returns a new epoch, higher than any before. */
+  acquireEpoch(ref: PartitionRef, owner: string): Promise<number>
+  readCheckpoint(ref: PartitionRef): Promise<StreamCheckpoint | undefined>
+  writeCheckpoint(ref: PartitionRef, checkpoint: StreamCheckpoint): Promise<void>
+  /** Reads rows by full key; rows that do not exist are absent from the map (keyed by rowId). */
+  loadRows(keys: readonly RowKey[]): Promise<Map<string, StoredRow>>
+  writeRows(rows: readonly RowWrite[], epoch: number): Promise<void>
+  /** Dedup chunks with lastOffset below `belowOffset` and entries received at or after `sinceMs`. */
+  loadDedup(ref: PartitionRef, belowOffset: number, sinceMs: number): Promise<DedupChunk[]>
+  writeDedup(ref: PartitionRef, chunk: DedupChunk, epoch: number): Promise<void>
+}
+
+/** A stable string id of a row key (map key in memory). */
+export function rowId(k: RowKey): string {
+  return `${k.siteId}\u0001${k.granularity}\u0001${k.windowStart}\u0001${k.dimension ?? ''}\u0001${k.value}\u0001${k.sourcePartition}`
+}
+
+/** One window (or one dimension value over a set of windows) after merging every partial. */
+export interface MergedValues {
+  events: number
+  pageviews: number
+  botEvents: number
+  /** Merged HyperLogLog registers (serialized). */
+  visitors: Uint8Array
+}
+
+export interface MergedWindow extends MergedValues {
+  windowStart: number
+  /** True when a batch rebuild wrote this window (final); false while only stream partials exist. */
+  final: boolean
+}
+
+/** What the query side reads. Never writes. */
+export interface AggregateReader {
+  /** Totals of every window of `granularity` starting in [fromMs, toMs). */
+  totals(siteId: string, granularity: Granularity, fromMs: number, toMs: number): Promise<MergedWindow[]>
+  /** Per value of `dimension`, merged over the windows of `granularity` starting in [fromMs, toMs). */
+  breakdown(
+    siteId: string,
+    granularity: Granularity,
+    dimension: Dimension,
+    fromMs: number,
+    toMs: number,
+  ): Promise<Map<string, MergedValues & { final: boolean }>>
+}

@@ -1,0 +1,58 @@
+import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client'
+
+/** Prometheus metrics of a stream worker (served at its own GET /metrics). */
+export function createStreamMetrics() {
+  const registry = new Registry()
+  collectDefaultMetrics({ register: registry, prefix: 'tally_stream_' })
+  return {
+    registry,
+    lag: new Gauge({
+      name: 'tally_stream_consumer_lag',
+      help: 'Records in the raw topic not yet checkpointed, per partition (queue depth: the health and scaling signal)',
+      labelNames: ['partition'] as const,
+      registers: [registry],
+    }),
+    records: new Counter({
+      name: 'tally_stream_records_total',
+      help: 'Records processed by outcome (counted, duplicate, late, not_counted, dead_letter, replayed)',
+      labelNames: ['outcome'] as const,
+      registers: [registry],
+    }),
+    stepSeconds: new Histogram({
+      name: 'tally_stream_step_seconds',
+      help: 'Time per pipeline step and batch (decode+validate+dedup+classify, load, aggregate, flush)',
+      labelNames: ['step'] as const,
+      buckets: [0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+      registers: [registry],
+    }),
+    flushSeconds: new Histogram({
+      name: 'tally_stream_flush_seconds',
+      help: 'Time to write one partition’s dirty windows, dedup entries and checkpoint',
+      buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+      registers: [registry],
+    }),
+    rowsWritten: new Counter({
+      name: 'tally_stream_rows_written_total',
+      help: 'Aggregate rows written',
+      registers: [registry],
+    }),
+    checkpointAge: new Gauge({
+      name: 'tally_stream_checkpoint_age_seconds',
+      help: 'Seconds since each owned partition was last checkpointed',
+      labelNames: ['partition'] as const,
+      registers: [registry],
+    }),
+    storeRetries: new Counter({
+      name: 'tally_stream_store_retries_total',
+      help: 'Failed store writes that were retried (consumption pauses meanwhile)',
+      registers: [registry],
+    }),
+    openRows: new Gauge({
+      name: 'tally_stream_open_rows',
+      help: 'Aggregate rows held in memory',
+      registers: [registry],
+    }),
+  }
+}
+
+export type StreamMetrics = ReturnType<typeof createStreamMetrics>

@@ -1,0 +1,73 @@
+import type { AddressInfo } from 'node:net'
+import { createCassandraClient } from '../core/cassandra/client.js'
+import { CassandraStreamStore } from '../core/cassandra/stream-store.js'
+import type { TallyConfig } from '../core/config.js'
+import { createHttpServer } from '../core/http.js'
+import { createKafka } from '../core/kafka/client.js'
+import { KafkaGroupConsumer, KafkaOffsets } from '../core/kafka/consumer.js'
+import { KafkaBatchingProducer } from '../core/kafka/producer.js'
+import { once } from '../core/lifecycle.js'
+import type { Logger } from '../core/log.js'
+import { createStreamMetrics } from './metrics.js'
+import { StreamWorker } from './worker.js'
+
+export const STREAM_DEFAULT_PORT = 9464
+
+export interface RunningStream {
+  url: string
+  registryText(): Promise<string>
+  worker: StreamWorker
+  close(): Promise<void>
+}
+
+/** Starts a stream worker and its small HTTP server for /metrics, /healthz and /readyz. */
+export async function startStream(config: TallyConfig, logger: Logger): Promise<RunningStream> {
+  const metrics = createStreamMetrics()
+  const cassandra = createCassandraClient(config.cassandra, { keyspace: config.cassandra.keyspace })
+  await cassandra.connect()
+  const kafka = createKafka(config.kafka, { logger })
+  const deadLetters = new KafkaBatchingProducer(kafka, { logger, appendTimeoutMs: 30_000 })
+  await deadLetters.connect()
+  const offsets = new KafkaOffsets(kafka)
+  const consumer = new KafkaGroupConsumer(kafka, {
+    groupId: config.stream.group,
+    topic: config.kafka.topicRaw,
+    partitionsConsumedConcurrently: config.stream.partitionsConcurrently,
+    logger,
+  })
+  const worker = new StreamWorker({
+    config: config.stream,
+    topic: config.kafka.topicRaw,
+    deadLetterTopic: config.kafka.topicDeadLetter,
+    consumer,
+    store: new CassandraStreamStore(cassandra, config.stream.ttlSeconds),
+    deadLetters,
+    offsets,
+    metrics,
+    logger,
+  })
+  const app = createHttpServer({ logger, bodyLimit: 1024, requestTimeoutMs: 10_000 })
+  app.get('/healthz', async () => ({ status: 'ok' }))
+  app.get('/readyz', async () => ({ status: 'ready', partitions: worker.ownedPartitions() }))
+  app.get('/metrics', async (_req, reply) =>
+    reply.header('content-type', metrics.registry.contentType).send(await metrics.registry.metrics()),
+  )
+  await worker.start()
+  await app.listen({ host: config.host, port: config.port ?? STREAM_DEFAULT_PORT })
+  const addr = app.server.address() as AddressInfo
+  const url = `http://${addr.address}:${addr.port}`
+  logger.info({ url, group: config.stream.group }, 'stream worker running')
+  return {
+    url,
+    worker,
+    registryText: () => metrics.registry.metrics(),
+    // Order: stop metrics HTTP, flush + checkpoint + leave the group, flush dead letters, close Cassandra.
+    close: once(async () => {
+      await app.close()
+      await worker.close()
+      await deadLetters.close()
+      await offsets.close()
+      await cassandra.shutdown()
+    }),
+  }
+}

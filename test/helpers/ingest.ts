@@ -1,0 +1,104 @@
+import { once } from 'node:events'
+import { createServer } from 'node:net'
+import type { FastifyInstance, LightMyRequestResponse } from 'fastify'
+import { createCassandraClient } from '../../core/cassandra/client.js'
+import { CassandraSiteStore } from '../../core/cassandra/sites.js'
+import type { TallyConfig } from '../../core/config.js'
+import { createKafka } from '../../core/kafka/client.js'
+import { KafkaBatchingProducer } from '../../core/kafka/producer.js'
+import { createLogger } from '../../core/log.js'
+import type { Site } from '../../core/ports/site-store.js'
+import { buildIngestApp } from '../../ingest/app.js'
+import { createIngestMetrics, type IngestMetrics } from '../../ingest/metrics.js'
+import { SiteCache } from '../../ingest/site-cache.js'
+import { uniqueName } from './context.js'
+
+export interface TestIngest {
+  app: FastifyInstance
+  producer: KafkaBatchingProducer
+  sites: CassandraSiteStore
+  metrics: IngestMetrics
+  /** Creates a site with a unique id; `origins` are allowed besides https://<domain>. */
+  addSite(origins?: string[]): Promise<Site>
+  close(): Promise<void>
+}
+
+/**
+ * The ingest app wired as `startIngest` wires it (real Kafka producer, site cache over Cassandra),
+ * but not listening, so tests can use `app.inject()`; call `app.listen` for a real socket. The
+ * keyspace and topics must exist (`migrate(config)`).
+ */
+export async function buildTestIngest(config: TallyConfig): Promise<TestIngest> {
+  const logger = createLogger(config.logLevel)
+  const cassandra = createCassandraClient(config.cassandra, { keyspace: config.cassandra.keyspace })
+  await cassandra.connect()
+  const producer = new KafkaBatchingProducer(createKafka(config.kafka), {
+    lingerMs: config.ingest.lingerMs,
+    appendTimeoutMs: config.ingest.appendTimeoutMs,
+    logger,
+  })
+  await producer.connect()
+  const sites = new CassandraSiteStore(cassandra)
+  const metrics = createIngestMetrics()
+  const app = await buildIngestApp({
+    config: config.ingest,
+    topic: config.kafka.topicRaw,
+    log: producer,
+    sites: new SiteCache(sites, { ttlMs: config.ingest.siteCacheTtlMs }),
+    metrics,
+    logger,
+  })
+  return {
+    app,
+    producer,
+    sites,
+    metrics,
+    async addSite(origins = []) {
+      const siteId = uniqueName('site').replace(/_/g, '-')
+      const { site } = await sites.create({ siteId, domain: `${siteId}.example.test`, origins })
+      return site
+    },
+    async close() {
+      await app.close()
+      await producer.close()
+      await cassandra.shutdown()
+    },
+  }
+}
+
+/** HTTP Basic with the write key as user name, as Segment's server libraries send it. */
+export function basic(writeKey: string): string {
+  return `Basic ${Buffer.from(`${writeKey}:`).toString('base64')}`
+}
+
+/** The parsed JSON body of an inject() answer. */
+export function body(res: LightMyRequestResponse): Record<string, unknown> {
+  return res.json() as Record<string, unknown>
+}
+
+/** A TCP port that was free a moment ago (loopback). */
+export async function freePort(): Promise<number> {
+  const server = createServer()
+  server.listen(0, '127.0.0.1')
+  await once(server, 'listening')
+  const address = server.address()
+  const port = typeof address === 'object' && address ? address.port : 0
+  server.close()
+  await once(server, 'close')
+  return port
+}
+
+/** Value of one sample of a Prometheus text exposition (0 when absent). */
+export function metricValue(text: string, name: string, labels: Record<string, string> = {}): number {
+  let total = 0
+  for (const line of text.split('\n')) {
+    if (!line.startsWith(`${name}{`) && !line.startsWith(`${name} `)) continue
+    const m = /^([^{\s]+)(?:\{([^}]*)\})?\s+(\S+)/.exec(line)
+    if (!m || m[1] !== name) continue
+    const have = Object.fromEntries(
+      [...(m[2] ?? '').matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)].map((x) => [x[1], x[2]]),
+    )
+    if (Object.entries(labels).every(([k, v]) => have[k] === v)) total += Number(m[3])
+  }
+  return total
+}

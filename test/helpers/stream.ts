@@ -1,0 +1,189 @@
+import type { Client } from 'cassandra-driver'
+import type { FastifyInstance } from 'fastify'
+import { expect } from 'vitest'
+import { type GeneratedEvent, type Truth, truthCounts, windowKey } from '../../bench/workload.js'
+import { DIMENSION_GRANULARITIES, DIMENSIONS, GRANULARITIES } from '../../core/aggregate/definition.js'
+import { CassandraAggregateReader } from '../../core/cassandra/aggregate-reader.js'
+import type { TallyConfig } from '../../core/config.js'
+import { HyperLogLog, hllErrorBound } from '../../core/hll.js'
+import { createKafka } from '../../core/kafka/client.js'
+import type { Logger } from '../../core/log.js'
+import type { EventLogWriter } from '../../core/ports/event-log.js'
+import type { Site } from '../../core/ports/site-store.js'
+import { buildIngestApp } from '../../ingest/app.js'
+import { createIngestMetrics } from '../../ingest/metrics.js'
+import { eventually } from './context.js'
+
+/** An in-process ingest app (no socket) over the given log, knowing the given sites. */
+export async function ingestApp(
+  config: TallyConfig,
+  log: EventLogWriter,
+  sites: Site[],
+  logger: Logger,
+): Promise<FastifyInstance> {
+  const byKey = new Map(sites.map((s) => [s.writeKey, s]))
+  return buildIngestApp({
+    config: { ...config.ingest, rateLimitClientPerSec: 0, rateLimitSitePerSec: 0, maxBatchEvents: 5000 },
+    topic: config.kafka.topicRaw,
+    log,
+    sites: { byWriteKey: async (k) => byKey.get(k), isKnownOrigin: async () => true },
+    metrics: createIngestMetrics(),
+    logger,
+  })
+}
+
+/**
+ * Posts generated events in send order through /v1/import (original timestamps kept, so windows
+ * match the generator's truth), in batches per site.
+ */
+export async function feed(
+  app: FastifyInstance,
+  events: readonly GeneratedEvent[],
+  keyOf: (siteId: string) => string,
+  batchSize = 200,
+): Promise<number> {
+  let accepted = 0
+  for (let i = 0; i < events.length; i += batchSize) {
+    const slice = events.slice(i, i + batchSize)
+    const bySite = new Map<string, GeneratedEvent[]>()
+    for (const e of slice) bySite.set(e.siteId, [...(bySite.get(e.siteId) ?? []), e])
+    for (const [siteId, list] of bySite) {
+      const res = await app.inject({
+        method: 'POST',
+        url: '/v1/import',
+        headers: {
+          'content-type': 'application/json',
+          authorization: `Basic ${Buffer.from(`${keyOf(siteId)}:`).toString('base64')}`,
+        },
+        payload: { batch: list.map((e) => e.payload) },
+      })
+      expect(res.statusCode, res.body).toBe(200)
+      const body = res.json() as { accepted: number; rejected: unknown[] }
+      expect(body.rejected).toEqual([])
+      accepted += body.accepted
+    }
+  }
+  return accepted
+}
+
+/** Waits until every partition's checkpoint has reached the end of the raw topic. */
+export async function waitCaughtUp(
+  config: TallyConfig,
+  cassandra: Client,
+  timeoutMs = 90_000,
+): Promise<void> {
+  const admin = createKafka(config.kafka).admin()
+  await admin.connect()
+  try {
+    const ends = new Map(
+      (await admin.fetchTopicOffsets(config.kafka.topicRaw)).map((o) => [o.partition, Number(o.high)]),
+    )
+    await eventually(
+      async () => {
+        const rs = await cassandra.execute(
+          'SELECT partition, next_offset FROM stream_checkpoints WHERE consumer_group = ? AND topic = ? AND partition IN ?',
+          [config.stream.group, config.kafka.topicRaw, [...ends.keys()]],
+          { prepare: true },
+        )
+        const done = new Map(rs.rows.map((r) => [Number(r.get('partition')), Number(r.get('next_offset'))]))
+        for (const [p, end] of ends) if (end > 0 && (done.get(p) ?? 0) < end) return undefined
+        return true
+      },
+      timeoutMs,
+      'stream checkpoints to reach the end of the raw topic',
+    )
+  } finally {
+    await admin.disconnect()
+  }
+}
+
+export interface Mismatch {
+  where: string
+  expected: number
+  actual: number
+}
+
+/**
+ * Compares every window (minute/hour/day totals) and every breakdown (hour and day) with the
+ * truth: counts exactly, visitors within the HyperLogLog bound (and exactly when small).
+ */
+export async function compareWithTruth(
+  cassandra: Client,
+  precision: number,
+  truth: Truth,
+  sites: readonly string[],
+  fromMs: number,
+  toMs: number,
+): Promise<Mismatch[]> {
+  const reader = new CassandraAggregateReader(cassandra, precision)
+  const bound = hllErrorBound(precision)
+  const out: Mismatch[] = []
+  const check = (where: string, expected: number, actual: number, approx = false) => {
+    const ok = approx
+      ? Math.abs(actual - expected) <= Math.max(1, Math.ceil(expected * bound))
+      : actual === expected
+    if (!ok) out.push({ where, expected, actual })
+  }
+  for (const site of sites) {
+    for (const g of GRANULARITIES) {
+      const windows = await reader.totals(site, g, fromMs, toMs)
+      const byStart = new Map(windows.map((w) => [w.windowStart, w]))
+      const expectedWindows = Object.keys(truth.sites[site]?.windows[g] ?? {})
+      const starts = new Set([...expectedWindows.map((k) => Date.parse(k)), ...byStart.keys()])
+      for (const ws of starts) {
+        if (ws < fromMs || ws >= toMs) continue
+        const t = truthCounts(truth, site, { granularity: g, window: ws })
+        const a = byStart.get(ws)
+        const est = a ? Math.round(HyperLogLog.fromBytes(a.visitors).estimate()) : 0
+        const where = `${site} ${g} ${windowKey(ws, g)}`
+        check(`${where} events`, t.events, a?.events ?? 0)
+        check(`${where} pageviews`, t.pageviews, a?.pageviews ?? 0)
+        check(`${where} visitors`, t.visitors, est, true)
+      }
+    }
+    for (const g of DIMENSION_GRANULARITIES) {
+      for (const d of DIMENSIONS) {
+        const merged = await reader.breakdown(site, g, d, fromMs, toMs)
+        const expected = new Map<string, { events: number; pageviews: number; visitors: number }>()
+        for (const [key, w] of Object.entries(truth.sites[site]?.windows[g] ?? {})) {
+          const ws = Date.parse(key)
+          if (ws < fromMs || ws >= toMs) continue
+          for (const [value, c] of Object.entries(w.breakdown[d])) {
+            const e = expected.get(value) ?? { events: 0, pageviews: 0, visitors: 0 }
+            e.events += c.events
+            e.pageviews += c.pageviews
+            expected.set(value, e)
+          }
+        }
+        // The compared range holds the whole workload, so the site-wide breakdown's exact visitors
+        // is the truth for a value merged over all its windows.
+        const rangeTruth = truth.sites[site]?.breakdown[d] ?? {}
+        for (const value of new Set([...expected.keys(), ...merged.keys()])) {
+          const e = expected.get(value) ?? { events: 0, pageviews: 0, visitors: 0 }
+          const a = merged.get(value)
+          const est = a ? Math.round(HyperLogLog.fromBytes(a.visitors).estimate()) : 0
+          check(`${site} ${g} ${d}=${value} visitors`, rangeTruth[value]?.visitors ?? 0, est, true)
+          // Bot-only values exist in the store (bot_events) with zero counts: compare counts only.
+          check(`${site} ${g} ${d}=${value} events`, e.events, a?.events ?? 0)
+          check(`${site} ${g} ${d}=${value} pageviews`, e.pageviews, a?.pageviews ?? 0)
+        }
+      }
+    }
+  }
+  return out
+}
+
+/**
+ * The generator makes an event late by sending it long after its timestamp (in virtual time);
+ * fed all at once, every event arrives now. This moves each late event's timestamp back by
+ * `lateByMs` instead (and its retries' with it), so it really is late when it arrives.
+ */
+export function lateInRealTime(events: readonly GeneratedEvent[], lateByMs: number): GeneratedEvent[] {
+  const lateIds = new Set(events.filter((e) => e.isLate).map((e) => e.payload.messageId))
+  return events.map((e) => {
+    if (!lateIds.has(e.payload.messageId)) return e
+    const payload = structuredClone(e.payload) as GeneratedEvent['payload']
+    payload.timestamp = new Date(Date.parse(payload.timestamp) - lateByMs).toISOString()
+    return { ...e, payload, isLate: true }
+  })
+}

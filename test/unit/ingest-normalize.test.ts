@@ -1,0 +1,211 @@
+import { describe, expect, it } from 'vitest'
+import { depthExceeds, type NormalizeInput, normalizeEvent } from '../../ingest/normalize.js'
+import { UserAgentParser } from '../../ingest/user-agent.js'
+import { expectedRawEvent, USER_AGENTS } from '../helpers/raw-event.js'
+
+const limits = { maxEventBytes: 32 * 1024, maxDepth: 16 }
+const parser = new UserAgentParser()
+
+function input(over: Partial<NormalizeInput> = {}): NormalizeInput {
+  return {
+    siteId: 'site-a',
+    userAgent: USER_AGENTS.chromeDesktop,
+    receivedAtMs: Date.parse('2026-03-01T12:00:00.000Z'),
+    batchSentAt: undefined,
+    routeType: undefined,
+    imported: false,
+    ...over,
+  }
+}
+
+function ok(payload: unknown, inp: NormalizeInput) {
+  const r = normalizeEvent(payload, inp, limits, parser)
+  if (!r.ok) throw new Error(`rejected: ${r.rejection.code} ${r.rejection.message}`)
+  return r.event
+}
+
+function rejection(payload: unknown, inp: NormalizeInput = input(), lim = limits) {
+  const r = normalizeEvent(payload, inp, lim, parser)
+  if (r.ok) throw new Error('accepted, expected a rejection')
+  return r.rejection
+}
+
+describe('normalizeEvent: enrichment', () => {
+  it('corrects client clock skew: timestamp = receivedAt − (sentAt − timestamp)', () => {
+    // The client clock runs 1 h 3 min 7.25 s behind; the event happened 4.5 s before it was sent.
+    const inp = input({ routeType: 'track' })
+    const skewMs = -(3600_000 + 187_250)
+    const sentAtMs = inp.receivedAtMs + skewMs
+    const sent = {
+      messageId: 'm-1',
+      anonymousId: 'anon-1',
+      event: 'Clicked',
+      timestamp: new Date(sentAtMs - 4500).toISOString(),
+      sentAt: new Date(sentAtMs).toISOString(),
+    }
+    const event = ok(sent, inp)
+    expect(Date.parse(event.timestamp)).toBe(inp.receivedAtMs - 4500)
+    expect(event.originalTimestamp).toBe(sent.timestamp)
+    expect(event.receivedAt).toBe(new Date(inp.receivedAtMs).toISOString())
+    expect(event).toEqual(
+      expectedRawEvent(sent, {
+        siteId: 'site-a',
+        receivedAt: event.receivedAt,
+        userAgent: inp.userAgent,
+        routeType: 'track',
+      }),
+    )
+  })
+
+  it('applies the batch sentAt to events without their own', () => {
+    const inp = input({ batchSentAt: '2026-03-01T11:00:10.000Z' })
+    const sent = { type: 'page', messageId: 'm-2', userId: 42, timestamp: '2026-03-01T11:00:00.000Z' }
+    const event = ok(sent, inp)
+    expect(Date.parse(event.timestamp)).toBe(inp.receivedAtMs - 10_000)
+    expect(event.userId).toBe('42')
+    expect(event.sentAt).toBe('2026-03-01T11:00:10.000Z')
+  })
+
+  it('keeps the original timestamp of imported events and flags them', () => {
+    const inp = input({ imported: true, batchSentAt: '2026-03-01T11:59:59.000Z' })
+    const sent = {
+      type: 'track',
+      event: 'Old',
+      messageId: 'm-3',
+      anonymousId: 'a',
+      timestamp: '2024-01-02T03:04:05.678Z',
+    }
+    const event = ok(sent, inp)
+    expect(event.timestamp).toBe('2024-01-02T03:04:05.678Z')
+    expect(event.imported).toBe(true)
+    expect(event).toEqual(
+      expectedRawEvent(sent, {
+        siteId: 'site-a',
+        receivedAt: event.receivedAt,
+        userAgent: inp.userAgent,
+        batchSentAt: '2026-03-01T11:59:59.000Z',
+        imported: true,
+      }),
+    )
+  })
+
+  it('uses receivedAt when the client sent no time at all', () => {
+    const event = ok({ anonymousId: 'a', messageId: 'm' }, input({ routeType: 'page' }))
+    expect(event.timestamp).toBe(event.receivedAt)
+    expect(event.originalTimestamp).toBeUndefined()
+  })
+
+  it('parses the user agent (context.userAgent first) and flags bots', () => {
+    const fromHeader = ok({ anonymousId: 'a', messageId: 'm' }, input({ routeType: 'page' }))
+    expect(fromHeader.ua).toEqual({ browser: 'Chrome', os: 'Windows', device: 'desktop' })
+    expect(fromHeader.bot).toBe(false)
+    const fromContext = ok(
+      { anonymousId: 'a', messageId: 'm', context: { userAgent: USER_AGENTS.safariIphone } },
+      input({ routeType: 'page' }),
+    )
+    expect(fromContext.ua).toEqual({ browser: 'Mobile Safari', os: 'iOS', device: 'mobile' })
+    const bot = ok(
+      { anonymousId: 'a', messageId: 'm' },
+      input({ routeType: 'page', userAgent: USER_AGENTS.googlebot }),
+    )
+    expect(bot.bot).toBe(true)
+    const none = ok({ anonymousId: 'a', messageId: 'm' }, input({ routeType: 'page', userAgent: undefined }))
+    expect(none.ua).toEqual({ browser: '(unknown)', os: '(unknown)', device: '(unknown)' })
+    expect(none.bot).toBe(false)
+  })
+
+  it('drops the client IP and keeps the rest of the context', () => {
+    const event = ok(
+      {
+        anonymousId: 'a',
+        messageId: 'm',
+        context: { ip: '203.0.113.9', locale: 'de-DE', page: { path: '/x' } },
+      },
+      input({ routeType: 'page' }),
+    )
+    expect(event.context).toEqual({ locale: 'de-DE', page: { path: '/x' } })
+    expect(JSON.stringify(event)).not.toContain('203.0.113.9')
+  })
+
+  it('assigns a messageId when absent and flags it as server-assigned', () => {
+    const a = ok({ anonymousId: 'a' }, input({ routeType: 'page' }))
+    const b = ok({ anonymousId: 'a' }, input({ routeType: 'page' }))
+    expect(a.messageIdAssigned).toBe(true)
+    expect(a.messageId).not.toBe(b.messageId)
+    expect(a.messageId.length).toBeGreaterThan(8)
+    const own = ok({ anonymousId: 'a', messageId: 'mine' }, input({ routeType: 'page' }))
+    expect(own).toMatchObject({ messageId: 'mine', messageIdAssigned: false })
+  })
+
+  it('treats null fields as absent, as analytics.js sends userId: null before identify', () => {
+    const sent = {
+      type: 'track',
+      event: 'Signed Up',
+      messageId: 'ajs-next-1',
+      anonymousId: 'anon-9',
+      userId: null,
+      properties: { plan: 'pro' },
+      writeKey: 'wk_x',
+    }
+    const event = ok(sent, input())
+    expect(event.userId).toBeUndefined()
+    expect(event).toEqual(
+      expectedRawEvent(sent, {
+        siteId: 'site-a',
+        receivedAt: event.receivedAt,
+        userAgent: USER_AGENTS.chromeDesktop,
+      }),
+    )
+  })
+})
+
+describe('normalizeEvent: rejections', () => {
+  it('gives each problem its own code', () => {
+    expect(rejection('x').code).toBe('TALLY_ERR_INVALID_EVENT')
+    expect(rejection({ type: 'track', event: 'e' }).code).toBe('TALLY_ERR_MISSING_IDENTITY')
+    expect(rejection({ anonymousId: 'a' }).code).toBe('TALLY_ERR_MISSING_FIELD')
+    expect(rejection({ type: 'track', anonymousId: 'a' })).toMatchObject({
+      code: 'TALLY_ERR_MISSING_FIELD',
+      where: '/event',
+    })
+    expect(rejection({ type: 'group', anonymousId: 'a' })).toMatchObject({ where: '/groupId' })
+    expect(rejection({ type: 'alias', anonymousId: 'a', userId: 'u' })).toMatchObject({
+      where: '/previousId',
+    })
+    expect(rejection({ type: 'click', anonymousId: 'a' })).toMatchObject({
+      code: 'TALLY_ERR_INVALID_EVENT',
+      where: '/type',
+    })
+    expect(rejection({ type: 'page', anonymousId: 'a', properties: 'no' })).toMatchObject({
+      code: 'TALLY_ERR_INVALID_EVENT',
+      where: '/properties',
+    })
+    expect(rejection({ type: 'page', anonymousId: 'a', timestamp: 'yesterday at 5' })).toMatchObject({
+      code: 'TALLY_ERR_INVALID_TIMESTAMP',
+    })
+    expect(rejection({ type: 'page', anonymousId: 'a' }, input({ routeType: 'track' }))).toMatchObject({
+      code: 'TALLY_ERR_INVALID_EVENT',
+      where: '/type',
+    })
+  })
+
+  it('rejects events nested deeper than the limit and larger than the limit', () => {
+    let deep: unknown = 'leaf'
+    for (let i = 0; i < 20; i++) deep = { d: deep }
+    expect(rejection({ type: 'page', anonymousId: 'a', properties: deep as object }).code).toBe(
+      'TALLY_ERR_NESTING_TOO_DEEP',
+    )
+    const big = { type: 'page', anonymousId: 'a', properties: { s: 'x'.repeat(2000) } }
+    expect(rejection(big, input(), { maxEventBytes: 1024, maxDepth: 16 }).code).toBe(
+      'TALLY_ERR_EVENT_TOO_LARGE',
+    )
+  })
+
+  it('measures depth without recursion, so absurd nesting cannot overflow the stack', () => {
+    const levels = 200_000
+    const value = JSON.parse(`${'['.repeat(levels)}${']'.repeat(levels)}`) as unknown
+    expect(depthExceeds(value, 16)).toBe(true)
+    expect(depthExceeds({ a: [{ b: 1 }] }, 3)).toBe(false)
+    expect(depthExceeds({ a: [{ b: {} }] }, 3)).toBe(true)
+  })
+})
