@@ -94,6 +94,8 @@ export interface StreamConfig {
   hllPrecision: number
   /** Partitions this worker processes at once. Default 3. */
   partitionsConcurrently: number
+  /** A worker silent this long leaves the group and its partitions move. Default 30000 ms (broker minimum 6000). */
+  sessionTimeoutMs: number
   /** Row TTLs in seconds per granularity (0 = forever). */
   ttlSeconds: { minute: number; hour: number; day: number }
 }
@@ -275,6 +277,7 @@ export function loadConfig(env: Env = process.env): TallyConfig {
       flushIntervalMs: int(env, 'TALLY_FLUSH_INTERVAL_MS', 500, 10, 600_000),
       hllPrecision: int(env, 'TALLY_HLL_PRECISION', 14, 4, 18),
       partitionsConcurrently: int(env, 'TALLY_STREAM_CONCURRENCY', 3, 1, 1000),
+      sessionTimeoutMs: int(env, 'TALLY_STREAM_SESSION_TIMEOUT_MS', 30_000, 6000, 300_000),
       ttlSeconds: {
         minute: int(env, 'TALLY_TTL_MINUTE_DAYS', 7, 0, 36_500) * 86_400,
         hour: int(env, 'TALLY_TTL_HOUR_DAYS', 90, 0, 36_500) * 86_400,

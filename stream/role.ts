@@ -33,6 +33,7 @@ export async function startStream(config: TallyConfig, logger: Logger): Promise<
     groupId: config.stream.group,
     topic: config.kafka.topicRaw,
     partitionsConsumedConcurrently: config.stream.partitionsConcurrently,
+    sessionTimeoutMs: config.stream.sessionTimeoutMs,
     logger,
   })
   const worker = new StreamWorker({

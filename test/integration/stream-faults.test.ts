@@ -1,0 +1,166 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { type GeneratedEvent, generateWorkload, truthOf } from '../../bench/workload.js'
+import { createCassandraClient } from '../../core/cassandra/client.js'
+import { CassandraSiteStore } from '../../core/cassandra/sites.js'
+import type { TallyConfig } from '../../core/config.js'
+import { createKafka } from '../../core/kafka/client.js'
+import { KafkaBatchingProducer } from '../../core/kafka/producer.js'
+import { createLogger } from '../../core/log.js'
+import { migrate } from '../../core/migrate.js'
+import type { Site } from '../../core/ports/site-store.js'
+import { cleanup, envOf, testConfig } from '../helpers/context.js'
+import { type RoleProcess, seeded, spawnRole, waitForLog } from '../helpers/processes.js'
+import { compareWithTruth, feed, ingestApp, lateInRealTime, waitCaughtUp } from '../helpers/stream.js'
+
+const STREAM_ENV = {
+  TALLY_FLUSH_INTERVAL_MS: '150',
+  TALLY_GRACE_MS: '300000',
+  TALLY_STREAM_SESSION_TIMEOUT_MS: '6000',
+  TALLY_STREAM_CONCURRENCY: '3',
+}
+
+const logger = createLogger('silent')
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
+
+interface Setup {
+  config: TallyConfig
+  sites: Site[]
+  cassandra: ReturnType<typeof createCassandraClient>
+  producer: KafkaBatchingProducer
+}
+
+const setups: Setup[] = []
+
+async function setUp(): Promise<Setup> {
+  const config = testConfig({ ...STREAM_ENV, KAFKA_PARTITIONS: '4' })
+  await migrate(config)
+  const cassandra = createCassandraClient(config.cassandra, { keyspace: config.cassandra.keyspace })
+  await cassandra.connect()
+  const store = new CassandraSiteStore(cassandra)
+  const sites: Site[] = []
+  for (const id of ['one.test', 'two.test'])
+    sites.push((await store.create({ siteId: id, domain: id, origins: [] })).site)
+  const s = { config, sites, cassandra, producer: new KafkaBatchingProducer(createKafka(config.kafka)) }
+  setups.push(s)
+  return s
+}
+
+afterAll(async () => {
+  for (const s of setups) {
+    await s.producer.close()
+    await s.cassandra.shutdown()
+    await cleanup(s.config)
+  }
+})
+
+function workloadFor(sites: Site[], seed: number): GeneratedEvent[] {
+  const now = Date.now()
+  const w = generateWorkload({
+    seed,
+    sites: sites.map((s) => s.siteId),
+    events: 6000,
+    start: new Date(now - 4 * 60_000),
+    spanMs: 3 * 60_000,
+    lateShare: 0.02,
+    lateByMs: 20 * 60_000,
+  })
+  return lateInRealTime(w.events, 20 * 60_000)
+}
+
+/** Feeds the events in chunks with pauses, so workers are busy while the test disturbs them. */
+async function feedSlowly(
+  s: Setup,
+  events: GeneratedEvent[],
+  chunks: number,
+  pauseMs: number,
+): Promise<void> {
+  const app = await ingestApp(s.config, s.producer, s.sites, logger)
+  const keyOf = (id: string) => s.sites.find((x) => x.siteId === id)!.writeKey
+  const size = Math.ceil(events.length / chunks)
+  for (let i = 0; i < events.length; i += size) {
+    await feed(app, events.slice(i, i + size), keyOf)
+    await sleep(pauseMs)
+  }
+  await app.close()
+}
+
+async function expectExact(s: Setup, events: GeneratedEvent[]): Promise<void> {
+  const ids = s.sites.map((x) => x.siteId)
+  const truth = truthOf(
+    events.filter((e) => !e.isLate),
+    ids,
+  )
+  const now = Date.now()
+  const mismatches = await compareWithTruth(
+    s.cassandra,
+    s.config.stream.hllPrecision,
+    truth,
+    ids,
+    now - 2 * 86_400_000,
+    now + 86_400_000,
+  )
+  expect(mismatches).toEqual([])
+}
+
+async function stop(p: RoleProcess, signal: NodeJS.Signals): Promise<void> {
+  p.child.kill(signal)
+  const { code, signal: got } = await p.exited
+  if (signal === 'SIGTERM') expect({ code, logFile: p.logFile }).toEqual({ code: 0, logFile: p.logFile })
+  else expect(got).toBe('SIGKILL')
+}
+
+describe('stream workers under faults (real Kafka, Cassandra, processes)', () => {
+  let a: Setup
+  let b: Setup
+  beforeAll(async () => {
+    a = await setUp()
+    b = await setUp()
+  })
+
+  it('keeps every number exact while a worker is SIGKILLed at random points and restarted', async () => {
+    const seed = Date.now() % 100_000
+    const random = seeded(seed)
+    const events = workloadFor(a.sites, 7)
+    const env = { ...envOf(a.config), ...STREAM_ENV }
+    let worker = spawnRole('stream', env, 'stream-kill')
+    const feeding = feedSlowly(a, events, 40, 600)
+    let kills = 0
+    while (kills < 4) {
+      // Kill only once it owns partitions and is working, at a random point of its work.
+      await waitForLog(worker, /partition restored/)
+      await sleep(200 + random() * 1500)
+      await stop(worker, 'SIGKILL')
+      kills++
+      worker = spawnRole('stream', env, 'stream-kill')
+    }
+    await feeding
+    await waitCaughtUp(a.config, a.cassandra, 120_000)
+    await stop(worker, 'SIGTERM')
+    expect(kills, `chaos seed ${seed}`).toBe(4)
+    // The kills interrupted real work: partitions changed owner (new epochs) several times.
+    const epochs = await a.cassandra.execute(
+      'SELECT epoch FROM stream_epochs WHERE consumer_group = ? AND topic = ? AND partition IN (0, 1, 2, 3)',
+      [a.config.stream.group, a.config.kafka.topicRaw],
+      { prepare: true },
+    )
+    expect(Math.max(...epochs.rows.map((r) => Number(r.get('epoch'))))).toBeGreaterThanOrEqual(4)
+    await expectExact(a, events)
+  })
+
+  it('keeps every number exact while workers go 1 → 2 → 1 (rebalances)', async () => {
+    const events = workloadFor(b.sites, 11)
+    const env = { ...envOf(b.config), ...STREAM_ENV }
+    const first = spawnRole('stream', env, 'stream-rebalance-1')
+    const feeding = feedSlowly(b, events, 30, 400)
+    await waitForLog(first, /partition restored/)
+    const second = spawnRole('stream', env, 'stream-rebalance-2')
+    // 1 → 2: the second worker takes some partitions over from the first.
+    await waitForLog(second, /partition restored/)
+    await sleep(1000)
+    await stop(first, 'SIGTERM')
+    await feeding
+    await waitCaughtUp(b.config, b.cassandra, 120_000)
+    await stop(second, 'SIGTERM')
+    await expectExact(b, events)
+  })
+})
