@@ -190,7 +190,8 @@ export class StreamWorker {
     let lastOffset = -1
     for (const record of batch.records) {
       lastOffset = record.offset
-      if (record.offset < state.nextOffset) {
+      // Below processedNext: already in memory (or, below the checkpoint, already stored).
+      if (record.offset < state.processedNext) {
         metrics.records.inc({ outcome: 'replayed' })
         continue
       }

@@ -55,7 +55,7 @@ export class KafkaGroupConsumer implements EventLogConsumer {
       autoCommit: false,
       eachBatchAutoResolve: false,
       partitionsConsumedConcurrently: this.options.partitionsConsumedConcurrently ?? 3,
-      eachBatch: async ({ batch, heartbeat, isStale, isRunning }) => {
+      eachBatch: async ({ batch, heartbeat, isStale, isRunning, resolveOffset }) => {
         if (!isRunning() || isStale()) return
         const records: ConsumedRecord[] = batch.messages.map((m) => {
           const headers: Record<string, string> = {}
@@ -79,6 +79,9 @@ export class KafkaGroupConsumer implements EventLogConsumer {
           },
           { heartbeat, isStale: () => isStale() || !isRunning() },
         )
+        // Moves this member's fetch position past the batch; the durable position is the
+        // handler's own checkpoint (and commit()).
+        if (batch.messages.length > 0 && !isStale()) resolveOffset(batch.lastOffset())
       },
     })
   }

@@ -74,3 +74,49 @@ export async function eventually<T>(
     `timed out after ${timeoutMs} ms waiting for ${what}${lastErr ? `: ${String(lastErr)}` : ''}`,
   )
 }
+
+/** Reads `count` messages of a topic from the beginning (fails after `timeoutMs`). */
+export async function readTopic(
+  config: TallyConfig,
+  topic: string,
+  count: number,
+  timeoutMs = 30_000,
+): Promise<
+  Array<{ key: string; value: string; headers: Record<string, string>; partition: number; offset: string }>
+> {
+  const kafka = createKafka(config.kafka)
+  const consumer = kafka.consumer({ groupId: uniqueName('reader') })
+  const out: Array<{
+    key: string
+    value: string
+    headers: Record<string, string>
+    partition: number
+    offset: string
+  }> = []
+  await consumer.connect()
+  try {
+    await consumer.subscribe({ topic, fromBeginning: true })
+    await consumer.run({
+      eachMessage: async ({ message, partition }) => {
+        const headers: Record<string, string> = {}
+        for (const [k, v] of Object.entries(message.headers ?? {}))
+          if (v !== undefined) headers[k] = String(v)
+        out.push({
+          key: message.key?.toString() ?? '',
+          value: message.value?.toString() ?? '',
+          headers,
+          partition,
+          offset: message.offset,
+        })
+      },
+    })
+    await eventually(
+      async () => (out.length >= count ? true : undefined),
+      timeoutMs,
+      `${count} messages in ${topic}`,
+    )
+  } finally {
+    await consumer.disconnect()
+  }
+  return out
+}

@@ -1,5 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { generateWorkload, truthOf } from '../../bench/workload.js'
+import { CassandraAggregateReader } from '../../core/cassandra/aggregate-reader.js'
 import { createCassandraClient } from '../../core/cassandra/client.js'
 import { CassandraSiteStore } from '../../core/cassandra/sites.js'
 import { createKafka } from '../../core/kafka/client.js'
@@ -8,7 +9,7 @@ import { createLogger } from '../../core/log.js'
 import { migrate } from '../../core/migrate.js'
 import type { Site } from '../../core/ports/site-store.js'
 import { startStream } from '../../stream/role.js'
-import { cleanup, testConfig } from '../helpers/context.js'
+import { cleanup, readTopic, testConfig } from '../helpers/context.js'
 import { compareWithTruth, feed, ingestApp, lateInRealTime, waitCaughtUp } from '../helpers/stream.js'
 
 const config = testConfig({ TALLY_FLUSH_INTERVAL_MS: '200', TALLY_GRACE_MS: '300000', PORT: '0' })
@@ -80,5 +81,60 @@ describe('stream workers against real Kafka and Cassandra', () => {
     expect(mismatches).toEqual([])
     const total = sites.reduce((n, s) => n + (onTime.sites[s.siteId]?.events ?? 0), 0)
     expect(total).toBeGreaterThan(1000)
+  })
+
+  it('sends poison records to the dead-letter topic with reason, bytes, offset and trace id, and keeps the partition moving', async () => {
+    const traceparent = '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01'
+    const site = sites[0]!
+    // Same key, so poison and good events share a partition.
+    const key = `${site.siteId}:poison-visitor`
+    const good = (id: string) => ({
+      key,
+      value: Buffer.from(
+        JSON.stringify({
+          v: 1,
+          siteId: site.siteId,
+          messageId: id,
+          messageIdAssigned: false,
+          type: 'page',
+          anonymousId: 'poison-visitor',
+          properties: { path: '/after-poison' },
+          context: {},
+          timestamp: new Date().toISOString(),
+          receivedAt: new Date().toISOString(),
+          ua: { browser: 'Firefox', os: 'Linux', device: 'desktop' },
+          bot: false,
+        }),
+      ),
+      headers: { traceparent, 'tally-schema-version': '1' },
+    })
+    await producer.append(config.kafka.topicRaw, [
+      { key, value: Buffer.from('{not json'), headers: { traceparent, 'tally-schema-version': '1' } },
+      { key, value: Buffer.from(JSON.stringify({ v: 1, siteId: site.siteId })), headers: { traceparent } },
+      good('after-poison-1'),
+      good('after-poison-2'),
+    ])
+    const stream = await startStream(config, logger)
+    try {
+      await waitCaughtUp(config, cassandra)
+    } finally {
+      await stream.close()
+    }
+    const dead = await readTopic(config, config.kafka.topicDeadLetter, 2)
+    const bodies = dead.map((m) => JSON.parse(m.value) as Record<string, unknown>)
+    expect(bodies.map((b) => b.code).sort()).toEqual(['TALLY_ERR_SCHEMA_INVALID', 'TALLY_ERR_UNDECODABLE'])
+    for (const b of bodies) {
+      expect(b.traceparent).toBe(traceparent)
+      expect(b.sourceTopic).toBe(config.kafka.topicRaw)
+      expect(typeof b.sourceOffset).toBe('number')
+      expect(typeof b.reason).toBe('string')
+    }
+    const undecodable = bodies.find((b) => b.code === 'TALLY_ERR_UNDECODABLE')!
+    expect(Buffer.from(String(undecodable.original), 'base64').toString()).toBe('{not json')
+    // The good events behind the poison were counted.
+    const reader = new CassandraAggregateReader(cassandra, config.stream.hllPrecision)
+    const now = Date.now()
+    const paths = await reader.breakdown(site.siteId, 'day', 'path', now - 86_400_000, now + 86_400_000)
+    expect(paths.get('/after-poison')?.events).toBe(2)
   })
 })
