@@ -1,4 +1,4 @@
-import { Client, types } from 'cassandra-driver'
+import { Client, policies, types } from 'cassandra-driver'
 import type { CassandraConfig, Consistency } from '../config.js'
 import { ServiceUnavailableError } from '../errors.js'
 
@@ -36,6 +36,8 @@ export function createCassandraClient(
       ? { credentials: { username: config.username, password: config.password } }
       : {}),
     queryOptions: { consistency: CONSISTENCY[config.consistency], prepare: true },
+    // Reconnect within seconds of a node coming back (the driver's default backs off to 10 min).
+    policies: { reconnection: new policies.reconnection.ExponentialReconnectionPolicy(500, 5000, false) },
     socketOptions: {
       connectTimeout: options.connectTimeoutMs ?? 5000,
       readTimeout: options.readTimeoutMs ?? 12_000,
