@@ -7,6 +7,7 @@ import {
   hash64,
   hllErrorBound,
   hllRelativeError,
+  hllSparseLimit,
   MAX_PRECISION,
   MIN_PRECISION,
   mergeAll,
@@ -595,5 +596,316 @@ describe('fromBytes rejects malformed bytes', () => {
     )
     expect(() => HyperLogLog.fromBytes(sparse([[4, 52]]))).toThrow(/has value 52/)
     expect(HyperLogLog.fromBytes(sparse([[4, 51]])).registers[4]).toBe(51)
+  })
+})
+
+describe('sparse in-memory representation', () => {
+  /** The same ids added to a sketch forced dense from the start. */
+  function denseSketchOf(values: Iterable<string>, p = DEFAULT_PRECISION): HyperLogLog {
+    const h = new HyperLogLog(p).densify()
+    for (const v of values) h.add(v)
+    return h
+  }
+
+  /** Everything observable must agree, whichever form each sketch is in. */
+  function expectSameSketch(a: HyperLogLog, b: HyperLogLog): void {
+    expect(a.equals(b)).toBe(true)
+    expect(b.equals(a)).toBe(true)
+    // Buffer.equals: a deep toEqual on 2^p bytes at every fill level would dominate the run time.
+    expect(Buffer.from(a.toBytes()).equals(b.toBytes())).toBe(true)
+    expect(Buffer.from(a.registers).equals(b.registers)).toBe(true)
+    expect(a.estimate()).toBe(b.estimate())
+    expect(a.nonZeroRegisters()).toBe(b.nonZeroRegisters())
+    expect(a.isEmpty()).toBe(b.isEmpty())
+  }
+
+  it('hllSparseLimit is 2^p / 8, capped at 4096', () => {
+    expect(hllSparseLimit()).toBe(2048)
+    expect(hllSparseLimit(14)).toBe(2048)
+    expect(hllSparseLimit(4)).toBe(2)
+    expect(hllSparseLimit(8)).toBe(32)
+    expect(hllSparseLimit(15)).toBe(4096)
+    expect(hllSparseLimit(18)).toBe(4096)
+    expect(() => hllSparseLimit(19)).toThrow(RangeError)
+  })
+
+  it('a new sketch is sparse and allocates no registers', () => {
+    const h = new HyperLogLog()
+    expect(h.isSparse()).toBe(true)
+    expect(h.byteSize()).toBe(0)
+    expect(h.registers.length).toBe(16384)
+  })
+
+  it('a sketch of 5 ids takes a few dozen bytes instead of 2^p', () => {
+    const h = sketchOfRange(0, 5)
+    expect(h.isSparse()).toBe(true)
+    expect(h.nonZeroRegisters()).toBe(5)
+    expect(h.byteSize()).toBeLessThanOrEqual(32)
+    expect(h.byteSize()).toBeLessThan(2 ** DEFAULT_PRECISION / 100)
+    expect(Math.round(h.estimate())).toBe(5)
+    expect(denseSketchOf(ids(0, 5)).byteSize()).toBe(2 ** DEFAULT_PRECISION)
+
+    // The stream worker's shape: many sketches with a handful of visitors each.
+    let total = 0
+    let sparse = 0
+    for (let s = 0; s < 10_000; s++) {
+      const w = new HyperLogLog()
+      for (let j = 0; j < 5; j++) w.add(`site-${s}-visitor-${j}`)
+      if (w.isSparse()) sparse++
+      total += w.byteSize()
+    }
+    expect(sparse).toBe(10_000)
+    expect(total).toBeLessThanOrEqual(10_000 * 32)
+  })
+
+  it('turns dense exactly when the non-zero registers exceed the limit, at every precision', () => {
+    for (let p = MIN_PRECISION; p <= MAX_PRECISION; p++) {
+      const m = 2 ** p
+      const limit = hllSparseLimit(p)
+      const h = new HyperLogLog(p)
+      let i = 0
+      while (h.isSparse()) {
+        expect(h.nonZeroRegisters()).toBeLessThanOrEqual(limit)
+        expect(h.byteSize()).toBeLessThanOrEqual(4 * limit)
+        expect(h.byteSize()).toBeLessThanOrEqual(m / 2)
+        h.add(`visitor-${i++}`)
+      }
+      expect(h.nonZeroRegisters()).toBe(limit + 1)
+      expect(h.byteSize()).toBe(m)
+      expect(h.equals(sketchOfRange(0, i, p).densify())).toBe(true)
+      // Once dense, always dense.
+      h.add('one-more')
+      expect(h.isSparse()).toBe(false)
+    }
+  })
+
+  it('matches a dense sketch of the same ids at every fill level across the threshold', () => {
+    for (const p of [4, 8, 10]) {
+      const values = shuffled([...ids(0, 3 * 2 ** p), ...ids(0, 2 ** p)], p)
+      const auto = new HyperLogLog(p)
+      const dense = new HyperLogLog(p).densify()
+      let sawSparse = false
+      for (const id of values) {
+        expect(auto.add(id)).toBe(dense.add(id))
+        if (auto.isSparse()) sawSparse = true
+        expectSameSketch(auto, dense)
+      }
+      expect(sawSparse).toBe(true)
+      expect(auto.isSparse()).toBe(false)
+    }
+  })
+
+  it('matches a dense sketch of the same ids around the threshold at p = 14', () => {
+    const auto = new HyperLogLog()
+    const dense = new HyperLogLog().densify()
+    const limit = hllSparseLimit(14)
+    let wasSparse = true
+    for (let i = 0; i < 4_000; i++) {
+      const id = `visitor-${i}`
+      expect(auto.addHash(hash64(id))).toBe(dense.add(id))
+      const n = auto.nonZeroRegisters()
+      if (i % 250 === 0 || Math.abs(n - limit) <= 3 || auto.isSparse() !== wasSparse) {
+        expect(auto.isSparse()).toBe(n <= limit)
+        expectSameSketch(auto, dense)
+      }
+      wasSparse = auto.isSparse()
+    }
+    expectSameSketch(auto, dense)
+  })
+
+  it('keeps the extreme register values of the extreme indices', () => {
+    for (const p of [MIN_PRECISION, 5, 14, MAX_PRECISION]) {
+      // index 0 and the last index, maximum rank 65 − p and rank 1; then index 1 (p = 4 holds only 2)
+      const hashes = [0n, (1n << 64n) - 1n, 1n << BigInt(64 - p)].slice(0, hllSparseLimit(p))
+      const h = new HyperLogLog(p)
+      const dense = new HyperLogLog(p).densify()
+      for (const hash of hashes) {
+        expect(h.addHash(hash)).toBe(true)
+        dense.addHash(hash)
+      }
+      expect(h.isSparse()).toBe(true)
+      expect(h.registers[0]).toBe(65 - p)
+      expect(h.registers[2 ** p - 1]).toBe(1)
+      if (hashes.length > 2) expect(h.registers[1]).toBe(65 - p)
+      expect(h.addHash(0n)).toBe(false)
+      expectSameSketch(h, dense)
+      expectSameSketch(HyperLogLog.fromBytes(h.toBytes()), dense)
+    }
+  })
+
+  it('merges across representations into the sketch of the union', () => {
+    const p = 12 // limit 512
+    const small1 = ids(0, 150)
+    const small2 = ids(100, 300)
+    const big = ids(200, 3_000)
+    const union = (...parts: string[][]) => denseSketchOf(parts.flat(), p)
+    const sparse = (values: string[]) => {
+      const h = sketchOf(values, p)
+      expect(h.isSparse()).toBe(true)
+      return h
+    }
+    const dense = (values: string[]) => denseSketchOf(values, p)
+
+    // sparse + sparse, staying sparse
+    const ss = sparse(small1).merge(sparse(small2))
+    expect(ss.isSparse()).toBe(true)
+    expectSameSketch(ss, union(small1, small2))
+    // sparse + sparse, outgrowing the limit
+    const a = sparse(ids(0, 450))
+    const b = sparse(ids(450, 900))
+    const grown = a.clone().merge(b)
+    expect(grown.isSparse()).toBe(false)
+    expectSameSketch(grown, union(ids(0, 900)))
+    expectSameSketch(b.clone().merge(a), grown)
+    // sparse + dense and dense + sparse
+    const sd = sparse(small1).merge(dense(big))
+    expect(sd.isSparse()).toBe(false)
+    expectSameSketch(sd, union(small1, big))
+    expectSameSketch(dense(big).merge(sparse(small1)), union(small1, big))
+    expectSameSketch(dense(small1).merge(sparse(small2)), union(small1, small2))
+    // dense + dense of few ids, and sparse with an empty or its own self
+    expectSameSketch(dense(small1).merge(dense(small2)), ss)
+    expectSameSketch(sparse(small1).merge(new HyperLogLog(p)), union(small1))
+    expectSameSketch(new HyperLogLog(p).merge(sparse(small1)), union(small1))
+    const self = sparse(small1)
+    expectSameSketch(self.merge(self), union(small1))
+
+    // The argument is left alone, and mergeAll works over mixed forms.
+    const arg = sparse(small2)
+    const before = arg.toBytes()
+    sparse(small1).merge(arg)
+    dense(small1).merge(arg)
+    expect(arg.toBytes()).toEqual(before)
+    expect(arg.isSparse()).toBe(true)
+    expectSameSketch(mergeAll([sparse(small1), dense(big), sparse(small2)]), union(small1, small2, big))
+    expectSameSketch(mergeAll([sparse(small1), sparse(small2)]), ss)
+  })
+
+  it('sparse merges are order-independent with overlapping registers of different values', () => {
+    const parts = [ids(0, 300), ids(250, 600), ids(500, 1_000)].map((v) => sketchOf(v, 13))
+    const [a, b, c] = parts as [HyperLogLog, HyperLogLog, HyperLogLog]
+    const left = a.clone().merge(b).merge(c)
+    const right = c.clone().merge(b.clone().merge(a))
+    expect(left.isSparse()).toBe(true)
+    expectSameSketch(left, right)
+    expectSameSketch(left, denseSketchOf(ids(0, 1_000), 13))
+  })
+
+  it('equals compares registers, not representations', () => {
+    const s = new HyperLogLog(10)
+    s.addHash(5n << 54n) // index 5, maximum rank
+    const d = new HyperLogLog(10).densify()
+    d.addHash(5n << 54n)
+    expect(s.equals(d) && d.equals(s)).toBe(true)
+    // Same index, different value.
+    const lower = new HyperLogLog(10).densify()
+    lower.addHash((5n << 54n) | 1n)
+    expect(s.equals(lower) || lower.equals(s)).toBe(false)
+    // Same count, different index.
+    const moved = new HyperLogLog(10).densify()
+    moved.addHash(6n << 54n)
+    expect(s.equals(moved) || moved.equals(s)).toBe(false)
+    // One extra register on either side.
+    d.addHash(7n << 54n)
+    expect(s.equals(d) || d.equals(s)).toBe(false)
+    s.addHash(7n << 54n)
+    s.addHash(8n << 54n)
+    expect(s.equals(d) || d.equals(s)).toBe(false)
+    expect(new HyperLogLog(10).equals(new HyperLogLog(10).densify())).toBe(true)
+    expect(new HyperLogLog(10).equals(new HyperLogLog(11))).toBe(false)
+  })
+
+  it('clone keeps the form and is independent', () => {
+    const a = sketchOfRange(0, 40)
+    const b = a.clone()
+    expect(b.isSparse()).toBe(true)
+    expect(b.byteSize()).toBeLessThanOrEqual(a.byteSize())
+    for (const id of ids(0, 100, 'someone-new-')) b.add(id)
+    expect(a.equals(sketchOfRange(0, 40))).toBe(true)
+    expect(b.equals(a)).toBe(false)
+    expect(new HyperLogLog().clone().isSparse()).toBe(true)
+    const d = a.clone().densify().clone()
+    expect(d.isSparse()).toBe(false)
+    expectSameSketch(d, a)
+  })
+
+  it('downsample of a sparse sketch is sparse and exact', () => {
+    const values = ids(0, 900)
+    const fine = sketchOf(values, 14)
+    expect(fine.isSparse()).toBe(true)
+    for (const p of [14, 13, 12, 10]) {
+      const down = fine.downsample(p)
+      expectSameSketch(down, sketchOf(values, p))
+      expectSameSketch(down, fine.clone().densify().downsample(p))
+      expect(down.isSparse()).toBe(down.nonZeroRegisters() <= hllSparseLimit(p))
+    }
+    expect(fine.downsample(13).isSparse()).toBe(true)
+    expect(fine.downsample(10).isSparse()).toBe(false)
+  })
+
+  it('fromBytes of a sparse encoding loads a sparse sketch sized to its entries', () => {
+    const h = sketchOfRange(0, 5)
+    const back = HyperLogLog.fromBytes(h.toBytes())
+    expect(back.isSparse()).toBe(true)
+    expect(back.byteSize()).toBe(4 * 5)
+    expectSameSketch(back, h)
+    // It keeps growing normally after the load.
+    for (const id of ids(5, 200)) {
+      back.add(id)
+      h.add(id)
+    }
+    expect(back.isSparse()).toBe(true)
+    expectSameSketch(back, h)
+
+    const empty = HyperLogLog.fromBytes(new HyperLogLog().toBytes())
+    expect(empty.isSparse()).toBe(true)
+    expect(empty.byteSize()).toBe(0)
+
+    // Loading thousands of small sketches stays cheap.
+    let total = 0
+    let entries = 0
+    for (let s = 0; s < 5_000; s++) {
+      const small = sketchOfRange(s, s + 3)
+      total += HyperLogLog.fromBytes(small.toBytes()).byteSize()
+      entries += small.nonZeroRegisters()
+    }
+    expect(total).toBe(4 * entries)
+  })
+
+  it('fromBytes loads dense beyond the sparse limit, whatever the encoding', () => {
+    const h = sketchOfRange(0, 3_000) // about 2750 non-zero registers: sparse bytes, dense in memory
+    const bytes = h.toBytes()
+    expect(bytes[2]).toBe(1)
+    expect(h.nonZeroRegisters()).toBeGreaterThan(hllSparseLimit(14))
+    const back = HyperLogLog.fromBytes(bytes)
+    expect(back.isSparse()).toBe(false)
+    expectSameSketch(back, h)
+    const large = HyperLogLog.fromBytes(sketchOfRange(0, 50_000).toBytes())
+    expect(large.isSparse()).toBe(false)
+    expect(large.byteSize()).toBe(16384)
+  })
+
+  it('registers of a sparse sketch is a fresh copy each time and leaves the sketch sparse', () => {
+    const h = sketchOfRange(0, 10)
+    const r1 = h.registers
+    const r2 = h.registers
+    expect(r1).not.toBe(r2)
+    expect(r1).toEqual(r2)
+    r1.fill(0)
+    expect(h.nonZeroRegisters()).toBe(10)
+    expect(h.isSparse()).toBe(true)
+    const d = h.clone().densify()
+    expect(d.registers).toBe(d.registers)
+  })
+
+  it('densify changes nothing observable, returns this and is idempotent', () => {
+    const h = sketchOfRange(0, 100)
+    const before = h.toBytes()
+    const estimate = h.estimate()
+    expect(h.densify()).toBe(h)
+    expect(h.densify()).toBe(h)
+    expect(h.isSparse()).toBe(false)
+    expect(h.toBytes()).toEqual(before)
+    expect(h.estimate()).toBe(estimate)
   })
 })

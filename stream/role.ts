@@ -21,7 +21,11 @@ export interface RunningStream {
 }
 
 /** Starts a stream worker and its small HTTP server for /metrics, /healthz and /readyz. */
-export async function startStream(config: TallyConfig, logger: Logger): Promise<RunningStream> {
+export async function startStream(
+  config: TallyConfig,
+  logger: Logger,
+  options: { port?: number } = {},
+): Promise<RunningStream> {
   const metrics = createStreamMetrics()
   const cassandra = createCassandraClient(config.cassandra, { keyspace: config.cassandra.keyspace })
   await cassandra.connect()
@@ -54,7 +58,7 @@ export async function startStream(config: TallyConfig, logger: Logger): Promise<
     reply.header('content-type', metrics.registry.contentType).send(await metrics.registry.metrics()),
   )
   await worker.start()
-  await app.listen({ host: config.host, port: config.port ?? STREAM_DEFAULT_PORT })
+  await app.listen({ host: config.host, port: options.port ?? config.port ?? STREAM_DEFAULT_PORT })
   const addr = app.server.address() as AddressInfo
   const url = `http://${addr.address}:${addr.port}`
   logger.info({ url, group: config.stream.group }, 'stream worker running')

@@ -1,8 +1,9 @@
 import type { Command } from 'commander'
 import { startIngest } from '../../ingest/role.js'
-import { startStream } from '../../stream/role.js'
-import { untilSignal } from '../lifecycle.js'
+import { STREAM_DEFAULT_PORT, startStream } from '../../stream/role.js'
+import { once, untilSignal } from '../lifecycle.js'
 import { createLogger } from '../log.js'
+import { prepareQuickstart } from '../quickstart.js'
 import type { ConfigLoader } from './main.js'
 
 export function registerRoleCommands(program: Command, getConfig: ConfigLoader): void {
@@ -49,5 +50,52 @@ SIGTERM: flush, checkpoint, leave the group.`,
       const logger = createLogger(config.logLevel, { role: 'stream' })
       const running = await startStream(config, logger)
       process.exitCode = await untilSignal(running, logger, config.shutdownTimeoutMs)
+    })
+
+  program
+    .command('all')
+    .description('run ingest and a stream worker in one process (what `npm start` runs)')
+    .option(
+      '--quickstart',
+      'start local Kafka/Cassandra when none is configured, migrate, create a default site and print how to use it',
+      false,
+    )
+    .addHelpText(
+      'after',
+      `
+Ingest listens on PORT (default 8080); the stream worker's /metrics on port 9464.
+With --quickstart the default site's keys are kept in TALLY_DATA_DIR/quickstart.json.`,
+    )
+    .action(async (opts: { quickstart: boolean }) => {
+      const config = getConfig()
+      const logger = createLogger(config.logLevel, { role: 'all' })
+      const site = opts.quickstart ? await prepareQuickstart(config, logger) : undefined
+      const ingest = await startIngest(config, logger)
+      // The worker's metrics server needs a port of its own.
+      const stream = await startStream(config, logger, { port: STREAM_DEFAULT_PORT })
+      if (site) {
+        const host = ingest.url
+        process.stdout.write(
+          [
+            '',
+            `Tally is running: ingest ${host}, stream worker metrics ${stream.url}/metrics`,
+            `  site        ${site.siteId}`,
+            `  write key   ${site.writeKey}`,
+            `  read token  ${site.readToken}`,
+            '',
+            'Send an event:',
+            `  curl -u ${site.writeKey}: -H 'content-type: application/json' ${host}/v1/track -d '{"event":"Signed Up","anonymousId":"visitor-1"}'`,
+            '',
+          ].join('\n'),
+        )
+      }
+      const all = {
+        // Ingest first (stop taking events), then the worker flushes and leaves its group.
+        close: once(async () => {
+          await ingest.close()
+          await stream.close()
+        }),
+      }
+      process.exitCode = await untilSignal(all, logger, config.shutdownTimeoutMs)
     })
 }
