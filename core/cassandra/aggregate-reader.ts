@@ -1,7 +1,15 @@
 import type { Client, types } from 'cassandra-driver'
 import { type Dimension, type Granularity, totalsBucket, windowMs } from '../aggregate/definition.js'
 import { HyperLogLog } from '../hll.js'
-import type { AggregateReader, MergedValues, MergedWindow } from '../ports/aggregate-store.js'
+import type {
+  AggregateReader,
+  BreakdownResult,
+  MergedDimensionRow,
+  MergedValues,
+  MergedWindow,
+  ReadOptions,
+  StreamProgress,
+} from '../ports/aggregate-store.js'
 
 interface Partial {
   events: number
@@ -16,22 +24,26 @@ function partialOf(row: types.Row): Partial {
     events: Number(row.get('events') ?? 0),
     pageviews: Number(row.get('pageviews') ?? 0),
     botEvents: Number(row.get('bot_events') ?? 0),
-    visitors: row.get('visitors') as Buffer | null,
+    visitors: (row.get('visitors') as Buffer | null | undefined) ?? null,
     final: row.get('source_partition') === -1,
   }
 }
 
+const EMPTY = new Uint8Array(0)
+
 /**
  * Merges the rows of one window: a final (batch) row replaces the stream partials; otherwise the
- * partials of all source partitions add up (counts) and merge (HyperLogLog registers).
+ * partials of all source partitions add up (counts) and merge (HyperLogLog registers). With
+ * `withVisitors` false the registers are not decoded and `visitors` comes back empty.
  */
 export function mergePartials(
   parts: readonly Partial[],
   precision: number,
+  withVisitors = true,
 ): MergedValues & { final: boolean } {
   const final = parts.find((p) => p.final)
   const use = final ? [final] : parts
-  const hll = new HyperLogLog(precision)
+  const hll = withVisitors ? new HyperLogLog(precision) : undefined
   let events = 0
   let pageviews = 0
   let botEvents = 0
@@ -39,9 +51,40 @@ export function mergePartials(
     events += p.events
     pageviews += p.pageviews
     botEvents += p.botEvents
-    if (p.visitors && p.visitors.length > 0) hll.merge(HyperLogLog.fromBytes(p.visitors))
+    if (hll && p.visitors && p.visitors.length > 0) hll.merge(HyperLogLog.fromBytes(p.visitors))
   }
-  return { events, pageviews, botEvents, visitors: hll.toBytes(), final: final !== undefined }
+  return { events, pageviews, botEvents, visitors: hll ? hll.toBytes() : EMPTY, final: final !== undefined }
+}
+
+/** Adds merged values into an accumulator: counts sum, registers merge. */
+class ValuesAccumulator {
+  events = 0
+  pageviews = 0
+  botEvents = 0
+  allFinal = true
+  private readonly hll: HyperLogLog | undefined
+
+  constructor(precision: number, withVisitors: boolean) {
+    this.hll = withVisitors ? new HyperLogLog(precision) : undefined
+  }
+
+  add(m: MergedValues & { final: boolean }): void {
+    this.events += m.events
+    this.pageviews += m.pageviews
+    this.botEvents += m.botEvents
+    if (!m.final) this.allFinal = false
+    if (this.hll && m.visitors.length > 0) this.hll.merge(HyperLogLog.fromBytes(m.visitors))
+  }
+
+  values(): MergedValues & { final: boolean } {
+    return {
+      events: this.events,
+      pageviews: this.pageviews,
+      botEvents: this.botEvents,
+      visitors: this.hll ? this.hll.toBytes() : EMPTY,
+      final: this.allFinal,
+    }
+  }
 }
 
 function bucketsBetween(fromMs: number, toMs: number, g: Granularity): string[] {
@@ -51,28 +94,76 @@ function bucketsBetween(fromMs: number, toMs: number, g: Granularity): string[] 
   return [...out]
 }
 
+/** Starts of the windows of `g` that start in [fromMs, toMs). */
+function windowStarts(fromMs: number, toMs: number, g: Granularity): number[] {
+  const step = windowMs(g)
+  const out: number[] = []
+  for (let t = Math.ceil(fromMs / step) * step; t < toMs; t += step) out.push(t)
+  return out
+}
+
+/** Runs `fn` over `items` with at most `limit` calls in flight. */
+async function forEachLimited<T>(items: readonly T[], limit: number, fn: (item: T) => Promise<void>) {
+  let next = 0
+  const worker = async () => {
+    while (next < items.length) {
+      const item = items[next++]!
+      await fn(item)
+    }
+  }
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker))
+}
+
+const COUNT_COLUMNS = 'source_partition, events, pageviews, bot_events'
+
+function columns(withVisitors: boolean): string {
+  return withVisitors ? `${COUNT_COLUMNS}, visitors` : COUNT_COLUMNS
+}
+
+export interface CassandraAggregateReaderOptions {
+  /** Partition reads in flight per query (breakdowns read one partition per window). Default 32. */
+  concurrency?: number
+  /** Rows per page of a read. Default 5000. */
+  fetchSize?: number
+}
+
 /** Reads merged aggregates from Cassandra: single-partition reads, a few per query. */
 export class CassandraAggregateReader implements AggregateReader {
+  private readonly concurrency: number
+  private readonly fetchSize: number
+
   constructor(
     private readonly client: Client,
     private readonly precision: number,
-  ) {}
+    options: CassandraAggregateReaderOptions = {},
+  ) {
+    this.concurrency = options.concurrency ?? 32
+    this.fetchSize = options.fetchSize ?? 5000
+  }
+
+  private rows(query: string, params: unknown[]): AsyncIterable<types.Row> {
+    return this.client.stream(query, params, {
+      prepare: true,
+      fetchSize: this.fetchSize,
+    }) as unknown as AsyncIterable<types.Row>
+  }
 
   async totals(
     siteId: string,
     granularity: Granularity,
     fromMs: number,
     toMs: number,
+    options: ReadOptions = {},
   ): Promise<MergedWindow[]> {
+    const withVisitors = options.visitors ?? true
     const byWindow = new Map<number, Partial[]>()
     await Promise.all(
       bucketsBetween(fromMs, toMs, granularity).map(async (bucket) => {
-        const rows = this.client.stream(
-          'SELECT window_start, source_partition, events, pageviews, bot_events, visitors FROM agg_totals WHERE site_id = ? AND granularity = ? AND bucket = ? AND window_start >= ? AND window_start < ?',
+        const rows = this.rows(
+          `SELECT window_start, ${columns(withVisitors)} FROM agg_totals WHERE site_id = ? AND granularity = ? AND bucket = ? AND window_start >= ? AND window_start < ?`,
           [siteId, granularity, bucket, new Date(fromMs), new Date(toMs)],
-          { prepare: true, fetchSize: 5000 },
         )
-        for await (const row of rows as unknown as AsyncIterable<types.Row>) {
+        for await (const row of rows) {
           const ws = (row.get('window_start') as Date).getTime()
           const list = byWindow.get(ws) ?? []
           list.push(partialOf(row))
@@ -82,7 +173,10 @@ export class CassandraAggregateReader implements AggregateReader {
     )
     return [...byWindow.entries()]
       .sort((a, b) => a[0] - b[0])
-      .map(([windowStart, parts]) => ({ windowStart, ...mergePartials(parts, this.precision) }))
+      .map(([windowStart, parts]) => ({
+        windowStart,
+        ...mergePartials(parts, this.precision, withVisitors),
+      }))
   }
 
   async breakdown(
@@ -92,52 +186,165 @@ export class CassandraAggregateReader implements AggregateReader {
     fromMs: number,
     toMs: number,
   ): Promise<Map<string, MergedValues & { final: boolean }>> {
-    const step = windowMs(granularity)
-    const windows: number[] = []
-    for (let t = Math.ceil(fromMs / step) * step; t < toMs; t += step) windows.push(t)
-    // value → window → partials; a window's final row replaces its partials before windows merge.
-    const byValue = new Map<string, Map<number, Partial[]>>()
-    await Promise.all(
-      windows.map(async (ws) => {
-        const rows = this.client.stream(
-          'SELECT value, source_partition, events, pageviews, bot_events, visitors FROM agg_dims WHERE site_id = ? AND granularity = ? AND dimension = ? AND window_start = ?',
-          [siteId, granularity, dimension, new Date(ws)],
-          { prepare: true, fetchSize: 5000 },
-        )
-        for await (const row of rows as unknown as AsyncIterable<types.Row>) {
-          const value = String(row.get('value'))
-          let w = byValue.get(value)
-          if (!w) {
-            w = new Map()
-            byValue.set(value, w)
-          }
-          const list = w.get(ws) ?? []
-          list.push(partialOf(row))
-          w.set(ws, list)
-        }
-      }),
-    )
-    const out = new Map<string, MergedValues & { final: boolean }>()
-    for (const [value, perWindow] of byValue) {
-      const merged = [...perWindow.values()].map((parts) => mergePartials(parts, this.precision))
-      const hll = new HyperLogLog(this.precision)
-      let events = 0
-      let pageviews = 0
-      let botEvents = 0
-      for (const m of merged) {
-        events += m.events
-        pageviews += m.pageviews
-        botEvents += m.botEvents
-        if (m.visitors.length > 0) hll.merge(HyperLogLog.fromBytes(m.visitors))
+    return (await this.breakdownDetailed(siteId, granularity, dimension, fromMs, toMs)).values
+  }
+
+  async breakdownDetailed(
+    siteId: string,
+    granularity: Granularity,
+    dimension: Dimension,
+    fromMs: number,
+    toMs: number,
+    options: ReadOptions & { values?: readonly string[] } = {},
+  ): Promise<BreakdownResult> {
+    const withVisitors = options.visitors ?? true
+    const only = options.values
+    const values = new Map<string, ValuesAccumulator>()
+    const windows = new Map<number, { final: boolean }>()
+    if (only && only.length === 0) return { values: new Map(), windows }
+    // One partition per window; a window's final row replaces its partials before windows merge.
+    // Each window is merged as it arrives, so memory holds one window's rows plus the accumulators.
+    await forEachLimited(windowStarts(fromMs, toMs, granularity), this.concurrency, async (ws) => {
+      const perValue = new Map<string, Partial[]>()
+      const rows = this.rows(
+        `SELECT value, ${columns(withVisitors)} FROM agg_dims WHERE site_id = ? AND granularity = ? AND dimension = ? AND window_start = ?${only ? ' AND value IN ?' : ''}`,
+        only
+          ? [siteId, granularity, dimension, new Date(ws), [...only]]
+          : [siteId, granularity, dimension, new Date(ws)],
+      )
+      for await (const row of rows) {
+        const value = String(row.get('value'))
+        const list = perValue.get(value) ?? []
+        list.push(partialOf(row))
+        perValue.set(value, list)
       }
-      out.set(value, {
-        events,
-        pageviews,
-        botEvents,
-        visitors: hll.toBytes(),
-        final: merged.every((m) => m.final),
-      })
+      if (perValue.size === 0) return
+      let windowFinal = false
+      for (const [value, parts] of perValue) {
+        const merged = mergePartials(parts, this.precision, withVisitors)
+        if (merged.final) windowFinal = true
+        let acc = values.get(value)
+        if (!acc) {
+          acc = new ValuesAccumulator(this.precision, withVisitors)
+          values.set(value, acc)
+        }
+        acc.add(merged)
+      }
+      windows.set(ws, { final: windowFinal })
+    })
+    return {
+      values: new Map([...values].map(([value, acc]) => [value, acc.values()])),
+      windows,
     }
-    return out
+  }
+
+  async dimensionWindows(
+    siteId: string,
+    granularity: Granularity,
+    dimension: Dimension,
+    values: readonly string[],
+    fromMs: number,
+    toMs: number,
+    options: ReadOptions = {},
+  ): Promise<MergedWindow[]> {
+    const withVisitors = options.visitors ?? true
+    const out: MergedWindow[] = []
+    if (values.length === 0) return out
+    await forEachLimited(windowStarts(fromMs, toMs, granularity), this.concurrency, async (ws) => {
+      const perValue = new Map<string, Partial[]>()
+      const rows = this.rows(
+        `SELECT value, ${columns(withVisitors)} FROM agg_dims WHERE site_id = ? AND granularity = ? AND dimension = ? AND window_start = ? AND value IN ?`,
+        [siteId, granularity, dimension, new Date(ws), [...values]],
+      )
+      for await (const row of rows) {
+        const value = String(row.get('value'))
+        const list = perValue.get(value) ?? []
+        list.push(partialOf(row))
+        perValue.set(value, list)
+      }
+      if (perValue.size === 0) return
+      const acc = new ValuesAccumulator(this.precision, withVisitors)
+      let windowFinal = false
+      for (const parts of perValue.values()) {
+        const merged = mergePartials(parts, this.precision, withVisitors)
+        if (merged.final) windowFinal = true
+        acc.add(merged)
+      }
+      out.push({ windowStart: ws, ...acc.values(), final: windowFinal })
+    })
+    return out.sort((a, b) => a.windowStart - b.windowStart)
+  }
+
+  async *streamTotals(
+    siteId: string,
+    granularity: Granularity,
+    fromMs: number,
+    toMs: number,
+  ): AsyncIterable<MergedWindow> {
+    // Buckets in time order, rows clustered by (window_start, source_partition): the partials of a
+    // window are adjacent, so one window is held at a time.
+    for (const bucket of bucketsBetween(fromMs, toMs, granularity)) {
+      let current: number | undefined
+      let parts: Partial[] = []
+      const rows = this.rows(
+        `SELECT window_start, ${columns(true)} FROM agg_totals WHERE site_id = ? AND granularity = ? AND bucket = ? AND window_start >= ? AND window_start < ?`,
+        [siteId, granularity, bucket, new Date(fromMs), new Date(toMs)],
+      )
+      for await (const row of rows) {
+        const ws = (row.get('window_start') as Date).getTime()
+        if (current !== undefined && ws !== current) {
+          yield { windowStart: current, ...mergePartials(parts, this.precision) }
+          parts = []
+        }
+        current = ws
+        parts.push(partialOf(row))
+      }
+      if (current !== undefined) yield { windowStart: current, ...mergePartials(parts, this.precision) }
+    }
+  }
+
+  async *streamDimension(
+    siteId: string,
+    granularity: Granularity,
+    dimension: Dimension,
+    fromMs: number,
+    toMs: number,
+  ): AsyncIterable<MergedDimensionRow> {
+    for (const ws of windowStarts(fromMs, toMs, granularity)) {
+      let current: string | undefined
+      let parts: Partial[] = []
+      const rows = this.rows(
+        `SELECT value, ${columns(true)} FROM agg_dims WHERE site_id = ? AND granularity = ? AND dimension = ? AND window_start = ?`,
+        [siteId, granularity, dimension, new Date(ws)],
+      )
+      for await (const row of rows) {
+        const value = String(row.get('value'))
+        if (current !== undefined && value !== current) {
+          yield { windowStart: ws, value: current, ...mergePartials(parts, this.precision) }
+          parts = []
+        }
+        current = value
+        parts.push(partialOf(row))
+      }
+      if (current !== undefined)
+        yield { windowStart: ws, value: current, ...mergePartials(parts, this.precision) }
+    }
+  }
+
+  async streamProgress(group: string, topic: string, partitions: number): Promise<StreamProgress[]> {
+    if (partitions <= 0) return []
+    const rs = await this.client.execute(
+      'SELECT partition, next_offset, watermark_ms, updated_at FROM stream_checkpoints WHERE consumer_group = ? AND topic = ? AND partition IN ?',
+      [group, topic, Array.from({ length: partitions }, (_, i) => i)],
+      { prepare: true },
+    )
+    return rs.rows
+      .map((row) => ({
+        partition: Number(row.get('partition')),
+        nextOffset: Number(row.get('next_offset') ?? 0),
+        watermarkMs: Number(row.get('watermark_ms') ?? 0),
+        updatedAtMs: (row.get('updated_at') as Date | null)?.getTime() ?? 0,
+      }))
+      .sort((a, b) => a.partition - b.partition)
   }
 }

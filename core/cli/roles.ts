@@ -1,5 +1,6 @@
 import type { Command } from 'commander'
 import { startIngest } from '../../ingest/role.js'
+import { QUERY_DEFAULT_PORT, startQuery } from '../../query/role.js'
 import { STREAM_DEFAULT_PORT, startStream } from '../../stream/role.js'
 import { once, untilSignal } from '../lifecycle.js'
 import { createLogger } from '../log.js'
@@ -53,8 +54,27 @@ SIGTERM: flush, checkpoint, leave the group.`,
     })
 
   program
+    .command('query')
+    .description('run the query API (/v1/stats/*, exports, /docs); port 8081 unless PORT is set')
+    .addHelpText(
+      'after',
+      `
+Endpoints: GET /v1/stats/aggregate|timeseries|breakdown|realtime, GET /v1/export/aggregates
+(NDJSON or Arrow IPC), GET /docs (OpenAPI at /docs/openapi.json), /healthz, /readyz, /metrics.
+Auth: Authorization: Bearer <read token> (tally sites add / tally sites token).
+Reads only; every answer carries meta: complete_through, final vs provisional windows, and the
+error bound of approximate metrics (visitors).`,
+    )
+    .action(async () => {
+      const config = getConfig()
+      const logger = createLogger(config.logLevel, { role: 'query' })
+      const running = await startQuery(config, logger)
+      process.exitCode = await untilSignal(running, logger, config.shutdownTimeoutMs)
+    })
+
+  program
     .command('all')
-    .description('run ingest and a stream worker in one process (what `npm start` runs)')
+    .description('run ingest, a stream worker and the query API in one process (what `npm start` runs)')
     .option(
       '--quickstart',
       'start local Kafka/Cassandra when none is configured, migrate, create a default site and print how to use it',
@@ -63,7 +83,7 @@ SIGTERM: flush, checkpoint, leave the group.`,
     .addHelpText(
       'after',
       `
-Ingest listens on PORT (default 8080); the stream worker's /metrics on port 9464.
+Ingest listens on PORT (default 8080), the query API on 8081, the stream worker's /metrics on 9464.
 With --quickstart the default site's keys are kept in TALLY_DATA_DIR/quickstart.json.`,
     )
     .action(async (opts: { quickstart: boolean }) => {
@@ -73,18 +93,21 @@ With --quickstart the default site's keys are kept in TALLY_DATA_DIR/quickstart.
       const ingest = await startIngest(config, logger)
       // The worker's metrics server needs a port of its own.
       const stream = await startStream(config, logger, { port: STREAM_DEFAULT_PORT })
+      const query = await startQuery(config, logger, { port: QUERY_DEFAULT_PORT })
       if (site) {
         const host = ingest.url
         process.stdout.write(
           [
             '',
-            `Tally is running: ingest ${host}, stream worker metrics ${stream.url}/metrics`,
+            `Tally is running: ingest ${host}, query ${query.url} (docs ${query.url}/docs), stream worker metrics ${stream.url}/metrics`,
             `  site        ${site.siteId}`,
             `  write key   ${site.writeKey}`,
             `  read token  ${site.readToken}`,
             '',
             'Send an event:',
             `  curl -u ${site.writeKey}: -H 'content-type: application/json' ${host}/v1/track -d '{"event":"Signed Up","anonymousId":"visitor-1"}'`,
+            'Read the numbers back (visible within about a second):',
+            `  curl -H 'authorization: Bearer ${site.readToken}' '${query.url}/v1/stats/aggregate?site=${site.siteId}&period=day&metrics=events,visitors'`,
             '',
           ].join('\n'),
         )
@@ -94,6 +117,7 @@ With --quickstart the default site's keys are kept in TALLY_DATA_DIR/quickstart.
         close: once(async () => {
           await ingest.close()
           await stream.close()
+          await query.close()
         }),
       }
       process.exitCode = await untilSignal(all, logger, config.shutdownTimeoutMs)

@@ -81,7 +81,7 @@ export interface MergedValues {
   events: number
   pageviews: number
   botEvents: number
-  /** Merged HyperLogLog registers (serialized). */
+  /** Merged HyperLogLog registers (serialized). Empty when the caller asked for no visitors. */
   visitors: Uint8Array
 }
 
@@ -91,10 +91,46 @@ export interface MergedWindow extends MergedValues {
   final: boolean
 }
 
+/** One dimension value in one window, after merging its partials (bulk export). */
+export interface MergedDimensionRow extends MergedWindow {
+  value: string
+}
+
+/** A breakdown over a range, with what each window it read was made of. */
+export interface BreakdownResult {
+  /** Per value of the dimension, merged over every window read. */
+  values: Map<string, MergedValues & { final: boolean }>
+  /** Windows that hold at least one row, with whether a batch rebuild wrote them. */
+  windows: Map<number, { final: boolean }>
+}
+
+/** Options of a read. */
+export interface ReadOptions {
+  /** Merge the HyperLogLog registers (default true). Without, `visitors` comes back empty. */
+  visitors?: boolean
+}
+
+/** Progress of the stream on one source partition, from its checkpoint. */
+export interface StreamProgress {
+  partition: number
+  /** Every event below this offset is in the aggregates. */
+  nextOffset: number
+  /** Max receivedAt (ms) among the events counted so far. */
+  watermarkMs: number
+  /** When the checkpoint was last written (ms). */
+  updatedAtMs: number
+}
+
 /** What the query side reads. Never writes. */
 export interface AggregateReader {
   /** Totals of every window of `granularity` starting in [fromMs, toMs). */
-  totals(siteId: string, granularity: Granularity, fromMs: number, toMs: number): Promise<MergedWindow[]>
+  totals(
+    siteId: string,
+    granularity: Granularity,
+    fromMs: number,
+    toMs: number,
+    options?: ReadOptions,
+  ): Promise<MergedWindow[]>
   /** Per value of `dimension`, merged over the windows of `granularity` starting in [fromMs, toMs). */
   breakdown(
     siteId: string,
@@ -103,4 +139,46 @@ export interface AggregateReader {
     fromMs: number,
     toMs: number,
   ): Promise<Map<string, MergedValues & { final: boolean }>>
+  /**
+   * Like {@link breakdown}, plus which windows held rows and whether a batch wrote them; `values`
+   * (when given) restricts the read to those values of the dimension.
+   */
+  breakdownDetailed(
+    siteId: string,
+    granularity: Granularity,
+    dimension: Dimension,
+    fromMs: number,
+    toMs: number,
+    options?: ReadOptions & { values?: readonly string[] },
+  ): Promise<BreakdownResult>
+  /**
+   * Per window of `granularity` starting in [fromMs, toMs), the events having one of `values` for
+   * `dimension` (counts summed, visitors merged over the values). Windows without such events are absent.
+   */
+  dimensionWindows(
+    siteId: string,
+    granularity: Granularity,
+    dimension: Dimension,
+    values: readonly string[],
+    fromMs: number,
+    toMs: number,
+    options?: ReadOptions,
+  ): Promise<MergedWindow[]>
+  /** Totals window by window in time order, reading one page at a time (bulk export). */
+  streamTotals(
+    siteId: string,
+    granularity: Granularity,
+    fromMs: number,
+    toMs: number,
+  ): AsyncIterable<MergedWindow>
+  /** Every (window, value) row of `dimension` in window then value order, one page at a time (bulk export). */
+  streamDimension(
+    siteId: string,
+    granularity: Granularity,
+    dimension: Dimension,
+    fromMs: number,
+    toMs: number,
+  ): AsyncIterable<MergedDimensionRow>
+  /** The stream's checkpoints of consumer group `group` on `topic`, partitions 0..partitions-1 that have one. */
+  streamProgress(group: string, topic: string, partitions: number): Promise<StreamProgress[]>
 }

@@ -77,6 +77,7 @@ describe('stream workers against real Kafka and Cassandra', () => {
       sites.map((s) => s.siteId),
       from,
       to,
+      events.filter((e) => !e.isLate),
     )
     expect(mismatches).toEqual([])
     const total = sites.reduce((n, s) => n + (onTime.sites[s.siteId]?.events ?? 0), 0)

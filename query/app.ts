@@ -1,0 +1,172 @@
+import type { FastifyInstance, FastifyRequest } from 'fastify'
+import type { Granularity } from '../core/aggregate/definition.js'
+import { TallyError } from '../core/errors.js'
+import { DEFAULT_PRECISION } from '../core/hll.js'
+import { createHttpServer } from '../core/http.js'
+import type { Logger } from '../core/log.js'
+import type { AggregateReader } from '../core/ports/aggregate-store.js'
+import type { ReadAuthorizer } from './auth.js'
+import { prepareExport } from './export.js'
+import type { FreshnessSource } from './freshness.js'
+import { createQueryMetrics, type QueryMetrics } from './metrics.js'
+import { openApiDocument, openApiHtml } from './openapi.js'
+import { type Endpoint, type ParsedQuery, parseQuery, siteParam } from './params.js'
+import { DEFAULT_QUERY_LIMITS, type QueryLimits, StatsService } from './stats.js'
+
+export interface QueryAppDeps {
+  /** The aggregate store, read only. */
+  reader: AggregateReader
+  /** Read-token checks (with their cache). */
+  auth: ReadAuthorizer
+  /** Where `complete_through` comes from. */
+  freshness: FreshnessSource
+  logger: Logger
+  /** HyperLogLog precision of the stored sketches (TALLY_HLL_PRECISION). Default 14. */
+  hllPrecision?: number
+  /**
+   * Row TTL per granularity in seconds, 0 = forever (TALLY_TTL_*_DAYS); ranges needing expired rows
+   * are refused. Default minute 7 days, hour 90 days, day forever.
+   */
+  retentionSeconds?: Readonly<Record<Granularity, number>>
+  /** Limits on ranges, pages and filters; see DEFAULT_QUERY_LIMITS. */
+  limits?: Partial<Omit<QueryLimits, 'maxPoints'>> & { maxPoints?: Partial<QueryLimits['maxPoints']> }
+  metrics?: QueryMetrics
+  /** Time allowed to receive a whole request. Default 10000 ms. */
+  requestTimeoutMs?: number
+  /** Clock (tests). Default Date.now. */
+  now?: () => number
+}
+
+const DAY_S = 86_400
+
+export const DEFAULT_RETENTION_SECONDS: Readonly<Record<Granularity, number>> = Object.freeze({
+  minute: 7 * DAY_S,
+  hour: 90 * DAY_S,
+  day: 0,
+})
+
+const STATS_ENDPOINTS = ['aggregate', 'timeseries', 'breakdown', 'realtime'] as const
+
+type Query = Record<string, unknown>
+
+/**
+ * The query HTTP API: /v1/stats/{aggregate,timeseries,breakdown,realtime}, /v1/export/aggregates,
+ * /docs, /healthz, /readyz, /metrics. Reads only; every stats answer is `{results, meta}`.
+ */
+export async function buildQueryApp(deps: QueryAppDeps): Promise<FastifyInstance> {
+  const metrics = deps.metrics ?? createQueryMetrics()
+  const now = deps.now ?? Date.now
+  const precision = deps.hllPrecision ?? DEFAULT_PRECISION
+  const limits: QueryLimits = {
+    ...DEFAULT_QUERY_LIMITS,
+    ...deps.limits,
+    maxPoints: { ...DEFAULT_QUERY_LIMITS.maxPoints, ...deps.limits?.maxPoints },
+  }
+  const stats = new StatsService({
+    reader: deps.reader,
+    freshness: deps.freshness,
+    precision,
+    retentionSeconds: deps.retentionSeconds ?? DEFAULT_RETENTION_SECONDS,
+    limits,
+    now,
+  })
+  const app = createHttpServer({
+    logger: deps.logger,
+    // Only GETs: nothing to receive but the request line and headers.
+    bodyLimit: 1024,
+    requestTimeoutMs: deps.requestTimeoutMs ?? 10_000,
+    onErrorAnswer: (err) => metrics.errors.inc({ code: err.code }),
+  })
+
+  app.addHook('onRequest', async () => {
+    metrics.inFlight.inc()
+  })
+  app.addHook('onResponse', async (req, reply) => {
+    metrics.inFlight.dec()
+    const route = req.routeOptions.url ?? 'unknown'
+    metrics.requests.inc({ route, status: String(reply.statusCode) })
+    metrics.seconds.observe({ route }, reply.elapsedTime / 1000)
+  })
+
+  /** Authorizes first, so a caller without a valid token learns nothing from parameter errors. */
+  async function parsed(req: FastifyRequest, endpoint: Endpoint): Promise<ParsedQuery> {
+    const q = req.query as Query
+    await deps.auth.authorize(siteParam(q), req.headers.authorization)
+    return parseQuery(endpoint, q, now(), limits)
+  }
+
+  for (const endpoint of STATS_ENDPOINTS) {
+    app.get(`/v1/stats/${endpoint}`, async (req, reply) => {
+      const q = await parsed(req, endpoint)
+      void reply.header('cache-control', 'private, no-cache')
+      switch (endpoint) {
+        case 'aggregate':
+          return stats.aggregate(q)
+        case 'timeseries':
+          return stats.timeseries(q)
+        case 'breakdown':
+          return stats.breakdown(q)
+        case 'realtime':
+          return stats.realtime(q)
+      }
+    })
+  }
+
+  app.get('/v1/export/aggregates', async (req, reply) => {
+    const q = await parsed(req, 'export')
+    const prepared = await prepareExport(
+      {
+        stats,
+        reader: deps.reader,
+        freshness: deps.freshness,
+        precision,
+        maxExportWindows: limits.maxExportWindows,
+        maxExportDimensionWindows: limits.maxExportDimensionWindows,
+        onRow: () => metrics.exportRows.inc(),
+      },
+      q,
+    )
+    prepared.body.on('error', (err) => req.log.error({ err }, 'export failed after the answer started'))
+    const name = `${q.siteId}-${prepared.meta.interval}${q.property ? `-${q.property}` : ''}`.replace(
+      /[^A-Za-z0-9._-]/g,
+      '_',
+    )
+    return reply
+      .header('content-type', prepared.contentType)
+      .header('cache-control', 'private, no-cache')
+      .header(
+        'content-disposition',
+        `attachment; filename="${name}.${q.format === 'arrow' ? 'arrows' : 'ndjson'}"`,
+      )
+      .send(prepared.body)
+  })
+
+  app.get('/v1/export/events', async () => {
+    throw new TallyError(
+      'TALLY_ERR_NOT_IMPLEMENTED',
+      'raw-event export is not available yet: it will read the archive of raw events (Arrow segments); export aggregates with /v1/export/aggregates',
+      { statusCode: 501 },
+    )
+  })
+
+  const doc = openApiDocument(limits)
+  const html = openApiHtml(doc)
+  app.get('/docs', async (_req, reply) => reply.header('content-type', 'text/html; charset=utf-8').send(html))
+  app.get('/docs/openapi.json', async () => doc)
+
+  app.get('/healthz', async () => ({ status: 'ok' }))
+  app.get('/readyz', async (req, reply) => {
+    try {
+      await deps.freshness.current()
+      return { status: 'ready' }
+    } catch (err) {
+      req.log.warn({ err }, 'aggregate store unavailable')
+      return reply.status(503).send({ status: 'aggregate store unavailable' })
+    }
+  })
+  app.get('/metrics', async (_req, reply) =>
+    reply.header('content-type', metrics.registry.contentType).send(await metrics.registry.metrics()),
+  )
+
+  return app
+}

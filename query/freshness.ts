@@ -1,0 +1,100 @@
+import type { AggregateReader } from '../core/ports/aggregate-store.js'
+
+/**
+ * How fresh the aggregates are, from the stream's checkpoints.
+ *
+ * A stream worker counts an event unless its minute ended before its partition's watermark (the
+ * latest receivedAt seen) minus the grace period; such late events are left to the batch rebuild.
+ * The watermark only grows, so once a window ends at or before `watermark − grace` on every source
+ * partition, no on-time event can change it any more: the stream's numbers for it are complete,
+ * and only a batch rebuild (late data) can still revise them. Hence
+ *
+ *   complete_through = floor_minute(min over partitions of checkpoint.watermark_ms − grace)
+ *
+ * The minimum is taken over the partitions that have a checkpoint (a partition that never saw an
+ * event has none). An idle partition keeps its old watermark and so holds complete_through back:
+ * the value errs on the early side, never the late one.
+ */
+export interface Freshness {
+  /** Windows ending at or before this are complete in the stream; undefined before any checkpoint. */
+  completeThroughMs: number | undefined
+  /** The smallest checkpoint watermark: events received before it are counted (or left to batch when late). */
+  receivedThroughMs: number | undefined
+  /** The stream's grace period. */
+  graceMs: number
+  /** Source partitions with a checkpoint. */
+  partitionsReporting: number
+  /** Source partitions of the raw topic. */
+  partitionsExpected: number
+}
+
+export interface FreshnessSource {
+  current(): Promise<Freshness>
+}
+
+export interface CheckpointFreshnessOptions {
+  /** Consumer group of the stream workers. */
+  group: string
+  /** The raw topic. */
+  topic: string
+  /** Partitions of the raw topic. */
+  partitions: number
+  /** The stream's grace period (TALLY_GRACE_MS). */
+  graceMs: number
+  /** Checkpoints are re-read at most this often. Default 1000 ms. */
+  cacheMs?: number
+  /** Clock (tests). */
+  now?: () => number
+}
+
+const MINUTE_MS = 60_000
+
+/** Freshness from `stream_checkpoints`, cached briefly and shared by concurrent requests. */
+export class CheckpointFreshness implements FreshnessSource {
+  private cached: Freshness | undefined
+  private expires = 0
+  private loading: Promise<Freshness> | undefined
+  private readonly cacheMs: number
+  private readonly now: () => number
+
+  constructor(
+    private readonly reader: Pick<AggregateReader, 'streamProgress'>,
+    private readonly options: CheckpointFreshnessOptions,
+  ) {
+    this.cacheMs = options.cacheMs ?? 1000
+    this.now = options.now ?? Date.now
+  }
+
+  async current(): Promise<Freshness> {
+    if (this.cached && this.now() < this.expires) return this.cached
+    this.loading ??= this.load().finally(() => {
+      this.loading = undefined
+    })
+    try {
+      return await this.loading
+    } catch (err) {
+      // Meta must not fail an answer: the last value is still a correct lower bound.
+      if (this.cached) return this.cached
+      throw err
+    }
+  }
+
+  private async load(): Promise<Freshness> {
+    const { group, topic, partitions, graceMs } = this.options
+    const progress = (await this.reader.streamProgress(group, topic, partitions)).filter(
+      (p) => p.watermarkMs > 0,
+    )
+    const minWatermark = progress.length > 0 ? Math.min(...progress.map((p) => p.watermarkMs)) : undefined
+    const fresh: Freshness = {
+      completeThroughMs:
+        minWatermark === undefined ? undefined : Math.floor((minWatermark - graceMs) / MINUTE_MS) * MINUTE_MS,
+      receivedThroughMs: minWatermark,
+      graceMs,
+      partitionsReporting: progress.length,
+      partitionsExpected: partitions,
+    }
+    this.cached = fresh
+    this.expires = this.now() + this.cacheMs
+    return fresh
+  }
+}

@@ -1,0 +1,244 @@
+import { DIMENSIONS, type Dimension, GRANULARITIES, type Granularity } from '../core/aggregate/definition.js'
+import { badParameter, parseInstant, parsePeriod, type TimeRange } from './range.js'
+
+/**
+ * Parameters of the query API, parsed and checked once per request. Every problem is a 400 whose
+ * `where` names the parameter.
+ */
+
+export const METRICS = ['events', 'pageviews', 'visitors', 'bot_events'] as const
+export type Metric = (typeof METRICS)[number]
+export const DEFAULT_METRICS: readonly Metric[] = ['visitors', 'pageviews', 'events']
+
+export const ENDPOINTS = ['aggregate', 'timeseries', 'breakdown', 'realtime', 'export'] as const
+export type Endpoint = (typeof ENDPOINTS)[number]
+
+export const EXPORT_FORMATS = ['ndjson', 'arrow'] as const
+export type ExportFormat = (typeof EXPORT_FORMATS)[number]
+
+const RANGE_PARAMS = ['period', 'date', 'from', 'to'] as const
+
+/** The parameters each endpoint takes; anything else is refused (it is usually a typo). */
+export const ENDPOINT_PARAMS: Readonly<Record<Endpoint, readonly string[]>> = {
+  aggregate: ['site', ...RANGE_PARAMS, 'metrics', 'filters'],
+  timeseries: ['site', ...RANGE_PARAMS, 'interval', 'metrics', 'filters'],
+  breakdown: ['site', ...RANGE_PARAMS, 'property', 'metrics', 'filters', 'limit', 'page'],
+  realtime: ['site', 'metrics', 'minutes'],
+  export: ['site', ...RANGE_PARAMS, 'interval', 'property', 'format', 'sketches'],
+}
+
+/** Equality on one property: the event's value is one of `values`. */
+export interface Filter {
+  property: Dimension
+  values: string[]
+}
+
+export interface ParseLimits {
+  /** Largest `limit` of a breakdown. */
+  maxLimit: number
+  /** `limit` when none is given. */
+  defaultLimit: number
+  /** Most values in one filter (`a|b|…`). */
+  maxFilterValues: number
+  /** Longest `minutes` of realtime. */
+  maxRealtimeMinutes: number
+}
+
+export interface ParsedQuery {
+  siteId: string
+  /** The range as asked for (before alignment to windows); undefined for realtime. */
+  range: TimeRange | undefined
+  /** The interval given, or the period's default, or undefined (custom range without interval). */
+  interval: Granularity | undefined
+  intervalGiven: boolean
+  metrics: Metric[]
+  filters: Filter[]
+  property: Dimension | undefined
+  limit: number
+  page: number
+  minutes: number
+  format: ExportFormat
+  sketches: boolean
+}
+
+type Raw = Record<string, unknown>
+
+function single(q: Raw, name: string): string | undefined {
+  const v = q[name]
+  if (v === undefined) return undefined
+  if (Array.isArray(v)) throw badParameter(name, `${name} is given more than once`)
+  return String(v)
+}
+
+function required(q: Raw, name: string): string {
+  const v = single(q, name)
+  if (v === undefined || v === '')
+    throw badParameter(name, `${name} is required`, 'TALLY_ERR_MISSING_PARAMETER')
+  return v
+}
+
+function oneOf<T extends string>(name: string, raw: string, allowed: readonly T[]): T {
+  if (!(allowed as readonly string[]).includes(raw)) {
+    throw badParameter(name, `${name}=${raw} is not one of ${allowed.join(', ')}`)
+  }
+  return raw as T
+}
+
+function integer(name: string, raw: string | undefined, fallback: number, min: number, max: number): number {
+  if (raw === undefined) return fallback
+  if (!/^\d{1,9}$/.test(raw) || Number(raw) < min || Number(raw) > max) {
+    throw badParameter(name, `${name}=${raw} is not an integer from ${min} to ${max}`)
+  }
+  return Number(raw)
+}
+
+export function parseMetrics(raw: string | undefined): Metric[] {
+  if (raw === undefined) return [...DEFAULT_METRICS]
+  const names = raw.split(',').map((s) => s.trim())
+  if (names.some((n) => n === '')) throw badParameter('metrics', 'metrics has an empty name')
+  for (const n of names) {
+    if (!(METRICS as readonly string[]).includes(n)) {
+      throw badParameter('metrics', `unknown metric ${n}: use ${METRICS.join(', ')}`)
+    }
+  }
+  return [...new Set(names)] as Metric[]
+}
+
+export function parseProperty(raw: string, where: string): Dimension {
+  if (!(DIMENSIONS as readonly string[]).includes(raw)) {
+    throw badParameter(where, `unknown property ${raw}: use ${DIMENSIONS.join(', ')}`)
+  }
+  return raw as Dimension
+}
+
+/** Splits on an unescaped separator; `\` escapes the next character. */
+function splitEscaped(raw: string, sep: string, where: string): string[] {
+  const out: string[] = []
+  let cur = ''
+  for (let i = 0; i < raw.length; i++) {
+    const ch = raw[i]!
+    if (ch === '\\') {
+      const next = raw[i + 1]
+      if (next === undefined) throw badParameter(where, `${where} ends with a lone \\`)
+      cur += `\\${next}`
+      i++
+    } else if (ch === sep) {
+      out.push(cur)
+      cur = ''
+    } else cur += ch
+  }
+  out.push(cur)
+  return out
+}
+
+function unescapeValue(s: string): string {
+  return s.replace(/\\(.)/g, '$1')
+}
+
+/**
+ * `filters=property==value`, several values as `property==a|b` (any of them), several filters
+ * separated by `;`. A backslash escapes `;`, `|` and `\` inside values.
+ */
+export function parseFilters(raw: string | undefined, maxValues: number): Filter[] {
+  if (raw === undefined || raw === '') return []
+  const out: Filter[] = []
+  for (const part of splitEscaped(raw, ';', 'filters')) {
+    const at = part.indexOf('==')
+    if (at <= 0) {
+      throw badParameter(
+        'filters',
+        `filter "${part}" is not property==value (equality is the only operator; values a|b mean either)`,
+      )
+    }
+    const property = parseProperty(part.slice(0, at).trim(), 'filters')
+    const values = splitEscaped(part.slice(at + 2), '|', 'filters').map(unescapeValue)
+    if (values.some((v) => v === ''))
+      throw badParameter('filters', `filter on ${property} has an empty value`)
+    if (values.length > maxValues) {
+      throw badParameter('filters', `filter on ${property} has ${values.length} values; at most ${maxValues}`)
+    }
+    if (out.some((f) => f.property === property)) {
+      throw badParameter('filters', `${property} is filtered twice; give its values once as ${property}==a|b`)
+    }
+    out.push({ property, values: [...new Set(values)] })
+  }
+  return out
+}
+
+function parseBoolean(name: string, raw: string | undefined): boolean {
+  if (raw === undefined) return false
+  if (raw === 'true' || raw === '1') return true
+  if (raw === 'false' || raw === '0') return false
+  throw badParameter(name, `${name}=${raw} is not true or false`)
+}
+
+function parseRange(q: Raw, nowMs: number): { range: TimeRange; periodInterval: Granularity | undefined } {
+  const from = single(q, 'from')
+  const to = single(q, 'to')
+  const period = single(q, 'period')
+  const date = single(q, 'date')
+  if (from !== undefined || to !== undefined) {
+    if (period !== undefined) throw badParameter('period', 'give either period or from and to, not both')
+    if (date !== undefined) throw badParameter('date', 'date goes with period, not with from and to')
+    if (from === undefined)
+      throw badParameter('from', 'from is required with to', 'TALLY_ERR_MISSING_PARAMETER')
+    if (to === undefined) throw badParameter('to', 'to is required with from', 'TALLY_ERR_MISSING_PARAMETER')
+    const fromMs = parseInstant(from, 'from')
+    const toMs = parseInstant(to, 'to', true)
+    if (fromMs >= toMs) throw badParameter('from', `from (${from}) is not before to (${to})`)
+    return { range: { fromMs, toMs }, periodInterval: undefined }
+  }
+  const refMs = date === undefined ? nowMs : parseInstant(date, 'date')
+  const p = parsePeriod(period ?? '30d', refMs, nowMs)
+  return { range: { fromMs: p.fromMs, toMs: p.toMs }, periodInterval: p.interval }
+}
+
+/** The `site` parameter (checked before the others: authorization needs it). */
+export function siteParam(q: Raw): string {
+  return required(q, 'site')
+}
+
+/** Parses the query string of `endpoint`. */
+export function parseQuery(endpoint: Endpoint, q: Raw, nowMs: number, limits: ParseLimits): ParsedQuery {
+  const allowed = ENDPOINT_PARAMS[endpoint]
+  for (const name of Object.keys(q)) {
+    if (!allowed.includes(name)) {
+      throw badParameter(
+        name,
+        `${name} is not a parameter of ${endpoint}; it takes ${allowed.join(', ')}`,
+        'TALLY_ERR_UNKNOWN_PARAMETER',
+      )
+    }
+  }
+  const siteId = required(q, 'site')
+  const metrics = parseMetrics(single(q, 'metrics'))
+  const filters = parseFilters(single(q, 'filters'), limits.maxFilterValues)
+  const propertyRaw = single(q, 'property')
+  if (endpoint === 'breakdown' && (propertyRaw === undefined || propertyRaw === '')) {
+    throw badParameter('property', 'property is required', 'TALLY_ERR_MISSING_PARAMETER')
+  }
+  const property = propertyRaw === undefined ? undefined : parseProperty(propertyRaw, 'property')
+  const intervalRaw = single(q, 'interval')
+  const interval = intervalRaw === undefined ? undefined : oneOf('interval', intervalRaw, GRANULARITIES)
+  const limit = integer('limit', single(q, 'limit'), limits.defaultLimit, 1, limits.maxLimit)
+  const page = integer('page', single(q, 'page'), 1, 1, 100_000)
+  const minutes = integer('minutes', single(q, 'minutes'), 5, 1, limits.maxRealtimeMinutes)
+  const formatRaw = single(q, 'format')
+  const format = formatRaw === undefined ? 'ndjson' : oneOf('format', formatRaw, EXPORT_FORMATS)
+  const sketches = parseBoolean('sketches', single(q, 'sketches'))
+  const resolved = endpoint === 'realtime' ? undefined : parseRange(q, nowMs)
+  return {
+    siteId,
+    range: resolved?.range,
+    interval: interval ?? resolved?.periodInterval,
+    intervalGiven: interval !== undefined,
+    metrics,
+    filters,
+    property,
+    limit,
+    page,
+    minutes,
+    format,
+    sketches,
+  }
+}

@@ -1,0 +1,78 @@
+import type { AddressInfo } from 'node:net'
+import { CassandraAggregateReader } from '../core/cassandra/aggregate-reader.js'
+import { createCassandraClient } from '../core/cassandra/client.js'
+import { CassandraSiteStore } from '../core/cassandra/sites.js'
+import type { TallyConfig } from '../core/config.js'
+import { once } from '../core/lifecycle.js'
+import type { Logger } from '../core/log.js'
+import { buildQueryApp, type QueryAppDeps } from './app.js'
+import { ReadAccessCache } from './auth.js'
+import { CheckpointFreshness } from './freshness.js'
+import { createQueryMetrics } from './metrics.js'
+
+export const QUERY_DEFAULT_PORT = 8081
+
+export interface RunningQuery {
+  url: string
+  close(): Promise<void>
+}
+
+export interface QueryRoleOptions {
+  /** How long a site and its read-token hashes are cached. Default: the ingest site cache TTL (TALLY_SITE_CACHE_TTL_MS). */
+  siteCacheTtlMs?: number
+  /** How often the stream checkpoints are re-read for `complete_through`. Default 1000 ms. */
+  freshnessCacheMs?: number
+  /** Limits of the API (see DEFAULT_QUERY_LIMITS). */
+  limits?: QueryAppDeps['limits']
+  /** Time allowed to receive a whole request. Default: TALLY_REQUEST_TIMEOUT_MS. */
+  requestTimeoutMs?: number
+  /** Port to listen on. Default: PORT, else 8081. */
+  port?: number
+}
+
+/** Starts the query role: Cassandra (read only), site/token cache, HTTP server (port 8081 unless PORT). */
+export async function startQuery(
+  config: TallyConfig,
+  logger: Logger,
+  options: QueryRoleOptions = {},
+): Promise<RunningQuery> {
+  const cassandra = createCassandraClient(config.cassandra, { keyspace: config.cassandra.keyspace })
+  await cassandra.connect()
+  try {
+    const reader = new CassandraAggregateReader(cassandra, config.stream.hllPrecision)
+    const app = await buildQueryApp({
+      reader,
+      auth: new ReadAccessCache(new CassandraSiteStore(cassandra), {
+        ttlMs: options.siteCacheTtlMs ?? config.ingest.siteCacheTtlMs,
+      }),
+      freshness: new CheckpointFreshness(reader, {
+        group: config.stream.group,
+        topic: config.kafka.topicRaw,
+        partitions: config.kafka.partitions,
+        graceMs: config.stream.graceMs,
+        cacheMs: options.freshnessCacheMs ?? 1000,
+      }),
+      logger,
+      hllPrecision: config.stream.hllPrecision,
+      retentionSeconds: config.stream.ttlSeconds,
+      metrics: createQueryMetrics(),
+      requestTimeoutMs: options.requestTimeoutMs ?? config.ingest.requestTimeoutMs,
+      ...(options.limits ? { limits: options.limits } : {}),
+    })
+    await app.listen({ host: config.host, port: options.port ?? config.port ?? QUERY_DEFAULT_PORT })
+    const addr = app.server.address() as AddressInfo
+    const url = `http://${addr.address.includes(':') ? `[${addr.address}]` : addr.address}:${addr.port}`
+    logger.info({ url }, 'query listening')
+    return {
+      url,
+      // Order: stop taking requests and let in-flight ones (exports too) finish, then close Cassandra.
+      close: once(async () => {
+        await app.close()
+        await cassandra.shutdown()
+      }),
+    }
+  } catch (err) {
+    await cassandra.shutdown()
+    throw err
+  }
+}

@@ -1,0 +1,443 @@
+import {
+  DIMENSION_GRANULARITIES,
+  type Dimension,
+  GRANULARITIES,
+  type Granularity,
+  windowMs,
+} from '../core/aggregate/definition.js'
+import type { TallyError } from '../core/errors.js'
+import { HyperLogLog } from '../core/hll.js'
+import type { AggregateReader, MergedValues, MergedWindow } from '../core/ports/aggregate-store.js'
+import type { Freshness, FreshnessSource } from './freshness.js'
+import { buildMeta, type Meta, type WindowStatus, WindowTally } from './meta.js'
+import type { Filter, Metric, ParsedQuery, ParseLimits } from './params.js'
+import {
+  alignRange,
+  badParameter,
+  defaultInterval,
+  floorTo,
+  iso,
+  type Segment,
+  type TimeRange,
+  tile,
+  windowCount,
+} from './range.js'
+
+/**
+ * The four stats endpoints over an {@link AggregateReader}. What the store can answer exactly:
+ *
+ * - totals per minute, hour and day window; breakdowns by one dimension per hour and day window;
+ * - so a filter is answerable only from that one dimension's rows: `aggregate` and `timeseries`
+ *   (hour or day interval) take one filter; `breakdown` takes a filter on its own property only
+ *   (it restricts the values); `realtime` (minute windows) takes none. Anything else is refused
+ *   with 400 TALLY_ERR_FILTER_UNSUPPORTED rather than answered with wrong numbers.
+ * - `visitors` over several windows merges their HyperLogLog registers; it is never a sum.
+ */
+
+export interface QueryLimits extends ParseLimits {
+  /** Most windows (points) of a timeseries, per interval. Default minute 1440, hour 2232 (93 days), day 3660. */
+  maxPoints: Readonly<Record<Granularity, number>>
+  /** Most windows a breakdown or a filtered query reads (one partition read each). Default 1000. */
+  maxReadWindows: number
+  /** Most windows of a totals export. Default 100000. */
+  maxExportWindows: number
+  /** Most windows of a breakdown export (one partition read each). Default 10000. */
+  maxExportDimensionWindows: number
+}
+
+export const DEFAULT_QUERY_LIMITS: QueryLimits = Object.freeze({
+  maxPoints: Object.freeze({ minute: 1440, hour: 2232, day: 3660 }),
+  maxReadWindows: 1000,
+  maxExportWindows: 100_000,
+  maxExportDimensionWindows: 10_000,
+  maxLimit: 1000,
+  defaultLimit: 100,
+  maxFilterValues: 20,
+  maxRealtimeMinutes: 60,
+})
+
+export interface StatsDeps {
+  reader: AggregateReader
+  freshness: FreshnessSource
+  /** HyperLogLog precision of the stored sketches (TALLY_HLL_PRECISION). */
+  precision: number
+  /** Row TTL per granularity in seconds, 0 = kept forever (TALLY_TTL_*_DAYS). */
+  retentionSeconds: Readonly<Record<Granularity, number>>
+  limits: QueryLimits
+  now: () => number
+}
+
+export type MetricValues = Partial<Record<Metric, number>>
+
+/** Sums counts and merges registers of windows. */
+export class MetricAccumulator {
+  events = 0
+  pageviews = 0
+  botEvents = 0
+  private readonly hll: HyperLogLog | undefined
+
+  constructor(precision: number, withVisitors: boolean) {
+    this.hll = withVisitors ? new HyperLogLog(precision) : undefined
+  }
+
+  add(v: MergedValues): void {
+    this.events += v.events
+    this.pageviews += v.pageviews
+    this.botEvents += v.botEvents
+    if (this.hll && v.visitors.length > 0) this.hll.merge(HyperLogLog.fromBytes(v.visitors))
+  }
+
+  values(metrics: readonly Metric[]): MetricValues {
+    return metricValues(
+      { events: this.events, pageviews: this.pageviews, botEvents: this.botEvents },
+      this.hll,
+      metrics,
+    )
+  }
+}
+
+export function visitorsEstimate(registers: Uint8Array): number {
+  return registers.length === 0 ? 0 : Math.round(HyperLogLog.fromBytes(registers).estimate())
+}
+
+function metricValues(
+  counts: Omit<MergedValues, 'visitors'>,
+  hll: HyperLogLog | Uint8Array | undefined,
+  metrics: readonly Metric[],
+): MetricValues {
+  const out: MetricValues = {}
+  for (const m of metrics) {
+    if (m === 'events') out.events = counts.events
+    else if (m === 'pageviews') out.pageviews = counts.pageviews
+    else if (m === 'bot_events') out.bot_events = counts.botEvents
+    else
+      out.visitors =
+        hll === undefined
+          ? 0
+          : hll instanceof HyperLogLog
+            ? Math.round(hll.estimate())
+            : visitorsEstimate(hll)
+  }
+  return out
+}
+
+export interface AggregateAnswer {
+  results: Partial<Record<Metric, { value: number }>>
+  meta: Meta
+}
+
+export interface TimeseriesPoint extends MetricValues {
+  date: string
+  status: WindowStatus
+}
+
+export interface TimeseriesAnswer {
+  results: TimeseriesPoint[]
+  meta: Meta
+}
+
+export interface BreakdownAnswer {
+  results: Array<Record<string, string | number>>
+  meta: Meta & { total_values: number; page: number; limit: number }
+}
+
+function unsupported(message: string): TallyError {
+  return badParameter('filters', message, 'TALLY_ERR_FILTER_UNSUPPORTED')
+}
+
+function tooLarge(where: string, message: string): TallyError {
+  return badParameter(where, message, 'TALLY_ERR_RANGE_TOO_LARGE')
+}
+
+export class StatsService {
+  constructor(private readonly deps: StatsDeps) {}
+
+  /** Refuses segments whose rows may already have expired (their numbers would be too low). */
+  checkRetention(segments: readonly Segment[]): void {
+    const now = this.deps.now()
+    for (const s of segments) {
+      const ttl = this.deps.retentionSeconds[s.granularity]
+      if (ttl > 0 && s.fromMs < now - ttl * 1000) {
+        throw badParameter(
+          'from',
+          `${s.granularity} windows are kept ${Math.round(ttl / 86_400)} days; ${iso(s.fromMs)} is older. ${
+            s.granularity === 'day' ? '' : 'Align from and to to whole days, or use a coarser interval.'
+          }`.trim(),
+          'TALLY_ERR_BEYOND_RETENTION',
+        )
+      }
+    }
+  }
+
+  private checkReads(segments: readonly Segment[], what: string): void {
+    const n = windowCount(segments)
+    if (n > this.deps.limits.maxReadWindows) {
+      throw tooLarge(
+        'from',
+        `${what} over this range reads ${n} windows; at most ${this.deps.limits.maxReadWindows}: shorten the range`,
+      )
+    }
+  }
+
+  private checkDays(segments: readonly Segment[]): void {
+    const days = segments
+      .filter((s) => s.granularity === 'day')
+      .reduce((n, s) => n + (s.toMs - s.fromMs) / windowMs('day'), 0)
+    if (days > this.deps.limits.maxPoints.day) {
+      throw tooLarge('from', `the range spans ${days} days; at most ${this.deps.limits.maxPoints.day}`)
+    }
+  }
+
+  /** Freshness is read before the data: a window it calls closed had its last stream write before. */
+  private freshness(): Promise<Freshness> {
+    return this.deps.freshness.current()
+  }
+
+  /** Windows of one segment: totals, or the rows of the filter's values. */
+  private readSegment(
+    siteId: string,
+    s: Segment,
+    filter: Filter | undefined,
+    withVisitors: boolean,
+  ): Promise<MergedWindow[]> {
+    const options = { visitors: withVisitors }
+    return filter
+      ? this.deps.reader.dimensionWindows(
+          siteId,
+          s.granularity,
+          filter.property,
+          filter.values,
+          s.fromMs,
+          s.toMs,
+          options,
+        )
+      : this.deps.reader.totals(siteId, s.granularity, s.fromMs, s.toMs, options)
+  }
+
+  async aggregate(q: ParsedQuery): Promise<AggregateAnswer> {
+    if (q.filters.length > 1) {
+      throw unsupported(
+        'aggregates are stored per single property, so only one filter can be answered exactly; filter on one property',
+      )
+    }
+    const filter = q.filters[0]
+    const requested = q.range!
+    const range = alignRange(requested, filter ? 'hour' : 'minute')
+    const segments = tile(range, filter ? DIMENSION_GRANULARITIES : GRANULARITIES)
+    this.checkRetention(segments)
+    if (filter) this.checkReads(segments, 'a filtered aggregate')
+    else this.checkDays(segments)
+    const freshness = await this.freshness()
+    const withVisitors = q.metrics.includes('visitors')
+    const read = await Promise.all(segments.map((s) => this.readSegment(q.siteId, s, filter, withVisitors)))
+    const acc = new MetricAccumulator(this.deps.precision, withVisitors)
+    const tally = new WindowTally(freshness.completeThroughMs)
+    segments.forEach((s, i) => {
+      const windows = read[i]!
+      tally.addSegment(s, new Set(windows.filter((w) => w.final).map((w) => w.windowStart)))
+      for (const w of windows) acc.add(w)
+    })
+    const values = acc.values(q.metrics)
+    const results: AggregateAnswer['results'] = {}
+    for (const m of q.metrics) results[m] = { value: values[m] ?? 0 }
+    return {
+      results,
+      meta: buildMeta({
+        siteId: q.siteId,
+        range,
+        requested,
+        segments,
+        freshness,
+        windows: tally,
+        metrics: q.metrics,
+        precision: this.deps.precision,
+        filters: q.filters,
+      }),
+    }
+  }
+
+  /** The interval and aligned range of a timeseries or export, checked against the limits. */
+  seriesRange(
+    q: ParsedQuery,
+    maxWindowsOf: (interval: Granularity) => number,
+    needsDimensions: boolean,
+    fallbackInterval?: Granularity,
+  ): { interval: Granularity; range: TimeRange; segment: Segment } {
+    const requested = q.range!
+    const interval = q.interval ?? fallbackInterval ?? defaultInterval(requested)
+    const maxWindows = maxWindowsOf(interval)
+    if (needsDimensions && !DIMENSION_GRANULARITIES.includes(interval)) {
+      if (q.filters.length > 0) {
+        throw unsupported(
+          'minute windows keep totals only, so a filtered timeseries needs interval=hour or interval=day',
+        )
+      }
+      throw badParameter(
+        'interval',
+        'minute windows keep totals only: breakdown rows exist for interval=hour and interval=day',
+      )
+    }
+    const range = alignRange(requested, interval)
+    const n = (range.toMs - range.fromMs) / windowMs(interval)
+    if (n > maxWindows) {
+      throw tooLarge(
+        'interval',
+        `the range holds ${n} ${interval} windows; at most ${maxWindows}: use a coarser interval or a shorter range`,
+      )
+    }
+    const segment: Segment = { granularity: interval, ...range }
+    this.checkRetention([segment])
+    return { interval, range, segment }
+  }
+
+  async timeseries(q: ParsedQuery): Promise<TimeseriesAnswer> {
+    if (q.filters.length > 1) {
+      throw unsupported(
+        'aggregates are stored per single property, so only one filter can be answered exactly; filter on one property',
+      )
+    }
+    const filter = q.filters[0]
+    const { interval, range, segment } = this.seriesRange(
+      q,
+      (g) => this.deps.limits.maxPoints[g],
+      filter !== undefined,
+    )
+    if (filter) this.checkReads([segment], 'a filtered timeseries')
+    const freshness = await this.freshness()
+    const withVisitors = q.metrics.includes('visitors')
+    const windows = await this.readSegment(q.siteId, segment, filter, withVisitors)
+    const byStart = new Map(windows.map((w) => [w.windowStart, w]))
+    const tally = new WindowTally(freshness.completeThroughMs)
+    const results: TimeseriesPoint[] = []
+    const step = windowMs(interval)
+    for (let t = range.fromMs; t < range.toMs; t += step) {
+      const w = byStart.get(t)
+      const status = tally.add(t, interval, w?.final ?? false)
+      const counts = w ?? { events: 0, pageviews: 0, botEvents: 0, visitors: new Uint8Array(0) }
+      results.push({ date: iso(t), ...metricValues(counts, counts.visitors, q.metrics), status })
+    }
+    return {
+      results,
+      meta: buildMeta({
+        siteId: q.siteId,
+        range,
+        requested: q.range,
+        segments: [segment],
+        freshness,
+        windows: tally,
+        metrics: q.metrics,
+        precision: this.deps.precision,
+        filters: q.filters,
+        interval,
+      }),
+    }
+  }
+
+  async breakdown(q: ParsedQuery): Promise<BreakdownAnswer> {
+    const property = q.property as Dimension
+    if (q.filters.some((f) => f.property !== property)) {
+      throw unsupported(
+        `breakdowns are stored per single property, so a breakdown by ${property} can only be filtered on ${property}`,
+      )
+    }
+    const values = q.filters[0]?.values
+    const requested = q.range!
+    const range = alignRange(requested, 'hour')
+    const segments = tile(range, DIMENSION_GRANULARITIES)
+    this.checkRetention(segments)
+    this.checkReads(segments, 'a breakdown')
+    const freshness = await this.freshness()
+    const withVisitors = q.metrics.includes('visitors')
+    const read = await Promise.all(
+      segments.map((s) =>
+        this.deps.reader.breakdownDetailed(q.siteId, s.granularity, property, s.fromMs, s.toMs, {
+          visitors: withVisitors,
+          ...(values ? { values } : {}),
+        }),
+      ),
+    )
+    const tally = new WindowTally(freshness.completeThroughMs)
+    const accs = new Map<string, MetricAccumulator>()
+    segments.forEach((s, i) => {
+      const r = read[i]!
+      const finals = new Set([...r.windows].filter(([, w]) => w.final).map(([ws]) => ws))
+      tally.addSegment(s, finals)
+      for (const [value, v] of r.values) {
+        let acc = accs.get(value)
+        if (!acc) {
+          acc = new MetricAccumulator(this.deps.precision, withVisitors)
+          accs.set(value, acc)
+        }
+        acc.add(v)
+      }
+    })
+    const wantsBots = q.metrics.includes('bot_events')
+    const rows: Array<{ value: string; values: MetricValues }> = []
+    for (const [value, acc] of accs) {
+      // A value seen only in bot traffic has zero counted events: it is no row unless bots are asked for.
+      if (acc.events === 0 && !(wantsBots && acc.botEvents > 0)) continue
+      rows.push({ value, values: acc.values(q.metrics) })
+    }
+    const sortBy = q.metrics[0]!
+    rows.sort(
+      (a, b) =>
+        (b.values[sortBy] ?? 0) - (a.values[sortBy] ?? 0) ||
+        (a.value < b.value ? -1 : a.value > b.value ? 1 : 0),
+    )
+    const start = (q.page - 1) * q.limit
+    const results = rows.slice(start, start + q.limit).map((r) => ({ [property]: r.value, ...r.values }))
+    return {
+      results,
+      meta: {
+        ...buildMeta({
+          siteId: q.siteId,
+          range,
+          requested,
+          segments,
+          freshness,
+          windows: tally,
+          metrics: q.metrics,
+          precision: this.deps.precision,
+          filters: q.filters,
+          property,
+        }),
+        total_values: rows.length,
+        page: q.page,
+        limit: q.limit,
+      },
+    }
+  }
+
+  /** The last `minutes` minute windows, the current one included. */
+  async realtime(q: ParsedQuery): Promise<AggregateAnswer> {
+    const now = this.deps.now()
+    const current = floorTo(now, 'minute')
+    const range = { fromMs: current - (q.minutes - 1) * 60_000, toMs: current + 60_000 }
+    const segment: Segment = { granularity: 'minute', ...range }
+    const freshness = await this.freshness()
+    const withVisitors = q.metrics.includes('visitors')
+    const windows = await this.readSegment(q.siteId, segment, undefined, withVisitors)
+    const acc = new MetricAccumulator(this.deps.precision, withVisitors)
+    const tally = new WindowTally(freshness.completeThroughMs)
+    tally.addSegment(segment, new Set(windows.filter((w) => w.final).map((w) => w.windowStart)))
+    for (const w of windows) acc.add(w)
+    const values = acc.values(q.metrics)
+    const results: AggregateAnswer['results'] = {}
+    for (const m of q.metrics) results[m] = { value: values[m] ?? 0 }
+    return {
+      results,
+      meta: buildMeta({
+        siteId: q.siteId,
+        range,
+        requested: undefined,
+        segments: [segment],
+        freshness,
+        windows: tally,
+        metrics: q.metrics,
+        precision: this.deps.precision,
+        filters: [],
+        interval: 'minute',
+      }),
+    }
+  }
+}
