@@ -324,11 +324,20 @@ export const CONFIG_VARIABLES: ReadonlyArray<readonly [name: string, meaning: st
   ['TALLY_HLL_PRECISION', 'HyperLogLog precision of visitors, 4-18 (default 14, ~0.81% error)'],
   ['TALLY_STREAM_CONCURRENCY', 'partitions a worker processes at once (default 3)'],
   [
+    'TALLY_STREAM_SESSION_TIMEOUT_MS',
+    "consumer session timeout: a dead worker's partitions move after it (default 30000)",
+  ],
+  [
     'TALLY_TTL_MINUTE_DAYS / _HOUR_DAYS / _DAY_DAYS',
     'aggregate row TTL per granularity, 0 = keep (default 7 / 90 / 0)',
   ],
   ['TALLY_SHUTDOWN_TIMEOUT_MS', 'deadline of the ordered shutdown (default 15000)'],
   ['TALLY_SERVICES_CACHE', 'jar cache of `tally services` (default ~/.cache/tally/services)'],
+  [
+    'TALLY_SERVICES_*_PORT',
+    'ports of the local servers: KAFKA (9092), KAFKA_CONTROLLER (9093), CASSANDRA (9042), CASSANDRA_STORAGE (7000), CASSANDRA_JMX (7199)',
+  ],
+  ['TALLY_SERVICES_START_TIMEOUT_MS', 'how long `services up` waits for each server (default 180000)'],
   ['TALLY_JAVA', 'java launcher for the local servers, JDK 11 or 17 (default java on PATH)'],
   ['TALLY_SERVICES_RUN_DIR', 'data, logs and PID files of `tally services` (default $TMPDIR/tally-services)'],
 ]
