@@ -120,6 +120,17 @@ export function createHttpServer(options: HttpServerOptions): FastifyInstance {
   app.addHook('onRequest', async (req, reply) => {
     reply.header('x-request-id', req.id)
   })
+  // close() ends the connections idle at that moment; one busy then would stay open after its
+  // answer until the client's next request or the keep-alive timeout (longer than the shutdown
+  // deadline). Answers sent while closing therefore end their connection.
+  let closing = false
+  app.addHook('preClose', async () => {
+    closing = true
+  })
+  app.addHook('onSend', async (_req, reply, payload) => {
+    if (closing) void reply.header('connection', 'close')
+    return payload
+  })
   app.setErrorHandler((error: FastifyError, req, reply) => {
     const err = error instanceof TallyError ? error : mapFastifyError(error)
     options.onErrorAnswer?.(err)

@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto'
-import type { Readable } from 'node:stream'
+import { Transform } from 'node:stream'
 import { createBrotliDecompress, createGunzip, createInflate } from 'node:zlib'
 import cors from '@fastify/cors'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
@@ -106,12 +106,25 @@ export async function buildIngestApp(deps: IngestDeps): Promise<FastifyInstance>
         },
       )
     }
-    const out = inflater as unknown as Readable & { receivedEncodedLength: number }
+    let inflatedBytes = 0
+    const out = new Transform({
+      transform(chunk: Buffer, _encoding, done) {
+        inflatedBytes += chunk.length
+        // Fastify answers 413 on this same chunk; stop inflating the rest of a bomb, which would
+        // otherwise cost about a second of CPU per 500 KB of gzip after the answer went out.
+        if (inflatedBytes > config.maxBodyBytes) {
+          payload.unpipe(inflater)
+          inflater.destroy()
+        }
+        done(null, chunk)
+      },
+    }) as Transform & { receivedEncodedLength: number }
     out.receivedEncodedLength = 0
     payload.on('data', (chunk: Buffer) => {
       out.receivedEncodedLength += chunk.length
     })
-    payload.pipe(inflater)
+    inflater.on('error', (err) => out.destroy(err))
+    payload.pipe(inflater).pipe(out)
     return out
   })
 
@@ -193,7 +206,12 @@ export async function buildIngestApp(deps: IngestDeps): Promise<FastifyInstance>
   }
 
   function rateLimit(req: FastifyRequest, reply: FastifyReply, site: Site, n: number): void {
-    const wait = Math.max(siteLimiter.take(site.siteId, n), clientLimiter.take(`${site.siteId}|${req.ip}`, n))
+    // The client is checked first and the site only when the client may send, so a refused client
+    // does not use up its site's budget; a client refused by the site gets its tokens back.
+    const clientKey = `${site.siteId}|${req.ip}`
+    const clientWait = clientLimiter.take(clientKey, n)
+    const wait = clientWait > 0 ? clientWait : siteLimiter.take(site.siteId, n)
+    if (clientWait === 0 && wait > 0) clientLimiter.refund(clientKey, n)
     if (wait > 0) {
       void reply.header('retry-after', String(wait)).header('x-ratelimit-reset', String(wait))
       throw new TallyError(
@@ -236,7 +254,7 @@ export async function buildIngestApp(deps: IngestDeps): Promise<FastifyInstance>
     metrics.batchSize.observe(items.length)
     const receivedAtMs = Date.now()
     const userAgent = req.headers['user-agent']
-    const trace = traceContext(req.headers.traceparent)
+    const trace = traceContext(req.headers.traceparent, req.id)
     const headers = {
       [HEADERS.traceparent]: trace.traceparent,
       [HEADERS.requestId]: req.id,
@@ -262,15 +280,18 @@ export async function buildIngestApp(deps: IngestDeps): Promise<FastifyInstance>
       )
       if (!result.ok) {
         rejected.push({ index, ...result.rejection })
-        metrics.rejections.inc({ code: result.rejection.code })
         continue
       }
       records.push(toRecord(result.event, headers, receivedAtMs))
     }
     metrics.events.inc({ endpoint, outcome: 'rejected' }, rejected.length)
+    const single = items.length === 1
+    // A lone event's rejection is the request's error, which the error handler counts.
+    if (!(single && records.length === 0)) {
+      for (const r of rejected) metrics.rejections.inc({ code: r.code })
+    }
     if (records.length === 0) {
       const first = rejected[0]!
-      const single = items.length === 1
       throw new TallyError(
         single ? first.code : 'TALLY_ERR_NO_VALID_EVENT',
         single ? first.message : `none of the ${items.length} events is valid`,

@@ -40,8 +40,12 @@ function idString(v: unknown): string | undefined {
   return undefined
 }
 
+// Date.parse alone also takes free text ("yesterday at 5" → 2001-05-01), so the shape is checked first.
+const ISO_8601 =
+  /^\d{4}-\d{2}-\d{2}(?:[Tt ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:[Zz]|[+-]\d{2}(?::?\d{2})?)?)?$/
+
 function parseTime(v: unknown): number | undefined {
-  if (typeof v !== 'string') return undefined
+  if (typeof v !== 'string' || !ISO_8601.test(v)) return undefined
   const t = Date.parse(v)
   return Number.isNaN(t) ? undefined : t
 }
@@ -77,6 +81,10 @@ export function normalizeEvent(
 ): NormalizeResult {
   if (payload === null || typeof payload !== 'object' || Array.isArray(payload)) {
     return reject('TALLY_ERR_INVALID_EVENT', 'an event must be a JSON object')
+  }
+  // Segment clients send null for absent fields (analytics.js posts userId: null before identify).
+  if (Object.values(payload).includes(null)) {
+    payload = Object.fromEntries(Object.entries(payload).filter(([, v]) => v !== null))
   }
   if (depthExceeds(payload, limits.maxDepth)) {
     return reject(

@@ -28,11 +28,20 @@ export class EventRateLimiter {
       b.tokens = Math.min(this.burst, b.tokens + ((now - b.updated) / 1000) * this.ratePerSec)
       b.updated = now
     }
-    if (b.tokens >= n) {
+    // A request larger than the burst goes through once the bucket is full and leaves a debt;
+    // otherwise it could never pass and its Retry-After would be a lie.
+    const needed = Math.min(n, this.burst)
+    if (b.tokens >= needed) {
       b.tokens -= n
       return 0
     }
-    return Math.max(1, Math.ceil((n - b.tokens) / this.ratePerSec))
+    return Math.max(1, Math.ceil((needed - b.tokens) / this.ratePerSec))
+  }
+
+  /** Gives back `n` tokens taken by `take` for a request that was refused for another reason. */
+  refund(key: string, n: number): void {
+    const b = this.buckets.get(key)
+    if (b) b.tokens = Math.min(this.burst, b.tokens + n)
   }
 
   /** Forgets buckets that have refilled: they hold no information. */

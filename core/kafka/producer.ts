@@ -43,7 +43,7 @@ function recordBytes(r: LogRecord): number {
  * Memory is bounded by `maxPendingBytes`; an append waits at most `appendTimeoutMs`.
  */
 export class KafkaBatchingProducer implements EventLogWriter {
-  private readonly producer: Producer
+  private producer: Producer
   private readonly lingerMs: number
   private readonly maxBatchBytes: number
   private readonly maxPendingBytes: number
@@ -57,25 +57,48 @@ export class KafkaBatchingProducer implements EventLogWriter {
   private closing: Promise<void> | undefined
   private lastOk = true
   private inFlightSince: number | undefined
+  private lastTopic: string | undefined
+  private probing = false
+  private lastProbeAt = 0
 
   constructor(
-    kafka: Kafka,
+    private readonly kafka: Kafka,
     private readonly options: BatchingProducerOptions = {},
   ) {
-    // kafkajs retries an idempotent producer's sends without limit (limiting them can break
-    // sequence numbers); the per-append timeout below is what bounds a caller's wait.
-    // A short retry cap means a send resumes within a second of Kafka coming back.
-    this.producer = kafka.producer({
-      idempotent: true,
-      maxInFlightRequests: 1,
-      allowAutoTopicCreation: false,
-      retry: { retries: Number.MAX_SAFE_INTEGER, initialRetryTime: 100, maxRetryTime: 1000 },
-    })
+    this.producer = this.newProducer()
     this.lingerMs = options.lingerMs ?? 2
     this.maxBatchBytes = options.maxBatchBytes ?? 1024 * 1024
     this.maxPendingBytes = options.maxPendingBytes ?? 64 * 1024 * 1024
     this.appendTimeoutMs = options.appendTimeoutMs ?? 5000
     this.compression = options.compression === 'none' ? CompressionTypes.None : CompressionTypes.GZIP
+  }
+
+  private newProducer(): Producer {
+    // kafkajs retries an idempotent producer's sends without limit (limiting them can break
+    // sequence numbers); the per-append timeout below is what bounds a caller's wait.
+    // A short retry cap means a send resumes within a second of Kafka coming back.
+    return this.kafka.producer({
+      idempotent: true,
+      maxInFlightRequests: 1,
+      allowAutoTopicCreation: false,
+      retry: { retries: Number.MAX_SAFE_INTEGER, initialRetryTime: 100, maxRetryTime: 1000 },
+    })
+  }
+
+  /**
+   * A failed send may still have been written (the answer was lost). kafkajs then hands its
+   * sequence numbers to the next batch, which the broker takes for a retry of the lost one: it
+   * acknowledges that batch without writing it. A new producer gets a new producer id and so a
+   * fresh sequence.
+   */
+  private renewProducer(): void {
+    const old = this.producer
+    this.producer = this.newProducer()
+    this.connected = undefined
+    // Not awaited: with Kafka down a disconnect must not hold up the sends queued behind it.
+    void old.disconnect().catch((err: unknown) => {
+      this.options.logger?.debug({ err: errorMessage(err) }, 'old kafka producer did not disconnect cleanly')
+    })
   }
 
   connect(): Promise<void> {
@@ -89,7 +112,34 @@ export class KafkaBatchingProducer implements EventLogWriter {
   /** False after a failed send, or while a send has waited longer than the append timeout. */
   healthy(): boolean {
     const stuck = this.inFlightSince !== undefined && Date.now() - this.inFlightSince > this.appendTimeoutMs
+    // Without traffic no send proves that Kafka is back, and a not-ready instance gets no traffic.
+    if (!this.lastOk && !this.flushing && this.closing === undefined) this.probe()
     return this.lastOk && !stuck && this.closing === undefined
+  }
+
+  /**
+   * After a failed send, asks the cluster (at most once a second, one probe at a time) whether the
+   * last written topic has a leader for every partition again; if so the producer counts as
+   * healthy until the next send says otherwise.
+   */
+  private probe(): void {
+    if (this.probing || Date.now() - this.lastProbeAt < 1000) return
+    this.probing = true
+    this.lastProbeAt = Date.now()
+    const admin = this.kafka.admin()
+    void (async () => {
+      try {
+        await admin.connect()
+        const meta = await admin.fetchTopicMetadata(this.lastTopic ? { topics: [this.lastTopic] } : undefined)
+        const led = meta.topics.every((t) => t.partitions.every((p) => p.leader >= 0))
+        if (led && !this.flushing) this.lastOk = true
+      } catch (err) {
+        this.options.logger?.debug({ err: errorMessage(err) }, 'kafka health probe failed')
+      } finally {
+        await admin.disconnect().catch(() => undefined)
+        this.probing = false
+      }
+    })()
   }
 
   append(topic: string, records: readonly LogRecord[]): Promise<void> {
@@ -101,6 +151,7 @@ export class KafkaBatchingProducer implements EventLogWriter {
         }),
       )
     if (records.length === 0) return Promise.resolve()
+    this.lastTopic = topic
     let bytes = 0
     const messages: Message[] = records.map((r) => {
       bytes += recordBytes(r)
@@ -228,6 +279,7 @@ export class KafkaBatchingProducer implements EventLogWriter {
           this.options.logger?.warn({ err: errorMessage(err), records: count }, 'kafka write failed')
           const wrapped = new ServiceUnavailableError('kafka', `write failed: ${errorMessage(err)}`, err)
           for (const p of batch) this.settle(p, wrapped)
+          this.renewProducer()
         } finally {
           this.inFlightSince = undefined
         }

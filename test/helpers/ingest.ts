@@ -2,16 +2,30 @@ import { once } from 'node:events'
 import { createServer } from 'node:net'
 import type { FastifyInstance, LightMyRequestResponse } from 'fastify'
 import { createCassandraClient } from '../../core/cassandra/client.js'
+import { loadMigrations, migrateCassandra } from '../../core/cassandra/migrate.js'
 import { CassandraSiteStore } from '../../core/cassandra/sites.js'
 import type { TallyConfig } from '../../core/config.js'
-import { createKafka } from '../../core/kafka/client.js'
+import { createKafka, ensureTopics } from '../../core/kafka/client.js'
 import { KafkaBatchingProducer } from '../../core/kafka/producer.js'
 import { createLogger } from '../../core/log.js'
+import { topicSpecs } from '../../core/migrate.js'
 import type { Site } from '../../core/ports/site-store.js'
 import { buildIngestApp } from '../../ingest/app.js'
 import { createIngestMetrics, type IngestMetrics } from '../../ingest/metrics.js'
 import { SiteCache } from '../../ingest/site-cache.js'
 import { uniqueName } from './context.js'
+
+/**
+ * What ingest needs of `tally migrate`: the sites table and the topics. The other services'
+ * migrations are tested by their own suites (and the CLI and foundation tests run all of them), so
+ * a schema change elsewhere cannot break the ingest tests.
+ */
+export async function migrateForIngest(config: Pick<TallyConfig, 'kafka' | 'cassandra'>): Promise<void> {
+  const sites = (await loadMigrations()).filter((m) => m.name === 'sites')
+  if (sites.length !== 1) throw new Error('no sites migration in schemas/cql')
+  await migrateCassandra(config.cassandra, sites)
+  await ensureTopics(createKafka(config.kafka), topicSpecs(config))
+}
 
 export interface TestIngest {
   app: FastifyInstance
@@ -26,7 +40,7 @@ export interface TestIngest {
 /**
  * The ingest app wired as `startIngest` wires it (real Kafka producer, site cache over Cassandra),
  * but not listening, so tests can use `app.inject()`; call `app.listen` for a real socket. The
- * keyspace and topics must exist (`migrate(config)`).
+ * keyspace and topics must exist (`migrateForIngest(config)`).
  */
 export async function buildTestIngest(config: TallyConfig): Promise<TestIngest> {
   const logger = createLogger(config.logLevel)
