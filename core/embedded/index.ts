@@ -1,0 +1,127 @@
+import { mkdirSync } from 'node:fs'
+import { join } from 'node:path'
+import { errorMessage } from '../errors.js'
+import { once } from '../lifecycle.js'
+import type { Logger } from '../log.js'
+import { EmbeddedAggregateReader } from './aggregate-reader.js'
+import { EmbeddedEventLog, type EmbeddedTopicSpec } from './event-log.js'
+import { type DataDirLock, dataDirLockedError, lockDataDir } from './lock.js'
+import { LOG_MIGRATIONS, STORE_MIGRATIONS } from './schema.js'
+import { EmbeddedSiteStore } from './site-store.js'
+import { DatabaseLockedError, type Db, openDatabase } from './sqlite.js'
+import { EmbeddedStreamStore, type EmbeddedTtlConfig } from './stream-store.js'
+
+export { EmbeddedAggregateReader } from './aggregate-reader.js'
+export { EmbeddedGroupConsumer, type EmbeddedGroupConsumerOptions } from './consumer.js'
+export { EmbeddedEventLog, type EmbeddedTopicSpec } from './event-log.js'
+export { LOCK_FILE } from './lock.js'
+export { partitionForKey } from './partitioner.js'
+export { EmbeddedSiteStore } from './site-store.js'
+export { EmbeddedStreamStore, type EmbeddedTtlConfig } from './stream-store.js'
+export { EmbeddedLogWriter } from './writer.js'
+
+/** Where the embedded files live inside the data folder (the lock file sits at the folder's top). */
+export const EMBEDDED_DIR = 'embedded'
+
+export interface EmbeddedOptions {
+  /** The data folder (TALLY_DATA_DIR); created when missing. */
+  dataDir: string
+  /** HyperLogLog precision the reader merges with (config.stream.hllPrecision). */
+  hllPrecision: number
+  /** Row lifetimes in seconds per granularity (config.stream.ttlSeconds). Default: forever. */
+  ttlSeconds?: EmbeddedTtlConfig
+  /** Topics created when missing (e.g. from core/migrate.ts topicSpecs(config)). */
+  topics?: readonly EmbeddedTopicSpec[]
+  /** How often expired rows are deleted, in ms; 0 turns the timer off. Default 3600000 (1 h). */
+  purgeIntervalMs?: number
+  /** Rows per page of the reader's bulk export reads. Default 5000. */
+  readerPageRows?: number
+  logger?: Logger
+}
+
+/** Everything Tally needs from its storage, on local files, for one process. */
+export interface EmbeddedBackend {
+  readonly dataDir: string
+  /** Event log: `log.writer()` (EventLogWriter), `log.consumer(…)` (EventLogConsumer), `log` itself (LogOffsets). */
+  readonly log: EmbeddedEventLog
+  readonly streamStore: EmbeddedStreamStore
+  readonly reader: EmbeddedAggregateReader
+  readonly sites: EmbeddedSiteStore
+  /** Closes the log then the files and releases the data folder. Close the roles first. Repeat-safe. */
+  close(): Promise<void>
+}
+
+/**
+ * Opens the embedded backend on `dataDir`: takes the folder's lock (throws TALLY_ERR_DATA_DIR_LOCKED
+ * naming the other process when it is in use), opens `embedded/log.db` and `embedded/store.db`
+ * (creating and migrating them), and creates the requested topics.
+ */
+export function openEmbedded(options: EmbeddedOptions): EmbeddedBackend {
+  const { dataDir, logger } = options
+  const lock = lockDataDir(dataDir)
+  if (lock.replaced) {
+    logger?.warn(
+      { stalePid: lock.replaced.pid, since: lock.replaced.startedAt },
+      'took over the data folder from a process that is gone',
+    )
+  }
+  const opened: Db[] = []
+  try {
+    const dir = join(dataDir, EMBEDDED_DIR)
+    mkdirSync(dir, { recursive: true })
+    const logDb = openDatabase(join(dir, 'log.db'), LOG_MIGRATIONS)
+    opened.push(logDb)
+    const storeDb = openDatabase(join(dir, 'store.db'), STORE_MIGRATIONS)
+    opened.push(storeDb)
+    const log = new EmbeddedEventLog(logDb, logger ? { logger } : {})
+    if (options.topics) log.ensureTopics(options.topics)
+    const ttl = options.ttlSeconds ?? { minute: 0, hour: 0, day: 0 }
+    const streamStore = new EmbeddedStreamStore(storeDb, ttl)
+    const purge = () => {
+      try {
+        const n = streamStore.purgeExpired()
+        if (n > 0) logger?.info({ rows: n }, 'expired aggregate rows deleted')
+      } catch (err) {
+        logger?.warn({ err: errorMessage(err) }, 'purge of expired rows failed')
+      }
+    }
+    purge()
+    const purgeMs = options.purgeIntervalMs ?? 3_600_000
+    const timer = purgeMs > 0 ? setInterval(purge, purgeMs) : undefined
+    timer?.unref()
+    return {
+      dataDir,
+      log,
+      streamStore,
+      reader: new EmbeddedAggregateReader(
+        storeDb,
+        options.hllPrecision,
+        options.readerPageRows === undefined ? {} : { pageRows: options.readerPageRows },
+      ),
+      sites: new EmbeddedSiteStore(storeDb),
+      close: once(async () => {
+        clearInterval(timer)
+        try {
+          await log.close()
+        } finally {
+          closeAll(opened, lock, logger)
+        }
+      }),
+    }
+  } catch (err) {
+    closeAll(opened, lock, logger)
+    if (err instanceof DatabaseLockedError) throw dataDirLockedError(dataDir, undefined, err)
+    throw err
+  }
+}
+
+function closeAll(dbs: Db[], lock: DataDirLock, logger: Logger | undefined): void {
+  for (const db of dbs) {
+    try {
+      if (db.open) db.close()
+    } catch (err) {
+      logger?.error({ err: errorMessage(err), file: db.name }, 'closing an embedded database failed')
+    }
+  }
+  lock.release()
+}

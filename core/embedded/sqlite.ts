@@ -1,0 +1,74 @@
+import Database from 'better-sqlite3'
+import { errorMessage, TallyError } from '../errors.js'
+
+/**
+ * SQLite through better-sqlite3, the embedded database of both the log and the store. Every file is
+ * opened the same way:
+ * - WAL journal with `synchronous = FULL`: a commit returns only after the WAL is fsynced, so what
+ *   a caller was told is stored survives SIGKILL and power loss;
+ * - `locking_mode = EXCLUSIVE`, taken at open: the OS lock belongs to this process until it closes
+ *   the file or dies, so a second process cannot open the data even in a race for a stale lock file;
+ * - a schema version in `PRAGMA user_version`, migrations applied in order inside one transaction.
+ *
+ * better-sqlite3 is synchronous: a statement blocks the event loop for its duration (a durable
+ * commit of a batch costs about a millisecond here), which is what makes one process the limit.
+ */
+
+export type Db = Database.Database
+export type Statement = Database.Statement<unknown[]>
+
+/** Raised when another process (or another handle in this one) holds the file. */
+export class DatabaseLockedError extends TallyError {
+  constructor(path: string, cause: unknown) {
+    super('TALLY_ERR_DATA_DIR_LOCKED', `${path} is opened by another process`, { where: path, cause })
+    this.name = 'DatabaseLockedError'
+  }
+}
+
+/**
+ * Opens (creating it) a database file with the settings above and brings its schema to the last of
+ * `migrations` (each a SQL script; index + 1 is its version).
+ */
+export function openDatabase(path: string, migrations: readonly string[]): Db {
+  // timeout 0: a locked file fails at once instead of waiting for a lock that is never released.
+  const db = new Database(path, { timeout: 0 })
+  try {
+    db.pragma('locking_mode = EXCLUSIVE')
+    db.pragma('journal_mode = WAL')
+    db.pragma('synchronous = FULL')
+    // Takes the exclusive lock now rather than at the first write.
+    db.exec('BEGIN EXCLUSIVE; COMMIT')
+    migrate(db, path, migrations)
+    return db
+  } catch (err) {
+    db.close()
+    if ((err as { code?: string }).code === 'SQLITE_BUSY') throw new DatabaseLockedError(path, err)
+    throw err
+  }
+}
+
+function migrate(db: Db, path: string, migrations: readonly string[]): void {
+  const current = db.pragma('user_version', { simple: true }) as number
+  if (current > migrations.length) {
+    throw new TallyError(
+      'TALLY_ERR_EMBEDDED_SCHEMA',
+      `${path} has schema version ${current}, newer than this Tally (${migrations.length}): upgrade Tally`,
+      { where: path },
+    )
+  }
+  if (current === migrations.length) return
+  db.transaction(() => {
+    for (let v = current; v < migrations.length; v++) {
+      try {
+        db.exec(migrations[v]!)
+      } catch (err) {
+        throw new TallyError(
+          'TALLY_ERR_EMBEDDED_SCHEMA',
+          `${path}: schema step ${v + 1} failed: ${errorMessage(err)}`,
+          { where: path, cause: err },
+        )
+      }
+    }
+    db.pragma(`user_version = ${migrations.length}`)
+  })()
+}
