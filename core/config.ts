@@ -292,7 +292,10 @@ export function loadConfig(env: Env = process.env): TallyConfig {
 /** The variables `loadConfig` reads, for `--help` texts and the README. */
 export const CONFIG_VARIABLES: ReadonlyArray<readonly [name: string, meaning: string]> = [
   ['HOST', 'address the HTTP servers bind to (default 127.0.0.1)'],
-  ['PORT', "overrides the role's default port (ingest 8080, query 8081, stream 9464, batch 9465)"],
+  [
+    'PORT',
+    "overrides the role's default port (ingest 8080, query 8081, stream 9464, batch 9465, archive 9466); 0 = any free port",
+  ],
   ['LOG_LEVEL', 'fatal|error|warn|info|debug|trace|silent (default info)'],
   ['TALLY_DATA_DIR', 'local state: archive segments, embedded stores (default ./data)'],
   ['KAFKA_BROKERS', 'host:port list; unset means the local broker of `tally services up`'],

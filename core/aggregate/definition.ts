@@ -83,7 +83,7 @@ function urlOf(raw: string | undefined): URL | undefined {
 /** Host of a referrer URL, lower-case, without a leading "www."; (direct) when there is none. */
 export function referrerHost(raw: string | undefined): string {
   const u = urlOf(raw)
-  if (!u || !u.hostname) return DIRECT
+  if (!u?.hostname) return DIRECT
   return u.hostname.toLowerCase().replace(/^www\./, '')
 }
 

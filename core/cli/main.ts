@@ -2,6 +2,7 @@ import { Command, CommanderError } from 'commander'
 import { CONFIG_VARIABLES, loadConfig, type TallyConfig } from '../config.js'
 import { errorMessage, TallyError } from '../errors.js'
 import { registerAdminCommands } from './admin.js'
+import { registerBatchCommands } from './batch.js'
 import { registerRoleCommands } from './roles.js'
 import { registerServicesCommands } from './services.js'
 import { registerSitesCommands } from './sites.js'
@@ -27,6 +28,7 @@ function buildProgram(): Command {
   registerServicesCommands(program, getConfig)
   registerAdminCommands(program, getConfig)
   registerSitesCommands(program, getConfig)
+  registerBatchCommands(program, getConfig)
   // Every subcommand reports bad usage with exit code 2 and one line.
   const exitOverride = (cmd: Command) => {
     cmd.exitOverride()

@@ -1,4 +1,5 @@
 import type { Command } from 'commander'
+import { BATCH_DEFAULT_PORT, startBatch } from '../../batch/role.js'
 import { startIngest } from '../../ingest/role.js'
 import { QUERY_DEFAULT_PORT, startQuery } from '../../query/role.js'
 import { STREAM_DEFAULT_PORT, startStream } from '../../stream/role.js'
@@ -74,7 +75,9 @@ error bound of approximate metrics (visitors).`,
 
   program
     .command('all')
-    .description('run ingest, a stream worker and the query API in one process (what `npm start` runs)')
+    .description(
+      'run ingest, a stream worker, the query API, an archiver and the rebuild scheduler in one process (what `npm start` runs)',
+    )
     .option(
       '--quickstart',
       'start local Kafka/Cassandra when none is configured, migrate, create a default site and print how to use it',
@@ -83,7 +86,8 @@ error bound of approximate metrics (visitors).`,
     .addHelpText(
       'after',
       `
-Ingest listens on PORT (default 8080), the query API on 8081, the stream worker's /metrics on 9464.
+Ingest listens on PORT (default 8080), the query API on 8081, the stream worker's /metrics on 9464,
+the batch scheduler's (with the archiver) on 9465.
 With --quickstart the default site's keys are kept in TALLY_DATA_DIR/quickstart.json.`,
     )
     .action(async (opts: { quickstart: boolean }) => {
@@ -94,6 +98,7 @@ With --quickstart the default site's keys are kept in TALLY_DATA_DIR/quickstart.
       // The worker's metrics server needs a port of its own.
       const stream = await startStream(config, logger, { port: STREAM_DEFAULT_PORT })
       const query = await startQuery(config, logger, { port: QUERY_DEFAULT_PORT })
+      const batch = await startBatch(config, logger, { port: BATCH_DEFAULT_PORT })
       if (site) {
         const host = ingest.url
         process.stdout.write(
@@ -117,6 +122,7 @@ With --quickstart the default site's keys are kept in TALLY_DATA_DIR/quickstart.
         close: once(async () => {
           await ingest.close()
           await stream.close()
+          await batch.close()
           await query.close()
         }),
       }

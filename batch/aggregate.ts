@@ -1,0 +1,401 @@
+import {
+  DIMENSIONS,
+  type Dimension,
+  type Granularity,
+  isPageview,
+  kindOf,
+} from '../core/aggregate/definition.js'
+import { DIMENSION_COLUMNS } from '../schemas/arrow.js'
+import type { EventType } from '../schemas/events.js'
+import { forEachSiteRun } from './dedup.js'
+import { RegisterSet, registerEntry } from './registers.js'
+import { HI, LO, type SegmentColumns } from './segment-reader.js'
+
+/**
+ * The rebuild's aggregation, column by column: the same rows and values as the stream's
+ * `rowKeysFor` + `RowAccumulator` (core/aggregate/rows.ts) with the same shared definitions —
+ * which events count (`kindOf`), which are pageviews (`isPageview`), the dimension values
+ * (`dimensionsOf`, applied when the event was archived), the visitor id hash, and UTC windows — but
+ * over typed arrays and dictionary indices instead of event objects.
+ *
+ * A segment holds one event hour, so an event's hour and day windows are the segment's and only its
+ * minute is computed. Per site and hour: 60 minute totals, then the hour's totals and breakdowns.
+ * Hour totals are the merge of the minutes and day rows the merge of the hours: counts add and
+ * HyperLogLog registers take the maximum, which gives exactly the registers of adding every visitor
+ * to the bigger window directly.
+ */
+
+/** One aggregate row as computed (registers still open). */
+export interface AggregateRow {
+  siteId: string
+  granularity: Granularity
+  windowStart: number
+  /** undefined: the window's totals. */
+  dimension: Dimension | undefined
+  value: string
+  events: number
+  pageviews: number
+  botEvents: number
+  visitors: RegisterSet
+}
+
+export interface AggregateStats {
+  /** Rows of the selected site(s) read. */
+  rowsRead: number
+  /** Counted (non-bot track/page/screen, not duplicates). */
+  counted: number
+  bots: number
+  duplicates: number
+  /** identify/group/alias: not activity. */
+  ignored: number
+}
+
+export function emptyStats(): AggregateStats {
+  return { rowsRead: 0, counted: 0, bots: 0, duplicates: 0, ignored: 0 }
+}
+
+const MINUTE_MS = 60_000
+
+// Segments keep the dimension columns in the dimensions' order; the code below relies on it.
+if (DIMENSION_COLUMNS.length !== DIMENSIONS.length || DIMENSION_COLUMNS.some((d, i) => DIMENSIONS[i] !== d)) {
+  throw new Error('schemas/arrow.ts DIMENSION_COLUMNS must list the DIMENSIONS in their order')
+}
+const CODE_IGNORED = 0
+const CODE_EVENT = 1
+const CODE_PAGEVIEW = 2
+const CODE_BOT = 3
+
+/** Values of one dimension in one window: counts and registers per value slot. */
+class ValueTable {
+  private readonly slots = new Map<string, number>()
+  readonly values: string[] = []
+  readonly events: number[] = []
+  readonly pageviews: number[] = []
+  readonly bots: number[] = []
+  readonly registers: RegisterSet[] = []
+
+  constructor(private readonly precision: number) {}
+
+  slot(value: string): number {
+    let s = this.slots.get(value)
+    if (s === undefined) {
+      s = this.values.length
+      this.slots.set(value, s)
+      this.values.push(value)
+      this.events.push(0)
+      this.pageviews.push(0)
+      this.bots.push(0)
+      this.registers.push(new RegisterSet(this.precision))
+    }
+    return s
+  }
+
+  /** Adds a finished row of the same value from a smaller window. */
+  addRow(value: string, row: AggregateRow): void {
+    const s = this.slot(value)
+    this.events[s]! += row.events
+    this.pageviews[s]! += row.pageviews
+    this.bots[s]! += row.botEvents
+    this.registers[s]!.merge(row.visitors)
+  }
+
+  get size(): number {
+    return this.values.length
+  }
+}
+
+class SiteHour {
+  readonly minuteEvents = new Float64Array(60)
+  readonly minutePageviews = new Float64Array(60)
+  readonly minuteBots = new Float64Array(60)
+  readonly minuteTouched = new Uint8Array(60)
+  readonly minuteRegisters: Array<RegisterSet | undefined> = new Array(60).fill(undefined)
+  readonly dims: ValueTable[]
+
+  constructor(precision: number) {
+    this.dims = DIMENSIONS.map(() => new ValueTable(precision))
+  }
+}
+
+/** Event kind code of every (type dictionary entry, bot flag), from the shared definitions. */
+function kindCodes(types: readonly string[]): Uint8Array {
+  const codes = new Uint8Array(types.length * 2)
+  for (let t = 0; t < types.length; t++) {
+    const type = types[t] as EventType
+    for (const bot of [false, true]) {
+      const kind = kindOf({ type, bot })
+      codes[t * 2 + (bot ? 1 : 0)] =
+        kind === 'ignored'
+          ? CODE_IGNORED
+          : kind === 'bot'
+            ? CODE_BOT
+            : isPageview({ type })
+              ? CODE_PAGEVIEW
+              : CODE_EVENT
+    }
+  }
+  return codes
+}
+
+/** One dimension's pass over a site's run of rows (see HourAggregator.add). */
+function addDimension(
+  table: ValueTable,
+  idx: Int32Array,
+  dict: readonly string[],
+  code: Uint8Array,
+  entry: Uint32Array,
+  from: number,
+  to: number,
+  slotOf: Int32Array,
+  stampOf: Int32Array,
+  stamp: number,
+): void {
+  const { events, pageviews, bots, registers } = table
+  for (let i = from; i < to; i++) {
+    const c = code[i]!
+    if (c === CODE_IGNORED) continue
+    const k = idx[i]!
+    let slot: number
+    if (stampOf[k] === stamp) slot = slotOf[k]!
+    else {
+      slot = table.slot(dict[k]!)
+      slotOf[k] = slot
+      stampOf[k] = stamp
+    }
+    if (c === CODE_BOT) {
+      bots[slot]!++
+      continue
+    }
+    events[slot]!++
+    if (c === CODE_PAGEVIEW) pageviews[slot]!++
+    registers[slot]!.add(entry[i]!)
+  }
+}
+
+/** Aggregates the segments of one event hour. */
+export class HourAggregator {
+  private readonly sites = new Map<string, SiteHour>()
+  /** Generation of the dictionary → slot caches (one per site run). */
+  private stamp = 0
+
+  constructor(
+    readonly hourStartMs: number,
+    private readonly precision: number,
+    private readonly siteId: string | undefined,
+  ) {}
+
+  private siteHour(siteId: string): SiteHour {
+    let s = this.sites.get(siteId)
+    if (!s) {
+      s = new SiteHour(this.precision)
+      this.sites.set(siteId, s)
+    }
+    return s
+  }
+
+  /**
+   * Adds a segment's rows; rows set in `losers` are duplicates and do not count. Column at a time:
+   * one pass classifies the rows (kind, minute, register entry) and fills the minute totals, then one
+   * pass per dimension adds each row to its value's counts and registers.
+   */
+  add(cols: SegmentColumns, losers: Uint8Array | undefined, stats: AggregateStats): void {
+    const codes = kindCodes(cols.type.dictionary)
+    const typeIdx = cols.type.indices
+    const botBits = cols.bot
+    const ts = cols.timestamp
+    const vh = cols.visitorHash
+    const p = this.precision
+    const hourStart = this.hourStartMs
+    const n = cols.rows
+    // Per row: CODE_* (0 for duplicates and rows not counted) and the visitor's register entry.
+    const code = new Uint8Array(n)
+    const entry = new Uint32Array(n)
+    // Per dimension: dictionary index → value slot of the current site, valid when its stamp matches.
+    const slotOf = cols.dims.map((d) => new Int32Array(d.dictionary.length))
+    const stampOf = cols.dims.map((d) => new Int32Array(d.dictionary.length))
+
+    forEachSiteRun(cols, this.siteId, (from, to, site) => {
+      const s = this.siteHour(site)
+      stats.rowsRead += to - from
+      for (let i = from; i < to; i++) {
+        if (losers !== undefined && ((losers[i >>> 3]! >>> (i & 7)) & 1) === 1) {
+          stats.duplicates++
+          continue
+        }
+        const c = codes[(typeIdx[i]! << 1) | ((botBits[i >>> 3]! >>> (i & 7)) & 1)]!
+        if (c === CODE_IGNORED) {
+          stats.ignored++
+          continue
+        }
+        code[i] = c
+        const tsMs = ts[2 * i + HI]! * 4294967296 + (ts[2 * i + LO]! >>> 0)
+        const minute = Math.floor((tsMs - hourStart) / MINUTE_MS)
+        s.minuteTouched[minute] = 1
+        if (c === CODE_BOT) {
+          stats.bots++
+          s.minuteBots[minute]!++
+          continue
+        }
+        stats.counted++
+        const e = registerEntry(vh[2 * i + HI]!, vh[2 * i + LO]!, p)
+        entry[i] = e
+        s.minuteEvents[minute]!++
+        if (c === CODE_PAGEVIEW) s.minutePageviews[minute]!++
+        let mr = s.minuteRegisters[minute]
+        if (mr === undefined) {
+          mr = new RegisterSet(p)
+          s.minuteRegisters[minute] = mr
+        }
+        mr.add(e)
+      }
+      for (let d = 0; d < cols.dims.length; d++) {
+        const dim = cols.dims[d]!
+        addDimension(
+          s.dims[d]!,
+          dim.indices,
+          dim.dictionary,
+          code,
+          entry,
+          from,
+          to,
+          slotOf[d]!,
+          stampOf[d]!,
+          ++this.stamp,
+        )
+      }
+    })
+  }
+
+  /** Sites with rows in this hour. */
+  siteIds(): string[] {
+    return [...this.sites.keys()].sort()
+  }
+
+  /** The minute totals, hour totals and hour breakdowns of one site (rows exist where events were). */
+  *rows(siteId: string): Generator<AggregateRow> {
+    const s = this.sites.get(siteId)
+    if (!s) return
+    const p = this.precision
+    const hour: AggregateRow = {
+      siteId,
+      granularity: 'hour',
+      windowStart: this.hourStartMs,
+      dimension: undefined,
+      value: '',
+      events: 0,
+      pageviews: 0,
+      botEvents: 0,
+      visitors: new RegisterSet(p),
+    }
+    let touched = false
+    for (let m = 0; m < 60; m++) {
+      if (s.minuteTouched[m] === 0) continue
+      touched = true
+      const row: AggregateRow = {
+        siteId,
+        granularity: 'minute',
+        windowStart: this.hourStartMs + m * MINUTE_MS,
+        dimension: undefined,
+        value: '',
+        events: s.minuteEvents[m]!,
+        pageviews: s.minutePageviews[m]!,
+        botEvents: s.minuteBots[m]!,
+        visitors: s.minuteRegisters[m] ?? new RegisterSet(p),
+      }
+      hour.events += row.events
+      hour.pageviews += row.pageviews
+      hour.botEvents += row.botEvents
+      hour.visitors.merge(row.visitors)
+      yield row
+    }
+    if (!touched) return
+    yield hour
+    for (let d = 0; d < DIMENSIONS.length; d++) {
+      const table = s.dims[d]!
+      for (let k = 0; k < table.size; k++) {
+        yield {
+          siteId,
+          granularity: 'hour',
+          windowStart: this.hourStartMs,
+          dimension: DIMENSIONS[d]!,
+          value: table.values[k]!,
+          events: table.events[k]!,
+          pageviews: table.pageviews[k]!,
+          botEvents: table.bots[k]!,
+          visitors: table.registers[k]!,
+        }
+      }
+    }
+  }
+}
+
+class SiteDay {
+  readonly totals: AggregateRow
+  readonly dims: ValueTable[]
+
+  constructor(siteId: string, dayStartMs: number, precision: number) {
+    this.totals = {
+      siteId,
+      granularity: 'day',
+      windowStart: dayStartMs,
+      dimension: undefined,
+      value: '',
+      events: 0,
+      pageviews: 0,
+      botEvents: 0,
+      visitors: new RegisterSet(precision),
+    }
+    this.dims = DIMENSIONS.map(() => new ValueTable(precision))
+  }
+}
+
+/** Rolls hour rows up into the day's rows (counts add, registers merge). */
+export class DayAggregator {
+  private readonly sites = new Map<string, SiteDay>()
+
+  constructor(
+    readonly dayStartMs: number,
+    private readonly precision: number,
+  ) {}
+
+  /** Takes an hour row (totals or breakdown) of this day; minute rows are ignored. */
+  add(row: AggregateRow): void {
+    if (row.granularity !== 'hour') return
+    let s = this.sites.get(row.siteId)
+    if (!s) {
+      s = new SiteDay(row.siteId, this.dayStartMs, this.precision)
+      this.sites.set(row.siteId, s)
+    }
+    if (row.dimension === undefined) {
+      s.totals.events += row.events
+      s.totals.pageviews += row.pageviews
+      s.totals.botEvents += row.botEvents
+      s.totals.visitors.merge(row.visitors)
+    } else {
+      s.dims[DIMENSIONS.indexOf(row.dimension)]!.addRow(row.value, row)
+    }
+  }
+
+  *rows(): Generator<AggregateRow> {
+    for (const siteId of [...this.sites.keys()].sort()) {
+      const s = this.sites.get(siteId)!
+      yield s.totals
+      for (let d = 0; d < DIMENSIONS.length; d++) {
+        const table = s.dims[d]!
+        for (let k = 0; k < table.size; k++) {
+          yield {
+            siteId,
+            granularity: 'day',
+            windowStart: this.dayStartMs,
+            dimension: DIMENSIONS[d]!,
+            value: table.values[k]!,
+            events: table.events[k]!,
+            pageviews: table.pageviews[k]!,
+            botEvents: table.bots[k]!,
+            visitors: table.registers[k]!,
+          }
+        }
+      }
+    }
+  }
+}

@@ -1,0 +1,166 @@
+import { randomBytes } from 'node:crypto'
+import { createReadStream } from 'node:fs'
+import { createInterface } from 'node:readline'
+import type { Readable } from 'node:stream'
+import { createGunzip } from 'node:zlib'
+import { createCassandraClient } from '../core/cassandra/client.js'
+import { CassandraSiteStore } from '../core/cassandra/sites.js'
+import type { TallyConfig } from '../core/config.js'
+import { errorMessage, UsageError } from '../core/errors.js'
+import { traceContext } from '../core/http.js'
+import { createKafka } from '../core/kafka/client.js'
+import { KafkaBatchingProducer } from '../core/kafka/producer.js'
+import type { Logger } from '../core/log.js'
+import type { EventLogWriter, LogRecord } from '../core/ports/event-log.js'
+import { HEADERS, RAW_EVENT_SCHEMA_VERSION, type RawEventV1 } from '../schemas/events.js'
+
+/** What one Segment payload becomes: the raw-log event, or why it was rejected. */
+export type NormalizeOutcome =
+  | { ok: true; event: RawEventV1 }
+  | { ok: false; rejection: { code: string; message: string; where?: string } }
+
+/**
+ * Ingest's normalization of one payload for a site (validation, user agent, bot flag, messageId,
+ * no client IP), with `imported: true` so original timestamps are kept. batch/ does not import
+ * ingest/; the caller passes it in (see the report / CLI wiring: `normalizeEvent` of
+ * ingest/normalize.ts with `imported: true`).
+ */
+export type EventNormalizer = (payload: unknown, receivedAtMs: number) => NormalizeOutcome
+
+/** Options of `tally import FILE.ndjson --site S`. */
+export interface ImportOptions {
+  /** NDJSON file of Segment payloads, one per line (`.gz` is decompressed). */
+  file: string
+  siteId: string
+  normalize: EventNormalizer
+  /** Events per append to the log. Default 500. */
+  batchSize?: number
+  /** Appends in flight at once. Default 4. */
+  inFlight?: number
+  /** Rejections listed in the result (all are counted). Default 100. */
+  maxListedRejections?: number
+  /** Refuse a site id that is not registered. Default true. */
+  checkSite?: boolean
+  onProgress?: (p: { lines: number; accepted: number; rejected: number }) => void
+  /** The log to append to (tests); default a Kafka producer from the configuration. */
+  log?: EventLogWriter
+}
+
+export interface ImportResult {
+  lines: number
+  accepted: number
+  rejected: number
+  /** First rejections: line number (1-based), code, message. */
+  rejections: Array<{ line: number; code: string; message: string }>
+}
+
+function lines(file: string): AsyncIterable<string> {
+  let input: Readable = createReadStream(file)
+  if (file.endsWith('.gz')) input = input.pipe(createGunzip())
+  return createInterface({ input, crlfDelay: Infinity })
+}
+
+/**
+ * `tally import FILE.ndjson --site S`: appends historical events to the raw log with their original
+ * timestamps, through ingest's normalization (`imported: true`), keyed and with headers as ingest
+ * writes them. Like `POST /v1/import`, the stream leaves events older than its grace period to the
+ * batch layer: the next rebuild of their range counts them.
+ */
+export async function importFile(
+  config: TallyConfig,
+  logger: Logger,
+  options: ImportOptions,
+): Promise<ImportResult> {
+  if (options.checkSite ?? true) {
+    const cassandra = createCassandraClient(config.cassandra, { keyspace: config.cassandra.keyspace })
+    try {
+      await cassandra.connect()
+      if (!(await new CassandraSiteStore(cassandra).get(options.siteId)))
+        throw new UsageError(`unknown site ${options.siteId}; create it with \`tally sites create\``)
+    } finally {
+      await cassandra.shutdown()
+    }
+  }
+  const own = options.log === undefined
+  const log =
+    options.log ??
+    new KafkaBatchingProducer(createKafka(config.kafka, { logger }), {
+      logger,
+      appendTimeoutMs: 60_000,
+      lingerMs: 5,
+    })
+  if (own) await (log as KafkaBatchingProducer).connect()
+  const requestId = `import-${randomBytes(8).toString('hex')}`
+  const headers = {
+    [HEADERS.traceparent]: traceContext(undefined).traceparent,
+    [HEADERS.requestId]: requestId,
+    [HEADERS.schemaVersion]: String(RAW_EVENT_SCHEMA_VERSION),
+    [HEADERS.siteId]: options.siteId,
+  }
+  const result: ImportResult = { lines: 0, accepted: 0, rejected: 0, rejections: [] }
+  const maxListed = options.maxListedRejections ?? 100
+  const batchSize = options.batchSize ?? 500
+  const inFlight = new Set<Promise<void>>()
+  let failure: unknown
+  const reject = (line: number, code: string, message: string) => {
+    result.rejected++
+    if (result.rejections.length < maxListed) result.rejections.push({ line, code, message })
+  }
+  const send = async (records: LogRecord[]) => {
+    while (inFlight.size >= (options.inFlight ?? 4)) await Promise.race(inFlight)
+    if (failure) throw failure
+    const p = log.append(config.kafka.topicRaw, records).then(
+      () => {
+        result.accepted += records.length
+        options.onProgress?.({ lines: result.lines, accepted: result.accepted, rejected: result.rejected })
+      },
+      (err: unknown) => {
+        failure ??= err
+      },
+    )
+    inFlight.add(p)
+    void p.finally(() => inFlight.delete(p))
+  }
+  try {
+    let batch: LogRecord[] = []
+    for await (const text of lines(options.file)) {
+      const lineNo = ++result.lines
+      if (text.trim() === '') continue
+      let payload: unknown
+      try {
+        payload = JSON.parse(text)
+      } catch (err) {
+        reject(lineNo, 'TALLY_ERR_MALFORMED_JSON', `not JSON: ${errorMessage(err)}`)
+        continue
+      }
+      const receivedAtMs = Date.now()
+      const normalized = options.normalize(payload, receivedAtMs)
+      if (!normalized.ok) {
+        reject(lineNo, normalized.rejection.code, normalized.rejection.message)
+        continue
+      }
+      const e = normalized.event
+      batch.push({
+        // As ingest keys it: one visitor's events share a partition (and the stream's dedup).
+        key: `${e.siteId}:${e.anonymousId ?? e.userId ?? e.messageId}`,
+        value: Buffer.from(JSON.stringify(e)),
+        headers,
+        timestampMs: receivedAtMs,
+      })
+      if (batch.length >= batchSize) {
+        await send(batch)
+        batch = []
+      }
+    }
+    if (batch.length > 0) await send(batch)
+    await Promise.all(inFlight)
+    if (failure) throw failure
+    logger.info(
+      { file: options.file, site: options.siteId, requestId, ...result, rejections: undefined },
+      'import done',
+    )
+    return result
+  } finally {
+    if (own) await log.close()
+  }
+}

@@ -1,0 +1,130 @@
+import type { AddressInfo } from 'node:net'
+import { collectDefaultMetrics, Registry } from 'prom-client'
+import type { TallyConfig } from '../core/config.js'
+import { errorMessage } from '../core/errors.js'
+import { createHttpServer } from '../core/http.js'
+import { createKafka } from '../core/kafka/client.js'
+import { KafkaOffsets } from '../core/kafka/consumer.js'
+import { once } from '../core/lifecycle.js'
+import type { Logger } from '../core/log.js'
+import { type ArchiverComponent, type ArchiverRoleOptions, createArchiverComponent } from './archive-role.js'
+import { archiveKey } from './archiver.js'
+import { ARCHIVE_GROUP, archiveBehind, openBatchStores } from './context.js'
+import { createBatchMetrics } from './metrics.js'
+import { runRebuild } from './rebuild.js'
+import { type RebuildOptions, rebuildSettings } from './rebuild-command.js'
+import { BatchScheduler, defaultJobs, type SchedulerOptions, validateJobs } from './scheduler.js'
+
+export const BATCH_DEFAULT_PORT = 9465
+
+/** Options of `tally batch`. */
+export interface StartBatchOptions
+  extends SchedulerOptions,
+    Pick<
+      RebuildOptions,
+      'archiveDir' | 'stagingDir' | 'leaseTtlMs' | 'throttleMs' | 'maxDedupRowsInMemory' | 'skipCorrupt'
+    > {
+  /** Also run an archiver (consumer group tally-archive) in this process. Default true. */
+  archive?: boolean
+  /** Options of that archiver. */
+  archiver?: Omit<ArchiverRoleOptions, 'archiveDir'>
+  /** Port of /metrics, /healthz, /readyz. Default PORT, else 9465. */
+  port?: number
+}
+
+export interface RunningBatch {
+  url: string
+  scheduler: BatchScheduler
+  archiver: ArchiverComponent | undefined
+  registryText(): Promise<string>
+  close(): Promise<void>
+}
+
+/**
+ * `tally batch`: the rebuild scheduler (hourly and nightly node-cron jobs guarded by Cassandra
+ * leases) and, unless `archive` is false, an archiver; /metrics on port 9465.
+ */
+export async function startBatch(
+  config: TallyConfig,
+  logger: Logger,
+  options: StartBatchOptions = {},
+): Promise<RunningBatch> {
+  // Bad settings fail before anything is opened.
+  const jobs = defaultJobs(options)
+  validateJobs(jobs)
+  const registry = new Registry()
+  collectDefaultMetrics({ register: registry, prefix: 'tally_batch_' })
+  const metrics = createBatchMetrics(registry)
+  const stores = await openBatchStores(config)
+  const offsets = new KafkaOffsets(createKafka(config.kafka, { logger }))
+  let archiver: ArchiverComponent | undefined
+  try {
+    archiver =
+      options.archive === false
+        ? undefined
+        : await createArchiverComponent(config, logger, stores.cassandra, registry, {
+            ...options.archiver,
+            ...(options.archiveDir === undefined ? {} : { archiveDir: options.archiveDir }),
+          })
+  } catch (err) {
+    await offsets.close().catch(() => undefined)
+    await stores.close().catch(() => undefined)
+    throw err
+  }
+  const settings = rebuildSettings(config, options)
+  const key = archiveKey(options.archiver?.group ?? ARCHIVE_GROUP, config.kafka.topicRaw)
+  const scheduler = new BatchScheduler(
+    {
+      rebuild: (request) =>
+        runRebuild(
+          { leases: stores.leases, jobs: stores.jobs, rows: stores.rows, logger, metrics },
+          settings,
+          { ...request, skipCorrupt: options.skipCorrupt ?? false },
+        ),
+      archiveNotReady: async (toMs) => {
+        try {
+          const behind = await archiveBehind(stores.archive, offsets, key, config.kafka.topicRaw, toMs)
+          return behind.length === 0
+            ? undefined
+            : `archive behind on partitions ${behind.map((b) => `${b.partition} (${b.archived}/${b.end})`).join(', ')}`
+        } catch (err) {
+          return `cannot check the archive: ${errorMessage(err)}`
+        }
+      },
+      logger: logger.child({ component: 'scheduler' }),
+      metrics,
+    },
+    jobs,
+    options,
+  )
+  const app = createHttpServer({ logger, bodyLimit: 1024, requestTimeoutMs: 10_000 })
+  app.get('/healthz', async () => ({ status: 'ok' }))
+  app.get('/readyz', async () => ({
+    status: 'ready',
+    jobs: scheduler.jobs.map((j) => ({ kind: j.kind, cron: j.cron })),
+    archivePartitions: archiver?.archiver.ownedPartitions() ?? [],
+  }))
+  app.get('/metrics', async (_req, reply) =>
+    reply.header('content-type', registry.contentType).send(await registry.metrics()),
+  )
+  // Order: stop HTTP and cron (a running rebuild stops before its next write), close the
+  // archiver's buffers into segments and leave its group, then close the connections.
+  const close = once(async () => {
+    await app.close()
+    await scheduler.close()
+    await archiver?.close()
+    await offsets.close()
+    await stores.close()
+  })
+  try {
+    scheduler.start()
+    await app.listen({ host: config.host, port: options.port ?? config.port ?? BATCH_DEFAULT_PORT })
+  } catch (err) {
+    await close().catch(() => undefined)
+    throw err
+  }
+  const addr = app.server.address() as AddressInfo
+  const url = `http://${addr.address}:${addr.port}`
+  logger.info({ url }, 'batch role running')
+  return { url, scheduler, archiver, registryText: () => registry.metrics(), close }
+}

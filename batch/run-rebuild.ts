@@ -1,0 +1,64 @@
+/**
+ * Stand-alone entry of a rebuild (`node dist/batch/run-rebuild.js --from T1 --to T2 [options]`), what
+ * `tally rebuild` runs; used by the kill tests. Prints one JSON line per progress step on stdout and
+ * the result as the last line. Configuration from the environment (core/config.ts).
+ *
+ *   --site S  --from T1  --to T2  --skip-corrupt  --throttle-ms N  --lease-ttl-ms N  --wait-for-lease-ms N
+ *   --archive-dir DIR  --staging-dir DIR
+ */
+import { parseArgs } from 'node:util'
+import { loadConfig } from '../core/config.js'
+import { errorMessage } from '../core/errors.js'
+import { createLogger } from '../core/log.js'
+import { type RebuildOptions, rebuild } from './rebuild-command.js'
+
+function int(name: string, raw: string | undefined): number | undefined {
+  if (raw === undefined) return undefined
+  if (!/^\d+$/.test(raw)) throw new Error(`--${name} must be a non-negative integer, got ${raw}`)
+  return Number(raw)
+}
+
+async function main(): Promise<number> {
+  const { values } = parseArgs({
+    options: {
+      site: { type: 'string' },
+      from: { type: 'string' },
+      to: { type: 'string' },
+      'skip-corrupt': { type: 'boolean', default: false },
+      'throttle-ms': { type: 'string' },
+      'lease-ttl-ms': { type: 'string' },
+      'wait-for-lease-ms': { type: 'string' },
+      'archive-dir': { type: 'string' },
+      'staging-dir': { type: 'string' },
+    },
+  })
+  if (!values.from || !values.to) throw new Error('--from and --to are required')
+  const config = loadConfig()
+  const logger = createLogger(config.logLevel, { role: 'rebuild' })
+  const options: RebuildOptions = {
+    from: values.from,
+    to: values.to,
+    skipCorrupt: values['skip-corrupt'] ?? false,
+    onProgress: (p) => process.stdout.write(`${JSON.stringify({ progress: p })}\n`),
+  }
+  if (values.site) options.site = values.site
+  if (values['archive-dir']) options.archiveDir = values['archive-dir']
+  if (values['staging-dir']) options.stagingDir = values['staging-dir']
+  const throttle = int('throttle-ms', values['throttle-ms'])
+  if (throttle !== undefined) options.throttleMs = throttle
+  const ttl = int('lease-ttl-ms', values['lease-ttl-ms'])
+  if (ttl !== undefined) options.leaseTtlMs = ttl
+  const wait = int('wait-for-lease-ms', values['wait-for-lease-ms'])
+  if (wait !== undefined) options.waitForLeaseMs = wait
+  const result = await rebuild(config, logger, options)
+  process.stdout.write(`${JSON.stringify({ result: { status: result.status, run: result.run } })}\n`)
+  return 0
+}
+
+main().then(
+  (code) => process.exit(code),
+  (err: unknown) => {
+    process.stdout.write(`${JSON.stringify({ error: errorMessage(err) })}\n`)
+    process.exit(1)
+  },
+)

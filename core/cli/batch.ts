@@ -1,0 +1,188 @@
+import type { Command } from 'commander'
+import {
+  formatJobs,
+  importFile,
+  listJobs,
+  progressPrinter,
+  rebuild,
+  startArchiver,
+  startBatch,
+} from '../../batch/index.js'
+import { normalizeEvent } from '../../ingest/normalize.js'
+import { UserAgentParser } from '../../ingest/user-agent.js'
+import { UsageError } from '../errors.js'
+import { untilSignal } from '../lifecycle.js'
+import { createLogger } from '../log.js'
+import type { ConfigLoader } from './main.js'
+
+function positiveInt(name: string) {
+  return (raw: string): number => {
+    if (!/^\d+$/.test(raw) || Number(raw) < 1)
+      throw new UsageError(`${name} must be a positive integer, got "${raw}"`)
+    return Number(raw)
+  }
+}
+
+export function registerBatchCommands(program: Command, getConfig: ConfigLoader): void {
+  program
+    .command('batch')
+    .description(
+      'run the rebuild scheduler (node-cron + Cassandra leases) and an archiver; /metrics on port 9465 unless PORT is set',
+    )
+    .option(
+      '--hourly <cron>',
+      'when the hourly rebuild of the last closed hours runs; "" turns it off',
+      '5 * * * *',
+    )
+    .option('--hours <n>', 'closed hours the hourly rebuild covers', positiveInt('--hours'), 2)
+    .option(
+      '--nightly <cron>',
+      'when the rebuild of the previous UTC day runs; "" turns it off',
+      '30 0 * * *',
+    )
+    .option('--no-archive', 'do not run an archiver in this process (run `tally archive` elsewhere)')
+    .option('--archive-dir <dir>', 'archive folder (default TALLY_DATA_DIR/archive)')
+    .addHelpText(
+      'after',
+      `
+Several batch processes may run: a lease per range (with a fencing token checked when final rows
+are written) makes each range run once at a time; a job that loses its lease stops without writing.`,
+    )
+    .action(
+      async (opts: {
+        hourly: string
+        hours: number
+        nightly: string
+        archive: boolean
+        archiveDir?: string
+      }) => {
+        const config = getConfig()
+        const logger = createLogger(config.logLevel, { role: 'batch' })
+        const running = await startBatch(config, logger, {
+          hourlyCron: opts.hourly,
+          hourlyHours: opts.hours,
+          nightlyCron: opts.nightly,
+          archive: opts.archive,
+          ...(opts.archiveDir ? { archiveDir: opts.archiveDir } : {}),
+        })
+        process.exitCode = await untilSignal(running, logger, config.shutdownTimeoutMs)
+      },
+    )
+
+  program
+    .command('archive')
+    .description(
+      'run an archiver: raw topic → Arrow IPC segments by event hour and partition (consumer group tally-archive); /metrics on 9466',
+    )
+    .option('--archive-dir <dir>', 'archive folder (default TALLY_DATA_DIR/archive)')
+    .action(async (opts: { archiveDir?: string }) => {
+      const config = getConfig()
+      const logger = createLogger(config.logLevel, { role: 'archive' })
+      const running = await startArchiver(
+        config,
+        logger,
+        opts.archiveDir ? { archiveDir: opts.archiveDir } : {},
+      )
+      process.exitCode = await untilSignal(running, logger, config.shutdownTimeoutMs)
+    })
+
+  program
+    .command('rebuild')
+    .description(
+      'rebuild final aggregates of a range from the Arrow archive (progress bar and ETA on a terminal)',
+    )
+    .requiredOption('--from <time>', 'range start, ISO 8601 (rounded down to the hour)')
+    .requiredOption('--to <time>', 'range end, exclusive (rounded up to the hour)')
+    .option('--site <siteId>', 'one site (default: every site in the archive)')
+    .option('--skip-corrupt', 'skip corrupt or truncated segments (each reported) instead of failing', false)
+    .option('--archive-dir <dir>', 'archive folder (default TALLY_DATA_DIR/archive)')
+    .option('--json', 'print the result as JSON', false)
+    .action(
+      async (opts: {
+        from: string
+        to: string
+        site?: string
+        skipCorrupt: boolean
+        archiveDir?: string
+        json: boolean
+      }) => {
+        for (const [name, v] of [
+          ['--from', opts.from],
+          ['--to', opts.to],
+        ] as const) {
+          if (Number.isNaN(Date.parse(v)))
+            throw new UsageError(`${name} "${v}" is not an ISO 8601 date or date-time`)
+        }
+        const config = getConfig()
+        const logger = createLogger(opts.json ? 'warn' : config.logLevel, { role: 'rebuild' })
+        const progress = progressPrinter()
+        const result = await rebuild(config, logger, {
+          from: opts.from,
+          to: opts.to,
+          skipCorrupt: opts.skipCorrupt,
+          onProgress: (p) => progress.update(p),
+          ...(opts.site ? { site: opts.site } : {}),
+          ...(opts.archiveDir ? { archiveDir: opts.archiveDir } : {}),
+        })
+        progress.done()
+        process.stdout.write(
+          opts.json ? `${JSON.stringify(result)}\n` : `${JSON.stringify(result, null, 2)}\n`,
+        )
+      },
+    )
+
+  program
+    .command('jobs')
+    .description('list rebuild runs: status, range, events read, windows written, duration, error')
+    .option('--limit <n>', 'most runs, newest first', positiveInt('--limit'), 50)
+    .option('--days <n>', 'how far back', positiveInt('--days'), 7)
+    .option('--json', 'print JSON', false)
+    .action(async (opts: { limit: number; days: number; json: boolean }) => {
+      const config = getConfig()
+      const runs = await listJobs(config, createLogger('warn'), { limit: opts.limit, days: opts.days })
+      process.stdout.write(opts.json ? `${JSON.stringify(runs)}\n` : `${formatJobs(runs)}\n`)
+    })
+
+  program
+    .command('import')
+    .description(
+      'append historical events (NDJSON of Segment payloads, .gz allowed) to the raw log with their original timestamps',
+    )
+    .argument('<file>', 'NDJSON file, one event per line')
+    .requiredOption('--site <siteId>', 'the site the events belong to')
+    .option('--json', 'print the result as JSON', false)
+    .addHelpText(
+      'after',
+      '\nThe stream leaves events older than its grace period to the batch layer: the next rebuild of their range counts them.',
+    )
+    .action(async (file: string, opts: { site: string; json: boolean }) => {
+      const config = getConfig()
+      const logger = createLogger(config.logLevel, { role: 'import' })
+      const ua = new UserAgentParser()
+      const limits = { maxEventBytes: config.ingest.maxEventBytes, maxDepth: config.ingest.maxDepth }
+      const result = await importFile(config, logger, {
+        file,
+        siteId: opts.site,
+        normalize: (payload, receivedAtMs) =>
+          normalizeEvent(
+            payload,
+            {
+              siteId: opts.site,
+              userAgent: undefined,
+              receivedAtMs,
+              batchSentAt: undefined,
+              routeType: undefined,
+              imported: true,
+            },
+            limits,
+            ua,
+          ),
+      })
+      process.stdout.write(
+        opts.json
+          ? `${JSON.stringify(result)}\n`
+          : `${result.accepted} imported, ${result.rejected} rejected of ${result.lines} lines\n`,
+      )
+      if (result.accepted === 0 && result.lines > 0) process.exitCode = 1
+    })
+}

@@ -1,0 +1,168 @@
+import {
+  Binary,
+  Bool,
+  type DataType,
+  Dictionary,
+  Field,
+  Int32,
+  Int64,
+  Schema,
+  TimestampMillisecond,
+  Uint64,
+  Utf8,
+} from 'apache-arrow'
+import type { Dimension } from '../core/aggregate/definition.js'
+
+/**
+ * The columnar schema of an archive segment: the raw-log events of one source partition whose event
+ * `timestamp` falls in one UTC hour, from one archiver flush, as two Arrow IPC files with the same
+ * rows in the same order:
+ * - the segment file, what a rebuild reads — values precomputed with the shared definitions
+ *   (core/aggregate/definition.ts) when the event is archived, so a rebuild works on typed arrays and
+ *   dictionaries only: `site`, `type` and every dimension dictionary-encoded (a segment holds few
+ *   distinct values), `timestamp` (ms), `bot`, `visitor_hash` (XXH64 of the visitor id, what the
+ *   HyperLogLog sketches take), `dedup_hash` (XXH64 of `siteId \u0001 messageId`, the stream's dedup
+ *   key), `message_id_assigned` (server-assigned ids are never deduplicated) and `offset`;
+ * - its raw sidecar (`….raw.arrow`), what keeps the archive a faithful copy of the raw log:
+ *   `offset`, `message_id`, `visitor_id`, `received_at`, `imported`, the trace headers and `raw`, the
+ *   Kafka value bytes as they were. Kept apart so a rebuild reads ~70 bytes per event, not the
+ *   ~300 of the JSON; the segment's metadata carries the sidecar's CRC-32.
+ *
+ * Rows are sorted by site (then offset): a site's rows are one run, so a rebuild of one site reads
+ * one slice. The file name carries the partition, the offset range of the flush, the row count and
+ * a CRC-32 of the file (see batch/segment-file.ts).
+ */
+
+/** Written into the schema metadata; a reader refuses other versions. */
+export const SEGMENT_FORMAT_VERSION = 1
+
+/** Dimension columns, named after the dimensions and in their order. */
+export const DIMENSION_COLUMNS = [
+  'event',
+  'path',
+  'referrer',
+  'utm_source',
+  'browser',
+  'os',
+  'device',
+] as const satisfies readonly Dimension[]
+
+export const COLUMNS = {
+  site: 'site',
+  messageId: 'message_id',
+  messageIdAssigned: 'message_id_assigned',
+  dedupHash: 'dedup_hash',
+  type: 'type',
+  visitorId: 'visitor_id',
+  visitorHash: 'visitor_hash',
+  timestamp: 'timestamp',
+  receivedAt: 'received_at',
+  bot: 'bot',
+  imported: 'imported',
+  offset: 'offset',
+  traceparent: 'traceparent',
+  requestId: 'request_id',
+  raw: 'raw',
+} as const
+
+/** Keys of the schema's custom metadata. */
+export const SEGMENT_METADATA = {
+  version: 'tally.segment.version',
+  topic: 'tally.topic',
+  partition: 'tally.partition',
+  hour: 'tally.hour',
+  firstOffset: 'tally.first_offset',
+  lastOffset: 'tally.last_offset',
+  /** CRC-32 of the raw sidecar (hex), on the segment file. */
+  rawCrc32: 'tally.raw_crc32',
+} as const
+
+function dictionary(id: number): Dictionary<Utf8, Int32> {
+  return new Dictionary(new Utf8(), new Int32(), id)
+}
+
+/** Every field of a segment file, in file order. Dictionary ids are fixed per column. */
+export function segmentFields(): Field[] {
+  return [
+    new Field(COLUMNS.site, dictionary(0), false),
+    new Field(COLUMNS.type, dictionary(1), false),
+    ...DIMENSION_COLUMNS.map((name, i) => new Field(name, dictionary(2 + i), false)),
+    new Field(COLUMNS.messageIdAssigned, new Bool(), false),
+    new Field(COLUMNS.dedupHash, new Uint64(), false),
+    new Field(COLUMNS.visitorHash, new Uint64(), false),
+    new Field(COLUMNS.timestamp, new TimestampMillisecond(), false),
+    new Field(COLUMNS.bot, new Bool(), false),
+    new Field(COLUMNS.offset, new Int64(), false),
+  ]
+}
+
+/** Every field of a raw sidecar, in file order. */
+export function rawSegmentFields(): Field[] {
+  return [
+    new Field(COLUMNS.offset, new Int64(), false),
+    new Field(COLUMNS.messageId, new Utf8(), false),
+    new Field(COLUMNS.visitorId, new Utf8(), false),
+    new Field(COLUMNS.receivedAt, new TimestampMillisecond(), false),
+    new Field(COLUMNS.imported, new Bool(), false),
+    new Field(COLUMNS.traceparent, new Utf8(), true),
+    new Field(COLUMNS.requestId, new Utf8(), true),
+    new Field(COLUMNS.raw, new Binary(), false),
+  ]
+}
+
+export interface SegmentMetadata {
+  topic: string
+  partition: number
+  /** Start of the event-time hour (ms, UTC). */
+  hourStartMs: number
+  firstOffset: number
+  lastOffset: number
+}
+
+function metadata(meta: SegmentMetadata, extra: Array<[string, string]> = []): Map<string, string> {
+  return new Map([
+    [SEGMENT_METADATA.version, String(SEGMENT_FORMAT_VERSION)],
+    [SEGMENT_METADATA.topic, meta.topic],
+    [SEGMENT_METADATA.partition, String(meta.partition)],
+    [SEGMENT_METADATA.hour, new Date(meta.hourStartMs).toISOString()],
+    [SEGMENT_METADATA.firstOffset, String(meta.firstOffset)],
+    [SEGMENT_METADATA.lastOffset, String(meta.lastOffset)],
+    ...extra,
+  ])
+}
+
+/** The segment file's schema; it names the CRC-32 of its raw sidecar. */
+export function segmentSchema(meta: SegmentMetadata, rawCrc32: number): Schema {
+  return new Schema(
+    segmentFields(),
+    metadata(meta, [[SEGMENT_METADATA.rawCrc32, (rawCrc32 >>> 0).toString(16).padStart(8, '0')]]),
+  )
+}
+
+export function rawSegmentSchema(meta: SegmentMetadata): Schema {
+  return new Schema(rawSegmentFields(), metadata(meta))
+}
+
+/**
+ * Why a schema read from a file is not the expected one (undefined when it is): same version, same
+ * field names and types in the same order.
+ */
+export function schemaProblem(schema: Schema, expected: readonly Field[]): string | undefined {
+  const version = schema.metadata.get(SEGMENT_METADATA.version)
+  if (version !== String(SEGMENT_FORMAT_VERSION))
+    return `segment format version ${version ?? '(none)'}, expected ${SEGMENT_FORMAT_VERSION}`
+  if (schema.fields.length !== expected.length)
+    return `${schema.fields.length} columns, expected ${expected.length}`
+  for (let i = 0; i < expected.length; i++) {
+    const want = expected[i]!
+    const got = schema.fields[i]!
+    if (got.name !== want.name) return `column ${i} is ${got.name}, expected ${want.name}`
+    if (!sameType(got.type, want.type))
+      return `column ${got.name} has type ${got.type}, expected ${want.type}`
+  }
+  return undefined
+}
+
+function sameType(a: DataType, b: DataType): boolean {
+  return a.typeId === b.typeId && String(a) === String(b)
+}

@@ -1,0 +1,483 @@
+import { createHash } from 'node:crypto'
+import { mkdir, mkdtemp, readFile, rm, truncate, writeFile } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { dirname, join } from 'node:path'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { decodeRecord } from '../../batch/decode.js'
+import { LeaseLostError, RangeBusyError } from '../../batch/lease.js'
+import { type RebuildSettings, runRebuild } from '../../batch/rebuild.js'
+import { hourRelDir, segmentFileName } from '../../batch/segment-file.js'
+import { CorruptSegmentError } from '../../batch/segment-reader.js'
+import { type ArchivedEvent, encodeSegment } from '../../batch/segment-writer.js'
+import { generateWorkload } from '../../bench/workload.js'
+import { kindOf, visitorId, windowStart } from '../../core/aggregate/definition.js'
+import { RowAccumulator, rowKeysFor } from '../../core/aggregate/rows.js'
+import { HyperLogLog, hash64 } from '../../core/hll.js'
+import { createLogger } from '../../core/log.js'
+import type {
+  FinalRow,
+  FinalRowStore,
+  JobRun,
+  JobStore,
+  Lease,
+  LeaseStore,
+  RangeRecord,
+} from '../../core/ports/batch-store.js'
+import { normalizeEvent } from '../../ingest/normalize.js'
+import { UserAgentParser } from '../../ingest/user-agent.js'
+import type { RawEventV1 } from '../../schemas/events.js'
+
+const PRECISION = 14
+const PARTITIONS = 3
+const logger = createLogger('silent')
+
+// --- in-memory stores -----------------------------------------------------------------------------
+
+class MemoryLeases implements LeaseStore {
+  readonly held = new Map<string, { holder: string; token: number }>()
+  private token = 1000
+  refuseRenewals = false
+
+  async tryAcquire(name: string, holder: string, ttlMs: number): Promise<Lease | undefined> {
+    if (this.held.has(name)) return undefined
+    const token = ++this.token
+    this.held.set(name, { holder, token })
+    return { name, holder, token, ttlMs, acquiredAtMs: Date.now() }
+  }
+  async renew(lease: Lease): Promise<boolean> {
+    return !this.refuseRenewals && this.held.get(lease.name)?.holder === lease.holder
+  }
+  async release(lease: Lease): Promise<void> {
+    if (this.held.get(lease.name)?.holder === lease.holder) this.held.delete(lease.name)
+  }
+  async current(name: string) {
+    return this.held.get(name)
+  }
+}
+
+class MemoryJobs implements JobStore {
+  readonly runs = new Map<string, JobRun>()
+  readonly ranges = new Map<string, RangeRecord>()
+  async save(run: JobRun) {
+    this.runs.set(run.jobId, structuredClone(run))
+  }
+  async list() {
+    return [...this.runs.values()]
+  }
+  async lastSuccess(key: string) {
+    return this.ranges.get(key)
+  }
+  async recordSuccess(key: string, r: RangeRecord) {
+    this.ranges.set(key, r)
+  }
+}
+
+function keyOf(r: {
+  siteId: string
+  granularity: string
+  windowStart: number
+  dimension: string | undefined
+  value: string
+}): string {
+  return `${r.siteId}|${r.granularity}|${new Date(r.windowStart).toISOString()}|${r.dimension ?? ''}|${r.value}`
+}
+
+/** Final rows by key, last writer by token (like Cassandra's write timestamps); plus stream rows. */
+class MemoryRows implements FinalRowStore {
+  readonly final = new Map<string, { row: FinalRow; token: number }>()
+  readonly stream = new Set<string>()
+  writes = 0
+
+  private keys(): Array<{
+    siteId: string
+    granularity: string
+    windowStart: number
+    dimension?: string
+    value: string
+  }> {
+    return [...this.stream, ...this.final.keys()].map((k) => {
+      const [siteId, granularity, ws, dimension, value] = k.split('|') as [
+        string,
+        string,
+        string,
+        string,
+        string,
+      ]
+      return { siteId, granularity, windowStart: Date.parse(ws), dimension: dimension || undefined, value }
+    })
+  }
+  async existingWindows(siteId: string, g: string, fromMs: number, toMs: number) {
+    const out = new Set<number>()
+    for (const k of this.keys())
+      if (k.siteId === siteId && k.granularity === g && k.windowStart >= fromMs && k.windowStart < toMs)
+        out.add(k.windowStart)
+    return [...out]
+  }
+  async existingValues(siteId: string, g: string, d: string, ws: number) {
+    return [
+      ...new Set(
+        this.keys()
+          .filter(
+            (k) => k.siteId === siteId && k.granularity === g && k.dimension === d && k.windowStart === ws,
+          )
+          .map((k) => k.value),
+      ),
+    ]
+  }
+  async writeFinal(rows: readonly FinalRow[], token: number) {
+    for (const row of rows) {
+      const k = keyOf(row)
+      const old = this.final.get(k)
+      if (!old || old.token <= token) this.final.set(k, { row, token })
+      this.writes++
+    }
+  }
+}
+
+// --- a workload, the stream's reference numbers, and an archive of it --------------------------------
+
+interface Logged {
+  partition: number
+  offset: number
+  value: Buffer
+  event: RawEventV1
+}
+
+function partitionOf(key: string): number {
+  return createHash('sha1').update(key).digest().readUInt32BE(0) % PARTITIONS
+}
+
+/** The workload as ingest would log it (imported: original timestamps), with partitions and offsets. */
+function logWorkload(seed: number, start: string, spanMs: number, events: number): Logged[] {
+  const w = generateWorkload({
+    seed,
+    sites: ['a.test', 'b.test'],
+    events,
+    start: new Date(start),
+    spanMs,
+    lateShare: 0,
+    duplicateShare: 0.05,
+    botShare: 0.08,
+  })
+  const ua = new UserAgentParser()
+  const next = new Array(PARTITIONS).fill(0)
+  const out: Logged[] = []
+  for (const g of w.events) {
+    const r = normalizeEvent(
+      g.payload,
+      {
+        siteId: g.siteId,
+        userAgent: g.userAgent,
+        receivedAtMs: Date.parse(g.payload.timestamp) + 1000,
+        batchSentAt: undefined,
+        routeType: undefined,
+        imported: true,
+      },
+      { maxEventBytes: 32 * 1024, maxDepth: 16 },
+      ua,
+    )
+    if (!r.ok) throw new Error(r.rejection.message)
+    const e = r.event
+    const partition = partitionOf(`${e.siteId}:${e.anonymousId ?? e.userId ?? e.messageId}`)
+    out.push({ partition, offset: next[partition]++, value: Buffer.from(JSON.stringify(e)), event: e })
+  }
+  return out
+}
+
+interface Values {
+  events: number
+  pageviews: number
+  botEvents: number
+  visitors: string
+}
+
+/**
+ * What the stream computes (rowKeysFor + RowAccumulator per partition, dedup by messageId within a
+ * partition), merged over partitions as the reader does (counts add, registers merge).
+ */
+function streamReference(log: readonly Logged[]): Map<string, Values> {
+  const partials = new Map<string, { acc: RowAccumulator; key: Parameters<typeof keyOf>[0] }>()
+  const seen = new Set<string>()
+  for (const l of [...log].sort((a, b) => a.partition - b.partition || a.offset - b.offset)) {
+    const e = l.event
+    if (!e.messageIdAssigned) {
+      const id = `${l.partition}|${e.siteId}\u0001${e.messageId}`
+      if (seen.has(id)) continue
+      seen.add(id)
+    }
+    if (kindOf(e) === 'ignored') continue
+    for (const k of rowKeysFor(e, Date.parse(e.timestamp), l.partition)) {
+      const id = `${keyOf(k)}|${l.partition}`
+      let p = partials.get(id)
+      if (!p) {
+        p = { acc: new RowAccumulator(PRECISION), key: k }
+        partials.set(id, p)
+      }
+      p.acc.add(e, hash64(visitorId(e)))
+    }
+  }
+  const merged = new Map<string, { events: number; pageviews: number; botEvents: number; hll: HyperLogLog }>()
+  for (const { acc, key } of partials.values()) {
+    const k = keyOf(key)
+    const v = acc.values()
+    const m = merged.get(k) ?? { events: 0, pageviews: 0, botEvents: 0, hll: new HyperLogLog(PRECISION) }
+    m.events += v.events
+    m.pageviews += v.pageviews
+    m.botEvents += v.botEvents
+    m.hll.merge(HyperLogLog.fromBytes(v.visitors))
+    merged.set(k, m)
+  }
+  return new Map(
+    [...merged].map(([k, m]) => [
+      k,
+      {
+        events: m.events,
+        pageviews: m.pageviews,
+        botEvents: m.botEvents,
+        visitors: Buffer.from(m.hll.toBytes()).toString('hex'),
+      },
+    ]),
+  )
+}
+
+function finalValues(rows: MemoryRows): Map<string, Values> {
+  return new Map(
+    [...rows.final].map(([k, { row }]) => [
+      k,
+      {
+        events: row.values.events,
+        pageviews: row.values.pageviews,
+        botEvents: row.values.botEvents,
+        visitors: Buffer.from(row.values.visitors).toString('hex'),
+      },
+    ]),
+  )
+}
+
+/** Archives the log as the archiver would: per partition, flushes of `flushSize` records, one segment per hour. */
+async function writeArchive(topicDir: string, log: readonly Logged[], flushSize = 150): Promise<string[]> {
+  const paths: string[] = []
+  for (let p = 0; p < PARTITIONS; p++) {
+    const records = log.filter((l) => l.partition === p).sort((a, b) => a.offset - b.offset)
+    for (let i = 0; i < records.length; i += flushSize) {
+      const chunk = records.slice(i, i + flushSize)
+      const first = chunk[0]!.offset
+      const last = chunk[chunk.length - 1]!.offset
+      const byHour = new Map<number, ArchivedEvent[]>()
+      for (const l of chunk) {
+        const d = decodeRecord({
+          offset: l.offset,
+          key: undefined,
+          value: l.value,
+          headers: { 'tally-schema-version': '1' },
+          timestampMs: 0,
+        })
+        if (!d.ok) throw new Error(d.reason)
+        const hour = windowStart(d.event.timestampMs, 'hour')
+        byHour.set(hour, [...(byHour.get(hour) ?? []), d.event])
+      }
+      for (const [hour, events] of byHour) {
+        const enc = encodeSegment(events, {
+          topic: 't',
+          partition: p,
+          hourStartMs: hour,
+          firstOffset: first,
+          lastOffset: last,
+        })
+        const path = join(
+          topicDir,
+          hourRelDir(hour),
+          segmentFileName({
+            partition: p,
+            firstOffset: first,
+            lastOffset: last,
+            rows: enc.rows,
+            crc32: enc.crc32,
+          }),
+        )
+        await mkdir(dirname(path), { recursive: true })
+        await writeFile(path, enc.bytes)
+        paths.push(path)
+      }
+    }
+  }
+  return paths
+}
+
+// --- tests ----------------------------------------------------------------------------------------
+
+let root: string
+const FROM = Date.parse('2024-05-01T00:00:00Z')
+const TO = Date.parse('2024-05-03T00:00:00Z')
+
+beforeAll(async () => {
+  root = await mkdtemp(join(tmpdir(), 'tally-batch-unit-'))
+})
+
+afterAll(async () => {
+  await rm(root, { recursive: true, force: true })
+})
+
+async function setup(name: string, log: readonly Logged[], flushSize?: number) {
+  const topicDir = join(root, name, 'archive', 't')
+  const segments = await writeArchive(topicDir, log, flushSize)
+  const deps = { leases: new MemoryLeases(), jobs: new MemoryJobs(), rows: new MemoryRows(), logger }
+  const settings: RebuildSettings = {
+    topicDir,
+    stagingDir: join(root, name, 'staging'),
+    precision: PRECISION,
+    owner: 'unit',
+    leaseTtlMs: 60_000,
+  }
+  return { deps, settings, segments, topicDir }
+}
+
+describe('rebuild (archive segments → final rows), against in-memory stores', () => {
+  // Crosses midnight: minute, hour and day windows, two days.
+  const log = logWorkload(5, '2024-05-01T22:10:00Z', 3 * 3_600_000, 3000)
+
+  it('gives exactly the stream’s numbers and HyperLogLog bytes for every window and value', async () => {
+    expect(log.some((l) => l.event.bot)).toBe(true)
+    const { deps, settings } = await setup('exact', log)
+    const result = await runRebuild(deps, settings, { fromMs: FROM, toMs: TO })
+    expect(result.status).toBe('succeeded')
+    expect(result.run.duplicates).toBeGreaterThan(0)
+    expect(result.run.eventsRead).toBe(log.length)
+    const expected = streamReference(log)
+    const actual = finalValues(deps.rows)
+    expect(actual.size).toBe(expected.size)
+    for (const [k, v] of expected) expect(actual.get(k), k).toEqual(v)
+    const days = [...actual.keys()].filter((k) => k.includes('|day|'))
+    expect(days.length).toBeGreaterThan(10)
+    expect(result.run.status).toBe('succeeded')
+    expect(deps.jobs.runs.get(result.run.jobId)?.status).toBe('succeeded')
+    // The lease is given back.
+    expect(deps.leases.held.size).toBe(0)
+  })
+
+  it('spreads the dedup pass over spill files when the range exceeds its memory, with the same result', async () => {
+    const { deps, settings } = await setup('spill', log)
+    const result = await runRebuild(
+      deps,
+      { ...settings, maxDedupRowsInMemory: 300 },
+      { fromMs: FROM, toMs: TO },
+    )
+    expect(result.dedupBuckets).toBeGreaterThan(4)
+    expect(finalValues(deps.rows)).toEqual(streamReference(log))
+  })
+
+  it('dedups across hours and counts the copy with the lowest offset', async () => {
+    const base = log.filter((l) => l.partition === 0).slice(0, 50)
+    const original = base.find((l) => l.event.type === 'page' && !l.event.bot)!
+    const copy = structuredClone(original.event)
+    copy.timestamp = new Date(Date.parse(copy.timestamp) + 2 * 3_600_000).toISOString()
+    const extra: Logged = {
+      partition: 0,
+      offset: 1_000_000,
+      value: Buffer.from(JSON.stringify(copy)),
+      event: copy,
+    }
+    const withCopy = [...base, extra]
+    const { deps, settings } = await setup('cross-hour', withCopy)
+    await runRebuild(deps, settings, { fromMs: FROM, toMs: TO })
+    expect(finalValues(deps.rows)).toEqual(streamReference(base))
+  })
+
+  it('replaces stream rows that the rebuild does not produce with zeros', async () => {
+    const { deps, settings } = await setup('zero', log)
+    const ghost = {
+      siteId: 'a.test',
+      granularity: 'hour',
+      windowStart: Date.parse('2024-05-01T23:00:00Z'),
+      dimension: 'path',
+      value: '/ghost',
+    }
+    deps.rows.stream.add(keyOf(ghost))
+    const outside = { ...ghost, windowStart: Date.parse('2024-05-04T01:00:00Z') }
+    deps.rows.stream.add(keyOf(outside))
+    await runRebuild(deps, settings, { fromMs: FROM, toMs: TO })
+    const row = deps.rows.final.get(keyOf(ghost))?.row
+    expect(row?.values).toMatchObject({ events: 0, pageviews: 0, botEvents: 0 })
+    expect(HyperLogLog.fromBytes(row!.values.visitors).isEmpty()).toBe(true)
+    expect(deps.rows.final.has(keyOf(outside))).toBe(false)
+  })
+
+  it('fails on a corrupt segment, naming it, and writes nothing; --skip-corrupt skips it', async () => {
+    const { deps, settings, segments } = await setup('corrupt', log)
+    const victim = segments[3]!
+    const size = (await readFile(victim)).length
+    await truncate(victim, size - 100)
+    const failing = runRebuild(deps, settings, { fromMs: FROM, toMs: TO })
+    await expect(failing).rejects.toBeInstanceOf(CorruptSegmentError)
+    await expect(failing).rejects.toThrow(victim)
+    expect(deps.rows.writes).toBe(0)
+    const failed = [...deps.jobs.runs.values()][0]!
+    expect(failed.status).toBe('failed')
+    expect(failed.error).toContain(victim)
+    expect(deps.leases.held.size).toBe(0)
+
+    const skipped = await runRebuild(deps, settings, { fromMs: FROM, toMs: TO, skipCorrupt: true })
+    expect(skipped.run.corruptSegments).toEqual([victim])
+    expect(skipped.run.eventsRead).toBeLessThan(log.length)
+    expect(deps.rows.writes).toBeGreaterThan(0)
+  })
+
+  it('stops without writing when its lease is lost, and refuses a range whose lease is held', async () => {
+    const { deps, settings } = await setup('lease', log)
+    deps.leases.refuseRenewals = true
+    await expect(runRebuild(deps, settings, { fromMs: FROM, toMs: TO })).rejects.toBeInstanceOf(
+      LeaseLostError,
+    )
+    expect(deps.rows.writes).toBe(0)
+    expect([...deps.jobs.runs.values()][0]?.status).toBe('lost_lease')
+
+    deps.leases.refuseRenewals = false
+    deps.leases.held.clear()
+    deps.leases.held.set('rebuild|*|2024-05-01T00:00:00.000Z|2024-05-03T00:00:00.000Z', {
+      holder: 'other',
+      token: 1,
+    })
+    await expect(runRebuild(deps, settings, { fromMs: FROM, toMs: TO })).rejects.toBeInstanceOf(
+      RangeBusyError,
+    )
+  })
+
+  it('skips a scheduled range whose segments did not change since its last success', async () => {
+    const { deps, settings } = await setup('unchanged', log)
+    const first = await runRebuild(deps, settings, { fromMs: FROM, toMs: TO, skipUnchanged: true })
+    expect(first.status).toBe('succeeded')
+    const second = await runRebuild(deps, settings, { fromMs: FROM, toMs: TO, skipUnchanged: true })
+    expect(second.status).toBe('skipped_unchanged')
+    expect(deps.jobs.runs.size).toBe(1)
+  })
+
+  it('rebuilds one site only, and only whole days get day windows', async () => {
+    const { deps, settings } = await setup('site', log)
+    // 2024-05-01T22:00 .. 2024-05-02T12:00: no whole day inside.
+    await runRebuild(deps, settings, {
+      siteId: 'b.test',
+      fromMs: Date.parse('2024-05-01T22:00:00Z'),
+      toMs: Date.parse('2024-05-02T12:00:00Z'),
+    })
+    const keys = [...deps.rows.final.keys()]
+    expect(keys.length).toBeGreaterThan(0)
+    expect(keys.every((k) => k.startsWith('b.test|'))).toBe(true)
+    expect(keys.some((k) => k.includes('|day|'))).toBe(false)
+    const expected = streamReference(log.filter((l) => l.event.siteId === 'b.test'))
+    for (const k of keys)
+      expect(deps.rows.final.get(k) && finalValues(deps.rows).get(k)).toEqual(expected.get(k))
+  })
+
+  it('does not bring back windows whose TTL has run out', async () => {
+    const { deps, settings } = await setup('ttl', log)
+    await runRebuild(
+      deps,
+      { ...settings, ttlSeconds: { minute: 7 * 86_400, hour: 0, day: 0 } },
+      { fromMs: FROM, toMs: TO },
+    )
+    const keys = [...deps.rows.final.keys()]
+    expect(keys.some((k) => k.includes('|minute|'))).toBe(false)
+    expect(keys.some((k) => k.includes('|hour|'))).toBe(true)
+    expect(keys.some((k) => k.includes('|day|'))).toBe(true)
+  })
+})
