@@ -253,7 +253,10 @@ export async function buildIngestApp(deps: IngestDeps): Promise<FastifyInstance>
     rateLimit(req, reply, site, items.length)
     metrics.batchSize.observe(items.length)
     const receivedAtMs = Date.now()
-    const userAgent = req.headers['user-agent']
+    // A request authenticated with HTTP Basic comes from a server (a Segment server library, curl):
+    // its User-Agent is the sender's, not the visitor's, so only context.userAgent describes the
+    // visitor. Browsers (beacons, analytics.js, the pixel) send the key in the body or the URL.
+    const userAgent = req.headers.authorization ? undefined : req.headers['user-agent']
     const trace = traceContext(req.headers.traceparent, req.id)
     const headers = {
       [HEADERS.traceparent]: trace.traceparent,
