@@ -565,6 +565,21 @@ export function eventLabel(payload: SegmentPayload): string | undefined {
   }
 }
 
+/** Every breakdown dimension's value of one generated event, labelled as the truth labels it. */
+export function dimensionValues(ev: GeneratedEvent): Record<Dimension, string> {
+  const p = ev.payload
+  const page = p.context.page
+  return {
+    event: eventLabel(p) ?? '(none)',
+    path: page?.path ?? '(none)',
+    referrer: referrerLabel(page?.referrer),
+    utm_source: p.context.campaign?.source ?? '(none)',
+    browser: ev.ua.browser ?? '(unknown)',
+    os: ev.ua.os ?? '(unknown)',
+    device: ev.ua.device,
+  }
+}
+
 /** Counters of one bucket. Events are fed grouped by visitor, so distinct visitors = changes of `last`. */
 class Acc {
   events = 0
@@ -840,6 +855,11 @@ function buildPaths(n: number): string[] {
   const out = BASE_PATHS.slice(0, n)
   for (let i = 1; out.length < n; i++) out.push(`${PATH_PREFIXES[i % PATH_PREFIXES.length]}${i}`)
   return out
+}
+
+/** The catalog of `n` paths a workload with `paths: n` draws from (each site ranks it in its own order). */
+export function pathCatalog(n: number): string[] {
+  return buildPaths(n)
 }
 
 function titleOf(path: string): string {

@@ -1,7 +1,13 @@
 import type { Client } from 'cassandra-driver'
 import type { FastifyInstance } from 'fastify'
 import { expect } from 'vitest'
-import { type GeneratedEvent, type Truth, truthCounts, windowKey } from '../../bench/workload.js'
+import {
+  dimensionValues,
+  type GeneratedEvent,
+  type Truth,
+  truthCounts,
+  windowKey,
+} from '../../bench/workload.js'
 import { DIMENSION_GRANULARITIES, DIMENSIONS, GRANULARITIES } from '../../core/aggregate/definition.js'
 import { CassandraAggregateReader } from '../../core/cassandra/aggregate-reader.js'
 import type { TallyConfig } from '../../core/config.js'
@@ -146,9 +152,7 @@ export async function compareWithTruth(
         if (set) {
           // A sketch depends only on its set: the merged registers must be those of the true set.
           check(`${where} visitor set size`, t.visitors, set.size)
-          const exact = new HyperLogLog(precision)
-          for (const id of set) exact.add(id)
-          check(`${where} visitors (registers)`, Math.round(exact.estimate()), est)
+          check(`${where} visitors (registers)`, sketchEstimate(set, precision), est)
         } else {
           check(`${where} visitors`, t.visitors, est, true)
         }
@@ -175,7 +179,14 @@ export async function compareWithTruth(
           const e = expected.get(value) ?? { events: 0, pageviews: 0, visitors: 0 }
           const a = merged.get(value)
           const est = a ? Math.round(HyperLogLog.fromBytes(a.visitors).estimate()) : 0
-          check(`${site} ${g} ${d}=${value} visitors`, rangeTruth[value]?.visitors ?? 0, est, true)
+          const set = sets?.get(`${site}|${d}|${value}`)
+          if (set) {
+            // The merged registers over the range must be those of the value's true visitor set.
+            check(`${site} ${g} ${d}=${value} visitor set size`, rangeTruth[value]?.visitors ?? 0, set.size)
+            check(`${site} ${g} ${d}=${value} visitors (registers)`, sketchEstimate(set, precision), est)
+          } else {
+            check(`${site} ${g} ${d}=${value} visitors`, rangeTruth[value]?.visitors ?? 0, est, true)
+          }
           // Bot-only values exist in the store (bot_events) with zero counts: compare counts only.
           check(`${site} ${g} ${d}=${value} events`, e.events, a?.events ?? 0)
           check(`${site} ${g} ${d}=${value} pageviews`, e.pageviews, a?.pageviews ?? 0)
@@ -201,10 +212,24 @@ export function lateInRealTime(events: readonly GeneratedEvent[], lateByMs: numb
   })
 }
 
-/** Distinct visitor ids per site, granularity and window of the counted events (first copy of each messageId, no bots). */
+function sketchEstimate(ids: Iterable<string>, precision: number): number {
+  const h = new HyperLogLog(precision)
+  for (const id of ids) h.add(id)
+  return Math.round(h.estimate())
+}
+
+/**
+ * Distinct visitor ids of the counted events (first copy of each messageId, no bots): per site,
+ * granularity and window, and per site, dimension and value over the whole list.
+ */
 export function visitorSets(events: readonly GeneratedEvent[]): Map<string, Set<string>> {
   const seen = new Set<string>()
   const out = new Map<string, Set<string>>()
+  const add = (key: string, id: string) => {
+    const set = out.get(key) ?? new Set<string>()
+    set.add(id)
+    out.set(key, set)
+  }
   for (const e of events) {
     const p = e.payload
     const id = `${e.siteId}|${p.messageId}`
@@ -217,11 +242,10 @@ export function visitorSets(events: readonly GeneratedEvent[]): Map<string, Set<
       ['hour', 3_600_000],
       ['day', 86_400_000],
     ] as const) {
-      const key = `${e.siteId}|${g}|${Math.floor(ts / w) * w}`
-      const set = out.get(key) ?? new Set<string>()
-      set.add(String(p.anonymousId))
-      out.set(key, set)
+      add(`${e.siteId}|${g}|${Math.floor(ts / w) * w}`, String(p.anonymousId))
     }
+    for (const [d, v] of Object.entries(dimensionValues(e)))
+      add(`${e.siteId}|${d}|${v}`, String(p.anonymousId))
   }
   return out
 }

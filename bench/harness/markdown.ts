@@ -1,0 +1,114 @@
+import { formatBytes, formatNumber, type RunReport } from './report.js'
+import { round } from './stats.js'
+
+/** BENCHMARKS.md from a run's report: the figures, where and how they were taken, and what they mean. */
+
+const cell = (v: string) => v.replaceAll('|', '\\|')
+
+export function formatMarkdown(r: RunReport): string {
+  const m = r.machine
+  const out: string[] = []
+  out.push(
+    '# Benchmarks',
+    '',
+    `Latest figures of \`npm run bench\` (bench/run.ts). Written by the bench itself (\`--markdown\`) from the run below;`,
+    'rerun the command to refresh them. Every figure comes with its peer measured in the same run on the same',
+    'machine, and every number the bench timed was checked against the workload’s ground truth: counts exactly,',
+    'and `visitors` exactly against the HyperLogLog estimate of the true visitor set (DuckDB’s exact distinct',
+    'exactly; its approx_count_distinct loosely). A figure whose check failed is marked FAILED.',
+    '',
+    '## Where and how',
+    '',
+    `- **Date**: ${r.date}`,
+    `- **Command**: \`${r.command}\`${r.quick ? ' (quick: figures only keep the suite working; not for comparison)' : ''}`,
+    `- **Machine**: ${m.cpus} cores (${m.cpuModel}), ${formatBytes(m.memoryBytes)} memory, ${m.platform}, Node ${m.node}.`,
+    '  Shared with other work while it ran (other engineers’ test suites): absolute figures are noisy; the ratios',
+    '  to the peers, measured in the same run, are the ones to compare.',
+    `- **Versions**: ${Object.entries(r.versions)
+      .map(([k, v]) => `${k} ${v}`)
+      .join(', ')}`,
+    `- **Whole run**: ${r.durationSec} s`,
+    '',
+    '## Figures',
+    '',
+    '| scenario | system | throughput | p50 ms | p90 ms | p99 ms | peak RSS | non-2xx | checks |',
+    '|---|---|---:|---:|---:|---:|---:|---:|---|',
+  )
+  for (const f of r.figures) {
+    const t = f.throughput
+    const failed = f.checks.filter((c) => !c.ok).length
+    out.push(
+      `| ${[
+        f.scenario,
+        f.system,
+        f.status === 'not-available' ? 'not available' : t ? `${formatNumber(t.value)} ${t.unit}` : f.status,
+        f.latencyMs ? String(round(f.latencyMs.p50)) : '—',
+        f.latencyMs ? String(round(f.latencyMs.p90)) : '—',
+        f.latencyMs ? String(round(f.latencyMs.p99)) : '—',
+        formatBytes(f.peakRssBytes),
+        f.failedRequests === undefined ? '—' : String(f.failedRequests),
+        f.status === 'not-available'
+          ? 'n/a'
+          : f.checks.length === 0
+            ? f.status
+            : failed === 0
+              ? `ok (${f.checks.length})`
+              : `FAILED ${failed}/${f.checks.length}`,
+      ]
+        .map(cell)
+        .join(' | ')} |`,
+    )
+  }
+  if (r.ratios.length > 0) {
+    out.push('', '## Ratios to the peers', '', '| scenario | ratio | value | target |', '|---|---|---:|---|')
+    for (const x of r.ratios)
+      out.push(`| ${cell(x.scenario)} | ${cell(x.metric)} | ${round(x.value)} | ${cell(x.target ?? '—')} |`)
+  }
+  if (r.targets.length > 0) {
+    out.push(
+      '',
+      '## Targets of issues 3–6',
+      '',
+      '| scenario | figure | value | target | met |',
+      '|---|---|---:|---|---|',
+    )
+    for (const t of r.targets)
+      out.push(
+        `| ${cell(t.scenario)} | ${cell(t.metric)} | ${formatNumber(t.value)} ${cell(t.unit)} | ${cell(t.target)} | ${t.met ? 'yes' : 'no'} |`,
+      )
+  }
+  out.push('', '## What each figure is', '')
+  for (const f of r.figures) {
+    const parts: string[] = []
+    if (f.reason) parts.push(f.reason)
+    if (f.throughput) parts.push(`throughput: ${f.throughput.what}`)
+    if (f.latencyMs) parts.push(`latency: ${f.latencyMs.what} (${f.latencyMs.samples} samples)`)
+    for (const c of f.checks) parts.push(`${c.ok ? 'checked' : '**CHECK FAILED**'}: ${c.detail}`)
+    out.push(`- **${f.scenario} — ${f.system}**: ${parts.join('; ')}`)
+  }
+  out.push(
+    '',
+    '## How the bench measures',
+    '',
+    '- Every Tally role and every peer runs in a process of its own (`node bin/tally.js <role>`, `dist/bench/peers/*`);',
+    '  peak RSS is that process’s high-water mark (`VmHWM` in /proc, or its own `maxRSS`), not the bench’s.',
+    '- HTTP load comes from autocannon in the bench process, on loopback; latency is taken per response (float ms).',
+    '  Ingest runs are sized by request count, so nothing is in flight at the end and the count check is exact;',
+    '  Tally and the bare route alternate their peak runs (best of two each), and latency is read at half the peak.',
+    '- Stream: events are loaded into a fresh topic first, then one worker process is timed from its first record to',
+    '  every checkpoint at the end of the topic. Freshness: probes through /v1/track under steady background traffic,',
+    '  polled through the query API every 20 ms.',
+    '- Query: the site is loaded through ingest and the stream (at most 7 days late: the stream’s largest grace), so',
+    '  a 30-day range holds 6.5 days of data. One client alone first, then 32 concurrent clients.',
+    '- Batch: the same events go through ingest → Kafka → archiver into Arrow segments for Tally’s rebuild, and into',
+    '  Parquet for DuckDB (one thread). Tally’s figure is the rebuild’s compute time (dedup + aggregation passes),',
+    '  without writing the final rows to Cassandra; DuckDB’s is its dedup + aggregation into a table.',
+    '- Workloads come from the seeded generator (bench/workload.ts): Zipf paths and referrers, sessions, bots,',
+    '  client retries (duplicate messageIds), out-of-order sends; its truth is what the checks compare with.',
+    '- Keyspace `tally_bench_<run>`, topics `tally_bench_<run>_*`; all removed at the end. Local Kafka and',
+    '  Cassandra are started when down and stopped afterwards (`--keep-services` leaves them).',
+    '- `npm run bench -- --help` lists the options; `--only ingest,stream,query,batch,embedded`, `--json PATH`.',
+    '',
+  )
+  return out.join('\n')
+}

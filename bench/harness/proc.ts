@@ -1,0 +1,222 @@
+import { type ChildProcess, spawn } from 'node:child_process'
+import { createWriteStream, readFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { createInterface } from 'node:readline'
+import { projectRoot } from '../../core/paths.js'
+
+/**
+ * Processes under test. Every Tally role and every peer runs in a child process of its own, so its
+ * CPU and memory are its own: peak RSS is the kernel's high-water mark of that process (VmHWM), not
+ * the bench's, which holds workloads and the load generator.
+ */
+
+export interface Child {
+  readonly name: string
+  readonly pid: number
+  /** Where its stdout and stderr go. */
+  readonly logFile: string
+  /** What the ready line gave (a URL for servers). */
+  ready: Record<string, unknown>
+  /** Peak resident set size so far (bytes), from /proc; undefined once it exited or off Linux. */
+  peakRssBytes(): number | undefined
+  /** SIGTERM, then SIGKILL after `graceMs`; resolves when it exited. Repeat-safe. */
+  stop(graceMs?: number): Promise<void>
+  readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>
+}
+
+const running = new Set<Child>()
+
+/** Children still running (for the emergency stop on SIGINT or a crash). */
+export function runningChildren(): Child[] {
+  return [...running]
+}
+
+/** VmHWM of a process (its peak RSS) in bytes, from /proc/<pid>/status. */
+export function peakRssOfPid(pid: number): number | undefined {
+  try {
+    const status = readFileSync(`/proc/${pid}/status`, 'utf8')
+    const m = /^VmHWM:\s+(\d+)\s+kB$/m.exec(status)
+    return m ? Number(m[1]) * 1024 : undefined
+  } catch {
+    // The process is gone (or this is not Linux): there is no figure to give.
+    return undefined
+  }
+}
+
+export interface SpawnOptions {
+  name: string
+  /** Script path and arguments for `node`. */
+  args: string[]
+  env: Record<string, string>
+  /** Folder for the log file. */
+  logDir: string
+  /** Returns the ready information when a stdout line says the process is ready, else undefined. */
+  isReady: (line: string) => Record<string, unknown> | undefined
+  /** Default 60000 ms. */
+  readyTimeoutMs?: number
+}
+
+let counter = 0
+
+/** Starts `node <args>` and waits for its ready line. */
+export async function spawnNode(options: SpawnOptions): Promise<Child> {
+  const logFile = join(options.logDir, `${options.name}-${++counter}.log`)
+  const log = createWriteStream(logFile)
+  const child: ChildProcess = spawn(process.execPath, options.args, {
+    cwd: projectRoot(),
+    env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '', ...options.env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  })
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
+    // 'close' comes after the output streams ended, so the log file is complete by then.
+    child.once('close', (code, signal) => resolve({ code, signal })),
+  )
+  child.stderr?.pipe(log, { end: false })
+  const pid = child.pid
+  if (pid === undefined) throw new Error(`${options.name}: could not start node ${options.args.join(' ')}`)
+  const lines = createInterface({ input: child.stdout! })
+  const ready = new Promise<Record<string, unknown>>((resolve, reject) => {
+    const timer = setTimeout(
+      () =>
+        reject(
+          new Error(
+            `${options.name}: not ready within ${options.readyTimeoutMs ?? 60_000} ms (log ${logFile})`,
+          ),
+        ),
+      options.readyTimeoutMs ?? 60_000,
+    )
+    let done = false
+    lines.on('line', (line) => {
+      log.write(`${line}\n`)
+      if (done) return
+      const info = options.isReady(line)
+      if (info) {
+        done = true
+        clearTimeout(timer)
+        resolve(info)
+      }
+    })
+    void exited.then(({ code, signal }) => {
+      clearTimeout(timer)
+      if (!done)
+        reject(new Error(`${options.name}: exited (${code ?? signal}) before it was ready (log ${logFile})`))
+    })
+  })
+  let stopping: Promise<void> | undefined
+  const handle: Child = {
+    name: options.name,
+    pid,
+    logFile,
+    ready: {},
+    exited,
+    peakRssBytes: () => peakRssOfPid(pid),
+    stop(graceMs = 20_000) {
+      stopping ??= (async () => {
+        if (child.exitCode === null && child.signalCode === null) {
+          child.kill('SIGTERM')
+          const timer = setTimeout(() => child.kill('SIGKILL'), graceMs)
+          await exited
+          clearTimeout(timer)
+        }
+        running.delete(handle)
+        await new Promise<void>((resolve) => log.end(resolve))
+      })()
+      return stopping
+    },
+  }
+  running.add(handle)
+  try {
+    handle.ready = await ready
+    return handle
+  } catch (err) {
+    await handle.stop(2_000)
+    throw err
+  }
+}
+
+/** A JSON log line (pino) whose `msg` is `msg`; gives its fields. */
+export function logLine(msg: string): (line: string) => Record<string, unknown> | undefined {
+  return (line) => {
+    if (!line.startsWith('{')) return undefined
+    try {
+      const parsed = JSON.parse(line) as Record<string, unknown>
+      return parsed.msg === msg ? parsed : undefined
+    } catch {
+      return undefined
+    }
+  }
+}
+
+/** `node bin/tally.js <role>`: the role exactly as users run it. */
+export function spawnRole(
+  role: 'ingest' | 'stream' | 'query',
+  env: Record<string, string>,
+  logDir: string,
+  name: string = role,
+): Promise<Child> {
+  const readyMsg = { ingest: 'ingest listening', stream: 'stream worker running', query: 'query listening' }[
+    role
+  ]
+  return spawnNode({
+    name,
+    args: [join(projectRoot(), 'bin', 'tally.js'), role],
+    env: { LOG_LEVEL: 'info', PORT: '0', ...env },
+    logDir,
+    isReady: logLine(readyMsg),
+  })
+}
+
+/** The `url` field of a ready line. */
+export function urlOf(child: Child): string {
+  const url = child.ready.url
+  if (typeof url !== 'string')
+    throw new Error(`${child.name}: its ready line has no url (log ${child.logFile})`)
+  return url
+}
+
+export interface Finished {
+  code: number | null
+  /** Every stdout line. */
+  lines: string[]
+  /** Peak RSS of the process (bytes): its high-water mark, read at each line it printed. */
+  peakRssBytes: number | undefined
+  logFile: string
+}
+
+/**
+ * Runs `node <args>` to its end (a job rather than a server), keeping its stdout lines and its
+ * peak RSS. Killed after `timeoutMs`.
+ */
+export async function runNode(
+  options: Omit<SpawnOptions, 'isReady' | 'readyTimeoutMs'> & { timeoutMs: number },
+): Promise<Finished> {
+  const logFile = join(options.logDir, `${options.name}-${++counter}.log`)
+  const log = createWriteStream(logFile)
+  const child = spawn(process.execPath, options.args, {
+    cwd: projectRoot(),
+    env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '', ...options.env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  })
+  const pid = child.pid
+  if (pid === undefined) throw new Error(`${options.name}: could not start node ${options.args.join(' ')}`)
+  child.stderr.pipe(log, { end: false })
+  const lines: string[] = []
+  let peak: number | undefined
+  const sample = () => {
+    const v = peakRssOfPid(pid)
+    if (v !== undefined) peak = Math.max(peak ?? 0, v)
+  }
+  // VmHWM only grows, so a late reading is the peak so far; a timer covers jobs that print little.
+  const sampler = setInterval(sample, 200)
+  createInterface({ input: child.stdout }).on('line', (line) => {
+    sample()
+    lines.push(line)
+    log.write(`${line}\n`)
+  })
+  const timer = setTimeout(() => child.kill('SIGKILL'), options.timeoutMs)
+  const code = await new Promise<number | null>((resolve) => child.once('close', (c) => resolve(c)))
+  clearTimeout(timer)
+  clearInterval(sampler)
+  await new Promise<void>((resolve) => log.end(resolve))
+  return { code, lines, peakRssBytes: peak, logFile }
+}

@@ -1,0 +1,391 @@
+import { mkdir, readFile, writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import { CassandraAggregateReader } from '../../core/cassandra/aggregate-reader.js'
+import {
+  benchScript,
+  isBuilt,
+  pick,
+  type ScenarioContext,
+  type ScenarioDefinition,
+  type ScenarioOutcome,
+} from '../harness/context.js'
+import { importEvents } from '../harness/feed.js'
+import { runNode, spawnNode, spawnRole, urlOf } from '../harness/proc.js'
+import { metricSum, scrape } from '../harness/prometheus.js'
+import type { Check, Figure, Ratio, Target } from '../harness/report.js'
+import { round } from '../harness/stats.js'
+import { Comparison, compareStore, VisitorSketches } from '../harness/verify.js'
+import {
+  DIMENSIONS,
+  type Dimension,
+  eventLabel,
+  type GeneratedEvent,
+  type Granularity,
+  generateWorkload,
+  referrerLabel,
+  type Truth,
+} from '../workload.js'
+
+/**
+ * Batch: rebuild throughput in events/s per core — Tally's rebuild over its Arrow archive against
+ * DuckDB computing the same aggregates over the same events from Parquet, in the same run.
+ *
+ * Tally's side goes the production way: the events enter through the ingest role (/v1/import), the
+ * archiver (`dist/batch/run-archiver.js`) writes the Arrow segments, and `dist/batch/run-rebuild.js`
+ * rebuilds the whole day; its compute time (dedup pass + aggregation pass, from its progress lines)
+ * is what is timed — writing the final rows to Cassandra is reported apart. DuckDB gets the same
+ * events with the same derived values (what a segment holds) and runs on one thread. Both results
+ * are compared with the truth, every window and every breakdown value.
+ */
+
+const SITES = ['bench-b1', 'bench-b2', 'bench-b3']
+const DAY = 86_400_000
+const GRANULARITY_MS: Record<Granularity, number> = { minute: 60_000, hour: 3_600_000, day: DAY }
+
+/** One event as DuckDB reads it: the values the rebuild reads from a segment. */
+function flatRow(e: GeneratedEvent, seq: number): string {
+  const p = e.payload
+  const page = p.context.page
+  return JSON.stringify({
+    seq,
+    site_id: e.siteId,
+    message_id: p.messageId,
+    type: p.type,
+    visitor: p.anonymousId,
+    ts: Date.parse(p.timestamp),
+    bot: e.isBot,
+    event: eventLabel(p) ?? '',
+    path: page?.path ?? '(none)',
+    referrer: referrerLabel(page?.referrer),
+    utm_source: p.context.campaign?.source ?? '(none)',
+    browser: e.ua.browser ?? '(unknown)',
+    os: e.ua.os ?? '(unknown)',
+    device: e.ua.device,
+  })
+}
+
+type DuckRow = Record<string, string | number | null>
+
+/**
+ * DuckDB's approx_count_distinct is a far coarser sketch than Tally's 16,384 registers (errors of
+ * 10–40 % on sets of a hundred are common): its visitors are only checked within 50 %, and the
+ * largest error seen is reported.
+ */
+const DUCKDB_APPROX_BOUND = 0.5
+
+/** Every DuckDB result row against the truth, and every truth entry against the result. */
+function compareDuck(
+  rows: DuckRow[],
+  truth: Truth,
+  exactVisitors: boolean,
+): { check: Check; maxVisitorError: number } {
+  const c = new Comparison(`DuckDB result (${rows.length} rows: every window, every breakdown value)`)
+  const seen = new Set<string>()
+  const visitors = (where: string, expected: number, actual: number) =>
+    exactVisitors ? c.exact(where, expected, actual) : c.approx(where, expected, actual, DUCKDB_APPROX_BOUND)
+  for (const r of rows) {
+    const site = String(r.site_id)
+    const g: Granularity = r.m !== null ? 'minute' : r.h !== null ? 'hour' : 'day'
+    const ws = Number(r.m ?? r.h ?? r.d) * GRANULARITY_MS[g]
+    const key = new Date(ws).toISOString()
+    const dim = DIMENSIONS.find((d) => r[d] !== null)
+    const w = truth.sites[site]?.windows[g][key]
+    const where = `${site} ${g} ${key}${dim ? ` ${dim}=${r[dim]}` : ''}`
+    seen.add(`${site}|${g}|${key}|${dim ?? ''}|${dim ? r[dim] : ''}`)
+    if (dim === undefined) {
+      c.exact(`${where} events`, w?.events ?? 0, Number(r.events))
+      c.exact(`${where} pageviews`, w?.pageviews ?? 0, Number(r.pageviews))
+      c.exact(`${where} bot events`, w?.bots ?? 0, Number(r.bot_events))
+      visitors(`${where} visitors`, w?.visitors ?? 0, Number(r.visitors))
+    } else {
+      const t = w?.breakdown[dim][String(r[dim])]
+      c.exact(`${where} events`, t?.events ?? 0, Number(r.events))
+      c.exact(`${where} pageviews`, t?.pageviews ?? 0, Number(r.pageviews))
+      visitors(`${where} visitors`, t?.visitors ?? 0, Number(r.visitors))
+    }
+  }
+  for (const [site, st] of Object.entries(truth.sites)) {
+    for (const g of ['minute', 'hour', 'day'] as const) {
+      for (const [key, w] of Object.entries(st.windows[g])) {
+        if (!seen.has(`${site}|${g}|${key}||`)) c.exact(`${site} ${g} ${key} missing`, w.events, 0)
+        if (g === 'minute') continue
+        for (const d of DIMENSIONS as readonly Dimension[])
+          for (const [value, t] of Object.entries(w.breakdown[d]))
+            if (!seen.has(`${site}|${g}|${key}|${d}|${value}`))
+              c.exact(`${site} ${g} ${key} ${d}=${value} missing`, t.events, 0)
+      }
+    }
+  }
+  return { check: c.check(), maxVisitorError: c.maxRelativeError }
+}
+
+async function duckdb(ctx: ScenarioContext, dir: string, truth: Truth, events: number): Promise<Figure[]> {
+  const parquet = join(dir, 'events.parquet')
+  const prep = await runNode({
+    name: 'duckdb-prepare',
+    args: [
+      benchScript('peers/duckdb-aggregate.js'),
+      JSON.stringify({ mode: 'prepare', ndjson: join(dir, 'events.ndjson'), parquet }),
+    ],
+    env: {},
+    logDir: ctx.env.logDir,
+    timeoutMs: 300_000,
+  })
+  if (prep.code !== 0) throw new Error(`DuckDB prepare failed (log ${prep.logFile})`)
+  const figures: Figure[] = []
+  for (const distinct of ['exact', 'approx'] as const) {
+    const out = join(dir, `duckdb-${distinct}.json`)
+    const r = await runNode({
+      name: `duckdb-${distinct}`,
+      args: [
+        benchScript('peers/duckdb-aggregate.js'),
+        JSON.stringify({ mode: 'aggregate', parquet, distinct, threads: 1, out }),
+      ],
+      env: {},
+      logDir: ctx.env.logDir,
+      timeoutMs: 600_000,
+    })
+    const done = r.lines
+      .filter((l) => l.startsWith('{"done"'))
+      .map((l) => JSON.parse(l) as Record<string, number>)[0]
+    if (r.code !== 0 || !done) throw new Error(`DuckDB (${distinct}) failed (log ${r.logFile})`)
+    const rows = JSON.parse(await readFile(out, 'utf8')) as DuckRow[]
+    const compared = compareDuck(rows, truth, distinct === 'exact')
+    const checks: Check[] = [
+      { ok: done.inputRows === events, detail: `DuckDB read ${done.inputRows} events of ${events}` },
+      compared.check,
+    ]
+    const seconds = done.seconds!
+    figures.push({
+      scenario: 'batch.rebuild',
+      system: distinct === 'exact' ? 'duckdb (exact distinct)' : 'duckdb (approx_count_distinct)',
+      status: checks.every((c) => c.ok) ? 'ok' : 'failed',
+      throughput: {
+        value: events / seconds,
+        unit: 'events/s/core',
+        what: `1 thread: dedup by (site, messageId) + minute/hour/day totals + hour/day breakdowns of 7 dimensions from Parquet, into a table (${events} events in ${round(seconds)} s)`,
+      },
+      peakRssBytes: done.maxRssBytes!,
+      checks,
+      details: {
+        seconds: round(seconds),
+        resultRows: done.resultRows,
+        visitors:
+          distinct === 'exact'
+            ? 'count(DISTINCT) — exact'
+            : `approx_count_distinct — checked within 50 %; largest error seen ${round(compared.maxVisitorError * 100)} %`,
+      },
+    })
+  }
+  return figures
+}
+
+async function tally(
+  ctx: ScenarioContext,
+  workload: { events: GeneratedEvent[]; truth: Truth },
+  day0: number,
+): Promise<Figure> {
+  const scenario = await ctx.env.scenario('batch')
+  const { env, config } = scenario
+  const keys = await ctx.env.createSites(config, SITES)
+  const archiveDir = join(ctx.env.dir, 'archive')
+  const group = ctx.env.trackGroup(`${ctx.env.keyspace}_batch_archive`)
+  const n = workload.events.length
+  ctx.say(`batch: ${n} events through ingest → Kafka → archiver (Arrow segments)`)
+  const ingest = await spawnRole('ingest', env, ctx.env.logDir, 'ingest-loader')
+  let accepted: number
+  try {
+    accepted = await importEvents(urlOf(ingest), workload.events, (s) => keys.get(s)!.writeKey)
+  } finally {
+    await ingest.stop()
+  }
+  const archiver = await spawnNode({
+    name: 'archiver',
+    args: [
+      benchScript('../batch/run-archiver.js'),
+      '--archive-dir',
+      archiveDir,
+      '--group',
+      group,
+      '--flush-interval-ms',
+      '1000',
+    ],
+    env: { ...env, LOG_LEVEL: 'info', PORT: '0' },
+    logDir: ctx.env.logDir,
+    isReady: (line) => {
+      const m = /"msg":"Server listening at (http:\/\/[^"]+)"/.exec(line)
+      return m ? { url: m[1] } : undefined
+    },
+  })
+  try {
+    const deadline = performance.now() + 300_000
+    while (
+      metricSum(await scrape(urlOf(archiver)), 'tally_archive_records_total', { outcome: 'archived' }) <
+      accepted
+    ) {
+      if (performance.now() > deadline)
+        throw new Error(
+          `the archiver did not archive ${accepted} events within 300 s (log ${archiver.logFile})`,
+        )
+      await new Promise((r) => setTimeout(r, 200))
+    }
+  } finally {
+    // SIGTERM closes every buffer into a segment and commits it.
+    await archiver.stop()
+  }
+  const exit = await archiver.exited
+  if (exit.code !== 0)
+    throw new Error(`the archiver exited with ${exit.code ?? exit.signal} (log ${archiver.logFile})`)
+
+  ctx.say('batch: tally rebuild of the day')
+  const job = await runNode({
+    name: 'rebuild',
+    args: [
+      benchScript('../batch/run-rebuild.js'),
+      '--from',
+      new Date(day0).toISOString(),
+      '--to',
+      new Date(day0 + DAY).toISOString(),
+      '--archive-dir',
+      archiveDir,
+      '--staging-dir',
+      join(ctx.env.dir, 'batch-staging'),
+    ],
+    env: { ...env, LOG_LEVEL: 'warn' },
+    logDir: ctx.env.logDir,
+    timeoutMs: 600_000,
+  })
+  const parsed = job.lines
+    .filter((l) => l.startsWith('{"progress"') || l.startsWith('{"result"') || l.startsWith('{"error"'))
+    .map(
+      (l) =>
+        JSON.parse(l) as {
+          progress?: { phase: string; elapsedMs: number }
+          result?: { run: Record<string, number> }
+          error?: string
+        },
+    )
+  const error = parsed.find((p) => p.error)?.error
+  const result = parsed.find((p) => p.result)?.result
+  if (job.code !== 0 || !result)
+    throw new Error(`the rebuild failed: ${error ?? `exit ${job.code}`} (log ${job.logFile})`)
+  const first = (phase: string) => parsed.find((p) => p.progress?.phase === phase)?.progress?.elapsedMs
+  const computeMs = (first('write') ?? Number.NaN) - (first('dedup') ?? Number.NaN)
+  const eventsRead = result.run.eventsRead!
+  const reader = new CassandraAggregateReader(await ctx.env.client(config), config.stream.hllPrecision)
+  const checks: Check[] = [
+    {
+      ok: accepted === n && eventsRead === n,
+      detail: `events: ${n} sent, ${accepted} accepted, ${eventsRead} read by the rebuild`,
+    },
+    await compareStore(
+      reader,
+      workload.truth,
+      new VisitorSketches(workload.events, config.stream.hllPrecision),
+      SITES,
+      day0,
+      day0 + DAY,
+    ),
+  ]
+  return {
+    scenario: 'batch.rebuild',
+    system: 'tally',
+    status: checks.every((c) => c.ok) ? 'ok' : 'failed',
+    throughput: {
+      value: eventsRead / (computeMs / 1000),
+      unit: 'events/s/core',
+      what: `one process: dedup pass + aggregation pass over the Arrow segments (${eventsRead} events in ${round(computeMs / 1000)} s); writing the final rows to Cassandra not included`,
+    },
+    ...(job.peakRssBytes !== undefined ? { peakRssBytes: job.peakRssBytes } : {}),
+    checks,
+    details: {
+      computeSeconds: round(computeMs / 1000),
+      jobSeconds: round(result.run.durationMs! / 1000),
+      rowsWritten: result.run.rowsWritten,
+      segmentsRead: result.run.segmentsRead,
+      duplicates: result.run.duplicates,
+    },
+  }
+}
+
+function batchAvailable(): string | undefined {
+  for (const f of ['run-archiver.js', 'run-rebuild.js'])
+    if (!isBuilt(`batch/${f}`))
+      return `dist/batch/${f} is missing: issue 6 (archive and rebuild) is not built`
+  return undefined
+}
+
+async function run(ctx: ScenarioContext): Promise<ScenarioOutcome> {
+  const day0 = Math.floor(Date.now() / DAY) * DAY - 2 * DAY
+  const workload = generateWorkload({
+    seed: ctx.seed + 4,
+    sites: SITES,
+    events: pick(ctx, 200_000, 15_000),
+    start: new Date(day0 + 5 * 60_000),
+    spanMs: DAY - 10 * 60_000,
+  })
+  const n = workload.events.length
+  const dir = join(ctx.env.dir, 'batch')
+  await mkdir(dir, { recursive: true })
+  let text = ''
+  workload.events.forEach((e, i) => {
+    text += `${flatRow(e, i)}\n`
+  })
+  await writeFile(join(dir, 'events.ndjson'), text)
+  ctx.say(`batch: ${n} events (one day, ${SITES.length} sites) — DuckDB, 1 thread`)
+  const figures: Figure[] = []
+  const ratios: Ratio[] = []
+  const targets: Target[] = []
+  const duck = await duckdb(ctx, dir, workload.truth, n)
+  figures.push(...duck)
+  const missing = batchAvailable()
+  if (missing) {
+    figures.unshift({
+      scenario: 'batch.rebuild',
+      system: 'tally',
+      status: 'not-available',
+      reason: missing,
+      checks: [],
+    })
+    return { figures, ratios, targets }
+  }
+  let t: Figure
+  try {
+    t = await tally(ctx, workload, day0)
+  } catch (err) {
+    ctx.say(`batch.rebuild (tally) failed: ${(err as Error).message}`)
+    figures.unshift({
+      scenario: 'batch.rebuild',
+      system: 'tally',
+      status: 'failed',
+      reason: (err as Error).message,
+      checks: [],
+    })
+    return { figures, ratios, targets }
+  }
+  figures.unshift(t)
+  const rate = t.throughput!.value
+  for (const d of duck)
+    ratios.push({
+      scenario: 'batch.rebuild',
+      metric: `events/s/core Tally / ${d.system}`,
+      value: rate / d.throughput!.value,
+      target: '≥ 0.5',
+    })
+  targets.push({
+    scenario: 'batch.rebuild',
+    metric: 'Tally rebuild events/s per core',
+    value: rate,
+    unit: 'events/s/core',
+    target: '≥ 20,000,000',
+    met: rate >= 20_000_000,
+  })
+  return { figures, ratios, targets }
+}
+
+export const batchScenario: ScenarioDefinition = {
+  name: 'batch',
+  description: 'rebuild events/s per core: Tally over its Arrow archive vs DuckDB over Parquet, same events',
+  needsServices: true,
+  run,
+}

@@ -1,0 +1,315 @@
+import { CassandraAggregateReader } from '../../core/cassandra/aggregate-reader.js'
+import {
+  isBuilt,
+  pick,
+  type ScenarioContext,
+  type ScenarioDefinition,
+  type ScenarioOutcome,
+} from '../harness/context.js'
+import { failures, runLoad } from '../harness/load.js'
+import { loadThroughPipeline } from '../harness/pipeline.js'
+import { type Child, spawnRole, urlOf } from '../harness/proc.js'
+import type { Check, Figure, Target } from '../harness/report.js'
+import { Comparison, VisitorSketches } from '../harness/verify.js'
+import {
+  type GeneratedEvent,
+  generateWorkload,
+  pathCatalog,
+  Rng,
+  type SegmentPage,
+  type Truth,
+  truthOf,
+} from '../workload.js'
+
+/**
+ * Query: latency of a 30-day daily timeseries and of a top-10 `path` breakdown under many
+ * concurrent clients (issue 5), against the query role in its own process.
+ *
+ * The site has 10,000 distinct paths with human pageviews (500 with --quick): the workload draws
+ * paths from a catalog of that size (Zipf), and every catalog path it did not draw gets one pageview
+ * copied from a real one (new messageId), so the store holds all of them. The data is loaded the production way
+ * (ingest → Kafka → stream worker). The stream accepts events at most 7 days late (its largest grace),
+ * so the data covers the last 6.5 days of the 30-day range; the 23 older days are empty windows the
+ * reader still visits. Both answers are compared with the truth before and after the timed load.
+ */
+
+const SITE = 'bench-q'
+const DAY = 86_400_000
+const CONNECTIONS = 32
+
+/** The workload plus one pageview for each catalog path nobody visited. */
+function withEveryPath(events: GeneratedEvent[], paths: number, seed: number): GeneratedEvent[] {
+  const isHumanPage = (e: GeneratedEvent) => !e.isBot && !e.isDuplicate && e.payload.type === 'page'
+  const seen = new Set(events.filter(isHumanPage).map((e) => (e.payload as SegmentPage).properties.path))
+  const donors = events.filter(isHumanPage)
+  const rng = new Rng(seed)
+  const extra: GeneratedEvent[] = []
+  for (const path of pathCatalog(paths)) {
+    if (seen.has(path)) continue
+    const donor = rng.pick(donors)
+    // structuredClone keeps context.page and properties one object, as in the original.
+    const payload = structuredClone(donor.payload) as SegmentPage
+    payload.messageId = rng.uuid()
+    payload.context.page!.path = path
+    payload.context.page!.url = new URL(path, payload.context.page!.url).href
+    extra.push({ ...donor, payload })
+  }
+  return [...events, ...extra]
+}
+
+const isoDay = (ms: number) => new Date(ms).toISOString().slice(0, 10)
+
+interface Point {
+  date: string
+  events: number
+  pageviews: number
+  visitors: number
+}
+
+function checkTimeseries(
+  label: string,
+  truth: Truth,
+  fromMs: number,
+  body: { results: Point[] },
+  sketches: VisitorSketches,
+): Check {
+  const c = new Comparison(label)
+  const days = truth.sites[SITE]!.windows.day
+  c.exact('days returned', 30, body.results.length)
+  body.results.forEach((p, i) => {
+    const key = new Date(fromMs + i * DAY).toISOString()
+    const t = days[key] ?? { events: 0, pageviews: 0, visitors: 0 }
+    c.exact(`${p.date} is ${key}`, Date.parse(key), Date.parse(p.date))
+    c.exact(`${p.date} events`, t.events, p.events)
+    c.exact(`${p.date} pageviews`, t.pageviews, p.pageviews)
+    c.exact(
+      `${p.date} visitors (sketch of the ${t.visitors} true visitors)`,
+      sketches.window(SITE, 'day', Date.parse(key)),
+      p.visitors,
+    )
+  })
+  return c.check()
+}
+
+function checkBreakdown(
+  label: string,
+  truth: Truth,
+  body: { results: Array<Record<string, string | number>>; meta: { total_values: number } },
+  sketches: VisitorSketches,
+): Check {
+  const c = new Comparison(label)
+  const expected = Object.entries(truth.sites[SITE]!.breakdown.path)
+    .filter(([, v]) => v.events > 0)
+    .sort((a, b) => b[1].events - a[1].events || (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0))
+  c.exact('distinct paths (total_values)', expected.length, body.meta.total_values)
+  c.exact('rows returned', 10, body.results.length)
+  body.results.forEach((row, i) => {
+    const [path, t] = expected[i] ?? ['(missing)', { events: 0, pageviews: 0, visitors: 0 }]
+    c.exact(`rank ${i + 1} is ${path} (got ${row.path})`, 1, row.path === path ? 1 : 0)
+    c.exact(`${path} events`, t.events, Number(row.events))
+    c.exact(`${path} pageviews`, t.pageviews, Number(row.pageviews))
+    c.exact(
+      `${path} visitors (sketch of the ${t.visitors} true visitors)`,
+      sketches.value(SITE, 'path', path),
+      Number(row.visitors),
+    )
+  })
+  return c.check()
+}
+
+/**
+ * GET with the read token; retried on a failure (a server still working off an overload may answer
+ * 5xx, or close a connection whose request outlived its timeout) up to `attempts` times.
+ */
+async function getJson<T>(url: string, token: string, attempts = 1): Promise<T> {
+  for (let i = 1; ; i++) {
+    let problem: string
+    try {
+      const res = await fetch(url, { headers: { authorization: `Bearer ${token}` } })
+      const text = await res.text()
+      if (res.ok) return JSON.parse(text) as T
+      problem = `${res.status} ${text.slice(0, 300)}`
+    } catch (err) {
+      problem = (err as Error).message
+    }
+    if (i >= attempts) throw new Error(`GET ${url}: ${problem}`)
+    await new Promise((r) => setTimeout(r, 5_000))
+  }
+}
+
+async function run(ctx: ScenarioContext): Promise<ScenarioOutcome> {
+  if (!isBuilt('query/role.js')) {
+    return {
+      figures: ['query.timeseries', 'query.breakdown'].map((scenario) => ({
+        scenario,
+        system: 'tally',
+        status: 'not-available' as const,
+        reason: 'query/role.ts (issue 5) is not built: dist/query/role.js is missing',
+        checks: [],
+      })),
+      ratios: [],
+      targets: [],
+    }
+  }
+  const seconds = pick(ctx, 15, 3)
+  // --quick keeps the suite working in CI: a smaller site, so loading it takes seconds.
+  const pathCount = pick(ctx, 10_000, 500)
+  const now = Date.now()
+  const scenario = await ctx.env.scenario('query', { TALLY_GRACE_MS: String(7 * DAY) })
+  const keys = await ctx.env.createSites(scenario.config, [SITE])
+  const token = keys.get(SITE)!.readToken
+  const generated = generateWorkload({
+    seed: ctx.seed + 2,
+    sites: [SITE],
+    events: pick(ctx, 60_000, 5_000),
+    start: new Date(now - 6.5 * DAY),
+    spanMs: 6.4 * DAY,
+    paths: pathCount,
+    lateShare: 0,
+  })
+  const events = withEveryPath(generated.events, pathCount, ctx.seed + 3)
+  const truth = truthOf(events, [SITE])
+  const precision = scenario.config.stream.hllPrecision
+  const sketches = new VisitorSketches(events, precision)
+  const reader = new CassandraAggregateReader(await ctx.env.client(scenario.config), precision)
+  ctx.say(
+    `query: loading ${events.length} events of one site with ${pathCount} paths over 6.5 days (ingest → stream)`,
+  )
+  const loadStarted = performance.now()
+  const accepted = await loadThroughPipeline(ctx, scenario, events, keys, reader)
+  const loadSec = (performance.now() - loadStarted) / 1000
+
+  const fromMs = Math.floor(now / DAY) * DAY - 29 * DAY
+  const range = `site=${SITE}&from=${isoDay(fromMs)}&to=${isoDay(now)}`
+  const paths = {
+    timeseries: `/v1/stats/timeseries?${range}&interval=day&metrics=events,pageviews,visitors`,
+    breakdown: `/v1/stats/breakdown?${range}&property=path&limit=10&metrics=events,pageviews,visitors`,
+  }
+  const details = {
+    events: events.length,
+    distinctPaths: Object.values(truth.sites[SITE]!.breakdown.path).filter((v) => v.events > 0).length,
+    daysWithData: Object.keys(truth.sites[SITE]!.windows.day).length,
+    loadSecondsIngestAndStream: Math.round(loadSec),
+  }
+  const children: Child[] = []
+  try {
+    const query = await spawnRole('query', scenario.env, ctx.env.logDir, 'query')
+    children.push(query)
+    const base = urlOf(query)
+    const figures: Figure[] = []
+    const targets: Target[] = []
+    for (const kind of ['timeseries', 'breakdown'] as const) {
+      const url = `${base}${paths[kind]}`
+      const verify = async (when: string, attempts: number): Promise<Check> =>
+        kind === 'timeseries'
+          ? checkTimeseries(
+              `30 daily points ${when}`,
+              truth,
+              fromMs,
+              await getJson(url, token, attempts),
+              sketches,
+            )
+          : checkBreakdown(`top-10 paths ${when}`, truth, await getJson(url, token, attempts), sketches)
+      try {
+        const checks: Check[] = [
+          {
+            ok: accepted === events.length,
+            detail: `events loaded: ${accepted} accepted of ${events.length}`,
+          },
+          await verify('before the load', 1),
+        ]
+        const target = {
+          url: base,
+          method: 'GET' as const,
+          path: paths[kind],
+          headers: { authorization: `Bearer ${token}` },
+        }
+        // One client first: the latency of the query alone, without queueing behind the others.
+        const single = await runLoad(target, { connections: 1, amount: pick(ctx, 20, 5), capSec: 60 })
+        figures.push({
+          scenario: `query.${kind}`,
+          system: 'tally (1 client)',
+          status: 'ok',
+          throughput: { value: single.okPerSec, unit: 'req/s', what: 'one client, one request at a time' },
+          ...(single.latency
+            ? { latencyMs: { ...single.latency, what: 'one client, one request at a time' } }
+            : {}),
+          ...(query.peakRssBytes() !== undefined ? { peakRssBytes: query.peakRssBytes()! } : {}),
+          failedRequests: failures(single),
+          // The answer it timed is the one just compared with the truth.
+          checks: checks.slice(),
+          details: { ...details, request: paths[kind], statusesNot2xx: single.statuses },
+        })
+        ctx.say(`query.${kind}: ${CONNECTIONS} clients for ${seconds} s`)
+        await runLoad(target, { connections: CONNECTIONS, durationSec: 1 })
+        const r = await runLoad(target, { connections: CONNECTIONS, durationSec: seconds })
+        // Requests cut off by the end of the run may still be running in the server: let it finish them.
+        checks.push(
+          await verify('after the load', 12).catch(
+            (err: Error): Check => ({ ok: false, detail: `answer after the load: ${err.message}` }),
+          ),
+        )
+        figures.push({
+          scenario: `query.${kind}`,
+          system: 'tally',
+          status: checks.every((c) => c.ok) ? 'ok' : 'failed',
+          throughput: {
+            value: r.okPerSec,
+            unit: 'req/s',
+            what: `${CONNECTIONS} concurrent clients, keep-alive`,
+          },
+          ...(r.latency
+            ? {
+                latencyMs: {
+                  ...r.latency,
+                  what: `${CONNECTIONS} concurrent clients (closed loop, each sends its next request when answered)`,
+                },
+              }
+            : {}),
+          ...(query.peakRssBytes() !== undefined ? { peakRssBytes: query.peakRssBytes()! } : {}),
+          failedRequests: failures(r),
+          checks,
+          details: {
+            ...details,
+            request: paths[kind],
+            statusesNot2xx: r.statuses,
+            errors: r.errors,
+            timeouts: r.timeouts,
+            // A timed run ends with up to one request per client unanswered: not a failure, but
+            // when answers take longer than the run this is where the requests went.
+            unansweredAtEnd: Math.max(0, r.sent - r.ok - failures(r)),
+          },
+        })
+        if (r.latency)
+          targets.push({
+            scenario: `query.${kind}`,
+            metric: 'p99 latency',
+            value: r.latency.p99,
+            unit: 'ms',
+            target: '< 20 ms',
+            met: r.latency.p99 < 20 && failures(r) === 0,
+          })
+      } catch (err) {
+        ctx.say(`query.${kind} failed: ${(err as Error).message}`)
+        figures.push({
+          scenario: `query.${kind}`,
+          system: 'tally',
+          status: 'failed',
+          reason: (err as Error).message,
+          checks: [],
+          details,
+        })
+      }
+    }
+    return { figures, ratios: [], targets }
+  } finally {
+    for (const c of children.reverse()) await c.stop()
+  }
+}
+
+export const queryScenario: ScenarioDefinition = {
+  name: 'query',
+  description: '30-day daily timeseries and top-10 path breakdown (10,000 paths) under 32 concurrent clients',
+  needsServices: true,
+  run,
+}

@@ -1,0 +1,198 @@
+import { CassandraAggregateReader } from '../../core/cassandra/aggregate-reader.js'
+import type { TallyConfig } from '../../core/config.js'
+import {
+  pick,
+  type ScenarioContext,
+  type ScenarioDefinition,
+  type ScenarioOutcome,
+} from '../harness/context.js'
+import { importEvents } from '../harness/feed.js'
+import { type Child, spawnRole, urlOf } from '../harness/proc.js'
+import { metricSum, scrape } from '../harness/prometheus.js'
+import type { Check, Figure, Target } from '../harness/report.js'
+import { round } from '../harness/stats.js'
+import { compareStore, VisitorSketches } from '../harness/verify.js'
+import { generateWorkload } from '../workload.js'
+import { measureFreshness } from './freshness.js'
+
+/**
+ * Stream: (1) events/s of one worker process from Kafka into Cassandra — N events are loaded into a
+ * fresh topic first (through the ingest role's /v1/import), then one `tally stream` starts and the
+ * clock runs until every partition's checkpoint reaches the end of the topic; every window and
+ * breakdown it wrote is then compared with the truth. (2) Freshness under load: see freshness.ts.
+ */
+
+const SITES = ['bench-s1', 'bench-s2', 'bench-s3']
+const POLL_MS = 100
+
+/** Polls the worker's /metrics and the checkpoints until the checkpoints reach `ends`. */
+async function watchCatchUp(
+  worker: Child,
+  reader: CassandraAggregateReader,
+  config: TallyConfig,
+  ends: Map<number, number>,
+  startedAt: number,
+  timeoutMs: number,
+): Promise<{
+  firstRecordMs: number | undefined
+  recordsAtFirst: number
+  caughtUpMs: number
+  records: number
+}> {
+  let firstRecordMs: number | undefined
+  let recordsAtFirst = 0
+  let records = 0
+  const deadline = startedAt + timeoutMs
+  const url = urlOf(worker)
+  while (performance.now() < deadline) {
+    records = metricSum(await scrape(url), 'tally_stream_records_total')
+    if (firstRecordMs === undefined && records > 0) {
+      firstRecordMs = performance.now()
+      recordsAtFirst = records
+    }
+    const progress = await reader.streamProgress(
+      config.stream.group,
+      config.kafka.topicRaw,
+      config.kafka.partitions,
+    )
+    const done = new Map(progress.map((p) => [p.partition, p.nextOffset]))
+    if ([...ends].every(([p, end]) => end === 0 || (done.get(p) ?? 0) >= end))
+      return { firstRecordMs, recordsAtFirst, caughtUpMs: performance.now(), records }
+    await new Promise((r) => setTimeout(r, POLL_MS))
+  }
+  throw new Error(
+    `the stream worker did not reach the end of the topic within ${timeoutMs} ms (log ${worker.logFile})`,
+  )
+}
+
+async function throughput(ctx: ScenarioContext): Promise<{ figure: Figure; targets: Target[] }> {
+  const now = Date.now()
+  const { env, config } = await ctx.env.scenario('stream', { TALLY_GRACE_MS: String(2 * 3_600_000) })
+  const keys = await ctx.env.createSites(config, SITES)
+  const workload = generateWorkload({
+    seed: ctx.seed,
+    sites: SITES,
+    events: pick(ctx, 300_000, 20_000),
+    start: new Date(now - 45 * 60_000),
+    spanMs: 30 * 60_000,
+    // Late events belong to the batch path; on-time traffic is what the worker's speed is about.
+    lateShare: 0,
+  })
+  const n = workload.events.length
+  ctx.say(
+    `stream: loading ${n} events (${SITES.length} sites, duplicates and bots included) into a fresh topic`,
+  )
+  const children: Child[] = []
+  try {
+    const ingest = await spawnRole('ingest', env, ctx.env.logDir, 'ingest-loader')
+    children.push(ingest)
+    const accepted = await importEvents(urlOf(ingest), workload.events, (s) => keys.get(s)!.writeKey, {
+      batchSize: 250,
+      concurrency: 4,
+    })
+    await ingest.stop()
+    const ends = await ctx.env.topicEnds(config)
+    const logged = [...ends.values()].reduce((a, b) => a + b, 0)
+    const checks: Check[] = [
+      {
+        ok: accepted === n && logged === n,
+        detail: `events loaded: ${n} sent, ${accepted} accepted, ${logged} in the topic`,
+      },
+    ]
+    const reader = new CassandraAggregateReader(await ctx.env.client(config), config.stream.hllPrecision)
+    ctx.say('stream: starting one worker')
+    const t0 = performance.now()
+    const worker = await spawnRole('stream', env, ctx.env.logDir, 'stream-worker')
+    children.push(worker)
+    const readyMs = performance.now()
+    const w = await watchCatchUp(worker, reader, config, ends, t0, pick(ctx, 300_000, 120_000))
+    const rss = worker.peakRssBytes()
+    await worker.stop()
+    const steadySec = (w.caughtUpMs - (w.firstRecordMs ?? readyMs)) / 1000
+    const steadyRate = (n - w.recordsAtFirst) / steadySec
+    const wallSec = (w.caughtUpMs - t0) / 1000
+    ctx.say(`stream: caught up ${round(wallSec)} s after the worker was spawned; checking every window`)
+    checks.push(
+      {
+        ok: w.records === n,
+        detail: `records the worker processed (its metrics): ${w.records} = ${n} in the topic`,
+      },
+      await compareStore(
+        reader,
+        workload.truth,
+        new VisitorSketches(workload.events, config.stream.hllPrecision),
+        SITES,
+        now - 86_400_000,
+        now + 86_400_000,
+      ),
+    )
+    const figure: Figure = {
+      scenario: 'stream.throughput',
+      system: 'tally',
+      status: checks.every((c) => c.ok) ? 'ok' : 'failed',
+      throughput: {
+        value: steadyRate,
+        unit: 'events/s',
+        what: `one worker process, from its first record to every checkpoint at the end of the topic (${n} events, ${config.kafka.partitions} partitions)`,
+      },
+      ...(rss !== undefined ? { peakRssBytes: rss } : {}),
+      checks,
+      details: {
+        events: n,
+        partitions: config.kafka.partitions,
+        secondsFirstRecordToCaughtUp: round(steadySec),
+        secondsSpawnToCaughtUp: round(wallSec),
+        eventsPerSecIncludingStartup: round(n / wallSec),
+        secondsSpawnToReady: round((readyMs - t0) / 1000),
+      },
+    }
+    return {
+      figure,
+      targets: [
+        {
+          scenario: 'stream.throughput',
+          metric: 'events/s of one worker process',
+          value: steadyRate,
+          unit: 'events/s',
+          target: '≥ 200,000',
+          met: steadyRate >= 200_000,
+        },
+      ],
+    }
+  } finally {
+    for (const c of children.reverse()) await c.stop()
+  }
+}
+
+async function run(ctx: ScenarioContext): Promise<ScenarioOutcome> {
+  const figures: Figure[] = []
+  const targets: Target[] = []
+  // The two parts are independent: one failing does not keep the other from being measured.
+  for (const [scenario, part] of [
+    ['stream.throughput', throughput],
+    ['stream.freshness', measureFreshness],
+  ] as const) {
+    try {
+      const r = await part(ctx)
+      figures.push(r.figure)
+      targets.push(...r.targets)
+    } catch (err) {
+      ctx.say(`${scenario} failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}`)
+      figures.push({
+        scenario,
+        system: 'tally',
+        status: 'failed',
+        reason: (err as Error).message,
+        checks: [],
+      })
+    }
+  }
+  return { figures, ratios: [], targets }
+}
+
+export const streamScenario: ScenarioDefinition = {
+  name: 'stream',
+  description: 'one worker Kafka → Cassandra (events/s), and freshness from a 2xx at ingest to the query API',
+  needsServices: true,
+  run,
+}
