@@ -1,6 +1,6 @@
 import type { Client, types } from 'cassandra-driver'
 import { type Dimension, type Granularity, totalsBucket, windowMs } from '../aggregate/definition.js'
-import { HyperLogLog } from '../hll.js'
+import { mergePartials, type PartialValues as Partial, ValuesAccumulator } from '../aggregate/merge.js'
 import type {
   AggregateReader,
   BreakdownResult,
@@ -11,14 +11,6 @@ import type {
   StreamProgress,
 } from '../ports/aggregate-store.js'
 
-interface Partial {
-  events: number
-  pageviews: number
-  botEvents: number
-  visitors: Buffer | null
-  final: boolean
-}
-
 function partialOf(row: types.Row): Partial {
   return {
     events: Number(row.get('events') ?? 0),
@@ -26,64 +18,6 @@ function partialOf(row: types.Row): Partial {
     botEvents: Number(row.get('bot_events') ?? 0),
     visitors: (row.get('visitors') as Buffer | null | undefined) ?? null,
     final: row.get('source_partition') === -1,
-  }
-}
-
-const EMPTY = new Uint8Array(0)
-
-/**
- * Merges the rows of one window: a final (batch) row replaces the stream partials; otherwise the
- * partials of all source partitions add up (counts) and merge (HyperLogLog registers). With
- * `withVisitors` false the registers are not decoded and `visitors` comes back empty.
- */
-export function mergePartials(
-  parts: readonly Partial[],
-  precision: number,
-  withVisitors = true,
-): MergedValues & { final: boolean } {
-  const final = parts.find((p) => p.final)
-  const use = final ? [final] : parts
-  const hll = withVisitors ? new HyperLogLog(precision) : undefined
-  let events = 0
-  let pageviews = 0
-  let botEvents = 0
-  for (const p of use) {
-    events += p.events
-    pageviews += p.pageviews
-    botEvents += p.botEvents
-    if (hll && p.visitors && p.visitors.length > 0) hll.merge(HyperLogLog.fromBytes(p.visitors))
-  }
-  return { events, pageviews, botEvents, visitors: hll ? hll.toBytes() : EMPTY, final: final !== undefined }
-}
-
-/** Adds merged values into an accumulator: counts sum, registers merge. */
-class ValuesAccumulator {
-  events = 0
-  pageviews = 0
-  botEvents = 0
-  allFinal = true
-  private readonly hll: HyperLogLog | undefined
-
-  constructor(precision: number, withVisitors: boolean) {
-    this.hll = withVisitors ? new HyperLogLog(precision) : undefined
-  }
-
-  add(m: MergedValues & { final: boolean }): void {
-    this.events += m.events
-    this.pageviews += m.pageviews
-    this.botEvents += m.botEvents
-    if (!m.final) this.allFinal = false
-    if (this.hll && m.visitors.length > 0) this.hll.merge(HyperLogLog.fromBytes(m.visitors))
-  }
-
-  values(): MergedValues & { final: boolean } {
-    return {
-      events: this.events,
-      pageviews: this.pageviews,
-      botEvents: this.botEvents,
-      visitors: this.hll ? this.hll.toBytes() : EMPTY,
-      final: this.allFinal,
-    }
   }
 }
 

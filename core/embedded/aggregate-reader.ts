@@ -1,8 +1,7 @@
 import type { Dimension, Granularity } from '../aggregate/definition.js'
 // One definition of "a final row replaces the partials, partials add up and merge registers",
 // shared with the Cassandra reader so that both backends answer alike.
-import { mergePartials } from '../cassandra/aggregate-reader.js'
-import { HyperLogLog } from '../hll.js'
+import { mergePartials, ValuesAccumulator } from '../aggregate/merge.js'
 import type {
   AggregateReader,
   BreakdownResult,
@@ -26,8 +25,6 @@ interface PartialRow {
 
 type Merged = MergedValues & { final: boolean }
 
-const EMPTY = new Uint8Array(0)
-
 function partialOf(r: PartialRow) {
   return {
     events: r.events,
@@ -35,37 +32,6 @@ function partialOf(r: PartialRow) {
     botEvents: r.bot_events,
     visitors: r.visitors ?? null,
     final: r.source_partition === -1,
-  }
-}
-
-/** Sums counts and merges registers of merged values (over windows or over values). */
-class Accumulator {
-  events = 0
-  pageviews = 0
-  botEvents = 0
-  allFinal = true
-  private readonly hll: HyperLogLog | undefined
-
-  constructor(precision: number, withVisitors: boolean) {
-    this.hll = withVisitors ? new HyperLogLog(precision) : undefined
-  }
-
-  add(m: Merged): void {
-    this.events += m.events
-    this.pageviews += m.pageviews
-    this.botEvents += m.botEvents
-    if (!m.final) this.allFinal = false
-    if (this.hll && m.visitors.length > 0) this.hll.merge(HyperLogLog.fromBytes(m.visitors))
-  }
-
-  values(): Merged {
-    return {
-      events: this.events,
-      pageviews: this.pageviews,
-      botEvents: this.botEvents,
-      visitors: this.hll ? this.hll.toBytes() : EMPTY,
-      final: this.allFinal,
-    }
   }
 }
 
@@ -222,7 +188,7 @@ export class EmbeddedAggregateReader implements AggregateReader {
   ): Promise<BreakdownResult> {
     const withVisitors = options.visitors ?? true
     const only = options.values
-    const values = new Map<string, Accumulator>()
+    const values = new Map<string, ValuesAccumulator>()
     const windows = new Map<number, { final: boolean }>()
     if (only && only.length === 0) return { values: new Map(), windows }
     // A (window, value)'s final row replaces its partials before windows merge.
@@ -234,7 +200,7 @@ export class EmbeddedAggregateReader implements AggregateReader {
         const value = String(first.value)
         let acc = values.get(value)
         if (!acc) {
-          acc = new Accumulator(this.precision, withVisitors)
+          acc = new ValuesAccumulator(this.precision, withVisitors)
           values.set(value, acc)
         }
         acc.add(merged)
@@ -259,7 +225,7 @@ export class EmbeddedAggregateReader implements AggregateReader {
   ): Promise<MergedWindow[]> {
     const withVisitors = options.visitors ?? true
     if (values.length === 0) return []
-    const perWindow = new Map<number, { acc: Accumulator; final: boolean }>()
+    const perWindow = new Map<number, { acc: ValuesAccumulator; final: boolean }>()
     eachGroup(
       this.dimRows(siteId, granularity, dimension, fromMs, toMs, withVisitors, values),
       byWindowValue,
@@ -267,7 +233,7 @@ export class EmbeddedAggregateReader implements AggregateReader {
         const merged = mergePartials(parts.map(partialOf), this.precision, withVisitors)
         let w = perWindow.get(first.window_start)
         if (!w) {
-          w = { acc: new Accumulator(this.precision, withVisitors), final: false }
+          w = { acc: new ValuesAccumulator(this.precision, withVisitors), final: false }
           perWindow.set(first.window_start, w)
         }
         w.acc.add(merged)

@@ -1,0 +1,76 @@
+import { HyperLogLog } from '../hll.js'
+import type { MergedValues } from '../ports/aggregate-store.js'
+
+/**
+ * How stored rows become answers, the same for every aggregate store: within a window a final
+ * (batch) row replaces the stream partials, the partials of all source partitions add up (counts)
+ * and merge (HyperLogLog registers); across windows or values, merged values add up and merge.
+ */
+
+/** One stored row of a window (a stream partial of one source partition, or the final row). */
+export interface PartialValues {
+  events: number
+  pageviews: number
+  botEvents: number
+  visitors: Uint8Array | null
+  final: boolean
+}
+
+export type MergedFinal = MergedValues & { final: boolean }
+
+const EMPTY = new Uint8Array(0)
+
+/**
+ * Merges the rows of one window. With `withVisitors` false the registers are not decoded and
+ * `visitors` comes back empty.
+ */
+export function mergePartials(
+  parts: readonly PartialValues[],
+  precision: number,
+  withVisitors = true,
+): MergedFinal {
+  const final = parts.find((p) => p.final)
+  const use = final ? [final] : parts
+  const hll = withVisitors ? new HyperLogLog(precision) : undefined
+  let events = 0
+  let pageviews = 0
+  let botEvents = 0
+  for (const p of use) {
+    events += p.events
+    pageviews += p.pageviews
+    botEvents += p.botEvents
+    if (hll && p.visitors && p.visitors.length > 0) hll.merge(HyperLogLog.fromBytes(p.visitors))
+  }
+  return { events, pageviews, botEvents, visitors: hll ? hll.toBytes() : EMPTY, final: final !== undefined }
+}
+
+/** Adds merged values (of several windows or values): counts sum, registers merge. */
+export class ValuesAccumulator {
+  events = 0
+  pageviews = 0
+  botEvents = 0
+  allFinal = true
+  private readonly hll: HyperLogLog | undefined
+
+  constructor(precision: number, withVisitors: boolean) {
+    this.hll = withVisitors ? new HyperLogLog(precision) : undefined
+  }
+
+  add(m: MergedFinal): void {
+    this.events += m.events
+    this.pageviews += m.pageviews
+    this.botEvents += m.botEvents
+    if (!m.final) this.allFinal = false
+    if (this.hll && m.visitors.length > 0) this.hll.merge(HyperLogLog.fromBytes(m.visitors))
+  }
+
+  values(): MergedFinal {
+    return {
+      events: this.events,
+      pageviews: this.pageviews,
+      botEvents: this.botEvents,
+      visitors: this.hll ? this.hll.toBytes() : EMPTY,
+      final: this.allFinal,
+    }
+  }
+}
