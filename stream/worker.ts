@@ -179,7 +179,7 @@ export class StreamWorker {
     const { metrics, config } = this.deps
     if (this.states.get(state.ref.partition) !== state || control.isStale()) return
     const t0 = process.hrtime.bigint()
-    const accepted: Array<{ d: Decoded; offset: number; keys: RowKey[] }> = []
+    const accepted: Array<{ d: Decoded; offset: number; keys: RowKey[]; ids: string[] }> = []
     const deadLetters: Array<{
       offset: number
       code: string
@@ -230,11 +230,9 @@ export class StreamWorker {
         }
         continue
       }
-      accepted.push({
-        d,
-        offset: record.offset,
-        keys: rowKeysFor(d.event, d.timestampMs, state.ref.partition),
-      })
+      const keys = rowKeysFor(d.event, d.timestampMs, state.ref.partition)
+      // Row ids are built once per event and reused by the load and aggregate steps.
+      accepted.push({ d, offset: record.offset, keys, ids: keys.map(rowId) })
     }
     const t1 = process.hrtime.bigint()
     metrics.stepSeconds.observe({ step: 'decode_validate_dedup' }, Number(t1 - t0) / 1e9)
@@ -243,10 +241,9 @@ export class StreamWorker {
     // the values written before it, with the offset they count through).
     const missing = new Map<string, RowKey>()
     for (const a of accepted) {
-      for (const k of a.keys) {
-        const id = rowId(k)
-        if (!state.rows.has(id) && !missing.has(id)) missing.set(id, k)
-      }
+      a.ids.forEach((id, i) => {
+        if (!state.rows.has(id) && !missing.has(id)) missing.set(id, a.keys[i]!)
+      })
     }
     if (missing.size > 0) {
       const loaded = await this.withStoreRetry(
@@ -270,8 +267,8 @@ export class StreamWorker {
 
     for (const a of accepted) {
       const vHash = hash64(visitorId(a.d.event))
-      for (const k of a.keys) {
-        const row = state.rows.get(rowId(k))!
+      for (const id of a.ids) {
+        const row = state.rows.get(id)!
         // Already counted before a restart: the row's stored value includes this event.
         if (a.offset <= row.throughOffset) continue
         row.acc.add(a.d.event, vHash)

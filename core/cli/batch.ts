@@ -11,9 +11,9 @@ import {
 import { normalizeEvent } from '../../ingest/normalize.js'
 import { UserAgentParser } from '../../ingest/user-agent.js'
 import { UsageError } from '../errors.js'
-import { untilSignal } from '../lifecycle.js'
 import { createLogger } from '../log.js'
 import type { ConfigLoader } from './main.js'
+import { runRole } from './run-role.js'
 
 function positiveInt(name: string) {
   return (raw: string): number => {
@@ -56,16 +56,15 @@ are written) makes each range run once at a time; a job that loses its lease sto
         archive: boolean
         archiveDir?: string
       }) => {
-        const config = getConfig()
-        const logger = createLogger(config.logLevel, { role: 'batch' })
-        const running = await startBatch(config, logger, {
-          hourlyCron: opts.hourly,
-          hourlyHours: opts.hours,
-          nightlyCron: opts.nightly,
-          archive: opts.archive,
-          ...(opts.archiveDir ? { archiveDir: opts.archiveDir } : {}),
-        })
-        process.exitCode = await untilSignal(running, logger, config.shutdownTimeoutMs)
+        await runRole(getConfig, 'batch', (config, logger) =>
+          startBatch(config, logger, {
+            hourlyCron: opts.hourly,
+            hourlyHours: opts.hours,
+            nightlyCron: opts.nightly,
+            archive: opts.archive,
+            ...(opts.archiveDir ? { archiveDir: opts.archiveDir } : {}),
+          }),
+        )
       },
     )
 
@@ -76,14 +75,9 @@ are written) makes each range run once at a time; a job that loses its lease sto
     )
     .option('--archive-dir <dir>', 'archive folder (default TALLY_DATA_DIR/archive)')
     .action(async (opts: { archiveDir?: string }) => {
-      const config = getConfig()
-      const logger = createLogger(config.logLevel, { role: 'archive' })
-      const running = await startArchiver(
-        config,
-        logger,
-        opts.archiveDir ? { archiveDir: opts.archiveDir } : {},
+      await runRole(getConfig, 'archive', (config, logger) =>
+        startArchiver(config, logger, opts.archiveDir ? { archiveDir: opts.archiveDir } : {}),
       )
-      process.exitCode = await untilSignal(running, logger, config.shutdownTimeoutMs)
     })
 
   program

@@ -7,6 +7,7 @@ import { once, untilSignal } from '../lifecycle.js'
 import { createLogger } from '../log.js'
 import { prepareQuickstart } from '../quickstart.js'
 import type { ConfigLoader } from './main.js'
+import { runRole } from './run-role.js'
 
 export function registerRoleCommands(program: Command, getConfig: ConfigLoader): void {
   program
@@ -24,12 +25,7 @@ Limits: TALLY_MAX_BODY_BYTES, TALLY_MAX_EVENT_BYTES, TALLY_MAX_BATCH_EVENTS, TAL
 TALLY_RATE_LIMIT_SITE, TALLY_RATE_LIMIT_CLIENT, TALLY_APPEND_TIMEOUT_MS (see tally --help).
 SIGTERM: stop accepting, finish in-flight requests, flush the producer, exit.`,
     )
-    .action(async () => {
-      const config = getConfig()
-      const logger = createLogger(config.logLevel, { role: 'ingest' })
-      const running = await startIngest(config, logger)
-      process.exitCode = await untilSignal(running, logger, config.shutdownTimeoutMs)
-    })
+    .action(() => runRole(getConfig, 'ingest', (config, logger) => startIngest(config, logger)))
 
   program
     .command('stream')
@@ -47,12 +43,7 @@ dead-letter topic. Settings: TALLY_FLUSH_INTERVAL_MS, TALLY_DEDUP_HORIZON_MS, TA
 TALLY_STREAM_CONCURRENCY, TALLY_TTL_*_DAYS (see tally --help).
 SIGTERM: flush, checkpoint, leave the group.`,
     )
-    .action(async () => {
-      const config = getConfig()
-      const logger = createLogger(config.logLevel, { role: 'stream' })
-      const running = await startStream(config, logger)
-      process.exitCode = await untilSignal(running, logger, config.shutdownTimeoutMs)
-    })
+    .action(() => runRole(getConfig, 'stream', (config, logger) => startStream(config, logger)))
 
   program
     .command('query')
@@ -66,12 +57,7 @@ Auth: Authorization: Bearer <read token> (tally sites add / tally sites token).
 Reads only; every answer carries meta: complete_through, final vs provisional windows, and the
 error bound of approximate metrics (visitors).`,
     )
-    .action(async () => {
-      const config = getConfig()
-      const logger = createLogger(config.logLevel, { role: 'query' })
-      const running = await startQuery(config, logger)
-      process.exitCode = await untilSignal(running, logger, config.shutdownTimeoutMs)
-    })
+    .action(() => runRole(getConfig, 'query', (config, logger) => startQuery(config, logger)))
 
   program
     .command('all')
