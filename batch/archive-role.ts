@@ -1,5 +1,5 @@
 import type { AddressInfo } from 'node:net'
-import type { Client } from 'cassandra-driver'
+import type { SharedPorts } from '../core/backend.js'
 import { collectDefaultMetrics, Registry } from 'prom-client'
 import { CassandraArchiveStateStore } from '../core/cassandra/batch-store.js'
 import { createCassandraClient } from '../core/cassandra/client.js'
@@ -9,6 +9,8 @@ import { createKafka } from '../core/kafka/client.js'
 import { KafkaGroupConsumer, KafkaOffsets } from '../core/kafka/consumer.js'
 import { once } from '../core/lifecycle.js'
 import type { Logger } from '../core/log.js'
+import type { ArchiveStateStore } from '../core/ports/batch-store.js'
+import type { EventLogConsumer, LogOffsets } from '../core/ports/event-log.js'
 import { Archiver } from './archiver.js'
 import { ARCHIVE_GROUP, type BatchPathOptions, batchPaths, processOwner } from './context.js'
 import { createArchiveMetrics } from './metrics.js'
@@ -37,29 +39,43 @@ export interface ArchiverComponent {
   close(): Promise<void>
 }
 
-/** An archiver over its own Kafka consumer, reporting into `registry`, on a Cassandra connection. */
+/**
+ * An archiver reporting into `registry`, its state in `store`: over its own Kafka consumer, or over
+ * the shared ports of this process (embedded backend).
+ */
 export async function createArchiverComponent(
   config: TallyConfig,
   logger: Logger,
-  cassandra: Client,
+  source: { store: ArchiveStateStore; ports?: SharedPorts | undefined },
   registry: Registry,
   options: ArchiverRoleOptions = {},
 ): Promise<ArchiverComponent> {
   const paths = batchPaths(config, options)
   const group = options.group ?? ARCHIVE_GROUP
-  const kafka = createKafka(config.kafka, { logger })
-  const offsets = new KafkaOffsets(kafka)
-  const consumer = new KafkaGroupConsumer(kafka, {
+  const request = {
     groupId: group,
     topic: config.kafka.topicRaw,
     partitionsConsumedConcurrently: options.partitionsConcurrently ?? 3,
     sessionTimeoutMs: options.sessionTimeoutMs ?? config.stream.sessionTimeoutMs,
     logger,
-  })
+  }
+  let consumer: EventLogConsumer
+  let offsets: LogOffsets
+  let release = async () => {}
+  if (source.ports) {
+    consumer = source.ports.consumer(request)
+    offsets = source.ports.offsets
+  } else {
+    const kafka = createKafka(config.kafka, { logger })
+    const kafkaOffsets = new KafkaOffsets(kafka)
+    consumer = new KafkaGroupConsumer(kafka, request)
+    offsets = kafkaOffsets
+    release = () => kafkaOffsets.close()
+  }
   const archiver = new Archiver(
     {
       consumer,
-      store: new CassandraArchiveStateStore(cassandra),
+      store: source.store,
       offsets,
       metrics: createArchiveMetrics(registry),
       logger: logger.child({ component: 'archiver' }),
@@ -80,7 +96,7 @@ export async function createArchiverComponent(
     archiver,
     close: once(async () => {
       await archiver.close()
-      await offsets.close()
+      await release()
     }),
   }
 }
@@ -105,7 +121,13 @@ export async function startArchiver(
   collectDefaultMetrics({ register: registry, prefix: 'tally_archive_' })
   const cassandra = createCassandraClient(config.cassandra, { keyspace: config.cassandra.keyspace })
   await cassandra.connect()
-  const component = await createArchiverComponent(config, logger, cassandra, registry, options)
+  const component = await createArchiverComponent(
+    config,
+    logger,
+    { store: new CassandraArchiveStateStore(cassandra) },
+    registry,
+    options,
+  )
   const app = createHttpServer({ logger, bodyLimit: 1024, requestTimeoutMs: 10_000 })
   app.get('/healthz', async () => ({ status: 'ok' }))
   app.get('/readyz', async () => ({ status: 'ready', partitions: component.archiver.ownedPartitions() }))

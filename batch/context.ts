@@ -1,6 +1,6 @@
 import { hostname } from 'node:os'
 import { join, resolve } from 'node:path'
-import type { Client } from 'cassandra-driver'
+import { openEmbeddedBackend } from '../core/backend.js'
 import {
   CassandraArchiveStateStore,
   CassandraFinalRowStore,
@@ -8,9 +8,18 @@ import {
   CassandraLeaseStore,
 } from '../core/cassandra/batch-store.js'
 import { createCassandraClient } from '../core/cassandra/client.js'
-import type { TallyConfig } from '../core/config.js'
+import { backendOf, type TallyConfig } from '../core/config.js'
 import { UsageError } from '../core/errors.js'
-import type { ArchiveProgress, ArchiveStateStore } from '../core/ports/batch-store.js'
+import { createKafka } from '../core/kafka/client.js'
+import { KafkaOffsets } from '../core/kafka/consumer.js'
+import type { Logger } from '../core/log.js'
+import type {
+  ArchiveProgress,
+  ArchiveStateStore,
+  FinalRowStore,
+  JobStore,
+  LeaseStore,
+} from '../core/ports/batch-store.js'
 import type { LogOffsets } from '../core/ports/event-log.js'
 import { archiveTopicDir } from './segment-file.js'
 
@@ -48,26 +57,39 @@ export function processOwner(): string {
   return `${hostname()}:${process.pid}`
 }
 
-/** The Cassandra-backed stores of the batch layer over one connection. */
+/** The stores of the batch layer, and the log's end offsets (to tell how far the archive got). */
 export interface BatchStores {
-  cassandra: Client
-  leases: CassandraLeaseStore
-  jobs: CassandraJobStore
-  rows: CassandraFinalRowStore
-  archive: CassandraArchiveStateStore
+  leases: LeaseStore
+  jobs: JobStore
+  rows: FinalRowStore
+  archive: ArchiveStateStore
+  offsets: LogOffsets
   close(): Promise<void>
 }
 
-export async function openBatchStores(config: TallyConfig): Promise<BatchStores> {
+/**
+ * The batch stores of the configured backend for a command (`tally rebuild`, `tally jobs`): one
+ * Cassandra connection (and a lazy Kafka admin), or the embedded backend, which takes the data
+ * folder (refused, naming the holder, while `tally all` runs on it).
+ */
+export async function openBatchStores(config: TallyConfig, logger?: Logger): Promise<BatchStores> {
+  if (backendOf(config) === 'embedded') {
+    const embedded = openEmbeddedBackend(config, logger)
+    return { ...embedded.batch, offsets: embedded.log, close: () => embedded.close() }
+  }
   const cassandra = createCassandraClient(config.cassandra, { keyspace: config.cassandra.keyspace })
   await cassandra.connect()
+  const offsets = new KafkaOffsets(createKafka(config.kafka))
   return {
-    cassandra,
     leases: new CassandraLeaseStore(cassandra),
     jobs: new CassandraJobStore(cassandra),
     rows: new CassandraFinalRowStore(cassandra, config.stream.ttlSeconds),
     archive: new CassandraArchiveStateStore(cassandra),
-    close: () => cassandra.shutdown(),
+    offsets,
+    close: async () => {
+      await offsets.close().catch(() => undefined)
+      await cassandra.shutdown()
+    },
   }
 }
 

@@ -3,9 +3,11 @@ import { createReadStream } from 'node:fs'
 import { createInterface } from 'node:readline'
 import type { Readable } from 'node:stream'
 import { createGunzip } from 'node:zlib'
+import { openEmbeddedBackend } from '../core/backend.js'
 import { createCassandraClient } from '../core/cassandra/client.js'
 import { CassandraSiteStore } from '../core/cassandra/sites.js'
-import type { TallyConfig } from '../core/config.js'
+import { backendOf, type TallyConfig } from '../core/config.js'
+import type { EmbeddedBackend } from '../core/embedded/index.js'
 import { errorMessage, UsageError } from '../core/errors.js'
 import { traceContext } from '../core/http.js'
 import { createKafka } from '../core/kafka/client.js'
@@ -71,25 +73,54 @@ export async function importFile(
   logger: Logger,
   options: ImportOptions,
 ): Promise<ImportResult> {
-  if (options.checkSite ?? true) {
+  const embedded =
+    options.log === undefined && backendOf(config) === 'embedded'
+      ? openEmbeddedBackend(config, logger)
+      : undefined
+  try {
+    if (options.checkSite ?? true) await checkSite(config, embedded, options.siteId)
+    const own = options.log === undefined
+    const log =
+      options.log ??
+      embedded?.log.writer() ??
+      new KafkaBatchingProducer(createKafka(config.kafka, { logger }), {
+        logger,
+        appendTimeoutMs: 60_000,
+        lingerMs: 5,
+      })
+    if (log instanceof KafkaBatchingProducer && own) await log.connect()
+    return await importInto(config, logger, log, own, options)
+  } finally {
+    await embedded?.close()
+  }
+}
+
+async function checkSite(
+  config: TallyConfig,
+  embedded: EmbeddedBackend | undefined,
+  siteId: string,
+): Promise<void> {
+  let known: boolean
+  if (embedded) known = (await embedded.sites.get(siteId)) !== undefined
+  else {
     const cassandra = createCassandraClient(config.cassandra, { keyspace: config.cassandra.keyspace })
     try {
       await cassandra.connect()
-      if (!(await new CassandraSiteStore(cassandra).get(options.siteId)))
-        throw new UsageError(`unknown site ${options.siteId}; create it with \`tally sites create\``)
+      known = (await new CassandraSiteStore(cassandra).get(siteId)) !== undefined
     } finally {
       await cassandra.shutdown()
     }
   }
-  const own = options.log === undefined
-  const log =
-    options.log ??
-    new KafkaBatchingProducer(createKafka(config.kafka, { logger }), {
-      logger,
-      appendTimeoutMs: 60_000,
-      lingerMs: 5,
-    })
-  if (own) await (log as KafkaBatchingProducer).connect()
+  if (!known) throw new UsageError(`unknown site ${siteId}; create it with \`tally sites add\``)
+}
+
+async function importInto(
+  config: TallyConfig,
+  logger: Logger,
+  log: EventLogWriter,
+  own: boolean,
+  options: ImportOptions,
+): Promise<ImportResult> {
   const requestId = `import-${randomBytes(8).toString('hex')}`
   const headers = {
     [HEADERS.traceparent]: traceContext(undefined).traceparent,

@@ -1,7 +1,5 @@
 import type { TallyConfig } from '../core/config.js'
 import { errorMessage, TallyError } from '../core/errors.js'
-import { createKafka } from '../core/kafka/client.js'
-import { KafkaOffsets } from '../core/kafka/consumer.js'
 import type { Logger } from '../core/log.js'
 import { archiveKey } from './archiver.js'
 import {
@@ -74,11 +72,10 @@ async function checkArchive(
   toMs: number,
   o: RebuildOptions,
 ): Promise<void> {
-  const offsets = new KafkaOffsets(createKafka(config.kafka))
   try {
     const behind = await archiveBehind(
       stores.archive,
-      offsets,
+      stores.offsets,
       archiveKey(o.archiveGroup ?? ARCHIVE_GROUP, config.kafka.topicRaw),
       config.kafka.topicRaw,
       toMs,
@@ -91,8 +88,6 @@ async function checkArchive(
   } catch (err) {
     if (o.requireArchiveComplete) throw err
     logger.warn({ err: errorMessage(err) }, 'cannot check the archive’s progress')
-  } finally {
-    await offsets.close().catch(() => undefined)
   }
 }
 
@@ -111,7 +106,7 @@ export async function rebuild(
 ): Promise<RebuildResult> {
   const fromMs = parseTime(options.from, '--from')
   const toMs = parseTime(options.to, '--to')
-  const stores = await openBatchStores(config)
+  const stores = await openBatchStores(config, logger)
   try {
     await checkArchive(config, logger, stores, toMs, options)
     return await runRebuild(

@@ -1,4 +1,5 @@
 import type { AddressInfo } from 'node:net'
+import type { SharedPorts } from '../core/backend.js'
 import { collectDefaultMetrics, Registry } from 'prom-client'
 import type { TallyConfig } from '../core/config.js'
 import { errorMessage } from '../core/errors.js'
@@ -7,6 +8,7 @@ import { createKafka } from '../core/kafka/client.js'
 import { KafkaOffsets } from '../core/kafka/consumer.js'
 import { once } from '../core/lifecycle.js'
 import type { Logger } from '../core/log.js'
+import type { LogOffsets } from '../core/ports/event-log.js'
 import { type ArchiverComponent, type ArchiverRoleOptions, createArchiverComponent } from './archive-role.js'
 import { archiveKey } from './archiver.js'
 import { ARCHIVE_GROUP, archiveBehind, openBatchStores } from './context.js'
@@ -30,6 +32,8 @@ export interface StartBatchOptions
   archiver?: Omit<ArchiverRoleOptions, 'archiveDir'>
   /** Port of /metrics, /healthz, /readyz. Default PORT, else 9465. */
   port?: number
+  /** Ports shared by the roles of this process (embedded backend); default: its own Kafka and Cassandra. */
+  ports?: SharedPorts
 }
 
 export interface RunningBatch {
@@ -55,19 +59,21 @@ export async function startBatch(
   const registry = new Registry()
   collectDefaultMetrics({ register: registry, prefix: 'tally_batch_' })
   const metrics = createBatchMetrics(registry)
-  const stores = await openBatchStores(config)
-  const offsets = new KafkaOffsets(createKafka(config.kafka, { logger }))
+  const { ports } = options
+  const stores = ports ? { ...ports.batch, close: async () => {} } : await openBatchStores(config)
+  const kafkaOffsets = ports ? undefined : new KafkaOffsets(createKafka(config.kafka, { logger }))
+  const offsets: LogOffsets = ports?.offsets ?? (kafkaOffsets as KafkaOffsets)
   let archiver: ArchiverComponent | undefined
   try {
     archiver =
       options.archive === false
         ? undefined
-        : await createArchiverComponent(config, logger, stores.cassandra, registry, {
+        : await createArchiverComponent(config, logger, { store: stores.archive, ports }, registry, {
             ...options.archiver,
             ...(options.archiveDir === undefined ? {} : { archiveDir: options.archiveDir }),
           })
   } catch (err) {
-    await offsets.close().catch(() => undefined)
+    await kafkaOffsets?.close().catch(() => undefined)
     await stores.close().catch(() => undefined)
     throw err
   }
@@ -113,7 +119,7 @@ export async function startBatch(
     await app.close()
     await scheduler.close()
     await archiver?.close()
-    await offsets.close()
+    await kafkaOffsets?.close()
     await stores.close()
   })
   try {

@@ -79,6 +79,11 @@ export interface IngestConfig {
   lingerMs: number
   /** Time allowed to receive a whole request. Default 10000 ms. */
   requestTimeoutMs: number
+  /**
+   * First-party path prefix (TALLY_TRACKER_PREFIX, e.g. `/stats`): ingest also serves `/t.js` and
+   * `/v1/…` under it, for sites that proxy it on their own domain. Default '' (none).
+   */
+  trackerPrefix?: string
 }
 
 export interface StreamConfig {
@@ -100,7 +105,15 @@ export interface StreamConfig {
   ttlSeconds: { minute: number; hour: number; day: number }
 }
 
+/**
+ * Where Tally keeps its log and aggregates. `embedded`: SQLite files under TALLY_DATA_DIR, one
+ * process (`tally all` only). `kafka-cassandra`: Kafka and Cassandra, any number of processes.
+ */
+export type BackendKind = 'embedded' | 'kafka-cassandra'
+
 export interface TallyConfig {
+  /** TALLY_BACKEND; `auto` = embedded unless KAFKA_BROKERS or CASSANDRA_CONTACT_POINTS is set. */
+  backend: BackendKind | 'auto'
   host: string
   /** PORT, when set, overrides the role's own default port. */
   port: number | undefined
@@ -183,12 +196,36 @@ function parseReplication(raw: string | undefined): CassandraReplication {
   throw new ConfigError(name, raw, expected)
 }
 
+/** A URL path prefix like `/stats` or `/a/b` (no trailing slash); '' when unset. */
+function pathPrefix(env: Env, name: string): string {
+  const raw = env[name]
+  if (raw === undefined || raw === '' || raw === '/') return ''
+  const trimmed = raw.replace(/\/+$/, '')
+  if (!/^(?:\/[A-Za-z0-9._~-]+)+$/.test(trimmed) || /^\/v1(?:\/|$)/.test(trimmed)) {
+    throw new ConfigError(
+      name,
+      raw,
+      'a path prefix such as /stats: segments of letters, digits, ".", "_", "~" or "-", not /v1',
+    )
+  }
+  return trimmed
+}
+
 function deepFreeze<T>(value: T): T {
   if (value !== null && typeof value === 'object' && !Object.isFrozen(value)) {
     Object.freeze(value)
     for (const v of Object.values(value)) deepFreeze(v)
   }
   return value
+}
+
+/**
+ * The backend `tally all` runs on: TALLY_BACKEND when set, else embedded unless Kafka or Cassandra
+ * is configured. Roles run one by one (`tally ingest`, …) always use Kafka and Cassandra.
+ */
+export function backendOf(config: Pick<TallyConfig, 'backend' | 'kafka' | 'cassandra'>): BackendKind {
+  if (config.backend !== 'auto') return config.backend
+  return config.kafka.configured || config.cassandra.configured ? 'kafka-cassandra' : 'embedded'
 }
 
 /** Reads, validates and freezes the configuration. Throws ConfigError naming the variable. */
@@ -227,6 +264,7 @@ export function loadConfig(env: Env = process.env): TallyConfig {
     java: str(env, 'TALLY_JAVA', 'java'),
   }
   const config: TallyConfig = {
+    backend: oneOf(env, 'TALLY_BACKEND', 'auto', ['auto', 'embedded', 'kafka-cassandra']),
     host: str(env, 'HOST', '127.0.0.1'),
     // PORT=0 asks the OS for a free port (tests, several roles on one machine).
     port: rawPort === undefined || rawPort === '' ? undefined : int(env, 'PORT', 0, 0, 65535),
@@ -269,6 +307,7 @@ export function loadConfig(env: Env = process.env): TallyConfig {
       appendTimeoutMs: int(env, 'TALLY_APPEND_TIMEOUT_MS', 5000, 100, 600_000),
       lingerMs: int(env, 'TALLY_LINGER_MS', 2, 0, 1000),
       requestTimeoutMs: int(env, 'TALLY_REQUEST_TIMEOUT_MS', 10_000, 100, 600_000),
+      trackerPrefix: pathPrefix(env, 'TALLY_TRACKER_PREFIX'),
     },
     stream: {
       group: str(env, 'TALLY_STREAM_GROUP', 'tally-aggregate'),
@@ -291,6 +330,10 @@ export function loadConfig(env: Env = process.env): TallyConfig {
 
 /** The variables `loadConfig` reads, for `--help` texts and the README. */
 export const CONFIG_VARIABLES: ReadonlyArray<readonly [name: string, meaning: string]> = [
+  [
+    'TALLY_BACKEND',
+    'auto|embedded|kafka-cassandra; auto (default): `tally all` runs embedded unless KAFKA_BROKERS or CASSANDRA_CONTACT_POINTS is set',
+  ],
   ['HOST', 'address the HTTP servers bind to (default 127.0.0.1)'],
   [
     'PORT',
@@ -320,6 +363,10 @@ export const CONFIG_VARIABLES: ReadonlyArray<readonly [name: string, meaning: st
   ['TALLY_APPEND_TIMEOUT_MS', 'wait for the log before answering 503 (default 5000)'],
   ['TALLY_LINGER_MS', 'producer linger that lets requests share a Kafka batch (default 2)'],
   ['TALLY_REQUEST_TIMEOUT_MS', 'time to receive a whole request (default 10000)'],
+  [
+    'TALLY_TRACKER_PREFIX',
+    'first-party path prefix, e.g. /stats: ingest also serves <prefix>/t.js and <prefix>/v1/… (default none)',
+  ],
   ['TALLY_STREAM_GROUP', 'consumer group of the stream workers (default tally-aggregate)'],
   ['TALLY_GRACE_MS', 'event-time grace before a window closes; later events go to batch (default 300000)'],
   ['TALLY_DEDUP_HORIZON_MS', 'how long messageIds are remembered by the stream, max 1 day (default 3600000)'],

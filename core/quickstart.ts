@@ -6,6 +6,7 @@ import { CassandraSiteStore } from './cassandra/sites.js'
 import type { TallyConfig } from './config.js'
 import type { Logger } from './log.js'
 import { migrate } from './migrate.js'
+import type { SiteStore } from './ports/site-store.js'
 import { ServicesManager } from './services/manager.js'
 
 export interface QuickstartSite {
@@ -14,10 +15,41 @@ export interface QuickstartSite {
   readToken: string
 }
 
+/** The default site of a quick start. */
+export const QUICKSTART_SITE = 'localhost'
+
 /**
- * First-run convenience for `npm start`: starts the local Kafka and Cassandra when none is
- * configured, applies the schema, and creates a default site once (its keys are kept in
- * TALLY_DATA_DIR/quickstart.json so later starts print them again).
+ * Creates the default site once, in any site store; its keys are kept in
+ * TALLY_DATA_DIR/quickstart.json (mode 0600) so later starts print them again.
+ */
+export async function ensureQuickstartSite(config: TallyConfig, store: SiteStore): Promise<QuickstartSite> {
+  const file = join(config.dataDir, 'quickstart.json')
+  if (existsSync(file)) {
+    const saved = JSON.parse(await readFile(file, 'utf8')) as QuickstartSite
+    const site = await store.get(saved.siteId)
+    if (site) return { ...saved, writeKey: site.writeKey }
+  }
+  const existing = await store.get(QUICKSTART_SITE)
+  const created = existing
+    ? { site: existing, readToken: await store.addReadToken(QUICKSTART_SITE) }
+    : await store.create({
+        siteId: QUICKSTART_SITE,
+        domain: 'localhost',
+        origins: ['http://localhost:8080', 'http://127.0.0.1:8080'],
+      })
+  const saved: QuickstartSite = {
+    siteId: created.site.siteId,
+    writeKey: created.site.writeKey,
+    readToken: created.readToken,
+  }
+  await mkdir(config.dataDir, { recursive: true })
+  await writeFile(file, `${JSON.stringify(saved, null, 2)}\n`, { mode: 0o600 })
+  return saved
+}
+
+/**
+ * First-run convenience of `tally all --quickstart` on Kafka and Cassandra: starts the local Kafka
+ * and Cassandra when none is configured, applies the schema, and creates the default site once.
  */
 export async function prepareQuickstart(config: TallyConfig, logger: Logger): Promise<QuickstartSite> {
   const wanted = [
@@ -29,32 +61,10 @@ export async function prepareQuickstart(config: TallyConfig, logger: Logger): Pr
     await manager.up(wanted)
   }
   await migrate(config)
-  const file = join(config.dataDir, 'quickstart.json')
   const client = createCassandraClient(config.cassandra, { keyspace: config.cassandra.keyspace })
   await client.connect()
   try {
-    const store = new CassandraSiteStore(client)
-    if (existsSync(file)) {
-      const saved = JSON.parse(await readFile(file, 'utf8')) as QuickstartSite
-      const site = await store.get(saved.siteId)
-      if (site) return { ...saved, writeKey: site.writeKey }
-    }
-    const existing = await store.get('localhost')
-    const created = existing
-      ? { site: existing, readToken: await store.addReadToken('localhost') }
-      : await store.create({
-          siteId: 'localhost',
-          domain: 'localhost',
-          origins: ['http://localhost:8080', 'http://127.0.0.1:8080'],
-        })
-    const saved: QuickstartSite = {
-      siteId: created.site.siteId,
-      writeKey: created.site.writeKey,
-      readToken: created.readToken,
-    }
-    await mkdir(config.dataDir, { recursive: true })
-    await writeFile(file, `${JSON.stringify(saved, null, 2)}\n`, { mode: 0o600 })
-    return saved
+    return await ensureQuickstartSite(config, new CassandraSiteStore(client))
   } finally {
     await client.shutdown()
   }

@@ -1,4 +1,5 @@
 import type { AddressInfo } from 'node:net'
+import type { SharedPorts } from '../core/backend.js'
 import { createCassandraClient } from '../core/cassandra/client.js'
 import { CassandraSiteStore } from '../core/cassandra/sites.js'
 import type { TallyConfig } from '../core/config.js'
@@ -6,6 +7,8 @@ import { createKafka } from '../core/kafka/client.js'
 import { KafkaBatchingProducer } from '../core/kafka/producer.js'
 import { once } from '../core/lifecycle.js'
 import type { Logger } from '../core/log.js'
+import type { EventLogWriter } from '../core/ports/event-log.js'
+import type { SiteStore } from '../core/ports/site-store.js'
 import { buildIngestApp } from './app.js'
 import { createIngestMetrics } from './metrics.js'
 import { SiteCache } from './site-cache.js'
@@ -17,41 +20,68 @@ export interface RunningIngest {
   close(): Promise<void>
 }
 
-/** Starts the ingest role: Kafka producer, site cache over Cassandra, HTTP server. */
-export async function startIngest(config: TallyConfig, logger: Logger): Promise<RunningIngest> {
+export interface IngestRoleOptions {
+  /** Ports shared by the roles of this process (embedded backend); default: its own Kafka and Cassandra. */
+  ports?: SharedPorts
+  /** Port to listen on. Default: PORT, else 8080. */
+  port?: number
+}
+
+/** Starts the ingest role: a log writer (Kafka producer or embedded log), a site cache, the HTTP server. */
+export async function startIngest(
+  config: TallyConfig,
+  logger: Logger,
+  options: IngestRoleOptions = {},
+): Promise<RunningIngest> {
   const metrics = createIngestMetrics()
-  const cassandra = createCassandraClient(config.cassandra, { keyspace: config.cassandra.keyspace })
-  await cassandra.connect()
-  const producer = new KafkaBatchingProducer(createKafka(config.kafka, { logger }), {
-    lingerMs: config.ingest.lingerMs,
-    appendTimeoutMs: config.ingest.appendTimeoutMs,
-    logger,
-    onSend: (records, _bytes, seconds, ok) => {
-      metrics.kafkaSendSeconds.observe({ outcome: ok ? 'ok' : 'error' }, seconds)
-      if (ok) metrics.kafkaBatchRecords.observe(records)
-    },
-  })
-  await producer.connect()
+  let log: EventLogWriter
+  let sites: SiteStore
+  let release = async () => {}
+  if (options.ports) {
+    log = options.ports.writer()
+    sites = options.ports.sites
+  } else {
+    const cassandra = createCassandraClient(config.cassandra, { keyspace: config.cassandra.keyspace })
+    await cassandra.connect()
+    const producer = new KafkaBatchingProducer(createKafka(config.kafka, { logger }), {
+      lingerMs: config.ingest.lingerMs,
+      appendTimeoutMs: config.ingest.appendTimeoutMs,
+      logger,
+      onSend: (records, _bytes, seconds, ok) => {
+        metrics.kafkaSendSeconds.observe({ outcome: ok ? 'ok' : 'error' }, seconds)
+        if (ok) metrics.kafkaBatchRecords.observe(records)
+      },
+    })
+    try {
+      await producer.connect()
+    } catch (err) {
+      await cassandra.shutdown()
+      throw err
+    }
+    log = producer
+    sites = new CassandraSiteStore(cassandra)
+    release = () => cassandra.shutdown()
+  }
   const app = await buildIngestApp({
     config: config.ingest,
     topic: config.kafka.topicRaw,
-    log: producer,
-    sites: new SiteCache(new CassandraSiteStore(cassandra), { ttlMs: config.ingest.siteCacheTtlMs }),
+    log,
+    sites: new SiteCache(sites, { ttlMs: config.ingest.siteCacheTtlMs }),
     metrics,
     logger,
   })
-  await app.listen({ host: config.host, port: config.port ?? INGEST_DEFAULT_PORT })
+  await app.listen({ host: config.host, port: options.port ?? config.port ?? INGEST_DEFAULT_PORT })
   const addr = app.server.address() as AddressInfo
   const url = `http://${addr.address.includes(':') ? `[${addr.address}]` : addr.address}:${addr.port}`
   logger.info({ url }, 'ingest listening')
   return {
     url,
     // Order: stop taking requests and let in-flight ones finish (they wait for their writes),
-    // then flush the producer, then close Cassandra.
+    // then flush the producer, then close Cassandra (shared ports are closed by their owner).
     close: once(async () => {
       await app.close()
-      await producer.close()
-      await cassandra.shutdown()
+      await log.close()
+      await release()
     }),
   }
 }

@@ -1,10 +1,13 @@
 import type { AddressInfo } from 'node:net'
+import type { SharedPorts } from '../core/backend.js'
 import { CassandraAggregateReader } from '../core/cassandra/aggregate-reader.js'
 import { createCassandraClient } from '../core/cassandra/client.js'
 import { CassandraSiteStore } from '../core/cassandra/sites.js'
 import type { TallyConfig } from '../core/config.js'
 import { once } from '../core/lifecycle.js'
 import type { Logger } from '../core/log.js'
+import type { AggregateReader } from '../core/ports/aggregate-store.js'
+import type { SiteStore } from '../core/ports/site-store.js'
 import { buildQueryApp, type QueryAppDeps } from './app.js'
 import { ReadAccessCache } from './auth.js'
 import { CheckpointFreshness } from './freshness.js'
@@ -28,6 +31,8 @@ export interface QueryRoleOptions {
   requestTimeoutMs?: number
   /** Port to listen on. Default: PORT, else 8081. */
   port?: number
+  /** Ports shared by the roles of this process (embedded backend); default: its own Cassandra connection. */
+  ports?: SharedPorts
 }
 
 /** Starts the query role: Cassandra (read only), site/token cache, HTTP server (port 8081 unless PORT). */
@@ -36,13 +41,23 @@ export async function startQuery(
   logger: Logger,
   options: QueryRoleOptions = {},
 ): Promise<RunningQuery> {
-  const cassandra = createCassandraClient(config.cassandra, { keyspace: config.cassandra.keyspace })
-  await cassandra.connect()
+  let reader: AggregateReader
+  let sites: SiteStore
+  let release = async () => {}
+  if (options.ports) {
+    reader = options.ports.reader
+    sites = options.ports.sites
+  } else {
+    const cassandra = createCassandraClient(config.cassandra, { keyspace: config.cassandra.keyspace })
+    await cassandra.connect()
+    reader = new CassandraAggregateReader(cassandra, config.stream.hllPrecision)
+    sites = new CassandraSiteStore(cassandra)
+    release = () => cassandra.shutdown()
+  }
   try {
-    const reader = new CassandraAggregateReader(cassandra, config.stream.hllPrecision)
     const app = await buildQueryApp({
       reader,
-      auth: new ReadAccessCache(new CassandraSiteStore(cassandra), {
+      auth: new ReadAccessCache(sites, {
         ttlMs: options.siteCacheTtlMs ?? config.ingest.siteCacheTtlMs,
       }),
       freshness: new CheckpointFreshness(reader, {
@@ -68,11 +83,11 @@ export async function startQuery(
       // Order: stop taking requests and let in-flight ones (exports too) finish, then close Cassandra.
       close: once(async () => {
         await app.close()
-        await cassandra.shutdown()
+        await release()
       }),
     }
   } catch (err) {
-    await cassandra.shutdown()
+    await release()
     throw err
   }
 }

@@ -1,4 +1,5 @@
 import type { AddressInfo } from 'node:net'
+import type { SharedPorts } from '../core/backend.js'
 import { createCassandraClient } from '../core/cassandra/client.js'
 import { CassandraStreamStore } from '../core/cassandra/stream-store.js'
 import type { TallyConfig } from '../core/config.js'
@@ -8,6 +9,8 @@ import { KafkaGroupConsumer, KafkaOffsets } from '../core/kafka/consumer.js'
 import { KafkaBatchingProducer } from '../core/kafka/producer.js'
 import { once } from '../core/lifecycle.js'
 import type { Logger } from '../core/log.js'
+import type { StreamStore } from '../core/ports/aggregate-store.js'
+import type { EventLogConsumer, EventLogWriter, LogOffsets } from '../core/ports/event-log.js'
 import { createStreamMetrics } from './metrics.js'
 import { StreamWorker } from './worker.js'
 
@@ -24,28 +27,53 @@ export interface RunningStream {
 export async function startStream(
   config: TallyConfig,
   logger: Logger,
-  options: { port?: number } = {},
+  options: { port?: number; ports?: SharedPorts } = {},
 ): Promise<RunningStream> {
   const metrics = createStreamMetrics()
-  const cassandra = createCassandraClient(config.cassandra, { keyspace: config.cassandra.keyspace })
-  await cassandra.connect()
-  const kafka = createKafka(config.kafka, { logger })
-  const deadLetters = new KafkaBatchingProducer(kafka, { logger, appendTimeoutMs: 30_000 })
-  await deadLetters.connect()
-  const offsets = new KafkaOffsets(kafka)
-  const consumer = new KafkaGroupConsumer(kafka, {
+  const consumerRequest = {
     groupId: config.stream.group,
     topic: config.kafka.topicRaw,
     partitionsConsumedConcurrently: config.stream.partitionsConcurrently,
     sessionTimeoutMs: config.stream.sessionTimeoutMs,
     logger,
-  })
+  }
+  let consumer: EventLogConsumer
+  let store: StreamStore
+  let deadLetters: EventLogWriter
+  let offsets: LogOffsets
+  let release = async () => {}
+  if (options.ports) {
+    consumer = options.ports.consumer(consumerRequest)
+    store = options.ports.streamStore
+    deadLetters = options.ports.writer()
+    offsets = options.ports.offsets
+  } else {
+    const cassandra = createCassandraClient(config.cassandra, { keyspace: config.cassandra.keyspace })
+    await cassandra.connect()
+    const kafka = createKafka(config.kafka, { logger })
+    const producer = new KafkaBatchingProducer(kafka, { logger, appendTimeoutMs: 30_000 })
+    try {
+      await producer.connect()
+    } catch (err) {
+      await cassandra.shutdown()
+      throw err
+    }
+    const kafkaOffsets = new KafkaOffsets(kafka)
+    consumer = new KafkaGroupConsumer(kafka, consumerRequest)
+    store = new CassandraStreamStore(cassandra, config.stream.ttlSeconds)
+    deadLetters = producer
+    offsets = kafkaOffsets
+    release = async () => {
+      await kafkaOffsets.close()
+      await cassandra.shutdown()
+    }
+  }
   const worker = new StreamWorker({
     config: config.stream,
     topic: config.kafka.topicRaw,
     deadLetterTopic: config.kafka.topicDeadLetter,
     consumer,
-    store: new CassandraStreamStore(cassandra, config.stream.ttlSeconds),
+    store,
     deadLetters,
     offsets,
     metrics,
@@ -71,8 +99,7 @@ export async function startStream(
       await app.close()
       await worker.close()
       await deadLetters.close()
-      await offsets.close()
-      await cassandra.shutdown()
+      await release()
     }),
   }
 }

@@ -61,6 +61,40 @@ export class CassandraSiteStore implements SiteStore {
     }
   }
 
+  async importSite(site: Site): Promise<'created' | 'unchanged' | 'conflict'> {
+    const now = new Date()
+    const rs = await this.client.execute(
+      'INSERT INTO sites (site_id, domain, origins, write_key, read_token_hashes, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) IF NOT EXISTS',
+      [site.siteId, site.domain, site.origins, site.writeKey, site.readTokenHashes, site.createdAt, now],
+      { prepare: true },
+    )
+    let outcome: 'created' | 'unchanged' = 'created'
+    if (!rs.wasApplied()) {
+      const existing = await this.get(site.siteId)
+      if (!existing || existing.writeKey !== site.writeKey) return 'conflict'
+      const missing = site.readTokenHashes.filter((h) => !existing.readTokenHashes.includes(h))
+      if (missing.length > 0) {
+        await this.client.execute(
+          'UPDATE sites SET read_token_hashes = read_token_hashes + ?, updated_at = ? WHERE site_id = ?',
+          [missing, now, site.siteId],
+          { prepare: true },
+        )
+      }
+      outcome = 'unchanged'
+    }
+    await this.client.execute('INSERT INTO site_write_keys (write_key, site_id) VALUES (?, ?)', [site.writeKey, site.siteId], {
+      prepare: true,
+    })
+    for (const hash of site.readTokenHashes) {
+      await this.client.execute(
+        'INSERT INTO site_read_tokens (token_hash, site_id, created_at) VALUES (?, ?, ?)',
+        [hash, site.siteId, site.createdAt],
+        { prepare: true },
+      )
+    }
+    return outcome
+  }
+
   async get(siteId: string): Promise<Site | undefined> {
     const rs = await this.client.execute(`SELECT ${SITE_COLUMNS} FROM sites WHERE site_id = ?`, [siteId], {
       prepare: true,

@@ -3,6 +3,7 @@ import { CONFIG_VARIABLES, loadConfig, type TallyConfig } from '../config.js'
 import { errorMessage, TallyError } from '../errors.js'
 import { registerAdminCommands } from './admin.js'
 import { registerBatchCommands } from './batch.js'
+import { registerEmbeddedCommands } from './embedded.js'
 import { registerRoleCommands } from './roles.js'
 import { registerServicesCommands } from './services.js'
 import { registerSitesCommands } from './sites.js'
@@ -29,6 +30,7 @@ function buildProgram(): Command {
   registerAdminCommands(program, getConfig)
   registerSitesCommands(program, getConfig)
   registerBatchCommands(program, getConfig)
+  registerEmbeddedCommands(program, getConfig)
   // Every subcommand reports bad usage with exit code 2 and one line.
   const exitOverride = (cmd: Command) => {
     cmd.exitOverride()

@@ -1,11 +1,11 @@
-import type { Command } from 'commander'
-import { BATCH_DEFAULT_PORT, startBatch } from '../../batch/role.js'
+import { type Command, InvalidArgumentError } from 'commander'
+import { BATCH_DEFAULT_PORT } from '../../batch/role.js'
 import { startIngest } from '../../ingest/role.js'
 import { QUERY_DEFAULT_PORT, startQuery } from '../../query/role.js'
 import { STREAM_DEFAULT_PORT, startStream } from '../../stream/role.js'
-import { once, untilSignal } from '../lifecycle.js'
+import { serveUntilSignal } from '../lifecycle.js'
 import { createLogger } from '../log.js'
-import { prepareQuickstart } from '../quickstart.js'
+import { quickstartBanner, startAll } from './all.js'
 import type { ConfigLoader } from './main.js'
 import { runRole } from './run-role.js'
 
@@ -62,56 +62,51 @@ error bound of approximate metrics (visitors).`,
   program
     .command('all')
     .description(
-      'run ingest, a stream worker, the query API, an archiver and the rebuild scheduler in one process (what `npm start` runs)',
+      'run ingest, a stream worker, the query API, an archiver and the rebuild scheduler in one process (what `npm start` runs); on the embedded backend unless Kafka/Cassandra is configured',
     )
     .option(
       '--quickstart',
-      'start local Kafka/Cassandra when none is configured, migrate, create a default site and print how to use it',
+      'create a default site once and print its keys and two ready-to-paste curls',
       false,
+    )
+    .option('--query-port <port>', 'port of the query API (0: any free port)', parsePort, QUERY_DEFAULT_PORT)
+    .option('--stream-port <port>', "port of the stream worker's /metrics", parsePort, STREAM_DEFAULT_PORT)
+    .option(
+      '--batch-port <port>',
+      "port of the batch scheduler's and archiver's /metrics",
+      parsePort,
+      BATCH_DEFAULT_PORT,
     )
     .addHelpText(
       'after',
       `
-Ingest listens on PORT (default 8080), the query API on 8081, the stream worker's /metrics on 9464,
-the batch scheduler's (with the archiver) on 9465.
+Ingest listens on PORT (default 8080).
+Backend: TALLY_BACKEND=auto (default) runs on the embedded backend (SQLite files in TALLY_DATA_DIR:
+a durable log and the aggregates, for one process on one machine) unless KAFKA_BROKERS or
+CASSANDRA_CONTACT_POINTS is set; TALLY_BACKEND=kafka-cassandra uses Kafka and Cassandra (with
+--quickstart the local ones of \`tally services up\` are started when none is configured).
+A second \`tally all\` on the same data folder refuses to start and names the process holding it.
 With --quickstart the default site's keys are kept in TALLY_DATA_DIR/quickstart.json.`,
     )
-    .action(async (opts: { quickstart: boolean }) => {
-      const config = getConfig()
-      const logger = createLogger(config.logLevel, { role: 'all' })
-      const site = opts.quickstart ? await prepareQuickstart(config, logger) : undefined
-      const ingest = await startIngest(config, logger)
-      // The worker's metrics server needs a port of its own.
-      const stream = await startStream(config, logger, { port: STREAM_DEFAULT_PORT })
-      const query = await startQuery(config, logger, { port: QUERY_DEFAULT_PORT })
-      const batch = await startBatch(config, logger, { port: BATCH_DEFAULT_PORT })
-      if (site) {
-        const host = ingest.url
-        process.stdout.write(
-          [
-            '',
-            `Tally is running: ingest ${host}, query ${query.url} (docs ${query.url}/docs), stream worker metrics ${stream.url}/metrics`,
-            `  site        ${site.siteId}`,
-            `  write key   ${site.writeKey}`,
-            `  read token  ${site.readToken}`,
-            '',
-            'Send an event:',
-            `  curl -u ${site.writeKey}: -H 'content-type: application/json' ${host}/v1/track -d '{"event":"Signed Up","anonymousId":"visitor-1"}'`,
-            'Read the numbers back (visible within about a second):',
-            `  curl -H 'authorization: Bearer ${site.readToken}' '${query.url}/v1/stats/aggregate?site=${site.siteId}&period=day&metrics=events,visitors'`,
-            '',
-          ].join('\n'),
+    .action(
+      async (opts: { quickstart: boolean; queryPort: number; streamPort: number; batchPort: number }) => {
+        const config = getConfig()
+        const logger = createLogger(config.logLevel, { role: 'all' })
+        process.exitCode = await serveUntilSignal(
+          async () => {
+            const all = await startAll(config, logger, opts)
+            if (all.site) process.stdout.write(quickstartBanner(all, all.site))
+            return all
+          },
+          logger,
+          config.shutdownTimeoutMs,
         )
-      }
-      const all = {
-        // Ingest first (stop taking events), then the worker flushes and leaves its group.
-        close: once(async () => {
-          await ingest.close()
-          await stream.close()
-          await batch.close()
-          await query.close()
-        }),
-      }
-      process.exitCode = await untilSignal(all, logger, config.shutdownTimeoutMs)
-    })
+      },
+    )
+}
+
+function parsePort(value: string): number {
+  if (!/^\d{1,5}$/.test(value) || Number(value) > 65535)
+    throw new InvalidArgumentError('expected a port number from 0 to 65535')
+  return Number(value)
 }

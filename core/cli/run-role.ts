@@ -1,5 +1,6 @@
 import type { TallyConfig } from '../config.js'
-import { type Closable, untilSignal } from '../lifecycle.js'
+import { UsageError } from '../errors.js'
+import { type Closable, serveUntilSignal } from '../lifecycle.js'
 import { createLogger, type Logger } from '../log.js'
 import type { ConfigLoader } from './main.js'
 
@@ -13,7 +14,11 @@ export async function runRole(
   start: (config: TallyConfig, logger: Logger) => Promise<Closable>,
 ): Promise<void> {
   const config = getConfig()
+  if (config.backend === 'embedded') {
+    throw new UsageError(
+      `TALLY_BACKEND=embedded keeps the log and the store inside one process: run \`tally all\`, or run \`tally ${role}\` on Kafka and Cassandra (TALLY_BACKEND=kafka-cassandra, KAFKA_BROKERS, CASSANDRA_CONTACT_POINTS)`,
+    )
+  }
   const logger = createLogger(config.logLevel, { role })
-  const running = await start(config, logger)
-  process.exitCode = await untilSignal(running, logger, config.shutdownTimeoutMs)
+  process.exitCode = await serveUntilSignal(() => start(config, logger), logger, config.shutdownTimeoutMs)
 }

@@ -1,6 +1,8 @@
 import type { Command } from 'commander'
+import { openEmbeddedBackend } from '../backend.js'
 import { createCassandraClient } from '../cassandra/client.js'
 import { CassandraSiteStore } from '../cassandra/sites.js'
+import { backendOf } from '../config.js'
 import { TallyError, UsageError } from '../errors.js'
 import type { SiteStore } from '../ports/site-store.js'
 import type { ConfigLoader } from './main.js'
@@ -33,6 +35,15 @@ export function parseOrigin(raw: string): string {
 
 async function withStore<T>(getConfig: ConfigLoader, fn: (store: SiteStore) => Promise<T>): Promise<T> {
   const config = getConfig()
+  if (backendOf(config) === 'embedded') {
+    // Takes the data folder: refused, naming the holder, while `tally all` runs on it.
+    const embedded = openEmbeddedBackend(config)
+    try {
+      return await fn(embedded.sites)
+    } finally {
+      await embedded.close()
+    }
+  }
   const client = createCassandraClient(config.cassandra, { keyspace: config.cassandra.keyspace })
   try {
     await client.connect()

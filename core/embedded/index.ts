@@ -4,6 +4,12 @@ import { errorMessage } from '../errors.js'
 import { once } from '../lifecycle.js'
 import type { Logger } from '../log.js'
 import { EmbeddedAggregateReader } from './aggregate-reader.js'
+import {
+  EmbeddedArchiveStateStore,
+  EmbeddedFinalRowStore,
+  EmbeddedJobStore,
+  EmbeddedLeaseStore,
+} from './batch-store.js'
 import { EmbeddedEventLog, type EmbeddedTopicSpec } from './event-log.js'
 import { type DataDirLock, dataDirLockedError, lockDataDir } from './lock.js'
 import { LOG_MIGRATIONS, STORE_MIGRATIONS } from './schema.js'
@@ -12,6 +18,12 @@ import { DatabaseLockedError, type Db, openDatabase } from './sqlite.js'
 import { EmbeddedStreamStore, type EmbeddedTtlConfig } from './stream-store.js'
 
 export { EmbeddedAggregateReader } from './aggregate-reader.js'
+export {
+  EmbeddedArchiveStateStore,
+  EmbeddedFinalRowStore,
+  EmbeddedJobStore,
+  EmbeddedLeaseStore,
+} from './batch-store.js'
 export { EmbeddedGroupConsumer, type EmbeddedGroupConsumerOptions } from './consumer.js'
 export { EmbeddedEventLog, type EmbeddedTopicSpec } from './event-log.js'
 export { LOCK_FILE } from './lock.js'
@@ -47,8 +59,17 @@ export interface EmbeddedBackend {
   readonly streamStore: EmbeddedStreamStore
   readonly reader: EmbeddedAggregateReader
   readonly sites: EmbeddedSiteStore
+  /** The batch layer's stores (core/ports/batch-store.ts): rebuild leases, job runs, final rows, archive commits. */
+  readonly batch: EmbeddedBatchStores
   /** Closes the log then the files and releases the data folder. Close the roles first. Repeat-safe. */
   close(): Promise<void>
+}
+
+export interface EmbeddedBatchStores {
+  readonly leases: EmbeddedLeaseStore
+  readonly jobs: EmbeddedJobStore
+  readonly rows: EmbeddedFinalRowStore
+  readonly archive: EmbeddedArchiveStateStore
 }
 
 /**
@@ -77,10 +98,18 @@ export function openEmbedded(options: EmbeddedOptions): EmbeddedBackend {
     if (options.topics) log.ensureTopics(options.topics)
     const ttl = options.ttlSeconds ?? { minute: 0, hour: 0, day: 0 }
     const streamStore = new EmbeddedStreamStore(storeDb, ttl)
+    const batch: EmbeddedBatchStores = {
+      leases: new EmbeddedLeaseStore(storeDb),
+      jobs: new EmbeddedJobStore(storeDb),
+      rows: new EmbeddedFinalRowStore(storeDb, ttl),
+      archive: new EmbeddedArchiveStateStore(storeDb),
+    }
     const purge = () => {
       try {
         const n = streamStore.purgeExpired()
         if (n > 0) logger?.info({ rows: n }, 'expired aggregate rows deleted')
+        batch.leases.purgeExpired()
+        batch.jobs.purgeExpired()
       } catch (err) {
         logger?.warn({ err: errorMessage(err) }, 'purge of expired rows failed')
       }
@@ -99,6 +128,7 @@ export function openEmbedded(options: EmbeddedOptions): EmbeddedBackend {
         options.readerPageRows === undefined ? {} : { pageRows: options.readerPageRows },
       ),
       sites: new EmbeddedSiteStore(storeDb),
+      batch,
       close: once(async () => {
         clearInterval(timer)
         try {

@@ -132,4 +132,73 @@ export const STORE_MIGRATIONS: readonly string[] = [
     PRIMARY KEY (consumer_group, topic, partition, last_offset)
   ) WITHOUT ROWID;
   `,
+  // 2: the batch layer (schemas/cql/0003_batch.cql): the archiver's commits, the rebuilds' fencing
+  // counter and leases, their runs and ranges. Final rows go to agg_totals / agg_dims (step 1) with
+  // source_partition = -1 and the lease's fencing token as `fence`.
+  `
+  -- One row per archived source partition (archive = "<consumer group>|<topic>"); a commit is an
+  -- UPDATE conditional on (epoch, next_offset), like the lightweight transaction in Cassandra.
+  CREATE TABLE archive_partitions (
+    archive TEXT NOT NULL,
+    partition INTEGER NOT NULL,
+    epoch INTEGER NOT NULL,
+    owner TEXT NOT NULL,
+    next_offset INTEGER NOT NULL,
+    watermark_ms INTEGER NOT NULL,
+    -- JSON object: final path of each segment of the last committed flush → its staging path
+    pending TEXT NOT NULL,
+    committed_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (archive, partition)
+  ) WITHOUT ROWID;
+
+  -- The fencing counter of rebuilds: at least the wall clock in microseconds, and only grows.
+  CREATE TABLE batch_fence (
+    name TEXT PRIMARY KEY,
+    fence_token INTEGER NOT NULL
+  ) WITHOUT ROWID;
+
+  -- Leases on rebuild ranges. A row whose expires_at_ms has passed is no lease (Cassandra's TTL).
+  CREATE TABLE batch_leases (
+    name TEXT PRIMARY KEY,
+    holder TEXT NOT NULL,
+    fence_token INTEGER NOT NULL,
+    acquired_at_ms INTEGER NOT NULL,
+    renewed_at_ms INTEGER NOT NULL,
+    expires_at_ms INTEGER NOT NULL
+  ) WITHOUT ROWID;
+
+  -- Rebuild runs, read newest first; kept 90 days after their last write (the table TTL in Cassandra).
+  CREATE TABLE batch_jobs (
+    started_at_ms INTEGER NOT NULL,
+    job_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    site_id TEXT,
+    range_from_ms INTEGER NOT NULL,
+    range_to_ms INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    holder TEXT NOT NULL,
+    lease_name TEXT NOT NULL,
+    fence_token INTEGER NOT NULL,
+    segments_read INTEGER NOT NULL,
+    events_read INTEGER NOT NULL,
+    duplicates INTEGER NOT NULL,
+    windows_written INTEGER NOT NULL,
+    rows_written INTEGER NOT NULL,
+    -- JSON array of paths
+    corrupt_segments TEXT NOT NULL,
+    error TEXT,
+    finished_at_ms INTEGER,
+    duration_ms INTEGER,
+    expires_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (started_at_ms, job_id)
+  ) WITHOUT ROWID;
+
+  -- Last successful rebuild of each range, with the fingerprint of the segments it read.
+  CREATE TABLE batch_ranges (
+    range_key TEXT PRIMARY KEY,
+    fingerprint TEXT NOT NULL,
+    job_id TEXT NOT NULL,
+    finished_at_ms INTEGER NOT NULL
+  ) WITHOUT ROWID;
+  `,
 ]

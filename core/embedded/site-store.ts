@@ -87,6 +87,26 @@ export class EmbeddedSiteStore implements SiteStore {
     }
   }
 
+  async importSite(site: Site): Promise<'created' | 'unchanged' | 'conflict'> {
+    const now = this.now()
+    const hashes = [...new Set(site.readTokenHashes)].sort()
+    const info = this.stmt.insert.run(
+      site.siteId,
+      site.domain,
+      JSON.stringify([...site.origins].sort()),
+      site.writeKey,
+      JSON.stringify(hashes),
+      site.createdAt.getTime(),
+      now,
+    )
+    if (info.changes > 0) return 'created'
+    const existing = await this.get(site.siteId)
+    if (!existing || existing.writeKey !== site.writeKey) return 'conflict'
+    const merged = [...new Set([...existing.readTokenHashes, ...hashes])].sort()
+    if (merged.length !== existing.readTokenHashes.length) this.stmt.setTokens.run(JSON.stringify(merged), now, site.siteId)
+    return 'unchanged'
+  }
+
   async get(siteId: string): Promise<Site | undefined> {
     const row = this.stmt.get.get(siteId) as SiteRow | undefined
     return row ? rowToSite(row) : undefined

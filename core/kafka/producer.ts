@@ -1,4 +1,4 @@
-import { CompressionTypes, type Kafka, type Message, type Producer } from 'kafkajs'
+import { CompressionTypes, type Kafka, type Message, Partitioners, type Producer } from 'kafkajs'
 import { errorMessage, ServiceUnavailableError, TallyError } from '../errors.js'
 import type { Logger } from '../log.js'
 import type { EventLogWriter, LogRecord } from '../ports/event-log.js'
@@ -81,6 +81,9 @@ export class KafkaBatchingProducer implements EventLogWriter {
       idempotent: true,
       maxInFlightRequests: 1,
       allowAutoTopicCreation: false,
+      // Java's murmur2 partitioner, named so kafkajs stops warning: the embedded log places keys
+      // the same way (core/embedded/partitioner.ts), so a moved log keeps each key's partition.
+      createPartitioner: Partitioners.DefaultPartitioner,
       retry: { retries: Number.MAX_SAFE_INTEGER, initialRetryTime: 100, maxRetryTime: 1000 },
     })
   }

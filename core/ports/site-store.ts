@@ -28,4 +28,11 @@ export interface SiteStore {
   /** Adds a read token and returns it (once). */
   addReadToken(siteId: string): Promise<string>
   remove(siteId: string): Promise<boolean>
+  /**
+   * Bulk import of a site exported from another store, keys and token hashes as they are (moving an
+   * installation). `created` when it was absent; `unchanged` when the same site with the same write
+   * key is there already (its token hashes are merged in); `conflict` when another write key holds
+   * the id (nothing is changed).
+   */
+  importSite(site: Site): Promise<'created' | 'unchanged' | 'conflict'>
 }

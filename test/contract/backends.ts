@@ -2,6 +2,12 @@ import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { CassandraAggregateReader } from '../../core/cassandra/aggregate-reader.js'
+import {
+  CassandraArchiveStateStore,
+  CassandraFinalRowStore,
+  CassandraJobStore,
+  CassandraLeaseStore,
+} from '../../core/cassandra/batch-store.js'
 import { createCassandraClient } from '../../core/cassandra/client.js'
 import { loadMigrations, migrateCassandra } from '../../core/cassandra/migrate.js'
 import { CassandraSiteStore } from '../../core/cassandra/sites.js'
@@ -15,6 +21,7 @@ import { migrate, topicSpecs } from '../../core/migrate.js'
 import type { EventLogConsumer } from '../../core/ports/event-log.js'
 import { cleanup, testConfig, uniqueName } from '../helpers/context.js'
 import type { AggregateStoreHarness } from './aggregate-store.js'
+import type { BatchStoreHarness } from './batch-store.js'
 import type { EventLogHarness } from './event-log.js'
 import type { SiteStoreHarness } from './site-store.js'
 
@@ -119,16 +126,28 @@ export async function embeddedLogHarness(): Promise<EventLogHarness> {
   }
 }
 
-/** Cassandra store, reader and sites on a keyspace of their own. */
-export async function cassandraHarness(): Promise<AggregateStoreHarness & SiteStoreHarness> {
+/** Cassandra store, reader, sites and batch stores on a keyspace of their own. */
+export async function cassandraHarness(): Promise<
+  AggregateStoreHarness & SiteStoreHarness & BatchStoreHarness
+> {
   const config = testConfig()
   await prepareServices(config)
   const client = createCassandraClient(config.cassandra, { keyspace: config.cassandra.keyspace })
   await client.connect()
+  const reader = new CassandraAggregateReader(client, config.stream.hllPrecision)
   return {
     store: new CassandraStreamStore(client, config.stream.ttlSeconds),
-    reader: new CassandraAggregateReader(client, config.stream.hllPrecision),
+    reader,
     sites: new CassandraSiteStore(client),
+    batch: {
+      leases: new CassandraLeaseStore(client),
+      jobs: new CassandraJobStore(client),
+      rows: new CassandraFinalRowStore(client, config.stream.ttlSeconds),
+      archive: new CassandraArchiveStateStore(client),
+    },
+    async finalRowsWithTtl(ttl) {
+      return { rows: new CassandraFinalRowStore(client, ttl), reader, close: async () => {} }
+    },
     precision: config.stream.hllPrecision,
     async close() {
       await client.shutdown()
@@ -137,12 +156,31 @@ export async function cassandraHarness(): Promise<AggregateStoreHarness & SiteSt
   }
 }
 
-export async function embeddedHarness(): Promise<AggregateStoreHarness & SiteStoreHarness> {
+export async function embeddedHarness(): Promise<
+  AggregateStoreHarness & SiteStoreHarness & BatchStoreHarness
+> {
   const { backend, close } = openTempEmbedded(14)
   return {
     store: backend.streamStore,
     reader: backend.reader,
     sites: backend.sites,
+    batch: backend.batch,
+    async finalRowsWithTtl(ttl) {
+      // Row lifetimes are fixed when a backend opens: another backend on a folder of its own.
+      const { dir, remove } = tempDataDir()
+      const other = openEmbedded({ dataDir: dir, hllPrecision: 14, purgeIntervalMs: 0, ttlSeconds: ttl })
+      return {
+        rows: other.batch.rows,
+        reader: other.reader,
+        async close() {
+          try {
+            await other.close()
+          } finally {
+            remove()
+          }
+        },
+      }
+    },
     precision: 14,
     close,
   }

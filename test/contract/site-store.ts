@@ -87,5 +87,26 @@ export function siteStoreContract(name: string, make: () => Promise<SiteStoreHar
       expect(await h.sites.remove(b)).toBe(false)
       expect((await h.sites.get(a))?.domain).toBe('a.test')
     })
+
+    it('imports a site with its keys as they are: created once, unchanged (token hashes merged) on a repeat, conflict for another write key', async () => {
+      const siteId = uniqueName('site_import')
+      const site = {
+        siteId,
+        domain: 'moved.test',
+        origins: ['https://moved.test'],
+        writeKey: `wk_${uniqueName('k')}`,
+        readTokenHashes: [hashToken('rt_one')],
+        createdAt: new Date('2024-05-01T10:00:00Z'),
+      }
+      expect(await h.sites.importSite(site)).toBe('created')
+      expect(await h.sites.get(siteId)).toEqual(site)
+      expect((await h.sites.byWriteKey(site.writeKey))?.siteId).toBe(siteId)
+      const more = { ...site, readTokenHashes: [hashToken('rt_two'), hashToken('rt_one')] }
+      expect(await h.sites.importSite(more)).toBe('unchanged')
+      expect((await h.sites.get(siteId))?.readTokenHashes).toEqual([hashToken('rt_one'), hashToken('rt_two')].sort())
+      expect(await h.sites.importSite({ ...site, writeKey: `wk_${uniqueName('other')}` })).toBe('conflict')
+      expect((await h.sites.get(siteId))?.writeKey).toBe(site.writeKey)
+      await h.sites.remove(siteId)
+    })
   })
 }

@@ -11,11 +11,16 @@ export interface RoleProcess {
 
 let counter = 0
 
-export function spawnRole(role: string, env: Record<string, string>, name = role): RoleProcess {
+/** Runs `tally <role> [args…]`; `role` may carry the command's arguments (`['all', '--quickstart']`). */
+export function spawnRole(
+  role: string | readonly string[],
+  env: Record<string, string>,
+  name = typeof role === 'string' ? role : (role[0] ?? 'tally'),
+): RoleProcess {
   mkdirSync('test-artifacts', { recursive: true })
   const logFile = join('test-artifacts', `${name}-${process.pid}-${++counter}.log`)
   const out = createWriteStream(logFile)
-  const child = spawn(process.execPath, ['bin/tally.js', role], {
+  const child = spawn(process.execPath, ['bin/tally.js', ...(typeof role === 'string' ? [role] : role)], {
     env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '', LOG_LEVEL: 'info', PORT: '0', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   })

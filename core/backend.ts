@@ -1,0 +1,72 @@
+import type { TallyConfig } from './config.js'
+import { type EmbeddedBackend, openEmbedded } from './embedded/index.js'
+import type { Logger } from './log.js'
+import { topicSpecs } from './migrate.js'
+import type { AggregateReader, StreamStore } from './ports/aggregate-store.js'
+import type { ArchiveStateStore, FinalRowStore, JobStore, LeaseStore } from './ports/batch-store.js'
+import type { EventLogConsumer, EventLogWriter, LogOffsets } from './ports/event-log.js'
+import type { SiteStore } from './ports/site-store.js'
+
+/** How a role asks for a member of a consumer group. */
+export interface ConsumerRequest {
+  groupId: string
+  topic: string
+  partitionsConsumedConcurrently?: number
+  sessionTimeoutMs?: number
+  logger?: Logger
+}
+
+/**
+ * Every port the roles use, opened once and shared by the roles of one process (`tally all` on the
+ * embedded backend). A role given these uses them and leaves closing them to their owner; a role
+ * given none opens its own Kafka and Cassandra connections.
+ */
+export interface SharedPorts {
+  readonly kind: 'embedded'
+  /** A writer handle of its own (closing it leaves the log open). */
+  writer(): EventLogWriter
+  consumer(request: ConsumerRequest): EventLogConsumer
+  readonly offsets: LogOffsets
+  readonly sites: SiteStore
+  readonly streamStore: StreamStore
+  readonly reader: AggregateReader
+  readonly batch: {
+    readonly leases: LeaseStore
+    readonly jobs: JobStore
+    readonly rows: FinalRowStore
+    readonly archive: ArchiveStateStore
+  }
+}
+
+/** The embedded backend of `config` (TALLY_DATA_DIR), with the topics and TTLs of the configuration. */
+export function openEmbeddedBackend(config: TallyConfig, logger?: Logger): EmbeddedBackend {
+  return openEmbedded({
+    dataDir: config.dataDir,
+    hllPrecision: config.stream.hllPrecision,
+    ttlSeconds: config.stream.ttlSeconds,
+    topics: topicSpecs(config),
+    ...(logger ? { logger } : {}),
+  })
+}
+
+/** The embedded backend seen through the ports. */
+export function embeddedPorts(embedded: EmbeddedBackend): SharedPorts {
+  return {
+    kind: 'embedded',
+    writer: () => embedded.log.writer(),
+    consumer: (request) =>
+      embedded.log.consumer({
+        groupId: request.groupId,
+        topic: request.topic,
+        ...(request.partitionsConsumedConcurrently === undefined
+          ? {}
+          : { partitionsConsumedConcurrently: request.partitionsConsumedConcurrently }),
+        ...(request.logger ? { logger: request.logger } : {}),
+      }),
+    offsets: embedded.log,
+    sites: embedded.sites,
+    streamStore: embedded.streamStore,
+    reader: embedded.reader,
+    batch: embedded.batch,
+  }
+}

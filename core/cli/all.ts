@@ -1,0 +1,117 @@
+import { BATCH_DEFAULT_PORT, startBatch } from '../../batch/role.js'
+import { startIngest } from '../../ingest/role.js'
+import { QUERY_DEFAULT_PORT, startQuery } from '../../query/role.js'
+import { STREAM_DEFAULT_PORT, startStream } from '../../stream/role.js'
+import { embeddedPorts, openEmbeddedBackend, type SharedPorts } from '../backend.js'
+import { type BackendKind, backendOf, type TallyConfig } from '../config.js'
+import { type Closable, once } from '../lifecycle.js'
+import type { Logger } from '../log.js'
+import { ensureQuickstartSite, prepareQuickstart, type QuickstartSite } from '../quickstart.js'
+
+export interface AllOptions {
+  quickstart: boolean
+  /** Port of the query API. Default 8081. */
+  queryPort?: number
+  /** Port of the stream worker's /metrics. Default 9464. */
+  streamPort?: number
+  /** Port of the batch scheduler's (and archiver's) /metrics. Default 9465. */
+  batchPort?: number
+}
+
+export interface RunningAll extends Closable {
+  backend: BackendKind
+  ingestUrl: string
+  queryUrl: string
+  streamUrl: string
+  batchUrl: string
+  site: QuickstartSite | undefined
+}
+
+export const EMBEDDED_NOTICE =
+  'embedded backend: the log and the aggregates are SQLite files in TALLY_DATA_DIR, for one process on one machine. To scale out, move to Kafka and Cassandra: `tally embedded move-to-kafka`, then set KAFKA_BROKERS and CASSANDRA_CONTACT_POINTS (README, "Switching to Kafka and Cassandra").'
+
+/**
+ * `tally all`: ingest, a stream worker, the query API, an archiver and the rebuild scheduler in one
+ * process, on the embedded backend (one set of ports shared by every role) or on Kafka and
+ * Cassandra. Roles start in data-flow order and stop in the same order (ingest first, so nothing
+ * new arrives while the others flush); a role that fails to start closes the ones before it.
+ */
+export async function startAll(
+  config: TallyConfig,
+  logger: Logger,
+  options: AllOptions,
+): Promise<RunningAll> {
+  const backend = backendOf(config)
+  const started: Closable[] = []
+  let ports: SharedPorts | undefined
+  let closeBackend = async () => {}
+  const closeStarted = async () => {
+    for (const part of started) await part.close()
+    await closeBackend()
+  }
+  try {
+    let site: QuickstartSite | undefined
+    if (backend === 'embedded') {
+      const embedded = openEmbeddedBackend(config, logger)
+      closeBackend = () => embedded.close()
+      ports = embeddedPorts(embedded)
+      logger.warn({ dataDir: config.dataDir }, EMBEDDED_NOTICE)
+      if (options.quickstart) site = await ensureQuickstartSite(config, ports.sites)
+    } else if (options.quickstart) {
+      site = await prepareQuickstart(config, logger)
+    }
+    const shared = ports ? { ports } : {}
+    const ingest = await startIngest(config, logger, shared)
+    started.push(ingest)
+    const stream = await startStream(config, logger, {
+      port: options.streamPort ?? STREAM_DEFAULT_PORT,
+      ...shared,
+    })
+    started.push(stream)
+    const batch = await startBatch(config, logger, {
+      port: options.batchPort ?? BATCH_DEFAULT_PORT,
+      ...shared,
+    })
+    started.push(batch)
+    const query = await startQuery(config, logger, {
+      port: options.queryPort ?? QUERY_DEFAULT_PORT,
+      ...shared,
+    })
+    started.push(query)
+    return {
+      backend,
+      ingestUrl: ingest.url,
+      queryUrl: query.url,
+      streamUrl: stream.url,
+      batchUrl: batch.url,
+      site,
+      close: once(closeStarted),
+    }
+  } catch (err) {
+    await closeStarted().catch((closeErr: unknown) =>
+      logger.error({ err: closeErr }, 'closing after a failed start failed'),
+    )
+    throw err
+  }
+}
+
+/** What `tally all --quickstart` prints once everything answers. */
+export function quickstartBanner(all: RunningAll, site: QuickstartSite): string {
+  const host = all.ingestUrl
+  return [
+    '',
+    `Tally is running on the ${all.backend === 'embedded' ? 'embedded backend (one machine; see the README to move to Kafka and Cassandra)' : 'Kafka and Cassandra backend'}:`,
+    `  ingest      ${host}`,
+    `  query       ${all.queryUrl} (API docs ${all.queryUrl}/docs)`,
+    `  metrics     ${host}/metrics, ${all.streamUrl}/metrics (stream), ${all.batchUrl}/metrics (batch)`,
+    `  site        ${site.siteId}`,
+    `  write key   ${site.writeKey}`,
+    `  read token  ${site.readToken}`,
+    '',
+    'Send an event:',
+    `  curl -u ${site.writeKey}: -H 'content-type: application/json' ${host}/v1/track -d '{"event":"Signed Up","anonymousId":"visitor-1"}'`,
+    'Read the numbers back (visible within about a second):',
+    `  curl -H 'authorization: Bearer ${site.readToken}' '${all.queryUrl}/v1/stats/aggregate?site=${site.siteId}&period=day&metrics=events,visitors'`,
+    '',
+  ].join('\n')
+}
