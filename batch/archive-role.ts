@@ -1,6 +1,6 @@
 import type { AddressInfo } from 'node:net'
-import type { SharedPorts } from '../core/backend.js'
 import { collectDefaultMetrics, Registry } from 'prom-client'
+import type { SharedPorts } from '../core/backend.js'
 import { CassandraArchiveStateStore } from '../core/cassandra/batch-store.js'
 import { createCassandraClient } from '../core/cassandra/client.js'
 import type { TallyConfig } from '../core/config.js'

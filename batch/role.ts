@@ -1,6 +1,6 @@
 import type { AddressInfo } from 'node:net'
-import type { SharedPorts } from '../core/backend.js'
 import { collectDefaultMetrics, Registry } from 'prom-client'
+import type { SharedPorts } from '../core/backend.js'
 import type { TallyConfig } from '../core/config.js'
 import { errorMessage } from '../core/errors.js'
 import { createHttpServer } from '../core/http.js'

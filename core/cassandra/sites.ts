@@ -82,9 +82,13 @@ export class CassandraSiteStore implements SiteStore {
       }
       outcome = 'unchanged'
     }
-    await this.client.execute('INSERT INTO site_write_keys (write_key, site_id) VALUES (?, ?)', [site.writeKey, site.siteId], {
-      prepare: true,
-    })
+    await this.client.execute(
+      'INSERT INTO site_write_keys (write_key, site_id) VALUES (?, ?)',
+      [site.writeKey, site.siteId],
+      {
+        prepare: true,
+      },
+    )
     for (const hash of site.readTokenHashes) {
       await this.client.execute(
         'INSERT INTO site_read_tokens (token_hash, site_id, created_at) VALUES (?, ?, ?)',

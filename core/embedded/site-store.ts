@@ -103,7 +103,8 @@ export class EmbeddedSiteStore implements SiteStore {
     const existing = await this.get(site.siteId)
     if (!existing || existing.writeKey !== site.writeKey) return 'conflict'
     const merged = [...new Set([...existing.readTokenHashes, ...hashes])].sort()
-    if (merged.length !== existing.readTokenHashes.length) this.stmt.setTokens.run(JSON.stringify(merged), now, site.siteId)
+    if (merged.length !== existing.readTokenHashes.length)
+      this.stmt.setTokens.run(JSON.stringify(merged), now, site.siteId)
     return 'unchanged'
   }
 

@@ -103,7 +103,9 @@ export function siteStoreContract(name: string, make: () => Promise<SiteStoreHar
       expect((await h.sites.byWriteKey(site.writeKey))?.siteId).toBe(siteId)
       const more = { ...site, readTokenHashes: [hashToken('rt_two'), hashToken('rt_one')] }
       expect(await h.sites.importSite(more)).toBe('unchanged')
-      expect((await h.sites.get(siteId))?.readTokenHashes).toEqual([hashToken('rt_one'), hashToken('rt_two')].sort())
+      expect((await h.sites.get(siteId))?.readTokenHashes).toEqual(
+        [hashToken('rt_one'), hashToken('rt_two')].sort(),
+      )
       expect(await h.sites.importSite({ ...site, writeKey: `wk_${uniqueName('other')}` })).toBe('conflict')
       expect((await h.sites.get(siteId))?.writeKey).toBe(site.writeKey)
       await h.sites.remove(siteId)
