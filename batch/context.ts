@@ -51,7 +51,7 @@ export function batchPaths(
 }
 
 /** Default consumer group of the archivers. */
-export const ARCHIVE_GROUP = 'tally-archive'
+export { ARCHIVE_GROUP } from '../core/backend.js'
 
 export function processOwner(): string {
   return `${hostname()}:${process.pid}`

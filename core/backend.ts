@@ -38,13 +38,31 @@ export interface SharedPorts {
   }
 }
 
-/** The embedded backend of `config` (TALLY_DATA_DIR), with the topics and TTLs of the configuration. */
+/** Default consumer group of the archivers. */
+export const ARCHIVE_GROUP = 'tally-archive'
+
+/**
+ * The embedded backend of `config` (TALLY_DATA_DIR), with the topics, TTLs and retention of the
+ * configuration: raw records go after TALLY_LOG_RETENTION_HOURS once the stream workers and the
+ * archiver have both read them; dead letters after the dead-letter topic's retention.
+ */
 export function openEmbeddedBackend(config: TallyConfig, logger?: Logger): EmbeddedBackend {
+  const topics = topicSpecs(config)
+  const retentionOf = (topic: string) =>
+    Number(topics.find((t) => t.topic === topic)?.config?.['retention.ms'])
   return openEmbedded({
     dataDir: config.dataDir,
     hllPrecision: config.stream.hllPrecision,
     ttlSeconds: config.stream.ttlSeconds,
-    topics: topicSpecs(config),
+    topics,
+    retention: [
+      {
+        topic: config.kafka.topicRaw,
+        ms: config.kafka.retentionMs,
+        groups: [config.stream.group, ARCHIVE_GROUP],
+      },
+      { topic: config.kafka.topicDeadLetter, ms: retentionOf(config.kafka.topicDeadLetter), groups: [] },
+    ],
     ...(logger ? { logger } : {}),
   })
 }

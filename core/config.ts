@@ -18,6 +18,8 @@ export interface KafkaConfig {
   topicDeadLetter: string
   /** Partitions of the raw topic created by `tally migrate`. */
   partitions: number
+  /** How long the raw log keeps records (Kafka retention.ms of the raw topic; embedded log retention). Default 7 days. */
+  retentionMs: number
   replicationFactor: number
 }
 
@@ -277,6 +279,7 @@ export function loadConfig(env: Env = process.env): TallyConfig {
       topicRaw,
       topicDeadLetter,
       partitions: int(env, 'KAFKA_PARTITIONS', 6, 1, 10_000),
+      retentionMs: int(env, 'TALLY_LOG_RETENTION_HOURS', 168, 1, 87_600) * 3_600_000,
       replicationFactor: int(env, 'KAFKA_REPLICATION_FACTOR', 1, 1, 32),
     },
     cassandra: {
@@ -346,6 +349,10 @@ export const CONFIG_VARIABLES: ReadonlyArray<readonly [name: string, meaning: st
   ['KAFKA_PARTITIONS', 'partitions of the raw topic created by `tally migrate` (default 6)'],
   ['KAFKA_REPLICATION_FACTOR', 'replication factor of the topics (default 1)'],
   ['TALLY_TOPIC_RAW', 'raw event topic (default tally.events.raw)'],
+  [
+    'TALLY_LOG_RETENTION_HOURS',
+    'how long the raw log keeps records (raw topic retention.ms; the embedded log deletes only what the stream and archiver have read) (default 168)',
+  ],
   ['TALLY_TOPIC_DEAD_LETTER', 'dead-letter topic (default tally.events.dlq)'],
   ['CASSANDRA_CONTACT_POINTS', 'host:port list; unset means the local node of `tally services up`'],
   ['CASSANDRA_LOCAL_DC', 'local data center (default datacenter1)'],

@@ -21,7 +21,7 @@ export function topicSpecs(config: Pick<TallyConfig, 'kafka'>): TopicSpec[] {
       partitions: kafka.partitions,
       replicationFactor: kafka.replicationFactor,
       config: {
-        'retention.ms': String(7 * DAY_MS),
+        'retention.ms': String(kafka.retentionMs),
         'min.insync.replicas': minIsr,
         'compression.type': 'producer',
       },

@@ -58,6 +58,8 @@ export class EmbeddedEventLog implements LogOffsets {
     read: Statement
     commit: Statement
     committed: Statement
+    first: Statement
+    trim: Statement
   }
 
   constructor(
@@ -92,6 +94,12 @@ export class EmbeddedEventLog implements LogOffsets {
       ),
       committed: db.prepare(
         'SELECT partition, next_offset FROM group_offsets WHERE group_id = ? AND topic_id = ?',
+      ),
+      first: db.prepare(
+        'SELECT offset FROM records WHERE topic_id = ? AND partition = ? ORDER BY offset LIMIT 1',
+      ),
+      trim: db.prepare(
+        'DELETE FROM records WHERE topic_id = ? AND partition = ? AND offset < ? AND timestamp_ms < ?',
       ),
     }
   }
@@ -332,6 +340,28 @@ export class EmbeddedEventLog implements LogOffsets {
       throw new RangeError(`${topic} has no partition ${partition}`)
     }
     this.stmt.commit.run(groupId, t.id, partition, nextOffset, Date.now())
+  }
+
+  /**
+   * Retention: deletes the records of `topic` logged before `beforeMs` that every group in `groups`
+   * has committed past (with no groups, by time alone), so a reader that is behind never loses a
+   * record it has not processed. At most `maxRecords` per partition per call, one statement each,
+   * so the event loop is never held for long; offsets and end offsets do not change. Returns the
+   * number of records deleted.
+   */
+  trim(topic: string, beforeMs: number, groups: readonly string[], maxRecords = 20_000): number {
+    const t = this.topics.get(topic)
+    if (!t) return 0
+    const committed = groups.map((g) => this.committedOffsets(g, topic))
+    let deleted = 0
+    for (let p = 0; p < t.partitions; p++) {
+      let upTo = t.ends[p] ?? 0
+      for (const c of committed) upTo = Math.min(upTo, c.get(p) ?? 0)
+      const first = this.stmt.first.get(t.id, p) as { offset: number } | undefined
+      if (!first || upTo <= first.offset) continue
+      deleted += this.stmt.trim.run(t.id, p, Math.min(upTo, first.offset + maxRecords), beforeMs).changes
+    }
+    return deleted
   }
 
   /** A group's committed offsets on `topic` (partitions never committed are absent). */

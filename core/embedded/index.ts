@@ -32,6 +32,13 @@ export { EmbeddedSiteStore } from './site-store.js'
 export { EmbeddedStreamStore, type EmbeddedTtlConfig } from './stream-store.js'
 export { EmbeddedLogWriter } from './writer.js'
 
+export interface EmbeddedRetention {
+  topic: string
+  ms: number
+  /** Consumer groups that must have read a record before it may go; empty: by time alone. */
+  groups: readonly string[]
+}
+
 /** Where the embedded files live inside the data folder (the lock file sits at the folder's top). */
 export const EMBEDDED_DIR = 'embedded'
 
@@ -46,6 +53,12 @@ export interface EmbeddedOptions {
   topics?: readonly EmbeddedTopicSpec[]
   /** How often expired rows are deleted, in ms; 0 turns the timer off. Default 3600000 (1 h). */
   purgeIntervalMs?: number
+  /**
+   * Log retention, applied with the purge: per topic, records older than `ms` that every one of
+   * `groups` has committed past are deleted (like Kafka's retention.ms, but never ahead of a reader).
+   * Default: none, the log keeps every record.
+   */
+  retention?: readonly EmbeddedRetention[]
   /** Rows per page of the reader's bulk export reads. Default 5000. */
   readerPageRows?: number
   logger?: Logger
@@ -110,6 +123,16 @@ export function openEmbedded(options: EmbeddedOptions): EmbeddedBackend {
         if (n > 0) logger?.info({ rows: n }, 'expired aggregate rows deleted')
         batch.leases.purgeExpired()
         batch.jobs.purgeExpired()
+        for (const r of options.retention ?? []) {
+          let records = 0
+          // Bounded rounds per purge: each is one short statement per partition.
+          for (let round = 0; round < 50; round++) {
+            const n = log.trim(r.topic, Date.now() - r.ms, r.groups)
+            records += n
+            if (n === 0) break
+          }
+          if (records > 0) logger?.info({ topic: r.topic, records }, 'log records past retention deleted')
+        }
       } catch (err) {
         logger?.warn({ err: errorMessage(err) }, 'purge of expired rows failed')
       }

@@ -311,6 +311,56 @@ describe('embedded log durability and restart', () => {
   })
 })
 
+describe('embedded log retention', () => {
+  it('deletes old records only once every listed group has read them; offsets stay; applied at open', async () => {
+    const { dir, remove } = tempDataDir()
+    const topic = 'ret.raw'
+    const day = 86_400_000
+    try {
+      const backend = open(dir, [{ topic, partitions: 1 }])
+      const writer = backend.log.writer()
+      const old = Date.now() - 10 * day
+      await writer.append(
+        topic,
+        recordsOf(10, 'old', 1).map((r) => ({ ...r, timestampMs: old })),
+      )
+      await writer.append(topic, recordsOf(5, 'new', 1))
+      // Nobody has read anything: nothing goes, however old.
+      expect(backend.log.trim(topic, Date.now() - day, ['stream', 'archive'])).toBe(0)
+      backend.log.commitOffset('stream', topic, 0, 8)
+      // The archive has not read them yet: still nothing.
+      expect(backend.log.trim(topic, Date.now() - day, ['stream', 'archive'])).toBe(0)
+      backend.log.commitOffset('archive', topic, 0, 15)
+      // Both have: the old records below the slower reader (8) go; recent ones stay whatever was read.
+      expect(backend.log.trim(topic, Date.now() - day, ['stream', 'archive'])).toBe(8)
+      expect(backend.log.read(topic, 0, 0, 100).map((r) => r.offset)).toEqual([8, 9, 10, 11, 12, 13, 14])
+      expect(await backend.log.endOffsets(topic)).toEqual(new Map([[0, 15]]))
+      backend.log.commitOffset('stream', topic, 0, 15)
+      await writer.close()
+      await backend.close()
+
+      // Retention configured at open runs with the first purge.
+      const reopened = openEmbedded({
+        dataDir: dir,
+        hllPrecision: 14,
+        purgeIntervalMs: 0,
+        topics: [{ topic, partitions: 1 }],
+        retention: [{ topic, ms: day, groups: ['stream', 'archive'] }],
+      })
+      try {
+        expect(reopened.log.read(topic, 0, 0, 100).map((r) => r.offset)).toEqual([10, 11, 12, 13, 14])
+        // A new append continues the offsets.
+        await reopened.log.writer().append(topic, recordsOf(1, 'later', 1))
+        expect(reopened.log.read(topic, 0, 14, 10).map((r) => r.offset)).toEqual([14, 15])
+      } finally {
+        await reopened.close()
+      }
+    } finally {
+      remove()
+    }
+  })
+})
+
 describe('embedded consumer groups', () => {
   it('delivers a batch again when its handler throws (at least once)', async () => {
     const { dir, remove } = tempDataDir()
