@@ -7,6 +7,7 @@ import type { Logger } from '../core/log.js'
 import type { AggregateReader } from '../core/ports/aggregate-store.js'
 import type { ReadAuthorizer } from './auth.js'
 import { prepareExport } from './export.js'
+import { type RawEventSource, sendRawExport } from './export-raw.js'
 import type { FreshnessSource } from './freshness.js'
 import { createQueryMetrics, type QueryMetrics } from './metrics.js'
 import { openApiDocument, openApiHtml } from './openapi.js'
@@ -35,6 +36,11 @@ export interface QueryAppDeps {
   requestTimeoutMs?: number
   /** Clock (tests). Default Date.now. */
   now?: () => number
+  /**
+   * Raw events for GET /v1/export/events (query/export-raw.ts, read from the archive). Without it
+   * that route answers 501.
+   */
+  rawEvents?: RawEventSource
 }
 
 const DAY_S = 86_400
@@ -141,12 +147,16 @@ export async function buildQueryApp(deps: QueryAppDeps): Promise<FastifyInstance
       .send(prepared.body)
   })
 
-  app.get('/v1/export/events', async () => {
-    throw new TallyError(
-      'TALLY_ERR_NOT_IMPLEMENTED',
-      'raw-event export is not available yet: it will read the archive of raw events (Arrow segments); export aggregates with /v1/export/aggregates',
-      { statusCode: 501 },
-    )
+  app.get('/v1/export/events', async (req, reply) => {
+    if (!deps.rawEvents) {
+      throw new TallyError(
+        'TALLY_ERR_NOT_IMPLEMENTED',
+        'raw-event export is not available on this server: it reads the archive of raw events (Arrow segments written by `tally archive`), which this query role was not given; export aggregates with /v1/export/aggregates',
+        { statusCode: 501 },
+      )
+    }
+    const q = await parsed(req, 'events')
+    return sendRawExport(deps.rawEvents, req.query as Query, q, req, reply)
   })
 
   const doc = openApiDocument(limits)

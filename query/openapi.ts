@@ -87,7 +87,7 @@ const ERROR = {
     code: {
       type: 'string',
       description:
-        'TALLY_ERR_BAD_PARAMETER, TALLY_ERR_MISSING_PARAMETER, TALLY_ERR_UNKNOWN_PARAMETER, TALLY_ERR_RANGE_TOO_LARGE, TALLY_ERR_FILTER_UNSUPPORTED, TALLY_ERR_BEYOND_RETENTION, TALLY_ERR_MISSING_READ_TOKEN, TALLY_ERR_INVALID_READ_TOKEN, TALLY_ERR_WRONG_SITE, TALLY_ERR_NOT_IMPLEMENTED, …',
+        'TALLY_ERR_BAD_PARAMETER, TALLY_ERR_MISSING_PARAMETER, TALLY_ERR_UNKNOWN_PARAMETER, TALLY_ERR_RANGE_TOO_LARGE, TALLY_ERR_FILTER_UNSUPPORTED, TALLY_ERR_BEYOND_RETENTION, TALLY_ERR_MISSING_READ_TOKEN, TALLY_ERR_INVALID_READ_TOKEN, TALLY_ERR_WRONG_SITE, TALLY_ERR_CORRUPT_SEGMENT, TALLY_ERR_EXPORT_BUSY, TALLY_ERR_NOT_IMPLEMENTED, …',
     },
     message: { type: 'string' },
     where: { type: 'string', description: 'The parameter (or header) at fault.' },
@@ -281,9 +281,28 @@ export function openApiDocument(limits: QueryLimits): Json {
       '/v1/export/events': {
         get: {
           operationId: 'exportEvents',
-          summary: 'Bulk export of raw events (not yet available)',
-          description: 'Answers 501 TALLY_ERR_NOT_IMPLEMENTED until the raw archive (Arrow segments) exists.',
-          responses: { 501: errorResponse('Not implemented yet.') },
+          summary: 'Bulk export of raw events',
+          description:
+            'Streams the events of the site whose event time (`timestamp`) is in [from, to), exactly (no widening), read from the archive of the raw log (Arrow segments by event hour and partition). A range is required (from/to or period); at most 744 hours by default (TALLY_ERR_RANGE_TOO_LARGE beyond). Duplicates (same messageId) are removed: of the copies among the event hours read, the first the log received (lowest partition, offset) is the event. Order: event hour, then partition and offset. meta: complete_through is the receive time through which the archive holds every event (events received later may be missing; null while a partition has archived nothing), archive (per-partition progress), segments, duplicates. NDJSON: a meta line {"type":"meta",…}, one line per event {"type":"event","partition","offset","traceparent","request_id","event":<the raw event as ingest wrote it>}, an end line {"type":"end","events":N}; an error after the answer started ends the body with {"type":"error","code","message","events"} instead of the end line, so a body without its end line is incomplete. Arrow IPC stream: the meta as JSON in the schema metadata key tally.meta; columns site, message_id, message_id_assigned, type, timestamp, received_at, visitor_id, bot, imported, event, path, referrer, utm_source, browser, os, device, partition, offset, traceparent, request_id, json (the raw event); an error after the answer started aborts the connection before the end of the chunked body (no end-of-stream marker). A corrupt archive segment found before the answer starts is 500 TALLY_ERR_CORRUPT_SEGMENT naming the segment; too many exports at once is 503 TALLY_ERR_EXPORT_BUSY. Answers 501 TALLY_ERR_NOT_IMPLEMENTED when the query role has no archive.',
+          security: [{ readToken: [] }],
+          parameters: ENDPOINT_PARAMS.events.map((p) => ({ $ref: `#/components/parameters/${p}` })),
+          responses: {
+            200: {
+              description: 'The events.',
+              content: {
+                'application/x-ndjson': { schema: { type: 'string' } },
+                'application/vnd.apache.arrow.stream': { schema: { type: 'string', format: 'binary' } },
+              },
+            },
+            400: { $ref: '#/components/responses/BadParameter' },
+            401: { $ref: '#/components/responses/Unauthorized' },
+            403: { $ref: '#/components/responses/Forbidden' },
+            500: errorResponse('A corrupt archive segment (TALLY_ERR_CORRUPT_SEGMENT; `where` names it).'),
+            501: errorResponse('This query role has no archive of raw events.'),
+            503: errorResponse(
+              'Too many raw-event exports at once, or the archive state cannot be read; retry.',
+            ),
+          },
         },
       },
       '/healthz': { get: { summary: 'Liveness', responses: { 200: { description: 'ok' } } } },

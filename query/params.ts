@@ -10,7 +10,7 @@ export const METRICS = ['events', 'pageviews', 'visitors', 'bot_events'] as cons
 export type Metric = (typeof METRICS)[number]
 export const DEFAULT_METRICS: readonly Metric[] = ['visitors', 'pageviews', 'events']
 
-export const ENDPOINTS = ['aggregate', 'timeseries', 'breakdown', 'realtime', 'export'] as const
+export const ENDPOINTS = ['aggregate', 'timeseries', 'breakdown', 'realtime', 'export', 'events'] as const
 export type Endpoint = (typeof ENDPOINTS)[number]
 
 export const EXPORT_FORMATS = ['ndjson', 'arrow'] as const
@@ -25,6 +25,8 @@ export const ENDPOINT_PARAMS: Readonly<Record<Endpoint, readonly string[]>> = {
   breakdown: ['site', ...RANGE_PARAMS, 'property', 'metrics', 'filters', 'limit', 'page'],
   realtime: ['site', 'metrics', 'minutes'],
   export: ['site', ...RANGE_PARAMS, 'interval', 'property', 'format', 'sketches'],
+  /** Raw-event export (/v1/export/events). */
+  events: ['site', ...RANGE_PARAMS, 'format'],
 }
 
 /** Equality on one property: the event's value is one of `values`. */

@@ -1,15 +1,21 @@
 import type { AddressInfo } from 'node:net'
 import type { SharedPorts } from '../core/backend.js'
 import { CassandraAggregateReader } from '../core/cassandra/aggregate-reader.js'
+import { CassandraArchiveStateStore } from '../core/cassandra/batch-store.js'
 import { createCassandraClient } from '../core/cassandra/client.js'
 import { CassandraSiteStore } from '../core/cassandra/sites.js'
 import type { TallyConfig } from '../core/config.js'
+import { createKafka } from '../core/kafka/client.js'
+import { KafkaOffsets } from '../core/kafka/consumer.js'
 import { once } from '../core/lifecycle.js'
 import type { Logger } from '../core/log.js'
 import type { AggregateReader } from '../core/ports/aggregate-store.js'
+import type { ArchiveStateStore } from '../core/ports/batch-store.js'
+import type { LogOffsets } from '../core/ports/event-log.js'
 import type { SiteStore } from '../core/ports/site-store.js'
 import { buildQueryApp, type QueryAppDeps } from './app.js'
 import { ReadAccessCache } from './auth.js'
+import { archiveRawEventSource } from './export-raw.js'
 import { CheckpointFreshness } from './freshness.js'
 import { createQueryMetrics } from './metrics.js'
 
@@ -43,17 +49,28 @@ export async function startQuery(
 ): Promise<RunningQuery> {
   let reader: AggregateReader
   let sites: SiteStore
+  let archive: Pick<ArchiveStateStore, 'progress'>
+  let offsets: LogOffsets
   let release = async () => {}
   if (options.ports) {
     reader = options.ports.reader
     sites = options.ports.sites
+    archive = options.ports.batch.archive
+    offsets = options.ports.offsets
   } else {
     const cassandra = createCassandraClient(config.cassandra, { keyspace: config.cassandra.keyspace })
     await cassandra.connect()
+    const kafkaOffsets = new KafkaOffsets(createKafka(config.kafka, { logger }))
     reader = new CassandraAggregateReader(cassandra, config.stream.hllPrecision)
     sites = new CassandraSiteStore(cassandra)
-    release = () => cassandra.shutdown()
+    archive = new CassandraArchiveStateStore(cassandra)
+    offsets = kafkaOffsets
+    release = async () => {
+      await kafkaOffsets.close().catch(() => undefined)
+      await cassandra.shutdown()
+    }
   }
+  const metrics = createQueryMetrics()
   try {
     const app = await buildQueryApp({
       reader,
@@ -70,7 +87,13 @@ export async function startQuery(
       logger,
       hllPrecision: config.stream.hllPrecision,
       retentionSeconds: config.stream.ttlSeconds,
-      metrics: createQueryMetrics(),
+      metrics,
+      // Raw events come from the Arrow archive (batch/), read-only, deduplicated like a rebuild.
+      rawEvents: archiveRawEventSource(
+        config,
+        { archive, offsets },
+        { onEvent: () => metrics.exportRows.inc() },
+      ),
       requestTimeoutMs: options.requestTimeoutMs ?? config.ingest.requestTimeoutMs,
       ...(options.limits ? { limits: options.limits } : {}),
     })

@@ -348,44 +348,73 @@ export class StatsService {
     this.checkReads(segments, 'a breakdown')
     const freshness = await this.freshness()
     const withVisitors = q.metrics.includes('visitors')
-    const read = await Promise.all(
-      segments.map((s) =>
-        this.deps.reader.breakdownDetailed(q.siteId, s.granularity, property, s.fromMs, s.toMs, {
-          visitors: withVisitors,
-          ...(values ? { values } : {}),
-        }),
-      ),
-    )
+    const sortBy = q.metrics[0]!
+    // Sorted by a count, visitors are needed only for the page shown: the first pass reads counts
+    // (no sketches), the second reads the sketches of the page's values alone.
+    const visitorsLater = withVisitors && sortBy !== 'visitors'
+    const readAll = (visitors: boolean, only: readonly string[] | undefined) =>
+      Promise.all(
+        segments.map((s) =>
+          this.deps.reader.breakdownDetailed(q.siteId, s.granularity, property, s.fromMs, s.toMs, {
+            visitors,
+            ...(only ? { values: only } : {}),
+          }),
+        ),
+      )
+    const read = await readAll(withVisitors && !visitorsLater, values)
     const tally = new WindowTally(freshness.completeThroughMs)
     const accs = new Map<string, MetricAccumulator>()
+    const accumulate = (r: Awaited<ReturnType<typeof readAll>>, visitors: boolean) => {
+      for (const one of r) {
+        for (const [value, v] of one.values) {
+          let acc = accs.get(value)
+          if (!acc) {
+            acc = new MetricAccumulator(this.deps.precision, visitors)
+            accs.set(value, acc)
+          }
+          acc.add(v)
+        }
+      }
+    }
     segments.forEach((s, i) => {
       const r = read[i]!
-      const finals = new Set([...r.windows].filter(([, w]) => w.final).map(([ws]) => ws))
-      tally.addSegment(s, finals)
-      for (const [value, v] of r.values) {
-        let acc = accs.get(value)
-        if (!acc) {
-          acc = new MetricAccumulator(this.deps.precision, withVisitors)
-          accs.set(value, acc)
-        }
-        acc.add(v)
-      }
+      tally.addSegment(s, new Set([...r.windows].filter(([, w]) => w.final).map(([ws]) => ws)))
     })
+    accumulate(read, withVisitors && !visitorsLater)
     const wantsBots = q.metrics.includes('bot_events')
-    const rows: Array<{ value: string; values: MetricValues }> = []
-    for (const [value, acc] of accs) {
-      // A value seen only in bot traffic has zero counted events: it is no row unless bots are asked for.
-      if (acc.events === 0 && !(wantsBots && acc.botEvents > 0)) continue
-      rows.push({ value, values: acc.values(q.metrics) })
-    }
-    const sortBy = q.metrics[0]!
-    rows.sort(
-      (a, b) =>
-        (b.values[sortBy] ?? 0) - (a.values[sortBy] ?? 0) ||
-        (a.value < b.value ? -1 : a.value > b.value ? 1 : 0),
-    )
+    const counted = (acc: MetricAccumulator) => acc.events > 0 || (wantsBots && acc.botEvents > 0)
+    const order =
+      <T extends { value: string }>(key: (row: T) => number) =>
+      (a: T, b: T) =>
+        key(b) - key(a) || (a.value < b.value ? -1 : a.value > b.value ? 1 : 0)
     const start = (q.page - 1) * q.limit
-    const results = rows.slice(start, start + q.limit).map((r) => ({ [property]: r.value, ...r.values }))
+    let page: Array<{ value: string; values: MetricValues }>
+    let total = 0
+    if (visitorsLater) {
+      // A value seen only in bot traffic has zero counted events: it is no row unless bots are asked for.
+      const all = [...accs]
+        .filter(([, acc]) => counted(acc))
+        .map(([value, acc]) => ({ value, values: acc.values(q.metrics.filter((m) => m !== 'visitors')) }))
+      total = all.length
+      const counts = all.sort(order((r) => r.values[sortBy] ?? 0)).slice(start, start + q.limit)
+      accs.clear()
+      if (counts.length > 0)
+        accumulate(
+          await readAll(
+            true,
+            counts.map((r) => r.value),
+          ),
+          true,
+        )
+      page = counts.map((r) => ({ value: r.value, values: accs.get(r.value)!.values(q.metrics) }))
+    } else {
+      const all = [...accs]
+        .filter(([, acc]) => counted(acc))
+        .map(([value, acc]) => ({ value, values: acc.values(q.metrics) }))
+      total = all.length
+      page = all.sort(order((r) => r.values[sortBy] ?? 0)).slice(start, start + q.limit)
+    }
+    const results = page.map((r) => ({ [property]: r.value, ...r.values }))
     return {
       results,
       meta: {
@@ -401,7 +430,7 @@ export class StatsService {
           filters: q.filters,
           property,
         }),
-        total_values: rows.length,
+        total_values: total,
         page: q.page,
         limit: q.limit,
       },

@@ -51,8 +51,9 @@ SIGTERM: flush, checkpoint, leave the group.`,
     .addHelpText(
       'after',
       `
-Endpoints: GET /v1/stats/aggregate|timeseries|breakdown|realtime, GET /v1/export/aggregates
-(NDJSON or Arrow IPC), GET /docs (OpenAPI at /docs/openapi.json), /healthz, /readyz, /metrics.
+Endpoints: GET /v1/stats/aggregate|timeseries|breakdown|realtime, GET /v1/export/aggregates and
+GET /v1/export/events (raw events from the archive, at most 744 hours per export, 2 at once;
+both NDJSON or Arrow IPC), GET /docs (OpenAPI at /docs/openapi.json), /healthz, /readyz, /metrics.
 Auth: Authorization: Bearer <read token> (tally sites add / tally sites token).
 Reads only; every answer carries meta: complete_through, final vs provisional windows, and the
 error bound of approximate metrics (visitors).`,
