@@ -4,6 +4,7 @@ import { QUERY_DEFAULT_PORT, startQuery } from '../../query/role.js'
 import { STREAM_DEFAULT_PORT, startStream } from '../../stream/role.js'
 import { embeddedPorts, openEmbeddedBackend, type SharedPorts } from '../backend.js'
 import { type BackendKind, backendOf, type TallyConfig } from '../config.js'
+import { serveAdmin } from '../embedded/admin.js'
 import { type Closable, once } from '../lifecycle.js'
 import type { Logger } from '../log.js'
 import { ensureQuickstartSite, prepareQuickstart, type QuickstartSite } from '../quickstart.js'
@@ -56,6 +57,9 @@ export async function startAll(
       closeBackend = () => embedded.close()
       ports = embeddedPorts(embedded)
       logger.warn({ dataDir: config.dataDir }, EMBEDDED_NOTICE)
+      // `tally sites …` reaches the running process here (it cannot open the data folder itself).
+      const admin = await serveAdmin(config.dataDir, ports.sites, logger)
+      if (admin) started.push(admin)
       if (options.quickstart) site = await ensureQuickstartSite(config, ports.sites)
     } else if (options.quickstart) {
       site = await prepareQuickstart(config, logger)

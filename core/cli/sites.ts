@@ -3,6 +3,8 @@ import { openEmbeddedBackend } from '../backend.js'
 import { createCassandraClient } from '../cassandra/client.js'
 import { CassandraSiteStore } from '../cassandra/sites.js'
 import { backendOf } from '../config.js'
+import { AdminSiteStore, adminSocketPath, hasAdminSocket } from '../embedded/admin.js'
+import type { EmbeddedBackend } from '../embedded/index.js'
 import { TallyError, UsageError } from '../errors.js'
 import type { SiteStore } from '../ports/site-store.js'
 import type { ConfigLoader } from './main.js'
@@ -36,8 +38,19 @@ export function parseOrigin(raw: string): string {
 async function withStore<T>(getConfig: ConfigLoader, fn: (store: SiteStore) => Promise<T>): Promise<T> {
   const config = getConfig()
   if (backendOf(config) === 'embedded') {
-    // Takes the data folder: refused, naming the holder, while `tally all` runs on it.
-    const embedded = openEmbeddedBackend(config)
+    let embedded: EmbeddedBackend
+    try {
+      embedded = openEmbeddedBackend(config)
+    } catch (err) {
+      // `tally all` holds the data folder: it answers site commands on its admin socket.
+      if (
+        err instanceof TallyError &&
+        err.code === 'TALLY_ERR_DATA_DIR_LOCKED' &&
+        hasAdminSocket(config.dataDir)
+      )
+        return fn(new AdminSiteStore(adminSocketPath(config.dataDir)))
+      throw err
+    }
     try {
       return await fn(embedded.sites)
     } finally {

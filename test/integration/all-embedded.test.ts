@@ -106,6 +106,37 @@ describe('tally all on the embedded backend', () => {
       expect(log).toContain('TALLY_ERR_DATA_DIR_LOCKED')
       // The first one keeps serving.
       expect((await fetch(`${first.ingest}/readyz`)).status).toBe(200)
+
+      // Site commands reach the running process through its admin socket.
+      const cli = async (args: string[]) => {
+        const p = spawnRole(args, { TALLY_DATA_DIR: data.dir }, 'sites')
+        const exit = await p.exited
+        return { exit, out: await readFile(p.logFile, 'utf8') }
+      }
+      const added = await cli(['sites', 'add', 'shop.example', '--json'])
+      expect(added.exit, added.out).toEqual({ code: 0, signal: null })
+      const keys = JSON.parse(added.out.trim().split('\n').at(-1) ?? '') as {
+        siteId: string
+        writeKey: string
+      }
+      expect(keys.siteId).toBe('shop.example')
+      const again = await cli(['sites', 'add', 'shop.example'])
+      expect(again.exit.code).toBe(1)
+      expect(again.out).toContain('TALLY_ERR_SITE_EXISTS')
+      const listed = await cli(['sites', 'list'])
+      expect(listed.out).toContain('shop.example')
+      expect(listed.out).toContain('localhost')
+      // The new key is taken at once by the running ingest.
+      const res = await fetch(`${first.ingest}/v1/track`, {
+        method: 'POST',
+        headers: {
+          'content-type': 'application/json',
+          authorization: `Basic ${Buffer.from(`${keys.writeKey}:`).toString('base64')}`,
+        },
+        body: JSON.stringify({ event: 'Bought', anonymousId: 'a-1' }),
+      })
+      expect(res.status).toBe(200)
+      expect((await cli(['sites', 'remove', 'shop.example'])).exit.code).toBe(0)
     } finally {
       await stop(first)
     }

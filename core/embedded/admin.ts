@@ -1,0 +1,179 @@
+import { chmodSync, existsSync, rmSync } from 'node:fs'
+import { request } from 'node:http'
+import { join } from 'node:path'
+import { TallyError } from '../errors.js'
+import { createHttpServer } from '../http.js'
+import type { Logger } from '../log.js'
+import type { NewSite, Site, SiteStore } from '../ports/site-store.js'
+import { EMBEDDED_DIR } from './index.js'
+
+/**
+ * The embedded backend belongs to one process, so `tally sites …` cannot open it while `tally all`
+ * runs. Instead the running process answers site commands on a Unix socket in the data folder
+ * (mode 0600: only the same user, no network port), and the CLI sends them there.
+ */
+
+export const ADMIN_SOCKET = 'admin.sock'
+
+export function adminSocketPath(dataDir: string): string {
+  return join(dataDir, EMBEDDED_DIR, ADMIN_SOCKET)
+}
+
+export interface RunningAdmin {
+  path: string
+  close(): Promise<void>
+}
+
+/** Longest socket path the OS takes (sockaddr_un holds 108 bytes on Linux, 104 on macOS). */
+const MAX_SOCKET_PATH = 100
+
+/**
+ * Serves `sites` on the data folder's admin socket. Call only while holding the data folder.
+ * Undefined (with a warning) when the folder's path is too long for a socket.
+ */
+export async function serveAdmin(
+  dataDir: string,
+  sites: SiteStore,
+  logger: Logger,
+): Promise<RunningAdmin | undefined> {
+  const path = adminSocketPath(dataDir)
+  if (Buffer.byteLength(path) > MAX_SOCKET_PATH) {
+    logger.warn(
+      { path },
+      'data folder path too long for the admin socket: `tally sites` works only while Tally is stopped',
+    )
+    return undefined
+  }
+  // Whoever holds the folder owns the socket: one left here belongs to a process that is gone.
+  rmSync(path, { force: true })
+  const app = createHttpServer({ logger, bodyLimit: 64 * 1024, requestTimeoutMs: 10_000 })
+  app.get('/sites', async () => sites.list())
+  app.post<{ Body: NewSite }>('/sites', async (req) => sites.create(req.body))
+  app.post<{ Params: { id: string } }>('/sites/:id/rotate-key', async (req) =>
+    sites.rotateWriteKey(req.params.id),
+  )
+  app.post<{ Params: { id: string } }>('/sites/:id/tokens', async (req) => ({
+    readToken: await sites.addReadToken(req.params.id),
+  }))
+  app.delete<{ Params: { id: string } }>('/sites/:id', async (req) => ({
+    removed: await sites.remove(req.params.id),
+  }))
+  await app.listen({ path })
+  chmodSync(path, 0o600)
+  return {
+    path,
+    close: async () => {
+      await app.close()
+      rmSync(path, { force: true })
+    },
+  }
+}
+
+/** Whether a running process answers on the data folder's admin socket. */
+export function hasAdminSocket(dataDir: string): boolean {
+  return existsSync(adminSocketPath(dataDir))
+}
+
+function call<T>(path: string, method: string, url: string, body?: unknown): Promise<T> {
+  return new Promise((resolve, reject) => {
+    const payload = body === undefined ? undefined : JSON.stringify(body)
+    const req = request(
+      {
+        socketPath: path,
+        method,
+        path: url,
+        headers: payload
+          ? { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) }
+          : {},
+        timeout: 10_000,
+      },
+      (res) => {
+        const chunks: Buffer[] = []
+        res.on('data', (c: Buffer) => chunks.push(c))
+        res.on('end', () => {
+          const text = Buffer.concat(chunks).toString('utf8')
+          let parsed: unknown
+          try {
+            parsed = JSON.parse(text)
+          } catch {
+            reject(
+              new TallyError(
+                'TALLY_ERR_ADMIN',
+                `the running Tally answered ${res.statusCode}: ${text.slice(0, 200)}`,
+              ),
+            )
+            return
+          }
+          if ((res.statusCode ?? 500) >= 400) {
+            const e = parsed as { code?: string; message?: string; where?: string }
+            reject(
+              new TallyError(e.code ?? 'TALLY_ERR_ADMIN', e.message ?? `status ${res.statusCode}`, {
+                statusCode: res.statusCode ?? 500,
+                ...(e.where ? { where: e.where } : {}),
+              }),
+            )
+            return
+          }
+          resolve(parsed as T)
+        })
+      },
+    )
+    req.on('timeout', () => req.destroy(new Error('no answer within 10 s')))
+    req.on('error', (err) =>
+      reject(
+        new TallyError('TALLY_ERR_ADMIN', `cannot reach the running Tally on ${path}: ${err.message}`, {
+          cause: err,
+        }),
+      ),
+    )
+    req.end(payload)
+  })
+}
+
+function revive(site: Site): Site {
+  return { ...site, createdAt: new Date(site.createdAt) }
+}
+
+/** The sites of a running `tally all`, through its admin socket (SiteStore). */
+export class AdminSiteStore implements SiteStore {
+  constructor(private readonly path: string) {}
+
+  async create(site: NewSite): Promise<{ site: Site; readToken: string }> {
+    const out = await call<{ site: Site; readToken: string }>(this.path, 'POST', '/sites', site)
+    return { site: revive(out.site), readToken: out.readToken }
+  }
+
+  async get(siteId: string): Promise<Site | undefined> {
+    return (await this.list()).find((s) => s.siteId === siteId)
+  }
+
+  async list(): Promise<Site[]> {
+    return (await call<Site[]>(this.path, 'GET', '/sites')).map(revive)
+  }
+
+  async byWriteKey(writeKey: string): Promise<Site | undefined> {
+    return (await this.list()).find((s) => s.writeKey === writeKey)
+  }
+
+  async rotateWriteKey(siteId: string): Promise<Site> {
+    return revive(await call<Site>(this.path, 'POST', `/sites/${encodeURIComponent(siteId)}/rotate-key`))
+  }
+
+  async addReadToken(siteId: string): Promise<string> {
+    return (
+      await call<{ readToken: string }>(this.path, 'POST', `/sites/${encodeURIComponent(siteId)}/tokens`)
+    ).readToken
+  }
+
+  async remove(siteId: string): Promise<boolean> {
+    return (await call<{ removed: boolean }>(this.path, 'DELETE', `/sites/${encodeURIComponent(siteId)}`))
+      .removed
+  }
+
+  async importSite(): Promise<'created' | 'unchanged' | 'conflict'> {
+    throw new TallyError(
+      'TALLY_ERR_USAGE',
+      'importing sites into a running Tally is not supported: stop it first',
+    )
+  }
+}
