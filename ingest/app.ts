@@ -15,6 +15,7 @@ import { type IngestLimits, normalizeEvent, type Rejection } from './normalize.j
 import { PIXEL_GIF, pixelPayload } from './pixel.js'
 import { EventRateLimiter } from './rate-limit.js'
 import { allowedOrigins, type SiteCache } from './site-cache.js'
+import { trackerPlugin } from './tracker/plugin.js'
 import { UserAgentParser } from './user-agent.js'
 
 export interface IngestDeps {
@@ -127,6 +128,9 @@ export async function buildIngestApp(deps: IngestDeps): Promise<FastifyInstance>
     payload.pipe(inflater).pipe(out)
     return out
   })
+
+  // Before the routes: with a prefix, the plugin aliases every /v1/ route registered after it.
+  await app.register(trackerPlugin, { prefix: config.trackerPrefix ?? '' })
 
   await app.register(cors, {
     // Preflights carry no key, so they are answered for any origin some site allows; the real

@@ -6,6 +6,7 @@ import { createHttpServer } from '../core/http.js'
 import type { Logger } from '../core/log.js'
 import type { AggregateReader } from '../core/ports/aggregate-store.js'
 import type { ReadAuthorizer } from './auth.js'
+import { dashboardPlugin } from './dashboard/plugin.js'
 import { prepareExport } from './export.js'
 import { type RawEventSource, sendRawExport } from './export-raw.js'
 import type { FreshnessSource } from './freshness.js'
@@ -163,6 +164,8 @@ export async function buildQueryApp(deps: QueryAppDeps): Promise<FastifyInstance
   const html = openApiHtml(doc)
   app.get('/docs', async (_req, reply) => reply.header('content-type', 'text/html; charset=utf-8').send(html))
   app.get('/docs/openapi.json', async () => doc)
+  // The dashboard at / (static files; its data comes from the API above with a read token).
+  await app.register(dashboardPlugin)
 
   app.get('/healthz', async () => ({ status: 'ok' }))
   app.get('/readyz', async (req, reply) => {

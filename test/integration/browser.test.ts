@@ -1,0 +1,507 @@
+import { mkdirSync } from 'node:fs'
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
+import type { AddressInfo } from 'node:net'
+import { join } from 'node:path'
+import type { Browser, BrowserContext, Page, Request } from 'playwright-core'
+import { Compile } from 'typebox/compile'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { createCassandraClient } from '../../core/cassandra/client.js'
+import { CassandraSiteStore } from '../../core/cassandra/sites.js'
+import { createLogger } from '../../core/log.js'
+import { migrate } from '../../core/migrate.js'
+import type { Site } from '../../core/ports/site-store.js'
+import { normalizeEvent } from '../../ingest/normalize.js'
+import { type RunningIngest, startIngest } from '../../ingest/role.js'
+import { UserAgentParser } from '../../ingest/user-agent.js'
+import { type RunningQuery, startQuery } from '../../query/role.js'
+import { SegmentEventV1 } from '../../schemas/events.js'
+import { type RunningStream, startStream } from '../../stream/role.js'
+import { DESKTOP_UA, launchChromium, PHONE_UA } from '../helpers/browser.js'
+import { cleanup, eventually, testConfig } from '../helpers/context.js'
+
+/**
+ * The tracker and the dashboard in real headless Chromium, against real ingest, stream worker and
+ * query roles on Kafka and Cassandra. A test shop (its own origin) embeds the snippet; visitors
+ * browse it (SPA navigation, a custom event, an outbound link, a page left right after an event);
+ * the events are counted by the stream and read back through the query API and the dashboard.
+ */
+
+const PREFIX = '/stats'
+const config = testConfig({ PORT: '0', TALLY_FLUSH_INTERVAL_MS: '200', TALLY_TRACKER_PREFIX: PREFIX })
+const logger = createLogger('silent')
+const cassandra = createCassandraClient(config.cassandra, { keyspace: config.cassandra.keyspace })
+const ARTIFACTS = join('test-artifacts', 'browser')
+const REFERRER = 'https://news.example.com/item/42'
+
+let browser: Browser
+let ingest: RunningIngest
+let stream: RunningStream
+let query: RunningQuery
+const shops: Server[] = []
+/** The shop loading the tracker from ingest's own origin (cross-origin requests, CORS). */
+let shopUrl = ''
+/**
+ * The same shop on another origin that proxies `/stats/*` to ingest (first party, for ad blockers):
+ * the snippet loads `/stats/t.js` from the shop itself, so events go to the shop's `/stats/v1/b`.
+ */
+let firstPartyUrl = ''
+let site: Site
+let readToken = ''
+const startedAt = Date.now()
+
+/**
+ * Tracker requests with their bodies: seen by the browser (Playwright reports no beacon sent while
+ * a page unloads, though Chromium sends it), or by the first-party proxy, which sees them all.
+ */
+interface Captured {
+  url: string
+  /** Playwright's resource type ("ping" for a beacon), or "proxy" when the proxy recorded it. */
+  resourceType: string
+  body: { batch: Array<Record<string, unknown>>; writeKey: string; sentAt: string }
+  context: string
+}
+const captured: Captured[] = []
+/** Requests the first-party proxy passed on (the t.js loads too), by user agent. */
+const proxied: Array<{ method: string; path: string; ua: string }> = []
+
+function shopPage(scriptSrc: string, writeKey: string): string {
+  // The snippet as the README gives it.
+  return `<!doctype html><html><head><meta charset="utf-8"><title>Shop</title>
+<script>window.tally=window.tally||function(){(tally.q=tally.q||[]).push(arguments)}</script>
+<script defer src="${scriptSrc}" data-key="${writeKey}"></script>
+</head><body>
+<nav><a id="home" data-spa href="/app/">Home</a> <a id="pricing" data-spa href="/app/pricing">Pricing</a></nav>
+<button id="signup">Sign up</button>
+<button id="leave">Leave</button>
+<a id="outbound" href="http://partner.test/landing">Partner</a>
+<script>
+document.addEventListener('click', (e) => {
+  const a = e.target.closest('a[data-spa]')
+  if (a) { e.preventDefault(); history.pushState({}, '', a.getAttribute('href')); document.title = a.textContent }
+  if (e.target.id === 'signup') tally('track', 'Signed Up', { plan: 'pro' })
+  // The event and the navigation in one task: only the tracker's pagehide flush can deliver it.
+  if (e.target.id === 'leave') { tally('track', 'Left Page'); location.href = '/bye' }
+})
+</script></body></html>`
+}
+
+/** Passes a request on to ingest unchanged (path, body, user agent, origin) and records it. */
+async function proxy(
+  req: IncomingMessage,
+  res: ServerResponse,
+  visitorOf: (body: Captured['body']) => string,
+) {
+  const chunks: Buffer[] = []
+  for await (const chunk of req) chunks.push(chunk as Buffer)
+  const body = Buffer.concat(chunks)
+  const ua = String(req.headers['user-agent'] ?? '')
+  proxied.push({ method: req.method ?? 'GET', path: req.url ?? '', ua })
+  if (req.method === 'POST') {
+    const parsed = JSON.parse(body.toString()) as Captured['body']
+    captured.push({
+      url: req.url ?? '',
+      resourceType: 'proxy',
+      body: parsed,
+      context: visitorOf(parsed),
+    })
+  }
+  const headers: Record<string, string> = { 'user-agent': ua, 'accept-encoding': 'identity' }
+  for (const h of ['content-type', 'origin'] as const) {
+    const v = req.headers[h]
+    if (typeof v === 'string') headers[h] = v
+  }
+  const answer = await fetch(`${ingest.url}${req.url}`, {
+    method: req.method ?? 'GET',
+    headers,
+    ...(req.method === 'POST' ? { body } : {}),
+  })
+  res.writeHead(answer.status, { 'content-type': answer.headers.get('content-type') ?? 'text/plain' })
+  res.end(Buffer.from(await answer.arrayBuffer()))
+}
+
+async function startShop(
+  firstParty: boolean,
+  visitorOf: (body: Captured['body']) => string,
+): Promise<string> {
+  const server = createServer((req, res) => {
+    const path = (req.url ?? '/').split('?')[0]!
+    if (path.startsWith('/app/')) {
+      res.writeHead(200, { 'content-type': 'text/html; charset=utf-8' })
+      res.end(shopPage(firstParty ? `${PREFIX}/t.js` : `${ingest.url}/t.js`, site.writeKey))
+    } else if (path === '/bye') {
+      res.writeHead(200, { 'content-type': 'text/html; charset=utf-8' })
+      res.end('<!doctype html><title>Bye</title><p>bye</p>')
+    } else if (firstParty && path.startsWith(`${PREFIX}/`)) {
+      proxy(req, res, visitorOf).catch((err: Error) => res.writeHead(502).end(err.message))
+    } else {
+      res.writeHead(404).end()
+    }
+  })
+  shops.push(server)
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r))
+  return `http://127.0.0.1:${(server.address() as AddressInfo).port}`
+}
+
+/** A visitor: its own context (storage), user agent and screen; tracker requests are recorded. */
+async function visitor(name: string, opts: { phone?: boolean; init?: string } = {}): Promise<BrowserContext> {
+  const ctx = await browser.newContext({
+    userAgent: opts.phone ? PHONE_UA : DESKTOP_UA,
+    viewport: opts.phone ? { width: 390, height: 844 } : { width: 1280, height: 900 },
+    ...(opts.phone ? { isMobile: true, hasTouch: true, deviceScaleFactor: 2 } : {}),
+  })
+  if (opts.init) await ctx.addInitScript(opts.init)
+  // The outbound link's site is not on this network: answer it here.
+  await ctx.route('http://partner.test/**', (route) =>
+    route.fulfill({ status: 200, contentType: 'text/html', body: '<title>Partner</title>' }),
+  )
+  ctx.on('request', (req: Request) => {
+    if (!req.url().startsWith(ingest.url) || req.method() !== 'POST') return
+    captured.push({
+      url: req.url(),
+      resourceType: req.resourceType(),
+      body: JSON.parse(req.postData() ?? 'null'),
+      context: name,
+    })
+  })
+  return ctx
+}
+
+async function trackerReady(page: Page): Promise<boolean> {
+  await page.waitForFunction("typeof window.tally?.v === 'string'")
+  return page.evaluate('window.tally.off') as Promise<boolean>
+}
+
+type SentEvent = Record<string, unknown> & { via: Captured }
+const eventsOf = (ctx: string): SentEvent[] =>
+  captured.filter((c) => c.context === ctx).flatMap((c) => c.body.batch.map((e) => ({ ...e, via: c })))
+const nameOf = (e: Record<string, unknown>) =>
+  e.type === 'page' ? `page ${(e.properties as { path: string }).path}` : String(e.event)
+
+async function stats<T>(endpoint: string, params: Record<string, string>): Promise<T> {
+  const res = await fetch(
+    `${query.url}/v1/stats/${endpoint}?${new URLSearchParams({ site: site.siteId, ...params })}`,
+    {
+      headers: { authorization: `Bearer ${readToken}` },
+    },
+  )
+  expect(res.status, await res.clone().text()).toBe(200)
+  return (await res.json()) as T
+}
+
+const range = () => ({
+  from: new Date(startedAt - 3_600_000).toISOString(),
+  to: new Date(Date.now() + 3_600_000).toISOString(),
+})
+
+beforeAll(async () => {
+  mkdirSync(ARTIFACTS, { recursive: true })
+  // First, so a machine without Chromium fails here, loudly, before anything else starts.
+  browser = await launchChromium()
+  await migrate(config)
+  await cassandra.connect()
+  shopUrl = await startShop(false, () => 'direct')
+  // Told apart by the user agent in the events: a beacon sent while a page unloads carries the
+  // browser's own User-Agent header, not the one Playwright sets per context.
+  firstPartyUrl = await startShop(true, (body) =>
+    (body.batch[0]?.context as { userAgent?: string } | undefined)?.userAgent === PHONE_UA
+      ? 'B'
+      : 'first-party',
+  )
+  const created = await new CassandraSiteStore(cassandra).create({
+    siteId: 'shop.test',
+    domain: 'shop.test',
+    origins: [shopUrl, firstPartyUrl],
+  })
+  site = created.site
+  readToken = created.readToken
+  ingest = await startIngest(config, logger)
+  stream = await startStream(config, logger)
+  query = await startQuery(config, logger)
+})
+
+afterAll(async () => {
+  await browser?.close()
+  for (const server of shops) await new Promise((r) => server.close(r))
+  await query?.close()
+  await stream?.close()
+  await ingest?.close()
+  await cassandra.shutdown()
+  await cleanup(config)
+})
+
+describe('browser tracker in Chromium', () => {
+  it('page views (SPA too), a custom event, an outbound click and a last event on unload are sent', async () => {
+    // Visitor A: arrives from a news site, browses, signs up, goes back, leaves by an outbound link.
+    const a = await visitor('A')
+    const pa = await a.newPage()
+    await pa.goto(`${shopUrl}/app/`, { referer: REFERRER })
+    expect(await trackerReady(pa)).toBe(false)
+    await pa.click('#pricing')
+    // A router replacing the same URL is no new page view.
+    await pa.evaluate("history.replaceState({}, '', '/app/pricing')")
+    await pa.click('#signup')
+    await pa.goBack()
+    await pa.waitForURL(`${shopUrl}/app/`)
+    await Promise.all([pa.waitForURL('http://partner.test/landing'), pa.click('#outbound')])
+
+    // Visitor B, on a phone: opens pricing directly, then leaves right after an event.
+    const b = await visitor('B', { phone: true })
+    const pb = await b.newPage()
+    await pb.goto(`${firstPartyUrl}/app/pricing`)
+    expect(await trackerReady(pb)).toBe(false)
+    await Promise.all([pb.waitForURL(`${firstPartyUrl}/bye`), pb.click('#leave')])
+
+    // Visitor C has no sendBeacon, so the tracker uses fetch(keepalive); its first batch reaches
+    // ingest but the answer is replaced by a 503, so the tracker retries the same messageIds.
+    const c = await visitor('C', { init: 'delete Navigator.prototype.sendBeacon' })
+    let answered503 = 0
+    await c.route(`${ingest.url}/v1/b`, async (route) => {
+      const real = await route.fetch()
+      if (answered503++ > 0) return route.fulfill({ response: real })
+      expect(real.status()).toBe(200)
+      return route.fulfill({ status: 503, headers: { 'access-control-allow-origin': shopUrl }, body: '{}' })
+    })
+    const pc = await c.newPage()
+    await pc.goto(`${shopUrl}/app/`)
+    expect(await trackerReady(pc)).toBe(false)
+
+    await eventually(
+      async () =>
+        eventsOf('A').length >= 5 && eventsOf('B').length >= 2 && eventsOf('C').length >= 2
+          ? true
+          : undefined,
+      20_000,
+      'the tracker requests of A, B and C',
+    ).catch((err: Error) => {
+      const seen = captured.map((c) => [c.context, c.resourceType, c.url, c.body.batch.map(nameOf)])
+      throw new Error(`${err.message}; seen: ${JSON.stringify(seen)}`)
+    })
+    expect(eventsOf('A').map(nameOf)).toEqual([
+      'page /app/',
+      'page /app/pricing',
+      'Signed Up',
+      'page /app/',
+      'Outbound Link Clicked',
+    ])
+    expect(eventsOf('B').map(nameOf)).toEqual(['page /app/pricing', 'Left Page'])
+    // A: beacons (Chromium's "ping") straight to ingest. B: through the shop's own /stats/ path,
+    // the tracker included; its last beacon went out while the page unloaded.
+    for (const r of captured.filter((r) => r.context === 'A')) {
+      expect(r.url).toBe(`${ingest.url}/v1/b`)
+      expect(r.resourceType).toBe('ping')
+    }
+    expect(captured.filter((r) => r.context === 'B').map((r) => r.url)).toEqual(
+      captured.filter((r) => r.context === 'B').map(() => `${PREFIX}/v1/b`),
+    )
+    expect(proxied.filter((p) => p.ua === PHONE_UA && p.method === 'GET').map((p) => p.path)).toEqual([
+      `${PREFIX}/t.js`,
+    ])
+    const retried = eventsOf('C')
+    expect(retried.map(nameOf)).toEqual(['page /app/', 'page /app/'])
+    expect(retried[1]!.messageId).toBe(retried[0]!.messageId)
+    expect(retried.every((e) => e.via.resourceType === 'fetch')).toBe(true)
+
+    const first = eventsOf('A')[0]!
+    expect(first.context).toMatchObject({
+      page: { path: '/app/', referrer: REFERRER, url: `${shopUrl}/app/`, title: 'Shop' },
+      library: { name: 'tally.js' },
+    })
+    expect(eventsOf('A')[2]!.properties).toEqual({ plan: 'pro' })
+    expect(eventsOf('A')[4]!.properties).toEqual({ url: 'http://partner.test/landing' })
+    expect(new Set(eventsOf('A').map((e) => e.anonymousId)).size).toBe(1)
+    expect(eventsOf('A')[0]!.anonymousId).not.toBe(eventsOf('B')[0]!.anonymousId)
+  })
+
+  it('every payload the tracker sent validates against the ingest schemas', () => {
+    const check = Compile(SegmentEventV1)
+    const parser = new UserAgentParser()
+    expect(captured.length).toBeGreaterThan(0)
+    for (const req of captured) {
+      expect(req.body.writeKey).toBe(site.writeKey)
+      expect(Number.isNaN(Date.parse(req.body.sentAt))).toBe(false)
+      for (const e of req.body.batch) {
+        expect(check.Check(e), JSON.stringify([...check.Errors(e)])).toBe(true)
+        const r = normalizeEvent(
+          e,
+          {
+            siteId: site.siteId,
+            userAgent: DESKTOP_UA,
+            receivedAtMs: Date.now(),
+            batchSentAt: req.body.sentAt,
+            routeType: undefined,
+            imported: false,
+          },
+          { maxEventBytes: config.ingest.maxEventBytes, maxDepth: config.ingest.maxDepth },
+          parser,
+        )
+        expect(r.ok, JSON.stringify(r)).toBe(true)
+      }
+    }
+  })
+
+  it('with Global Privacy Control on, nothing is sent and nothing is stored', async () => {
+    const g = await visitor('GPC', {
+      init: "Object.defineProperty(Navigator.prototype, 'globalPrivacyControl', { get: () => true })",
+    })
+    const scriptLoads: string[] = []
+    g.on('requestfinished', (r) => r.url().endsWith('/t.js') && scriptLoads.push(r.url()))
+    const page = await g.newPage()
+    const proxiedBefore = proxied.length
+    await page.goto(`${firstPartyUrl}/app/`)
+    expect(await trackerReady(page)).toBe(true)
+    await page.click('#pricing')
+    await page.click('#signup')
+    await Promise.all([page.waitForURL(`${firstPartyUrl}/bye`), page.click('#leave')])
+    // Long enough for the batching delay (500 ms) and the unload flush to have sent anything.
+    await page.waitForTimeout(1500)
+    expect(scriptLoads).toEqual([`${firstPartyUrl}${PREFIX}/t.js`])
+    // Neither the browser nor the proxy (which also sees beacons sent on unload) saw an event.
+    expect(captured.filter((c) => c.context === 'GPC' || c.context === 'first-party')).toEqual([])
+    expect(proxied.slice(proxiedBefore).map((p) => `${p.method} ${p.path}`)).toEqual([`GET ${PREFIX}/t.js`])
+    expect(await page.evaluate('localStorage.length + sessionStorage.length')).toBe(0)
+  })
+
+  it('the events are counted once each: read back through the query API', async () => {
+    // A: 3 page views + 2 events; B: 1 + 1; C: 1 page view sent twice (same messageId). GPC: none.
+    const want = { events: 8, pageviews: 5, visitors: 3, bot_events: 0 }
+    const got = await eventually(
+      async () => {
+        const r = await stats<{ results: Record<string, { value: number }> }>('aggregate', {
+          ...range(),
+          metrics: 'events,pageviews,visitors,bot_events',
+        })
+        const values = Object.fromEntries(Object.entries(r.results).map(([k, v]) => [k, v.value]))
+        return values.events === want.events && values.pageviews === want.pageviews ? values : undefined
+      },
+      60_000,
+      'the stream to count the browser events',
+    )
+    expect(got).toEqual(want)
+    const breakdown = async (property: string, metric: string) => {
+      const r = await stats<{ results: Array<Record<string, string | number>> }>('breakdown', {
+        ...range(),
+        property,
+        metrics: metric,
+      })
+      return Object.fromEntries(r.results.map((row) => [row[property], row[metric]]))
+    }
+    expect(await breakdown('path', 'pageviews')).toEqual({ '/app/': 3, '/app/pricing': 2 })
+    expect(await breakdown('event', 'events')).toEqual({
+      pageview: 5,
+      'Signed Up': 1,
+      'Outbound Link Clicked': 1,
+      'Left Page': 1,
+    })
+    expect(await breakdown('referrer', 'visitors')).toEqual({ 'news.example.com': 1, '(direct)': 2 })
+    const parser = new UserAgentParser()
+    const desktop = parser.parse(DESKTOP_UA)
+    const phone = parser.parse(PHONE_UA)
+    expect(desktop.device).not.toBe(phone.device)
+    expect(await breakdown('device', 'visitors')).toEqual({ [desktop.device]: 2, [phone.device]: 1 })
+    const browsers: Record<string, number> = {}
+    for (const b of [desktop.browser, desktop.browser, phone.browser]) browsers[b] = (browsers[b] ?? 0) + 1
+    expect(await breakdown('browser', 'visitors')).toEqual(browsers)
+  })
+
+  it('the dashboard shows them, with realtime visitors and provisional windows marked (desktop and phone)', async () => {
+    const shots: string[] = []
+    // What the dashboard must show; visitor D (a new desktop visitor from no referrer, on /app/)
+    // arrives while the desktop dashboard is open.
+    const want = { pageviews: 5, visitors: 3, events: 8, home: 3, homeVisitors: 2, direct: 2, desktop: 2 }
+    for (const device of ['desktop', 'phone'] as const) {
+      const ctx = await browser.newContext(
+        device === 'phone'
+          ? { viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true, deviceScaleFactor: 2 }
+          : { viewport: { width: 1280, height: 900 } },
+      )
+      const page = await ctx.newPage()
+      const problems: string[] = []
+      page.on('console', (m) => m.type() === 'error' && problems.push(m.text()))
+      page.on('pageerror', (e) => problems.push(String(e)))
+      await page.goto(`${query.url}/`)
+      // No site yet: the form to add one is shown.
+      await expect.poll(() => page.isVisible('#add-site')).toBe(true)
+      await page.fill('#new-site', site.siteId)
+      await page.fill('#new-token', readToken)
+      await page.click('#add-site button[type=submit]')
+      await page.waitForSelector(`body[data-loaded="${site.siteId}"]`)
+      expect(page.url()).not.toContain(readToken)
+      expect(await page.evaluate('sessionStorage.getItem("tally.dashboard.sites")')).toContain(readToken)
+      expect(await page.evaluate('Object.keys(localStorage)')).toEqual([])
+
+      expect(await page.textContent('#total-pageviews')).toBe(String(want.pageviews))
+      expect(await page.textContent('#total-visitors')).toBe(String(want.visitors))
+      expect(await page.textContent('#total-events')).toBe(String(want.events))
+      await expect.poll(() => page.textContent('#realtime'), { timeout: 15_000 }).toBe(String(want.visitors))
+      const cells = async (table: string) =>
+        page.$$eval(`#${table} tbody tr`, (rows) =>
+          rows.map((r) => [...r.querySelectorAll('td')].map((td) => td.textContent)),
+        )
+      // Pages by pageviews (visitors of any event on the page); referrers by visitors.
+      expect(await cells('pages')).toEqual([
+        ['/app/', String(want.home), String(want.homeVisitors)],
+        ['/app/pricing', '2', '2'],
+      ])
+      expect(await cells('referrers')).toEqual([
+        ['(direct)', String(want.direct), String(want.direct)],
+        ['news.example.com', '1', '3'],
+      ])
+      expect(await cells('devices')).toEqual([
+        ['desktop', String(want.desktop)],
+        ['mobile', '1'],
+      ])
+      expect(await cells('browsers')).toEqual([
+        [new UserAgentParser().parse(DESKTOP_UA).browser, String(want.visitors)],
+      ])
+
+      // The chart: one point per hour of the last 24, none rebuilt by batch yet, so all provisional,
+      // shaded and said so.
+      expect(await page.getAttribute('#chart', 'data-points')).toBe('24')
+      expect(await page.getAttribute('#chart', 'data-provisional')).toBe('24')
+      expect(await page.isVisible('#chart canvas')).toBe(true)
+      expect(await page.textContent('#windows')).toMatch(/24 windows: 0 final, 24 provisional/)
+      expect(await page.textContent('#freshness')).toMatch(/Complete through|Not complete/)
+
+      // Realtime keeps polling: a new visitor shows up without reloading the dashboard.
+      if (device === 'desktop') {
+        const d = await visitor('D')
+        const pd = await d.newPage()
+        await pd.goto(`${shopUrl}/app/`)
+        expect(await trackerReady(pd)).toBe(false)
+        await expect.poll(() => page.textContent('#realtime'), { timeout: 30_000 }).toBe('4')
+        await d.close()
+        Object.assign(want, {
+          pageviews: 6,
+          visitors: 4,
+          events: 9,
+          home: 4,
+          homeVisitors: 3,
+          direct: 3,
+          desktop: 3,
+        })
+        // The phone's dashboard reads hour windows: wait until they hold D too.
+        await eventually(
+          async () => {
+            const r = await stats<{ results: { pageviews: { value: number } } }>('aggregate', {
+              ...range(),
+              metrics: 'pageviews',
+            })
+            return r.results.pageviews.value === want.pageviews ? true : undefined
+          },
+          30_000,
+          "visitor D's page view in the hour windows",
+        )
+      }
+
+      // Usable on a phone: nothing wider than the screen.
+      const overflow = await page.evaluate('document.documentElement.scrollWidth - window.innerWidth')
+      expect(overflow).toBeLessThanOrEqual(0)
+      const file = join(ARTIFACTS, `dashboard-${device}.png`)
+      await page.screenshot({ path: file, fullPage: true })
+      shots.push(file)
+      expect(problems).toEqual([])
+      await ctx.close()
+    }
+    expect(shots).toHaveLength(2)
+  })
+})
