@@ -5,7 +5,15 @@ import type { ScenarioContext, ScenarioDefinition } from './harness/context.js'
 import { BenchEnvironment } from './harness/environment.js'
 import { formatMarkdown } from './harness/markdown.js'
 import { runningChildren } from './harness/proc.js'
-import { type Figure, formatTable, machineInfo, packageVersions, type RunReport } from './harness/report.js'
+import {
+  besideTheirCounterparts,
+  embeddedRatios,
+  type Figure,
+  formatTable,
+  machineInfo,
+  packageVersions,
+  type RunReport,
+} from './harness/report.js'
 import { batchScenario } from './scenarios/batch.js'
 import { embeddedScenario } from './scenarios/embedded.js'
 import { ingestScenario } from './scenarios/ingest.js'
@@ -166,6 +174,9 @@ topics tally_bench_<run>_*, removed at the end. Loopback only.`,
     if (keepFiles) say(`run folder kept: ${env.dir}`)
   }
   report.durationSec = Math.round((performance.now() - started) / 1000)
+  // The embedded backend's figures beside the Kafka/Cassandra ones of the same scenario.
+  report.ratios.push(...embeddedRatios(report.figures))
+  report.figures = besideTheirCounterparts(report.figures)
   process.stdout.write(`\n${formatTable(report)}\n\nwhole run: ${report.durationSec} s\n`)
   if (opts.json) {
     const path = resolve(opts.json)

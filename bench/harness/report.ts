@@ -182,3 +182,49 @@ export function formatTable(report: RunReport): string {
   if (notes.length > 0) out.push('', 'notes:', ...notes.map((n) => `  ${n}`))
   return out.join('\n')
 }
+
+/** The prefix of the figures of the embedded backend: `embedded.<scenario of the Kafka/Cassandra figure>`. */
+const EMBEDDED = 'embedded.'
+
+/**
+ * Figures in report order with each `embedded.X` figure right after the last figure of `X`, so the
+ * two backends' figures of one scenario sit together; embedded figures without a counterpart stay
+ * at the end. Stable otherwise.
+ */
+export function besideTheirCounterparts(figures: readonly Figure[]): Figure[] {
+  const others = figures.filter((f) => !f.scenario.startsWith(EMBEDDED))
+  const out: Figure[] = []
+  const placed = new Set<Figure>()
+  others.forEach((f, i) => {
+    out.push(f)
+    if (others[i + 1]?.scenario === f.scenario) return
+    for (const e of figures)
+      if (e.scenario === `${EMBEDDED}${f.scenario}` && !placed.has(e)) {
+        out.push(e)
+        placed.add(e)
+      }
+  })
+  for (const e of figures) if (!others.includes(e) && !placed.has(e)) out.push(e)
+  return out
+}
+
+/**
+ * Throughput of each embedded Tally figure over the same figure of Tally on Kafka and Cassandra in
+ * the same run (`tally embedded (1 client)` against `tally (1 client)`), when both were measured.
+ */
+export function embeddedRatios(figures: readonly Figure[]): Ratio[] {
+  const out: Ratio[] = []
+  for (const e of figures) {
+    if (!e.scenario.startsWith(EMBEDDED) || !e.system.startsWith('tally embedded')) continue
+    const system = e.system.replace('tally embedded', 'tally')
+    const k = figures.find((f) => f.scenario === e.scenario.slice(EMBEDDED.length) && f.system === system)
+    if (e.status !== 'ok' || k?.status !== 'ok' || !e.throughput || !k.throughput) continue
+    if (e.throughput.unit !== k.throughput.unit || k.throughput.value === 0) continue
+    out.push({
+      scenario: e.scenario,
+      metric: `${e.throughput.unit} Tally embedded / Tally on Kafka+Cassandra${system === 'tally' ? '' : ` ${system.slice('tally '.length)}`}`,
+      value: e.throughput.value / k.throughput.value,
+    })
+  }
+  return out
+}
