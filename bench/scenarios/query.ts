@@ -33,12 +33,12 @@ import {
  * reader still visits. Both answers are compared with the truth before and after the timed load.
  */
 
-const SITE = 'bench-q'
-const DAY = 86_400_000
-const CONNECTIONS = 32
+export const SITE = 'bench-q'
+export const DAY = 86_400_000
+export const CONNECTIONS = 32
 
 /** The workload plus one pageview for each catalog path nobody visited. */
-function withEveryPath(events: GeneratedEvent[], paths: number, seed: number): GeneratedEvent[] {
+export function withEveryPath(events: GeneratedEvent[], paths: number, seed: number): GeneratedEvent[] {
   const isHumanPage = (e: GeneratedEvent) => !e.isBot && !e.isDuplicate && e.payload.type === 'page'
   const seen = new Set(events.filter(isHumanPage).map((e) => (e.payload as SegmentPage).properties.path))
   const donors = events.filter(isHumanPage)
@@ -57,7 +57,7 @@ function withEveryPath(events: GeneratedEvent[], paths: number, seed: number): G
   return [...events, ...extra]
 }
 
-const isoDay = (ms: number) => new Date(ms).toISOString().slice(0, 10)
+export const isoDay = (ms: number) => new Date(ms).toISOString().slice(0, 10)
 
 interface Point {
   date: string
@@ -66,7 +66,7 @@ interface Point {
   visitors: number
 }
 
-function checkTimeseries(
+export function checkTimeseries(
   label: string,
   truth: Truth,
   fromMs: number,
@@ -91,7 +91,7 @@ function checkTimeseries(
   return c.check()
 }
 
-function checkBreakdown(
+export function checkBreakdown(
   label: string,
   truth: Truth,
   body: { results: Array<Record<string, string | number>>; meta: { total_values: number } },
@@ -121,7 +121,7 @@ function checkBreakdown(
  * GET with the read token; retried on a failure (a server still working off an overload may answer
  * 5xx, or close a connection whose request outlived its timeout) up to `attempts` times.
  */
-async function getJson<T>(url: string, token: string, attempts = 1): Promise<T> {
+export async function getJson<T>(url: string, token: string, attempts = 1): Promise<T> {
   for (let i = 1; ; i++) {
     let problem: string
     try {

@@ -3,7 +3,6 @@ import {
   appendEvents,
   createEmbeddedSites,
   embeddedSetup,
-  getJson,
   type RunningAll,
   siteCounts,
   spawnAll,
@@ -12,16 +11,18 @@ import {
 } from '../../harness/embedded.js'
 import { failures, runLoad } from '../../harness/load.js'
 import type { Check, Figure } from '../../harness/report.js'
-import { Comparison, VisitorSketches } from '../../harness/verify.js'
+import { VisitorSketches } from '../../harness/verify.js'
+import { generateWorkload, truthOf } from '../../workload.js'
 import {
-  type GeneratedEvent,
-  generateWorkload,
-  pathCatalog,
-  Rng,
-  type SegmentPage,
-  type Truth,
-  truthOf,
-} from '../../workload.js'
+  CONNECTIONS,
+  checkBreakdown,
+  checkTimeseries,
+  DAY,
+  getJson as getRetried,
+  isoDay,
+  SITE,
+  withEveryPath,
+} from '../query.js'
 
 /**
  * embedded.query: a 30-day daily timeseries and a top-10 `path` breakdown, one client alone and then
@@ -31,101 +32,6 @@ import {
  * stream worker of `tally all` (grace 7 days, as on Kafka) before anything is timed. Both answers
  * are compared with the truth before and after the timed load.
  */
-
-const SITE = 'bench-q'
-const DAY = 86_400_000
-const CONNECTIONS = 32
-
-/** The workload plus one pageview for each catalog path nobody visited (as the query scenario). */
-function withEveryPath(events: GeneratedEvent[], paths: number, seed: number): GeneratedEvent[] {
-  const isHumanPage = (e: GeneratedEvent) => !e.isBot && !e.isDuplicate && e.payload.type === 'page'
-  const seen = new Set(events.filter(isHumanPage).map((e) => (e.payload as SegmentPage).properties.path))
-  const donors = events.filter(isHumanPage)
-  const rng = new Rng(seed)
-  const extra: GeneratedEvent[] = []
-  for (const path of pathCatalog(paths)) {
-    if (seen.has(path)) continue
-    const donor = rng.pick(donors)
-    const payload = structuredClone(donor.payload) as SegmentPage
-    payload.messageId = rng.uuid()
-    payload.context.page!.path = path
-    payload.context.page!.url = new URL(path, payload.context.page!.url).href
-    extra.push({ ...donor, payload })
-  }
-  return [...events, ...extra]
-}
-
-const isoDay = (ms: number) => new Date(ms).toISOString().slice(0, 10)
-
-interface Point {
-  date: string
-  events: number
-  pageviews: number
-  visitors: number
-}
-
-function checkTimeseries(
-  label: string,
-  truth: Truth,
-  fromMs: number,
-  body: { results: Point[] },
-  sketches: VisitorSketches,
-): Check {
-  const c = new Comparison(label)
-  const days = truth.sites[SITE]!.windows.day
-  c.exact('days returned', 30, body.results.length)
-  body.results.forEach((p, i) => {
-    const key = new Date(fromMs + i * DAY).toISOString()
-    const t = days[key] ?? { events: 0, pageviews: 0, visitors: 0 }
-    c.exact(`${p.date} is ${key}`, Date.parse(key), Date.parse(p.date))
-    c.exact(`${p.date} events`, t.events, p.events)
-    c.exact(`${p.date} pageviews`, t.pageviews, p.pageviews)
-    c.exact(
-      `${p.date} visitors (sketch of the ${t.visitors} true visitors)`,
-      sketches.window(SITE, 'day', Date.parse(key)),
-      p.visitors,
-    )
-  })
-  return c.check()
-}
-
-function checkBreakdown(
-  label: string,
-  truth: Truth,
-  body: { results: Array<Record<string, string | number>>; meta: { total_values: number } },
-  sketches: VisitorSketches,
-): Check {
-  const c = new Comparison(label)
-  const expected = Object.entries(truth.sites[SITE]!.breakdown.path)
-    .filter(([, v]) => v.events > 0)
-    .sort((a, b) => b[1].events - a[1].events || (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0))
-  c.exact('distinct paths (total_values)', expected.length, body.meta.total_values)
-  c.exact('rows returned', 10, body.results.length)
-  body.results.forEach((row, i) => {
-    const [path, t] = expected[i] ?? ['(missing)', { events: 0, pageviews: 0, visitors: 0 }]
-    c.exact(`rank ${i + 1} is ${path} (got ${row.path})`, 1, row.path === path ? 1 : 0)
-    c.exact(`${path} events`, t.events, Number(row.events))
-    c.exact(`${path} pageviews`, t.pageviews, Number(row.pageviews))
-    c.exact(
-      `${path} visitors (sketch of the ${t.visitors} true visitors)`,
-      sketches.value(SITE, 'path', path),
-      Number(row.visitors),
-    )
-  })
-  return c.check()
-}
-
-/** GET, retried after a pause on a failure (a server still working off an overload), `attempts` times. */
-async function getRetried<T>(url: string, token: string, attempts: number): Promise<T> {
-  for (let i = 1; ; i++) {
-    try {
-      return await getJson<T>(url, token)
-    } catch (err) {
-      if (i >= attempts) throw err
-      await new Promise((r) => setTimeout(r, 5_000))
-    }
-  }
-}
 
 export async function embeddedQuery(ctx: ScenarioContext): Promise<Figure[]> {
   const seconds = pick(ctx, 15, 1)
