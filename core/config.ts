@@ -88,6 +88,13 @@ export interface IngestConfig {
   trackerPrefix?: string
 }
 
+export interface QueryConfig {
+  /** Bytes of stats answers the query role keeps until their data changes; 0 = no cache. */
+  answerCacheBytes: number
+  /** Longest time a stats answer is served from that cache, ms. */
+  answerCacheMaxAgeMs: number
+}
+
 export interface StreamConfig {
   /** Consumer group of the aggregate workers. Default tally-aggregate. */
   group: string
@@ -126,6 +133,7 @@ export interface TallyConfig {
   services: ServicesConfig
   ingest: IngestConfig
   stream: StreamConfig
+  query: QueryConfig
   /** Deadline for an ordered shutdown before the process gives up waiting. Default 15000 ms. */
   shutdownTimeoutMs: number
 }
@@ -326,6 +334,10 @@ export function loadConfig(env: Env = process.env): TallyConfig {
         day: int(env, 'TALLY_TTL_DAY_DAYS', 0, 0, 36_500) * 86_400,
       },
     },
+    query: {
+      answerCacheBytes: int(env, 'TALLY_QUERY_CACHE_MB', 64, 0, 65_536) * 1024 * 1024,
+      answerCacheMaxAgeMs: int(env, 'TALLY_QUERY_CACHE_MAX_AGE_MS', 10_000, 0, 3_600_000),
+    },
     shutdownTimeoutMs: int(env, 'TALLY_SHUTDOWN_TIMEOUT_MS', 15_000, 100, 600_000),
   }
   return deepFreeze(config)
@@ -388,6 +400,11 @@ export const CONFIG_VARIABLES: ReadonlyArray<readonly [name: string, meaning: st
     'TALLY_TTL_MINUTE_DAYS / _HOUR_DAYS / _DAY_DAYS',
     'aggregate row TTL per granularity, 0 = keep (default 7 / 90 / 0)',
   ],
+  [
+    'TALLY_QUERY_CACHE_MB',
+    'stats answers the query role keeps until the data under them changes, 0 = off (default 64)',
+  ],
+  ['TALLY_QUERY_CACHE_MAX_AGE_MS', 'longest a stats answer is served from that cache (default 10000)'],
   ['TALLY_SHUTDOWN_TIMEOUT_MS', 'deadline of the ordered shutdown (default 15000)'],
   ['TALLY_SERVICES_CACHE', 'jar cache of `tally services` (default ~/.cache/tally/services)'],
   [

@@ -6,6 +6,7 @@ import { createHttpServer } from '../core/http.js'
 import type { Logger } from '../core/log.js'
 import type { AggregateReader } from '../core/ports/aggregate-store.js'
 import type { ReadAuthorizer } from './auth.js'
+import { AnswerCache, type AnswerCacheOptions, DEFAULT_ANSWER_CACHE } from './cache.js'
 import { dashboardPlugin } from './dashboard/plugin.js'
 import { prepareExport } from './export.js'
 import { type RawEventSource, sendRawExport } from './export-raw.js'
@@ -42,6 +43,11 @@ export interface QueryAppDeps {
    * that route answers 501.
    */
   rawEvents?: RawEventSource
+  /**
+   * Stats answers kept until the data under them changes (query/cache.ts); needs a freshness source
+   * with snapshots. Default DEFAULT_ANSWER_CACHE; `maxBytes: 0` turns it off.
+   */
+  answerCache?: AnswerCacheOptions
 }
 
 const DAY_S = 86_400
@@ -76,6 +82,10 @@ export async function buildQueryApp(deps: QueryAppDeps): Promise<FastifyInstance
     retentionSeconds: deps.retentionSeconds ?? DEFAULT_RETENTION_SECONDS,
     limits,
     now,
+    cache: new AnswerCache(deps.answerCache ?? DEFAULT_ANSWER_CACHE, {
+      onHit: () => metrics.cache.inc({ outcome: 'hit' }),
+      onMiss: () => metrics.cache.inc({ outcome: 'miss' }),
+    }),
   })
   const app = createHttpServer({
     logger: deps.logger,

@@ -1,4 +1,4 @@
-import type { AggregateReader } from '../core/ports/aggregate-store.js'
+import type { AggregateReader, StreamProgress } from '../core/ports/aggregate-store.js'
 
 /**
  * How fresh the aggregates are, from the stream's checkpoints.
@@ -32,6 +32,26 @@ export interface FreshnessSource {
   current(): Promise<Freshness>
 }
 
+/** What a site's aggregates looked like at one moment: freshness, and a version of the data. */
+export interface DataSnapshot {
+  freshness: Freshness
+  /**
+   * Changes whenever the site's aggregates may have changed: it combines the stream's checkpoints
+   * (each written after the rows it covers) and the site's final mark (written after the batch's
+   * rows). Equal versions mean the rows read under the first are still the rows.
+   */
+  version: string
+}
+
+/** A freshness source that can also tell the version of a site's data, read fresh (not cached). */
+export interface SnapshotSource extends FreshnessSource {
+  snapshot(siteId: string): Promise<DataSnapshot>
+}
+
+export function isSnapshotSource(s: FreshnessSource): s is SnapshotSource {
+  return typeof (s as Partial<SnapshotSource>).snapshot === 'function'
+}
+
 export interface CheckpointFreshnessOptions {
   /** Consumer group of the stream workers. */
   group: string
@@ -49,16 +69,21 @@ export interface CheckpointFreshnessOptions {
 
 const MINUTE_MS = 60_000
 
-/** Freshness from `stream_checkpoints`, cached briefly and shared by concurrent requests. */
-export class CheckpointFreshness implements FreshnessSource {
+/**
+ * Freshness from `stream_checkpoints`, cached briefly and shared by concurrent requests; snapshots
+ * read the checkpoints and the site's final mark afresh, one read shared by the requests that
+ * arrive while it runs.
+ */
+export class CheckpointFreshness implements SnapshotSource {
   private cached: Freshness | undefined
   private expires = 0
   private loading: Promise<Freshness> | undefined
+  private readonly snapshots = new Map<string, Promise<DataSnapshot>>()
   private readonly cacheMs: number
   private readonly now: () => number
 
   constructor(
-    private readonly reader: Pick<AggregateReader, 'streamProgress'>,
+    private readonly reader: Pick<AggregateReader, 'streamProgress' | 'finalMark'>,
     private readonly options: CheckpointFreshnessOptions,
   ) {
     this.cacheMs = options.cacheMs ?? 1000
@@ -79,11 +104,37 @@ export class CheckpointFreshness implements FreshnessSource {
     }
   }
 
-  private async load(): Promise<Freshness> {
-    const { group, topic, partitions, graceMs } = this.options
-    const progress = (await this.reader.streamProgress(group, topic, partitions)).filter(
-      (p) => p.watermarkMs > 0,
+  snapshot(siteId: string): Promise<DataSnapshot> {
+    let loading = this.snapshots.get(siteId)
+    if (!loading) {
+      loading = this.loadSnapshot(siteId).finally(() => this.snapshots.delete(siteId))
+      this.snapshots.set(siteId, loading)
+    }
+    return loading
+  }
+
+  private async loadSnapshot(siteId: string): Promise<DataSnapshot> {
+    const { group, topic, partitions } = this.options
+    const [progress, mark] = await Promise.all([
+      this.reader.streamProgress(group, topic, partitions),
+      this.reader.finalMark(siteId),
+    ])
+    const freshness = this.freshnessOf(progress)
+    const checkpoints = progress.map(
+      (p) => `${p.partition}:${p.nextOffset}:${p.watermarkMs}:${p.updatedAtMs}`,
     )
+    return { freshness, version: `${mark}|${checkpoints.join(',')}` }
+  }
+
+  private async load(): Promise<Freshness> {
+    const { group, topic, partitions } = this.options
+    return this.freshnessOf(await this.reader.streamProgress(group, topic, partitions))
+  }
+
+  /** Computes freshness from checkpoints and keeps it as the cached value. */
+  private freshnessOf(all: readonly StreamProgress[]): Freshness {
+    const { partitions, graceMs } = this.options
+    const progress = all.filter((p) => p.watermarkMs > 0)
     const minWatermark = progress.length > 0 ? Math.min(...progress.map((p) => p.watermarkMs)) : undefined
     const fresh: Freshness = {
       completeThroughMs:

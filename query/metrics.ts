@@ -30,6 +30,12 @@ export function createQueryMetrics() {
       help: 'Rows written by bulk exports',
       registers: [registry],
     }),
+    cache: new Counter({
+      name: 'tally_query_cache_total',
+      help: 'Stats answers by cache outcome: hit (same query, data unchanged) or miss (computed)',
+      labelNames: ['outcome'] as const,
+      registers: [registry],
+    }),
     inFlight: new Gauge({
       name: 'tally_query_in_flight_requests',
       help: 'Requests being handled',

@@ -95,6 +95,7 @@ export async function startQuery(
         { onEvent: () => metrics.exportRows.inc() },
       ),
       requestTimeoutMs: options.requestTimeoutMs ?? config.ingest.requestTimeoutMs,
+      answerCache: { maxBytes: config.query.answerCacheBytes, maxAgeMs: config.query.answerCacheMaxAgeMs },
       ...(options.limits ? { limits: options.limits } : {}),
     })
     await app.listen({ host: config.host, port: options.port ?? config.port ?? QUERY_DEFAULT_PORT })

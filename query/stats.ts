@@ -8,7 +8,8 @@ import {
 import type { TallyError } from '../core/errors.js'
 import { HyperLogLog } from '../core/hll.js'
 import type { AggregateReader, MergedValues, MergedWindow } from '../core/ports/aggregate-store.js'
-import type { Freshness, FreshnessSource } from './freshness.js'
+import type { AnswerCache } from './cache.js'
+import { type Freshness, type FreshnessSource, isSnapshotSource } from './freshness.js'
 import { buildMeta, type Meta, type WindowStatus, WindowTally } from './meta.js'
 import type { Filter, Metric, ParsedQuery, ParseLimits } from './params.js'
 import {
@@ -65,6 +66,8 @@ export interface StatsDeps {
   retentionSeconds: Readonly<Record<Granularity, number>>
   limits: QueryLimits
   now: () => number
+  /** Answers kept until the data under them changes (needs a freshness source with snapshots). */
+  cache?: AnswerCache
 }
 
 export type MetricValues = Partial<Record<Metric, number>>
@@ -188,9 +191,20 @@ export class StatsService {
     }
   }
 
-  /** Freshness is read before the data: a window it calls closed had its last stream write before. */
-  private freshness(): Promise<Freshness> {
-    return this.deps.freshness.current()
+  /**
+   * Runs one endpoint's `body`, or gives the stored answer of the same query under the same data
+   * version. Freshness is read before the data (a window it calls closed had its last stream write
+   * before); with the cache it comes from the snapshot whose version keys the answer. The key holds
+   * the current minute, so answers that depend on the clock (realtime, retention) are redone.
+   */
+  private answer<T>(kind: string, q: ParsedQuery, body: (freshness: Freshness) => Promise<T>): Promise<T> {
+    const source = this.deps.freshness
+    const cache = this.deps.cache
+    if (!cache?.enabled || !isSnapshotSource(source)) return source.current().then(body)
+    return source.snapshot(q.siteId).then((snap) => {
+      const key = `${kind}\n${Math.floor(this.deps.now() / 60_000)}\n${JSON.stringify(q)}`
+      return cache.answer(key, snap.version, () => body(snap.freshness))
+    })
   }
 
   /** Windows of one segment: totals, or the rows of the filter's values. */
@@ -214,7 +228,11 @@ export class StatsService {
       : this.deps.reader.totals(siteId, s.granularity, s.fromMs, s.toMs, options)
   }
 
-  async aggregate(q: ParsedQuery): Promise<AggregateAnswer> {
+  aggregate(q: ParsedQuery): Promise<AggregateAnswer> {
+    return this.answer('aggregate', q, (freshness) => this.aggregateAt(q, freshness))
+  }
+
+  private async aggregateAt(q: ParsedQuery, freshness: Freshness): Promise<AggregateAnswer> {
     if (q.filters.length > 1) {
       throw unsupported(
         'aggregates are stored per single property, so only one filter can be answered exactly; filter on one property',
@@ -227,7 +245,6 @@ export class StatsService {
     this.checkRetention(segments)
     if (filter) this.checkReads(segments, 'a filtered aggregate')
     else this.checkDays(segments)
-    const freshness = await this.freshness()
     const withVisitors = q.metrics.includes('visitors')
     const read = await Promise.all(segments.map((s) => this.readSegment(q.siteId, s, filter, withVisitors)))
     const acc = new MetricAccumulator(this.deps.precision, withVisitors)
@@ -290,7 +307,11 @@ export class StatsService {
     return { interval, range, segment }
   }
 
-  async timeseries(q: ParsedQuery): Promise<TimeseriesAnswer> {
+  timeseries(q: ParsedQuery): Promise<TimeseriesAnswer> {
+    return this.answer('timeseries', q, (freshness) => this.timeseriesAt(q, freshness))
+  }
+
+  private async timeseriesAt(q: ParsedQuery, freshness: Freshness): Promise<TimeseriesAnswer> {
     if (q.filters.length > 1) {
       throw unsupported(
         'aggregates are stored per single property, so only one filter can be answered exactly; filter on one property',
@@ -303,7 +324,6 @@ export class StatsService {
       filter !== undefined,
     )
     if (filter) this.checkReads([segment], 'a filtered timeseries')
-    const freshness = await this.freshness()
     const withVisitors = q.metrics.includes('visitors')
     const windows = await this.readSegment(q.siteId, segment, filter, withVisitors)
     const byStart = new Map(windows.map((w) => [w.windowStart, w]))
@@ -333,7 +353,11 @@ export class StatsService {
     }
   }
 
-  async breakdown(q: ParsedQuery): Promise<BreakdownAnswer> {
+  breakdown(q: ParsedQuery): Promise<BreakdownAnswer> {
+    return this.answer('breakdown', q, (freshness) => this.breakdownAt(q, freshness))
+  }
+
+  private async breakdownAt(q: ParsedQuery, freshness: Freshness): Promise<BreakdownAnswer> {
     const property = q.property as Dimension
     if (q.filters.some((f) => f.property !== property)) {
       throw unsupported(
@@ -346,7 +370,6 @@ export class StatsService {
     const segments = tile(range, DIMENSION_GRANULARITIES)
     this.checkRetention(segments)
     this.checkReads(segments, 'a breakdown')
-    const freshness = await this.freshness()
     const withVisitors = q.metrics.includes('visitors')
     const sortBy = q.metrics[0]!
     // Sorted by a count, visitors are needed only for the page shown: the first pass reads counts
@@ -438,12 +461,15 @@ export class StatsService {
   }
 
   /** The last `minutes` minute windows, the current one included. */
-  async realtime(q: ParsedQuery): Promise<AggregateAnswer> {
+  realtime(q: ParsedQuery): Promise<AggregateAnswer> {
+    return this.answer('realtime', q, (freshness) => this.realtimeAt(q, freshness))
+  }
+
+  private async realtimeAt(q: ParsedQuery, freshness: Freshness): Promise<AggregateAnswer> {
     const now = this.deps.now()
     const current = floorTo(now, 'minute')
     const range = { fromMs: current - (q.minutes - 1) * 60_000, toMs: current + 60_000 }
     const segment: Segment = { granularity: 'minute', ...range }
-    const freshness = await this.freshness()
     const withVisitors = q.metrics.includes('visitors')
     const windows = await this.readSegment(q.siteId, segment, undefined, withVisitors)
     const acc = new MetricAccumulator(this.deps.precision, withVisitors)

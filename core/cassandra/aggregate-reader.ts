@@ -265,6 +265,13 @@ export class CassandraAggregateReader implements AggregateReader {
     }
   }
 
+  async finalMark(siteId: string): Promise<string> {
+    const rs = await this.client.execute('SELECT mark FROM agg_final_marks WHERE site_id = ?', [siteId], {
+      prepare: true,
+    })
+    return String(rs.first()?.get('mark') ?? '')
+  }
+
   async streamProgress(group: string, topic: string, partitions: number): Promise<StreamProgress[]> {
     if (partitions <= 0) return []
     const rs = await this.client.execute(

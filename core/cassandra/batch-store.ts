@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto'
 import type { Client } from 'cassandra-driver'
 import { concurrent, types } from 'cassandra-driver'
 import { type Dimension, type Granularity, totalsBucket, windowMs } from '../aggregate/definition.js'
@@ -440,5 +441,16 @@ export class CassandraFinalRowStore implements FinalRowStore {
       concurrencyLevel: this.concurrency,
       raiseOnFirstError: true,
     })
+    // After the rows: a reader that sees the old mark may have read the rows before or after this
+    // write; one that sees the new mark reads them all.
+    await Promise.all(
+      [...new Set(rows.map((r) => r.siteId))].map((siteId) =>
+        this.client.execute(
+          'INSERT INTO agg_final_marks (site_id, mark, written_at) VALUES (?, ?, ?)',
+          [siteId, randomUUID(), new Date()],
+          { prepare: true },
+        ),
+      ),
+    )
   }
 }

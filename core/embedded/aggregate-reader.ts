@@ -115,6 +115,7 @@ export class EmbeddedAggregateReader implements AggregateReader {
       dimsOne: db.prepare(
         `SELECT window_start, value, ${withVisitors} FROM agg_dims WHERE site_id = @site AND granularity = @g AND dimension = @d AND window_start = @ws AND value = @value AND ${live} ORDER BY source_partition`,
       ),
+      mark: db.prepare('SELECT mark FROM agg_final_marks WHERE site_id = ?'),
       progress: db.prepare(
         'SELECT partition, next_offset, watermark_ms, updated_at_ms FROM stream_checkpoints WHERE consumer_group = ? AND topic = ? AND partition >= 0 AND partition < ? ORDER BY partition',
       ),
@@ -325,6 +326,11 @@ export class EmbeddedAggregateReader implements AggregateReader {
       const end = page[page.length - 1]!
       cursor = { ws: end.window_start, value: String(end.value) }
     }
+  }
+
+  async finalMark(siteId: string): Promise<string> {
+    const row = this.stmt.mark.get(siteId) as { mark: string } | undefined
+    return row?.mark ?? ''
   }
 
   async streamProgress(group: string, topic: string, partitions: number): Promise<StreamProgress[]> {

@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto'
 import type { Dimension, Granularity } from '../aggregate/definition.js'
 import type {
   ArchiveCommit,
@@ -371,6 +372,10 @@ export class EmbeddedFinalRowStore implements FinalRowStore {
         `INSERT INTO agg_dims (site_id, granularity, dimension, window_start, value, source_partition, ${values}) VALUES (?, ?, ?, ?, ?, -1, ?, ?, ?, ?, -1, ?, ?)
          ON CONFLICT (site_id, granularity, dimension, window_start, value, source_partition) ${update('agg_dims')}`,
       ),
+      mark: db.prepare(
+        `INSERT INTO agg_final_marks (site_id, mark, written_at_ms) VALUES (?, ?, ?)
+         ON CONFLICT (site_id) DO UPDATE SET mark = excluded.mark, written_at_ms = excluded.written_at_ms`,
+      ),
     }
   }
 
@@ -441,6 +446,8 @@ export class EmbeddedFinalRowStore implements FinalRowStore {
           )
         }
       }
+      // In the same transaction: no reader sees the rows without the new mark.
+      for (const siteId of new Set(rows.map((r) => r.siteId))) this.stmt.mark.run(siteId, randomUUID(), now)
     })()
   }
 }

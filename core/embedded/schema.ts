@@ -201,4 +201,13 @@ export const STORE_MIGRATIONS: readonly string[] = [
     finished_at_ms INTEGER NOT NULL
   ) WITHOUT ROWID;
   `,
+  // 3: the final marks (schemas/cql/0004_final_marks.cql): a new random mark per site after every
+  // write of final rows, read by the query role to know when its cached answers are out of date.
+  `
+  CREATE TABLE agg_final_marks (
+    site_id TEXT PRIMARY KEY,
+    mark TEXT NOT NULL,
+    written_at_ms INTEGER NOT NULL
+  ) WITHOUT ROWID;
+  `,
 ]

@@ -181,4 +181,10 @@ export interface AggregateReader {
   ): AsyncIterable<MergedDimensionRow>
   /** The stream's checkpoints of consumer group `group` on `topic`, partitions 0..partitions-1 that have one. */
   streamProgress(group: string, topic: string, partitions: number): Promise<StreamProgress[]>
+  /**
+   * A mark that changes after every write of final (batch) rows of the site ('' before the first).
+   * With the stream's checkpoints (written after the rows they cover) it tells a reader whether the
+   * aggregates of a site may have changed since it last read them.
+   */
+  finalMark(siteId: string): Promise<string>
 }

@@ -146,6 +146,9 @@ export interface FinalRowStore {
     dimension: Dimension,
     windowStart: number,
   ): Promise<string[]>
-  /** Writes final rows with the fencing token as write timestamp (idempotent). */
+  /**
+   * Writes final rows with the fencing token as write timestamp (idempotent), then a new final mark
+   * (AggregateReader.finalMark) for every site among them.
+   */
   writeFinal(rows: readonly FinalRow[], token: number): Promise<void>
 }

@@ -458,6 +458,43 @@ export function batchStoreContract(name: string, make: () => Promise<BatchStoreH
         expect(await read()).toEqual(expected(5, 'job3'))
       })
 
+      it("a site's final mark changes with every write of its final rows, and only with those", async () => {
+        const site = uniqueName('site')
+        const other = uniqueName('site')
+        const ws = Math.floor(Date.now() / HOUR) * HOUR - 40 * HOUR
+        const [t1, t2] = (await tokens(2)) as [number, number]
+        expect(await h.reader.finalMark(site)).toBe('')
+        await h.batch.rows.writeFinal([finalRow(site, 'hour', ws, values(p, 4, ids('m', 2)))], t1)
+        const first = await h.reader.finalMark(site)
+        expect(first).not.toBe('')
+        expect(await h.reader.finalMark(site)).toBe(first)
+        expect(await h.reader.finalMark(other)).toBe('')
+        // The same rows again (a retried write) still get a new mark: the reader cannot tell them apart.
+        await h.batch.rows.writeFinal([finalRow(site, 'hour', ws, values(p, 4, ids('m', 2)))], t1)
+        const second = await h.reader.finalMark(site)
+        expect(second).not.toBe(first)
+        // One write covering two sites marks both; stream rows mark nothing.
+        await h.batch.rows.writeFinal(
+          [
+            finalRow(site, 'day', Math.floor(ws / DAY) * DAY, values(p, 4)),
+            finalRow(other, 'hour', ws, values(p, 1), 'path', '/o'),
+          ],
+          t2,
+        )
+        const third = await h.reader.finalMark(site)
+        expect(third).not.toBe(second)
+        const otherMark = await h.reader.finalMark(other)
+        expect(otherMark).not.toBe('')
+        await h.store.writeRows(
+          [{ key: partialKey(site, 'hour', ws + HOUR, 0), values: values(p, 1), throughOffset: 1 }],
+          1,
+        )
+        expect(await h.reader.finalMark(site)).toBe(third)
+        await h.batch.rows.writeFinal([], t2)
+        expect(await h.reader.finalMark(site)).toBe(third)
+        expect(await h.reader.finalMark(other)).toBe(otherMark)
+      })
+
       it('existingWindows and existingValues list the windows and values holding stream or final rows', async () => {
         const site = uniqueName('site')
         const day = Math.floor(Date.now() / DAY) * DAY - 2 * DAY
