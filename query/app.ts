@@ -4,7 +4,7 @@ import { TallyError } from '../core/errors.js'
 import { DEFAULT_PRECISION } from '../core/hll.js'
 import { createHttpServer } from '../core/http.js'
 import type { Logger } from '../core/log.js'
-import type { AggregateReader } from '../core/ports/aggregate-store.js'
+import type { AggregateReader, BreakdownResult } from '../core/ports/aggregate-store.js'
 import type { ReadAuthorizer } from './auth.js'
 import { AnswerCache, type AnswerCacheOptions, DEFAULT_ANSWER_CACHE } from './cache.js'
 import { dashboardPlugin } from './dashboard/plugin.js'
@@ -75,6 +75,7 @@ export async function buildQueryApp(deps: QueryAppDeps): Promise<FastifyInstance
     ...deps.limits,
     maxPoints: { ...DEFAULT_QUERY_LIMITS.maxPoints, ...deps.limits?.maxPoints },
   }
+  const answerCache = deps.answerCache ?? DEFAULT_ANSWER_CACHE
   const stats = new StatsService({
     reader: deps.reader,
     freshness: deps.freshness,
@@ -82,10 +83,18 @@ export async function buildQueryApp(deps: QueryAppDeps): Promise<FastifyInstance
     retentionSeconds: deps.retentionSeconds ?? DEFAULT_RETENTION_SECONDS,
     limits,
     now,
-    cache: new AnswerCache(deps.answerCache ?? DEFAULT_ANSWER_CACHE, {
+    cache: new AnswerCache(answerCache, {
       onHit: () => metrics.cache.inc({ outcome: 'hit' }),
       onMiss: () => metrics.cache.inc({ outcome: 'miss' }),
     }),
+    // Breakdown reads of settled windows (a map per value): the same budget again, and kept 60 times
+    // as long, since only a rebuild (which changes the final mark) can change them.
+    settled: new AnswerCache(
+      { ...answerCache, maxAgeMs: answerCache.maxAgeMs * 60 },
+      {
+        sizeOf: (r) => 160 * (r as BreakdownResult).values.size + 48 * (r as BreakdownResult).windows.size,
+      },
+    ),
   })
   const app = createHttpServer({
     logger: deps.logger,

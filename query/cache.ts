@@ -31,9 +31,11 @@ interface Entry {
   bytes: number
 }
 
-export interface AnswerCacheStats {
+export interface AnswerCacheHooks {
   onHit?: () => void
   onMiss?: () => void
+  /** Estimated bytes of a computed value. Default: the length of its JSON. */
+  sizeOf?: (value: unknown) => number
 }
 
 /** Placeholder size of an answer still being computed. */
@@ -44,7 +46,7 @@ export class AnswerCache {
 
   constructor(
     options: AnswerCacheOptions = DEFAULT_ANSWER_CACHE,
-    private readonly stats: AnswerCacheStats = {},
+    private readonly hooks: AnswerCacheHooks = {},
   ) {
     this.lru =
       options.maxBytes > 0 && options.maxAgeMs > 0
@@ -71,10 +73,10 @@ export class AnswerCache {
     if (!lru) return compute()
     const hit = lru.get(key)
     if (hit && hit.version === version) {
-      this.stats.onHit?.()
+      this.hooks.onHit?.()
       return hit.answer as Promise<T>
     }
-    this.stats.onMiss?.()
+    this.hooks.onMiss?.()
     const answer = compute()
     const entry: Entry = { version, answer, bytes: PENDING_BYTES }
     lru.set(key, entry)
@@ -83,7 +85,8 @@ export class AnswerCache {
         // Still ours (not replaced by a newer version meanwhile): store it with its real size.
         if (lru.peek(key) !== entry) return
         // A new object: the LRU recomputes sizes only when the stored value changes.
-        const bytes = Math.max(PENDING_BYTES, JSON.stringify(value).length)
+        const size = this.hooks.sizeOf ? this.hooks.sizeOf(value) : JSON.stringify(value).length
+        const bytes = Math.max(PENDING_BYTES, size)
         lru.set(key, { ...entry, bytes }, { noUpdateTTL: true })
       },
       () => {

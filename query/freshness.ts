@@ -41,6 +41,8 @@ export interface DataSnapshot {
    * rows). Equal versions mean the rows read under the first are still the rows.
    */
   version: string
+  /** The site's final mark alone: changes only when a rebuild wrote final rows of the site. */
+  finalMark: string
 }
 
 /** A freshness source that can also tell the version of a site's data, read fresh (not cached). */
@@ -123,7 +125,7 @@ export class CheckpointFreshness implements SnapshotSource {
     const checkpoints = progress.map(
       (p) => `${p.partition}:${p.nextOffset}:${p.watermarkMs}:${p.updatedAtMs}`,
     )
-    return { freshness, version: `${mark}|${checkpoints.join(',')}` }
+    return { freshness, version: `${mark}|${checkpoints.join(',')}`, finalMark: mark }
   }
 
   private async load(): Promise<Freshness> {

@@ -7,7 +7,13 @@ import {
 } from '../core/aggregate/definition.js'
 import type { TallyError } from '../core/errors.js'
 import { HyperLogLog } from '../core/hll.js'
-import type { AggregateReader, MergedValues, MergedWindow } from '../core/ports/aggregate-store.js'
+import type {
+  AggregateReader,
+  BreakdownResult,
+  MergedValues,
+  MergedWindow,
+  ReadOptions,
+} from '../core/ports/aggregate-store.js'
 import type { AnswerCache } from './cache.js'
 import { type Freshness, type FreshnessSource, isSnapshotSource } from './freshness.js'
 import { buildMeta, type Meta, type WindowStatus, WindowTally } from './meta.js'
@@ -68,7 +74,16 @@ export interface StatsDeps {
   now: () => number
   /** Answers kept until the data under them changes (needs a freshness source with snapshots). */
   cache?: AnswerCache
+  /**
+   * Breakdown reads of settled windows (no stream write can change them any more), kept until a
+   * rebuild writes final rows of the site. Needs a freshness source with snapshots.
+   */
+  settled?: AnswerCache
 }
+
+/** Unsettled days of a breakdown are read as hours (settled hours cached) up to this many hours. */
+const MAX_SPLIT_HOURS = 72
+const HOUR_MS = 3_600_000
 
 export type MetricValues = Partial<Record<Metric, number>>
 
@@ -197,14 +212,52 @@ export class StatsService {
    * before); with the cache it comes from the snapshot whose version keys the answer. The key holds
    * the current minute, so answers that depend on the clock (realtime, retention) are redone.
    */
-  private answer<T>(kind: string, q: ParsedQuery, body: (freshness: Freshness) => Promise<T>): Promise<T> {
+  private answer<T>(
+    kind: string,
+    q: ParsedQuery,
+    body: (freshness: Freshness, finalMark: string | undefined) => Promise<T>,
+  ): Promise<T> {
     const source = this.deps.freshness
     const cache = this.deps.cache
-    if (!cache?.enabled || !isSnapshotSource(source)) return source.current().then(body)
+    if (!cache?.enabled || !isSnapshotSource(source)) return source.current().then((f) => body(f, undefined))
     return source.snapshot(q.siteId).then((snap) => {
       const key = `${kind}\n${Math.floor(this.deps.now() / 60_000)}\n${JSON.stringify(q)}`
-      return cache.answer(key, snap.version, () => body(snap.freshness))
+      return cache.answer(key, snap.version, () => body(snap.freshness, snap.finalMark))
     })
+  }
+
+  /**
+   * One segment of a breakdown: the windows that ended by `settledThroughMs` (complete in the
+   * stream: only a rebuild, which changes the site's final mark, can change them) from the settled
+   * cache, the others from the store.
+   */
+  private breakdownParts(
+    siteId: string,
+    s: Segment,
+    property: Dimension,
+    options: ReadOptions & { values?: readonly string[] },
+    settledThroughMs: number | undefined,
+    finalMark: string | undefined,
+  ): Promise<BreakdownResult[]> {
+    const reader = this.deps.reader
+    const settled = this.deps.settled
+    const w = windowMs(s.granularity)
+    const cut =
+      finalMark === undefined || settledThroughMs === undefined || !settled?.enabled
+        ? s.fromMs
+        : Math.min(s.toMs, Math.max(s.fromMs, Math.floor(settledThroughMs / w) * w))
+    const parts: Array<Promise<BreakdownResult>> = []
+    if (cut > s.fromMs) {
+      const key = JSON.stringify([siteId, s.granularity, property, s.fromMs, cut, options])
+      parts.push(
+        settled!.answer(key, finalMark!, () =>
+          reader.breakdownDetailed(siteId, s.granularity, property, s.fromMs, cut, options),
+        ),
+      )
+    }
+    if (cut < s.toMs)
+      parts.push(reader.breakdownDetailed(siteId, s.granularity, property, cut, s.toMs, options))
+    return Promise.all(parts)
   }
 
   /** Windows of one segment: totals, or the rows of the filter's values. */
@@ -354,10 +407,14 @@ export class StatsService {
   }
 
   breakdown(q: ParsedQuery): Promise<BreakdownAnswer> {
-    return this.answer('breakdown', q, (freshness) => this.breakdownAt(q, freshness))
+    return this.answer('breakdown', q, (freshness, mark) => this.breakdownAt(q, freshness, mark))
   }
 
-  private async breakdownAt(q: ParsedQuery, freshness: Freshness): Promise<BreakdownAnswer> {
+  private async breakdownAt(
+    q: ParsedQuery,
+    freshness: Freshness,
+    finalMark: string | undefined,
+  ): Promise<BreakdownAnswer> {
     const property = q.property as Dimension
     if (q.filters.some((f) => f.property !== property)) {
       throw unsupported(
@@ -367,9 +424,11 @@ export class StatsService {
     const values = q.filters[0]?.values
     const requested = q.range!
     const range = alignRange(requested, 'hour')
-    const segments = tile(range, DIMENSION_GRANULARITIES)
-    this.checkRetention(segments)
-    this.checkReads(segments, 'a breakdown')
+    const tiled = tile(range, DIMENSION_GRANULARITIES)
+    this.checkRetention(tiled)
+    this.checkReads(tiled, 'a breakdown')
+    const ct = freshness.completeThroughMs
+    const segments = this.deps.settled?.enabled ? unsettledDaysAsHours(tiled, ct) : tiled
     const withVisitors = q.metrics.includes('visitors')
     const sortBy = q.metrics[0]!
     // Sorted by a count, visitors are needed only for the page shown: the first pass reads counts
@@ -378,17 +437,21 @@ export class StatsService {
     const readAll = (visitors: boolean, only: readonly string[] | undefined) =>
       Promise.all(
         segments.map((s) =>
-          this.deps.reader.breakdownDetailed(q.siteId, s.granularity, property, s.fromMs, s.toMs, {
-            visitors,
-            ...(only ? { values: only } : {}),
-          }),
+          this.breakdownParts(
+            q.siteId,
+            s,
+            property,
+            { visitors, ...(only ? { values: only } : {}) },
+            ct,
+            finalMark,
+          ),
         ),
       )
     const read = await readAll(withVisitors && !visitorsLater, values)
     const tally = new WindowTally(freshness.completeThroughMs)
     const accs = new Map<string, MetricAccumulator>()
     const accumulate = (r: Awaited<ReturnType<typeof readAll>>, visitors: boolean) => {
-      for (const one of r) {
+      for (const one of r.flat()) {
         for (const [value, v] of one.values) {
           let acc = accs.get(value)
           if (!acc) {
@@ -400,8 +463,9 @@ export class StatsService {
       }
     }
     segments.forEach((s, i) => {
-      const r = read[i]!
-      tally.addSegment(s, new Set([...r.windows].filter(([, w]) => w.final).map(([ws]) => ws)))
+      const finals = new Set<number>()
+      for (const part of read[i]!) for (const [ws, w] of part.windows) if (w.final) finals.add(ws)
+      tally.addSegment(s, finals)
     })
     accumulate(read, withVisitors && !visitorsLater)
     const wantsBots = q.metrics.includes('bot_events')
@@ -495,4 +559,33 @@ export class StatsService {
       }),
     }
   }
+}
+
+/**
+ * Day segments past the last settled day (complete_through) become hour segments, up to
+ * MAX_SPLIT_HOURS: the hours that already ended are settled and cached, so a new stream flush
+ * re-reads the current hours only, not the whole day. Adjacent hour segments join.
+ */
+export function unsettledDaysAsHours(
+  segments: readonly Segment[],
+  completeThroughMs: number | undefined,
+): Segment[] {
+  if (completeThroughMs === undefined) return [...segments]
+  const settledDays = floorTo(completeThroughMs, 'day')
+  const out: Segment[] = []
+  const push = (s: Segment) => {
+    const last = out[out.length - 1]
+    if (last && last.granularity === s.granularity && last.toMs === s.fromMs) last.toMs = s.toMs
+    else out.push({ ...s })
+  }
+  for (const s of segments) {
+    const cut = Math.max(s.fromMs, settledDays)
+    if (s.granularity !== 'day' || s.toMs <= cut || (s.toMs - cut) / HOUR_MS > MAX_SPLIT_HOURS) {
+      push(s)
+      continue
+    }
+    if (cut > s.fromMs) push({ granularity: 'day', fromMs: s.fromMs, toMs: cut })
+    push({ granularity: 'hour', fromMs: cut, toMs: s.toMs })
+  }
+  return out
 }

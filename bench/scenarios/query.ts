@@ -6,8 +6,9 @@ import {
   type ScenarioDefinition,
   type ScenarioOutcome,
 } from '../harness/context.js'
+import { basicAuth, postJson } from '../harness/feed.js'
 import { failures, runLoad } from '../harness/load.js'
-import { loadThroughPipeline } from '../harness/pipeline.js'
+import { loadThroughPipeline, waitCaughtUp } from '../harness/pipeline.js'
 import { type Child, spawnRole, urlOf } from '../harness/proc.js'
 import type { Check, Figure, Target } from '../harness/report.js'
 import { Comparison, VisitorSketches } from '../harness/verify.js'
@@ -31,6 +32,13 @@ import {
  * (ingest → Kafka → stream worker). The stream accepts events at most 7 days late (its largest grace),
  * so the data covers the last 6.5 days of the 30-day range; the 23 older days are empty windows the
  * reader still visits. Both answers are compared with the truth before and after the timed load.
+ *
+ * The loads run twice: on data that does not change (after the first request, answers come from the
+ * query role's cache, as for dashboards refreshing a quiet site), then while LIVE_RATE events/s
+ * arrive for the same site (every stream flush changes the data version, so answers are recomputed:
+ * the cache's miss path), after which the answers must equal the truth of all events. That part runs
+ * the stream and a new query role with the default grace (5 minutes), as production does: the
+ * 7-day grace above only let the stream count the loaded history.
  */
 
 export const SITE = 'bench-q'
@@ -137,6 +145,38 @@ export async function getJson<T>(url: string, token: string, attempts = 1): Prom
   }
 }
 
+/** Events per second sent to the measured site while the "live ingest" figures are timed. */
+export const LIVE_RATE = 200
+/** TALLY_GRACE_MS's default, used by the roles of the live part. */
+const DEFAULT_GRACE_MS = 300_000
+
+/**
+ * Sends `events` (sorted by sendAt) through /v1/import, timestamps kept, at their pace: every
+ * 100 ms, the events whose sendAt has come. Resolves with the number accepted once all are sent.
+ */
+export async function paceImports(ingestUrl: string, writeKey: string, events: readonly GeneratedEvent[]) {
+  const at = (e: GeneratedEvent) => e.sendAt
+  const queue = events
+  let accepted = 0
+  let next = 0
+  while (next < queue.length) {
+    const now = Date.now()
+    const due: GeneratedEvent[] = []
+    // At most 200 per request: well under the body limit even when sending fell behind.
+    while (next < queue.length && at(queue[next]!) <= now && due.length < 200) due.push(queue[next++]!)
+    if (due.length > 0) {
+      const answer = await postJson(
+        `${ingestUrl}/v1/import`,
+        { batch: due.map((e) => e.payload) },
+        { authorization: basicAuth(writeKey) },
+      )
+      accepted += answer.accepted
+    }
+    if (due.length < 200) await new Promise((r) => setTimeout(r, 100))
+  }
+  return accepted
+}
+
 async function run(ctx: ScenarioContext): Promise<ScenarioOutcome> {
   if (!isBuilt('query/role.js')) {
     return {
@@ -192,24 +232,36 @@ async function run(ctx: ScenarioContext): Promise<ScenarioOutcome> {
     loadSecondsIngestAndStream: Math.round(loadSec),
   }
   const children: Child[] = []
+  const kinds = ['timeseries', 'breakdown'] as const
+  const verifyWith = async (
+    kind: (typeof kinds)[number],
+    url: string,
+    t: Truth,
+    sk: VisitorSketches,
+    when: string,
+    attempts: number,
+  ): Promise<Check> =>
+    kind === 'timeseries'
+      ? checkTimeseries(`30 daily points ${when}`, t, fromMs, await getJson(url, token, attempts), sk)
+      : checkBreakdown(`top-10 paths ${when}`, t, await getJson(url, token, attempts), sk)
+  const latencyOf = (r: Awaited<ReturnType<typeof runLoad>>, what: string) =>
+    r.latency ? { latencyMs: { ...r.latency, what } } : {}
   try {
     const query = await spawnRole('query', scenario.env, ctx.env.logDir, 'query')
     children.push(query)
     const base = urlOf(query)
     const figures: Figure[] = []
     const targets: Target[] = []
-    for (const kind of ['timeseries', 'breakdown'] as const) {
+    const targetOf = (kind: (typeof kinds)[number]) => ({
+      url: base,
+      method: 'GET' as const,
+      path: paths[kind],
+      headers: { authorization: `Bearer ${token}` },
+    })
+    for (const kind of kinds) {
       const url = `${base}${paths[kind]}`
-      const verify = async (when: string, attempts: number): Promise<Check> =>
-        kind === 'timeseries'
-          ? checkTimeseries(
-              `30 daily points ${when}`,
-              truth,
-              fromMs,
-              await getJson(url, token, attempts),
-              sketches,
-            )
-          : checkBreakdown(`top-10 paths ${when}`, truth, await getJson(url, token, attempts), sketches)
+      const verify = (when: string, attempts: number) =>
+        verifyWith(kind, url, truth, sketches, when, attempts)
       try {
         const checks: Check[] = [
           {
@@ -218,12 +270,7 @@ async function run(ctx: ScenarioContext): Promise<ScenarioOutcome> {
           },
           await verify('before the load', 1),
         ]
-        const target = {
-          url: base,
-          method: 'GET' as const,
-          path: paths[kind],
-          headers: { authorization: `Bearer ${token}` },
-        }
+        const target = targetOf(kind)
         // One client first: the latency of the query alone, without queueing behind the others.
         const single = await runLoad(target, { connections: 1, amount: pick(ctx, 20, 5), capSec: 60 })
         figures.push({
@@ -231,9 +278,7 @@ async function run(ctx: ScenarioContext): Promise<ScenarioOutcome> {
           system: 'tally (1 client)',
           status: 'ok',
           throughput: { value: single.okPerSec, unit: 'req/s', what: 'one client, one request at a time' },
-          ...(single.latency
-            ? { latencyMs: { ...single.latency, what: 'one client, one request at a time' } }
-            : {}),
+          ...latencyOf(single, 'one client, one request at a time'),
           ...(query.peakRssBytes() !== undefined ? { peakRssBytes: query.peakRssBytes()! } : {}),
           failedRequests: failures(single),
           // The answer it timed is the one just compared with the truth.
@@ -258,14 +303,10 @@ async function run(ctx: ScenarioContext): Promise<ScenarioOutcome> {
             unit: 'req/s',
             what: `${CONNECTIONS} concurrent clients, keep-alive`,
           },
-          ...(r.latency
-            ? {
-                latencyMs: {
-                  ...r.latency,
-                  what: `${CONNECTIONS} concurrent clients (closed loop, each sends its next request when answered)`,
-                },
-              }
-            : {}),
+          ...latencyOf(
+            r,
+            `${CONNECTIONS} concurrent clients (closed loop, each sends its next request when answered); no new data meanwhile, so answers come from the query role's cache after the first`,
+          ),
           ...(query.peakRssBytes() !== undefined ? { peakRssBytes: query.peakRssBytes()! } : {}),
           failedRequests: failures(r),
           checks,
@@ -301,6 +342,107 @@ async function run(ctx: ScenarioContext): Promise<ScenarioOutcome> {
         })
       }
     }
+
+    // Live ingest: the same loads while LIVE_RATE events/s arrive for the measured site, so the data
+    // changes at every stream flush and answers are recomputed (the cache's miss path). Afterwards
+    // both answers must equal the truth of the loaded and the live events together.
+    const liveSpanSec = 2 * (seconds + 2) + 2
+    const live = generateWorkload({
+      seed: ctx.seed + 4,
+      sites: [SITE],
+      events: LIVE_RATE * liveSpanSec,
+      start: new Date(Date.now() + 2_000),
+      spanMs: liveSpanSec * 1000,
+      paths: pathCount,
+      lateShare: 0,
+      outOfOrderShare: 0,
+    }).events
+    const liveFigures: Figure[] = []
+    try {
+      // Production grace from here on: the 7-day one only let the stream count the loaded history.
+      const liveEnv = { ...scenario.env, TALLY_GRACE_MS: String(DEFAULT_GRACE_MS) }
+      const ingest = await spawnRole('ingest', liveEnv, ctx.env.logDir, 'ingest-live')
+      children.push(ingest)
+      const stream = await spawnRole('stream', liveEnv, ctx.env.logDir, 'stream-live')
+      children.push(stream)
+      const liveQuery = await spawnRole('query', liveEnv, ctx.env.logDir, 'query-live')
+      children.push(liveQuery)
+      const liveBase = urlOf(liveQuery)
+      ctx.say(`query: ${LIVE_RATE} events/s of live ingest for the site; the same loads again`)
+      const sending = paceImports(urlOf(ingest), keys.get(SITE)!.writeKey, live)
+      // Awaited after the loads; until then a failure must not go unhandled.
+      sending.catch(() => {})
+      const runs = []
+      for (const kind of kinds) {
+        const r = await runLoad(
+          { ...targetOf(kind), url: liveBase },
+          { connections: CONNECTIONS, durationSec: seconds },
+        )
+        runs.push({ kind, r })
+      }
+      const acceptedLive = await sending
+      await waitCaughtUp(ctx, scenario, reader, 120_000)
+      const all = [...events, ...live]
+      const truthAll = truthOf(all, [SITE])
+      const sketchesAll = new VisitorSketches(all, precision)
+      for (const { kind, r } of runs) {
+        const checks: Check[] = [
+          {
+            ok: acceptedLive === live.length,
+            detail: `live events: ${acceptedLive} accepted of ${live.length}`,
+          },
+          await verifyWith(
+            kind,
+            `${liveBase}${paths[kind]}`,
+            truthAll,
+            sketchesAll,
+            'after the live ingest',
+            12,
+          ).catch(
+            (err: Error): Check => ({ ok: false, detail: `answer after the live ingest: ${err.message}` }),
+          ),
+        ]
+        liveFigures.push({
+          scenario: `query.${kind}`,
+          system: 'tally (live ingest)',
+          status: checks.every((c) => c.ok) ? 'ok' : 'failed',
+          throughput: {
+            value: r.okPerSec,
+            unit: 'req/s',
+            what: `${CONNECTIONS} concurrent clients, keep-alive`,
+          },
+          ...latencyOf(
+            r,
+            `${CONNECTIONS} concurrent clients while ${LIVE_RATE} events/s arrive for the site: answers recomputed after each stream flush`,
+          ),
+          ...(liveQuery.peakRssBytes() !== undefined ? { peakRssBytes: liveQuery.peakRssBytes()! } : {}),
+          failedRequests: failures(r),
+          checks,
+          details: {
+            ...details,
+            request: paths[kind],
+            liveEventsPerSec: LIVE_RATE,
+            graceMs: DEFAULT_GRACE_MS,
+            statusesNot2xx: r.statuses,
+            errors: r.errors,
+            timeouts: r.timeouts,
+            unansweredAtEnd: Math.max(0, r.sent - r.ok - failures(r)),
+          },
+        })
+      }
+    } catch (err) {
+      ctx.say(`query (live ingest) failed: ${(err as Error).message}`)
+      for (const kind of kinds)
+        liveFigures.push({
+          scenario: `query.${kind}`,
+          system: 'tally (live ingest)',
+          status: 'failed',
+          reason: (err as Error).message,
+          checks: [],
+          details,
+        })
+    }
+    figures.push(...liveFigures)
     return { figures, ratios: [], targets }
   } finally {
     for (const c of children.reverse()) await c.stop()

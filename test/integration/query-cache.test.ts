@@ -188,6 +188,62 @@ function cacheSuite(name: string, open: () => Promise<Harness>) {
       expect((await aggregate(1)).results.events.value).toBe(6)
     })
 
+    it('breakdowns: settled windows come from their cache, the current ones from the store, a rebuild shows at once', async () => {
+      const site = sites[0]!.siteId
+      const current = Math.floor(Date.now() / HOUR) * HOUR
+      const pathRow = (ws: number, value: string, events: number): RowWrite => ({
+        key: {
+          siteId: site,
+          granularity: 'hour',
+          windowStart: ws,
+          dimension: 'path',
+          value,
+          sourcePartition: 0,
+        },
+        values: values(events),
+        throughOffset: ++offset,
+      })
+      const from = new Date(windowStart).toISOString()
+      const to = new Date(current + HOUR).toISOString()
+      const breakdown = async () =>
+        (
+          (await get(`/v1/stats/breakdown?from=${from}&to=${to}&property=path&metrics=events`)) as {
+            results: Array<{ path: string; events: number }>
+          }
+        ).results
+      await h.store.writeRows([pathRow(current, '/b', 2)], epoch)
+      await checkpoint()
+      // /a: 7 in the settled hour (earlier test); /b: the current hour.
+      expect(await breakdown()).toEqual([
+        { path: '/a', events: 7 },
+        { path: '/b', events: 2 },
+      ])
+      await h.store.writeRows([pathRow(current, '/b', 12)], epoch)
+      await checkpoint()
+      expect(await breakdown()).toEqual([
+        { path: '/b', events: 12 },
+        { path: '/a', events: 7 },
+      ])
+      // A rebuild of the settled hour: the cached read of it is replaced.
+      await h.batch.rows.writeFinal(
+        [
+          {
+            siteId: site,
+            granularity: 'hour',
+            windowStart,
+            dimension: 'path',
+            value: '/a',
+            values: values(20),
+          },
+        ],
+        Date.now() * 1000,
+      )
+      expect(await breakdown()).toEqual([
+        { path: '/a', events: 20 },
+        { path: '/b', events: 12 },
+      ])
+    })
+
     it('shares one computation among concurrent requests for the same query', async () => {
       await h.store.writeRows(streamRows(sites[1]!.siteId, 11), epoch)
       await checkpoint()

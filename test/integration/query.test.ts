@@ -483,7 +483,9 @@ describe('query API against stream aggregates', () => {
           metrics: 'events,pageviews,visitors',
           limit: 1000,
         })
-        expect(res.meta.segments.map((s) => s.granularity)).toEqual(['hour', 'day', 'hour'])
+        // Tiled hour, day, hour; the day is not complete in the stream yet (3-day grace), so it is
+        // read as hours too (query/stats.ts unsettledDaysAsHours), which join into one segment.
+        expect(res.meta.segments).toEqual([{ granularity: 'hour', from: iso(from), to: iso(to) }])
         const expected = Object.entries(truth.sites[site]!.breakdown[property])
           .filter(([, c]) => c.events > 0)
           .sort((a, b) => b[1].events - a[1].events || (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0))
