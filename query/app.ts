@@ -4,7 +4,7 @@ import { TallyError } from '../core/errors.js'
 import { DEFAULT_PRECISION } from '../core/hll.js'
 import { createHttpServer } from '../core/http.js'
 import type { Logger } from '../core/log.js'
-import type { AggregateReader, BreakdownResult } from '../core/ports/aggregate-store.js'
+import type { AggregateReader, BreakdownResult, MergedWindow } from '../core/ports/aggregate-store.js'
 import type { ReadAuthorizer } from './auth.js'
 import { AnswerCache, type AnswerCacheOptions, DEFAULT_ANSWER_CACHE } from './cache.js'
 import { dashboardPlugin } from './dashboard/plugin.js'
@@ -87,12 +87,15 @@ export async function buildQueryApp(deps: QueryAppDeps): Promise<FastifyInstance
       onHit: () => metrics.cache.inc({ outcome: 'hit' }),
       onMiss: () => metrics.cache.inc({ outcome: 'miss' }),
     }),
-    // Breakdown reads of settled windows (a map per value): the same budget again, and kept 60 times
+    // Reads of settled windows (windows, or a map per value): the same budget again, and kept 60 times
     // as long, since only a rebuild (which changes the final mark) can change them.
     settled: new AnswerCache(
       { ...answerCache, maxAgeMs: answerCache.maxAgeMs * 60 },
       {
-        sizeOf: (r) => 160 * (r as BreakdownResult).values.size + 48 * (r as BreakdownResult).windows.size,
+        sizeOf: (r) =>
+          Array.isArray(r)
+            ? (r as MergedWindow[]).reduce((n, w) => n + 64 + w.visitors.byteLength, 0)
+            : 160 * (r as BreakdownResult).values.size + 48 * (r as BreakdownResult).windows.size,
       },
     ),
   })

@@ -81,6 +81,14 @@ export interface StatsDeps {
   settled?: AnswerCache
 }
 
+/** What decides which windows of a read are settled (see StatsService.settledSplit). */
+interface ReadContext {
+  /** complete_through of the snapshot: windows ending by it get no more stream writes. */
+  settledThroughMs: number | undefined
+  /** The site's final mark in the snapshot; undefined = no settled cache for this read. */
+  finalMark: string | undefined
+}
+
 /** Unsettled days of a breakdown are read as hours (settled hours cached) up to this many hours. */
 const MAX_SPLIT_HOURS = 72
 const HOUR_MS = 3_600_000
@@ -227,65 +235,81 @@ export class StatsService {
   }
 
   /**
-   * One segment of a breakdown: the windows that ended by `settledThroughMs` (complete in the
-   * stream: only a rebuild, which changes the site's final mark, can change them) from the settled
-   * cache, the others from the store.
+   * Reads one segment in up to two parts: the windows that ended by `at.settledThroughMs` (complete
+   * in the stream: only a rebuild, which changes the site's final mark, can change them) through the
+   * settled cache, the others from the store.
    */
+  private settledSplit<T>(
+    what: string,
+    siteId: string,
+    s: Segment,
+    at: ReadContext,
+    read: (fromMs: number, toMs: number) => Promise<T>,
+  ): Promise<T[]> {
+    const settled = this.deps.settled
+    const w = windowMs(s.granularity)
+    const { settledThroughMs, finalMark } = at
+    const cut =
+      finalMark === undefined || settledThroughMs === undefined || !settled?.enabled
+        ? s.fromMs
+        : Math.min(s.toMs, Math.max(s.fromMs, Math.floor(settledThroughMs / w) * w))
+    const parts: Array<Promise<T>> = []
+    if (cut > s.fromMs) {
+      const key = `${what}\n${siteId}\n${s.granularity}\n${s.fromMs}\n${cut}`
+      parts.push(settled!.answer(key, finalMark!, () => read(s.fromMs, cut)))
+    }
+    if (cut < s.toMs) parts.push(read(cut, s.toMs))
+    return Promise.all(parts)
+  }
+
+  /** One segment of a breakdown, in parts (see settledSplit). */
   private breakdownParts(
     siteId: string,
     s: Segment,
     property: Dimension,
     options: ReadOptions & { values?: readonly string[] },
-    settledThroughMs: number | undefined,
-    finalMark: string | undefined,
+    at: ReadContext,
   ): Promise<BreakdownResult[]> {
-    const reader = this.deps.reader
-    const settled = this.deps.settled
-    const w = windowMs(s.granularity)
-    const cut =
-      finalMark === undefined || settledThroughMs === undefined || !settled?.enabled
-        ? s.fromMs
-        : Math.min(s.toMs, Math.max(s.fromMs, Math.floor(settledThroughMs / w) * w))
-    const parts: Array<Promise<BreakdownResult>> = []
-    if (cut > s.fromMs) {
-      const key = JSON.stringify([siteId, s.granularity, property, s.fromMs, cut, options])
-      parts.push(
-        settled!.answer(key, finalMark!, () =>
-          reader.breakdownDetailed(siteId, s.granularity, property, s.fromMs, cut, options),
-        ),
-      )
-    }
-    if (cut < s.toMs)
-      parts.push(reader.breakdownDetailed(siteId, s.granularity, property, cut, s.toMs, options))
-    return Promise.all(parts)
+    return this.settledSplit(`breakdown ${property} ${JSON.stringify(options)}`, siteId, s, at, (from, to) =>
+      this.deps.reader.breakdownDetailed(siteId, s.granularity, property, from, to, options),
+    )
   }
 
-  /** Windows of one segment: totals, or the rows of the filter's values. */
-  private readSegment(
+  /** Windows of one segment in time order: totals, or the rows of the filter's values. */
+  private async readSegment(
     siteId: string,
     s: Segment,
     filter: Filter | undefined,
     withVisitors: boolean,
+    at: ReadContext,
   ): Promise<MergedWindow[]> {
     const options = { visitors: withVisitors }
-    return filter
-      ? this.deps.reader.dimensionWindows(
+    const reader = this.deps.reader
+    const parts = filter
+      ? await this.settledSplit(
+          `windows ${filter.property} ${JSON.stringify([filter.values, options])}`,
           siteId,
-          s.granularity,
-          filter.property,
-          filter.values,
-          s.fromMs,
-          s.toMs,
-          options,
+          s,
+          at,
+          (from, to) =>
+            reader.dimensionWindows(siteId, s.granularity, filter.property, filter.values, from, to, options),
         )
-      : this.deps.reader.totals(siteId, s.granularity, s.fromMs, s.toMs, options)
+      : await this.settledSplit(`totals ${JSON.stringify(options)}`, siteId, s, at, (from, to) =>
+          reader.totals(siteId, s.granularity, from, to, options),
+        )
+    return parts.length === 1 ? parts[0]! : parts.flat()
   }
 
   aggregate(q: ParsedQuery): Promise<AggregateAnswer> {
-    return this.answer('aggregate', q, (freshness) => this.aggregateAt(q, freshness))
+    return this.answer('aggregate', q, (freshness, mark) => this.aggregateAt(q, freshness, mark))
   }
 
-  private async aggregateAt(q: ParsedQuery, freshness: Freshness): Promise<AggregateAnswer> {
+  private async aggregateAt(
+    q: ParsedQuery,
+    freshness: Freshness,
+    finalMark: string | undefined,
+  ): Promise<AggregateAnswer> {
+    const at: ReadContext = { settledThroughMs: freshness.completeThroughMs, finalMark }
     if (q.filters.length > 1) {
       throw unsupported(
         'aggregates are stored per single property, so only one filter can be answered exactly; filter on one property',
@@ -299,7 +323,9 @@ export class StatsService {
     if (filter) this.checkReads(segments, 'a filtered aggregate')
     else this.checkDays(segments)
     const withVisitors = q.metrics.includes('visitors')
-    const read = await Promise.all(segments.map((s) => this.readSegment(q.siteId, s, filter, withVisitors)))
+    const read = await Promise.all(
+      segments.map((s) => this.readSegment(q.siteId, s, filter, withVisitors, at)),
+    )
     const acc = new MetricAccumulator(this.deps.precision, withVisitors)
     const tally = new WindowTally(freshness.completeThroughMs)
     segments.forEach((s, i) => {
@@ -361,10 +387,15 @@ export class StatsService {
   }
 
   timeseries(q: ParsedQuery): Promise<TimeseriesAnswer> {
-    return this.answer('timeseries', q, (freshness) => this.timeseriesAt(q, freshness))
+    return this.answer('timeseries', q, (freshness, mark) => this.timeseriesAt(q, freshness, mark))
   }
 
-  private async timeseriesAt(q: ParsedQuery, freshness: Freshness): Promise<TimeseriesAnswer> {
+  private async timeseriesAt(
+    q: ParsedQuery,
+    freshness: Freshness,
+    finalMark: string | undefined,
+  ): Promise<TimeseriesAnswer> {
+    const at: ReadContext = { settledThroughMs: freshness.completeThroughMs, finalMark }
     if (q.filters.length > 1) {
       throw unsupported(
         'aggregates are stored per single property, so only one filter can be answered exactly; filter on one property',
@@ -378,7 +409,7 @@ export class StatsService {
     )
     if (filter) this.checkReads([segment], 'a filtered timeseries')
     const withVisitors = q.metrics.includes('visitors')
-    const windows = await this.readSegment(q.siteId, segment, filter, withVisitors)
+    const windows = await this.readSegment(q.siteId, segment, filter, withVisitors, at)
     const byStart = new Map(windows.map((w) => [w.windowStart, w]))
     const tally = new WindowTally(freshness.completeThroughMs)
     const results: TimeseriesPoint[] = []
@@ -442,8 +473,7 @@ export class StatsService {
             s,
             property,
             { visitors, ...(only ? { values: only } : {}) },
-            ct,
-            finalMark,
+            { settledThroughMs: ct, finalMark },
           ),
         ),
       )
@@ -526,16 +556,21 @@ export class StatsService {
 
   /** The last `minutes` minute windows, the current one included. */
   realtime(q: ParsedQuery): Promise<AggregateAnswer> {
-    return this.answer('realtime', q, (freshness) => this.realtimeAt(q, freshness))
+    return this.answer('realtime', q, (freshness, mark) => this.realtimeAt(q, freshness, mark))
   }
 
-  private async realtimeAt(q: ParsedQuery, freshness: Freshness): Promise<AggregateAnswer> {
+  private async realtimeAt(
+    q: ParsedQuery,
+    freshness: Freshness,
+    finalMark: string | undefined,
+  ): Promise<AggregateAnswer> {
+    const at: ReadContext = { settledThroughMs: freshness.completeThroughMs, finalMark }
     const now = this.deps.now()
     const current = floorTo(now, 'minute')
     const range = { fromMs: current - (q.minutes - 1) * 60_000, toMs: current + 60_000 }
     const segment: Segment = { granularity: 'minute', ...range }
     const withVisitors = q.metrics.includes('visitors')
-    const windows = await this.readSegment(q.siteId, segment, undefined, withVisitors)
+    const windows = await this.readSegment(q.siteId, segment, undefined, withVisitors, at)
     const acc = new MetricAccumulator(this.deps.precision, withVisitors)
     const tally = new WindowTally(freshness.completeThroughMs)
     tally.addSegment(segment, new Set(windows.filter((w) => w.final).map((w) => w.windowStart)))
