@@ -25,6 +25,16 @@ export interface Child {
 }
 
 const running = new Set<Child>()
+// Whatever ends this process (a crash included), the roles it started do not outlive it.
+process.once('exit', () => {
+  for (const c of running) {
+    try {
+      process.kill(c.pid, 'SIGKILL')
+    } catch {
+      // Already gone.
+    }
+  }
+})
 
 /** Children still running (for the emergency stop on SIGINT or a crash). */
 export function runningChildren(): Child[] {
