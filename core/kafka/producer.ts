@@ -31,9 +31,9 @@ interface Pending {
   timer: NodeJS.Timeout | undefined
 }
 
-function recordBytes(r: LogRecord): number {
-  let n = r.value.length + Buffer.byteLength(r.key) + 64
-  for (const [k, v] of Object.entries(r.headers)) n += k.length + v.length + 8
+function headerBytes(headers: Readonly<Record<string, string>>): number {
+  let n = 0
+  for (const k in headers) n += k.length + headers[k]!.length + 8
   return n
 }
 
@@ -156,14 +156,26 @@ export class KafkaBatchingProducer implements EventLogWriter {
     if (records.length === 0) return Promise.resolve()
     this.lastTopic = topic
     let bytes = 0
+    // The records of one request usually share their headers object and timestamp: copy and
+    // measure the headers, and format the timestamp, once per distinct value.
+    let lastHeaders: LogRecord['headers'] | undefined
+    let headersCopy: Record<string, string> = {}
+    let headersBytes = 0
+    let lastTimestampMs: number | undefined
+    let timestamp = ''
     const messages: Message[] = records.map((r) => {
-      bytes += recordBytes(r)
-      return {
-        key: r.key,
-        value: r.value,
-        headers: { ...r.headers },
-        ...(r.timestampMs === undefined ? {} : { timestamp: String(r.timestampMs) }),
+      if (r.headers !== lastHeaders) {
+        lastHeaders = r.headers
+        headersCopy = { ...r.headers }
+        headersBytes = headerBytes(r.headers)
       }
+      bytes += r.value.length + Buffer.byteLength(r.key) + 64 + headersBytes
+      if (r.timestampMs === undefined) return { key: r.key, value: r.value, headers: headersCopy }
+      if (r.timestampMs !== lastTimestampMs) {
+        lastTimestampMs = r.timestampMs
+        timestamp = String(r.timestampMs)
+      }
+      return { key: r.key, value: r.value, headers: headersCopy, timestamp }
     })
     if (this.queuedBytes + bytes > this.maxPendingBytes) {
       return Promise.reject(
