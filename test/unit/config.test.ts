@@ -61,6 +61,7 @@ describe('loadConfig', () => {
     ['LOG_LEVEL', 'loud', 'one of fatal'],
     ['TALLY_TOPIC_RAW', 'events raw', 'Kafka topic name'],
     ['TALLY_INGEST_COMPRESSION', 'zstd', 'one of none, gzip'],
+    ['TALLY_INGEST_IN_FLIGHT_BATCHES', '0', 'an integer from 1 to 16'],
   ])('rejects %s=%s naming the variable, the value and the expected form', (name, value, expected) => {
     const err = errorOf({ [name]: value })
     expect(err.code).toBe('TALLY_ERR_CONFIG')
