@@ -86,9 +86,11 @@ export async function buildIngestApp(deps: IngestDeps): Promise<FastifyInstance>
 
   // Compressed bodies are inflated while they are read; Fastify's body limit then applies to the
   // inflated bytes, so a small gzip bomb is cut off at the cap.
-  app.addHook('preParsing', async (req, _reply, payload) => {
-    const encoding = (req.headers['content-encoding'] ?? 'identity').toLowerCase().trim()
-    if (encoding === 'identity' || encoding === '') return payload
+  app.addHook('preParsing', (req, _reply, payload, done) => {
+    const header = req.headers['content-encoding']
+    if (header === undefined) return done(null, payload)
+    const encoding = header.toLowerCase().trim()
+    if (encoding === 'identity' || encoding === '') return done(null, payload)
     const inflater =
       encoding === 'gzip' || encoding === 'x-gzip'
         ? createGunzip()
@@ -98,13 +100,15 @@ export async function buildIngestApp(deps: IngestDeps): Promise<FastifyInstance>
             ? createBrotliDecompress()
             : undefined
     if (!inflater) {
-      throw new TallyError(
-        'TALLY_ERR_UNSUPPORTED_ENCODING',
-        `content-encoding ${encoding} is not supported: use gzip, deflate or br`,
-        {
-          statusCode: 415,
-          where: 'content-encoding',
-        },
+      return done(
+        new TallyError(
+          'TALLY_ERR_UNSUPPORTED_ENCODING',
+          `content-encoding ${encoding} is not supported: use gzip, deflate or br`,
+          {
+            statusCode: 415,
+            where: 'content-encoding',
+          },
+        ),
       )
     }
     let inflatedBytes = 0
@@ -126,7 +130,7 @@ export async function buildIngestApp(deps: IngestDeps): Promise<FastifyInstance>
     })
     inflater.on('error', (err) => out.destroy(err))
     payload.pipe(inflater).pipe(out)
-    return out
+    done(null, out)
   })
 
   // Before the routes: with a prefix, the plugin aliases every /v1/ route registered after it.
@@ -148,12 +152,14 @@ export async function buildIngestApp(deps: IngestDeps): Promise<FastifyInstance>
     maxAge: 86_400,
   })
 
-  app.addHook('onRequest', async () => {
+  app.addHook('onRequest', (_req, _reply, done) => {
     metrics.inFlight.inc()
+    done()
   })
-  app.addHook('onResponse', async (req, reply) => {
+  app.addHook('onResponse', (req, reply, done) => {
     metrics.inFlight.dec()
     metrics.requests.inc({ endpoint: req.routeOptions.url ?? 'unknown', status: String(reply.statusCode) })
+    done()
   })
 
   async function authenticate(

@@ -22,16 +22,41 @@ const validator = Compile(SegmentEventV1)
 
 /** Depth of nested objects/arrays, stopping early once past `limit`. */
 export function depthExceeds(value: unknown, limit: number): boolean {
-  const stack: Array<[unknown, number]> = [[value, 1]]
-  while (stack.length > 0) {
-    const [v, d] = stack.pop()!
-    if (v === null || typeof v !== 'object') continue
-    if (d > limit) return true
-    for (const child of Array.isArray(v) ? v : Object.values(v)) {
-      if (child !== null && typeof child === 'object') stack.push([child, d + 1])
+  return jsonBound(value, 1, limit) === DEEP
+}
+
+const DEEP = -1
+// Longest JSON text of a number ("-1.2345678901234567e-308"), of true/false/null.
+const NUMBER_BYTES = 24
+const LITERAL_BYTES = 5
+
+/**
+ * An upper bound of the UTF-8 bytes of `JSON.stringify(value)`, or DEEP once objects and arrays
+ * nest deeper than `limit` (the root is depth 1). One walk instead of serializing every event a
+ * second time only to measure it: a UTF-16 unit never takes more than 6 bytes in JSON (`\u001f`).
+ * Values JSON.stringify treats specially (toJSON, as in Date) give Infinity, i.e. "measure it".
+ */
+function jsonBound(value: unknown, depth: number, limit: number): number {
+  if (typeof value === 'string') return 6 * value.length + 2
+  if (value === null || typeof value !== 'object')
+    return typeof value === 'number' ? NUMBER_BYTES : LITERAL_BYTES
+  if (depth > limit) return DEEP
+  let bytes = 2
+  if (Array.isArray(value)) {
+    for (const item of value) {
+      const b = jsonBound(item, depth + 1, limit)
+      if (b === DEEP) return DEEP
+      bytes += b + 1
     }
+    return bytes
   }
-  return false
+  for (const key in value) {
+    if (!Object.hasOwn(value, key)) continue
+    const b = jsonBound((value as Record<string, unknown>)[key], depth + 1, limit)
+    if (b === DEEP) return DEEP
+    bytes += b + 6 * key.length + 4
+  }
+  return typeof (value as { toJSON?: unknown }).toJSON === 'function' ? Number.POSITIVE_INFINITY : bytes
 }
 
 function idString(v: unknown): string | undefined {
@@ -48,6 +73,30 @@ function parseTime(v: unknown): number | undefined {
   if (typeof v !== 'string' || !ISO_8601.test(v)) return undefined
   const t = Date.parse(v)
   return Number.isNaN(t) ? undefined : t
+}
+
+function hasNullField(o: object): boolean {
+  for (const key in o) if (Object.hasOwn(o, key) && (o as Record<string, unknown>)[key] === null) return true
+  return false
+}
+
+/** A shallow copy without `ip`; built without `delete`, which would slow the object down. */
+function withoutIp(context: Record<string, unknown> | undefined): Record<string, unknown> {
+  if (context === undefined) return {}
+  if (!Object.hasOwn(context, 'ip')) return { ...context }
+  const { ip: _ip, ...rest } = context
+  return rest
+}
+
+// Every event of one request shares its receive time: format it once.
+let lastReceivedAtMs = Number.NaN
+let lastReceivedAtIso = ''
+function isoOfReceivedAt(ms: number): string {
+  if (ms !== lastReceivedAtMs) {
+    lastReceivedAtIso = new Date(ms).toISOString()
+    lastReceivedAtMs = ms
+  }
+  return lastReceivedAtIso
 }
 
 export interface NormalizeInput {
@@ -83,18 +132,25 @@ export function normalizeEvent(
     return reject('TALLY_ERR_INVALID_EVENT', 'an event must be a JSON object')
   }
   // Segment clients send null for absent fields (analytics.js posts userId: null before identify).
-  if (Object.values(payload).includes(null)) {
+  if (hasNullField(payload)) {
     payload = Object.fromEntries(Object.entries(payload).filter(([, v]) => v !== null))
   }
-  if (depthExceeds(payload, limits.maxDepth)) {
+  const bound = jsonBound(payload, 1, limits.maxDepth)
+  if (bound === DEEP) {
     return reject(
       'TALLY_ERR_NESTING_TOO_DEEP',
       `objects and arrays nest deeper than ${limits.maxDepth} levels`,
     )
   }
-  const size = Buffer.byteLength(JSON.stringify(payload))
-  if (size > limits.maxEventBytes) {
-    return reject('TALLY_ERR_EVENT_TOO_LARGE', `event is ${size} bytes; the limit is ${limits.maxEventBytes}`)
+  // Only an event that might be too large is serialized to measure it exactly.
+  if (bound > limits.maxEventBytes) {
+    const size = Buffer.byteLength(JSON.stringify(payload))
+    if (size > limits.maxEventBytes) {
+      return reject(
+        'TALLY_ERR_EVENT_TOO_LARGE',
+        `event is ${size} bytes; the limit is ${limits.maxEventBytes}`,
+      )
+    }
   }
   const claimedType = (payload as { type?: unknown }).type
   if (claimedType !== undefined && !(EVENT_TYPES as readonly unknown[]).includes(claimedType)) {
@@ -152,9 +208,8 @@ export function normalizeEvent(
     timestampMs = input.receivedAtMs - (sentAt - eventTime)
   }
 
-  const context: Record<string, unknown> = { ...(e.context ?? {}) }
   // The client IP serves rate limiting only; it is never stored.
-  delete context.ip
+  const context = withoutIp(e.context)
   const ua = uaParser.parse(typeof context.userAgent === 'string' ? context.userAgent : input.userAgent)
 
   const event: RawEventV1 = {
@@ -166,7 +221,7 @@ export function normalizeEvent(
     properties: e.properties ?? {},
     context,
     timestamp: new Date(timestampMs).toISOString(),
-    receivedAt: new Date(input.receivedAtMs).toISOString(),
+    receivedAt: isoOfReceivedAt(input.receivedAtMs),
     ua: { browser: ua.browser, os: ua.os, device: ua.device },
     bot: ua.bot,
   }

@@ -45,6 +45,8 @@ export async function startIngest(
     await cassandra.connect()
     const producer = new KafkaBatchingProducer(createKafka(config.kafka, { logger }), {
       lingerMs: config.ingest.lingerMs,
+      compression: config.ingest.compression,
+      maxInFlightBatches: config.ingest.inFlightBatches,
       appendTimeoutMs: config.ingest.appendTimeoutMs,
       logger,
       onSend: (records, _bytes, seconds, ok) => {

@@ -14,9 +14,23 @@ export interface BatchingProducerOptions {
   appendTimeoutMs?: number
   /** gzip by default: it is what every Kafka client and tool reads. */
   compression?: 'gzip' | 'none'
+  /**
+   * Batches in flight at once, each from its own idempotent producer (kafkajs keeps one request in
+   * flight per idempotent producer). Default 1. With more, a batch need not wait for the previous
+   * one's acknowledgement; appends of one call stay together, in order, in one batch.
+   */
+  maxInFlightBatches?: number
   logger?: Logger
   /** Observes each send: records, bytes, seconds, outcome. */
   onSend?: (records: number, bytes: number, seconds: number, ok: boolean) => void
+}
+
+/** One idempotent producer and the batch it has in flight. */
+interface Lane {
+  producer: Producer
+  connected: Promise<void> | undefined
+  /** Since when its batch is in flight; undefined while idle. */
+  inFlightSince: number | undefined
 }
 
 interface Pending {
@@ -31,9 +45,9 @@ interface Pending {
   timer: NodeJS.Timeout | undefined
 }
 
-function recordBytes(r: LogRecord): number {
-  let n = r.value.length + Buffer.byteLength(r.key) + 64
-  for (const [k, v] of Object.entries(r.headers)) n += k.length + v.length + 8
+function headerBytes(headers: Readonly<Record<string, string>>): number {
+  let n = 0
+  for (const k in headers) n += k.length + headers[k]!.length + 8
   return n
 }
 
@@ -43,7 +57,7 @@ function recordBytes(r: LogRecord): number {
  * Memory is bounded by `maxPendingBytes`; an append waits at most `appendTimeoutMs`.
  */
 export class KafkaBatchingProducer implements EventLogWriter {
-  private producer: Producer
+  private readonly lanes: Lane[]
   private readonly lingerMs: number
   private readonly maxBatchBytes: number
   private readonly maxPendingBytes: number
@@ -51,12 +65,9 @@ export class KafkaBatchingProducer implements EventLogWriter {
   private readonly compression: CompressionTypes
   private queue: Pending[] = []
   private queuedBytes = 0
-  private flushing = false
   private lingerTimer: NodeJS.Timeout | undefined
-  private connected: Promise<void> | undefined
   private closing: Promise<void> | undefined
   private lastOk = true
-  private inFlightSince: number | undefined
   private lastTopic: string | undefined
   private probing = false
   private lastProbeAt = 0
@@ -65,7 +76,12 @@ export class KafkaBatchingProducer implements EventLogWriter {
     private readonly kafka: Kafka,
     private readonly options: BatchingProducerOptions = {},
   ) {
-    this.producer = this.newProducer()
+    const lanes = Math.max(1, Math.floor(options.maxInFlightBatches ?? 1))
+    this.lanes = Array.from({ length: lanes }, () => ({
+      producer: this.newProducer(),
+      connected: undefined,
+      inFlightSince: undefined,
+    }))
     this.lingerMs = options.lingerMs ?? 2
     this.maxBatchBytes = options.maxBatchBytes ?? 1024 * 1024
     this.maxPendingBytes = options.maxPendingBytes ?? 64 * 1024 * 1024
@@ -94,27 +110,38 @@ export class KafkaBatchingProducer implements EventLogWriter {
    * acknowledges that batch without writing it. A new producer gets a new producer id and so a
    * fresh sequence.
    */
-  private renewProducer(): void {
-    const old = this.producer
-    this.producer = this.newProducer()
-    this.connected = undefined
+  private renewProducer(lane: Lane): void {
+    const old = lane.producer
+    lane.producer = this.newProducer()
+    lane.connected = undefined
     // Not awaited: with Kafka down a disconnect must not hold up the sends queued behind it.
     void old.disconnect().catch((err: unknown) => {
       this.options.logger?.debug({ err: errorMessage(err) }, 'old kafka producer did not disconnect cleanly')
     })
   }
 
-  connect(): Promise<void> {
-    this.connected ??= this.producer.connect().catch((err) => {
-      this.connected = undefined
+  async connect(): Promise<void> {
+    await Promise.all(this.lanes.map((lane) => this.connectLane(lane)))
+  }
+
+  private connectLane(lane: Lane): Promise<void> {
+    lane.connected ??= lane.producer.connect().catch((err) => {
+      lane.connected = undefined
       throw new ServiceUnavailableError('kafka', `producer cannot connect: ${errorMessage(err)}`, err)
     })
-    return this.connected
+    return lane.connected
+  }
+
+  private get flushing(): boolean {
+    return this.lanes.some((lane) => lane.inFlightSince !== undefined)
   }
 
   /** False after a failed send, or while a send has waited longer than the append timeout. */
   healthy(): boolean {
-    const stuck = this.inFlightSince !== undefined && Date.now() - this.inFlightSince > this.appendTimeoutMs
+    const now = Date.now()
+    const stuck = this.lanes.some(
+      (lane) => lane.inFlightSince !== undefined && now - lane.inFlightSince > this.appendTimeoutMs,
+    )
     // Without traffic no send proves that Kafka is back, and a not-ready instance gets no traffic.
     if (!this.lastOk && !this.flushing && this.closing === undefined) this.probe()
     return this.lastOk && !stuck && this.closing === undefined
@@ -156,14 +183,26 @@ export class KafkaBatchingProducer implements EventLogWriter {
     if (records.length === 0) return Promise.resolve()
     this.lastTopic = topic
     let bytes = 0
+    // The records of one request usually share their headers object and timestamp: copy and
+    // measure the headers, and format the timestamp, once per distinct value.
+    let lastHeaders: LogRecord['headers'] | undefined
+    let headersCopy: Record<string, string> = {}
+    let headersBytes = 0
+    let lastTimestampMs: number | undefined
+    let timestamp = ''
     const messages: Message[] = records.map((r) => {
-      bytes += recordBytes(r)
-      return {
-        key: r.key,
-        value: r.value,
-        headers: { ...r.headers },
-        ...(r.timestampMs === undefined ? {} : { timestamp: String(r.timestampMs) }),
+      if (r.headers !== lastHeaders) {
+        lastHeaders = r.headers
+        headersCopy = { ...r.headers }
+        headersBytes = headerBytes(r.headers)
       }
+      bytes += r.value.length + Buffer.byteLength(r.key) + 64 + headersBytes
+      if (r.timestampMs === undefined) return { key: r.key, value: r.value, headers: headersCopy }
+      if (r.timestampMs !== lastTimestampMs) {
+        lastTimestampMs = r.timestampMs
+        timestamp = String(r.timestampMs)
+      }
+      return { key: r.key, value: r.value, headers: headersCopy, timestamp }
     })
     if (this.queuedBytes + bytes > this.maxPendingBytes) {
       return Promise.reject(
@@ -218,18 +257,27 @@ export class KafkaBatchingProducer implements EventLogWriter {
     else p.resolve()
   }
 
+  private idleLane(): Lane | undefined {
+    return this.lanes.find((lane) => lane.inFlightSince === undefined)
+  }
+
   private schedule(): void {
-    if (this.flushing) return
+    if (!this.idleLane()) return
     if (this.queuedBytes >= this.maxBatchBytes || this.lingerMs === 0) {
       clearTimeout(this.lingerTimer)
       this.lingerTimer = undefined
-      void this.flushLoop()
+      this.startIdleLane()
     } else if (!this.lingerTimer) {
       this.lingerTimer = setTimeout(() => {
         this.lingerTimer = undefined
-        void this.flushLoop()
+        this.startIdleLane()
       }, this.lingerMs)
     }
+  }
+
+  private startIdleLane(): void {
+    const lane = this.idleLane()
+    if (lane && this.queue.length > 0) void this.flushLoop(lane)
   }
 
   private takeBatch(): Pending[] {
@@ -248,11 +296,13 @@ export class KafkaBatchingProducer implements EventLogWriter {
     return batch
   }
 
-  private async flushLoop(): Promise<void> {
-    if (this.flushing) return
-    this.flushing = true
+  /** Sends what is queued on `lane`, batch after batch, until the queue is empty. */
+  private async flushLoop(lane: Lane): Promise<void> {
+    if (lane.inFlightSince !== undefined) return
     try {
       while (this.queue.length > 0) {
+        // Marked busy before the first await, so no other loop takes this lane.
+        lane.inFlightSince = Date.now()
         const batch = this.takeBatch()
         const byTopic = new Map<string, Message[]>()
         let bytes = 0
@@ -265,10 +315,11 @@ export class KafkaBatchingProducer implements EventLogWriter {
           count += p.messages.length
         }
         const started = process.hrtime.bigint()
-        this.inFlightSince = Date.now()
+        // With more than one lane, what stayed queued (a batch past maxBatchBytes) may go out now.
+        if (this.queue.length > 0 && this.queuedBytes >= this.maxBatchBytes) this.startIdleLane()
         try {
-          await this.connect()
-          await this.producer.sendBatch({
+          await this.connectLane(lane)
+          await lane.producer.sendBatch({
             acks: -1,
             compression: this.compression,
             topicMessages: [...byTopic].map(([topic, messages]) => ({ topic, messages })),
@@ -282,13 +333,11 @@ export class KafkaBatchingProducer implements EventLogWriter {
           this.options.logger?.warn({ err: errorMessage(err), records: count }, 'kafka write failed')
           const wrapped = new ServiceUnavailableError('kafka', `write failed: ${errorMessage(err)}`, err)
           for (const p of batch) this.settle(p, wrapped)
-          this.renewProducer()
-        } finally {
-          this.inFlightSince = undefined
+          this.renewProducer(lane)
         }
       }
     } finally {
-      this.flushing = false
+      lane.inFlightSince = undefined
     }
   }
 
@@ -297,10 +346,11 @@ export class KafkaBatchingProducer implements EventLogWriter {
     this.closing ??= (async () => {
       clearTimeout(this.lingerTimer)
       while (this.queue.length > 0 || this.flushing) {
-        await this.flushLoop()
-        if (this.flushing) await new Promise((r) => setTimeout(r, 5))
+        const lane = this.idleLane()
+        if (lane && this.queue.length > 0) await this.flushLoop(lane)
+        else await new Promise((r) => setTimeout(r, 5))
       }
-      await this.producer.disconnect()
+      await Promise.all(this.lanes.map((lane) => lane.producer.disconnect()))
     })()
     return this.closing
   }

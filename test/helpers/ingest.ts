@@ -49,6 +49,8 @@ export async function buildTestIngest(config: TallyConfig): Promise<TestIngest> 
   const producer = new KafkaBatchingProducer(createKafka(config.kafka), {
     lingerMs: config.ingest.lingerMs,
     appendTimeoutMs: config.ingest.appendTimeoutMs,
+    compression: config.ingest.compression,
+    maxInFlightBatches: config.ingest.inFlightBatches,
     logger,
   })
   await producer.connect()

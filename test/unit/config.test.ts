@@ -30,6 +30,11 @@ describe('loadConfig', () => {
     expect(c.cassandra.contactPoints).toEqual(['c1:9042', 'c2:9999'])
   })
 
+  it('writes ingest batches uncompressed unless gzip is asked for', () => {
+    expect(loadConfig({}).ingest.compression).toBe('none')
+    expect(loadConfig({ TALLY_INGEST_COMPRESSION: 'gzip' }).ingest.compression).toBe('gzip')
+  })
+
   it('parses replication for multi-node clusters', () => {
     const c = loadConfig({ CASSANDRA_REPLICATION: 'NetworkTopologyStrategy:dc1=3,dc2=2' })
     expect(c.cassandra.replication).toEqual({ class: 'NetworkTopologyStrategy', factors: { dc1: 3, dc2: 2 } })
@@ -55,6 +60,8 @@ describe('loadConfig', () => {
     ['CASSANDRA_CONSISTENCY', 'MOST', 'one of ONE'],
     ['LOG_LEVEL', 'loud', 'one of fatal'],
     ['TALLY_TOPIC_RAW', 'events raw', 'Kafka topic name'],
+    ['TALLY_INGEST_COMPRESSION', 'zstd', 'one of none, gzip'],
+    ['TALLY_INGEST_IN_FLIGHT_BATCHES', '0', 'an integer from 1 to 16'],
   ])('rejects %s=%s naming the variable, the value and the expected form', (name, value, expected) => {
     const err = errorOf({ [name]: value })
     expect(err.code).toBe('TALLY_ERR_CONFIG')

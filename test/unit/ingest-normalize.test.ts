@@ -201,7 +201,26 @@ describe('normalizeEvent: rejections', () => {
     )
   })
 
-  it('measures depth without recursion, so absurd nesting cannot overflow the stack', () => {
+  it('limits the serialized bytes of an event exactly, escapes and multi-byte characters included', () => {
+    const lim = (maxEventBytes: number) => ({ maxEventBytes, maxDepth: 16 })
+    for (const filler of ['x', 'é', '\u0001', '"', '😀']) {
+      const event = { type: 'page', anonymousId: 'a', properties: { s: filler.repeat(300) } }
+      const size = Buffer.byteLength(JSON.stringify(event))
+      expect(normalizeEvent(event, input(), lim(size), parser).ok).toBe(true)
+      expect(rejection(event, input(), lim(size - 1))).toMatchObject({
+        code: 'TALLY_ERR_EVENT_TOO_LARGE',
+        message: `event is ${size} bytes; the limit is ${size - 1}`,
+      })
+    }
+    // Absent (null) fields do not count: they are dropped before measuring.
+    const withNulls = { type: 'page', anonymousId: 'a', userId: null, properties: { s: 'x'.repeat(300) } }
+    const size = Buffer.byteLength(
+      JSON.stringify({ type: 'page', anonymousId: 'a', properties: withNulls.properties }),
+    )
+    expect(normalizeEvent(withNulls, input(), lim(size), parser).ok).toBe(true)
+  })
+
+  it('stops measuring depth at the limit, so absurd nesting cannot overflow the stack', () => {
     const levels = 200_000
     const value = JSON.parse(`${'['.repeat(levels)}${']'.repeat(levels)}`) as unknown
     expect(depthExceeds(value, 16)).toBe(true)

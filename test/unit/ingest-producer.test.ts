@@ -74,3 +74,78 @@ describe('KafkaBatchingProducer while Kafka does not answer', () => {
     expect(later).toMatch(/did not acknowledge the write within 300 ms/)
   })
 })
+
+/** A Kafka whose sends the test acknowledges by hand, recording the records of each send. */
+function manualKafka(): {
+  kafka: KafkaLike
+  sends: Array<{ keys: string[]; producer: number; ack: () => void }>
+} {
+  const sends: Array<{ keys: string[]; producer: number; ack: () => void }> = []
+  let producers = 0
+  const kafka = {
+    producer: () => {
+      const id = ++producers
+      return {
+        connect: async () => undefined,
+        disconnect: async () => undefined,
+        sendBatch: (req: { topicMessages: Array<{ messages: Array<{ key: string }> }> }) =>
+          new Promise<void>((resolve) => {
+            const keys = req.topicMessages.flatMap((t) => t.messages.map((m) => m.key))
+            sends.push({ keys, producer: id, ack: resolve })
+          }),
+      }
+    },
+  }
+  return { kafka: kafka as unknown as KafkaLike, sends }
+}
+
+describe('KafkaBatchingProducer batches in flight', () => {
+  const settled = (p: Promise<void>) => {
+    let done = false
+    void p.then(() => {
+      done = true
+    })
+    return () => done
+  }
+
+  it('with one, sends the next batch only after the previous one was acknowledged', async () => {
+    const { kafka, sends } = manualKafka()
+    const producer = new KafkaBatchingProducer(kafka, { lingerMs: 1 })
+    const first = settled(producer.append('raw', [record(1)]))
+    await eventually(async () => (sends.length === 1 ? true : undefined), 5000, 'the first send')
+    const second = settled(producer.append('raw', [record(2), record(3)]))
+    await new Promise((r) => setTimeout(r, 50))
+    expect(sends).toHaveLength(1)
+    sends[0]!.ack()
+    await eventually(async () => (sends.length === 2 ? true : undefined), 5000, 'the second send')
+    expect([first(), second()]).toEqual([true, false])
+    expect(sends[1]!.keys).toEqual(['k2', 'k3'])
+    sends[1]!.ack()
+    await eventually(async () => (second() ? true : undefined), 5000, 'the second acknowledgement')
+  })
+
+  it('with two, sends a batch from a second producer while the first waits, and answers each append after its own batch', async () => {
+    const { kafka, sends } = manualKafka()
+    const producer = new KafkaBatchingProducer(kafka, { lingerMs: 1, maxInFlightBatches: 2 })
+    const first = settled(producer.append('raw', [record(1)]))
+    await eventually(async () => (sends.length === 1 ? true : undefined), 5000, 'the first send')
+    const second = settled(producer.append('raw', [record(2), record(3)]))
+    await eventually(async () => (sends.length === 2 ? true : undefined), 5000, 'the second send')
+    // One append's records stay together, in order, in one batch of one producer.
+    expect(sends.map((s) => s.keys)).toEqual([['k1'], ['k2', 'k3']])
+    expect(sends[0]!.producer).not.toBe(sends[1]!.producer)
+    // A third append waits: both producers have a batch in flight.
+    const third = settled(producer.append('raw', [record(4)]))
+    await new Promise((r) => setTimeout(r, 50))
+    expect(sends).toHaveLength(2)
+    sends[1]!.ack()
+    await eventually(async () => (second() ? true : undefined), 5000, 'the second acknowledgement')
+    expect(first()).toBe(false)
+    await eventually(async () => (sends.length === 3 ? true : undefined), 5000, 'the third send')
+    expect(sends[2]!.keys).toEqual(['k4'])
+    sends[0]!.ack()
+    sends[2]!.ack()
+    await eventually(async () => (first() && third() ? true : undefined), 5000, 'every acknowledgement')
+    await producer.close()
+  })
+})
