@@ -246,6 +246,36 @@ async function run(ctx: ScenarioContext): Promise<ScenarioOutcome> {
       : checkBreakdown(`top-10 paths ${when}`, t, await getJson(url, token, attempts), sk)
   const latencyOf = (r: Awaited<ReturnType<typeof runLoad>>, what: string) =>
     r.latency ? { latencyMs: { ...r.latency, what } } : {}
+  /** The figure of a run of CONNECTIONS clients against `server`. */
+  const concurrentFigure = (
+    kind: (typeof kinds)[number],
+    system: string,
+    r: Awaited<ReturnType<typeof runLoad>>,
+    what: string,
+    server: Child,
+    checks: Check[],
+    extra: Record<string, number>,
+  ): Figure => ({
+    scenario: `query.${kind}`,
+    system,
+    status: checks.every((c) => c.ok) ? 'ok' : 'failed',
+    throughput: { value: r.okPerSec, unit: 'req/s', what: `${CONNECTIONS} concurrent clients, keep-alive` },
+    ...latencyOf(r, what),
+    ...(server.peakRssBytes() !== undefined ? { peakRssBytes: server.peakRssBytes()! } : {}),
+    failedRequests: failures(r),
+    checks,
+    details: {
+      ...details,
+      ...extra,
+      request: paths[kind],
+      statusesNot2xx: r.statuses,
+      errors: r.errors,
+      timeouts: r.timeouts,
+      // A timed run ends with up to one request per client unanswered: not a failure, but when
+      // answers take longer than the run this is where the requests went.
+      unansweredAtEnd: Math.max(0, r.sent - r.ok - failures(r)),
+    },
+  })
   try {
     const query = await spawnRole('query', scenario.env, ctx.env.logDir, 'query')
     children.push(query)
@@ -294,33 +324,17 @@ async function run(ctx: ScenarioContext): Promise<ScenarioOutcome> {
             (err: Error): Check => ({ ok: false, detail: `answer after the load: ${err.message}` }),
           ),
         )
-        figures.push({
-          scenario: `query.${kind}`,
-          system: 'tally',
-          status: checks.every((c) => c.ok) ? 'ok' : 'failed',
-          throughput: {
-            value: r.okPerSec,
-            unit: 'req/s',
-            what: `${CONNECTIONS} concurrent clients, keep-alive`,
-          },
-          ...latencyOf(
+        figures.push(
+          concurrentFigure(
+            kind,
+            'tally',
             r,
             `${CONNECTIONS} concurrent clients (closed loop, each sends its next request when answered); no new data meanwhile, so answers come from the query role's cache after the first`,
+            query,
+            checks,
+            {},
           ),
-          ...(query.peakRssBytes() !== undefined ? { peakRssBytes: query.peakRssBytes()! } : {}),
-          failedRequests: failures(r),
-          checks,
-          details: {
-            ...details,
-            request: paths[kind],
-            statusesNot2xx: r.statuses,
-            errors: r.errors,
-            timeouts: r.timeouts,
-            // A timed run ends with up to one request per client unanswered: not a failure, but
-            // when answers take longer than the run this is where the requests went.
-            unansweredAtEnd: Math.max(0, r.sent - r.ok - failures(r)),
-          },
-        })
+        )
         if (r.latency)
           targets.push({
             scenario: `query.${kind}`,
@@ -402,33 +416,17 @@ async function run(ctx: ScenarioContext): Promise<ScenarioOutcome> {
             (err: Error): Check => ({ ok: false, detail: `answer after the live ingest: ${err.message}` }),
           ),
         ]
-        liveFigures.push({
-          scenario: `query.${kind}`,
-          system: 'tally (live ingest)',
-          status: checks.every((c) => c.ok) ? 'ok' : 'failed',
-          throughput: {
-            value: r.okPerSec,
-            unit: 'req/s',
-            what: `${CONNECTIONS} concurrent clients, keep-alive`,
-          },
-          ...latencyOf(
+        liveFigures.push(
+          concurrentFigure(
+            kind,
+            'tally (live ingest)',
             r,
             `${CONNECTIONS} concurrent clients while ${LIVE_RATE} events/s arrive for the site: answers recomputed after each stream flush`,
+            liveQuery,
+            checks,
+            { liveEventsPerSec: LIVE_RATE, graceMs: DEFAULT_GRACE_MS },
           ),
-          ...(liveQuery.peakRssBytes() !== undefined ? { peakRssBytes: liveQuery.peakRssBytes()! } : {}),
-          failedRequests: failures(r),
-          checks,
-          details: {
-            ...details,
-            request: paths[kind],
-            liveEventsPerSec: LIVE_RATE,
-            graceMs: DEFAULT_GRACE_MS,
-            statusesNot2xx: r.statuses,
-            errors: r.errors,
-            timeouts: r.timeouts,
-            unansweredAtEnd: Math.max(0, r.sent - r.ok - failures(r)),
-          },
-        })
+        )
       }
     } catch (err) {
       ctx.say(`query (live ingest) failed: ${(err as Error).message}`)
