@@ -4,25 +4,24 @@ const MINUTE_MS = 60_000
 const ENTRY_BYTES = 12
 
 /**
- * messageIds seen in one source partition, as 64-bit hashes grouped in per-minute buckets of
- * receivedAt, so expiring the horizon drops whole buckets. One set answers "seen?" in a single
- * lookup whatever the number of buckets; the buckets only list what to remove on expiry.
- * Everything added since the last `drainNew()` is kept aside to be persisted with the next checkpoint.
+ * messageIds seen in one source partition, as 64-bit hashes in per-minute buckets of receivedAt,
+ * so expiring the horizon drops whole buckets. Everything added since the last `drainNew()` is
+ * kept aside to be persisted with the next checkpoint.
  */
 export class DedupSet {
-  private readonly seen = new Set<bigint>()
-  private readonly buckets = new Map<number, bigint[]>()
-  /** New entries since the last drain, ENTRY_BYTES each, in `[0, freshCount * ENTRY_BYTES)`. */
-  private fresh: Buffer = Buffer.alloc(0)
+  private readonly buckets = new Map<number, Set<bigint>>()
+  private fresh: Buffer[] = []
   private freshCount = 0
   private freshMaxReceived = 0
+  private size_ = 0
 
   get size(): number {
-    return this.seen.size
+    return this.size_
   }
 
   has(hash: bigint): boolean {
-    return this.seen.has(hash)
+    for (const b of this.buckets.values()) if (b.has(hash)) return true
+    return false
   }
 
   /** Adds a messageId; returns false when it was already seen (a duplicate). */
@@ -31,24 +30,19 @@ export class DedupSet {
   }
 
   private add(hash: bigint, minute: number, receivedMs: number, record = true): boolean {
-    const seen = this.seen
-    if (seen.has(hash)) return false
-    seen.add(hash)
+    if (this.has(hash)) return false
     let bucket = this.buckets.get(minute)
     if (!bucket) {
-      bucket = []
+      bucket = new Set()
       this.buckets.set(minute, bucket)
     }
-    bucket.push(hash)
+    bucket.add(hash)
+    this.size_++
     if (record) {
-      const at = this.freshCount * ENTRY_BYTES
-      if (at + ENTRY_BYTES > this.fresh.length) {
-        const grown = Buffer.allocUnsafe(Math.max(64 * ENTRY_BYTES, this.fresh.length * 2))
-        this.fresh.copy(grown, 0, 0, at)
-        this.fresh = grown
-      }
-      this.fresh.writeBigUInt64BE(hash, at)
-      this.fresh.writeUInt32BE(minute, at + 8)
+      const entry = Buffer.allocUnsafe(ENTRY_BYTES)
+      entry.writeBigUInt64BE(hash, 0)
+      entry.writeUInt32BE(minute, 8)
+      this.fresh.push(entry)
       this.freshCount++
       if (receivedMs > this.freshMaxReceived) this.freshMaxReceived = receivedMs
     }
@@ -70,7 +64,7 @@ export class DedupSet {
     const before = Math.floor(beforeMs / MINUTE_MS)
     for (const [minute, bucket] of this.buckets) {
       if (minute < before) {
-        for (const hash of bucket) this.seen.delete(hash)
+        this.size_ -= bucket.size
         this.buckets.delete(minute)
       }
     }
@@ -80,10 +74,11 @@ export class DedupSet {
   drainNew(): { entries: Buffer; count: number; maxReceivedMs: number } | undefined {
     if (this.freshCount === 0) return undefined
     const out = {
-      entries: Buffer.from(this.fresh.subarray(0, this.freshCount * ENTRY_BYTES)),
+      entries: Buffer.concat(this.fresh),
       count: this.freshCount,
       maxReceivedMs: this.freshMaxReceived,
     }
+    this.fresh = []
     this.freshCount = 0
     this.freshMaxReceived = 0
     return out
