@@ -458,8 +458,8 @@ export class StatsService {
     const tiled = tile(range, DIMENSION_GRANULARITIES)
     this.checkRetention(tiled)
     this.checkReads(tiled, 'a breakdown')
-    const ct = freshness.completeThroughMs
-    const segments = this.deps.settled?.enabled ? unsettledDaysAsHours(tiled, ct) : tiled
+    const at: ReadContext = { settledThroughMs: freshness.completeThroughMs, finalMark }
+    const segments = this.deps.settled?.enabled ? unsettledDaysAsHours(tiled, at.settledThroughMs) : tiled
     const withVisitors = q.metrics.includes('visitors')
     const sortBy = q.metrics[0]!
     // Sorted by a count, visitors are needed only for the page shown: the first pass reads counts
@@ -468,13 +468,7 @@ export class StatsService {
     const readAll = (visitors: boolean, only: readonly string[] | undefined) =>
       Promise.all(
         segments.map((s) =>
-          this.breakdownParts(
-            q.siteId,
-            s,
-            property,
-            { visitors, ...(only ? { values: only } : {}) },
-            { settledThroughMs: ct, finalMark },
-          ),
+          this.breakdownParts(q.siteId, s, property, { visitors, ...(only ? { values: only } : {}) }, at),
         ),
       )
     const read = await readAll(withVisitors && !visitorsLater, values)
