@@ -54,6 +54,8 @@ export class Comparison {
   }
 }
 
+const DAY_MS = 86_400_000
+
 const ZERO: Counts & { bots: number } = { events: 0, pageviews: 0, visitors: 0, bots: 0 }
 
 const COUNTED = new Set(['track', 'page', 'screen'])
@@ -124,7 +126,8 @@ function visitorsOf(bytes: Uint8Array): number {
 /**
  * Every window of every granularity, and every breakdown value over the whole range, of `sites`
  * as the reader returns them (merged partials), against the truth. The range must hold the whole
- * workload (so the truth's site-wide breakdown is what a breakdown over the range merges to).
+ * workload (so the truth's site-wide breakdown is what a breakdown over the range merges to); it is
+ * widened to whole UTC days, so a workload just before midnight keeps its day windows in range.
  */
 export async function compareStore(
   reader: AggregateReader,
@@ -135,6 +138,8 @@ export async function compareStore(
   toMs: number,
 ): Promise<Check> {
   const c = new Comparison('aggregates read back (every window, every breakdown value)')
+  fromMs = Math.floor(fromMs / DAY_MS) * DAY_MS
+  toMs = Math.ceil(toMs / DAY_MS) * DAY_MS
   for (const site of sites) {
     const st = truth.sites[site]
     for (const g of GRANULARITIES) {
