@@ -53,7 +53,8 @@ function headerBytes(headers: Readonly<Record<string, string>>): number {
 
 /**
  * An idempotent, acks=all Kafka producer that lets concurrent requests share batches: appends made
- * while a batch is in flight, or within `lingerMs` of each other, go out together as one request.
+ * while every batch slot (`maxInFlightBatches`) is in flight, or within `lingerMs` of each other,
+ * go out together as one request.
  * Memory is bounded by `maxPendingBytes`; an append waits at most `appendTimeoutMs`.
  */
 export class KafkaBatchingProducer implements EventLogWriter {
