@@ -5,6 +5,7 @@ import {
   HLL_FORMAT_VERSION,
   HyperLogLog,
   hash64,
+  hashHalves,
   hllErrorBound,
   hllRelativeError,
   hllSparseLimit,
@@ -125,6 +126,27 @@ describe('adding ids', () => {
     const b = new HyperLogLog()
     for (const id of ids(0, 5000)) b.addHash(hash64(id))
     expect(b.equals(a)).toBe(true)
+  })
+
+  it('hashHalves + addHalves is the same as add(id), dense or sparse, at every width of the halves', () => {
+    for (const p of [4, 10, 14, 18]) {
+      const a = new HyperLogLog(p)
+      const b = new HyperLogLog(p)
+      const halves = { hi: 0, lo: 0 }
+      for (const id of ids(0, 5000)) {
+        const h = hash64(id)
+        hashHalves(id, halves)
+        expect((BigInt(halves.hi) << 32n) | BigInt(halves.lo)).toBe(h)
+        expect(b.addHalves(halves.hi, halves.lo)).toBe(a.add(id))
+      }
+      expect(b.equals(a)).toBe(true)
+    }
+    const h = new HyperLogLog(14)
+    // All-zero remaining bits: the maximum rank, 65 − p.
+    h.addHalves(0, 0)
+    expect(h.registers[0]).toBe(51)
+    h.addHalves(0xffffffff, 0xffffffff)
+    expect(h.registers[(1 << 14) - 1]).toBe(1)
   })
 
   it('takes the index from the top p bits and the rank from the rest', () => {

@@ -87,6 +87,24 @@ export function hash64(id: string): bigint {
   return h64(id)
 }
 
+/** The two 32-bit halves of a 64-bit hash (high first), as {@link hashHalves} fills them. */
+export interface HashHalves {
+  hi: number
+  lo: number
+}
+
+/**
+ * {@link hash64} of `id`, written as two unsigned 32-bit halves into `out` (returned): the form
+ * {@link HyperLogLog.addHalves} takes, so a caller hashing an id once for many sketches pays no
+ * BigInt work per sketch.
+ */
+export function hashHalves(id: string, out: HashHalves): HashHalves {
+  scratch64[0] = h64(id)
+  out.hi = scratch32[HI]!
+  out.lo = scratch32[LO]!
+  return out
+}
+
 function checkPrecision(p: unknown, what = 'precision'): number {
   if (typeof p !== 'number' || !Number.isInteger(p) || p < MIN_PRECISION || p > MAX_PRECISION) {
     throw new RangeError(
@@ -285,7 +303,13 @@ export class HyperLogLog {
     return this.addHalves(scratch32[HI]!, scratch32[LO]!)
   }
 
-  private addHalves(hi: number, lo: number): boolean {
+  /**
+   * Adds a precomputed hash given as its two unsigned 32-bit halves ({@link hashHalves}); the same
+   * as `addHash((BigInt(hi) << 32n) | BigInt(lo))`. Returns true when a register changed.
+   */
+  addHalves(hi: number, lo: number): boolean {
+    hi >>>= 0
+    lo >>>= 0
     const index = hi >>> this.shift
     // The 32 − p hash bits left in `hi`, moved to the top; zero when they are all zero.
     const rest = hi << this.precision

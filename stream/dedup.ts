@@ -4,24 +4,25 @@ const MINUTE_MS = 60_000
 const ENTRY_BYTES = 12
 
 /**
- * messageIds seen in one source partition, as 64-bit hashes in per-minute buckets of receivedAt,
- * so expiring the horizon drops whole buckets. Everything added since the last `drainNew()` is
- * kept aside to be persisted with the next checkpoint.
+ * messageIds seen in one source partition, as 64-bit hashes grouped in per-minute buckets of
+ * receivedAt, so expiring the horizon drops whole buckets. One set answers "seen?" in a single
+ * lookup whatever the number of buckets; the buckets only list what to remove on expiry.
+ * Everything added since the last `drainNew()` is kept aside to be persisted with the next checkpoint.
  */
 export class DedupSet {
-  private readonly buckets = new Map<number, Set<bigint>>()
-  private fresh: Buffer[] = []
+  private readonly seen = new Set<bigint>()
+  private readonly buckets = new Map<number, bigint[]>()
+  /** New entries since the last drain, ENTRY_BYTES each, in `[0, freshCount * ENTRY_BYTES)`. */
+  private fresh: Buffer = Buffer.alloc(0)
   private freshCount = 0
   private freshMaxReceived = 0
-  private size_ = 0
 
   get size(): number {
-    return this.size_
+    return this.seen.size
   }
 
   has(hash: bigint): boolean {
-    for (const b of this.buckets.values()) if (b.has(hash)) return true
-    return false
+    return this.seen.has(hash)
   }
 
   /** Adds a messageId; returns false when it was already seen (a duplicate). */
@@ -30,19 +31,24 @@ export class DedupSet {
   }
 
   private add(hash: bigint, minute: number, receivedMs: number, record = true): boolean {
-    if (this.has(hash)) return false
+    const seen = this.seen
+    if (seen.has(hash)) return false
+    seen.add(hash)
     let bucket = this.buckets.get(minute)
     if (!bucket) {
-      bucket = new Set()
+      bucket = []
       this.buckets.set(minute, bucket)
     }
-    bucket.add(hash)
-    this.size_++
+    bucket.push(hash)
     if (record) {
-      const entry = Buffer.allocUnsafe(ENTRY_BYTES)
-      entry.writeBigUInt64BE(hash, 0)
-      entry.writeUInt32BE(minute, 8)
-      this.fresh.push(entry)
+      const at = this.freshCount * ENTRY_BYTES
+      if (at + ENTRY_BYTES > this.fresh.length) {
+        const grown = Buffer.allocUnsafe(Math.max(64 * ENTRY_BYTES, this.fresh.length * 2))
+        this.fresh.copy(grown, 0, 0, at)
+        this.fresh = grown
+      }
+      this.fresh.writeBigUInt64BE(hash, at)
+      this.fresh.writeUInt32BE(minute, at + 8)
       this.freshCount++
       if (receivedMs > this.freshMaxReceived) this.freshMaxReceived = receivedMs
     }
@@ -64,7 +70,7 @@ export class DedupSet {
     const before = Math.floor(beforeMs / MINUTE_MS)
     for (const [minute, bucket] of this.buckets) {
       if (minute < before) {
-        this.size_ -= bucket.size
+        for (const hash of bucket) this.seen.delete(hash)
         this.buckets.delete(minute)
       }
     }
@@ -74,11 +80,10 @@ export class DedupSet {
   drainNew(): { entries: Buffer; count: number; maxReceivedMs: number } | undefined {
     if (this.freshCount === 0) return undefined
     const out = {
-      entries: Buffer.concat(this.fresh),
+      entries: Buffer.from(this.fresh.subarray(0, this.freshCount * ENTRY_BYTES)),
       count: this.freshCount,
       maxReceivedMs: this.freshMaxReceived,
     }
-    this.fresh = []
     this.freshCount = 0
     this.freshMaxReceived = 0
     return out

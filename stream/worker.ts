@@ -1,11 +1,22 @@
 import { hostname } from 'node:os'
-import { visitorId, windowMs } from '../core/aggregate/definition.js'
-import { RowAccumulator, rowKeysFor } from '../core/aggregate/rows.js'
+import {
+  DIMENSION_GRANULARITIES,
+  DIMENSIONS,
+  type Dimension,
+  dimensionsOf,
+  GRANULARITIES,
+  isPageview,
+  kindOf,
+  visitorId,
+  windowMs,
+  windowStart,
+} from '../core/aggregate/definition.js'
+import { RowAccumulator } from '../core/aggregate/rows.js'
 import type { StreamConfig } from '../core/config.js'
 import { errorMessage } from '../core/errors.js'
-import { hash64 } from '../core/hll.js'
+import { type HashHalves, hashHalves } from '../core/hll.js'
 import type { Logger } from '../core/log.js'
-import type { PartitionRef, RowKey, StreamStore } from '../core/ports/aggregate-store.js'
+import type { PartitionRef, RowKey, StoredRow, StreamStore } from '../core/ports/aggregate-store.js'
 import { rowId } from '../core/ports/aggregate-store.js'
 import type {
   BatchControl,
@@ -17,21 +28,90 @@ import type {
 import { backoffDelayMs, sleep } from '../core/retry.js'
 import { DedupSet } from './dedup.js'
 import type { StreamMetrics } from './metrics.js'
-import { classify, type Decoded, decode, dedup, validate } from './pipeline.js'
+import { classify, decode, dedup, validate } from './pipeline.js'
 
 interface Row {
   key: RowKey
-  acc: RowAccumulator
+  /** rowId(key): how the store's loadRows answers name it. */
+  id: string
+  /** Undefined while the row's stored value is being loaded (first touched by the current batch). */
+  acc: RowAccumulator | undefined
   /** Last source offset counted in this row (−1: none). Events at or below it are skipped on replay. */
   throughOffset: number
   dirty: boolean
-  /** End of the row's window (ms): once the grace line passes it, the row is evicted. */
-  windowEnd: number
+  /**
+   * While the row is being loaded: the events of the batch waiting for it, four numbers each
+   * (offset, flags, visitor hash high and low halves), in offset order.
+   */
+  pending: number[] | undefined
+}
+
+/** Bits of the flags of a pending event. */
+const BOT = 1
+const PAGEVIEW = 2
+
+/** The rows of one window of one site: its totals and, for hour and day, one row per dimension value. */
+class WindowRows {
+  totals: Row | undefined
+  /** Per dimension (DIMENSIONS order), the rows by value; empty for minute windows. */
+  readonly dims: Array<Map<string, Row>>
+  size = 0
+
+  constructor(
+    readonly windowEnd: number,
+    withDimensions: boolean,
+  ) {
+    this.dims = withDimensions ? DIMENSIONS.map(() => new Map<string, Row>()) : []
+  }
+}
+
+/**
+ * The rows of open windows of one partition, reached without building a string key per row:
+ * granularity → site → window start → rows. Dirty rows are listed as they become dirty, so a flush
+ * does not scan the rest.
+ */
+class RowTable {
+  private readonly byGranularity: Array<Map<string, Map<number, WindowRows>>> = GRANULARITIES.map(
+    () => new Map(),
+  )
+  dirty: Row[] = []
+  size = 0
+
+  window(gi: number, siteId: string, windowStart: number): WindowRows {
+    const bySite = this.byGranularity[gi]!
+    let byStart = bySite.get(siteId)
+    if (!byStart) {
+      byStart = new Map()
+      bySite.set(siteId, byStart)
+    }
+    let w = byStart.get(windowStart)
+    if (!w) {
+      const g = GRANULARITIES[gi]!
+      w = new WindowRows(windowStart + windowMs(g), DIMENSION_GRANULARITIES.includes(g))
+      byStart.set(windowStart, w)
+    }
+    return w
+  }
+
+  /** Drops the windows that ended at or before `line` (only clean rows: call right after a flush). */
+  evict(line: number): void {
+    for (const bySite of this.byGranularity) {
+      for (const [site, byStart] of bySite) {
+        for (const [ws, w] of byStart) {
+          if (w.windowEnd <= line) {
+            this.size -= w.size
+            byStart.delete(ws)
+          }
+        }
+        if (byStart.size === 0) bySite.delete(site)
+      }
+    }
+  }
 }
 
 /** Everything a worker holds for one source partition it owns. */
 class PartitionState {
-  readonly rows = new Map<string, Row>()
+  readonly rows = new RowTable()
   readonly dedup = new DedupSet()
   /** Records below this offset are already in the aggregates (skipped on replay). */
   nextOffset = 0
@@ -57,6 +137,51 @@ class PartitionState {
     )
     return run
   }
+}
+
+/** A row waiting for its stored value, and where it goes in the table once loaded. */
+interface Loading {
+  row: Row
+  window: WindowRows
+  /** Index in DIMENSIONS, or −1 for the window's totals. */
+  dim: number
+}
+
+interface DeadLetter {
+  offset: number
+  code: string
+  reason: string
+  value: Buffer | undefined
+  headers: Record<string, string>
+}
+
+/**
+ * Counts one event in one row, unless the row already counts it (its stored value was written
+ * through this offset before a restart); a row still loading keeps the event for later.
+ */
+function apply(table: RowTable, row: Row, offset: number, flags: number, hi: number, lo: number): void {
+  const acc = row.acc
+  if (acc === undefined) {
+    row.pending!.push(offset, flags, hi, lo)
+    return
+  }
+  if (offset <= row.throughOffset) return
+  acc.addCounted((flags & BOT) !== 0, (flags & PAGEVIEW) !== 0, hi, lo)
+  row.throughOffset = offset
+  if (!row.dirty) {
+    row.dirty = true
+    table.dirty.push(row)
+  }
+}
+
+/** Takes a row that never got its stored value back out of the table. */
+function unlink(table: RowTable, { row, window, dim }: Loading): void {
+  if (dim < 0) {
+    if (window.totals === row) window.totals = undefined
+  } else if (window.dims[dim]!.get(row.key.value) === row) window.dims[dim]!.delete(row.key.value)
+  else return
+  window.size--
+  table.size--
 }
 
 export interface StreamWorkerDeps {
@@ -88,6 +213,8 @@ export class StreamWorker {
   private stopping = false
   private closing: Promise<void> | undefined
   private readonly owner: string
+  /** Scratch for the visitor hash of the event being counted. */
+  private readonly visitorHash: HashHalves = { hi: 0, lo: 0 }
 
   constructor(private readonly deps: StreamWorkerDeps) {
     this.owner = deps.owner ?? `${hostname()}:${process.pid}`
@@ -179,20 +306,22 @@ export class StreamWorker {
     const { metrics, config } = this.deps
     if (this.states.get(state.ref.partition) !== state || control.isStale()) return
     const t0 = process.hrtime.bigint()
-    const accepted: Array<{ d: Decoded; offset: number; keys: RowKey[]; ids: string[] }> = []
-    const deadLetters: Array<{
-      offset: number
-      code: string
-      reason: string
-      value: Buffer | undefined
-      headers: Record<string, string>
-    }> = []
+    const deadLetters: DeadLetter[] = []
+    const table = state.rows
+    const partition = state.ref.partition
+    // Rows this batch touches that are not in memory: loaded once, after the loop (after a restart
+    // they hold the values written before it, with the offset they count through). The events
+    // waiting for them are kept as a few numbers each, not as decoded events.
+    const loading: Loading[] = []
+    const visitor = this.visitorHash
+    let counted = 0
+    let replayed = 0
     let lastOffset = -1
     for (const record of batch.records) {
       lastOffset = record.offset
       // Below processedNext: already in memory (or, below the checkpoint, already stored).
       if (record.offset < state.processedNext) {
-        metrics.records.inc({ outcome: 'replayed' })
+        replayed++
         continue
       }
       const decoded = decode(record)
@@ -215,69 +344,88 @@ export class StreamWorker {
         metrics.records.inc({ outcome: 'duplicate' })
         continue
       }
-      const counted = classify(d, state.watermarkMs - config.graceMs)
-      if (counted.kind !== 'ok') {
-        metrics.records.inc({ outcome: counted.kind === 'drop' ? counted.reason : 'dead_letter' })
-        if (counted.kind === 'drop' && counted.reason === 'late') {
+      const counts = classify(d, state.watermarkMs - config.graceMs)
+      if (counts.kind !== 'ok') {
+        metrics.records.inc({ outcome: counts.kind === 'drop' ? counts.reason : 'dead_letter' })
+        if (counts.kind === 'drop' && counts.reason === 'late') {
           this.deps.logger.debug(
-            {
-              partition: state.ref.partition,
-              offset: record.offset,
-              traceparent: record.headers.traceparent,
-            },
+            { partition, offset: record.offset, traceparent: record.headers.traceparent },
             'late event left to batch',
           )
         }
         continue
       }
-      const keys = rowKeysFor(d.event, d.timestampMs, state.ref.partition)
-      // Row ids are built once per event and reused by the load and aggregate steps.
-      accepted.push({ d, offset: record.offset, keys, ids: keys.map(rowId) })
+      // The event as every row sees it: offset, bot/pageview flags and the visitor hash (once).
+      const e = d.event
+      const offset = record.offset
+      hashHalves(visitorId(e), visitor)
+      const flags = (kindOf(e) === 'bot' ? BOT : 0) | (isPageview(e) ? PAGEVIEW : 0)
+      let dims: Record<Dimension, string> | undefined
+      for (let gi = 0; gi < GRANULARITIES.length; gi++) {
+        const granularity = GRANULARITIES[gi]!
+        const ws = windowStart(d.timestampMs, granularity)
+        const w = table.window(gi, e.siteId, ws)
+        const totals =
+          w.totals ??
+          this.rowToLoad(table, loading, w, -1, {
+            siteId: e.siteId,
+            granularity,
+            windowStart: ws,
+            dimension: undefined,
+            value: '',
+            sourcePartition: partition,
+          })
+        apply(table, totals, offset, flags, visitor.hi, visitor.lo)
+        if (w.dims.length === 0) continue
+        dims ??= dimensionsOf(e)
+        for (let di = 0; di < DIMENSIONS.length; di++) {
+          const dimension = DIMENSIONS[di]!
+          const value = dims[dimension]
+          const row =
+            w.dims[di]!.get(value) ??
+            this.rowToLoad(table, loading, w, di, {
+              siteId: e.siteId,
+              granularity,
+              windowStart: ws,
+              dimension,
+              value,
+              sourcePartition: partition,
+            })
+          apply(table, row, offset, flags, visitor.hi, visitor.lo)
+        }
+      }
+      counted++
     }
+    if (replayed > 0) metrics.records.inc({ outcome: 'replayed' }, replayed)
     const t1 = process.hrtime.bigint()
     metrics.stepSeconds.observe({ step: 'decode_validate_dedup' }, Number(t1 - t0) / 1e9)
 
-    // Load, once, the rows this batch touches that are not in memory (after a restart they hold
-    // the values written before it, with the offset they count through).
-    const missing = new Map<string, RowKey>()
-    for (const a of accepted) {
-      a.ids.forEach((id, i) => {
-        if (!state.rows.has(id) && !missing.has(id)) missing.set(id, a.keys[i]!)
-      })
-    }
-    if (missing.size > 0) {
-      const loaded = await this.withStoreRetry(
-        () => this.deps.store.loadRows([...missing.values()]),
-        'load rows',
-        control,
-      )
-      for (const [id, k] of missing) {
-        const stored = loaded.get(id)
-        state.rows.set(id, {
-          key: k,
-          acc: new RowAccumulator(config.hllPrecision, stored),
-          throughOffset: stored?.throughOffset ?? -1,
-          dirty: false,
-          windowEnd: k.windowStart + windowMs(k.granularity),
-        })
+    if (loading.length > 0) {
+      let loaded: Map<string, StoredRow>
+      try {
+        loaded = await this.withStoreRetry(
+          () => this.deps.store.loadRows(loading.map((l) => l.row.key)),
+          'load rows',
+          control,
+        )
+      } catch (err) {
+        // Rows without their stored value must not stay in the table.
+        for (const l of loading) unlink(table, l)
+        throw err
+      }
+      for (const { row } of loading) {
+        const stored = loaded.get(row.id)
+        row.acc = new RowAccumulator(config.hllPrecision, stored)
+        row.throughOffset = stored?.throughOffset ?? -1
+        const waiting = row.pending!
+        row.pending = undefined
+        for (let i = 0; i < waiting.length; i += 4)
+          apply(table, row, waiting[i]!, waiting[i + 1]!, waiting[i + 2]!, waiting[i + 3]!)
       }
     }
     const t2 = process.hrtime.bigint()
     metrics.stepSeconds.observe({ step: 'load' }, Number(t2 - t1) / 1e9)
-
-    for (const a of accepted) {
-      const vHash = hash64(visitorId(a.d.event))
-      for (const id of a.ids) {
-        const row = state.rows.get(id)!
-        // Already counted before a restart: the row's stored value includes this event.
-        if (a.offset <= row.throughOffset) continue
-        row.acc.add(a.d.event, vHash)
-        row.throughOffset = a.offset
-        row.dirty = true
-      }
-    }
-    metrics.records.inc({ outcome: 'counted' }, accepted.length)
-    metrics.stepSeconds.observe({ step: 'aggregate' }, Number(process.hrtime.bigint() - t2) / 1e9)
+    metrics.records.inc({ outcome: 'counted' }, counted)
 
     if (deadLetters.length > 0) await this.sendDeadLetters(state, deadLetters, control)
     if (lastOffset >= state.processedNext) state.processedNext = lastOffset + 1
@@ -289,15 +437,23 @@ export class StreamWorker {
     if (Date.now() - state.lastFlushMs >= config.flushIntervalMs) await this.flush(state, control)
   }
 
+  /**
+   * Adds a row first touched in this batch to the table, without a value yet: the events that touch
+   * it wait in it until the batch's rows are loaded.
+   */
+  private rowToLoad(table: RowTable, loading: Loading[], window: WindowRows, dim: number, key: RowKey): Row {
+    const row: Row = { key, id: rowId(key), acc: undefined, throughOffset: -1, dirty: false, pending: [] }
+    if (dim < 0) window.totals = row
+    else window.dims[dim]!.set(key.value, row)
+    window.size++
+    table.size++
+    loading.push({ row, window, dim })
+    return row
+  }
+
   private async sendDeadLetters(
     state: PartitionState,
-    items: Array<{
-      offset: number
-      code: string
-      reason: string
-      value: Buffer | undefined
-      headers: Record<string, string>
-    }>,
+    items: readonly DeadLetter[],
     control: BatchControl,
   ): Promise<void> {
     const records = items.map((i) => ({
@@ -342,14 +498,15 @@ export class StreamWorker {
     if (!state.dirty) return
     const { store, metrics, config } = this.deps
     const started = process.hrtime.bigint()
-    const dirtyRows = [...state.rows.values()].filter((r) => r.dirty)
+    const dirtyRows = state.rows.dirty
     const writes = dirtyRows.map((r) => ({
       key: r.key,
-      values: r.acc.values(),
+      values: r.acc!.values(),
       throughOffset: r.throughOffset,
     }))
     await this.withStoreRetry(() => store.writeRows(writes, state.epoch), 'write rows', control)
     for (const r of dirtyRows) r.dirty = false
+    state.rows.dirty = []
     metrics.rowsWritten.inc(writes.length)
     const fresh = state.dedup.drainNew()
     if (fresh) {
@@ -372,10 +529,12 @@ export class StreamWorker {
       this.deps.logger.debug({ err: errorMessage(err) }, 'offset commit failed')
     })
     const graceLine = state.watermarkMs - config.graceMs
-    for (const [id, r] of state.rows) if (!r.dirty && r.windowEnd <= graceLine) state.rows.delete(id)
+    state.rows.evict(graceLine)
     state.dedup.expire(state.watermarkMs - config.dedupHorizonMs)
     metrics.flushSeconds.observe(Number(process.hrtime.bigint() - started) / 1e9)
-    metrics.openRows.set([...this.states.values()].reduce((n, s) => n + s.rows.size, 0))
+    let open = 0
+    for (const s of this.states.values()) open += s.rows.size
+    metrics.openRows.set(open)
   }
 
   private async flushIdle(): Promise<void> {

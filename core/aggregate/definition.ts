@@ -80,12 +80,39 @@ function urlOf(raw: string | undefined): URL | undefined {
   }
 }
 
-/** Host of a referrer URL, lower-case, without a leading "www."; (direct) when there is none. */
-export function referrerHost(raw: string | undefined): string {
+/**
+ * Remembers the answers of a pure function of a string: events repeat the same few URLs and
+ * referrers, and parsing a URL is the dearest part of deriving the dimensions. Bounded: emptied
+ * when full.
+ */
+function memoized<T>(fn: (raw: string) => T, limit = 10_000): (raw: string) => T {
+  const cache = new Map<string, T>()
+  return (raw) => {
+    const hit = cache.get(raw)
+    if (hit !== undefined || cache.has(raw)) return hit as T
+    const v = fn(raw)
+    if (cache.size >= limit) cache.clear()
+    cache.set(raw, v)
+    return v
+  }
+}
+
+const hostOf = memoized((raw) => {
   const u = urlOf(raw)
   if (!u?.hostname) return DIRECT
   return u.hostname.toLowerCase().replace(/^www\./, '')
+})
+
+/** Host of a referrer URL, lower-case, without a leading "www."; (direct) when there is none. */
+export function referrerHost(raw: string | undefined): string {
+  return raw ? hostOf(raw) : DIRECT
 }
+
+/** Path and utm_source of a page URL (each undefined when the URL has none or does not parse). */
+const partsOf = memoized((raw): { path: string | undefined; utmSource: string | undefined } => {
+  const u = urlOf(raw)
+  return { path: u?.pathname, utmSource: u?.searchParams.get('utm_source') ?? undefined }
+})
 
 const MAX_VALUE_LENGTH = 256
 
@@ -98,10 +125,11 @@ export function dimensionsOf(e: RawEventV1): Record<Dimension, string> {
   const page = obj(e.context.page)
   const props = e.properties
   const url = str(props.url) ?? str(page?.url)
-  const path = str(props.path) ?? str(page?.path) ?? urlOf(url)?.pathname
+  const parts = url ? partsOf(url) : undefined
+  const path = str(props.path) ?? str(page?.path) ?? parts?.path
   const referrer = str(props.referrer) ?? str(page?.referrer)
   const campaign = obj(e.context.campaign)
-  const utm = str(campaign?.source) ?? urlOf(url)?.searchParams.get('utm_source') ?? undefined
+  const utm = str(campaign?.source) ?? parts?.utmSource
   return {
     event: clip(e.type === 'track' ? (e.event ?? NONE) : e.type === 'page' ? 'pageview' : 'screen'),
     path: clip(path ?? NONE),

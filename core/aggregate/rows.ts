@@ -73,6 +73,20 @@ export class RowAccumulator {
     else this.visitors.addHash(visitorHash)
   }
 
+  /**
+   * Adds one counted event already reduced to what a row needs: whether a bot sent it, whether it
+   * is a page view, and its visitor id's hash as halves (`hashHalves`). Same effect as {@link add}.
+   */
+  addCounted(bot: boolean, pageview: boolean, visitorHi: number, visitorLo: number): void {
+    if (bot) {
+      this.botEvents++
+      return
+    }
+    this.events++
+    if (pageview) this.pageviews++
+    this.visitors.addHalves(visitorHi, visitorLo)
+  }
+
   values(): AggregateValues {
     return {
       events: this.events,

@@ -1,5 +1,5 @@
 import type { Client } from 'cassandra-driver'
-import { concurrent, types } from 'cassandra-driver'
+import { types } from 'cassandra-driver'
 import { type Granularity, totalsBucket } from '../aggregate/definition.js'
 import { TallyError } from '../errors.js'
 import type {
@@ -31,6 +31,48 @@ export function fencedTimestamp(epoch: number, offset: number): types.Long {
 }
 
 const TOTALS_COLS = 'events, pageviews, bot_events, visitors, through_offset'
+
+const INSERT_TOTALS = `INSERT INTO agg_totals (site_id, granularity, bucket, window_start, source_partition, ${TOTALS_COLS}, final) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TTL ? AND TIMESTAMP ?`
+const INSERT_DIMS = `INSERT INTO agg_dims (site_id, granularity, dimension, window_start, value, source_partition, ${TOTALS_COLS}, final) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TTL ? AND TIMESTAMP ?`
+
+/** Most rows one read asks for (`IN` list of one Cassandra partition). */
+const LOAD_IN_LIMIT = 100
+/**
+ * Estimated payload of one write batch: under Cassandra's batch_size_warn_threshold (5 KiB by
+ * default; batches above 50 KiB fail).
+ */
+const BATCH_BYTES = 4096
+/** Most rows in one write batch. */
+const BATCH_ROWS = 64
+
+/** Rough bytes a row write adds to a batch: the sketch, the dimension value and the fixed columns. */
+function rowBytes(r: RowWrite): number {
+  return r.values.visitors.byteLength + r.key.value.length * 3 + 64
+}
+
+/** The Cassandra partition a row lives in (agg_totals or agg_dims), as a map key. */
+function partitionOf(k: RowKey): string {
+  return k.dimension === undefined
+    ? `t\u0001${k.siteId}\u0001${k.granularity}\u0001${totalsBucket(k.windowStart, k.granularity)}\u0001${k.sourcePartition}`
+    : `d\u0001${k.siteId}\u0001${k.granularity}\u0001${k.dimension}\u0001${k.windowStart}\u0001${k.sourcePartition}`
+}
+
+function groupByPartition<T>(items: readonly T[], keyOf: (item: T) => string): Map<string, T[]> {
+  const out = new Map<string, T[]>()
+  for (const item of items) {
+    const key = keyOf(item)
+    const group = out.get(key)
+    if (group) group.push(item)
+    else out.set(key, [item])
+  }
+  return out
+}
+
+function chunks<T>(items: readonly T[], size: number): T[][] {
+  const out: T[][] = []
+  for (let i = 0; i < items.length; i += size) out.push(items.slice(i, i + size))
+  return out
+}
 
 /** The stream side of the Cassandra aggregate store. */
 export class CassandraStreamStore implements StreamStore {
@@ -107,46 +149,70 @@ export class CassandraStreamStore implements StreamStore {
 
   async loadRows(keys: readonly RowKey[]): Promise<Map<string, StoredRow>> {
     const out = new Map<string, StoredRow>()
-    const queries = keys.map((k) => this.selectOne(k))
-    let i = 0
-    const worker = async () => {
-      while (i < queries.length) {
-        const idx = i++
-        const q = queries[idx]!
-        const rs = await this.client.execute(q.query, q.params, { prepare: true })
-        const row = rs.first()
-        if (row) {
-          out.set(rowId(keys[idx]!), {
-            events: Number(row.get('events') ?? 0),
-            pageviews: Number(row.get('pageviews') ?? 0),
-            botEvents: Number(row.get('bot_events') ?? 0),
-            visitors: (row.get('visitors') as Buffer | null) ?? new Uint8Array(0),
-            throughOffset: row.get('through_offset') === null ? -1 : Number(row.get('through_offset')),
-          })
-        }
+    // One read per Cassandra partition (and per LOAD_IN_LIMIT rows of it) instead of one per row.
+    const reads = [...groupByPartition(keys, partitionOf).values()].flatMap((group) =>
+      chunks(group, LOAD_IN_LIMIT),
+    )
+    await this.forEachConcurrently(reads, async (group) => {
+      const first = group[0]!
+      const byClustering = new Map<string | number, RowKey>()
+      let rows: types.Row[]
+      if (first.dimension === undefined) {
+        for (const k of group) byClustering.set(k.windowStart, k)
+        const rs = await this.client.execute(
+          `SELECT window_start, ${TOTALS_COLS} FROM agg_totals WHERE site_id = ? AND granularity = ? AND bucket = ? AND window_start IN ? AND source_partition = ?`,
+          [
+            first.siteId,
+            first.granularity,
+            totalsBucket(first.windowStart, first.granularity),
+            group.map((k) => new Date(k.windowStart)),
+            first.sourcePartition,
+          ],
+          { prepare: true, fetchSize: LOAD_IN_LIMIT + 1 },
+        )
+        rows = rs.rows
+      } else {
+        for (const k of group) byClustering.set(k.value, k)
+        const rs = await this.client.execute(
+          `SELECT value, ${TOTALS_COLS} FROM agg_dims WHERE site_id = ? AND granularity = ? AND dimension = ? AND window_start = ? AND value IN ? AND source_partition = ?`,
+          [
+            first.siteId,
+            first.granularity,
+            first.dimension,
+            new Date(first.windowStart),
+            group.map((k) => k.value),
+            first.sourcePartition,
+          ],
+          { prepare: true, fetchSize: LOAD_IN_LIMIT + 1 },
+        )
+        rows = rs.rows
       }
-    }
-    await Promise.all(Array.from({ length: Math.min(this.concurrency, queries.length) }, worker))
+      for (const row of rows) {
+        const clustering =
+          first.dimension === undefined
+            ? (row.get('window_start') as Date).getTime()
+            : (row.get('value') as string)
+        const k = byClustering.get(clustering)
+        if (!k) continue
+        out.set(rowId(k), {
+          events: Number(row.get('events') ?? 0),
+          pageviews: Number(row.get('pageviews') ?? 0),
+          botEvents: Number(row.get('bot_events') ?? 0),
+          visitors: (row.get('visitors') as Buffer | null) ?? new Uint8Array(0),
+          throughOffset: row.get('through_offset') === null ? -1 : Number(row.get('through_offset')),
+        })
+      }
+    })
     return out
   }
 
-  private selectOne(k: RowKey): { query: string; params: unknown[] } {
-    if (k.dimension === undefined) {
-      return {
-        query: `SELECT ${TOTALS_COLS} FROM agg_totals WHERE site_id = ? AND granularity = ? AND bucket = ? AND window_start = ? AND source_partition = ?`,
-        params: [
-          k.siteId,
-          k.granularity,
-          totalsBucket(k.windowStart, k.granularity),
-          new Date(k.windowStart),
-          k.sourcePartition,
-        ],
-      }
+  /** Runs `fn` over `items`, at most `concurrency` at a time; the first failure rejects. */
+  private async forEachConcurrently<T>(items: readonly T[], fn: (item: T) => Promise<void>): Promise<void> {
+    let next = 0
+    const worker = async () => {
+      while (next < items.length) await fn(items[next++]!)
     }
-    return {
-      query: `SELECT ${TOTALS_COLS} FROM agg_dims WHERE site_id = ? AND granularity = ? AND dimension = ? AND window_start = ? AND value = ? AND source_partition = ?`,
-      params: [k.siteId, k.granularity, k.dimension, new Date(k.windowStart), k.value, k.sourcePartition],
-    }
+    await Promise.all(Array.from({ length: Math.min(this.concurrency, items.length) }, worker))
   }
 
   private ttlOf(g: Granularity): number {
@@ -155,51 +221,72 @@ export class CassandraStreamStore implements StreamStore {
 
   async writeRows(rows: readonly RowWrite[], epoch: number): Promise<void> {
     if (rows.length === 0) return
-    const queries = rows.map((r) => {
-      const k = r.key
-      const ts = fencedTimestamp(epoch, r.throughOffset)
-      const values = [
-        types.Long.fromNumber(r.values.events),
-        types.Long.fromNumber(r.values.pageviews),
-        types.Long.fromNumber(r.values.botEvents),
-        Buffer.from(r.values.visitors),
-        types.Long.fromNumber(r.throughOffset),
-        k.sourcePartition < 0,
-      ]
-      if (k.dimension === undefined) {
-        return {
-          query: `INSERT INTO agg_totals (site_id, granularity, bucket, window_start, source_partition, ${TOTALS_COLS}, final) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TTL ? AND TIMESTAMP ?`,
-          params: [
-            k.siteId,
-            k.granularity,
-            totalsBucket(k.windowStart, k.granularity),
-            new Date(k.windowStart),
-            k.sourcePartition,
-            ...values,
-            this.ttlOf(k.granularity),
-            ts,
-          ],
+    // Rows of one Cassandra partition go together in unlogged batches: a single-partition batch
+    // is one mutation, applied atomically, for the price of one request. Each statement keeps its
+    // own fencing timestamp. Batches stay under Cassandra's batch size warning; a row too large
+    // for one (a dense sketch) goes alone.
+    const requests: Array<Array<{ query: string; params: unknown[] }>> = []
+    for (const group of groupByPartition(rows, (r) => partitionOf(r.key)).values()) {
+      let batch: Array<{ query: string; params: unknown[] }> = []
+      let bytes = 0
+      for (const r of group) {
+        const size = rowBytes(r)
+        if (batch.length > 0 && (bytes + size > BATCH_BYTES || batch.length >= BATCH_ROWS)) {
+          requests.push(batch)
+          batch = []
+          bytes = 0
         }
+        batch.push(this.insert(r, epoch))
+        bytes += size
       }
+      if (batch.length > 0) requests.push(batch)
+    }
+    await this.forEachConcurrently(requests, async (batch) => {
+      if (batch.length === 1) await this.client.execute(batch[0]!.query, batch[0]!.params, { prepare: true })
+      else await this.client.batch(batch, { prepare: true, logged: false })
+    })
+  }
+
+  private insert(r: RowWrite, epoch: number): { query: string; params: unknown[] } {
+    const k = r.key
+    const ts = fencedTimestamp(epoch, r.throughOffset)
+    const values = [
+      types.Long.fromNumber(r.values.events),
+      types.Long.fromNumber(r.values.pageviews),
+      types.Long.fromNumber(r.values.botEvents),
+      Buffer.from(r.values.visitors.buffer, r.values.visitors.byteOffset, r.values.visitors.byteLength),
+      types.Long.fromNumber(r.throughOffset),
+      k.sourcePartition < 0,
+    ]
+    if (k.dimension === undefined) {
       return {
-        query: `INSERT INTO agg_dims (site_id, granularity, dimension, window_start, value, source_partition, ${TOTALS_COLS}, final) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TTL ? AND TIMESTAMP ?`,
+        query: INSERT_TOTALS,
         params: [
           k.siteId,
           k.granularity,
-          k.dimension,
+          totalsBucket(k.windowStart, k.granularity),
           new Date(k.windowStart),
-          k.value,
           k.sourcePartition,
           ...values,
           this.ttlOf(k.granularity),
           ts,
         ],
       }
-    })
-    await concurrent.executeConcurrent(this.client, queries, {
-      concurrencyLevel: this.concurrency,
-      raiseOnFirstError: true,
-    })
+    }
+    return {
+      query: INSERT_DIMS,
+      params: [
+        k.siteId,
+        k.granularity,
+        k.dimension,
+        new Date(k.windowStart),
+        k.value,
+        k.sourcePartition,
+        ...values,
+        this.ttlOf(k.granularity),
+        ts,
+      ],
+    }
   }
 
   async loadDedup(ref: PartitionRef, belowOffset: number, sinceMs: number): Promise<DedupChunk[]> {

@@ -59,8 +59,12 @@ export class KafkaGroupConsumer implements EventLogConsumer {
         if (!isRunning() || isStale()) return
         const records: ConsumedRecord[] = batch.messages.map((m) => {
           const headers: Record<string, string> = {}
-          for (const [k, v] of Object.entries(m.headers ?? {})) {
-            if (v !== undefined) headers[k] = Array.isArray(v) ? String(v[0]) : String(v)
+          const raw = m.headers
+          if (raw) {
+            for (const k in raw) {
+              const v = raw[k]
+              if (v !== undefined) headers[k] = Array.isArray(v) ? String(v[0]) : String(v)
+            }
           }
           return {
             offset: Number(m.offset),

@@ -141,6 +141,43 @@ export function aggregateStoreContract(name: string, make: () => Promise<Aggrega
       expect(await h.store.writeRows([], 1)).toBeUndefined()
     })
 
+    it('round-trips many rows of one window and one day at once (small and dense sketches, long values), with missing ones among them', async () => {
+      const site = uniqueName('site')
+      const day = Math.floor(Date.now() / 86_400_000) * 86_400_000 - 86_400_000
+      const rows = [
+        // 300 minute windows of one day: one totals partition.
+        ...Array.from({ length: 300 }, (_, i) => ({
+          key: totalsKey(site, 'minute', day + i * 60_000, 2),
+          values: values(p, i + 1, ids(`m${i}`, i % 40)),
+          throughOffset: 1000 + i,
+        })),
+        // 250 values of one dimension in one window, some long, some with a dense sketch.
+        ...Array.from({ length: 250 }, (_, i) => ({
+          key: dimKey(site, 'path', day, `/p/${i}/${'x'.repeat(i % 7 === 0 ? 200 : 3)}`, 2),
+          values: values(p, i + 1, ids(`d${i}`, i % 50 === 0 ? 6000 : i % 30)),
+          throughOffset: 2000 + i,
+        })),
+      ]
+      await h.store.writeRows(rows, 4)
+      const missing = [
+        totalsKey(site, 'minute', day + 400 * 60_000, 2),
+        totalsKey(site, 'minute', day, 3),
+        dimKey(site, 'path', day, '/absent', 2),
+        dimKey(site, 'path', day, '/p/1/xxx', 3),
+      ]
+      const loaded = await h.store.loadRows([...missing, ...rows.map((r) => r.key)])
+      expect(loaded.size).toBe(rows.length)
+      for (const k of missing) expect(loaded.has(rowId(k))).toBe(false)
+      for (const r of rows) {
+        const got = loaded.get(rowId(r.key))
+        expect({ ...got, visitors: Buffer.from(got!.visitors) }).toEqual({
+          ...r.values,
+          visitors: Buffer.from(r.values.visitors),
+          throughOffset: r.throughOffset,
+        })
+      }
+    })
+
     it('fences rows like a write timestamp (epoch << 40) + offset: a lower fence never overwrites a higher one', async () => {
       const site = uniqueName('site')
       const ws = Math.floor(Date.now() / HOUR) * HOUR - 3 * HOUR
