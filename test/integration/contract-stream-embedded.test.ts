@@ -189,12 +189,13 @@ describe('stream worker on the embedded log and store', () => {
       expect(dead).toHaveLength(1)
       const body = JSON.parse(String(dead[0]!.value)) as Record<string, unknown>
       expect(body).toMatchObject({ code: 'TALLY_ERR_UNDECODABLE', sourceTopic: topic, traceparent: 't-1' })
+      // From two days back: the events may have been stamped just before midnight.
       const now = Date.now()
       const paths = await backend.reader.breakdown(
         site.siteId,
         'day',
         'path',
-        now - 86_400_000,
+        now - 2 * 86_400_000,
         now + 86_400_000,
       )
       expect(paths.get('/after-poison')?.events).toBe(1)

@@ -134,8 +134,10 @@ describe('stream workers against real Kafka and Cassandra', () => {
     expect(Buffer.from(String(undecodable.original), 'base64').toString()).toBe('{not json')
     // The good events behind the poison were counted.
     const reader = new CassandraAggregateReader(cassandra, config.stream.hllPrecision)
+    // From two days back: the events may have been stamped just before midnight (a day window is
+    // read when its start is in the range).
     const now = Date.now()
-    const paths = await reader.breakdown(site.siteId, 'day', 'path', now - 86_400_000, now + 86_400_000)
+    const paths = await reader.breakdown(site.siteId, 'day', 'path', now - 2 * 86_400_000, now + 86_400_000)
     expect(paths.get('/after-poison')?.events).toBe(2)
   })
 })
