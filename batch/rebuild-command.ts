@@ -33,8 +33,10 @@ export interface RebuildOptions extends BatchPathOptions {
   leaseTtlMs?: number
   /** Wait this long for a busy range (another job on it) before failing. Default 0. */
   waitForLeaseMs?: number
-  /** Pause after each segment read. Default 0 ms. */
+  /** Pause after each segment read and before each write round. Default 0 ms. */
   throttleMs?: number
+  /** Final rows per write round (the lease is checked between rounds). Default 500. */
+  writeChunkRows?: number
   /** Dedup candidates kept in memory before spilling to disk (28 bytes each). Default 4 000 000. */
   maxDedupRowsInMemory?: number
   /** Archiver consumer group whose progress is checked. Default tally-archive. */
@@ -61,6 +63,7 @@ export function rebuildSettings(
     ...(o.leaseTtlMs === undefined ? {} : { leaseTtlMs: o.leaseTtlMs }),
     ...(o.waitForLeaseMs === undefined ? {} : { waitForLeaseMs: o.waitForLeaseMs }),
     ...(o.throttleMs === undefined ? {} : { throttleMs: o.throttleMs }),
+    ...(o.writeChunkRows === undefined ? {} : { writeChunkRows: o.writeChunkRows }),
     ...(o.maxDedupRowsInMemory === undefined ? {} : { maxDedupRowsInMemory: o.maxDedupRowsInMemory }),
   }
 }

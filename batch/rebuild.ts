@@ -8,6 +8,7 @@ import {
   windowMs,
   windowStart,
 } from '../core/aggregate/definition.js'
+import { spansOfDay } from '../core/aggregate/final.js'
 import { errorMessage, TallyError } from '../core/errors.js'
 import type { Logger } from '../core/log.js'
 import type { FinalRow, FinalRowStore, JobRun, JobStore, LeaseStore } from '../core/ports/batch-store.js'
@@ -78,7 +79,7 @@ export interface RebuildSettings {
   waitForLeaseMs?: number
   /** Dedup candidates kept in memory (28 bytes each) before spilling to files. Default 4 000 000. */
   maxDedupRowsInMemory?: number
-  /** Pause after each segment read, to leave disk and CPU to other work. Default 0 ms. */
+  /** Pause after each segment read and before each write round, to leave disk, CPU and the store to other work. Default 0 ms. */
   throttleMs?: number
   /** Segment bytes kept in memory between the two passes (beyond, pass 2 reads them again). Default 256 MiB. */
   segmentCacheBytes?: number
@@ -401,12 +402,12 @@ export async function runRebuild(
       toMs,
       token: lease.token,
       precision: settings.precision,
-      chunk: settings.writeChunkRows ?? 500,
+      chunk: Math.max(1, settings.writeChunkRows ?? 500),
       beforeChunk: async () => {
-        cancelled(signal)
+        await pause()
         if (keeper.lost) throw new LeaseLostError(name)
       },
-      onDay: (k, rows) => {
+      onWritten: (k, rows) => {
         rowsWritten = rows
         progress('write', k, days.length)
       },
@@ -473,14 +474,19 @@ interface WriteOptions {
   token: number
   precision: number
   chunk: number
+  /** Before each chunk of rows and each commit. */
   beforeChunk: () => Promise<void>
-  onDay: (daysDone: number, rowsWritten: number) => void
+  /** After each chunk and each day: days done, rows written. */
+  onWritten: (daysDone: number, rowsWritten: number) => void
 }
 
 /**
- * Writes the staged rows day by day. Rows the store holds for a window of the range that the
- * result lacks (stream partials of events now known to be duplicates, values of an older rebuild)
- * are overwritten by final rows of zeros, so readers see exactly the rebuild's numbers.
+ * Writes the staged rows day by day, site by site, as the job's generation, and commits each
+ * site's day (its hours, and the day when whole) once all its rows are written: readers switch
+ * from the previous numbers to the new ones at the commit, so a job killed while writing leaves
+ * every uncommitted day as it was (core/aggregate/final.ts). Row keys the store holds for a window
+ * of the range that the result lacks (stream partials of events now known to be duplicates,
+ * values of an older rebuild) get final rows of zeros, so readers see exactly the rebuild's numbers.
  */
 async function writeDays(
   store: FinalRowStore,
@@ -492,7 +498,7 @@ async function writeDays(
   let windows = 0
   let daysDone = 0
   const empty = new RegisterSet(o.precision).toBytes()
-  o.onDay(0, 0)
+  o.onWritten(0, 0)
   for (const day of days) {
     const bySite = new Map<string, Map<string, FinalRow>>()
     for await (const row of area.read(day)) {
@@ -544,9 +550,12 @@ async function writeDays(
         const part = out.slice(i, i + o.chunk)
         await store.writeFinal(part, o.token)
         rows += part.length
+        o.onWritten(daysDone, rows)
       }
+      await o.beforeChunk()
+      await store.commitFinal(siteId, spansOfDay(day, from, to), o.token)
     }
-    o.onDay(++daysDone, rows)
+    o.onWritten(++daysDone, rows)
   }
   return { rows, windows }
 }

@@ -3,7 +3,8 @@
  * `tally rebuild` runs; used by the kill tests. Prints one JSON line per progress step on stdout and
  * the result as the last line. Configuration from the environment (core/config.ts).
  *
- *   --site S  --from T1  --to T2  --skip-corrupt  --throttle-ms N  --lease-ttl-ms N  --wait-for-lease-ms N
+ *   --site S  --from T1  --to T2  --skip-corrupt  --throttle-ms N  --write-chunk-rows N  --lease-ttl-ms N
+ *   --wait-for-lease-ms N
  *   --archive-dir DIR  --staging-dir DIR
  */
 import { parseArgs } from 'node:util'
@@ -26,6 +27,7 @@ async function main(): Promise<number> {
       to: { type: 'string' },
       'skip-corrupt': { type: 'boolean', default: false },
       'throttle-ms': { type: 'string' },
+      'write-chunk-rows': { type: 'string' },
       'lease-ttl-ms': { type: 'string' },
       'wait-for-lease-ms': { type: 'string' },
       'archive-dir': { type: 'string' },
@@ -46,6 +48,8 @@ async function main(): Promise<number> {
   if (values['staging-dir']) options.stagingDir = values['staging-dir']
   const throttle = int('throttle-ms', values['throttle-ms'])
   if (throttle !== undefined) options.throttleMs = throttle
+  const chunk = int('write-chunk-rows', values['write-chunk-rows'])
+  if (chunk !== undefined) options.writeChunkRows = chunk
   const ttl = int('lease-ttl-ms', values['lease-ttl-ms'])
   if (ttl !== undefined) options.leaseTtlMs = ttl
   const wait = int('wait-for-lease-ms', values['wait-for-lease-ms'])

@@ -2,18 +2,25 @@ import { HyperLogLog } from '../hll.js'
 import type { MergedValues } from '../ports/aggregate-store.js'
 
 /**
- * How stored rows become answers, the same for every aggregate store: within a window a final
- * (batch) row replaces the stream partials, the partials of all source partitions add up (counts)
- * and merge (HyperLogLog registers); across windows or values, merged values add up and merge.
+ * How stored rows become answers, the same for every aggregate store: within a window the final
+ * (batch) row of the committed generation (core/aggregate/final.ts) replaces the stream partials,
+ * the partials of all source partitions add up (counts) and merge (HyperLogLog registers); final
+ * rows of other generations are not read. Across windows or values, merged values add up and merge.
  */
 
-/** One stored row of a window (a stream partial of one source partition, or the final row). */
+/** One stored row of a window: a stream partial of one source partition, or a final row. */
 export interface PartialValues {
   events: number
   pageviews: number
   botEvents: number
   visitors: Uint8Array | null
-  final: boolean
+  /** 0 for a stream partial; the rebuild's generation for a final row. */
+  generation: number
+}
+
+/** The generation of a stored row from its source_partition (final rows: −generation). */
+export function generationOfRow(sourcePartition: number): number {
+  return sourcePartition < 0 ? -sourcePartition : 0
 }
 
 export type MergedFinal = MergedValues & { final: boolean }
@@ -21,16 +28,20 @@ export type MergedFinal = MergedValues & { final: boolean }
 const EMPTY = new Uint8Array(0)
 
 /**
- * Merges the rows of one window. With `withVisitors` false the registers are not decoded and
- * `visitors` comes back empty.
+ * Merges the rows of one window (or of one value in a window), whose committed generation is
+ * `committed` (0: none); undefined when none of them is read (only rows of uncommitted
+ * generations). With `withVisitors` false the registers are not decoded and `visitors` comes back
+ * empty.
  */
 export function mergePartials(
   parts: readonly PartialValues[],
   precision: number,
-  withVisitors = true,
-): MergedFinal {
-  const final = parts.find((p) => p.final)
-  const use = final ? [final] : parts
+  withVisitors: boolean,
+  committed: number,
+): MergedFinal | undefined {
+  const final = committed > 0 ? parts.find((p) => p.generation === committed) : undefined
+  const use = final ? [final] : parts.filter((p) => p.generation === 0)
+  if (use.length === 0) return undefined
   const hll = withVisitors ? new HyperLogLog(precision) : undefined
   let events = 0
   let pageviews = 0

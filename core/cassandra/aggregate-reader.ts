@@ -1,6 +1,12 @@
 import type { Client, types } from 'cassandra-driver'
 import { type Dimension, type Granularity, totalsBucket, windowMs } from '../aggregate/definition.js'
-import { mergePartials, type PartialValues as Partial, ValuesAccumulator } from '../aggregate/merge.js'
+import { CommittedGenerations, scopeOf, spanRange } from '../aggregate/final.js'
+import {
+  generationOfRow,
+  mergePartials,
+  type PartialValues as Partial,
+  ValuesAccumulator,
+} from '../aggregate/merge.js'
 import type {
   AggregateReader,
   BreakdownResult,
@@ -17,7 +23,7 @@ function partialOf(row: types.Row): Partial {
     pageviews: Number(row.get('pageviews') ?? 0),
     botEvents: Number(row.get('bot_events') ?? 0),
     visitors: (row.get('visitors') as Buffer | null | undefined) ?? null,
-    final: row.get('source_partition') === -1,
+    generation: generationOfRow(Number(row.get('source_partition'))),
   }
 }
 
@@ -91,6 +97,7 @@ export class CassandraAggregateReader implements AggregateReader {
   ): Promise<MergedWindow[]> {
     const withVisitors = options.visitors ?? true
     const byWindow = new Map<number, Partial[]>()
+    const generations = await this.committed(siteId, granularity, fromMs, toMs)
     await Promise.all(
       bucketsBetween(fromMs, toMs, granularity).map(async (bucket) => {
         const rows = this.rows(
@@ -105,12 +112,17 @@ export class CassandraAggregateReader implements AggregateReader {
         }
       }),
     )
-    return [...byWindow.entries()]
-      .sort((a, b) => a[0] - b[0])
-      .map(([windowStart, parts]) => ({
-        windowStart,
-        ...mergePartials(parts, this.precision, withVisitors),
-      }))
+    const out: MergedWindow[] = []
+    for (const [windowStart, parts] of [...byWindow.entries()].sort((a, b) => a[0] - b[0])) {
+      const merged = mergePartials(
+        parts,
+        this.precision,
+        withVisitors,
+        generations.of(granularity, windowStart),
+      )
+      if (merged) out.push({ windowStart, ...merged })
+    }
+    return out
   }
 
   async breakdown(
@@ -136,6 +148,7 @@ export class CassandraAggregateReader implements AggregateReader {
     const values = new Map<string, ValuesAccumulator>()
     const windows = new Map<number, { final: boolean }>()
     if (only && only.length === 0) return { values: new Map(), windows }
+    const generations = await this.committed(siteId, granularity, fromMs, toMs)
     // One partition per window; a window's final row replaces its partials before windows merge.
     // Each window is merged as it arrives, so memory holds one window's rows plus the accumulators.
     await forEachLimited(windowStarts(fromMs, toMs, granularity), this.concurrency, async (ws) => {
@@ -153,9 +166,13 @@ export class CassandraAggregateReader implements AggregateReader {
         perValue.set(value, list)
       }
       if (perValue.size === 0) return
+      const generation = generations.of(granularity, ws)
       let windowFinal = false
+      let seen = false
       for (const [value, parts] of perValue) {
-        const merged = mergePartials(parts, this.precision, withVisitors)
+        const merged = mergePartials(parts, this.precision, withVisitors, generation)
+        if (!merged) continue
+        seen = true
         if (merged.final) windowFinal = true
         let acc = values.get(value)
         if (!acc) {
@@ -164,7 +181,7 @@ export class CassandraAggregateReader implements AggregateReader {
         }
         acc.add(merged)
       }
-      windows.set(ws, { final: windowFinal })
+      if (seen) windows.set(ws, { final: windowFinal })
     })
     return {
       values: new Map([...values].map(([value, acc]) => [value, acc.values()])),
@@ -184,6 +201,7 @@ export class CassandraAggregateReader implements AggregateReader {
     const withVisitors = options.visitors ?? true
     const out: MergedWindow[] = []
     if (values.length === 0) return out
+    const generations = await this.committed(siteId, granularity, fromMs, toMs)
     await forEachLimited(windowStarts(fromMs, toMs, granularity), this.concurrency, async (ws) => {
       const perValue = new Map<string, Partial[]>()
       const rows = this.rows(
@@ -197,14 +215,18 @@ export class CassandraAggregateReader implements AggregateReader {
         perValue.set(value, list)
       }
       if (perValue.size === 0) return
+      const generation = generations.of(granularity, ws)
       const acc = new ValuesAccumulator(this.precision, withVisitors)
       let windowFinal = false
+      let seen = false
       for (const parts of perValue.values()) {
-        const merged = mergePartials(parts, this.precision, withVisitors)
+        const merged = mergePartials(parts, this.precision, withVisitors, generation)
+        if (!merged) continue
+        seen = true
         if (merged.final) windowFinal = true
         acc.add(merged)
       }
-      out.push({ windowStart: ws, ...acc.values(), final: windowFinal })
+      if (seen) out.push({ windowStart: ws, ...acc.values(), final: windowFinal })
     })
     return out.sort((a, b) => a.windowStart - b.windowStart)
   }
@@ -217,6 +239,11 @@ export class CassandraAggregateReader implements AggregateReader {
   ): AsyncIterable<MergedWindow> {
     // Buckets in time order, rows clustered by (window_start, source_partition): the partials of a
     // window are adjacent, so one window is held at a time.
+    const generations = await this.committed(siteId, granularity, fromMs, toMs)
+    const merge = (ws: number, parts: Partial[]): MergedWindow | undefined => {
+      const merged = mergePartials(parts, this.precision, true, generations.of(granularity, ws))
+      return merged && { windowStart: ws, ...merged }
+    }
     for (const bucket of bucketsBetween(fromMs, toMs, granularity)) {
       let current: number | undefined
       let parts: Partial[] = []
@@ -227,13 +254,15 @@ export class CassandraAggregateReader implements AggregateReader {
       for await (const row of rows) {
         const ws = (row.get('window_start') as Date).getTime()
         if (current !== undefined && ws !== current) {
-          yield { windowStart: current, ...mergePartials(parts, this.precision) }
+          const merged = merge(current, parts)
+          if (merged) yield merged
           parts = []
         }
         current = ws
         parts.push(partialOf(row))
       }
-      if (current !== undefined) yield { windowStart: current, ...mergePartials(parts, this.precision) }
+      const merged = current === undefined ? undefined : merge(current, parts)
+      if (merged) yield merged
     }
   }
 
@@ -244,7 +273,13 @@ export class CassandraAggregateReader implements AggregateReader {
     fromMs: number,
     toMs: number,
   ): AsyncIterable<MergedDimensionRow> {
+    const generations = await this.committed(siteId, granularity, fromMs, toMs)
     for (const ws of windowStarts(fromMs, toMs, granularity)) {
+      const generation = generations.of(granularity, ws)
+      const merge = (value: string, parts: Partial[]): MergedDimensionRow | undefined => {
+        const merged = mergePartials(parts, this.precision, true, generation)
+        return merged && { windowStart: ws, value, ...merged }
+      }
       let current: string | undefined
       let parts: Partial[] = []
       const rows = this.rows(
@@ -254,15 +289,38 @@ export class CassandraAggregateReader implements AggregateReader {
       for await (const row of rows) {
         const value = String(row.get('value'))
         if (current !== undefined && value !== current) {
-          yield { windowStart: ws, value: current, ...mergePartials(parts, this.precision) }
+          const merged = merge(current, parts)
+          if (merged) yield merged
           parts = []
         }
         current = value
         parts.push(partialOf(row))
       }
-      if (current !== undefined)
-        yield { windowStart: ws, value: current, ...mergePartials(parts, this.precision) }
+      const merged = current === undefined ? undefined : merge(current, parts)
+      if (merged) yield merged
     }
+  }
+
+  /**
+   * The committed generations of the spans covering windows of `g` that start in [fromMs, toMs).
+   * Read before the rows: a commit is written after every row of its generation, so rows read
+   * afterwards hold the whole generation.
+   */
+  private async committed(
+    siteId: string,
+    g: Granularity,
+    fromMs: number,
+    toMs: number,
+  ): Promise<CommittedGenerations> {
+    const scope = scopeOf(g)
+    const range = spanRange(g, fromMs, toMs)
+    const entries: Array<[number, number]> = []
+    for await (const row of this.rows(
+      'SELECT span_start, generation FROM agg_final_commits WHERE site_id = ? AND scope = ? AND span_start >= ? AND span_start < ?',
+      [siteId, scope, new Date(range.fromMs), new Date(range.toMs)],
+    ))
+      entries.push([(row.get('span_start') as Date).getTime(), Number(row.get('generation'))])
+    return new CommittedGenerations(scope, entries)
   }
 
   async finalMark(siteId: string): Promise<string> {

@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto'
 import type { Client } from 'cassandra-driver'
 import { concurrent, types } from 'cassandra-driver'
 import { type Dimension, type Granularity, totalsBucket, windowMs } from '../aggregate/definition.js'
+import { commitTtlSeconds, type FinalSpan, generationOf } from '../aggregate/final.js'
 import { TallyError } from '../errors.js'
 import type {
   ArchiveCommit,
@@ -398,6 +399,7 @@ export class CassandraFinalRowStore implements FinalRowStore {
   async writeFinal(rows: readonly FinalRow[], token: number): Promise<void> {
     if (rows.length === 0) return
     const timestamp = long(token)
+    const sourcePartition = -generationOf(token)
     const queries = rows.map((r) => {
       const values = [
         long(r.values.events),
@@ -415,7 +417,7 @@ export class CassandraFinalRowStore implements FinalRowStore {
             r.granularity,
             totalsBucket(r.windowStart, r.granularity),
             new Date(r.windowStart),
-            -1,
+            sourcePartition,
             ...values,
             this.ttl[r.granularity],
             timestamp,
@@ -430,7 +432,7 @@ export class CassandraFinalRowStore implements FinalRowStore {
           r.dimension,
           new Date(r.windowStart),
           r.value,
-          -1,
+          sourcePartition,
           ...values,
           this.ttl[r.granularity],
           timestamp,
@@ -441,16 +443,37 @@ export class CassandraFinalRowStore implements FinalRowStore {
       concurrencyLevel: this.concurrency,
       raiseOnFirstError: true,
     })
-    // After the rows: a reader that sees the old mark may have read the rows before or after this
-    // write; one that sees the new mark reads them all.
-    await Promise.all(
-      [...new Set(rows.map((r) => r.siteId))].map((siteId) =>
-        this.client.execute(
-          'INSERT INTO agg_final_marks (site_id, mark, written_at) VALUES (?, ?, ?)',
-          [siteId, randomUUID(), new Date()],
-          { prepare: true },
-        ),
-      ),
+  }
+
+  async commitFinal(siteId: string, spans: readonly FinalSpan[], token: number): Promise<void> {
+    if (spans.length === 0) return
+    const generation = generationOf(token)
+    const now = new Date()
+    // One partition (the site): Cassandra applies a single-partition batch atomically and in
+    // isolation, so a reader sees all of these spans switch or none.
+    await this.client.batch(
+      spans.map((span) => ({
+        query:
+          'INSERT INTO agg_final_commits (site_id, scope, span_start, generation, fence_token, committed_at) VALUES (?, ?, ?, ?, ?, ?) USING TTL ? AND TIMESTAMP ?',
+        params: [
+          siteId,
+          span.scope,
+          new Date(span.startMs),
+          generation,
+          long(token),
+          now,
+          commitTtlSeconds(span, this.ttl),
+          long(token),
+        ],
+      })),
+      { prepare: true, logged: false },
+    )
+    // After the commit: a reader that sees the old mark may have read before or after it; one that
+    // sees the new mark reads the committed generation.
+    await this.client.execute(
+      'INSERT INTO agg_final_marks (site_id, mark, written_at) VALUES (?, ?, ?)',
+      [siteId, randomUUID(), now],
+      { prepare: true },
     )
   }
 }

@@ -1,7 +1,8 @@
 import type { Dimension, Granularity } from '../aggregate/definition.js'
+import { CommittedGenerations, scopeOf, spanRange } from '../aggregate/final.js'
 // One definition of "a final row replaces the partials, partials add up and merge registers",
 // shared with the Cassandra reader so that both backends answer alike.
-import { mergePartials, ValuesAccumulator } from '../aggregate/merge.js'
+import { generationOfRow, mergePartials, ValuesAccumulator } from '../aggregate/merge.js'
 import type {
   AggregateReader,
   BreakdownResult,
@@ -31,7 +32,7 @@ function partialOf(r: PartialRow) {
     pageviews: r.pageviews,
     botEvents: r.bot_events,
     visitors: r.visitors ?? null,
-    final: r.source_partition === -1,
+    generation: generationOfRow(r.source_partition),
   }
 }
 
@@ -116,6 +117,9 @@ export class EmbeddedAggregateReader implements AggregateReader {
         `SELECT window_start, value, ${withVisitors} FROM agg_dims WHERE site_id = @site AND granularity = @g AND dimension = @d AND window_start = @ws AND value = @value AND ${live} ORDER BY source_partition`,
       ),
       mark: db.prepare('SELECT mark FROM agg_final_marks WHERE site_id = ?'),
+      commits: db.prepare(
+        `SELECT span_start, generation FROM agg_final_commits WHERE site_id = @site AND scope = @scope AND span_start >= @from AND span_start < @to AND ${live}`,
+      ),
       progress: db.prepare(
         'SELECT partition, next_offset, watermark_ms, updated_at_ms FROM stream_checkpoints WHERE consumer_group = ? AND topic = ? AND partition >= 0 AND partition < ? ORDER BY partition',
       ),
@@ -131,6 +135,7 @@ export class EmbeddedAggregateReader implements AggregateReader {
   ): Promise<MergedWindow[]> {
     const withVisitors = options.visitors ?? true
     const stmt = withVisitors ? this.stmt.totals : this.stmt.totalsCounts
+    const generations = this.committed(siteId, granularity, fromMs, toMs)
     const out: MergedWindow[] = []
     eachGroup(
       stmt.iterate({
@@ -142,10 +147,13 @@ export class EmbeddedAggregateReader implements AggregateReader {
       }) as Iterable<PartialRow>,
       byWindow,
       (first, parts) => {
-        out.push({
-          windowStart: first.window_start,
-          ...mergePartials(parts.map(partialOf), this.precision, withVisitors),
-        })
+        const merged = mergePartials(
+          parts.map(partialOf),
+          this.precision,
+          withVisitors,
+          generations.of(granularity, first.window_start),
+        )
+        if (merged) out.push({ windowStart: first.window_start, ...merged })
       },
     )
     return out
@@ -193,11 +201,18 @@ export class EmbeddedAggregateReader implements AggregateReader {
     const windows = new Map<number, { final: boolean }>()
     if (only && only.length === 0) return { values: new Map(), windows }
     // A (window, value)'s final row replaces its partials before windows merge.
+    const generations = this.committed(siteId, granularity, fromMs, toMs)
     eachGroup(
       this.dimRows(siteId, granularity, dimension, fromMs, toMs, withVisitors, only),
       byWindowValue,
       (first, parts) => {
-        const merged = mergePartials(parts.map(partialOf), this.precision, withVisitors)
+        const merged = mergePartials(
+          parts.map(partialOf),
+          this.precision,
+          withVisitors,
+          generations.of(granularity, first.window_start),
+        )
+        if (!merged) return
         const value = String(first.value)
         let acc = values.get(value)
         if (!acc) {
@@ -227,11 +242,18 @@ export class EmbeddedAggregateReader implements AggregateReader {
     const withVisitors = options.visitors ?? true
     if (values.length === 0) return []
     const perWindow = new Map<number, { acc: ValuesAccumulator; final: boolean }>()
+    const generations = this.committed(siteId, granularity, fromMs, toMs)
     eachGroup(
       this.dimRows(siteId, granularity, dimension, fromMs, toMs, withVisitors, values),
       byWindowValue,
       (first, parts) => {
-        const merged = mergePartials(parts.map(partialOf), this.precision, withVisitors)
+        const merged = mergePartials(
+          parts.map(partialOf),
+          this.precision,
+          withVisitors,
+          generations.of(granularity, first.window_start),
+        )
+        if (!merged) return
         let w = perWindow.get(first.window_start)
         if (!w) {
           w = { acc: new ValuesAccumulator(this.precision, withVisitors), final: false }
@@ -253,6 +275,7 @@ export class EmbeddedAggregateReader implements AggregateReader {
     toMs: number,
   ): AsyncIterable<MergedWindow> {
     const base = { site: siteId, g: granularity, from: fromMs, to: toMs }
+    const generations = this.committed(siteId, granularity, fromMs, toMs)
     let after = fromMs - 1
     for (;;) {
       const now = this.now()
@@ -268,7 +291,13 @@ export class EmbeddedAggregateReader implements AggregateReader {
       }
       const out: MergedWindow[] = []
       eachGroup(page, byWindow, (first, parts) => {
-        out.push({ windowStart: first.window_start, ...mergePartials(parts.map(partialOf), this.precision) })
+        const merged = mergePartials(
+          parts.map(partialOf),
+          this.precision,
+          true,
+          generations.of(granularity, first.window_start),
+        )
+        if (merged) out.push({ windowStart: first.window_start, ...merged })
       })
       for (const w of out) yield w
       if (!full) return
@@ -284,6 +313,7 @@ export class EmbeddedAggregateReader implements AggregateReader {
     toMs: number,
   ): AsyncIterable<MergedDimensionRow> {
     const base = { site: siteId, g: granularity, d: dimension, from: fromMs, to: toMs }
+    const generations = this.committed(siteId, granularity, fromMs, toMs)
     let cursor: { ws: number; value: string } | undefined
     for (;;) {
       const now = this.now()
@@ -315,17 +345,39 @@ export class EmbeddedAggregateReader implements AggregateReader {
       }
       const out: MergedDimensionRow[] = []
       eachGroup(page, byWindowValue, (first, parts) => {
-        out.push({
-          windowStart: first.window_start,
-          value: String(first.value),
-          ...mergePartials(parts.map(partialOf), this.precision),
-        })
+        const merged = mergePartials(
+          parts.map(partialOf),
+          this.precision,
+          true,
+          generations.of(granularity, first.window_start),
+        )
+        if (merged) out.push({ windowStart: first.window_start, value: String(first.value), ...merged })
       })
       for (const r of out) yield r
       if (!full) return
       const end = page[page.length - 1]!
       cursor = { ws: end.window_start, value: String(end.value) }
     }
+  }
+
+  /**
+   * The committed generations of the spans covering windows of `g` that start in [fromMs, toMs),
+   * read before the rows (a commit follows every row of its generation).
+   */
+  private committed(siteId: string, g: Granularity, fromMs: number, toMs: number): CommittedGenerations {
+    const scope = scopeOf(g)
+    const range = spanRange(g, fromMs, toMs)
+    const rows = this.stmt.commits.all({
+      site: siteId,
+      scope,
+      from: range.fromMs,
+      to: range.toMs,
+      now: this.now(),
+    }) as Array<{ span_start: number; generation: number }>
+    return new CommittedGenerations(
+      scope,
+      rows.map((r) => [r.span_start, r.generation] as const),
+    )
   }
 
   async finalMark(siteId: string): Promise<string> {

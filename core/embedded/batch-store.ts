@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto'
 import type { Dimension, Granularity } from '../aggregate/definition.js'
+import { commitTtlSeconds, type FinalSpan, generationOf } from '../aggregate/final.js'
 import type {
   ArchiveCommit,
   ArchivePartitionState,
@@ -339,11 +340,12 @@ export class EmbeddedJobStore implements JobStore {
 }
 
 /**
- * Final rows: source_partition = -1, through_offset = -1, and the lease's fencing token as `fence`
- * (Cassandra's write timestamp): an upsert replaces a row only when its token is not lower, so the
- * results of a job that took its lease later win even when an older job's writes arrive last.
- * Stream rows are other rows (source_partition >= 0), fenced among themselves; readers let a
- * window's final row replace its partials (core/aggregate/merge.ts), in both stores alike.
+ * Final rows: source_partition = −generation (core/aggregate/final.ts), through_offset = -1, and
+ * the lease's fencing token as `fence` (Cassandra's write timestamp): an upsert replaces a row only
+ * when its token is not lower, so the results of a job that took its lease later win even when an
+ * older job's writes arrive last. Commits are fenced the same way. Stream rows are other rows
+ * (source_partition >= 0), fenced among themselves; readers let the committed generation's row of a
+ * window replace its partials (core/aggregate/merge.ts), in both stores alike.
  */
 export class EmbeddedFinalRowStore implements FinalRowStore {
   private readonly stmt
@@ -365,12 +367,16 @@ export class EmbeddedFinalRowStore implements FinalRowStore {
         `SELECT DISTINCT value FROM agg_dims WHERE site_id = ? AND granularity = ? AND dimension = ? AND window_start = ? AND ${live}`,
       ),
       writeTotals: db.prepare(
-        `INSERT INTO agg_totals (site_id, granularity, window_start, source_partition, ${values}) VALUES (?, ?, ?, -1, ?, ?, ?, ?, -1, ?, ?)
+        `INSERT INTO agg_totals (site_id, granularity, window_start, source_partition, ${values}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, -1, ?, ?)
          ON CONFLICT (site_id, granularity, window_start, source_partition) ${update('agg_totals')}`,
       ),
       writeDims: db.prepare(
-        `INSERT INTO agg_dims (site_id, granularity, dimension, window_start, value, source_partition, ${values}) VALUES (?, ?, ?, ?, ?, -1, ?, ?, ?, ?, -1, ?, ?)
+        `INSERT INTO agg_dims (site_id, granularity, dimension, window_start, value, source_partition, ${values}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, -1, ?, ?)
          ON CONFLICT (site_id, granularity, dimension, window_start, value, source_partition) ${update('agg_dims')}`,
+      ),
+      commit: db.prepare(
+        `INSERT INTO agg_final_commits (site_id, scope, span_start, generation, fence, committed_at_ms, expires_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?)
+         ON CONFLICT (site_id, scope, span_start) DO UPDATE SET generation = excluded.generation, fence = excluded.fence, committed_at_ms = excluded.committed_at_ms, expires_at_ms = excluded.expires_at_ms WHERE excluded.fence >= agg_final_commits.fence`,
       ),
       mark: db.prepare(
         `INSERT INTO agg_final_marks (site_id, mark, written_at_ms) VALUES (?, ?, ?)
@@ -410,8 +416,7 @@ export class EmbeddedFinalRowStore implements FinalRowStore {
 
   async writeFinal(rows: readonly FinalRow[], token: number): Promise<void> {
     if (rows.length === 0) return
-    if (!Number.isSafeInteger(token) || token < 0)
-      throw new RangeError(`a fencing token must be a non-negative integer, got ${token}`)
+    const sourcePartition = -generationOf(token)
     const now = this.now()
     this.db.transaction(() => {
       for (const r of rows) {
@@ -423,6 +428,7 @@ export class EmbeddedFinalRowStore implements FinalRowStore {
             r.siteId,
             r.granularity,
             r.windowStart,
+            sourcePartition,
             v.events,
             v.pageviews,
             v.botEvents,
@@ -437,6 +443,7 @@ export class EmbeddedFinalRowStore implements FinalRowStore {
             r.dimension,
             r.windowStart,
             r.value,
+            sourcePartition,
             v.events,
             v.pageviews,
             v.botEvents,
@@ -446,8 +453,21 @@ export class EmbeddedFinalRowStore implements FinalRowStore {
           )
         }
       }
-      // In the same transaction: no reader sees the rows without the new mark.
-      for (const siteId of new Set(rows.map((r) => r.siteId))) this.stmt.mark.run(siteId, randomUUID(), now)
+    })()
+  }
+
+  async commitFinal(siteId: string, spans: readonly FinalSpan[], token: number): Promise<void> {
+    if (spans.length === 0) return
+    const generation = generationOf(token)
+    const now = this.now()
+    // One transaction: readers see every span switch, and the new mark, at once.
+    this.db.transaction(() => {
+      for (const span of spans) {
+        const seconds = commitTtlSeconds(span, this.ttl)
+        const expires = seconds > 0 ? now + seconds * 1000 : null
+        this.stmt.commit.run(siteId, span.scope, span.startMs, generation, token, now, expires)
+      }
+      this.stmt.mark.run(siteId, randomUUID(), now)
     })()
   }
 }

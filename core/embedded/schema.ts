@@ -134,7 +134,7 @@ export const STORE_MIGRATIONS: readonly string[] = [
   `,
   // 2: the batch layer (schemas/cql/0003_batch.cql): the archiver's commits, the rebuilds' fencing
   // counter and leases, their runs and ranges. Final rows go to agg_totals / agg_dims (step 1) with
-  // source_partition = -1 and the lease's fencing token as `fence`.
+  // source_partition = -generation (committed in step 4's table) and the fencing token as `fence`.
   `
   -- One row per archived source partition (archive = "<consumer group>|<topic>"); a commit is an
   -- UPDATE conditional on (epoch, next_offset), like the lightweight transaction in Cassandra.
@@ -208,6 +208,20 @@ export const STORE_MIGRATIONS: readonly string[] = [
     site_id TEXT PRIMARY KEY,
     mark TEXT NOT NULL,
     written_at_ms INTEGER NOT NULL
+  ) WITHOUT ROWID;
+  `,
+  // 4: the committed generations of final rows (schemas/cql/0005_final_commits.cql, core/aggregate/
+  // final.ts); `fence` is the rebuild's fencing token, an upsert applies only when it is not lower.
+  `
+  CREATE TABLE agg_final_commits (
+    site_id TEXT NOT NULL,
+    scope TEXT NOT NULL,
+    span_start INTEGER NOT NULL,
+    generation INTEGER NOT NULL,
+    fence INTEGER NOT NULL,
+    committed_at_ms INTEGER NOT NULL,
+    expires_at_ms INTEGER,
+    PRIMARY KEY (site_id, scope, span_start)
   ) WITHOUT ROWID;
   `,
 ]

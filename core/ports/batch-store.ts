@@ -1,4 +1,5 @@
 import type { Dimension, Granularity } from '../aggregate/definition.js'
+import type { FinalSpan } from '../aggregate/final.js'
 import type { AggregateValues } from './aggregate-store.js'
 
 /**
@@ -125,7 +126,10 @@ export interface JobStore {
 
 // --- final rows ----------------------------------------------------------------------------------
 
-/** A final (batch) aggregate row: source_partition = -1, final = true. */
+/**
+ * A final (batch) aggregate row, stored as part of its rebuild's generation (source_partition =
+ * −generation, core/aggregate/final.ts) and read only once that generation is committed.
+ */
 export interface FinalRow {
   siteId: string
   granularity: Granularity
@@ -147,8 +151,15 @@ export interface FinalRowStore {
     windowStart: number,
   ): Promise<string[]>
   /**
-   * Writes final rows with the fencing token as write timestamp (idempotent), then a new final mark
-   * (AggregateReader.finalMark) for every site among them.
+   * Writes final rows as generation `generationOf(token)`, with the fencing token as write
+   * timestamp (idempotent). Readers do not see them until `commitFinal`.
    */
   writeFinal(rows: readonly FinalRow[], token: number): Promise<void>
+  /**
+   * Makes generation `generationOf(token)` what readers use for `spans` of a site, all spans at
+   * once (one single-partition batch, one transaction), then writes a new final mark
+   * (AggregateReader.finalMark). A span whose commit has a higher token keeps it. Call it after
+   * every row of the spans is written.
+   */
+  commitFinal(siteId: string, spans: readonly FinalSpan[], token: number): Promise<void>
 }

@@ -1,5 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import type { Dimension, Granularity } from '../../core/aggregate/definition.js'
+import { generationOf } from '../../core/aggregate/final.js'
 import { HyperLogLog } from '../../core/hll.js'
 import {
   type AggregateReader,
@@ -10,12 +11,15 @@ import {
   rowId,
   type StreamStore,
 } from '../../core/ports/aggregate-store.js'
+import type { FinalRowStore } from '../../core/ports/batch-store.js'
 import { uniqueName } from '../helpers/context.js'
 
 /** What the aggregate-store contract needs from one implementation. */
 export interface AggregateStoreHarness {
   store: StreamStore
   reader: AggregateReader
+  /** Commits the generations of final rows (the rows themselves are written here as rows). */
+  batch: { rows: FinalRowStore }
   /** HyperLogLog precision the reader merges with. */
   precision: number
   close(): Promise<void>
@@ -242,6 +246,10 @@ export function aggregateStoreContract(name: string, make: () => Promise<Aggrega
       const w3 = base + 2 * HOUR
       let union12: Uint8Array
 
+      // The final rows of a rebuild: source_partition = -generation, read once committed.
+      const token = 7_000_000
+      const fin = -generationOf(token)
+
       beforeAll(async () => {
         // w1: partials of partitions 0 and 1 only. w2: partials plus a final row (batch). w3 outside most ranges.
         union12 = sketch(p, [...ids('v', 30), ...ids('w', 10)])
@@ -254,17 +262,34 @@ export function aggregateStoreContract(name: string, make: () => Promise<Aggrega
           },
           { key: totalsKey(site, 'hour', w2, 0), values: values(p, 4, ids('x', 4)), throughOffset: 9 },
           { key: totalsKey(site, 'hour', w2, 1), values: values(p, 4, ids('y', 4)), throughOffset: 9 },
-          { key: totalsKey(site, 'hour', w2, -1), values: values(p, 9, ids('z', 6), 3), throughOffset: -1 },
+          { key: totalsKey(site, 'hour', w2, fin), values: values(p, 9, ids('z', 6), 3), throughOffset: -1 },
+          // An uncommitted generation (a rebuild killed before its commit): never read.
+          {
+            key: totalsKey(site, 'hour', w1, fin - 1),
+            values: values(p, 70, ids('k', 6)),
+            throughOffset: -1,
+          },
+          {
+            key: totalsKey(site, 'hour', w3 + HOUR, fin),
+            values: values(p, 70, ids('k', 6)),
+            throughOffset: -1,
+          },
           { key: totalsKey(site, 'hour', w3, 2), values: values(p, 1, ids('q', 1)), throughOffset: 1 },
           { key: dimKey(site, 'path', w1, '/a', 0), values: values(p, 6, ids('v', 20)), throughOffset: 5 },
           { key: dimKey(site, 'path', w1, '/a', 1), values: values(p, 2, ids('w', 10)), throughOffset: 8 },
           { key: dimKey(site, 'path', w1, '/b', 1), values: values(p, 3, ids('u', 3)), throughOffset: 8 },
           { key: dimKey(site, 'path', w2, '/a', 0), values: values(p, 100, ids('s', 5)), throughOffset: 9 },
-          { key: dimKey(site, 'path', w2, '/a', -1), values: values(p, 8, ids('v', 30)), throughOffset: -1 },
+          { key: dimKey(site, 'path', w2, '/a', fin), values: values(p, 8, ids('v', 30)), throughOffset: -1 },
+          {
+            key: dimKey(site, 'path', w2, '/d', fin - 1),
+            values: values(p, 70, ids('k', 6)),
+            throughOffset: -1,
+          },
           { key: dimKey(site, 'path', w2, '/c', 1), values: values(p, 1, ids('c', 1)), throughOffset: 9 },
           { key: dimKey(site, 'path', w3, '/a', 0), values: values(p, 50, ids('t', 2)), throughOffset: 1 },
         ]
         await h.store.writeRows(rows, 1)
+        await h.batch.rows.commitFinal(site, [{ scope: 'hour', startMs: w2 }], token)
       })
 
       it('totals: partials add up and merge registers; a final row replaces the partials of its window', async () => {
@@ -293,6 +318,9 @@ export function aggregateStoreContract(name: string, make: () => Promise<Aggrega
         ])
         expect(await h.reader.totals(site, 'minute', w1, w3)).toEqual([])
         expect(await h.reader.totals(uniqueName('site'), 'hour', w1, w3)).toEqual([])
+        // Rows of a generation whose span is not committed are not read, not even as a zero window.
+        expect(await h.reader.totals(site, 'hour', w3 + HOUR, w3 + 2 * HOUR)).toEqual([])
+        expect(await all(h.reader.streamTotals(site, 'hour', w3 + HOUR, w3 + 2 * HOUR))).toEqual([])
       })
 
       it('breakdowns merge each (window, value) first, then sum over windows; windows say which are final', async () => {

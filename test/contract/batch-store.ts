@@ -1,5 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import type { Dimension, Granularity } from '../../core/aggregate/definition.js'
+import type { FinalSpan } from '../../core/aggregate/final.js'
 import { HyperLogLog } from '../../core/hll.js'
 import type {
   AggregateReader,
@@ -424,74 +425,94 @@ export function batchStoreContract(name: string, make: () => Promise<BatchStoreH
         return out
       }
 
-      it('are fenced by token: a lower token never overwrites a higher one; the same write again changes nothing', async () => {
+      it('are read only once committed, all spans of a commit at once; a commit of a lower token never replaces a higher one', async () => {
         const site = uniqueName('site')
-        const ws = Math.floor(Date.now() / HOUR) * HOUR - 30 * HOUR
+        const ws = Math.floor(Date.now() / DAY) * DAY - 2 * DAY + 5 * HOUR
         const [t1, t2, t3] = (await tokens(3)) as [number, number, number]
+        const spans: FinalSpan[] = [
+          { scope: 'hour', startMs: ws },
+          { scope: 'hour', startMs: ws + HOUR },
+        ]
         const rows = (events: number, who: string) => [
           finalRow(site, 'hour', ws, values(p, events, ids(who, 3))),
           finalRow(site, 'hour', ws, values(p, events, ids(who, 3)), 'path', '/a'),
+          finalRow(site, 'minute', ws + HOUR + 5 * MINUTE, values(p, events + 1, ids(who, 3))),
         ]
         const read = async () => {
           const [w] = await h.reader.totals(site, 'hour', ws, ws + HOUR)
           const d = (await h.reader.breakdown(site, 'hour', 'path', ws, ws + HOUR)).get('/a')
+          const m = await h.reader.totals(site, 'minute', ws + HOUR, ws + 2 * HOUR)
           return {
             totals: [w?.events, w?.final, Buffer.from(w?.visitors ?? []).toString('hex')],
             path: [d?.events, d?.final, Buffer.from(d?.visitors ?? []).toString('hex')],
+            minute: m.map((x) => [x.events, x.final]),
           }
         }
         const expected = (events: number, who: string) => {
           const hex = Buffer.from(sketch(p, ids(who, 3))).toString('hex')
-          return { totals: [events, true, hex], path: [events, true, hex] }
+          return { totals: [events, true, hex], path: [events, true, hex], minute: [[events + 1, true]] }
         }
+        const nothing = { totals: [undefined, undefined, ''], path: [undefined, undefined, ''], minute: [] }
         await h.batch.rows.writeFinal(rows(20, 'job2'), t2)
+        expect(await read()).toEqual(nothing)
+        await h.batch.rows.commitFinal(site, spans, t2)
         expect(await read()).toEqual(expected(20, 'job2'))
-        // An older job's writes arriving last lose.
+        // An older job's rows and commit arriving last lose.
         await h.batch.rows.writeFinal(rows(99, 'job1'), t1)
+        await h.batch.rows.commitFinal(site, spans, t1)
         expect(await read()).toEqual(expected(20, 'job2'))
+        // The same write and commit again change nothing.
         await h.batch.rows.writeFinal(rows(20, 'job2'), t2)
+        await h.batch.rows.commitFinal(site, spans, t2)
         expect(await read()).toEqual(expected(20, 'job2'))
-        // A later job wins, with fewer events too.
+        // A later job's rows stay unseen until its commit, then replace the earlier ones (fewer
+        // events too) in every span of the commit at once.
         await h.batch.rows.writeFinal(rows(5, 'job3'), t3)
+        expect(await read()).toEqual(expected(20, 'job2'))
+        await h.batch.rows.commitFinal(site, spans, t3)
         expect(await read()).toEqual(expected(5, 'job3'))
         await h.batch.rows.writeFinal([], t1)
+        await h.batch.rows.commitFinal(site, [], t1)
         expect(await read()).toEqual(expected(5, 'job3'))
+        // A commit covers its own site only.
+        const other = uniqueName('site')
+        await h.batch.rows.commitFinal(other, spans, t3 + 1)
+        expect(await read()).toEqual(expected(5, 'job3'))
+        expect(await h.reader.totals(other, 'hour', ws, ws + HOUR)).toEqual([])
       })
 
-      it("a site's final mark changes with every write of its final rows, and only with those", async () => {
+      it("a site's final mark changes with every commit of its final rows, and only with those", async () => {
         const site = uniqueName('site')
         const other = uniqueName('site')
         const ws = Math.floor(Date.now() / HOUR) * HOUR - 40 * HOUR
         const [t1, t2] = (await tokens(2)) as [number, number]
+        const span: FinalSpan[] = [{ scope: 'hour', startMs: ws }]
         expect(await h.reader.finalMark(site)).toBe('')
+        // Rows alone (not committed, so not read) leave the mark.
         await h.batch.rows.writeFinal([finalRow(site, 'hour', ws, values(p, 4, ids('m', 2)))], t1)
+        expect(await h.reader.finalMark(site)).toBe('')
+        await h.batch.rows.commitFinal(site, span, t1)
         const first = await h.reader.finalMark(site)
         expect(first).not.toBe('')
         expect(await h.reader.finalMark(site)).toBe(first)
         expect(await h.reader.finalMark(other)).toBe('')
-        // The same rows again (a retried write) still get a new mark: the reader cannot tell them apart.
-        await h.batch.rows.writeFinal([finalRow(site, 'hour', ws, values(p, 4, ids('m', 2)))], t1)
+        // The same commit again (a retried write) still gets a new mark: the reader cannot tell them apart.
+        await h.batch.rows.commitFinal(site, span, t1)
         const second = await h.reader.finalMark(site)
         expect(second).not.toBe(first)
-        // One write covering two sites marks both; stream rows mark nothing.
-        await h.batch.rows.writeFinal(
-          [
-            finalRow(site, 'day', Math.floor(ws / DAY) * DAY, values(p, 4)),
-            finalRow(other, 'hour', ws, values(p, 1), 'path', '/o'),
-          ],
-          t2,
-        )
-        const third = await h.reader.finalMark(site)
-        expect(third).not.toBe(second)
+        // A commit marks its site only; stream rows mark nothing.
+        await h.batch.rows.writeFinal([finalRow(other, 'hour', ws, values(p, 1), 'path', '/o')], t2)
+        await h.batch.rows.commitFinal(other, span, t2)
+        expect(await h.reader.finalMark(site)).toBe(second)
         const otherMark = await h.reader.finalMark(other)
         expect(otherMark).not.toBe('')
         await h.store.writeRows(
           [{ key: partialKey(site, 'hour', ws + HOUR, 0), values: values(p, 1), throughOffset: 1 }],
           1,
         )
-        expect(await h.reader.finalMark(site)).toBe(third)
-        await h.batch.rows.writeFinal([], t2)
-        expect(await h.reader.finalMark(site)).toBe(third)
+        expect(await h.reader.finalMark(site)).toBe(second)
+        await h.batch.rows.commitFinal(site, [], t2)
+        expect(await h.reader.finalMark(site)).toBe(second)
         expect(await h.reader.finalMark(other)).toBe(otherMark)
       })
 
@@ -589,6 +610,17 @@ export function batchStoreContract(name: string, make: () => Promise<BatchStoreH
           ],
           token,
         )
+        await h.batch.rows.commitFinal(site, [{ scope: 'hour', startMs: w2 }], token)
+        // A later rebuild of w2 and w3, killed before its commit: its rows are never read.
+        const [killed] = (await tokens(1)) as [number]
+        await h.batch.rows.writeFinal(
+          [
+            finalRow(site, 'hour', w2, values(p, 500, ids('k', 8))),
+            finalRow(site, 'hour', w2, values(p, 500, ids('k', 8)), 'path', '/a'),
+            finalRow(site, 'hour', w3, values(p, 500, ids('k', 8)), 'path', '/k'),
+          ],
+          killed,
+        )
         // The stream keeps writing w2's partials after the rebuild, with fences far above the token:
         // they are rows of their own and stay hidden behind the final row.
         await h.store.writeRows([partial(w2, 0, 50, 'g'), partial(w2, 0, 50, 'g', 'path', '/a')], 10_000)
@@ -655,6 +687,7 @@ export function batchStoreContract(name: string, make: () => Promise<BatchStoreH
             ],
             token,
           )
+          await store.rows.commitFinal(site, [{ scope: 'hour', startMs: hour }], token)
           expect((await store.reader.totals(site, 'minute', hour, hour + HOUR)).map((w) => w.events)).toEqual(
             [3],
           )

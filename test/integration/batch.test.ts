@@ -493,16 +493,110 @@ describe('batch rebuilds from the Arrow archive (real Kafka and Cassandra)', () 
 
     const next = await rebuild(config, logger, { from: WIDE_FROM, to: WIDE_TO, waitForLeaseMs: 15_000 })
     expect(next.status).toBe('succeeded')
+    history.push(...more.events)
     expect(
       await compareWithTruth(
         cassandra,
         config.stream.hllPrecision,
-        truthOf([...history, ...more.events], ['history.test']),
+        truthOf(history, ['history.test']),
         ['history.test'],
         WIDE_FROM,
         WIDE_TO,
       ),
     ).toEqual([])
+  })
+
+  it('a rebuild killed while writing switches each site-day whole or not at all; the next run completes', async () => {
+    const more = generateWorkload({
+      seed: 11,
+      sites: ['history.test'],
+      events: 1500,
+      start: new Date(HISTORY_FROM),
+      spanMs: HISTORY_TO - HISTORY_FROM,
+      lateShare: 0,
+    })
+    const file = await writeNdjson('even-more-history.ndjson', more.events)
+    const imported = await importFile(config, logger, {
+      file,
+      siteId: 'history.test',
+      normalize: normalizer('history.test'),
+    })
+    expect(imported.accepted).toBe(more.events.length)
+    await waitCaughtUp(config, cassandra)
+    await waitArchived()
+    const sites = ['history.test', 'late.test']
+    const before = await snapshot(sites, WIDE_FROM, WIDE_TO)
+
+    // Small write rounds with a pause before each (and before each commit): the kill lands
+    // after the first round of rows is written, well before the site-day's commit.
+    const child = spawnRebuild([
+      '--from',
+      new Date(WIDE_FROM).toISOString(),
+      '--to',
+      new Date(WIDE_TO).toISOString(),
+      '--throttle-ms',
+      '40',
+      '--write-chunk-rows',
+      '100',
+      '--lease-ttl-ms',
+      '3000',
+    ])
+    let killedAt: RebuildProgress | undefined
+    for await (const line of createInterface({ input: child.process.stdout! })) {
+      const p = (JSON.parse(line) as { progress?: RebuildProgress }).progress
+      if (p && p.phase === 'write' && p.rowsWritten > 0) {
+        child.process.kill('SIGKILL')
+        killedAt = p
+        break
+      }
+    }
+    expect((await child.exited).signal).toBe('SIGKILL')
+    expect(killedAt?.rowsWritten).toBeGreaterThan(0)
+    const mid = await snapshot(sites, WIDE_FROM, WIDE_TO)
+
+    const next = await rebuild(config, logger, { from: WIDE_FROM, to: WIDE_TO, waitForLeaseMs: 15_000 })
+    expect(next.status).toBe('succeeded')
+    history.push(...more.events)
+    expect(
+      await compareWithTruth(
+        cassandra,
+        config.stream.hllPrecision,
+        truthOf(history, ['history.test']),
+        ['history.test'],
+        WIDE_FROM,
+        WIDE_TO,
+      ),
+    ).toEqual([])
+    const after = await snapshot(sites, WIDE_FROM, WIDE_TO)
+
+    // Every site-day read after the kill is wholly its numbers from before or wholly the new ones.
+    const siteDay = (key: string) => {
+      const [site, , ws] = key.split('|') as [string, string, string]
+      return `${site}|${new Date(dayStart(Number(ws))).toISOString().slice(0, 10)}`
+    }
+    const groups = new Map<string, string[]>()
+    for (const key of new Set([...before.keys(), ...mid.keys(), ...after.keys()])) {
+      const g = siteDay(key)
+      groups.set(g, [...(groups.get(g) ?? []), key])
+    }
+    const state = new Map<string, 'before' | 'after' | 'mixed'>()
+    let changed = 0
+    for (const [g, keys] of groups) {
+      const same = (a: Map<string, Cell>, b: Map<string, Cell>) =>
+        keys.every((k) => JSON.stringify(a.get(k)) === JSON.stringify(b.get(k)))
+      if (!same(before, after)) changed++
+      state.set(g, same(mid, before) ? 'before' : same(mid, after) ? 'after' : 'mixed')
+    }
+    expect([...state].filter(([, s]) => s === 'mixed')).toEqual([])
+    // The new history changed some site-day, and the kill left it with its previous numbers.
+    expect(changed).toBeGreaterThan(0)
+    expect(
+      [...groups.keys()].some(
+        (g) =>
+          state.get(g) === 'before' &&
+          !groups.get(g)!.every((k) => JSON.stringify(before.get(k)) === JSON.stringify(after.get(k))),
+      ),
+    ).toBe(true)
   })
 })
 

@@ -4,6 +4,7 @@ import { hostname } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { describe, expect, it } from 'vitest'
+import { generationOf } from '../../core/aggregate/final.js'
 import { EmbeddedEventLog } from '../../core/embedded/event-log.js'
 import { LOCK_FILE, openEmbedded } from '../../core/embedded/index.js'
 import { LOG_MIGRATIONS } from '../../core/embedded/schema.js'
@@ -504,12 +505,15 @@ describe('embedded reader paging', () => {
     try {
       const backend = openEmbedded({ dataDir: dir, hllPrecision: 14, purgeIntervalMs: 0, readerPageRows: 2 })
       try {
+        // Window 2 has a committed final row (a rebuild's generation: source_partition < 0).
+        const token = 5
+        const final = -generationOf(token)
         const rows = []
         for (let w = 0; w < 5; w++) {
-          for (const partition of [-1, 0, 1, 2]) {
-            if (partition === -1 && w !== 2) continue
+          for (const partition of [final, 0, 1, 2]) {
+            if (partition === final && w !== 2) continue
             const values = {
-              events: w * 10 + partition + 2,
+              events: partition === final ? 21 : w * 10 + partition + 2,
               pageviews: 0,
               botEvents: 0,
               visitors: new Uint8Array(0),
@@ -544,6 +548,7 @@ describe('embedded reader paging', () => {
           }
         }
         await backend.streamStore.writeRows(rows, 1)
+        await backend.batch.rows.commitFinal('s', [{ scope: 'hour', startMs: 2 * 3_600_000 }], token)
         const totals = []
         for await (const w of backend.reader.streamTotals('s', 'hour', 0, 5 * 3_600_000)) totals.push(w)
         expect(totals).toEqual(await backend.reader.totals('s', 'hour', 0, 5 * 3_600_000))

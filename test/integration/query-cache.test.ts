@@ -179,7 +179,11 @@ function cacheSuite(name: string, open: () => Promise<Harness>) {
           values: values(9),
         },
       ]
-      await h.batch.rows.writeFinal(rows, Date.now() * 1000)
+      const token = Date.now() * 1000
+      await h.batch.rows.writeFinal(rows, token)
+      // Written, not committed: not read, and the cached answer stays.
+      expect((await aggregate()).meta.windows.final).toBe(0)
+      await h.batch.rows.commitFinal(site, [{ scope: 'hour', startMs: windowStart }], token)
       const answer = await aggregate()
       expect(answer.results.events.value).toBe(9)
       expect(answer.meta.windows.final).toBe(1)
@@ -234,6 +238,7 @@ function cacheSuite(name: string, open: () => Promise<Harness>) {
         { path: '/b', events: 12 },
       ])
       // A rebuild of the settled hour: the cached read of it is replaced.
+      const rebuilt = Date.now() * 1000
       await h.batch.rows.writeFinal(
         [
           {
@@ -245,8 +250,9 @@ function cacheSuite(name: string, open: () => Promise<Harness>) {
             values: values(20),
           },
         ],
-        Date.now() * 1000,
+        rebuilt,
       )
+      await h.batch.rows.commitFinal(site, [{ scope: 'hour', startMs: settledStart }], rebuilt)
       expect(await breakdown()).toEqual([
         { path: '/a', events: 27 },
         { path: '/b', events: 12 },

@@ -16,10 +16,11 @@ import {
   type Dimension,
   GRANULARITIES,
   type Granularity,
-  totalsBucket,
   windowMs,
 } from '../../core/aggregate/definition.js'
+import { type FinalSpan, scopeOf, spanStartOf } from '../../core/aggregate/final.js'
 import { CassandraAggregateReader } from '../../core/cassandra/aggregate-reader.js'
+import { CassandraFinalRowStore } from '../../core/cassandra/batch-store.js'
 import { createCassandraClient } from '../../core/cassandra/client.js'
 import { CassandraSiteStore } from '../../core/cassandra/sites.js'
 import { HyperLogLog, hllErrorBound, hllRelativeError } from '../../core/hll.js'
@@ -206,7 +207,7 @@ function expectedStatus(site: string, g: Granularity, ws: number, completeThroug
   return ws + windowMs(g) <= completeThrough ? 'closed' : 'open'
 }
 
-/** Plays the batch rebuild for the late events' windows: totals rows with source_partition −1. */
+/** Plays the batch rebuild for the late events' windows: committed final totals rows. */
 async function writeFinalRows(late: GeneratedEvent[]): Promise<void> {
   const rows = new Map<
     string,
@@ -241,25 +242,30 @@ async function writeFinalRows(late: GeneratedEvent[]): Promise<void> {
       }
     }
   }
+  const finals = new CassandraFinalRowStore(cassandra, config.stream.ttlSeconds)
+  const token = Date.now() * 1000
+  const spans = new Map<string, Map<string, FinalSpan>>()
+  await finals.writeFinal(
+    [...rows.values()].map((r) => ({
+      siteId: r.site,
+      granularity: r.g,
+      windowStart: r.ws,
+      dimension: undefined,
+      value: '',
+      values: { events: r.events, pageviews: r.pageviews, botEvents: r.bots, visitors: r.hll.toBytes() },
+    })),
+    token,
+  )
   for (const r of rows.values()) {
-    await cassandra.execute(
-      'INSERT INTO agg_totals (site_id, granularity, bucket, window_start, source_partition, events, pageviews, bot_events, visitors, through_offset, final) VALUES (?, ?, ?, ?, -1, ?, ?, ?, ?, -1, true)',
-      [
-        r.site,
-        r.g,
-        totalsBucket(r.ws, r.g),
-        new Date(r.ws),
-        r.events,
-        r.pageviews,
-        r.bots,
-        Buffer.from(r.hll.toBytes()),
-      ],
-      { prepare: true },
-    )
+    const span: FinalSpan = { scope: scopeOf(r.g), startMs: spanStartOf(r.g, r.ws) }
+    const mine = spans.get(r.site) ?? new Map<string, FinalSpan>()
+    mine.set(`${span.scope}|${span.startMs}`, span)
+    spans.set(r.site, mine)
     const set = finalWindows.get(`${r.site}|${r.g}`) ?? new Set<number>()
     set.add(r.ws)
     finalWindows.set(`${r.site}|${r.g}`, set)
   }
+  for (const [site, mine] of spans) await finals.commitFinal(site, [...mine.values()], token)
 }
 
 beforeAll(async () => {

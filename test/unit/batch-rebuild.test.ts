@@ -11,6 +11,7 @@ import { CorruptSegmentError } from '../../batch/segment-reader.js'
 import { type ArchivedEvent, encodeSegment } from '../../batch/segment-writer.js'
 import { generateWorkload } from '../../bench/workload.js'
 import { kindOf, visitorId, windowStart } from '../../core/aggregate/definition.js'
+import { type FinalSpan, scopeOf, spanStartOf } from '../../core/aggregate/final.js'
 import { RowAccumulator, rowKeysFor } from '../../core/aggregate/rows.js'
 import { HyperLogLog, hash64 } from '../../core/hll.js'
 import { createLogger } from '../../core/log.js'
@@ -82,11 +83,18 @@ function keyOf(r: {
   return `${r.siteId}|${r.granularity}|${new Date(r.windowStart).toISOString()}|${r.dimension ?? ''}|${r.value}`
 }
 
-/** Final rows by key, last writer by token (like Cassandra's write timestamps); plus stream rows. */
+/**
+ * Final rows as readers see them (`final`: committed rows by key, last commit by token, like
+ * Cassandra's write timestamps), rows written but not committed yet (`pending`, by token), and
+ * stream rows. `failAfterWrites` makes the next writes fail once that many rows were written.
+ */
 class MemoryRows implements FinalRowStore {
   readonly final = new Map<string, { row: FinalRow; token: number }>()
+  readonly pending = new Map<number, Map<string, FinalRow>>()
   readonly stream = new Set<string>()
+  readonly commits: Array<{ siteId: string; spans: FinalSpan[]; token: number }> = []
   writes = 0
+  failAfterWrites = Number.POSITIVE_INFINITY
 
   private keys(): Array<{
     siteId: string
@@ -95,7 +103,8 @@ class MemoryRows implements FinalRowStore {
     dimension?: string
     value: string
   }> {
-    return [...this.stream, ...this.final.keys()].map((k) => {
+    const pending = [...this.pending.values()].flatMap((m) => [...m.keys()])
+    return [...this.stream, ...this.final.keys(), ...pending].map((k) => {
       const [siteId, granularity, ws, dimension, value] = k.split('|') as [
         string,
         string,
@@ -125,11 +134,23 @@ class MemoryRows implements FinalRowStore {
     ]
   }
   async writeFinal(rows: readonly FinalRow[], token: number) {
+    const mine = this.pending.get(token) ?? new Map<string, FinalRow>()
+    this.pending.set(token, mine)
     for (const row of rows) {
-      const k = keyOf(row)
+      if (this.writes >= this.failAfterWrites) throw new Error('write timed out')
+      mine.set(keyOf(row), row)
+      this.writes++
+    }
+  }
+  async commitFinal(siteId: string, spans: readonly FinalSpan[], token: number) {
+    this.commits.push({ siteId, spans: [...spans], token })
+    const covered = new Set(spans.map((s) => `${s.scope}|${s.startMs}`))
+    for (const [k, row] of this.pending.get(token) ?? []) {
+      if (row.siteId !== siteId) continue
+      if (!covered.has(`${scopeOf(row.granularity)}|${spanStartOf(row.granularity, row.windowStart)}`))
+        continue
       const old = this.final.get(k)
       if (!old || old.token <= token) this.final.set(k, { row, token })
-      this.writes++
     }
   }
 }
@@ -400,6 +421,63 @@ describe('rebuild (archive segments → final rows), against in-memory stores', 
     expect(row?.values).toMatchObject({ events: 0, pageviews: 0, botEvents: 0 })
     expect(HyperLogLog.fromBytes(row!.values.visitors).isEmpty()).toBe(true)
     expect(deps.rows.final.has(keyOf(outside))).toBe(false)
+  })
+
+  it('commits each site-day once its rows are written: its 24 hours, and the day when whole', async () => {
+    const { deps, settings } = await setup('commits', log)
+    const done = await runRebuild(deps, settings, { fromMs: FROM, toMs: TO })
+    const token = done.run.token
+    const days = [FROM, FROM + 86_400_000]
+    expect(
+      deps.rows.commits.map((c) => [c.siteId, c.spans[0]!.startMs, c.spans.length, c.token]).sort(),
+    ).toEqual(['a.test', 'b.test'].flatMap((site) => days.map((d) => [site, d, 25, token])).sort())
+    for (const c of deps.rows.commits) {
+      expect(c.spans.filter((s) => s.scope === 'hour').map((s) => s.startMs)).toEqual(
+        Array.from({ length: 24 }, (_, h) => c.spans[0]!.startMs + h * 3_600_000),
+      )
+      expect(c.spans.filter((s) => s.scope === 'day')).toEqual([
+        { scope: 'day', startMs: c.spans[0]!.startMs },
+      ])
+    }
+    // Every row written is committed.
+    expect(deps.rows.final.size).toBe(deps.rows.pending.get(token)!.size)
+  })
+
+  it('a job that fails while writing changes no site-day it did not commit; the next run completes', async () => {
+    const { deps, settings } = await setup('write-fails', log)
+    const first = await runRebuild(deps, settings, { fromMs: FROM, toMs: TO })
+    const before = new Map(deps.rows.final)
+    const valuesBefore = finalValues(deps.rows)
+    const commitsBefore = deps.rows.commits.length
+    // A second job fails a few rows into its first site-day: nothing changes.
+    deps.rows.failAfterWrites = deps.rows.writes + 10
+    await expect(runRebuild(deps, settings, { fromMs: FROM, toMs: TO })).rejects.toThrow('write timed out')
+    expect(deps.rows.commits.length).toBe(commitsBefore)
+    expect(deps.rows.final).toEqual(before)
+
+    // A third fails a few rows into its second site-day: the first switched whole, the rest not.
+    const firstCommit = deps.rows.commits[0]!
+    const day = firstCommit.spans[0]!.startMs
+    const inFirstSiteDay = (k: string) => {
+      const row = before.get(k)!.row
+      return row.siteId === firstCommit.siteId && row.windowStart >= day && row.windowStart < day + 86_400_000
+    }
+    const rowsOfFirstSiteDay = [...before.keys()].filter(inFirstSiteDay).length
+    expect(rowsOfFirstSiteDay).toBeGreaterThan(0)
+    deps.rows.failAfterWrites = deps.rows.writes + rowsOfFirstSiteDay + 5
+    await expect(runRebuild(deps, settings, { fromMs: FROM, toMs: TO })).rejects.toThrow('write timed out')
+    const third = deps.rows.commits.at(-1)!
+    expect(deps.rows.commits.length).toBe(commitsBefore + 1)
+    expect([third.siteId, third.spans[0]!.startMs]).toEqual([firstCommit.siteId, day])
+    expect(third.token).toBeGreaterThan(first.run.token)
+    for (const [k, v] of deps.rows.final)
+      expect([k, v.token]).toEqual([k, inFirstSiteDay(k) ? third.token : first.run.token])
+
+    deps.rows.failAfterWrites = Number.POSITIVE_INFINITY
+    const next = await runRebuild(deps, settings, { fromMs: FROM, toMs: TO })
+    expect(next.status).toBe('succeeded')
+    expect([...deps.rows.final.values()].every((v) => v.token === next.run.token)).toBe(true)
+    expect(finalValues(deps.rows)).toEqual(valuesBefore)
   })
 
   it('fails on a corrupt segment, naming it, and writes nothing; --skip-corrupt skips it', async () => {
