@@ -232,13 +232,17 @@ export class EmbeddedStreamStore implements StreamStore {
     )
   }
 
-  /** Deletes expired aggregate rows and dedup chunks (what Cassandra's TTLs do). Returns rows deleted. */
+  /**
+   * Deletes expired aggregate rows, final commits and dedup chunks (what Cassandra's TTLs do).
+   * Returns rows deleted.
+   */
   purgeExpired(): number {
     const now = this.now()
     return this.db.transaction(() => {
       let n = 0
       n += this.db.prepare('DELETE FROM agg_totals WHERE expires_at_ms <= ?').run(now).changes
       n += this.db.prepare('DELETE FROM agg_dims WHERE expires_at_ms <= ?').run(now).changes
+      n += this.db.prepare('DELETE FROM agg_final_commits WHERE expires_at_ms <= ?').run(now).changes
       n += this.db
         .prepare('DELETE FROM stream_dedup WHERE written_at_ms <= ?')
         .run(now - DEDUP_TTL_MS).changes
