@@ -59,6 +59,22 @@ function eachGroup(
   if (parts.length > 0) emit(parts[0]!, parts)
 }
 
+/** Merges one group's rows (one window, or one value in a window) under its committed generation. */
+function mergeGroup(
+  parts: readonly PartialRow[],
+  precision: number,
+  withVisitors: boolean,
+  generations: CommittedGenerations,
+  g: Granularity,
+) {
+  return mergePartials(
+    parts.map(partialOf),
+    precision,
+    withVisitors,
+    generations.of(g, parts[0]!.window_start),
+  )
+}
+
 const byWindow = (r: PartialRow) => String(r.window_start)
 const byWindowValue = (r: PartialRow) => `${r.window_start}\u0001${r.value}`
 
@@ -147,12 +163,7 @@ export class EmbeddedAggregateReader implements AggregateReader {
       }) as Iterable<PartialRow>,
       byWindow,
       (first, parts) => {
-        const merged = mergePartials(
-          parts.map(partialOf),
-          this.precision,
-          withVisitors,
-          generations.of(granularity, first.window_start),
-        )
+        const merged = mergeGroup(parts, this.precision, withVisitors, generations, granularity)
         if (merged) out.push({ windowStart: first.window_start, ...merged })
       },
     )
@@ -206,12 +217,7 @@ export class EmbeddedAggregateReader implements AggregateReader {
       this.dimRows(siteId, granularity, dimension, fromMs, toMs, withVisitors, only),
       byWindowValue,
       (first, parts) => {
-        const merged = mergePartials(
-          parts.map(partialOf),
-          this.precision,
-          withVisitors,
-          generations.of(granularity, first.window_start),
-        )
+        const merged = mergeGroup(parts, this.precision, withVisitors, generations, granularity)
         if (!merged) return
         const value = String(first.value)
         let acc = values.get(value)
@@ -247,12 +253,7 @@ export class EmbeddedAggregateReader implements AggregateReader {
       this.dimRows(siteId, granularity, dimension, fromMs, toMs, withVisitors, values),
       byWindowValue,
       (first, parts) => {
-        const merged = mergePartials(
-          parts.map(partialOf),
-          this.precision,
-          withVisitors,
-          generations.of(granularity, first.window_start),
-        )
+        const merged = mergeGroup(parts, this.precision, withVisitors, generations, granularity)
         if (!merged) return
         let w = perWindow.get(first.window_start)
         if (!w) {
@@ -291,12 +292,7 @@ export class EmbeddedAggregateReader implements AggregateReader {
       }
       const out: MergedWindow[] = []
       eachGroup(page, byWindow, (first, parts) => {
-        const merged = mergePartials(
-          parts.map(partialOf),
-          this.precision,
-          true,
-          generations.of(granularity, first.window_start),
-        )
+        const merged = mergeGroup(parts, this.precision, true, generations, granularity)
         if (merged) out.push({ windowStart: first.window_start, ...merged })
       })
       for (const w of out) yield w
@@ -345,12 +341,7 @@ export class EmbeddedAggregateReader implements AggregateReader {
       }
       const out: MergedDimensionRow[] = []
       eachGroup(page, byWindowValue, (first, parts) => {
-        const merged = mergePartials(
-          parts.map(partialOf),
-          this.precision,
-          true,
-          generations.of(granularity, first.window_start),
-        )
+        const merged = mergeGroup(parts, this.precision, true, generations, granularity)
         if (merged) out.push({ windowStart: first.window_start, value: String(first.value), ...merged })
       })
       for (const r of out) yield r

@@ -326,17 +326,7 @@ describe('batch rebuilds from the Arrow archive (real Kafka and Cassandra)', () 
     } finally {
       await writeFile(victim.path, original)
     }
-    await rebuild(config, logger, { from: WIDE_FROM, to: WIDE_TO })
-    expect(
-      await compareWithTruth(
-        cassandra,
-        config.stream.hllPrecision,
-        truthOf(history, ['history.test']),
-        ['history.test'],
-        WIDE_FROM,
-        WIDE_TO,
-      ),
-    ).toEqual([])
+    await rebuildCountsHistory([])
   })
 
   it('two schedulers racing run each range once', async () => {
@@ -399,16 +389,7 @@ describe('batch rebuilds from the Arrow archive (real Kafka and Cassandra)', () 
     for (const c of counts) expect(c.failed + c.deferred).toBe(0)
     for (const c of counts)
       expect(c.succeeded + c.skipped_busy + c.skipped_unchanged).toBeGreaterThanOrEqual(3)
-    expect(
-      await compareWithTruth(
-        cassandra,
-        config.stream.hllPrecision,
-        truthOf(history, ['history.test']),
-        ['history.test'],
-        WIDE_FROM,
-        WIDE_TO,
-      ),
-    ).toEqual([])
+    await expectHistoryCounted()
   })
 
   it('runs as the `tally batch` role: scheduler, health and metrics', async () => {
@@ -438,46 +419,12 @@ describe('batch rebuilds from the Arrow archive (real Kafka and Cassandra)', () 
 
   it('a rebuild killed halfway leaves the previous numbers intact, and the next run completes', async () => {
     // More history arrives: the next rebuild changes the numbers of the history windows.
-    const more = generateWorkload({
-      seed: 10,
-      sites: ['history.test'],
-      events: 1200,
-      start: new Date(HISTORY_FROM),
-      spanMs: HISTORY_TO - HISTORY_FROM,
-      lateShare: 0,
-    })
-    const file = await writeNdjson('more-history.ndjson', more.events)
-    const imported = await importFile(config, logger, {
-      file,
-      siteId: 'history.test',
-      normalize: normalizer('history.test'),
-    })
-    expect(imported.accepted).toBe(more.events.length)
-    await waitCaughtUp(config, cassandra)
-    await waitArchived()
+    const more = await importMoreHistory(10, 1200, 'more-history.ndjson')
     const before = await snapshot(['history.test'], WIDE_FROM, WIDE_TO)
-
-    const child = spawnRebuild([
-      '--from',
-      new Date(WIDE_FROM).toISOString(),
-      '--to',
-      new Date(WIDE_TO).toISOString(),
-      '--throttle-ms',
-      '40',
-      '--lease-ttl-ms',
-      '3000',
-    ])
-    let killedAt: RebuildProgress | undefined
-    for await (const line of createInterface({ input: child.process.stdout! })) {
-      const msg = JSON.parse(line) as { progress?: RebuildProgress }
-      const p = msg.progress
-      if (p && p.phase === 'aggregate' && p.done >= p.total / 2) {
-        child.process.kill('SIGKILL')
-        killedAt = p
-        break
-      }
-    }
-    expect((await child.exited).signal).toBe('SIGKILL')
+    const killedAt = await rebuildKilledWhen(
+      ['--throttle-ms', '40'],
+      (p) => p.phase === 'aggregate' && p.done >= p.total / 2,
+    )
     expect(killedAt?.total).toBeGreaterThan(10)
     expect(await snapshot(['history.test'], WIDE_FROM, WIDE_TO)).toEqual(before)
     // Its run is recorded; once its lease has expired it shows as abandoned.
@@ -491,82 +438,23 @@ describe('batch rebuilds from the Arrow archive (real Kafka and Cassandra)', () 
       'the killed run to show as abandoned',
     )
 
-    const next = await rebuild(config, logger, { from: WIDE_FROM, to: WIDE_TO, waitForLeaseMs: 15_000 })
-    expect(next.status).toBe('succeeded')
-    history.push(...more.events)
-    expect(
-      await compareWithTruth(
-        cassandra,
-        config.stream.hllPrecision,
-        truthOf(history, ['history.test']),
-        ['history.test'],
-        WIDE_FROM,
-        WIDE_TO,
-      ),
-    ).toEqual([])
+    await rebuildCountsHistory(more)
   })
 
   it('a rebuild killed while writing switches each site-day whole or not at all; the next run completes', async () => {
-    const more = generateWorkload({
-      seed: 11,
-      sites: ['history.test'],
-      events: 1500,
-      start: new Date(HISTORY_FROM),
-      spanMs: HISTORY_TO - HISTORY_FROM,
-      lateShare: 0,
-    })
-    const file = await writeNdjson('even-more-history.ndjson', more.events)
-    const imported = await importFile(config, logger, {
-      file,
-      siteId: 'history.test',
-      normalize: normalizer('history.test'),
-    })
-    expect(imported.accepted).toBe(more.events.length)
-    await waitCaughtUp(config, cassandra)
-    await waitArchived()
+    const more = await importMoreHistory(11, 1500, 'even-more-history.ndjson')
     const sites = ['history.test', 'late.test']
     const before = await snapshot(sites, WIDE_FROM, WIDE_TO)
-
-    // Small write rounds with a pause before each (and before each commit): the kill lands
-    // after the first round of rows is written, well before the site-day's commit.
-    const child = spawnRebuild([
-      '--from',
-      new Date(WIDE_FROM).toISOString(),
-      '--to',
-      new Date(WIDE_TO).toISOString(),
-      '--throttle-ms',
-      '40',
-      '--write-chunk-rows',
-      '100',
-      '--lease-ttl-ms',
-      '3000',
-    ])
-    let killedAt: RebuildProgress | undefined
-    for await (const line of createInterface({ input: child.process.stdout! })) {
-      const p = (JSON.parse(line) as { progress?: RebuildProgress }).progress
-      if (p && p.phase === 'write' && p.rowsWritten > 0) {
-        child.process.kill('SIGKILL')
-        killedAt = p
-        break
-      }
-    }
-    expect((await child.exited).signal).toBe('SIGKILL')
+    // Small write rounds with a pause before each (and before each commit): the kill lands after
+    // the first round of rows is written, well before the commit of that round's site-day.
+    const killedAt = await rebuildKilledWhen(
+      ['--throttle-ms', '40', '--write-chunk-rows', '100'],
+      (p) => p.phase === 'write' && p.rowsWritten > 0,
+    )
     expect(killedAt?.rowsWritten).toBeGreaterThan(0)
     const mid = await snapshot(sites, WIDE_FROM, WIDE_TO)
 
-    const next = await rebuild(config, logger, { from: WIDE_FROM, to: WIDE_TO, waitForLeaseMs: 15_000 })
-    expect(next.status).toBe('succeeded')
-    history.push(...more.events)
-    expect(
-      await compareWithTruth(
-        cassandra,
-        config.stream.hllPrecision,
-        truthOf(history, ['history.test']),
-        ['history.test'],
-        WIDE_FROM,
-        WIDE_TO,
-      ),
-    ).toEqual([])
+    await rebuildCountsHistory(more)
     const after = await snapshot(sites, WIDE_FROM, WIDE_TO)
 
     // Every site-day read after the kill is wholly its numbers from before or wholly the new ones.
@@ -580,25 +468,90 @@ describe('batch rebuilds from the Arrow archive (real Kafka and Cassandra)', () 
       groups.set(g, [...(groups.get(g) ?? []), key])
     }
     const state = new Map<string, 'before' | 'after' | 'mixed'>()
-    let changed = 0
+    const changed: string[] = []
     for (const [g, keys] of groups) {
       const same = (a: Map<string, Cell>, b: Map<string, Cell>) =>
         keys.every((k) => JSON.stringify(a.get(k)) === JSON.stringify(b.get(k)))
-      if (!same(before, after)) changed++
+      if (!same(before, after)) changed.push(g)
       state.set(g, same(mid, before) ? 'before' : same(mid, after) ? 'after' : 'mixed')
     }
     expect([...state].filter(([, s]) => s === 'mixed')).toEqual([])
     // The new history changed some site-day, and the kill left it with its previous numbers.
-    expect(changed).toBeGreaterThan(0)
-    expect(
-      [...groups.keys()].some(
-        (g) =>
-          state.get(g) === 'before' &&
-          !groups.get(g)!.every((k) => JSON.stringify(before.get(k)) === JSON.stringify(after.get(k))),
-      ),
-    ).toBe(true)
+    expect(changed.length).toBeGreaterThan(0)
+    expect(changed.some((g) => state.get(g) === 'before')).toBe(true)
   })
 })
+
+/** Imports more history for history.test (the next rebuild changes its numbers); archived. */
+async function importMoreHistory(seed: number, events: number, name: string): Promise<GeneratedEvent[]> {
+  const more = generateWorkload({
+    seed,
+    sites: ['history.test'],
+    events,
+    start: new Date(HISTORY_FROM),
+    spanMs: HISTORY_TO - HISTORY_FROM,
+    lateShare: 0,
+  })
+  const file = await writeNdjson(name, more.events)
+  const imported = await importFile(config, logger, {
+    file,
+    siteId: 'history.test',
+    normalize: normalizer('history.test'),
+  })
+  expect(imported.accepted).toBe(more.events.length)
+  await waitCaughtUp(config, cassandra)
+  await waitArchived()
+  return more.events
+}
+
+/** The next rebuild of the wide range succeeds and counts the history with `more` added. */
+async function rebuildCountsHistory(more: readonly GeneratedEvent[]): Promise<void> {
+  const next = await rebuild(config, logger, { from: WIDE_FROM, to: WIDE_TO, waitForLeaseMs: 15_000 })
+  expect(next.status).toBe('succeeded')
+  history.push(...more)
+  await expectHistoryCounted()
+}
+
+/** The stored numbers of history.test over the wide range are the truth of all its history. */
+async function expectHistoryCounted(): Promise<void> {
+  expect(
+    await compareWithTruth(
+      cassandra,
+      config.stream.hllPrecision,
+      truthOf(history, ['history.test']),
+      ['history.test'],
+      WIDE_FROM,
+      WIDE_TO,
+    ),
+  ).toEqual([])
+}
+
+/** Runs `tally rebuild` over the wide range and kills it (SIGKILL) at the first progress `when` accepts. */
+async function rebuildKilledWhen(
+  extraArgs: string[],
+  when: (p: RebuildProgress) => boolean,
+): Promise<RebuildProgress | undefined> {
+  const child = spawnRebuild([
+    '--from',
+    new Date(WIDE_FROM).toISOString(),
+    '--to',
+    new Date(WIDE_TO).toISOString(),
+    '--lease-ttl-ms',
+    '3000',
+    ...extraArgs,
+  ])
+  let killedAt: RebuildProgress | undefined
+  for await (const line of createInterface({ input: child.process.stdout! })) {
+    const p = (JSON.parse(line) as { progress?: RebuildProgress }).progress
+    if (p && when(p)) {
+      child.process.kill('SIGKILL')
+      killedAt = p
+      break
+    }
+  }
+  expect((await child.exited).signal).toBe('SIGKILL')
+  return killedAt
+}
 
 let spawnedRebuilds = 0
 
