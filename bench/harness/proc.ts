@@ -68,11 +68,20 @@ export interface SpawnOptions {
 
 let counter = 0
 
+/**
+ * Node's arguments for a child: with TALLY_BENCH_CPU_PROF=DIR every role and job the bench starts
+ * writes a V8 CPU profile into DIR when it exits (open it in Chrome DevTools or speedscope).
+ */
+function nodeArgs(args: readonly string[]): string[] {
+  const dir = process.env.TALLY_BENCH_CPU_PROF
+  return dir ? ['--cpu-prof', `--cpu-prof-dir=${dir}`, ...args] : [...args]
+}
+
 /** Starts `node <args>` and waits for its ready line. */
 export async function spawnNode(options: SpawnOptions): Promise<Child> {
   const logFile = join(options.logDir, `${options.name}-${++counter}.log`)
   const log = createWriteStream(logFile)
-  const child: ChildProcess = spawn(process.execPath, options.args, {
+  const child: ChildProcess = spawn(process.execPath, nodeArgs(options.args), {
     cwd: projectRoot(),
     env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '', ...options.env },
     stdio: ['ignore', 'pipe', 'pipe'],
@@ -202,7 +211,7 @@ export async function runNode(
 ): Promise<Finished> {
   const logFile = join(options.logDir, `${options.name}-${++counter}.log`)
   const log = createWriteStream(logFile)
-  const child = spawn(process.execPath, options.args, {
+  const child = spawn(process.execPath, nodeArgs(options.args), {
     cwd: projectRoot(),
     env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '', ...options.env },
     stdio: ['ignore', 'pipe', 'pipe'],
