@@ -14,6 +14,7 @@ import type { TallyConfig } from '../../core/config.js'
 import { HyperLogLog, hllErrorBound } from '../../core/hll.js'
 import { createKafka } from '../../core/kafka/client.js'
 import type { Logger } from '../../core/log.js'
+import type { AggregateReader } from '../../core/ports/aggregate-store.js'
 import type { EventLogWriter } from '../../core/ports/event-log.js'
 import type { Site } from '../../core/ports/site-store.js'
 import { buildIngestApp } from '../../ingest/app.js'
@@ -109,12 +110,34 @@ export interface Mismatch {
   actual: number
 }
 
-/**
- * Compares every window (minute/hour/day totals) and every breakdown (hour and day) with the
- * truth: counts exactly, visitors within the HyperLogLog bound (and exactly when small).
- */
+/** compareReaderWithTruth over the Cassandra store. */
 export async function compareWithTruth(
   cassandra: Client,
+  precision: number,
+  truth: Truth,
+  sites: readonly string[],
+  fromMs: number,
+  toMs: number,
+  events?: readonly GeneratedEvent[],
+): Promise<Mismatch[]> {
+  return compareReaderWithTruth(
+    new CassandraAggregateReader(cassandra, precision),
+    precision,
+    truth,
+    sites,
+    fromMs,
+    toMs,
+    events,
+  )
+}
+
+/**
+ * Compares every window (minute/hour/day totals) and every breakdown (hour and day) that any
+ * AggregateReader (Cassandra or embedded) returns with the truth: counts exactly, visitors within
+ * the HyperLogLog bound (and exactly when small), or register-exact when `events` is given.
+ */
+export async function compareReaderWithTruth(
+  reader: AggregateReader,
   precision: number,
   truth: Truth,
   sites: readonly string[],
@@ -123,7 +146,6 @@ export async function compareWithTruth(
   /** The events the truth was computed from: window visitors are then checked register-exact. */
   events?: readonly GeneratedEvent[],
 ): Promise<Mismatch[]> {
-  const reader = new CassandraAggregateReader(cassandra, precision)
   const sets = events ? visitorSets(events) : undefined
   const bound = hllErrorBound(precision)
   const out: Mismatch[] = []

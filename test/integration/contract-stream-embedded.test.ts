@@ -7,9 +7,8 @@ import type { Site } from '../../core/ports/site-store.js'
 import { createStreamMetrics } from '../../stream/metrics.js'
 import { StreamWorker } from '../../stream/worker.js'
 import { tempDataDir } from '../contract/backends.js'
-import { compareReaderWithTruth } from '../contract/truth.js'
 import { eventually } from '../helpers/context.js'
-import { feed, ingestApp, lateInRealTime } from '../helpers/stream.js'
+import { compareReaderWithTruth, feed, ingestApp, lateInRealTime } from '../helpers/stream.js'
 
 /**
  * The stream worker, unchanged, on the embedded log and store: ingest → embedded log → worker →
