@@ -1,12 +1,17 @@
+import { generateWorkload } from '../workload.js'
+import { pick, type ScenarioContext } from './context.js'
 import { failures, type LoadResult, type LoadTarget, runLoad } from './load.js'
 import type { Check, Figure } from './report.js'
 import { round } from './stats.js'
 
 /**
- * An ingest server and the bare Fastify route measured as bench/scenarios/ingest.ts does: per
- * endpoint a warm-up, alternating peak runs sized by request count (best run counts), then a run at
- * half the peak rate where latency is read. Used by the embedded scenario; same method, same figures.
+ * An ingest server and the bare Fastify route, measured alike by the ingest scenarios (Kafka and
+ * embedded): per endpoint a warm-up, alternating peak runs sized by request count (best run counts),
+ * then a run at half the peak rate where latency is read.
  */
+
+/** Events per /v1/batch request. */
+export const BATCH = 100
 
 export interface Endpoint {
   key: 'track' | 'batch100'
@@ -27,6 +32,58 @@ export interface Phase {
 }
 
 export const ROUNDS = 2
+
+/**
+ * The workload's bodies for one site: single-event /v1/track bodies (64 connections) and
+ * BATCH-event /v1/batch bodies (8 connections), the same for every ingest scenario.
+ */
+export function ingestEndpoints(ctx: ScenarioContext, site: string): Endpoint[] {
+  const workload = generateWorkload({
+    seed: ctx.seed,
+    sites: [site],
+    events: pick(ctx, 20_000, 8_000),
+    start: new Date(Date.now() - 3_600_000),
+    spanMs: 3_000_000,
+    lateShare: 0,
+  })
+  const tracks = workload.events
+    .filter((e) => e.payload.type === 'track')
+    .map((e) => Buffer.from(JSON.stringify(e.payload)))
+  const batches: Buffer[] = []
+  for (let i = 0; i + BATCH <= workload.events.length; i += BATCH) {
+    const sentAt = workload.events[i + BATCH - 1]!.payload.sentAt
+    batches.push(
+      Buffer.from(
+        JSON.stringify({ batch: workload.events.slice(i, i + BATCH).map((e) => e.payload), sentAt }),
+      ),
+    )
+  }
+  return [
+    {
+      key: 'track',
+      path: '/v1/track',
+      eventsPerRequest: 1,
+      connections: 64,
+      bodies: tracks,
+      warmupRequests: pick(ctx, 3000, 1000),
+    },
+    {
+      key: 'batch100',
+      path: '/v1/batch',
+      eventsPerRequest: BATCH,
+      connections: 8,
+      bodies: batches,
+      warmupRequests: pick(ctx, 100, 40),
+    },
+  ]
+}
+
+/** One line on the bodies of `endpoints`, for the bench's progress output. */
+export function describeBodies(endpoints: readonly Endpoint[], seconds: number): string {
+  const avg = (bodies: readonly Buffer[]) => bodies.reduce((n, b) => n + b.length, 0) / bodies.length
+  const [track, batch] = endpoints as [Endpoint, Endpoint]
+  return `${track.bodies.length} track bodies (${round(avg(track.bodies))} B avg), ${batch.bodies.length} batch bodies (${round(avg(batch.bodies) / 1024)} KiB avg), ${seconds} s per phase`
+}
 
 export type Who = 'bare' | 'tally'
 

@@ -10,11 +10,16 @@ import {
   withBackend,
 } from '../../harness/embedded.js'
 import { basicAuth } from '../../harness/feed.js'
-import { countCheck, type Endpoint, measurePair, type Phase, pairFigure } from '../../harness/ingest-pair.js'
+import {
+  countCheck,
+  ingestEndpoints,
+  measurePair,
+  type Phase,
+  pairFigure,
+} from '../../harness/ingest-pair.js'
 import { type Child, spawnNode, urlOf } from '../../harness/proc.js'
 import type { Figure, Ratio } from '../../harness/report.js'
 import { round } from '../../harness/stats.js'
-import { generateWorkload } from '../../workload.js'
 
 /**
  * embedded.ingest: POST /v1/track and 100-event POST /v1/batch against `tally all` on the embedded
@@ -27,7 +32,6 @@ import { generateWorkload } from '../../workload.js'
  */
 
 const SITE = 'bench-ingest'
-const BATCH = 100
 
 export async function embeddedIngest(ctx: ScenarioContext): Promise<{ figures: Figure[]; ratios: Ratio[] }> {
   const seconds = pick(ctx, 10, 1)
@@ -35,44 +39,7 @@ export async function embeddedIngest(ctx: ScenarioContext): Promise<{ figures: F
   const keys = await withBackend(setup, (b) => createEmbeddedSites(b, [SITE]))
   const writeKey = keys.get(SITE)!.writeKey
   // The ingest scenario's workload and bodies, so the figures compare.
-  const workload = generateWorkload({
-    seed: ctx.seed,
-    sites: [SITE],
-    events: pick(ctx, 20_000, 8_000),
-    start: new Date(Date.now() - 3_600_000),
-    spanMs: 3_000_000,
-    lateShare: 0,
-  })
-  const tracks = workload.events
-    .filter((e) => e.payload.type === 'track')
-    .map((e) => Buffer.from(JSON.stringify(e.payload)))
-  const batches: Buffer[] = []
-  for (let i = 0; i + BATCH <= workload.events.length; i += BATCH) {
-    const sentAt = workload.events[i + BATCH - 1]!.payload.sentAt
-    batches.push(
-      Buffer.from(
-        JSON.stringify({ batch: workload.events.slice(i, i + BATCH).map((e) => e.payload), sentAt }),
-      ),
-    )
-  }
-  const endpoints: Endpoint[] = [
-    {
-      key: 'track',
-      path: '/v1/track',
-      eventsPerRequest: 1,
-      connections: 64,
-      bodies: tracks,
-      warmupRequests: pick(ctx, 3000, 1000),
-    },
-    {
-      key: 'batch100',
-      path: '/v1/batch',
-      eventsPerRequest: BATCH,
-      connections: 8,
-      bodies: batches,
-      warmupRequests: pick(ctx, 100, 40),
-    },
-  ]
+  const endpoints = ingestEndpoints(ctx, SITE)
   const headers = {
     'content-type': 'application/json',
     authorization: basicAuth(writeKey),
