@@ -12,6 +12,7 @@ import {
 import { importEvents } from '../harness/feed.js'
 import { runNode, spawnNode, spawnRole, urlOf } from '../harness/proc.js'
 import { metricSum, scrape } from '../harness/prometheus.js'
+import { timedRebuildOfDay } from '../harness/rebuild-job.js'
 import type { Check, Figure, Ratio, Target } from '../harness/report.js'
 import { round } from '../harness/stats.js'
 import { Comparison, compareStore, VisitorSketches } from '../harness/verify.js'
@@ -238,40 +239,17 @@ async function tally(
     throw new Error(`the archiver exited with ${exit.code ?? exit.signal} (log ${archiver.logFile})`)
 
   ctx.say('batch: tally rebuild of the day')
-  const job = await runNode({
+  const {
+    computeMs,
+    run: result,
+    peakRssBytes,
+  } = await timedRebuildOfDay(ctx, {
     name: 'rebuild',
-    args: [
-      benchScript('../batch/run-rebuild.js'),
-      '--from',
-      new Date(day0).toISOString(),
-      '--to',
-      new Date(day0 + DAY).toISOString(),
-      '--archive-dir',
-      archiveDir,
-      '--staging-dir',
-      join(ctx.env.dir, 'batch-staging'),
-    ],
-    env: { ...env, LOG_LEVEL: 'warn' },
-    logDir: ctx.env.logDir,
-    timeoutMs: 600_000,
+    dayMs: day0,
+    env,
+    args: ['--archive-dir', archiveDir, '--staging-dir', join(ctx.env.dir, 'batch-staging')],
   })
-  const parsed = job.lines
-    .filter((l) => l.startsWith('{"progress"') || l.startsWith('{"result"') || l.startsWith('{"error"'))
-    .map(
-      (l) =>
-        JSON.parse(l) as {
-          progress?: { phase: string; elapsedMs: number }
-          result?: { run: Record<string, number> }
-          error?: string
-        },
-    )
-  const error = parsed.find((p) => p.error)?.error
-  const result = parsed.find((p) => p.result)?.result
-  if (job.code !== 0 || !result)
-    throw new Error(`the rebuild failed: ${error ?? `exit ${job.code}`} (log ${job.logFile})`)
-  const first = (phase: string) => parsed.find((p) => p.progress?.phase === phase)?.progress?.elapsedMs
-  const computeMs = (first('write') ?? Number.NaN) - (first('dedup') ?? Number.NaN)
-  const eventsRead = result.run.eventsRead!
+  const eventsRead = result.eventsRead!
   const reader = new CassandraAggregateReader(await ctx.env.client(config), config.stream.hllPrecision)
   const checks: Check[] = [
     {
@@ -296,14 +274,14 @@ async function tally(
       unit: 'events/s/core',
       what: `one process: dedup pass + aggregation pass over the Arrow segments (${eventsRead} events in ${round(computeMs / 1000)} s); writing the final rows to Cassandra not included`,
     },
-    ...(job.peakRssBytes !== undefined ? { peakRssBytes: job.peakRssBytes } : {}),
+    ...(peakRssBytes !== undefined ? { peakRssBytes: peakRssBytes } : {}),
     checks,
     details: {
       computeSeconds: round(computeMs / 1000),
-      jobSeconds: round(result.run.durationMs! / 1000),
-      rowsWritten: result.run.rowsWritten,
-      segmentsRead: result.run.segmentsRead,
-      duplicates: result.run.duplicates,
+      jobSeconds: round(result.durationMs! / 1000),
+      rowsWritten: result.rowsWritten,
+      segmentsRead: result.segmentsRead,
+      duplicates: result.duplicates,
     },
   }
 }

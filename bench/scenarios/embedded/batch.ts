@@ -1,5 +1,5 @@
 import { join } from 'node:path'
-import { benchScript, pick, type ScenarioContext } from '../../harness/context.js'
+import { pick, type ScenarioContext } from '../../harness/context.js'
 import {
   appendEvents,
   archiverRead,
@@ -10,8 +10,8 @@ import {
   stopAll,
   withBackend,
 } from '../../harness/embedded.js'
-import { runNode } from '../../harness/proc.js'
 import { scrape } from '../../harness/prometheus.js'
+import { timedRebuildOfDay } from '../../harness/rebuild-job.js'
 import type { Check, Figure } from '../../harness/report.js'
 import { round } from '../../harness/stats.js'
 import { compareStore, VisitorSketches } from '../../harness/verify.js'
@@ -71,38 +71,17 @@ export async function embeddedRebuild(ctx: ScenarioContext): Promise<Figure> {
   }
 
   ctx.say('embedded.batch: rebuild of the day (tally all stopped: the data folder is locked while it runs)')
-  const job = await runNode({
+  const {
+    computeMs,
+    run: result,
+    peakRssBytes,
+  } = await timedRebuildOfDay(ctx, {
     name: 'rebuild-embedded',
-    args: [
-      benchScript('../batch/run-rebuild.js'),
-      '--from',
-      new Date(day0).toISOString(),
-      '--to',
-      new Date(day0 + DAY).toISOString(),
-      '--staging-dir',
-      join(setup.dir, '..', 'batch-staging'),
-    ],
-    env: { ...setup.env, LOG_LEVEL: 'warn' },
-    logDir: ctx.env.logDir,
-    timeoutMs: 600_000,
+    dayMs: day0,
+    env: setup.env,
+    args: ['--staging-dir', join(setup.dir, '..', 'batch-staging')],
   })
-  const parsed = job.lines
-    .filter((l) => l.startsWith('{"progress"') || l.startsWith('{"result"') || l.startsWith('{"error"'))
-    .map(
-      (l) =>
-        JSON.parse(l) as {
-          progress?: { phase: string; elapsedMs: number }
-          result?: { run: Record<string, number> }
-          error?: string
-        },
-    )
-  const error = parsed.find((p) => p.error)?.error
-  const result = parsed.find((p) => p.result)?.result
-  if (job.code !== 0 || !result)
-    throw new Error(`the embedded rebuild failed: ${error ?? `exit ${job.code}`} (log ${job.logFile})`)
-  const first = (phase: string) => parsed.find((p) => p.progress?.phase === phase)?.progress?.elapsedMs
-  const computeMs = (first('write') ?? Number.NaN) - (first('dedup') ?? Number.NaN)
-  const eventsRead = result.run.eventsRead!
+  const eventsRead = result.eventsRead!
   const checks: Check[] = [
     {
       ok: appended === n && eventsRead === n,
@@ -128,15 +107,15 @@ export async function embeddedRebuild(ctx: ScenarioContext): Promise<Figure> {
       unit: 'events/s/core',
       what: `one process: dedup pass + aggregation pass over the Arrow segments the archiver of \`tally all\` wrote (${eventsRead} events in ${round(computeMs / 1000)} s); writing the final rows into the embedded store not included`,
     },
-    ...(job.peakRssBytes !== undefined ? { peakRssBytes: job.peakRssBytes } : {}),
+    ...(peakRssBytes !== undefined ? { peakRssBytes: peakRssBytes } : {}),
     checks,
     details: {
       computeSeconds: round(computeMs / 1000),
-      jobSeconds: round(result.run.durationMs! / 1000),
+      jobSeconds: round(result.durationMs! / 1000),
       secondsSpawnToArchived: round(archiveSec),
-      rowsWritten: result.run.rowsWritten,
-      segmentsRead: result.run.segmentsRead,
-      duplicates: result.run.duplicates,
+      rowsWritten: result.rowsWritten,
+      segmentsRead: result.segmentsRead,
+      duplicates: result.duplicates,
     },
   }
 }
