@@ -24,7 +24,7 @@ export interface RebuildOptions extends BatchPathOptions {
   to: Date | number | string
   /** Skip corrupt or truncated segments (each reported with its path) instead of failing. Default false. */
   skipCorrupt?: boolean
-  /** Called as the job advances (drives the progress bar). */
+  /** Called as the job advances: on each phase change and end, else at most every 100 ms (drives the progress bar). */
   onProgress?: (p: RebuildProgress) => void
   signal?: AbortSignal
   /** Recorded with the run. Default manual. */

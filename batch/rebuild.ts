@@ -59,6 +59,7 @@ export interface RebuildRequest {
   kind?: string
   /** Skip when the range's segments are the same as at its last successful rebuild. Default false. */
   skipUnchanged?: boolean
+  /** On each phase change and at its end, else at most every 100 ms within a phase. */
   onProgress?: (p: RebuildProgress) => void
   /** Cancels the job (it stops before its next write; nothing more is written). */
   signal?: AbortSignal
@@ -306,8 +307,16 @@ export async function runRebuild(
     }
     let eventsRead = 0
     let rowsWritten = 0
+    // Reported on a phase change, at a phase's end, and otherwise at most every PROGRESS_EVERY_MS:
+    // a line per segment or write round costs more than the work on small segments.
+    let lastPhase: RebuildProgress['phase'] | undefined
+    let lastAt = 0
     const progress = (phase: RebuildProgress['phase'], done: number, total: number) => {
       if (!request.onProgress) return
+      const now = Date.now()
+      if (phase === lastPhase && done < total && now - lastAt < PROGRESS_EVERY_MS) return
+      lastPhase = phase
+      lastAt = now
       const share = phase === 'dedup' ? [0, 0.35] : phase === 'aggregate' ? [0.35, 0.55] : [0.9, 0.1]
       const fraction = share[0]! + share[1]! * (total === 0 ? 1 : done / total)
       const elapsedMs = Date.now() - started
@@ -453,6 +462,9 @@ export async function runRebuild(
 }
 
 const STALE_STAGING_MS = 7 * DAY_MS
+
+/** Least time between two progress reports of one phase. */
+const PROGRESS_EVERY_MS = 100
 
 /** Staging folders of jobs killed long ago (other ranges; a range's own is emptied when it runs). */
 async function removeStaleStaging(root: string, keep: string, log: Logger): Promise<void> {

@@ -21,6 +21,8 @@ export function testConfig(env: Record<string, string> = {}): TallyConfig {
     CASSANDRA_KEYSPACE: `tally_test_${id.slice(2)}`,
     TALLY_TOPIC_RAW: `test.${id}.raw`,
     TALLY_TOPIC_DEAD_LETTER: `test.${id}.dlq`,
+    // A group of its own: test runs sharing a broker must not share the stream workers' group.
+    TALLY_STREAM_GROUP: `test.${id}.aggregate`,
     KAFKA_PARTITIONS: '3',
     LOG_LEVEL: 'silent',
     ...env,
@@ -35,6 +37,7 @@ export function envOf(config: TallyConfig): Record<string, string> {
     CASSANDRA_KEYSPACE: config.cassandra.keyspace,
     TALLY_TOPIC_RAW: config.kafka.topicRaw,
     TALLY_TOPIC_DEAD_LETTER: config.kafka.topicDeadLetter,
+    TALLY_STREAM_GROUP: config.stream.group,
     KAFKA_PARTITIONS: String(config.kafka.partitions),
   }
 }
