@@ -177,10 +177,11 @@ function rowKey(r: {
  *    windows only when the whole day is in the range. Nothing is written to the store before both
  *    passes finish, so a failure — a corrupt segment, a crash, a lost lease — leaves the previous
  *    numbers as they were;
- * 4. writes the final rows day by day, with the lease's fencing token as write timestamp, checking
- *    the lease before each round; a row that exists in the store for a window of the range (stream
- *    partial or older final row) but not in the result gets a final row of zeros, so the result
- *    replaces the stream's windows completely.
+ * 4. writes the final rows day by day as the job's generation (core/aggregate/final.ts), with the
+ *    lease's fencing token as write timestamp, checking the lease before each round, and commits
+ *    each site-day once its rows are written: readers switch to it at once. A row that exists in
+ *    the store for a window of the range (stream partial or older final row) but not in the result
+ *    gets a final row of zeros, so the result replaces the stream's windows completely.
  * Every run is recorded (status, range, counts, duration, error).
  */
 export async function runRebuild(
