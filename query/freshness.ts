@@ -65,23 +65,35 @@ export interface CheckpointFreshnessOptions {
   graceMs: number
   /** Checkpoints are re-read at most this often. Default 1000 ms. */
   cacheMs?: number
+  /**
+   * A snapshot whose read started at most this long ago (ms) is given to new requests instead of
+   * a new read (TALLY_QUERY_VERSION_MAX_AGE_MS): bounded staleness, for sites asked far more often
+   * than their data changes. Default 0: only a read still running is shared.
+   */
+  snapshotMaxAgeMs?: number
   /** Clock (tests). */
   now?: () => number
 }
 
 const MINUTE_MS = 60_000
 
+/** Sites whose last snapshot is remembered (snapshotMaxAgeMs > 0) before the memory is cleared. */
+const MAX_REMEMBERED_SITES = 100_000
+
 /**
  * Freshness from `stream_checkpoints`, cached briefly and shared by concurrent requests; snapshots
  * read the checkpoints and the site's final mark afresh, one read shared by the requests that
- * arrive while it runs.
+ * arrive while it runs (or, with `snapshotMaxAgeMs`, one that started at most that long ago).
  */
 export class CheckpointFreshness implements SnapshotSource {
   private cached: Freshness | undefined
   private expires = 0
   private loading: Promise<Freshness> | undefined
   private readonly snapshots = new Map<string, Promise<DataSnapshot>>()
+  /** The last snapshot of each site and when its read started (only with snapshotMaxAgeMs > 0). */
+  private readonly recent = new Map<string, { startedAt: number; snapshot: DataSnapshot }>()
   private readonly cacheMs: number
+  private readonly snapshotMaxAgeMs: number
   private readonly now: () => number
 
   constructor(
@@ -89,6 +101,7 @@ export class CheckpointFreshness implements SnapshotSource {
     private readonly options: CheckpointFreshnessOptions,
   ) {
     this.cacheMs = options.cacheMs ?? 1000
+    this.snapshotMaxAgeMs = options.snapshotMaxAgeMs ?? 0
     this.now = options.now ?? Date.now
   }
 
@@ -107,9 +120,28 @@ export class CheckpointFreshness implements SnapshotSource {
   }
 
   snapshot(siteId: string): Promise<DataSnapshot> {
+    const maxAgeMs = this.snapshotMaxAgeMs
+    if (maxAgeMs > 0) {
+      const last = this.recent.get(siteId)
+      if (last && this.now() - last.startedAt <= maxAgeMs) return Promise.resolve(last.snapshot)
+    }
     let loading = this.snapshots.get(siteId)
     if (!loading) {
+      const startedAt = this.now()
       loading = this.loadSnapshot(siteId).finally(() => this.snapshots.delete(siteId))
+      if (maxAgeMs > 0) {
+        loading.then(
+          (snapshot) => {
+            const last = this.recent.get(siteId)
+            // A read that started earlier must not replace a newer one that finished first.
+            if (last && last.startedAt > startedAt) return
+            if (this.recent.size >= MAX_REMEMBERED_SITES) this.recent.clear()
+            this.recent.set(siteId, { startedAt, snapshot })
+          },
+          // The caller gets the failure through `loading`; nothing is remembered.
+          () => undefined,
+        )
+      }
       this.snapshots.set(siteId, loading)
     }
     return loading

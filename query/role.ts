@@ -83,6 +83,7 @@ export async function startQuery(
         partitions: config.kafka.partitions,
         graceMs: config.stream.graceMs,
         cacheMs: options.freshnessCacheMs ?? 1000,
+        snapshotMaxAgeMs: config.query.versionMaxAgeMs,
       }),
       logger,
       hllPrecision: config.stream.hllPrecision,

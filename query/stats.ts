@@ -167,6 +167,16 @@ export interface BreakdownAnswer {
   meta: Meta & { total_values: number; page: number; limit: number }
 }
 
+export const STATS_ENDPOINTS = ['aggregate', 'timeseries', 'breakdown', 'realtime'] as const
+export type StatsEndpoint = (typeof STATS_ENDPOINTS)[number]
+export type StatsAnswer = AggregateAnswer | TimeseriesAnswer | BreakdownAnswer
+
+/** An answer and its JSON, serialized once when computed and kept with it in the answer cache. */
+export interface Rendered<T> {
+  value: T
+  body: string
+}
+
 function unsupported(message: string): TallyError {
   return badParameter('filters', message, 'TALLY_ERR_FILTER_UNSUPPORTED')
 }
@@ -218,20 +228,38 @@ export class StatsService {
    * Runs one endpoint's `body`, or gives the stored answer of the same query under the same data
    * version. Freshness is read before the data (a window it calls closed had its last stream write
    * before); with the cache it comes from the snapshot whose version keys the answer. The key holds
-   * the current minute, so answers that depend on the clock (realtime, retention) are redone.
+   * the current minute, so answers that depend on the clock (realtime, retention) are redone. The
+   * answer is serialized once, when computed: a request served from the cache sends the stored body.
    */
   private answer<T>(
-    kind: string,
+    kind: StatsEndpoint,
     q: ParsedQuery,
     body: (freshness: Freshness, finalMark: string | undefined) => Promise<T>,
-  ): Promise<T> {
+  ): Promise<Rendered<T>> {
     const source = this.deps.freshness
     const cache = this.deps.cache
-    if (!cache?.enabled || !isSnapshotSource(source)) return source.current().then((f) => body(f, undefined))
+    const render = (freshness: Freshness, finalMark: string | undefined) =>
+      body(freshness, finalMark).then((value): Rendered<T> => ({ value, body: JSON.stringify(value) }))
+    if (!cache?.enabled || !isSnapshotSource(source))
+      return source.current().then((f) => render(f, undefined))
     return source.snapshot(q.siteId).then((snap) => {
       const key = `${kind}\n${Math.floor(this.deps.now() / 60_000)}\n${JSON.stringify(q)}`
-      return cache.answer(key, snap.version, () => body(snap.freshness, snap.finalMark))
+      return cache.answer(key, snap.version, () => render(snap.freshness, snap.finalMark))
     })
+  }
+
+  /** The answer of a stats endpoint with its JSON body (what the HTTP route sends). */
+  render(endpoint: StatsEndpoint, q: ParsedQuery): Promise<Rendered<StatsAnswer>> {
+    switch (endpoint) {
+      case 'aggregate':
+        return this.answer('aggregate', q, (freshness, mark) => this.aggregateAt(q, freshness, mark))
+      case 'timeseries':
+        return this.answer('timeseries', q, (freshness, mark) => this.timeseriesAt(q, freshness, mark))
+      case 'breakdown':
+        return this.answer('breakdown', q, (freshness, mark) => this.breakdownAt(q, freshness, mark))
+      case 'realtime':
+        return this.answer('realtime', q, (freshness, mark) => this.realtimeAt(q, freshness, mark))
+    }
   }
 
   /**
@@ -301,7 +329,9 @@ export class StatsService {
   }
 
   aggregate(q: ParsedQuery): Promise<AggregateAnswer> {
-    return this.answer('aggregate', q, (freshness, mark) => this.aggregateAt(q, freshness, mark))
+    return this.answer('aggregate', q, (freshness, mark) => this.aggregateAt(q, freshness, mark)).then(
+      (r) => r.value,
+    )
   }
 
   private async aggregateAt(
@@ -387,7 +417,9 @@ export class StatsService {
   }
 
   timeseries(q: ParsedQuery): Promise<TimeseriesAnswer> {
-    return this.answer('timeseries', q, (freshness, mark) => this.timeseriesAt(q, freshness, mark))
+    return this.answer('timeseries', q, (freshness, mark) => this.timeseriesAt(q, freshness, mark)).then(
+      (r) => r.value,
+    )
   }
 
   private async timeseriesAt(
@@ -438,7 +470,9 @@ export class StatsService {
   }
 
   breakdown(q: ParsedQuery): Promise<BreakdownAnswer> {
-    return this.answer('breakdown', q, (freshness, mark) => this.breakdownAt(q, freshness, mark))
+    return this.answer('breakdown', q, (freshness, mark) => this.breakdownAt(q, freshness, mark)).then(
+      (r) => r.value,
+    )
   }
 
   private async breakdownAt(
@@ -550,7 +584,9 @@ export class StatsService {
 
   /** The last `minutes` minute windows, the current one included. */
   realtime(q: ParsedQuery): Promise<AggregateAnswer> {
-    return this.answer('realtime', q, (freshness, mark) => this.realtimeAt(q, freshness, mark))
+    return this.answer('realtime', q, (freshness, mark) => this.realtimeAt(q, freshness, mark)).then(
+      (r) => r.value,
+    )
   }
 
   private async realtimeAt(

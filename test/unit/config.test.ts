@@ -23,6 +23,14 @@ describe('loadConfig', () => {
     expect(c.port).toBeUndefined()
   })
 
+  it('reads the data version per query request unless a reuse window is given', () => {
+    expect(loadConfig({}).query.versionMaxAgeMs).toBe(0)
+    expect(loadConfig({ TALLY_QUERY_VERSION_MAX_AGE_MS: '250' }).query.versionMaxAgeMs).toBe(250)
+    expect(errorOf({ TALLY_QUERY_VERSION_MAX_AGE_MS: '60000' }).message).toContain(
+      'TALLY_QUERY_VERSION_MAX_AGE_MS',
+    )
+  })
+
   it('parses host lists, adding the default port', () => {
     const c = loadConfig({ KAFKA_BROKERS: 'k1:9093, k2', CASSANDRA_CONTACT_POINTS: 'c1,c2:9999' })
     expect(c.kafka.configured).toBe(true)
