@@ -22,8 +22,9 @@ export function formatMarkdown(r: RunReport): string {
     `- **Date**: ${r.date}`,
     `- **Command**: \`${r.command}\`${r.quick ? ' (quick: figures only keep the suite working; not for comparison)' : ''}`,
     `- **Machine**: ${m.cpus} cores (${m.cpuModel}), ${formatBytes(m.memoryBytes)} memory, ${m.platform}, Node ${m.node}.`,
-    '  Shared with other work while it ran (other engineers’ test suites): absolute figures are noisy; the ratios',
-    '  to the peers, measured in the same run, are the ones to compare.',
+    '  Kafka, Cassandra, the load generators and the measured processes share these cores, and other work on the',
+    '  machine may add to it: absolute figures are noisy; the ratios to the peers, measured in the same run, are the',
+    '  ones to compare.',
     `- **Versions**: ${Object.entries(r.versions)
       .map(([k, v]) => `${k} ${v}`)
       .join(', ')}`,
