@@ -40,18 +40,21 @@ export function mergePartials(
   committed: number,
 ): MergedFinal | undefined {
   const final = committed > 0 ? parts.find((p) => p.generation === committed) : undefined
-  const use = final ? [final] : parts.filter((p) => p.generation === 0)
-  if (use.length === 0) return undefined
+  // Read on every window of every query: one pass over the rows, no list of the ones used.
   const hll = withVisitors ? new HyperLogLog(precision) : undefined
+  let used = 0
   let events = 0
   let pageviews = 0
   let botEvents = 0
-  for (const p of use) {
+  for (const p of parts) {
+    if (final ? p !== final : p.generation !== 0) continue
+    used++
     events += p.events
     pageviews += p.pageviews
     botEvents += p.botEvents
     if (hll && p.visitors && p.visitors.length > 0) hll.merge(HyperLogLog.fromBytes(p.visitors))
   }
+  if (used === 0) return undefined
   return { events, pageviews, botEvents, visitors: hll ? hll.toBytes() : EMPTY, final: final !== undefined }
 }
 
