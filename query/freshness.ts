@@ -81,14 +81,16 @@ const MINUTE_MS = 60_000
 const MAX_REMEMBERED_SITES = 100_000
 
 /**
- * Freshness from `stream_checkpoints`, cached briefly and shared by concurrent requests; snapshots
- * read the checkpoints and the site's final mark afresh, one read shared by the requests that
- * arrive while it runs (or, with `snapshotMaxAgeMs`, one that started at most that long ago).
+ * Freshness from the stream's checkpoints, cached briefly and shared by concurrent requests;
+ * snapshots read the checkpoints and the site's final mark afresh, one read shared by the requests
+ * that arrive while it runs (or, with `snapshotMaxAgeMs`, one that started at most that long ago).
+ * The checkpoint read is shared by the requests of every site, the final mark's by those of one.
  */
 export class CheckpointFreshness implements SnapshotSource {
   private cached: Freshness | undefined
   private expires = 0
   private loading: Promise<Freshness> | undefined
+  private progressLoading: Promise<StreamProgress[]> | undefined
   private readonly snapshots = new Map<string, Promise<DataSnapshot>>()
   /** The last snapshot of each site and when its read started (only with snapshotMaxAgeMs > 0). */
   private readonly recent = new Map<string, { startedAt: number; snapshot: DataSnapshot }>()
@@ -147,12 +149,23 @@ export class CheckpointFreshness implements SnapshotSource {
     return loading
   }
 
+  /**
+   * The stream's checkpoints, read afresh; one read shared by every caller (any site) that asks
+   * while it runs. They belong to the stream, not to a site: a query role serving many sites makes
+   * one such read at a time, not one per site.
+   */
+  private readProgress(): Promise<StreamProgress[]> {
+    if (!this.progressLoading) {
+      const { group, topic, partitions } = this.options
+      this.progressLoading = this.reader.streamProgress(group, topic, partitions).finally(() => {
+        this.progressLoading = undefined
+      })
+    }
+    return this.progressLoading
+  }
+
   private async loadSnapshot(siteId: string): Promise<DataSnapshot> {
-    const { group, topic, partitions } = this.options
-    const [progress, mark] = await Promise.all([
-      this.reader.streamProgress(group, topic, partitions),
-      this.reader.finalMark(siteId),
-    ])
+    const [progress, mark] = await Promise.all([this.readProgress(), this.reader.finalMark(siteId)])
     const freshness = this.freshnessOf(progress)
     const checkpoints = progress.map(
       (p) => `${p.partition}:${p.nextOffset}:${p.watermarkMs}:${p.updatedAtMs}`,
@@ -161,8 +174,7 @@ export class CheckpointFreshness implements SnapshotSource {
   }
 
   private async load(): Promise<Freshness> {
-    const { group, topic, partitions } = this.options
-    return this.freshnessOf(await this.reader.streamProgress(group, topic, partitions))
+    return this.freshnessOf(await this.readProgress())
   }
 
   /** Computes freshness from checkpoints and keeps it as the cached value. */

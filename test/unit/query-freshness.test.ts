@@ -66,6 +66,35 @@ describe('CheckpointFreshness.snapshot', () => {
     expect((await c).version).not.toBe((await a).version)
   })
 
+  it('shares one running checkpoint read between sites; each site still reads its own final mark', async () => {
+    const s = store()
+    const marks: string[] = []
+    const reader = {
+      ...s.reader,
+      finalMark: async (site: string) => {
+        marks.push(site)
+        return `mark-of-${site}`
+      },
+    }
+    const f = new CheckpointFreshness(reader, { group: 'g', topic: 't', partitions: 1, graceMs: GRACE })
+    const a = f.snapshot('a')
+    const b = f.snapshot('b')
+    expect(s.state.reads).toBe(1)
+    await s.release()
+    const [sa, sb] = [await a, await b]
+    expect(marks.sort()).toEqual(['a', 'b'])
+    expect([sa.finalMark, sb.finalMark]).toEqual(['mark-of-a', 'mark-of-b'])
+    expect(sa.version).not.toBe(sb.version)
+    expect(sa.version.split('|')[1]).toBe(sb.version.split('|')[1])
+
+    // Once finished, the next request (any site) reads the checkpoints again.
+    s.state.offset = 2
+    const c = f.snapshot('b')
+    expect(s.state.reads).toBe(2)
+    await s.release()
+    expect((await c).version).not.toBe(sb.version)
+  })
+
   it('with snapshotMaxAgeMs, reuses a snapshot whose read started at most that long ago', async () => {
     const s = store()
     const clock = { t: 0 }
