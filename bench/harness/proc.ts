@@ -185,6 +185,18 @@ export function spawnRole(
   })
 }
 
+/** The bare Fastify peer (bench/peers/bare-fastify.ts) in its own process. */
+export function spawnBareFastify(logDir: string): Promise<Child> {
+  return spawnNode({
+    name: 'bare-fastify',
+    args: [join(projectRoot(), 'dist', 'bench', 'peers', 'bare-fastify.js')],
+    env: {},
+    logDir,
+    isReady: (line) =>
+      line.startsWith('{"ready"') ? (JSON.parse(line) as Record<string, unknown>) : undefined,
+  })
+}
+
 /** The `url` field of a ready line. */
 export function urlOf(child: Child): string {
   const url = child.ready.url

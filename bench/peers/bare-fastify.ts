@@ -2,10 +2,14 @@ import type { AddressInfo } from 'node:net'
 import Fastify from 'fastify'
 
 /**
- * The ingest benchmark's peer: a bare Fastify server whose /v1/track and /v1/batch do no work
- * beyond what Fastify itself does (read and parse the JSON body) and answer what Tally answers.
+ * The peer of the ingest and query benchmarks: a bare Fastify server whose routes do no work
+ * beyond what Fastify itself does.
+ * - POST /v1/track and /v1/batch read and parse the JSON body and answer what Tally answers;
+ *   GET /count gives the events received, so the bench checks the 2xx it counted.
+ * - GET /v1/stats/<endpoint> sends the bytes last given by PUT /answers/<endpoint> ({"body": "…"}):
+ *   the query bench gives it Tally's answer, so both send the same bytes and the difference is
+ *   Tally's work per request (token check, parameters, data version, cache).
  * Run as its own process by the bench; prints one ready line `{"ready":true,"url":…}`.
- * GET /count gives the events received, so the bench checks the 2xx it counted.
  */
 
 const app = Fastify({ logger: false, bodyLimit: 500 * 1024 })
@@ -24,6 +28,20 @@ app.post('/v1/batch', async (req) => {
 })
 
 app.get('/count', async () => ({ events }))
+
+const answers = new Map<string, string>()
+
+app.put('/answers/:endpoint', async (req) => {
+  const { endpoint } = req.params as { endpoint: string }
+  answers.set(endpoint, String((req.body as { body?: unknown }).body ?? ''))
+  return { stored: endpoint }
+})
+
+app.get('/v1/stats/:endpoint', async (req, reply) => {
+  const body = answers.get((req.params as { endpoint: string }).endpoint)
+  if (body === undefined) return reply.status(404).send({ message: 'no answer stored' })
+  return reply.header('content-type', 'application/json; charset=utf-8').send(body)
+})
 
 await app.listen({ host: '127.0.0.1', port: 0 })
 const { port } = app.server.address() as AddressInfo

@@ -1,5 +1,4 @@
 import {
-  benchScript,
   pick,
   type ScenarioContext,
   type ScenarioDefinition,
@@ -16,7 +15,7 @@ import {
   pairFigure,
   ROUNDS,
 } from '../harness/ingest-pair.js'
-import { type Child, spawnNode, spawnRole, urlOf } from '../harness/proc.js'
+import { type Child, spawnBareFastify, spawnRole, urlOf } from '../harness/proc.js'
 import type { Figure, Ratio, Target } from '../harness/report.js'
 
 /**
@@ -47,14 +46,7 @@ async function run(ctx: ScenarioContext): Promise<ScenarioOutcome> {
   }
   const children: Child[] = []
   try {
-    const bare = await spawnNode({
-      name: 'bare-fastify',
-      args: [benchScript('peers/bare-fastify.js')],
-      env: {},
-      logDir: ctx.env.logDir,
-      isReady: (line) =>
-        line.startsWith('{"ready"') ? (JSON.parse(line) as Record<string, unknown>) : undefined,
-    })
+    const bare = await spawnBareFastify(ctx.env.logDir)
     children.push(bare)
     const tally = await spawnRole('ingest', env, ctx.env.logDir, 'ingest')
     children.push(tally)

@@ -9,8 +9,8 @@ import {
 import { basicAuth, postJson } from '../harness/feed.js'
 import { failures, runLoad } from '../harness/load.js'
 import { loadThroughPipeline, waitCaughtUp } from '../harness/pipeline.js'
-import { type Child, spawnRole, urlOf } from '../harness/proc.js'
-import type { Check, Figure, Target } from '../harness/report.js'
+import { type Child, spawnBareFastify, spawnRole, urlOf } from '../harness/proc.js'
+import type { Check, Figure, Ratio, Target } from '../harness/report.js'
 import { Comparison, VisitorSketches } from '../harness/verify.js'
 import {
   type GeneratedEvent,
@@ -32,6 +32,10 @@ import {
  * (ingest → Kafka → stream worker). The stream accepts events at most 7 days late (its largest grace),
  * so the data covers the last 6.5 days of the 30-day range; the 23 older days are empty windows the
  * reader still visits. Both answers are compared with the truth before and after the timed load.
+ *
+ * Each cached-answer load is followed by the same load against a bare Fastify route sending the
+ * same answer bytes from memory (the peer): what serving that answer costs on this machine, apart
+ * from Tally's work per request.
  *
  * The loads run twice: on data that does not change (after the first request, answers come from the
  * query role's cache, as for dashboards refreshing a quiet site), then while LIVE_RATE events/s
@@ -279,9 +283,25 @@ async function run(ctx: ScenarioContext): Promise<ScenarioOutcome> {
   try {
     const query = await spawnRole('query', scenario.env, ctx.env.logDir, 'query')
     children.push(query)
+    const bare = await spawnBareFastify(ctx.env.logDir)
+    children.push(bare)
+    // With a version reuse window (TALLY_QUERY_VERSION_MAX_AGE_MS, on by default), the same loads
+    // are also run against a role that reads the data version for every request, for comparison.
+    const reuseMs = scenario.config.query.versionMaxAgeMs
+    const strict =
+      reuseMs > 0
+        ? await spawnRole(
+            'query',
+            { ...scenario.env, TALLY_QUERY_VERSION_MAX_AGE_MS: '0' },
+            ctx.env.logDir,
+            'query-strict',
+          )
+        : undefined
+    if (strict) children.push(strict)
     const base = urlOf(query)
     const figures: Figure[] = []
     const targets: Target[] = []
+    const ratios: Ratio[] = []
     const targetOf = (kind: (typeof kinds)[number]) => ({
       url: base,
       method: 'GET' as const,
@@ -335,6 +355,80 @@ async function run(ctx: ScenarioContext): Promise<ScenarioOutcome> {
             {},
           ),
         )
+        if (strict) {
+          const strictTarget = { ...target, url: urlOf(strict) }
+          await runLoad(strictTarget, { connections: CONNECTIONS, durationSec: 1 })
+          const sr = await runLoad(strictTarget, { connections: CONNECTIONS, durationSec: seconds })
+          const strictChecks = [
+            await verifyWith(
+              kind,
+              `${urlOf(strict)}${paths[kind]}`,
+              truth,
+              sketches,
+              'after the load',
+              12,
+            ).catch((err: Error): Check => ({ ok: false, detail: `answer after the load: ${err.message}` })),
+          ]
+          figures.push(
+            concurrentFigure(
+              kind,
+              'tally (version read per request)',
+              sr,
+              `${CONNECTIONS} concurrent clients, cached answers; TALLY_QUERY_VERSION_MAX_AGE_MS=0: every request reads the data version (one read shared by the requests arriving while it runs) instead of reusing one read at most ${reuseMs} ms ago`,
+              strict,
+              strictChecks,
+              {},
+            ),
+          )
+        }
+        // The peer: bare Fastify sending the same answer bytes from memory to the same clients, so
+        // the ratio shows Tally's own work per request apart from what this machine's HTTP costs.
+        const answer = await fetch(url, { headers: { authorization: `Bearer ${token}` } })
+        const answerBody = await answer.text()
+        if (!answer.ok) throw new Error(`GET ${url}: ${answer.status} ${answerBody.slice(0, 300)}`)
+        await fetch(`${urlOf(bare)}/answers/${kind}`, {
+          method: 'PUT',
+          headers: { 'content-type': 'application/json' },
+          body: JSON.stringify({ body: answerBody }),
+        })
+        const bareTarget = { ...target, url: urlOf(bare) }
+        await runLoad(bareTarget, { connections: CONNECTIONS, durationSec: 1 })
+        const p = await runLoad(bareTarget, { connections: CONNECTIONS, durationSec: seconds })
+        const sameBytes = await (await fetch(`${urlOf(bare)}${paths[kind]}`)).text()
+        figures.push({
+          scenario: `query.${kind}`,
+          system: 'bare-fastify',
+          status: sameBytes === answerBody ? 'ok' : 'failed',
+          throughput: {
+            value: p.okPerSec,
+            unit: 'req/s',
+            what: `${CONNECTIONS} concurrent clients, keep-alive`,
+          },
+          ...latencyOf(
+            p,
+            `${CONNECTIONS} concurrent clients (closed loop), a route sending Tally's answer (${answerBody.length} bytes) from memory`,
+          ),
+          ...(bare.peakRssBytes() !== undefined ? { peakRssBytes: bare.peakRssBytes()! } : {}),
+          failedRequests: failures(p),
+          checks: [
+            {
+              ok: sameBytes === answerBody,
+              detail: `the peer sends Tally's answer, byte for byte (${answerBody.length} bytes)`,
+            },
+          ],
+          details: {
+            request: paths[kind],
+            statusesNot2xx: p.statuses,
+            errors: p.errors,
+            timeouts: p.timeouts,
+          },
+        })
+        if (p.okPerSec > 0)
+          ratios.push({
+            scenario: `query.${kind}`,
+            metric: 'req/s Tally (cached answer) / bare Fastify (same bytes)',
+            value: r.okPerSec / p.okPerSec,
+          })
         if (r.latency)
           targets.push({
             scenario: `query.${kind}`,
@@ -441,7 +535,7 @@ async function run(ctx: ScenarioContext): Promise<ScenarioOutcome> {
         })
     }
     figures.push(...liveFigures)
-    return { figures, ratios: [], targets }
+    return { figures, ratios, targets }
   } finally {
     for (const c of children.reverse()) await c.stop()
   }

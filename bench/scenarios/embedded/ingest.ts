@@ -1,4 +1,4 @@
-import { benchScript, pick, type ScenarioContext } from '../../harness/context.js'
+import { pick, type ScenarioContext } from '../../harness/context.js'
 import {
   createEmbeddedSites,
   embeddedSetup,
@@ -17,7 +17,7 @@ import {
   type Phase,
   pairFigure,
 } from '../../harness/ingest-pair.js'
-import { type Child, spawnNode, urlOf } from '../../harness/proc.js'
+import { type Child, spawnBareFastify, urlOf } from '../../harness/proc.js'
 import type { Figure, Ratio } from '../../harness/report.js'
 import { round } from '../../harness/stats.js'
 
@@ -51,14 +51,7 @@ export async function embeddedIngest(ctx: ScenarioContext): Promise<{ figures: F
   const children: Child[] = []
   let all: RunningAll | undefined
   try {
-    const bare = await spawnNode({
-      name: 'bare-fastify',
-      args: [benchScript('peers/bare-fastify.js')],
-      env: {},
-      logDir: ctx.env.logDir,
-      isReady: (line) =>
-        line.startsWith('{"ready"') ? (JSON.parse(line) as Record<string, unknown>) : undefined,
-    })
+    const bare = await spawnBareFastify(ctx.env.logDir)
     children.push(bare)
     all = await spawnAll(ctx, setup, 'all-embedded-ingest')
     const running = all
