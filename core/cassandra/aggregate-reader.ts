@@ -332,9 +332,10 @@ export class CassandraAggregateReader implements AggregateReader {
 
   async streamProgress(group: string, topic: string, partitions: number): Promise<StreamProgress[]> {
     if (partitions <= 0) return []
+    // One Cassandra partition holds the group's checkpoints: one read, whatever the partition count.
     const rs = await this.client.execute(
-      'SELECT partition, next_offset, watermark_ms, updated_at FROM stream_checkpoints WHERE consumer_group = ? AND topic = ? AND partition IN ?',
-      [group, topic, Array.from({ length: partitions }, (_, i) => i)],
+      'SELECT partition, next_offset, watermark_ms, updated_at FROM stream_group_checkpoints WHERE consumer_group = ? AND topic = ?',
+      [group, topic],
       { prepare: true },
     )
     return rs.rows
@@ -344,6 +345,7 @@ export class CassandraAggregateReader implements AggregateReader {
         watermarkMs: Number(row.get('watermark_ms') ?? 0),
         updatedAtMs: (row.get('updated_at') as Date | null)?.getTime() ?? 0,
       }))
+      .filter((p) => p.partition >= 0 && p.partition < partitions)
       .sort((a, b) => a.partition - b.partition)
   }
 }

@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto'
 import { readdir, readFile } from 'node:fs/promises'
 import { join } from 'node:path'
-import type { Client } from 'cassandra-driver'
+import type { Client, types } from 'cassandra-driver'
 import type { CassandraConfig, CassandraReplication } from '../config.js'
 import { TallyError } from '../errors.js'
 import { projectRoot } from '../paths.js'
@@ -65,6 +65,8 @@ export interface MigrateResult {
   replicationChanged: boolean
   applied: Array<{ version: number; name: string }>
   alreadyApplied: number
+  /** Rows of stream_checkpoints copied (again) into stream_group_checkpoints. */
+  checkpointsCopied: number
 }
 
 /** Refuses names that could be a production keyspace when a caller asks for a test-only action. */
@@ -97,10 +99,57 @@ function sameReplication(current: Record<string, string>, wanted: CassandraRepli
   )
 }
 
+async function tablesOf(client: Client, keyspace: string): Promise<Set<string>> {
+  const rs = await client.execute('SELECT table_name FROM system_schema.tables WHERE keyspace_name = ?', [
+    keyspace,
+  ])
+  return new Set(rs.rows.map((r) => String(r.get('table_name'))))
+}
+
+/**
+ * Copies every row of the checkpoint table keyed by source partition (0002, stream_checkpoints)
+ * into the one keyed by group (0006, stream_group_checkpoints), each at the write timestamp of the
+ * row it copies. Checkpoints carry fencing timestamps (epoch << 40) + offset, so a row a worker
+ * already wrote to the new table under a later epoch or offset wins over its copy, and copying
+ * again copies nothing new: it runs on every migrate, so a migrate after the last worker of the
+ * previous version stopped also brings over the checkpoints that worker wrote meanwhile.
+ */
+export async function copyLegacyCheckpoints(client: Client, keyspace: string): Promise<number> {
+  const tables = await tablesOf(client, keyspace)
+  if (!tables.has('stream_checkpoints') || !tables.has('stream_group_checkpoints')) return 0
+  const rows = client.stream(
+    `SELECT consumer_group, topic, partition, next_offset, watermark_ms, epoch, updated_at, WRITETIME(next_offset) AS written FROM ${keyspace}.stream_checkpoints`,
+    [],
+    { prepare: true, fetchSize: 500 },
+  )
+  let copied = 0
+  for await (const row of rows as unknown as AsyncIterable<types.Row>) {
+    const written = row.get('written') as types.Long | null
+    if (written === null) continue
+    await client.execute(
+      `INSERT INTO ${keyspace}.stream_group_checkpoints (consumer_group, topic, partition, next_offset, watermark_ms, epoch, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?`,
+      [
+        row.get('consumer_group'),
+        row.get('topic'),
+        row.get('partition'),
+        row.get('next_offset'),
+        row.get('watermark_ms'),
+        row.get('epoch'),
+        row.get('updated_at'),
+        written,
+      ],
+      { prepare: true },
+    )
+    copied++
+  }
+  return copied
+}
+
 /**
  * Creates the keyspace (or aligns its replication), then applies the CQL files not applied yet, in
  * version order, recording each in `schema_migrations`. Running it twice is a no-op. A file whose
- * content changed after it was applied stops the run: migrations are append-only.
+ * content changed after it was applied stops the run: migrations are append-only. Then copies the
+ * checkpoints of the table they moved from (`copyLegacyCheckpoints`; idempotent).
  */
 export async function migrateCassandra(
   config: CassandraConfig,
@@ -150,12 +199,14 @@ export async function migrateCassandra(
       )
       applied.push({ version: m.version, name: m.name })
     }
+    const checkpointsCopied = await copyLegacyCheckpoints(client, ks)
     return {
       keyspace: ks,
       keyspaceCreated: !current,
       replicationChanged,
       applied,
       alreadyApplied: all.length - applied.length,
+      checkpointsCopied,
     }
   } finally {
     await client.shutdown()

@@ -115,9 +115,24 @@ export class CassandraStreamStore implements StreamStore {
     )
   }
 
+  /**
+   * The partition's checkpoint from stream_group_checkpoints, or, when that has no row for it, from
+   * stream_checkpoints, where checkpoints were kept before (a worker that starts before `tally
+   * migrate` copied them over).
+   */
   async readCheckpoint(ref: PartitionRef): Promise<StreamCheckpoint | undefined> {
+    return (
+      (await this.readCheckpointFrom('stream_group_checkpoints', ref)) ??
+      (await this.readCheckpointFrom('stream_checkpoints', ref))
+    )
+  }
+
+  private async readCheckpointFrom(
+    table: 'stream_group_checkpoints' | 'stream_checkpoints',
+    ref: PartitionRef,
+  ): Promise<StreamCheckpoint | undefined> {
     const rs = await this.client.execute(
-      'SELECT next_offset, watermark_ms, epoch FROM stream_checkpoints WHERE consumer_group = ? AND topic = ? AND partition = ?',
+      `SELECT next_offset, watermark_ms, epoch FROM ${table} WHERE consumer_group = ? AND topic = ? AND partition = ?`,
       [ref.group, ref.topic, ref.partition],
       { prepare: true },
     )
@@ -132,7 +147,7 @@ export class CassandraStreamStore implements StreamStore {
 
   async writeCheckpoint(ref: PartitionRef, cp: StreamCheckpoint): Promise<void> {
     await this.client.execute(
-      'INSERT INTO stream_checkpoints (consumer_group, topic, partition, next_offset, watermark_ms, epoch, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?',
+      'INSERT INTO stream_group_checkpoints (consumer_group, topic, partition, next_offset, watermark_ms, epoch, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?',
       [
         ref.group,
         ref.topic,

@@ -26,6 +26,10 @@ KAFKA_PARTITIONS, KAFKA_REPLICATION_FACTOR, TALLY_TOPIC_RAW, TALLY_TOPIC_DEAD_LE
       for (const m of c.applied)
         process.stdout.write(`  applied ${String(m.version).padStart(4, '0')}_${m.name}\n`)
       process.stdout.write(`  ${c.applied.length} applied, ${c.alreadyApplied} already applied\n`)
+      if (c.checkpointsCopied > 0)
+        process.stdout.write(
+          `  ${c.checkpointsCopied} rows of stream_checkpoints copied to stream_group_checkpoints (newer rows there kept)\n`,
+        )
       for (const t of result.topics) {
         const created = result.topicsCreated.includes(t.topic)
         process.stdout.write(

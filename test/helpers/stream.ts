@@ -88,8 +88,8 @@ export async function waitCaughtUp(
     await eventually(
       async () => {
         const rs = await cassandra.execute(
-          'SELECT partition, next_offset FROM stream_checkpoints WHERE consumer_group = ? AND topic = ? AND partition IN ?',
-          [config.stream.group, config.kafka.topicRaw, [...ends.keys()]],
+          'SELECT partition, next_offset FROM stream_group_checkpoints WHERE consumer_group = ? AND topic = ?',
+          [config.stream.group, config.kafka.topicRaw],
           { prepare: true },
         )
         const done = new Map(rs.rows.map((r) => [Number(r.get('partition')), Number(r.get('next_offset'))]))

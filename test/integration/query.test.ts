@@ -324,7 +324,7 @@ afterAll(async () => {
 
 async function completeThroughFromCheckpoints(): Promise<number> {
   const rs = await cassandra.execute(
-    'SELECT watermark_ms FROM stream_checkpoints WHERE consumer_group = ? AND topic = ? AND partition IN ?',
+    'SELECT watermark_ms FROM stream_group_checkpoints WHERE consumer_group = ? AND topic = ? AND partition IN ?',
     [config.stream.group, config.kafka.topicRaw, [0, 1, 2]],
     { prepare: true },
   )
