@@ -1,4 +1,5 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify'
+import { LRUCache } from 'lru-cache'
 import type { Granularity } from '../core/aggregate/definition.js'
 import { TallyError } from '../core/errors.js'
 import { DEFAULT_PRECISION } from '../core/hll.js'
@@ -140,19 +141,36 @@ export async function buildQueryApp(deps: QueryAppDeps): Promise<FastifyInstance
     done()
   })
 
+  // Parsed queries by URL, for the current minute. Dashboards ask the same URLs again and again, and
+  // parsing depends on the clock only through the current hour and day (periods), so within one
+  // minute a URL always parses to the same query. Only queries that parsed are kept; they are never
+  // changed afterwards (the answer cache keys them once, see StatsService.answerKey).
+  const parsedByUrl = new LRUCache<string, ParsedQuery>({ max: 10_000 })
+
   /** Authorizes first, so a caller without a valid token learns nothing from parameter errors. */
   async function parsed(req: FastifyRequest, endpoint: Endpoint): Promise<ParsedQuery> {
     const q = req.query as Query
-    await deps.auth.authorize(siteParam(q), req.headers.authorization)
-    return parseQuery(endpoint, q, now(), limits)
+    const site = siteParam(q)
+    const authorization = req.headers.authorization
+    // A cached site holding the token decides at once; anything else takes the full check.
+    if (!deps.auth.allowsNow?.(site, authorization)) await deps.auth.authorize(site, authorization)
+    const t = now()
+    const key = `${endpoint}\n${Math.floor(t / 60_000)}\n${req.url}`
+    let query = parsedByUrl.get(key)
+    if (!query) {
+      query = parseQuery(endpoint, q, t, limits)
+      parsedByUrl.set(key, query)
+    }
+    return query
   }
 
   for (const endpoint of STATS_ENDPOINTS) {
     app.get(`/v1/stats/${endpoint}`, async (req, reply) => {
       const q = await parsed(req, endpoint)
       void reply.header('cache-control', 'private, no-cache')
-      // The body serialized when the answer was computed: a cached answer is not serialized again.
-      const { body } = await stats.render(endpoint, q)
+      // The body serialized when the answer was computed: a cached answer is not serialized again;
+      // one that can be given at once (a reusable data version) skips render's promises too.
+      const { body } = stats.cachedRender(endpoint, q) ?? (await stats.render(endpoint, q))
       return reply.header('content-type', 'application/json; charset=utf-8').send(body)
     })
   }

@@ -6,6 +6,11 @@ import type { Site, SiteStore } from '../core/ports/site-store.js'
 export interface ReadAuthorizer {
   /** Resolves when `authorization` (the raw header) carries a read token of `siteId`; throws 401/403 otherwise. */
   authorize(siteId: string, authorization: string | undefined): Promise<void>
+  /**
+   * True when the check can be decided at once and passes (for example from a cache); false means
+   * "not known without `authorize`", never "denied".
+   */
+  allowsNow?(siteId: string, authorization: string | undefined): boolean
 }
 
 export interface ReadAccessCacheOptions {
@@ -93,6 +98,15 @@ export class ReadAccessCache implements ReadAuthorizer {
       })
     }
     throw unauthorized('TALLY_ERR_INVALID_READ_TOKEN', 'unknown read token')
+  }
+
+  /** The same check as `authorize` when the site is cached and fresh and the token is one of its own. */
+  allowsNow(siteId: string, authorization: string | undefined): boolean {
+    if (!authorization) return false
+    const hit = this.byId.get(siteId)
+    if (!hit?.site || hit.expires <= this.now()) return false
+    const m = BEARER.exec(authorization)
+    return m !== null && matchesAny(hashToken(m[1]!), hit.site.readTokenHashes)
   }
 
   /** The site, from the cache while fresh; `refresh` re-reads it if cached longer than minRefreshMs. */

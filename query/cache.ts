@@ -27,6 +27,9 @@ export const DEFAULT_ANSWER_CACHE: AnswerCacheOptions = Object.freeze({
 interface Entry {
   version: string
   answer: Promise<unknown>
+  /** The answer once computed (`done`), for callers that take it without waiting on a promise. */
+  value?: unknown
+  done?: true
   /** Estimated bytes: a placeholder while computing, then the answer's JSON size. */
   bytes: number
 }
@@ -65,6 +68,17 @@ export class AnswerCache {
   }
 
   /**
+   * The stored answer of `key` when it was computed under `version` and is complete, else undefined
+   * (nothing is computed). Counts a hit only when it gives one.
+   */
+  peek<T>(key: string, version: string): T | undefined {
+    const hit = this.lru?.get(key)
+    if (!hit || hit.version !== version || !hit.done) return undefined
+    this.hooks.onHit?.()
+    return hit.value as T
+  }
+
+  /**
    * The answer of `key` under `version`: the stored one when it was computed under the same version,
    * else a new one from `compute` (stored unless it fails).
    */
@@ -87,7 +101,7 @@ export class AnswerCache {
         // A new object: the LRU recomputes sizes only when the stored value changes.
         const size = this.hooks.sizeOf ? this.hooks.sizeOf(value) : JSON.stringify(value).length
         const bytes = Math.max(PENDING_BYTES, size)
-        lru.set(key, { ...entry, bytes }, { noUpdateTTL: true })
+        lru.set(key, { ...entry, value, done: true, bytes }, { noUpdateTTL: true })
       },
       () => {
         if (lru.peek(key) === entry) lru.delete(key)

@@ -50,6 +50,15 @@ export interface SnapshotSource extends FreshnessSource {
   snapshot(siteId: string): Promise<DataSnapshot>
 }
 
+/** A snapshot source that may also give a snapshot at once, without a read. */
+export interface RecentSnapshotSource extends SnapshotSource {
+  recentSnapshot(siteId: string): DataSnapshot | undefined
+}
+
+export function hasRecentSnapshots(s: FreshnessSource): s is RecentSnapshotSource {
+  return typeof (s as Partial<RecentSnapshotSource>).recentSnapshot === 'function'
+}
+
 export function isSnapshotSource(s: FreshnessSource): s is SnapshotSource {
   return typeof (s as Partial<SnapshotSource>).snapshot === 'function'
 }
@@ -121,12 +130,20 @@ export class CheckpointFreshness implements SnapshotSource {
     }
   }
 
+  /**
+   * The snapshot a request may use without a read: one whose read started at most
+   * `snapshotMaxAgeMs` ago (never with the default 0), else undefined.
+   */
+  recentSnapshot(siteId: string): DataSnapshot | undefined {
+    if (this.snapshotMaxAgeMs <= 0) return undefined
+    const last = this.recent.get(siteId)
+    return last && this.now() - last.startedAt <= this.snapshotMaxAgeMs ? last.snapshot : undefined
+  }
+
   snapshot(siteId: string): Promise<DataSnapshot> {
     const maxAgeMs = this.snapshotMaxAgeMs
-    if (maxAgeMs > 0) {
-      const last = this.recent.get(siteId)
-      if (last && this.now() - last.startedAt <= maxAgeMs) return Promise.resolve(last.snapshot)
-    }
+    const recent = this.recentSnapshot(siteId)
+    if (recent) return Promise.resolve(recent)
     let loading = this.snapshots.get(siteId)
     if (!loading) {
       const startedAt = this.now()

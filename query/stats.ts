@@ -15,7 +15,7 @@ import type {
   ReadOptions,
 } from '../core/ports/aggregate-store.js'
 import type { AnswerCache } from './cache.js'
-import { type Freshness, type FreshnessSource, isSnapshotSource } from './freshness.js'
+import { type Freshness, type FreshnessSource, hasRecentSnapshots, isSnapshotSource } from './freshness.js'
 import { buildMeta, type Meta, type WindowStatus, WindowTally } from './meta.js'
 import type { Filter, Metric, ParsedQuery, ParseLimits } from './params.js'
 import {
@@ -242,10 +242,37 @@ export class StatsService {
       body(freshness, finalMark).then((value): Rendered<T> => ({ value, body: JSON.stringify(value) }))
     if (!cache?.enabled || !isSnapshotSource(source))
       return source.current().then((f) => render(f, undefined))
-    return source.snapshot(q.siteId).then((snap) => {
-      const key = `${kind}\n${Math.floor(this.deps.now() / 60_000)}\n${JSON.stringify(q)}`
-      return cache.answer(key, snap.version, () => render(snap.freshness, snap.finalMark))
-    })
+    return source
+      .snapshot(q.siteId)
+      .then((snap) =>
+        cache.answer(this.answerKey(kind, q), snap.version, () => render(snap.freshness, snap.finalMark)),
+      )
+  }
+
+  /** Answer keys by query object: a query parsed once and asked again (query/app.ts) is not serialized again. */
+  private readonly keys = new WeakMap<ParsedQuery, { kind: StatsEndpoint; minute: number; key: string }>()
+
+  /** The cache key of an answer: the endpoint, the current minute and the parsed query. */
+  private answerKey(kind: StatsEndpoint, q: ParsedQuery): string {
+    const minute = Math.floor(this.deps.now() / 60_000)
+    const known = this.keys.get(q)
+    if (known && known.kind === kind && known.minute === minute) return known.key
+    const key = `${kind}\n${minute}\n${JSON.stringify(q)}`
+    this.keys.set(q, { kind, minute, key })
+    return key
+  }
+
+  /**
+   * The stored answer, when it can be given at once: a data version that may be reused without a
+   * read (TALLY_QUERY_VERSION_MAX_AGE_MS) and an answer computed under it. Else undefined, and the
+   * caller goes through `render`. Same answers as `render`, without its promises.
+   */
+  cachedRender(endpoint: StatsEndpoint, q: ParsedQuery): Rendered<StatsAnswer> | undefined {
+    const source = this.deps.freshness
+    const cache = this.deps.cache
+    if (!cache?.enabled || !hasRecentSnapshots(source)) return undefined
+    const snap = source.recentSnapshot(q.siteId)
+    return snap && cache.peek<Rendered<StatsAnswer>>(this.answerKey(endpoint, q), snap.version)
   }
 
   /** The answer of a stats endpoint with its JSON body (what the HTTP route sends). */

@@ -3,11 +3,16 @@ import { afterEach, describe, expect, it } from 'vitest'
 import type { Granularity } from '../../core/aggregate/definition.js'
 import { hashToken } from '../../core/keys.js'
 import { createLogger } from '../../core/log.js'
-import type { AggregateReader, MergedWindow } from '../../core/ports/aggregate-store.js'
+import type { AggregateReader, MergedWindow, StreamProgress } from '../../core/ports/aggregate-store.js'
 import type { Site } from '../../core/ports/site-store.js'
 import { buildQueryApp } from '../../query/app.js'
 import { ReadAccessCache } from '../../query/auth.js'
-import type { DataSnapshot, Freshness, SnapshotSource } from '../../query/freshness.js'
+import {
+  CheckpointFreshness,
+  type DataSnapshot,
+  type Freshness,
+  type SnapshotSource,
+} from '../../query/freshness.js'
 import { createQueryMetrics, type QueryMetrics } from '../../query/metrics.js'
 
 /**
@@ -75,16 +80,20 @@ afterEach(async () => {
   app = undefined
 })
 
-async function start(f: ReturnType<typeof fixture>, metrics?: QueryMetrics): Promise<FastifyInstance> {
+async function start(
+  f: ReturnType<typeof fixture>,
+  metrics?: QueryMetrics,
+  options: { source?: SnapshotSource; now?: () => number } = {},
+): Promise<FastifyInstance> {
   app = await buildQueryApp({
     reader: f.reader,
     auth: new ReadAccessCache({
       get: async (id) => (id === SITE ? site : undefined),
       list: async () => [site],
     }),
-    freshness: f.source,
+    freshness: options.source ?? f.source,
     logger,
-    now: () => NOW,
+    now: options.now ?? (() => NOW),
     retentionSeconds: { minute: 0, hour: 0, day: 0 },
     ...(metrics ? { metrics } : {}),
   })
@@ -149,5 +158,59 @@ describe('stats answers', () => {
     expect(text).toContain('tally_query_in_flight_requests 0')
     expect(text).toContain('tally_query_cache_total{outcome="hit"} 1')
     expect(text).toContain('tally_query_cache_total{outcome="miss"} 1')
+  })
+
+  it('with a reusable data version (snapshotMaxAgeMs), serves the stored answer without reads until the version is read again', async () => {
+    const f = fixture()
+    const clock = { t: NOW }
+    const progress = { offset: 1, reads: 0 }
+    const source = new CheckpointFreshness(
+      {
+        streamProgress: async (): Promise<StreamProgress[]> => {
+          progress.reads++
+          return [
+            { partition: 0, nextOffset: progress.offset, watermarkMs: NOW, updatedAtMs: progress.offset },
+          ]
+        },
+        finalMark: async () => f.state.mark,
+      },
+      { group: 'g', topic: 't', partitions: 1, graceMs: 300_000, snapshotMaxAgeMs: 100, now: () => clock.t },
+    )
+    const a = await start(f, undefined, { source, now: () => clock.t })
+    // Up to today: its window is not settled, so a flush changes it.
+    const recent = `/v1/stats/timeseries?site=${SITE}&from=2024-05-14&to=2024-05-20&interval=day&metrics=events`
+    const first = await get(a, recent)
+    expect(first.statusCode, first.body).toBe(200)
+    const storeReads = f.state.reads
+    expect(progress.reads).toBe(1)
+
+    // A flush lands (more events, a new checkpoint) within 100 ms of that version read: the answer
+    // read under it is still sent, with no read of the version or of the store.
+    f.state.events = 9
+    progress.offset = 2
+    clock.t += 100
+    const second = await get(a, recent)
+    expect(second.body).toBe(first.body)
+    expect(progress.reads).toBe(1)
+    expect(f.state.reads).toBe(storeReads)
+
+    // Later than that the version is read again, and the new data answers.
+    clock.t += 1
+    const third = await get(a, recent)
+    expect(progress.reads).toBe(2)
+    expect((third.json() as { results: Array<{ events: number }> }).results.at(-1)!.events).toBe(9)
+  })
+
+  it('parses a URL again when the minute changes: period=day answers the new day after midnight', async () => {
+    const f = fixture()
+    const clock = { t: Date.parse('2024-05-20T23:59:30Z') }
+    const a = await start(f, undefined, { now: () => clock.t })
+    const url = `/v1/stats/timeseries?site=${SITE}&period=7d&interval=day&metrics=events`
+    const before = (await get(a, url)).json() as { results: Array<{ date: string }> }
+    expect(before.results.at(-1)!.date).toBe('2024-05-20T00:00:00.000Z')
+    clock.t = Date.parse('2024-05-21T00:00:30Z')
+    const after = (await get(a, url)).json() as { results: Array<{ date: string }> }
+    expect(after.results.at(-1)!.date).toBe('2024-05-21T00:00:00.000Z')
+    expect(after.results).toHaveLength(7)
   })
 })

@@ -105,4 +105,26 @@ describe('read-token authorization', () => {
     const err = await failure(auth.authorize('a.test', 'Bearer rt_a'))
     expect([err.statusCode, err.code, err.retriable]).toEqual([503, 'TALLY_ERR_SITES_UNAVAILABLE', true])
   })
+
+  it("allowsNow passes a cached site's own token at once, and leaves everything else to authorize", async () => {
+    const clock = { t: 0 }
+    const store = new FakeStore([site('a', ['rt_a']), site('b', ['rt_b'])])
+    const auth = new ReadAccessCache(store, { ttlMs: 1000, now: () => clock.t })
+    // Nothing cached yet: not known at once.
+    expect(auth.allowsNow('a', 'Bearer rt_a')).toBe(false)
+    await auth.authorize('a', 'Bearer rt_a')
+    expect(auth.allowsNow('a', 'Bearer rt_a')).toBe(true)
+    expect(auth.allowsNow('a', 'bearer  rt_a ')).toBe(true)
+    // Another site's token, an unknown one, a malformed header, no header: for authorize to answer.
+    for (const header of ['Bearer rt_b', 'Bearer rt_x', 'Basic rt_a', '', undefined])
+      expect(auth.allowsNow('a', header)).toBe(false)
+    expect((await failure(auth.authorize('a', 'Bearer rt_b'))).statusCode).toBe(403)
+    // Once the cached site expired, the store decides again.
+    clock.t = 1001
+    expect(auth.allowsNow('a', 'Bearer rt_a')).toBe(false)
+    const gets = store.gets
+    await auth.authorize('a', 'Bearer rt_a')
+    expect(store.gets).toBe(gets + 1)
+    expect(auth.allowsNow('a', 'Bearer rt_a')).toBe(true)
+  })
 })
