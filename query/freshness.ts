@@ -100,6 +100,7 @@ export class CheckpointFreshness implements SnapshotSource {
   private expires = 0
   private loading: Promise<Freshness> | undefined
   private progressLoading: Promise<StreamProgress[]> | undefined
+  private progressStartedAt = 0
   private readonly snapshots = new Map<string, Promise<DataSnapshot>>()
   /** The last snapshot of each site and when its read started (only with snapshotMaxAgeMs > 0). */
   private readonly recent = new Map<string, { startedAt: number; snapshot: DataSnapshot }>()
@@ -135,35 +136,48 @@ export class CheckpointFreshness implements SnapshotSource {
    * `snapshotMaxAgeMs` ago (never with the default 0), else undefined.
    */
   recentSnapshot(siteId: string): DataSnapshot | undefined {
-    if (this.snapshotMaxAgeMs <= 0) return undefined
+    const maxAgeMs = this.snapshotMaxAgeMs
+    if (maxAgeMs <= 0) return undefined
     const last = this.recent.get(siteId)
-    return last && this.now() - last.startedAt <= this.snapshotMaxAgeMs ? last.snapshot : undefined
+    if (!last) return undefined
+    const age = this.now() - last.startedAt
+    if (age > maxAgeMs) return undefined
+    // Refresh ahead: past half its age a new read starts in the background, so a site asked all
+    // the time has its next version before this one expires and no request waits for a read.
+    if (age >= maxAgeMs / 2 && !this.snapshots.has(siteId)) void this.read(siteId)
+    return last.snapshot
   }
 
   snapshot(siteId: string): Promise<DataSnapshot> {
-    const maxAgeMs = this.snapshotMaxAgeMs
     const recent = this.recentSnapshot(siteId)
     if (recent) return Promise.resolve(recent)
-    let loading = this.snapshots.get(siteId)
-    if (!loading) {
-      const startedAt = this.now()
-      loading = this.loadSnapshot(siteId).finally(() => this.snapshots.delete(siteId))
-      if (maxAgeMs > 0) {
-        loading.then(
-          (snapshot) => {
-            const last = this.recent.get(siteId)
-            // A read that started earlier must not replace a newer one that finished first.
-            if (last && last.startedAt > startedAt) return
-            if (this.recent.size >= MAX_REMEMBERED_SITES) this.recent.clear()
-            this.recent.set(siteId, { startedAt, snapshot })
-          },
-          // The caller gets the failure through `loading`; nothing is remembered.
-          () => undefined,
-        )
-      }
-      this.snapshots.set(siteId, loading)
+    return this.snapshots.get(siteId) ?? this.read(siteId)
+  }
+
+  /** Starts a snapshot read of the site, shared until it ends; remembered when versions may be reused. */
+  private read(siteId: string): Promise<DataSnapshot> {
+    const startedAt = this.now()
+    const loading = this.loadSnapshot(siteId).finally(() => this.snapshots.delete(siteId))
+    if (this.snapshotMaxAgeMs > 0) {
+      loading.then(
+        ({ snapshot, progressStartedAt }) => {
+          // Its age counts from the older of its two reads (the checkpoint read may be shared).
+          const at = Math.min(startedAt, progressStartedAt)
+          const last = this.recent.get(siteId)
+          // A read that started earlier must not replace a newer one that finished first.
+          if (last && last.startedAt > at) return
+          if (this.recent.size >= MAX_REMEMBERED_SITES) this.recent.clear()
+          this.recent.set(siteId, { startedAt: at, snapshot })
+        },
+        // The caller gets the failure through `loading`; nothing is remembered.
+        () => undefined,
+      )
     }
-    return loading
+    const snapshot = loading.then((r) => r.snapshot)
+    // A failure reaches every caller that awaits it; none is needed for it to count as handled.
+    snapshot.catch(() => undefined)
+    this.snapshots.set(siteId, snapshot)
+    return snapshot
   }
 
   /**
@@ -174,6 +188,7 @@ export class CheckpointFreshness implements SnapshotSource {
   private readProgress(): Promise<StreamProgress[]> {
     if (!this.progressLoading) {
       const { group, topic, partitions } = this.options
+      this.progressStartedAt = this.now()
       this.progressLoading = this.reader.streamProgress(group, topic, partitions).finally(() => {
         this.progressLoading = undefined
       })
@@ -181,13 +196,18 @@ export class CheckpointFreshness implements SnapshotSource {
     return this.progressLoading
   }
 
-  private async loadSnapshot(siteId: string): Promise<DataSnapshot> {
-    const [progress, mark] = await Promise.all([this.readProgress(), this.reader.finalMark(siteId)])
+  private async loadSnapshot(siteId: string): Promise<{ snapshot: DataSnapshot; progressStartedAt: number }> {
+    const progressRead = this.readProgress()
+    const progressStartedAt = this.progressStartedAt
+    const [progress, mark] = await Promise.all([progressRead, this.reader.finalMark(siteId)])
     const freshness = this.freshnessOf(progress)
     const checkpoints = progress.map(
       (p) => `${p.partition}:${p.nextOffset}:${p.watermarkMs}:${p.updatedAtMs}`,
     )
-    return { freshness, version: `${mark}|${checkpoints.join(',')}`, finalMark: mark }
+    return {
+      snapshot: { freshness, version: `${mark}|${checkpoints.join(',')}`, finalMark: mark },
+      progressStartedAt,
+    }
   }
 
   private async load(): Promise<Freshness> {

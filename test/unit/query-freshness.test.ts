@@ -103,13 +103,13 @@ describe('CheckpointFreshness.snapshot', () => {
     await s.release()
     const v1 = (await first).version
 
-    // A write meanwhile: within 100 ms of the first read's start it is not seen, no read is made.
+    // A write meanwhile: within half the age no read is made and the write is not seen.
     s.state.offset = 2
-    clock.t = 100
+    clock.t = 49
     expect((await f.snapshot('site')).version).toBe(v1)
     expect(s.state.reads).toBe(1)
 
-    // Later than that: a new read, which sees the write.
+    // Later than the whole age, with no read since: a new read, which sees the write.
     clock.t = 101
     const later = f.snapshot('site')
     expect(s.state.reads).toBe(2)
@@ -119,6 +119,44 @@ describe('CheckpointFreshness.snapshot', () => {
     void f.snapshot('other')
     expect(s.state.reads).toBe(3)
     await s.release()
+  })
+
+  it('with snapshotMaxAgeMs, reads ahead past half the age: requests keep the old version meanwhile, then have the new one without waiting', async () => {
+    const s = store()
+    const clock = { t: 0 }
+    const f = source(s, clock, { snapshotMaxAgeMs: 100 })
+    const first = f.snapshot('site')
+    await s.release()
+    const v1 = (await first).version
+
+    s.state.offset = 2
+    clock.t = 50
+    // The old version at once, and one read started in the background (not two).
+    expect(f.recentSnapshot('site')?.version).toBe(v1)
+    expect(f.recentSnapshot('site')?.version).toBe(v1)
+    expect(s.state.reads).toBe(2)
+    await s.release()
+
+    // Past the first read's age: the version read at 50 serves at once, with the write.
+    clock.t = 99
+    const v2 = f.recentSnapshot('site')?.version
+    expect(v2).toBeDefined()
+    expect(v2).not.toBe(v1)
+    expect((await f.snapshot('site')).version).toBe(v2)
+    expect(s.state.reads).toBe(2)
+
+    // A failed read ahead is not remembered and harms nobody: the current version serves until it
+    // expires, then a request reads (and gets the failure).
+    s.state.fail = true
+    clock.t = 100
+    expect(f.recentSnapshot('site')?.version).toBe(v2)
+    expect(s.state.reads).toBe(3)
+    await s.release()
+    clock.t = 151
+    expect(f.recentSnapshot('site')).toBeUndefined()
+    const failing = f.snapshot('site')
+    await s.release()
+    await expect(failing).rejects.toThrow('store down')
   })
 
   it('with snapshotMaxAgeMs, remembers no failed read', async () => {
