@@ -106,9 +106,9 @@ export interface QueryConfig {
   answerCacheMaxAgeMs: number
   /**
    * A site's data version read at most this long ago (ms, from the start of its read) serves new
-   * requests without a read of their own: answers may then miss writes of that last stretch.
-   * Default 0: every request waits for a read of the version started no earlier than its arrival
-   * would allow (one read shared by the requests that arrive while it runs).
+   * requests without a read of their own, and is read again in the background once half as old:
+   * answers may miss writes of that last stretch. Default 100. 0: every request waits for a read of
+   * the version (one read shared by the requests that arrive while it runs).
    */
   versionMaxAgeMs: number
 }
@@ -357,7 +357,7 @@ export function loadConfig(env: Env = process.env): TallyConfig {
     query: {
       answerCacheBytes: int(env, 'TALLY_QUERY_CACHE_MB', 64, 0, 65_536) * 1024 * 1024,
       answerCacheMaxAgeMs: int(env, 'TALLY_QUERY_CACHE_MAX_AGE_MS', 10_000, 0, 3_600_000),
-      versionMaxAgeMs: int(env, 'TALLY_QUERY_VERSION_MAX_AGE_MS', 0, 0, 10_000),
+      versionMaxAgeMs: int(env, 'TALLY_QUERY_VERSION_MAX_AGE_MS', 100, 0, 10_000),
     },
     shutdownTimeoutMs: int(env, 'TALLY_SHUTDOWN_TIMEOUT_MS', 15_000, 100, 600_000),
   }
@@ -436,7 +436,7 @@ export const CONFIG_VARIABLES: ReadonlyArray<readonly [name: string, meaning: st
   ['TALLY_QUERY_CACHE_MAX_AGE_MS', 'longest a stats answer is served from that cache (default 10000)'],
   [
     'TALLY_QUERY_VERSION_MAX_AGE_MS',
-    "reuse a site's data version read this recently instead of reading it per request: answers may miss the last N ms of writes (default 0 = read per request)",
+    "reuse a site's data version read this recently instead of reading it per request: answers may miss the last N ms of writes; 0 = read per request (default 100)",
   ],
   ['TALLY_SHUTDOWN_TIMEOUT_MS', 'deadline of the ordered shutdown (default 15000)'],
   ['TALLY_SERVICES_CACHE', 'jar cache of `tally services` (default ~/.cache/tally/services)'],

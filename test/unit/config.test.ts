@@ -23,8 +23,9 @@ describe('loadConfig', () => {
     expect(c.port).toBeUndefined()
   })
 
-  it('reads the data version per query request unless a reuse window is given', () => {
-    expect(loadConfig({}).query.versionMaxAgeMs).toBe(0)
+  it('reuses a data version for 100 ms unless told otherwise (0 = read per request)', () => {
+    expect(loadConfig({}).query.versionMaxAgeMs).toBe(100)
+    expect(loadConfig({ TALLY_QUERY_VERSION_MAX_AGE_MS: '0' }).query.versionMaxAgeMs).toBe(0)
     expect(loadConfig({ TALLY_QUERY_VERSION_MAX_AGE_MS: '250' }).query.versionMaxAgeMs).toBe(250)
     expect(errorOf({ TALLY_QUERY_VERSION_MAX_AGE_MS: '60000' }).message).toContain(
       'TALLY_QUERY_VERSION_MAX_AGE_MS',
