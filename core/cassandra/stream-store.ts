@@ -146,20 +146,8 @@ export class CassandraStreamStore implements StreamStore {
   }
 
   async writeCheckpoint(ref: PartitionRef, cp: StreamCheckpoint): Promise<void> {
-    await this.client.execute(
-      'INSERT INTO stream_group_checkpoints (consumer_group, topic, partition, next_offset, watermark_ms, epoch, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?',
-      [
-        ref.group,
-        ref.topic,
-        ref.partition,
-        types.Long.fromNumber(cp.nextOffset),
-        types.Long.fromNumber(cp.watermarkMs),
-        cp.epoch,
-        new Date(),
-        fencedTimestamp(cp.epoch, cp.nextOffset),
-      ],
-      { prepare: true },
-    )
+    const [query, params] = checkpointInsert('stream_group_checkpoints', ref, cp)
+    await this.client.execute(query, params, { prepare: true })
   }
 
   async loadRows(keys: readonly RowKey[]): Promise<Map<string, StoredRow>> {
@@ -348,4 +336,28 @@ export class CassandraStreamStore implements StreamStore {
       { prepare: true },
     )
   }
+}
+
+/**
+ * The write of a checkpoint into `table` (stream_group_checkpoints; stream_checkpoints before
+ * migration 0006), with its fenced write timestamp: a stale owner's write never replaces a newer one.
+ */
+export function checkpointInsert(
+  table: string,
+  ref: PartitionRef,
+  cp: StreamCheckpoint,
+): [string, unknown[]] {
+  return [
+    `INSERT INTO ${table} (consumer_group, topic, partition, next_offset, watermark_ms, epoch, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?`,
+    [
+      ref.group,
+      ref.topic,
+      ref.partition,
+      types.Long.fromNumber(cp.nextOffset),
+      types.Long.fromNumber(cp.watermarkMs),
+      cp.epoch,
+      new Date(),
+      fencedTimestamp(cp.epoch, cp.nextOffset),
+    ],
+  ]
 }

@@ -1,10 +1,9 @@
 import type { Client } from 'cassandra-driver'
-import { types } from 'cassandra-driver'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { CassandraAggregateReader } from '../../core/cassandra/aggregate-reader.js'
 import { createCassandraClient } from '../../core/cassandra/client.js'
 import { loadMigrations, migrateCassandra } from '../../core/cassandra/migrate.js'
-import { CassandraStreamStore, fencedTimestamp } from '../../core/cassandra/stream-store.js'
+import { CassandraStreamStore, checkpointInsert, fencedTimestamp } from '../../core/cassandra/stream-store.js'
 import type { PartitionRef, StreamCheckpoint } from '../../core/ports/aggregate-store.js'
 import { cleanup, testConfig, uniqueName } from '../helpers/context.js'
 
@@ -19,20 +18,8 @@ let reader: CassandraAggregateReader
 
 /** A checkpoint as a worker before the upgrade wrote it: old table, fenced write timestamp. */
 async function writeOldCheckpoint(ref: PartitionRef, cp: StreamCheckpoint): Promise<void> {
-  await client.execute(
-    'INSERT INTO stream_checkpoints (consumer_group, topic, partition, next_offset, watermark_ms, epoch, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?',
-    [
-      ref.group,
-      ref.topic,
-      ref.partition,
-      types.Long.fromNumber(cp.nextOffset),
-      types.Long.fromNumber(cp.watermarkMs),
-      cp.epoch,
-      new Date(),
-      fencedTimestamp(cp.epoch, cp.nextOffset),
-    ],
-    { prepare: true },
-  )
+  const [query, params] = checkpointInsert('stream_checkpoints', ref, cp)
+  await client.execute(query, params, { prepare: true })
 }
 
 /** The new table's row of a partition with its write timestamp, read directly. */

@@ -48,6 +48,16 @@ function source(
   })
 }
 
+/** A source reusing versions for `maxAgeMs`, whose first snapshot of 'site' was read at time 0. */
+async function reusing(maxAgeMs: number) {
+  const s = store()
+  const clock = { t: 0 }
+  const f = source(s, clock, { snapshotMaxAgeMs: maxAgeMs })
+  const first = f.snapshot('site')
+  await s.release()
+  return { s, clock, f, v1: (await first).version }
+}
+
 describe('CheckpointFreshness.snapshot', () => {
   it('shares a running read, and reads again for a request that arrives after it finished (default)', async () => {
     const s = store()
@@ -96,12 +106,7 @@ describe('CheckpointFreshness.snapshot', () => {
   })
 
   it('with snapshotMaxAgeMs, reuses a snapshot whose read started at most that long ago', async () => {
-    const s = store()
-    const clock = { t: 0 }
-    const f = source(s, clock, { snapshotMaxAgeMs: 100 })
-    const first = f.snapshot('site')
-    await s.release()
-    const v1 = (await first).version
+    const { s, clock, f, v1 } = await reusing(100)
 
     // A write meanwhile: within half the age no read is made and the write is not seen.
     s.state.offset = 2
@@ -122,12 +127,7 @@ describe('CheckpointFreshness.snapshot', () => {
   })
 
   it('with snapshotMaxAgeMs, reads ahead past half the age: requests keep the old version meanwhile, then have the new one without waiting', async () => {
-    const s = store()
-    const clock = { t: 0 }
-    const f = source(s, clock, { snapshotMaxAgeMs: 100 })
-    const first = f.snapshot('site')
-    await s.release()
-    const v1 = (await first).version
+    const { s, clock, f, v1 } = await reusing(100)
 
     s.state.offset = 2
     clock.t = 50
