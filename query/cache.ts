@@ -27,9 +27,8 @@ export const DEFAULT_ANSWER_CACHE: AnswerCacheOptions = Object.freeze({
 interface Entry {
   version: string
   answer: Promise<unknown>
-  /** The answer once computed (`done`), for callers that take it without waiting on a promise. */
+  /** The answer once computed, for callers that take it without waiting on a promise. */
   value?: unknown
-  done?: true
   /** Estimated bytes: a placeholder while computing, then the answer's JSON size. */
   bytes: number
 }
@@ -73,7 +72,7 @@ export class AnswerCache {
    */
   peek<T>(key: string, version: string): T | undefined {
     const hit = this.lru?.get(key)
-    if (!hit || hit.version !== version || !hit.done) return undefined
+    if (!hit || hit.version !== version || hit.value === undefined) return undefined
     this.hooks.onHit?.()
     return hit.value as T
   }
@@ -101,7 +100,7 @@ export class AnswerCache {
         // A new object: the LRU recomputes sizes only when the stored value changes.
         const size = this.hooks.sizeOf ? this.hooks.sizeOf(value) : JSON.stringify(value).length
         const bytes = Math.max(PENDING_BYTES, size)
-        lru.set(key, { ...entry, value, done: true, bytes }, { noUpdateTTL: true })
+        lru.set(key, { ...entry, value, bytes }, { noUpdateTTL: true })
       },
       () => {
         if (lru.peek(key) === entry) lru.delete(key)

@@ -7,6 +7,7 @@ import type { AggregateReader, MergedWindow, StreamProgress } from '../../core/p
 import type { Site } from '../../core/ports/site-store.js'
 import { buildQueryApp } from '../../query/app.js'
 import { ReadAccessCache } from '../../query/auth.js'
+import { AnswerCache } from '../../query/cache.js'
 import {
   CheckpointFreshness,
   type DataSnapshot,
@@ -212,5 +213,24 @@ describe('stats answers', () => {
     const after = (await get(a, url)).json() as { results: Array<{ date: string }> }
     expect(after.results.at(-1)!.date).toBe('2024-05-21T00:00:00.000Z')
     expect(after.results).toHaveLength(7)
+  })
+})
+
+describe('AnswerCache.peek', () => {
+  it('gives a stored answer of the same version once computed, and nothing else; counts only what it gives', async () => {
+    let hits = 0
+    const cache = new AnswerCache(undefined, { onHit: () => hits++ })
+    let finish: (v: { n: number }) => void = () => {}
+    const computing = cache.answer('k', 'v1', () => new Promise<{ n: number }>((r) => (finish = r)))
+    expect(cache.peek('k', 'v1')).toBeUndefined()
+    finish({ n: 1 })
+    await computing
+    expect(cache.peek('k', 'v1')).toEqual({ n: 1 })
+    expect(cache.peek('k', 'v2')).toBeUndefined()
+    expect(cache.peek('other', 'v1')).toBeUndefined()
+    expect(hits).toBe(1)
+    // A failed computation leaves nothing to give.
+    await expect(cache.answer('bad', 'v1', () => Promise.reject(new Error('store down')))).rejects.toThrow()
+    expect(cache.peek('bad', 'v1')).toBeUndefined()
   })
 })
