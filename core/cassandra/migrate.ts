@@ -6,6 +6,7 @@ import type { CassandraConfig, CassandraReplication } from '../config.js'
 import { TallyError } from '../errors.js'
 import { projectRoot } from '../paths.js'
 import { createCassandraClient } from './client.js'
+import { checkpointInsert } from './stream-store.js'
 
 export interface Migration {
   version: number
@@ -126,20 +127,21 @@ export async function copyLegacyCheckpoints(client: Client, keyspace: string): P
   for await (const row of rows as unknown as AsyncIterable<types.Row>) {
     const written = row.get('written') as types.Long | null
     if (written === null) continue
-    await client.execute(
-      `INSERT INTO ${keyspace}.stream_group_checkpoints (consumer_group, topic, partition, next_offset, watermark_ms, epoch, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?`,
-      [
-        row.get('consumer_group'),
-        row.get('topic'),
-        row.get('partition'),
-        row.get('next_offset'),
-        row.get('watermark_ms'),
-        row.get('epoch'),
-        row.get('updated_at'),
-        written,
-      ],
-      { prepare: true },
+    const [query, params] = checkpointInsert(
+      `${keyspace}.stream_group_checkpoints`,
+      {
+        group: String(row.get('consumer_group')),
+        topic: String(row.get('topic')),
+        partition: Number(row.get('partition')),
+      },
+      {
+        nextOffset: Number(row.get('next_offset') ?? 0),
+        watermarkMs: Number(row.get('watermark_ms') ?? 0),
+        epoch: Number(row.get('epoch') ?? 0),
+      },
+      { timestamp: written, updatedAt: (row.get('updated_at') as Date | null) ?? null },
     )
+    await client.execute(query, params, { prepare: true })
     copied++
   }
   return copied

@@ -341,11 +341,13 @@ export class CassandraStreamStore implements StreamStore {
 /**
  * The write of a checkpoint into `table` (stream_group_checkpoints; stream_checkpoints before
  * migration 0006), with its fenced write timestamp: a stale owner's write never replaces a newer one.
+ * `copy` keeps the write timestamp and write time of a row copied from elsewhere instead.
  */
 export function checkpointInsert(
   table: string,
   ref: PartitionRef,
   cp: StreamCheckpoint,
+  copy?: { timestamp: types.Long; updatedAt: Date | null },
 ): [string, unknown[]] {
   return [
     `INSERT INTO ${table} (consumer_group, topic, partition, next_offset, watermark_ms, epoch, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?`,
@@ -356,8 +358,8 @@ export function checkpointInsert(
       types.Long.fromNumber(cp.nextOffset),
       types.Long.fromNumber(cp.watermarkMs),
       cp.epoch,
-      new Date(),
-      fencedTimestamp(cp.epoch, cp.nextOffset),
+      copy ? copy.updatedAt : new Date(),
+      copy ? copy.timestamp : fencedTimestamp(cp.epoch, cp.nextOffset),
     ],
   ]
 }
