@@ -5,6 +5,7 @@ import { topicSpecs } from './migrate.js'
 import type { AggregateReader, StreamStore } from './ports/aggregate-store.js'
 import type { ArchiveStateStore, FinalRowStore, JobStore, LeaseStore } from './ports/batch-store.js'
 import type { EventLogConsumer, EventLogWriter, LogOffsets } from './ports/event-log.js'
+import type { ProgressListener, ProgressPublisher } from './ports/progress-notices.js'
 import type { SiteStore } from './ports/site-store.js'
 
 /** How a role asks for a member of a consumer group. */
@@ -13,6 +14,15 @@ export interface ConsumerRequest {
   topic: string
   partitionsConsumedConcurrently?: number
   sessionTimeoutMs?: number
+  logger?: Logger
+}
+
+/** How a query role asks to hear the progress notices of one stream group. */
+export interface ProgressListenerRequest {
+  /** Consumer group of the stream workers. */
+  group: string
+  /** The raw topic they read. */
+  topic: string
   logger?: Logger
 }
 
@@ -36,6 +46,12 @@ export interface SharedPorts {
     readonly rows: FinalRowStore
     readonly archive: ArchiveStateStore
   }
+  /** Progress notices from the stream worker to the query role, one bus for the whole process. */
+  readonly progress: {
+    /** A publisher of its own; `onSend` observes each notice (for the worker's metrics). */
+    publisher(options?: { onSend?: (ok: boolean) => void }): ProgressPublisher
+    listener(request: ProgressListenerRequest): ProgressListener
+  }
 }
 
 /** Default consumer group of the archivers. */
@@ -47,7 +63,9 @@ export const ARCHIVE_GROUP = 'tally-archive'
  * archiver have both read them; dead letters after the dead-letter topic's retention.
  */
 export function openEmbeddedBackend(config: TallyConfig, logger?: Logger): EmbeddedBackend {
-  const topics = topicSpecs(config)
+  // Progress notices stay in memory on the embedded backend (every role is in this process), so
+  // the log holds no topic for them.
+  const topics = topicSpecs(config).filter((t) => t.topic !== config.kafka.topicProgress)
   const retentionOf = (topic: string) =>
     Number(topics.find((t) => t.topic === topic)?.config?.['retention.ms'])
   return openEmbedded({
@@ -86,5 +104,9 @@ export function embeddedPorts(embedded: EmbeddedBackend): SharedPorts {
     streamStore: embedded.streamStore,
     reader: embedded.reader,
     batch: embedded.batch,
+    progress: {
+      publisher: (options) => embedded.progress.publisher(options),
+      listener: (request) => embedded.progress.listener(request),
+    },
   }
 }

@@ -16,6 +16,12 @@ export interface KafkaConfig {
   clientId: string
   topicRaw: string
   topicDeadLetter: string
+  /**
+   * Where stream workers announce each checkpoint they write (progress notices), so query roles
+   * re-read a data version when the data changed instead of polling for it. Default
+   * tally.stream.progress.
+   */
+  topicProgress: string
   /** Partitions of the raw topic created by `tally migrate`. */
   partitions: number
   /** How long the raw log keeps records (Kafka retention.ms of the raw topic; embedded log retention). Default 7 days. */
@@ -111,6 +117,12 @@ export interface QueryConfig {
    * the version (one read shared by the requests that arrive while it runs).
    */
   versionMaxAgeMs: number
+  /**
+   * While the query role hears the stream's progress notices, a data version is re-read when a
+   * notice arrives and at least this often (ms): notices can be lost, and rebuilds send none.
+   * Default 1000.
+   */
+  notifiedVersionMaxAgeMs: number
 }
 
 export interface StreamConfig {
@@ -270,9 +282,11 @@ export function loadConfig(env: Env = process.env): TallyConfig {
   }
   const topicRaw = str(env, 'TALLY_TOPIC_RAW', 'tally.events.raw')
   const topicDeadLetter = str(env, 'TALLY_TOPIC_DEAD_LETTER', 'tally.events.dlq')
+  const topicProgress = str(env, 'TALLY_TOPIC_PROGRESS', 'tally.stream.progress')
   for (const [name, value] of [
     ['TALLY_TOPIC_RAW', topicRaw],
     ['TALLY_TOPIC_DEAD_LETTER', topicDeadLetter],
+    ['TALLY_TOPIC_PROGRESS', topicProgress],
   ] as const) {
     if (!TOPIC.test(value))
       throw new ConfigError(name, value, 'a Kafka topic name: letters, digits, ".", "_" or "-"')
@@ -304,6 +318,7 @@ export function loadConfig(env: Env = process.env): TallyConfig {
       clientId: str(env, 'KAFKA_CLIENT_ID', 'tally'),
       topicRaw,
       topicDeadLetter,
+      topicProgress,
       partitions: int(env, 'KAFKA_PARTITIONS', 6, 1, 10_000),
       retentionMs: int(env, 'TALLY_LOG_RETENTION_HOURS', 168, 1, 87_600) * 3_600_000,
       replicationFactor: int(env, 'KAFKA_REPLICATION_FACTOR', 1, 1, 32),
@@ -358,6 +373,7 @@ export function loadConfig(env: Env = process.env): TallyConfig {
       answerCacheBytes: int(env, 'TALLY_QUERY_CACHE_MB', 64, 0, 65_536) * 1024 * 1024,
       answerCacheMaxAgeMs: int(env, 'TALLY_QUERY_CACHE_MAX_AGE_MS', 10_000, 0, 3_600_000),
       versionMaxAgeMs: int(env, 'TALLY_QUERY_VERSION_MAX_AGE_MS', 100, 0, 10_000),
+      notifiedVersionMaxAgeMs: int(env, 'TALLY_QUERY_NOTIFIED_VERSION_MAX_AGE_MS', 1000, 0, 600_000),
     },
     shutdownTimeoutMs: int(env, 'TALLY_SHUTDOWN_TIMEOUT_MS', 15_000, 100, 600_000),
   }
@@ -387,6 +403,10 @@ export const CONFIG_VARIABLES: ReadonlyArray<readonly [name: string, meaning: st
     'how long the raw log keeps records (raw topic retention.ms; the embedded log deletes only what the stream and archiver have read) (default 168)',
   ],
   ['TALLY_TOPIC_DEAD_LETTER', 'dead-letter topic (default tally.events.dlq)'],
+  [
+    'TALLY_TOPIC_PROGRESS',
+    'topic where stream workers announce their checkpoints to query roles (default tally.stream.progress)',
+  ],
   ['CASSANDRA_CONTACT_POINTS', 'host:port list; unset means the local node of `tally services up`'],
   ['CASSANDRA_LOCAL_DC', 'local data center (default datacenter1)'],
   ['CASSANDRA_KEYSPACE', 'keyspace (default tally)'],
@@ -437,6 +457,10 @@ export const CONFIG_VARIABLES: ReadonlyArray<readonly [name: string, meaning: st
   [
     'TALLY_QUERY_VERSION_MAX_AGE_MS',
     "reuse a site's data version read this recently instead of reading it per request: answers may miss the last N ms of writes; 0 = read per request (default 100)",
+  ],
+  [
+    'TALLY_QUERY_NOTIFIED_VERSION_MAX_AGE_MS',
+    "while the query role hears the stream's progress notices, a data version is re-read after a notice and otherwise at least this often (never less than TALLY_QUERY_VERSION_MAX_AGE_MS; unused when that is 0) (default 1000)",
   ],
   ['TALLY_SHUTDOWN_TIMEOUT_MS', 'deadline of the ordered shutdown (default 15000)'],
   ['TALLY_SERVICES_CACHE', 'jar cache of `tally services` (default ~/.cache/tally/services)'],

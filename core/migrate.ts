@@ -9,6 +9,7 @@ export interface FullMigrateResult {
 }
 
 const DAY_MS = 24 * 60 * 60 * 1000
+const MINUTE_MS = 60 * 1000
 
 /** The topics Tally needs, sized from the configuration. */
 export function topicSpecs(config: Pick<TallyConfig, 'kafka'>): TopicSpec[] {
@@ -31,6 +32,19 @@ export function topicSpecs(config: Pick<TallyConfig, 'kafka'>): TopicSpec[] {
       partitions: Math.min(kafka.partitions, 3),
       replicationFactor: kafka.replicationFactor,
       config: { 'retention.ms': String(30 * DAY_MS), 'min.insync.replicas': minIsr },
+    },
+    {
+      // Progress notices are read from the end by every query role and matter only for a moment:
+      // one partition keeps them in order, and short segments let the retention actually delete
+      // them (a segment goes only once it is closed).
+      topic: kafka.topicProgress,
+      partitions: 1,
+      replicationFactor: kafka.replicationFactor,
+      config: {
+        'retention.ms': String(10 * MINUTE_MS),
+        'segment.ms': String(10 * MINUTE_MS),
+        'min.insync.replicas': minIsr,
+      },
     },
   ]
 }

@@ -47,6 +47,12 @@ export function createStreamMetrics() {
       help: 'Failed store writes that were retried (consumption pauses meanwhile)',
       registers: [registry],
     }),
+    progressNotices: new Counter({
+      name: 'tally_stream_progress_notices_total',
+      help: 'Progress notices (one per checkpoint written) by outcome: sent, or failed (query roles then poll for changes)',
+      labelNames: ['outcome'] as const,
+      registers: [registry],
+    }),
     openRows: new Gauge({
       name: 'tally_stream_open_rows',
       help: 'Aggregate rows held in memory',

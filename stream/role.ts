@@ -7,10 +7,12 @@ import { createHttpServer } from '../core/http.js'
 import { createKafka } from '../core/kafka/client.js'
 import { KafkaGroupConsumer, KafkaOffsets } from '../core/kafka/consumer.js'
 import { KafkaBatchingProducer } from '../core/kafka/producer.js'
+import { KafkaProgressPublisher } from '../core/kafka/progress.js'
 import { once } from '../core/lifecycle.js'
 import type { Logger } from '../core/log.js'
 import type { StreamStore } from '../core/ports/aggregate-store.js'
 import type { EventLogConsumer, EventLogWriter, LogOffsets } from '../core/ports/event-log.js'
+import type { ProgressPublisher } from '../core/ports/progress-notices.js'
 import { createStreamMetrics } from './metrics.js'
 import { StreamWorker } from './worker.js'
 
@@ -41,12 +43,15 @@ export async function startStream(
   let store: StreamStore
   let deadLetters: EventLogWriter
   let offsets: LogOffsets
+  let progress: ProgressPublisher
   let release = async () => {}
+  const onSend = (ok: boolean) => metrics.progressNotices.inc({ outcome: ok ? 'sent' : 'failed' })
   if (options.ports) {
     consumer = options.ports.consumer(consumerRequest)
     store = options.ports.streamStore
     deadLetters = options.ports.writer()
     offsets = options.ports.offsets
+    progress = options.ports.progress.publisher({ onSend })
   } else {
     const cassandra = createCassandraClient(config.cassandra, { keyspace: config.cassandra.keyspace })
     await cassandra.connect()
@@ -63,6 +68,7 @@ export async function startStream(
     store = new CassandraStreamStore(cassandra, config.stream.ttlSeconds)
     deadLetters = producer
     offsets = kafkaOffsets
+    progress = new KafkaProgressPublisher(kafka, { topic: config.kafka.topicProgress, logger, onSend })
     release = async () => {
       await kafkaOffsets.close()
       await cassandra.shutdown()
@@ -78,6 +84,7 @@ export async function startStream(
     offsets,
     metrics,
     logger,
+    progress,
   })
   const app = createHttpServer({ logger, bodyLimit: 1024, requestTimeoutMs: 10_000 })
   app.get('/healthz', async () => ({ status: 'ok' }))
@@ -94,10 +101,12 @@ export async function startStream(
     url,
     worker,
     registryText: () => metrics.registry.metrics(),
-    // Order: stop metrics HTTP, flush + checkpoint + leave the group, flush dead letters, close Cassandra.
+    // Order: stop metrics HTTP, flush + checkpoint + leave the group, send the last progress
+    // notices, flush dead letters, close Cassandra.
     close: once(async () => {
       await app.close()
       await worker.close()
+      await progress.close()
       await deadLetters.close()
       await release()
     }),

@@ -25,6 +25,7 @@ import type {
   LogOffsets,
   RecordBatch,
 } from '../core/ports/event-log.js'
+import type { ProgressPublisher } from '../core/ports/progress-notices.js'
 import { backoffDelayMs, sleep } from '../core/retry.js'
 import { DedupSet } from './dedup.js'
 import type { StreamMetrics } from './metrics.js'
@@ -195,6 +196,11 @@ export interface StreamWorkerDeps {
   offsets?: LogOffsets
   metrics: StreamMetrics
   logger: Logger
+  /**
+   * Told of every checkpoint a flush writes, so query roles re-read the data version at once
+   * instead of polling the store for it. Optional: without it they poll.
+   */
+  progress?: ProgressPublisher
   /** Overrides the owner name recorded with epochs. */
   owner?: string
 }
@@ -520,6 +526,16 @@ export class StreamWorker {
     }
     const checkpoint = { nextOffset: state.processedNext, watermarkMs: state.watermarkMs, epoch: state.epoch }
     await this.withStoreRetry(() => store.writeCheckpoint(state.ref, checkpoint), 'write checkpoint', control)
+    // After the checkpoint, like the version it changes: a query role that hears the notice and
+    // reads the checkpoints finds this one (or a later one) with the rows it covers.
+    this.deps.progress?.publish({
+      group: state.ref.group,
+      topic: state.ref.topic,
+      partition: state.ref.partition,
+      nextOffset: checkpoint.nextOffset,
+      epoch: checkpoint.epoch,
+      writtenAtMs: Date.now(),
+    })
     state.nextOffset = checkpoint.nextOffset
     state.dirty = false
     state.lastFlushMs = Date.now()

@@ -99,6 +99,7 @@ export class BenchEnvironment {
       CASSANDRA_KEYSPACE: this.keyspace,
       TALLY_TOPIC_RAW: `${prefix}_raw`,
       TALLY_TOPIC_DEAD_LETTER: `${prefix}_dlq`,
+      TALLY_TOPIC_PROGRESS: `${prefix}_progress`,
       TALLY_STREAM_GROUP: `${prefix}_aggregate`,
       TALLY_DATA_DIR: join(this.dir, 'data', name),
       // The bench measures the pipeline, not the per-site and per-client limits.
@@ -113,6 +114,7 @@ export class BenchEnvironment {
     const config = loadConfig(env)
     this.topics.add(config.kafka.topicRaw)
     this.topics.add(config.kafka.topicDeadLetter)
+    this.topics.add(config.kafka.topicProgress)
     this.groups.add(config.stream.group)
     // The first call creates the keyspace and tables; later ones only add topics.
     const result = await migrate(config)

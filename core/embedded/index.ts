@@ -12,6 +12,7 @@ import {
 } from './batch-store.js'
 import { EmbeddedEventLog, type EmbeddedTopicSpec } from './event-log.js'
 import { type DataDirLock, dataDirLockedError, lockDataDir } from './lock.js'
+import { EmbeddedProgressBus } from './progress.js'
 import { LOG_MIGRATIONS, STORE_MIGRATIONS } from './schema.js'
 import { EmbeddedSiteStore } from './site-store.js'
 import { DatabaseLockedError, type Db, openDatabase } from './sqlite.js'
@@ -28,6 +29,11 @@ export { EmbeddedGroupConsumer, type EmbeddedGroupConsumerOptions } from './cons
 export { EmbeddedEventLog, type EmbeddedTopicSpec } from './event-log.js'
 export { LOCK_FILE } from './lock.js'
 export { partitionForKey } from './partitioner.js'
+export {
+  EmbeddedProgressBus,
+  type EmbeddedProgressListenerOptions,
+  type EmbeddedProgressPublisherOptions,
+} from './progress.js'
 export { EmbeddedSiteStore } from './site-store.js'
 export { EmbeddedStreamStore, type EmbeddedTtlConfig } from './stream-store.js'
 export { EmbeddedLogWriter } from './writer.js'
@@ -74,6 +80,8 @@ export interface EmbeddedBackend {
   readonly sites: EmbeddedSiteStore
   /** The batch layer's stores (core/ports/batch-store.ts): rebuild leases, job runs, final rows, archive commits. */
   readonly batch: EmbeddedBatchStores
+  /** Progress notices between the stream worker and the query role of this process (in memory). */
+  readonly progress: EmbeddedProgressBus
   /** Closes the log then the files and releases the data folder. Close the roles first. Repeat-safe. */
   close(): Promise<void>
 }
@@ -152,6 +160,7 @@ export function openEmbedded(options: EmbeddedOptions): EmbeddedBackend {
       ),
       sites: new EmbeddedSiteStore(storeDb),
       batch,
+      progress: new EmbeddedProgressBus(),
       close: once(async () => {
         clearInterval(timer)
         try {

@@ -1,6 +1,7 @@
 import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { embeddedPorts } from '../../core/backend.js'
 import { CassandraAggregateReader } from '../../core/cassandra/aggregate-reader.js'
 import {
   CassandraArchiveStateStore,
@@ -17,12 +18,16 @@ import { type EmbeddedBackend, openEmbedded } from '../../core/embedded/index.js
 import { createKafka, ensureTopics } from '../../core/kafka/client.js'
 import { KafkaGroupConsumer, KafkaOffsets } from '../../core/kafka/consumer.js'
 import { KafkaBatchingProducer } from '../../core/kafka/producer.js'
+import { KafkaProgressListener, KafkaProgressPublisher } from '../../core/kafka/progress.js'
+import { createLogger } from '../../core/log.js'
 import { migrate, topicSpecs } from '../../core/migrate.js'
 import type { EventLogConsumer } from '../../core/ports/event-log.js'
+import type { ProgressListener, ProgressPublisher } from '../../core/ports/progress-notices.js'
 import { cleanup, testConfig, uniqueName } from '../helpers/context.js'
 import type { AggregateStoreHarness } from './aggregate-store.js'
 import type { BatchStoreHarness } from './batch-store.js'
 import type { EventLogHarness } from './event-log.js'
+import type { ProgressHarness } from './progress-notices.js'
 import type { SiteStoreHarness } from './site-store.js'
 
 /** A fresh temporary data folder, removed by the returned function. */
@@ -125,6 +130,73 @@ export async function embeddedLogHarness(): Promise<EventLogHarness> {
     writer: () => backend.log.writer(),
     consumer: (groupId, topic) => backend.log.consumer({ groupId, topic }),
     offsets: backend.log,
+    close,
+  }
+}
+
+/** Progress notices on the real broker: a progress topic of their own, made like `tally migrate` makes it. */
+export async function kafkaProgressHarness(): Promise<ProgressHarness> {
+  const config = testConfig()
+  const kafka = createKafka(config.kafka)
+  const logger = createLogger('silent')
+  const topic = config.kafka.topicProgress
+  const spec = topicSpecs(config).find((t) => t.topic === topic)
+  if (!spec) throw new Error('topicSpecs has no progress topic')
+  await ensureTopics(kafka, [spec])
+  const opened: Array<ProgressPublisher | ProgressListener> = []
+  const junk = kafka.producer({ allowAutoTopicCreation: false })
+  let junkConnected = false
+  return {
+    publisher(onSend) {
+      const p = new KafkaProgressPublisher(kafka, { topic, logger, ...(onSend ? { onSend } : {}) })
+      opened.push(p)
+      return p
+    },
+    listener(group, streamTopic) {
+      const l = new KafkaProgressListener(kafka, { topic, group, streamTopic, logger })
+      opened.push(l)
+      return l
+    },
+    unreachablePublisher(onSend) {
+      const nowhere = createKafka(
+        { brokers: ['127.0.0.1:1'], clientId: 'tally-test' },
+        { connectionTimeoutMs: 300, requestTimeoutMs: 300, retries: 0 },
+      )
+      const p = new KafkaProgressPublisher(nowhere, { topic, logger, onSend })
+      opened.push(p)
+      return p
+    },
+    async writeJunk(value) {
+      if (!junkConnected) {
+        await junk.connect()
+        junkConnected = true
+      }
+      await junk.send({ topic, messages: [{ value }] })
+    },
+    // A group join: find the coordinator, join, sync, then the first fetch.
+    liveWithinMs: 15_000,
+    async close() {
+      for (const o of opened) await o.close()
+      if (junkConnected) await junk.disconnect()
+      const admin = kafka.admin()
+      await admin.connect()
+      try {
+        await admin.deleteTopics({ topics: [topic] })
+      } finally {
+        await admin.disconnect()
+      }
+    },
+  }
+}
+
+/** Progress notices on the embedded backend, reached through its shared ports like `tally all` does. */
+export async function embeddedProgressHarness(): Promise<ProgressHarness> {
+  const { backend, close } = openTempEmbedded()
+  const ports = embeddedPorts(backend)
+  return {
+    publisher: (onSend) => ports.progress.publisher(onSend ? { onSend } : {}),
+    listener: (group, topic) => ports.progress.listener({ group, topic }),
+    liveWithinMs: 1000,
     close,
   }
 }

@@ -21,6 +21,7 @@ export function testConfig(env: Record<string, string> = {}): TallyConfig {
     CASSANDRA_KEYSPACE: `tally_test_${id.slice(2)}`,
     TALLY_TOPIC_RAW: `test.${id}.raw`,
     TALLY_TOPIC_DEAD_LETTER: `test.${id}.dlq`,
+    TALLY_TOPIC_PROGRESS: `test.${id}.progress`,
     // A group of its own: test runs sharing a broker must not share the stream workers' group.
     TALLY_STREAM_GROUP: `test.${id}.aggregate`,
     KAFKA_PARTITIONS: '3',
@@ -37,6 +38,7 @@ export function envOf(config: TallyConfig): Record<string, string> {
     CASSANDRA_KEYSPACE: config.cassandra.keyspace,
     TALLY_TOPIC_RAW: config.kafka.topicRaw,
     TALLY_TOPIC_DEAD_LETTER: config.kafka.topicDeadLetter,
+    TALLY_TOPIC_PROGRESS: config.kafka.topicProgress,
     TALLY_STREAM_GROUP: config.stream.group,
     KAFKA_PARTITIONS: String(config.kafka.partitions),
   }
@@ -49,7 +51,9 @@ export async function cleanup(config: TallyConfig): Promise<void> {
   await admin.connect()
   try {
     const existing = new Set(await admin.listTopics())
-    const mine = [config.kafka.topicRaw, config.kafka.topicDeadLetter].filter((t) => existing.has(t))
+    const mine = [config.kafka.topicRaw, config.kafka.topicDeadLetter, config.kafka.topicProgress].filter(
+      (t) => existing.has(t),
+    )
     if (mine.length > 0) await admin.deleteTopics({ topics: mine })
   } finally {
     await admin.disconnect()

@@ -1,10 +1,13 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { generateWorkload, truthOf } from '../../bench/workload.js'
+import { embeddedPorts } from '../../core/backend.js'
 import { loadConfig } from '../../core/config.js'
 import { type EmbeddedBackend, openEmbedded } from '../../core/embedded/index.js'
 import { createLogger } from '../../core/log.js'
+import type { ProgressNotice } from '../../core/ports/progress-notices.js'
 import type { Site } from '../../core/ports/site-store.js'
 import { createStreamMetrics } from '../../stream/metrics.js'
+import { startStream } from '../../stream/role.js'
 import { StreamWorker } from '../../stream/worker.js'
 import { tempDataDir } from '../contract/backends.js'
 import { eventually } from '../helpers/context.js'
@@ -199,6 +202,71 @@ describe('stream worker on the embedded log and store', () => {
       )
       expect(paths.get('/after-poison')?.events).toBe(1)
     } finally {
+      await backend.close()
+    }
+  })
+
+  it('announces each checkpoint on the process bus: a query role hears the stored checkpoints', async () => {
+    const backend = openBackend()
+    const ports = embeddedPorts(backend)
+    const listener = ports.progress.listener({ group: config.stream.group, topic })
+    const heard: ProgressNotice[] = []
+    listener.start((n) => heard.push(n))
+    try {
+      expect(listener.live()).toBe(true)
+      const workload = generateWorkload({
+        seed: 13,
+        sites: sites.map((s) => s.siteId),
+        events: 200,
+        start: new Date(Date.now() - 60_000),
+        spanMs: 30_000,
+        lateShare: 0,
+      })
+      const writer = backend.log.writer()
+      const app = await ingestApp(config, writer, sites, logger)
+      try {
+        expect(await feed(app, workload.events, (id) => sites.find((s) => s.siteId === id)!.writeKey)).toBe(
+          workload.events.length,
+        )
+      } finally {
+        await app.close()
+        await writer.close()
+      }
+      const ends = await backend.log.endOffsets(topic)
+      const stream = await startStream(config, logger, { ports, port: 0 })
+      try {
+        await eventually(
+          async () => {
+            const progress = await backend.reader.streamProgress(config.stream.group, topic, ends.size)
+            const done = new Map(progress.map((p) => [p.partition, p.nextOffset]))
+            for (const [p, end] of ends) if ((done.get(p) ?? 0) < end) return undefined
+            return true
+          },
+          60_000,
+          'stream checkpoints at the end of the embedded log',
+        )
+      } finally {
+        await stream.close()
+      }
+      expect(await stream.registryText()).toMatch(
+        /tally_stream_progress_notices_total\{outcome="sent"\} [1-9]/,
+      )
+      // Delivery is in memory, ordered and done by the time close() resolves: the last notice of
+      // each partition is its stored checkpoint.
+      for (const partition of ends.keys()) {
+        const cp = await backend.streamStore.readCheckpoint({ group: config.stream.group, topic, partition })
+        const last = heard.filter((n) => n.partition === partition).at(-1)
+        expect(cp).toBeDefined()
+        expect(last).toMatchObject({
+          group: config.stream.group,
+          topic,
+          partition,
+          nextOffset: cp!.nextOffset,
+          epoch: cp!.epoch,
+        })
+      }
+    } finally {
+      await listener.close()
       await backend.close()
     }
   })

@@ -15,7 +15,9 @@ describe('foundation against real Kafka and Cassandra', () => {
     const first = await migrate(config)
     expect(first.cassandra.keyspaceCreated).toBe(true)
     expect(first.cassandra.applied.length).toBeGreaterThan(0)
-    expect(first.topicsCreated.sort()).toEqual([config.kafka.topicDeadLetter, config.kafka.topicRaw].sort())
+    expect(first.topicsCreated.sort()).toEqual(
+      [config.kafka.topicDeadLetter, config.kafka.topicProgress, config.kafka.topicRaw].sort(),
+    )
 
     const second = await migrate(config)
     expect(second.cassandra.keyspaceCreated).toBe(false)

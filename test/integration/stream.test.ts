@@ -5,11 +5,13 @@ import { createCassandraClient } from '../../core/cassandra/client.js'
 import { CassandraSiteStore } from '../../core/cassandra/sites.js'
 import { createKafka } from '../../core/kafka/client.js'
 import { KafkaBatchingProducer } from '../../core/kafka/producer.js'
+import { KafkaProgressListener } from '../../core/kafka/progress.js'
 import { createLogger } from '../../core/log.js'
 import { migrate } from '../../core/migrate.js'
+import type { ProgressNotice } from '../../core/ports/progress-notices.js'
 import type { Site } from '../../core/ports/site-store.js'
 import { startStream } from '../../stream/role.js'
-import { cleanup, readTopic, testConfig } from '../helpers/context.js'
+import { cleanup, eventually, readTopic, testConfig } from '../helpers/context.js'
 import { compareWithTruth, feed, ingestApp, lateInRealTime, waitCaughtUp } from '../helpers/stream.js'
 
 const config = testConfig({ TALLY_FLUSH_INTERVAL_MS: '200', TALLY_GRACE_MS: '300000', PORT: '0' })
@@ -139,5 +141,83 @@ describe('stream workers against real Kafka and Cassandra', () => {
     const now = Date.now()
     const paths = await reader.breakdown(site.siteId, 'day', 'path', now - 2 * 86_400_000, now + 86_400_000)
     expect(paths.get('/after-poison')?.events).toBe(2)
+  })
+
+  it('announces each checkpoint it writes: the last notice of a partition is its stored checkpoint', async () => {
+    const listener = new KafkaProgressListener(createKafka(config.kafka), {
+      topic: config.kafka.topicProgress,
+      group: config.stream.group,
+      streamTopic: config.kafka.topicRaw,
+      logger,
+    })
+    const heard: ProgressNotice[] = []
+    listener.start((n) => heard.push(n))
+    try {
+      await eventually(async () => (listener.live() ? true : undefined), 15_000, 'the listener to be live')
+      const workload = generateWorkload({
+        seed: 11,
+        sites: sites.map((s) => s.siteId),
+        events: 300,
+        start: new Date(Date.now() - 60_000),
+        spanMs: 30_000,
+        lateShare: 0,
+      })
+      const app = await ingestApp(config, producer, sites, logger)
+      const keyOf = (siteId: string) => sites.find((s) => s.siteId === siteId)!.writeKey
+      expect(await feed(app, workload.events, keyOf)).toBe(workload.events.length)
+      const startedMs = Date.now()
+      const stream = await startStream(config, logger)
+      let metrics: string
+      try {
+        await waitCaughtUp(config, cassandra)
+      } finally {
+        // Closing flushes what is left and sends its notices before the publisher disconnects.
+        await stream.close()
+        metrics = await stream.registryText()
+      }
+      expect(metrics).toMatch(/tally_stream_progress_notices_total\{outcome="sent"\} [1-9]/)
+      expect(metrics).not.toMatch(/tally_stream_progress_notices_total\{outcome="failed"\}/)
+      const rs = await cassandra.execute(
+        'SELECT partition, next_offset, epoch FROM stream_group_checkpoints WHERE consumer_group = ? AND topic = ?',
+        [config.stream.group, config.kafka.topicRaw],
+        { prepare: true },
+      )
+      const stored = rs.rows.map((r) => ({
+        partition: Number(r.get('partition')),
+        nextOffset: Number(r.get('next_offset')),
+        epoch: Number(r.get('epoch')),
+      }))
+      expect(stored.length).toBe(config.kafka.partitions)
+      // Every partition got new events, so every one was flushed and announced under this run's epoch.
+      const last = await eventually(
+        async () => {
+          const byPartition = new Map<number, ProgressNotice>()
+          for (const n of heard) byPartition.set(n.partition, n)
+          const caughtUp = stored.every((cp) => byPartition.get(cp.partition)?.nextOffset === cp.nextOffset)
+          return caughtUp ? byPartition : undefined
+        },
+        15_000,
+        'a notice of the last checkpoint of every partition',
+      )
+      for (const cp of stored) {
+        const n = last.get(cp.partition)!
+        expect(n).toMatchObject({
+          group: config.stream.group,
+          topic: config.kafka.topicRaw,
+          partition: cp.partition,
+          nextOffset: cp.nextOffset,
+          epoch: cp.epoch,
+        })
+        expect(n.writtenAtMs).toBeGreaterThanOrEqual(startedMs)
+        expect(n.writtenAtMs).toBeLessThanOrEqual(Date.now())
+      }
+      // Notices follow the checkpoints of each partition: offsets never go back within an epoch.
+      for (const cp of stored) {
+        const offsets = heard.filter((n) => n.partition === cp.partition).map((n) => n.nextOffset)
+        expect(offsets).toEqual([...offsets].sort((a, b) => a - b))
+      }
+    } finally {
+      await listener.close()
+    }
   })
 })

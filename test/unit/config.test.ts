@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest'
-import { loadConfig } from '../../core/config.js'
+import { CONFIG_VARIABLES, loadConfig } from '../../core/config.js'
 import { ConfigError } from '../../core/errors.js'
 
 function errorOf(env: Record<string, string>): ConfigError {
@@ -29,6 +29,32 @@ describe('loadConfig', () => {
     expect(loadConfig({ TALLY_QUERY_VERSION_MAX_AGE_MS: '250' }).query.versionMaxAgeMs).toBe(250)
     expect(errorOf({ TALLY_QUERY_VERSION_MAX_AGE_MS: '60000' }).message).toContain(
       'TALLY_QUERY_VERSION_MAX_AGE_MS',
+    )
+  })
+
+  it('re-reads a data version at least every second while progress notices are heard', () => {
+    expect(loadConfig({}).query.notifiedVersionMaxAgeMs).toBe(1000)
+    expect(loadConfig({ TALLY_QUERY_NOTIFIED_VERSION_MAX_AGE_MS: '0' }).query.notifiedVersionMaxAgeMs).toBe(0)
+    expect(
+      loadConfig({ TALLY_QUERY_NOTIFIED_VERSION_MAX_AGE_MS: '600000' }).query.notifiedVersionMaxAgeMs,
+    ).toBe(600_000)
+    expect(errorOf({ TALLY_QUERY_NOTIFIED_VERSION_MAX_AGE_MS: '600001' }).message).toContain(
+      'an integer from 0 to 600000',
+    )
+  })
+
+  it('names a progress topic of its own unless told otherwise', () => {
+    expect(loadConfig({}).kafka.topicProgress).toBe('tally.stream.progress')
+    expect(loadConfig({ TALLY_TOPIC_PROGRESS: 'test.progress' }).kafka.topicProgress).toBe('test.progress')
+  })
+
+  it('lists the progress topic and the notified version age in the help table', () => {
+    const names = CONFIG_VARIABLES.map(([name]) => name)
+    expect(names).toContain('TALLY_TOPIC_PROGRESS')
+    expect(names).toContain('TALLY_QUERY_NOTIFIED_VERSION_MAX_AGE_MS')
+    // Beside the other version setting, so the two read together in --help.
+    expect(names.indexOf('TALLY_QUERY_NOTIFIED_VERSION_MAX_AGE_MS')).toBe(
+      names.indexOf('TALLY_QUERY_VERSION_MAX_AGE_MS') + 1,
     )
   })
 
@@ -69,6 +95,8 @@ describe('loadConfig', () => {
     ['CASSANDRA_CONSISTENCY', 'MOST', 'one of ONE'],
     ['LOG_LEVEL', 'loud', 'one of fatal'],
     ['TALLY_TOPIC_RAW', 'events raw', 'Kafka topic name'],
+    ['TALLY_TOPIC_PROGRESS', 'progress/notices', 'Kafka topic name'],
+    ['TALLY_QUERY_NOTIFIED_VERSION_MAX_AGE_MS', '-1', 'an integer from 0 to 600000'],
     ['TALLY_INGEST_COMPRESSION', 'zstd', 'one of none, gzip'],
     ['TALLY_INGEST_IN_FLIGHT_BATCHES', '0', 'an integer from 1 to 16'],
   ])('rejects %s=%s naming the variable, the value and the expected form', (name, value, expected) => {
