@@ -75,37 +75,75 @@ export interface CheckpointFreshnessOptions {
   /** Checkpoints are re-read at most this often. Default 1000 ms. */
   cacheMs?: number
   /**
-   * A snapshot whose read started at most this long ago (ms) is given to new requests instead of
+   * A snapshot whose reads started at most this long ago (ms) is given to new requests instead of
    * a new read (TALLY_QUERY_VERSION_MAX_AGE_MS): bounded staleness, for sites asked far more often
    * than their data changes. Default 0: only a read still running is shared.
    */
   snapshotMaxAgeMs?: number
+  /**
+   * Whether progress notices are heard (core/ports/progress-notices.ts). While `live()`, a notice
+   * (`notify`) is what makes the checkpoints be read again, and without one a snapshot serves up to
+   * `notifiedMaxAgeMs`; otherwise `snapshotMaxAgeMs` applies.
+   */
+  notices?: { live(): boolean }
+  /**
+   * With notices heard, a snapshot's reads are redone at least this often anyway
+   * (TALLY_QUERY_NOTIFIED_VERSION_MAX_AGE_MS): a lost notice, or a rebuild's final mark, which no
+   * notice announces, waits at most this long. Default 1000 ms.
+   */
+  notifiedMaxAgeMs?: number
   /** Clock (tests). */
   now?: () => number
 }
 
 const MINUTE_MS = 60_000
 
-/** Sites whose last snapshot is remembered (snapshotMaxAgeMs > 0) before the memory is cleared. */
+/** Sites whose last reads are remembered (versions reused) before the memory is cleared. */
 const MAX_REMEMBERED_SITES = 100_000
+
+/** A read's value and when the read started (its age counts from then). */
+interface Read<T> {
+  value: T
+  startedAt: number
+}
+
+interface Progress {
+  freshness: Freshness
+  /** The checkpoints as they enter a version. */
+  key: string
+}
 
 /**
  * Freshness from the stream's checkpoints, cached briefly and shared by concurrent requests;
- * snapshots read the checkpoints and the site's final mark afresh, one read shared by the requests
- * that arrive while it runs (or, with `snapshotMaxAgeMs`, one that started at most that long ago).
- * The checkpoint read is shared by the requests of every site, the final mark's by those of one.
+ * snapshots combine two reads: the checkpoints (they belong to the stream: one read shared by the
+ * requests of every site) and the site's final mark (one read shared by the requests of one site).
+ *
+ * By default every snapshot reads both afresh (a running read is shared by the requests that
+ * arrive meanwhile). With `snapshotMaxAgeMs`, reads that started at most that long ago are reused,
+ * and redone in the background past half that age, so a busy site never waits for them. With
+ * progress notices heard, the checkpoints are read again when a notice arrives (the data moved),
+ * and otherwise only every `notifiedMaxAgeMs`: reads follow writes instead of a clock.
  */
-export class CheckpointFreshness implements SnapshotSource {
+export class CheckpointFreshness implements RecentSnapshotSource {
   private cached: Freshness | undefined
   private expires = 0
   private loading: Promise<Freshness> | undefined
-  private progressLoading: Promise<StreamProgress[]> | undefined
-  private progressStartedAt = 0
-  private readonly snapshots = new Map<string, Promise<DataSnapshot>>()
-  /** The last snapshot of each site and when its read started (only with snapshotMaxAgeMs > 0). */
-  private readonly recent = new Map<string, { startedAt: number; snapshot: DataSnapshot }>()
+  private progressLoading: Promise<Read<Progress>> | undefined
+  /** The last checkpoint read that ended (only kept while versions may be reused). */
+  private progress: Read<Progress> | undefined
+  private readonly markLoading = new Map<string, Promise<Read<string>>>()
+  /** The last final-mark read of each site that ended (only kept while versions may be reused). */
+  private readonly marks = new Map<string, Read<string>>()
+  /** The snapshot last made of each site, and the two reads it was made of. */
+  private readonly made = new Map<
+    string,
+    { progress: Read<Progress>; mark: Read<string>; snapshot: DataSnapshot }
+  >()
+  /** When the last progress notice arrived. */
+  private noticeAt = Number.NEGATIVE_INFINITY
   private readonly cacheMs: number
   private readonly snapshotMaxAgeMs: number
+  private readonly notifiedMaxAgeMs: number
   private readonly now: () => number
 
   constructor(
@@ -114,14 +152,17 @@ export class CheckpointFreshness implements SnapshotSource {
   ) {
     this.cacheMs = options.cacheMs ?? 1000
     this.snapshotMaxAgeMs = options.snapshotMaxAgeMs ?? 0
+    this.notifiedMaxAgeMs = options.notifiedMaxAgeMs ?? 1000
     this.now = options.now ?? Date.now
   }
 
   async current(): Promise<Freshness> {
     if (this.cached && this.now() < this.expires) return this.cached
-    this.loading ??= this.load().finally(() => {
-      this.loading = undefined
-    })
+    this.loading ??= this.readProgress()
+      .then((p) => p.value.freshness)
+      .finally(() => {
+        this.loading = undefined
+      })
     try {
       return await this.loading
     } catch (err) {
@@ -132,51 +173,80 @@ export class CheckpointFreshness implements SnapshotSource {
   }
 
   /**
-   * The snapshot a request may use without a read: one whose read started at most
-   * `snapshotMaxAgeMs` ago (never with the default 0), else undefined.
+   * A stream worker wrote a checkpoint: the next request reads the checkpoints again (in the
+   * background; it and those arriving meanwhile still get the version read before). Reads follow
+   * requests, so a role nobody asks reads nothing.
+   */
+  notify(): void {
+    this.noticeAt = this.now()
+  }
+
+  /**
+   * How long a read may be reused: `snapshotMaxAgeMs` (0: not at all), or `notifiedMaxAgeMs` while
+   * notices are heard (never less than the former).
+   */
+  private reuseMs(): number {
+    const base = this.snapshotMaxAgeMs
+    if (base <= 0 || !this.options.notices?.live()) return base
+    return Math.max(base, this.notifiedMaxAgeMs)
+  }
+
+  /**
+   * The snapshot a request may use without a read: one whose two reads started at most the reuse
+   * age ago (never with snapshotMaxAgeMs 0), else undefined.
    */
   recentSnapshot(siteId: string): DataSnapshot | undefined {
-    const maxAgeMs = this.snapshotMaxAgeMs
+    const maxAgeMs = this.reuseMs()
     if (maxAgeMs <= 0) return undefined
-    const last = this.recent.get(siteId)
-    if (!last) return undefined
-    const age = this.now() - last.startedAt
-    if (age > maxAgeMs) return undefined
-    // Refresh ahead: past half its age a new read starts in the background, so a site asked all
-    // the time has its next version before this one expires and no request waits for a read.
-    if (age >= maxAgeMs / 2 && !this.snapshots.has(siteId)) void this.read(siteId)
-    return last.snapshot
+    const progress = this.progress
+    const mark = this.marks.get(siteId)
+    if (!progress || !mark) return undefined
+    const t = this.now()
+    const progressAge = t - progress.startedAt
+    const markAge = t - mark.startedAt
+    if (progressAge > maxAgeMs || markAge > maxAgeMs) return undefined
+    // Refresh ahead: past half its age (or, for the checkpoints, once a notice says they moved) a
+    // read starts in the background, so a site asked all the time has its next version before
+    // this one expires and no request waits for a read.
+    if ((progressAge >= maxAgeMs / 2 || progress.startedAt <= this.noticeAt) && !this.progressLoading)
+      void this.readProgress().catch(() => undefined)
+    if (markAge >= maxAgeMs / 2 && !this.markLoading.has(siteId))
+      void this.readMark(siteId).catch(() => undefined)
+    return this.snapshotOf(siteId, progress, mark)
   }
 
   snapshot(siteId: string): Promise<DataSnapshot> {
     const recent = this.recentSnapshot(siteId)
     if (recent) return Promise.resolve(recent)
-    return this.snapshots.get(siteId) ?? this.read(siteId)
-  }
-
-  /** Starts a snapshot read of the site, shared until it ends; remembered when versions may be reused. */
-  private read(siteId: string): Promise<DataSnapshot> {
-    const startedAt = this.now()
-    const loading = this.loadSnapshot(siteId).finally(() => this.snapshots.delete(siteId))
-    if (this.snapshotMaxAgeMs > 0) {
-      loading.then(
-        ({ snapshot, progressStartedAt }) => {
-          // Its age counts from the older of its two reads (the checkpoint read may be shared).
-          const at = Math.min(startedAt, progressStartedAt)
-          const last = this.recent.get(siteId)
-          // A read that started earlier must not replace a newer one that finished first.
-          if (last && last.startedAt > at) return
-          if (this.recent.size >= MAX_REMEMBERED_SITES) this.recent.clear()
-          this.recent.set(siteId, { startedAt: at, snapshot })
-        },
-        // The caller gets the failure through `loading`; nothing is remembered.
-        () => undefined,
-      )
-    }
-    const snapshot = loading.then((r) => r.snapshot)
+    // Reads what is too old (or missing); a read still running is shared.
+    const maxAgeMs = this.reuseMs()
+    const t = this.now()
+    const usable = <T>(r: Read<T> | undefined): r is Read<T> =>
+      maxAgeMs > 0 && r !== undefined && t - r.startedAt <= maxAgeMs
+    const progress = this.progress
+    const mark = this.marks.get(siteId)
+    const snapshot = Promise.all([
+      usable(progress) ? progress : this.readProgress(),
+      usable(mark) ? mark : this.readMark(siteId),
+    ]).then(([p, m]) => this.snapshotOf(siteId, p, m))
     // A failure reaches every caller that awaits it; none is needed for it to count as handled.
     snapshot.catch(() => undefined)
-    this.snapshots.set(siteId, snapshot)
+    return snapshot
+  }
+
+  /** The site's snapshot made of two reads; made once per pair of reads (a version is a string). */
+  private snapshotOf(siteId: string, progress: Read<Progress>, mark: Read<string>): DataSnapshot {
+    const made = this.made.get(siteId)
+    if (made && made.progress === progress && made.mark === mark) return made.snapshot
+    const snapshot: DataSnapshot = {
+      freshness: progress.value.freshness,
+      version: `${mark.value}|${progress.value.key}`,
+      finalMark: mark.value,
+    }
+    if (this.snapshotMaxAgeMs > 0) {
+      if (this.made.size >= MAX_REMEMBERED_SITES) this.made.clear()
+      this.made.set(siteId, { progress, mark, snapshot })
+    }
     return snapshot
   }
 
@@ -185,37 +255,50 @@ export class CheckpointFreshness implements SnapshotSource {
    * while it runs. They belong to the stream, not to a site: a query role serving many sites makes
    * one such read at a time, not one per site.
    */
-  private readProgress(): Promise<StreamProgress[]> {
+  private readProgress(): Promise<Read<Progress>> {
     if (!this.progressLoading) {
       const { group, topic, partitions } = this.options
-      this.progressStartedAt = this.now()
-      this.progressLoading = this.reader.streamProgress(group, topic, partitions).finally(() => {
-        this.progressLoading = undefined
-      })
+      const startedAt = this.now()
+      this.progressLoading = this.reader
+        .streamProgress(group, topic, partitions)
+        .then((all) => {
+          const read = { value: this.progressOf(all), startedAt }
+          // A read that started earlier must not replace a newer one that finished first.
+          if (this.snapshotMaxAgeMs > 0 && !(this.progress && this.progress.startedAt > startedAt))
+            this.progress = read
+          return read
+        })
+        .finally(() => {
+          this.progressLoading = undefined
+        })
     }
     return this.progressLoading
   }
 
-  private async loadSnapshot(siteId: string): Promise<{ snapshot: DataSnapshot; progressStartedAt: number }> {
-    const progressRead = this.readProgress()
-    const progressStartedAt = this.progressStartedAt
-    const [progress, mark] = await Promise.all([progressRead, this.reader.finalMark(siteId)])
-    const freshness = this.freshnessOf(progress)
-    const checkpoints = progress.map(
-      (p) => `${p.partition}:${p.nextOffset}:${p.watermarkMs}:${p.updatedAtMs}`,
-    )
-    return {
-      snapshot: { freshness, version: `${mark}|${checkpoints.join(',')}`, finalMark: mark },
-      progressStartedAt,
+  /** The site's final mark, read afresh; one read shared by the callers asking while it runs. */
+  private readMark(siteId: string): Promise<Read<string>> {
+    let loading = this.markLoading.get(siteId)
+    if (!loading) {
+      const startedAt = this.now()
+      loading = this.reader
+        .finalMark(siteId)
+        .then((value) => {
+          const read = { value, startedAt }
+          const last = this.marks.get(siteId)
+          if (this.snapshotMaxAgeMs > 0 && !(last && last.startedAt > startedAt)) {
+            if (this.marks.size >= MAX_REMEMBERED_SITES) this.marks.clear()
+            this.marks.set(siteId, read)
+          }
+          return read
+        })
+        .finally(() => this.markLoading.delete(siteId))
+      this.markLoading.set(siteId, loading)
     }
+    return loading
   }
 
-  private async load(): Promise<Freshness> {
-    return this.freshnessOf(await this.readProgress())
-  }
-
-  /** Computes freshness from checkpoints and keeps it as the cached value. */
-  private freshnessOf(all: readonly StreamProgress[]): Freshness {
+  /** Freshness and the version key of checkpoints; keeps the freshness as the cached value. */
+  private progressOf(all: readonly StreamProgress[]): Progress {
     const { partitions, graceMs } = this.options
     const progress = all.filter((p) => p.watermarkMs > 0)
     const minWatermark = progress.length > 0 ? Math.min(...progress.map((p) => p.watermarkMs)) : undefined
@@ -229,6 +312,9 @@ export class CheckpointFreshness implements SnapshotSource {
     }
     this.cached = fresh
     this.expires = this.now() + this.cacheMs
-    return fresh
+    return {
+      freshness: fresh,
+      key: all.map((p) => `${p.partition}:${p.nextOffset}:${p.watermarkMs}:${p.updatedAtMs}`).join(','),
+    }
   }
 }

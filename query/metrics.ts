@@ -1,7 +1,12 @@
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client'
 
+export interface QueryMetricsOptions {
+  /** Whether the role hears the stream's progress notices now (the gauge reads it when scraped). */
+  noticesLive?: () => boolean
+}
+
 /** Prometheus metrics of the query role (served at GET /metrics). */
-export function createQueryMetrics() {
+export function createQueryMetrics(options: QueryMetricsOptions = {}) {
   const registry = new Registry()
   collectDefaultMetrics({ register: registry, prefix: 'tally_query_' })
   return {
@@ -35,6 +40,19 @@ export function createQueryMetrics() {
       help: 'Stats answers by cache outcome: hit (same query, data unchanged) or miss (computed)',
       labelNames: ['outcome'] as const,
       registers: [registry],
+    }),
+    notices: new Counter({
+      name: 'tally_query_progress_notices_total',
+      help: 'Progress notices heard from the stream workers (each makes the next request re-read the data version)',
+      registers: [registry],
+    }),
+    noticesLive: new Gauge({
+      name: 'tally_query_progress_notices_live',
+      help: '1 while the role hears the progress notices (versions re-read on notice), 0 while it polls for them',
+      registers: [registry],
+      collect() {
+        this.set(options.noticesLive?.() ? 1 : 0)
+      },
     }),
     inFlight: new Gauge({
       name: 'tally_query_in_flight_requests',

@@ -7,11 +7,13 @@ import { CassandraSiteStore } from '../core/cassandra/sites.js'
 import type { TallyConfig } from '../core/config.js'
 import { createKafka } from '../core/kafka/client.js'
 import { KafkaOffsets } from '../core/kafka/consumer.js'
+import { KafkaProgressListener } from '../core/kafka/progress.js'
 import { once } from '../core/lifecycle.js'
 import type { Logger } from '../core/log.js'
 import type { AggregateReader } from '../core/ports/aggregate-store.js'
 import type { ArchiveStateStore } from '../core/ports/batch-store.js'
 import type { LogOffsets } from '../core/ports/event-log.js'
+import type { ProgressListener } from '../core/ports/progress-notices.js'
 import type { SiteStore } from '../core/ports/site-store.js'
 import { buildQueryApp, type QueryAppDeps } from './app.js'
 import { ReadAccessCache } from './auth.js'
@@ -51,40 +53,67 @@ export async function startQuery(
   let sites: SiteStore
   let archive: Pick<ArchiveStateStore, 'progress'>
   let offsets: LogOffsets
+  /** The stream's progress notices: heard only when data versions are reused at all. */
+  let notices: ProgressListener | undefined
+  const reuseVersions = config.query.versionMaxAgeMs > 0
+  const noticeRequest = { group: config.stream.group, topic: config.kafka.topicRaw, logger }
   let release = async () => {}
   if (options.ports) {
     reader = options.ports.reader
     sites = options.ports.sites
     archive = options.ports.batch.archive
     offsets = options.ports.offsets
+    if (reuseVersions) notices = options.ports.progress.listener(noticeRequest)
   } else {
     const cassandra = createCassandraClient(config.cassandra, { keyspace: config.cassandra.keyspace })
     await cassandra.connect()
-    const kafkaOffsets = new KafkaOffsets(createKafka(config.kafka, { logger }))
+    const kafka = createKafka(config.kafka, { logger })
+    const kafkaOffsets = new KafkaOffsets(kafka)
     reader = new CassandraAggregateReader(cassandra, config.stream.hllPrecision)
     sites = new CassandraSiteStore(cassandra)
     archive = new CassandraArchiveStateStore(cassandra)
     offsets = kafkaOffsets
+    if (reuseVersions)
+      notices = new KafkaProgressListener(kafka, {
+        ...noticeRequest,
+        topic: config.kafka.topicProgress,
+        streamTopic: config.kafka.topicRaw,
+      })
     release = async () => {
       await kafkaOffsets.close().catch(() => undefined)
       await cassandra.shutdown()
     }
   }
-  const metrics = createQueryMetrics()
+  const listener = notices
+  const metrics = createQueryMetrics({ noticesLive: () => listener?.live() ?? false })
+  const freshness = new CheckpointFreshness(reader, {
+    group: config.stream.group,
+    topic: config.kafka.topicRaw,
+    partitions: config.kafka.partitions,
+    graceMs: config.stream.graceMs,
+    cacheMs: options.freshnessCacheMs ?? 1000,
+    snapshotMaxAgeMs: config.query.versionMaxAgeMs,
+    notifiedMaxAgeMs: config.query.notifiedVersionMaxAgeMs,
+    ...(listener ? { notices: listener } : {}),
+  })
+  // Until the listener hears the bus (joining takes a moment; Kafka may be away), versions are
+  // polled every TALLY_QUERY_VERSION_MAX_AGE_MS; the role serves meanwhile.
+  listener?.start(() => {
+    metrics.notices.inc()
+    freshness.notify()
+  })
+  const releaseStores = release
+  release = async () => {
+    await listener?.close()
+    await releaseStores()
+  }
   try {
     const app = await buildQueryApp({
       reader,
       auth: new ReadAccessCache(sites, {
         ttlMs: options.siteCacheTtlMs ?? config.ingest.siteCacheTtlMs,
       }),
-      freshness: new CheckpointFreshness(reader, {
-        group: config.stream.group,
-        topic: config.kafka.topicRaw,
-        partitions: config.kafka.partitions,
-        graceMs: config.stream.graceMs,
-        cacheMs: options.freshnessCacheMs ?? 1000,
-        snapshotMaxAgeMs: config.query.versionMaxAgeMs,
-      }),
+      freshness,
       logger,
       hllPrecision: config.stream.hllPrecision,
       retentionSeconds: config.stream.ttlSeconds,

@@ -10,6 +10,7 @@ import { basicAuth, postJson } from '../harness/feed.js'
 import { failures, runLoad } from '../harness/load.js'
 import { loadThroughPipeline, waitCaughtUp } from '../harness/pipeline.js'
 import { type Child, spawnBareFastify, spawnRole, urlOf } from '../harness/proc.js'
+import { metricSum, scrape } from '../harness/prometheus.js'
 import type { Check, Figure, Ratio, Target } from '../harness/report.js'
 import { Comparison, VisitorSketches } from '../harness/verify.js'
 import {
@@ -338,6 +339,13 @@ async function run(ctx: ScenarioContext): Promise<ScenarioOutcome> {
         ctx.say(`query.${kind}: ${CONNECTIONS} clients for ${seconds} s`)
         await runLoad(target, { connections: CONNECTIONS, durationSec: 1 })
         const r = await runLoad(target, { connections: CONNECTIONS, durationSec: seconds })
+        // Whether the role heard the stream's progress notices (versions kept until one arrives) or
+        // polled for versions meanwhile.
+        const roleMetrics = await scrape(base)
+        const notices = {
+          progressNoticesLive: metricSum(roleMetrics, 'tally_query_progress_notices_live'),
+          progressNoticesHeard: metricSum(roleMetrics, 'tally_query_progress_notices_total'),
+        }
         // Requests cut off by the end of the run may still be running in the server: let it finish them.
         checks.push(
           await verify('after the load', 12).catch(
@@ -352,7 +360,7 @@ async function run(ctx: ScenarioContext): Promise<ScenarioOutcome> {
             `${CONNECTIONS} concurrent clients (closed loop, each sends its next request when answered); no new data meanwhile, so answers come from the query role's cache after the first`,
             query,
             checks,
-            {},
+            notices,
           ),
         )
         if (strict) {
@@ -374,7 +382,7 @@ async function run(ctx: ScenarioContext): Promise<ScenarioOutcome> {
               kind,
               'tally (version read per request)',
               sr,
-              `${CONNECTIONS} concurrent clients, cached answers; TALLY_QUERY_VERSION_MAX_AGE_MS=0: every request reads the data version (one read shared by the requests arriving while it runs) instead of reusing one read at most ${reuseMs} ms ago`,
+              `${CONNECTIONS} concurrent clients, cached answers; TALLY_QUERY_VERSION_MAX_AGE_MS=0: every request reads the data version (one read shared by the requests arriving while it runs) instead of reusing one (re-read after each progress notice, else every ${scenario.config.query.notifiedVersionMaxAgeMs} ms; every ${reuseMs} ms while notices are not heard)`,
               strict,
               strictChecks,
               {},

@@ -12,7 +12,7 @@ const GRACE = 60_000
 
 /** A store whose reads wait until released, counting them; `offset` is the checkpoint's next offset. */
 function store() {
-  const state = { offset: 1, mark: 'm1', reads: 0, fail: false }
+  const state = { offset: 1, mark: 'm1', reads: 0, markReads: 0, fail: false }
   const waiting: Array<() => void> = []
   const reader = {
     streamProgress: async (): Promise<StreamProgress[]> => {
@@ -23,7 +23,10 @@ function store() {
       if (fail) throw new Error('store down')
       return [{ partition: 0, nextOffset: offset, watermarkMs: 1_000_000, updatedAtMs: offset }]
     },
-    finalMark: async () => state.mark,
+    finalMark: async () => {
+      state.markReads++
+      return state.mark
+    },
   }
   /** Lets every read started so far finish. */
   const release = async () => {
@@ -49,10 +52,10 @@ function source(
 }
 
 /** A source reusing versions for `maxAgeMs`, whose first snapshot of 'site' was read at time 0. */
-async function reusing(maxAgeMs: number) {
+async function reusing(maxAgeMs: number, options: Partial<CheckpointFreshnessOptions> = {}) {
   const s = store()
   const clock = { t: 0 }
-  const f = source(s, clock, { snapshotMaxAgeMs: maxAgeMs })
+  const f = source(s, clock, { snapshotMaxAgeMs: maxAgeMs, ...options })
   const first = f.snapshot('site')
   await s.release()
   return { s, clock, f, v1: (await first).version }
@@ -120,10 +123,12 @@ describe('CheckpointFreshness.snapshot', () => {
     expect(s.state.reads).toBe(2)
     await s.release()
     expect((await later).version).not.toBe(v1)
-    // Sites are apart.
-    void f.snapshot('other')
-    expect(s.state.reads).toBe(3)
-    await s.release()
+    // Another site reuses the checkpoints just read and reads only its own final mark.
+    const marksBefore = s.state.markReads
+    const other = await f.snapshot('other')
+    expect(s.state.reads).toBe(2)
+    expect(s.state.markReads).toBe(marksBefore + 1)
+    expect(other.version.split('|')[1]).toBe((await later).version.split('|')[1])
   })
 
   it('with snapshotMaxAgeMs, reads ahead past half the age: requests keep the old version meanwhile, then have the new one without waiting', async () => {
@@ -172,5 +177,91 @@ describe('CheckpointFreshness.snapshot', () => {
     expect(s.state.reads).toBe(2)
     await s.release()
     expect((await next).version).toContain('m1|')
+  })
+})
+
+describe('CheckpointFreshness with progress notices', () => {
+  /** Versions reused for 100 ms when polling, 1000 ms while notices are heard. */
+  async function notified() {
+    const bus = { live: true }
+    const r = await reusing(100, { notices: { live: () => bus.live }, notifiedMaxAgeMs: 1000 })
+    return { ...r, bus }
+  }
+
+  it('while notices are heard, reuses a version up to notifiedMaxAgeMs with no read', async () => {
+    const { s, clock, f, v1 } = await notified()
+    s.state.offset = 2
+    clock.t = 499
+    expect(f.recentSnapshot('site')?.version).toBe(v1)
+    expect([s.state.reads, s.state.markReads]).toEqual([1, 1])
+    // Past half that age both reads are redone in the background; the old version serves meanwhile.
+    clock.t = 500
+    expect(f.recentSnapshot('site')?.version).toBe(v1)
+    expect([s.state.reads, s.state.markReads]).toEqual([2, 2])
+    await s.release()
+    expect(f.recentSnapshot('site')?.version).not.toBe(v1)
+  })
+
+  it('a notice makes the next request read the checkpoints (not the final mark) and later ones see the write', async () => {
+    const { s, clock, f, v1 } = await notified()
+    s.state.offset = 2
+    clock.t = 10
+    f.notify()
+    clock.t = 11
+    // The request that finds the notice starts one read and still gets the version read before.
+    expect(f.recentSnapshot('site')?.version).toBe(v1)
+    expect(f.recentSnapshot('site')?.version).toBe(v1)
+    expect([s.state.reads, s.state.markReads]).toEqual([2, 1])
+    await s.release()
+    const v2 = f.recentSnapshot('site')?.version
+    expect(v2).not.toBe(v1)
+    expect(v2?.startsWith('m1|')).toBe(true)
+    // No notice since: no more reads.
+    clock.t = 400
+    expect(f.recentSnapshot('site')?.version).toBe(v2)
+    expect(s.state.reads).toBe(2)
+  })
+
+  it('a notice arriving while a checkpoint read runs makes the read after it happen', async () => {
+    const { s, clock, f, v1 } = await notified()
+    clock.t = 10
+    f.notify()
+    expect(f.recentSnapshot('site')?.version).toBe(v1)
+    expect(s.state.reads).toBe(2)
+    // This read may have started before the write the next notice announces.
+    s.state.offset = 3
+    clock.t = 12
+    f.notify()
+    await s.release()
+    clock.t = 13
+    f.recentSnapshot('site')
+    expect(s.state.reads).toBe(3)
+    await s.release()
+    expect(f.recentSnapshot('site')?.version).toContain(':3:')
+  })
+
+  it('when notices are not heard, falls back to snapshotMaxAgeMs', async () => {
+    const { s, clock, f, bus, v1 } = await notified()
+    bus.live = false
+    s.state.offset = 2
+    clock.t = 101
+    expect(f.recentSnapshot('site')).toBeUndefined()
+    const next = f.snapshot('site')
+    await s.release()
+    expect((await next).version).not.toBe(v1)
+  })
+
+  it('with snapshotMaxAgeMs 0 (a read per request) notices change nothing', async () => {
+    const s = store()
+    const clock = { t: 0 }
+    const f = source(s, clock, { snapshotMaxAgeMs: 0, notices: { live: () => true }, notifiedMaxAgeMs: 1000 })
+    const a = f.snapshot('site')
+    await s.release()
+    await a
+    expect(f.recentSnapshot('site')).toBeUndefined()
+    const b = f.snapshot('site')
+    expect([s.state.reads, s.state.markReads]).toEqual([2, 2])
+    await s.release()
+    await b
   })
 })
