@@ -141,6 +141,9 @@ export class CheckpointFreshness implements RecentSnapshotSource {
   >()
   /** When the last progress notice arrived. */
   private noticeAt = Number.NEGATIVE_INFINITY
+  /** Whether the notices were heard at the last look, and since when. */
+  private wasLive = false
+  private liveSince = Number.NEGATIVE_INFINITY
   private readonly cacheMs: number
   private readonly snapshotMaxAgeMs: number
   private readonly notifiedMaxAgeMs: number
@@ -187,8 +190,21 @@ export class CheckpointFreshness implements RecentSnapshotSource {
    */
   private reuseMs(): number {
     const base = this.snapshotMaxAgeMs
-    if (base <= 0 || !this.options.notices?.live()) return base
-    return Math.max(base, this.notifiedMaxAgeMs)
+    if (base <= 0 || !this.options.notices) return base
+    const live = this.options.notices.live()
+    // Checkpoints written while the bus was not heard (starting, Kafka away) had no notice here:
+    // becoming live counts as one, so reads older than that are not kept for the longer age.
+    if (live && !this.wasLive) this.liveSince = this.now()
+    this.wasLive = live
+    return live ? Math.max(base, this.notifiedMaxAgeMs) : base
+  }
+
+  /**
+   * The checkpoints of `read` may be older than the last notice (a read that started in the same
+   * millisecond may too), or than the moment the bus became heard.
+   */
+  private outdated(read: Read<Progress>): boolean {
+    return read.startedAt <= this.noticeAt || read.startedAt < this.liveSince
   }
 
   /**
@@ -199,17 +215,19 @@ export class CheckpointFreshness implements RecentSnapshotSource {
     const maxAgeMs = this.reuseMs()
     if (maxAgeMs <= 0) return undefined
     const progress = this.progress
+    // Once a notice says the checkpoints moved, the next request starts their read in the
+    // background whatever else it finds (a site asked for the first time included).
+    if (progress && this.outdated(progress) && !this.progressLoading)
+      void this.readProgress().catch(() => undefined)
     const mark = this.marks.get(siteId)
     if (!progress || !mark) return undefined
     const t = this.now()
     const progressAge = t - progress.startedAt
     const markAge = t - mark.startedAt
     if (progressAge > maxAgeMs || markAge > maxAgeMs) return undefined
-    // Refresh ahead: past half its age (or, for the checkpoints, once a notice says they moved) a
-    // read starts in the background, so a site asked all the time has its next version before
-    // this one expires and no request waits for a read.
-    if ((progressAge >= maxAgeMs / 2 || progress.startedAt <= this.noticeAt) && !this.progressLoading)
-      void this.readProgress().catch(() => undefined)
+    // Refresh ahead: past half its age a read starts in the background, so a site asked all the
+    // time has its next version before this one expires and no request waits for a read.
+    if (progressAge >= maxAgeMs / 2 && !this.progressLoading) void this.readProgress().catch(() => undefined)
     if (markAge >= maxAgeMs / 2 && !this.markLoading.has(siteId))
       void this.readMark(siteId).catch(() => undefined)
     return this.snapshotOf(siteId, progress, mark)
@@ -225,8 +243,10 @@ export class CheckpointFreshness implements RecentSnapshotSource {
       maxAgeMs > 0 && r !== undefined && t - r.startedAt <= maxAgeMs
     const progress = this.progress
     const mark = this.marks.get(siteId)
+    // This request waits for a read anyway: checkpoints older than the last notice are read again
+    // with it (or the read already running is shared).
     const snapshot = Promise.all([
-      usable(progress) ? progress : this.readProgress(),
+      usable(progress) && !this.outdated(progress) ? progress : this.readProgress(),
       usable(mark) ? mark : this.readMark(siteId),
     ]).then(([p, m]) => this.snapshotOf(siteId, p, m))
     // A failure reaches every caller that awaits it; none is needed for it to count as handled.

@@ -293,8 +293,11 @@ export class KafkaProgressListener implements ProgressListener {
         }
       })
       try {
+        // close() may come during any of these steps: none after it starts (the disconnect below ends it).
         await consumer.connect()
+        if (signal.aborted) throw new Error('closed')
         await consumer.subscribe({ topic, fromBeginning: false })
+        if (signal.aborted) throw new Error('closed')
         await consumer.run({
           autoCommit: false,
           eachMessage: async ({ partition, message }) => {

@@ -240,6 +240,35 @@ describe('CheckpointFreshness with progress notices', () => {
     expect(f.recentSnapshot('site')?.version).toContain(':3:')
   })
 
+  it("after a notice, a site's first request reads the checkpoints with its final mark", async () => {
+    const { s, clock, f, v1 } = await notified()
+    s.state.offset = 2
+    clock.t = 10
+    f.notify()
+    clock.t = 11
+    expect(f.recentSnapshot('other')).toBeUndefined()
+    const other = f.snapshot('other')
+    expect([s.state.reads, s.state.markReads]).toEqual([2, 2])
+    await s.release()
+    const seen = await other
+    expect(seen.version.split('|')[1]).not.toBe(v1.split('|')[1])
+    expect(seen.version).toContain(':2:')
+  })
+
+  it('the bus becoming heard counts as a notice: checkpoints read before are read again', async () => {
+    const { s, clock, f, bus, v1 } = await notified()
+    // Not heard at first (polling): a write meanwhile, read within 100 ms as before.
+    bus.live = false
+    expect(f.recentSnapshot('site')?.version).toBe(v1)
+    s.state.offset = 2
+    bus.live = true
+    clock.t = 20
+    expect(f.recentSnapshot('site')?.version).toBe(v1)
+    expect(s.state.reads).toBe(2)
+    await s.release()
+    expect(f.recentSnapshot('site')?.version).toContain(':2:')
+  })
+
   it('when notices are not heard, falls back to snapshotMaxAgeMs', async () => {
     const { s, clock, f, bus, v1 } = await notified()
     bus.live = false
