@@ -8,7 +8,7 @@ import { errorMessage } from '../errors.js'
 import { once } from '../lifecycle.js'
 import type { Logger } from '../log.js'
 import type { ProgressListener, ProgressNotice, ProgressPublisher } from '../ports/progress-notices.js'
-import { backoffDelayMs } from '../retry.js'
+import { backoffDelayMs, sleep } from '../retry.js'
 
 /**
  * Progress notices on a Kafka topic (config.kafka.topicProgress): JSON values keyed by
@@ -39,6 +39,13 @@ function decodeNotice(value: Buffer | null): ProgressNotice | undefined {
   if (!noticeCheck.Check(parsed)) return undefined
   const { group, topic, partition, nextOffset, epoch, writtenAtMs } = parsed
   return { group, topic, partition, nextOffset, epoch, writtenAtMs }
+}
+
+/** Waits for `work` (which never rejects) to end, but at most `ms`. */
+async function settledWithin(work: Promise<void>, ms: number): Promise<void> {
+  const stop = new AbortController()
+  await Promise.race([work, sleep(ms, stop.signal).catch(() => undefined)])
+  stop.abort()
 }
 
 function encodeNotice(n: ProgressNotice): string {
@@ -161,16 +168,7 @@ export class KafkaProgressPublisher implements ProgressPublisher {
   private async shutdown(): Promise<void> {
     this.closed = true
     const sending = this.sending
-    if (sending) {
-      let timer: NodeJS.Timeout | undefined
-      await Promise.race([
-        sending,
-        new Promise<void>((resolve) => {
-          timer = setTimeout(resolve, this.options.closeTimeoutMs ?? 2000)
-        }),
-      ])
-      clearTimeout(timer)
-    }
+    if (sending) await settledWithin(sending, this.options.closeTimeoutMs ?? 2000)
     if (this.pending.length > 0) {
       const left = this.pending.length
       this.pending = []
@@ -320,14 +318,8 @@ export class KafkaProgressListener implements ProgressListener {
       })
       if (signal.aborted) break
       failures++
-      let timer: NodeJS.Timeout | undefined
-      await Promise.race([
-        new Promise<void>((resolve) => {
-          timer = setTimeout(resolve, backoffDelayMs(failures, 500, 10_000))
-        }),
-        this.stopped,
-      ])
-      clearTimeout(timer)
+      // Cut short by close().
+      await sleep(backoffDelayMs(failures, 500, 10_000), signal).catch(() => undefined)
     }
   }
 
@@ -354,13 +346,6 @@ export class KafkaProgressListener implements ProgressListener {
     await this.consumer?.disconnect().catch((err: unknown) => {
       this.options.logger.debug({ err: errorMessage(err) }, 'progress listener did not disconnect cleanly')
     })
-    let timer: NodeJS.Timeout | undefined
-    await Promise.race([
-      running,
-      new Promise<void>((resolve) => {
-        timer = setTimeout(resolve, this.options.closeTimeoutMs ?? 5000)
-      }),
-    ])
-    clearTimeout(timer)
+    await settledWithin(running, this.options.closeTimeoutMs ?? 5000)
   }
 }
