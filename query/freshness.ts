@@ -121,13 +121,12 @@ interface Progress {
  * By default every snapshot reads both afresh (a running read is shared by the requests that
  * arrive meanwhile). With `snapshotMaxAgeMs`, reads that started at most that long ago are reused,
  * and redone in the background past half that age, so a busy site never waits for them. With
- * progress notices heard, the checkpoints are read again when a notice arrives (the data moved),
- * and otherwise only every `notifiedMaxAgeMs`: reads follow writes instead of a clock.
+ * progress notices heard, the checkpoints are read again after a notice (the data moved), and
+ * otherwise only from half of `notifiedMaxAgeMs` on: reads follow writes instead of a clock.
  */
 export class CheckpointFreshness implements RecentSnapshotSource {
   private cached: Freshness | undefined
   private expires = 0
-  private loading: Promise<Freshness> | undefined
   private progressLoading: Promise<Read<Progress>> | undefined
   /** The last checkpoint read that ended (only kept while versions may be reused). */
   private progress: Read<Progress> | undefined
@@ -161,13 +160,9 @@ export class CheckpointFreshness implements RecentSnapshotSource {
 
   async current(): Promise<Freshness> {
     if (this.cached && this.now() < this.expires) return this.cached
-    this.loading ??= this.readProgress()
-      .then((p) => p.value.freshness)
-      .finally(() => {
-        this.loading = undefined
-      })
     try {
-      return await this.loading
+      // A checkpoint read already running is shared (readProgress).
+      return (await this.readProgress()).value.freshness
     } catch (err) {
       // Meta must not fail an answer: the last value is still a correct lower bound.
       if (this.cached) return this.cached
