@@ -2,7 +2,7 @@ import { Compile } from 'typebox/compile'
 import { dimensionsOf, visitorId } from '../core/aggregate/definition.js'
 import { hash64 } from '../core/hll.js'
 import type { ConsumedRecord } from '../core/ports/event-log.js'
-import { HEADERS, RAW_EVENT_SCHEMA_VERSION, RawEventV1 } from '../schemas/events.js'
+import { HEADERS, RAW_EVENT_SCHEMA_VERSION, RawEventV1, requestIdOf } from '../schemas/events.js'
 import type { ArchivedEvent } from './segment-writer.js'
 
 const rawEvent = Compile(RawEventV1)
@@ -71,7 +71,7 @@ export function decodeRecord(record: ConsumedRecord): DecodeResult {
       imported: value.imported === true,
       offset: record.offset,
       traceparent: record.headers[HEADERS.traceparent],
-      requestId: record.headers[HEADERS.requestId],
+      requestId: requestIdOf(record.headers),
       raw: record.value,
     },
   }

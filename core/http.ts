@@ -5,14 +5,13 @@ import Fastify, {
   type FastifyServerOptions,
   LogController,
 } from 'fastify'
+import { traceIdOf, ZERO_TRACE_ID } from '../schemas/events.js'
 import { TallyError } from './errors.js'
 import type { Logger } from './log.js'
 
-const TRACEPARENT = /^00-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$/
 const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/
 
 const TRACE_ID = /^[0-9a-f]{32}$/
-const ZERO_TRACE_ID = '0'.repeat(32)
 
 // Ids come from a pool filled 4 KiB at a time: one randomBytes call per id costs a system call
 // and a buffer each, several per request.
@@ -47,8 +46,8 @@ export function traceContext(
   traceId: string
 } {
   const value = Array.isArray(header) ? header[0] : header
-  const m = value ? TRACEPARENT.exec(value) : null
-  if (m && m[1] !== ZERO_TRACE_ID) return { traceparent: value!, traceId: m[1]! }
+  const given = traceIdOf(value)
+  if (given !== undefined) return { traceparent: value!, traceId: given }
   const traceId =
     fallbackTraceId !== undefined && TRACE_ID.test(fallbackTraceId) && fallbackTraceId !== ZERO_TRACE_ID
       ? fallbackTraceId
@@ -57,10 +56,8 @@ export function traceContext(
 }
 
 /** The trace id of a valid incoming traceparent, else a new one (no span id is made for it). */
-function traceIdOf(header: string | string[] | undefined): string {
-  const value = Array.isArray(header) ? header[0] : header
-  const m = value ? TRACEPARENT.exec(value) : null
-  return m && m[1] !== ZERO_TRACE_ID ? m[1]! : newTraceId()
+function traceIdOrNew(header: string | string[] | undefined): string {
+  return traceIdOf(Array.isArray(header) ? header[0] : header) ?? newTraceId()
 }
 
 export interface HttpServerOptions {
@@ -141,7 +138,7 @@ export function createHttpServer(options: HttpServerOptions): FastifyInstance {
     genReqId: (req) => {
       const given = req.headers['x-request-id']
       if (typeof given === 'string' && REQUEST_ID.test(given)) return given
-      return traceIdOf(req.headers.traceparent)
+      return traceIdOrNew(req.headers.traceparent)
     },
   }
   const app = Fastify(serverOptions) as unknown as FastifyInstance

@@ -57,6 +57,8 @@ function writeKeyOf(req: FastifyRequest, body: Body | undefined): string | undef
   return typeof fromBody === 'string' && fromBody !== '' ? fromBody : undefined
 }
 
+const SCHEMA_VERSION = String(RAW_EVENT_SCHEMA_VERSION)
+
 function statusOfRejection(code: string): number {
   return code === 'TALLY_ERR_EVENT_TOO_LARGE' ? 413 : 400
 }
@@ -268,12 +270,20 @@ export async function buildIngestApp(deps: IngestDeps): Promise<FastifyInstance>
     // visitor. Browsers (beacons, analytics.js, the pixel) send the key in the body or the URL.
     const userAgent = req.headers.authorization ? undefined : req.headers['user-agent']
     const trace = traceContext(req.headers.traceparent, req.id)
-    const headers = {
-      [HEADERS.traceparent]: trace.traceparent,
-      [HEADERS.requestId]: req.id,
-      [HEADERS.schemaVersion]: String(RAW_EVENT_SCHEMA_VERSION),
-      [HEADERS.siteId]: site.siteId,
-    }
+    // The request id rides in its own header only when it is not the trace id (see HEADERS).
+    const headers: Record<string, string> =
+      req.id === trace.traceId
+        ? {
+            [HEADERS.traceparent]: trace.traceparent,
+            [HEADERS.schemaVersion]: SCHEMA_VERSION,
+            [HEADERS.siteId]: site.siteId,
+          }
+        : {
+            [HEADERS.traceparent]: trace.traceparent,
+            [HEADERS.requestId]: req.id,
+            [HEADERS.schemaVersion]: SCHEMA_VERSION,
+            [HEADERS.siteId]: site.siteId,
+          }
     const records: LogRecord[] = []
     const rejected: Array<Rejection & { index: number }> = []
     for (let index = 0; index < items.length; index++) {

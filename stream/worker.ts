@@ -27,6 +27,7 @@ import type {
 } from '../core/ports/event-log.js'
 import type { ProgressPublisher } from '../core/ports/progress-notices.js'
 import { backoffDelayMs, sleep } from '../core/retry.js'
+import { requestIdOf } from '../schemas/events.js'
 import { DedupSet } from './dedup.js'
 import type { StreamMetrics } from './metrics.js'
 import { classify, decode, dedup, validate } from './pipeline.js'
@@ -472,7 +473,7 @@ export class StreamWorker {
           sourcePartition: state.ref.partition,
           sourceOffset: i.offset,
           traceparent: i.headers.traceparent ?? null,
-          requestId: i.headers['x-request-id'] ?? null,
+          requestId: requestIdOf(i.headers) ?? null,
           consumerGroup: this.deps.config.group,
           at: new Date().toISOString(),
           original: i.value ? i.value.toString('base64') : null,
