@@ -1,15 +1,16 @@
 import { CassandraAggregateReader } from '../../core/cassandra/aggregate-reader.js'
 import type { TallyConfig } from '../../core/config.js'
 import {
+  benchScript,
   pick,
   type ScenarioContext,
   type ScenarioDefinition,
   type ScenarioOutcome,
 } from '../harness/context.js'
 import { importEvents } from '../harness/feed.js'
-import { type Child, spawnRole, urlOf } from '../harness/proc.js'
+import { type Child, runNode, spawnRole, urlOf } from '../harness/proc.js'
 import { metricSum, scrape } from '../harness/prometheus.js'
-import type { Check, Figure, Target } from '../harness/report.js'
+import type { Check, Figure, Ratio, Target } from '../harness/report.js'
 import { round } from '../harness/stats.js'
 import { compareStore, VisitorSketches } from '../harness/verify.js'
 import { generateWorkload } from '../workload.js'
@@ -19,7 +20,9 @@ import { measureFreshness } from './freshness.js'
  * Stream: (1) events/s of one worker process from Kafka into Cassandra — N events are loaded into a
  * fresh topic first (through the ingest role's /v1/import), then one `tally stream` starts and the
  * clock runs until every partition's checkpoint reaches the end of the topic; every window and
- * breakdown it wrote is then compared with the truth. (2) Freshness under load: see freshness.ts.
+ * breakdown it wrote is then compared with the truth. Its peer, a bare kafkajs consumer that only
+ * decodes and parses each record (bench/peers/bare-consumer.ts), then reads the same topic.
+ * (2) Freshness under load: see freshness.ts.
  */
 
 const SITES = ['bench-s1', 'bench-s2', 'bench-s3']
@@ -65,7 +68,60 @@ async function watchCatchUp(
   )
 }
 
-async function throughput(ctx: ScenarioContext): Promise<{ figure: Figure; targets: Target[] }> {
+interface Part {
+  figures: Figure[]
+  ratios: Ratio[]
+  targets: Target[]
+}
+
+/**
+ * The bare kafkajs consumer over the same topic, in a group of its own: events/s from its first
+ * batch to its last record.
+ */
+async function bareConsumer(
+  ctx: ScenarioContext,
+  env: Record<string, string>,
+  topic: string,
+  group: string,
+  records: number,
+): Promise<Figure> {
+  const timeoutMs = pick(ctx, 300_000, 120_000)
+  const run = await runNode({
+    name: 'bare-consumer',
+    args: [benchScript('peers/bare-consumer.js')],
+    env: {
+      KAFKA_BROKERS: env.KAFKA_BROKERS!,
+      TOPIC: topic,
+      GROUP: group,
+      EXPECT: String(records),
+      TIMEOUT_MS: String(timeoutMs),
+    },
+    logDir: ctx.env.logDir,
+    timeoutMs: timeoutMs + 30_000,
+  })
+  const last = run.lines.at(-1)
+  const result = last?.startsWith('{') ? (JSON.parse(last) as Record<string, number>) : undefined
+  if (run.code !== 0 || !result)
+    throw new Error(`the bare consumer failed (exit ${run.code}, log ${run.logFile})`)
+  const seconds = (result.doneMs! - result.firstRecordMs!) / 1000
+  return {
+    scenario: 'stream.throughput',
+    system: 'bare kafkajs consumer',
+    status: result.records === records ? 'ok' : 'failed',
+    throughput: {
+      value: result.records! / seconds,
+      unit: 'events/s',
+      what: "one kafkajs consumer process with the worker's fetch settings, decoding and JSON-parsing every record and nothing else, from its first batch to the end of the topic",
+    },
+    ...(run.peakRssBytes !== undefined ? { peakRssBytes: run.peakRssBytes } : {}),
+    checks: [
+      { ok: result.records === records, detail: `records read: ${result.records} = ${records} in the topic` },
+    ],
+    details: { seconds: round(seconds), pageviewRecords: result.pageviews },
+  }
+}
+
+async function throughput(ctx: ScenarioContext): Promise<Part> {
   const now = Date.now()
   const { env, config } = await ctx.env.scenario('stream', { TALLY_GRACE_MS: String(2 * 3_600_000) })
   const keys = await ctx.env.createSites(config, SITES)
@@ -146,8 +202,29 @@ async function throughput(ctx: ScenarioContext): Promise<{ figure: Figure; targe
         secondsSpawnToReady: round((readyMs - t0) / 1000),
       },
     }
+    ctx.say('stream: the bare kafkajs consumer reads the same topic')
+    // The peer failing leaves Tally's figure standing.
+    const bare = await bareConsumer(ctx, env, config.kafka.topicRaw, `${config.stream.group}_bare`, n).catch(
+      (err: unknown): Figure => ({
+        scenario: 'stream.throughput',
+        system: 'bare kafkajs consumer',
+        status: 'failed',
+        reason: (err as Error).message,
+        checks: [],
+      }),
+    )
     return {
-      figure,
+      figures: [figure, bare],
+      ratios:
+        bare.status === 'ok' && bare.throughput
+          ? [
+              {
+                scenario: 'stream.throughput',
+                metric: 'events/s Tally worker / bare kafkajs consumer',
+                value: steadyRate / bare.throughput.value,
+              },
+            ]
+          : [],
       targets: [
         {
           scenario: 'stream.throughput',
@@ -166,15 +243,23 @@ async function throughput(ctx: ScenarioContext): Promise<{ figure: Figure; targe
 
 async function run(ctx: ScenarioContext): Promise<ScenarioOutcome> {
   const figures: Figure[] = []
+  const ratios: Ratio[] = []
   const targets: Target[] = []
   // The two parts are independent: one failing does not keep the other from being measured.
   for (const [scenario, part] of [
     ['stream.throughput', throughput],
-    ['stream.freshness', measureFreshness],
+    [
+      'stream.freshness',
+      async (c: ScenarioContext): Promise<Part> => {
+        const r = await measureFreshness(c)
+        return { figures: [r.figure], ratios: [], targets: r.targets }
+      },
+    ],
   ] as const) {
     try {
       const r = await part(ctx)
-      figures.push(r.figure)
+      figures.push(...r.figures)
+      ratios.push(...r.ratios)
       targets.push(...r.targets)
     } catch (err) {
       ctx.say(`${scenario} failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}`)
@@ -187,7 +272,7 @@ async function run(ctx: ScenarioContext): Promise<ScenarioOutcome> {
       })
     }
   }
-  return { figures, ratios: [], targets }
+  return { figures, ratios, targets }
 }
 
 export const streamScenario: ScenarioDefinition = {
