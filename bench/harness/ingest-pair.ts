@@ -1,6 +1,6 @@
 import { generateWorkload } from '../workload.js'
 import { pick, type ScenarioContext } from './context.js'
-import { failures, type LoadResult, type LoadTarget, runLoad } from './load.js'
+import { failures, type LoadResult, type LoadTarget, runLoad, runPaced } from './load.js'
 import type { Check, Figure } from './report.js'
 import { round } from './stats.js'
 
@@ -28,10 +28,19 @@ export interface Phase {
   peaks: LoadResult[]
   /** The best of `peaks`: the figure. */
   peak: LoadResult
+  /** A short run at the half rate first: the paced client's own warm-up, not measured. */
+  halfWarmup: LoadResult
   half: LoadResult
 }
 
 export const ROUNDS = 2
+/** Seconds of the unmeasured paced run before the half-rate one. */
+const HALF_WARMUP_SEC = 2
+
+/** Every run of a phase (each one's events are in the log). */
+function runsOf(p: Phase): LoadResult[] {
+  return [p.warmup, ...p.peaks, p.halfWarmup, p.half]
+}
 
 /**
  * The workload's bodies for one site: single-event /v1/track bodies (64 connections) and
@@ -129,13 +138,19 @@ export async function measurePair(
     )
     const rate = Math.max(1, Math.floor(peak.okPerSec / 2))
     await beforeRun(w)
-    const half = await runLoad(t(w), {
+    const halfWarmup = await runPaced(t(w), {
       connections: ep.connections,
-      overallRate: rate,
+      rate,
+      amount: Math.max(ep.connections, Math.round(rate * HALF_WARMUP_SEC)),
+      capSec: HALF_WARMUP_SEC * 3,
+    })
+    const half = await runPaced(t(w), {
+      connections: ep.connections,
+      rate,
       amount: Math.max(ep.connections, Math.round(rate * seconds)),
       capSec: seconds * 3,
     })
-    out[w] = { warmup: warmup[w], peaks: peaks[w], peak, half }
+    out[w] = { warmup: warmup[w], peaks: peaks[w], peak, halfWarmup, half }
   }
   return out
 }
@@ -148,7 +163,7 @@ export function countCheck(label: string, phases: Phase[], eventsPerRequest: num
   let low = 0
   let high = 0
   phases.forEach((p, i) => {
-    for (const r of [p.warmup, ...p.peaks, p.half]) {
+    for (const r of runsOf(p)) {
       low += r.ok * eventsPerRequest[i]!
       high += (r.capped ? Math.max(r.sent, r.ok + failures(r)) : r.ok + failures(r)) * eventsPerRequest[i]!
     }
@@ -191,18 +206,16 @@ export function pairFigure(
       ? {
           latencyMs: {
             ...p.half.latency,
-            what: `at half the peak rate (${round(p.half.okPerSec)} req/s offered ${Math.floor(p.peak.okPerSec / 2)})`,
+            what: `at half the peak rate, requests evenly spaced (${round(p.half.okPerSec)} req/s answered of ${Math.floor(p.peak.okPerSec / 2)} offered; latency from when each was due)`,
           },
         }
       : {}),
     ...(rss !== undefined ? { peakRssBytes: rss } : {}),
-    failedRequests: [p.warmup, ...p.peaks, p.half].reduce((n, r) => n + failures(r), 0),
+    failedRequests: runsOf(p).reduce((n, r) => n + failures(r), 0),
     checks,
     details: {
       connections: ep.connections,
-      statusesNot2xx: [p.warmup, ...p.peaks, p.half].flatMap((r) =>
-        Object.entries(r.statuses).map(([s, c]) => `${s}×${c}`),
-      ),
+      statusesNot2xx: runsOf(p).flatMap((r) => Object.entries(r.statuses).map(([s, c]) => `${s}×${c}`)),
       peakRunsReqPerSec: p.peaks.map((r) => round(r.okPerSec)),
       peak: {
         requests: p.peak.ok,
@@ -216,6 +229,7 @@ export function pairFigure(
         seconds: round(p.half.elapsedSec),
         reqPerSec: round(p.half.okPerSec),
         latencyMs: p.half.latency,
+        clientSendLateMs: p.half.sendLateMs,
       },
     },
   }

@@ -1,4 +1,5 @@
 import autocannon from 'autocannon'
+import { Pool } from 'undici'
 import { type Percentiles, Samples } from './stats.js'
 
 /**
@@ -24,8 +25,6 @@ export interface LoadPlan {
   amount?: number
   /** Run for this long instead (requests in flight when it stops are not counted by the client). */
   durationSec?: number
-  /** Requests per second over all connections (default: as fast as the server answers). */
-  overallRate?: number
   /** Stop anyway after this long (a bound for `amount` runs on a server slower than expected). */
   capSec?: number
 }
@@ -45,6 +44,11 @@ export interface LoadResult {
   latency: Percentiles | undefined
   /** True when `capSec` stopped an `amount` run early. */
   capped: boolean
+  /**
+   * Paced runs: how late the client sent requests after they were due (its own event loop and GC,
+   * not the server). Large values mean the latency figures include the client's stalls.
+   */
+  sendLateMs?: Percentiles
 }
 
 export async function runLoad(target: LoadTarget, plan: LoadPlan): Promise<LoadResult> {
@@ -74,7 +78,6 @@ export async function runLoad(target: LoadTarget, plan: LoadPlan): Promise<LoadR
     // end promptly (the elapsed time is taken from the responses anyway).
     sampleInt: 100,
     ...(plan.amount !== undefined ? { amount: plan.amount } : { duration: plan.durationSec ?? 10 }),
-    ...(plan.overallRate !== undefined ? { overallRate: plan.overallRate } : {}),
   }
   const started = performance.now()
   let lastResponseAt = started
@@ -117,4 +120,104 @@ export async function runLoad(target: LoadTarget, plan: LoadPlan): Promise<LoadR
 /** Requests answered with anything but a 2xx, or not answered. */
 export function failures(r: LoadResult): number {
   return Object.values(r.statuses).reduce((n, c) => n + c, 0) + r.errors + r.timeouts
+}
+
+export interface PacedPlan {
+  /** Requests per second, evenly spaced. */
+  rate: number
+  /** Requests in all. */
+  amount: number
+  /** Keep-alive connections the requests share (a request waits for a free one). */
+  connections: number
+  /** Stop sending after this long; requests not sent by then are not counted. */
+  capSec: number
+}
+
+/**
+ * Load at a steady rate: request i is due at start + i/rate whatever the answers before it did
+ * (an open loop), over at most `connections` keep-alive connections (an undici Pool, the Node
+ * team's HTTP client: node:http cost the bench half a core at 2,000 requests/s). Its latency runs
+ * from when it was due, so time spent waiting for a free connection behind slow answers counts.
+ *
+ * autocannon's rate option cannot measure this: each connection sends as fast as it can until it
+ * has sent its share of the second, then waits for the next second, so a run at half the peak rate
+ * is a burst at the peak rate for half of every second.
+ */
+export async function runPaced(target: LoadTarget, plan: PacedPlan): Promise<LoadResult> {
+  const { method, path, headers, bodies } = target
+  const pool = new Pool(target.url, {
+    connections: plan.connections,
+    pipelining: 1,
+    headersTimeout: 30_000,
+    bodyTimeout: 30_000,
+  })
+  const samples = new Samples()
+  const lateness = new Samples()
+  const statuses: Record<string, number> = {}
+  let ok = 0
+  let errors = 0
+  let timeouts = 0
+  let sent = 0
+  let answered = 0
+  let capped = false
+  const intervalMs = 1000 / plan.rate
+  const started = performance.now()
+  let lastResponseAt = started
+  try {
+    await new Promise<void>((resolve) => {
+      const done = () => {
+        answered++
+        if (answered === sent && (sent === plan.amount || capped)) resolve()
+      }
+      const fire = (i: number) => {
+        const dueAt = started + i * intervalMs
+        const body = bodies && bodies.length > 0 ? bodies[i % bodies.length] : undefined
+        sent++
+        lateness.push(performance.now() - dueAt)
+        pool
+          .request({ method, path, headers, ...(body ? { body } : {}) })
+          .then(async (res) => {
+            await res.body.dump()
+            lastResponseAt = performance.now()
+            if (res.statusCode >= 200 && res.statusCode < 300) {
+              ok++
+              samples.push(lastResponseAt - dueAt)
+            } else statuses[res.statusCode] = (statuses[res.statusCode] ?? 0) + 1
+          })
+          .catch((err: { code?: string }) => {
+            if (err.code === 'UND_ERR_HEADERS_TIMEOUT' || err.code === 'UND_ERR_BODY_TIMEOUT') timeouts++
+            else errors++
+          })
+          .finally(done)
+      }
+      let next = 0
+      const tick = () => {
+        const now = performance.now()
+        if (now - started > plan.capSec * 1000) {
+          capped = true
+          if (answered === sent) resolve()
+          return
+        }
+        while (next < plan.amount && started + next * intervalMs <= now) fire(next++)
+        if (next < plan.amount) setTimeout(tick, Math.max(0, started + next * intervalMs - performance.now()))
+      }
+      tick()
+    })
+  } finally {
+    await pool.close()
+  }
+  const elapsedSec = (lastResponseAt - started) / 1000
+  return {
+    ok,
+    statuses,
+    errors,
+    timeouts,
+    sent,
+    elapsedSec,
+    okPerSec: ok / elapsedSec,
+    latency: samples.percentiles(),
+    capped,
+    ...(lateness.count > 0 ? { sendLateMs: lateness.percentiles()! } : {}),
+    ...(lateness.count > 0 ? { sendLateMs: lateness.percentiles()! } : {}),
+  }
 }
