@@ -15,11 +15,37 @@ const LEVELS: Record<number, 'error' | 'warn' | 'info' | 'debug'> = {
   [logLevel.DEBUG]: 'debug',
 }
 
-function pinoLogCreator(logger: Logger) {
+/** How long repeats of one kafkajs message are counted instead of logged. */
+export const KAFKA_LOG_REPEAT_WINDOW_MS = 10_000
+/** Messages tracked for repeats at most (kafkajs has a few dozen distinct ones). */
+const TRACKED_MESSAGES = 256
+
+/**
+ * kafkajs log lines into the process's logger. While a broker is down, kafkajs logs every
+ * reconnect attempt of every client, several a second: a message already logged within
+ * `repeatWindowMs` at the same level is counted, and the next line of it says how many were left
+ * out (`repeats`).
+ */
+export function kafkaLogCreator(
+  logger: Logger,
+  repeatWindowMs = KAFKA_LOG_REPEAT_WINDOW_MS,
+  now: () => number = Date.now,
+) {
+  const lastLogged = new Map<string, { atMs: number; repeats: number }>()
   return () =>
     ({ level, log }: LogEntry) => {
       const { message, ...rest } = log
-      logger[LEVELS[level] ?? 'info']({ kafka: rest }, message)
+      const method = LEVELS[level] ?? 'info'
+      const key = `${method} ${message}`
+      const t = now()
+      const last = lastLogged.get(key)
+      if (last && t - last.atMs < repeatWindowMs) {
+        last.repeats++
+        return
+      }
+      if (!last && lastLogged.size >= TRACKED_MESSAGES) lastLogged.clear()
+      lastLogged.set(key, { atMs: t, repeats: 0 })
+      logger[method]({ kafka: rest, ...(last && last.repeats > 0 ? { repeats: last.repeats } : {}) }, message)
     }
 }
 
@@ -45,7 +71,7 @@ export function createKafka(
     retry: { retries: options.retries ?? 5, initialRetryTime: 100, maxRetryTime: 5000 },
     logLevel: options.logger ? logLevel.WARN : logLevel.NOTHING,
   }
-  if (options.logger) cfg.logCreator = pinoLogCreator(options.logger.child({ component: 'kafkajs' }))
+  if (options.logger) cfg.logCreator = kafkaLogCreator(options.logger.child({ component: 'kafkajs' }))
   return new Kafka(cfg)
 }
 
