@@ -1,6 +1,6 @@
 import { generateWorkload } from '../workload.js'
 import { pick, type ScenarioContext } from './context.js'
-import { failures, type LoadResult, type LoadTarget, runLoad, runPaced } from './load.js'
+import { failures, type LoadResult, type LoadTarget, pacedClient, runLoad } from './load.js'
 import type { Check, Figure } from './report.js'
 import { round } from './stats.js'
 
@@ -138,18 +138,24 @@ export async function measurePair(
     )
     const rate = Math.max(1, Math.floor(peak.okPerSec / 2))
     await beforeRun(w)
-    const halfWarmup = await runPaced(t(w), {
-      connections: ep.connections,
-      rate,
-      amount: Math.max(ep.connections, Math.round(rate * HALF_WARMUP_SEC)),
-      capSec: HALF_WARMUP_SEC * 3,
-    })
-    const half = await runPaced(t(w), {
-      connections: ep.connections,
-      rate,
-      amount: Math.max(ep.connections, Math.round(rate * seconds)),
-      capSec: seconds * 3,
-    })
+    // One client for both runs: the warm-up opens its connections.
+    const client = pacedClient(t(w), ep.connections)
+    let halfWarmup: LoadResult
+    let half: LoadResult
+    try {
+      halfWarmup = await client.run({
+        rate,
+        amount: Math.max(ep.connections, Math.round(rate * HALF_WARMUP_SEC)),
+        capSec: HALF_WARMUP_SEC * 3,
+      })
+      half = await client.run({
+        rate,
+        amount: Math.max(ep.connections, Math.round(rate * seconds)),
+        capSec: seconds * 3,
+      })
+    } finally {
+      await client.close()
+    }
     out[w] = { warmup: warmup[w], peaks: peaks[w], peak, halfWarmup, half }
   }
   return out

@@ -1,9 +1,18 @@
 import { createServer, type Server } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { afterEach, describe, expect, it } from 'vitest'
-import { runPaced } from './load.js'
+import { type LoadTarget, type PacedRun, pacedClient } from './load.js'
 
 let server: Server | undefined
+
+async function runPaced(target: LoadTarget, plan: PacedRun & { connections: number }) {
+  const client = pacedClient(target, plan.connections)
+  try {
+    return await client.run(plan)
+  } finally {
+    await client.close()
+  }
+}
 
 afterEach(async () => {
   await new Promise<void>((resolve) => (server ? server.close(() => resolve()) : resolve()))
@@ -11,9 +20,12 @@ afterEach(async () => {
 })
 
 /** A server that answers after `delayMs` and records when each request arrived (and its body). */
-async function start(delayMs: number): Promise<{ url: string; arrivals: number[]; bodies: string[] }> {
+async function start(
+  delayMs: number,
+): Promise<{ url: string; arrivals: number[]; bodies: string[]; connections: () => number }> {
   const arrivals: number[] = []
   const bodies: string[] = []
+  let connections = 0
   server = createServer((req, res) => {
     arrivals.push(performance.now())
     let body = ''
@@ -25,8 +37,14 @@ async function start(delayMs: number): Promise<{ url: string; arrivals: number[]
       setTimeout(() => res.writeHead(req.url === '/fail' ? 503 : 200).end('{}'), delayMs)
     })
   })
+  server.on('connection', () => connections++)
   await new Promise<void>((resolve) => server!.listen(0, '127.0.0.1', resolve))
-  return { url: `http://127.0.0.1:${(server!.address() as AddressInfo).port}`, arrivals, bodies }
+  return {
+    url: `http://127.0.0.1:${(server!.address() as AddressInfo).port}`,
+    arrivals,
+    bodies,
+    connections: () => connections,
+  }
 }
 
 describe('runPaced', () => {
@@ -66,5 +84,21 @@ describe('runPaced', () => {
       { rate: 100, amount: 10, connections: 2, capSec: 10 },
     )
     expect(r).toMatchObject({ ok: 0, statuses: { 503: 10 }, latency: undefined })
+  })
+
+  it('runs of one client share its connections, so a warm-up opens them for the measured run', async () => {
+    const s = await start(5)
+    const client = pacedClient({ url: s.url, method: 'GET', path: '/', headers: {} }, 4)
+    try {
+      const first = await client.run({ rate: 400, amount: 80, capSec: 10 })
+      const opened = s.connections()
+      const second = await client.run({ rate: 400, amount: 80, capSec: 10 })
+      expect(first.ok + second.ok).toBe(160)
+      expect(opened).toBeGreaterThan(0)
+      expect(opened).toBeLessThanOrEqual(4)
+      expect(s.connections()).toBe(opened)
+    } finally {
+      await client.close()
+    }
   })
 })

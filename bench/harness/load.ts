@@ -122,35 +122,51 @@ export function failures(r: LoadResult): number {
   return Object.values(r.statuses).reduce((n, c) => n + c, 0) + r.errors + r.timeouts
 }
 
-export interface PacedPlan {
+export interface PacedRun {
   /** Requests per second, evenly spaced. */
   rate: number
   /** Requests in all. */
   amount: number
-  /** Keep-alive connections the requests share (a request waits for a free one). */
-  connections: number
   /** Stop sending after this long; requests not sent by then are not counted. */
   capSec: number
 }
 
+export interface PacedClient {
+  run(plan: PacedRun): Promise<LoadResult>
+  close(): Promise<void>
+}
+
 /**
- * Load at a steady rate: request i is due at start + i/rate whatever the answers before it did
- * (an open loop), over at most `connections` keep-alive connections (an undici Pool, the Node
- * team's HTTP client: node:http cost the bench half a core at 2,000 requests/s). Its latency runs
- * from when it was due, so time spent waiting for a free connection behind slow answers counts.
+ * Load at a steady rate: request i of a run is due at start + i/rate whatever the answers before
+ * it did (an open loop), over at most `connections` keep-alive connections (an undici Pool, the
+ * Node team's HTTP client: node:http cost the bench half a core at 2,000 requests/s). Its latency
+ * runs from when it was due, so time spent waiting for a free connection behind slow answers
+ * counts. Runs of one client share its connections: a warm-up run opens them, so the measured run
+ * does not time connection setup.
  *
  * autocannon's rate option cannot measure this: each connection sends as fast as it can until it
  * has sent its share of the second, then waits for the next second, so a run at half the peak rate
  * is a burst at the peak rate for half of every second.
  */
-export async function runPaced(target: LoadTarget, plan: PacedPlan): Promise<LoadResult> {
+export function pacedClient(target: LoadTarget, connections: number): PacedClient {
   const { method, path, headers, bodies } = target
   const pool = new Pool(target.url, {
-    connections: plan.connections,
+    connections,
     pipelining: 1,
     headersTimeout: 30_000,
     bodyTimeout: 30_000,
   })
+  return { run: (plan) => pacedRun(pool, method, path, headers, bodies, plan), close: () => pool.close() }
+}
+
+async function pacedRun(
+  pool: Pool,
+  method: LoadTarget['method'],
+  path: string,
+  headers: Record<string, string>,
+  bodies: readonly Buffer[] | undefined,
+  plan: PacedRun,
+): Promise<LoadResult> {
   const samples = new Samples()
   const lateness = new Samples()
   const statuses: Record<string, number> = {}
@@ -163,49 +179,45 @@ export async function runPaced(target: LoadTarget, plan: PacedPlan): Promise<Loa
   const intervalMs = 1000 / plan.rate
   const started = performance.now()
   let lastResponseAt = started
-  try {
-    await new Promise<void>((resolve) => {
-      const done = () => {
-        answered++
-        if (answered === sent && (sent === plan.amount || capped)) resolve()
+  await new Promise<void>((resolve) => {
+    const done = () => {
+      answered++
+      if (answered === sent && (sent === plan.amount || capped)) resolve()
+    }
+    const fire = (i: number) => {
+      const dueAt = started + i * intervalMs
+      const body = bodies && bodies.length > 0 ? bodies[i % bodies.length] : undefined
+      sent++
+      lateness.push(performance.now() - dueAt)
+      pool
+        .request({ method, path, headers, ...(body ? { body } : {}) })
+        .then(async (res) => {
+          await res.body.dump()
+          lastResponseAt = performance.now()
+          if (res.statusCode >= 200 && res.statusCode < 300) {
+            ok++
+            samples.push(lastResponseAt - dueAt)
+          } else statuses[res.statusCode] = (statuses[res.statusCode] ?? 0) + 1
+        })
+        .catch((err: { code?: string }) => {
+          if (err.code === 'UND_ERR_HEADERS_TIMEOUT' || err.code === 'UND_ERR_BODY_TIMEOUT') timeouts++
+          else errors++
+        })
+        .finally(done)
+    }
+    let next = 0
+    const tick = () => {
+      const now = performance.now()
+      if (now - started > plan.capSec * 1000) {
+        capped = true
+        if (answered === sent) resolve()
+        return
       }
-      const fire = (i: number) => {
-        const dueAt = started + i * intervalMs
-        const body = bodies && bodies.length > 0 ? bodies[i % bodies.length] : undefined
-        sent++
-        lateness.push(performance.now() - dueAt)
-        pool
-          .request({ method, path, headers, ...(body ? { body } : {}) })
-          .then(async (res) => {
-            await res.body.dump()
-            lastResponseAt = performance.now()
-            if (res.statusCode >= 200 && res.statusCode < 300) {
-              ok++
-              samples.push(lastResponseAt - dueAt)
-            } else statuses[res.statusCode] = (statuses[res.statusCode] ?? 0) + 1
-          })
-          .catch((err: { code?: string }) => {
-            if (err.code === 'UND_ERR_HEADERS_TIMEOUT' || err.code === 'UND_ERR_BODY_TIMEOUT') timeouts++
-            else errors++
-          })
-          .finally(done)
-      }
-      let next = 0
-      const tick = () => {
-        const now = performance.now()
-        if (now - started > plan.capSec * 1000) {
-          capped = true
-          if (answered === sent) resolve()
-          return
-        }
-        while (next < plan.amount && started + next * intervalMs <= now) fire(next++)
-        if (next < plan.amount) setTimeout(tick, Math.max(0, started + next * intervalMs - performance.now()))
-      }
-      tick()
-    })
-  } finally {
-    await pool.close()
-  }
+      while (next < plan.amount && started + next * intervalMs <= now) fire(next++)
+      if (next < plan.amount) setTimeout(tick, Math.max(0, started + next * intervalMs - performance.now()))
+    }
+    tick()
+  })
   const elapsedSec = (lastResponseAt - started) / 1000
   return {
     ok,
@@ -217,7 +229,6 @@ export async function runPaced(target: LoadTarget, plan: PacedPlan): Promise<Loa
     okPerSec: ok / elapsedSec,
     latency: samples.percentiles(),
     capped,
-    ...(lateness.count > 0 ? { sendLateMs: lateness.percentiles()! } : {}),
     ...(lateness.count > 0 ? { sendLateMs: lateness.percentiles()! } : {}),
   }
 }
