@@ -1,4 +1,7 @@
+import { writeFileSync } from 'node:fs'
+import { join } from 'node:path'
 import {
+  benchScript,
   pick,
   type ScenarioContext,
   type ScenarioDefinition,
@@ -15,8 +18,9 @@ import {
   pairFigure,
   ROUNDS,
 } from '../harness/ingest-pair.js'
-import { type Child, spawnBareFastify, spawnRole, urlOf } from '../harness/proc.js'
+import { type Child, runNode, spawnBareFastify, spawnRole, urlOf } from '../harness/proc.js'
 import type { Figure, Ratio, Target } from '../harness/report.js'
+import { round } from '../harness/stats.js'
 
 /**
  * Ingest: single-event POST /v1/track and 100-event POST /v1/batch against Tally's ingest role
@@ -28,9 +32,60 @@ import type { Figure, Ratio, Target } from '../harness/report.js'
  * rate, where latency is read (issue 3's p99 is "at half the peak rate"). Runs are sized by request count, not by time, so nothing is in flight
  * when they end and the counts are exact: every 2xx'd event must be in the Kafka topic (Tally) or
  * counted by the peer (bare), no more and no fewer.
+ *
+ * A second peer shows what the durable write alone costs: a bare kafkajs producer sending the same
+ * batch bodies' events to a topic of its own, with no HTTP and no validation or enrichment
+ * (bench/peers/bare-producer.ts).
  */
 
 const SITE = 'bench-ingest'
+
+/** The bare kafkajs producer over the batch bodies: events/s with every send acknowledged. */
+async function bareProducer(
+  ctx: ScenarioContext,
+  seconds: number,
+  guessEventsPerSec: number,
+  bodies: readonly Buffer[],
+): Promise<Figure> {
+  const { env, config } = await ctx.env.scenario('ingest_peer')
+  const file = join(ctx.env.logDir, 'bare-producer-bodies.ndjson')
+  writeFileSync(file, bodies.map((b) => b.toString('utf8')).join('\n'))
+  const sends = Math.max(8, Math.round((guessEventsPerSec * seconds) / BATCH))
+  const run = await runNode({
+    name: 'bare-producer',
+    args: [benchScript('peers/bare-producer.js')],
+    env: {
+      KAFKA_BROKERS: env.KAFKA_BROKERS!,
+      TOPIC: config.kafka.topicRaw,
+      BODIES: file,
+      SITE,
+      SENDS: String(sends),
+      CONCURRENCY: '8',
+    },
+    logDir: ctx.env.logDir,
+    timeoutMs: seconds * 10_000 + 60_000,
+  })
+  const last = run.lines.at(-1)
+  const result = last?.startsWith('{') ? (JSON.parse(last) as { events: number; seconds: number }) : undefined
+  if (run.code !== 0 || !result)
+    throw new Error(`the bare producer failed (exit ${run.code}, log ${run.logFile})`)
+  const logged = await ctx.env.topicRecords(config)
+  // Its untimed first send is in the topic too.
+  const expected = result.events + BATCH
+  return {
+    scenario: 'ingest.batch100',
+    system: 'bare kafkajs producer',
+    status: logged === expected ? 'ok' : 'failed',
+    throughput: {
+      value: result.events / result.seconds,
+      unit: 'events/s',
+      what: `one kafkajs producer process (idempotent, acks=all) sending the batch bodies' events, one send per body, 8 at a time: no HTTP, no validation or enrichment`,
+    },
+    ...(run.peakRssBytes !== undefined ? { peakRssBytes: run.peakRssBytes } : {}),
+    checks: [{ ok: logged === expected, detail: `events in its topic: ${logged} = ${expected} sent` }],
+    details: { sends, seconds: round(result.seconds) },
+  }
+}
 
 async function run(ctx: ScenarioContext): Promise<ScenarioOutcome> {
   const seconds = pick(ctx, 10, 2)
@@ -103,6 +158,25 @@ async function run(ctx: ScenarioContext): Promise<ScenarioOutcome> {
         })
     }
     const batchRate = results.get('batch100')!.tally.peak.okPerSec * BATCH
+    const batchEndpoint = endpoints.find((ep) => ep.key === 'batch100')!
+    ctx.say('ingest.batch100: the bare kafkajs producer sends the same events')
+    // The peer failing leaves the figures above standing.
+    const producer = await bareProducer(ctx, seconds, batchRate * 2, batchEndpoint.bodies).catch(
+      (err: unknown): Figure => ({
+        scenario: 'ingest.batch100',
+        system: 'bare kafkajs producer',
+        status: 'failed',
+        reason: (err as Error).message,
+        checks: [],
+      }),
+    )
+    figures.push(producer)
+    if (producer.status === 'ok' && producer.throughput)
+      ratios.push({
+        scenario: 'ingest.batch100',
+        metric: 'events/s Tally / bare kafkajs producer (the durable write alone)',
+        value: batchRate / producer.throughput.value,
+      })
     targets.push({
       scenario: 'ingest.batch100',
       metric: 'Tally events/s through /v1/batch, one process',
