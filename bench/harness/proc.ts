@@ -251,3 +251,11 @@ export async function runNode(
   await new Promise<void>((resolve) => log.end(resolve))
   return { code, lines, peakRssBytes: peak, logFile }
 }
+
+/** A job's result: its last stdout line, a JSON object; throws (exit code, log) when it has none. */
+export function resultOf<T>(job: Finished, what: string): T {
+  const last = job.lines.at(-1)
+  if (job.code !== 0 || !last?.startsWith('{'))
+    throw new Error(`${what} failed (exit ${job.code}, log ${job.logFile})`)
+  return JSON.parse(last) as T
+}

@@ -36,6 +36,23 @@ export interface Figure {
   details?: Record<string, unknown>
 }
 
+/** The figure of a measurement that threw: its reason, no numbers. */
+export function failedFigure(
+  scenario: string,
+  system: string,
+  err: unknown,
+  details?: Record<string, unknown>,
+): Figure {
+  return {
+    scenario,
+    system,
+    status: 'failed',
+    reason: err instanceof Error ? err.message : String(err),
+    checks: [],
+    ...(details ? { details } : {}),
+  }
+}
+
 export interface Ratio {
   scenario: string
   /** What is compared, e.g. "req/s Tally / bare Fastify". */

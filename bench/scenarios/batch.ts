@@ -13,7 +13,7 @@ import { importEvents } from '../harness/feed.js'
 import { runNode, spawnNode, spawnRole, urlOf } from '../harness/proc.js'
 import { metricSum, scrape } from '../harness/prometheus.js'
 import { timedRebuildOfDay } from '../harness/rebuild-job.js'
-import type { Check, Figure, Ratio, Target } from '../harness/report.js'
+import { type Check, type Figure, failedFigure, type Ratio, type Target } from '../harness/report.js'
 import { round } from '../harness/stats.js'
 import { Comparison, compareStore, VisitorSketches } from '../harness/verify.js'
 import {
@@ -332,13 +332,7 @@ async function run(ctx: ScenarioContext): Promise<ScenarioOutcome> {
     t = await tally(ctx, workload, day0)
   } catch (err) {
     ctx.say(`batch.rebuild (tally) failed: ${(err as Error).message}`)
-    figures.unshift({
-      scenario: 'batch.rebuild',
-      system: 'tally',
-      status: 'failed',
-      reason: (err as Error).message,
-      checks: [],
-    })
+    figures.unshift(failedFigure('batch.rebuild', 'tally', err))
     return { figures, ratios, targets }
   }
   figures.unshift(t)

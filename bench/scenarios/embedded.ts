@@ -1,6 +1,6 @@
 import type { ScenarioContext, ScenarioDefinition, ScenarioOutcome } from '../harness/context.js'
 import { runningChildren } from '../harness/proc.js'
-import type { Figure, Ratio } from '../harness/report.js'
+import { type Figure, failedFigure, type Ratio } from '../harness/report.js'
 import { embeddedRebuild } from './embedded/batch.js'
 import { embeddedFreshness } from './embedded/freshness.js'
 import { embeddedIngest } from './embedded/ingest.js'
@@ -43,14 +43,7 @@ async function run(ctx: ScenarioContext): Promise<ScenarioOutcome> {
       ctx.say(
         `${names.join(', ')} failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}`,
       )
-      for (const scenario of names)
-        figures.push({
-          scenario,
-          system: 'tally embedded',
-          status: 'failed',
-          reason: (err as Error).message,
-          checks: [],
-        })
+      for (const scenario of names) figures.push(failedFigure(scenario, 'tally embedded', err))
       // Whatever the part left running goes before the next one measures anything.
       await Promise.all(runningChildren().map((c) => c.stop(5_000)))
     }

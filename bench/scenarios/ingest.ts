@@ -18,8 +18,8 @@ import {
   pairFigure,
   ROUNDS,
 } from '../harness/ingest-pair.js'
-import { type Child, runNode, spawnBareFastify, spawnRole, urlOf } from '../harness/proc.js'
-import type { Figure, Ratio, Target } from '../harness/report.js'
+import { type Child, resultOf, runNode, spawnBareFastify, spawnRole, urlOf } from '../harness/proc.js'
+import { type Figure, failedFigure, type Ratio, type Target } from '../harness/report.js'
 import { round } from '../harness/stats.js'
 
 /**
@@ -65,10 +65,7 @@ async function bareProducer(
     logDir: ctx.env.logDir,
     timeoutMs: seconds * 10_000 + 60_000,
   })
-  const last = run.lines.at(-1)
-  const result = last?.startsWith('{') ? (JSON.parse(last) as { events: number; seconds: number }) : undefined
-  if (run.code !== 0 || !result)
-    throw new Error(`the bare producer failed (exit ${run.code}, log ${run.logFile})`)
+  const result = resultOf<{ events: number; seconds: number }>(run, 'the bare producer')
   const logged = await ctx.env.topicRecords(config)
   // Its untimed first send is in the topic too.
   const expected = result.events + BATCH
@@ -161,14 +158,8 @@ async function run(ctx: ScenarioContext): Promise<ScenarioOutcome> {
     const batchEndpoint = endpoints.find((ep) => ep.key === 'batch100')!
     ctx.say('ingest.batch100: the bare kafkajs producer sends the same events')
     // The peer failing leaves the figures above standing.
-    const producer = await bareProducer(ctx, seconds, batchRate * 2, batchEndpoint.bodies).catch(
-      (err: unknown): Figure => ({
-        scenario: 'ingest.batch100',
-        system: 'bare kafkajs producer',
-        status: 'failed',
-        reason: (err as Error).message,
-        checks: [],
-      }),
+    const producer = await bareProducer(ctx, seconds, batchRate * 2, batchEndpoint.bodies).catch((err) =>
+      failedFigure('ingest.batch100', 'bare kafkajs producer', err),
     )
     figures.push(producer)
     if (producer.status === 'ok' && producer.throughput)

@@ -11,7 +11,7 @@ import { failures, runLoad } from '../harness/load.js'
 import { loadThroughPipeline, waitCaughtUp } from '../harness/pipeline.js'
 import { type Child, spawnBareFastify, spawnRole, urlOf } from '../harness/proc.js'
 import { metricSum, scrape } from '../harness/prometheus.js'
-import type { Check, Figure, Ratio, Target } from '../harness/report.js'
+import { type Check, type Figure, failedFigure, type Ratio, type Target } from '../harness/report.js'
 import { Comparison, VisitorSketches } from '../harness/verify.js'
 import {
   type GeneratedEvent,
@@ -448,14 +448,7 @@ async function run(ctx: ScenarioContext): Promise<ScenarioOutcome> {
           })
       } catch (err) {
         ctx.say(`query.${kind} failed: ${(err as Error).message}`)
-        figures.push({
-          scenario: `query.${kind}`,
-          system: 'tally',
-          status: 'failed',
-          reason: (err as Error).message,
-          checks: [],
-          details,
-        })
+        figures.push(failedFigure(`query.${kind}`, 'tally', err, details))
       }
     }
 
@@ -533,14 +526,7 @@ async function run(ctx: ScenarioContext): Promise<ScenarioOutcome> {
     } catch (err) {
       ctx.say(`query (live ingest) failed: ${(err as Error).message}`)
       for (const kind of kinds)
-        liveFigures.push({
-          scenario: `query.${kind}`,
-          system: 'tally (live ingest)',
-          status: 'failed',
-          reason: (err as Error).message,
-          checks: [],
-          details,
-        })
+        liveFigures.push(failedFigure(`query.${kind}`, 'tally (live ingest)', err, details))
     }
     figures.push(...liveFigures)
     return { figures, ratios, targets }

@@ -8,9 +8,9 @@ import {
   type ScenarioOutcome,
 } from '../harness/context.js'
 import { importEvents } from '../harness/feed.js'
-import { type Child, runNode, spawnRole, urlOf } from '../harness/proc.js'
+import { type Child, resultOf, runNode, spawnRole, urlOf } from '../harness/proc.js'
 import { metricSum, scrape } from '../harness/prometheus.js'
-import type { Check, Figure, Ratio, Target } from '../harness/report.js'
+import { type Check, type Figure, failedFigure, type Ratio, type Target } from '../harness/report.js'
 import { round } from '../harness/stats.js'
 import { compareStore, VisitorSketches } from '../harness/verify.js'
 import { generateWorkload } from '../workload.js'
@@ -99,17 +99,17 @@ async function bareConsumer(
     logDir: ctx.env.logDir,
     timeoutMs: timeoutMs + 30_000,
   })
-  const last = run.lines.at(-1)
-  const result = last?.startsWith('{') ? (JSON.parse(last) as Record<string, number>) : undefined
-  if (run.code !== 0 || !result)
-    throw new Error(`the bare consumer failed (exit ${run.code}, log ${run.logFile})`)
-  const seconds = (result.doneMs! - result.firstRecordMs!) / 1000
+  const result = resultOf<{ records: number; pageviews: number; firstRecordMs: number; doneMs: number }>(
+    run,
+    'the bare consumer',
+  )
+  const seconds = (result.doneMs - result.firstRecordMs) / 1000
   return {
     scenario: 'stream.throughput',
     system: 'bare kafkajs consumer',
     status: result.records === records ? 'ok' : 'failed',
     throughput: {
-      value: result.records! / seconds,
+      value: result.records / seconds,
       unit: 'events/s',
       what: "one kafkajs consumer process with the worker's fetch settings, decoding and JSON-parsing every record and nothing else, from its first batch to the end of the topic",
     },
@@ -205,13 +205,7 @@ async function throughput(ctx: ScenarioContext): Promise<Part> {
     ctx.say('stream: the bare kafkajs consumer reads the same topic')
     // The peer failing leaves Tally's figure standing.
     const bare = await bareConsumer(ctx, env, config.kafka.topicRaw, `${config.stream.group}_bare`, n).catch(
-      (err: unknown): Figure => ({
-        scenario: 'stream.throughput',
-        system: 'bare kafkajs consumer',
-        status: 'failed',
-        reason: (err as Error).message,
-        checks: [],
-      }),
+      (err) => failedFigure('stream.throughput', 'bare kafkajs consumer', err),
     )
     return {
       figures: [figure, bare],
@@ -263,13 +257,7 @@ async function run(ctx: ScenarioContext): Promise<ScenarioOutcome> {
       targets.push(...r.targets)
     } catch (err) {
       ctx.say(`${scenario} failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}`)
-      figures.push({
-        scenario,
-        system: 'tally',
-        status: 'failed',
-        reason: (err as Error).message,
-        checks: [],
-      })
+      figures.push(failedFigure(scenario, 'tally', err))
     }
   }
   return { figures, ratios, targets }
