@@ -270,20 +270,13 @@ export async function buildIngestApp(deps: IngestDeps): Promise<FastifyInstance>
     // visitor. Browsers (beacons, analytics.js, the pixel) send the key in the body or the URL.
     const userAgent = req.headers.authorization ? undefined : req.headers['user-agent']
     const trace = traceContext(req.headers.traceparent, req.id)
+    const headers: Record<string, string> = {
+      [HEADERS.traceparent]: trace.traceparent,
+      [HEADERS.schemaVersion]: SCHEMA_VERSION,
+      [HEADERS.siteId]: site.siteId,
+    }
     // The request id rides in its own header only when it is not the trace id (see HEADERS).
-    const headers: Record<string, string> =
-      req.id === trace.traceId
-        ? {
-            [HEADERS.traceparent]: trace.traceparent,
-            [HEADERS.schemaVersion]: SCHEMA_VERSION,
-            [HEADERS.siteId]: site.siteId,
-          }
-        : {
-            [HEADERS.traceparent]: trace.traceparent,
-            [HEADERS.requestId]: req.id,
-            [HEADERS.schemaVersion]: SCHEMA_VERSION,
-            [HEADERS.siteId]: site.siteId,
-          }
+    if (req.id !== trace.traceId) headers[HEADERS.requestId] = req.id
     const records: LogRecord[] = []
     const rejected: Array<Rejection & { index: number }> = []
     for (let index = 0; index < items.length; index++) {
