@@ -184,7 +184,8 @@ async function run(ctx: ScenarioContext): Promise<ScenarioOutcome> {
 
 export const ingestScenario: ScenarioDefinition = {
   name: 'ingest',
-  description: 'POST /v1/track and 100-event /v1/batch: Tally (durable, acks=all) vs a bare Fastify route',
+  description:
+    'POST /v1/track and 100-event /v1/batch: Tally (durable, acks=all) vs a bare Fastify route and a bare kafkajs producer',
   needsServices: true,
   run,
 }

@@ -265,7 +265,8 @@ async function run(ctx: ScenarioContext): Promise<ScenarioOutcome> {
 
 export const streamScenario: ScenarioDefinition = {
   name: 'stream',
-  description: 'one worker Kafka → Cassandra (events/s), and freshness from a 2xx at ingest to the query API',
+  description:
+    'one worker Kafka → Cassandra (events/s) vs a bare kafkajs consumer, and freshness from a 2xx at ingest to the query API',
   needsServices: true,
   run,
 }
