@@ -30,18 +30,14 @@ let records = 0
 let pageviews = 0
 let firstRecordMs: number | undefined
 let finished = false
-
-/** Prints the result line and exits; the broker drops the member when its session ends. */
-function finish(code: number, line?: Record<string, unknown>): void {
-  finished = true
-  if (line) process.stdout.write(`${JSON.stringify(line)}\n`)
-  // Not consumer.disconnect(): called from inside eachBatch it would wait for this very batch.
-  process.exit(code)
-}
+let reachedEnd: (line: Record<string, unknown>) => void = () => {}
+const result = new Promise<Record<string, unknown>>((resolve) => {
+  reachedEnd = resolve
+})
 
 const timer = setTimeout(() => {
   process.stderr.write(`bare-consumer: read ${records} of ${expect} records within ${timeoutMs} ms\n`)
-  finish(1)
+  process.exit(1)
 }, timeoutMs)
 
 await consumer.connect()
@@ -61,9 +57,15 @@ await consumer.run({
     }
     if (batch.messages.length > 0) resolveOffset(batch.lastOffset())
     if (records >= expect) {
-      clearTimeout(timer)
-      const doneMs = performance.now()
-      finish(0, { records, pageviews, firstRecordMs, doneMs })
+      finished = true
+      reachedEnd({ records, pageviews, firstRecordMs, doneMs: performance.now() })
     }
   },
 })
+// Outside eachBatch, so disconnecting (leaving the group, which the bench then deletes) does not
+// wait for the batch that is waiting for it.
+const line = await result
+clearTimeout(timer)
+await consumer.disconnect()
+process.stdout.write(`${JSON.stringify(line)}\n`)
+process.exit(0)

@@ -204,9 +204,13 @@ async function throughput(ctx: ScenarioContext): Promise<Part> {
     }
     ctx.say('stream: the bare kafkajs consumer reads the same topic')
     // The peer failing leaves Tally's figure standing.
-    const bare = await bareConsumer(ctx, env, config.kafka.topicRaw, `${config.stream.group}_bare`, n).catch(
-      (err) => failedFigure('stream.throughput', 'bare kafkajs consumer', err),
-    )
+    const bare = await bareConsumer(
+      ctx,
+      env,
+      config.kafka.topicRaw,
+      ctx.env.trackGroup(`${config.stream.group}_bare`),
+      n,
+    ).catch((err) => failedFigure('stream.throughput', 'bare kafkajs consumer', err))
     return {
       figures: [figure, bare],
       ratios:
