@@ -6,9 +6,13 @@ import { HI, LO, type SegmentColumns } from './segment-reader.js'
  * Deduplication by messageId across a whole rebuild range, in bounded memory.
  *
  * The key is the stream's: XXH64 of `siteId \u0001 messageId` (precomputed in the segment's
- * `dedup_hash` column); server-assigned ids are never deduplicated. Of the copies of one key, the
- * one with the lowest (partition, offset) counts — the first one the log received, which is the one
- * the stream counts (copies of one visitor's events share a partition, in order).
+ * `dedup_hash` column) within one source partition; server-assigned ids are never deduplicated. The
+ * stream remembers messageIds per partition, and the partition follows site + visitor, so a client
+ * retry (same event, same visitor) always meets its first copy there, while the same messageId sent
+ * for another visitor in another partition counts again: the rebuild keys the same way so that its
+ * numbers equal the stream's (docs/design.md, "Deduplication: what a messageId identifies"). Of the
+ * copies of one key, the one with the lowest offset counts — the first one the log received, which
+ * is the one the stream counts.
  *
  * Pass 1 reads every segment of the range and emits one record per candidate row: key, partition,
  * offset, segment, row (28 bytes). When the range holds more candidates than `maxRowsInMemory`, the
@@ -165,6 +169,17 @@ class SpillFile {
   }
 }
 
+/** murmur3's 32-bit finalizer: a bijection, so distinct partitions give distinct masks. */
+function partitionMask(partition: number): number {
+  let x = partition >>> 0
+  x ^= x >>> 16
+  x = Math.imul(x, 0x85ebca6b)
+  x ^= x >>> 13
+  x = Math.imul(x, 0xc2b2ae35)
+  x ^= x >>> 16
+  return x >>> 0
+}
+
 /** Marks every copy but the winner of each duplicated key; returns how many were marked. */
 function resolve(records: Records, rowsOf: (seg: number) => number, losers: Map<number, Uint8Array>): number {
   const n = records.n
@@ -262,14 +277,18 @@ export async function findDuplicates(
       if (cols) {
         const words = new Uint32Array(cols.dedupHash.buffer, cols.dedupHash.byteOffset, cols.rows * 2)
         const partition = cols.ref.partition
+        // The partition is mixed into the key (a bijection per partition), so only copies within
+        // one partition collide: the stream's dedup scope. The spill buckets follow the mixed key.
+        const mask0 = partitionMask(partition)
+        const mask1 = partitionMask(partition ^ 0x9e3779b9)
         const assigned = cols.messageIdAssigned
         const offsets = cols.offset
         forEachSiteRun(cols, options.siteId, (from, to) => {
           for (let i = from; i < to; i++) {
             // Server-assigned ids are unique by construction: never deduplicated (as in the stream).
             if (((assigned[i >>> 3]! >>> (i & 7)) & 1) === 1) continue
-            const w0 = words[2 * i]!
-            const w1 = words[2 * i + 1]!
+            const w0 = (words[2 * i]! ^ mask0) >>> 0
+            const w1 = (words[2 * i + 1]! ^ mask1) >>> 0
             const off = offsets[2 * i + HI]! * 4294967296 + (offsets[2 * i + LO]! >>> 0)
             candidates++
             if (memory) memory.push(w0, w1, partition, off, s, i)

@@ -404,6 +404,35 @@ describe('rebuild (archive segments → final rows), against in-memory stores', 
     expect(finalValues(deps.rows)).toEqual(streamReference(base))
   })
 
+  it('counts a messageId sent again for another visitor in another partition twice, as the stream does', async () => {
+    const base = log.filter((l) => l.partition === 0).slice(0, 50)
+    const original = base.find((l) => l.event.type === 'page' && !l.event.bot)!
+    // Same site and messageId, another visitor whose partition key lands elsewhere.
+    let n = 0
+    let anonymousId = ''
+    do anonymousId = `other-visitor-${n++}`
+    while (partitionOf(`${original.event.siteId}:${anonymousId}`) === 0)
+    const reused = { ...structuredClone(original.event), anonymousId }
+    const extra: Logged = {
+      partition: partitionOf(`${reused.siteId}:${anonymousId}`),
+      offset: 0,
+      value: Buffer.from(JSON.stringify(reused)),
+      event: reused,
+    }
+    const withReuse = [...base, extra]
+    const { deps, settings } = await setup('reused-id', withReuse)
+    const result = await runRebuild(deps, settings, { fromMs: FROM, toMs: TO })
+    expect(result.run.eventsRead).toBe(withReuse.length)
+    const expected = streamReference(withReuse)
+    expect(finalValues(deps.rows)).toEqual(expected)
+    // The reused id adds its pageview: one more than the log without it.
+    const total = (m: Map<string, Values>) =>
+      [...m]
+        .filter(([k]) => k.split('|')[1] === 'day' && k.split('|')[3] === '')
+        .reduce((s, [, v]) => s + v.pageviews, 0)
+    expect(total(expected)).toBe(total(streamReference(base)) + 1)
+  })
+
   it('replaces stream rows that the rebuild does not produce with zeros', async () => {
     const { deps, settings } = await setup('zero', log)
     const ghost = {
