@@ -1,5 +1,4 @@
 import type { AddressInfo } from 'node:net'
-import { connect, type Socket } from 'node:net'
 import type { FastifyInstance } from 'fastify'
 import { afterEach, describe, expect, it } from 'vitest'
 import { loadConfig } from '../../core/config.js'
@@ -10,6 +9,18 @@ import { buildIngestApp } from '../../ingest/app.js'
 import { createIngestMetrics } from '../../ingest/metrics.js'
 import { buildQueryApp } from '../../query/app.js'
 import { ReadAccessCache } from '../../query/auth.js'
+import {
+  client,
+  closesWithin,
+  destroyClients,
+  heldConnections,
+  lastBody,
+  type SlowClient,
+  sleep,
+  slowHeaders,
+  statusOf,
+  trickle,
+} from '../helpers/slow-client.js'
 
 /**
  * Slow clients against real listening ingest and query servers (127.0.0.1, any port): a request
@@ -77,11 +88,10 @@ async function queryServer(requestTimeoutMs: number, maxConnections: number): Pr
 }
 
 const servers: FastifyInstance[] = []
-const sockets: Socket[] = []
 afterEach(async () => {
   releaseStore()
   releaseStore = () => {}
-  for (const s of sockets.splice(0)) s.destroy()
+  destroyClients()
   for (const app of servers.splice(0)) await app.close()
 })
 
@@ -91,79 +101,9 @@ async function listen(app: FastifyInstance): Promise<number> {
   return (app.server.address() as AddressInfo).port
 }
 
-/** A client connection that records what it receives and when the server closed it. */
-interface Client {
-  socket: Socket
-  /** Everything received so far. */
-  text(): string
-  /** Milliseconds from connecting until the connection closed (undefined while open). */
-  closedAfterMs(): number | undefined
-  closed: Promise<void>
-  connected: Promise<void>
-}
-
-function client(port: number): Client {
-  const socket = connect({ host: '127.0.0.1', port })
-  sockets.push(socket)
-  const startedMs = performance.now()
-  let received = ''
-  let closedAfterMs: number | undefined
-  socket.setEncoding('utf8')
-  socket.on('data', (chunk: string) => {
-    received += chunk
-  })
-  // A dropped connection may end in a reset: that is a close like any other here.
-  socket.on('error', () => {})
-  const closed = new Promise<void>((resolve) =>
-    socket.on('close', () => {
-      closedAfterMs = performance.now() - startedMs
-      resolve()
-    }),
-  )
-  const connected = new Promise<void>((resolve) => socket.once('connect', () => resolve()))
-  return { socket, text: () => received, closedAfterMs: () => closedAfterMs, closed, connected }
-}
-
-/** Sends `head` at once, then one byte of `drip` (repeated) every `everyMs` while the connection is open. */
-function trickle(port: number, head: string, drip: string, everyMs: number): Client {
-  const c = client(port)
-  c.socket.write(head)
-  let i = 0
-  const timer = setInterval(() => {
-    if (c.socket.writable) c.socket.write(drip[i++ % drip.length]!)
-  }, everyMs)
-  void c.closed.then(() => clearInterval(timer))
-  return c
-}
-
-/** Waits for `c` to close, at most `ms`; true when it closed. */
-async function closesWithin(c: Client, ms: number): Promise<boolean> {
-  let timer: NodeJS.Timeout | undefined
-  const late = new Promise<false>((resolve) => {
-    timer = setTimeout(() => resolve(false), ms)
-  })
-  const ok = await Promise.race([c.closed.then(() => true as const), late])
-  clearTimeout(timer)
-  return ok
-}
-
-function statusOf(text: string): number | undefined {
-  const m = /^HTTP\/1\.1 (\d{3}) /.exec(text)
-  return m ? Number(m[1]) : undefined
-}
-
-/** The JSON body of the last response in `text`. */
-function lastBody(text: string): unknown {
-  const parts = text.split('\r\n\r\n')
-  return JSON.parse(parts[parts.length - 1]!)
-}
-
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
-
 const ingestSlowBody =
   'POST /v1/track HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nAuthorization: Basic d2s6\r\nContent-Length: 500\r\n\r\n{"event":"'
 const querySlowBody = 'GET /healthz HTTP/1.1\r\nHost: t\r\nContent-Length: 500\r\n\r\n'
-const slowHeaders = (path: string) => `GET ${path} HTTP/1.1\r\nHost: t\r\n`
 
 /** A request in progress until the test ends. */
 const busy = {
@@ -228,9 +168,7 @@ describe.each(roles)('$role server', ({ server, slowBody, path }) => {
     await sleep(300)
     const open = clients.filter((c) => c.closedAfterMs() === undefined)
     expect(open).toHaveLength(cap)
-    const held = await new Promise<number>((resolve, reject) =>
-      app.server.getConnections((err, n) => (err ? reject(err) : resolve(n))),
-    )
+    const held = await heldConnections(app.server)
     expect(held).toBe(cap)
     for (const c of clients) expect(await closesWithin(c, longTimeoutMs + 8000)).toBe(true)
     for (const c of open) expect(c.closedAfterMs()!).toBeLessThanOrEqual(longTimeoutMs + MARGIN_MS + 300)
@@ -266,7 +204,7 @@ describe.each(roles)('$role server near the connection cap', ({ server, busy }) 
     const port = await listen(app)
     const inProgress = Array.from({ length: 5 }, () => busy(port))
     await Promise.all(inProgress.map((c) => c.connected))
-    const idle: Client[] = []
+    const idle: SlowClient[] = []
     for (let i = 0; i < 5; i++) {
       const c = client(port)
       c.socket.write('GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n')
@@ -285,9 +223,7 @@ describe.each(roles)('$role server near the connection cap', ({ server, busy }) 
     for (const c of inProgress) expect(c.closedAfterMs()).toBeUndefined()
     expect(inProgress.every((c) => c.text() === '')).toBe(true)
     expect(idle.filter((c) => c.closedAfterMs() !== undefined).length).toBeGreaterThanOrEqual(1)
-    const held = await new Promise<number>((resolve, reject) =>
-      app.server.getConnections((err, n) => (err ? reject(err) : resolve(n))),
-    )
+    const held = await heldConnections(app.server)
     expect(held).toBeLessThanOrEqual(cap)
   })
 })
