@@ -96,8 +96,13 @@ export interface IngestConfig {
    * wait for the previous one's acknowledgement. Default 2.
    */
   inFlightBatches: number
-  /** Time allowed to receive a whole request. Default 10000 ms. */
+  /** Time allowed to receive a whole request, headers and body (ingest and query). Default 10000 ms. */
   requestTimeoutMs: number
+  /**
+   * Most connections an ingest or query server holds at once (each role's own); from 90 % of it,
+   * idle keep-alive connections are closed first. Default 10000.
+   */
+  maxConnections: number
   /**
    * First-party path prefix (TALLY_TRACKER_PREFIX, e.g. `/stats`): ingest also serves `/t.js` and
    * `/v1/…` under it, for sites that proxy it on their own domain. Default '' (none).
@@ -353,6 +358,7 @@ export function loadConfig(env: Env = process.env): TallyConfig {
       compression: oneOf(env, 'TALLY_INGEST_COMPRESSION', 'none', ['none', 'gzip'] as const),
       inFlightBatches: int(env, 'TALLY_INGEST_IN_FLIGHT_BATCHES', 2, 1, 16),
       requestTimeoutMs: int(env, 'TALLY_REQUEST_TIMEOUT_MS', 10_000, 100, 600_000),
+      maxConnections: int(env, 'TALLY_MAX_CONNECTIONS', 10_000, 1, 1_000_000),
       trackerPrefix: pathPrefix(env, 'TALLY_TRACKER_PREFIX'),
     },
     stream: {
@@ -430,7 +436,14 @@ export const CONFIG_VARIABLES: ReadonlyArray<readonly [name: string, meaning: st
     'TALLY_INGEST_COMPRESSION',
     'none|gzip: compression of the batches ingest writes to Kafka (default none; gzip costs ingest CPU)',
   ],
-  ['TALLY_REQUEST_TIMEOUT_MS', 'time to receive a whole request (default 10000)'],
+  [
+    'TALLY_REQUEST_TIMEOUT_MS',
+    'time to receive a whole request, headers and body, on ingest and query; later: 408 (default 10000)',
+  ],
+  [
+    'TALLY_MAX_CONNECTIONS',
+    'connections each ingest or query server holds at once; near it idle keep-alive ones are closed first, over it new ones are refused (default 10000)',
+  ],
   [
     'TALLY_TRACKER_PREFIX',
     'first-party path prefix, e.g. /stats: ingest also serves <prefix>/t.js and <prefix>/v1/… (default none)',

@@ -1,12 +1,21 @@
 import { randomFillSync } from 'node:crypto'
+import type { Server } from 'node:http'
 import Fastify, {
   type FastifyError,
+  type FastifyHttpOptions,
   type FastifyInstance,
-  type FastifyServerOptions,
   LogController,
 } from 'fastify'
 import { traceIdOf, ZERO_TRACE_ID } from '../schemas/events.js'
 import { TallyError } from './errors.js'
+import {
+  answerClientError,
+  answeredByClientError,
+  connectionsCheckingIntervalMs,
+  DEFAULT_MAX_CONNECTIONS,
+  limitConnections,
+  rememberRequestId,
+} from './http-limits.js'
 import type { Logger } from './log.js'
 
 const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/
@@ -64,10 +73,19 @@ export interface HttpServerOptions {
   logger: Logger
   /** Largest request body accepted (bytes). */
   bodyLimit: number
-  /** Time allowed to receive a whole request. */
+  /**
+   * Time allowed to receive a whole request, headers and body, from its first byte (ms); then the
+   * client gets 408 TALLY_ERR_REQUEST_TIMEOUT and the connection is closed.
+   */
   requestTimeoutMs: number
   /** Idle keep-alive connections are closed after this. */
   keepAliveTimeoutMs?: number
+  /**
+   * Most connections held open at once: more are closed as they are accepted, and from 90 % of it
+   * idle keep-alive connections are closed first (core/http-limits.ts). Default
+   * DEFAULT_MAX_CONNECTIONS.
+   */
+  maxConnections?: number
   /** Observes every error answer (after mapping), e.g. to count rejections by code. */
   onErrorAnswer?: (err: TallyError) => void
 }
@@ -125,11 +143,21 @@ function mapFastifyError(err: FastifyError): TallyError {
  * `{success:false, code, message, where, requestId}`.
  */
 export function createHttpServer(options: HttpServerOptions): FastifyInstance {
-  const serverOptions: FastifyServerOptions = {
+  const { requestTimeoutMs } = options
+  const serverOptions: FastifyHttpOptions<Server> = {
     loggerInstance: options.logger,
     bodyLimit: options.bodyLimit,
-    requestTimeout: options.requestTimeoutMs,
-    connectionTimeout: options.requestTimeoutMs,
+    http: {
+      // Node's headersTimeout defaults to 60 s and, when longer than requestTimeout, Node swaps the
+      // two: the whole request got 60 s. Equal, headers and body both end at the request timeout.
+      requestTimeout: requestTimeoutMs,
+      headersTimeout: requestTimeoutMs,
+      connectionsCheckingInterval: connectionsCheckingIntervalMs(requestTimeoutMs),
+    },
+    requestTimeout: requestTimeoutMs,
+    // Inactivity of the socket: ends a connection that sends nothing (Node's request deadlines start
+    // at a request's first byte).
+    connectionTimeout: requestTimeoutMs,
     keepAliveTimeout: options.keepAliveTimeoutMs ?? 72_000,
     return503OnClosing: true,
     forceCloseConnections: 'idle',
@@ -137,11 +165,20 @@ export function createHttpServer(options: HttpServerOptions): FastifyInstance {
     logController: new LogController({ disableRequestLogging: true, requestIdLogLabel: 'requestId' }),
     genReqId: (req) => {
       const given = req.headers['x-request-id']
-      if (typeof given === 'string' && REQUEST_ID.test(given)) return given
-      return traceIdOrNew(req.headers.traceparent)
+      const id =
+        typeof given === 'string' && REQUEST_ID.test(given) ? given : traceIdOrNew(req.headers.traceparent)
+      rememberRequestId(req, id)
+      return id
     },
+    clientErrorHandler: (error, socket) =>
+      answerClientError(error, socket, {
+        requestTimeoutMs,
+        logger: options.logger,
+        onErrorAnswer: options.onErrorAnswer,
+      }),
   }
   const app = Fastify(serverOptions) as unknown as FastifyInstance
+  limitConnections(app.server, options.maxConnections ?? DEFAULT_MAX_CONNECTIONS, options.logger)
   // Hooks on every request take a callback rather than returning a promise: at tens of thousands
   // of requests a second the promises show in profiles.
   app.addHook('onRequest', (req, reply, done) => {
@@ -161,6 +198,11 @@ export function createHttpServer(options: HttpServerOptions): FastifyInstance {
   })
   app.setErrorHandler((error: FastifyError, req, reply) => {
     const err = error instanceof TallyError ? error : mapFastifyError(error)
+    if (answeredByClientError(req.raw)) {
+      // Answered (408) and closed already; this is its body stream failing. Nothing goes out.
+      req.log.debug({ err: error }, 'request ended by an answered client error')
+      return reply.status(err.statusCode).send()
+    }
     options.onErrorAnswer?.(err)
     if (err.statusCode >= 500) req.log.error({ err: error }, 'request failed')
     else req.log.info({ code: err.code, status: err.statusCode }, err.message)

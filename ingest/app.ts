@@ -73,6 +73,7 @@ export async function buildIngestApp(deps: IngestDeps): Promise<FastifyInstance>
     logger: deps.logger,
     bodyLimit: config.maxBodyBytes,
     requestTimeoutMs: config.requestTimeoutMs,
+    maxConnections: config.maxConnections,
     onErrorAnswer: (err) => metrics.rejections.inc({ code: err.code }),
   })
   const limits: IngestLimits = { maxEventBytes: config.maxEventBytes, maxDepth: config.maxDepth }

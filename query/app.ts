@@ -41,8 +41,10 @@ export interface QueryAppDeps {
   /** Limits on ranges, pages and filters; see DEFAULT_QUERY_LIMITS. */
   limits?: Partial<Omit<QueryLimits, 'maxPoints'>> & { maxPoints?: Partial<QueryLimits['maxPoints']> }
   metrics?: QueryMetrics
-  /** Time allowed to receive a whole request. Default 10000 ms. */
+  /** Time allowed to receive a whole request, headers and body. Default 10000 ms. */
   requestTimeoutMs?: number
+  /** Most connections held at once (TALLY_MAX_CONNECTIONS). Default 10000. */
+  maxConnections?: number
   /** Clock (tests). Default Date.now. */
   now?: () => number
   /**
@@ -110,6 +112,7 @@ export async function buildQueryApp(deps: QueryAppDeps): Promise<FastifyInstance
     // Only GETs: nothing to receive but the request line and headers.
     bodyLimit: 1024,
     requestTimeoutMs: deps.requestTimeoutMs ?? 10_000,
+    maxConnections: deps.maxConnections ?? 10_000,
     onErrorAnswer: (err) => metrics.errors.inc({ code: err.code }),
   })
 

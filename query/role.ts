@@ -125,6 +125,7 @@ export async function startQuery(
         { onEvent: () => metrics.exportRows.inc() },
       ),
       requestTimeoutMs: options.requestTimeoutMs ?? config.ingest.requestTimeoutMs,
+      maxConnections: config.ingest.maxConnections,
       answerCache: { maxBytes: config.query.answerCacheBytes, maxAgeMs: config.query.answerCacheMaxAgeMs },
       ...(options.limits ? { limits: options.limits } : {}),
     })

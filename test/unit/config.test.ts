@@ -58,6 +58,16 @@ describe('loadConfig', () => {
     )
   })
 
+  it('caps each ingest and query server at 10000 connections unless told otherwise, within 1 to 1000000', () => {
+    expect(loadConfig({}).ingest.maxConnections).toBe(10_000)
+    expect(loadConfig({ TALLY_MAX_CONNECTIONS: '250' }).ingest.maxConnections).toBe(250)
+    const err = errorOf({ TALLY_MAX_CONNECTIONS: '0' })
+    expect(err.where).toBe('TALLY_MAX_CONNECTIONS')
+    expect(err.message).toContain('an integer from 1 to 1000000')
+    expect(errorOf({ TALLY_MAX_CONNECTIONS: '1000001' }).where).toBe('TALLY_MAX_CONNECTIONS')
+    expect(CONFIG_VARIABLES.map(([name]) => name)).toContain('TALLY_MAX_CONNECTIONS')
+  })
+
   it('parses host lists, adding the default port', () => {
     const c = loadConfig({ KAFKA_BROKERS: 'k1:9093, k2', CASSANDRA_CONTACT_POINTS: 'c1,c2:9999' })
     expect(c.kafka.configured).toBe(true)
