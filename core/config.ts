@@ -425,7 +425,7 @@ export const CONFIG_VARIABLES: ReadonlyArray<readonly [name: string, meaning: st
   ['TALLY_MAX_DEPTH', 'deepest nesting inside an event (default 16)'],
   ['TALLY_RATE_LIMIT_SITE', 'events/s per site and ingest process, 0 = off (default 20000)'],
   ['TALLY_RATE_LIMIT_CLIENT', 'events/s per site and client IP, 0 = off (default 1000)'],
-  ['TALLY_SITE_CACHE_TTL_MS', 'how long ingest caches a site and its key (default 10000)'],
+  ['TALLY_SITE_CACHE_TTL_MS', 'how long ingest and query cache a site and its keys (default 10000)'],
   ['TALLY_APPEND_TIMEOUT_MS', 'wait for the log before answering 503 (default 5000)'],
   ['TALLY_LINGER_MS', 'producer linger that lets requests share a Kafka batch (default 2)'],
   [

@@ -25,6 +25,23 @@ export function hashToken(token: string): string {
   return hash('sha256', token, 'hex')
 }
 
+/**
+ * The id of a read token, from its hash: the first 12 hex digits of its SHA-256. Derived rather than
+ * drawn so tokens created before ids existed (only their hash is stored) have one too; it names a
+ * token to list or revoke it and says nothing usable about the secret.
+ */
+export function readTokenId(tokenHash: string): string {
+  return tokenHash.slice(0, 12)
+}
+
+/** What a read token id looks like (readTokenId). */
+export const READ_TOKEN_ID = /^[0-9a-f]{12}$/
+
+/** The first characters of a read token, kept to recognize it ("rt_" and 5 of its 32 random characters). */
+export function readTokenPrefix(token: string): string {
+  return token.slice(0, 8)
+}
+
 /** Constant-time comparison of two hex hashes of equal length. */
 export function hashesEqual(a: string, b: string): boolean {
   const x = Buffer.from(a, 'hex')

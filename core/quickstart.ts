@@ -4,6 +4,7 @@ import { join } from 'node:path'
 import { createCassandraClient } from './cassandra/client.js'
 import { CassandraSiteStore } from './cassandra/sites.js'
 import type { TallyConfig } from './config.js'
+import { hashToken } from './keys.js'
 import type { Logger } from './log.js'
 import { migrate } from './migrate.js'
 import type { SiteStore } from './ports/site-store.js'
@@ -27,7 +28,9 @@ export async function ensureQuickstartSite(config: TallyConfig, store: SiteStore
   if (existsSync(file)) {
     const saved = JSON.parse(await readFile(file, 'utf8')) as QuickstartSite
     const site = await store.get(saved.siteId)
-    if (site) return { ...saved, writeKey: site.writeKey }
+    // A revoked token is not printed as one to use: the site gets a new one below.
+    if (site?.readTokenHashes.includes(hashToken(saved.readToken)))
+      return { ...saved, writeKey: site.writeKey }
   }
   const existing = await store.get(QUICKSTART_SITE)
   const created = existing

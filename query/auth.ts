@@ -30,6 +30,8 @@ export interface ReadAccessCacheOptions {
    * (a site created since), but at most this often, so bad tokens cannot flood the store. Default 1000 ms.
    */
   minRefreshMs?: number
+  /** Called for every accepted token (TokenUseRecorder keeps "last used"); must not throw. */
+  onUse?: (siteId: string, tokenHash: string) => void
   /** Clock (tests). */
   now?: () => number
 }
@@ -66,6 +68,7 @@ export class ReadAccessCache implements ReadAuthorizer {
   private readonly minRefreshMs: number
   private tokenIndexLoadedAt = Number.NEGATIVE_INFINITY
   private readonly now: () => number
+  private readonly onUse: ((siteId: string, tokenHash: string) => void) | undefined
 
   constructor(
     private readonly store: Pick<SiteStore, 'get' | 'list'>,
@@ -77,6 +80,7 @@ export class ReadAccessCache implements ReadAuthorizer {
     this.tokenIndexTtlMs = options.tokenIndexTtlMs ?? 30_000
     this.minRefreshMs = options.minRefreshMs ?? 1000
     this.now = options.now ?? Date.now
+    this.onUse = options.onUse
   }
 
   async authorize(siteId: string, authorization: string | undefined): Promise<void> {
@@ -87,9 +91,11 @@ export class ReadAccessCache implements ReadAuthorizer {
     if (!m) throw unauthorized('TALLY_ERR_INVALID_READ_TOKEN', 'Authorization must be Bearer <read token>')
     const hash = hashToken(m[1]!)
     let site = await this.site(siteId, false)
-    if (site && matchesAny(hash, site.readTokenHashes)) return
-    site = await this.site(siteId, true)
-    if (site && matchesAny(hash, site.readTokenHashes)) return
+    if (!(site && matchesAny(hash, site.readTokenHashes))) site = await this.site(siteId, true)
+    if (site && matchesAny(hash, site.readTokenHashes)) {
+      this.onUse?.(siteId, hash)
+      return
+    }
     const owner = await this.ownerOf(hash)
     if (owner !== undefined && owner !== siteId) {
       throw new TallyError('TALLY_ERR_WRONG_SITE', `this read token does not give access to site ${siteId}`, {
@@ -97,7 +103,8 @@ export class ReadAccessCache implements ReadAuthorizer {
         where: 'site',
       })
     }
-    throw unauthorized('TALLY_ERR_INVALID_READ_TOKEN', 'unknown read token')
+    // A revoked token is unknown here: its hash left the site (and the index, once rebuilt).
+    throw unauthorized('TALLY_ERR_INVALID_READ_TOKEN', 'unknown or revoked read token')
   }
 
   /** The same check as `authorize` when the site is cached and fresh and the token is one of its own. */
@@ -106,7 +113,11 @@ export class ReadAccessCache implements ReadAuthorizer {
     const hit = this.byId.get(siteId)
     if (!hit?.site || hit.expires <= this.now()) return false
     const m = BEARER.exec(authorization)
-    return m !== null && matchesAny(hashToken(m[1]!), hit.site.readTokenHashes)
+    if (m === null) return false
+    const hash = hashToken(m[1]!)
+    if (!matchesAny(hash, hit.site.readTokenHashes)) return false
+    this.onUse?.(siteId, hash)
+    return true
   }
 
   /** The site, from the cache while fresh; `refresh` re-reads it if cached longer than minRefreshMs. */

@@ -54,6 +54,12 @@ export function createQueryMetrics(options: QueryMetricsOptions = {}) {
         this.set(options.noticesLive?.() ? 1 : 0)
       },
     }),
+    tokenUses: new Counter({
+      name: 'tally_query_token_use_writes_total',
+      help: "Writes of a read token's last use (at most one per token and minute): written, failed, or skipped (too many in flight)",
+      labelNames: ['outcome'] as const,
+      registers: [registry],
+    }),
     inFlight: new Gauge({
       name: 'tally_query_in_flight_requests',
       help: 'Requests being handled',

@@ -217,7 +217,7 @@ export function openApiDocument(limits: QueryLimits): Json {
       schemas: { Error: ERROR, Meta: META },
       responses: {
         BadParameter: errorResponse('A parameter is missing, malformed or not answerable; `where` names it.'),
-        Unauthorized: errorResponse('No read token, or an unknown one.'),
+        Unauthorized: errorResponse('No read token, or an unknown or revoked one.'),
         Forbidden: errorResponse('The read token belongs to another site.'),
       },
     },

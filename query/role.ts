@@ -20,6 +20,7 @@ import { ReadAccessCache } from './auth.js'
 import { archiveRawEventSource } from './export-raw.js'
 import { CheckpointFreshness } from './freshness.js'
 import { createQueryMetrics } from './metrics.js'
+import { TokenUseRecorder } from './token-use.js'
 
 export const QUERY_DEFAULT_PORT = 8081
 
@@ -107,11 +108,19 @@ export async function startQuery(
     await listener?.close()
     await releaseStores()
   }
+  // "Last used" of read tokens (tally sites tokens), written in the background.
+  const tokenUses = new TokenUseRecorder(sites, {
+    onOutcome: (outcome, err) => {
+      metrics.tokenUses.inc({ outcome })
+      if (err !== undefined) logger.warn({ err }, 'cannot record the last use of a read token')
+    },
+  })
   try {
     const app = await buildQueryApp({
       reader,
       auth: new ReadAccessCache(sites, {
         ttlMs: options.siteCacheTtlMs ?? config.ingest.siteCacheTtlMs,
+        onUse: (siteId, hash) => tokenUses.used(siteId, hash),
       }),
       freshness,
       logger,
@@ -138,6 +147,7 @@ export async function startQuery(
       // Order: stop taking requests and let in-flight ones (exports too) finish, then close Cassandra.
       close: once(async () => {
         await app.close()
+        await tokenUses.settled()
         await release()
       }),
     }

@@ -1,7 +1,14 @@
 import type { Client, types } from 'cassandra-driver'
 import { TallyError } from '../errors.js'
-import { hashToken, newReadToken, newWriteKey } from '../keys.js'
-import type { NewSite, Site, SiteStore } from '../ports/site-store.js'
+import { hashToken, newReadToken, newWriteKey, readTokenId, readTokenPrefix } from '../keys.js'
+import {
+  type NewSite,
+  type ReadTokenInfo,
+  readTokenNotFound,
+  type Site,
+  type SiteStore,
+  sortReadTokens,
+} from '../ports/site-store.js'
 
 function rowToSite(row: { get(name: string): unknown }): Site {
   return {
@@ -15,6 +22,27 @@ function rowToSite(row: { get(name: string): unknown }): Site {
 }
 
 const SITE_COLUMNS = 'site_id, domain, origins, write_key, read_token_hashes, created_at'
+
+interface TokenRow {
+  tokenHash: string | undefined
+  prefix: string | undefined
+  createdAt: Date | undefined
+  lastUsedAt: Date | undefined
+  revokedAt: Date | undefined
+}
+
+function rowToToken(row: { get(name: string): unknown }): TokenRow {
+  const opt = <T>(name: string) => (row.get(name) as T | null) ?? undefined
+  return {
+    tokenHash: opt<string>('token_hash'),
+    prefix: opt<string>('prefix'),
+    createdAt: opt<Date>('created_at'),
+    lastUsedAt: opt<Date>('last_used_at'),
+    revokedAt: opt<Date>('revoked_at'),
+  }
+}
+
+const TOKEN_COLUMNS = 'token_id, token_hash, prefix, created_at, last_used_at, revoked_at'
 
 /** Sites in Cassandra: one row per site plus lookup tables by write key and by token hash. */
 export class CassandraSiteStore implements SiteStore {
@@ -49,6 +77,7 @@ export class CassandraSiteStore implements SiteStore {
       [tokenHash, input.siteId, now],
       { prepare: true },
     )
+    await this.insertToken(input.siteId, readToken, tokenHash, now)
     return {
       site: {
         ...input,
@@ -72,7 +101,13 @@ export class CassandraSiteStore implements SiteStore {
     if (!rs.wasApplied()) {
       const existing = await this.get(site.siteId)
       if (!existing || existing.writeKey !== site.writeKey) return 'conflict'
-      const missing = site.readTokenHashes.filter((h) => !existing.readTokenHashes.includes(h))
+      // A token revoked here stays revoked, even when an older copy of the site still holds it.
+      const revoked = new Set(
+        [...(await this.tokenRows(site.siteId))].filter(([, r]) => r.revokedAt).map(([id]) => id),
+      )
+      const missing = site.readTokenHashes.filter(
+        (h) => !existing.readTokenHashes.includes(h) && !revoked.has(readTokenId(h)),
+      )
       if (missing.length > 0) {
         await this.client.execute(
           'UPDATE sites SET read_token_hashes = read_token_hashes + ?, updated_at = ? WHERE site_id = ?',
@@ -89,7 +124,8 @@ export class CassandraSiteStore implements SiteStore {
         prepare: true,
       },
     )
-    for (const hash of site.readTokenHashes) {
+    const active = new Set((await this.get(site.siteId))?.readTokenHashes ?? [])
+    for (const hash of site.readTokenHashes.filter((h) => active.has(h))) {
       await this.client.execute(
         'INSERT INTO site_read_tokens (token_hash, site_id, created_at) VALUES (?, ?, ?)',
         [hash, site.siteId, site.createdAt],
@@ -162,11 +198,14 @@ export class CassandraSiteStore implements SiteStore {
     if (!site) throw notFound(siteId)
     const token = newReadToken()
     const hash = hashToken(token)
+    const now = new Date()
     await this.client.execute(
       'INSERT INTO site_read_tokens (token_hash, site_id, created_at) VALUES (?, ?, ?)',
-      [hash, siteId, new Date()],
+      [hash, siteId, now],
       { prepare: true },
     )
+    // The row before the hash joins the site: a token that works is always listed with its prefix.
+    await this.insertToken(siteId, token, hash, now)
     await this.client.execute(
       'UPDATE sites SET read_token_hashes = read_token_hashes + ? WHERE site_id = ?',
       [[hash], siteId],
@@ -177,9 +216,67 @@ export class CassandraSiteStore implements SiteStore {
     return token
   }
 
+  async listReadTokens(siteId: string): Promise<ReadTokenInfo[]> {
+    const site = await this.get(siteId)
+    if (!site) throw notFound(siteId)
+    const rows = await this.tokenRows(siteId)
+    const out: ReadTokenInfo[] = []
+    const active = new Set<string>()
+    for (const hash of site.readTokenHashes) {
+      const tokenId = readTokenId(hash)
+      active.add(tokenId)
+      out.push(await this.info(site, tokenId, hash, rows.get(tokenId), false))
+    }
+    // A row whose token is not in the site is listed only once revoked: a row holding just a use
+    // (recorded after its site was removed and created again) names no token of this site.
+    for (const [tokenId, row] of rows)
+      if (!active.has(tokenId) && row.revokedAt)
+        out.push(await this.info(site, tokenId, row.tokenHash, row, true))
+    return sortReadTokens(out)
+  }
+
+  async revokeReadToken(siteId: string, tokenId: string): Promise<ReadTokenInfo> {
+    const site = await this.get(siteId)
+    if (!site) throw notFound(siteId)
+    const rows = await this.tokenRows(siteId)
+    const row = rows.get(tokenId)
+    const hash = site.readTokenHashes.find((h) => readTokenId(h) === tokenId)
+    if (hash === undefined) {
+      if (row?.revokedAt) return this.info(site, tokenId, row.tokenHash, row, true)
+      throw readTokenNotFound(siteId, tokenId)
+    }
+    const now = new Date()
+    const info = { ...(await this.info(site, tokenId, hash, row, false)), revokedAt: now }
+    // Row first, then the hash leaves the site: if this stops between the two, the token still
+    // works and is listed as working, and revoking again finishes the job.
+    await this.client.execute(
+      'UPDATE site_tokens SET token_hash = ?, created_at = ?, revoked_at = ? WHERE site_id = ? AND token_id = ?',
+      [hash, info.createdAt, now, siteId, tokenId],
+      { prepare: true },
+    )
+    await this.client.execute(
+      'UPDATE sites SET read_token_hashes = read_token_hashes - ?, updated_at = ? WHERE site_id = ?',
+      [[hash], now, siteId],
+      { prepare: true },
+    )
+    await this.client.execute('DELETE FROM site_read_tokens WHERE token_hash = ?', [hash], { prepare: true })
+    return info
+  }
+
+  async markReadTokenUsed(siteId: string, tokenHash: string, usedAt: Date): Promise<void> {
+    // The use's own time as write timestamp: of two roles' writes, the later use wins whatever
+    // order they arrive in, and a use recorded before the site was removed stays deleted.
+    await this.client.execute(
+      'UPDATE site_tokens USING TIMESTAMP ? SET last_used_at = ? WHERE site_id = ? AND token_id = ?',
+      [usedAt.getTime() * 1000, usedAt, siteId, readTokenId(tokenHash)],
+      { prepare: true },
+    )
+  }
+
   async remove(siteId: string): Promise<boolean> {
     const site = await this.get(siteId)
     if (!site) return false
+    await this.client.execute('DELETE FROM site_tokens WHERE site_id = ?', [siteId], { prepare: true })
     await this.client.execute('DELETE FROM site_write_keys WHERE write_key = ?', [site.writeKey], {
       prepare: true,
     })
@@ -190,6 +287,53 @@ export class CassandraSiteStore implements SiteStore {
     }
     await this.client.execute('DELETE FROM sites WHERE site_id = ?', [siteId], { prepare: true })
     return true
+  }
+
+  private async insertToken(siteId: string, token: string, hash: string, createdAt: Date): Promise<void> {
+    await this.client.execute(
+      'UPDATE site_tokens SET token_hash = ?, prefix = ?, created_at = ? WHERE site_id = ? AND token_id = ?',
+      [hash, readTokenPrefix(token), createdAt, siteId, readTokenId(hash)],
+      { prepare: true },
+    )
+  }
+
+  private async tokenRows(siteId: string): Promise<Map<string, TokenRow>> {
+    const rs = await this.client.execute(
+      `SELECT ${TOKEN_COLUMNS} FROM site_tokens WHERE site_id = ?`,
+      [siteId],
+      // A site's tokens are few: one page holds them.
+      { prepare: true, fetchSize: 5000 },
+    )
+    return new Map(rs.rows.map((r) => [String(r.get('token_id')), rowToToken(r)]))
+  }
+
+  /**
+   * A token as listed. One from before site_tokens has no row (or only a recorded use): its
+   * creation time is the one site_read_tokens kept, else the site's.
+   */
+  private async info(
+    site: Site,
+    tokenId: string,
+    hash: string | undefined,
+    row: TokenRow | undefined,
+    revoked: boolean,
+  ): Promise<ReadTokenInfo> {
+    let createdAt = row?.createdAt
+    if (!createdAt && hash !== undefined) {
+      const rs = await this.client.execute(
+        'SELECT created_at FROM site_read_tokens WHERE token_hash = ?',
+        [hash],
+        { prepare: true },
+      )
+      createdAt = (rs.first()?.get('created_at') as Date | null) ?? undefined
+    }
+    return {
+      tokenId,
+      prefix: row?.prefix,
+      createdAt: createdAt ?? site.createdAt,
+      lastUsedAt: row?.lastUsedAt,
+      revokedAt: revoked ? row?.revokedAt : undefined,
+    }
   }
 }
 

@@ -6,7 +6,8 @@ import { backendOf } from '../config.js'
 import { AdminSiteStore, adminSocketPath, hasAdminSocket } from '../embedded/admin.js'
 import type { EmbeddedBackend } from '../embedded/index.js'
 import { TallyError, UsageError } from '../errors.js'
-import type { SiteStore } from '../ports/site-store.js'
+import { hashToken, READ_TOKEN_ID, readTokenId } from '../keys.js'
+import type { ReadTokenInfo, SiteStore } from '../ports/site-store.js'
 import type { ConfigLoader } from './main.js'
 
 const DOMAIN =
@@ -72,6 +73,22 @@ async function withStore<T>(getConfig: ConfigLoader, fn: (store: SiteStore) => P
   } finally {
     await client.shutdown()
   }
+}
+
+/** A token for `sites tokens --json`: every field present, null where the store knows nothing. */
+function tokenJson(t: ReadTokenInfo) {
+  return {
+    tokenId: t.tokenId,
+    prefix: t.prefix ?? null,
+    createdAt: t.createdAt.toISOString(),
+    lastUsedAt: t.lastUsedAt?.toISOString() ?? null,
+    revokedAt: t.revokedAt?.toISOString() ?? null,
+  }
+}
+
+function tokenLine(t: ReadTokenInfo): string {
+  const state = t.revokedAt ? `revoked ${t.revokedAt.toISOString()}` : 'active'
+  return `${t.tokenId}\t${t.prefix ? `${t.prefix}…` : '(no prefix)'}\tcreated ${t.createdAt.toISOString()}\tlast used ${t.lastUsedAt?.toISOString() ?? 'never'}\t${state}`
 }
 
 function print(json: boolean, value: unknown, text: string): void {
@@ -156,10 +173,48 @@ export function registerSitesCommands(program: Command, getConfig: ConfigLoader)
     .option('--json', 'print JSON', false)
     .action(async (siteId: string, opts: { json: boolean }) => {
       const token = await withStore(getConfig, (s) => s.addReadToken(siteId))
+      const tokenId = readTokenId(hashToken(token))
       print(
         opts.json,
-        { siteId, readToken: token },
-        `site ${siteId}: read token ${token}  (secret: shown only now)`,
+        { siteId, readToken: token, tokenId },
+        `site ${siteId}: read token ${token}  (secret: shown only now; id ${tokenId})`,
+      )
+    })
+
+  sites
+    .command('tokens')
+    .description(
+      'list the read tokens of a site: id, first characters, created, last used (recorded at most once a minute per query role), revoked',
+    )
+    .argument('<siteId>')
+    .option('--json', 'print [{"tokenId","prefix","createdAt","lastUsedAt","revokedAt"}]', false)
+    .action(async (siteId: string, opts: { json: boolean }) => {
+      const tokens = await withStore(getConfig, (s) => s.listReadTokens(siteId))
+      print(
+        opts.json,
+        tokens.map(tokenJson),
+        tokens.length === 0 ? `site ${siteId}: no read tokens` : tokens.map(tokenLine).join('\n'),
+      )
+    })
+
+  sites
+    .command('revoke-token')
+    .description(
+      'revoke a read token by its id (see `sites tokens`); query roles refuse it once their site cache expires (TALLY_SITE_CACHE_TTL_MS)',
+    )
+    .argument('<siteId>')
+    .argument('<tokenId>', 'the 12 hex digits `sites tokens` lists')
+    .option('--json', 'print the revoked token as `sites tokens --json` does', false)
+    .action(async (siteId: string, tokenId: string, opts: { json: boolean }) => {
+      if (!READ_TOKEN_ID.test(tokenId))
+        throw new UsageError(
+          `"${tokenId}" is not a read token id (12 hex digits, see \`tally sites tokens ${siteId}\`)`,
+        )
+      const token = await withStore(getConfig, (s) => s.revokeReadToken(siteId, tokenId))
+      print(
+        opts.json,
+        tokenJson(token),
+        `site ${siteId}: read token ${token.tokenId} revoked at ${token.revokedAt?.toISOString() ?? '?'}`,
       )
     })
 

@@ -4,7 +4,7 @@ import { join } from 'node:path'
 import { TallyError } from '../errors.js'
 import { createHttpServer } from '../http.js'
 import type { Logger } from '../log.js'
-import type { NewSite, Site, SiteStore } from '../ports/site-store.js'
+import type { NewSite, ReadTokenInfo, Site, SiteStore } from '../ports/site-store.js'
 import { EMBEDDED_DIR } from './index.js'
 
 /**
@@ -55,6 +55,17 @@ export async function serveAdmin(
   app.post<{ Params: { id: string } }>('/sites/:id/tokens', async (req) => ({
     readToken: await sites.addReadToken(req.params.id),
   }))
+  app.get<{ Params: { id: string } }>('/sites/:id/tokens', async (req) => sites.listReadTokens(req.params.id))
+  app.post<{ Params: { id: string; tokenId: string } }>('/sites/:id/tokens/:tokenId/revoke', async (req) =>
+    sites.revokeReadToken(req.params.id, req.params.tokenId),
+  )
+  app.post<{ Params: { id: string }; Body: { tokenHash: string; usedAtMs: number } }>(
+    '/sites/:id/token-uses',
+    async (req) => {
+      await sites.markReadTokenUsed(req.params.id, req.body.tokenHash, new Date(req.body.usedAtMs))
+      return { recorded: true }
+    },
+  )
   app.delete<{ Params: { id: string } }>('/sites/:id', async (req) => ({
     removed: await sites.remove(req.params.id),
   }))
@@ -134,6 +145,18 @@ function revive(site: Site): Site {
   return { ...site, createdAt: new Date(site.createdAt) }
 }
 
+/** A token from JSON: dates as strings, and absent fields where the store had undefined. */
+function reviveToken(t: ReadTokenInfo): ReadTokenInfo {
+  const date = (d: Date | undefined) => (d === undefined ? undefined : new Date(d))
+  return {
+    tokenId: t.tokenId,
+    prefix: t.prefix,
+    createdAt: new Date(t.createdAt),
+    lastUsedAt: date(t.lastUsedAt),
+    revokedAt: date(t.revokedAt),
+  }
+}
+
 /** The sites of a running `tally all`, through its admin socket (SiteStore). */
 export class AdminSiteStore implements SiteStore {
   constructor(private readonly path: string) {}
@@ -163,6 +186,29 @@ export class AdminSiteStore implements SiteStore {
     return (
       await call<{ readToken: string }>(this.path, 'POST', `/sites/${encodeURIComponent(siteId)}/tokens`)
     ).readToken
+  }
+
+  async listReadTokens(siteId: string): Promise<ReadTokenInfo[]> {
+    return (await call<ReadTokenInfo[]>(this.path, 'GET', `/sites/${encodeURIComponent(siteId)}/tokens`)).map(
+      reviveToken,
+    )
+  }
+
+  async revokeReadToken(siteId: string, tokenId: string): Promise<ReadTokenInfo> {
+    return reviveToken(
+      await call<ReadTokenInfo>(
+        this.path,
+        'POST',
+        `/sites/${encodeURIComponent(siteId)}/tokens/${encodeURIComponent(tokenId)}/revoke`,
+      ),
+    )
+  }
+
+  async markReadTokenUsed(siteId: string, tokenHash: string, usedAt: Date): Promise<void> {
+    await call(this.path, 'POST', `/sites/${encodeURIComponent(siteId)}/token-uses`, {
+      tokenHash,
+      usedAtMs: usedAt.getTime(),
+    })
   }
 
   async remove(siteId: string): Promise<boolean> {

@@ -224,4 +224,24 @@ export const STORE_MIGRATIONS: readonly string[] = [
     PRIMARY KEY (site_id, scope, span_start)
   ) WITHOUT ROWID;
   `,
+  // 5: read tokens one by one, to list and revoke them (schemas/cql/0007_site_tokens.cql). The
+  // tokens that work are still those in sites.read_token_hashes; every one of them gets its row
+  // here (id = first 12 hex digits of the hash, core/keys.ts readTokenId), created with its site.
+  `
+  CREATE TABLE site_tokens (
+    site_id TEXT NOT NULL,
+    token_id TEXT NOT NULL,
+    token_hash TEXT NOT NULL,
+    -- first 8 characters of the token; NULL for tokens created before this table
+    prefix TEXT,
+    created_at_ms INTEGER NOT NULL,
+    last_used_at_ms INTEGER,
+    revoked_at_ms INTEGER,
+    PRIMARY KEY (site_id, token_id)
+  ) WITHOUT ROWID;
+
+  INSERT OR IGNORE INTO site_tokens (site_id, token_id, token_hash, prefix, created_at_ms)
+    SELECT s.site_id, substr(t.value, 1, 12), t.value, NULL, s.created_at_ms
+    FROM sites AS s, json_each(s.read_token_hashes) AS t;
+  `,
 ]

@@ -1,6 +1,13 @@
 import { TallyError } from '../errors.js'
-import { hashToken, newReadToken, newWriteKey } from '../keys.js'
-import type { NewSite, Site, SiteStore } from '../ports/site-store.js'
+import { hashToken, newReadToken, newWriteKey, readTokenId, readTokenPrefix } from '../keys.js'
+import {
+  type NewSite,
+  type ReadTokenInfo,
+  readTokenNotFound,
+  type Site,
+  type SiteStore,
+  sortReadTokens,
+} from '../ports/site-store.js'
 import type { Db } from './sqlite.js'
 
 interface SiteRow {
@@ -20,6 +27,24 @@ function rowToSite(r: SiteRow): Site {
     writeKey: r.write_key,
     readTokenHashes: (JSON.parse(r.read_token_hashes) as string[]).slice().sort(),
     createdAt: new Date(r.created_at_ms),
+  }
+}
+
+interface TokenRow {
+  token_id: string
+  prefix: string | null
+  created_at_ms: number
+  last_used_at_ms: number | null
+  revoked_at_ms: number | null
+}
+
+function rowToToken(r: TokenRow): ReadTokenInfo {
+  return {
+    tokenId: r.token_id,
+    prefix: r.prefix ?? undefined,
+    createdAt: new Date(r.created_at_ms),
+    lastUsedAt: r.last_used_at_ms === null ? undefined : new Date(r.last_used_at_ms),
+    revokedAt: r.revoked_at_ms === null ? undefined : new Date(r.revoked_at_ms),
   }
 }
 
@@ -50,6 +75,21 @@ export class EmbeddedSiteStore implements SiteStore {
       setWriteKey: db.prepare('UPDATE sites SET write_key = ?, updated_at_ms = ? WHERE site_id = ?'),
       setTokens: db.prepare('UPDATE sites SET read_token_hashes = ?, updated_at_ms = ? WHERE site_id = ?'),
       remove: db.prepare('DELETE FROM sites WHERE site_id = ?'),
+      insertToken: db.prepare(
+        'INSERT OR IGNORE INTO site_tokens (site_id, token_id, token_hash, prefix, created_at_ms) VALUES (?, ?, ?, ?, ?)',
+      ),
+      tokens: db.prepare(
+        'SELECT token_id, prefix, created_at_ms, last_used_at_ms, revoked_at_ms FROM site_tokens WHERE site_id = ?',
+      ),
+      token: db.prepare(
+        'SELECT token_id, prefix, created_at_ms, last_used_at_ms, revoked_at_ms FROM site_tokens WHERE site_id = ? AND token_id = ?',
+      ),
+      revokeToken: db.prepare('UPDATE site_tokens SET revoked_at_ms = ? WHERE site_id = ? AND token_id = ?'),
+      // max(): of two uses recorded out of order, the later one stays.
+      useToken: db.prepare(
+        'UPDATE site_tokens SET last_used_at_ms = max(coalesce(last_used_at_ms, 0), ?) WHERE site_id = ? AND token_id = ?',
+      ),
+      removeTokens: db.prepare('DELETE FROM site_tokens WHERE site_id = ?'),
     }
   }
 
@@ -59,16 +99,27 @@ export class EmbeddedSiteStore implements SiteStore {
     const tokenHash = hashToken(readToken)
     const now = this.now()
     const origins = [...input.origins].sort()
-    const info = this.stmt.insert.run(
-      input.siteId,
-      input.domain,
-      JSON.stringify(origins),
-      writeKey,
-      JSON.stringify([tokenHash]),
-      now,
-      now,
-    )
-    if (info.changes === 0) {
+    const created = this.db.transaction(() => {
+      const info = this.stmt.insert.run(
+        input.siteId,
+        input.domain,
+        JSON.stringify(origins),
+        writeKey,
+        JSON.stringify([tokenHash]),
+        now,
+        now,
+      )
+      if (info.changes === 0) return false
+      this.stmt.insertToken.run(
+        input.siteId,
+        readTokenId(tokenHash),
+        tokenHash,
+        readTokenPrefix(readToken),
+        now,
+      )
+      return true
+    })()
+    if (!created) {
       throw new TallyError('TALLY_ERR_SITE_EXISTS', `site ${input.siteId} already exists`, {
         statusCode: 409,
         where: 'siteId',
@@ -89,23 +140,36 @@ export class EmbeddedSiteStore implements SiteStore {
 
   async importSite(site: Site): Promise<'created' | 'unchanged' | 'conflict'> {
     const now = this.now()
+    const createdAtMs = site.createdAt.getTime()
     const hashes = [...new Set(site.readTokenHashes)].sort()
-    const info = this.stmt.insert.run(
-      site.siteId,
-      site.domain,
-      JSON.stringify([...site.origins].sort()),
-      site.writeKey,
-      JSON.stringify(hashes),
-      site.createdAt.getTime(),
-      now,
-    )
-    if (info.changes > 0) return 'created'
-    const existing = await this.get(site.siteId)
-    if (!existing || existing.writeKey !== site.writeKey) return 'conflict'
-    const merged = [...new Set([...existing.readTokenHashes, ...hashes])].sort()
-    if (merged.length !== existing.readTokenHashes.length)
-      this.stmt.setTokens.run(JSON.stringify(merged), now, site.siteId)
-    return 'unchanged'
+    return this.db.transaction((): 'created' | 'unchanged' | 'conflict' => {
+      const info = this.stmt.insert.run(
+        site.siteId,
+        site.domain,
+        JSON.stringify([...site.origins].sort()),
+        site.writeKey,
+        JSON.stringify(hashes),
+        createdAtMs,
+        now,
+      )
+      if (info.changes > 0) {
+        for (const h of hashes) this.stmt.insertToken.run(site.siteId, readTokenId(h), h, null, createdAtMs)
+        return 'created'
+      }
+      const row = this.stmt.get.get(site.siteId) as SiteRow | undefined
+      if (!row || row.write_key !== site.writeKey) return 'conflict'
+      const existing = JSON.parse(row.read_token_hashes) as string[]
+      // A token revoked here stays revoked, even when an older copy of the site still holds it.
+      const added = hashes.filter((h) => {
+        const token = this.stmt.token.get(site.siteId, readTokenId(h)) as TokenRow | undefined
+        return !existing.includes(h) && token?.revoked_at_ms == null
+      })
+      if (added.length > 0) {
+        this.stmt.setTokens.run(JSON.stringify([...existing, ...added].sort()), now, site.siteId)
+        for (const h of added) this.stmt.insertToken.run(site.siteId, readTokenId(h), h, null, createdAtMs)
+      }
+      return 'unchanged'
+    })()
   }
 
   async get(siteId: string): Promise<Site | undefined> {
@@ -138,12 +202,42 @@ export class EmbeddedSiteStore implements SiteStore {
       if (!row) throw notFound(siteId)
       const hashes = new Set(JSON.parse(row.read_token_hashes) as string[])
       hashes.add(hash)
-      this.stmt.setTokens.run(JSON.stringify([...hashes].sort()), this.now(), siteId)
+      const now = this.now()
+      this.stmt.setTokens.run(JSON.stringify([...hashes].sort()), now, siteId)
+      this.stmt.insertToken.run(siteId, readTokenId(hash), hash, readTokenPrefix(token), now)
     })()
     return token
   }
 
+  async listReadTokens(siteId: string): Promise<ReadTokenInfo[]> {
+    if (!this.stmt.get.get(siteId)) throw notFound(siteId)
+    return sortReadTokens((this.stmt.tokens.all(siteId) as TokenRow[]).map(rowToToken))
+  }
+
+  async revokeReadToken(siteId: string, tokenId: string): Promise<ReadTokenInfo> {
+    return this.db.transaction(() => {
+      const row = this.stmt.get.get(siteId) as SiteRow | undefined
+      if (!row) throw notFound(siteId)
+      const token = this.stmt.token.get(siteId, tokenId) as TokenRow | undefined
+      if (!token) throw readTokenNotFound(siteId, tokenId)
+      if (token.revoked_at_ms !== null) return rowToToken(token)
+      const now = this.now()
+      const hashes = (JSON.parse(row.read_token_hashes) as string[]).filter((h) => readTokenId(h) !== tokenId)
+      // One transaction: the hash leaves the site (what query roles check) with the revocation.
+      this.stmt.setTokens.run(JSON.stringify(hashes), now, siteId)
+      this.stmt.revokeToken.run(now, siteId, tokenId)
+      return rowToToken({ ...token, revoked_at_ms: now })
+    })()
+  }
+
+  async markReadTokenUsed(siteId: string, tokenHash: string, usedAt: Date): Promise<void> {
+    this.stmt.useToken.run(usedAt.getTime(), siteId, readTokenId(tokenHash))
+  }
+
   async remove(siteId: string): Promise<boolean> {
-    return this.stmt.remove.run(siteId).changes > 0
+    return this.db.transaction(() => {
+      this.stmt.removeTokens.run(siteId)
+      return this.stmt.remove.run(siteId).changes > 0
+    })()
   }
 }

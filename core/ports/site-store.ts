@@ -1,3 +1,5 @@
+import { TallyError } from '../errors.js'
+
 /** A site: one domain's analytics, with one write key (public) and read tokens (secret, hashed). */
 export interface Site {
   siteId: string
@@ -5,9 +7,22 @@ export interface Site {
   /** Origins allowed to post events from a browser (CORS), e.g. https://www.example.com. */
   origins: string[]
   writeKey: string
-  /** SHA-256 (hex) of each read token. The tokens themselves are never stored. */
+  /** SHA-256 (hex) of each read token not revoked. The tokens themselves are never stored. */
   readTokenHashes: string[]
   createdAt: Date
+}
+
+/** A read token as `tally sites tokens` lists it: never the secret. */
+export interface ReadTokenInfo {
+  /** Short and not secret (core/keys.ts readTokenId): names the token to revoke it. */
+  tokenId: string
+  /** The token's first 8 characters (readTokenPrefix); undefined for tokens created before prefixes were kept. */
+  prefix: string | undefined
+  createdAt: Date
+  /** Last accepted by a query role, recorded at most once a minute per token and role; undefined: never. */
+  lastUsedAt: Date | undefined
+  /** Undefined while the token works. */
+  revokedAt: Date | undefined
 }
 
 export interface NewSite {
@@ -27,12 +42,36 @@ export interface SiteStore {
   rotateWriteKey(siteId: string): Promise<Site>
   /** Adds a read token and returns it (once). */
   addReadToken(siteId: string): Promise<string>
+  /** The site's read tokens, revoked ones included, oldest first. TALLY_ERR_SITE_NOT_FOUND without the site. */
+  listReadTokens(siteId: string): Promise<ReadTokenInfo[]>
+  /**
+   * Revokes a read token: its hash leaves `readTokenHashes` at once, so query roles refuse it once
+   * their cached copy of the site expires. Revoking a revoked token returns it unchanged.
+   * TALLY_ERR_SITE_NOT_FOUND / TALLY_ERR_READ_TOKEN_NOT_FOUND when the site or the id is unknown.
+   */
+  revokeReadToken(siteId: string, tokenId: string): Promise<ReadTokenInfo>
+  /** Records that a query role accepted the token (hash) at `usedAt`; a later time never goes back. */
+  markReadTokenUsed(siteId: string, tokenHash: string, usedAt: Date): Promise<void>
   remove(siteId: string): Promise<boolean>
   /**
    * Bulk import of a site exported from another store, keys and token hashes as they are (moving an
    * installation). `created` when it was absent; `unchanged` when the same site with the same write
-   * key is there already (its token hashes are merged in); `conflict` when another write key holds
+   * key is there already (its token hashes are merged in, except revoked ones); `conflict` when another write key holds
    * the id (nothing is changed).
    */
   importSite(site: Site): Promise<'created' | 'unchanged' | 'conflict'>
+}
+
+/** Oldest first, then by id: the order every store lists a site's tokens in. */
+export function sortReadTokens(tokens: ReadTokenInfo[]): ReadTokenInfo[] {
+  return tokens.sort(
+    (a, b) => a.createdAt.getTime() - b.createdAt.getTime() || a.tokenId.localeCompare(b.tokenId),
+  )
+}
+
+export function readTokenNotFound(siteId: string, tokenId: string): TallyError {
+  return new TallyError('TALLY_ERR_READ_TOKEN_NOT_FOUND', `site ${siteId} has no read token ${tokenId}`, {
+    statusCode: 404,
+    where: 'tokenId',
+  })
 }

@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { hashToken } from '../../core/keys.js'
 import type { SiteStore } from '../../core/ports/site-store.js'
@@ -6,6 +7,11 @@ import { uniqueName } from '../helpers/context.js'
 export interface SiteStoreHarness {
   sites: SiteStore
   close(): Promise<void>
+}
+
+/** A token's id computed here, apart from core/keys.ts: the first 12 hex digits of its SHA-256. */
+function idOf(token: string): string {
+  return createHash('sha256').update(token).digest('hex').slice(0, 12)
 }
 
 /** The behaviour every site registry (Cassandra, embedded) must have. */
@@ -88,6 +94,120 @@ export function siteStoreContract(name: string, make: () => Promise<SiteStoreHar
       expect((await h.sites.get(a))?.domain).toBe('a.test')
     })
 
+    it('lists read tokens by id with their first characters and creation time, never the secret', async () => {
+      const siteId = uniqueName('site_tokens')
+      const before = Date.now()
+      const { readToken: first } = await h.sites.create({ siteId, domain: 'tokens.test', origins: [] })
+      const second = await h.sites.addReadToken(siteId)
+      const after = Date.now()
+      const tokens = await h.sites.listReadTokens(siteId)
+      expect(tokens.map((t) => t.tokenId).sort()).toEqual([idOf(first), idOf(second)].sort())
+      for (const [token, listed] of [first, second].map(
+        (t) => [t, tokens.find((x) => x.tokenId === idOf(t))!] as const,
+      )) {
+        expect(listed).toMatchObject({
+          prefix: token.slice(0, 8),
+          lastUsedAt: undefined,
+          revokedAt: undefined,
+        })
+        expect(listed.createdAt.getTime()).toBeGreaterThanOrEqual(before - 1000)
+        expect(listed.createdAt.getTime()).toBeLessThanOrEqual(after + 1000)
+        expect(JSON.stringify(listed)).not.toContain(token)
+      }
+      // Oldest first.
+      const times = tokens.map((t) => t.createdAt.getTime())
+      expect(times).toEqual([...times].sort((a, b) => a - b))
+      await expect(h.sites.listReadTokens(uniqueName('none'))).rejects.toMatchObject({
+        code: 'TALLY_ERR_SITE_NOT_FOUND',
+        statusCode: 404,
+      })
+      await h.sites.remove(siteId)
+    })
+
+    it('revokes a read token by id: its hash leaves the site at once, it stays listed as revoked, a repeat changes nothing', async () => {
+      const siteId = uniqueName('site_revoke')
+      const other = uniqueName('site_other')
+      const { readToken: leaked } = await h.sites.create({ siteId, domain: 'revoke.test', origins: [] })
+      const kept = await h.sites.addReadToken(siteId)
+      const { readToken: foreign } = await h.sites.create({
+        siteId: other,
+        domain: 'other.test',
+        origins: [],
+      })
+      const before = Date.now()
+      const revoked = await h.sites.revokeReadToken(siteId, idOf(leaked))
+      expect(revoked).toMatchObject({ tokenId: idOf(leaked), prefix: leaked.slice(0, 8) })
+      expect(revoked.revokedAt?.getTime()).toBeGreaterThanOrEqual(before - 1000)
+      expect(revoked.revokedAt?.getTime()).toBeLessThanOrEqual(Date.now() + 1000)
+      // What query roles check: only the token not revoked.
+      expect((await h.sites.get(siteId))?.readTokenHashes).toEqual([hashToken(kept)])
+      expect((await h.sites.list()).find((s) => s.siteId === siteId)?.readTokenHashes).toEqual([
+        hashToken(kept),
+      ])
+      const listed = await h.sites.listReadTokens(siteId)
+      expect(listed.map((t) => [t.tokenId, t.revokedAt?.getTime()]).sort()).toEqual(
+        [
+          [idOf(leaked), revoked.revokedAt?.getTime()],
+          [idOf(kept), undefined],
+        ].sort(),
+      )
+      // Revoking again returns the same revocation.
+      expect(await h.sites.revokeReadToken(siteId, idOf(leaked))).toEqual(revoked)
+      // Unknown ids, another site's token, an unknown site: refused, nothing changed.
+      for (const tokenId of ['000000000000', idOf(foreign)])
+        await expect(h.sites.revokeReadToken(siteId, tokenId)).rejects.toMatchObject({
+          code: 'TALLY_ERR_READ_TOKEN_NOT_FOUND',
+          statusCode: 404,
+          where: 'tokenId',
+        })
+      await expect(h.sites.revokeReadToken(uniqueName('none'), idOf(kept))).rejects.toMatchObject({
+        code: 'TALLY_ERR_SITE_NOT_FOUND',
+      })
+      expect((await h.sites.get(other))?.readTokenHashes).toEqual([hashToken(foreign)])
+      expect((await h.sites.get(siteId))?.readTokenHashes).toEqual([hashToken(kept)])
+      await h.sites.remove(siteId)
+      await h.sites.remove(other)
+    })
+
+    it('records when a token was last used (the latest use wins, whatever the order of writes)', async () => {
+      const siteId = uniqueName('site_used')
+      const { readToken } = await h.sites.create({ siteId, domain: 'used.test', origins: [] })
+      const unused = await h.sites.addReadToken(siteId)
+      const hash = hashToken(readToken)
+      const t0 = Math.floor(Date.now() / 1000) * 1000
+      const lastUsed = async () =>
+        (await h.sites.listReadTokens(siteId)).map((t) => [t.tokenId, t.lastUsedAt?.getTime()]).sort()
+      await h.sites.markReadTokenUsed(siteId, hash, new Date(t0))
+      await h.sites.markReadTokenUsed(siteId, hash, new Date(t0 - 60_000))
+      expect(await lastUsed()).toEqual(
+        [
+          [idOf(readToken), t0],
+          [idOf(unused), undefined],
+        ].sort(),
+      )
+      await h.sites.markReadTokenUsed(siteId, hash, new Date(t0 + 60_000))
+      await h.sites.revokeReadToken(siteId, idOf(readToken))
+      expect((await h.sites.listReadTokens(siteId)).find((t) => t.tokenId === idOf(readToken))).toMatchObject(
+        {
+          lastUsedAt: new Date(t0 + 60_000),
+          revokedAt: expect.any(Date),
+        },
+      )
+      await h.sites.remove(siteId)
+    })
+
+    it('removes the tokens with their site: a site created again under the id lists only its new token', async () => {
+      const siteId = uniqueName('site_again')
+      const { readToken: old } = await h.sites.create({ siteId, domain: 'again.test', origins: [] })
+      const revokedOld = await h.sites.addReadToken(siteId)
+      await h.sites.revokeReadToken(siteId, idOf(revokedOld))
+      await h.sites.markReadTokenUsed(siteId, hashToken(old), new Date())
+      expect(await h.sites.remove(siteId)).toBe(true)
+      const { readToken } = await h.sites.create({ siteId, domain: 'again.test', origins: [] })
+      expect((await h.sites.listReadTokens(siteId)).map((t) => t.tokenId)).toEqual([idOf(readToken)])
+      await h.sites.remove(siteId)
+    })
+
     it('imports a site with its keys as they are: created once, unchanged (token hashes merged) on a repeat, conflict for another write key', async () => {
       const siteId = uniqueName('site_import')
       const site = {
@@ -106,6 +226,21 @@ export function siteStoreContract(name: string, make: () => Promise<SiteStoreHar
       expect((await h.sites.get(siteId))?.readTokenHashes).toEqual(
         [hashToken('rt_one'), hashToken('rt_two')].sort(),
       )
+      // Imported tokens are listed (no prefix: only hashes travel), created with their site.
+      expect(
+        (await h.sites.listReadTokens(siteId))
+          .map((t) => [t.tokenId, t.prefix, t.createdAt.getTime()])
+          .sort(),
+      ).toEqual(
+        [
+          [idOf('rt_one'), undefined, site.createdAt.getTime()],
+          [idOf('rt_two'), undefined, site.createdAt.getTime()],
+        ].sort(),
+      )
+      // A token revoked here is not brought back by importing an older copy of the site.
+      await h.sites.revokeReadToken(siteId, idOf('rt_one'))
+      expect(await h.sites.importSite(more)).toBe('unchanged')
+      expect((await h.sites.get(siteId))?.readTokenHashes).toEqual([hashToken('rt_two')])
       expect(await h.sites.importSite({ ...site, writeKey: `wk_${uniqueName('other')}` })).toBe('conflict')
       expect((await h.sites.get(siteId))?.writeKey).toBe(site.writeKey)
       await h.sites.remove(siteId)

@@ -142,6 +142,58 @@ describe('tally all on the embedded backend', () => {
     }
   })
 
+  it('revokes a read token through the running process: its query role refuses it within the site cache TTL', async () => {
+    const own = tempDataDir('tally-all-revoke-')
+    const ttlMs = 1000
+    const r = await startAll(own.dir, { TALLY_SITE_CACHE_TTL_MS: String(ttlMs) })
+    try {
+      const cli = async (args: string[]) => {
+        const p = spawnRole(args, { TALLY_DATA_DIR: own.dir }, 'sites-tokens')
+        const exit = await p.exited
+        const out = await readFile(p.logFile, 'utf8')
+        expect(exit, out).toEqual({ code: 0, signal: null })
+        return out.trim().split('\n').at(-1) ?? ''
+      }
+      const ask = async (token: string) => {
+        const res = await fetch(`${r.query}/v1/stats/aggregate?site=localhost&period=day&metrics=events`, {
+          headers: { authorization: `Bearer ${token}` },
+        })
+        return { status: res.status, body: (await res.json()) as { code?: string; where?: string } }
+      }
+      const leaked = JSON.parse(await cli(['sites', 'token', 'localhost', '--json'])) as {
+        readToken: string
+        tokenId: string
+      }
+      expect((await ask(leaked.readToken)).status).toBe(200)
+      // The use is recorded in the background; the admin socket lists it.
+      const listed = await eventually(async () => {
+        const tokens = JSON.parse(await cli(['sites', 'tokens', 'localhost', '--json'])) as Array<{
+          tokenId: string
+          lastUsedAt: string | null
+        }>
+        return tokens.find((t) => t.tokenId === leaked.tokenId)?.lastUsedAt ? tokens : undefined
+      })
+      expect(listed).toHaveLength(2)
+
+      await cli(['sites', 'revoke-token', 'localhost', leaked.tokenId])
+      const revokedAt = Date.now()
+      let answer = await ask(leaked.readToken)
+      while (answer.status === 200 && Date.now() - revokedAt < ttlMs + 5000) {
+        await new Promise((resolve) => setTimeout(resolve, 50))
+        answer = await ask(leaked.readToken)
+      }
+      expect(answer).toMatchObject({
+        status: 401,
+        body: { code: 'TALLY_ERR_INVALID_READ_TOKEN', where: 'authorization' },
+      })
+      expect(Date.now() - revokedAt).toBeLessThanOrEqual(ttlMs + 500)
+      expect((await ask(r.readToken)).status).toBe(200)
+    } finally {
+      await stop(r)
+      own.remove()
+    }
+  })
+
   it('counts every acknowledged event exactly once across a SIGKILL during ingest and a restart', async () => {
     const seed = Date.now() % 100_000
     const rand = seeded(seed)

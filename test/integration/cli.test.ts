@@ -1,6 +1,9 @@
 import { spawnSync } from 'node:child_process'
+import { createHash } from 'node:crypto'
 import { afterAll, describe, expect, it } from 'vitest'
-import { cleanup, envOf, testConfig } from '../helpers/context.js'
+import { cleanup, envOf, testConfig, uniqueName } from '../helpers/context.js'
+
+const idOf = (token: string) => createHash('sha256').update(token).digest('hex').slice(0, 12)
 
 const config = testConfig()
 afterAll(() => cleanup(config))
@@ -28,6 +31,59 @@ describe('tally CLI', () => {
     expect(second.stdout).toContain(`kafka topic ${config.kafka.topicRaw}: exists`)
   })
 
+  it('lists the read tokens of a site and revokes one by id; unknown site or token id: exit code and one line', () => {
+    const env = envOf(config)
+    const siteId = uniqueName('cli_site')
+    const added = tally(['sites', 'add', 'cli.test', '--id', siteId, '--json'], env)
+    expect(added.stderr).toBe('')
+    const first = (JSON.parse(added.stdout) as { readToken: string }).readToken
+    const more = tally(['sites', 'token', siteId, '--json'], env)
+    expect(more.code).toBe(0)
+    const second = JSON.parse(more.stdout) as { readToken: string; tokenId: string }
+    expect(second.tokenId).toBe(idOf(second.readToken))
+
+    const listed = tally(['sites', 'tokens', siteId, '--json'], env)
+    expect(listed.code).toBe(0)
+    const tokens = JSON.parse(listed.stdout) as Array<Record<string, unknown>>
+    expect(tokens.map((t) => t.tokenId).sort()).toEqual([idOf(first), idOf(second.readToken)].sort())
+    for (const t of tokens) {
+      expect(Object.keys(t).sort()).toEqual(['createdAt', 'lastUsedAt', 'prefix', 'revokedAt', 'tokenId'])
+      expect([t.lastUsedAt, t.revokedAt]).toEqual([null, null])
+      // The prefix recognizes a token; the secret itself is never printed.
+      expect([first.slice(0, 8), second.readToken.slice(0, 8)]).toContain(t.prefix)
+    }
+    expect(listed.stdout).not.toContain(first)
+    const text = tally(['sites', 'tokens', siteId], env)
+    expect(text.stdout).toContain(`${idOf(first)}\t${first.slice(0, 8)}…`)
+    expect(text.stdout).toContain('last used never')
+
+    const revoked = tally(['sites', 'revoke-token', siteId, idOf(first)], env)
+    expect(revoked.stderr).toBe('')
+    expect(revoked.code).toBe(0)
+    expect(revoked.stdout).toMatch(
+      new RegExp(`^site ${siteId}: read token ${idOf(first)} revoked at \\S+\n$`),
+    )
+    const after = JSON.parse(tally(['sites', 'tokens', siteId, '--json'], env).stdout) as Array<{
+      tokenId: string
+      revokedAt: string | null
+    }>
+    expect(after.find((t) => t.tokenId === idOf(first))?.revokedAt).toEqual(expect.any(String))
+    expect(after.find((t) => t.tokenId === idOf(second.readToken))?.revokedAt).toBeNull()
+
+    const unknownToken = tally(['sites', 'revoke-token', siteId, '0123456789ab'], env)
+    expect(unknownToken.code).toBe(1)
+    expect(unknownToken.stderr).toBe(
+      `tally: site ${siteId} has no read token 0123456789ab [TALLY_ERR_READ_TOKEN_NOT_FOUND]\n`,
+    )
+    const unknownSite = tally(['sites', 'tokens', `${siteId}-none`], env)
+    expect(unknownSite.code).toBe(1)
+    expect(unknownSite.stderr).toBe(`tally: no site ${siteId}-none [TALLY_ERR_SITE_NOT_FOUND]\n`)
+    const badId = tally(['sites', 'revoke-token', siteId, 'rt_notanid'], env)
+    expect(badId.code).toBe(2)
+    expect(badId.stderr.trim().split('\n')).toHaveLength(1)
+    expect(badId.stderr).toContain('is not a read token id')
+  })
+
   it('exits 2 with a one-line reason on bad usage', () => {
     const res = tally(['frobnicate'])
     expect(res.code).toBe(2)
@@ -50,6 +106,8 @@ describe('tally CLI', () => {
       ['services', '--help'],
       ['services', 'up', '--help'],
       ['migrate', '--help'],
+      ['sites', 'tokens', '--help'],
+      ['sites', 'revoke-token', '--help'],
     ]) {
       const res = tally(args)
       expect(res.code).toBe(0)
