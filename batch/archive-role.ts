@@ -1,10 +1,9 @@
-import type { AddressInfo } from 'node:net'
 import { collectDefaultMetrics, Registry } from 'prom-client'
 import type { SharedPorts } from '../core/backend.js'
 import { CassandraArchiveStateStore } from '../core/cassandra/batch-store.js'
 import { createCassandraClient } from '../core/cassandra/client.js'
 import type { TallyConfig } from '../core/config.js'
-import { createHttpServer } from '../core/http.js'
+import { createHttpServer, listenOrExplain } from '../core/http.js'
 import { createKafka } from '../core/kafka/client.js'
 import { KafkaGroupConsumer, KafkaOffsets } from '../core/kafka/consumer.js'
 import { once } from '../core/lifecycle.js'
@@ -37,6 +36,8 @@ export interface ArchiverComponent {
   archiver: Archiver
   /** Stops consuming after closing every buffer into segments; then disconnects. */
   close(): Promise<void>
+  /** After a crash: leaves the group without closing buffers into segments. */
+  abort(): Promise<void>
 }
 
 /**
@@ -90,15 +91,21 @@ export async function createArchiverComponent(
       ...(options.maxBufferedBytes === undefined ? {} : { maxBufferedBytes: options.maxBufferedBytes }),
     },
   )
-  await archiver.start()
-  logger.info({ group, archive: paths.topicDir }, 'archiver running')
-  return {
-    archiver,
-    close: once(async () => {
-      await archiver.close()
-      await release()
-    }),
+  const close = once(async () => {
+    await archiver.close()
+    await release()
+  })
+  try {
+    await archiver.start()
+  } catch (err) {
+    // The consumer may have joined before the start failed: closing leaves the group.
+    await close().catch((closeErr: unknown) =>
+      logger.error({ err: closeErr }, 'closing the archiver after a failed start failed'),
+    )
+    throw err
   }
+  logger.info({ group, archive: paths.topicDir }, 'archiver running')
+  return { archiver, close, abort: () => archiver.abort() }
 }
 
 export interface RunningArchiver {
@@ -106,6 +113,8 @@ export interface RunningArchiver {
   archiver: Archiver
   registryText(): Promise<string>
   close(): Promise<void>
+  /** After a crash: leave the consumer group without the final flush (see Closable.abort). */
+  abort(): Promise<void>
 }
 
 /**
@@ -119,33 +128,52 @@ export async function startArchiver(
 ): Promise<RunningArchiver> {
   const registry = new Registry()
   collectDefaultMetrics({ register: registry, prefix: 'tally_archive_' })
-  const cassandra = createCassandraClient(config.cassandra, { keyspace: config.cassandra.keyspace })
-  await cassandra.connect()
-  const component = await createArchiverComponent(
-    config,
-    logger,
-    { store: new CassandraArchiveStateStore(cassandra) },
-    registry,
-    options,
-  )
+  let component: ArchiverComponent | undefined
   const app = createHttpServer({ logger, bodyLimit: 1024, requestTimeoutMs: 10_000 })
   app.get('/healthz', async () => ({ status: 'ok' }))
-  app.get('/readyz', async () => ({ status: 'ready', partitions: component.archiver.ownedPartitions() }))
+  app.get('/readyz', async (_req, reply) =>
+    component
+      ? { status: 'ready', partitions: component.archiver.ownedPartitions() }
+      : reply.status(503).send({ status: 'starting' }),
+  )
   app.get('/metrics', async (_req, reply) =>
     reply.header('content-type', registry.contentType).send(await registry.metrics()),
   )
-  await app.listen({ host: config.host, port: options.port ?? config.port ?? ARCHIVE_DEFAULT_PORT })
-  const addr = app.server.address() as AddressInfo
-  const url = `http://${addr.address}:${addr.port}`
+  // Bound before the archiver joins its group: a process that cannot serve its metrics fails
+  // without leaving a dead member behind (which would stall the other archivers for a session).
+  const url = await listenOrExplain(
+    app,
+    config.host,
+    options.port ?? config.port ?? ARCHIVE_DEFAULT_PORT,
+    "the archiver's /metrics",
+    'PORT',
+  )
+  const cassandra = createCassandraClient(config.cassandra, { keyspace: config.cassandra.keyspace })
+  try {
+    await cassandra.connect()
+    component = await createArchiverComponent(
+      config,
+      logger,
+      { store: new CassandraArchiveStateStore(cassandra) },
+      registry,
+      options,
+    )
+  } catch (err) {
+    await app.close()
+    await cassandra.shutdown()
+    throw err
+  }
+  const running = component
   return {
     url,
-    archiver: component.archiver,
+    archiver: running.archiver,
     registryText: () => registry.metrics(),
     // Order: stop HTTP, close buffers into segments and leave the group, close Cassandra.
     close: once(async () => {
       await app.close()
-      await component.close()
+      await running.close()
       await cassandra.shutdown()
     }),
+    abort: () => running.abort(),
   }
 }

@@ -533,6 +533,21 @@ export class Archiver {
     }
   }
 
+  /**
+   * After a crash (an uncaught error in this process): leave the group without closing buffers
+   * into segments, so the partitions move at once instead of after the session timeout. The next
+   * owner re-reads from the last archived offset.
+   */
+  abort(): Promise<void> {
+    this.closing ??= (async () => {
+      clearInterval(this.timer)
+      clearInterval(this.lagTimer)
+      this.stopping = true
+      await this.deps.consumer.close()
+    })()
+    return this.closing
+  }
+
   /** SIGTERM: close every partition's buffer into segments, then leave the group. Repeat-safe. */
   close(): Promise<void> {
     this.closing ??= (async () => {

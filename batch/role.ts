@@ -1,9 +1,8 @@
-import type { AddressInfo } from 'node:net'
 import { collectDefaultMetrics, Registry } from 'prom-client'
 import type { SharedPorts } from '../core/backend.js'
 import type { TallyConfig } from '../core/config.js'
 import { errorMessage } from '../core/errors.js'
-import { createHttpServer } from '../core/http.js'
+import { createHttpServer, listenOrExplain } from '../core/http.js'
 import { createKafka } from '../core/kafka/client.js'
 import { KafkaOffsets } from '../core/kafka/consumer.js'
 import { once } from '../core/lifecycle.js'
@@ -42,6 +41,8 @@ export interface RunningBatch {
   archiver: ArchiverComponent | undefined
   registryText(): Promise<string>
   close(): Promise<void>
+  /** After a crash: leave the archiver's consumer group without the final flush (see Closable.abort). */
+  abort(): Promise<void>
 }
 
 /**
@@ -60,10 +61,42 @@ export async function startBatch(
   collectDefaultMetrics({ register: registry, prefix: 'tally_batch_' })
   const metrics = createBatchMetrics(registry)
   const { ports } = options
-  const stores = ports ? { ...ports.batch, close: async () => {} } : await openBatchStores(config)
+  let scheduler: BatchScheduler | undefined
+  let archiver: ArchiverComponent | undefined
+  const app = createHttpServer({ logger, bodyLimit: 1024, requestTimeoutMs: 10_000 })
+  app.get('/healthz', async () => ({ status: 'ok' }))
+  app.get('/readyz', async (_req, reply) =>
+    scheduler
+      ? {
+          status: 'ready',
+          jobs: scheduler.jobs.map((j) => ({ kind: j.kind, cron: j.cron })),
+          archivePartitions: archiver?.archiver.ownedPartitions() ?? [],
+        }
+      : reply.status(503).send({ status: 'starting' }),
+  )
+  app.get('/metrics', async (_req, reply) =>
+    reply.header('content-type', registry.contentType).send(await registry.metrics()),
+  )
+  // Bound before the archiver joins its group: a process that cannot serve its metrics fails
+  // without leaving a dead member behind (which would stall the other archivers for a session).
+  const url = await listenOrExplain(
+    app,
+    config.host,
+    options.port ?? config.port ?? BATCH_DEFAULT_PORT,
+    "the batch role's /metrics",
+    options.port === undefined ? 'PORT' : '--batch-port',
+  )
+  const openStores = async () =>
+    ports ? { ...ports.batch, close: async () => {} } : await openBatchStores(config)
+  let stores: Awaited<ReturnType<typeof openStores>>
+  try {
+    stores = await openStores()
+  } catch (err) {
+    await app.close()
+    throw err
+  }
   const kafkaOffsets = ports ? undefined : new KafkaOffsets(createKafka(config.kafka, { logger }))
   const offsets: LogOffsets = ports?.offsets ?? (kafkaOffsets as KafkaOffsets)
-  let archiver: ArchiverComponent | undefined
   try {
     archiver =
       options.archive === false
@@ -73,13 +106,14 @@ export async function startBatch(
             ...(options.archiveDir === undefined ? {} : { archiveDir: options.archiveDir }),
           })
   } catch (err) {
+    await app.close().catch((closeErr: unknown) => logger.error({ err: closeErr }, 'closing HTTP failed'))
     await kafkaOffsets?.close().catch(() => undefined)
     await stores.close().catch(() => undefined)
     throw err
   }
   const settings = rebuildSettings(config, options)
   const key = archiveKey(options.archiver?.group ?? ARCHIVE_GROUP, config.kafka.topicRaw)
-  const scheduler = new BatchScheduler(
+  const started = new BatchScheduler(
     {
       rebuild: (request) =>
         runRebuild(
@@ -103,34 +137,33 @@ export async function startBatch(
     jobs,
     options,
   )
-  const app = createHttpServer({ logger, bodyLimit: 1024, requestTimeoutMs: 10_000 })
-  app.get('/healthz', async () => ({ status: 'ok' }))
-  app.get('/readyz', async () => ({
-    status: 'ready',
-    jobs: scheduler.jobs.map((j) => ({ kind: j.kind, cron: j.cron })),
-    archivePartitions: archiver?.archiver.ownedPartitions() ?? [],
-  }))
-  app.get('/metrics', async (_req, reply) =>
-    reply.header('content-type', registry.contentType).send(await registry.metrics()),
-  )
   // Order: stop HTTP and cron (a running rebuild stops before its next write), close the
   // archiver's buffers into segments and leave its group, then close the connections.
+  const runningArchiver = archiver
   const close = once(async () => {
     await app.close()
-    await scheduler.close()
-    await archiver?.close()
+    await started.close()
+    await runningArchiver?.close()
     await kafkaOffsets?.close()
     await stores.close()
   })
   try {
-    scheduler.start()
-    await app.listen({ host: config.host, port: options.port ?? config.port ?? BATCH_DEFAULT_PORT })
+    started.start()
   } catch (err) {
     await close().catch(() => undefined)
     throw err
   }
-  const addr = app.server.address() as AddressInfo
-  const url = `http://${addr.address}:${addr.port}`
+  scheduler = started
   logger.info({ url }, 'batch role running')
-  return { url, scheduler, archiver, registryText: () => registry.metrics(), close }
+  return {
+    url,
+    scheduler: started,
+    archiver: runningArchiver,
+    registryText: () => registry.metrics(),
+    close,
+    // After a crash only the archiver's group membership matters: leave it, write nothing more.
+    abort: async () => {
+      await runningArchiver?.abort()
+    },
+  }
 }

@@ -143,7 +143,11 @@ export interface StreamConfig {
   hllPrecision: number
   /** Partitions this worker processes at once. Default 3. */
   partitionsConcurrently: number
-  /** A worker silent this long leaves the group and its partitions move. Default 30000 ms (broker minimum 6000). */
+  /**
+   * A stream worker or archiver silent this long is removed from its group and its partitions
+   * move: about the recovery time after a crash. Heartbeats go every third of it (at most 3 s).
+   * Default 10000 ms (broker minimum 6000).
+   */
   sessionTimeoutMs: number
   /** Row TTLs in seconds per granularity (0 = forever). */
   ttlSeconds: { minute: number; hour: number; day: number }
@@ -368,7 +372,7 @@ export function loadConfig(env: Env = process.env): TallyConfig {
       flushIntervalMs: int(env, 'TALLY_FLUSH_INTERVAL_MS', 500, 10, 600_000),
       hllPrecision: int(env, 'TALLY_HLL_PRECISION', 14, 4, 18),
       partitionsConcurrently: int(env, 'TALLY_STREAM_CONCURRENCY', 3, 1, 1000),
-      sessionTimeoutMs: int(env, 'TALLY_STREAM_SESSION_TIMEOUT_MS', 30_000, 6000, 300_000),
+      sessionTimeoutMs: int(env, 'TALLY_STREAM_SESSION_TIMEOUT_MS', 10_000, 6000, 300_000),
       ttlSeconds: {
         minute: int(env, 'TALLY_TTL_MINUTE_DAYS', 7, 0, 36_500) * 86_400,
         hour: int(env, 'TALLY_TTL_HOUR_DAYS', 90, 0, 36_500) * 86_400,
@@ -456,7 +460,7 @@ export const CONFIG_VARIABLES: ReadonlyArray<readonly [name: string, meaning: st
   ['TALLY_STREAM_CONCURRENCY', 'partitions a worker processes at once (default 3)'],
   [
     'TALLY_STREAM_SESSION_TIMEOUT_MS',
-    "consumer session timeout: a dead worker's partitions move after it (default 30000)",
+    "consumer session timeout of stream workers and archivers, 6000-300000: a crashed process's partitions move after about this plus a rebalance (default 10000)",
   ],
   [
     'TALLY_TTL_MINUTE_DAYS / _HOUR_DAYS / _DAY_DAYS',

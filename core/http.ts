@@ -1,5 +1,6 @@
 import { randomFillSync } from 'node:crypto'
 import type { Server } from 'node:http'
+import type { AddressInfo } from 'node:net'
 import Fastify, {
   type FastifyError,
   type FastifyHttpOptions,
@@ -227,4 +228,34 @@ export function createHttpServer(options: HttpServerOptions): FastifyInstance {
     }),
   )
   return app
+}
+
+/**
+ * Binds `app` and returns its URL. A port already in use fails with TALLY_ERR_PORT_IN_USE naming
+ * the address and `where` (the setting that chose the port), so an operator sees one clear line.
+ * Roles that join a consumer group call this before joining: a process that cannot serve its
+ * metrics must fail before it becomes a group member, or its partitions stall until its session
+ * times out.
+ */
+export async function listenOrExplain(
+  app: FastifyInstance,
+  host: string,
+  port: number,
+  what: string,
+  where: string,
+): Promise<string> {
+  try {
+    await app.listen({ host, port })
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'EADDRINUSE') {
+      throw new TallyError(
+        'TALLY_ERR_PORT_IN_USE',
+        `${host}:${port} (${what}) is already in use: stop the process holding it, or set ${where} to a free port (0: any free port, logged at start)`,
+        { where, cause: err },
+      )
+    }
+    throw err
+  }
+  const addr = app.server.address() as AddressInfo
+  return `http://${addr.address}:${addr.port}`
 }

@@ -1,9 +1,8 @@
-import type { AddressInfo } from 'node:net'
 import type { SharedPorts } from '../core/backend.js'
 import { createCassandraClient } from '../core/cassandra/client.js'
 import { CassandraStreamStore } from '../core/cassandra/stream-store.js'
 import type { TallyConfig } from '../core/config.js'
-import { createHttpServer } from '../core/http.js'
+import { createHttpServer, listenOrExplain } from '../core/http.js'
 import { createKafka } from '../core/kafka/client.js'
 import { KafkaGroupConsumer, KafkaOffsets } from '../core/kafka/consumer.js'
 import { KafkaBatchingProducer } from '../core/kafka/producer.js'
@@ -23,15 +22,39 @@ export interface RunningStream {
   registryText(): Promise<string>
   worker: StreamWorker
   close(): Promise<void>
+  /** After a crash: leave the consumer group without the final flush (see Closable.abort). */
+  abort(): Promise<void>
 }
 
-/** Starts a stream worker and its small HTTP server for /metrics, /healthz and /readyz. */
+/**
+ * Starts a stream worker and its small HTTP server for /metrics, /healthz and /readyz. The server
+ * is bound first: a worker that cannot bind (port taken) fails before it joins the consumer group,
+ * so it never leaves a dead member behind that would stall the running workers for a session.
+ */
 export async function startStream(
   config: TallyConfig,
   logger: Logger,
   options: { port?: number; ports?: SharedPorts } = {},
 ): Promise<RunningStream> {
   const metrics = createStreamMetrics()
+  let worker: StreamWorker | undefined
+  const app = createHttpServer({ logger, bodyLimit: 1024, requestTimeoutMs: 10_000 })
+  app.get('/healthz', async () => ({ status: 'ok' }))
+  app.get('/readyz', async (_req, reply) =>
+    worker
+      ? { status: 'ready', partitions: worker.ownedPartitions() }
+      : reply.status(503).send({ status: 'starting' }),
+  )
+  app.get('/metrics', async (_req, reply) =>
+    reply.header('content-type', metrics.registry.contentType).send(await metrics.registry.metrics()),
+  )
+  const url = await listenOrExplain(
+    app,
+    config.host,
+    options.port ?? config.port ?? STREAM_DEFAULT_PORT,
+    "the stream worker's /metrics",
+    options.port === undefined ? 'PORT' : '--stream-port',
+  )
   const consumerRequest = {
     groupId: config.stream.group,
     topic: config.kafka.topicRaw,
@@ -46,35 +69,40 @@ export async function startStream(
   let progress: ProgressPublisher
   let release = async () => {}
   const onSend = (ok: boolean) => metrics.progressNotices.inc({ outcome: ok ? 'sent' : 'failed' })
-  if (options.ports) {
-    consumer = options.ports.consumer(consumerRequest)
-    store = options.ports.streamStore
-    deadLetters = options.ports.writer()
-    offsets = options.ports.offsets
-    progress = options.ports.progress.publisher({ onSend })
-  } else {
-    const cassandra = createCassandraClient(config.cassandra, { keyspace: config.cassandra.keyspace })
-    await cassandra.connect()
-    const kafka = createKafka(config.kafka, { logger })
-    const producer = new KafkaBatchingProducer(kafka, { logger, appendTimeoutMs: 30_000 })
-    try {
-      await producer.connect()
-    } catch (err) {
-      await cassandra.shutdown()
-      throw err
+  try {
+    if (options.ports) {
+      consumer = options.ports.consumer(consumerRequest)
+      store = options.ports.streamStore
+      deadLetters = options.ports.writer()
+      offsets = options.ports.offsets
+      progress = options.ports.progress.publisher({ onSend })
+    } else {
+      const cassandra = createCassandraClient(config.cassandra, { keyspace: config.cassandra.keyspace })
+      await cassandra.connect()
+      const kafka = createKafka(config.kafka, { logger })
+      const producer = new KafkaBatchingProducer(kafka, { logger, appendTimeoutMs: 30_000 })
+      try {
+        await producer.connect()
+      } catch (err) {
+        await cassandra.shutdown()
+        throw err
+      }
+      const kafkaOffsets = new KafkaOffsets(kafka)
+      consumer = new KafkaGroupConsumer(kafka, consumerRequest)
+      store = new CassandraStreamStore(cassandra, config.stream.ttlSeconds)
+      deadLetters = producer
+      offsets = kafkaOffsets
+      progress = new KafkaProgressPublisher(kafka, { topic: config.kafka.topicProgress, logger, onSend })
+      release = async () => {
+        await kafkaOffsets.close()
+        await cassandra.shutdown()
+      }
     }
-    const kafkaOffsets = new KafkaOffsets(kafka)
-    consumer = new KafkaGroupConsumer(kafka, consumerRequest)
-    store = new CassandraStreamStore(cassandra, config.stream.ttlSeconds)
-    deadLetters = producer
-    offsets = kafkaOffsets
-    progress = new KafkaProgressPublisher(kafka, { topic: config.kafka.topicProgress, logger, onSend })
-    release = async () => {
-      await kafkaOffsets.close()
-      await cassandra.shutdown()
-    }
+  } catch (err) {
+    await app.close()
+    throw err
   }
-  const worker = new StreamWorker({
+  const started = new StreamWorker({
     config: config.stream,
     topic: config.kafka.topicRaw,
     deadLetterTopic: config.kafka.topicDeadLetter,
@@ -86,29 +114,31 @@ export async function startStream(
     logger,
     progress,
   })
-  const app = createHttpServer({ logger, bodyLimit: 1024, requestTimeoutMs: 10_000 })
-  app.get('/healthz', async () => ({ status: 'ok' }))
-  app.get('/readyz', async () => ({ status: 'ready', partitions: worker.ownedPartitions() }))
-  app.get('/metrics', async (_req, reply) =>
-    reply.header('content-type', metrics.registry.contentType).send(await metrics.registry.metrics()),
-  )
-  await worker.start()
-  await app.listen({ host: config.host, port: options.port ?? config.port ?? STREAM_DEFAULT_PORT })
-  const addr = app.server.address() as AddressInfo
-  const url = `http://${addr.address}:${addr.port}`
+  // Order: stop metrics HTTP, flush + checkpoint + leave the group, send the last progress
+  // notices, flush dead letters, close Cassandra.
+  const close = once(async () => {
+    await app.close()
+    await started.close()
+    await progress.close()
+    await deadLetters.close()
+    await release()
+  })
+  try {
+    await started.start()
+  } catch (err) {
+    // The consumer may have joined before the start failed: closing leaves the group.
+    await close().catch((closeErr: unknown) =>
+      logger.error({ err: closeErr }, 'closing after a failed start failed'),
+    )
+    throw err
+  }
+  worker = started
   logger.info({ url, group: config.stream.group }, 'stream worker running')
   return {
     url,
-    worker,
+    worker: started,
     registryText: () => metrics.registry.metrics(),
-    // Order: stop metrics HTTP, flush + checkpoint + leave the group, send the last progress
-    // notices, flush dead letters, close Cassandra.
-    close: once(async () => {
-      await app.close()
-      await worker.close()
-      await progress.close()
-      await deadLetters.close()
-      await release()
-    }),
+    close,
+    abort: () => started.abort(),
   }
 }

@@ -607,6 +607,21 @@ export class StreamWorker {
     }
   }
 
+  /**
+   * After a crash (an uncaught error in this process): leave the group without the final flush,
+   * so the partitions move at once instead of after the session timeout. What is in memory is not
+   * trusted then; the next owner replays from the last checkpoint, which changes no number.
+   */
+  abort(): Promise<void> {
+    this.closing ??= (async () => {
+      clearInterval(this.timer)
+      clearInterval(this.lagTimer)
+      this.stopping = true
+      await this.deps.consumer.close()
+    })()
+    return this.closing
+  }
+
   /** SIGTERM: flush and checkpoint every partition, then leave the group. Repeat-safe. */
   close(): Promise<void> {
     this.closing ??= (async () => {

@@ -90,6 +90,10 @@ export async function startAll(
       batchUrl: batch.url,
       site,
       close: once(closeStarted),
+      // After a crash only group memberships matter (stream worker, archiver): leave them.
+      abort: once(async () => {
+        for (const part of started) await part.abort?.()
+      }),
     }
   } catch (err) {
     await closeStarted().catch((closeErr: unknown) =>

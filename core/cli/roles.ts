@@ -41,7 +41,9 @@ checkpointed with their source offsets and fenced by an epoch per partition; rep
 number. Events later than TALLY_GRACE_MS are left to the batch rebuild; poison records go to the
 dead-letter topic. Settings: TALLY_FLUSH_INTERVAL_MS, TALLY_DEDUP_HORIZON_MS, TALLY_HLL_PRECISION,
 TALLY_STREAM_CONCURRENCY, TALLY_TTL_*_DAYS (see tally --help).
-SIGTERM: flush, checkpoint, leave the group.`,
+SIGTERM: flush, checkpoint, leave the group. An uncaught error leaves the group without the final
+flush. After a SIGKILL the partitions move after TALLY_STREAM_SESSION_TIMEOUT_MS plus a rebalance.
+/metrics is bound before joining: a taken port fails at once (PORT=0: any free port).`,
     )
     .action(() => runRole(getConfig, 'stream', (config, logger) => startStream(config, logger)))
 

@@ -8,7 +8,10 @@ export interface KafkaGroupConsumerOptions {
   topic: string
   /** Partitions processed at the same time by this member. Default 3. */
   partitionsConsumedConcurrently?: number
-  /** Default 30000 ms; a member silent for longer is removed from the group. */
+  /**
+   * A member silent for longer is removed from the group (a crashed member's partitions wait this
+   * long); also the rebalance timeout. Heartbeats every third of it, at most 3 s. Default 10000 ms.
+   */
   sessionTimeoutMs?: number
   /** Largest fetch per partition. Default 4 MiB. */
   maxBytesPerPartition?: number
@@ -24,12 +27,14 @@ export class KafkaGroupConsumer implements EventLogConsumer {
     kafka: Kafka,
     private readonly options: KafkaGroupConsumerOptions,
   ) {
+    const sessionTimeoutMs = options.sessionTimeoutMs ?? 10_000
     this.consumer = kafka.consumer({
       groupId: options.groupId,
-      sessionTimeout: options.sessionTimeoutMs ?? 30_000,
+      sessionTimeout: sessionTimeoutMs,
       // How long the coordinator waits for members to rejoin during a rebalance.
-      rebalanceTimeout: options.sessionTimeoutMs ?? 30_000,
-      heartbeatInterval: Math.min(3000, Math.floor((options.sessionTimeoutMs ?? 30_000) / 3)),
+      rebalanceTimeout: sessionTimeoutMs,
+      // A third of the session or less: two heartbeats may be lost before the member is removed.
+      heartbeatInterval: Math.min(3000, Math.floor(sessionTimeoutMs / 3)),
       maxBytesPerPartition: options.maxBytesPerPartition ?? 4 * 1024 * 1024,
       allowAutoTopicCreation: false,
       retry: { retries: Number.MAX_SAFE_INTEGER, initialRetryTime: 200, maxRetryTime: 5000 },
