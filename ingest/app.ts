@@ -10,6 +10,7 @@ import type { Logger } from '../core/log.js'
 import type { EventLogWriter, LogRecord } from '../core/ports/event-log.js'
 import type { Site } from '../core/ports/site-store.js'
 import { type EventType, HEADERS, RAW_EVENT_SCHEMA_VERSION, type RawEventV1 } from '../schemas/events.js'
+import { decodeBody } from './charset.js'
 import type { IngestMetrics } from './metrics.js'
 import { type IngestLimits, normalizeEvent, type Rejection } from './normalize.js'
 import { PIXEL_GIF, pixelPayload } from './pixel.js'
@@ -85,10 +86,19 @@ export async function buildIngestApp(deps: IngestDeps): Promise<FastifyInstance>
   const clientLimiter = new EventRateLimiter(config.rateLimitClientPerSec, config.rateLimitClientPerSec * 2)
 
   // Beacons send text/plain (no CORS preflight); both types carry JSON and share one parser,
-  // with prototype-poisoning protection.
+  // with prototype-poisoning protection. The body is decoded from its declared charset first.
   app.removeContentTypeParser(['application/json', 'text/plain'])
   const jsonParser = app.getDefaultJsonParser('error', 'error')
-  app.addContentTypeParser(['application/json', 'text/plain'], { parseAs: 'string' }, jsonParser)
+  app.addContentTypeParser(['application/json', 'text/plain'], { parseAs: 'buffer' }, (req, bytes, done) => {
+    let text: string
+    try {
+      text = decodeBody(bytes as Buffer, req.headers['content-type'])
+    } catch (err) {
+      done(err as Error, undefined)
+      return
+    }
+    jsonParser(req, text, done)
+  })
 
   // Compressed bodies are inflated while they are read; Fastify's body limit then applies to the
   // inflated bytes, so a small gzip bomb is cut off at the cap.
