@@ -182,7 +182,6 @@ export function normalizeEvent(
   if (hasNullField(payload)) {
     payload = Object.fromEntries(Object.entries(payload).filter(([, v]) => v !== null))
   }
-  payload = withWellFormedStrings(payload)
   const bound = jsonBound(payload, 1, limits.maxDepth)
   if (bound === DEEP) {
     return reject(
@@ -200,6 +199,8 @@ export function normalizeEvent(
       )
     }
   }
+  // After the depth check, which bounds its recursion; U+FFFD replaces one UTF-16 unit by one.
+  payload = withWellFormedStrings(payload)
   const claimedType = (payload as { type?: unknown }).type
   if (claimedType !== undefined && !(EVENT_TYPES as readonly unknown[]).includes(claimedType)) {
     return reject('TALLY_ERR_INVALID_EVENT', `type must be one of ${EVENT_TYPES.join(', ')}`, '/type')
