@@ -1,3 +1,6 @@
+import { mkdir } from 'node:fs/promises'
+import type { AddressInfo } from 'node:net'
+import { join } from 'node:path'
 import { collectDefaultMetrics, Registry } from 'prom-client'
 import type { SharedPorts } from '../core/backend.js'
 import { CassandraArchiveStateStore } from '../core/cassandra/batch-store.js'
@@ -10,9 +13,11 @@ import { once } from '../core/lifecycle.js'
 import type { Logger } from '../core/log.js'
 import type { ArchiveStateStore } from '../core/ports/batch-store.js'
 import type { EventLogConsumer, LogOffsets } from '../core/ports/event-log.js'
+import { makePrivateDir, PRIVATE_DIR_MODE } from '../core/private-files.js'
 import { Archiver } from './archiver.js'
 import { ARCHIVE_GROUP, type BatchPathOptions, batchPaths, processOwner } from './context.js'
 import { createArchiveMetrics } from './metrics.js'
+import { stagingRelDir } from './segment-file.js'
 
 export const ARCHIVE_DEFAULT_PORT = 9466
 
@@ -91,6 +96,16 @@ export async function createArchiverComponent(
       ...(options.maxBufferedBytes === undefined ? {} : { maxBufferedBytes: options.maxBufferedBytes }),
     },
   )
+  // Owner-only before the archiver creates anything in it (see fsyncDir for the folders below); an
+  // archive root the operator made keeps its mode, the topic folder is Tally's own.
+  await mkdir(paths.archiveDir, { recursive: true, mode: PRIVATE_DIR_MODE })
+  await makePrivateDir(paths.topicDir)
+  // The archiver makes each partition's staging folder when it takes the partition, with mkdir's
+  // default mode: made here first, owner-only (one beyond the configured partitions is narrowed at
+  // its first flush, by fsyncDir).
+  for (let p = 0; p < config.kafka.partitions; p++) {
+    await makePrivateDir(join(paths.topicDir, stagingRelDir(p)))
+  }
   const close = once(async () => {
     await archiver.close()
     await release()

@@ -1,5 +1,6 @@
 import { type FileHandle, open, unlink } from 'node:fs/promises'
 import { join } from 'node:path'
+import { PRIVATE_FILE_MODE } from '../core/private-files.js'
 import { HI, LO, type SegmentColumns } from './segment-reader.js'
 
 /**
@@ -106,7 +107,7 @@ class SpillFile {
   ) {}
 
   static async create(path: string): Promise<SpillFile> {
-    return new SpillFile(path, await open(path, 'w'))
+    return new SpillFile(path, await open(path, 'w', PRIVATE_FILE_MODE))
   }
 
   push(w0: number, w1: number, part: number, off: number, seg: number, row: number): void {

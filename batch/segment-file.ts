@@ -1,5 +1,6 @@
-import { open, readdir } from 'node:fs/promises'
-import { join } from 'node:path'
+import { chmod, open, readdir } from 'node:fs/promises'
+import { basename, dirname, join } from 'node:path'
+import { PRIVATE_DIR_MODE, PRIVATE_FILE_MODE } from '../core/private-files.js'
 
 /**
  * Where archive segments live and what their names say.
@@ -114,9 +115,9 @@ export async function listSegments(topicDir: string, fromMs: number, toMs: numbe
   return { segments, misnamed }
 }
 
-/** Writes a new file (never an existing one) and fsyncs it before closing. */
+/** Writes a new file (never an existing one, owner-only) and fsyncs it before closing. */
 export async function writeFileDurably(path: string, bytes: Uint8Array): Promise<void> {
-  const fh = await open(path, 'wx')
+  const fh = await open(path, 'wx', PRIVATE_FILE_MODE)
   try {
     let at = 0
     while (at < bytes.length) {
@@ -129,10 +130,21 @@ export async function writeFileDurably(path: string, bytes: Uint8Array): Promise
   }
 }
 
-/** fsyncs a folder, so the names created or renamed in it survive a crash. */
+const DAY_DIR = /^\d{4}-\d{2}-\d{2}$/
+
+/**
+ * fsyncs a folder, so the names created or renamed in it survive a crash. The archiver syncs every
+ * folder it writes into (an hour folder, a partition's staging folder) after creating it with
+ * mkdir's default mode, so this is also where they, and their parent day or `_staging` folder, are
+ * made owner-only; the topic folder above them is made so when the archiver starts (archive-role).
+ */
 export async function fsyncDir(dir: string): Promise<void> {
   const fh = await open(dir, 'r')
   try {
+    await fh.chmod(PRIVATE_DIR_MODE)
+    const parent = dirname(dir)
+    const name = basename(parent)
+    if (DAY_DIR.test(name) || name === '_staging') await chmod(parent, PRIVATE_DIR_MODE)
     await fh.sync()
   } finally {
     await fh.close()

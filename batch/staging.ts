@@ -1,9 +1,10 @@
 import { createReadStream, createWriteStream, type WriteStream } from 'node:fs'
-import { mkdir, readdir, rm } from 'node:fs/promises'
-import { join } from 'node:path'
+import { readdir, rm } from 'node:fs/promises'
+import { dirname, join } from 'node:path'
 import { createInterface } from 'node:readline'
 import type { Dimension, Granularity } from '../core/aggregate/definition.js'
 import type { FinalRow } from '../core/ports/batch-store.js'
+import { makePrivateDir, PRIVATE_FILE_MODE } from '../core/private-files.js'
 
 /**
  * Where a rebuild keeps its results until the whole range is computed: one NDJSON file per UTC day
@@ -31,10 +32,11 @@ export class StagingArea {
 
   private constructor(readonly dir: string) {}
 
-  /** A fresh (emptied) staging folder. */
+  /** A fresh (emptied) staging folder, owner-only like the batch staging folder holding it. */
   static async create(dir: string): Promise<StagingArea> {
     await rm(dir, { recursive: true, force: true })
-    await mkdir(dir, { recursive: true })
+    await makePrivateDir(dirname(dir))
+    await makePrivateDir(dir)
     return new StagingArea(dir)
   }
 
@@ -46,7 +48,10 @@ export class StagingArea {
   async write(dayStartMs: number, row: FinalRow): Promise<void> {
     if (this.current?.day !== dayStartMs) {
       await this.closeCurrent()
-      this.current = { day: dayStartMs, out: createWriteStream(this.path(dayStartMs), { flags: 'a' }) }
+      this.current = {
+        day: dayStartMs,
+        out: createWriteStream(this.path(dayStartMs), { flags: 'a', mode: PRIVATE_FILE_MODE }),
+      }
     }
     const line: StagedLine = {
       s: row.siteId,

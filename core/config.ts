@@ -77,7 +77,10 @@ export interface IngestConfig {
   maxDepth: number
   /** Events per second per site and ingest process; 0 turns the limit off. Default 20000. */
   rateLimitSitePerSec: number
-  /** Events per second per site and client IP; 0 turns the limit off. Default 1000. */
+  /**
+   * Events per second per site and client IP, for browser-style requests (key in the body or URL;
+   * HTTP Basic is limited per site only); 0 turns the limit off. Default 1000.
+   */
   rateLimitClientPerSec: number
   /** How long a site (write key, origins) is cached. Default 10000 ms. */
   siteCacheTtlMs: number
@@ -428,7 +431,10 @@ export const CONFIG_VARIABLES: ReadonlyArray<readonly [name: string, meaning: st
   ['TALLY_MAX_BATCH_EVENTS', 'most events in one batch request (default 2000)'],
   ['TALLY_MAX_DEPTH', 'deepest nesting inside an event (default 16)'],
   ['TALLY_RATE_LIMIT_SITE', 'events/s per site and ingest process, 0 = off (default 20000)'],
-  ['TALLY_RATE_LIMIT_CLIENT', 'events/s per site and client IP, 0 = off (default 1000)'],
+  [
+    'TALLY_RATE_LIMIT_CLIENT',
+    'events/s per site and client IP of browser-style requests (HTTP Basic: per site only), 0 = off (default 1000)',
+  ],
   ['TALLY_SITE_CACHE_TTL_MS', 'how long ingest and query cache a site and its keys (default 10000)'],
   ['TALLY_APPEND_TIMEOUT_MS', 'wait for the log before answering 503 (default 5000)'],
   ['TALLY_LINGER_MS', 'producer linger that lets requests share a Kafka batch (default 2)'],

@@ -205,8 +205,10 @@ export function createHttpServer(options: HttpServerOptions): FastifyInstance {
       return reply.status(err.statusCode).send()
     }
     options.onErrorAnswer?.(err)
+    // Rejected requests are counted (onErrorAnswer) and logged at debug only: a flood of bad
+    // requests must not flood the log, nor let a client fill its disk.
     if (err.statusCode >= 500) req.log.error({ err: error }, 'request failed')
-    else req.log.info({ code: err.code, status: err.statusCode }, err.message)
+    else req.log.debug({ code: err.code, status: err.statusCode }, err.message)
     // A handler that knows the wait (the rate limiter) has set it already.
     if ((err.statusCode === 503 || err.statusCode === 429) && !reply.hasHeader('retry-after'))
       void reply.header('retry-after', '1')

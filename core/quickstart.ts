@@ -1,5 +1,5 @@
 import { existsSync } from 'node:fs'
-import { mkdir, readFile, writeFile } from 'node:fs/promises'
+import { chmod, mkdir, readFile, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { createCassandraClient } from './cassandra/client.js'
 import { CassandraSiteStore } from './cassandra/sites.js'
@@ -8,6 +8,7 @@ import { hashToken } from './keys.js'
 import type { Logger } from './log.js'
 import { migrate } from './migrate.js'
 import type { SiteStore } from './ports/site-store.js'
+import { PRIVATE_DIR_MODE, PRIVATE_FILE_MODE } from './private-files.js'
 import { ServicesManager } from './services/manager.js'
 
 export interface QuickstartSite {
@@ -45,8 +46,10 @@ export async function ensureQuickstartSite(config: TallyConfig, store: SiteStore
     writeKey: created.site.writeKey,
     readToken: created.readToken,
   }
-  await mkdir(config.dataDir, { recursive: true })
-  await writeFile(file, `${JSON.stringify(saved, null, 2)}\n`, { mode: 0o600 })
+  await mkdir(config.dataDir, { recursive: true, mode: PRIVATE_DIR_MODE })
+  await writeFile(file, `${JSON.stringify(saved, null, 2)}\n`, { mode: PRIVATE_FILE_MODE })
+  // The mode applies to a new file only; the keys of an older one are narrowed as well.
+  await chmod(file, PRIVATE_FILE_MODE)
   return saved
 }
 

@@ -10,6 +10,7 @@ import type { Logger } from '../core/log.js'
 import type { EventLogWriter, LogRecord } from '../core/ports/event-log.js'
 import type { Site } from '../core/ports/site-store.js'
 import { type EventType, HEADERS, RAW_EVENT_SCHEMA_VERSION, type RawEventV1 } from '../schemas/events.js'
+import { decodeBody } from './charset.js'
 import type { IngestMetrics } from './metrics.js'
 import { type IngestLimits, normalizeEvent, type Rejection } from './normalize.js'
 import { PIXEL_GIF, pixelPayload } from './pixel.js'
@@ -46,13 +47,17 @@ const SINGLE: Record<string, EventType> = {
   a: 'alias',
 }
 
-function writeKeyOf(req: FastifyRequest, body: Body | undefined): string | undefined {
+/** The write key sent as the HTTP Basic user name, as server-side sources send it. */
+function basicUser(req: FastifyRequest): string | undefined {
   const auth = req.headers.authorization
-  if (auth?.startsWith('Basic ')) {
-    const decoded = Buffer.from(auth.slice(6), 'base64').toString('utf8')
-    const user = decoded.split(':')[0]
-    if (user) return user
-  }
+  if (!auth?.startsWith('Basic ')) return undefined
+  const user = Buffer.from(auth.slice(6), 'base64').toString('utf8').split(':')[0]
+  return user || undefined
+}
+
+function writeKeyOf(req: FastifyRequest, body: Body | undefined): string | undefined {
+  const user = basicUser(req)
+  if (user) return user
   const fromBody = body?.writeKey
   return typeof fromBody === 'string' && fromBody !== '' ? fromBody : undefined
 }
@@ -82,10 +87,19 @@ export async function buildIngestApp(deps: IngestDeps): Promise<FastifyInstance>
   const clientLimiter = new EventRateLimiter(config.rateLimitClientPerSec, config.rateLimitClientPerSec * 2)
 
   // Beacons send text/plain (no CORS preflight); both types carry JSON and share one parser,
-  // with prototype-poisoning protection.
+  // with prototype-poisoning protection. The body is decoded from its declared charset first.
   app.removeContentTypeParser(['application/json', 'text/plain'])
   const jsonParser = app.getDefaultJsonParser('error', 'error')
-  app.addContentTypeParser(['application/json', 'text/plain'], { parseAs: 'string' }, jsonParser)
+  app.addContentTypeParser(['application/json', 'text/plain'], { parseAs: 'buffer' }, (req, bytes, done) => {
+    let text: string
+    try {
+      text = decodeBody(bytes as Buffer, req.headers['content-type'])
+    } catch (err) {
+      done(err as Error, undefined)
+      return
+    }
+    jsonParser(req, text, done)
+  })
 
   // Compressed bodies are inflated while they are read; Fastify's body limit then applies to the
   // inflated bytes, so a small gzip bomb is cut off at the cap.
@@ -219,18 +233,26 @@ export async function buildIngestApp(deps: IngestDeps): Promise<FastifyInstance>
   }
 
   function rateLimit(req: FastifyRequest, reply: FastifyReply, site: Site, n: number): void {
+    // Browsers (key in the body or the URL) are limited per IP as well, so one visitor cannot use
+    // up the site's budget; a server-side source (HTTP Basic: a backend replaying history, a busy
+    // server SDK) sends for many visitors from one IP and is limited per site only, as Segment does.
     // The client is checked first and the site only when the client may send, so a refused client
     // does not use up its site's budget; a client refused by the site gets its tokens back.
-    const clientKey = `${site.siteId}|${req.ip}`
-    const clientWait = clientLimiter.take(clientKey, n)
-    const wait = clientWait > 0 ? clientWait : siteLimiter.take(site.siteId, n)
-    if (clientWait === 0 && wait > 0) clientLimiter.refund(clientKey, n)
+    const clientKey = basicUser(req) === undefined ? `${site.siteId}|${req.ip}` : undefined
+    const clientWait = clientKey === undefined ? 0 : clientLimiter.take(clientKey, n)
+    const siteWait = clientWait > 0 ? 0 : siteLimiter.take(site.siteId, n)
+    if (clientKey !== undefined && clientWait === 0 && siteWait > 0) clientLimiter.refund(clientKey, n)
+    const wait = clientWait > 0 ? clientWait : siteWait
     if (wait > 0) {
+      const limit = clientWait > 0 ? 'client' : 'site'
+      const ratePerSec = limit === 'client' ? config.rateLimitClientPerSec : config.rateLimitSitePerSec
       void reply.header('retry-after', String(wait)).header('x-ratelimit-reset', String(wait))
       throw new TallyError(
         'TALLY_ERR_RATE_LIMITED',
-        `rate limit of site ${site.siteId} reached; retry in ${wait} s`,
-        { statusCode: 429, retriable: true },
+        limit === 'client'
+          ? `rate limit of ${ratePerSec} events/s per client IP of site ${site.siteId} reached; retry in ${wait} s`
+          : `rate limit of ${ratePerSec} events/s of site ${site.siteId} reached; retry in ${wait} s`,
+        { statusCode: 429, retriable: true, details: { limit, ratePerSec, retryAfterSec: wait } },
       )
     }
   }

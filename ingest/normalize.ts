@@ -80,6 +80,53 @@ function hasNullField(o: object): boolean {
   return false
 }
 
+// ES2024 string methods (Node 20+), which the project's TypeScript lib (ES2023) does not declare.
+interface WellFormedString {
+  isWellFormed(): boolean
+  toWellFormed(): string
+}
+
+function wellFormed(s: string): string {
+  const w = s as unknown as WellFormedString
+  return w.isWellFormed() ? s : w.toWellFormed()
+}
+
+/**
+ * `value` with every lone UTF-16 surrogate (a JSON `\ud800` escape without its pair) in its strings
+ * and keys, at any depth, replaced by U+FFFD. Stored as is, such a string is JSON no strict parser
+ * reads (jq refuses the export line) while the UTF-8 encoders downstream each replace it their own
+ * way; scrubbed here once, the log, the archive and the aggregates all hold the same U+FFFD.
+ * Returns `value` itself when every string is well formed (the usual case: nothing is copied).
+ */
+export function withWellFormedStrings(value: unknown): unknown {
+  if (typeof value === 'string') return wellFormed(value)
+  if (value === null || typeof value !== 'object') return value
+  if (Array.isArray(value)) {
+    let out: unknown[] | undefined
+    for (let i = 0; i < value.length; i++) {
+      const item = value[i]
+      const fixed = withWellFormedStrings(item)
+      if (fixed !== item) {
+        out ??= value.slice()
+        out[i] = fixed
+      }
+    }
+    return out ?? value
+  }
+  let changed = false
+  const entries: Array<[string, unknown]> = []
+  for (const key in value) {
+    if (!Object.hasOwn(value, key)) continue
+    const item = (value as Record<string, unknown>)[key]
+    const fixedKey = wellFormed(key)
+    const fixed = withWellFormedStrings(item)
+    if (fixedKey !== key || fixed !== item) changed = true
+    entries.push([fixedKey, fixed])
+  }
+  // fromEntries defines own properties, so no key (not even "__proto__") reaches the prototype.
+  return changed ? Object.fromEntries(entries) : value
+}
+
 /** A shallow copy without `ip`; built without `delete`, which would slow the object down. */
 function withoutIp(context: Record<string, unknown> | undefined): Record<string, unknown> {
   if (context === undefined) return {}
@@ -152,6 +199,8 @@ export function normalizeEvent(
       )
     }
   }
+  // After the depth check, which bounds its recursion; U+FFFD replaces one UTF-16 unit by one.
+  payload = withWellFormedStrings(payload)
   const claimedType = (payload as { type?: unknown }).type
   if (claimedType !== undefined && !(EVENT_TYPES as readonly unknown[]).includes(claimedType)) {
     return reject('TALLY_ERR_INVALID_EVENT', `type must be one of ${EVENT_TYPES.join(', ')}`, '/type')

@@ -25,6 +25,7 @@ import type { TallyConfig } from '../core/config.js'
 import { errorMessage, ServiceUnavailableError, TallyError } from '../core/errors.js'
 import type { ArchiveStateStore } from '../core/ports/batch-store.js'
 import type { LogOffsets } from '../core/ports/event-log.js'
+import { makePrivateDir } from '../core/private-files.js'
 import { DIMENSION_COLUMNS } from '../schemas/arrow.js'
 import { EXPORT_CONTENT_TYPES } from './export.js'
 import type { ExportFormat, ParsedQuery } from './params.js'
@@ -234,6 +235,8 @@ export class ArchiveRawEventSource implements RawEventSource {
       const archive = await this.completeness()
       let range: Awaited<ReturnType<typeof openArchiveRange>>
       try {
+        // Spill files hold events: owner-only, like the archive they come from.
+        await makePrivateDir(this.o.spillDir)
         range = await openArchiveRange({
           topicDir: this.o.topicDir,
           siteId,

@@ -1,8 +1,8 @@
-import { mkdirSync } from 'node:fs'
 import { join } from 'node:path'
 import { errorMessage } from '../errors.js'
 import { once } from '../lifecycle.js'
 import type { Logger } from '../log.js'
+import { makePrivateDirSync } from '../private-files.js'
 import { EmbeddedAggregateReader } from './aggregate-reader.js'
 import {
   EmbeddedArchiveStateStore,
@@ -110,7 +110,7 @@ export function openEmbedded(options: EmbeddedOptions): EmbeddedBackend {
   const opened: Db[] = []
   try {
     const dir = join(dataDir, EMBEDDED_DIR)
-    mkdirSync(dir, { recursive: true })
+    makePrivateDirSync(dir)
     const logDb = openDatabase(join(dir, 'log.db'), LOG_MIGRATIONS)
     opened.push(logDb)
     const storeDb = openDatabase(join(dir, 'store.db'), STORE_MIGRATIONS)

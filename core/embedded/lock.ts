@@ -11,6 +11,7 @@ import {
 import { hostname } from 'node:os'
 import { join } from 'node:path'
 import { errorMessage, TallyError } from '../errors.js'
+import { PRIVATE_DIR_MODE, PRIVATE_FILE_MODE } from '../private-files.js'
 
 /**
  * One process per embedded data folder. The embedded log and store are files that a single
@@ -115,7 +116,8 @@ const UNREADABLE_GRACE_MS = 5000
  * holds it. A lock whose owner is no longer running is replaced.
  */
 export function lockDataDir(dataDir: string): DataDirLock {
-  mkdirSync(dataDir, { recursive: true })
+  // A folder this creates is owner-only; one the operator made keeps the mode they chose.
+  mkdirSync(dataDir, { recursive: true, mode: PRIVATE_DIR_MODE })
   const path = join(dataDir, LOCK_FILE)
   const start = procStart(process.pid)
   const owner: LockOwner = {
@@ -128,7 +130,7 @@ export function lockDataDir(dataDir: string): DataDirLock {
   for (let attempt = 0; attempt < 3; attempt++) {
     let fd: number
     try {
-      fd = openSync(path, 'wx', 0o644)
+      fd = openSync(path, 'wx', PRIVATE_FILE_MODE)
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err
       const current = readOwner(path)

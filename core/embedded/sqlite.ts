@@ -1,5 +1,7 @@
+import { closeSync, openSync } from 'node:fs'
 import Database from 'better-sqlite3'
 import { errorMessage, TallyError } from '../errors.js'
+import { makePrivateFileSync, PRIVATE_FILE_MODE } from '../private-files.js'
 
 /**
  * SQLite through better-sqlite3, the embedded database of both the log and the store. Every file is
@@ -30,6 +32,11 @@ export class DatabaseLockedError extends TallyError {
  * `migrations` (each a SQL script; index + 1 is its version).
  */
 export function openDatabase(path: string, migrations: readonly string[]): Db {
+  // SQLite creates a database with mode 0644 less the umask, and its -wal and -shm files with the
+  // database's own mode: created here first as 0600, the three are owner-only whatever the umask.
+  // Files of an older version are narrowed too.
+  closeSync(openSync(path, 'a', PRIVATE_FILE_MODE))
+  for (const file of [path, `${path}-wal`, `${path}-shm`, `${path}-journal`]) makePrivateFileSync(file)
   // timeout 0: a locked file fails at once instead of waiting for a lock that is never released.
   const db = new Database(path, { timeout: 0 })
   try {

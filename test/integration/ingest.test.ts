@@ -932,7 +932,7 @@ describe('bad input: each gets its own status and code, and the server keeps ser
 })
 
 describe('rate limits', () => {
-  it('answers 429 with Retry-After per site and per client IP, and lets the event through once the wait is over', async () => {
+  it('answers 429 with Retry-After per site and per client IP, naming the limit, and lets the event through once the wait is over', async () => {
     const limitedConfig = loadConfig({
       ...envOf(config),
       LOG_LEVEL: 'silent',
@@ -951,13 +951,14 @@ describe('rate limits', () => {
           messageId: `rl-${randomUUID()}`,
         })),
       })
+      // Browser-style: the key in the body, as beacons and analytics.js send it.
       const send = (s: Site, payload: Json, ip: string) =>
         limited.app.inject({
           method: 'POST',
           url: '/v1/batch',
           remoteAddress: ip,
-          headers: { 'content-type': 'application/json', authorization: basic(s.writeKey) },
-          payload: JSON.stringify(payload),
+          headers: { 'content-type': 'text/plain' },
+          payload: JSON.stringify({ ...payload, writeKey: s.writeKey }),
         })
       // Client burst is twice the per-second rate: 20 events from one IP pass, the 21st waits.
       const first = batch(limitedConfig.ingest.rateLimitClientPerSec * 2)
@@ -965,7 +966,8 @@ describe('rate limits', () => {
       const refused = batch(5)
       const tooFast = await send(site, refused, '10.0.0.1')
       expect(tooFast.statusCode).toBe(429)
-      expect(body(tooFast).code).toBe('TALLY_ERR_RATE_LIMITED')
+      expect(body(tooFast)).toMatchObject({ code: 'TALLY_ERR_RATE_LIMITED', limit: 'client', ratePerSec: 10 })
+      expect(body(tooFast).message).toContain('10 events/s per client IP')
       // 5 events at 10/s from an empty bucket: 0.5 s, rounded up to whole seconds.
       expect(tooFast.headers['retry-after']).toBe('1')
       expect(tooFast.headers['x-ratelimit-reset']).toBe('1')
@@ -975,6 +977,7 @@ describe('rate limits', () => {
       expect((await send(site, batch(20), '10.0.0.2')).statusCode).toBe(200)
       const siteFull = await send(site, batch(20), '10.0.0.3')
       expect(siteFull.statusCode).toBe(429)
+      expect(body(siteFull)).toMatchObject({ code: 'TALLY_ERR_RATE_LIMITED', limit: 'site', ratePerSec: 20 })
       // 20 events at 20/s from an (almost) empty site bucket: 1 s.
       expect(siteFull.headers['retry-after']).toBe('1')
       const started = Date.now()
@@ -986,6 +989,77 @@ describe('rate limits', () => {
       expect(body(retried).accepted).toBe(5)
       const found = await reader.waitFor(refused.batch.map((e) => e.messageId))
       expect([...found.values()].every((l) => l.length === 1)).toBe(true)
+    } finally {
+      await limited.close()
+    }
+  })
+
+  it('a server-side source (HTTP Basic) at 5,000 events/s from one IP is limited per site only; a browser-style one is limited per IP', async () => {
+    const limitedConfig = loadConfig({
+      ...envOf(config),
+      LOG_LEVEL: 'silent',
+      TALLY_RATE_LIMIT_SITE: '20000',
+      TALLY_RATE_LIMIT_CLIENT: '1000',
+    })
+    const limited = await buildTestIngest(limitedConfig)
+    try {
+      const site = await limited.addSite()
+      // 5,000 events/s for 2 s from one IP: 40 requests of 250 events, one every 50 ms, sent on
+      // schedule whatever the answers take (an open loop), so the offered rate is the stated one.
+      const eventsPerRequest = 250
+      const requests = 40
+      const intervalMs = 50
+      const run = async (tag: string, auth: 'basic' | 'body') => {
+        const ids: string[][] = []
+        const started = Date.now()
+        const answers: Array<Promise<LightMyRequestResponse>> = []
+        for (let i = 0; i < requests; i++) {
+          const wait = started + i * intervalMs - Date.now()
+          if (wait > 0) await new Promise((r) => setTimeout(r, wait))
+          const batch = Array.from({ length: eventsPerRequest }, (_, j) => ({
+            type: 'track',
+            event: tag,
+            anonymousId: `${tag}-${j % 50}`,
+            messageId: `${tag}-${i}-${j}-${randomUUID()}`,
+          }))
+          ids.push(batch.map((e) => e.messageId))
+          answers.push(
+            limited.app.inject({
+              method: 'POST',
+              url: '/v1/batch',
+              remoteAddress: '10.9.9.9',
+              headers:
+                auth === 'basic'
+                  ? { 'content-type': 'application/json', authorization: basic(site.writeKey) }
+                  : { 'content-type': 'text/plain' },
+              payload: JSON.stringify(auth === 'basic' ? { batch } : { batch, writeKey: site.writeKey }),
+            }),
+          )
+        }
+        const offeredMs = Date.now() - started
+        const settled = await Promise.all(answers)
+        return { ids, answers: settled, offeredMs, elapsedMs: Date.now() - started }
+      }
+
+      const server = await run('srv', 'basic')
+      expect(server.answers.map((a) => a.statusCode)).toEqual(Array(requests).fill(200))
+      // The whole load was offered within about 2 s: at least 4,000 events/s.
+      expect((requests * eventsPerRequest) / (server.offeredMs / 1000)).toBeGreaterThan(4000)
+      const logged = await reader.waitFor(server.ids.flat())
+      expect([...logged.values()].every((l) => l.length === 1)).toBe(true)
+
+      const browser = await run('web', 'body')
+      const refused = browser.answers.filter((a) => a.statusCode === 429)
+      const accepted = browser.answers.filter((a) => a.statusCode === 200)
+      expect(refused.length + accepted.length).toBe(requests)
+      expect(refused.length).toBeGreaterThan(0)
+      for (const r of refused) {
+        expect(body(r)).toMatchObject({ code: 'TALLY_ERR_RATE_LIMITED', limit: 'client', ratePerSec: 1000 })
+        expect(Number(r.headers['retry-after'])).toBeGreaterThanOrEqual(1)
+      }
+      // Per IP: at most the burst (2 s of the rate) plus the rate over the run, plus one request.
+      const acceptedEvents = accepted.length * eventsPerRequest
+      expect(acceptedEvents).toBeLessThanOrEqual(2000 + (1000 * browser.elapsedMs) / 1000 + eventsPerRequest)
     } finally {
       await limited.close()
     }
@@ -1338,7 +1412,8 @@ describe('@segment/analytics-node against Tally', () => {
   })
 
   it('backs off on 429 as told by Retry-After and then delivers', async () => {
-    const limitedConfig = loadConfig({ ...envOf(config), LOG_LEVEL: 'silent', TALLY_RATE_LIMIT_CLIENT: '2' })
+    // A server library sends with HTTP Basic: the site limit is the one it meets.
+    const limitedConfig = loadConfig({ ...envOf(config), LOG_LEVEL: 'silent', TALLY_RATE_LIMIT_SITE: '2' })
     const limited = await buildTestIngest(limitedConfig)
     try {
       const site = await limited.addSite()
