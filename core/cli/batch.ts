@@ -153,7 +153,7 @@ are written) makes each range run once at a time; a job that loses its lease sto
       const config = getConfig()
       const logger = createLogger(config.logLevel, { role: 'import' })
       const ua = new UserAgentParser()
-      const limits = { maxEventBytes: config.ingest.maxEventBytes, maxDepth: config.ingest.maxDepth }
+      const limits = config.ingest
       const result = await importFile(config, logger, {
         file,
         siteId: opts.site,
