@@ -91,6 +91,7 @@ export async function createArchiverComponent(
       topic: config.kafka.topicRaw,
       group,
       owner: processOwner(),
+      maxOpenHours: config.archive.maxOpenHours,
       ...(options.flushIntervalMs === undefined ? {} : { flushIntervalMs: options.flushIntervalMs }),
       ...(options.maxBufferedEvents === undefined ? {} : { maxBufferedEvents: options.maxBufferedEvents }),
       ...(options.maxBufferedBytes === undefined ? {} : { maxBufferedBytes: options.maxBufferedBytes }),

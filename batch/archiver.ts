@@ -32,6 +32,12 @@ export interface ArchiverOptions {
   maxBufferedEvents?: number
   /** …or this many bytes of raw events. Default 16 MiB. */
   maxBufferedBytes?: number
+  /**
+   * Event hours a partition buffers at once: an event of a further hour first closes the buffers
+   * into segments, so one flush writes at most this many segments (and hour folders), however far
+   * apart the events' times are. Default 64 (TALLY_ARCHIVE_MAX_OPEN_HOURS).
+   */
+  maxOpenHours?: number
   /** Overrides the owner name recorded with epochs. */
   owner?: string
 }
@@ -119,6 +125,7 @@ export class Archiver {
   private readonly flushIntervalMs: number
   private readonly maxBuffered: number
   private readonly maxBufferedBytes: number
+  private readonly maxOpenHours: number
   private timer: NodeJS.Timeout | undefined
   private lagTimer: NodeJS.Timeout | undefined
   private closing: Promise<void> | undefined
@@ -134,6 +141,7 @@ export class Archiver {
     this.flushIntervalMs = options.flushIntervalMs ?? 30_000
     this.maxBuffered = options.maxBufferedEvents ?? 50_000
     this.maxBufferedBytes = options.maxBufferedBytes ?? 16 * 1024 * 1024
+    this.maxOpenHours = options.maxOpenHours ?? 64
   }
 
   async start(): Promise<void> {
@@ -297,9 +305,20 @@ export class Archiver {
         metrics.records.inc({ outcome: 'replayed' })
         continue
       }
+      const decoded = decodeRecord(record)
+      const hour = decoded.ok ? windowStart(decoded.event.timestampMs, 'hour') : 0
+      if (decoded.ok && !state.buffers.has(hour) && state.buffers.size >= this.maxOpenHours) {
+        // Everything before this record is closed first: a flush commits a whole offset range, so
+        // the oldest hour alone cannot be closed.
+        metrics.buffered.inc(archived)
+        archived = 0
+        await this.flush(state, control)
+        if (this.states.get(state.partition) !== state) return
+        // Taken back from another archiver that had committed past this record.
+        if (record.offset < state.processedNext) continue
+      }
       if (state.openSinceMs === 0) state.openSinceMs = Date.now()
       state.processedNext = record.offset + 1
-      const decoded = decodeRecord(record)
       if (!decoded.ok) {
         metrics.records.inc({ outcome: 'invalid' })
         logger.debug(
@@ -308,7 +327,6 @@ export class Archiver {
         )
         continue
       }
-      const hour = windowStart(decoded.event.timestampMs, 'hour')
       let list = state.buffers.get(hour)
       if (!list) {
         list = []

@@ -107,6 +107,18 @@ export interface IngestConfig {
    */
   maxConnections: number
   /**
+   * An event whose corrected timestamp is more than this ahead of its receivedAt takes receivedAt
+   * and is flagged `timestampClamped` (TALLY_MAX_FUTURE_MS). Default 23 h.
+   */
+  maxFutureMs: number
+  /**
+   * A live event whose corrected timestamp is more than this before its receivedAt is rejected:
+   * TALLY_MAX_PAST_DAYS (default 7), never more than the raw log's retention.
+   */
+  maxPastMs: number
+  /** The same for imports (/v1/import, `tally import`): TALLY_IMPORT_MAX_PAST_DAYS, default 1830 days. */
+  importMaxPastMs: number
+  /**
    * First-party path prefix (TALLY_TRACKER_PREFIX, e.g. `/stats`): ingest also serves `/t.js` and
    * `/v1/…` under it, for sites that proxy it on their own domain. Default '' (none).
    */
@@ -138,6 +150,10 @@ export interface StreamConfig {
   group: string
   /** Event-time grace: events whose minute closed longer ago than this (by the partition's latest receivedAt) are left to the batch path. Default 5 min. */
   graceMs: number
+  /** Events timed more than this ahead of the partition's latest receivedAt are left to the batch path (TALLY_MAX_FUTURE_MS). Default 23 h. */
+  maxFutureMs: number
+  /** Open windows (all granularities and sites) one partition holds in memory; beyond it the oldest are written and dropped. Default 20000. */
+  maxOpenWindows: number
   /** messageIds are remembered this long (by receivedAt) to drop client retries. Default 1 h, at most 24 h. */
   dedupHorizonMs: number
   /** How often open windows are written to the store (freshness). Default 500 ms. */
@@ -154,6 +170,15 @@ export interface StreamConfig {
   sessionTimeoutMs: number
   /** Row TTLs in seconds per granularity (0 = forever). */
   ttlSeconds: { minute: number; hour: number; day: number }
+}
+
+export interface ArchiveConfig {
+  /**
+   * Event hours one archiver partition buffers at once (TALLY_ARCHIVE_MAX_OPEN_HOURS): a record of
+   * a further hour first closes the buffers into segments, so one flush writes at most this many
+   * segments and hour folders. Default 64.
+   */
+  maxOpenHours: number
 }
 
 /**
@@ -176,6 +201,7 @@ export interface TallyConfig {
   ingest: IngestConfig
   stream: StreamConfig
   query: QueryConfig
+  archive: ArchiveConfig
   /** Deadline for an ordered shutdown before the process gives up waiting. Default 15000 ms. */
   shutdownTimeoutMs: number
 }
@@ -304,6 +330,9 @@ export function loadConfig(env: Env = process.env): TallyConfig {
       throw new ConfigError(name, value, 'a Kafka topic name: letters, digits, ".", "_" or "-"')
   }
   const rawPort = env.PORT
+  const retentionMs = int(env, 'TALLY_LOG_RETENTION_HOURS', 168, 1, 87_600) * 3_600_000
+  // One value for ingest (clamp) and the stream (what it leaves to batch), so they agree.
+  const maxFutureMs = int(env, 'TALLY_MAX_FUTURE_MS', 23 * 3_600_000, 0, 7 * 86_400_000)
   const services: ServicesConfig = {
     cacheDir: resolve(str(env, 'TALLY_SERVICES_CACHE', join(homedir(), '.cache', 'tally', 'services'))),
     runDir: resolve(str(env, 'TALLY_SERVICES_RUN_DIR', join(tmpdir(), 'tally-services'))),
@@ -332,7 +361,7 @@ export function loadConfig(env: Env = process.env): TallyConfig {
       topicDeadLetter,
       topicProgress,
       partitions: int(env, 'KAFKA_PARTITIONS', 6, 1, 10_000),
-      retentionMs: int(env, 'TALLY_LOG_RETENTION_HOURS', 168, 1, 87_600) * 3_600_000,
+      retentionMs,
       replicationFactor: int(env, 'KAFKA_REPLICATION_FACTOR', 1, 1, 32),
     },
     cassandra: {
@@ -367,10 +396,16 @@ export function loadConfig(env: Env = process.env): TallyConfig {
       requestTimeoutMs: int(env, 'TALLY_REQUEST_TIMEOUT_MS', 10_000, 100, 600_000),
       maxConnections: int(env, 'TALLY_MAX_CONNECTIONS', 10_000, 1, 1_000_000),
       trackerPrefix: pathPrefix(env, 'TALLY_TRACKER_PREFIX'),
+      maxFutureMs,
+      // Older live events could leave the raw log before the archiver read them.
+      maxPastMs: Math.min(int(env, 'TALLY_MAX_PAST_DAYS', 7, 1, 3650) * 86_400_000, retentionMs),
+      importMaxPastMs: int(env, 'TALLY_IMPORT_MAX_PAST_DAYS', 1830, 1, 36_500) * 86_400_000,
     },
     stream: {
       group: str(env, 'TALLY_STREAM_GROUP', 'tally-aggregate'),
       graceMs: int(env, 'TALLY_GRACE_MS', 300_000, 0, 7 * 86_400_000),
+      maxFutureMs,
+      maxOpenWindows: int(env, 'TALLY_STREAM_MAX_OPEN_WINDOWS', 20_000, 100, 10_000_000),
       dedupHorizonMs: int(env, 'TALLY_DEDUP_HORIZON_MS', 3_600_000, 0, 86_400_000),
       flushIntervalMs: int(env, 'TALLY_FLUSH_INTERVAL_MS', 500, 10, 600_000),
       hllPrecision: int(env, 'TALLY_HLL_PRECISION', 14, 4, 18),
@@ -387,6 +422,9 @@ export function loadConfig(env: Env = process.env): TallyConfig {
       answerCacheMaxAgeMs: int(env, 'TALLY_QUERY_CACHE_MAX_AGE_MS', 10_000, 0, 3_600_000),
       versionMaxAgeMs: int(env, 'TALLY_QUERY_VERSION_MAX_AGE_MS', 100, 0, 10_000),
       notifiedVersionMaxAgeMs: int(env, 'TALLY_QUERY_NOTIFIED_VERSION_MAX_AGE_MS', 1000, 0, 600_000),
+    },
+    archive: {
+      maxOpenHours: int(env, 'TALLY_ARCHIVE_MAX_OPEN_HOURS', 64, 1, 10_000),
     },
     shutdownTimeoutMs: int(env, 'TALLY_SHUTDOWN_TIMEOUT_MS', 15_000, 100, 600_000),
   }
@@ -455,11 +493,28 @@ export const CONFIG_VARIABLES: ReadonlyArray<readonly [name: string, meaning: st
     'connections each ingest or query server holds at once; near it idle keep-alive ones are closed first, over it new ones are refused (default 10000)',
   ],
   [
+    'TALLY_MAX_FUTURE_MS',
+    'an event timed more than this ahead of its receipt takes the receive time, flagged timestampClamped; the stream leaves such events to batch (default 82800000, 23 h)',
+  ],
+  [
+    'TALLY_MAX_PAST_DAYS',
+    'live events timed more than this many days before their receipt are rejected (TALLY_ERR_TIMESTAMP_TOO_OLD); never more than the log retention (default 7)',
+  ],
+  ['TALLY_IMPORT_MAX_PAST_DAYS', 'the same limit for /v1/import and `tally import` (default 1830, 5 years)'],
+  [
     'TALLY_TRACKER_PREFIX',
     'first-party path prefix, e.g. /stats: ingest also serves <prefix>/t.js and <prefix>/v1/… (default none)',
   ],
   ['TALLY_STREAM_GROUP', 'consumer group of the stream workers (default tally-aggregate)'],
   ['TALLY_GRACE_MS', 'event-time grace before a window closes; later events go to batch (default 300000)'],
+  [
+    'TALLY_STREAM_MAX_OPEN_WINDOWS',
+    'open windows a stream partition holds in memory; beyond it the oldest are written and dropped (default 20000)',
+  ],
+  [
+    'TALLY_ARCHIVE_MAX_OPEN_HOURS',
+    'event hours an archiver partition buffers at once; a further hour closes them into segments first (default 64)',
+  ],
   ['TALLY_DEDUP_HORIZON_MS', 'how long messageIds are remembered by the stream, max 1 day (default 3600000)'],
   ['TALLY_FLUSH_INTERVAL_MS', 'how often workers write open windows (default 500)'],
   ['TALLY_HLL_PRECISION', 'HyperLogLog precision of visitors, 4-18 (default 14, ~0.81% error)'],

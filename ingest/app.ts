@@ -81,7 +81,7 @@ export async function buildIngestApp(deps: IngestDeps): Promise<FastifyInstance>
     maxConnections: config.maxConnections,
     onErrorAnswer: (err) => metrics.rejections.inc({ code: err.code }),
   })
-  const limits: IngestLimits = { maxEventBytes: config.maxEventBytes, maxDepth: config.maxDepth }
+  const limits: IngestLimits = config
   const uaParser = new UserAgentParser()
   const siteLimiter = new EventRateLimiter(config.rateLimitSitePerSec, config.rateLimitSitePerSec * 2)
   const clientLimiter = new EventRateLimiter(config.rateLimitClientPerSec, config.rateLimitClientPerSec * 2)
@@ -302,6 +302,7 @@ export async function buildIngestApp(deps: IngestDeps): Promise<FastifyInstance>
     if (req.id !== trace.traceId) headers[HEADERS.requestId] = req.id
     const records: LogRecord[] = []
     const rejected: Array<Rejection & { index: number }> = []
+    let clamped = 0
     for (let index = 0; index < items.length; index++) {
       const item = opts.shared ? mergeShared(items[index], opts.shared) : items[index]
       const result = normalizeEvent(
@@ -321,6 +322,7 @@ export async function buildIngestApp(deps: IngestDeps): Promise<FastifyInstance>
         rejected.push({ index, ...result.rejection })
         continue
       }
+      if (result.event.timestampClamped) clamped++
       records.push(toRecord(result.event, headers, receivedAtMs))
     }
     metrics.events.inc({ endpoint, outcome: 'rejected' }, rejected.length)
@@ -358,6 +360,7 @@ export async function buildIngestApp(deps: IngestDeps): Promise<FastifyInstance>
     }
     metrics.produceSeconds.observe(Number(process.hrtime.bigint() - started) / 1e9)
     metrics.events.inc({ endpoint, outcome: 'accepted' }, records.length)
+    if (clamped > 0) metrics.timestampsClamped.inc({ endpoint }, clamped)
     req.log.debug(
       {
         site: site.siteId,

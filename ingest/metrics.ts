@@ -24,6 +24,12 @@ export function createIngestMetrics() {
       labelNames: ['code'] as const,
       registers: [registry],
     }),
+    timestampsClamped: new Counter({
+      name: 'tally_ingest_timestamps_clamped_total',
+      help: 'Accepted events whose timestamp lay more than TALLY_MAX_FUTURE_MS ahead and was set to receivedAt, by endpoint',
+      labelNames: ['endpoint'] as const,
+      registers: [registry],
+    }),
     produceSeconds: new Histogram({
       name: 'tally_ingest_produce_seconds',
       help: 'Time for the log to acknowledge one request’s events (acks=all)',

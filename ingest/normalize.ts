@@ -16,7 +16,15 @@ export interface IngestLimits {
   maxEventBytes: number
   /** Max nesting depth of objects/arrays inside one event. Default 16. */
   maxDepth: number
+  /** A corrected timestamp further ahead of receivedAt takes receivedAt (flagged timestampClamped). Default 23 h. */
+  maxFutureMs: number
+  /** A live event's corrected timestamp further before receivedAt is rejected. Default 7 days. */
+  maxPastMs: number
+  /** The same for imported events. Default 1830 days. */
+  importMaxPastMs: number
 }
+
+const DAY_MS = 86_400_000
 
 const validator = Compile(SegmentEventV1)
 
@@ -67,10 +75,28 @@ function idString(v: unknown): string | undefined {
 
 // Date.parse alone also takes free text ("yesterday at 5" → 2001-05-01), so the shape is checked first.
 const ISO_8601 =
-  /^\d{4}-\d{2}-\d{2}(?:[Tt ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:[Zz]|[+-]\d{2}(?::?\d{2})?)?)?$/
+  /^(\d{4})-(\d{2})-(\d{2})(?:[Tt ](\d{2}):(\d{2})(?::(\d{2})(?:\.\d+)?)?(?:[Zz]|[+-](\d{2})(?::?(\d{2}))?)?)?$/
 
+const DAYS_IN_MONTH = [31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31]
+
+function daysInMonth(year: number, month: number): number {
+  const leap = year % 4 === 0 && (year % 100 !== 0 || year % 400 === 0)
+  return month === 2 && leap ? 29 : DAYS_IN_MONTH[month - 1]!
+}
+
+/**
+ * An ISO 8601 date-time in ms, or undefined. The fields are range-checked first: Date.parse rolls
+ * impossible dates over (2024-02-30 → 2024-03-01, T24:00 → the next day) instead of refusing them.
+ */
 function parseTime(v: unknown): number | undefined {
-  if (typeof v !== 'string' || !ISO_8601.test(v)) return undefined
+  if (typeof v !== 'string') return undefined
+  const m = ISO_8601.exec(v)
+  if (!m) return undefined
+  const [year, month, day] = [Number(m[1]), Number(m[2]), Number(m[3])]
+  if (month < 1 || month > 12 || day < 1 || day > daysInMonth(year, month)) return undefined
+  // Absent time and zone fields are undefined, and Number(undefined) > n is false.
+  if (Number(m[4]) > 23 || Number(m[5]) > 59 || Number(m[6]) > 59) return undefined
+  if (Number(m[7]) > 23 || Number(m[8]) > 59) return undefined
   const t = Date.parse(v)
   return Number.isNaN(t) ? undefined : t
 }
@@ -238,23 +264,45 @@ export function normalizeEvent(
   }
 
   const eventTime = parseTime(e.timestamp ?? e.originalTimestamp)
+  const timeWhere = e.timestamp ? '/timestamp' : '/originalTimestamp'
   if ((e.timestamp ?? e.originalTimestamp) !== undefined && eventTime === undefined) {
     return reject(
       'TALLY_ERR_INVALID_TIMESTAMP',
-      'timestamp is not an ISO 8601 date-time',
-      e.timestamp ? '/timestamp' : '/originalTimestamp',
+      `${timeWhere.slice(1)} is not an ISO 8601 date-time of a real calendar day and time`,
+      timeWhere,
     )
   }
   const sentAtRaw = e.sentAt ?? input.batchSentAt
   const sentAt = sentAtRaw instanceof Date ? sentAtRaw.getTime() : parseTime(sentAtRaw)
   if (e.sentAt !== undefined && sentAt === undefined) {
-    return reject('TALLY_ERR_INVALID_TIMESTAMP', 'sentAt is not an ISO 8601 date-time', '/sentAt')
+    return reject(
+      'TALLY_ERR_INVALID_TIMESTAMP',
+      'sentAt is not an ISO 8601 date-time of a real calendar day and time',
+      '/sentAt',
+    )
   }
   // Client clocks drift: trust the client's offset between event and send, not its wall clock.
   // Imported history keeps its original timestamps.
   let timestampMs = eventTime ?? input.receivedAtMs
   if (!input.imported && eventTime !== undefined && sentAt !== undefined) {
     timestampMs = input.receivedAtMs - (sentAt - eventTime)
+  }
+  // A timestamp far ahead would hold stream windows and archive buffers open until that time comes
+  // (PostHog clamps the same way); the event still counts, now.
+  const timestampClamped = timestampMs - input.receivedAtMs > limits.maxFutureMs
+  if (timestampClamped) timestampMs = input.receivedAtMs
+  // Live events older than the raw log keeps could leave it before the archiver read them;
+  // imports are history, with a limit of their own.
+  const maxPastMs = input.imported ? limits.importMaxPastMs : limits.maxPastMs
+  if (input.receivedAtMs - timestampMs > maxPastMs) {
+    const days = Math.round((maxPastMs / DAY_MS) * 100) / 100
+    return reject(
+      'TALLY_ERR_TIMESTAMP_TOO_OLD',
+      input.imported
+        ? `timestamp ${new Date(timestampMs).toISOString()} is more than ${days} days before the import; older history is not accepted`
+        : `timestamp ${new Date(timestampMs).toISOString()} is more than ${days} days before receipt; send older events through /v1/import`,
+      timeWhere,
+    )
   }
 
   // The client IP serves rate limiting only; it is never stored.
@@ -288,5 +336,6 @@ export function normalizeEvent(
   if (eventTime !== undefined) event.originalTimestamp = new Date(eventTime).toISOString()
   if (sentAt !== undefined) event.sentAt = new Date(sentAt).toISOString()
   if (input.imported) event.imported = true
+  if (timestampClamped) event.timestampClamped = true
   return { ok: true, event }
 }

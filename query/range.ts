@@ -25,9 +25,19 @@ export function badParameter(where: string, message: string, code = 'TALLY_ERR_B
 const DATE_ONLY = /^(\d{4})-(\d{2})-(\d{2})$/
 const DATE_TIME = /^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2})(?::(\d{2})(?:\.(\d{1,9}))?)?(Z|[+-]\d{2}:\d{2})$/
 
+/**
+ * Date.UTC of a year, month index (rolls over like Date.UTC's) and day. Date.UTC reads years 0–99
+ * as 1900–1999 (`0026-12-07` would be answered for 1926); setUTCFullYear takes the year as given.
+ */
+export function utcDate(year: number, monthIndex: number, day: number): number {
+  const d = new Date(0)
+  d.setUTCFullYear(year, monthIndex, day)
+  return d.getTime()
+}
+
 function validDate(y: number, m: number, d: number): boolean {
   if (m < 1 || m > 12 || d < 1) return false
-  return d <= new Date(Date.UTC(y, m, 0)).getUTCDate()
+  return d <= new Date(utcDate(y, m, 0)).getUTCDate()
 }
 
 /**
@@ -40,7 +50,7 @@ export function parseInstant(raw: string, where: string, asEnd = false): number 
   if (dateOnly) {
     const [y, m, d] = [Number(dateOnly[1]), Number(dateOnly[2]), Number(dateOnly[3])]
     if (!validDate(y, m, d)) throw badParameter(where, `${where}=${raw} is not a valid date`)
-    const start = Date.UTC(y, m - 1, d)
+    const start = utcDate(y, m - 1, d)
     return asEnd ? start + DAY_MS : start
   }
   const dt = DATE_TIME.exec(raw)
@@ -83,7 +93,7 @@ export function alignRange(range: TimeRange, g: Granularity): TimeRange {
 
 function startOfMonth(ms: number, monthsBack = 0): number {
   const d = new Date(ms)
-  return Date.UTC(d.getUTCFullYear(), d.getUTCMonth() - monthsBack, 1)
+  return utcDate(d.getUTCFullYear(), d.getUTCMonth() - monthsBack, 1)
 }
 
 export interface PeriodRange extends TimeRange {
@@ -104,7 +114,7 @@ export function parsePeriod(raw: string, refMs: number, nowMs: number): PeriodRa
   if (raw === 'month') return { fromMs: startOfMonth(day), toMs: startOfMonth(day, -1), interval: 'day' }
   if (raw === 'year') {
     const y = new Date(day).getUTCFullYear()
-    return { fromMs: Date.UTC(y, 0, 1), toMs: Date.UTC(y + 1, 0, 1), interval: 'day' }
+    return { fromMs: utcDate(y, 0, 1), toMs: utcDate(y + 1, 0, 1), interval: 'day' }
   }
   const m = /^([1-9]\d{0,3})(d|h|mo)$/.exec(raw)
   if (m) {

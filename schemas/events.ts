@@ -87,6 +87,11 @@ export const RawEventV1 = Type.Object({
   bot: Type.Boolean(),
   /** Appended by bulk import (POST /v1/import, tally import) rather than sent live. */
   imported: Type.Optional(Type.Boolean()),
+  /**
+   * True when the sent timestamp lay more than TALLY_MAX_FUTURE_MS ahead of receivedAt and ingest
+   * replaced it with receivedAt (originalTimestamp keeps what was sent).
+   */
+  timestampClamped: Type.Optional(Type.Boolean()),
 })
 export type RawEventV1 = Static<typeof RawEventV1>
 

@@ -14,7 +14,7 @@ export function createStreamMetrics() {
     }),
     records: new Counter({
       name: 'tally_stream_records_total',
-      help: 'Records processed by outcome (counted, duplicate, late, not_counted, dead_letter, replayed)',
+      help: 'Records processed by outcome (counted, duplicate, late, future, not_counted, dead_letter, replayed)',
       labelNames: ['outcome'] as const,
       registers: [registry],
     }),
@@ -56,6 +56,16 @@ export function createStreamMetrics() {
     openRows: new Gauge({
       name: 'tally_stream_open_rows',
       help: 'Aggregate rows held in memory',
+      registers: [registry],
+    }),
+    openWindows: new Gauge({
+      name: 'tally_stream_open_windows',
+      help: 'Windows held in memory (at most TALLY_STREAM_MAX_OPEN_WINDOWS per partition)',
+      registers: [registry],
+    }),
+    windowsEvicted: new Counter({
+      name: 'tally_stream_windows_evicted_total',
+      help: 'Open windows written and dropped from memory because a partition reached TALLY_STREAM_MAX_OPEN_WINDOWS (read back if touched again)',
       registers: [registry],
     }),
   }

@@ -11,7 +11,7 @@ import type { DedupSet } from './dedup.js'
 export type StepResult<T> =
   | { kind: 'ok'; value: T }
   | { kind: 'dlq'; code: string; reason: string }
-  | { kind: 'drop'; reason: 'duplicate' | 'late' | 'not_counted' }
+  | { kind: 'drop'; reason: 'duplicate' | 'late' | 'future' | 'not_counted' }
 
 const ok = <T>(value: T): StepResult<T> => ({ kind: 'ok', value })
 const dlq = (code: string, reason: string): StepResult<never> => ({ kind: 'dlq', code, reason })
@@ -63,11 +63,16 @@ export function dedup(d: Decoded, seen: DedupSet): StepResult<Decoded> {
     : { kind: 'drop', reason: 'duplicate' }
 }
 
-/** Step 4: identify/group/alias are not activity; events whose windows closed go to batch. */
-export function classify(d: Decoded, lateBeforeMs: number): StepResult<Decoded> {
+/**
+ * Step 4: identify/group/alias are not activity; events whose windows closed go to batch, and so do
+ * events timed after `futureAfterMs` (ingest clamps those since issue 19, but the log may hold older
+ * records or other writers' ones): their windows would stay open in memory until that time comes.
+ */
+export function classify(d: Decoded, lateBeforeMs: number, futureAfterMs: number): StepResult<Decoded> {
   if (kindOf(d.event) === 'ignored') return { kind: 'drop', reason: 'not_counted' }
   // An event is late when its minute window ended before the grace line.
   const minuteEnd = Math.floor(d.timestampMs / 60_000) * 60_000 + 60_000
   if (minuteEnd <= lateBeforeMs) return { kind: 'drop', reason: 'late' }
+  if (d.timestampMs > futureAfterMs) return { kind: 'drop', reason: 'future' }
   return ok(d)
 }

@@ -78,6 +78,8 @@ class RowTable {
   )
   dirty: Row[] = []
   size = 0
+  /** Open windows, all granularities and sites. */
+  windows = 0
 
   window(gi: number, siteId: string, windowStart: number): WindowRows {
     const bySite = this.byGranularity[gi]!
@@ -91,8 +93,35 @@ class RowTable {
       const g = GRANULARITIES[gi]!
       w = new WindowRows(windowStart + windowMs(g), DIMENSION_GRANULARITIES.includes(g))
       byStart.set(windowStart, w)
+      this.windows++
     }
     return w
+  }
+
+  /**
+   * Drops the oldest windows (by end) until at most `keep` are left (only clean rows: call right
+   * after a flush). Their rows are in the store with the offset they count through, so an event
+   * that touches one again loads it back and counts once. Returns how many were dropped.
+   */
+  evictOldest(keep: number): number {
+    const all: Array<{ end: number; byStart: Map<number, WindowRows>; start: number; w: WindowRows }> = []
+    for (const bySite of this.byGranularity) {
+      for (const byStart of bySite.values()) {
+        for (const [start, w] of byStart) all.push({ end: w.windowEnd, byStart, start, w })
+      }
+    }
+    all.sort((a, b) => a.end - b.end)
+    const drop = Math.max(0, all.length - keep)
+    for (let i = 0; i < drop; i++) {
+      const { byStart, start, w } = all[i]!
+      byStart.delete(start)
+      this.size -= w.size
+      this.windows--
+    }
+    for (const bySite of this.byGranularity) {
+      for (const [site, byStart] of bySite) if (byStart.size === 0) bySite.delete(site)
+    }
+    return drop
   }
 
   /** Drops the windows that ended at or before `line` (only clean rows: call right after a flush). */
@@ -102,6 +131,7 @@ class RowTable {
         for (const [ws, w] of byStart) {
           if (w.windowEnd <= line) {
             this.size -= w.size
+            this.windows--
             byStart.delete(ws)
           }
         }
@@ -246,6 +276,15 @@ export class StreamWorker {
     return [...this.states.keys()].sort((a, b) => a - b)
   }
 
+  /** Open windows and rows held in memory per owned partition (tests and metrics). */
+  held(): Array<{ partition: number; windows: number; rows: number }> {
+    return [...this.states.values()].map((s) => ({
+      partition: s.ref.partition,
+      windows: s.rows.windows,
+      rows: s.rows.size,
+    }))
+  }
+
   private onAssignment(partitions: number[]): void {
     this.assigned = new Set(partitions)
     // A partition taken away is dropped without flushing: its new owner replays from the last
@@ -312,6 +351,52 @@ export class StreamWorker {
   private async process(state: PartitionState, batch: RecordBatch, control: BatchControl): Promise<void> {
     const { metrics, config } = this.deps
     if (this.states.get(state.ref.partition) !== state || control.isStale()) return
+    // A batch whose events open more windows than the cap allows is counted in parts, with the
+    // oldest windows written and dropped in between, so memory stays bounded whatever arrives.
+    let from = 0
+    while (from < batch.records.length) {
+      from = await this.processFrom(state, batch, from, control)
+      if (from < batch.records.length) {
+        await this.shed(state, control)
+        // The partition may have moved meanwhile: its new owner replays from the checkpoint.
+        if (this.states.get(state.ref.partition) !== state || control.isStale()) return
+      }
+    }
+    state.dirty = true
+    metrics.lag.set(
+      { partition: String(state.ref.partition) },
+      Math.max(0, batch.highWatermark - state.processedNext),
+    )
+    if (Date.now() - state.lastFlushMs >= config.flushIntervalMs) await this.flush(state, control)
+  }
+
+  /**
+   * Writes the partition's rows and checkpoint, then drops its oldest windows down to half the
+   * cap (not just under it: otherwise each further new window would cost a flush).
+   */
+  private async shed(state: PartitionState, control: BatchControl): Promise<void> {
+    state.dirty = true
+    await this.flush(state, control)
+    const dropped = state.rows.evictOldest(Math.floor(this.deps.config.maxOpenWindows / 2))
+    this.deps.metrics.windowsEvicted.inc(dropped)
+    this.deps.logger.debug(
+      { partition: state.ref.partition, dropped },
+      'open windows over the cap; oldest dropped',
+    )
+  }
+
+  /**
+   * Counts the batch's records from index `from` on, stopping before a record that could take the
+   * partition's open windows past the cap (an event opens at most one per granularity). Returns the
+   * index of the first record not processed.
+   */
+  private async processFrom(
+    state: PartitionState,
+    batch: RecordBatch,
+    from: number,
+    control: BatchControl,
+  ): Promise<number> {
+    const { metrics, config } = this.deps
     const t0 = process.hrtime.bigint()
     const deadLetters: DeadLetter[] = []
     const table = state.rows
@@ -324,7 +409,10 @@ export class StreamWorker {
     let counted = 0
     let replayed = 0
     let lastOffset = -1
-    for (const record of batch.records) {
+    let i = from
+    for (; i < batch.records.length; i++) {
+      if (i > from && table.windows + GRANULARITIES.length > config.maxOpenWindows) break
+      const record = batch.records[i]!
       lastOffset = record.offset
       // Below processedNext: already in memory (or, below the checkpoint, already stored).
       if (record.offset < state.processedNext) {
@@ -351,13 +439,13 @@ export class StreamWorker {
         metrics.records.inc({ outcome: 'duplicate' })
         continue
       }
-      const counts = classify(d, state.watermarkMs - config.graceMs)
+      const counts = classify(d, state.watermarkMs - config.graceMs, state.watermarkMs + config.maxFutureMs)
       if (counts.kind !== 'ok') {
         metrics.records.inc({ outcome: counts.kind === 'drop' ? counts.reason : 'dead_letter' })
-        if (counts.kind === 'drop' && counts.reason === 'late') {
+        if (counts.kind === 'drop' && (counts.reason === 'late' || counts.reason === 'future')) {
           this.deps.logger.debug(
             { partition, offset: record.offset, traceparent: record.headers.traceparent },
-            'late event left to batch',
+            `${counts.reason} event left to batch`,
           )
         }
         continue
@@ -436,12 +524,7 @@ export class StreamWorker {
 
     if (deadLetters.length > 0) await this.sendDeadLetters(state, deadLetters, control)
     if (lastOffset >= state.processedNext) state.processedNext = lastOffset + 1
-    state.dirty = true
-    metrics.lag.set(
-      { partition: String(state.ref.partition) },
-      Math.max(0, batch.highWatermark - state.processedNext),
-    )
-    if (Date.now() - state.lastFlushMs >= config.flushIntervalMs) await this.flush(state, control)
+    return i
   }
 
   /**
@@ -550,8 +633,13 @@ export class StreamWorker {
     state.dedup.expire(state.watermarkMs - config.dedupHorizonMs)
     metrics.flushSeconds.observe(Number(process.hrtime.bigint() - started) / 1e9)
     let open = 0
-    for (const s of this.states.values()) open += s.rows.size
+    let windows = 0
+    for (const s of this.states.values()) {
+      open += s.rows.size
+      windows += s.rows.windows
+    }
     metrics.openRows.set(open)
+    metrics.openWindows.set(windows)
   }
 
   private async flushIdle(): Promise<void> {

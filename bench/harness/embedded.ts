@@ -99,7 +99,7 @@ export async function appendEvents(
   await mkdir(folder, { recursive: true })
   const ua = new UserAgentParser()
   const { config } = setup
-  const limits = { maxEventBytes: config.ingest.maxEventBytes, maxDepth: config.ingest.maxDepth }
+  const limits = config.ingest
   const writer = backend.log.writer()
   let appended = 0
   try {

@@ -147,13 +147,13 @@ are written) makes each range run once at a time; a job that loses its lease sto
     .option('--json', 'print the result as JSON', false)
     .addHelpText(
       'after',
-      '\nThe stream leaves events older than its grace period to the batch layer: the next rebuild of their range counts them.',
+      '\nThe stream leaves events older than its grace period to the batch layer: the next rebuild of their range counts them. Events older than TALLY_IMPORT_MAX_PAST_DAYS (1830) are rejected (TALLY_ERR_TIMESTAMP_TOO_OLD); ones more than TALLY_MAX_FUTURE_MS ahead take the import time (timestampClamped).',
     )
     .action(async (file: string, opts: { site: string; json: boolean }) => {
       const config = getConfig()
       const logger = createLogger(config.logLevel, { role: 'import' })
       const ua = new UserAgentParser()
-      const limits = { maxEventBytes: config.ingest.maxEventBytes, maxDepth: config.ingest.maxDepth }
+      const limits = config.ingest
       const result = await importFile(config, logger, {
         file,
         siteId: opts.site,

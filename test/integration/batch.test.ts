@@ -150,7 +150,7 @@ function normalizer(siteId: string): EventNormalizer {
         routeType: undefined,
         imported: true,
       },
-      { maxEventBytes: config.ingest.maxEventBytes, maxDepth: config.ingest.maxDepth },
+      config.ingest,
       ua,
     )
 }

@@ -331,7 +331,7 @@ describe('browser tracker in Chromium', () => {
             routeType: undefined,
             imported: false,
           },
-          { maxEventBytes: config.ingest.maxEventBytes, maxDepth: config.ingest.maxDepth },
+          config.ingest,
           parser,
         )
         expect(r.ok, JSON.stringify(r)).toBe(true)

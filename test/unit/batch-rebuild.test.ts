@@ -194,7 +194,13 @@ function logWorkload(seed: number, start: string, spanMs: number, events: number
         routeType: undefined,
         imported: true,
       },
-      { maxEventBytes: 32 * 1024, maxDepth: 16 },
+      {
+        maxEventBytes: 32 * 1024,
+        maxDepth: 16,
+        maxFutureMs: 23 * 3_600_000,
+        maxPastMs: 7 * 86_400_000,
+        importMaxPastMs: 1830 * 86_400_000,
+      },
       ua,
     )
     if (!r.ok) throw new Error(r.rejection.message)

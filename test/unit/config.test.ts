@@ -23,6 +23,50 @@ describe('loadConfig', () => {
     expect(c.port).toBeUndefined()
   })
 
+  it('bounds event time: 23 h ahead, 7 days back (never past the log retention), 1830 days for imports', () => {
+    const H = 3_600_000
+    const c = loadConfig({})
+    expect(c.ingest.maxFutureMs).toBe(23 * H)
+    expect(c.stream.maxFutureMs).toBe(23 * H)
+    expect(c.ingest.maxPastMs).toBe(7 * 24 * H)
+    expect(c.ingest.importMaxPastMs).toBe(1830 * 24 * H)
+    expect(c.stream.maxOpenWindows).toBe(20_000)
+    expect(c.archive.maxOpenHours).toBe(64)
+    const set = loadConfig({
+      TALLY_MAX_FUTURE_MS: '60000',
+      TALLY_MAX_PAST_DAYS: '3',
+      TALLY_IMPORT_MAX_PAST_DAYS: '30',
+    })
+    expect([
+      set.ingest.maxFutureMs,
+      set.stream.maxFutureMs,
+      set.ingest.maxPastMs,
+      set.ingest.importMaxPastMs,
+    ]).toEqual([60_000, 60_000, 3 * 24 * H, 30 * 24 * H])
+    // A log that keeps records 48 h bounds live events to 48 h whatever TALLY_MAX_PAST_DAYS says.
+    expect(loadConfig({ TALLY_LOG_RETENTION_HOURS: '48', TALLY_MAX_PAST_DAYS: '7' }).ingest.maxPastMs).toBe(
+      48 * H,
+    )
+    for (const [name, value] of [
+      ['TALLY_MAX_FUTURE_MS', '604800001'],
+      ['TALLY_MAX_PAST_DAYS', '0'],
+      ['TALLY_IMPORT_MAX_PAST_DAYS', '36501'],
+      ['TALLY_STREAM_MAX_OPEN_WINDOWS', '99'],
+      ['TALLY_ARCHIVE_MAX_OPEN_HOURS', '0'],
+    ] as const) {
+      expect(errorOf({ [name]: value }).message).toContain(name)
+    }
+    const documented = CONFIG_VARIABLES.map(([n]) => n)
+    for (const name of [
+      'TALLY_MAX_FUTURE_MS',
+      'TALLY_MAX_PAST_DAYS',
+      'TALLY_IMPORT_MAX_PAST_DAYS',
+      'TALLY_STREAM_MAX_OPEN_WINDOWS',
+      'TALLY_ARCHIVE_MAX_OPEN_HOURS',
+    ])
+      expect(documented).toContain(name)
+  })
+
   it('reuses a data version for 100 ms unless told otherwise (0 = read per request)', () => {
     expect(loadConfig({}).query.versionMaxAgeMs).toBe(100)
     expect(loadConfig({ TALLY_QUERY_VERSION_MAX_AGE_MS: '0' }).query.versionMaxAgeMs).toBe(0)

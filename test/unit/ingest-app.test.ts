@@ -96,6 +96,57 @@ describe('ingest app with a fake log', () => {
     expect((await res).statusCode).toBe(200)
   })
 
+  it('clamps far-future timestamps (flagged, counted in a metric) and rejects too-old and impossible ones per event', async () => {
+    const nowMs = Date.now()
+    const res = app.inject({
+      method: 'POST',
+      url: '/v1/batch',
+      headers: auth,
+      payload: {
+        batch: [
+          { type: 'page', anonymousId: 'a', messageId: 'future', timestamp: '2030-01-01T00:00:00.000Z' },
+          {
+            type: 'page',
+            anonymousId: 'a',
+            messageId: 'old',
+            timestamp: new Date(nowMs - 30 * 86_400_000).toISOString(),
+          },
+          { type: 'page', anonymousId: 'a', messageId: 'impossible', timestamp: '2024-02-30' },
+          {
+            type: 'page',
+            anonymousId: 'a',
+            messageId: 'fine',
+            timestamp: new Date(nowMs - 60_000).toISOString(),
+          },
+        ],
+      },
+    })
+    await until(() => log.pending.length === 1, 'the append')
+    const written = log.pending[0]!.records.map(
+      (r) => JSON.parse(r.value!.toString()) as Record<string, unknown>,
+    )
+    log.pending[0]!.resolve()
+    const r = await res
+    expect(r.statusCode).toBe(200)
+    expect(r.json()).toMatchObject({
+      accepted: 2,
+      rejected: [
+        { index: 1, code: 'TALLY_ERR_TIMESTAMP_TOO_OLD', where: '/timestamp' },
+        { index: 2, code: 'TALLY_ERR_INVALID_TIMESTAMP', where: '/timestamp' },
+      ],
+    })
+    expect(written.map((e) => e.messageId)).toEqual(['future', 'fine'])
+    expect(written[0]).toMatchObject({
+      timestampClamped: true,
+      originalTimestamp: '2030-01-01T00:00:00.000Z',
+      timestamp: written[0]!.receivedAt,
+    })
+    expect(written[1]!.timestampClamped).toBeUndefined()
+    const metrics = (await app.inject({ method: 'GET', url: '/metrics' })).body
+    expect(metrics).toContain('tally_ingest_timestamps_clamped_total{endpoint="batch"} 1')
+    expect(metrics).toContain('tally_ingest_rejections_total{code="TALLY_ERR_TIMESTAMP_TOO_OLD"} 1')
+  })
+
   it('answers 503 with Retry-After when the log refuses the write', async () => {
     const res = app.inject({
       method: 'POST',

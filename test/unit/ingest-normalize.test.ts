@@ -3,7 +3,15 @@ import { depthExceeds, type NormalizeInput, normalizeEvent } from '../../ingest/
 import { UserAgentParser } from '../../ingest/user-agent.js'
 import { expectedRawEvent, USER_AGENTS } from '../helpers/raw-event.js'
 
-const limits = { maxEventBytes: 32 * 1024, maxDepth: 16 }
+const HOUR_MS = 3_600_000
+const DAY_MS = 86_400_000
+const limits = {
+  maxEventBytes: 32 * 1024,
+  maxDepth: 16,
+  maxFutureMs: 23 * HOUR_MS,
+  maxPastMs: 7 * DAY_MS,
+  importMaxPastMs: 1830 * DAY_MS,
+}
 const parser = new UserAgentParser()
 
 function input(over: Partial<NormalizeInput> = {}): NormalizeInput {
@@ -196,13 +204,11 @@ describe('normalizeEvent: rejections', () => {
       'TALLY_ERR_NESTING_TOO_DEEP',
     )
     const big = { type: 'page', anonymousId: 'a', properties: { s: 'x'.repeat(2000) } }
-    expect(rejection(big, input(), { maxEventBytes: 1024, maxDepth: 16 }).code).toBe(
-      'TALLY_ERR_EVENT_TOO_LARGE',
-    )
+    expect(rejection(big, input(), { ...limits, maxEventBytes: 1024 }).code).toBe('TALLY_ERR_EVENT_TOO_LARGE')
   })
 
   it('limits the serialized bytes of an event exactly, escapes and multi-byte characters included', () => {
-    const lim = (maxEventBytes: number) => ({ maxEventBytes, maxDepth: 16 })
+    const lim = (maxEventBytes: number) => ({ ...limits, maxEventBytes })
     for (const filler of ['x', 'é', '\u0001', '"', '😀']) {
       const event = { type: 'page', anonymousId: 'a', properties: { s: filler.repeat(300) } }
       const size = Buffer.byteLength(JSON.stringify(event))
@@ -226,5 +232,106 @@ describe('normalizeEvent: rejections', () => {
     expect(depthExceeds(value, 16)).toBe(true)
     expect(depthExceeds({ a: [{ b: 1 }] }, 3)).toBe(false)
     expect(depthExceeds({ a: [{ b: {} }] }, 3)).toBe(true)
+  })
+})
+
+describe('normalizeEvent: timestamps', () => {
+  const receivedAtMs = Date.parse('2026-03-01T12:00:00.000Z')
+  const iso = (ms: number) => new Date(ms).toISOString()
+  const page = (timestamp: string, extra: Record<string, unknown> = {}) => ({
+    type: 'page',
+    anonymousId: 'a',
+    messageId: 'm',
+    timestamp,
+    ...extra,
+  })
+
+  it('takes receivedAt for a corrected timestamp more than maxFutureMs ahead, and flags it', () => {
+    const inp = input({ receivedAtMs })
+    // Exactly at the limit: kept as sent.
+    const atLimit = ok(page(iso(receivedAtMs + 23 * HOUR_MS)), inp)
+    expect(atLimit.timestamp).toBe(iso(receivedAtMs + 23 * HOUR_MS))
+    expect(atLimit.timestampClamped).toBeUndefined()
+    // One millisecond past it, and years past it (the issue's burst): receivedAt, flagged.
+    for (const sent of [iso(receivedAtMs + 23 * HOUR_MS + 1), '2030-01-01T00:00:00.000Z']) {
+      const event = ok(page(sent), inp)
+      expect(event.timestamp).toBe(iso(receivedAtMs))
+      expect(event.timestampClamped).toBe(true)
+      expect(event.originalTimestamp).toBe(sent)
+    }
+    // The limit applies to the skew-corrected time: a clock 2 days ahead is not clamped...
+    const skewed = ok(
+      page(iso(receivedAtMs + 2 * DAY_MS - 5000), { sentAt: iso(receivedAtMs + 2 * DAY_MS) }),
+      inp,
+    )
+    expect(skewed.timestamp).toBe(iso(receivedAtMs - 5000))
+    expect(skewed.timestampClamped).toBeUndefined()
+    // ...while an event a day after its own send time is.
+    const ahead = ok(page(iso(receivedAtMs + DAY_MS), { sentAt: iso(receivedAtMs) }), inp)
+    expect(ahead.timestamp).toBe(iso(receivedAtMs))
+    expect(ahead.timestampClamped).toBe(true)
+    // Imports keep their timestamps, but not future ones.
+    const imported = ok(page('2031-05-05T00:00:00.000Z'), input({ receivedAtMs, imported: true }))
+    expect(imported.timestamp).toBe(iso(receivedAtMs))
+    expect(imported.timestampClamped).toBe(true)
+  })
+
+  it('rejects a live event older than maxPastMs with its own code, and an import older than importMaxPastMs', () => {
+    const inp = input({ receivedAtMs })
+    expect(ok(page(iso(receivedAtMs - 7 * DAY_MS)), inp).timestamp).toBe(iso(receivedAtMs - 7 * DAY_MS))
+    expect(rejection(page(iso(receivedAtMs - 7 * DAY_MS - 1)), inp)).toMatchObject({
+      code: 'TALLY_ERR_TIMESTAMP_TOO_OLD',
+      where: '/timestamp',
+    })
+    expect(
+      rejection({ type: 'page', anonymousId: 'a', originalTimestamp: '2026-01-01T00:00:00Z' }, inp),
+    ).toMatchObject({ code: 'TALLY_ERR_TIMESTAMP_TOO_OLD', where: '/originalTimestamp' })
+    // The same history is accepted as an import, up to its own limit.
+    const imp = input({ receivedAtMs, imported: true })
+    expect(ok(page('2024-01-02T03:04:05.678Z'), imp).timestamp).toBe('2024-01-02T03:04:05.678Z')
+    expect(ok(page(iso(receivedAtMs - 1830 * DAY_MS)), imp).timestamp).toBe(iso(receivedAtMs - 1830 * DAY_MS))
+    const tooOld = rejection(page(iso(receivedAtMs - 1830 * DAY_MS - 1)), imp)
+    expect(tooOld).toMatchObject({ code: 'TALLY_ERR_TIMESTAMP_TOO_OLD', where: '/timestamp' })
+    expect(tooOld.message).toContain('1830 days')
+    // The limits are the caller's (from the configuration).
+    expect(
+      normalizeEvent(page(iso(receivedAtMs - 2 * DAY_MS)), inp, { ...limits, maxPastMs: DAY_MS }, parser).ok,
+    ).toBe(false)
+  })
+
+  it('rejects dates and times that do not exist instead of rolling them over', () => {
+    const inp = input({ receivedAtMs: Date.parse('2024-03-01T12:00:00.000Z') })
+    for (const [timestamp, where] of [
+      ['2024-02-30', '/timestamp'],
+      ['2023-02-29T10:00:00Z', '/timestamp'],
+      ['2024-02-31T10:00:00Z', '/timestamp'],
+      ['2024-04-31', '/timestamp'],
+      ['2024-13-01', '/timestamp'],
+      ['2024-00-10', '/timestamp'],
+      ['2024-02-00', '/timestamp'],
+      ['2024-02-28T24:00:00Z', '/timestamp'],
+      ['2024-02-28T23:60:00Z', '/timestamp'],
+      ['2024-02-28T23:59:60Z', '/timestamp'],
+      ['2024-02-28T10:00:00+24:00', '/timestamp'],
+    ] as const) {
+      expect(rejection(page(timestamp), inp), timestamp).toMatchObject({
+        code: 'TALLY_ERR_INVALID_TIMESTAMP',
+        where,
+      })
+    }
+    expect(rejection(page('2024-02-29T10:00:00Z', { sentAt: '2024-02-30T10:00:00Z' }), inp)).toMatchObject({
+      code: 'TALLY_ERR_INVALID_TIMESTAMP',
+      where: '/sentAt',
+    })
+    // Leap days exist in leap years (2000 too: divisible by 400), and the last second of a day.
+    expect(ok(page('2024-02-29'), inp).timestamp).toBe('2024-02-29T00:00:00.000Z')
+    expect(ok(page('2024-02-29T23:59:59.999+00:00'), inp).timestamp).toBe('2024-02-29T23:59:59.999Z')
+    const in2000 = input({ receivedAtMs: Date.parse('2000-03-01T00:00:00Z') })
+    expect(ok(page('2000-02-29T00:00:00Z'), in2000).timestamp).toBe('2000-02-29T00:00:00.000Z')
+    expect(
+      rejection(page('1900-02-29T00:00:00Z'), input({ receivedAtMs: Date.parse('1900-03-01') })),
+    ).toMatchObject({
+      code: 'TALLY_ERR_INVALID_TIMESTAMP',
+    })
   })
 })

@@ -39,6 +39,47 @@ describe('query parameters', () => {
     }
   })
 
+  it('answers a four-digit year below 100 for that year, never for 19xx', () => {
+    // ISO date-time parsing keeps the year as written: it is the independent truth here.
+    const day26 = Date.parse('0026-12-07T00:00:00.000Z')
+    expect(new Date(day26).getUTCFullYear()).toBe(26)
+    expect(parseInstant('0026-12-07', 'from')).toBe(day26)
+    expect(parseInstant('0026-12-07', 'to', true)).toBe(day26 + D)
+    expect(parseInstant('0026-12-07T10:00Z', 'from')).toBe(day26 + 10 * 3_600_000)
+    // Leap years by the year itself: 0 and 24 are, 26 and 100 are not (1900 is not either).
+    expect(parseInstant('0000-02-29', 'from')).toBe(Date.parse('0000-02-29T00:00:00.000Z'))
+    expect(parseInstant('0024-02-29', 'from')).toBe(Date.parse('0024-02-29T00:00:00.000Z'))
+    for (const bad of ['0026-02-29', '0100-02-29'])
+      expect(errorOf(() => parseInstant(bad, 'from')).statusCode).toBe(400)
+    const q = parseQuery(
+      'aggregate',
+      { site: 's', from: '0026-12-07', to: '0026-12-08' },
+      NOW,
+      DEFAULT_QUERY_LIMITS,
+    )
+    expect(q.range).toEqual({ fromMs: day26, toMs: day26 + 2 * D })
+    const year = parseQuery(
+      'aggregate',
+      { site: 's', period: 'year', date: '0026-12-07' },
+      NOW,
+      DEFAULT_QUERY_LIMITS,
+    )
+    expect(year.range).toEqual({
+      fromMs: Date.parse('0026-01-01T00:00:00.000Z'),
+      toMs: Date.parse('0027-01-01T00:00:00.000Z'),
+    })
+    const month = parseQuery(
+      'aggregate',
+      { site: 's', period: '2mo', date: '0026-01-15' },
+      NOW,
+      DEFAULT_QUERY_LIMITS,
+    )
+    expect(month.range).toEqual({
+      fromMs: Date.parse('0025-12-01T00:00:00.000Z'),
+      toMs: Date.parse('0026-02-01T00:00:00.000Z'),
+    })
+  })
+
   it('resolves periods relative to the reference day in UTC', () => {
     const today = Date.UTC(2024, 4, 15)
     expect(parsePeriod('day', NOW, NOW)).toEqual({ fromMs: today, toMs: today + D, interval: 'hour' })
