@@ -108,7 +108,13 @@ describe('lone surrogates', () => {
         routeType: 'track',
         imported: false,
       },
-      { maxEventBytes: 32 * 1024, maxDepth: 16 },
+      {
+        maxEventBytes: 32 * 1024,
+        maxDepth: 16,
+        maxFutureMs: 23 * 3_600_000,
+        maxPastMs: 7 * 86_400_000,
+        importMaxPastMs: 1830 * 86_400_000,
+      },
       new UserAgentParser(),
     )
     expect(r.ok && r.event.properties).toBe(properties)
