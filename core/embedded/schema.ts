@@ -224,4 +224,10 @@ export const STORE_MIGRATIONS: readonly string[] = [
     PRIMARY KEY (site_id, scope, span_start)
   ) WITHOUT ROWID;
   `,
+  // 5: rebuild completeness (schemas/cql/0007_rebuild_completeness.cql): a commit made while the
+  // archive did not cover its span is provisional (read, not final); a run's warnings (JSON array).
+  `
+  ALTER TABLE agg_final_commits ADD COLUMN provisional INTEGER NOT NULL DEFAULT 0;
+  ALTER TABLE batch_jobs ADD COLUMN warnings TEXT NOT NULL DEFAULT '[]';
+  `,
 ]
