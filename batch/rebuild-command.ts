@@ -93,6 +93,7 @@ export function rebuildSettings(
 /** Between two looks at the archive's progress while waiting for it. */
 const ARCHIVE_POLL_MS = 500
 
+/** `1100 of 1500 records (partition 0: 300/500, 1: 400/500, 2: 400/500)`: archived / to archive. */
 function describeBehind(behind: readonly PartitionBehind[]): string {
   const archived = behind.reduce((n, b) => n + b.archived, 0)
   const end = behind.reduce((n, b) => n + b.end, 0)
@@ -100,7 +101,7 @@ function describeBehind(behind: readonly PartitionBehind[]): string {
     .slice(0, 8)
     .map((b) => `${b.partition}: ${b.archived}/${b.end}`)
     .join(', ')
-  return `${archived} of the ${end} records on partitions ${shown}${behind.length > 8 ? ', …' : ''}`
+  return `${archived} of ${end} records (partition ${shown}${behind.length > 8 ? ', …' : ''})`
 }
 
 /**
@@ -131,7 +132,7 @@ async function awaitArchive(
       const through = Math.min(...behind.map((b) => b.watermarkMs))
       logger.warn(
         { behind, archiveCompleteThroughMs: through },
-        `the archive holds ${describeBehind(behind)}; rebuilding from what is archived (--allow-incomplete)`,
+        `of the records the log held when the rebuild started, the archive holds ${describeBehind(behind)}; rebuilding from what is archived (--allow-incomplete)`,
       )
       return through
     }
@@ -142,10 +143,10 @@ async function awaitArchive(
     if (elapsedMs >= waitMs) {
       const why = embedded
         ? 'the embedded archiver runs in `tally all`, which cannot run while this rebuild holds the data folder: run `tally all` until it has archived the log.'
-        : `waited ${Math.round(elapsedMs / 1000)} s (--wait-archive-ms ${waitMs}); is \`tally archive\` or \`tally batch\` running?`
+        : `waited ${Math.round(elapsedMs / 1000)} s (--wait-archive-ms ${waitMs}): is \`tally archive\` or \`tally batch\` running?`
       throw new TallyError(
         'TALLY_ERR_ARCHIVE_BEHIND',
-        `the archive is not complete: it holds ${describeBehind(behind)} the log had when the rebuild started; ${why} Or pass --allow-incomplete to commit what is archived (those windows stay provisional)`,
+        `the archive is not complete: of the records the log held when the rebuild started, it holds ${describeBehind(behind)}; ${why} Or pass --allow-incomplete to commit what is archived (those windows stay provisional)`,
         { retriable: true, where: 'archive', details: { behind } },
       )
     }
