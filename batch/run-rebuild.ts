@@ -5,7 +5,7 @@
  * Configuration from the environment (core/config.ts).
  *
  *   --site S  --from T1  --to T2  --skip-corrupt  --throttle-ms N  --write-chunk-rows N  --lease-ttl-ms N
- *   --wait-for-lease-ms N  --wait-archive-ms N  --allow-incomplete
+ *   --wait-for-lease-ms N  --wait-archive-ms N  --allow-incomplete  --archive-group NAME
  *   --archive-dir DIR  --staging-dir DIR
  */
 import { parseArgs } from 'node:util'
@@ -33,6 +33,7 @@ async function main(): Promise<number> {
       'wait-for-lease-ms': { type: 'string' },
       'wait-archive-ms': { type: 'string' },
       'allow-incomplete': { type: 'boolean', default: false },
+      'archive-group': { type: 'string' },
       'archive-dir': { type: 'string' },
       'staging-dir': { type: 'string' },
     },
@@ -49,6 +50,8 @@ async function main(): Promise<number> {
     allowIncomplete: values['allow-incomplete'] ?? false,
   }
   if (values.site) options.site = values.site
+  // The archivers' group whose progress the rebuild waits for (run-archiver.js --group).
+  if (values['archive-group']) options.archiveGroup = values['archive-group']
   if (values['archive-dir']) options.archiveDir = values['archive-dir']
   if (values['staging-dir']) options.stagingDir = values['staging-dir']
   const throttle = int('throttle-ms', values['throttle-ms'])
