@@ -104,12 +104,32 @@ export async function archiveBehind(
   key: string,
   topic: string,
   toMs: number,
-): Promise<Array<{ partition: number; archived: number; end: number; watermarkMs: number }>> {
-  const ends = await offsets.endOffsets(topic)
+): Promise<PartitionBehind[]> {
+  return partitionsBehind(archive, key, await offsets.endOffsets(topic), toMs)
+}
+
+/** A partition whose archive lags: archived offset, the offset it must reach, latest archived receivedAt. */
+export interface PartitionBehind {
+  partition: number
+  archived: number
+  end: number
+  watermarkMs: number
+}
+
+/**
+ * Partitions of `ends` (partition → offset the archive must reach) whose archive has not reached it
+ * and whose archived watermark is before `toMs` (Infinity: the offsets alone decide).
+ */
+export async function partitionsBehind(
+  archive: Pick<ArchiveStateStore, 'progress'>,
+  key: string,
+  ends: ReadonlyMap<number, number>,
+  toMs: number,
+): Promise<PartitionBehind[]> {
   const progress = new Map<number, ArchiveProgress>(
     (await archive.progress(key, Math.max(0, ...ends.keys()) + 1)).map((p) => [p.partition, p]),
   )
-  const behind: Array<{ partition: number; archived: number; end: number; watermarkMs: number }> = []
+  const behind: PartitionBehind[] = []
   for (const [partition, end] of ends) {
     const p = progress.get(partition)
     const archived = p?.nextOffset ?? 0

@@ -33,7 +33,7 @@ export async function readJobs(
   return runs
 }
 
-/** `tally jobs`: the recorded rebuild runs (status, range, events read, windows written, duration, error). */
+/** `tally jobs`: the recorded rebuild runs (status, range, events read, windows written, duration, error, warnings). */
 export async function listJobs(
   config: TallyConfig,
   _logger: Logger,
@@ -63,7 +63,7 @@ function duration(ms: number | undefined): string {
   return `${m}m${Math.round(s - m * 60)}s`
 }
 
-/** A plain-text table of runs for a terminal (one run per line, errors last). */
+/** A plain-text table of runs for a terminal (one run per line, errors and warnings last). */
 export function formatJobs(runs: readonly JobRun[]): string {
   const header = ['STARTED', 'KIND', 'STATUS', 'SITE', 'FROM', 'TO', 'EVENTS', 'WINDOWS', 'DURATION', 'ERROR']
   const rows = runs.map((r) => [
@@ -76,7 +76,11 @@ export function formatJobs(runs: readonly JobRun[]): string {
     String(r.eventsRead),
     String(r.windowsWritten),
     duration(r.durationMs),
-    [r.error ?? '', r.corruptSegments.length > 0 ? `corrupt: ${r.corruptSegments.join(', ')}` : '']
+    [
+      r.error ?? '',
+      r.corruptSegments.length > 0 ? `corrupt: ${r.corruptSegments.join(', ')}` : '',
+      ...r.warnings.map((w) => `warning: ${w}`),
+    ]
       .filter((x) => x !== '')
       .join('; '),
   ])

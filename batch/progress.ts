@@ -1,4 +1,5 @@
 import type { RebuildProgress } from './rebuild.js'
+import type { ArchiveWait } from './rebuild-command.js'
 
 const PHASES: Record<RebuildProgress['phase'], string> = {
   dedup: 'dedup',
@@ -35,12 +36,22 @@ export function progressLine(p: RebuildProgress, width = 24): string {
   return `${bar} ${pct} ${PHASES[p.phase]} ${p.done}/${p.total} ${UNITS[p.phase]} · ${count(p.eventsRead)} events · ${count(p.rowsWritten)} rows · ETA ${clock(p.etaMs)}`
 }
 
+/** While the rebuild waits for the archive: `waiting for the archive: 1200/1500 records on 2 partitions · 0:12 of 5:00`. */
+export function archiveWaitLine(w: ArchiveWait): string {
+  return `waiting for the archive: ${count(w.archived)}/${count(w.end)} records on ${w.behind.length} partition${w.behind.length === 1 ? '' : 's'} (${w.behind
+    .slice(0, 4)
+    .map((b) => `p${b.partition} ${b.archived}/${b.end}`)
+    .join(', ')}${w.behind.length > 4 ? ', …' : ''}) · ${clock(w.elapsedMs)} of ${clock(w.waitMs)}`
+}
+
 /**
  * A progress reporter for `tally rebuild`: on a terminal one line redrawn in place (at most 10 times
  * a second); otherwise plain lines, one per phase change and per 10 %.
  */
 export function progressPrinter(out: NodeJS.WriteStream = process.stderr): {
   update(p: RebuildProgress): void
+  /** The archive wait: redrawn on a terminal; otherwise a line at the first look and every 10 s. */
+  archive(w: ArchiveWait): void
   done(): void
 } {
   const tty = out.isTTY === true
@@ -48,7 +59,19 @@ export function progressPrinter(out: NodeJS.WriteStream = process.stderr): {
   let lastPhase: string | undefined
   let lastDecile = -1
   let drawn = false
+  let lastWaitLine = -1
   return {
+    archive(w) {
+      if (tty) {
+        out.write(`\r${archiveWaitLine(w).slice(0, Math.max(20, (out.columns ?? 100) - 1))}\x1b[K`)
+        drawn = true
+        return
+      }
+      const step = Math.floor(w.elapsedMs / 10_000)
+      if (step === lastWaitLine) return
+      lastWaitLine = step
+      out.write(`${archiveWaitLine(w)}\n`)
+    },
     update(p) {
       if (tty) {
         const now = Date.now()

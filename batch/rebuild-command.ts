@@ -1,15 +1,17 @@
-import type { TallyConfig } from '../core/config.js'
-import { errorMessage, TallyError } from '../core/errors.js'
+import { backendOf, type TallyConfig } from '../core/config.js'
+import { TallyError } from '../core/errors.js'
 import type { Logger } from '../core/log.js'
+import { sleep } from '../core/retry.js'
 import { archiveKey } from './archiver.js'
 import {
   ARCHIVE_GROUP,
-  archiveBehind,
   type BatchPathOptions,
   type BatchStores,
   batchPaths,
   openBatchStores,
+  type PartitionBehind,
   parseTime,
+  partitionsBehind,
   processOwner,
 } from './context.js'
 import { type RebuildProgress, type RebuildResult, type RebuildSettings, runRebuild } from './rebuild.js'
@@ -42,10 +44,30 @@ export interface RebuildOptions extends BatchPathOptions {
   /** Archiver consumer group whose progress is checked. Default tally-archive. */
   archiveGroup?: string
   /**
-   * Fail when the archive is not complete through `to` (the archiver lags); otherwise a warning is
-   * logged and the rebuild counts what is archived. Default false.
+   * How long to wait for the archive to hold every record the log had when the rebuild started,
+   * before failing with TALLY_ERR_ARCHIVE_BEHIND. Default TALLY_REBUILD_WAIT_ARCHIVE_MS (300000).
+   * The embedded backend does not wait: its archiver cannot run while the rebuild holds the data
+   * folder.
    */
-  requireArchiveComplete?: boolean
+  waitArchiveMs?: number
+  /**
+   * Do not wait: rebuild from what is archived, and commit the windows the archive may not fully
+   * hold as provisional (not final in `meta`), with a warning. Default false.
+   */
+  allowIncomplete?: boolean
+  /** Called while the rebuild waits for the archive: at the first check, then about every second. */
+  onArchiveWait?: (w: ArchiveWait) => void
+}
+
+/** How far the archive is while a rebuild waits for it. */
+export interface ArchiveWait {
+  /** Partitions not yet archived up to the end the log had when the rebuild started. */
+  behind: PartitionBehind[]
+  /** Records archived / to archive, over those partitions. */
+  archived: number
+  end: number
+  elapsedMs: number
+  waitMs: number
 }
 
 /** Settings of runRebuild from the configuration and the options. */
@@ -68,36 +90,80 @@ export function rebuildSettings(
   }
 }
 
-async function checkArchive(
+/** Between two looks at the archive's progress while waiting for it. */
+const ARCHIVE_POLL_MS = 500
+
+/** `1100 of 1500 records (partition 0: 300/500, 1: 400/500, 2: 400/500)`: archived / to archive. */
+function describeBehind(behind: readonly PartitionBehind[]): string {
+  const archived = behind.reduce((n, b) => n + b.archived, 0)
+  const end = behind.reduce((n, b) => n + b.end, 0)
+  const shown = behind
+    .slice(0, 8)
+    .map((b) => `${b.partition}: ${b.archived}/${b.end}`)
+    .join(', ')
+  return `${archived} of ${end} records (partition ${shown}${behind.length > 8 ? ', …' : ''})`
+}
+
+/**
+ * Waits until the archive holds every record the log had when the rebuild started (offsets, not
+ * watermarks: imported history and bursts carry event times far from their arrival), so the
+ * rebuild never commits numbers from a partial archive. Returns undefined once it does. With
+ * `allowIncomplete` it does not wait and returns the time through which the archive holds every
+ * received event (the least watermark of the partitions behind): windows ending after it are
+ * committed provisional. Throws TALLY_ERR_ARCHIVE_BEHIND when the wait runs out.
+ */
+async function awaitArchive(
   config: TallyConfig,
   logger: Logger,
   stores: BatchStores,
-  toMs: number,
   o: RebuildOptions,
-): Promise<void> {
-  try {
-    const behind = await archiveBehind(
-      stores.archive,
-      stores.offsets,
-      archiveKey(o.archiveGroup ?? ARCHIVE_GROUP, config.kafka.topicRaw),
-      config.kafka.topicRaw,
-      toMs,
-    )
-    if (behind.length === 0) return
-    const message = `the archive is not complete through ${new Date(toMs).toISOString()} (partitions ${behind.map((b) => `${b.partition}: ${b.archived}/${b.end}`).join(', ')}); is \`tally archive\` running?`
-    if (o.requireArchiveComplete)
-      throw new TallyError('TALLY_ERR_ARCHIVE_BEHIND', message, { retriable: true })
-    logger.warn({ behind }, message)
-  } catch (err) {
-    if (o.requireArchiveComplete) throw err
-    logger.warn({ err: errorMessage(err) }, 'cannot check the archive’s progress')
+): Promise<number | undefined> {
+  const topic = config.kafka.topicRaw
+  const key = archiveKey(o.archiveGroup ?? ARCHIVE_GROUP, topic)
+  const ends = await stores.offsets.endOffsets(topic)
+  const embedded = backendOf(config) === 'embedded'
+  const waitMs = embedded ? 0 : (o.waitArchiveMs ?? config.batch.rebuildWaitArchiveMs)
+  const started = Date.now()
+  let lastLogged = 0
+  for (;;) {
+    const behind = await partitionsBehind(stores.archive, key, ends, Number.POSITIVE_INFINITY)
+    if (behind.length === 0) return undefined
+    if (o.allowIncomplete) {
+      const through = Math.min(...behind.map((b) => b.watermarkMs))
+      logger.warn(
+        { behind, archiveCompleteThroughMs: through },
+        `of the records the log held when the rebuild started, the archive holds ${describeBehind(behind)}; rebuilding from what is archived (--allow-incomplete)`,
+      )
+      return through
+    }
+    const elapsedMs = Date.now() - started
+    const archived = behind.reduce((n, b) => n + b.archived, 0)
+    const end = behind.reduce((n, b) => n + b.end, 0)
+    o.onArchiveWait?.({ behind, archived, end, elapsedMs, waitMs })
+    if (elapsedMs >= waitMs) {
+      const why = embedded
+        ? 'the embedded archiver runs in `tally all`, which cannot run while this rebuild holds the data folder: run `tally all` until it has archived the log.'
+        : `waited ${Math.round(elapsedMs / 1000)} s (--wait-archive-ms ${waitMs}): is \`tally archive\` or \`tally batch\` running?`
+      throw new TallyError(
+        'TALLY_ERR_ARCHIVE_BEHIND',
+        `the archive is not complete: of the records the log held when the rebuild started, it holds ${describeBehind(behind)}; ${why} Or pass --allow-incomplete to commit what is archived (those windows stay provisional)`,
+        { retriable: true, where: 'archive', details: { behind } },
+      )
+    }
+    if (Date.now() - lastLogged >= 10_000) {
+      lastLogged = Date.now()
+      logger.info({ behind }, `waiting for the archive: it holds ${describeBehind(behind)}`)
+    }
+    await sleep(Math.min(ARCHIVE_POLL_MS, waitMs - elapsedMs), o.signal)
   }
 }
 
 /**
  * `tally rebuild [--site S] --from T1 --to T2 [--skip-corrupt]`: rebuilds the final aggregates of a
- * range from the archive (see runRebuild in batch/rebuild.ts), recorded in `tally jobs`.
- * Rejects with RangeBusyError (TALLY_ERR_RANGE_BUSY) when another job holds the range, with
+ * range from the archive (see runRebuild in batch/rebuild.ts), recorded in `tally jobs`. First it
+ * waits (bounded) for the archive to hold every record the log had at the start; with
+ * `allowIncomplete` it rebuilds at once and commits the windows the archive may lack as provisional.
+ * Rejects with TALLY_ERR_ARCHIVE_BEHIND when the wait runs out (nothing written, no run recorded), with RangeBusyError (TALLY_ERR_RANGE_BUSY) when another job holds the range, with
  * CorruptSegmentError (TALLY_ERR_CORRUPT_SEGMENT, naming the file) on a bad segment without
  * `skipCorrupt`, and with LeaseLostError when the job lost its lease; in every failure the previous
  * numbers stay.
@@ -111,7 +177,7 @@ export async function rebuild(
   const toMs = parseTime(options.to, '--to')
   const stores = await openBatchStores(config, logger)
   try {
-    await checkArchive(config, logger, stores, toMs, options)
+    const through = await awaitArchive(config, logger, stores, options)
     return await runRebuild(
       { leases: stores.leases, jobs: stores.jobs, rows: stores.rows, logger },
       rebuildSettings(config, options),
@@ -123,6 +189,7 @@ export async function rebuild(
         kind: options.kind ?? 'manual',
         ...(options.onProgress ? { onProgress: options.onProgress } : {}),
         ...(options.signal ? { signal: options.signal } : {}),
+        ...(through === undefined ? {} : { archiveCompleteThroughMs: through }),
       },
     )
   } finally {

@@ -63,6 +63,13 @@ export interface RebuildRequest {
   onProgress?: (p: RebuildProgress) => void
   /** Cancels the job (it stops before its next write; nothing more is written). */
   signal?: AbortSignal
+  /**
+   * The archive holds every event received before this time (ms), not necessarily later ones
+   * (`tally rebuild --allow-incomplete`): the spans ending after it are committed provisional (read,
+   * not final; core/aggregate/final.ts) and the run records a warning. Default: the archive covers
+   * the range.
+   */
+  archiveCompleteThroughMs?: number
 }
 
 export interface RebuildSettings {
@@ -231,9 +238,16 @@ export async function runRebuild(
     windowsWritten: 0,
     rowsWritten: 0,
     corruptSegments: [],
+    warnings: [],
     error: undefined,
   }
   const log = logger.child({ job: run.jobId, range: name, token: lease.token })
+  // Recorded with the run (bounded: a run over many site-days could otherwise carry thousands).
+  const warn = (message: string, fields: Record<string, unknown>) => {
+    log.warn(fields, message)
+    if (run.warnings.length < MAX_WARNINGS) run.warnings.push(message)
+    else if (run.warnings.length === MAX_WARNINGS) run.warnings.push('… more warnings in the log')
+  }
   let area: StagingArea | undefined
   metrics?.running.inc()
   try {
@@ -404,12 +418,27 @@ export async function runRebuild(
       'range computed',
     )
 
+    const through = request.archiveCompleteThroughMs
+    if (through !== undefined && through < toMs) {
+      const firstProvisional = Math.max(fromMs, Math.floor(through / HOUR_MS) * HOUR_MS)
+      warn(
+        `the archive holds the events received through ${iso(through)} only: the windows from ${iso(firstProvisional)} on are committed but not final (--allow-incomplete); rebuild again once the archive has caught up`,
+        { archiveCompleteThroughMs: through },
+      )
+    }
+
     // Write: only while the lease is ours; its token fences the writes.
     await keeper.check()
     const written = await writeDays(deps.rows, area, days, {
       siteId,
       fromMs,
       toMs,
+      completeThroughMs: through,
+      onZeroed: (site, hours, streamEvents) =>
+        warn(
+          `site ${site}: the rebuild read 0 events in ${hours.length} hour(s) where the stream counted ${streamEvents} (${listHours(hours)}); those windows now read 0. Is the archive complete?`,
+          { site, hours: hours.map(iso), streamEvents },
+        ),
       token: lease.token,
       precision: settings.precision,
       chunk: Math.max(1, settings.writeChunkRows ?? 500),
@@ -424,6 +453,23 @@ export async function runRebuild(
     })
     run.rowsWritten = written.rows
     run.windowsWritten = written.windows
+    // Days without an event of the site are not written at all: the stream's numbers stay there,
+    // provisional. When the stream counted events in them the rebuild did not do what was asked.
+    if (siteId !== undefined) {
+      const counted = await deps.rows.streamHourEvents(siteId, fromMs, toMs)
+      const writtenDays = new Set(days)
+      const hours = [...counted]
+        .filter(([h, n]) => n > 0 && !writtenDays.has(windowStart(h, 'day')))
+        .map(([h]) => h)
+        .sort((a, b) => a - b)
+      if (hours.length > 0) {
+        const streamEvents = hours.reduce((n, h) => n + (counted.get(h) ?? 0), 0)
+        warn(
+          `site ${siteId}: the rebuild read 0 events in ${hours.length} hour(s) where the stream counted ${streamEvents} (${listHours(hours)}); nothing was written there, those windows keep the stream's provisional numbers. Is the archive complete?`,
+          { site: siteId, hours: hours.map(iso), streamEvents },
+        )
+      }
+    }
     metrics?.rowsWritten.inc(written.rows)
     run.status = 'succeeded'
     run.finishedAtMs = Date.now()
@@ -464,6 +510,18 @@ export async function runRebuild(
 
 const STALE_STAGING_MS = 7 * DAY_MS
 
+/** Most warnings recorded with one run (all are logged). */
+const MAX_WARNINGS = 50
+
+function iso(ms: number): string {
+  return new Date(ms).toISOString()
+}
+
+/** The first few hours of a list, for a one-line warning. */
+function listHours(hours: readonly number[]): string {
+  return `${hours.slice(0, 5).map(iso).join(', ')}${hours.length > 5 ? ', …' : ''}`
+}
+
 /** Least time between two progress reports of one phase. */
 const PROGRESS_EVERY_MS = 100
 
@@ -484,6 +542,10 @@ interface WriteOptions {
   siteId: string | undefined
   fromMs: number
   toMs: number
+  /** Spans ending after this are committed provisional (RebuildRequest.archiveCompleteThroughMs). */
+  completeThroughMs: number | undefined
+  /** A site-day's hours the rebuild found empty although the stream counted events in them. */
+  onZeroed: (siteId: string, hours: number[], streamEvents: number) => void
   token: number
   precision: number
   chunk: number
@@ -543,10 +605,13 @@ async function writeDays(
           values: { events: 0, pageviews: 0, botEvents: 0, visitors: empty },
         })
       const granularities: Granularity[] = wholeDay ? ['minute', 'hour', 'day'] : ['minute', 'hour']
+      const zeroedHours: number[] = []
       for (const g of granularities) {
         for (const ws of await store.existingWindows(siteId, g, from, to)) {
-          if (!produced.has(rowKey({ granularity: g, windowStart: ws, dimension: undefined, value: '' })))
+          if (!produced.has(rowKey({ granularity: g, windowStart: ws, dimension: undefined, value: '' }))) {
             zero(g, ws, undefined, '')
+            if (g === 'hour') zeroedHours.push(ws)
+          }
           if (!DIMENSION_GRANULARITIES.includes(g)) continue
           for (const d of DIMENSIONS) {
             for (const value of await store.existingValues(siteId, g, d, ws)) {
@@ -555,6 +620,19 @@ async function writeDays(
             }
           }
         }
+      }
+      // An hour the store has rows for but the archive had no event of: if the stream counted
+      // events there, the rebuild is about to replace real counts with zeros (a lagging or missing
+      // archive, a wrong --archive-dir): the caller says so loudly.
+      if (zeroedHours.length > 0) {
+        const counted = await store.streamHourEvents(siteId, from, to)
+        const hours = zeroedHours.filter((h) => (counted.get(h) ?? 0) > 0).sort((a, b) => a - b)
+        if (hours.length > 0)
+          o.onZeroed(
+            siteId,
+            hours,
+            hours.reduce((n, h) => n + (counted.get(h) ?? 0), 0),
+          )
       }
       const keys = new Set(out.map((r) => `${r.granularity}\u0001${r.windowStart}`))
       windows += keys.size
@@ -566,7 +644,12 @@ async function writeDays(
         o.onWritten(daysDone, rows)
       }
       await o.beforeChunk()
-      await store.commitFinal(siteId, spansOfDay(day, from, to), o.token)
+      const through = o.completeThroughMs
+      const spans = spansOfDay(day, from, to).map((span) => {
+        const end = span.startMs + (span.scope === 'day' ? DAY_MS : HOUR_MS)
+        return through !== undefined && end > through ? { ...span, provisional: true } : span
+      })
+      await store.commitFinal(siteId, spans, o.token)
     }
     o.onWritten(++daysDone, rows)
   }

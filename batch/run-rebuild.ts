@@ -1,10 +1,11 @@
 /**
  * Stand-alone entry of a rebuild (`node dist/batch/run-rebuild.js --from T1 --to T2 [options]`), what
- * `tally rebuild` runs; used by the kill tests. Prints one JSON line per progress step on stdout and
- * the result as the last line. Configuration from the environment (core/config.ts).
+ * `tally rebuild` runs; used by the kill tests. Prints one JSON line per progress step (and per look
+ * at the archive while waiting for it, `{"archive": …}`) on stdout and the result as the last line.
+ * Configuration from the environment (core/config.ts).
  *
  *   --site S  --from T1  --to T2  --skip-corrupt  --throttle-ms N  --write-chunk-rows N  --lease-ttl-ms N
- *   --wait-for-lease-ms N
+ *   --wait-for-lease-ms N  --wait-archive-ms N  --allow-incomplete  --archive-group NAME
  *   --archive-dir DIR  --staging-dir DIR
  */
 import { parseArgs } from 'node:util'
@@ -30,6 +31,9 @@ async function main(): Promise<number> {
       'write-chunk-rows': { type: 'string' },
       'lease-ttl-ms': { type: 'string' },
       'wait-for-lease-ms': { type: 'string' },
+      'wait-archive-ms': { type: 'string' },
+      'allow-incomplete': { type: 'boolean', default: false },
+      'archive-group': { type: 'string' },
       'archive-dir': { type: 'string' },
       'staging-dir': { type: 'string' },
     },
@@ -42,8 +46,12 @@ async function main(): Promise<number> {
     to: values.to,
     skipCorrupt: values['skip-corrupt'] ?? false,
     onProgress: (p) => process.stdout.write(`${JSON.stringify({ progress: p })}\n`),
+    onArchiveWait: (w) => process.stdout.write(`${JSON.stringify({ archive: w })}\n`),
+    allowIncomplete: values['allow-incomplete'] ?? false,
   }
   if (values.site) options.site = values.site
+  // The archivers' group whose progress the rebuild waits for (run-archiver.js --group).
+  if (values['archive-group']) options.archiveGroup = values['archive-group']
   if (values['archive-dir']) options.archiveDir = values['archive-dir']
   if (values['staging-dir']) options.stagingDir = values['staging-dir']
   const throttle = int('throttle-ms', values['throttle-ms'])
@@ -54,8 +62,11 @@ async function main(): Promise<number> {
   if (ttl !== undefined) options.leaseTtlMs = ttl
   const wait = int('wait-for-lease-ms', values['wait-for-lease-ms'])
   if (wait !== undefined) options.waitForLeaseMs = wait
+  const waitArchive = int('wait-archive-ms', values['wait-archive-ms'])
+  if (waitArchive !== undefined) options.waitArchiveMs = waitArchive
   const result = await rebuild(config, logger, options)
   process.stdout.write(`${JSON.stringify({ result: { status: result.status, run: result.run } })}\n`)
+  for (const w of result.run.warnings) process.stderr.write(`warning: ${w}\n`)
   return 0
 }
 

@@ -181,6 +181,14 @@ export interface ArchiveConfig {
   maxOpenHours: number
 }
 
+export interface BatchConfig {
+  /**
+   * How long `tally rebuild` waits for the archive to hold every record the log had when it started
+   * before it fails (TALLY_ERR_ARCHIVE_BEHIND); `--wait-archive-ms` overrides it. Default 300000.
+   */
+  rebuildWaitArchiveMs: number
+}
+
 /**
  * Where Tally keeps its log and aggregates. `embedded`: SQLite files under TALLY_DATA_DIR, one
  * process (`tally all` only). `kafka-cassandra`: Kafka and Cassandra, any number of processes.
@@ -202,6 +210,7 @@ export interface TallyConfig {
   stream: StreamConfig
   query: QueryConfig
   archive: ArchiveConfig
+  batch: BatchConfig
   /** Deadline for an ordered shutdown before the process gives up waiting. Default 15000 ms. */
   shutdownTimeoutMs: number
 }
@@ -426,6 +435,9 @@ export function loadConfig(env: Env = process.env): TallyConfig {
     archive: {
       maxOpenHours: int(env, 'TALLY_ARCHIVE_MAX_OPEN_HOURS', 64, 1, 10_000),
     },
+    batch: {
+      rebuildWaitArchiveMs: int(env, 'TALLY_REBUILD_WAIT_ARCHIVE_MS', 300_000, 0, 86_400_000),
+    },
     shutdownTimeoutMs: int(env, 'TALLY_SHUTDOWN_TIMEOUT_MS', 15_000, 100, 600_000),
   }
   return deepFreeze(config)
@@ -539,6 +551,10 @@ export const CONFIG_VARIABLES: ReadonlyArray<readonly [name: string, meaning: st
   [
     'TALLY_QUERY_NOTIFIED_VERSION_MAX_AGE_MS',
     "while the query role hears the stream's progress notices, a data version is re-read after a notice and otherwise at least this often (never less than TALLY_QUERY_VERSION_MAX_AGE_MS; unused when that is 0) (default 1000)",
+  ],
+  [
+    'TALLY_REBUILD_WAIT_ARCHIVE_MS',
+    '`tally rebuild` waits this long for the archive to hold the log before failing, 0-86400000 (default 300000)',
   ],
   ['TALLY_SHUTDOWN_TIMEOUT_MS', 'deadline of the ordered shutdown (default 15000)'],
   ['TALLY_SERVICES_CACHE', 'jar cache of `tally services` (default ~/.cache/tally/services)'],

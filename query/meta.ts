@@ -11,7 +11,8 @@ import { iso, type Segment, type TimeRange } from './range.js'
 
 /**
  * - `final`: rebuilt from the raw log by a batch run (it changes again only if a later rebuild
- *   revises it);
+ *   revises it); a window committed by a rebuild whose archive did not cover it (`tally rebuild
+ *   --allow-incomplete`) is read from that rebuild but is `closed` or `open`, not final;
  * - `closed`: stream numbers, window ended at or before `complete_through`, so every on-time event
  *   is counted; a batch rebuild may still add late events;
  * - `open`: stream numbers, still counting.

@@ -247,7 +247,15 @@ async function tally(
     name: 'rebuild',
     dayMs: day0,
     env,
-    args: ['--archive-dir', archiveDir, '--staging-dir', join(ctx.env.dir, 'batch-staging')],
+    args: [
+      '--archive-dir',
+      archiveDir,
+      '--staging-dir',
+      join(ctx.env.dir, 'batch-staging'),
+      // The rebuild waits for this group's archive to hold the log (it would wait for tally-archive).
+      '--archive-group',
+      group,
+    ],
   })
   const eventsRead = result.eventsRead!
   const reader = new CassandraAggregateReader(await ctx.env.client(config), config.stream.hllPrecision)

@@ -20,6 +20,11 @@ export interface FinalSpan {
   scope: FinalScope
   /** Start of the hour (scope hour) or of the day (scope day). */
   startMs: number
+  /**
+   * The rebuild's archive did not cover the span (`tally rebuild --allow-incomplete`): readers use
+   * its numbers but do not report its windows as final. Default false.
+   */
+  provisional?: boolean
 }
 
 const HOUR_MS = 3_600_000
@@ -52,19 +57,29 @@ export function generationOf(token: number): number {
 
 /** The committed generation of each span of one site and scope, as a reader loaded them. */
 export class CommittedGenerations {
-  private readonly bySpan: Map<number, number>
+  private readonly bySpan = new Map<number, number>()
+  /** Spans whose commit is provisional (FinalSpan.provisional). */
+  private readonly provisionalSpans = new Set<number>()
 
   constructor(
     readonly scope: FinalScope,
-    entries: Iterable<readonly [spanStartMs: number, generation: number]>,
+    entries: Iterable<readonly [spanStartMs: number, generation: number, provisional?: boolean]>,
   ) {
-    this.bySpan = new Map(entries)
+    for (const [span, generation, provisional] of entries) {
+      this.bySpan.set(span, generation)
+      if (provisional) this.provisionalSpans.add(span)
+    }
   }
 
   /** The committed generation of the window of `g` starting at `windowStartMs`; 0 when none. */
   of(g: Granularity, windowStartMs: number): number {
     if (this.bySpan.size === 0) return 0
     return this.bySpan.get(spanStartOf(g, windowStartMs)) ?? 0
+  }
+
+  /** Whether the commit of that window's span is provisional: its rows are read but are not final. */
+  provisional(g: Granularity, windowStartMs: number): boolean {
+    return this.provisionalSpans.size > 0 && this.provisionalSpans.has(spanStartOf(g, windowStartMs))
   }
 
   static readonly NONE = new CommittedGenerations('hour', [])

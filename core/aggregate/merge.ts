@@ -31,13 +31,15 @@ const EMPTY = new Uint8Array(0)
  * Merges the rows of one window (or of one value in a window), whose committed generation is
  * `committed` (0: none); undefined when none of them is read (only rows of uncommitted
  * generations). With `withVisitors` false the registers are not decoded and `visitors` comes back
- * empty.
+ * empty. A `provisional` commit (a rebuild whose archive did not cover the window) is read like
+ * any other but its result is not `final`.
  */
 export function mergePartials(
   parts: readonly PartialValues[],
   precision: number,
   withVisitors: boolean,
   committed: number,
+  provisional = false,
 ): MergedFinal | undefined {
   const final = committed > 0 ? parts.find((p) => p.generation === committed) : undefined
   // Read on every window of every query: one pass over the rows, no list of the ones used.
@@ -55,7 +57,13 @@ export function mergePartials(
     if (hll && p.visitors && p.visitors.length > 0) hll.merge(HyperLogLog.fromBytes(p.visitors))
   }
   if (used === 0) return undefined
-  return { events, pageviews, botEvents, visitors: hll ? hll.toBytes() : EMPTY, final: final !== undefined }
+  return {
+    events,
+    pageviews,
+    botEvents,
+    visitors: hll ? hll.toBytes() : EMPTY,
+    final: final !== undefined && !provisional,
+  }
 }
 
 /** Adds merged values (of several windows or values): counts sum, registers merge. */

@@ -119,6 +119,7 @@ export class CassandraAggregateReader implements AggregateReader {
         this.precision,
         withVisitors,
         generations.of(granularity, windowStart),
+        generations.provisional(granularity, windowStart),
       )
       if (merged) out.push({ windowStart, ...merged })
     }
@@ -167,10 +168,11 @@ export class CassandraAggregateReader implements AggregateReader {
       }
       if (perValue.size === 0) return
       const generation = generations.of(granularity, ws)
+      const provisional = generations.provisional(granularity, ws)
       let windowFinal = false
       let seen = false
       for (const [value, parts] of perValue) {
-        const merged = mergePartials(parts, this.precision, withVisitors, generation)
+        const merged = mergePartials(parts, this.precision, withVisitors, generation, provisional)
         if (!merged) continue
         seen = true
         if (merged.final) windowFinal = true
@@ -216,11 +218,12 @@ export class CassandraAggregateReader implements AggregateReader {
       }
       if (perValue.size === 0) return
       const generation = generations.of(granularity, ws)
+      const provisional = generations.provisional(granularity, ws)
       const acc = new ValuesAccumulator(this.precision, withVisitors)
       let windowFinal = false
       let seen = false
       for (const parts of perValue.values()) {
-        const merged = mergePartials(parts, this.precision, withVisitors, generation)
+        const merged = mergePartials(parts, this.precision, withVisitors, generation, provisional)
         if (!merged) continue
         seen = true
         if (merged.final) windowFinal = true
@@ -241,7 +244,13 @@ export class CassandraAggregateReader implements AggregateReader {
     // window are adjacent, so one window is held at a time.
     const generations = await this.committed(siteId, granularity, fromMs, toMs)
     const merge = (ws: number, parts: Partial[]): MergedWindow | undefined => {
-      const merged = mergePartials(parts, this.precision, true, generations.of(granularity, ws))
+      const merged = mergePartials(
+        parts,
+        this.precision,
+        true,
+        generations.of(granularity, ws),
+        generations.provisional(granularity, ws),
+      )
       return merged && { windowStart: ws, ...merged }
     }
     for (const bucket of bucketsBetween(fromMs, toMs, granularity)) {
@@ -276,8 +285,9 @@ export class CassandraAggregateReader implements AggregateReader {
     const generations = await this.committed(siteId, granularity, fromMs, toMs)
     for (const ws of windowStarts(fromMs, toMs, granularity)) {
       const generation = generations.of(granularity, ws)
+      const provisional = generations.provisional(granularity, ws)
       const merge = (value: string, parts: Partial[]): MergedDimensionRow | undefined => {
-        const merged = mergePartials(parts, this.precision, true, generation)
+        const merged = mergePartials(parts, this.precision, true, generation, provisional)
         return merged && { windowStart: ws, value, ...merged }
       }
       let current: string | undefined
@@ -314,12 +324,16 @@ export class CassandraAggregateReader implements AggregateReader {
   ): Promise<CommittedGenerations> {
     const scope = scopeOf(g)
     const range = spanRange(g, fromMs, toMs)
-    const entries: Array<[number, number]> = []
+    const entries: Array<[number, number, boolean]> = []
     for await (const row of this.rows(
-      'SELECT span_start, generation FROM agg_final_commits WHERE site_id = ? AND scope = ? AND span_start >= ? AND span_start < ?',
+      'SELECT span_start, generation, provisional FROM agg_final_commits WHERE site_id = ? AND scope = ? AND span_start >= ? AND span_start < ?',
       [siteId, scope, new Date(range.fromMs), new Date(range.toMs)],
     ))
-      entries.push([(row.get('span_start') as Date).getTime(), Number(row.get('generation'))])
+      entries.push([
+        (row.get('span_start') as Date).getTime(),
+        Number(row.get('generation')),
+        row.get('provisional') === true,
+      ])
     return new CommittedGenerations(scope, entries)
   }
 

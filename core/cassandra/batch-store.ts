@@ -244,9 +244,10 @@ function ttlSeconds(ms: number): number {
 }
 
 const DAY_MS = 86_400_000
+const HOUR_MS = 3_600_000
 
 const JOB_COLUMNS =
-  'day, started_at, job_id, kind, site_id, range_from, range_to, status, holder, lease_name, fence_token, segments_read, events_read, duplicates, windows_written, rows_written, corrupt_segments, error, finished_at, duration_ms'
+  'day, started_at, job_id, kind, site_id, range_from, range_to, status, holder, lease_name, fence_token, segments_read, events_read, duplicates, windows_written, rows_written, corrupt_segments, error, finished_at, duration_ms, warnings'
 
 function jobOf(row: types.Row): JobRun {
   const finished = row.get('finished_at') as Date | null
@@ -270,6 +271,7 @@ function jobOf(row: types.Row): JobRun {
     windowsWritten: num(row.get('windows_written')),
     rowsWritten: num(row.get('rows_written')),
     corruptSegments: ((row.get('corrupt_segments') as string[] | null) ?? []).slice(),
+    warnings: ((row.get('warnings') as string[] | null) ?? []).slice(),
     error: (row.get('error') as string | null) ?? undefined,
   }
 }
@@ -279,7 +281,7 @@ export class CassandraJobStore implements JobStore {
 
   async save(run: JobRun): Promise<void> {
     await this.client.execute(
-      `INSERT INTO batch_jobs (${JOB_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+      `INSERT INTO batch_jobs (${JOB_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
       [
         new Date(run.startedAtMs).toISOString().slice(0, 10),
         new Date(run.startedAtMs),
@@ -301,6 +303,7 @@ export class CassandraJobStore implements JobStore {
         run.error ?? null,
         run.finishedAtMs === undefined ? null : new Date(run.finishedAtMs),
         run.durationMs === undefined ? null : long(run.durationMs),
+        run.warnings,
       ],
       PREPARED,
     )
@@ -380,6 +383,28 @@ export class CassandraFinalRowStore implements FinalRowStore {
     return [...out].sort((a, b) => a - b)
   }
 
+  async streamHourEvents(siteId: string, fromMs: number, toMs: number): Promise<Map<number, number>> {
+    const out = new Map<number, number>()
+    for (const bucket of new Set(
+      Array.from({ length: Math.max(0, Math.ceil((toMs - fromMs) / HOUR_MS)) }, (_, i) =>
+        totalsBucket(fromMs + i * HOUR_MS, 'hour'),
+      ),
+    )) {
+      const rows = this.client.stream(
+        'SELECT window_start, source_partition, events, bot_events FROM agg_totals WHERE site_id = ? AND granularity = ? AND bucket = ? AND window_start >= ? AND window_start < ?',
+        [siteId, 'hour', bucket, new Date(fromMs), new Date(toMs)],
+        { prepare: true, fetchSize: 5000 },
+      ) as unknown as AsyncIterable<types.Row>
+      for await (const row of rows) {
+        // Final rows have source_partition = -generation; only the stream's partials count here.
+        if (num(row.get('source_partition')) < 0) continue
+        const ws = (row.get('window_start') as Date).getTime()
+        out.set(ws, (out.get(ws) ?? 0) + num(row.get('events')) + num(row.get('bot_events')))
+      }
+    }
+    return out
+  }
+
   async existingValues(
     siteId: string,
     granularity: Granularity,
@@ -454,7 +479,7 @@ export class CassandraFinalRowStore implements FinalRowStore {
     await this.client.batch(
       spans.map((span) => ({
         query:
-          'INSERT INTO agg_final_commits (site_id, scope, span_start, generation, fence_token, committed_at) VALUES (?, ?, ?, ?, ?, ?) USING TTL ? AND TIMESTAMP ?',
+          'INSERT INTO agg_final_commits (site_id, scope, span_start, generation, fence_token, committed_at, provisional) VALUES (?, ?, ?, ?, ?, ?, ?) USING TTL ? AND TIMESTAMP ?',
         params: [
           siteId,
           span.scope,
@@ -462,6 +487,7 @@ export class CassandraFinalRowStore implements FinalRowStore {
           generation,
           long(token),
           now,
+          span.provisional === true,
           commitTtlSeconds(span, this.ttl),
           long(token),
         ],

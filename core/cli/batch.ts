@@ -23,6 +23,14 @@ function positiveInt(name: string) {
   }
 }
 
+function nonNegativeInt(name: string) {
+  return (raw: string): number => {
+    if (!/^\d+$/.test(raw) || Number(raw) > 86_400_000)
+      throw new UsageError(`${name} must be an integer from 0 to 86400000, got "${raw}"`)
+    return Number(raw)
+  }
+}
+
 export function registerBatchCommands(program: Command, getConfig: ConfigLoader): void {
   program
     .command('batch')
@@ -89,14 +97,36 @@ are written) makes each range run once at a time; a job that loses its lease sto
     .requiredOption('--to <time>', 'range end, exclusive (rounded up to the hour)')
     .option('--site <siteId>', 'one site (default: every site in the archive)')
     .option('--skip-corrupt', 'skip corrupt or truncated segments (each reported) instead of failing', false)
+    .option(
+      '--wait-archive-ms <ms>',
+      'wait at most this long for the archive to hold the log before failing (default TALLY_REBUILD_WAIT_ARCHIVE_MS, 300000)',
+      nonNegativeInt('--wait-archive-ms'),
+    )
+    .option(
+      '--allow-incomplete',
+      'do not wait for the archive: commit what is archived, the windows it may lack stay provisional (not final)',
+      false,
+    )
     .option('--archive-dir <dir>', 'archive folder (default TALLY_DATA_DIR/archive)')
     .option('--json', 'print the result as JSON', false)
+    .addHelpText(
+      'after',
+      `
+Before reading, the rebuild waits (with progress) until the archive holds every record the log had
+when it started, so it never replaces the stream's numbers with a partial count; when the wait runs
+out it exits non-zero (TALLY_ERR_ARCHIVE_BEHIND) naming how far the archive is. The embedded backend
+does not wait (its archiver runs in \`tally all\`). With --allow-incomplete the windows the archive
+may lack are committed but reported provisional in \`meta\`, and the run records a warning. A
+rebuild that reads 0 events in hours where the stream counted some warns (log, stderr, \`tally jobs\`).`,
+    )
     .action(
       async (opts: {
         from: string
         to: string
         site?: string
         skipCorrupt: boolean
+        waitArchiveMs?: number
+        allowIncomplete: boolean
         archiveDir?: string
         json: boolean
       }) => {
@@ -115,6 +145,9 @@ are written) makes each range run once at a time; a job that loses its lease sto
           to: opts.to,
           skipCorrupt: opts.skipCorrupt,
           onProgress: (p) => progress.update(p),
+          onArchiveWait: (w) => progress.archive(w),
+          allowIncomplete: opts.allowIncomplete,
+          ...(opts.waitArchiveMs === undefined ? {} : { waitArchiveMs: opts.waitArchiveMs }),
           ...(opts.site ? { site: opts.site } : {}),
           ...(opts.archiveDir ? { archiveDir: opts.archiveDir } : {}),
         })
@@ -122,12 +155,13 @@ are written) makes each range run once at a time; a job that loses its lease sto
         process.stdout.write(
           opts.json ? `${JSON.stringify(result)}\n` : `${JSON.stringify(result, null, 2)}\n`,
         )
+        for (const w of result.run.warnings) process.stderr.write(`tally: warning: ${w}\n`)
       },
     )
 
   program
     .command('jobs')
-    .description('list rebuild runs: status, range, events read, windows written, duration, error')
+    .description('list rebuild runs: status, range, events read, windows written, duration, error, warnings')
     .option('--limit <n>', 'most runs, newest first', positiveInt('--limit'), 50)
     .option('--days <n>', 'how far back', positiveInt('--days'), 7)
     .option('--json', 'print JSON', false)

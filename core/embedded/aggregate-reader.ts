@@ -72,6 +72,7 @@ function mergeGroup(
     precision,
     withVisitors,
     generations.of(g, parts[0]!.window_start),
+    generations.provisional(g, parts[0]!.window_start),
   )
 }
 
@@ -134,7 +135,7 @@ export class EmbeddedAggregateReader implements AggregateReader {
       ),
       mark: db.prepare('SELECT mark FROM agg_final_marks WHERE site_id = ?'),
       commits: db.prepare(
-        `SELECT span_start, generation FROM agg_final_commits WHERE site_id = @site AND scope = @scope AND span_start >= @from AND span_start < @to AND ${live}`,
+        `SELECT span_start, generation, provisional FROM agg_final_commits WHERE site_id = @site AND scope = @scope AND span_start >= @from AND span_start < @to AND ${live}`,
       ),
       progress: db.prepare(
         'SELECT partition, next_offset, watermark_ms, updated_at_ms FROM stream_checkpoints WHERE consumer_group = ? AND topic = ? AND partition >= 0 AND partition < ? ORDER BY partition',
@@ -364,10 +365,10 @@ export class EmbeddedAggregateReader implements AggregateReader {
       from: range.fromMs,
       to: range.toMs,
       now: this.now(),
-    }) as Array<{ span_start: number; generation: number }>
+    }) as Array<{ span_start: number; generation: number; provisional: number }>
     return new CommittedGenerations(
       scope,
-      rows.map((r) => [r.span_start, r.generation] as const),
+      rows.map((r) => [r.span_start, r.generation, r.provisional === 1] as const),
     )
   }
 

@@ -207,7 +207,7 @@ const DAY_MS = 86_400_000
 export const JOB_TTL_MS = 90 * DAY_MS
 
 const JOB_COLUMNS =
-  'started_at_ms, job_id, kind, site_id, range_from_ms, range_to_ms, status, holder, lease_name, fence_token, segments_read, events_read, duplicates, windows_written, rows_written, corrupt_segments, error, finished_at_ms, duration_ms'
+  'started_at_ms, job_id, kind, site_id, range_from_ms, range_to_ms, status, holder, lease_name, fence_token, segments_read, events_read, duplicates, windows_written, rows_written, corrupt_segments, error, finished_at_ms, duration_ms, warnings'
 
 interface JobRow {
   started_at_ms: number
@@ -229,6 +229,7 @@ interface JobRow {
   error: string | null
   finished_at_ms: number | null
   duration_ms: number | null
+  warnings: string
 }
 
 function jobOf(r: JobRow): JobRun {
@@ -251,6 +252,7 @@ function jobOf(r: JobRow): JobRun {
     windowsWritten: r.windows_written,
     rowsWritten: r.rows_written,
     corruptSegments: (JSON.parse(r.corrupt_segments) as unknown[]).map(String),
+    warnings: (JSON.parse(r.warnings) as unknown[]).map(String),
     error: r.error ?? undefined,
   }
 }
@@ -268,7 +270,7 @@ export class EmbeddedJobStore implements JobStore {
       .join(', ')
     this.stmt = {
       save: db.prepare(
-        `INSERT INTO batch_jobs (${JOB_COLUMNS}, expires_at_ms) VALUES (${Array(20).fill('?').join(', ')})
+        `INSERT INTO batch_jobs (${JOB_COLUMNS}, expires_at_ms) VALUES (${Array(21).fill('?').join(', ')})
          ON CONFLICT (started_at_ms, job_id) DO UPDATE SET ${updates}, expires_at_ms = excluded.expires_at_ms`,
       ),
       // Newest first, from the start of the current UTC day back to `since` (the days Cassandra reads).
@@ -307,6 +309,7 @@ export class EmbeddedJobStore implements JobStore {
       run.error ?? null,
       run.finishedAtMs ?? null,
       run.durationMs ?? null,
+      JSON.stringify(run.warnings),
       this.now() + JOB_TTL_MS,
     )
   }
@@ -363,6 +366,9 @@ export class EmbeddedFinalRowStore implements FinalRowStore {
       windows: db.prepare(
         `SELECT DISTINCT window_start FROM agg_totals WHERE site_id = ? AND granularity = ? AND window_start >= ? AND window_start < ? AND ${live} ORDER BY window_start`,
       ),
+      streamHours: db.prepare(
+        `SELECT window_start, SUM(events + bot_events) AS events FROM agg_totals WHERE site_id = ? AND granularity = 'hour' AND window_start >= ? AND window_start < ? AND source_partition >= 0 AND ${live} GROUP BY window_start`,
+      ),
       values: db.prepare(
         `SELECT DISTINCT value FROM agg_dims WHERE site_id = ? AND granularity = ? AND dimension = ? AND window_start = ? AND ${live}`,
       ),
@@ -375,8 +381,8 @@ export class EmbeddedFinalRowStore implements FinalRowStore {
          ON CONFLICT (site_id, granularity, dimension, window_start, value, source_partition) ${update('agg_dims')}`,
       ),
       commit: db.prepare(
-        `INSERT INTO agg_final_commits (site_id, scope, span_start, generation, fence, committed_at_ms, expires_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?)
-         ON CONFLICT (site_id, scope, span_start) DO UPDATE SET generation = excluded.generation, fence = excluded.fence, committed_at_ms = excluded.committed_at_ms, expires_at_ms = excluded.expires_at_ms WHERE excluded.fence >= agg_final_commits.fence`,
+        `INSERT INTO agg_final_commits (site_id, scope, span_start, generation, fence, committed_at_ms, expires_at_ms, provisional) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+         ON CONFLICT (site_id, scope, span_start) DO UPDATE SET generation = excluded.generation, fence = excluded.fence, committed_at_ms = excluded.committed_at_ms, expires_at_ms = excluded.expires_at_ms, provisional = excluded.provisional WHERE excluded.fence >= agg_final_commits.fence`,
       ),
       mark: db.prepare(
         `INSERT INTO agg_final_marks (site_id, mark, written_at_ms) VALUES (?, ?, ?)
@@ -395,6 +401,14 @@ export class EmbeddedFinalRowStore implements FinalRowStore {
       window_start: number
     }>
     return rows.map((r) => r.window_start)
+  }
+
+  async streamHourEvents(siteId: string, fromMs: number, toMs: number): Promise<Map<number, number>> {
+    const rows = this.stmt.streamHours.all(siteId, fromMs, toMs, this.now()) as Array<{
+      window_start: number
+      events: number
+    }>
+    return new Map(rows.map((r) => [r.window_start, r.events]))
   }
 
   async existingValues(
@@ -465,7 +479,16 @@ export class EmbeddedFinalRowStore implements FinalRowStore {
       for (const span of spans) {
         const seconds = commitTtlSeconds(span, this.ttl)
         const expires = seconds > 0 ? now + seconds * 1000 : null
-        this.stmt.commit.run(siteId, span.scope, span.startMs, generation, token, now, expires)
+        this.stmt.commit.run(
+          siteId,
+          span.scope,
+          span.startMs,
+          generation,
+          token,
+          now,
+          expires,
+          span.provisional ? 1 : 0,
+        )
       }
       this.stmt.mark.run(siteId, randomUUID(), now)
     })()

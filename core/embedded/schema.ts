@@ -244,4 +244,10 @@ export const STORE_MIGRATIONS: readonly string[] = [
     SELECT s.site_id, substr(t.value, 1, 12), t.value, NULL, s.created_at_ms
     FROM sites AS s, json_each(s.read_token_hashes) AS t;
   `,
+  // 6: rebuild completeness (schemas/cql/0008_rebuild_completeness.cql): a commit made while the
+  // archive did not cover its span is provisional (read, not final); a run's warnings (JSON array).
+  `
+  ALTER TABLE agg_final_commits ADD COLUMN provisional INTEGER NOT NULL DEFAULT 0;
+  ALTER TABLE batch_jobs ADD COLUMN warnings TEXT NOT NULL DEFAULT '[]';
+  `,
 ]

@@ -105,6 +105,11 @@ export interface JobRun {
   rowsWritten: number
   /** Paths of corrupt segments that were skipped (--skip-corrupt) or that failed the run. */
   corruptSegments: string[]
+  /**
+   * What a reader of the run must know although it succeeded: the archive did not cover the range
+   * (`--allow-incomplete`), or the rebuild read zero events in windows where the stream counted some.
+   */
+  warnings: string[]
   error: string | undefined
 }
 
@@ -143,6 +148,12 @@ export interface FinalRow {
 export interface FinalRowStore {
   /** Starts of the windows of `granularity` in [fromMs, toMs) that hold any row (stream or final). */
   existingWindows(siteId: string, granularity: Granularity, fromMs: number, toMs: number): Promise<number[]>
+  /**
+   * Events (`events` + `botEvents`) the stream counted in each hour window of the site starting in
+   * [fromMs, toMs): its partials only, summed over source partitions (final rows are not read).
+   * Hours without stream rows are absent.
+   */
+  streamHourEvents(siteId: string, fromMs: number, toMs: number): Promise<Map<number, number>>
   /** Values of `dimension` that hold any row in one window. */
   existingValues(
     siteId: string,
@@ -159,7 +170,7 @@ export interface FinalRowStore {
    * Makes generation `generationOf(token)` what readers use for `spans` of a site, all spans at
    * once (one single-partition batch, one transaction), then writes a new final mark
    * (AggregateReader.finalMark). A span whose commit has a higher token keeps it. Call it after
-   * every row of the spans is written.
+   * every row of the spans is written. A span marked `provisional` is read but not reported final.
    */
   commitFinal(siteId: string, spans: readonly FinalSpan[], token: number): Promise<void>
 }

@@ -112,6 +112,7 @@ function run(overrides: Partial<JobRun> & Pick<JobRun, 'jobId' | 'startedAtMs'>)
     windowsWritten: 0,
     rowsWritten: 0,
     corruptSegments: [],
+    warnings: [],
     error: undefined,
     ...overrides,
   }
@@ -393,6 +394,7 @@ export function batchStoreContract(name: string, make: () => Promise<BatchStoreH
           windowsWritten: 61,
           rowsWritten: 4321,
           corruptSegments: ['/archive/raw/2024-05-01/13/p0-a.arrow', '/archive/raw/2024-05-01/13/p1-b.arrow'],
+          warnings: ['site a.test: the rebuild read 0 events in 1 hour(s) where the stream counted 3'],
           error: 'corrupt segment /archive/raw/2024-05-01/13/p0-a.arrow',
         }
         await jobs.save(finished)
@@ -479,6 +481,96 @@ export function batchStoreContract(name: string, make: () => Promise<BatchStoreH
         await h.batch.rows.commitFinal(other, spans, t3 + 1)
         expect(await read()).toEqual(expected(5, 'job3'))
         expect(await h.reader.totals(other, 'hour', ws, ws + HOUR)).toEqual([])
+      })
+
+      it('a provisional commit is read like any other but its windows are not final; a later full commit makes them final', async () => {
+        const site = uniqueName('site')
+        const ws = Math.floor(Date.now() / DAY) * DAY - 2 * DAY + 7 * HOUR
+        const [t1, t2] = (await tokens(2)) as [number, number]
+        const read = async () => {
+          const hours = await h.reader.totals(site, 'hour', ws, ws + 2 * HOUR)
+          const path = (await h.reader.breakdown(site, 'hour', 'path', ws, ws + 2 * HOUR)).get('/a')
+          const minutes = await h.reader.totals(site, 'minute', ws, ws + 2 * HOUR)
+          const detailed = await h.reader.breakdownDetailed(site, 'hour', 'path', ws, ws + 2 * HOUR)
+          return {
+            hours: hours.map((w) => [w.windowStart - ws, w.events, w.final]),
+            path: [path?.events, path?.final],
+            minutes: minutes.map((w) => [w.windowStart - ws, w.events, w.final]),
+            windows: [...detailed.windows].map(([w, v]) => [w - ws, v.final]).sort(),
+          }
+        }
+        const rows = (events: number) => [
+          finalRow(site, 'hour', ws, values(p, events)),
+          finalRow(site, 'hour', ws + HOUR, values(p, events + 1)),
+          finalRow(site, 'hour', ws + HOUR, values(p, events), 'path', '/a'),
+          finalRow(site, 'minute', ws + HOUR + MINUTE, values(p, events)),
+        ]
+        await h.batch.rows.writeFinal(rows(6), t1)
+        // The first hour is covered, the second is not.
+        await h.batch.rows.commitFinal(
+          site,
+          [
+            { scope: 'hour', startMs: ws },
+            { scope: 'hour', startMs: ws + HOUR, provisional: true },
+          ],
+          t1,
+        )
+        expect(await read()).toEqual({
+          hours: [
+            [0, 6, true],
+            [HOUR, 7, false],
+          ],
+          path: [6, false],
+          minutes: [[HOUR + MINUTE, 6, false]],
+          windows: [[HOUR, false]],
+        })
+        await h.batch.rows.writeFinal(rows(9), t2)
+        await h.batch.rows.commitFinal(
+          site,
+          [
+            { scope: 'hour', startMs: ws },
+            { scope: 'hour', startMs: ws + HOUR },
+          ],
+          t2,
+        )
+        expect(await read()).toEqual({
+          hours: [
+            [0, 9, true],
+            [HOUR, 10, true],
+          ],
+          path: [9, true],
+          minutes: [[HOUR + MINUTE, 9, true]],
+          windows: [[HOUR, true]],
+        })
+      })
+
+      it('streamHourEvents sums the stream partials of each hour (events and bot events), never final rows', async () => {
+        const site = uniqueName('site')
+        const day = Math.floor(Date.now() / DAY) * DAY - 2 * DAY
+        const h1 = day + 5 * HOUR
+        const h2 = day + 6 * HOUR
+        // values(p, n): n events and n % 3 bot events.
+        await h.store.writeRows(
+          [
+            { key: partialKey(site, 'hour', h1, 0), values: values(p, 4), throughOffset: 1 },
+            { key: partialKey(site, 'hour', h1, 1), values: values(p, 5), throughOffset: 1 },
+            { key: partialKey(site, 'hour', h2, 2), values: values(p, 3), throughOffset: 1 },
+            { key: partialKey(site, 'minute', h2 + MINUTE, 2), values: values(p, 30), throughOffset: 1 },
+            { key: partialKey(site, 'hour', h1, 0, 'path', '/x'), values: values(p, 40), throughOffset: 1 },
+          ],
+          1,
+        )
+        const [token] = (await tokens(1)) as [number]
+        await h.batch.rows.writeFinal([finalRow(site, 'hour', h2, values(p, 100))], token)
+        await h.batch.rows.commitFinal(site, [{ scope: 'hour', startMs: h2 }], token)
+        expect(await h.batch.rows.streamHourEvents(site, day, day + DAY)).toEqual(
+          new Map([
+            [h1, 4 + 1 + 5 + 2],
+            [h2, 3],
+          ]),
+        )
+        expect(await h.batch.rows.streamHourEvents(site, h2, day + DAY)).toEqual(new Map([[h2, 3]]))
+        expect(await h.batch.rows.streamHourEvents(uniqueName('site'), day, day + DAY)).toEqual(new Map())
       })
 
       it("a site's final mark changes with every commit of its final rows, and only with those", async () => {

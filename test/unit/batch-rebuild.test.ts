@@ -92,6 +92,8 @@ class MemoryRows implements FinalRowStore {
   readonly final = new Map<string, { row: FinalRow; token: number }>()
   readonly pending = new Map<number, Map<string, FinalRow>>()
   readonly stream = new Set<string>()
+  /** Events the stream counted per `${siteId}|${hour start}` (streamHourEvents). */
+  readonly streamHours = new Map<string, number>()
   readonly commits: Array<{ siteId: string; spans: FinalSpan[]; token: number }> = []
   writes = 0
   failAfterWrites = Number.POSITIVE_INFINITY
@@ -121,6 +123,14 @@ class MemoryRows implements FinalRowStore {
       if (k.siteId === siteId && k.granularity === g && k.windowStart >= fromMs && k.windowStart < toMs)
         out.add(k.windowStart)
     return [...out]
+  }
+  async streamHourEvents(siteId: string, fromMs: number, toMs: number) {
+    const out = new Map<number, number>()
+    for (const [k, n] of this.streamHours) {
+      const [site, ws] = k.split('|') as [string, string]
+      if (site === siteId && Number(ws) >= fromMs && Number(ws) < toMs) out.set(Number(ws), n)
+    }
+    return out
   }
   async existingValues(siteId: string, g: string, d: string, ws: number) {
     return [
@@ -476,6 +486,75 @@ describe('rebuild (archive segments → final rows), against in-memory stores', 
     }
     // Every row written is committed.
     expect(deps.rows.final.size).toBe(deps.rows.pending.get(token)!.size)
+  })
+
+  it('commits the spans the archive did not cover as provisional, and records a warning', async () => {
+    const { deps, settings } = await setup('incomplete', log)
+    const through = Date.parse('2024-05-01T23:30:00Z')
+    const done = await runRebuild(deps, settings, {
+      fromMs: FROM,
+      toMs: TO,
+      archiveCompleteThroughMs: through,
+    })
+    expect(done.status).toBe('succeeded')
+    const spans = deps.rows.commits.flatMap((c) => c.spans)
+    expect(spans.length).toBe(2 * 2 * 25)
+    // Hours 00:00–22:00 of May 1 ended before 23:30: final. Its hour 23, its day, and all of May 2 not.
+    const provisional = (s: FinalSpan) =>
+      s.scope === 'day' ? true : s.startMs >= Date.parse('2024-05-01T23:00:00Z')
+    for (const s of spans) expect(s.provisional === true, JSON.stringify(s)).toBe(provisional(s))
+    // The numbers are committed all the same.
+    expect(finalValues(deps.rows)).toEqual(streamReference(log))
+    expect(done.run.warnings).toEqual([
+      expect.stringMatching(
+        /received through 2024-05-01T23:30:00.000Z only: the windows from 2024-05-01T23:00:00.000Z on are committed but not final \(--allow-incomplete\)/,
+      ),
+    ])
+    expect(deps.jobs.runs.get(done.run.jobId)?.warnings).toEqual(done.run.warnings)
+
+    // A run over a covered range commits final spans and warns of nothing.
+    const full = await runRebuild(deps, settings, { fromMs: FROM, toMs: TO })
+    expect(full.run.warnings).toEqual([])
+    expect(deps.rows.commits.slice(-4).flatMap((c) => c.spans.filter((s) => s.provisional))).toEqual([])
+  })
+
+  it('warns when it reads zero events in hours where the stream counted some', async () => {
+    const { deps, settings } = await setup('zero-events', log)
+    const streamHour = (siteId: string, iso: string, events: number) => {
+      const ws = Date.parse(iso)
+      deps.rows.stream.add(
+        keyOf({ siteId, granularity: 'hour', windowStart: ws, dimension: undefined, value: '' }),
+      )
+      deps.rows.streamHours.set(`${siteId}|${ws}`, events)
+    }
+    // a.test has archived events on May 1 (from 22:10), none at 05:00, where the stream counted 4.
+    streamHour('a.test', '2024-05-01T05:00:00Z', 4)
+    const zeroed = await runRebuild(deps, settings, { siteId: 'a.test', fromMs: FROM, toMs: TO })
+    expect(zeroed.run.warnings).toEqual([
+      'site a.test: the rebuild read 0 events in 1 hour(s) where the stream counted 4 (2024-05-01T05:00:00.000Z); those windows now read 0. Is the archive complete?',
+    ])
+    // c.test has no archived event at all; the stream counted 7 + 5 in two hours, 0 in a third.
+    streamHour('c.test', '2024-05-01T23:00:00Z', 7)
+    streamHour('c.test', '2024-05-02T01:00:00Z', 5)
+    streamHour('c.test', '2024-05-02T02:00:00Z', 0)
+    const commits = deps.rows.commits.length
+    const none = await runRebuild(deps, settings, { siteId: 'c.test', fromMs: FROM, toMs: TO })
+    expect(none.run.eventsRead).toBe(0)
+    expect(deps.rows.commits.length).toBe(commits)
+    expect(none.run.warnings).toEqual([
+      "site c.test: the rebuild read 0 events in 2 hour(s) where the stream counted 12 (2024-05-01T23:00:00.000Z, 2024-05-02T01:00:00.000Z); nothing was written there, those windows keep the stream's provisional numbers. Is the archive complete?",
+    ])
+    expect(deps.jobs.runs.get(none.run.jobId)?.warnings).toEqual(none.run.warnings)
+    // Where the archive holds the events the stream counted, no warning.
+    const other = await setup('zero-events-none', log)
+    for (const l of log) {
+      const ws = windowStart(Date.parse(l.event.timestamp), 'hour')
+      other.deps.rows.streamHours.set(`${l.event.siteId}|${ws}`, 1)
+    }
+    for (const siteId of ['a.test', undefined]) {
+      const run = await runRebuild(other.deps, other.settings, { siteId, fromMs: FROM, toMs: TO })
+      expect(run.run.warnings).toEqual([])
+    }
   })
 
   it('a job that fails while writing changes no site-day it did not commit; the next run completes', async () => {

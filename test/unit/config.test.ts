@@ -124,6 +124,15 @@ describe('loadConfig', () => {
     expect(loadConfig({ TALLY_INGEST_COMPRESSION: 'gzip' }).ingest.compression).toBe('gzip')
   })
 
+  it('bounds the wait of a rebuild for the archive, 5 minutes unless told otherwise', () => {
+    expect(loadConfig({}).batch.rebuildWaitArchiveMs).toBe(300_000)
+    expect(loadConfig({ TALLY_REBUILD_WAIT_ARCHIVE_MS: '0' }).batch.rebuildWaitArchiveMs).toBe(0)
+    expect(() => loadConfig({ TALLY_REBUILD_WAIT_ARCHIVE_MS: '86400001' })).toThrow(
+      'TALLY_REBUILD_WAIT_ARCHIVE_MS="86400001" is not valid: expected an integer from 0 to 86400000',
+    )
+    expect(CONFIG_VARIABLES.map(([name]) => name)).toContain('TALLY_REBUILD_WAIT_ARCHIVE_MS')
+  })
+
   it('parses replication for multi-node clusters', () => {
     const c = loadConfig({ CASSANDRA_REPLICATION: 'NetworkTopologyStrategy:dc1=3,dc2=2' })
     expect(c.cassandra.replication).toEqual({ class: 'NetworkTopologyStrategy', factors: { dc1: 3, dc2: 2 } })
