@@ -2,11 +2,10 @@ import { mkdir, readdir, rename, stat, unlink } from 'node:fs/promises'
 import { hostname } from 'node:os'
 import { dirname, join } from 'node:path'
 import { windowStart } from '../core/aggregate/definition.js'
-import { errorMessage, isProgrammingError } from '../core/errors.js'
 import type { Logger } from '../core/log.js'
+import { OwnedPartition, PartitionOwner } from '../core/partition-owner.js'
 import type { ArchivePartitionState, ArchiveStateStore } from '../core/ports/batch-store.js'
 import type { BatchControl, EventLogConsumer, LogOffsets, RecordBatch } from '../core/ports/event-log.js'
-import { backoffDelayMs, sleep } from '../core/retry.js'
 import { decodeRecord } from './decode.js'
 import type { ArchiveMetrics } from './metrics.js'
 import {
@@ -69,7 +68,7 @@ interface StagedFile {
 }
 
 /** What the archiver holds for one partition it owns. */
-class ArchivePartition {
+class ArchivePartition extends OwnedPartition {
   /** Events by event-hour start, not yet in a closed segment. */
   readonly buffers = new Map<number, ArchivedEvent[]>()
   buffered = 0
@@ -79,25 +78,16 @@ class ArchivePartition {
   processedNext: number
   /** Segments of the last commit not yet renamed to their final names. */
   renames: StagedFile[] = []
-  private chain: Promise<void> = Promise.resolve()
 
   constructor(
-    readonly partition: number,
+    partition: number,
     public epoch: number,
     /** Every record below it is committed. */
     public nextOffset: number,
     public watermarkMs: number,
   ) {
+    super(partition)
     this.processedNext = nextOffset
-  }
-
-  exclusive<T>(fn: () => Promise<T>): Promise<T> {
-    const run = this.chain.then(fn)
-    this.chain = run.then(
-      () => undefined,
-      () => undefined,
-    )
-    return run
   }
 }
 
@@ -113,12 +103,12 @@ class ArchivePartition {
  * A new owner (after a crash, SIGKILL or rebalance) takes a new epoch, so an older owner can no
  * longer commit; finishes the renames of the last commit (roll forward); deletes uncommitted staging
  * files; and resumes after the committed offset. A record is therefore in exactly one closed segment.
+ *
+ * Assignment, the per-partition chain, idle flushes, lag, retries and close come from
+ * PartitionOwner; partitions are taken as soon as they are assigned, and a flush is due once the
+ * oldest record not yet committed was read `flushIntervalMs` ago.
  */
-export class Archiver {
-  private readonly states = new Map<number, ArchivePartition>()
-  private readonly restoring = new Map<number, Promise<ArchivePartition>>()
-  /** The partitions the group gave this member (undefined until the first assignment). */
-  private assigned: Set<number> | undefined
+export class Archiver extends PartitionOwner<ArchivePartition> {
   private readonly topicDir: string
   private readonly key: string
   private readonly owner: string
@@ -126,83 +116,37 @@ export class Archiver {
   private readonly maxBuffered: number
   private readonly maxBufferedBytes: number
   private readonly maxOpenHours: number
-  private timer: NodeJS.Timeout | undefined
-  private lagTimer: NodeJS.Timeout | undefined
-  private closing: Promise<void> | undefined
-  private stopping = false
 
   constructor(
     private readonly deps: ArchiverDeps,
     private readonly options: ArchiverOptions,
   ) {
+    const flushIntervalMs = options.flushIntervalMs ?? 30_000
+    super(
+      { consumer: deps.consumer, offsets: deps.offsets, logger: deps.logger, lag: deps.metrics.lag },
+      {
+        topic: options.topic,
+        idleCheckMs: Math.max(20, Math.min(1000, flushIntervalMs / 2)),
+        takeOnAssignment: true,
+        logPrefix: 'archive ',
+      },
+    )
     this.topicDir = archiveTopicDir(options.archiveDir, options.topic)
     this.key = archiveKey(options.group, options.topic)
     this.owner = options.owner ?? `${hostname()}:${process.pid}`
-    this.flushIntervalMs = options.flushIntervalMs ?? 30_000
+    this.flushIntervalMs = flushIntervalMs
     this.maxBuffered = options.maxBufferedEvents ?? 50_000
     this.maxBufferedBytes = options.maxBufferedBytes ?? 16 * 1024 * 1024
     this.maxOpenHours = options.maxOpenHours ?? 64
   }
 
-  async start(): Promise<void> {
+  override async start(): Promise<void> {
     await mkdir(this.topicDir, { recursive: true })
-    await this.deps.consumer.start({
-      onBatch: (batch, control) => this.onBatch(batch, control),
-      onAssignment: (partitions) => this.onAssignment(partitions),
-    })
-    this.timer = setInterval(
-      () => void this.flushIdle(),
-      Math.max(20, Math.min(1000, this.flushIntervalMs / 2)),
-    )
-    this.timer.unref()
-    if (this.deps.offsets) {
-      this.lagTimer = setInterval(() => void this.reportLag(), 5000)
-      this.lagTimer.unref()
-    }
+    await super.start()
   }
 
-  ownedPartitions(): number[] {
-    return [...this.states.keys()].sort((a, b) => a - b)
-  }
-
-  private onAssignment(partitions: number[]): void {
-    const assigned = new Set(partitions)
-    this.assigned = assigned
-    // Buffers of a partition taken away are dropped: its new owner reads from the last commit.
-    for (const p of [...this.states.keys()]) {
-      if (!assigned.has(p)) this.drop(p)
-    }
-    // Taken at once, not at the first record: a commit whose renames a crash interrupted is rolled
-    // forward even when no new event arrives.
-    for (const p of assigned) {
-      if (this.states.has(p) || this.closing) continue
-      this.stateFor(p).catch((err: unknown) =>
-        this.deps.logger.error({ err: errorMessage(err), partition: p }, 'cannot take archive partition'),
-      )
-    }
-  }
-
-  private drop(partition: number): void {
-    const state = this.states.get(partition)
-    if (!state) return
-    this.states.delete(partition)
+  protected override onDropped(state: ArchivePartition): void {
     this.deps.metrics.buffered.dec(state.buffered)
-    this.deps.metrics.lag.remove({ partition: String(partition) })
-  }
-
-  private stateFor(partition: number): Promise<ArchivePartition> {
-    const existing = this.states.get(partition)
-    if (existing) return Promise.resolve(existing)
-    let pending = this.restoring.get(partition)
-    if (!pending) {
-      pending = this.restore(partition).finally(() => this.restoring.delete(partition))
-      this.restoring.set(partition, pending)
-    }
-    return pending
-  }
-
-  private isAssigned(partition: number): boolean {
-    return this.assigned === undefined || this.assigned.has(partition)
   }
 
   /**
@@ -211,7 +155,7 @@ export class Archiver {
    */
   private async takeOver(partition: number): Promise<ArchivePartitionState> {
     const { store, logger } = this.deps
-    const taken = await this.withStoreRetry(
+    const taken = await this.untilStopped(
       () => store.acquire(this.key, partition, this.owner),
       'take partition',
     )
@@ -253,12 +197,9 @@ export class Archiver {
     return taken
   }
 
-  private async restore(partition: number): Promise<ArchivePartition> {
+  protected async restore(partition: number): Promise<ArchivePartition> {
     const taken = await this.takeOver(partition)
-    const state = new ArchivePartition(partition, taken.epoch, taken.nextOffset, taken.watermarkMs)
-    // Unassigned meanwhile (a rebalance): the state is not kept, its batches are stale.
-    if (this.isAssigned(partition) && !this.closing) this.states.set(partition, state)
-    return state
+    return new ArchivePartition(partition, taken.epoch, taken.nextOffset, taken.watermarkMs)
   }
 
   /**
@@ -290,14 +231,7 @@ export class Archiver {
     }
   }
 
-  private async onBatch(batch: RecordBatch, control: BatchControl): Promise<void> {
-    if (this.closing || control.isStale() || !this.isAssigned(batch.partition)) return
-    const state = await this.stateFor(batch.partition)
-    await state.exclusive(() => this.process(state, batch, control))
-  }
-
-  private async process(state: ArchivePartition, batch: RecordBatch, control: BatchControl): Promise<void> {
-    if (this.states.get(state.partition) !== state || control.isStale()) return
+  protected async process(state: ArchivePartition, batch: RecordBatch, control: BatchControl): Promise<void> {
     const { metrics, logger } = this.deps
     let archived = 0
     for (const record of batch.records) {
@@ -313,7 +247,7 @@ export class Archiver {
         metrics.buffered.inc(archived)
         archived = 0
         await this.flush(state, control)
-        if (this.states.get(state.partition) !== state) return
+        if (!this.owns(state)) return
         // Taken back from another archiver that had committed past this record.
         if (record.offset < state.processedNext) continue
       }
@@ -338,10 +272,7 @@ export class Archiver {
       archived++
     }
     metrics.buffered.inc(archived)
-    metrics.lag.set(
-      { partition: String(state.partition) },
-      Math.max(0, batch.highWatermark - state.nextOffset),
-    )
+    this.setLag(state, batch.highWatermark)
     if (
       state.buffered >= this.maxBuffered ||
       state.bufferedBytes >= this.maxBufferedBytes ||
@@ -356,27 +287,20 @@ export class Archiver {
    * of the disk or the store are retried for as long as it takes — consumption of the partition waits
    * meanwhile — because what was read is not read again unless the partition is restored.
    */
-  private async flush(state: ArchivePartition, control?: BatchControl): Promise<void> {
-    for (let attempt = 1; ; attempt++) {
-      try {
+  protected flush(state: ArchivePartition, control?: BatchControl): Promise<void> {
+    return this.untilStopped(
+      async () => {
         if (state.renames.length === 0) await this.flushOnce(state, control)
         if (state.renames.length > 0) await this.finishRenames(state)
-        return
-      } catch (err) {
-        if (isProgrammingError(err) || this.stopping) throw err
-        const delay = backoffDelayMs(attempt, 200, 5000)
-        this.deps.logger.warn(
-          { err: errorMessage(err), partition: state.partition, attempt, delayMs: delay },
-          'archive flush failed; retrying',
-        )
-        await sleep(delay)
-        if (control) await control.heartbeat().catch(() => undefined)
-      }
-    }
+      },
+      'archive flush',
+      control,
+      state.partition,
+    )
   }
 
   private async flushOnce(state: ArchivePartition, control?: BatchControl): Promise<void> {
-    if (state.processedNext === state.nextOffset || this.states.get(state.partition) !== state) return
+    if (state.processedNext === state.nextOffset || !this.owns(state)) return
     const { metrics, logger } = this.deps
     const started = process.hrtime.bigint()
     const first = state.nextOffset
@@ -425,7 +349,7 @@ export class Archiver {
     const committed = await this.commitFlush(state, commit, control)
     if (!committed) {
       metrics.commitRefused.inc()
-      if (!this.isAssigned(state.partition) || this.closing) {
+      if (!this.isAssigned(state.partition) || this.isClosing) {
         // Its new owner reads from the last commit and clears these staging files.
         logger.warn(
           { partition: state.partition, epoch: state.epoch },
@@ -472,9 +396,7 @@ export class Archiver {
     this.deps.metrics.bytes.inc(state.renames.reduce((n, f) => n + f.bytes, 0))
     state.renames = []
     // Kafka's own offsets serve lag tools and the restart position; the store stays the truth.
-    this.deps.consumer.commit(state.partition, state.nextOffset).catch((err: unknown) => {
-      this.deps.logger.debug({ err: errorMessage(err) }, 'offset commit failed')
-    })
+    this.commitOffset(state.partition, state.nextOffset)
   }
 
   /**
@@ -487,103 +409,29 @@ export class Archiver {
     control?: BatchControl,
   ): Promise<boolean> {
     let uncertain = false
-    for (let attempt = 1; ; attempt++) {
-      try {
-        if (await this.deps.store.commit(this.key, state.partition, state.epoch, commit)) return true
-        if (!uncertain) return false
-        const now = await this.deps.store.read(this.key, state.partition)
-        return now?.epoch === state.epoch && now.nextOffset === commit.nextOffset
-      } catch (err) {
-        if (isProgrammingError(err) || this.stopping) throw err
-        uncertain = true
-        const delay = backoffDelayMs(attempt, 200, 5000)
-        this.deps.logger.warn(
-          { err: errorMessage(err), attempt, delayMs: delay },
-          'archive commit failed; retrying',
-        )
-        await sleep(delay)
-        if (control) await control.heartbeat().catch(() => undefined)
-      }
-    }
+    return this.untilStopped(
+      async () => {
+        try {
+          if (await this.deps.store.commit(this.key, state.partition, state.epoch, commit)) return true
+          if (!uncertain) return false
+          const now = await this.deps.store.read(this.key, state.partition)
+          return now?.epoch === state.epoch && now.nextOffset === commit.nextOffset
+        } catch (err) {
+          uncertain = true
+          throw err
+        }
+      },
+      'archive commit',
+      control,
+    )
   }
 
-  private async flushIdle(): Promise<void> {
-    const now = Date.now()
-    for (const state of this.states.values()) {
-      if (state.openSinceMs === 0 || now - state.openSinceMs < this.flushIntervalMs) continue
-      await state
-        .exclusive(() => this.flush(state))
-        .catch((err: unknown) => {
-          this.deps.logger.error(
-            { err: errorMessage(err), partition: state.partition },
-            'archive flush failed',
-          )
-        })
-    }
+  protected idleFlushDue(state: ArchivePartition, nowMs: number): boolean {
+    return state.openSinceMs !== 0 && nowMs - state.openSinceMs >= this.flushIntervalMs
   }
 
-  private async reportLag(): Promise<void> {
-    try {
-      const ends = await this.deps.offsets!.endOffsets(this.options.topic)
-      for (const state of this.states.values()) {
-        const end = ends.get(state.partition)
-        if (end !== undefined)
-          this.deps.metrics.lag.set(
-            { partition: String(state.partition) },
-            Math.max(0, end - state.nextOffset),
-          )
-      }
-    } catch (err) {
-      this.deps.logger.debug({ err: errorMessage(err) }, 'lag poll failed')
-    }
-  }
-
-  private async withStoreRetry<T>(fn: () => Promise<T>, what: string): Promise<T> {
-    for (let attempt = 1; ; attempt++) {
-      try {
-        return await fn()
-      } catch (err) {
-        if (isProgrammingError(err) || this.stopping) throw err
-        const delay = backoffDelayMs(attempt, 200, 5000)
-        this.deps.logger.warn({ err: errorMessage(err), attempt, delayMs: delay }, `${what} failed; retrying`)
-        await sleep(delay)
-      }
-    }
-  }
-
-  /**
-   * After a crash (an uncaught error in this process): leave the group without closing buffers
-   * into segments, so the partitions move at once instead of after the session timeout. The next
-   * owner re-reads from the last archived offset.
-   */
-  abort(): Promise<void> {
-    this.closing ??= (async () => {
-      clearInterval(this.timer)
-      clearInterval(this.lagTimer)
-      this.stopping = true
-      await this.deps.consumer.close()
-    })()
-    return this.closing
-  }
-
-  /** SIGTERM: close every partition's buffer into segments, then leave the group. Repeat-safe. */
-  close(): Promise<void> {
-    this.closing ??= (async () => {
-      clearInterval(this.timer)
-      clearInterval(this.lagTimer)
-      for (const state of [...this.states.values()]) {
-        await state
-          .exclusive(() => this.flush(state))
-          .catch((err: unknown) => {
-            this.deps.logger.error(
-              { err: errorMessage(err), partition: state.partition },
-              'final archive flush failed',
-            )
-          })
-      }
-      this.stopping = true
-      await this.deps.consumer.close()
-    })()
-    return this.closing
+  /** Lag counts the records not yet in a closed segment. */
+  protected position(state: ArchivePartition): number {
+    return state.nextOffset
   }
 }

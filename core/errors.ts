@@ -60,11 +60,6 @@ export class ServiceUnavailableError extends TallyError {
   }
 }
 
-/** Programming errors are never retried. */
-export function isProgrammingError(err: unknown): boolean {
-  return err instanceof TypeError || err instanceof RangeError || err instanceof SyntaxError
-}
-
 export function errorMessage(err: unknown): string {
   if (err instanceof Error) return err.message
   return String(err)

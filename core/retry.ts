@@ -1,7 +1,18 @@
-import { isProgrammingError, TallyError } from './errors.js'
+import { TallyError } from './errors.js'
+
+/**
+ * Programming errors are never retried: another attempt runs the same code into the same bug.
+ * The one definition every retry in the project uses.
+ */
+export function isProgrammingError(err: unknown): boolean {
+  return err instanceof TypeError || err instanceof RangeError || err instanceof SyntaxError
+}
 
 export interface RetryOptions {
-  /** Attempts in all, the first included. Default 5. */
+  /**
+   * Attempts in all, the first included. Default 5. `Infinity`: until `fn` succeeds or an error is
+   * not retriable (a `retriable` that says no once the caller stops ends it).
+   */
   attempts?: number
   /** First delay. Default 100 ms. */
   initialDelayMs?: number
@@ -13,6 +24,8 @@ export interface RetryOptions {
   retriable?: (err: unknown) => boolean
   /** Called before each wait. */
   onRetry?: (err: unknown, attempt: number, delayMs: number) => void
+  /** Awaited after each wait, before the next attempt (e.g. a consumer heartbeat). */
+  afterWait?: (attempt: number) => Promise<void>
   signal?: AbortSignal
 }
 
@@ -70,6 +83,7 @@ export async function retry<T>(fn: (attempt: number) => Promise<T>, options: Ret
       const delay = backoffDelayMs(attempt, initial, max, options.factor)
       options.onRetry?.(err, attempt, delay)
       await sleep(delay, options.signal)
+      await options.afterWait?.(attempt)
     }
   }
   if (isRetriable(last) && attempts > 1) {

@@ -13,9 +13,9 @@ import {
 } from '../core/aggregate/definition.js'
 import { RowAccumulator } from '../core/aggregate/rows.js'
 import type { StreamConfig } from '../core/config.js'
-import { errorMessage } from '../core/errors.js'
 import { type HashHalves, hashHalves } from '../core/hll.js'
 import type { Logger } from '../core/log.js'
+import { OwnedPartition, PartitionOwner } from '../core/partition-owner.js'
 import type { PartitionRef, RowKey, StoredRow, StreamStore } from '../core/ports/aggregate-store.js'
 import { rowId } from '../core/ports/aggregate-store.js'
 import type {
@@ -26,7 +26,6 @@ import type {
   RecordBatch,
 } from '../core/ports/event-log.js'
 import type { ProgressPublisher } from '../core/ports/progress-notices.js'
-import { backoffDelayMs, sleep } from '../core/retry.js'
 import { requestIdOf } from '../schemas/events.js'
 import { DedupSet } from './dedup.js'
 import type { StreamMetrics } from './metrics.js'
@@ -142,7 +141,7 @@ class RowTable {
 }
 
 /** Everything a worker holds for one source partition it owns. */
-class PartitionState {
+class PartitionState extends OwnedPartition {
   readonly rows = new RowTable()
   readonly dedup = new DedupSet()
   /** Records below this offset are already in the aggregates (skipped on replay). */
@@ -153,21 +152,12 @@ class PartitionState {
   lastFlushMs = Date.now()
   lastCheckpointMs = Date.now()
   dirty = false
-  private chain: Promise<void> = Promise.resolve()
 
   constructor(
     readonly ref: PartitionRef,
     readonly epoch: number,
-  ) {}
-
-  /** Runs work for this partition one piece at a time (batches and timer flushes). */
-  exclusive<T>(fn: () => Promise<T>): Promise<T> {
-    const run = this.chain.then(fn)
-    this.chain = run.then(
-      () => undefined,
-      () => undefined,
-    )
-    return run
+  ) {
+    super(ref.partition)
   }
 }
 
@@ -240,40 +230,28 @@ export interface StreamWorkerDeps {
  * Reads the raw topic in a consumer group and keeps per-window aggregates in the store with an
  * exactly-once effect: absolute row values with the last counted offset, a checkpoint written
  * after the rows, epochs that fence stale owners, and dedup by messageId within a horizon.
+ *
+ * Assignment, the per-partition chain, idle flushes, lag, store retries and close come from
+ * PartitionOwner; a partition is taken at its first batch, and flushed by the idle check once
+ * `flushIntervalMs` passed since its last flush with counts not yet written.
  */
-export class StreamWorker {
-  private readonly states = new Map<number, PartitionState>()
-  private readonly restoring = new Map<number, Promise<PartitionState>>()
-  private assigned = new Set<number>()
-  private timer: NodeJS.Timeout | undefined
-  private lagTimer: NodeJS.Timeout | undefined
-  private stopping = false
-  private closing: Promise<void> | undefined
+export class StreamWorker extends PartitionOwner<PartitionState> {
   private readonly owner: string
   /** Scratch for the visitor hash of the event being counted. */
   private readonly visitorHash: HashHalves = { hi: 0, lo: 0 }
 
   constructor(private readonly deps: StreamWorkerDeps) {
+    super(
+      {
+        consumer: deps.consumer,
+        offsets: deps.offsets,
+        logger: deps.logger,
+        lag: deps.metrics.lag,
+        retries: deps.metrics.storeRetries,
+      },
+      { topic: deps.topic, idleCheckMs: deps.config.flushIntervalMs },
+    )
     this.owner = deps.owner ?? `${hostname()}:${process.pid}`
-  }
-
-  async start(): Promise<void> {
-    await this.deps.consumer.start({
-      onBatch: (batch, control) => this.onBatch(batch, control),
-      onAssignment: (partitions) => this.onAssignment(partitions),
-    })
-    // Flush partitions that went quiet, so their last events become visible within the interval.
-    this.timer = setInterval(() => void this.flushIdle(), this.deps.config.flushIntervalMs)
-    this.timer.unref()
-    if (this.deps.offsets) {
-      this.lagTimer = setInterval(() => void this.reportLag(), 5000)
-      this.lagTimer.unref()
-    }
-  }
-
-  /** Partitions currently owned (tests and metrics). */
-  ownedPartitions(): number[] {
-    return [...this.states.keys()].sort((a, b) => a - b)
   }
 
   /** Open windows and rows held in memory per owned partition (tests and metrics). */
@@ -285,49 +263,33 @@ export class StreamWorker {
     }))
   }
 
-  private onAssignment(partitions: number[]): void {
-    this.assigned = new Set(partitions)
-    // A partition taken away is dropped without flushing: its new owner replays from the last
-    // checkpoint, and this worker's late writes would lose to the new owner's epoch anyway.
-    for (const p of [...this.states.keys()]) {
-      if (!this.assigned.has(p)) {
-        this.states.delete(p)
-        this.deps.metrics.lag.remove({ partition: String(p) })
-        this.deps.metrics.checkpointAge.remove({ partition: String(p) })
-      }
-    }
-  }
-
-  private async stateFor(partition: number): Promise<PartitionState> {
-    const existing = this.states.get(partition)
-    if (existing) return existing
-    let pending = this.restoring.get(partition)
-    if (!pending) {
-      pending = this.restore(partition).finally(() => this.restoring.delete(partition))
-      this.restoring.set(partition, pending)
-    }
-    return pending
+  /**
+   * A partition taken away is dropped without flushing: its new owner replays from the last
+   * checkpoint, and this worker's late writes would lose to the new owner's epoch anyway.
+   */
+  protected override onDropped(state: PartitionState): void {
+    this.deps.metrics.checkpointAge.remove({ partition: String(state.partition) })
   }
 
   /** Takes ownership: new epoch, fence the checkpoint, reload the dedup set. */
-  private async restore(partition: number): Promise<PartitionState> {
+  protected async restore(partition: number): Promise<PartitionState> {
     const { config, store, logger } = this.deps
     const ref: PartitionRef = { group: config.group, topic: this.deps.topic, partition }
-    const epoch = await this.withStoreRetry(() => store.acquireEpoch(ref, this.owner), 'acquire epoch')
-    const cp = await this.withStoreRetry(() => store.readCheckpoint(ref), 'read checkpoint')
+    const epoch = await this.untilStopped(() => store.acquireEpoch(ref, this.owner), 'acquire epoch')
+    const cp = await this.untilStopped(() => store.readCheckpoint(ref), 'read checkpoint')
     const state = new PartitionState(ref, epoch)
     state.nextOffset = cp?.nextOffset ?? 0
     state.processedNext = state.nextOffset
     state.watermarkMs = cp?.watermarkMs ?? 0
     // Writing the checkpoint under the new epoch first means a stale owner can never move it again.
-    await this.withStoreRetry(
+    await this.untilStopped(
       () =>
         store.writeCheckpoint(ref, { nextOffset: state.nextOffset, watermarkMs: state.watermarkMs, epoch }),
       'fence checkpoint',
     )
     if (state.watermarkMs > 0 && config.dedupHorizonMs > 0) {
       const since = state.watermarkMs - config.dedupHorizonMs
-      const chunks = await this.withStoreRetry(
+      const chunks = await this.untilStopped(
         () => store.loadDedup(ref, state.nextOffset, since),
         'load dedup',
       )
@@ -337,20 +299,11 @@ export class StreamWorker {
       { partition, epoch, nextOffset: state.nextOffset, dedupIds: state.dedup.size },
       'partition restored',
     )
-    this.states.set(partition, state)
     return state
   }
 
-  private async onBatch(batch: RecordBatch, control: BatchControl): Promise<void> {
-    // Once closing, new batches are left for the next owner (it replays from the checkpoint).
-    if (this.closing || control.isStale()) return
-    const state = await this.stateFor(batch.partition)
-    await state.exclusive(() => this.process(state, batch, control))
-  }
-
-  private async process(state: PartitionState, batch: RecordBatch, control: BatchControl): Promise<void> {
-    const { metrics, config } = this.deps
-    if (this.states.get(state.ref.partition) !== state || control.isStale()) return
+  protected async process(state: PartitionState, batch: RecordBatch, control: BatchControl): Promise<void> {
+    const { config } = this.deps
     // A batch whose events open more windows than the cap allows is counted in parts, with the
     // oldest windows written and dropped in between, so memory stays bounded whatever arrives.
     let from = 0
@@ -359,14 +312,11 @@ export class StreamWorker {
       if (from < batch.records.length) {
         await this.shed(state, control)
         // The partition may have moved meanwhile: its new owner replays from the checkpoint.
-        if (this.states.get(state.ref.partition) !== state || control.isStale()) return
+        if (!this.owns(state) || control.isStale()) return
       }
     }
     state.dirty = true
-    metrics.lag.set(
-      { partition: String(state.ref.partition) },
-      Math.max(0, batch.highWatermark - state.processedNext),
-    )
+    this.setLag(state, batch.highWatermark)
     if (Date.now() - state.lastFlushMs >= config.flushIntervalMs) await this.flush(state, control)
   }
 
@@ -498,7 +448,7 @@ export class StreamWorker {
     if (loading.length > 0) {
       let loaded: Map<string, StoredRow>
       try {
-        loaded = await this.withStoreRetry(
+        loaded = await this.untilStopped(
           () => this.deps.store.loadRows(loading.map((l) => l.row.key)),
           'load rows',
           control,
@@ -564,7 +514,7 @@ export class StreamWorker {
       ),
       headers: { ...i.headers, 'tally-dlq-code': i.code },
     }))
-    await this.withStoreRetry(
+    await this.untilStopped(
       () => this.deps.deadLetters.append(this.deps.deadLetterTopic, records),
       'dead-letter',
       control,
@@ -584,7 +534,7 @@ export class StreamWorker {
   }
 
   /** Writes dirty rows, then the new dedup entries, then the checkpoint; evicts closed windows. */
-  private async flush(state: PartitionState, control?: BatchControl): Promise<void> {
+  protected async flush(state: PartitionState, control?: BatchControl): Promise<void> {
     if (!state.dirty) return
     const { store, metrics, config } = this.deps
     const started = process.hrtime.bigint()
@@ -594,7 +544,7 @@ export class StreamWorker {
       values: r.acc!.values(),
       throughOffset: r.throughOffset,
     }))
-    await this.withStoreRetry(() => store.writeRows(writes, state.epoch), 'write rows', control)
+    await this.untilStopped(() => store.writeRows(writes, state.epoch), 'write rows', control)
     for (const r of dirtyRows) r.dirty = false
     state.rows.dirty = []
     metrics.rowsWritten.inc(writes.length)
@@ -606,10 +556,10 @@ export class StreamWorker {
         maxReceivedMs: fresh.maxReceivedMs,
         entries: fresh.entries,
       }
-      await this.withStoreRetry(() => store.writeDedup(state.ref, chunk, state.epoch), 'write dedup', control)
+      await this.untilStopped(() => store.writeDedup(state.ref, chunk, state.epoch), 'write dedup', control)
     }
     const checkpoint = { nextOffset: state.processedNext, watermarkMs: state.watermarkMs, epoch: state.epoch }
-    await this.withStoreRetry(() => store.writeCheckpoint(state.ref, checkpoint), 'write checkpoint', control)
+    await this.untilStopped(() => store.writeCheckpoint(state.ref, checkpoint), 'write checkpoint', control)
     // After the checkpoint, like the version it changes: a query role that hears the notice and
     // reads the checkpoints finds this one (or a later one) with the rows it covers.
     this.deps.progress?.publish({
@@ -625,9 +575,7 @@ export class StreamWorker {
     state.lastFlushMs = Date.now()
     state.lastCheckpointMs = state.lastFlushMs
     // Progress in Kafka's own offsets is for lag tools only; a failure here changes nothing.
-    this.deps.consumer.commit(state.ref.partition, state.nextOffset).catch((err: unknown) => {
-      this.deps.logger.debug({ err: errorMessage(err) }, 'offset commit failed')
-    })
+    this.commitOffset(state.ref.partition, state.nextOffset)
     const graceLine = state.watermarkMs - config.graceMs
     state.rows.evict(graceLine)
     state.dedup.expire(state.watermarkMs - config.dedupHorizonMs)
@@ -642,93 +590,21 @@ export class StreamWorker {
     metrics.openWindows.set(windows)
   }
 
-  private async flushIdle(): Promise<void> {
-    const now = Date.now()
-    for (const state of this.states.values()) {
-      this.deps.metrics.checkpointAge.set(
-        { partition: String(state.ref.partition) },
-        (now - state.lastCheckpointMs) / 1000,
-      )
-      if (!state.dirty || now - state.lastFlushMs < this.deps.config.flushIntervalMs) continue
-      await state
-        .exclusive(async () => {
-          if (this.states.get(state.ref.partition) === state) await this.flush(state)
-        })
-        .catch((err: unknown) =>
-          this.deps.logger.error({ err: errorMessage(err), partition: state.ref.partition }, 'flush failed'),
-        )
-    }
+  /** Every idle check: the checkpoint age of each owned partition. */
+  protected override onIdleCheck(state: PartitionState, nowMs: number): void {
+    this.deps.metrics.checkpointAge.set(
+      { partition: String(state.ref.partition) },
+      (nowMs - state.lastCheckpointMs) / 1000,
+    )
   }
 
-  private async reportLag(): Promise<void> {
-    try {
-      const ends = await this.deps.offsets!.endOffsets(this.deps.topic)
-      for (const state of this.states.values()) {
-        const end = ends.get(state.ref.partition)
-        if (end !== undefined)
-          this.deps.metrics.lag.set(
-            { partition: String(state.ref.partition) },
-            Math.max(0, end - state.processedNext),
-          )
-      }
-    } catch (err) {
-      this.deps.logger.debug({ err: errorMessage(err) }, 'lag poll failed')
-    }
+  /** Flush partitions that went quiet, so their last events become visible within the interval. */
+  protected idleFlushDue(state: PartitionState, nowMs: number): boolean {
+    return state.dirty && nowMs - state.lastFlushMs >= this.deps.config.flushIntervalMs
   }
 
-  /**
-   * Retries a store operation with capped backoff for as long as it takes (consumption of this
-   * partition waits meanwhile, heartbeats keep the membership); gives up only when stopping.
-   */
-  private async withStoreRetry<T>(fn: () => Promise<T>, what: string, control?: BatchControl): Promise<T> {
-    for (let attempt = 1; ; attempt++) {
-      try {
-        return await fn()
-      } catch (err) {
-        if (err instanceof TypeError || err instanceof RangeError || this.stopping) throw err
-        this.deps.metrics.storeRetries.inc()
-        const delay = backoffDelayMs(attempt, 200, 5000)
-        this.deps.logger.warn({ err: errorMessage(err), attempt, delayMs: delay }, `${what} failed; retrying`)
-        await sleep(delay)
-        if (control) await control.heartbeat().catch(() => undefined)
-      }
-    }
-  }
-
-  /**
-   * After a crash (an uncaught error in this process): leave the group without the final flush,
-   * so the partitions move at once instead of after the session timeout. What is in memory is not
-   * trusted then; the next owner replays from the last checkpoint, which changes no number.
-   */
-  abort(): Promise<void> {
-    this.closing ??= (async () => {
-      clearInterval(this.timer)
-      clearInterval(this.lagTimer)
-      this.stopping = true
-      await this.deps.consumer.close()
-    })()
-    return this.closing
-  }
-
-  /** SIGTERM: flush and checkpoint every partition, then leave the group. Repeat-safe. */
-  close(): Promise<void> {
-    this.closing ??= (async () => {
-      clearInterval(this.timer)
-      clearInterval(this.lagTimer)
-      // In-flight batches finish first: each flush queues behind them on its partition.
-      for (const state of this.states.values()) {
-        await state
-          .exclusive(() => this.flush(state))
-          .catch((err: unknown) => {
-            this.deps.logger.error(
-              { err: errorMessage(err), partition: state.ref.partition },
-              'final flush failed',
-            )
-          })
-      }
-      this.stopping = true
-      await this.deps.consumer.close()
-    })()
-    return this.closing
+  /** Lag counts the records not yet processed. */
+  protected position(state: PartitionState): number {
+    return state.processedNext
   }
 }

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest'
 import { TallyError } from '../../core/errors.js'
-import { backoffDelayMs, retry } from '../../core/retry.js'
+import { backoffDelayMs, isProgrammingError, retry } from '../../core/retry.js'
 
 describe('retry', () => {
   it('retries retriable errors until success', async () => {
@@ -65,5 +65,42 @@ describe('retry', () => {
     const first = backoffDelayMs(1, 100, 1000)
     expect(first).toBeGreaterThanOrEqual(50)
     expect(first).toBeLessThanOrEqual(100)
+  })
+
+  it('names programming errors once, for every retry: TypeError, RangeError, SyntaxError', () => {
+    expect([new TypeError('x'), new RangeError('x'), new SyntaxError('x')].map(isProgrammingError)).toEqual([
+      true,
+      true,
+      true,
+    ])
+    expect([new Error('x'), new TallyError('X', 'x'), 'x'].map(isProgrammingError)).toEqual([
+      false,
+      false,
+      false,
+    ])
+  })
+
+  it('with attempts Infinity, runs until a retriable() that says no, and awaits afterWait between attempts', async () => {
+    let stopped = false
+    let calls = 0
+    const waits: number[] = []
+    const last = new Error('down')
+    const err = await retry(
+      async () => {
+        calls++
+        if (calls === 4) stopped = true
+        throw last
+      },
+      {
+        attempts: Number.POSITIVE_INFINITY,
+        initialDelayMs: 1,
+        maxDelayMs: 2,
+        retriable: () => !stopped,
+        afterWait: async (attempt) => void waits.push(attempt),
+      },
+    ).catch((e: unknown) => e)
+    expect(err).toBe(last)
+    expect(calls).toBe(4)
+    expect(waits).toEqual([1, 2, 3])
   })
 })
