@@ -16,13 +16,14 @@ import { SiteCache } from '../../ingest/site-cache.js'
 import { uniqueName } from './context.js'
 
 /**
- * What ingest needs of `tally migrate`: the sites table and the topics. The other services'
+ * What ingest needs of `tally migrate`: the sites and read-token tables and the topics. The other services'
  * migrations are tested by their own suites (and the CLI and foundation tests run all of them), so
  * a schema change elsewhere cannot break the ingest tests.
  */
 export async function migrateForIngest(config: Pick<TallyConfig, 'kafka' | 'cassandra'>): Promise<void> {
-  const sites = (await loadMigrations()).filter((m) => m.name === 'sites')
-  if (sites.length !== 1) throw new Error('no sites migration in schemas/cql')
+  // The sites table and its read tokens (a site is created with its first token).
+  const sites = (await loadMigrations()).filter((m) => m.name === 'sites' || m.name === 'site_tokens')
+  if (sites.length !== 2) throw new Error('no sites or site_tokens migration in schemas/cql')
   await migrateCassandra(config.cassandra, sites)
   await ensureTopics(createKafka(config.kafka), topicSpecs(config))
 }
