@@ -1,9 +1,9 @@
 import { Compile } from 'typebox/compile'
 import { dimensionsOf, visitorId } from '../core/aggregate/definition.js'
+import type { ArchivedEvent } from '../core/archive/segment-writer.js'
 import { hash64 } from '../core/hll.js'
 import type { ConsumedRecord } from '../core/ports/event-log.js'
 import { HEADERS, RAW_EVENT_SCHEMA_VERSION, RawEventV1, requestIdOf } from '../schemas/events.js'
-import type { ArchivedEvent } from './segment-writer.js'
 
 const rawEvent = Compile(RawEventV1)
 

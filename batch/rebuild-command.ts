@@ -1,17 +1,8 @@
+import { ARCHIVE_GROUP, archiveKey, type BatchPathOptions, batchPaths } from '../core/archive/paths.js'
 import type { TallyConfig } from '../core/config.js'
 import { errorMessage, TallyError } from '../core/errors.js'
 import type { Logger } from '../core/log.js'
-import { archiveKey } from './archiver.js'
-import {
-  ARCHIVE_GROUP,
-  archiveBehind,
-  type BatchPathOptions,
-  type BatchStores,
-  batchPaths,
-  openBatchStores,
-  parseTime,
-  processOwner,
-} from './context.js'
+import { archiveBehind, type BatchStores, openBatchStores, parseTime, processOwner } from './context.js'
 import { type RebuildProgress, type RebuildResult, type RebuildSettings, runRebuild } from './rebuild.js'
 
 /** Options of `tally rebuild`. */
