@@ -15,9 +15,9 @@ import { type EmbeddedBackend, openEmbedded } from '../../core/embedded/index.js
 import { createLogger } from '../../core/log.js'
 import type { StreamStore } from '../../core/ports/aggregate-store.js'
 import type { LogRecord } from '../../core/ports/event-log.js'
+import { HEADERS } from '../../core/record/headers.js'
 import { normalizeEvent } from '../../ingest/normalize.js'
 import { UserAgentParser } from '../../ingest/user-agent.js'
-import { HEADERS } from '../../schemas/events.js'
 import { createStreamMetrics } from '../../stream/metrics.js'
 import { StreamWorker } from '../../stream/worker.js'
 import { tempDataDir } from '../contract/backends.js'
@@ -110,7 +110,7 @@ function records(): LogRecord[] {
       limits,
       ua,
     )
-    if (!r.ok) throw new Error(`${s.messageId}: ${r.rejection.message}`)
+    if (!r.ok) throw new Error(`${s.messageId}: ${r.reason}`)
     expect(Date.parse(r.event.timestamp)).toBe(s.timestampMs)
     return {
       key: `${SITE}:${r.event.anonymousId}`,

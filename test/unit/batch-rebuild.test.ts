@@ -203,7 +203,7 @@ function logWorkload(seed: number, start: string, spanMs: number, events: number
       },
       ua,
     )
-    if (!r.ok) throw new Error(r.rejection.message)
+    if (!r.ok) throw new Error(r.reason)
     const e = r.event
     const partition = partitionOf(`${e.siteId}:${e.anonymousId ?? e.userId ?? e.messageId}`)
     out.push({ partition, offset: next[partition]++, value: Buffer.from(JSON.stringify(e)), event: e })
