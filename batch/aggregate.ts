@@ -5,11 +5,11 @@ import {
   isPageview,
   kindOf,
 } from '../core/aggregate/definition.js'
+import { forEachSiteRun } from '../core/archive/dedup.js'
+import { HI, LO, type SegmentColumns } from '../core/archive/segment-reader.js'
 import { DIMENSION_COLUMNS } from '../schemas/arrow.js'
 import type { EventType } from '../schemas/events.js'
-import { forEachSiteRun } from './dedup.js'
 import { RegisterSet, registerEntry } from './registers.js'
-import { HI, LO, type SegmentColumns } from './segment-reader.js'
 
 /**
  * The rebuild's aggregation, column by column: the same rows and values as the stream's

@@ -2,12 +2,7 @@ import { mkdir, readdir, rename, stat, unlink } from 'node:fs/promises'
 import { hostname } from 'node:os'
 import { dirname, join } from 'node:path'
 import { windowStart } from '../core/aggregate/definition.js'
-import type { Logger } from '../core/log.js'
-import { OwnedPartition, PartitionOwner } from '../core/partition-owner.js'
-import type { ArchivePartitionState, ArchiveStateStore } from '../core/ports/batch-store.js'
-import type { BatchControl, EventLogConsumer, LogOffsets, RecordBatch } from '../core/ports/event-log.js'
-import { decodeRecord } from './decode.js'
-import type { ArchiveMetrics } from './metrics.js'
+import { archiveKey } from '../core/archive/paths.js'
 import {
   archiveTopicDir,
   fsyncDir,
@@ -16,8 +11,14 @@ import {
   segmentFileName,
   stagingRelDir,
   writeFileDurably,
-} from './segment-file.js'
-import { type ArchivedEvent, encodeSegment } from './segment-writer.js'
+} from '../core/archive/segment-file.js'
+import { type ArchivedEvent, encodeSegment } from '../core/archive/segment-writer.js'
+import type { Logger } from '../core/log.js'
+import { OwnedPartition, PartitionOwner } from '../core/partition-owner.js'
+import type { ArchivePartitionState, ArchiveStateStore } from '../core/ports/batch-store.js'
+import type { BatchControl, EventLogConsumer, LogOffsets, RecordBatch } from '../core/ports/event-log.js'
+import { decodeRecord } from './decode.js'
+import type { ArchiveMetrics } from './metrics.js'
 
 export interface ArchiverOptions {
   /** Root folder of the archive; this topic's segments go under `<archiveDir>/<topic>/`. */
@@ -54,11 +55,6 @@ function exists(path: string): Promise<boolean> {
     () => true,
     () => false,
   )
-}
-
-/** The commit-row key of an archive: its consumer group and topic. */
-export function archiveKey(group: string, topic: string): string {
-  return `${group}|${topic}`
 }
 
 interface StagedFile {

@@ -1,5 +1,4 @@
 import { hostname } from 'node:os'
-import { join, resolve } from 'node:path'
 import { openEmbeddedBackend } from '../core/backend.js'
 import {
   CassandraArchiveStateStore,
@@ -21,37 +20,6 @@ import type {
   LeaseStore,
 } from '../core/ports/batch-store.js'
 import type { LogOffsets } from '../core/ports/event-log.js'
-import { archiveTopicDir } from './segment-file.js'
-
-/** Where the batch layer keeps its files, from the configuration and the options. */
-export interface BatchPathOptions {
-  /** Root of the archive. Default `<TALLY_DATA_DIR>/archive`. */
-  archiveDir?: string
-  /** Staged rebuild results and dedup spill files. Default `<TALLY_DATA_DIR>/batch-staging`. */
-  stagingDir?: string
-}
-
-export interface BatchPaths {
-  archiveDir: string
-  /** `<archiveDir>/<raw topic>`. */
-  topicDir: string
-  stagingDir: string
-}
-
-export function batchPaths(
-  config: Pick<TallyConfig, 'dataDir' | 'kafka'>,
-  o: BatchPathOptions = {},
-): BatchPaths {
-  const archiveDir = resolve(o.archiveDir ?? join(config.dataDir, 'archive'))
-  return {
-    archiveDir,
-    topicDir: archiveTopicDir(archiveDir, config.kafka.topicRaw),
-    stagingDir: resolve(o.stagingDir ?? join(config.dataDir, 'batch-staging')),
-  }
-}
-
-/** Default consumer group of the archivers. */
-export { ARCHIVE_GROUP } from '../core/backend.js'
 
 export function processOwner(): string {
   return `${hostname()}:${process.pid}`

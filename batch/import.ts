@@ -9,17 +9,17 @@ import { CassandraSiteStore } from '../core/cassandra/sites.js'
 import { backendOf, type TallyConfig } from '../core/config.js'
 import type { EmbeddedBackend } from '../core/embedded/index.js'
 import { errorMessage, UsageError } from '../core/errors.js'
-import { traceContext } from '../core/http.js'
 import { createKafka } from '../core/kafka/client.js'
 import { KafkaBatchingProducer } from '../core/kafka/producer.js'
 import type { Logger } from '../core/log.js'
 import type { EventLogWriter, LogRecord } from '../core/ports/event-log.js'
-import { HEADERS, RAW_EVENT_SCHEMA_VERSION, type RawEventV1 } from '../schemas/events.js'
+import { toLogRecord } from '../core/record/codec.js'
+import { recordHeaders, traceContext } from '../core/record/headers.js'
+import type { DeadLetter, StepResult } from '../core/record/result.js'
+import type { RawEventV1 } from '../schemas/events.js'
 
 /** What one Segment payload becomes: the raw-log event, or why it was rejected. */
-export type NormalizeOutcome =
-  | { ok: true; event: RawEventV1 }
-  | { ok: false; rejection: { code: string; message: string; where?: string } }
+export type NormalizeOutcome = StepResult<RawEventV1, DeadLetter>
 
 /**
  * Ingest's normalization of one payload for a site (validation, user agent, bot flag, messageId,
@@ -122,12 +122,8 @@ async function importInto(
   options: ImportOptions,
 ): Promise<ImportResult> {
   const requestId = `import-${randomBytes(8).toString('hex')}`
-  const headers = {
-    [HEADERS.traceparent]: traceContext(undefined).traceparent,
-    [HEADERS.requestId]: requestId,
-    [HEADERS.schemaVersion]: String(RAW_EVENT_SCHEMA_VERSION),
-    [HEADERS.siteId]: options.siteId,
-  }
+  // A new trace: its id is never the import's request id, so the records carry both.
+  const headers = recordHeaders(options.siteId, traceContext(undefined), requestId)
   const result: ImportResult = { lines: 0, accepted: 0, rejected: 0, rejections: [] }
   const maxListed = options.maxListedRejections ?? 100
   const batchSize = options.batchSize ?? 500
@@ -167,17 +163,11 @@ async function importInto(
       const receivedAtMs = Date.now()
       const normalized = options.normalize(payload, receivedAtMs)
       if (!normalized.ok) {
-        reject(lineNo, normalized.rejection.code, normalized.rejection.message)
+        reject(lineNo, normalized.code, normalized.reason)
         continue
       }
-      const e = normalized.event
-      batch.push({
-        // As ingest keys it: one visitor's events share a partition (and the stream's dedup).
-        key: `${e.siteId}:${e.anonymousId ?? e.userId ?? e.messageId}`,
-        value: Buffer.from(JSON.stringify(e)),
-        headers,
-        timestampMs: receivedAtMs,
-      })
+      // As ingest writes it: keyed so one visitor's events share a partition (and the stream's dedup).
+      batch.push(toLogRecord(normalized.event, headers, receivedAtMs))
       if (batch.length >= batchSize) {
         await send(batch)
         batch = []

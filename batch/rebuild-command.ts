@@ -1,13 +1,10 @@
+import { ARCHIVE_GROUP, archiveKey, type BatchPathOptions, batchPaths } from '../core/archive/paths.js'
 import { backendOf, type TallyConfig } from '../core/config.js'
 import { TallyError } from '../core/errors.js'
 import type { Logger } from '../core/log.js'
 import { sleep } from '../core/retry.js'
-import { archiveKey } from './archiver.js'
 import {
-  ARCHIVE_GROUP,
-  type BatchPathOptions,
   type BatchStores,
-  batchPaths,
   openBatchStores,
   type PartitionBehind,
   parseTime,

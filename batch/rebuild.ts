@@ -9,6 +9,9 @@ import {
   windowStart,
 } from '../core/aggregate/definition.js'
 import { spansOfDay } from '../core/aggregate/final.js'
+import { findDuplicates } from '../core/archive/dedup.js'
+import { listSegments } from '../core/archive/segment-file.js'
+import { CorruptSegmentError, readSegment, type SegmentColumns } from '../core/archive/segment-reader.js'
 import { errorMessage, TallyError } from '../core/errors.js'
 import type { Logger } from '../core/log.js'
 import type { FinalRow, FinalRowStore, JobRun, JobStore, LeaseStore } from '../core/ports/batch-store.js'
@@ -20,12 +23,9 @@ import {
   emptyStats,
   HourAggregator,
 } from './aggregate.js'
-import { findDuplicates } from './dedup.js'
 import { acquireLease, LeaseKeeper, LeaseLostError, RangeBusyError } from './lease.js'
 import type { BatchMetrics } from './metrics.js'
 import { RegisterSet } from './registers.js'
-import { listSegments } from './segment-file.js'
-import { CorruptSegmentError, readSegment, type SegmentColumns } from './segment-reader.js'
 import { StagingArea } from './staging.js'
 
 const HOUR_MS = 3_600_000
@@ -179,7 +179,7 @@ function rowKey(r: {
 /**
  * Rebuilds the final aggregates of a range from the archive:
  * 1. takes the range's lease (one job per range at a time) and keeps renewing it;
- * 2. pass 1 reads every segment of the range and finds the duplicates (batch/dedup.ts);
+ * 2. pass 1 reads every segment of the range and finds the duplicates (core/archive/dedup.ts);
  * 3. pass 2 aggregates hour by hour (batch/aggregate.ts) into staging files, one per day; day
  *    windows only when the whole day is in the range. Nothing is written to the store before both
  *    passes finish, so a failure — a corrupt segment, a crash, a lost lease — leaves the previous

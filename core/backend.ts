@@ -1,3 +1,4 @@
+import { ARCHIVE_GROUP } from './archive/paths.js'
 import type { TallyConfig } from './config.js'
 import { type EmbeddedBackend, openEmbedded } from './embedded/index.js'
 import type { Logger } from './log.js'
@@ -53,9 +54,6 @@ export interface SharedPorts {
     listener(request: ProgressListenerRequest): ProgressListener
   }
 }
-
-/** Default consumer group of the archivers. */
-export const ARCHIVE_GROUP = 'tally-archive'
 
 /**
  * The embedded backend of `config` (TALLY_DATA_DIR), with the topics, TTLs and retention of the

@@ -1,4 +1,3 @@
-import { randomFillSync } from 'node:crypto'
 import type { Server } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import Fastify, {
@@ -7,7 +6,6 @@ import Fastify, {
   type FastifyInstance,
   LogController,
 } from 'fastify'
-import { traceIdOf, ZERO_TRACE_ID } from '../schemas/events.js'
 import { TallyError } from './errors.js'
 import {
   answerClientError,
@@ -18,57 +16,9 @@ import {
   rememberRequestId,
 } from './http-limits.js'
 import type { Logger } from './log.js'
+import { traceIdOrNew } from './record/headers.js'
 
 const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/
-
-const TRACE_ID = /^[0-9a-f]{32}$/
-
-// Ids come from a pool filled 4 KiB at a time: one randomBytes call per id costs a system call
-// and a buffer each, several per request.
-const pool = Buffer.alloc(4096)
-let poolOffset = pool.length
-
-function randomHex(bytes: number): string {
-  if (poolOffset + bytes > pool.length) {
-    randomFillSync(pool)
-    poolOffset = 0
-  }
-  poolOffset += bytes
-  return pool.toString('hex', poolOffset - bytes, poolOffset)
-}
-
-/** A new random W3C trace id (32 hex digits, never all zeros). */
-function newTraceId(): string {
-  const id = randomHex(16)
-  return id === ZERO_TRACE_ID ? newTraceId() : id
-}
-
-/**
- * A W3C trace context: the incoming one when valid, else a new one whose trace id is
- * `fallbackTraceId` when that is a valid trace id (the request id, so logs and Kafka headers share
- * one id), else a random one.
- */
-export function traceContext(
-  header: string | string[] | undefined,
-  fallbackTraceId?: string,
-): {
-  traceparent: string
-  traceId: string
-} {
-  const value = Array.isArray(header) ? header[0] : header
-  const given = traceIdOf(value)
-  if (given !== undefined) return { traceparent: value!, traceId: given }
-  const traceId =
-    fallbackTraceId !== undefined && TRACE_ID.test(fallbackTraceId) && fallbackTraceId !== ZERO_TRACE_ID
-      ? fallbackTraceId
-      : newTraceId()
-  return { traceparent: `00-${traceId}-${randomHex(8)}-01`, traceId }
-}
-
-/** The trace id of a valid incoming traceparent, else a new one (no span id is made for it). */
-function traceIdOrNew(header: string | string[] | undefined): string {
-  return traceIdOf(Array.isArray(header) ? header[0] : header) ?? newTraceId()
-}
 
 export interface HttpServerOptions {
   logger: Logger

@@ -5,14 +5,16 @@ import cors from '@fastify/cors'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import type { IngestConfig } from '../core/config.js'
 import { TallyError } from '../core/errors.js'
-import { createHttpServer, traceContext } from '../core/http.js'
+import { createHttpServer } from '../core/http.js'
 import type { Logger } from '../core/log.js'
 import type { EventLogWriter, LogRecord } from '../core/ports/event-log.js'
 import type { Site } from '../core/ports/site-store.js'
-import { type EventType, HEADERS, RAW_EVENT_SCHEMA_VERSION, type RawEventV1 } from '../schemas/events.js'
+import { toLogRecord } from '../core/record/codec.js'
+import { recordHeaders, traceContext } from '../core/record/headers.js'
+import type { EventType } from '../schemas/events.js'
 import { decodeBody } from './charset.js'
 import type { IngestMetrics } from './metrics.js'
-import { type IngestLimits, normalizeEvent, type Rejection } from './normalize.js'
+import { type IngestLimits, normalizeEvent, type Rejection, rejectionOf } from './normalize.js'
 import { PIXEL_GIF, pixelPayload } from './pixel.js'
 import { EventRateLimiter } from './rate-limit.js'
 import { allowedOrigins, type SiteCache } from './site-cache.js'
@@ -61,8 +63,6 @@ function writeKeyOf(req: FastifyRequest, body: Body | undefined): string | undef
   const fromBody = body?.writeKey
   return typeof fromBody === 'string' && fromBody !== '' ? fromBody : undefined
 }
-
-const SCHEMA_VERSION = String(RAW_EVENT_SCHEMA_VERSION)
 
 function statusOfRejection(code: string): number {
   return code === 'TALLY_ERR_EVENT_TOO_LARGE' ? 413 : 400
@@ -293,13 +293,7 @@ export async function buildIngestApp(deps: IngestDeps): Promise<FastifyInstance>
     // visitor. Browsers (beacons, analytics.js, the pixel) send the key in the body or the URL.
     const userAgent = req.headers.authorization ? undefined : req.headers['user-agent']
     const trace = traceContext(req.headers.traceparent, req.id)
-    const headers: Record<string, string> = {
-      [HEADERS.traceparent]: trace.traceparent,
-      [HEADERS.schemaVersion]: SCHEMA_VERSION,
-      [HEADERS.siteId]: site.siteId,
-    }
-    // The request id rides in its own header only when it is not the trace id (see HEADERS).
-    if (req.id !== trace.traceId) headers[HEADERS.requestId] = req.id
+    const headers = recordHeaders(site.siteId, trace, req.id)
     const records: LogRecord[] = []
     const rejected: Array<Rejection & { index: number }> = []
     let clamped = 0
@@ -319,11 +313,11 @@ export async function buildIngestApp(deps: IngestDeps): Promise<FastifyInstance>
         uaParser,
       )
       if (!result.ok) {
-        rejected.push({ index, ...result.rejection })
+        rejected.push({ index, ...rejectionOf(result) })
         continue
       }
       if (result.event.timestampClamped) clamped++
-      records.push(toRecord(result.event, headers, receivedAtMs))
+      records.push(toLogRecord(result.event, headers, receivedAtMs))
     }
     metrics.events.inc({ endpoint, outcome: 'rejected' }, rejected.length)
     const single = items.length === 1
@@ -454,14 +448,4 @@ function mergeShared(item: unknown, shared: Body): unknown {
     out.context = { ...(shared.context as Body), ...((e.context as Body | undefined) ?? {}) }
   if (shared.integrations && e.integrations === undefined) out.integrations = shared.integrations
   return out
-}
-
-function toRecord(event: RawEventV1, headers: Record<string, string>, receivedAtMs: number): LogRecord {
-  return {
-    // One visitor's events share a partition, so they stay in order.
-    key: `${event.siteId}:${event.anonymousId ?? event.userId ?? event.messageId}`,
-    value: Buffer.from(JSON.stringify(event)),
-    headers,
-    timestampMs: receivedAtMs,
-  }
 }

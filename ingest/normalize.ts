@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto'
 import { Compile } from 'typebox/compile'
+import { type DeadLetter, deadLetter, ok, type StepResult } from '../core/record/result.js'
 import { EVENT_TYPES, type EventType, type RawEventV1, SegmentEventV1 } from '../schemas/events.js'
 import type { UserAgentParser } from './user-agent.js'
 
@@ -184,10 +185,17 @@ export interface NormalizeInput {
   imported: boolean
 }
 
-export type NormalizeResult = { ok: true; event: RawEventV1 } | { ok: false; rejection: Rejection }
+/** The raw-log event, or the reason it was rejected (a dead letter: ingest never drops an event). */
+export type NormalizeResult = StepResult<RawEventV1, DeadLetter>
 
-function reject(code: string, message: string, where?: string): NormalizeResult {
-  return { ok: false, rejection: where === undefined ? { code, message } : { code, message, where } }
+// An event ingest refuses is a dead letter of the raw-record module; the API answers it with rejectionOf.
+const reject = deadLetter
+
+/** A dead letter as the API answers it, in `rejected` or as the request's error. */
+export function rejectionOf(d: DeadLetter): Rejection {
+  return d.where === undefined
+    ? { code: d.code, message: d.reason }
+    : { code: d.code, message: d.reason, where: d.where }
 }
 
 /**
@@ -337,5 +345,5 @@ export function normalizeEvent(
   if (sentAt !== undefined) event.sentAt = new Date(sentAt).toISOString()
   if (input.imported) event.imported = true
   if (timestampClamped) event.timestampClamped = true
-  return { ok: true, event }
+  return ok(event)
 }

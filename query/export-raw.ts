@@ -17,10 +17,9 @@ import {
   vectorFromArray,
 } from 'apache-arrow'
 import type { FastifyReply, FastifyRequest } from 'fastify'
-import { type ArchivedRow, openArchiveRange } from '../batch/archive-range.js'
-import { archiveKey } from '../batch/archiver.js'
-import { ARCHIVE_GROUP, batchPaths } from '../batch/context.js'
-import { CorruptSegmentError } from '../batch/segment-reader.js'
+import { type ArchivedRow, openArchiveRange } from '../core/archive/archive-range.js'
+import { ARCHIVE_GROUP, archiveKey, batchPaths } from '../core/archive/paths.js'
+import { CorruptSegmentError } from '../core/archive/segment-reader.js'
 import type { TallyConfig } from '../core/config.js'
 import { errorMessage, ServiceUnavailableError, TallyError } from '../core/errors.js'
 import type { ArchiveStateStore } from '../core/ports/batch-store.js'
@@ -36,7 +35,7 @@ import { badParameter, iso } from './range.js'
  * Arrow segments the archiver writes by event hour and partition (batch/archiver.ts).
  *
  * Before the answer starts, the segments of the event hours overlapping [from, to) are listed and
- * read once to find duplicate messageIds (batch/archive-range.ts, the rebuild's dedup: bounded
+ * read once to find duplicate messageIds (core/archive/archive-range.ts, the rebuild's dedup: bounded
  * memory, spill files beyond a budget), and the archive's progress is read for `complete_through`.
  * A corrupt segment found then is an error answer (500 TALLY_ERR_CORRUPT_SEGMENT naming the file).
  * Then the body streams: segments are read again one at a time, with their raw sidecars, and the

@@ -127,7 +127,7 @@ export async function startQuery(
       hllPrecision: config.stream.hllPrecision,
       retentionSeconds: config.stream.ttlSeconds,
       metrics,
-      // Raw events come from the Arrow archive (batch/), read-only, deduplicated like a rebuild.
+      // Raw events come from the Arrow archive (core/archive/), read-only, deduplicated like a rebuild.
       rawEvents: archiveRawEventSource(
         config,
         { archive, offsets },

@@ -30,7 +30,7 @@ import type { Dimension } from '../core/aggregate/definition.js'
  *
  * Rows are sorted by site (then offset): a site's rows are one run, so a rebuild of one site reads
  * one slice. The file name carries the partition, the offset range of the flush, the row count and
- * a CRC-32 of the file (see batch/segment-file.ts).
+ * a CRC-32 of the file (see core/archive/segment-file.ts).
  */
 
 /** Written into the schema metadata; a reader refuses other versions. */

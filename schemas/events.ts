@@ -94,31 +94,3 @@ export const RawEventV1 = Type.Object({
   timestampClamped: Type.Optional(Type.Boolean()),
 })
 export type RawEventV1 = Static<typeof RawEventV1>
-
-/**
- * Kafka header names carried with raw events. `x-request-id` is written only when the request id
- * is not the trace id of `traceparent`: ingest makes the two the same unless the client sent an
- * `x-request-id` of its own, and every header costs the producer a few microseconds per record.
- * Read the request id with requestIdOf.
- */
-export const HEADERS = {
-  traceparent: 'traceparent',
-  requestId: 'x-request-id',
-  schemaVersion: 'tally-schema-version',
-  siteId: 'tally-site-id',
-} as const
-
-const TRACEPARENT = /^00-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$/
-/** The trace id W3C reserves as invalid. */
-export const ZERO_TRACE_ID = '0'.repeat(32)
-
-/** The trace id of a valid W3C traceparent (version 00, trace id not all zeros), else undefined. */
-export function traceIdOf(traceparent: string | undefined): string | undefined {
-  const m = traceparent === undefined ? null : TRACEPARENT.exec(traceparent)
-  return m && m[1] !== ZERO_TRACE_ID ? m[1] : undefined
-}
-
-/** A raw record's request id: its `x-request-id` header, else the trace id of its traceparent. */
-export function requestIdOf(headers: Readonly<Record<string, string | undefined>>): string | undefined {
-  return headers[HEADERS.requestId] ?? traceIdOf(headers[HEADERS.traceparent])
-}

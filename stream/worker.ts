@@ -26,7 +26,7 @@ import type {
   RecordBatch,
 } from '../core/ports/event-log.js'
 import type { ProgressPublisher } from '../core/ports/progress-notices.js'
-import { requestIdOf } from '../schemas/events.js'
+import { HEADERS, requestIdOf } from '../core/record/headers.js'
 import { DedupSet } from './dedup.js'
 import type { StreamMetrics } from './metrics.js'
 import { classify, decode, dedup, validate } from './pipeline.js'
@@ -370,8 +370,8 @@ export class StreamWorker extends PartitionOwner<PartitionState> {
         continue
       }
       const decoded = decode(record)
-      const valid = decoded.kind === 'ok' ? validate(decoded.value) : decoded
-      if (valid.kind === 'dlq') {
+      const valid = decoded.ok ? validate(decoded.event) : decoded
+      if (!valid.ok) {
         deadLetters.push({
           offset: record.offset,
           code: valid.code,
@@ -381,20 +381,19 @@ export class StreamWorker extends PartitionOwner<PartitionState> {
         })
         continue
       }
-      if (valid.kind !== 'ok') continue
-      const d = valid.value
+      const d = valid.event
       if (d.receivedMs > state.watermarkMs) state.watermarkMs = d.receivedMs
       const unique = dedup(d, state.dedup)
-      if (unique.kind !== 'ok') {
+      if (!unique.ok) {
         metrics.records.inc({ outcome: 'duplicate' })
         continue
       }
       const counts = classify(d, state.watermarkMs - config.graceMs, state.watermarkMs + config.maxFutureMs)
-      if (counts.kind !== 'ok') {
+      if (!counts.ok) {
         metrics.records.inc({ outcome: counts.kind === 'drop' ? counts.reason : 'dead_letter' })
         if (counts.kind === 'drop' && (counts.reason === 'late' || counts.reason === 'future')) {
           this.deps.logger.debug(
-            { partition, offset: record.offset, traceparent: record.headers.traceparent },
+            { partition, offset: record.offset, traceparent: record.headers[HEADERS.traceparent] },
             `${counts.reason} event left to batch`,
           )
         }
@@ -505,14 +504,14 @@ export class StreamWorker extends PartitionOwner<PartitionState> {
           sourceTopic: this.deps.topic,
           sourcePartition: state.ref.partition,
           sourceOffset: i.offset,
-          traceparent: i.headers.traceparent ?? null,
+          traceparent: i.headers[HEADERS.traceparent] ?? null,
           requestId: requestIdOf(i.headers) ?? null,
           consumerGroup: this.deps.config.group,
           at: new Date().toISOString(),
           original: i.value ? i.value.toString('base64') : null,
         }),
       ),
-      headers: { ...i.headers, 'tally-dlq-code': i.code },
+      headers: { ...i.headers, [HEADERS.deadLetterCode]: i.code },
     }))
     await this.untilStopped(
       () => this.deps.deadLetters.append(this.deps.deadLetterTopic, records),
@@ -526,7 +525,7 @@ export class StreamWorker extends PartitionOwner<PartitionState> {
           partition: state.ref.partition,
           offset: i.offset,
           code: i.code,
-          traceparent: i.headers.traceparent,
+          traceparent: i.headers[HEADERS.traceparent],
         },
         `dead letter: ${i.reason}`,
       )

@@ -5,13 +5,17 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { startArchiver } from '../../batch/archive-role.js'
-import { archiveKey } from '../../batch/archiver.js'
-import { ARCHIVE_GROUP, batchPaths } from '../../batch/context.js'
 import { decodeRecord } from '../../batch/decode.js'
-import { hourRelDir, listSegments, type SegmentRef, segmentFileName } from '../../batch/segment-file.js'
-import { int64At, readRawSegment, readSegment } from '../../batch/segment-reader.js'
-import { encodeSegment } from '../../batch/segment-writer.js'
 import { generateWorkload } from '../../bench/workload.js'
+import { ARCHIVE_GROUP, archiveKey, batchPaths } from '../../core/archive/paths.js'
+import {
+  hourRelDir,
+  listSegments,
+  type SegmentRef,
+  segmentFileName,
+} from '../../core/archive/segment-file.js'
+import { int64At, readRawSegment, readSegment } from '../../core/archive/segment-reader.js'
+import { encodeSegment } from '../../core/archive/segment-writer.js'
 import { CassandraArchiveStateStore } from '../../core/cassandra/batch-store.js'
 import { createCassandraClient } from '../../core/cassandra/client.js'
 import { CassandraSiteStore } from '../../core/cassandra/sites.js'

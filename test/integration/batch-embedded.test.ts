@@ -2,12 +2,11 @@ import { readdir } from 'node:fs/promises'
 import { join } from 'node:path'
 import { Registry } from 'prom-client'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { Archiver, archiveKey } from '../../batch/archiver.js'
-import { ARCHIVE_GROUP, archiveBehind } from '../../batch/context.js'
+import { Archiver } from '../../batch/archiver.js'
+import { archiveBehind } from '../../batch/context.js'
 import { readJobs } from '../../batch/jobs.js'
 import { createArchiveMetrics } from '../../batch/metrics.js'
 import { rangeName, runRebuild } from '../../batch/rebuild.js'
-import { archiveTopicDir, listSegments, stagingRelDir } from '../../batch/segment-file.js'
 import {
   type GeneratedEvent,
   generateWorkload,
@@ -17,6 +16,8 @@ import {
   windowKey,
 } from '../../bench/workload.js'
 import { DIMENSION_GRANULARITIES, DIMENSIONS, GRANULARITIES } from '../../core/aggregate/definition.js'
+import { ARCHIVE_GROUP, archiveKey } from '../../core/archive/paths.js'
+import { archiveTopicDir, listSegments, stagingRelDir } from '../../core/archive/segment-file.js'
 import { type EmbeddedBackend, openEmbedded } from '../../core/embedded/index.js'
 import { HyperLogLog } from '../../core/hll.js'
 import { createLogger } from '../../core/log.js'

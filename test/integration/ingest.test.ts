@@ -10,7 +10,8 @@ import type { LightMyRequestResponse } from 'fastify'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { loadConfig } from '../../core/config.js'
 import type { Site } from '../../core/ports/site-store.js'
-import { type EventType, RAW_EVENT_SCHEMA_VERSION, requestIdOf } from '../../schemas/events.js'
+import { requestIdOf } from '../../core/record/headers.js'
+import { type EventType, RAW_EVENT_SCHEMA_VERSION } from '../../schemas/events.js'
 import { cleanup, envOf, eventually, testConfig } from '../helpers/context.js'
 import {
   basic,

@@ -2,21 +2,22 @@ import { readdir } from 'node:fs/promises'
 import { join } from 'node:path'
 import { Registry } from 'prom-client'
 import { afterAll, describe, expect, it } from 'vitest'
-import { Archiver, archiveKey } from '../../batch/archiver.js'
-import { ARCHIVE_GROUP, archiveBehind } from '../../batch/context.js'
+import { Archiver } from '../../batch/archiver.js'
+import { archiveBehind } from '../../batch/context.js'
 import { createArchiveMetrics } from '../../batch/metrics.js'
 import { runRebuild } from '../../batch/rebuild.js'
-import { archiveTopicDir, parseSegmentFileName } from '../../batch/segment-file.js'
-import { readRawSegment, readSegment } from '../../batch/segment-reader.js'
 import { GRANULARITIES, windowStart } from '../../core/aggregate/definition.js'
+import { ARCHIVE_GROUP, archiveKey } from '../../core/archive/paths.js'
+import { archiveTopicDir, parseSegmentFileName } from '../../core/archive/segment-file.js'
+import { readRawSegment, readSegment } from '../../core/archive/segment-reader.js'
 import { loadConfig } from '../../core/config.js'
 import { type EmbeddedBackend, openEmbedded } from '../../core/embedded/index.js'
 import { createLogger } from '../../core/log.js'
 import type { StreamStore } from '../../core/ports/aggregate-store.js'
 import type { LogRecord } from '../../core/ports/event-log.js'
+import { HEADERS } from '../../core/record/headers.js'
 import { normalizeEvent } from '../../ingest/normalize.js'
 import { UserAgentParser } from '../../ingest/user-agent.js'
-import { HEADERS } from '../../schemas/events.js'
 import { createStreamMetrics } from '../../stream/metrics.js'
 import { StreamWorker } from '../../stream/worker.js'
 import { tempDataDir } from '../contract/backends.js'
@@ -109,7 +110,7 @@ function records(): LogRecord[] {
       limits,
       ua,
     )
-    if (!r.ok) throw new Error(`${s.messageId}: ${r.rejection.message}`)
+    if (!r.ok) throw new Error(`${s.messageId}: ${r.reason}`)
     expect(Date.parse(r.event.timestamp)).toBe(s.timestampMs)
     return {
       key: `${SITE}:${r.event.anonymousId}`,

@@ -6,13 +6,13 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { decodeRecord } from '../../batch/decode.js'
 import { LeaseLostError, RangeBusyError } from '../../batch/lease.js'
 import { type RebuildSettings, runRebuild } from '../../batch/rebuild.js'
-import { hourRelDir, segmentFileName } from '../../batch/segment-file.js'
-import { CorruptSegmentError } from '../../batch/segment-reader.js'
-import { type ArchivedEvent, encodeSegment } from '../../batch/segment-writer.js'
 import { generateWorkload } from '../../bench/workload.js'
 import { kindOf, visitorId, windowStart } from '../../core/aggregate/definition.js'
 import { type FinalSpan, scopeOf, spanStartOf } from '../../core/aggregate/final.js'
 import { RowAccumulator, rowKeysFor } from '../../core/aggregate/rows.js'
+import { hourRelDir, segmentFileName } from '../../core/archive/segment-file.js'
+import { CorruptSegmentError } from '../../core/archive/segment-reader.js'
+import { type ArchivedEvent, encodeSegment } from '../../core/archive/segment-writer.js'
 import { HyperLogLog, hash64 } from '../../core/hll.js'
 import { createLogger } from '../../core/log.js'
 import type {
@@ -213,7 +213,7 @@ function logWorkload(seed: number, start: string, spanMs: number, events: number
       },
       ua,
     )
-    if (!r.ok) throw new Error(r.rejection.message)
+    if (!r.ok) throw new Error(r.reason)
     const e = r.event
     const partition = partitionOf(`${e.siteId}:${e.anonymousId ?? e.userId ?? e.messageId}`)
     out.push({ partition, offset: next[partition]++, value: Buffer.from(JSON.stringify(e)), event: e })

@@ -8,7 +8,7 @@ import {
   parseSegmentFileName,
   type SegmentRef,
   segmentFileName,
-} from '../../batch/segment-file.js'
+} from '../../core/archive/segment-file.js'
 import {
   bit,
   CorruptSegmentError,
@@ -16,8 +16,8 @@ import {
   rawSidecarPath,
   readRawSegment,
   readSegment,
-} from '../../batch/segment-reader.js'
-import { type ArchivedEvent, encodeSegment } from '../../batch/segment-writer.js'
+} from '../../core/archive/segment-reader.js'
+import { type ArchivedEvent, encodeSegment } from '../../core/archive/segment-writer.js'
 import { hash64 } from '../../core/hll.js'
 import { COLUMNS } from '../../schemas/arrow.js'
 

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest'
-import { depthExceeds, type NormalizeInput, normalizeEvent } from '../../ingest/normalize.js'
+import { depthExceeds, type NormalizeInput, normalizeEvent, rejectionOf } from '../../ingest/normalize.js'
 import { UserAgentParser } from '../../ingest/user-agent.js'
 import { expectedRawEvent, USER_AGENTS } from '../helpers/raw-event.js'
 
@@ -28,14 +28,14 @@ function input(over: Partial<NormalizeInput> = {}): NormalizeInput {
 
 function ok(payload: unknown, inp: NormalizeInput) {
   const r = normalizeEvent(payload, inp, limits, parser)
-  if (!r.ok) throw new Error(`rejected: ${r.rejection.code} ${r.rejection.message}`)
+  if (!r.ok) throw new Error(`rejected: ${r.code} ${r.reason}`)
   return r.event
 }
 
 function rejection(payload: unknown, inp: NormalizeInput = input(), lim = limits) {
   const r = normalizeEvent(payload, inp, lim, parser)
   if (r.ok) throw new Error('accepted, expected a rejection')
-  return r.rejection
+  return rejectionOf(r)
 }
 
 describe('normalizeEvent: enrichment', () => {

@@ -2,8 +2,8 @@ import { mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
-import { fsyncDir, writeFileDurably } from '../../batch/segment-file.js'
 import { StagingArea } from '../../batch/staging.js'
+import { fsyncDir, writeFileDurably } from '../../core/archive/segment-file.js'
 import { lockDataDir } from '../../core/embedded/lock.js'
 import { openDatabase } from '../../core/embedded/sqlite.js'
 

@@ -1,7 +1,6 @@
 import { describe, expect, it } from 'vitest'
 import { decodeRecord } from '../../batch/decode.js'
-import { traceContext } from '../../core/http.js'
-import { HEADERS, requestIdOf, traceIdOf } from '../../schemas/events.js'
+import { HEADERS, requestIdOf, traceContext, traceIdOf } from '../../core/record/headers.js'
 
 const TRACE = '4bf92f3577b34da6a3ce929d0e0e4736'
 const PARENT = `00-${TRACE}-00f067aa0ba902b7-01`

@@ -1,6 +1,6 @@
 import { chmod, open, readdir } from 'node:fs/promises'
 import { basename, dirname, join } from 'node:path'
-import { PRIVATE_DIR_MODE, PRIVATE_FILE_MODE } from '../core/private-files.js'
+import { PRIVATE_DIR_MODE, PRIVATE_FILE_MODE } from '../private-files.js'
 
 /**
  * Where archive segments live and what their names say.

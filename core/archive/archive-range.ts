@@ -1,8 +1,8 @@
 import { mkdir, mkdtemp, rm } from 'node:fs/promises'
 import { join } from 'node:path'
-import type { Dimension } from '../core/aggregate/definition.js'
-import { TallyError } from '../core/errors.js'
-import { COLUMNS, DIMENSION_COLUMNS } from '../schemas/arrow.js'
+import { COLUMNS, DIMENSION_COLUMNS } from '../../schemas/arrow.js'
+import type { Dimension } from '../aggregate/definition.js'
+import { TallyError } from '../errors.js'
 import { findDuplicates, forEachSiteRun } from './dedup.js'
 import { listSegments, type SegmentRef } from './segment-file.js'
 import {
@@ -19,7 +19,7 @@ import {
  * raw-event export streams.
  *
  * `openArchiveRange` lists the segments of the event hours overlapping [fromMs, toMs) and runs the
- * rebuild's dedup pass over them (batch/dedup.ts: bounded memory, candidates spill to files beyond
+ * rebuild's dedup pass over them (core/archive/dedup.ts: bounded memory, candidates spill to files beyond
  * `maxDedupRowsInMemory`); it also notes which segments hold rows of the site inside the exact range.
  * `events()` then reads those segments again one at a time, with their raw sidecars, and yields
  * their rows: the next segment is read only when the consumer asks for more, so memory holds one

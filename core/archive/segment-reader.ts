@@ -2,7 +2,6 @@ import { readFile } from 'node:fs/promises'
 import { basename, dirname, join } from 'node:path'
 import { crc32 } from 'node:zlib'
 import { type Data, type Table, tableFromIPC } from 'apache-arrow'
-import { TallyError } from '../core/errors.js'
 import {
   COLUMNS,
   DIMENSION_COLUMNS,
@@ -10,7 +9,8 @@ import {
   SEGMENT_METADATA,
   schemaProblem,
   segmentFields,
-} from '../schemas/arrow.js'
+} from '../../schemas/arrow.js'
+import { TallyError } from '../errors.js'
 import { rawSidecarName, type SegmentRef } from './segment-file.js'
 
 const HOUR_MS = 3_600_000

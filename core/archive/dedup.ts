@@ -1,6 +1,6 @@
 import { type FileHandle, open, unlink } from 'node:fs/promises'
 import { join } from 'node:path'
-import { PRIVATE_FILE_MODE } from '../core/private-files.js'
+import { PRIVATE_FILE_MODE } from '../private-files.js'
 import { HI, LO, type SegmentColumns } from './segment-reader.js'
 
 /**

@@ -12,14 +12,14 @@ import {
   Utf8,
   vectorFromArray,
 } from 'apache-arrow'
-import type { Dimension } from '../core/aggregate/definition.js'
 import {
   COLUMNS,
   DIMENSION_COLUMNS,
   rawSegmentSchema,
   type SegmentMetadata,
   segmentSchema,
-} from '../schemas/arrow.js'
+} from '../../schemas/arrow.js'
+import type { Dimension } from '../aggregate/definition.js'
 
 /** One raw-log event as the archiver keeps it until its segment is written. */
 export interface ArchivedEvent {
