@@ -8,7 +8,6 @@ import {
   type BatchPathOptions,
   type BatchStores,
   batchPaths,
-  openBatchStores,
   parseTime,
   processOwner,
 } from './context.js'
@@ -105,27 +104,23 @@ async function checkArchive(
 export async function rebuild(
   config: TallyConfig,
   logger: Logger,
-  options: RebuildOptions,
+  options: RebuildOptions & { stores: BatchStores },
 ): Promise<RebuildResult> {
   const fromMs = parseTime(options.from, '--from')
   const toMs = parseTime(options.to, '--to')
-  const stores = await openBatchStores(config, logger)
-  try {
-    await checkArchive(config, logger, stores, toMs, options)
-    return await runRebuild(
-      { leases: stores.leases, jobs: stores.jobs, rows: stores.rows, logger },
-      rebuildSettings(config, options),
-      {
-        siteId: options.site,
-        fromMs,
-        toMs,
-        skipCorrupt: options.skipCorrupt ?? false,
-        kind: options.kind ?? 'manual',
-        ...(options.onProgress ? { onProgress: options.onProgress } : {}),
-        ...(options.signal ? { signal: options.signal } : {}),
-      },
-    )
-  } finally {
-    await stores.close()
-  }
+  const { stores } = options
+  await checkArchive(config, logger, stores, toMs, options)
+  return await runRebuild(
+    { leases: stores.leases, jobs: stores.jobs, rows: stores.rows, logger },
+    rebuildSettings(config, options),
+    {
+      siteId: options.site,
+      fromMs,
+      toMs,
+      skipCorrupt: options.skipCorrupt ?? false,
+      kind: options.kind ?? 'manual',
+      ...(options.onProgress ? { onProgress: options.onProgress } : {}),
+      ...(options.signal ? { signal: options.signal } : {}),
+    },
+  )
 }

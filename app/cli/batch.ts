@@ -1,19 +1,12 @@
 import type { Command } from 'commander'
-import {
-  formatJobs,
-  importFile,
-  listJobs,
-  progressPrinter,
-  rebuild,
-  startArchiver,
-  startBatch,
-} from '../../batch/index.js'
+import { formatJobs, progressPrinter } from '../../batch/index.js'
+import { UsageError } from '../../core/errors.js'
+import { createLogger } from '../../core/log.js'
 import { normalizeEvent } from '../../ingest/normalize.js'
 import { UserAgentParser } from '../../ingest/user-agent.js'
-import { UsageError } from '../errors.js'
-import { createLogger } from '../log.js'
-import type { ConfigLoader } from './main.js'
-import { runRole } from './run-role.js'
+import { importFile, listJobs, rebuild, startArchiver, startBatch } from '../start.js'
+import type { ConfigLoader } from './config-loader.js'
+import { announceBackend, runRole } from './run-role.js'
 
 function positiveInt(name: string) {
   return (raw: string): number => {
@@ -108,6 +101,7 @@ are written) makes each range run once at a time; a job that loses its lease sto
             throw new UsageError(`${name} "${v}" is not an ISO 8601 date or date-time`)
         }
         const config = getConfig()
+        announceBackend(config, 'rebuild', 'on-terminal')
         const logger = createLogger(opts.json ? 'warn' : config.logLevel, { role: 'rebuild' })
         const progress = progressPrinter()
         const result = await rebuild(config, logger, {
@@ -133,6 +127,7 @@ are written) makes each range run once at a time; a job that loses its lease sto
     .option('--json', 'print JSON', false)
     .action(async (opts: { limit: number; days: number; json: boolean }) => {
       const config = getConfig()
+      announceBackend(config, 'jobs', 'on-terminal')
       const runs = await listJobs(config, createLogger('warn'), { limit: opts.limit, days: opts.days })
       process.stdout.write(opts.json ? `${JSON.stringify(runs)}\n` : `${formatJobs(runs)}\n`)
     })
@@ -151,6 +146,7 @@ are written) makes each range run once at a time; a job that loses its lease sto
     )
     .action(async (file: string, opts: { site: string; json: boolean }) => {
       const config = getConfig()
+      announceBackend(config, 'import', 'on-terminal')
       const logger = createLogger(config.logLevel, { role: 'import' })
       const ua = new UserAgentParser()
       const limits = { maxEventBytes: config.ingest.maxEventBytes, maxDepth: config.ingest.maxDepth }
