@@ -4,17 +4,12 @@ import { join } from 'node:path'
 import { collectDefaultMetrics, Registry } from 'prom-client'
 import { ARCHIVE_GROUP, type BatchPathOptions, batchPaths } from '../core/archive/paths.js'
 import { stagingRelDir } from '../core/archive/segment-file.js'
-import type { SharedPorts } from '../core/backend.js'
-import { CassandraArchiveStateStore } from '../core/cassandra/batch-store.js'
-import { createCassandraClient } from '../core/cassandra/client.js'
 import type { TallyConfig } from '../core/config.js'
 import { createHttpServer, listenOrExplain } from '../core/http.js'
-import { createKafka } from '../core/kafka/client.js'
-import { KafkaGroupConsumer, KafkaOffsets } from '../core/kafka/consumer.js'
 import { once } from '../core/lifecycle.js'
 import type { Logger } from '../core/log.js'
+import type { Ports } from '../core/ports/backend.js'
 import type { ArchiveStateStore } from '../core/ports/batch-store.js'
-import type { EventLogConsumer, LogOffsets } from '../core/ports/event-log.js'
 import { makePrivateDir, PRIVATE_DIR_MODE } from '../core/private-files.js'
 import { Archiver } from './archiver.js'
 import { processOwner } from './context.js'
@@ -47,13 +42,13 @@ export interface ArchiverComponent {
 }
 
 /**
- * An archiver reporting into `registry`, its state in `store`: over its own Kafka consumer, or over
- * the shared ports of this process (embedded backend).
+ * An archiver reporting into `registry`, its state in `store`, reading through a consumer of the
+ * ports (closed here; the ports themselves are closed by their owner).
  */
 export async function createArchiverComponent(
   config: TallyConfig,
   logger: Logger,
-  source: { store: ArchiveStateStore; ports?: SharedPorts | undefined },
+  source: { store: ArchiveStateStore; ports: Pick<Ports, 'consumer' | 'offsets'> },
   registry: Registry,
   options: ArchiverRoleOptions = {},
 ): Promise<ArchiverComponent> {
@@ -66,19 +61,8 @@ export async function createArchiverComponent(
     sessionTimeoutMs: options.sessionTimeoutMs ?? config.stream.sessionTimeoutMs,
     logger,
   }
-  let consumer: EventLogConsumer
-  let offsets: LogOffsets
-  let release = async () => {}
-  if (source.ports) {
-    consumer = source.ports.consumer(request)
-    offsets = source.ports.offsets
-  } else {
-    const kafka = createKafka(config.kafka, { logger })
-    const kafkaOffsets = new KafkaOffsets(kafka)
-    consumer = new KafkaGroupConsumer(kafka, request)
-    offsets = kafkaOffsets
-    release = () => kafkaOffsets.close()
-  }
+  const consumer = source.ports.consumer(request)
+  const offsets = source.ports.offsets
   const archiver = new Archiver(
     {
       consumer,
@@ -108,10 +92,7 @@ export async function createArchiverComponent(
   for (let p = 0; p < config.kafka.partitions; p++) {
     await makePrivateDir(join(paths.topicDir, stagingRelDir(p)))
   }
-  const close = once(async () => {
-    await archiver.close()
-    await release()
-  })
+  const close = once(() => archiver.close())
   try {
     await archiver.start()
   } catch (err) {
@@ -141,7 +122,11 @@ export interface RunningArchiver {
 export async function startArchiver(
   config: TallyConfig,
   logger: Logger,
-  options: ArchiverRoleOptions & { port?: number } = {},
+  options: ArchiverRoleOptions & {
+    port?: number
+    /** The backend (built by app/); closed by its owner after the role. */
+    ports: Pick<Ports, 'consumer' | 'offsets' | 'batch'>
+  },
 ): Promise<RunningArchiver> {
   const registry = new Registry()
   collectDefaultMetrics({ register: registry, prefix: 'tally_archive_' })
@@ -165,19 +150,17 @@ export async function startArchiver(
     "the archiver's /metrics",
     'PORT',
   )
-  const cassandra = createCassandraClient(config.cassandra, { keyspace: config.cassandra.keyspace })
+  const { ports, ...archiverOptions } = options
   try {
-    await cassandra.connect()
     component = await createArchiverComponent(
       config,
       logger,
-      { store: new CassandraArchiveStateStore(cassandra) },
+      { store: ports.batch.archive, ports },
       registry,
-      options,
+      archiverOptions,
     )
   } catch (err) {
     await app.close()
-    await cassandra.shutdown()
     throw err
   }
   const running = component
@@ -185,11 +168,11 @@ export async function startArchiver(
     url,
     archiver: running.archiver,
     registryText: () => registry.metrics(),
-    // Order: stop HTTP, close buffers into segments and leave the group, close Cassandra.
+    // Order: stop HTTP, close buffers into segments and leave the group (the ports' owner closes
+    // Cassandra after).
     close: once(async () => {
       await app.close()
       await running.close()
-      await cassandra.shutdown()
     }),
     abort: () => running.abort(),
   }

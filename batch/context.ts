@@ -1,17 +1,6 @@
 import { hostname } from 'node:os'
-import { openEmbeddedBackend } from '../core/backend.js'
-import {
-  CassandraArchiveStateStore,
-  CassandraFinalRowStore,
-  CassandraJobStore,
-  CassandraLeaseStore,
-} from '../core/cassandra/batch-store.js'
-import { createCassandraClient } from '../core/cassandra/client.js'
-import { backendOf, type TallyConfig } from '../core/config.js'
+import type { TallyConfig } from '../core/config.js'
 import { UsageError } from '../core/errors.js'
-import { createKafka } from '../core/kafka/client.js'
-import { KafkaOffsets } from '../core/kafka/consumer.js'
-import type { Logger } from '../core/log.js'
 import type {
   ArchiveProgress,
   ArchiveStateStore,
@@ -32,33 +21,6 @@ export interface BatchStores {
   rows: FinalRowStore
   archive: ArchiveStateStore
   offsets: LogOffsets
-  close(): Promise<void>
-}
-
-/**
- * The batch stores of the configured backend for a command (`tally rebuild`, `tally jobs`): one
- * Cassandra connection (and a lazy Kafka admin), or the embedded backend, which takes the data
- * folder (refused, naming the holder, while `tally all` runs on it).
- */
-export async function openBatchStores(config: TallyConfig, logger?: Logger): Promise<BatchStores> {
-  if (backendOf(config) === 'embedded') {
-    const embedded = openEmbeddedBackend(config, logger)
-    return { ...embedded.batch, offsets: embedded.log, close: () => embedded.close() }
-  }
-  const cassandra = createCassandraClient(config.cassandra, { keyspace: config.cassandra.keyspace })
-  await cassandra.connect()
-  const offsets = new KafkaOffsets(createKafka(config.kafka))
-  return {
-    leases: new CassandraLeaseStore(cassandra),
-    jobs: new CassandraJobStore(cassandra),
-    rows: new CassandraFinalRowStore(cassandra, config.stream.ttlSeconds),
-    archive: new CassandraArchiveStateStore(cassandra),
-    offsets,
-    close: async () => {
-      await offsets.close().catch(() => undefined)
-      await cassandra.shutdown()
-    },
-  }
 }
 
 /**

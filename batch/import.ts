@@ -3,15 +3,10 @@ import { createReadStream } from 'node:fs'
 import { createInterface } from 'node:readline'
 import type { Readable } from 'node:stream'
 import { createGunzip } from 'node:zlib'
-import { openEmbeddedBackend } from '../core/backend.js'
-import { createCassandraClient } from '../core/cassandra/client.js'
-import { CassandraSiteStore } from '../core/cassandra/sites.js'
-import { backendOf, type TallyConfig } from '../core/config.js'
-import type { EmbeddedBackend } from '../core/embedded/index.js'
+import type { TallyConfig } from '../core/config.js'
 import { errorMessage, UsageError } from '../core/errors.js'
-import { createKafka } from '../core/kafka/client.js'
-import { KafkaBatchingProducer } from '../core/kafka/producer.js'
 import type { Logger } from '../core/log.js'
+import type { Ports } from '../core/ports/backend.js'
 import type { EventLogWriter, LogRecord } from '../core/ports/event-log.js'
 import { toLogRecord } from '../core/record/codec.js'
 import { recordHeaders, traceContext } from '../core/record/headers.js'
@@ -44,8 +39,10 @@ export interface ImportOptions {
   /** Refuse a site id that is not registered. Default true. */
   checkSite?: boolean
   onProgress?: (p: { lines: number; accepted: number; rejected: number }) => void
-  /** The log to append to (tests); default a Kafka producer from the configuration. */
+  /** The log to append to (tests); default a writer of the ports, closed at the end. */
   log?: EventLogWriter
+  /** The backend (built by app/): its sites (checked unless checkSite is false) and log. */
+  ports: Pick<Ports, 'writer' | 'sites'>
 }
 
 export interface ImportResult {
@@ -73,45 +70,12 @@ export async function importFile(
   logger: Logger,
   options: ImportOptions,
 ): Promise<ImportResult> {
-  const embedded =
-    options.log === undefined && backendOf(config) === 'embedded'
-      ? openEmbeddedBackend(config, logger)
-      : undefined
-  try {
-    if (options.checkSite ?? true) await checkSite(config, embedded, options.siteId)
-    const own = options.log === undefined
-    const log =
-      options.log ??
-      embedded?.log.writer() ??
-      new KafkaBatchingProducer(createKafka(config.kafka, { logger }), {
-        logger,
-        appendTimeoutMs: 60_000,
-        lingerMs: 5,
-      })
-    if (log instanceof KafkaBatchingProducer && own) await log.connect()
-    return await importInto(config, logger, log, own, options)
-  } finally {
-    await embedded?.close()
-  }
-}
-
-async function checkSite(
-  config: TallyConfig,
-  embedded: EmbeddedBackend | undefined,
-  siteId: string,
-): Promise<void> {
-  let known: boolean
-  if (embedded) known = (await embedded.sites.get(siteId)) !== undefined
-  else {
-    const cassandra = createCassandraClient(config.cassandra, { keyspace: config.cassandra.keyspace })
-    try {
-      await cassandra.connect()
-      known = (await new CassandraSiteStore(cassandra).get(siteId)) !== undefined
-    } finally {
-      await cassandra.shutdown()
-    }
-  }
-  if (!known) throw new UsageError(`unknown site ${siteId}; create it with \`tally sites add\``)
+  const { ports } = options
+  if ((options.checkSite ?? true) && (await ports.sites.get(options.siteId)) === undefined)
+    throw new UsageError(`unknown site ${options.siteId}; create it with \`tally sites add\``)
+  const own = options.log === undefined
+  const log = options.log ?? (await ports.writer({ appendTimeoutMs: 60_000, lingerMs: 5 }))
+  return importInto(config, logger, log, own, options)
 }
 
 async function importInto(

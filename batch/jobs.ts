@@ -1,7 +1,7 @@
 import type { TallyConfig } from '../core/config.js'
 import type { Logger } from '../core/log.js'
 import type { JobRun, JobStore, LeaseStore } from '../core/ports/batch-store.js'
-import { openBatchStores } from './context.js'
+import type { BatchStores } from './context.js'
 
 /** Options of `tally jobs`. */
 export interface ListJobsOptions {
@@ -35,16 +35,11 @@ export async function readJobs(
 
 /** `tally jobs`: the recorded rebuild runs (status, range, events read, windows written, duration, error, warnings). */
 export async function listJobs(
-  config: TallyConfig,
+  _config: TallyConfig,
   _logger: Logger,
-  options: ListJobsOptions = {},
+  options: ListJobsOptions & { stores: Pick<BatchStores, 'jobs' | 'leases'> },
 ): Promise<JobRun[]> {
-  const stores = await openBatchStores(config)
-  try {
-    return await readJobs(stores.jobs, stores.leases, options)
-  } finally {
-    await stores.close()
-  }
+  return readJobs(options.stores.jobs, options.stores.leases, options)
 }
 
 function iso(ms: number): string {

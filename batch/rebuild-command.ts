@@ -5,7 +5,6 @@ import type { Logger } from '../core/log.js'
 import { sleep } from '../core/retry.js'
 import {
   type BatchStores,
-  openBatchStores,
   type PartitionBehind,
   parseTime,
   partitionsBehind,
@@ -168,28 +167,24 @@ async function awaitArchive(
 export async function rebuild(
   config: TallyConfig,
   logger: Logger,
-  options: RebuildOptions,
+  options: RebuildOptions & { stores: BatchStores },
 ): Promise<RebuildResult> {
   const fromMs = parseTime(options.from, '--from')
   const toMs = parseTime(options.to, '--to')
-  const stores = await openBatchStores(config, logger)
-  try {
-    const through = await awaitArchive(config, logger, stores, options)
-    return await runRebuild(
-      { leases: stores.leases, jobs: stores.jobs, rows: stores.rows, logger },
-      rebuildSettings(config, options),
-      {
-        siteId: options.site,
-        fromMs,
-        toMs,
-        skipCorrupt: options.skipCorrupt ?? false,
-        kind: options.kind ?? 'manual',
-        ...(options.onProgress ? { onProgress: options.onProgress } : {}),
-        ...(options.signal ? { signal: options.signal } : {}),
-        ...(through === undefined ? {} : { archiveCompleteThroughMs: through }),
-      },
-    )
-  } finally {
-    await stores.close()
-  }
+  const { stores } = options
+  const through = await awaitArchive(config, logger, stores, options)
+  return await runRebuild(
+    { leases: stores.leases, jobs: stores.jobs, rows: stores.rows, logger },
+    rebuildSettings(config, options),
+    {
+      siteId: options.site,
+      fromMs,
+      toMs,
+      skipCorrupt: options.skipCorrupt ?? false,
+      kind: options.kind ?? 'manual',
+      ...(options.onProgress ? { onProgress: options.onProgress } : {}),
+      ...(options.signal ? { signal: options.signal } : {}),
+      ...(through === undefined ? {} : { archiveCompleteThroughMs: through }),
+    },
+  )
 }

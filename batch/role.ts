@@ -1,16 +1,13 @@
 import { collectDefaultMetrics, Registry } from 'prom-client'
 import { ARCHIVE_GROUP, archiveKey } from '../core/archive/paths.js'
-import type { SharedPorts } from '../core/backend.js'
 import type { TallyConfig } from '../core/config.js'
 import { errorMessage } from '../core/errors.js'
 import { createHttpServer, listenOrExplain } from '../core/http.js'
-import { createKafka } from '../core/kafka/client.js'
-import { KafkaOffsets } from '../core/kafka/consumer.js'
 import { once } from '../core/lifecycle.js'
 import type { Logger } from '../core/log.js'
-import type { LogOffsets } from '../core/ports/event-log.js'
+import type { Ports } from '../core/ports/backend.js'
 import { type ArchiverComponent, type ArchiverRoleOptions, createArchiverComponent } from './archive-role.js'
-import { archiveBehind, openBatchStores } from './context.js'
+import { archiveBehind } from './context.js'
 import { createBatchMetrics } from './metrics.js'
 import { runRebuild } from './rebuild.js'
 import { type RebuildOptions, rebuildSettings } from './rebuild-command.js'
@@ -31,8 +28,8 @@ export interface StartBatchOptions
   archiver?: Omit<ArchiverRoleOptions, 'archiveDir'>
   /** Port of /metrics, /healthz, /readyz. Default PORT, else 9465. */
   port?: number
-  /** Ports shared by the roles of this process (embedded backend); default: its own Kafka and Cassandra. */
-  ports?: SharedPorts
+  /** The backend (built by app/); closed by its owner after the role. */
+  ports: Pick<Ports, 'batch' | 'offsets' | 'consumer'>
 }
 
 export interface RunningBatch {
@@ -52,7 +49,7 @@ export interface RunningBatch {
 export async function startBatch(
   config: TallyConfig,
   logger: Logger,
-  options: StartBatchOptions = {},
+  options: StartBatchOptions,
 ): Promise<RunningBatch> {
   // Bad settings fail before anything is opened.
   const jobs = defaultJobs(options)
@@ -86,17 +83,8 @@ export async function startBatch(
     "the batch role's /metrics",
     options.port === undefined ? 'PORT' : '--batch-port',
   )
-  const openStores = async () =>
-    ports ? { ...ports.batch, close: async () => {} } : await openBatchStores(config)
-  let stores: Awaited<ReturnType<typeof openStores>>
-  try {
-    stores = await openStores()
-  } catch (err) {
-    await app.close()
-    throw err
-  }
-  const kafkaOffsets = ports ? undefined : new KafkaOffsets(createKafka(config.kafka, { logger }))
-  const offsets: LogOffsets = ports?.offsets ?? (kafkaOffsets as KafkaOffsets)
+  const stores = ports.batch
+  const offsets = ports.offsets
   try {
     archiver =
       options.archive === false
@@ -107,8 +95,6 @@ export async function startBatch(
           })
   } catch (err) {
     await app.close().catch((closeErr: unknown) => logger.error({ err: closeErr }, 'closing HTTP failed'))
-    await kafkaOffsets?.close().catch(() => undefined)
-    await stores.close().catch(() => undefined)
     throw err
   }
   const settings = rebuildSettings(config, options)
@@ -138,14 +124,13 @@ export async function startBatch(
     options,
   )
   // Order: stop HTTP and cron (a running rebuild stops before its next write), close the
-  // archiver's buffers into segments and leave its group, then close the connections.
+  // archiver's buffers into segments and leave its group (the ports' owner closes the
+  // connections after).
   const runningArchiver = archiver
   const close = once(async () => {
     await app.close()
     await started.close()
     await runningArchiver?.close()
-    await kafkaOffsets?.close()
-    await stores.close()
   })
   try {
     started.start()

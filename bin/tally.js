@@ -3,7 +3,7 @@
 import { existsSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
 
-const main = new URL('../dist/core/cli/main.js', import.meta.url)
+const main = new URL('../dist/app/cli/main.js', import.meta.url)
 if (!existsSync(fileURLToPath(main))) {
   process.stderr.write('tally: not built yet; run `npm run build` (npm ci does it for you)\n')
   process.exit(1)

@@ -307,8 +307,9 @@ function deepFreeze<T>(value: T): T {
 }
 
 /**
- * The backend `tally all` runs on: TALLY_BACKEND when set, else embedded unless Kafka or Cassandra
- * is configured. Roles run one by one (`tally ingest`, …) always use Kafka and Cassandra.
+ * The backend every command talks to: TALLY_BACKEND when set, else embedded unless Kafka or
+ * Cassandra is configured. A role run in a process of its own (`tally ingest`, …) refuses the
+ * embedded backend, whose log and stores live inside one process (`tally all`).
  */
 export function backendOf(config: Pick<TallyConfig, 'backend' | 'kafka' | 'cassandra'>): BackendKind {
   if (config.backend !== 'auto') return config.backend
@@ -447,7 +448,7 @@ export function loadConfig(env: Env = process.env): TallyConfig {
 export const CONFIG_VARIABLES: ReadonlyArray<readonly [name: string, meaning: string]> = [
   [
     'TALLY_BACKEND',
-    'auto|embedded|kafka-cassandra; auto (default): `tally all` runs embedded unless KAFKA_BROKERS or CASSANDRA_CONTACT_POINTS is set',
+    'auto|embedded|kafka-cassandra; auto (default): every command uses the embedded backend unless KAFKA_BROKERS or CASSANDRA_CONTACT_POINTS is set',
   ],
   ['HOST', 'address the HTTP servers bind to (default 127.0.0.1)'],
   [

@@ -1,14 +1,8 @@
 import type { AddressInfo } from 'node:net'
-import type { SharedPorts } from '../core/backend.js'
-import { createCassandraClient } from '../core/cassandra/client.js'
-import { CassandraSiteStore } from '../core/cassandra/sites.js'
 import type { TallyConfig } from '../core/config.js'
-import { createKafka } from '../core/kafka/client.js'
-import { KafkaBatchingProducer } from '../core/kafka/producer.js'
 import { once } from '../core/lifecycle.js'
 import type { Logger } from '../core/log.js'
-import type { EventLogWriter } from '../core/ports/event-log.js'
-import type { SiteStore } from '../core/ports/site-store.js'
+import type { Ports } from '../core/ports/backend.js'
 import { buildIngestApp } from './app.js'
 import { createIngestMetrics } from './metrics.js'
 import { SiteCache } from './site-cache.js'
@@ -21,54 +15,35 @@ export interface RunningIngest {
 }
 
 export interface IngestRoleOptions {
-  /** Ports shared by the roles of this process (embedded backend); default: its own Kafka and Cassandra. */
-  ports?: SharedPorts
+  /** The backend (built by app/); closed by its owner after the role. */
+  ports: Pick<Ports, 'writer' | 'sites'>
   /** Port to listen on. Default: PORT, else 8080. */
   port?: number
 }
 
-/** Starts the ingest role: a log writer (Kafka producer or embedded log), a site cache, the HTTP server. */
+/** Starts the ingest role: a log writer from the ports, a site cache, the HTTP server. */
 export async function startIngest(
   config: TallyConfig,
   logger: Logger,
-  options: IngestRoleOptions = {},
+  options: IngestRoleOptions,
 ): Promise<RunningIngest> {
   const metrics = createIngestMetrics()
-  let log: EventLogWriter
-  let sites: SiteStore
-  let release = async () => {}
-  if (options.ports) {
-    log = options.ports.writer()
-    sites = options.ports.sites
-  } else {
-    const cassandra = createCassandraClient(config.cassandra, { keyspace: config.cassandra.keyspace })
-    await cassandra.connect()
-    const producer = new KafkaBatchingProducer(createKafka(config.kafka, { logger }), {
-      lingerMs: config.ingest.lingerMs,
-      compression: config.ingest.compression,
-      maxInFlightBatches: config.ingest.inFlightBatches,
-      appendTimeoutMs: config.ingest.appendTimeoutMs,
-      logger,
-      onSend: (records, _bytes, seconds, ok) => {
-        metrics.kafkaSendSeconds.observe({ outcome: ok ? 'ok' : 'error' }, seconds)
-        if (ok) metrics.kafkaBatchRecords.observe(records)
-      },
-    })
-    try {
-      await producer.connect()
-    } catch (err) {
-      await cassandra.shutdown()
-      throw err
-    }
-    log = producer
-    sites = new CassandraSiteStore(cassandra)
-    release = () => cassandra.shutdown()
-  }
+  const { ports } = options
+  const log = await ports.writer({
+    lingerMs: config.ingest.lingerMs,
+    compression: config.ingest.compression,
+    maxInFlightBatches: config.ingest.inFlightBatches,
+    appendTimeoutMs: config.ingest.appendTimeoutMs,
+    onSend: (records, _bytes, seconds, ok) => {
+      metrics.kafkaSendSeconds.observe({ outcome: ok ? 'ok' : 'error' }, seconds)
+      if (ok) metrics.kafkaBatchRecords.observe(records)
+    },
+  })
   const app = await buildIngestApp({
     config: config.ingest,
     topic: config.kafka.topicRaw,
     log,
-    sites: new SiteCache(sites, { ttlMs: config.ingest.siteCacheTtlMs }),
+    sites: new SiteCache(ports.sites, { ttlMs: config.ingest.siteCacheTtlMs }),
     metrics,
     logger,
   })
@@ -79,11 +54,10 @@ export async function startIngest(
   return {
     url,
     // Order: stop taking requests and let in-flight ones finish (they wait for their writes),
-    // then flush the producer, then close Cassandra (shared ports are closed by their owner).
+    // then flush the producer (the ports' owner closes Cassandra after).
     close: once(async () => {
       await app.close()
       await log.close()
-      await release()
     }),
   }
 }

@@ -1,20 +1,8 @@
 import type { AddressInfo } from 'node:net'
-import type { SharedPorts } from '../core/backend.js'
-import { CassandraAggregateReader } from '../core/cassandra/aggregate-reader.js'
-import { CassandraArchiveStateStore } from '../core/cassandra/batch-store.js'
-import { createCassandraClient } from '../core/cassandra/client.js'
-import { CassandraSiteStore } from '../core/cassandra/sites.js'
 import type { TallyConfig } from '../core/config.js'
-import { createKafka } from '../core/kafka/client.js'
-import { KafkaOffsets } from '../core/kafka/consumer.js'
-import { KafkaProgressListener } from '../core/kafka/progress.js'
 import { once } from '../core/lifecycle.js'
 import type { Logger } from '../core/log.js'
-import type { AggregateReader } from '../core/ports/aggregate-store.js'
-import type { ArchiveStateStore } from '../core/ports/batch-store.js'
-import type { LogOffsets } from '../core/ports/event-log.js'
-import type { ProgressListener } from '../core/ports/progress-notices.js'
-import type { SiteStore } from '../core/ports/site-store.js'
+import type { Ports } from '../core/ports/backend.js'
 import { buildQueryApp, type QueryAppDeps } from './app.js'
 import { ReadAccessCache } from './auth.js'
 import { archiveRawEventSource } from './export-raw.js'
@@ -40,52 +28,24 @@ export interface QueryRoleOptions {
   requestTimeoutMs?: number
   /** Port to listen on. Default: PORT, else 8081. */
   port?: number
-  /** Ports shared by the roles of this process (embedded backend); default: its own Cassandra connection. */
-  ports?: SharedPorts
+  /** The backend (built by app/); closed by its owner after the role. */
+  ports: Pick<Ports, 'reader' | 'sites' | 'batch' | 'offsets' | 'progress'>
 }
 
-/** Starts the query role: Cassandra (read only), site/token cache, HTTP server (port 8081 unless PORT). */
+/** Starts the query role: the stores of the ports (read only), site/token cache, HTTP server (port 8081 unless PORT). */
 export async function startQuery(
   config: TallyConfig,
   logger: Logger,
-  options: QueryRoleOptions = {},
+  options: QueryRoleOptions,
 ): Promise<RunningQuery> {
-  let reader: AggregateReader
-  let sites: SiteStore
-  let archive: Pick<ArchiveStateStore, 'progress'>
-  let offsets: LogOffsets
-  /** The stream's progress notices: heard only when data versions are reused at all. */
-  let notices: ProgressListener | undefined
-  const reuseVersions = config.query.versionMaxAgeMs > 0
-  const noticeRequest = { group: config.stream.group, topic: config.kafka.topicRaw, logger }
-  let release = async () => {}
-  if (options.ports) {
-    reader = options.ports.reader
-    sites = options.ports.sites
-    archive = options.ports.batch.archive
-    offsets = options.ports.offsets
-    if (reuseVersions) notices = options.ports.progress.listener(noticeRequest)
-  } else {
-    const cassandra = createCassandraClient(config.cassandra, { keyspace: config.cassandra.keyspace })
-    await cassandra.connect()
-    const kafka = createKafka(config.kafka, { logger })
-    const kafkaOffsets = new KafkaOffsets(kafka)
-    reader = new CassandraAggregateReader(cassandra, config.stream.hllPrecision)
-    sites = new CassandraSiteStore(cassandra)
-    archive = new CassandraArchiveStateStore(cassandra)
-    offsets = kafkaOffsets
-    if (reuseVersions)
-      notices = new KafkaProgressListener(kafka, {
-        ...noticeRequest,
-        topic: config.kafka.topicProgress,
-        streamTopic: config.kafka.topicRaw,
-      })
-    release = async () => {
-      await kafkaOffsets.close().catch(() => undefined)
-      await cassandra.shutdown()
-    }
-  }
-  const listener = notices
+  const { ports } = options
+  const { reader, sites, offsets } = ports
+  const archive = ports.batch.archive
+  // The stream's progress notices: heard only when data versions are reused at all.
+  const listener =
+    config.query.versionMaxAgeMs > 0
+      ? ports.progress.listener({ group: config.stream.group, topic: config.kafka.topicRaw, logger })
+      : undefined
   const metrics = createQueryMetrics({ noticesLive: () => listener?.live() ?? false })
   const freshness = new CheckpointFreshness(reader, {
     group: config.stream.group,
@@ -103,10 +63,9 @@ export async function startQuery(
     metrics.notices.inc()
     freshness.notify()
   })
-  const releaseStores = release
-  release = async () => {
+  // The ports' owner closes the stores after the role.
+  const release = async () => {
     await listener?.close()
-    await releaseStores()
   }
   // "Last used" of read tokens (tally sites tokens), written in the background.
   const tokenUses = new TokenUseRecorder(sites, {
@@ -144,7 +103,7 @@ export async function startQuery(
     logger.info({ url }, 'query listening')
     return {
       url,
-      // Order: stop taking requests and let in-flight ones (exports too) finish, then close Cassandra.
+      // Order: stop taking requests and let in-flight ones (exports too) finish, then stop hearing notices.
       close: once(async () => {
         await app.close()
         await tokenUses.settled()

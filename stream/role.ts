@@ -1,16 +1,9 @@
-import type { SharedPorts } from '../core/backend.js'
-import { createCassandraClient } from '../core/cassandra/client.js'
-import { CassandraStreamStore } from '../core/cassandra/stream-store.js'
 import type { TallyConfig } from '../core/config.js'
 import { createHttpServer, listenOrExplain } from '../core/http.js'
-import { createKafka } from '../core/kafka/client.js'
-import { KafkaGroupConsumer, KafkaOffsets } from '../core/kafka/consumer.js'
-import { KafkaBatchingProducer } from '../core/kafka/producer.js'
-import { KafkaProgressPublisher } from '../core/kafka/progress.js'
 import { once } from '../core/lifecycle.js'
 import type { Logger } from '../core/log.js'
-import type { StreamStore } from '../core/ports/aggregate-store.js'
-import type { EventLogConsumer, EventLogWriter, LogOffsets } from '../core/ports/event-log.js'
+import type { Ports } from '../core/ports/backend.js'
+import type { EventLogConsumer, EventLogWriter } from '../core/ports/event-log.js'
 import type { ProgressPublisher } from '../core/ports/progress-notices.js'
 import { createStreamMetrics } from './metrics.js'
 import { StreamWorker } from './worker.js'
@@ -34,7 +27,11 @@ export interface RunningStream {
 export async function startStream(
   config: TallyConfig,
   logger: Logger,
-  options: { port?: number; ports?: SharedPorts } = {},
+  options: {
+    port?: number
+    /** The backend (built by app/); closed by its owner after the role. */
+    ports: Pick<Ports, 'consumer' | 'streamStore' | 'writer' | 'offsets' | 'progress'>
+  },
 ): Promise<RunningStream> {
   const metrics = createStreamMetrics()
   let worker: StreamWorker | undefined
@@ -62,46 +59,21 @@ export async function startStream(
     sessionTimeoutMs: config.stream.sessionTimeoutMs,
     logger,
   }
+  const { ports } = options
   let consumer: EventLogConsumer
-  let store: StreamStore
   let deadLetters: EventLogWriter
-  let offsets: LogOffsets
   let progress: ProgressPublisher
-  let release = async () => {}
   const onSend = (ok: boolean) => metrics.progressNotices.inc({ outcome: ok ? 'sent' : 'failed' })
   try {
-    if (options.ports) {
-      consumer = options.ports.consumer(consumerRequest)
-      store = options.ports.streamStore
-      deadLetters = options.ports.writer()
-      offsets = options.ports.offsets
-      progress = options.ports.progress.publisher({ onSend })
-    } else {
-      const cassandra = createCassandraClient(config.cassandra, { keyspace: config.cassandra.keyspace })
-      await cassandra.connect()
-      const kafka = createKafka(config.kafka, { logger })
-      const producer = new KafkaBatchingProducer(kafka, { logger, appendTimeoutMs: 30_000 })
-      try {
-        await producer.connect()
-      } catch (err) {
-        await cassandra.shutdown()
-        throw err
-      }
-      const kafkaOffsets = new KafkaOffsets(kafka)
-      consumer = new KafkaGroupConsumer(kafka, consumerRequest)
-      store = new CassandraStreamStore(cassandra, config.stream.ttlSeconds)
-      deadLetters = producer
-      offsets = kafkaOffsets
-      progress = new KafkaProgressPublisher(kafka, { topic: config.kafka.topicProgress, logger, onSend })
-      release = async () => {
-        await kafkaOffsets.close()
-        await cassandra.shutdown()
-      }
-    }
+    deadLetters = await ports.writer({ appendTimeoutMs: 30_000 })
+    consumer = ports.consumer(consumerRequest)
+    progress = ports.progress.publisher({ onSend })
   } catch (err) {
     await app.close()
     throw err
   }
+  const store = ports.streamStore
+  const offsets = ports.offsets
   const started = new StreamWorker({
     config: config.stream,
     topic: config.kafka.topicRaw,
@@ -115,13 +87,12 @@ export async function startStream(
     progress,
   })
   // Order: stop metrics HTTP, flush + checkpoint + leave the group, send the last progress
-  // notices, flush dead letters, close Cassandra.
+  // notices, flush dead letters (the ports' owner closes Cassandra after).
   const close = once(async () => {
     await app.close()
     await started.close()
     await progress.close()
     await deadLetters.close()
-    await release()
   })
   try {
     await started.start()

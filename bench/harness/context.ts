@@ -34,7 +34,7 @@ export function benchScript(relative: string): string {
   return join(projectRoot(), 'dist', 'bench', relative)
 }
 
-/** Whether a compiled product file exists (`query/role.js`, `batch/run-rebuild.js`): colleagues' work lands piece by piece. */
+/** Whether a compiled product file exists (`query/role.js`, `app/run-rebuild.js`): colleagues' work lands piece by piece. */
 export function isBuilt(relative: string): boolean {
   return existsSync(join(projectRoot(), 'dist', relative))
 }

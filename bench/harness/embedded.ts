@@ -1,7 +1,7 @@
 import { mkdir, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
-import { importFile } from '../../batch/import.js'
-import { openEmbeddedBackend } from '../../core/backend.js'
+import { embeddedPorts, openEmbeddedBackend } from '../../app/backend.js'
+import { importFile } from '../../app/start.js'
 import { loadConfig, type TallyConfig } from '../../core/config.js'
 import type { EmbeddedBackend } from '../../core/embedded/index.js'
 import { createLogger } from '../../core/log.js'
@@ -109,6 +109,8 @@ export async function appendEvents(
       const result = await importFile(config, createLogger('silent'), {
         file,
         siteId,
+        // The data folder is this process's: the import writes through its ports.
+        ports: embeddedPorts(backend),
         log: writer,
         checkSite: false,
         batchSize: 1000,

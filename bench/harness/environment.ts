@@ -3,12 +3,12 @@ import { mkdir, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import type { Client } from 'cassandra-driver'
+import { type ServiceName, ServicesManager } from '../../app/services/manager.js'
 import { createCassandraClient } from '../../core/cassandra/client.js'
 import { CassandraSiteStore } from '../../core/cassandra/sites.js'
 import { loadConfig, type TallyConfig } from '../../core/config.js'
 import { createKafka } from '../../core/kafka/client.js'
 import { migrate } from '../../core/migrate.js'
-import { type ServiceName, ServicesManager } from '../../core/services/manager.js'
 
 /**
  * What one bench run owns: a keyspace `tally_bench_<run>`, topics and consumer groups named

@@ -12,7 +12,7 @@ export interface TimedRebuild {
 }
 
 /**
- * Runs `dist/batch/run-rebuild.js` (what `tally rebuild` runs) over one day and times its compute
+ * Runs `dist/app/run-rebuild.js` (what `tally rebuild` runs) over one day and times its compute
  * from its progress lines; writing the final rows is not in `computeMs`. Throws, naming the log,
  * when the job fails.
  */
@@ -23,7 +23,7 @@ export async function timedRebuildOfDay(
   const job = await runNode({
     name: o.name,
     args: [
-      benchScript('../batch/run-rebuild.js'),
+      benchScript('../app/run-rebuild.js'),
       '--from',
       new Date(o.dayMs).toISOString(),
       '--to',

@@ -32,7 +32,7 @@ import {
  * DuckDB computing the same aggregates over the same events from Parquet, in the same run.
  *
  * Tally's side goes the production way: the events enter through the ingest role (/v1/import), the
- * archiver (`dist/batch/run-archiver.js`) writes the Arrow segments, and `dist/batch/run-rebuild.js`
+ * archiver (`dist/app/run-archiver.js`) writes the Arrow segments, and `dist/app/run-rebuild.js`
  * rebuilds the whole day; its compute time (dedup pass + aggregation pass, from its progress lines)
  * is what is timed — writing the final rows to Cassandra is reported apart. DuckDB gets the same
  * events with the same derived values (what a segment holds) and runs on one thread. Both results
@@ -203,7 +203,7 @@ async function tally(
   const archiver = await spawnNode({
     name: 'archiver',
     args: [
-      benchScript('../batch/run-archiver.js'),
+      benchScript('../app/run-archiver.js'),
       '--archive-dir',
       archiveDir,
       '--group',
@@ -296,8 +296,7 @@ async function tally(
 
 function batchAvailable(): string | undefined {
   for (const f of ['run-archiver.js', 'run-rebuild.js'])
-    if (!isBuilt(`batch/${f}`))
-      return `dist/batch/${f} is missing: issue 6 (archive and rebuild) is not built`
+    if (!isBuilt(`app/${f}`)) return `dist/app/${f} is missing: issue 6 (archive and rebuild) is not built`
   return undefined
 }
 

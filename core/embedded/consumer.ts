@@ -1,8 +1,23 @@
 import { errorMessage, TallyError } from '../errors.js'
 import { once } from '../lifecycle.js'
 import type { Logger } from '../log.js'
-import type { ConsumerHandlers, EventLogConsumer } from '../ports/event-log.js'
-import type { EmbeddedEventLog } from './event-log.js'
+import type { ConsumedRecord, ConsumerHandlers, EventLogConsumer } from '../ports/event-log.js'
+
+/** What a group member needs of the embedded log (EmbeddedEventLog), named here so the two modules do not import each other. */
+export interface ConsumableLog {
+  partitionsOf(topic: string): number | undefined
+  endOffset(topic: string, partition: number): number
+  read(topic: string, partition: number, fromOffset: number, maxRecords: number): ConsumedRecord[]
+  waitFor(
+    topic: string,
+    partition: number,
+    position: number,
+    timeoutMs: number,
+    abort: AbortSignal,
+  ): Promise<void>
+  commitOffset(groupId: string, topic: string, partition: number, nextOffset: number): void
+  committedOffsets(groupId: string, topic: string): Map<number, number>
+}
 
 export interface EmbeddedGroupConsumerOptions {
   groupId: string
@@ -86,7 +101,7 @@ export class EmbeddedGroupConsumer implements EventLogConsumer {
   readonly close: () => Promise<void>
 
   constructor(
-    private readonly log: EmbeddedEventLog,
+    private readonly log: ConsumableLog,
     private readonly group: GroupCoordinator,
     private readonly options: EmbeddedGroupConsumerOptions,
   ) {

@@ -1,7 +1,12 @@
 import { TallyError } from '../errors.js'
 import { once } from '../lifecycle.js'
 import type { EventLogWriter, LogRecord } from '../ports/event-log.js'
-import type { EmbeddedEventLog } from './event-log.js'
+
+/** What a writer needs of the embedded log (EmbeddedEventLog), named here so the two modules do not import each other. */
+export interface AppendableLog {
+  append(topic: string, records: readonly LogRecord[]): Promise<void>
+  healthy(): boolean
+}
 
 /**
  * One role's handle on the embedded log (EventLogWriter). Several roles of one process share the
@@ -12,7 +17,7 @@ export class EmbeddedLogWriter implements EventLogWriter {
   private closing = false
   readonly close: () => Promise<void>
 
-  constructor(private readonly log: EmbeddedEventLog) {
+  constructor(private readonly log: AppendableLog) {
     this.close = once(async () => {
       this.closing = true
       await Promise.allSettled([...this.inFlight])

@@ -1,7 +1,7 @@
 import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { embeddedPorts } from '../../core/backend.js'
+import { embeddedPorts } from '../../app/backend.js'
 import { CassandraAggregateReader } from '../../core/cassandra/aggregate-reader.js'
 import {
   CassandraArchiveStateStore,

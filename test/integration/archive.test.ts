@@ -4,7 +4,7 @@ import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promis
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { startArchiver } from '../../batch/archive-role.js'
+import { startArchiver } from '../../app/start.js'
 import { decodeRecord } from '../../batch/decode.js'
 import { generateWorkload } from '../../bench/workload.js'
 import { ARCHIVE_GROUP, archiveKey, batchPaths } from '../../core/archive/paths.js'
@@ -69,14 +69,14 @@ interface Child {
 
 let spawned = 0
 
-/** `node dist/batch/run-archiver.js` (what `tally archive` runs), logging to test-artifacts/. */
+/** `node dist/app/run-archiver.js` (what `tally archive` runs), logging to test-artifacts/. */
 function spawnArchiver(): Child {
   mkdirSync('test-artifacts', { recursive: true })
   const logFile = join('test-artifacts', `archive-kill-${process.pid}-${++spawned}.log`)
   const out = createWriteStream(logFile)
   const child = spawn(
     process.execPath,
-    ['dist/batch/run-archiver.js', '--flush-interval-ms', '100', '--max-buffered-events', '60'],
+    ['dist/app/run-archiver.js', '--flush-interval-ms', '100', '--max-buffered-events', '60'],
     {
       env: {
         PATH: process.env.PATH ?? '',

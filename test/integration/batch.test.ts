@@ -5,13 +5,21 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { createInterface } from 'node:readline'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { type RunningArchiver, startArchiver } from '../../batch/archive-role.js'
-import { archiveBehind, openBatchStores } from '../../batch/context.js'
-import { type EventNormalizer, importFile } from '../../batch/import.js'
-import { formatJobs, listJobs } from '../../batch/jobs.js'
+import {
+  importFile,
+  listJobs,
+  openBatchStores,
+  rebuild,
+  startArchiver,
+  startBatch,
+  startStream,
+} from '../../app/start.js'
+import type { RunningArchiver } from '../../batch/archive-role.js'
+import { archiveBehind } from '../../batch/context.js'
+import type { EventNormalizer } from '../../batch/import.js'
+import { formatJobs } from '../../batch/jobs.js'
 import { type RebuildProgress, rangeName, runRebuild } from '../../batch/rebuild.js'
-import { rebuild, rebuildSettings } from '../../batch/rebuild-command.js'
-import { startBatch } from '../../batch/role.js'
+import { rebuildSettings } from '../../batch/rebuild-command.js'
 import { BatchScheduler, defaultJobs } from '../../batch/scheduler.js'
 import { type GeneratedEvent, generateWorkload, truthOf } from '../../bench/workload.js'
 import { DIMENSION_GRANULARITIES, DIMENSIONS, GRANULARITIES } from '../../core/aggregate/definition.js'
@@ -29,7 +37,7 @@ import { migrate } from '../../core/migrate.js'
 import type { Site } from '../../core/ports/site-store.js'
 import { normalizeEvent } from '../../ingest/normalize.js'
 import { UserAgentParser } from '../../ingest/user-agent.js'
-import { type RunningStream, startStream } from '../../stream/role.js'
+import type { RunningStream } from '../../stream/role.js'
 import { cleanup, envOf, eventually, testConfig } from '../helpers/context.js'
 import { compareWithTruth, feed, ingestApp, lateInRealTime, waitCaughtUp } from '../helpers/stream.js'
 
@@ -555,7 +563,7 @@ async function rebuildKilledWhen(
 
 let spawnedRebuilds = 0
 
-/** `node dist/batch/run-rebuild.js …` (what `tally rebuild` runs); its stderr goes to test-artifacts/. */
+/** `node dist/app/run-rebuild.js …` (what `tally rebuild` runs); its stderr goes to test-artifacts/. */
 function spawnRebuild(args: string[]): {
   process: ChildProcess
   exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>
@@ -564,7 +572,7 @@ function spawnRebuild(args: string[]): {
   const log = createWriteStream(
     join('test-artifacts', `rebuild-kill-${process.pid}-${++spawnedRebuilds}.log`),
   )
-  const child = spawn(process.execPath, ['dist/batch/run-rebuild.js', ...args], {
+  const child = spawn(process.execPath, ['dist/app/run-rebuild.js', ...args], {
     env: {
       PATH: process.env.PATH ?? '',
       HOME: process.env.HOME ?? '',

@@ -1,6 +1,6 @@
 import type { TestProject } from 'vitest/node'
+import { type ServiceName, ServicesManager } from '../../app/services/manager.js'
 import { loadConfig } from '../../core/config.js'
-import { type ServiceName, ServicesManager } from '../../core/services/manager.js'
 import { assertServicesAnswer } from '../helpers/services.js'
 
 declare module 'vitest' {

@@ -1,5 +1,5 @@
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
-import { type RunningAll, startAll } from '../../core/cli/all.js'
+import { type RunningAll, startAll } from '../../app/cli/all.js'
 import { loadConfig } from '../../core/config.js'
 import { createLogger } from '../../core/log.js'
 import { tempDataDir } from '../contract/backends.js'

@@ -1,6 +1,7 @@
 import { tableFromIPC } from 'apache-arrow'
 import type { FastifyInstance } from 'fastify'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { startQuery, startStream } from '../../app/start.js'
 import {
   type Counts,
   eventLabel,
@@ -32,8 +33,6 @@ import type { Site } from '../../core/ports/site-store.js'
 import { buildQueryApp } from '../../query/app.js'
 import { ReadAccessCache } from '../../query/auth.js'
 import { CheckpointFreshness } from '../../query/freshness.js'
-import { startQuery } from '../../query/role.js'
-import { startStream } from '../../stream/role.js'
 import { cleanup, eventually, testConfig } from '../helpers/context.js'
 import { feed, ingestApp, lateInRealTime, waitCaughtUp } from '../helpers/stream.js'
 

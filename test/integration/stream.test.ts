@@ -1,4 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { startStream } from '../../app/start.js'
 import { generateWorkload, truthOf } from '../../bench/workload.js'
 import { CassandraAggregateReader } from '../../core/cassandra/aggregate-reader.js'
 import { createCassandraClient } from '../../core/cassandra/client.js'
@@ -10,7 +11,6 @@ import { createLogger } from '../../core/log.js'
 import { migrate } from '../../core/migrate.js'
 import type { ProgressNotice } from '../../core/ports/progress-notices.js'
 import type { Site } from '../../core/ports/site-store.js'
-import { startStream } from '../../stream/role.js'
 import { cleanup, eventually, readTopic, testConfig } from '../helpers/context.js'
 import { compareWithTruth, feed, ingestApp, lateInRealTime, waitCaughtUp } from '../helpers/stream.js'
 

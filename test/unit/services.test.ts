@@ -4,8 +4,8 @@ import { createServer, type Server } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterEach, describe, expect, it } from 'vitest'
+import { ServicesManager } from '../../app/services/manager.js'
 import { loadConfig } from '../../core/config.js'
-import { ServicesManager } from '../../core/services/manager.js'
 
 let dir: string | undefined
 let server: Server | undefined

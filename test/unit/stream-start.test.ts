@@ -1,9 +1,9 @@
 import { createServer, type Server } from 'node:net'
 import { afterEach, describe, expect, it } from 'vitest'
-import type { SharedPorts } from '../../core/backend.js'
 import { loadConfig } from '../../core/config.js'
 import { TallyError } from '../../core/errors.js'
 import { createLogger } from '../../core/log.js'
+import type { Ports as SharedPorts } from '../../core/ports/backend.js'
 import type { ConsumerHandlers, EventLogConsumer } from '../../core/ports/event-log.js'
 import { startStream } from '../../stream/role.js'
 

@@ -21,7 +21,7 @@ import { generateWorkload } from '../../workload.js'
  * embedded.batch.rebuild: the batch scenario's rebuild on the embedded backend. The batch scenario's
  * workload (same seed and size: one day, two days ago, three sites) is appended to the embedded log;
  * `tally all` runs until its archiver has written every event into Arrow segments, then stops (the
- * rebuild needs the data folder, which `tally all` locks), and `dist/batch/run-rebuild.js` (what
+ * rebuild needs the data folder, which `tally all` locks), and `dist/app/run-rebuild.js` (what
  * `tally rebuild` runs) rebuilds the day. Its compute time (dedup pass + aggregation pass, from its
  * progress lines) is timed, as on Kafka/Cassandra; writing the final rows into the embedded store
  * is reported apart. Every window and breakdown value the store then returns is compared with the truth.

@@ -1,5 +1,5 @@
 /**
- * Stand-alone entry of the archiver (`node dist/batch/run-archiver.js [options]`), what `tally
+ * Stand-alone entry of the archiver (`node dist/app/run-archiver.js [options]`), what `tally
  * archive` runs; used by the SIGKILL tests. Configuration from the environment (core/config.ts).
  *
  *   --archive-dir DIR            archive root (default $TALLY_DATA_DIR/archive)
@@ -8,11 +8,12 @@
  *   --max-buffered-events N      flush a partition at this many buffered events (default 50000)
  */
 import { parseArgs } from 'node:util'
+import type { ArchiverRoleOptions } from '../batch/archive-role.js'
 import { loadConfig } from '../core/config.js'
 import { errorMessage } from '../core/errors.js'
 import { untilSignal } from '../core/lifecycle.js'
 import { createLogger } from '../core/log.js'
-import { type ArchiverRoleOptions, startArchiver } from './archive-role.js'
+import { startArchiver } from './start.js'
 
 function positive(name: string, raw: string | undefined): number | undefined {
   if (raw === undefined) return undefined

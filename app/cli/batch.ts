@@ -1,19 +1,12 @@
 import type { Command } from 'commander'
-import {
-  formatJobs,
-  importFile,
-  listJobs,
-  progressPrinter,
-  rebuild,
-  startArchiver,
-  startBatch,
-} from '../../batch/index.js'
+import { formatJobs, progressPrinter } from '../../batch/index.js'
+import { UsageError } from '../../core/errors.js'
+import { createLogger } from '../../core/log.js'
 import { normalizeEvent } from '../../ingest/normalize.js'
 import { UserAgentParser } from '../../ingest/user-agent.js'
-import { UsageError } from '../errors.js'
-import { createLogger } from '../log.js'
-import type { ConfigLoader } from './main.js'
-import { runRole } from './run-role.js'
+import { importFile, listJobs, rebuild, startArchiver, startBatch } from '../start.js'
+import type { ConfigLoader } from './config-loader.js'
+import { announceBackend, runRole } from './run-role.js'
 
 function positiveInt(name: string) {
   return (raw: string): number => {
@@ -138,6 +131,7 @@ rebuild that reads 0 events in hours where the stream counted some warns (log, s
             throw new UsageError(`${name} "${v}" is not an ISO 8601 date or date-time`)
         }
         const config = getConfig()
+        announceBackend(config, 'rebuild', 'on-terminal')
         const logger = createLogger(opts.json ? 'warn' : config.logLevel, { role: 'rebuild' })
         const progress = progressPrinter()
         const result = await rebuild(config, logger, {
@@ -167,6 +161,7 @@ rebuild that reads 0 events in hours where the stream counted some warns (log, s
     .option('--json', 'print JSON', false)
     .action(async (opts: { limit: number; days: number; json: boolean }) => {
       const config = getConfig()
+      announceBackend(config, 'jobs', 'on-terminal')
       const runs = await listJobs(config, createLogger('warn'), { limit: opts.limit, days: opts.days })
       process.stdout.write(opts.json ? `${JSON.stringify(runs)}\n` : `${formatJobs(runs)}\n`)
     })
@@ -185,6 +180,7 @@ rebuild that reads 0 events in hours where the stream counted some warns (log, s
     )
     .action(async (file: string, opts: { site: string; json: boolean }) => {
       const config = getConfig()
+      announceBackend(config, 'import', 'on-terminal')
       const logger = createLogger(config.logLevel, { role: 'import' })
       const ua = new UserAgentParser()
       const limits = config.ingest

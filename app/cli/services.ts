@@ -1,7 +1,7 @@
 import type { Command } from 'commander'
-import { UsageError } from '../errors.js'
+import { UsageError } from '../../core/errors.js'
 import { SERVICE_NAMES, type ServiceName, ServicesManager } from '../services/manager.js'
-import type { ConfigLoader } from './main.js'
+import type { ConfigLoader } from './config-loader.js'
 
 function names(args: readonly string[]): ServiceName[] {
   if (args.length === 0) return [...SERVICE_NAMES]

@@ -1,9 +1,9 @@
 import type { Command } from 'commander'
 import { InvalidArgumentError } from 'commander'
+import { createLogger } from '../../core/log.js'
 import { openEmbeddedBackend } from '../backend.js'
-import { createLogger } from '../log.js'
 import { MOVE_GROUP, type MoveProgress, moveToKafka } from '../move-to-kafka.js'
-import type { ConfigLoader } from './main.js'
+import type { ConfigLoader } from './config-loader.js'
 
 function positive(value: string): number {
   if (!/^\d+$/.test(value) || Number(value) < 1 || Number(value) > 100_000)

@@ -1,14 +1,15 @@
 import type { Command } from 'commander'
+import { createCassandraClient } from '../../core/cassandra/client.js'
+import { CassandraSiteStore } from '../../core/cassandra/sites.js'
+import { backendOf } from '../../core/config.js'
+import { AdminSiteStore, adminSocketPath, hasAdminSocket } from '../../core/embedded/admin.js'
+import type { EmbeddedBackend } from '../../core/embedded/index.js'
+import { TallyError, UsageError } from '../../core/errors.js'
+import { hashToken, READ_TOKEN_ID, readTokenId } from '../../core/keys.js'
+import type { ReadTokenInfo, SiteStore } from '../../core/ports/site-store.js'
 import { openEmbeddedBackend } from '../backend.js'
-import { createCassandraClient } from '../cassandra/client.js'
-import { CassandraSiteStore } from '../cassandra/sites.js'
-import { backendOf } from '../config.js'
-import { AdminSiteStore, adminSocketPath, hasAdminSocket } from '../embedded/admin.js'
-import type { EmbeddedBackend } from '../embedded/index.js'
-import { TallyError, UsageError } from '../errors.js'
-import { hashToken, READ_TOKEN_ID, readTokenId } from '../keys.js'
-import type { ReadTokenInfo, SiteStore } from '../ports/site-store.js'
-import type { ConfigLoader } from './main.js'
+import type { ConfigLoader } from './config-loader.js'
+import { announceBackend } from './run-role.js'
 
 const DOMAIN =
   /^(?=.{1,253}$)([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*$/
@@ -38,6 +39,7 @@ export function parseOrigin(raw: string): string {
 
 async function withStore<T>(getConfig: ConfigLoader, fn: (store: SiteStore) => Promise<T>): Promise<T> {
   const config = getConfig()
+  announceBackend(config, 'sites', 'on-terminal')
   if (backendOf(config) === 'embedded') {
     let embedded: EmbeddedBackend
     try {

@@ -2,7 +2,7 @@ import { spawn } from 'node:child_process'
 import { existsSync } from 'node:fs'
 import { mkdir, readdir, rename, rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
-import { TallyError } from '../errors.js'
+import { TallyError } from '../../core/errors.js'
 
 /** A Java server published on Maven Central, fetched with Maven into the services cache. */
 export interface Artifact {

@@ -1,13 +1,13 @@
 import { type Command, InvalidArgumentError } from 'commander'
 import { BATCH_DEFAULT_PORT } from '../../batch/role.js'
-import { startIngest } from '../../ingest/role.js'
-import { QUERY_DEFAULT_PORT, startQuery } from '../../query/role.js'
-import { STREAM_DEFAULT_PORT, startStream } from '../../stream/role.js'
-import { serveUntilSignal } from '../lifecycle.js'
-import { createLogger } from '../log.js'
+import { serveUntilSignal } from '../../core/lifecycle.js'
+import { createLogger } from '../../core/log.js'
+import { QUERY_DEFAULT_PORT } from '../../query/role.js'
+import { STREAM_DEFAULT_PORT } from '../../stream/role.js'
+import { startIngest, startQuery, startStream } from '../start.js'
 import { quickstartBanner, startAll } from './all.js'
-import type { ConfigLoader } from './main.js'
-import { runRole } from './run-role.js'
+import type { ConfigLoader } from './config-loader.js'
+import { announceBackend, runRole } from './run-role.js'
 
 export function registerRoleCommands(program: Command, getConfig: ConfigLoader): void {
   program
@@ -94,6 +94,7 @@ With --quickstart the default site's keys are kept in TALLY_DATA_DIR/quickstart.
     .action(
       async (opts: { quickstart: boolean; queryPort: number; streamPort: number; batchPort: number }) => {
         const config = getConfig()
+        announceBackend(config, 'all', 'always')
         const logger = createLogger(config.logLevel, { role: 'all' })
         process.exitCode = await serveUntilSignal(
           async () => {

@@ -1,15 +1,13 @@
 import { Command, CommanderError } from 'commander'
-import { CONFIG_VARIABLES, loadConfig, type TallyConfig } from '../config.js'
-import { errorMessage, TallyError } from '../errors.js'
+import { CONFIG_VARIABLES, loadConfig, type TallyConfig } from '../../core/config.js'
+import { errorMessage, TallyError } from '../../core/errors.js'
 import { registerAdminCommands } from './admin.js'
 import { registerBatchCommands } from './batch.js'
+import type { ConfigLoader } from './config-loader.js'
 import { registerEmbeddedCommands } from './embedded.js'
 import { registerRoleCommands } from './roles.js'
 import { registerServicesCommands } from './services.js'
 import { registerSitesCommands } from './sites.js'
-
-/** Loads the configuration lazily, so `--help` works even when the environment is wrong. */
-export type ConfigLoader = () => TallyConfig
 
 function buildProgram(): Command {
   const program = new Command('tally')

@@ -1,13 +1,14 @@
-import { BATCH_DEFAULT_PORT, startBatch } from '../../batch/role.js'
-import { startIngest } from '../../ingest/role.js'
-import { QUERY_DEFAULT_PORT, startQuery } from '../../query/role.js'
-import { STREAM_DEFAULT_PORT, startStream } from '../../stream/role.js'
-import { embeddedPorts, openEmbeddedBackend, type SharedPorts } from '../backend.js'
-import { type BackendKind, backendOf, type TallyConfig } from '../config.js'
-import { serveAdmin } from '../embedded/admin.js'
-import { type Closable, once } from '../lifecycle.js'
-import type { Logger } from '../log.js'
+import { BATCH_DEFAULT_PORT } from '../../batch/role.js'
+import { type BackendKind, backendOf, type TallyConfig } from '../../core/config.js'
+import { serveAdmin } from '../../core/embedded/admin.js'
+import { type Closable, once } from '../../core/lifecycle.js'
+import type { Logger } from '../../core/log.js'
+import type { Ports } from '../../core/ports/backend.js'
+import { QUERY_DEFAULT_PORT } from '../../query/role.js'
+import { STREAM_DEFAULT_PORT } from '../../stream/role.js'
+import { embeddedPorts, openEmbeddedBackend } from '../backend.js'
 import { ensureQuickstartSite, prepareQuickstart, type QuickstartSite } from '../quickstart.js'
+import { startBatch, startIngest, startQuery, startStream } from '../start.js'
 
 export interface AllOptions {
   quickstart: boolean
@@ -44,7 +45,7 @@ export async function startAll(
 ): Promise<RunningAll> {
   const backend = backendOf(config)
   const started: Closable[] = []
-  let ports: SharedPorts | undefined
+  let ports: Ports | undefined
   let closeBackend = async () => {}
   const closeStarted = async () => {
     for (const part of started) await part.close()

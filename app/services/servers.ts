@@ -1,9 +1,9 @@
 import { existsSync } from 'node:fs'
 import { mkdir, readdir, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
-import { describeCassandra } from '../cassandra/client.js'
-import type { ServicesConfig } from '../config.js'
-import { describeKafka } from '../kafka/client.js'
+import { describeCassandra } from '../../core/cassandra/client.js'
+import type { ServicesConfig } from '../../core/config.js'
+import { describeKafka } from '../../core/kafka/client.js'
 import { type Artifact, cassandraArtifact, kafkaArtifact } from './fetch.js'
 
 /** What the manager needs to know to run one local server. */

@@ -1,5 +1,5 @@
 /**
- * Stand-alone entry of a rebuild (`node dist/batch/run-rebuild.js --from T1 --to T2 [options]`), what
+ * Stand-alone entry of a rebuild (`node dist/app/run-rebuild.js --from T1 --to T2 [options]`), what
  * `tally rebuild` runs; used by the kill tests. Prints one JSON line per progress step (and per look
  * at the archive while waiting for it, `{"archive": …}`) on stdout and the result as the last line.
  * Configuration from the environment (core/config.ts).
@@ -9,10 +9,11 @@
  *   --archive-dir DIR  --staging-dir DIR
  */
 import { parseArgs } from 'node:util'
+import type { RebuildOptions } from '../batch/rebuild-command.js'
 import { loadConfig } from '../core/config.js'
 import { errorMessage } from '../core/errors.js'
 import { createLogger } from '../core/log.js'
-import { type RebuildOptions, rebuild } from './rebuild-command.js'
+import { rebuild } from './start.js'
 
 function int(name: string, raw: string | undefined): number | undefined {
   if (raw === undefined) return undefined
