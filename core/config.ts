@@ -373,7 +373,7 @@ export const VARIABLES = {
   LOG_LEVEL: choice(
     ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const,
     'info',
-    'log level',
+    'level of the log lines on stderr (JSON, or readable on a terminal)',
   ),
   TALLY_BACKEND: choice(
     ['auto', 'embedded', 'kafka-cassandra'] as const,
