@@ -1,7 +1,7 @@
 import { mkdir } from 'node:fs/promises'
 import type { AddressInfo } from 'node:net'
 import { join } from 'node:path'
-import { collectDefaultMetrics, Registry } from 'prom-client'
+import type { Registry } from 'prom-client'
 import type { SharedPorts } from '../core/backend.js'
 import { CassandraArchiveStateStore } from '../core/cassandra/batch-store.js'
 import { createCassandraClient } from '../core/cassandra/client.js'
@@ -11,6 +11,7 @@ import { createKafka } from '../core/kafka/client.js'
 import { KafkaGroupConsumer, KafkaOffsets } from '../core/kafka/consumer.js'
 import { once } from '../core/lifecycle.js'
 import type { Logger } from '../core/log.js'
+import { createProcessRegistry } from '../core/metrics.js'
 import type { ArchiveStateStore } from '../core/ports/batch-store.js'
 import type { EventLogConsumer, LogOffsets } from '../core/ports/event-log.js'
 import { makePrivateDir, PRIVATE_DIR_MODE } from '../core/private-files.js'
@@ -142,10 +143,9 @@ export async function startArchiver(
   logger: Logger,
   options: ArchiverRoleOptions & { port?: number } = {},
 ): Promise<RunningArchiver> {
-  const registry = new Registry()
-  collectDefaultMetrics({ register: registry, prefix: 'tally_archive_' })
+  const registry = createProcessRegistry()
   let component: ArchiverComponent | undefined
-  const app = createHttpServer({ logger, bodyLimit: 1024, requestTimeoutMs: 10_000 })
+  const app = createHttpServer({ logger, bodyLimit: 1024, requestTimeoutMs: 10_000, registry })
   app.get('/healthz', async () => ({ status: 'ok' }))
   app.get('/readyz', async (_req, reply) =>
     component

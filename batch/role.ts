@@ -1,4 +1,4 @@
-import { collectDefaultMetrics, Registry } from 'prom-client'
+import type { Registry } from 'prom-client'
 import type { SharedPorts } from '../core/backend.js'
 import type { TallyConfig } from '../core/config.js'
 import { errorMessage } from '../core/errors.js'
@@ -7,6 +7,7 @@ import { createKafka } from '../core/kafka/client.js'
 import { KafkaOffsets } from '../core/kafka/consumer.js'
 import { once } from '../core/lifecycle.js'
 import type { Logger } from '../core/log.js'
+import { createProcessRegistry } from '../core/metrics.js'
 import type { LogOffsets } from '../core/ports/event-log.js'
 import { type ArchiverComponent, type ArchiverRoleOptions, createArchiverComponent } from './archive-role.js'
 import { archiveKey } from './archiver.js'
@@ -33,6 +34,8 @@ export interface StartBatchOptions
   port?: number
   /** Ports shared by the roles of this process (embedded backend); default: its own Kafka and Cassandra. */
   ports?: SharedPorts
+  /** The process registry (core/metrics.ts), when the process runs several roles; default: its own. */
+  registry?: Registry
 }
 
 export interface RunningBatch {
@@ -57,13 +60,12 @@ export async function startBatch(
   // Bad settings fail before anything is opened.
   const jobs = defaultJobs(options)
   validateJobs(jobs)
-  const registry = new Registry()
-  collectDefaultMetrics({ register: registry, prefix: 'tally_batch_' })
+  const registry = options.registry ?? createProcessRegistry()
   const metrics = createBatchMetrics(registry)
   const { ports } = options
   let scheduler: BatchScheduler | undefined
   let archiver: ArchiverComponent | undefined
-  const app = createHttpServer({ logger, bodyLimit: 1024, requestTimeoutMs: 10_000 })
+  const app = createHttpServer({ logger, bodyLimit: 1024, requestTimeoutMs: 10_000, registry })
   app.get('/healthz', async () => ({ status: 'ok' }))
   app.get('/readyz', async (_req, reply) =>
     scheduler

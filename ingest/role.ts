@@ -1,4 +1,5 @@
 import type { AddressInfo } from 'node:net'
+import type { Registry } from 'prom-client'
 import type { SharedPorts } from '../core/backend.js'
 import { createCassandraClient } from '../core/cassandra/client.js'
 import { CassandraSiteStore } from '../core/cassandra/sites.js'
@@ -10,7 +11,7 @@ import type { Logger } from '../core/log.js'
 import type { EventLogWriter } from '../core/ports/event-log.js'
 import type { SiteStore } from '../core/ports/site-store.js'
 import { buildIngestApp } from './app.js'
-import { createIngestMetrics } from './metrics.js'
+import { createIngestKafkaMetrics, createIngestMetrics } from './metrics.js'
 import { SiteCache } from './site-cache.js'
 
 export const INGEST_DEFAULT_PORT = 8080
@@ -25,6 +26,8 @@ export interface IngestRoleOptions {
   ports?: SharedPorts
   /** Port to listen on. Default: PORT, else 8080. */
   port?: number
+  /** The process registry (core/metrics.ts), when the process runs several roles; default: its own. */
+  registry?: Registry
 }
 
 /** Starts the ingest role: a log writer (Kafka producer or embedded log), a site cache, the HTTP server. */
@@ -33,7 +36,7 @@ export async function startIngest(
   logger: Logger,
   options: IngestRoleOptions = {},
 ): Promise<RunningIngest> {
-  const metrics = createIngestMetrics()
+  const metrics = createIngestMetrics(options.registry)
   let log: EventLogWriter
   let sites: SiteStore
   let release = async () => {}
@@ -43,6 +46,7 @@ export async function startIngest(
   } else {
     const cassandra = createCassandraClient(config.cassandra, { keyspace: config.cassandra.keyspace })
     await cassandra.connect()
+    const kafkaMetrics = createIngestKafkaMetrics(metrics.registry)
     const producer = new KafkaBatchingProducer(createKafka(config.kafka, { logger }), {
       lingerMs: config.ingest.lingerMs,
       compression: config.ingest.compression,
@@ -50,8 +54,8 @@ export async function startIngest(
       appendTimeoutMs: config.ingest.appendTimeoutMs,
       logger,
       onSend: (records, _bytes, seconds, ok) => {
-        metrics.kafkaSendSeconds.observe({ outcome: ok ? 'ok' : 'error' }, seconds)
-        if (ok) metrics.kafkaBatchRecords.observe(records)
+        kafkaMetrics.kafkaSendSeconds.observe({ outcome: ok ? 'ok' : 'error' }, seconds)
+        if (ok) kafkaMetrics.kafkaBatchRecords.observe(records)
       },
     })
     try {

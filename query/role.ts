@@ -1,4 +1,5 @@
 import type { AddressInfo } from 'node:net'
+import type { Registry } from 'prom-client'
 import type { SharedPorts } from '../core/backend.js'
 import { CassandraAggregateReader } from '../core/cassandra/aggregate-reader.js'
 import { CassandraArchiveStateStore } from '../core/cassandra/batch-store.js'
@@ -42,6 +43,8 @@ export interface QueryRoleOptions {
   port?: number
   /** Ports shared by the roles of this process (embedded backend); default: its own Cassandra connection. */
   ports?: SharedPorts
+  /** The process registry (core/metrics.ts), when the process runs several roles; default: its own. */
+  registry?: Registry
 }
 
 /** Starts the query role: Cassandra (read only), site/token cache, HTTP server (port 8081 unless PORT). */
@@ -86,7 +89,10 @@ export async function startQuery(
     }
   }
   const listener = notices
-  const metrics = createQueryMetrics({ noticesLive: () => listener?.live() ?? false })
+  const metrics = createQueryMetrics({
+    noticesLive: () => listener?.live() ?? false,
+    ...(options.registry ? { registry: options.registry } : {}),
+  })
   const freshness = new CheckpointFreshness(reader, {
     group: config.stream.group,
     topic: config.kafka.topicRaw,

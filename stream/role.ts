@@ -1,3 +1,4 @@
+import type { Registry } from 'prom-client'
 import type { SharedPorts } from '../core/backend.js'
 import { createCassandraClient } from '../core/cassandra/client.js'
 import { CassandraStreamStore } from '../core/cassandra/stream-store.js'
@@ -34,11 +35,17 @@ export interface RunningStream {
 export async function startStream(
   config: TallyConfig,
   logger: Logger,
-  options: { port?: number; ports?: SharedPorts } = {},
+  /** registry: the process registry (core/metrics.ts) when the process runs several roles; default: its own. */
+  options: { port?: number; ports?: SharedPorts; registry?: Registry } = {},
 ): Promise<RunningStream> {
-  const metrics = createStreamMetrics()
+  const metrics = createStreamMetrics(options.registry)
   let worker: StreamWorker | undefined
-  const app = createHttpServer({ logger, bodyLimit: 1024, requestTimeoutMs: 10_000 })
+  const app = createHttpServer({
+    logger,
+    bodyLimit: 1024,
+    requestTimeoutMs: 10_000,
+    registry: metrics.registry,
+  })
   app.get('/healthz', async () => ({ status: 'ok' }))
   app.get('/readyz', async (_req, reply) =>
     worker

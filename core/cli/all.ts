@@ -7,6 +7,7 @@ import { type BackendKind, backendOf, type TallyConfig } from '../config.js'
 import { serveAdmin } from '../embedded/admin.js'
 import { type Closable, once } from '../lifecycle.js'
 import type { Logger } from '../log.js'
+import { createProcessRegistry } from '../metrics.js'
 import { ensureQuickstartSite, prepareQuickstart, type QuickstartSite } from '../quickstart.js'
 
 export interface AllOptions {
@@ -64,7 +65,10 @@ export async function startAll(
     } else if (options.quickstart) {
       site = await prepareQuickstart(config, logger)
     }
-    const shared = ports ? { ports } : {}
+    // One registry for the process: every role's /metrics serves the same process_*, nodejs_*,
+    // http_request_duration_seconds and tally_* metrics.
+    const registry = createProcessRegistry()
+    const shared = ports ? { ports, registry } : { registry }
     const ingest = await startIngest(config, logger, shared)
     started.push(ingest)
     const stream = await startStream(config, logger, {
