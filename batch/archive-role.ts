@@ -1,13 +1,14 @@
 import { mkdir } from 'node:fs/promises'
 import type { AddressInfo } from 'node:net'
 import { join } from 'node:path'
-import { collectDefaultMetrics, Registry } from 'prom-client'
+import type { Registry } from 'prom-client'
 import { ARCHIVE_GROUP, type BatchPathOptions, batchPaths } from '../core/archive/paths.js'
 import { stagingRelDir } from '../core/archive/segment-file.js'
 import type { TallyConfig } from '../core/config.js'
 import { createHttpServer, listenOrExplain } from '../core/http.js'
 import { once } from '../core/lifecycle.js'
 import type { Logger } from '../core/log.js'
+import { createProcessRegistry } from '../core/metrics.js'
 import type { Ports } from '../core/ports/backend.js'
 import type { ArchiveStateStore } from '../core/ports/batch-store.js'
 import { makePrivateDir, PRIVATE_DIR_MODE } from '../core/private-files.js'
@@ -128,10 +129,9 @@ export async function startArchiver(
     ports: Pick<Ports, 'consumer' | 'offsets' | 'batch'>
   },
 ): Promise<RunningArchiver> {
-  const registry = new Registry()
-  collectDefaultMetrics({ register: registry, prefix: 'tally_archive_' })
+  const registry = createProcessRegistry()
   let component: ArchiverComponent | undefined
-  const app = createHttpServer({ logger, bodyLimit: 1024, requestTimeoutMs: 10_000 })
+  const app = createHttpServer({ logger, bodyLimit: 1024, requestTimeoutMs: 10_000, registry })
   app.get('/healthz', async () => ({ status: 'ok' }))
   app.get('/readyz', async (_req, reply) =>
     component

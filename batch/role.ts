@@ -1,11 +1,13 @@
-import { collectDefaultMetrics, Registry } from 'prom-client'
+import type { Registry } from 'prom-client'
 import { ARCHIVE_GROUP, archiveKey } from '../core/archive/paths.js'
 import type { TallyConfig } from '../core/config.js'
 import { errorMessage } from '../core/errors.js'
 import { createHttpServer, listenOrExplain } from '../core/http.js'
 import { once } from '../core/lifecycle.js'
 import type { Logger } from '../core/log.js'
+import { createProcessRegistry } from '../core/metrics.js'
 import type { Ports } from '../core/ports/backend.js'
+import type { LogOffsets } from '../core/ports/event-log.js'
 import { type ArchiverComponent, type ArchiverRoleOptions, createArchiverComponent } from './archive-role.js'
 import { archiveBehind } from './context.js'
 import { createBatchMetrics } from './metrics.js'
@@ -30,6 +32,8 @@ export interface StartBatchOptions
   port?: number
   /** The backend (built by app/); closed by its owner after the role. */
   ports: Pick<Ports, 'batch' | 'offsets' | 'consumer'>
+  /** The process registry (core/metrics.ts), when the process runs several roles; default: its own. */
+  registry?: Registry
 }
 
 export interface RunningBatch {
@@ -54,13 +58,12 @@ export async function startBatch(
   // Bad settings fail before anything is opened.
   const jobs = defaultJobs(options)
   validateJobs(jobs)
-  const registry = new Registry()
-  collectDefaultMetrics({ register: registry, prefix: 'tally_batch_' })
+  const registry = options.registry ?? createProcessRegistry()
   const metrics = createBatchMetrics(registry)
   const { ports } = options
   let scheduler: BatchScheduler | undefined
   let archiver: ArchiverComponent | undefined
-  const app = createHttpServer({ logger, bodyLimit: 1024, requestTimeoutMs: 10_000 })
+  const app = createHttpServer({ logger, bodyLimit: 1024, requestTimeoutMs: 10_000, registry })
   app.get('/healthz', async () => ({ status: 'ok' }))
   app.get('/readyz', async (_req, reply) =>
     scheduler

@@ -217,52 +217,112 @@ export interface TallyConfig {
 
 type Env = Readonly<Record<string, string | undefined>>
 
-function str(env: Env, name: string, fallback: string): string {
-  const v = env[name]
-  return v === undefined || v === '' ? fallback : v
+/**
+ * One configuration variable: how it is parsed and checked, and how the README's table and
+ * `--help` describe it. Every variable is declared once, in {@link VARIABLES}; loadConfig, the
+ * help text and the README table are derived from that one list.
+ */
+export interface Variable<T> {
+  /** The accepted values as documented, e.g. `integer 0–600000`. */
+  readonly values: string
+  /** The default as documented; '' when there is none. */
+  readonly default: string
+  /** What it does (one line; README and --help). */
+  readonly doc: string
+  /** Parses the raw value (undefined when unset), throwing ConfigError naming `name`. */
+  parse(raw: string | undefined, name: string): T
 }
 
-function int(env: Env, name: string, fallback: number, min: number, max: number): number {
-  const raw = env[name]
-  if (raw === undefined || raw === '') return fallback
-  if (!/^\d+$/.test(raw.trim())) throw new ConfigError(name, raw, `an integer from ${min} to ${max}`)
-  const n = Number(raw.trim())
-  if (n < min || n > max) throw new ConfigError(name, raw, `an integer from ${min} to ${max}`)
-  return n
+const unset = (raw: string | undefined): raw is undefined => raw === undefined || raw === ''
+
+function integer(fallback: number, min: number, max: number, doc: string): Variable<number> {
+  return {
+    values: `integer ${min}–${max}`,
+    default: String(fallback),
+    doc,
+    parse(raw, name) {
+      if (unset(raw)) return fallback
+      if (!/^\d+$/.test(raw.trim())) throw new ConfigError(name, raw, `an integer from ${min} to ${max}`)
+      const n = Number(raw.trim())
+      if (n < min || n > max) throw new ConfigError(name, raw, `an integer from ${min} to ${max}`)
+      return n
+    },
+  }
 }
 
-function port(env: Env, name: string, fallback: number): number {
-  return int(env, name, fallback, 1, 65535)
+function port(fallback: number, doc: string): Variable<number> {
+  return integer(fallback, 1, 65535, doc)
 }
 
-function oneOf<T extends string>(env: Env, name: string, fallback: T, allowed: readonly T[]): T {
-  const raw = env[name]
-  if (raw === undefined || raw === '') return fallback
-  if (!(allowed as readonly string[]).includes(raw))
-    throw new ConfigError(name, raw, `one of ${allowed.join(', ')}`)
-  return raw as T
+function text(
+  fallback: string,
+  doc: string,
+  check?: { pattern: RegExp; expected: string; values: string },
+  shownDefault = fallback,
+): Variable<string> {
+  return {
+    values: check?.values ?? 'text',
+    default: shownDefault,
+    doc,
+    parse(raw, name) {
+      const value = unset(raw) ? fallback : raw
+      if (check && !check.pattern.test(value)) throw new ConfigError(name, value, check.expected)
+      return value
+    },
+  }
+}
+
+function choice<T extends string>(allowed: readonly T[], fallback: T, doc: string): Variable<T> {
+  return {
+    values: allowed.join(', '),
+    default: fallback,
+    doc,
+    parse(raw, name) {
+      if (unset(raw)) return fallback
+      if (!(allowed as readonly string[]).includes(raw))
+        throw new ConfigError(name, raw, `one of ${allowed.join(', ')}`)
+      return raw as T
+    },
+  }
+}
+
+function custom<T>(
+  values: string,
+  shownDefault: string,
+  doc: string,
+  parse: Variable<T>['parse'],
+): Variable<T> {
+  return { values, default: shownDefault, doc, parse }
 }
 
 const HOST_PORT = /^(?:\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+)(?::\d{1,5})?$/
 
-function hostList(env: Env, name: string, defaultPort: number): string[] | undefined {
-  const raw = env[name]
-  if (raw === undefined || raw.trim() === '') return undefined
-  const items = raw
-    .split(',')
-    .map((s) => s.trim())
-    .filter((s) => s !== '')
-  if (items.length === 0 || items.some((s) => !HOST_PORT.test(s))) {
-    throw new ConfigError(name, raw, 'a comma-separated list of host:port, e.g. 127.0.0.1:9092,kafka-2:9092')
-  }
-  return items.map((s) => (/:\d+$/.test(s) ? s : `${s}:${defaultPort}`))
+function hostList(defaultPort: number, doc: string): Variable<string[] | undefined> {
+  return custom(`host:port list (port ${defaultPort} if left out)`, '', doc, (raw, name) => {
+    if (raw === undefined || raw.trim() === '') return undefined
+    const items = raw
+      .split(',')
+      .map((s) => s.trim())
+      .filter((s) => s !== '')
+    if (items.length === 0 || items.some((s) => !HOST_PORT.test(s))) {
+      throw new ConfigError(
+        name,
+        raw,
+        'a comma-separated list of host:port, e.g. 127.0.0.1:9092,kafka-2:9092',
+      )
+    }
+    return items.map((s) => (/:\d+$/.test(s) ? s : `${s}:${defaultPort}`))
+  })
 }
 
 const IDENT = /^[a-z][a-z0-9_]{0,47}$/
-const TOPIC = /^[A-Za-z0-9._-]{1,200}$/
+const TOPIC = {
+  pattern: /^[A-Za-z0-9._-]{1,200}$/,
+  expected: 'a Kafka topic name: letters, digits, ".", "_" or "-"',
+  values: 'Kafka topic name',
+}
 
-function parseReplication(raw: string | undefined): CassandraReplication {
-  const name = 'CASSANDRA_REPLICATION'
+function parseReplication(raw: string | undefined, name: string): CassandraReplication {
   if (raw === undefined || raw.trim() === '')
     return { class: 'SimpleStrategy', factors: { replication_factor: 1 } }
   const expected =
@@ -284,8 +344,7 @@ function parseReplication(raw: string | undefined): CassandraReplication {
 }
 
 /** A URL path prefix like `/stats` or `/a/b` (no trailing slash); '' when unset. */
-function pathPrefix(env: Env, name: string): string {
-  const raw = env[name]
+function parsePathPrefix(raw: string | undefined, name: string): string {
   if (raw === undefined || raw === '' || raw === '/') return ''
   const trimmed = raw.replace(/\/+$/, '')
   if (!/^(?:\/[A-Za-z0-9._~-]+)+$/.test(trimmed) || /^\/v1(?:\/|$)/.test(trimmed)) {
@@ -296,6 +355,311 @@ function pathPrefix(env: Env, name: string): string {
     )
   }
   return trimmed
+}
+
+/**
+ * Every variable `loadConfig` reads, in the order of `--help` and the README's table. Add a
+ * variable here (and use it in loadConfig); `npm run docs:config` then rewrites the README table.
+ */
+export const VARIABLES = {
+  HOST: text('127.0.0.1', 'address the HTTP servers bind to'),
+  PORT: custom<number | undefined>(
+    'integer 0–65535',
+    '',
+    "overrides the role's default port (ingest 8080, query 8081, stream 9464, batch 9465, archive 9466); 0 = any free port",
+    // PORT=0 asks the OS for a free port (tests, several roles on one machine).
+    (raw, name) => (unset(raw) ? undefined : integer(0, 0, 65535, '').parse(raw, name)),
+  ),
+  LOG_LEVEL: choice(
+    ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const,
+    'info',
+    'level of the log lines on stderr (JSON, or readable on a terminal)',
+  ),
+  TALLY_BACKEND: choice(
+    ['auto', 'embedded', 'kafka-cassandra'] as const,
+    'auto',
+    '`auto`: every command uses the embedded backend unless `KAFKA_BROKERS` or `CASSANDRA_CONTACT_POINTS` is set; `kafka-cassandra` with neither set: the local servers of `tally services up`. A role run in a process of its own (`tally ingest`, `stream`, …) refuses the embedded backend, which lives inside `tally all`',
+  ),
+  TALLY_DATA_DIR: text(
+    './data',
+    "local state: embedded log and store, archive segments, the quick start's keys",
+  ),
+  KAFKA_BROKERS: hostList(9092, 'Kafka brokers; unset = the local broker of `tally services up`'),
+  KAFKA_CLIENT_ID: text('tally', 'client id sent to Kafka'),
+  KAFKA_PARTITIONS: integer(6, 1, 10_000, 'partitions of the raw topic created by `tally migrate`'),
+  KAFKA_REPLICATION_FACTOR: integer(
+    1,
+    1,
+    32,
+    'replication of the topics (with 3, `min.insync.replicas` is 2)',
+  ),
+  TALLY_TOPIC_RAW: text('tally.events.raw', 'raw event topic', TOPIC),
+  TALLY_TOPIC_DEAD_LETTER: text('tally.events.dlq', 'dead-letter topic', TOPIC),
+  TALLY_TOPIC_PROGRESS: text(
+    'tally.stream.progress',
+    'topic where stream workers announce each checkpoint to query roles (1 partition, 10 minutes of retention)',
+    TOPIC,
+  ),
+  TALLY_LOG_RETENTION_HOURS: integer(
+    168,
+    1,
+    87_600,
+    "how long the raw log keeps records: the raw topic's `retention.ms`; the embedded log deletes only what the stream and the archiver have read",
+  ),
+  CASSANDRA_CONTACT_POINTS: hostList(9042, 'Cassandra nodes; unset = the local node of `tally services up`'),
+  CASSANDRA_LOCAL_DC: text('datacenter1', 'local data center'),
+  CASSANDRA_KEYSPACE: text('tally', 'keyspace', {
+    pattern: IDENT,
+    expected: 'a lower-case identifier: a letter, then letters, digits or _',
+    values: 'lower-case identifier',
+  }),
+  CASSANDRA_REPLICATION: custom(
+    '`SimpleStrategy:N` or `NetworkTopologyStrategy:dc1=N,dc2=N`',
+    'SimpleStrategy:1',
+    'replication of the keyspace created by `tally migrate`',
+    parseReplication,
+  ),
+  CASSANDRA_CONSISTENCY: choice(
+    ['ONE', 'LOCAL_ONE', 'QUORUM', 'LOCAL_QUORUM', 'ALL'] as const,
+    'LOCAL_QUORUM',
+    'consistency of reads and writes',
+  ),
+  CASSANDRA_USERNAME: custom(
+    'text',
+    '',
+    'user name, when the cluster requires credentials',
+    (raw) => raw || undefined,
+  ),
+  CASSANDRA_PASSWORD: custom(
+    'text',
+    '',
+    'password, when the cluster requires credentials',
+    (raw) => raw || undefined,
+  ),
+  TALLY_MAX_BODY_BYTES: integer(
+    500 * 1024,
+    1024,
+    64 * 1024 * 1024,
+    'largest request body after decompression',
+  ),
+  TALLY_MAX_EVENT_BYTES: integer(32 * 1024, 256, 16 * 1024 * 1024, 'largest single event (serialized JSON)'),
+  TALLY_MAX_BATCH_EVENTS: integer(2000, 1, 100_000, 'most events in one batch request'),
+  TALLY_MAX_DEPTH: integer(16, 2, 256, 'deepest nesting of objects and arrays inside an event'),
+  TALLY_RATE_LIMIT_SITE: integer(20_000, 0, 100_000_000, 'events/s per site and ingest process; 0 = off'),
+  TALLY_RATE_LIMIT_CLIENT: integer(
+    1000,
+    0,
+    100_000_000,
+    'events/s per site and client IP for browser-style requests (HTTP Basic is limited per site only), per ingest process; 0 = off',
+  ),
+  TALLY_SITE_CACHE_TTL_MS: integer(
+    10_000,
+    0,
+    3_600_000,
+    'how long ingest and query cache a site and its keys; a rotated key or revoked read token works at most this long',
+  ),
+  TALLY_APPEND_TIMEOUT_MS: integer(5000, 100, 600_000, 'wait for the log before answering 503'),
+  TALLY_LINGER_MS: integer(2, 0, 1000, 'producer linger that lets requests share a Kafka batch'),
+  TALLY_INGEST_IN_FLIGHT_BATCHES: integer(
+    2,
+    1,
+    16,
+    'producer batches in flight at once, each from its own idempotent producer',
+  ),
+  TALLY_INGEST_COMPRESSION: choice(
+    ['none', 'gzip'] as const,
+    'none',
+    'compression of the batches ingest writes to Kafka; gzip costs ingest CPU, a topic with `compression.type=gzip` is compressed by the broker instead',
+  ),
+  TALLY_REQUEST_TIMEOUT_MS: integer(
+    10_000,
+    100,
+    600_000,
+    'time to receive a whole request, headers and body, on ingest and query; then `408` `TALLY_ERR_REQUEST_TIMEOUT` and the connection is closed',
+  ),
+  TALLY_MAX_CONNECTIONS: integer(
+    10_000,
+    1,
+    1_000_000,
+    'connections each ingest or query server holds at once: over it new ones are closed as they are accepted; from 90 % of it idle keep-alive connections are closed first (the /metrics servers hold 1000)',
+  ),
+  TALLY_MAX_FUTURE_MS: integer(
+    23 * 3_600_000,
+    0,
+    7 * 86_400_000,
+    'an event timed further ahead of its receipt takes the receive time (flagged `timestampClamped`); the stream leaves events further ahead of its watermark to batch (82800000 ms = 23 h)',
+  ),
+  TALLY_MAX_PAST_DAYS: integer(
+    7,
+    1,
+    3650,
+    'live events timed more days before their receipt are rejected (`TALLY_ERR_TIMESTAMP_TOO_OLD`); never more than the log retention',
+  ),
+  TALLY_IMPORT_MAX_PAST_DAYS: integer(
+    1830,
+    1,
+    36_500,
+    'the same limit for /v1/import and `tally import` (5 years)',
+  ),
+  TALLY_TRACKER_PREFIX: custom(
+    'path prefix such as `/stats`, not `/v1`',
+    '',
+    'first-party path prefix: ingest also serves `<prefix>/t.js` and `<prefix>/v1/…`',
+    parsePathPrefix,
+  ),
+  TALLY_STREAM_GROUP: text('tally-aggregate', 'consumer group of the stream workers'),
+  TALLY_GRACE_MS: integer(
+    300_000,
+    0,
+    7 * 86_400_000,
+    'event-time grace; later events are left to the batch rebuild',
+  ),
+  TALLY_STREAM_MAX_OPEN_WINDOWS: integer(
+    20_000,
+    100,
+    10_000_000,
+    'open windows a stream partition holds in memory; beyond it the oldest are written and dropped, and read back if touched again',
+  ),
+  TALLY_ARCHIVE_MAX_OPEN_HOURS: integer(
+    64,
+    1,
+    10_000,
+    'event hours an archiver partition buffers; an event of a further hour first closes the buffers into segments',
+  ),
+  TALLY_DEDUP_HORIZON_MS: integer(3_600_000, 0, 86_400_000, 'how long the stream remembers messageIds'),
+  TALLY_FLUSH_INTERVAL_MS: integer(500, 10, 600_000, 'how often workers write open windows'),
+  TALLY_HLL_PRECISION: integer(14, 4, 18, 'HyperLogLog precision of `visitors` (14: about 0.81 % error)'),
+  TALLY_STREAM_CONCURRENCY: integer(3, 1, 1000, 'partitions a worker processes at once'),
+  TALLY_STREAM_SESSION_TIMEOUT_MS: integer(
+    10_000,
+    6000,
+    300_000,
+    "consumer session timeout of stream workers and archivers; heartbeats every third of it (at most 3 s). A crashed (SIGKILLed) process's partitions move after about this plus a rebalance",
+  ),
+  TALLY_TTL_MINUTE_DAYS: integer(7, 0, 36_500, 'TTL of minute aggregates in days; 0 = keep'),
+  TALLY_TTL_HOUR_DAYS: integer(90, 0, 36_500, 'TTL of hour aggregates in days; 0 = keep'),
+  TALLY_TTL_DAY_DAYS: integer(0, 0, 36_500, 'TTL of day aggregates in days; 0 = keep'),
+  TALLY_QUERY_CACHE_MB: integer(
+    64,
+    0,
+    65_536,
+    "stats answers the query role keeps until the stream's checkpoints or a rebuild change the site's data; 0 = off",
+  ),
+  TALLY_QUERY_CACHE_MAX_AGE_MS: integer(
+    10_000,
+    0,
+    3_600_000,
+    'longest a stats answer is served from that cache',
+  ),
+  TALLY_QUERY_VERSION_MAX_AGE_MS: integer(
+    100,
+    0,
+    10_000,
+    "reuse a site's data version read at most this long ago instead of reading it for each request (read again in the background at half that age): answers may miss the writes of that last stretch; 0 = read per request",
+  ),
+  TALLY_QUERY_NOTIFIED_VERSION_MAX_AGE_MS: integer(
+    1000,
+    0,
+    600_000,
+    "while the query role hears the stream's progress notices: re-read a data version after each notice and otherwise at least this often (never less than TALLY_QUERY_VERSION_MAX_AGE_MS; unused when that is 0)",
+  ),
+  TALLY_REBUILD_WAIT_ARCHIVE_MS: integer(
+    300_000,
+    0,
+    86_400_000,
+    'how long `tally rebuild` waits for the archive to hold the log before failing (the embedded backend does not wait)',
+  ),
+  TALLY_SHUTDOWN_TIMEOUT_MS: integer(15_000, 100, 600_000, 'deadline of the ordered shutdown'),
+  TALLY_SERVICES_CACHE: text(
+    join(homedir(), '.cache', 'tally', 'services'),
+    'jar cache of `tally services`',
+    undefined,
+    '~/.cache/tally/services',
+  ),
+  TALLY_SERVICES_RUN_DIR: text(
+    join(tmpdir(), 'tally-services'),
+    'data, logs and PID files of `tally services`',
+    undefined,
+    '$TMPDIR/tally-services',
+  ),
+  TALLY_SERVICES_KAFKA_PORT: port(9092, 'port of the local Kafka broker'),
+  TALLY_SERVICES_KAFKA_CONTROLLER_PORT: port(9093, 'controller port of the local Kafka broker'),
+  TALLY_SERVICES_CASSANDRA_PORT: port(9042, 'CQL port of the local Cassandra node'),
+  TALLY_SERVICES_CASSANDRA_STORAGE_PORT: port(7000, 'storage port of the local Cassandra node'),
+  TALLY_SERVICES_CASSANDRA_JMX_PORT: port(7199, 'JMX port of the local Cassandra node'),
+  TALLY_SERVICES_START_TIMEOUT_MS: integer(
+    180_000,
+    1000,
+    3_600_000,
+    'how long `services up` waits for each server',
+  ),
+  TALLY_JAVA: text('java', 'JDK 11 or 17 launcher for the local servers'),
+} satisfies Record<string, Variable<unknown>>
+
+export type VariableName = keyof typeof VARIABLES
+type Values = { [K in VariableName]: (typeof VARIABLES)[K] extends Variable<infer T> ? T : never }
+
+/**
+ * TALLY_* variables read outside the configuration, so not unknown: TALLY_DEBUG (the CLI prints
+ * stack traces), TALLY_TEST_KEEP_SERVICES (the integration tests leave the services running),
+ * TALLY_BENCH_CPU_PROF (the bench profiles its children).
+ */
+export const NON_CONFIG_VARIABLES: ReadonlySet<string> = new Set([
+  'TALLY_DEBUG',
+  'TALLY_TEST_KEEP_SERVICES',
+  'TALLY_BENCH_CPU_PROF',
+])
+
+/** Edit distance (insertions, deletions, substitutions), for "did you mean". */
+function editDistance(a: string, b: string): number {
+  let previous = Array.from({ length: b.length + 1 }, (_, j) => j)
+  for (let i = 1; i <= a.length; i++) {
+    const current = [i]
+    for (let j = 1; j <= b.length; j++) {
+      const substitution = previous[j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1)
+      current.push(Math.min(previous[j]! + 1, current[j - 1]! + 1, substitution))
+    }
+    previous = current
+  }
+  return previous[b.length]!
+}
+
+/** The known variable closest to `name`, when it is close enough to be a typo. */
+export function closestVariable(name: string): VariableName | undefined {
+  let best: { name: VariableName; distance: number } | undefined
+  for (const known of Object.keys(VARIABLES) as VariableName[]) {
+    const distance = editDistance(name, known)
+    if (best === undefined || distance < best.distance) best = { name: known, distance }
+  }
+  return best && best.distance <= Math.max(3, Math.floor(name.length / 3)) ? best.name : undefined
+}
+
+/** TALLY_ERR_CONFIG for a TALLY_* variable no part of Tally reads, naming the closest known one. */
+export class UnknownVariableError extends ConfigError {
+  constructor(variable: string, value: string, closest: string | undefined) {
+    super(variable, value, 'a known variable')
+    this.name = 'UnknownVariableError'
+    this.message =
+      closest === undefined
+        ? `unknown variable ${variable} (\`tally --help\` lists the variables)`
+        : `unknown variable ${variable}; did you mean ${closest}?`
+  }
+}
+
+/** A TALLY_* variable that no part of Tally reads: a typo that would otherwise be ignored. */
+function checkUnknown(env: Env): void {
+  for (const name of Object.keys(env)) {
+    if (!name.startsWith('TALLY_') || name in VARIABLES || NON_CONFIG_VARIABLES.has(name)) continue
+    throw new UnknownVariableError(name, env[name] ?? '', closestVariable(name))
+  }
+}
+
+function parseAll(env: Env): Values {
+  const values: Record<string, unknown> = {}
+  for (const [name, variable] of Object.entries(VARIABLES) as Array<[string, Variable<unknown>]>) {
+    values[name] = variable.parse(env[name], name)
+  }
+  return values as Values
 }
 
 function deepFreeze<T>(value: T): T {
@@ -316,254 +680,128 @@ export function backendOf(config: Pick<TallyConfig, 'backend' | 'kafka' | 'cassa
   return config.kafka.configured || config.cassandra.configured ? 'kafka-cassandra' : 'embedded'
 }
 
-/** Reads, validates and freezes the configuration. Throws ConfigError naming the variable. */
+/**
+ * Reads, validates and freezes the configuration. Throws ConfigError naming the variable, or a
+ * TALLY_ERR_CONFIG error for a TALLY_* variable that is not one of {@link VARIABLES}.
+ */
 export function loadConfig(env: Env = process.env): TallyConfig {
-  const brokers = hostList(env, 'KAFKA_BROKERS', 9092)
-  const contactPoints = hostList(env, 'CASSANDRA_CONTACT_POINTS', 9042)
-  const keyspace = str(env, 'CASSANDRA_KEYSPACE', 'tally')
-  if (!IDENT.test(keyspace)) {
-    throw new ConfigError(
-      'CASSANDRA_KEYSPACE',
-      keyspace,
-      'a lower-case identifier: a letter, then letters, digits or _',
-    )
-  }
-  const topicRaw = str(env, 'TALLY_TOPIC_RAW', 'tally.events.raw')
-  const topicDeadLetter = str(env, 'TALLY_TOPIC_DEAD_LETTER', 'tally.events.dlq')
-  const topicProgress = str(env, 'TALLY_TOPIC_PROGRESS', 'tally.stream.progress')
-  for (const [name, value] of [
-    ['TALLY_TOPIC_RAW', topicRaw],
-    ['TALLY_TOPIC_DEAD_LETTER', topicDeadLetter],
-    ['TALLY_TOPIC_PROGRESS', topicProgress],
-  ] as const) {
-    if (!TOPIC.test(value))
-      throw new ConfigError(name, value, 'a Kafka topic name: letters, digits, ".", "_" or "-"')
-  }
-  const rawPort = env.PORT
-  const retentionMs = int(env, 'TALLY_LOG_RETENTION_HOURS', 168, 1, 87_600) * 3_600_000
-  // One value for ingest (clamp) and the stream (what it leaves to batch), so they agree.
-  const maxFutureMs = int(env, 'TALLY_MAX_FUTURE_MS', 23 * 3_600_000, 0, 7 * 86_400_000)
+  checkUnknown(env)
+  const v = parseAll(env)
+  const retentionMs = v.TALLY_LOG_RETENTION_HOURS * 3_600_000
   const services: ServicesConfig = {
-    cacheDir: resolve(str(env, 'TALLY_SERVICES_CACHE', join(homedir(), '.cache', 'tally', 'services'))),
-    runDir: resolve(str(env, 'TALLY_SERVICES_RUN_DIR', join(tmpdir(), 'tally-services'))),
+    cacheDir: resolve(v.TALLY_SERVICES_CACHE),
+    runDir: resolve(v.TALLY_SERVICES_RUN_DIR),
     kafkaVersion: '3.9.2',
     cassandraVersion: '5.0.8',
-    kafkaPort: port(env, 'TALLY_SERVICES_KAFKA_PORT', 9092),
-    kafkaControllerPort: port(env, 'TALLY_SERVICES_KAFKA_CONTROLLER_PORT', 9093),
-    cassandraPort: port(env, 'TALLY_SERVICES_CASSANDRA_PORT', 9042),
-    cassandraStoragePort: port(env, 'TALLY_SERVICES_CASSANDRA_STORAGE_PORT', 7000),
-    cassandraJmxPort: port(env, 'TALLY_SERVICES_CASSANDRA_JMX_PORT', 7199),
-    startTimeoutMs: int(env, 'TALLY_SERVICES_START_TIMEOUT_MS', 180_000, 1000, 3_600_000),
-    java: str(env, 'TALLY_JAVA', 'java'),
+    kafkaPort: v.TALLY_SERVICES_KAFKA_PORT,
+    kafkaControllerPort: v.TALLY_SERVICES_KAFKA_CONTROLLER_PORT,
+    cassandraPort: v.TALLY_SERVICES_CASSANDRA_PORT,
+    cassandraStoragePort: v.TALLY_SERVICES_CASSANDRA_STORAGE_PORT,
+    cassandraJmxPort: v.TALLY_SERVICES_CASSANDRA_JMX_PORT,
+    startTimeoutMs: v.TALLY_SERVICES_START_TIMEOUT_MS,
+    java: v.TALLY_JAVA,
   }
   const config: TallyConfig = {
-    backend: oneOf(env, 'TALLY_BACKEND', 'auto', ['auto', 'embedded', 'kafka-cassandra']),
-    host: str(env, 'HOST', '127.0.0.1'),
-    // PORT=0 asks the OS for a free port (tests, several roles on one machine).
-    port: rawPort === undefined || rawPort === '' ? undefined : int(env, 'PORT', 0, 0, 65535),
-    logLevel: oneOf(env, 'LOG_LEVEL', 'info', ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']),
-    dataDir: resolve(str(env, 'TALLY_DATA_DIR', './data')),
+    backend: v.TALLY_BACKEND,
+    host: v.HOST,
+    port: v.PORT,
+    logLevel: v.LOG_LEVEL,
+    dataDir: resolve(v.TALLY_DATA_DIR),
     kafka: {
-      configured: brokers !== undefined,
-      brokers: brokers ?? [`127.0.0.1:${services.kafkaPort}`],
-      clientId: str(env, 'KAFKA_CLIENT_ID', 'tally'),
-      topicRaw,
-      topicDeadLetter,
-      topicProgress,
-      partitions: int(env, 'KAFKA_PARTITIONS', 6, 1, 10_000),
+      configured: v.KAFKA_BROKERS !== undefined,
+      brokers: v.KAFKA_BROKERS ?? [`127.0.0.1:${services.kafkaPort}`],
+      clientId: v.KAFKA_CLIENT_ID,
+      topicRaw: v.TALLY_TOPIC_RAW,
+      topicDeadLetter: v.TALLY_TOPIC_DEAD_LETTER,
+      topicProgress: v.TALLY_TOPIC_PROGRESS,
+      partitions: v.KAFKA_PARTITIONS,
       retentionMs,
-      replicationFactor: int(env, 'KAFKA_REPLICATION_FACTOR', 1, 1, 32),
+      replicationFactor: v.KAFKA_REPLICATION_FACTOR,
     },
     cassandra: {
-      configured: contactPoints !== undefined,
-      contactPoints: contactPoints ?? [`127.0.0.1:${services.cassandraPort}`],
-      localDataCenter: str(env, 'CASSANDRA_LOCAL_DC', 'datacenter1'),
-      keyspace,
-      replication: parseReplication(env.CASSANDRA_REPLICATION),
-      consistency: oneOf(env, 'CASSANDRA_CONSISTENCY', 'LOCAL_QUORUM', [
-        'ONE',
-        'LOCAL_ONE',
-        'QUORUM',
-        'LOCAL_QUORUM',
-        'ALL',
-      ]),
-      username: env.CASSANDRA_USERNAME || undefined,
-      password: env.CASSANDRA_PASSWORD || undefined,
+      configured: v.CASSANDRA_CONTACT_POINTS !== undefined,
+      contactPoints: v.CASSANDRA_CONTACT_POINTS ?? [`127.0.0.1:${services.cassandraPort}`],
+      localDataCenter: v.CASSANDRA_LOCAL_DC,
+      keyspace: v.CASSANDRA_KEYSPACE,
+      replication: v.CASSANDRA_REPLICATION,
+      consistency: v.CASSANDRA_CONSISTENCY,
+      username: v.CASSANDRA_USERNAME,
+      password: v.CASSANDRA_PASSWORD,
     },
     services,
     ingest: {
-      maxBodyBytes: int(env, 'TALLY_MAX_BODY_BYTES', 500 * 1024, 1024, 64 * 1024 * 1024),
-      maxEventBytes: int(env, 'TALLY_MAX_EVENT_BYTES', 32 * 1024, 256, 16 * 1024 * 1024),
-      maxBatchEvents: int(env, 'TALLY_MAX_BATCH_EVENTS', 2000, 1, 100_000),
-      maxDepth: int(env, 'TALLY_MAX_DEPTH', 16, 2, 256),
-      rateLimitSitePerSec: int(env, 'TALLY_RATE_LIMIT_SITE', 20_000, 0, 100_000_000),
-      rateLimitClientPerSec: int(env, 'TALLY_RATE_LIMIT_CLIENT', 1000, 0, 100_000_000),
-      siteCacheTtlMs: int(env, 'TALLY_SITE_CACHE_TTL_MS', 10_000, 0, 3_600_000),
-      appendTimeoutMs: int(env, 'TALLY_APPEND_TIMEOUT_MS', 5000, 100, 600_000),
-      lingerMs: int(env, 'TALLY_LINGER_MS', 2, 0, 1000),
-      compression: oneOf(env, 'TALLY_INGEST_COMPRESSION', 'none', ['none', 'gzip'] as const),
-      inFlightBatches: int(env, 'TALLY_INGEST_IN_FLIGHT_BATCHES', 2, 1, 16),
-      requestTimeoutMs: int(env, 'TALLY_REQUEST_TIMEOUT_MS', 10_000, 100, 600_000),
-      maxConnections: int(env, 'TALLY_MAX_CONNECTIONS', 10_000, 1, 1_000_000),
-      trackerPrefix: pathPrefix(env, 'TALLY_TRACKER_PREFIX'),
-      maxFutureMs,
+      maxBodyBytes: v.TALLY_MAX_BODY_BYTES,
+      maxEventBytes: v.TALLY_MAX_EVENT_BYTES,
+      maxBatchEvents: v.TALLY_MAX_BATCH_EVENTS,
+      maxDepth: v.TALLY_MAX_DEPTH,
+      rateLimitSitePerSec: v.TALLY_RATE_LIMIT_SITE,
+      rateLimitClientPerSec: v.TALLY_RATE_LIMIT_CLIENT,
+      siteCacheTtlMs: v.TALLY_SITE_CACHE_TTL_MS,
+      appendTimeoutMs: v.TALLY_APPEND_TIMEOUT_MS,
+      lingerMs: v.TALLY_LINGER_MS,
+      compression: v.TALLY_INGEST_COMPRESSION,
+      inFlightBatches: v.TALLY_INGEST_IN_FLIGHT_BATCHES,
+      requestTimeoutMs: v.TALLY_REQUEST_TIMEOUT_MS,
+      maxConnections: v.TALLY_MAX_CONNECTIONS,
+      trackerPrefix: v.TALLY_TRACKER_PREFIX,
+      // One value for ingest (clamp) and the stream (what it leaves to batch), so they agree.
+      maxFutureMs: v.TALLY_MAX_FUTURE_MS,
       // Older live events could leave the raw log before the archiver read them.
-      maxPastMs: Math.min(int(env, 'TALLY_MAX_PAST_DAYS', 7, 1, 3650) * 86_400_000, retentionMs),
-      importMaxPastMs: int(env, 'TALLY_IMPORT_MAX_PAST_DAYS', 1830, 1, 36_500) * 86_400_000,
+      maxPastMs: Math.min(v.TALLY_MAX_PAST_DAYS * 86_400_000, retentionMs),
+      importMaxPastMs: v.TALLY_IMPORT_MAX_PAST_DAYS * 86_400_000,
     },
     stream: {
-      group: str(env, 'TALLY_STREAM_GROUP', 'tally-aggregate'),
-      graceMs: int(env, 'TALLY_GRACE_MS', 300_000, 0, 7 * 86_400_000),
-      maxFutureMs,
-      maxOpenWindows: int(env, 'TALLY_STREAM_MAX_OPEN_WINDOWS', 20_000, 100, 10_000_000),
-      dedupHorizonMs: int(env, 'TALLY_DEDUP_HORIZON_MS', 3_600_000, 0, 86_400_000),
-      flushIntervalMs: int(env, 'TALLY_FLUSH_INTERVAL_MS', 500, 10, 600_000),
-      hllPrecision: int(env, 'TALLY_HLL_PRECISION', 14, 4, 18),
-      partitionsConcurrently: int(env, 'TALLY_STREAM_CONCURRENCY', 3, 1, 1000),
-      sessionTimeoutMs: int(env, 'TALLY_STREAM_SESSION_TIMEOUT_MS', 10_000, 6000, 300_000),
+      group: v.TALLY_STREAM_GROUP,
+      graceMs: v.TALLY_GRACE_MS,
+      maxFutureMs: v.TALLY_MAX_FUTURE_MS,
+      maxOpenWindows: v.TALLY_STREAM_MAX_OPEN_WINDOWS,
+      dedupHorizonMs: v.TALLY_DEDUP_HORIZON_MS,
+      flushIntervalMs: v.TALLY_FLUSH_INTERVAL_MS,
+      hllPrecision: v.TALLY_HLL_PRECISION,
+      partitionsConcurrently: v.TALLY_STREAM_CONCURRENCY,
+      sessionTimeoutMs: v.TALLY_STREAM_SESSION_TIMEOUT_MS,
       ttlSeconds: {
-        minute: int(env, 'TALLY_TTL_MINUTE_DAYS', 7, 0, 36_500) * 86_400,
-        hour: int(env, 'TALLY_TTL_HOUR_DAYS', 90, 0, 36_500) * 86_400,
-        day: int(env, 'TALLY_TTL_DAY_DAYS', 0, 0, 36_500) * 86_400,
+        minute: v.TALLY_TTL_MINUTE_DAYS * 86_400,
+        hour: v.TALLY_TTL_HOUR_DAYS * 86_400,
+        day: v.TALLY_TTL_DAY_DAYS * 86_400,
       },
     },
     query: {
-      answerCacheBytes: int(env, 'TALLY_QUERY_CACHE_MB', 64, 0, 65_536) * 1024 * 1024,
-      answerCacheMaxAgeMs: int(env, 'TALLY_QUERY_CACHE_MAX_AGE_MS', 10_000, 0, 3_600_000),
-      versionMaxAgeMs: int(env, 'TALLY_QUERY_VERSION_MAX_AGE_MS', 100, 0, 10_000),
-      notifiedVersionMaxAgeMs: int(env, 'TALLY_QUERY_NOTIFIED_VERSION_MAX_AGE_MS', 1000, 0, 600_000),
+      answerCacheBytes: v.TALLY_QUERY_CACHE_MB * 1024 * 1024,
+      answerCacheMaxAgeMs: v.TALLY_QUERY_CACHE_MAX_AGE_MS,
+      versionMaxAgeMs: v.TALLY_QUERY_VERSION_MAX_AGE_MS,
+      notifiedVersionMaxAgeMs: v.TALLY_QUERY_NOTIFIED_VERSION_MAX_AGE_MS,
     },
     archive: {
-      maxOpenHours: int(env, 'TALLY_ARCHIVE_MAX_OPEN_HOURS', 64, 1, 10_000),
+      maxOpenHours: v.TALLY_ARCHIVE_MAX_OPEN_HOURS,
     },
     batch: {
-      rebuildWaitArchiveMs: int(env, 'TALLY_REBUILD_WAIT_ARCHIVE_MS', 300_000, 0, 86_400_000),
+      rebuildWaitArchiveMs: v.TALLY_REBUILD_WAIT_ARCHIVE_MS,
     },
-    shutdownTimeoutMs: int(env, 'TALLY_SHUTDOWN_TIMEOUT_MS', 15_000, 100, 600_000),
+    shutdownTimeoutMs: v.TALLY_SHUTDOWN_TIMEOUT_MS,
   }
   return deepFreeze(config)
 }
 
-/** The variables `loadConfig` reads, for `--help` texts and the README. */
-export const CONFIG_VARIABLES: ReadonlyArray<readonly [name: string, meaning: string]> = [
-  [
-    'TALLY_BACKEND',
-    'auto|embedded|kafka-cassandra; auto (default): every command uses the embedded backend unless KAFKA_BROKERS or CASSANDRA_CONTACT_POINTS is set',
-  ],
-  ['HOST', 'address the HTTP servers bind to (default 127.0.0.1)'],
-  [
-    'PORT',
-    "overrides the role's default port (ingest 8080, query 8081, stream 9464, batch 9465, archive 9466); 0 = any free port",
-  ],
-  ['LOG_LEVEL', 'fatal|error|warn|info|debug|trace|silent (default info)'],
-  ['TALLY_DATA_DIR', 'local state: archive segments, embedded stores (default ./data)'],
-  ['KAFKA_BROKERS', 'host:port list; unset means the local broker of `tally services up`'],
-  ['KAFKA_CLIENT_ID', 'client id sent to Kafka (default tally)'],
-  ['KAFKA_PARTITIONS', 'partitions of the raw topic created by `tally migrate` (default 6)'],
-  ['KAFKA_REPLICATION_FACTOR', 'replication factor of the topics (default 1)'],
-  ['TALLY_TOPIC_RAW', 'raw event topic (default tally.events.raw)'],
-  [
-    'TALLY_LOG_RETENTION_HOURS',
-    'how long the raw log keeps records (raw topic retention.ms; the embedded log deletes only what the stream and archiver have read) (default 168)',
-  ],
-  ['TALLY_TOPIC_DEAD_LETTER', 'dead-letter topic (default tally.events.dlq)'],
-  [
-    'TALLY_TOPIC_PROGRESS',
-    'topic where stream workers announce their checkpoints to query roles (default tally.stream.progress)',
-  ],
-  ['CASSANDRA_CONTACT_POINTS', 'host:port list; unset means the local node of `tally services up`'],
-  ['CASSANDRA_LOCAL_DC', 'local data center (default datacenter1)'],
-  ['CASSANDRA_KEYSPACE', 'keyspace (default tally)'],
-  ['CASSANDRA_REPLICATION', 'SimpleStrategy:N or NetworkTopologyStrategy:dc=N,… (default SimpleStrategy:1)'],
-  ['CASSANDRA_CONSISTENCY', 'ONE|LOCAL_ONE|QUORUM|LOCAL_QUORUM|ALL (default LOCAL_QUORUM)'],
-  ['CASSANDRA_USERNAME / CASSANDRA_PASSWORD', 'credentials, when the cluster requires them'],
-  ['TALLY_MAX_BODY_BYTES', 'largest request body after decompression (default 512000)'],
-  ['TALLY_MAX_EVENT_BYTES', 'largest single event (default 32768)'],
-  ['TALLY_MAX_BATCH_EVENTS', 'most events in one batch request (default 2000)'],
-  ['TALLY_MAX_DEPTH', 'deepest nesting inside an event (default 16)'],
-  ['TALLY_RATE_LIMIT_SITE', 'events/s per site and ingest process, 0 = off (default 20000)'],
-  [
-    'TALLY_RATE_LIMIT_CLIENT',
-    'events/s per site and client IP of browser-style requests (HTTP Basic: per site only), 0 = off (default 1000)',
-  ],
-  ['TALLY_SITE_CACHE_TTL_MS', 'how long ingest and query cache a site and its keys (default 10000)'],
-  ['TALLY_APPEND_TIMEOUT_MS', 'wait for the log before answering 503 (default 5000)'],
-  ['TALLY_LINGER_MS', 'producer linger that lets requests share a Kafka batch (default 2)'],
-  [
-    'TALLY_INGEST_IN_FLIGHT_BATCHES',
-    'producer batches in flight at once, each from its own idempotent producer (default 2)',
-  ],
-  [
-    'TALLY_INGEST_COMPRESSION',
-    'none|gzip: compression of the batches ingest writes to Kafka (default none; gzip costs ingest CPU)',
-  ],
-  [
-    'TALLY_REQUEST_TIMEOUT_MS',
-    'time to receive a whole request, headers and body, on ingest and query; later: 408 (default 10000)',
-  ],
-  [
-    'TALLY_MAX_CONNECTIONS',
-    'connections each ingest or query server holds at once; near it idle keep-alive ones are closed first, over it new ones are refused (default 10000)',
-  ],
-  [
-    'TALLY_MAX_FUTURE_MS',
-    'an event timed more than this ahead of its receipt takes the receive time, flagged timestampClamped; the stream leaves such events to batch (default 82800000, 23 h)',
-  ],
-  [
-    'TALLY_MAX_PAST_DAYS',
-    'live events timed more than this many days before their receipt are rejected (TALLY_ERR_TIMESTAMP_TOO_OLD); never more than the log retention (default 7)',
-  ],
-  ['TALLY_IMPORT_MAX_PAST_DAYS', 'the same limit for /v1/import and `tally import` (default 1830, 5 years)'],
-  [
-    'TALLY_TRACKER_PREFIX',
-    'first-party path prefix, e.g. /stats: ingest also serves <prefix>/t.js and <prefix>/v1/… (default none)',
-  ],
-  ['TALLY_STREAM_GROUP', 'consumer group of the stream workers (default tally-aggregate)'],
-  ['TALLY_GRACE_MS', 'event-time grace before a window closes; later events go to batch (default 300000)'],
-  [
-    'TALLY_STREAM_MAX_OPEN_WINDOWS',
-    'open windows a stream partition holds in memory; beyond it the oldest are written and dropped (default 20000)',
-  ],
-  [
-    'TALLY_ARCHIVE_MAX_OPEN_HOURS',
-    'event hours an archiver partition buffers at once; a further hour closes them into segments first (default 64)',
-  ],
-  ['TALLY_DEDUP_HORIZON_MS', 'how long messageIds are remembered by the stream, max 1 day (default 3600000)'],
-  ['TALLY_FLUSH_INTERVAL_MS', 'how often workers write open windows (default 500)'],
-  ['TALLY_HLL_PRECISION', 'HyperLogLog precision of visitors, 4-18 (default 14, ~0.81% error)'],
-  ['TALLY_STREAM_CONCURRENCY', 'partitions a worker processes at once (default 3)'],
-  [
-    'TALLY_STREAM_SESSION_TIMEOUT_MS',
-    "consumer session timeout of stream workers and archivers, 6000-300000: a crashed process's partitions move after about this plus a rebalance (default 10000)",
-  ],
-  [
-    'TALLY_TTL_MINUTE_DAYS / _HOUR_DAYS / _DAY_DAYS',
-    'aggregate row TTL per granularity, 0 = keep (default 7 / 90 / 0)',
-  ],
-  [
-    'TALLY_QUERY_CACHE_MB',
-    'stats answers the query role keeps until the data under them changes, 0 = off (default 64)',
-  ],
-  ['TALLY_QUERY_CACHE_MAX_AGE_MS', 'longest a stats answer is served from that cache (default 10000)'],
-  [
-    'TALLY_QUERY_VERSION_MAX_AGE_MS',
-    "reuse a site's data version read this recently instead of reading it per request: answers may miss the last N ms of writes; 0 = read per request (default 100)",
-  ],
-  [
-    'TALLY_QUERY_NOTIFIED_VERSION_MAX_AGE_MS',
-    "while the query role hears the stream's progress notices, a data version is re-read after a notice and otherwise at least this often (never less than TALLY_QUERY_VERSION_MAX_AGE_MS; unused when that is 0) (default 1000)",
-  ],
-  [
-    'TALLY_REBUILD_WAIT_ARCHIVE_MS',
-    '`tally rebuild` waits this long for the archive to hold the log before failing, 0-86400000 (default 300000)',
-  ],
-  ['TALLY_SHUTDOWN_TIMEOUT_MS', 'deadline of the ordered shutdown (default 15000)'],
-  ['TALLY_SERVICES_CACHE', 'jar cache of `tally services` (default ~/.cache/tally/services)'],
-  [
-    'TALLY_SERVICES_*_PORT',
-    'ports of the local servers: KAFKA (9092), KAFKA_CONTROLLER (9093), CASSANDRA (9042), CASSANDRA_STORAGE (7000), CASSANDRA_JMX (7199)',
-  ],
-  ['TALLY_SERVICES_START_TIMEOUT_MS', 'how long `services up` waits for each server (default 180000)'],
-  ['TALLY_JAVA', 'java launcher for the local servers, JDK 11 or 17 (default java on PATH)'],
-  ['TALLY_SERVICES_RUN_DIR', 'data, logs and PID files of `tally services` (default $TMPDIR/tally-services)'],
-]
+function helpLine(variable: Variable<unknown>): string {
+  const values = variable.values === 'text' ? '' : variable.values
+  const shownDefault = variable.default === '' ? '' : `default ${variable.default}`
+  const notes = [values, shownDefault].filter((s) => s !== '').join('; ')
+  return notes === '' ? variable.doc : `${variable.doc} (${notes})`
+}
+
+/** The variables `loadConfig` reads, for `--help` texts: [name, meaning (values; default)]. */
+export const CONFIG_VARIABLES: ReadonlyArray<readonly [name: string, meaning: string]> = Object.entries(
+  VARIABLES as Record<string, Variable<unknown>>,
+).map(([name, variable]) => [name, helpLine(variable)] as const)
+
+const cell = (s: string) => s.replaceAll('|', '\\|')
+
+/** The README's configuration table (between its `config-table` markers), generated from {@link VARIABLES}. */
+export function configTableMarkdown(): string {
+  const rows = Object.entries(VARIABLES as Record<string, Variable<unknown>>).map(
+    ([name, v]) =>
+      `| \`${name}\` | ${cell(v.values)} | ${v.default === '' ? '(none)' : cell(v.default)} | ${cell(v.doc)} |`,
+  )
+  return ['| variable | values | default | meaning |', '|---|---|---|---|', ...rows].join('\n')
+}

@@ -6,6 +6,7 @@ import Fastify, {
   type FastifyInstance,
   LogController,
 } from 'fastify'
+import type { Registry } from 'prom-client'
 import { TallyError } from './errors.js'
 import {
   answerClientError,
@@ -16,6 +17,7 @@ import {
   rememberRequestId,
 } from './http-limits.js'
 import type { Logger } from './log.js'
+import { observeHttpRequests } from './metrics.js'
 import { traceIdOrNew } from './record/headers.js'
 
 const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/
@@ -39,6 +41,8 @@ export interface HttpServerOptions {
   maxConnections?: number
   /** Observes every error answer (after mapping), e.g. to count rejections by code. */
   onErrorAnswer?: (err: TallyError) => void
+  /** The process registry: every request is timed into its `http_request_duration_seconds`. */
+  registry?: Registry
 }
 
 /** Maps Fastify's own errors to Tally codes so every error body looks the same. */
@@ -130,6 +134,7 @@ export function createHttpServer(options: HttpServerOptions): FastifyInstance {
   }
   const app = Fastify(serverOptions) as unknown as FastifyInstance
   limitConnections(app.server, options.maxConnections ?? DEFAULT_MAX_CONNECTIONS, options.logger)
+  if (options.registry) observeHttpRequests(app, options.registry)
   // Hooks on every request take a callback rather than returning a promise: at tens of thousands
   // of requests a second the promises show in profiles.
   app.addHook('onRequest', (req, reply, done) => {

@@ -80,6 +80,7 @@ export async function buildIngestApp(deps: IngestDeps): Promise<FastifyInstance>
     requestTimeoutMs: config.requestTimeoutMs,
     maxConnections: config.maxConnections,
     onErrorAnswer: (err) => metrics.rejections.inc({ code: err.code }),
+    registry: metrics.registry,
   })
   const limits: IngestLimits = config
   const uaParser = new UserAgentParser()

@@ -1,9 +1,11 @@
-import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client'
+import { Counter, Gauge, Histogram, type Registry } from 'prom-client'
+import { createProcessRegistry } from '../core/metrics.js'
 
-/** Prometheus metrics of the ingest role (served at GET /metrics). */
-export function createIngestMetrics() {
-  const registry = new Registry()
-  collectDefaultMetrics({ register: registry, prefix: 'tally_ingest_' })
+/**
+ * Prometheus metrics of the ingest role (served at GET /metrics), in the process registry
+ * (core/metrics.ts); default: a registry of its own.
+ */
+export function createIngestMetrics(registry: Registry = createProcessRegistry()) {
   return {
     registry,
     requests: new Counter({
@@ -36,19 +38,6 @@ export function createIngestMetrics() {
       buckets: [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
       registers: [registry],
     }),
-    kafkaSendSeconds: new Histogram({
-      name: 'tally_ingest_kafka_send_seconds',
-      help: 'Time of one producer batch send',
-      labelNames: ['outcome'] as const,
-      buckets: [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
-      registers: [registry],
-    }),
-    kafkaBatchRecords: new Histogram({
-      name: 'tally_ingest_kafka_batch_records',
-      help: 'Records per producer batch (how well concurrent requests share sends)',
-      buckets: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000],
-      registers: [registry],
-    }),
     batchSize: new Histogram({
       name: 'tally_ingest_request_events',
       help: 'Events per request',
@@ -64,3 +53,22 @@ export function createIngestMetrics() {
 }
 
 export type IngestMetrics = ReturnType<typeof createIngestMetrics>
+
+/** The Kafka producer's metrics: registered only when ingest writes to Kafka (not on the embedded log). */
+export function createIngestKafkaMetrics(registry: Registry) {
+  return {
+    kafkaSendSeconds: new Histogram({
+      name: 'tally_ingest_kafka_send_seconds',
+      help: 'Time of one producer batch send',
+      labelNames: ['outcome'] as const,
+      buckets: [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
+      registers: [registry],
+    }),
+    kafkaBatchRecords: new Histogram({
+      name: 'tally_ingest_kafka_batch_records',
+      help: 'Records per producer batch (how well concurrent requests share sends)',
+      buckets: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000],
+      registers: [registry],
+    }),
+  }
+}

@@ -1,10 +1,11 @@
 import type { AddressInfo } from 'node:net'
+import type { Registry } from 'prom-client'
 import type { TallyConfig } from '../core/config.js'
 import { once } from '../core/lifecycle.js'
 import type { Logger } from '../core/log.js'
 import type { Ports } from '../core/ports/backend.js'
 import { buildIngestApp } from './app.js'
-import { createIngestMetrics } from './metrics.js'
+import { createIngestKafkaMetrics, createIngestMetrics } from './metrics.js'
 import { SiteCache } from './site-cache.js'
 
 export const INGEST_DEFAULT_PORT = 8080
@@ -16,9 +17,11 @@ export interface RunningIngest {
 
 export interface IngestRoleOptions {
   /** The backend (built by app/); closed by its owner after the role. */
-  ports: Pick<Ports, 'writer' | 'sites'>
+  ports: Pick<Ports, 'kind' | 'writer' | 'sites'>
   /** Port to listen on. Default: PORT, else 8080. */
   port?: number
+  /** The process registry (core/metrics.ts), when the process runs several roles; default: its own. */
+  registry?: Registry
 }
 
 /** Starts the ingest role: a log writer from the ports, a site cache, the HTTP server. */
@@ -27,16 +30,20 @@ export async function startIngest(
   logger: Logger,
   options: IngestRoleOptions,
 ): Promise<RunningIngest> {
-  const metrics = createIngestMetrics()
+  const metrics = createIngestMetrics(options.registry)
   const { ports } = options
+  // Kafka's producer metrics only where ingest writes to Kafka.
+  const kafkaMetrics =
+    ports.kind === 'kafka-cassandra' ? createIngestKafkaMetrics(metrics.registry) : undefined
   const log = await ports.writer({
     lingerMs: config.ingest.lingerMs,
     compression: config.ingest.compression,
     maxInFlightBatches: config.ingest.inFlightBatches,
     appendTimeoutMs: config.ingest.appendTimeoutMs,
     onSend: (records, _bytes, seconds, ok) => {
-      metrics.kafkaSendSeconds.observe({ outcome: ok ? 'ok' : 'error' }, seconds)
-      if (ok) metrics.kafkaBatchRecords.observe(records)
+      if (!kafkaMetrics) return
+      kafkaMetrics.kafkaSendSeconds.observe({ outcome: ok ? 'ok' : 'error' }, seconds)
+      if (ok) kafkaMetrics.kafkaBatchRecords.observe(records)
     },
   })
   const app = await buildIngestApp({

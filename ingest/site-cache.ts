@@ -1,3 +1,4 @@
+import { LRUCache } from 'lru-cache'
 import type { Site, SiteStore } from '../core/ports/site-store.js'
 
 export interface SiteCacheOptions {
@@ -7,59 +8,75 @@ export interface SiteCacheOptions {
   negativeTtlMs?: number
   /** When the store cannot answer, a known site is still served for this long past its TTL. Default 5 min. */
   maxStaleMs?: number
+  /** Most known sites kept (least recently used leave first). Default 100000. */
+  maxSites?: number
+  /** Most unknown keys remembered (least recently used leave first). Default 10000. */
+  maxUnknownKeys?: number
 }
 
-interface Entry {
-  site: Site | undefined
-  expires: number
+interface Known {
+  site: Site
+  /** Until when the site may be served while the store cannot answer. */
   staleUntil: number
 }
 
 /**
  * Write key → site with bounded staleness, plus the set of origins of all sites (for CORS
- * preflights, which carry no key). Concurrent misses for one key share one store read.
+ * preflights, which carry no key). Concurrent misses for one key share one store read (lru-cache's
+ * `fetch`). Known sites and unknown keys live in two bounded caches, so a flood of random keys
+ * churns only the unknown ones and never evicts a known site.
  */
 export class SiteCache {
-  private readonly byKey = new Map<string, Entry>()
-  private readonly loading = new Map<string, Promise<Site | undefined>>()
+  private readonly known: LRUCache<string, Known>
+  private readonly unknown: LRUCache<string, true>
   private origins = new Set<string>()
   private originsExpire = 0
   private originsLoading: Promise<void> | undefined
   private readonly ttlMs: number
-  private readonly negativeTtlMs: number
-  private readonly maxStaleMs: number
 
   constructor(
     private readonly store: Pick<SiteStore, 'byWriteKey' | 'list'>,
     options: SiteCacheOptions = {},
   ) {
     this.ttlMs = options.ttlMs ?? 10_000
-    this.negativeTtlMs = options.negativeTtlMs ?? 2000
-    this.maxStaleMs = options.maxStaleMs ?? 300_000
+    const maxStaleMs = options.maxStaleMs ?? 300_000
+    // Date.now rather than performance.now, and no cached clock: the same time as the entries'
+    // staleUntil; + 1 because lru-cache reads a start time of 0 as "no TTL".
+    const perf = { now: () => Date.now() + 1 }
+    this.unknown = new LRUCache<string, true>({
+      max: options.maxUnknownKeys ?? 10_000,
+      ttl: Math.max(1, options.negativeTtlMs ?? 2000),
+      ttlResolution: 0,
+      perf,
+      noDeleteOnStaleGet: true,
+    })
+    this.known = new LRUCache<string, Known>({
+      max: options.maxSites ?? 100_000,
+      // TTL 0 (TALLY_SITE_CACHE_TTL_MS=0) re-reads on every request, as lru-cache's 1 ms does.
+      ttl: Math.max(1, this.ttlMs),
+      ttlResolution: 0,
+      perf,
+      // A failed read keeps the expired entry, so byWriteKey can serve it within maxStaleMs.
+      noDeleteOnFetchRejection: true,
+      fetchMethod: async (writeKey) => {
+        const site = await this.store.byWriteKey(writeKey)
+        if (site === undefined) {
+          this.unknown.set(writeKey, true)
+          return undefined
+        }
+        return { site, staleUntil: Date.now() + this.ttlMs + maxStaleMs }
+      },
+    })
   }
 
   async byWriteKey(writeKey: string): Promise<Site | undefined> {
-    const now = Date.now()
-    const hit = this.byKey.get(writeKey)
-    if (hit && hit.expires > now) return hit.site
-    let pending = this.loading.get(writeKey)
-    if (!pending) {
-      pending = this.store.byWriteKey(writeKey).finally(() => this.loading.delete(writeKey))
-      this.loading.set(writeKey, pending)
-    }
+    if (this.unknown.has(writeKey)) return undefined
     try {
-      const site = await pending
-      const t = Date.now()
-      if (this.byKey.size > 100_000) this.byKey.clear()
-      this.byKey.set(writeKey, {
-        site,
-        expires: t + (site ? this.ttlMs : this.negativeTtlMs),
-        staleUntil: t + this.ttlMs + this.maxStaleMs,
-      })
-      return site
+      return (await this.known.fetch(writeKey))?.site
     } catch (err) {
       // The store is down: keep serving a known site for a while rather than refusing events.
-      if (hit?.site && hit.staleUntil > Date.now()) return hit.site
+      const stale = this.known.peek(writeKey, { allowStale: true })
+      if (stale && stale.staleUntil > Date.now()) return stale.site
       throw err
     }
   }

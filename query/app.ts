@@ -114,6 +114,7 @@ export async function buildQueryApp(deps: QueryAppDeps): Promise<FastifyInstance
     requestTimeoutMs: deps.requestTimeoutMs ?? 10_000,
     maxConnections: deps.maxConnections ?? 10_000,
     onErrorAnswer: (err) => metrics.errors.inc({ code: err.code }),
+    registry: metrics.registry,
   })
 
   // Callback hooks and label children looked up once per route and status: on a cached answer,

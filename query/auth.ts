@@ -1,3 +1,4 @@
+import { LRUCache } from 'lru-cache'
 import { TallyError } from '../core/errors.js'
 import { hashesEqual, hashToken } from '../core/keys.js'
 import type { Site, SiteStore } from '../core/ports/site-store.js'
@@ -32,14 +33,18 @@ export interface ReadAccessCacheOptions {
   minRefreshMs?: number
   /** Called for every accepted token (TokenUseRecorder keeps "last used"); must not throw. */
   onUse?: (siteId: string, tokenHash: string) => void
+  /** Most known sites kept (least recently used leave first). Default 100000. */
+  maxSites?: number
+  /** Most unknown site ids remembered (least recently used leave first). Default 10000. */
+  maxUnknownSites?: number
   /** Clock (tests). */
   now?: () => number
 }
 
-interface Entry {
-  site: Site | undefined
+interface Known {
+  site: Site
   loadedAt: number
-  expires: number
+  /** Until when the site may be used while the store cannot answer. */
   staleUntil: number
 }
 
@@ -55,15 +60,17 @@ function unauthorized(code: string, message: string): TallyError {
  * consults the token index, to answer 403 for a token of another site instead of 401.
  */
 export class ReadAccessCache implements ReadAuthorizer {
-  private readonly byId = new Map<string, Entry>()
-  private readonly loading = new Map<string, Promise<Site | undefined>>()
+  /** Known sites for ttlMs, read through lru-cache's fetch (concurrent misses share one read). */
+  private readonly known: LRUCache<string, Known>
+  /**
+   * Unknown site ids → when they were read, for negativeTtlMs; apart from the known sites, so a
+   * flood of random ids churns only these.
+   */
+  private readonly unknown: LRUCache<string, number>
   private tokenIndex = new Map<string, string>()
   /** Undefined until the index was loaded once. */
   private tokenIndexExpires: number | undefined
   private tokenIndexLoading: Promise<void> | undefined
-  private readonly ttlMs: number
-  private readonly negativeTtlMs: number
-  private readonly maxStaleMs: number
   private readonly tokenIndexTtlMs: number
   private readonly minRefreshMs: number
   private tokenIndexLoadedAt = Number.NEGATIVE_INFINITY
@@ -74,13 +81,41 @@ export class ReadAccessCache implements ReadAuthorizer {
     private readonly store: Pick<SiteStore, 'get' | 'list'>,
     options: ReadAccessCacheOptions = {},
   ) {
-    this.ttlMs = options.ttlMs ?? 10_000
-    this.negativeTtlMs = options.negativeTtlMs ?? 2000
-    this.maxStaleMs = options.maxStaleMs ?? 300_000
+    const ttlMs = options.ttlMs ?? 10_000
+    const maxStaleMs = options.maxStaleMs ?? 300_000
     this.tokenIndexTtlMs = options.tokenIndexTtlMs ?? 30_000
     this.minRefreshMs = options.minRefreshMs ?? 1000
     this.now = options.now ?? Date.now
     this.onUse = options.onUse
+    // The injected clock, uncached, for the TTLs as for loadedAt and staleUntil; + 1 because
+    // lru-cache reads a start time of 0 as "no TTL" (a test clock starts at 0).
+    const perf = { now: () => this.now() + 1 }
+    this.unknown = new LRUCache<string, number>({
+      max: options.maxUnknownSites ?? 10_000,
+      ttl: Math.max(1, options.negativeTtlMs ?? 2000),
+      ttlResolution: 0,
+      perf,
+    })
+    this.known = new LRUCache<string, Known>({
+      max: options.maxSites ?? 100_000,
+      // lru-cache's ttl 0 means "forever"; 1 ms is "re-read on every request", as TTL 0 was.
+      ttl: Math.max(1, ttlMs),
+      ttlResolution: 0,
+      perf,
+      // An expired site stays, to be used within maxStaleMs when a re-read fails.
+      noDeleteOnStaleGet: true,
+      noDeleteOnFetchRejection: true,
+      fetchMethod: async (siteId) => {
+        const site = await this.store.get(siteId)
+        const t = this.now()
+        if (site === undefined) {
+          this.unknown.set(siteId, t)
+          return undefined
+        }
+        this.unknown.delete(siteId)
+        return { site, loadedAt: t, staleUntil: t + ttlMs + maxStaleMs }
+      },
+    })
   }
 
   async authorize(siteId: string, authorization: string | undefined): Promise<void> {
@@ -110,8 +145,8 @@ export class ReadAccessCache implements ReadAuthorizer {
   /** The same check as `authorize` when the site is cached and fresh and the token is one of its own. */
   allowsNow(siteId: string, authorization: string | undefined): boolean {
     if (!authorization) return false
-    const hit = this.byId.get(siteId)
-    if (!hit?.site || hit.expires <= this.now()) return false
+    const hit = this.known.get(siteId)
+    if (!hit) return false
     const m = BEARER.exec(authorization)
     if (m === null) return false
     const hash = hashToken(m[1]!)
@@ -123,26 +158,16 @@ export class ReadAccessCache implements ReadAuthorizer {
   /** The site, from the cache while fresh; `refresh` re-reads it if cached longer than minRefreshMs. */
   private async site(siteId: string, refresh: boolean): Promise<Site | undefined> {
     const now = this.now()
-    const hit = this.byId.get(siteId)
-    if (hit && hit.expires > now && !(refresh && now - hit.loadedAt >= this.minRefreshMs)) return hit.site
-    let pending = this.loading.get(siteId)
-    if (!pending) {
-      pending = this.store.get(siteId).finally(() => this.loading.delete(siteId))
-      this.loading.set(siteId, pending)
-    }
+    const unknownAt = this.unknown.get(siteId)
+    if (unknownAt !== undefined && !(refresh && now - unknownAt >= this.minRefreshMs)) return undefined
+    const hit = this.known.get(siteId)
+    if (hit && !(refresh && now - hit.loadedAt >= this.minRefreshMs)) return hit.site
     try {
-      const site = await pending
-      const t = this.now()
-      if (this.byId.size > 100_000) this.byId.clear()
-      this.byId.set(siteId, {
-        site,
-        loadedAt: t,
-        expires: t + (site ? this.ttlMs : this.negativeTtlMs),
-        staleUntil: t + this.ttlMs + this.maxStaleMs,
-      })
-      return site
+      // Expired, unknown or due for a refresh: read it (a read already under way is shared).
+      return (await this.known.fetch(siteId, { forceRefresh: true }))?.site
     } catch (err) {
-      if (hit?.site && hit.staleUntil > this.now()) return hit.site
+      const stale = this.known.peek(siteId, { allowStale: true })
+      if (stale && stale.staleUntil > this.now()) return stale.site
       throw unavailable(err)
     }
   }

@@ -1,14 +1,16 @@
-import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client'
+import { Counter, Gauge, Histogram, type Registry } from 'prom-client'
+import { createProcessRegistry } from '../core/metrics.js'
 
 export interface QueryMetricsOptions {
   /** Whether the role hears the stream's progress notices now (the gauge reads it when scraped). */
   noticesLive?: () => boolean
+  /** The process registry (core/metrics.ts); default: a registry of its own. */
+  registry?: Registry
 }
 
 /** Prometheus metrics of the query role (served at GET /metrics). */
 export function createQueryMetrics(options: QueryMetricsOptions = {}) {
-  const registry = new Registry()
-  collectDefaultMetrics({ register: registry, prefix: 'tally_query_' })
+  const registry = options.registry ?? createProcessRegistry()
   return {
     registry,
     requests: new Counter({

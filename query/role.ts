@@ -1,4 +1,5 @@
 import type { AddressInfo } from 'node:net'
+import type { Registry } from 'prom-client'
 import type { TallyConfig } from '../core/config.js'
 import { once } from '../core/lifecycle.js'
 import type { Logger } from '../core/log.js'
@@ -30,6 +31,8 @@ export interface QueryRoleOptions {
   port?: number
   /** The backend (built by app/); closed by its owner after the role. */
   ports: Pick<Ports, 'reader' | 'sites' | 'batch' | 'offsets' | 'progress'>
+  /** The process registry (core/metrics.ts), when the process runs several roles; default: its own. */
+  registry?: Registry
 }
 
 /** Starts the query role: the stores of the ports (read only), site/token cache, HTTP server (port 8081 unless PORT). */
@@ -46,7 +49,10 @@ export async function startQuery(
     config.query.versionMaxAgeMs > 0
       ? ports.progress.listener({ group: config.stream.group, topic: config.kafka.topicRaw, logger })
       : undefined
-  const metrics = createQueryMetrics({ noticesLive: () => listener?.live() ?? false })
+  const metrics = createQueryMetrics({
+    noticesLive: () => listener?.live() ?? false,
+    ...(options.registry ? { registry: options.registry } : {}),
+  })
   const freshness = new CheckpointFreshness(reader, {
     group: config.stream.group,
     topic: config.kafka.topicRaw,

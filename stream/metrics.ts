@@ -1,9 +1,11 @@
-import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client'
+import { Counter, Gauge, Histogram, type Registry } from 'prom-client'
+import { createProcessRegistry } from '../core/metrics.js'
 
-/** Prometheus metrics of a stream worker (served at its own GET /metrics). */
-export function createStreamMetrics() {
-  const registry = new Registry()
-  collectDefaultMetrics({ register: registry, prefix: 'tally_stream_' })
+/**
+ * Prometheus metrics of a stream worker (served at GET /metrics), in the process registry
+ * (core/metrics.ts); default: a registry of its own.
+ */
+export function createStreamMetrics(registry: Registry = createProcessRegistry()) {
   return {
     registry,
     lag: new Gauge({

@@ -1,3 +1,4 @@
+import type { Registry } from 'prom-client'
 import type { TallyConfig } from '../core/config.js'
 import { createHttpServer, listenOrExplain } from '../core/http.js'
 import { once } from '../core/lifecycle.js'
@@ -31,11 +32,18 @@ export async function startStream(
     port?: number
     /** The backend (built by app/); closed by its owner after the role. */
     ports: Pick<Ports, 'consumer' | 'streamStore' | 'writer' | 'offsets' | 'progress'>
+    /** The process registry (core/metrics.ts) when the process runs several roles; default: its own. */
+    registry?: Registry
   },
 ): Promise<RunningStream> {
-  const metrics = createStreamMetrics()
+  const metrics = createStreamMetrics(options.registry)
   let worker: StreamWorker | undefined
-  const app = createHttpServer({ logger, bodyLimit: 1024, requestTimeoutMs: 10_000 })
+  const app = createHttpServer({
+    logger,
+    bodyLimit: 1024,
+    requestTimeoutMs: 10_000,
+    registry: metrics.registry,
+  })
   app.get('/healthz', async () => ({ status: 'ok' }))
   app.get('/readyz', async (_req, reply) =>
     worker

@@ -3,6 +3,7 @@ import { type BackendKind, backendOf, type TallyConfig } from '../../core/config
 import { serveAdmin } from '../../core/embedded/admin.js'
 import { type Closable, once } from '../../core/lifecycle.js'
 import type { Logger } from '../../core/log.js'
+import { createProcessRegistry } from '../../core/metrics.js'
 import type { Ports } from '../../core/ports/backend.js'
 import { QUERY_DEFAULT_PORT } from '../../query/role.js'
 import { STREAM_DEFAULT_PORT } from '../../stream/role.js'
@@ -65,7 +66,10 @@ export async function startAll(
     } else if (options.quickstart) {
       site = await prepareQuickstart(config, logger)
     }
-    const shared = ports ? { ports } : {}
+    // One registry for the process: every role's /metrics serves the same process_*, nodejs_*,
+    // http_request_duration_seconds and tally_* metrics.
+    const registry = createProcessRegistry()
+    const shared = ports ? { ports, registry } : { registry }
     const ingest = await startIngest(config, logger, shared)
     started.push(ingest)
     const stream = await startStream(config, logger, {

@@ -60,7 +60,7 @@ export interface SpawnOptions {
   env: Record<string, string>
   /** Folder for the log file. */
   logDir: string
-  /** Returns the ready information when a stdout line says the process is ready, else undefined. */
+  /** Returns the ready information when a stdout or stderr line says the process is ready, else undefined. */
   isReady: (line: string) => Record<string, unknown> | undefined
   /** Default 60000 ms. */
   readyTimeoutMs?: number
@@ -90,10 +90,10 @@ export async function spawnNode(options: SpawnOptions): Promise<Child> {
     // 'close' comes after the output streams ended, so the log file is complete by then.
     child.once('close', (code, signal) => resolve({ code, signal })),
   )
-  child.stderr?.pipe(log, { end: false })
   const pid = child.pid
   if (pid === undefined) throw new Error(`${options.name}: could not start node ${options.args.join(' ')}`)
-  const lines = createInterface({ input: child.stdout! })
+  // Tally logs (the ready line among them) on stderr; peers such as bare-fastify print theirs on stdout.
+  const lines = [createInterface({ input: child.stdout! }), createInterface({ input: child.stderr! })]
   const ready = new Promise<Record<string, unknown>>((resolve, reject) => {
     const timer = setTimeout(
       () =>
@@ -105,7 +105,7 @@ export async function spawnNode(options: SpawnOptions): Promise<Child> {
       options.readyTimeoutMs ?? 60_000,
     )
     let done = false
-    lines.on('line', (line) => {
+    const onLine = (line: string) => {
       log.write(`${line}\n`)
       if (done) return
       const info = options.isReady(line)
@@ -114,7 +114,8 @@ export async function spawnNode(options: SpawnOptions): Promise<Child> {
         clearTimeout(timer)
         resolve(info)
       }
-    })
+    }
+    for (const input of lines) input.on('line', onLine)
     void exited.then(({ code, signal }) => {
       clearTimeout(timer)
       if (!done)

@@ -539,7 +539,7 @@ describe('pixel, health and metrics', () => {
     expect(delta('tally_ingest_produce_seconds_count', {})).toBe(1)
     expect(after).toContain('tally_ingest_in_flight_requests')
     expect(after).toContain('tally_ingest_request_events_bucket')
-    expect(metricValue(after, 'tally_ingest_process_resident_memory_bytes')).toBeGreaterThan(0)
+    expect(metricValue(after, 'process_resident_memory_bytes')).toBeGreaterThan(0)
   })
 })
 

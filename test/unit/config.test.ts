@@ -133,6 +133,28 @@ describe('loadConfig', () => {
     expect(CONFIG_VARIABLES.map(([name]) => name)).toContain('TALLY_REBUILD_WAIT_ARCHIVE_MS')
   })
 
+  it('refuses an unknown TALLY_* variable, naming the closest known one', () => {
+    const err = errorOf({ TALLY_RATE_LIMIT_SITES: '5' })
+    expect(err.code).toBe('TALLY_ERR_CONFIG')
+    expect(err.where).toBe('TALLY_RATE_LIMIT_SITES')
+    expect(err.message).toBe('unknown variable TALLY_RATE_LIMIT_SITES; did you mean TALLY_RATE_LIMIT_SITE?')
+    expect(errorOf({ TALLY_GRACE: '1' }).message).toBe(
+      'unknown variable TALLY_GRACE; did you mean TALLY_GRACE_MS?',
+    )
+    expect(errorOf({ TALLY_NOTHING_LIKE_THIS_AT_ALL: '1' }).message).toBe(
+      'unknown variable TALLY_NOTHING_LIKE_THIS_AT_ALL (`tally --help` lists the variables)',
+    )
+    // Read outside the configuration (CLI, tests, bench), so not unknown; other prefixes are not Tally's.
+    expect(() =>
+      loadConfig({
+        TALLY_DEBUG: '1',
+        TALLY_TEST_KEEP_SERVICES: '1',
+        TALLY_BENCH_CPU_PROF: '/tmp',
+        TALLYHO: 'x',
+      }),
+    ).not.toThrow()
+  })
+
   it('parses replication for multi-node clusters', () => {
     const c = loadConfig({ CASSANDRA_REPLICATION: 'NetworkTopologyStrategy:dc1=3,dc2=2' })
     expect(c.cassandra.replication).toEqual({ class: 'NetworkTopologyStrategy', factors: { dc1: 3, dc2: 2 } })

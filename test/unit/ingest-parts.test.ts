@@ -142,6 +142,27 @@ describe('SiteCache', () => {
     await expect(cache.byWriteKey('wk_unknown')).rejects.toThrow('cassandra down')
   })
 
+  it('keeps known sites cached through a flood of unknown keys', async () => {
+    vi.useFakeTimers({ now: 1_000_000 })
+    const known = site()
+    const store = {
+      byWriteKey: vi.fn(async (key: string) => (key === known.writeKey ? known : undefined)),
+      list: vi.fn(async () => [known]),
+    }
+    const cache = new SiteCache(store, { ttlMs: 60_000, negativeTtlMs: 60_000 })
+    expect((await cache.byWriteKey(known.writeKey))?.siteId).toBe('s1')
+    // More random keys than either cache holds.
+    for (let i = 0; i < 101_000; i += 10_100) {
+      await Promise.all(Array.from({ length: 10_100 }, (_, j) => cache.byWriteKey(`wk_random_${i + j}`)))
+    }
+    store.byWriteKey.mockClear()
+    expect((await cache.byWriteKey(known.writeKey))?.siteId).toBe('s1')
+    expect(store.byWriteKey).not.toHaveBeenCalled()
+    // Unknown keys stay remembered (bounded): a recent one is not read again.
+    expect(await cache.byWriteKey('wk_random_100999')).toBeUndefined()
+    expect(store.byWriteKey).not.toHaveBeenCalled()
+  }, 120_000) // 100 000+ store misses: seconds on a loaded machine
+
   it("knows every site's origins (for preflights), including the site's own domain", async () => {
     const store = { byWriteKey: async () => undefined, list: async () => [site()] }
     const cache = new SiteCache(store)

@@ -127,4 +127,23 @@ describe('read-token authorization', () => {
     expect(store.gets).toBe(gets + 1)
     expect(auth.allowsNow('a', 'Bearer rt_a')).toBe(true)
   })
+
+  it('keeps known sites cached through a flood of unknown site ids', async () => {
+    const clock = { t: 1 }
+    const store = new FakeStore([site('a', ['rt_a'])])
+    const auth = new ReadAccessCache(store, { ttlMs: 60_000, negativeTtlMs: 60_000, now: () => clock.t })
+    await auth.authorize('a', 'Bearer rt_a')
+    // More random ids than either cache holds (each one a 401).
+    for (let i = 0; i < 101_000; i += 10_100) {
+      await Promise.all(
+        Array.from({ length: 10_100 }, (_, j) =>
+          auth.authorize(`random-${i + j}`, 'Bearer rt_a').catch(() => {}),
+        ),
+      )
+    }
+    const gets = store.gets
+    expect(auth.allowsNow('a', 'Bearer rt_a')).toBe(true)
+    await auth.authorize('a', 'Bearer rt_a')
+    expect(store.gets).toBe(gets)
+  }, 120_000) // 100 000+ store misses: seconds on a loaded machine
 })
