@@ -12,7 +12,7 @@ import {
   MAX_PRECISION,
   MIN_PRECISION,
   mergeAll,
-} from './hll.js'
+} from '../../core/hll.js'
 
 function ids(from: number, to: number, prefix = 'visitor-'): string[] {
   const out: string[] = []

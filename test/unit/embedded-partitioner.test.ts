@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest'
-import { murmur2, partitionForKey } from './partitioner.js'
+import { murmur2, partitionForKey } from '../../core/embedded/partitioner.js'
 
 // Known answers of Kafka's murmur2 (Java client Utils.murmur2, as copied by kafkajs), one per tail
 // length 0..3, plus multi-byte UTF-8. The contract suite checks the partitions against a real broker.

@@ -2,7 +2,7 @@ import { closeSync, mkdtempSync, openSync, readFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { describe, expect, it } from 'vitest'
-import { createLogger } from './log.js'
+import { createLogger } from '../../core/log.js'
 
 function logged(isTTY: boolean): string {
   const file = join(mkdtempSync(join(tmpdir(), 'tally-log-')), 'out')

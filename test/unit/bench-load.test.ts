@@ -1,7 +1,7 @@
 import { createServer, type Server } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { afterEach, describe, expect, it } from 'vitest'
-import { type LoadTarget, type PacedRun, pacedClient } from './load.js'
+import { type LoadTarget, type PacedRun, pacedClient } from '../../bench/harness/load.js'
 
 let server: Server | undefined
 

@@ -20,7 +20,7 @@ import {
   type WorkloadOptions,
   windowKey,
   writeWorkload,
-} from './workload.js'
+} from '../../bench/workload.js'
 
 // ua-parser-js@1 ships no type declarations: load it through require and type the part we use.
 interface UaResult {
