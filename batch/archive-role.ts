@@ -15,7 +15,7 @@ import type { ArchiveStateStore } from '../core/ports/batch-store.js'
 import type { EventLogConsumer, LogOffsets } from '../core/ports/event-log.js'
 import { makePrivateDir, PRIVATE_DIR_MODE } from '../core/private-files.js'
 import { Archiver } from './archiver.js'
-import { ARCHIVE_GROUP, type BatchPathOptions, batchPaths, processOwner } from './context.js'
+import { type BatchPathOptions, batchPaths, processOwner } from './context.js'
 import { createArchiveMetrics } from './metrics.js'
 import { stagingRelDir } from './segment-file.js'
 
@@ -23,7 +23,7 @@ export const ARCHIVE_DEFAULT_PORT = 9466
 
 /** Options of `tally archive` (and of the archiver inside `tally batch`). */
 export interface ArchiverRoleOptions extends Pick<BatchPathOptions, 'archiveDir'> {
-  /** Consumer group of the archivers. Default tally-archive. */
+  /** Consumer group of the archivers. Default TALLY_ARCHIVE_GROUP (tally-archive). */
   group?: string
   /** A partition's buffered events are closed into segments at least this often. Default 30000 ms. */
   flushIntervalMs?: number
@@ -57,7 +57,7 @@ export async function createArchiverComponent(
   options: ArchiverRoleOptions = {},
 ): Promise<ArchiverComponent> {
   const paths = batchPaths(config, options)
-  const group = options.group ?? ARCHIVE_GROUP
+  const group = options.group ?? config.archive.group
   const request = {
     groupId: group,
     topic: config.kafka.topicRaw,

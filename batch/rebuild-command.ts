@@ -4,7 +4,6 @@ import type { Logger } from '../core/log.js'
 import { sleep } from '../core/retry.js'
 import { archiveKey } from './archiver.js'
 import {
-  ARCHIVE_GROUP,
   type BatchPathOptions,
   type BatchStores,
   batchPaths,
@@ -119,7 +118,7 @@ async function awaitArchive(
   o: RebuildOptions,
 ): Promise<number | undefined> {
   const topic = config.kafka.topicRaw
-  const key = archiveKey(o.archiveGroup ?? ARCHIVE_GROUP, topic)
+  const key = archiveKey(o.archiveGroup ?? config.archive.group, topic)
   const ends = await stores.offsets.endOffsets(topic)
   const embedded = backendOf(config) === 'embedded'
   const waitMs = embedded ? 0 : (o.waitArchiveMs ?? config.batch.rebuildWaitArchiveMs)

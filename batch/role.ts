@@ -10,7 +10,7 @@ import type { Logger } from '../core/log.js'
 import type { LogOffsets } from '../core/ports/event-log.js'
 import { type ArchiverComponent, type ArchiverRoleOptions, createArchiverComponent } from './archive-role.js'
 import { archiveKey } from './archiver.js'
-import { ARCHIVE_GROUP, archiveBehind, openBatchStores } from './context.js'
+import { archiveBehind, openBatchStores } from './context.js'
 import { createBatchMetrics } from './metrics.js'
 import { runRebuild } from './rebuild.js'
 import { type RebuildOptions, rebuildSettings } from './rebuild-command.js'
@@ -112,7 +112,7 @@ export async function startBatch(
     throw err
   }
   const settings = rebuildSettings(config, options)
-  const key = archiveKey(options.archiver?.group ?? ARCHIVE_GROUP, config.kafka.topicRaw)
+  const key = archiveKey(options.archiver?.group ?? config.archive.group, config.kafka.topicRaw)
   const started = new BatchScheduler(
     {
       rebuild: (request) =>

@@ -54,7 +54,7 @@ export interface SharedPorts {
   }
 }
 
-/** Default consumer group of the archivers. */
+/** Default consumer group of the archivers (TALLY_ARCHIVE_GROUP unset). */
 export const ARCHIVE_GROUP = 'tally-archive'
 
 /**
@@ -77,7 +77,7 @@ export function openEmbeddedBackend(config: TallyConfig, logger?: Logger): Embed
       {
         topic: config.kafka.topicRaw,
         ms: config.kafka.retentionMs,
-        groups: [config.stream.group, ARCHIVE_GROUP],
+        groups: [config.stream.group, config.archive.group],
       },
       { topic: config.kafka.topicDeadLetter, ms: retentionOf(config.kafka.topicDeadLetter), groups: [] },
     ],

@@ -174,6 +174,11 @@ export interface StreamConfig {
 
 export interface ArchiveConfig {
   /**
+   * Consumer group of the archivers (TALLY_ARCHIVE_GROUP), also the key of the archive's progress
+   * that rebuilds and raw exports read. Default tally-archive.
+   */
+  group: string
+  /**
    * Event hours one archiver partition buffers at once (TALLY_ARCHIVE_MAX_OPEN_HOURS): a record of
    * a further hour first closes the buffers into segments, so one flush writes at most this many
    * segments and hour folders. Default 64.
@@ -433,6 +438,7 @@ export function loadConfig(env: Env = process.env): TallyConfig {
       notifiedVersionMaxAgeMs: int(env, 'TALLY_QUERY_NOTIFIED_VERSION_MAX_AGE_MS', 1000, 0, 600_000),
     },
     archive: {
+      group: str(env, 'TALLY_ARCHIVE_GROUP', 'tally-archive'),
       maxOpenHours: int(env, 'TALLY_ARCHIVE_MAX_OPEN_HOURS', 64, 1, 10_000),
     },
     batch: {
@@ -518,6 +524,10 @@ export const CONFIG_VARIABLES: ReadonlyArray<readonly [name: string, meaning: st
     'first-party path prefix, e.g. /stats: ingest also serves <prefix>/t.js and <prefix>/v1/… (default none)',
   ],
   ['TALLY_STREAM_GROUP', 'consumer group of the stream workers (default tally-aggregate)'],
+  [
+    'TALLY_ARCHIVE_GROUP',
+    'consumer group of the archivers; rebuilds and raw exports read its progress (default tally-archive)',
+  ],
   ['TALLY_GRACE_MS', 'event-time grace before a window closes; later events go to batch (default 300000)'],
   [
     'TALLY_STREAM_MAX_OPEN_WINDOWS',
