@@ -17,7 +17,7 @@ import { KafkaBatchingProducer } from '../core/kafka/producer.js'
 import { KafkaProgressListener, KafkaProgressPublisher } from '../core/kafka/progress.js'
 import { createLogger, type Logger } from '../core/log.js'
 import { topicSpecs } from '../core/migrate.js'
-import { ARCHIVE_GROUP, type Ports } from '../core/ports/backend.js'
+import type { Ports } from '../core/ports/backend.js'
 
 /**
  * The embedded backend of `config` (TALLY_DATA_DIR), with the topics, TTLs and retention of the
@@ -39,7 +39,7 @@ export function openEmbeddedBackend(config: TallyConfig, logger?: Logger): Embed
       {
         topic: config.kafka.topicRaw,
         ms: config.kafka.retentionMs,
-        groups: [config.stream.group, ARCHIVE_GROUP],
+        groups: [config.stream.group, config.archive.group],
       },
       { topic: config.kafka.topicDeadLetter, ms: retentionOf(config.kafka.topicDeadLetter), groups: [] },
     ],

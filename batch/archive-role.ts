@@ -1,8 +1,7 @@
 import { mkdir } from 'node:fs/promises'
-import type { AddressInfo } from 'node:net'
 import { join } from 'node:path'
 import type { Registry } from 'prom-client'
-import { ARCHIVE_GROUP, type BatchPathOptions, batchPaths } from '../core/archive/paths.js'
+import { type BatchPathOptions, batchPaths } from '../core/archive/paths.js'
 import { stagingRelDir } from '../core/archive/segment-file.js'
 import type { TallyConfig } from '../core/config.js'
 import { createHttpServer, listenOrExplain } from '../core/http.js'
@@ -54,7 +53,7 @@ export async function createArchiverComponent(
   options: ArchiverRoleOptions = {},
 ): Promise<ArchiverComponent> {
   const paths = batchPaths(config, options)
-  const group = options.group ?? ARCHIVE_GROUP
+  const group = options.group ?? config.archive.group
   const request = {
     groupId: group,
     topic: config.kafka.topicRaw,

@@ -1,5 +1,4 @@
 import { hostname } from 'node:os'
-import type { TallyConfig } from '../core/config.js'
 import { UsageError } from '../core/errors.js'
 import type {
   ArchiveProgress,

@@ -1,4 +1,4 @@
-import { ARCHIVE_GROUP, archiveKey, type BatchPathOptions, batchPaths } from '../core/archive/paths.js'
+import { archiveKey, type BatchPathOptions, batchPaths } from '../core/archive/paths.js'
 import { backendOf, type TallyConfig } from '../core/config.js'
 import { TallyError } from '../core/errors.js'
 import type { Logger } from '../core/log.js'
@@ -115,7 +115,7 @@ async function awaitArchive(
   o: RebuildOptions,
 ): Promise<number | undefined> {
   const topic = config.kafka.topicRaw
-  const key = archiveKey(o.archiveGroup ?? ARCHIVE_GROUP, topic)
+  const key = archiveKey(o.archiveGroup ?? config.archive.group, topic)
   const ends = await stores.offsets.endOffsets(topic)
   const embedded = backendOf(config) === 'embedded'
   const waitMs = embedded ? 0 : (o.waitArchiveMs ?? config.batch.rebuildWaitArchiveMs)

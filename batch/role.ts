@@ -1,5 +1,5 @@
 import type { Registry } from 'prom-client'
-import { ARCHIVE_GROUP, archiveKey } from '../core/archive/paths.js'
+import { archiveKey } from '../core/archive/paths.js'
 import type { TallyConfig } from '../core/config.js'
 import { errorMessage } from '../core/errors.js'
 import { createHttpServer, listenOrExplain } from '../core/http.js'
@@ -7,7 +7,6 @@ import { once } from '../core/lifecycle.js'
 import type { Logger } from '../core/log.js'
 import { createProcessRegistry } from '../core/metrics.js'
 import type { Ports } from '../core/ports/backend.js'
-import type { LogOffsets } from '../core/ports/event-log.js'
 import { type ArchiverComponent, type ArchiverRoleOptions, createArchiverComponent } from './archive-role.js'
 import { archiveBehind } from './context.js'
 import { createBatchMetrics } from './metrics.js'
@@ -101,7 +100,7 @@ export async function startBatch(
     throw err
   }
   const settings = rebuildSettings(config, options)
-  const key = archiveKey(options.archiver?.group ?? ARCHIVE_GROUP, config.kafka.topicRaw)
+  const key = archiveKey(options.archiver?.group ?? config.archive.group, config.kafka.topicRaw)
   const started = new BatchScheduler(
     {
       rebuild: (request) =>

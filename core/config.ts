@@ -174,6 +174,11 @@ export interface StreamConfig {
 
 export interface ArchiveConfig {
   /**
+   * Consumer group of the archivers (TALLY_ARCHIVE_GROUP), also the key of the archive's progress
+   * that rebuilds and raw exports read. Default tally-archive.
+   */
+  group: string
+  /**
    * Event hours one archiver partition buffers at once (TALLY_ARCHIVE_MAX_OPEN_HOURS): a record of
    * a further hour first closes the buffers into segments, so one flush writes at most this many
    * segments and hour folders. Default 64.
@@ -508,6 +513,10 @@ export const VARIABLES = {
     parsePathPrefix,
   ),
   TALLY_STREAM_GROUP: text('tally-aggregate', 'consumer group of the stream workers'),
+  TALLY_ARCHIVE_GROUP: text(
+    'tally-archive',
+    "consumer group of the archivers (`tally archive`, `tally batch`); rebuilds and raw exports read the archive's progress under it, so every role of one installation needs the same value",
+  ),
   TALLY_GRACE_MS: integer(
     300_000,
     0,
@@ -602,12 +611,18 @@ type Values = { [K in VariableName]: (typeof VARIABLES)[K] extends Variable<infe
 /**
  * TALLY_* variables read outside the configuration, so not unknown: TALLY_DEBUG (the CLI prints
  * stack traces), TALLY_TEST_KEEP_SERVICES (the integration tests leave the services running),
- * TALLY_BENCH_CPU_PROF (the bench profiles its children).
+ * TALLY_BENCH_CPU_PROF (the bench profiles its children), TALLY_SOAK, TALLY_SOAK_SECONDS,
+ * TALLY_SOAK_SEED and TALLY_SOAK_KEEP (the soak test, `npm run test:soak`, whose child processes
+ * inherit them).
  */
 export const NON_CONFIG_VARIABLES: ReadonlySet<string> = new Set([
   'TALLY_DEBUG',
   'TALLY_TEST_KEEP_SERVICES',
   'TALLY_BENCH_CPU_PROF',
+  'TALLY_SOAK',
+  'TALLY_SOAK_SECONDS',
+  'TALLY_SOAK_SEED',
+  'TALLY_SOAK_KEEP',
 ])
 
 /** Edit distance (insertions, deletions, substitutions), for "did you mean". */
@@ -773,6 +788,7 @@ export function loadConfig(env: Env = process.env): TallyConfig {
       notifiedVersionMaxAgeMs: v.TALLY_QUERY_NOTIFIED_VERSION_MAX_AGE_MS,
     },
     archive: {
+      group: v.TALLY_ARCHIVE_GROUP,
       maxOpenHours: v.TALLY_ARCHIVE_MAX_OPEN_HOURS,
     },
     batch: {

@@ -18,7 +18,7 @@ import {
 } from 'apache-arrow'
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import { type ArchivedRow, openArchiveRange } from '../core/archive/archive-range.js'
-import { ARCHIVE_GROUP, archiveKey, batchPaths } from '../core/archive/paths.js'
+import { archiveKey, batchPaths } from '../core/archive/paths.js'
 import { CorruptSegmentError } from '../core/archive/segment-reader.js'
 import type { TallyConfig } from '../core/config.js'
 import { errorMessage, ServiceUnavailableError, TallyError } from '../core/errors.js'
@@ -129,7 +129,7 @@ export interface ArchiveRawEventSourceOptions {
   spillDir: string
   /** The archive's committed progress per partition (read only). */
   archive: Pick<ArchiveStateStore, 'progress'>
-  /** The archive's commit-row key: archiveKey(ARCHIVE_GROUP, raw topic). */
+  /** The archive's commit-row key: archiveKey(TALLY_ARCHIVE_GROUP, raw topic). */
   archiveKey: string
   /** Partitions of the raw topic (KAFKA_PARTITIONS), when `offsets` is not given. */
   partitions: number
@@ -156,7 +156,7 @@ export const DEFAULT_RAW_EXPORT_MAX_RANGE_HOURS = 744
 
 /** The archive's raw-event source as the query role builds it from the configuration. */
 export function archiveRawEventSource(
-  config: Pick<TallyConfig, 'dataDir' | 'kafka'>,
+  config: Pick<TallyConfig, 'dataDir' | 'kafka' | 'archive'>,
   ports: { archive: Pick<ArchiveStateStore, 'progress'>; offsets?: LogOffsets },
   options: Pick<
     ArchiveRawEventSourceOptions,
@@ -173,7 +173,7 @@ export function archiveRawEventSource(
     topicDir: paths.topicDir,
     spillDir: join(paths.stagingDir, 'export-spill'),
     archive: ports.archive,
-    archiveKey: archiveKey(archiveGroup ?? ARCHIVE_GROUP, config.kafka.topicRaw),
+    archiveKey: archiveKey(archiveGroup ?? config.archive.group, config.kafka.topicRaw),
     partitions: config.kafka.partitions,
     ...(ports.offsets ? { offsets: { log: ports.offsets, topic: config.kafka.topicRaw } } : {}),
   })

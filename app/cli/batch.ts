@@ -72,7 +72,7 @@ are written) makes each range run once at a time; a job that loses its lease sto
   program
     .command('archive')
     .description(
-      'run an archiver: raw topic → Arrow IPC segments by event hour and partition (consumer group tally-archive); /metrics on 9466',
+      'run an archiver: raw topic → Arrow IPC segments by event hour and partition (consumer group TALLY_ARCHIVE_GROUP, default tally-archive); /metrics on 9466',
     )
     .option('--archive-dir <dir>', 'archive folder (default TALLY_DATA_DIR/archive)')
     .action(async (opts: { archiveDir?: string }) => {
