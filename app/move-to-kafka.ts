@@ -2,6 +2,7 @@ import { createCassandraClient } from '../core/cassandra/client.js'
 import { CassandraSiteStore } from '../core/cassandra/sites.js'
 import type { TallyConfig } from '../core/config.js'
 import type { EmbeddedBackend } from '../core/embedded/index.js'
+import { ERR } from '../core/error-codes.js'
 import { TallyError } from '../core/errors.js'
 import { createKafka } from '../core/kafka/client.js'
 import { KafkaBatchingProducer } from '../core/kafka/producer.js'
@@ -72,7 +73,7 @@ export async function moveToKafka(
     }
     if (conflicts.length > 0) {
       throw new TallyError(
-        'TALLY_ERR_SITE_CONFLICT',
+        ERR.SITE_CONFLICT,
         `Cassandra already has sites with these ids but other write keys: ${conflicts.join(', ')}. Remove or rename them there (tally sites remove), then run the move again; no event was copied.`,
         { where: 'sites' },
       )

@@ -4,6 +4,7 @@ import { createInterface } from 'node:readline'
 import type { Readable } from 'node:stream'
 import { createGunzip } from 'node:zlib'
 import type { TallyConfig } from '../core/config.js'
+import { ERR } from '../core/error-codes.js'
 import { errorMessage, UsageError } from '../core/errors.js'
 import type { Logger } from '../core/log.js'
 import type { Ports } from '../core/ports/backend.js'
@@ -121,7 +122,7 @@ async function importInto(
       try {
         payload = JSON.parse(text)
       } catch (err) {
-        reject(lineNo, 'TALLY_ERR_MALFORMED_JSON', `not JSON: ${errorMessage(err)}`)
+        reject(lineNo, ERR.MALFORMED_JSON, `not JSON: ${errorMessage(err)}`)
         continue
       }
       const receivedAtMs = Date.now()

@@ -1,3 +1,4 @@
+import { ERR } from '../core/error-codes.js'
 import { errorMessage, TallyError } from '../core/errors.js'
 import type { Logger } from '../core/log.js'
 import type { Lease, LeaseStore } from '../core/ports/batch-store.js'
@@ -6,7 +7,7 @@ import { sleep } from '../core/retry.js'
 /** The job's lease was lost (expired or taken): the job stops without writing. */
 export class LeaseLostError extends TallyError {
   constructor(name: string) {
-    super('TALLY_ERR_LEASE_LOST', `lost the lease on ${name}; stopping without writing`, { retriable: true })
+    super(ERR.LEASE_LOST, `lost the lease on ${name}; stopping without writing`, { retriable: true })
     this.name = 'LeaseLostError'
   }
 }
@@ -14,7 +15,7 @@ export class LeaseLostError extends TallyError {
 /** Another job holds the range's lease. */
 export class RangeBusyError extends TallyError {
   constructor(name: string) {
-    super('TALLY_ERR_RANGE_BUSY', `another job is rebuilding ${name}; try again when it is done`, {
+    super(ERR.RANGE_BUSY, `another job is rebuilding ${name}; try again when it is done`, {
       retriable: true,
       statusCode: 409,
     })

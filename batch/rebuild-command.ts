@@ -1,5 +1,6 @@
 import { archiveKey, type BatchPathOptions, batchPaths } from '../core/archive/paths.js'
 import { backendOf, type TallyConfig } from '../core/config.js'
+import { ERR } from '../core/error-codes.js'
 import { TallyError } from '../core/errors.js'
 import type { Logger } from '../core/log.js'
 import { sleep } from '../core/retry.js'
@@ -141,7 +142,7 @@ async function awaitArchive(
         ? 'the embedded archiver runs in `tally all`, which cannot run while this rebuild holds the data folder: run `tally all` until it has archived the log.'
         : `waited ${Math.round(elapsedMs / 1000)} s (--wait-archive-ms ${waitMs}): is \`tally archive\` or \`tally batch\` running?`
       throw new TallyError(
-        'TALLY_ERR_ARCHIVE_BEHIND',
+        ERR.ARCHIVE_BEHIND,
         `the archive is not complete: of the records the log held when the rebuild started, it holds ${describeBehind(behind)}; ${why} Or pass --allow-incomplete to commit what is archived (those windows stay provisional)`,
         { retriable: true, where: 'archive', details: { behind } },
       )

@@ -12,6 +12,7 @@ import { spansOfDay } from '../core/aggregate/final.js'
 import { findDuplicates } from '../core/archive/dedup.js'
 import { listSegments } from '../core/archive/segment-file.js'
 import { CorruptSegmentError, readSegment, type SegmentColumns } from '../core/archive/segment-reader.js'
+import { ERR } from '../core/error-codes.js'
 import { errorMessage, TallyError } from '../core/errors.js'
 import type { Logger } from '../core/log.js'
 import type { FinalRow, FinalRowStore, JobRun, JobStore, LeaseStore } from '../core/ports/batch-store.js'
@@ -129,12 +130,12 @@ export function rangeName(siteId: string | undefined, fromMs: number, toMs: numb
 /** The range rounded out to whole hours. */
 export function alignRange(fromMs: number, toMs: number): { fromMs: number; toMs: number } {
   if (!Number.isFinite(fromMs) || !Number.isFinite(toMs))
-    throw new TallyError('TALLY_ERR_BAD_RANGE', 'from and to must be dates', { statusCode: 400 })
+    throw new TallyError(ERR.BAD_RANGE, 'from and to must be dates', { statusCode: 400 })
   const from = Math.floor(fromMs / HOUR_MS) * HOUR_MS
   const to = Math.ceil(toMs / HOUR_MS) * HOUR_MS
   if (to <= from)
     throw new TallyError(
-      'TALLY_ERR_BAD_RANGE',
+      ERR.BAD_RANGE,
       `the range ${new Date(fromMs).toISOString()} .. ${new Date(toMs).toISOString()} is empty`,
       {
         statusCode: 400,
@@ -147,7 +148,7 @@ function cancelled(signal: AbortSignal | undefined): void {
   if (signal?.aborted) {
     throw signal.reason instanceof Error
       ? signal.reason
-      : new TallyError('TALLY_ERR_CANCELLED', 'the rebuild was cancelled')
+      : new TallyError(ERR.CANCELLED, 'the rebuild was cancelled')
   }
 }
 

@@ -1,4 +1,5 @@
 import cron, { type ScheduledTask } from 'node-cron'
+import { ERR } from '../core/error-codes.js'
 import { errorMessage, TallyError } from '../core/errors.js'
 import type { Logger } from '../core/log.js'
 import { RangeBusyError } from './lease.js'
@@ -46,7 +47,7 @@ export interface SchedulerDeps {
 export function defaultJobs(o: SchedulerOptions = {}): ScheduledJob[] {
   const hours = o.hourlyHours ?? 2
   if (!Number.isInteger(hours) || hours < 1 || hours > 24 * 7)
-    throw new TallyError('TALLY_ERR_CONFIG', `hourlyHours must be an integer from 1 to 168, got ${hours}`)
+    throw new TallyError(ERR.CONFIG, `hourlyHours must be an integer from 1 to 168, got ${hours}`)
   const jobs: ScheduledJob[] = []
   const hourly = o.hourlyCron ?? '5 * * * *'
   const nightly = o.nightlyCron ?? '30 0 * * *'
@@ -77,10 +78,7 @@ export function defaultJobs(o: SchedulerOptions = {}): ScheduledJob[] {
 export function validateJobs(jobs: readonly ScheduledJob[]): void {
   for (const job of jobs) {
     if (!cron.validate(job.cron))
-      throw new TallyError(
-        'TALLY_ERR_CONFIG',
-        `invalid cron expression for the ${job.kind} rebuild: "${job.cron}"`,
-      )
+      throw new TallyError(ERR.CONFIG, `invalid cron expression for the ${job.kind} rebuild: "${job.cron}"`)
   }
 }
 
@@ -182,7 +180,7 @@ export class BatchScheduler {
   close(): Promise<void> {
     this.closing ??= (async () => {
       for (const task of this.tasks) await task.destroy()
-      this.controller.abort(new TallyError('TALLY_ERR_SHUTTING_DOWN', 'the scheduler is stopping'))
+      this.controller.abort(new TallyError(ERR.SHUTTING_DOWN, 'the scheduler is stopping'))
       await Promise.allSettled([...this.running])
     })()
     return this.closing

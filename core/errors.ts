@@ -1,3 +1,5 @@
+import { ERR } from './error-codes.js'
+
 /**
  * One error tree for the whole project. Every error a user or operator can see carries a stable
  * `code` (TALLY_ERR_*), the HTTP status it maps to, and whether retrying may help.
@@ -33,7 +35,7 @@ export class TallyError extends Error {
 /** A configuration value that cannot be used; start-up stops with this message. */
 export class ConfigError extends TallyError {
   constructor(variable: string, value: string, expected: string) {
-    super('TALLY_ERR_CONFIG', `${variable}=${JSON.stringify(value)} is not valid: expected ${expected}`, {
+    super(ERR.CONFIG, `${variable}=${JSON.stringify(value)} is not valid: expected ${expected}`, {
       where: variable,
     })
     this.name = 'ConfigError'
@@ -43,7 +45,7 @@ export class ConfigError extends TallyError {
 /** Bad command-line usage; the CLI exits with code 2. */
 export class UsageError extends TallyError {
   constructor(message: string) {
-    super('TALLY_ERR_USAGE', message)
+    super(ERR.USAGE, message)
     this.name = 'UsageError'
   }
 }
@@ -51,7 +53,7 @@ export class UsageError extends TallyError {
 /** A backing service (Kafka, Cassandra) could not be reached or refused the work. */
 export class ServiceUnavailableError extends TallyError {
   constructor(service: string, message: string, cause?: unknown) {
-    super('TALLY_ERR_SERVICE_UNAVAILABLE', `${service}: ${message}`, {
+    super(ERR.SERVICE_UNAVAILABLE, `${service}: ${message}`, {
       statusCode: 503,
       retriable: true,
       cause,

@@ -1,6 +1,7 @@
 import { type IncomingMessage, type Server, type ServerResponse, STATUS_CODES } from 'node:http'
 import type { Socket } from 'node:net'
 import type { ConnectionError } from 'fastify'
+import { ERR } from './error-codes.js'
 import { TallyError } from './errors.js'
 import type { Logger } from './log.js'
 
@@ -117,17 +118,17 @@ function clientErrorOf(err: ConnectionError, requestTimeoutMs: number): TallyErr
   switch (err.code) {
     case 'ERR_HTTP_REQUEST_TIMEOUT':
       return new TallyError(
-        'TALLY_ERR_REQUEST_TIMEOUT',
+        ERR.REQUEST_TIMEOUT,
         `the request (headers and body) was not received within ${requestTimeoutMs} ms`,
         { statusCode: 408, cause: err },
       )
     case 'HPE_HEADER_OVERFLOW':
-      return new TallyError('TALLY_ERR_HEADERS_TOO_LARGE', 'the request headers are larger than the limit', {
+      return new TallyError(ERR.HEADERS_TOO_LARGE, 'the request headers are larger than the limit', {
         statusCode: 431,
         cause: err,
       })
     default:
-      return new TallyError('TALLY_ERR_BAD_REQUEST', `malformed HTTP request (${err.code})`, {
+      return new TallyError(ERR.BAD_REQUEST, `malformed HTTP request (${err.code})`, {
         statusCode: 400,
         cause: err,
       })

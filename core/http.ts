@@ -7,6 +7,7 @@ import Fastify, {
   LogController,
 } from 'fastify'
 import type { Registry } from 'prom-client'
+import { ERR } from './error-codes.js'
 import { TallyError } from './errors.js'
 import {
   answerClientError,
@@ -49,41 +50,41 @@ export interface HttpServerOptions {
 function mapFastifyError(err: FastifyError): TallyError {
   switch (err.code) {
     case 'FST_ERR_CTP_BODY_TOO_LARGE':
-      return new TallyError('TALLY_ERR_PAYLOAD_TOO_LARGE', 'request body is larger than the limit', {
+      return new TallyError(ERR.PAYLOAD_TOO_LARGE, 'request body is larger than the limit', {
         statusCode: 413,
         cause: err,
       })
     case 'FST_ERR_CTP_INVALID_MEDIA_TYPE':
-      return new TallyError('TALLY_ERR_UNSUPPORTED_MEDIA_TYPE', 'send application/json or text/plain', {
+      return new TallyError(ERR.UNSUPPORTED_MEDIA_TYPE, 'send application/json or text/plain', {
         statusCode: 415,
         where: 'content-type',
         cause: err,
       })
     case 'FST_ERR_CTP_EMPTY_JSON_BODY':
-      return new TallyError('TALLY_ERR_MALFORMED_JSON', 'the body is empty', { statusCode: 400, cause: err })
+      return new TallyError(ERR.MALFORMED_JSON, 'the body is empty', { statusCode: 400, cause: err })
     case 'FST_ERR_CTP_INVALID_CONTENT_LENGTH':
-      return new TallyError('TALLY_ERR_BAD_REQUEST', 'content-length does not match the body', {
+      return new TallyError(ERR.BAD_REQUEST, 'content-length does not match the body', {
         statusCode: 400,
         cause: err,
       })
     case 'FST_ERR_VALIDATION':
-      return new TallyError('TALLY_ERR_BAD_PARAMETER', err.message, { statusCode: 400, cause: err })
+      return new TallyError(ERR.BAD_PARAMETER, err.message, { statusCode: 400, cause: err })
   }
   if (err instanceof SyntaxError || (err.statusCode === 400 && /JSON/i.test(err.message))) {
-    return new TallyError('TALLY_ERR_MALFORMED_JSON', `body is not valid JSON: ${err.message}`, {
+    return new TallyError(ERR.MALFORMED_JSON, `body is not valid JSON: ${err.message}`, {
       statusCode: 400,
       cause: err,
     })
   }
   if (err.code === 'Z_DATA_ERROR' || err.code === 'Z_BUF_ERROR') {
-    return new TallyError('TALLY_ERR_BAD_ENCODING', `body is not valid gzip/deflate: ${err.message}`, {
+    return new TallyError(ERR.BAD_ENCODING, `body is not valid gzip/deflate: ${err.message}`, {
       statusCode: 400,
       cause: err,
     })
   }
   const status = err.statusCode && err.statusCode >= 400 ? err.statusCode : 500
   return new TallyError(
-    status >= 500 ? 'TALLY_ERR_INTERNAL' : 'TALLY_ERR_BAD_REQUEST',
+    status >= 500 ? ERR.INTERNAL : ERR.BAD_REQUEST,
     status >= 500 ? 'internal error' : err.message,
     {
       statusCode: status,
@@ -179,7 +180,7 @@ export function createHttpServer(options: HttpServerOptions): FastifyInstance {
   app.setNotFoundHandler((req, reply) =>
     reply.status(404).send({
       success: false,
-      code: 'TALLY_ERR_NOT_FOUND',
+      code: ERR.NOT_FOUND,
       message: `no route ${req.method} ${req.url.split('?')[0]}`,
       requestId: req.id,
     }),
@@ -206,7 +207,7 @@ export async function listenOrExplain(
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'EADDRINUSE') {
       throw new TallyError(
-        'TALLY_ERR_PORT_IN_USE',
+        ERR.PORT_IN_USE,
         `${host}:${port} (${what}) is already in use: stop the process holding it, or set ${where} to a free port (0: any free port, logged at start)`,
         { where, cause: err },
       )

@@ -1,3 +1,4 @@
+import { ERR } from './error-codes.js'
 import { TallyError } from './errors.js'
 
 /**
@@ -88,7 +89,7 @@ export async function retry<T>(fn: (attempt: number) => Promise<T>, options: Ret
   }
   if (isRetriable(last) && attempts > 1) {
     const message = last instanceof Error ? last.message : String(last)
-    throw new TallyError('TALLY_ERR_RETRIES_EXHAUSTED', `gave up after ${attempts} attempts: ${message}`, {
+    throw new TallyError(ERR.RETRIES_EXHAUSTED, `gave up after ${attempts} attempts: ${message}`, {
       retriable: true,
       cause: last,
       statusCode: last instanceof TallyError ? last.statusCode : 503,

@@ -4,6 +4,7 @@ import { createBrotliDecompress, createGunzip, createInflate } from 'node:zlib'
 import cors from '@fastify/cors'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import type { IngestConfig } from '../core/config.js'
+import { ERR } from '../core/error-codes.js'
 import { TallyError } from '../core/errors.js'
 import { createHttpServer } from '../core/http.js'
 import type { Logger } from '../core/log.js'
@@ -65,7 +66,7 @@ function writeKeyOf(req: FastifyRequest, body: Body | undefined): string | undef
 }
 
 function statusOfRejection(code: string): number {
-  return code === 'TALLY_ERR_EVENT_TOO_LARGE' ? 413 : 400
+  return code === ERR.EVENT_TOO_LARGE ? 413 : 400
 }
 
 /**
@@ -120,7 +121,7 @@ export async function buildIngestApp(deps: IngestDeps): Promise<FastifyInstance>
     if (!inflater) {
       return done(
         new TallyError(
-          'TALLY_ERR_UNSUPPORTED_ENCODING',
+          ERR.UNSUPPORTED_ENCODING,
           `content-encoding ${encoding} is not supported: use gzip, deflate or br`,
           {
             statusCode: 415,
@@ -189,7 +190,7 @@ export async function buildIngestApp(deps: IngestDeps): Promise<FastifyInstance>
     const writeKey = writeKeyOf(req, body)
     if (!writeKey) {
       throw new TallyError(
-        'TALLY_ERR_MISSING_WRITE_KEY',
+        ERR.MISSING_WRITE_KEY,
         'send the write key as the HTTP Basic user name or as writeKey in the body',
         {
           statusCode: 401,
@@ -198,20 +199,20 @@ export async function buildIngestApp(deps: IngestDeps): Promise<FastifyInstance>
       )
     }
     const site = await deps.sites.byWriteKey(writeKey).catch((err: unknown) => {
-      throw new TallyError('TALLY_ERR_SITES_UNAVAILABLE', 'cannot check the write key right now', {
+      throw new TallyError(ERR.SITES_UNAVAILABLE, 'cannot check the write key right now', {
         statusCode: 503,
         retriable: true,
         cause: err,
       })
     })
     if (!site)
-      throw new TallyError('TALLY_ERR_INVALID_WRITE_KEY', 'unknown write key', {
+      throw new TallyError(ERR.INVALID_WRITE_KEY, 'unknown write key', {
         statusCode: 401,
         where: 'authorization',
       })
     const claimed = req.headers['x-tally-site'] ?? siteHint
     if (typeof claimed === 'string' && claimed !== '' && claimed !== site.siteId) {
-      throw new TallyError('TALLY_ERR_WRONG_SITE', `this write key belongs to another site than ${claimed}`, {
+      throw new TallyError(ERR.WRONG_SITE, `this write key belongs to another site than ${claimed}`, {
         statusCode: 403,
         where: 'site',
       })
@@ -220,7 +221,7 @@ export async function buildIngestApp(deps: IngestDeps): Promise<FastifyInstance>
     if (origin) {
       if (!allowedOrigins(site).includes(origin)) {
         throw new TallyError(
-          'TALLY_ERR_ORIGIN_NOT_ALLOWED',
+          ERR.ORIGIN_NOT_ALLOWED,
           `origin ${origin} is not allowed for site ${site.siteId}`,
           {
             statusCode: 403,
@@ -249,7 +250,7 @@ export async function buildIngestApp(deps: IngestDeps): Promise<FastifyInstance>
       const ratePerSec = limit === 'client' ? config.rateLimitClientPerSec : config.rateLimitSitePerSec
       void reply.header('retry-after', String(wait)).header('x-ratelimit-reset', String(wait))
       throw new TallyError(
-        'TALLY_ERR_RATE_LIMITED',
+        ERR.RATE_LIMITED,
         limit === 'client'
           ? `rate limit of ${ratePerSec} events/s per client IP of site ${site.siteId} reached; retry in ${wait} s`
           : `rate limit of ${ratePerSec} events/s of site ${site.siteId} reached; retry in ${wait} s`,
@@ -272,13 +273,13 @@ export async function buildIngestApp(deps: IngestDeps): Promise<FastifyInstance>
     opts: { routeType: EventType | undefined; batchSentAt: unknown; imported: boolean; shared?: Body },
   ): Promise<Accepted> {
     if (items.length === 0)
-      throw new TallyError('TALLY_ERR_NO_VALID_EVENT', 'the batch is empty', {
+      throw new TallyError(ERR.NO_VALID_EVENT, 'the batch is empty', {
         statusCode: 400,
         where: 'batch',
       })
     if (items.length > config.maxBatchEvents) {
       throw new TallyError(
-        'TALLY_ERR_TOO_MANY_EVENTS',
+        ERR.TOO_MANY_EVENTS,
         `${items.length} events in one request; the limit is ${config.maxBatchEvents}`,
         {
           statusCode: 413,
@@ -329,7 +330,7 @@ export async function buildIngestApp(deps: IngestDeps): Promise<FastifyInstance>
     if (records.length === 0) {
       const first = rejected[0]!
       throw new TallyError(
-        single ? first.code : 'TALLY_ERR_NO_VALID_EVENT',
+        single ? first.code : ERR.NO_VALID_EVENT,
         single ? first.message : `none of the ${items.length} events is valid`,
         {
           statusCode: single ? statusOfRejection(first.code) : 400,
@@ -343,15 +344,11 @@ export async function buildIngestApp(deps: IngestDeps): Promise<FastifyInstance>
       await deps.log.append(deps.topic, records)
     } catch (err) {
       metrics.events.inc({ endpoint, outcome: 'unavailable' }, records.length)
-      throw new TallyError(
-        'TALLY_ERR_LOG_UNAVAILABLE',
-        'the event log cannot take the write right now; retry',
-        {
-          statusCode: 503,
-          retriable: true,
-          cause: err,
-        },
-      )
+      throw new TallyError(ERR.LOG_UNAVAILABLE, 'the event log cannot take the write right now; retry', {
+        statusCode: 503,
+        retriable: true,
+        cause: err,
+      })
     }
     metrics.produceSeconds.observe(Number(process.hrtime.bigint() - started) / 1e9)
     metrics.events.inc({ endpoint, outcome: 'accepted' }, records.length)
@@ -370,7 +367,7 @@ export async function buildIngestApp(deps: IngestDeps): Promise<FastifyInstance>
 
   function bodyObject(body: unknown): Body {
     if (body === null || typeof body !== 'object' || Array.isArray(body)) {
-      throw new TallyError('TALLY_ERR_INVALID_EVENT', 'the body must be a JSON object', { statusCode: 400 })
+      throw new TallyError(ERR.INVALID_EVENT, 'the body must be a JSON object', { statusCode: 400 })
     }
     return body as Body
   }
@@ -393,7 +390,7 @@ export async function buildIngestApp(deps: IngestDeps): Promise<FastifyInstance>
       const body = bodyObject(req.body)
       const site = await authenticate(req, reply, body, body.siteId)
       if (!Array.isArray(body.batch)) {
-        throw new TallyError('TALLY_ERR_INVALID_EVENT', 'batch must be an array of events', {
+        throw new TallyError(ERR.INVALID_EVENT, 'batch must be an array of events', {
           statusCode: 400,
           where: '/batch',
         })

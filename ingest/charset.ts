@@ -1,4 +1,5 @@
 import { TextDecoder } from 'node:util'
+import { ERR } from '../core/error-codes.js'
 import { TallyError } from '../core/errors.js'
 
 /**
@@ -42,7 +43,7 @@ export function decodeBody(bytes: Buffer, contentType: string | undefined): stri
       decoder = new TextDecoder(charset)
     } catch (err) {
       throw new TallyError(
-        'TALLY_ERR_UNSUPPORTED_CHARSET',
+        ERR.UNSUPPORTED_CHARSET,
         `charset ${JSON.stringify(charset.slice(0, 64))} is not supported: send UTF-8`,
         { statusCode: 415, where: 'content-type', cause: err },
       )

@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto'
 import { Compile } from 'typebox/compile'
+import { ERR } from '../core/error-codes.js'
 import { type DeadLetter, deadLetter, ok, type StepResult } from '../core/record/result.js'
 import { EVENT_TYPES, type EventType, type RawEventV1, SegmentEventV1 } from '../schemas/events.js'
 import type { UserAgentParser } from './user-agent.js'
@@ -210,7 +211,7 @@ export function normalizeEvent(
   uaParser: UserAgentParser,
 ): NormalizeResult {
   if (payload === null || typeof payload !== 'object' || Array.isArray(payload)) {
-    return reject('TALLY_ERR_INVALID_EVENT', 'an event must be a JSON object')
+    return reject(ERR.INVALID_EVENT, 'an event must be a JSON object')
   }
   // Segment clients send null for absent fields (analytics.js posts userId: null before identify).
   if (hasNullField(payload)) {
@@ -218,43 +219,36 @@ export function normalizeEvent(
   }
   const bound = jsonBound(payload, 1, limits.maxDepth)
   if (bound === DEEP) {
-    return reject(
-      'TALLY_ERR_NESTING_TOO_DEEP',
-      `objects and arrays nest deeper than ${limits.maxDepth} levels`,
-    )
+    return reject(ERR.NESTING_TOO_DEEP, `objects and arrays nest deeper than ${limits.maxDepth} levels`)
   }
   // Only an event that might be too large is serialized to measure it exactly.
   if (bound > limits.maxEventBytes) {
     const size = Buffer.byteLength(JSON.stringify(payload))
     if (size > limits.maxEventBytes) {
-      return reject(
-        'TALLY_ERR_EVENT_TOO_LARGE',
-        `event is ${size} bytes; the limit is ${limits.maxEventBytes}`,
-      )
+      return reject(ERR.EVENT_TOO_LARGE, `event is ${size} bytes; the limit is ${limits.maxEventBytes}`)
     }
   }
   // After the depth check, which bounds its recursion; U+FFFD replaces one UTF-16 unit by one.
   payload = withWellFormedStrings(payload)
   const claimedType = (payload as { type?: unknown }).type
   if (claimedType !== undefined && !(EVENT_TYPES as readonly unknown[]).includes(claimedType)) {
-    return reject('TALLY_ERR_INVALID_EVENT', `type must be one of ${EVENT_TYPES.join(', ')}`, '/type')
+    return reject(ERR.INVALID_EVENT, `type must be one of ${EVENT_TYPES.join(', ')}`, '/type')
   }
   if (!validator.Check(payload)) {
     const first = validator.Errors(payload)[0]
     const where = first?.instancePath ? first.instancePath : undefined
     return reject(
-      'TALLY_ERR_INVALID_EVENT',
+      ERR.INVALID_EVENT,
       `${where ?? 'event'}: ${first?.message ?? 'does not match the schema'}`,
       where,
     )
   }
   const e = payload
   const type = input.routeType ?? e.type
-  if (type === undefined)
-    return reject('TALLY_ERR_MISSING_FIELD', 'type is required in a batch item', '/type')
+  if (type === undefined) return reject(ERR.MISSING_FIELD, 'type is required in a batch item', '/type')
   if (input.routeType !== undefined && e.type !== undefined && e.type !== input.routeType) {
     return reject(
-      'TALLY_ERR_INVALID_EVENT',
+      ERR.INVALID_EVENT,
       `type "${e.type}" does not match the endpoint /v1/${input.routeType}`,
       '/type',
     )
@@ -262,20 +256,20 @@ export function normalizeEvent(
   const anonymousId = idString(e.anonymousId)
   const userId = idString(e.userId)
   if (anonymousId === undefined && userId === undefined) {
-    return reject('TALLY_ERR_MISSING_IDENTITY', 'anonymousId or userId is required', '/anonymousId')
+    return reject(ERR.MISSING_IDENTITY, 'anonymousId or userId is required', '/anonymousId')
   }
-  if (type === 'track' && !e.event) return reject('TALLY_ERR_MISSING_FIELD', 'track requires event', '/event')
+  if (type === 'track' && !e.event) return reject(ERR.MISSING_FIELD, 'track requires event', '/event')
   if (type === 'group' && e.groupId === undefined)
-    return reject('TALLY_ERR_MISSING_FIELD', 'group requires groupId', '/groupId')
+    return reject(ERR.MISSING_FIELD, 'group requires groupId', '/groupId')
   if (type === 'alias' && (e.previousId === undefined || userId === undefined)) {
-    return reject('TALLY_ERR_MISSING_FIELD', 'alias requires previousId and userId', '/previousId')
+    return reject(ERR.MISSING_FIELD, 'alias requires previousId and userId', '/previousId')
   }
 
   const eventTime = parseTime(e.timestamp ?? e.originalTimestamp)
   const timeWhere = e.timestamp ? '/timestamp' : '/originalTimestamp'
   if ((e.timestamp ?? e.originalTimestamp) !== undefined && eventTime === undefined) {
     return reject(
-      'TALLY_ERR_INVALID_TIMESTAMP',
+      ERR.INVALID_TIMESTAMP,
       `${timeWhere.slice(1)} is not an ISO 8601 date-time of a real calendar day and time`,
       timeWhere,
     )
@@ -284,7 +278,7 @@ export function normalizeEvent(
   const sentAt = sentAtRaw instanceof Date ? sentAtRaw.getTime() : parseTime(sentAtRaw)
   if (e.sentAt !== undefined && sentAt === undefined) {
     return reject(
-      'TALLY_ERR_INVALID_TIMESTAMP',
+      ERR.INVALID_TIMESTAMP,
       'sentAt is not an ISO 8601 date-time of a real calendar day and time',
       '/sentAt',
     )
@@ -305,7 +299,7 @@ export function normalizeEvent(
   if (input.receivedAtMs - timestampMs > maxPastMs) {
     const days = Math.round((maxPastMs / DAY_MS) * 100) / 100
     return reject(
-      'TALLY_ERR_TIMESTAMP_TOO_OLD',
+      ERR.TIMESTAMP_TOO_OLD,
       input.imported
         ? `timestamp ${new Date(timestampMs).toISOString()} is more than ${days} days before the import; older history is not accepted`
         : `timestamp ${new Date(timestampMs).toISOString()} is more than ${days} days before receipt; send older events through /v1/import`,

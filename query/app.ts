@@ -1,6 +1,7 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify'
 import { LRUCache } from 'lru-cache'
 import type { Granularity } from '../core/aggregate/definition.js'
+import { ERR } from '../core/error-codes.js'
 import { TallyError } from '../core/errors.js'
 import { DEFAULT_PRECISION } from '../core/hll.js'
 import { createHttpServer } from '../core/http.js'
@@ -211,7 +212,7 @@ export async function buildQueryApp(deps: QueryAppDeps): Promise<FastifyInstance
   app.get('/v1/export/events', async (req, reply) => {
     if (!deps.rawEvents) {
       throw new TallyError(
-        'TALLY_ERR_NOT_IMPLEMENTED',
+        ERR.NOT_IMPLEMENTED,
         'raw-event export is not available on this server: it reads the archive of raw events (Arrow segments written by `tally archive`), which this query role was not given; export aggregates with /v1/export/aggregates',
         { statusCode: 501 },
       )

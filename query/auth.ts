@@ -1,4 +1,5 @@
 import { LRUCache } from 'lru-cache'
+import { ERR } from '../core/error-codes.js'
 import { TallyError } from '../core/errors.js'
 import { hashesEqual, hashToken } from '../core/keys.js'
 import type { Site, SiteStore } from '../core/ports/site-store.js'
@@ -120,10 +121,10 @@ export class ReadAccessCache implements ReadAuthorizer {
 
   async authorize(siteId: string, authorization: string | undefined): Promise<void> {
     if (authorization === undefined || authorization === '') {
-      throw unauthorized('TALLY_ERR_MISSING_READ_TOKEN', 'send a read token as Authorization: Bearer <token>')
+      throw unauthorized(ERR.MISSING_READ_TOKEN, 'send a read token as Authorization: Bearer <token>')
     }
     const m = BEARER.exec(authorization)
-    if (!m) throw unauthorized('TALLY_ERR_INVALID_READ_TOKEN', 'Authorization must be Bearer <read token>')
+    if (!m) throw unauthorized(ERR.INVALID_READ_TOKEN, 'Authorization must be Bearer <read token>')
     const hash = hashToken(m[1]!)
     let site = await this.site(siteId, false)
     if (!(site && matchesAny(hash, site.readTokenHashes))) site = await this.site(siteId, true)
@@ -133,13 +134,13 @@ export class ReadAccessCache implements ReadAuthorizer {
     }
     const owner = await this.ownerOf(hash)
     if (owner !== undefined && owner !== siteId) {
-      throw new TallyError('TALLY_ERR_WRONG_SITE', `this read token does not give access to site ${siteId}`, {
+      throw new TallyError(ERR.WRONG_SITE, `this read token does not give access to site ${siteId}`, {
         statusCode: 403,
         where: 'site',
       })
     }
     // A revoked token is unknown here: its hash left the site (and the index, once rebuilt).
-    throw unauthorized('TALLY_ERR_INVALID_READ_TOKEN', 'unknown or revoked read token')
+    throw unauthorized(ERR.INVALID_READ_TOKEN, 'unknown or revoked read token')
   }
 
   /** The same check as `authorize` when the site is cached and fresh and the token is one of its own. */
@@ -208,7 +209,7 @@ function matchesAny(hash: string, hashes: readonly string[]): boolean {
 }
 
 function unavailable(cause: unknown): TallyError {
-  return new TallyError('TALLY_ERR_SITES_UNAVAILABLE', 'cannot check the read token right now', {
+  return new TallyError(ERR.SITES_UNAVAILABLE, 'cannot check the read token right now', {
     statusCode: 503,
     retriable: true,
     cause,

@@ -21,6 +21,7 @@ import { type ArchivedRow, openArchiveRange } from '../core/archive/archive-rang
 import { archiveKey, batchPaths } from '../core/archive/paths.js'
 import { CorruptSegmentError } from '../core/archive/segment-reader.js'
 import type { TallyConfig } from '../core/config.js'
+import { ERR } from '../core/error-codes.js'
 import { errorMessage, ServiceUnavailableError, TallyError } from '../core/errors.js'
 import type { ArchiveStateStore } from '../core/ports/batch-store.js'
 import type { LogOffsets } from '../core/ports/event-log.js'
@@ -182,7 +183,7 @@ export function archiveRawEventSource(
 /** The client's view of a corrupt segment: its path inside the archive, not the server's. */
 function corruptError(err: CorruptSegmentError, topicDir: string): TallyError {
   const rel = err.path.startsWith(`${topicDir}/`) ? err.path.slice(topicDir.length + 1) : err.path
-  return new TallyError('TALLY_ERR_CORRUPT_SEGMENT', err.message.split(err.path).join(rel), {
+  return new TallyError(ERR.CORRUPT_SEGMENT, err.message.split(err.path).join(rel), {
     statusCode: 500,
     where: rel,
     cause: err,
@@ -212,12 +213,12 @@ export class ArchiveRawEventSource implements RawEventSource {
       throw badParameter(
         'to',
         `the range ${iso(fromMs)} .. ${iso(toMs)} is longer than ${this.maxRangeMs / HOUR_MS} hours, the most one raw-event export reads; split it`,
-        'TALLY_ERR_RANGE_TOO_LARGE',
+        ERR.RANGE_TOO_LARGE,
       )
     }
     if (this.running >= this.maxConcurrent) {
       throw new TallyError(
-        'TALLY_ERR_EXPORT_BUSY',
+        ERR.EXPORT_BUSY,
         `${this.running} raw-event exports are running, the most this server runs at once; retry later`,
         { statusCode: 503, retriable: true },
       )
@@ -365,7 +366,7 @@ function errorLine(err: unknown, events: number): string {
   const e =
     err instanceof TallyError
       ? { code: err.code, message: err.message, ...(err.where ? { where: err.where } : {}) }
-      : { code: 'TALLY_ERR_INTERNAL', message: 'internal error' }
+      : { code: ERR.INTERNAL, message: 'internal error' }
   return `${JSON.stringify({ type: 'error', ...e, events })}\n`
 }
 
@@ -552,7 +553,7 @@ export async function sendRawExport(
   reply: FastifyReply,
 ): Promise<FastifyReply> {
   if (raw.from === undefined && raw.period === undefined) {
-    throw badParameter('from', 'from is required (with to), or period', 'TALLY_ERR_MISSING_PARAMETER')
+    throw badParameter('from', 'from is required (with to), or period', ERR.MISSING_PARAMETER)
   }
   const range = q.range!
   // The dedup pass runs before the answer starts: the connection's inactivity timeout must not cut
@@ -561,7 +562,7 @@ export async function sendRawExport(
   const idleTimeout = socket?.timeout
   socket?.setTimeout?.(0)
   const gone = new AbortController()
-  const onClose = () => gone.abort(new TallyError('TALLY_ERR_CANCELLED', 'the client went away'))
+  const onClose = () => gone.abort(new TallyError(ERR.CANCELLED, 'the client went away'))
   reply.raw.once('close', onClose)
   let prepared: PreparedRawExport
   try {

@@ -1,4 +1,5 @@
 import { DIMENSIONS, type Dimension, GRANULARITIES, type Granularity } from '../core/aggregate/definition.js'
+import { ERR } from '../core/error-codes.js'
 import { badParameter, parseInstant, parsePeriod, type TimeRange } from './range.js'
 
 /**
@@ -74,8 +75,7 @@ function single(q: Raw, name: string): string | undefined {
 
 function required(q: Raw, name: string): string {
   const v = single(q, name)
-  if (v === undefined || v === '')
-    throw badParameter(name, `${name} is required`, 'TALLY_ERR_MISSING_PARAMETER')
+  if (v === undefined || v === '') throw badParameter(name, `${name} is required`, ERR.MISSING_PARAMETER)
   return v
 }
 
@@ -182,9 +182,8 @@ function parseRange(q: Raw, nowMs: number): { range: TimeRange; periodInterval: 
   if (from !== undefined || to !== undefined) {
     if (period !== undefined) throw badParameter('period', 'give either period or from and to, not both')
     if (date !== undefined) throw badParameter('date', 'date goes with period, not with from and to')
-    if (from === undefined)
-      throw badParameter('from', 'from is required with to', 'TALLY_ERR_MISSING_PARAMETER')
-    if (to === undefined) throw badParameter('to', 'to is required with from', 'TALLY_ERR_MISSING_PARAMETER')
+    if (from === undefined) throw badParameter('from', 'from is required with to', ERR.MISSING_PARAMETER)
+    if (to === undefined) throw badParameter('to', 'to is required with from', ERR.MISSING_PARAMETER)
     const fromMs = parseInstant(from, 'from')
     const toMs = parseInstant(to, 'to', true)
     if (fromMs >= toMs) throw badParameter('from', `from (${from}) is not before to (${to})`)
@@ -208,7 +207,7 @@ export function parseQuery(endpoint: Endpoint, q: Raw, nowMs: number, limits: Pa
       throw badParameter(
         name,
         `${name} is not a parameter of ${endpoint}; it takes ${allowed.join(', ')}`,
-        'TALLY_ERR_UNKNOWN_PARAMETER',
+        ERR.UNKNOWN_PARAMETER,
       )
     }
   }
@@ -217,7 +216,7 @@ export function parseQuery(endpoint: Endpoint, q: Raw, nowMs: number, limits: Pa
   const filters = parseFilters(single(q, 'filters'), limits.maxFilterValues)
   const propertyRaw = single(q, 'property')
   if (endpoint === 'breakdown' && (propertyRaw === undefined || propertyRaw === '')) {
-    throw badParameter('property', 'property is required', 'TALLY_ERR_MISSING_PARAMETER')
+    throw badParameter('property', 'property is required', ERR.MISSING_PARAMETER)
   }
   const property = propertyRaw === undefined ? undefined : parseProperty(propertyRaw, 'property')
   const intervalRaw = single(q, 'interval')

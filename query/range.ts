@@ -1,4 +1,5 @@
 import { type Granularity, windowMs } from '../core/aggregate/definition.js'
+import { ERR } from '../core/error-codes.js'
 import { TallyError } from '../core/errors.js'
 
 /**
@@ -17,7 +18,7 @@ export interface TimeRange {
 }
 
 /** A 400 whose `where` is the parameter; the message names it too. */
-export function badParameter(where: string, message: string, code = 'TALLY_ERR_BAD_PARAMETER'): TallyError {
+export function badParameter(where: string, message: string, code: string = ERR.BAD_PARAMETER): TallyError {
   const named = message.includes(where) ? message : `${where}: ${message}`
   return new TallyError(code, named, { statusCode: 400, where })
 }

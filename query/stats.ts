@@ -5,6 +5,7 @@ import {
   type Granularity,
   windowMs,
 } from '../core/aggregate/definition.js'
+import { ERR } from '../core/error-codes.js'
 import type { TallyError } from '../core/errors.js'
 import { HyperLogLog } from '../core/hll.js'
 import type {
@@ -178,11 +179,11 @@ export interface Rendered<T> {
 }
 
 function unsupported(message: string): TallyError {
-  return badParameter('filters', message, 'TALLY_ERR_FILTER_UNSUPPORTED')
+  return badParameter('filters', message, ERR.FILTER_UNSUPPORTED)
 }
 
 function tooLarge(where: string, message: string): TallyError {
-  return badParameter(where, message, 'TALLY_ERR_RANGE_TOO_LARGE')
+  return badParameter(where, message, ERR.RANGE_TOO_LARGE)
 }
 
 export class StatsService {
@@ -199,7 +200,7 @@ export class StatsService {
           `${s.granularity} windows are kept ${Math.round(ttl / 86_400)} days; ${iso(s.fromMs)} is older. ${
             s.granularity === 'day' ? '' : 'Align from and to to whole days, or use a coarser interval.'
           }`.trim(),
-          'TALLY_ERR_BEYOND_RETENTION',
+          ERR.BEYOND_RETENTION,
         )
       }
     }

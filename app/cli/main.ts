@@ -1,5 +1,6 @@
 import { Command, CommanderError } from 'commander'
 import { CONFIG_VARIABLES, loadConfig, type TallyConfig } from '../../core/config.js'
+import { ERR } from '../../core/error-codes.js'
 import { errorMessage, TallyError } from '../../core/errors.js'
 import { registerAdminCommands } from './admin.js'
 import { registerBatchCommands } from './batch.js'
@@ -55,7 +56,7 @@ export async function main(argv: readonly string[]): Promise<number> {
     }
     if (err instanceof TallyError) {
       process.stderr.write(`tally: ${err.message} [${err.code}]\n`)
-      return err.code === 'TALLY_ERR_USAGE' || err.code === 'TALLY_ERR_CONFIG' ? 2 : 1
+      return err.code === ERR.USAGE || err.code === ERR.CONFIG ? 2 : 1
     }
     process.stderr.write(`tally: ${errorMessage(err)}\n`)
     if (err instanceof Error && err.stack && process.env.TALLY_DEBUG) process.stderr.write(`${err.stack}\n`)

@@ -4,6 +4,7 @@ import { CassandraSiteStore } from '../../core/cassandra/sites.js'
 import { backendOf } from '../../core/config.js'
 import { AdminSiteStore, adminSocketPath, hasAdminSocket } from '../../core/embedded/admin.js'
 import type { EmbeddedBackend } from '../../core/embedded/index.js'
+import { ERR } from '../../core/error-codes.js'
 import { TallyError, UsageError } from '../../core/errors.js'
 import { hashToken, READ_TOKEN_ID, readTokenId } from '../../core/keys.js'
 import type { ReadTokenInfo, SiteStore } from '../../core/ports/site-store.js'
@@ -46,11 +47,7 @@ async function withStore<T>(getConfig: ConfigLoader, fn: (store: SiteStore) => P
       embedded = openEmbeddedBackend(config)
     } catch (err) {
       // `tally all` holds the data folder: it answers site commands on its admin socket.
-      if (
-        err instanceof TallyError &&
-        err.code === 'TALLY_ERR_DATA_DIR_LOCKED' &&
-        hasAdminSocket(config.dataDir)
-      )
+      if (err instanceof TallyError && err.code === ERR.DATA_DIR_LOCKED && hasAdminSocket(config.dataDir))
         return fn(new AdminSiteStore(adminSocketPath(config.dataDir)))
       throw err
     }
@@ -65,7 +62,7 @@ async function withStore<T>(getConfig: ConfigLoader, fn: (store: SiteStore) => P
     await client.connect()
   } catch (err) {
     throw new TallyError(
-      'TALLY_ERR_SERVICE_UNAVAILABLE',
+      ERR.SERVICE_UNAVAILABLE,
       `cannot reach Cassandra at ${config.cassandra.contactPoints.join(',')} (keyspace ${config.cassandra.keyspace}; run \`tally migrate\` first): ${(err as Error).message}`,
       { cause: err },
     )
@@ -226,7 +223,7 @@ export function registerSitesCommands(program: Command, getConfig: ConfigLoader)
     .argument('<siteId>')
     .action(async (siteId: string) => {
       const removed = await withStore(getConfig, (s) => s.remove(siteId))
-      if (!removed) throw new TallyError('TALLY_ERR_SITE_NOT_FOUND', `no site ${siteId}`)
+      if (!removed) throw new TallyError(ERR.SITE_NOT_FOUND, `no site ${siteId}`)
       process.stdout.write(`site ${siteId} removed\n`)
     })
 }

@@ -2,6 +2,7 @@ import { spawn } from 'node:child_process'
 import { existsSync } from 'node:fs'
 import { mkdir, readdir, rename, rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
+import { ERR } from '../../core/error-codes.js'
 import { TallyError } from '../../core/errors.js'
 
 /** A Java server published on Maven Central, fetched with Maven into the services cache. */
@@ -102,14 +103,14 @@ export async function ensureArtifact(
     )
   } catch (err) {
     throw new TallyError(
-      'TALLY_ERR_SERVICES_FETCH',
+      ERR.SERVICES_FETCH,
       `cannot run Maven (mvn) to fetch ${artifact.name}: ${(err as Error).message}; install Maven or point KAFKA_BROKERS / CASSANDRA_CONTACT_POINTS at running servers`,
       { cause: err },
     )
   }
   if (result.code !== 0) {
     throw new TallyError(
-      'TALLY_ERR_SERVICES_FETCH',
+      ERR.SERVICES_FETCH,
       `Maven could not fetch ${artifact.name} ${artifact.version} (exit ${result.code}):\n${result.output.slice(-2000)}`,
     )
   }

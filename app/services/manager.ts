@@ -4,6 +4,7 @@ import { mkdir, readFile, rm, writeFile } from 'node:fs/promises'
 import { connect } from 'node:net'
 import { join } from 'node:path'
 import type { ServicesConfig } from '../../core/config.js'
+import { ERR } from '../../core/error-codes.js'
 import { errorMessage, TallyError } from '../../core/errors.js'
 import { sleep } from '../../core/retry.js'
 import { ensureArtifact } from './fetch.js'
@@ -134,7 +135,7 @@ export class ServicesManager {
       for (const port of spec.ports) {
         if (await portInUse(port)) {
           throw new TallyError(
-            'TALLY_ERR_PORT_IN_USE',
+            ERR.PORT_IN_USE,
             `${name}: 127.0.0.1:${port} is already in use by a process tally services did not start; stop it, or use it by setting ${name === 'kafka' ? 'KAFKA_BROKERS' : 'CASSANDRA_CONTACT_POINTS'}`,
             { where: `127.0.0.1:${port}` },
           )
@@ -158,7 +159,7 @@ export class ServicesManager {
     const major = m ? (m[1] === '1' ? Number(m[2]) : Number(m[1])) : Number.NaN
     if (res.code !== 0 || !(major === 11 || major === 17)) {
       throw new TallyError(
-        'TALLY_ERR_JAVA',
+        ERR.JAVA,
         `${this.cfg.java} reports ${m ? `Java ${major}` : 'no version'}; Cassandra 5.0 needs JDK 11 or 17: set TALLY_JAVA to such a java`,
       )
     }
@@ -175,9 +176,7 @@ export class ServicesManager {
         output += d.toString()
       })
       child.on('error', (err) =>
-        reject(
-          new TallyError('TALLY_ERR_JAVA', `cannot run ${this.cfg.java}: ${err.message}`, { cause: err }),
-        ),
+        reject(new TallyError(ERR.JAVA, `cannot run ${this.cfg.java}: ${err.message}`, { cause: err })),
       )
       child.on('close', (code) => resolve({ code: code ?? 1, output }))
     })
@@ -191,8 +190,7 @@ export class ServicesManager {
         stdio: ['ignore', fd, fd],
         cwd: this.dir(name),
       })
-      if (child.pid === undefined)
-        throw new TallyError('TALLY_ERR_SERVICES_START', `${name}: java did not start`)
+      if (child.pid === undefined) throw new TallyError(ERR.SERVICES_START, `${name}: java did not start`)
       child.unref()
       return child.pid
     } finally {
@@ -207,7 +205,7 @@ export class ServicesManager {
       if (!alive(pid)) {
         await rm(this.pidFile(name), { force: true })
         throw new TallyError(
-          'TALLY_ERR_SERVICES_START',
+          ERR.SERVICES_START,
           `${name} exited while starting; last log lines:\n${await this.tail(name)}`,
         )
       }
@@ -219,7 +217,7 @@ export class ServicesManager {
       }
     }
     throw new TallyError(
-      'TALLY_ERR_SERVICES_START',
+      ERR.SERVICES_START,
       `${name} did not answer within ${this.cfg.startTimeoutMs} ms (${errorMessage(last)}); log: ${this.logFile(name)}\n${await this.tail(name)}`,
     )
   }

@@ -2,6 +2,7 @@ import { mkdir, mkdtemp, rm } from 'node:fs/promises'
 import { join } from 'node:path'
 import { COLUMNS, DIMENSION_COLUMNS } from '../../schemas/arrow.js'
 import type { Dimension } from '../aggregate/definition.js'
+import { ERR } from '../error-codes.js'
 import { TallyError } from '../errors.js'
 import { findDuplicates, forEachSiteRun } from './dedup.js'
 import { listSegments, type SegmentRef } from './segment-file.js'
@@ -89,7 +90,7 @@ function stopped(signal: AbortSignal | undefined): void {
   if (signal?.aborted) {
     throw signal.reason instanceof Error
       ? signal.reason
-      : new TallyError('TALLY_ERR_CANCELLED', 'the archive read was cancelled')
+      : new TallyError(ERR.CANCELLED, 'the archive read was cancelled')
   }
 }
 

@@ -10,6 +10,7 @@ import {
   schemaProblem,
   segmentFields,
 } from '../../schemas/arrow.js'
+import { ERR } from '../error-codes.js'
 import { TallyError } from '../errors.js'
 import { rawSidecarName, type SegmentRef } from './segment-file.js'
 
@@ -20,7 +21,7 @@ export class CorruptSegmentError extends TallyError {
   readonly path: string
 
   constructor(path: string, problem: string, cause?: unknown) {
-    super('TALLY_ERR_CORRUPT_SEGMENT', `corrupt archive segment ${path}: ${problem}`, {
+    super(ERR.CORRUPT_SEGMENT, `corrupt archive segment ${path}: ${problem}`, {
       where: path,
       ...(cause === undefined ? {} : { cause }),
     })

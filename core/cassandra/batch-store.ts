@@ -3,6 +3,7 @@ import type { Client } from 'cassandra-driver'
 import { concurrent, types } from 'cassandra-driver'
 import { type Dimension, type Granularity, totalsBucket, windowMs } from '../aggregate/definition.js'
 import { commitTtlSeconds, type FinalSpan, generationOf } from '../aggregate/final.js'
+import { ERR } from '../error-codes.js'
 import { TallyError } from '../errors.js'
 import type {
   ArchiveCommit,
@@ -44,7 +45,7 @@ function casPause(attempt: number): Promise<void> {
 }
 
 function contended(what: string): TallyError {
-  return new TallyError('TALLY_ERR_STORE_CONTENDED', `${what}: too much contention, try again`, {
+  return new TallyError(ERR.STORE_CONTENDED, `${what}: too much contention, try again`, {
     retriable: true,
     statusCode: 503,
   })

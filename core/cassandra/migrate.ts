@@ -3,6 +3,7 @@ import { readdir, readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import type { Client, types } from 'cassandra-driver'
 import type { CassandraConfig, CassandraReplication } from '../config.js'
+import { ERR } from '../error-codes.js'
 import { TallyError } from '../errors.js'
 import { projectRoot } from '../paths.js'
 import { createCassandraClient } from './client.js'
@@ -35,13 +36,13 @@ export async function loadMigrations(dir = join(projectRoot(), 'schemas', 'cql')
   for (const file of files) {
     const m = FILE.exec(file)
     if (!m)
-      throw new TallyError('TALLY_ERR_MIGRATION_NAME', `${file}: migration files are named NNNN_name.cql`, {
+      throw new TallyError(ERR.MIGRATION_NAME, `${file}: migration files are named NNNN_name.cql`, {
         where: join(dir, file),
       })
     const text = await readFile(join(dir, file), 'utf8')
     const version = Number(m[1])
     if (out.some((x) => x.version === version)) {
-      throw new TallyError('TALLY_ERR_MIGRATION_NAME', `${file}: version ${version} is used twice`, {
+      throw new TallyError(ERR.MIGRATION_NAME, `${file}: version ${version} is used twice`, {
         where: join(dir, file),
       })
     }
@@ -74,7 +75,7 @@ export interface MigrateResult {
 export function assertTestKeyspace(keyspace: string): void {
   if (!/^tally_test_[a-z0-9_]+$/.test(keyspace)) {
     throw new TallyError(
-      'TALLY_ERR_NOT_A_TEST_KEYSPACE',
+      ERR.NOT_A_TEST_KEYSPACE,
       `refusing to drop keyspace ${keyspace}: only tally_test_* keyspaces may be dropped by tests`,
     )
   }
@@ -185,7 +186,7 @@ export async function migrateCassandra(
       if (recorded !== undefined) {
         if (recorded !== m.checksum) {
           throw new TallyError(
-            'TALLY_ERR_MIGRATION_CHANGED',
+            ERR.MIGRATION_CHANGED,
             `migration ${m.version} (${m.name}) changed after it was applied to ${ks}; add a new migration instead`,
             { where: `schemas/cql/${String(m.version).padStart(4, '0')}_${m.name}.cql` },
           )

@@ -1,4 +1,5 @@
 import type { Client, types } from 'cassandra-driver'
+import { ERR } from '../error-codes.js'
 import { TallyError } from '../errors.js'
 import { hashToken, newReadToken, newWriteKey, readTokenId, readTokenPrefix } from '../keys.js'
 import {
@@ -60,7 +61,7 @@ export class CassandraSiteStore implements SiteStore {
       { prepare: true },
     )
     if (!rs.wasApplied()) {
-      throw new TallyError('TALLY_ERR_SITE_EXISTS', `site ${input.siteId} already exists`, {
+      throw new TallyError(ERR.SITE_EXISTS, `site ${input.siteId} already exists`, {
         statusCode: 409,
         where: 'siteId',
       })
@@ -338,5 +339,5 @@ export class CassandraSiteStore implements SiteStore {
 }
 
 function notFound(siteId: string): TallyError {
-  return new TallyError('TALLY_ERR_SITE_NOT_FOUND', `no site ${siteId}`, { statusCode: 404, where: 'siteId' })
+  return new TallyError(ERR.SITE_NOT_FOUND, `no site ${siteId}`, { statusCode: 404, where: 'siteId' })
 }

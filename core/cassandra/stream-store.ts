@@ -1,6 +1,7 @@
 import type { Client } from 'cassandra-driver'
 import { types } from 'cassandra-driver'
 import { type Granularity, totalsBucket } from '../aggregate/definition.js'
+import { ERR } from '../error-codes.js'
 import { TallyError } from '../errors.js'
 import type {
   DedupChunk,
@@ -107,7 +108,7 @@ export class CassandraStreamStore implements StreamStore {
       if (res.wasApplied()) return next
     }
     throw new TallyError(
-      'TALLY_ERR_EPOCH_CONTENDED',
+      ERR.EPOCH_CONTENDED,
       `could not take partition ${ref.partition} of ${ref.topic}: too much contention`,
       {
         retriable: true,

@@ -1,6 +1,7 @@
 import { chmodSync, existsSync, rmSync } from 'node:fs'
 import { request } from 'node:http'
 import { join } from 'node:path'
+import { ERR } from '../error-codes.js'
 import { TallyError } from '../errors.js'
 import { createHttpServer } from '../http.js'
 import type { Logger } from '../log.js'
@@ -109,7 +110,7 @@ function call<T>(path: string, method: string, url: string, body?: unknown): Pro
           } catch {
             reject(
               new TallyError(
-                'TALLY_ERR_ADMIN',
+                ERR.ADMIN,
                 `the running Tally answered ${res.statusCode}: ${text.slice(0, 200)}`,
               ),
             )
@@ -118,7 +119,7 @@ function call<T>(path: string, method: string, url: string, body?: unknown): Pro
           if ((res.statusCode ?? 500) >= 400) {
             const e = parsed as { code?: string; message?: string; where?: string }
             reject(
-              new TallyError(e.code ?? 'TALLY_ERR_ADMIN', e.message ?? `status ${res.statusCode}`, {
+              new TallyError(e.code ?? ERR.ADMIN, e.message ?? `status ${res.statusCode}`, {
                 statusCode: res.statusCode ?? 500,
                 ...(e.where ? { where: e.where } : {}),
               }),
@@ -132,7 +133,7 @@ function call<T>(path: string, method: string, url: string, body?: unknown): Pro
     req.on('timeout', () => req.destroy(new Error('no answer within 10 s')))
     req.on('error', (err) =>
       reject(
-        new TallyError('TALLY_ERR_ADMIN', `cannot reach the running Tally on ${path}: ${err.message}`, {
+        new TallyError(ERR.ADMIN, `cannot reach the running Tally on ${path}: ${err.message}`, {
           cause: err,
         }),
       ),
@@ -217,9 +218,6 @@ export class AdminSiteStore implements SiteStore {
   }
 
   async importSite(): Promise<'created' | 'unchanged' | 'conflict'> {
-    throw new TallyError(
-      'TALLY_ERR_USAGE',
-      'importing sites into a running Tally is not supported: stop it first',
-    )
+    throw new TallyError(ERR.USAGE, 'importing sites into a running Tally is not supported: stop it first')
   }
 }

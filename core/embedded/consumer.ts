@@ -1,3 +1,4 @@
+import { ERR } from '../error-codes.js'
 import { errorMessage, TallyError } from '../errors.js'
 import { once } from '../lifecycle.js'
 import type { Logger } from '../log.js'
@@ -123,7 +124,7 @@ export class EmbeddedGroupConsumer implements EventLogConsumer {
   private partitions(): number {
     const n = this.log.partitionsOf(this.options.topic)
     if (n === undefined) {
-      throw new TallyError('TALLY_ERR_UNKNOWN_TOPIC', `the embedded log has no topic ${this.options.topic}`, {
+      throw new TallyError(ERR.UNKNOWN_TOPIC, `the embedded log has no topic ${this.options.topic}`, {
         where: this.options.topic,
       })
     }
@@ -132,7 +133,7 @@ export class EmbeddedGroupConsumer implements EventLogConsumer {
 
   async start(handlers: ConsumerHandlers): Promise<void> {
     if (this.handlers) throw new Error('this consumer was already started')
-    if (this.stopping) throw new TallyError('TALLY_ERR_SHUTTING_DOWN', 'the consumer is closed')
+    if (this.stopping) throw new TallyError(ERR.SHUTTING_DOWN, 'the consumer is closed')
     const partitions = this.partitions()
     this.handlers = handlers
     this.joined = true

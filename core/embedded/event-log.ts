@@ -1,3 +1,4 @@
+import { ERR } from '../error-codes.js'
 import { errorMessage, ServiceUnavailableError, TallyError } from '../errors.js'
 import type { Logger } from '../log.js'
 import type { ConsumedRecord, LogOffsets, LogRecord } from '../ports/event-log.js'
@@ -140,7 +141,7 @@ export class EmbeddedEventLog implements LogOffsets {
   private topic(name: string): TopicState {
     const t = this.topics.get(name)
     if (!t) {
-      throw new TallyError('TALLY_ERR_UNKNOWN_TOPIC', `the embedded log has no topic ${name}`, {
+      throw new TallyError(ERR.UNKNOWN_TOPIC, `the embedded log has no topic ${name}`, {
         where: name,
       })
     }
@@ -384,7 +385,7 @@ export class EmbeddedEventLog implements LogOffsets {
 }
 
 function closedError(): TallyError {
-  return new TallyError('TALLY_ERR_SHUTTING_DOWN', 'the embedded log is closed', {
+  return new TallyError(ERR.SHUTTING_DOWN, 'the embedded log is closed', {
     statusCode: 503,
     retriable: true,
   })

@@ -10,6 +10,7 @@ import {
 } from 'node:fs'
 import { hostname } from 'node:os'
 import { join } from 'node:path'
+import { ERR } from '../error-codes.js'
 import { errorMessage, TallyError } from '../errors.js'
 import { PRIVATE_DIR_MODE, PRIVATE_FILE_MODE } from '../private-files.js'
 
@@ -54,7 +55,7 @@ export function dataDirLockedError(
     ? `process ${owner.pid} on ${owner.hostname} (since ${owner.startedAt})`
     : 'another process'
   return new TallyError(
-    'TALLY_ERR_DATA_DIR_LOCKED',
+    ERR.DATA_DIR_LOCKED,
     `the data folder ${dataDir} is in use by ${who}. The embedded mode allows one Tally process per ` +
       'data folder: stop the other process, or set TALLY_DATA_DIR to another folder.',
     { where: join(dataDir, LOCK_FILE), cause },
@@ -180,7 +181,7 @@ export function lockDataDir(dataDir: string): DataDirLock {
           unlinkSync(path)
         } catch (err) {
           if ((err as NodeJS.ErrnoException).code !== 'ENOENT') {
-            throw new TallyError('TALLY_ERR_DATA_DIR_LOCK', `cannot remove ${path}: ${errorMessage(err)}`, {
+            throw new TallyError(ERR.DATA_DIR_LOCK, `cannot remove ${path}: ${errorMessage(err)}`, {
               cause: err,
               where: path,
             })

@@ -1,3 +1,4 @@
+import { ERR } from '../error-codes.js'
 import { TallyError } from '../errors.js'
 import { hashToken, newReadToken, newWriteKey, readTokenId, readTokenPrefix } from '../keys.js'
 import {
@@ -49,7 +50,7 @@ function rowToToken(r: TokenRow): ReadTokenInfo {
 }
 
 function notFound(siteId: string): TallyError {
-  return new TallyError('TALLY_ERR_SITE_NOT_FOUND', `no site ${siteId}`, { statusCode: 404, where: 'siteId' })
+  return new TallyError(ERR.SITE_NOT_FOUND, `no site ${siteId}`, { statusCode: 404, where: 'siteId' })
 }
 
 const COLUMNS = 'site_id, domain, origins, write_key, read_token_hashes, created_at_ms'
@@ -120,7 +121,7 @@ export class EmbeddedSiteStore implements SiteStore {
       return true
     })()
     if (!created) {
-      throw new TallyError('TALLY_ERR_SITE_EXISTS', `site ${input.siteId} already exists`, {
+      throw new TallyError(ERR.SITE_EXISTS, `site ${input.siteId} already exists`, {
         statusCode: 409,
         where: 'siteId',
       })

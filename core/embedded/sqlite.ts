@@ -1,5 +1,6 @@
 import { closeSync, openSync } from 'node:fs'
 import Database from 'better-sqlite3'
+import { ERR } from '../error-codes.js'
 import { errorMessage, TallyError } from '../errors.js'
 import { makePrivateFileSync, PRIVATE_FILE_MODE } from '../private-files.js'
 
@@ -22,7 +23,7 @@ export type Statement = Database.Statement<unknown[]>
 /** Raised when another process (or another handle in this one) holds the file. */
 export class DatabaseLockedError extends TallyError {
   constructor(path: string, cause: unknown) {
-    super('TALLY_ERR_DATA_DIR_LOCKED', `${path} is opened by another process`, { where: path, cause })
+    super(ERR.DATA_DIR_LOCKED, `${path} is opened by another process`, { where: path, cause })
     this.name = 'DatabaseLockedError'
   }
 }
@@ -58,7 +59,7 @@ function migrate(db: Db, path: string, migrations: readonly string[]): void {
   const current = db.pragma('user_version', { simple: true }) as number
   if (current > migrations.length) {
     throw new TallyError(
-      'TALLY_ERR_EMBEDDED_SCHEMA',
+      ERR.EMBEDDED_SCHEMA,
       `${path} has schema version ${current}, newer than this Tally (${migrations.length}): upgrade Tally`,
       { where: path },
     )
@@ -70,7 +71,7 @@ function migrate(db: Db, path: string, migrations: readonly string[]): void {
         db.exec(migrations[v]!)
       } catch (err) {
         throw new TallyError(
-          'TALLY_ERR_EMBEDDED_SCHEMA',
+          ERR.EMBEDDED_SCHEMA,
           `${path}: schema step ${v + 1} failed: ${errorMessage(err)}`,
           { where: path, cause: err },
         )

@@ -1,3 +1,4 @@
+import { ERR } from '../error-codes.js'
 import { TallyError } from '../errors.js'
 import { once } from '../lifecycle.js'
 import type { EventLogWriter, LogRecord } from '../ports/event-log.js'
@@ -27,7 +28,7 @@ export class EmbeddedLogWriter implements EventLogWriter {
   append(topic: string, records: readonly LogRecord[]): Promise<void> {
     if (this.closing) {
       return Promise.reject(
-        new TallyError('TALLY_ERR_SHUTTING_DOWN', 'the log writer is closing', {
+        new TallyError(ERR.SHUTTING_DOWN, 'the log writer is closing', {
           statusCode: 503,
           retriable: true,
         }),

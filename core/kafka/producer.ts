@@ -1,4 +1,5 @@
 import { CompressionTypes, type Kafka, type Message, Partitioners, type Producer } from 'kafkajs'
+import { ERR } from '../error-codes.js'
 import { errorMessage, ServiceUnavailableError, TallyError } from '../errors.js'
 import type { Logger } from '../log.js'
 import type { EventLogWriter, LogRecord } from '../ports/event-log.js'
@@ -176,7 +177,7 @@ export class KafkaBatchingProducer implements EventLogWriter {
   append(topic: string, records: readonly LogRecord[]): Promise<void> {
     if (this.closing)
       return Promise.reject(
-        new TallyError('TALLY_ERR_SHUTTING_DOWN', 'the producer is closing', {
+        new TallyError(ERR.SHUTTING_DOWN, 'the producer is closing', {
           statusCode: 503,
           retriable: true,
         }),

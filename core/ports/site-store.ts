@@ -1,3 +1,4 @@
+import { ERR } from '../error-codes.js'
 import { TallyError } from '../errors.js'
 
 /** A site: one domain's analytics, with one write key (public) and read tokens (secret, hashed). */
@@ -70,7 +71,7 @@ export function sortReadTokens(tokens: ReadTokenInfo[]): ReadTokenInfo[] {
 }
 
 export function readTokenNotFound(siteId: string, tokenId: string): TallyError {
-  return new TallyError('TALLY_ERR_READ_TOKEN_NOT_FOUND', `site ${siteId} has no read token ${tokenId}`, {
+  return new TallyError(ERR.READ_TOKEN_NOT_FOUND, `site ${siteId} has no read token ${tokenId}`, {
     statusCode: 404,
     where: 'tokenId',
   })

@@ -1,5 +1,6 @@
 import { Compile } from 'typebox/compile'
 import { RAW_EVENT_SCHEMA_VERSION, RawEventV1 } from '../../schemas/events.js'
+import { ERR } from '../error-codes.js'
 import type { ConsumedRecord, LogRecord } from '../ports/event-log.js'
 import { HEADERS } from './headers.js'
 import { partitionKey } from './keys.js'
@@ -38,15 +39,14 @@ export function toLogRecord(
 
 /** Bytes → JSON value: an empty record, an unknown schema version or bytes that are not JSON are poison. */
 export function decodeValue(record: ConsumedRecord): StepResult<unknown, DeadLetter> {
-  if (!record.value || record.value.length === 0)
-    return deadLetter('TALLY_ERR_EMPTY_RECORD', 'record has no value')
+  if (!record.value || record.value.length === 0) return deadLetter(ERR.EMPTY_RECORD, 'record has no value')
   const version = record.headers[HEADERS.schemaVersion]
   if (version !== undefined && version !== SCHEMA_VERSION)
-    return deadLetter('TALLY_ERR_SCHEMA_VERSION', `unknown schema version ${version}`)
+    return deadLetter(ERR.SCHEMA_VERSION, `unknown schema version ${version}`)
   try {
     return ok(JSON.parse(record.value.toString('utf8')))
   } catch (err) {
-    return deadLetter('TALLY_ERR_UNDECODABLE', `value is not JSON: ${(err as Error).message}`)
+    return deadLetter(ERR.UNDECODABLE, `value is not JSON: ${(err as Error).message}`)
   }
 }
 
@@ -55,14 +55,14 @@ export function validateEvent(value: unknown): StepResult<DecodedEvent, DeadLett
   if (!rawEvent.Check(value)) {
     const first = rawEvent.Errors(value)[0]
     return deadLetter(
-      'TALLY_ERR_SCHEMA_INVALID',
+      ERR.SCHEMA_INVALID,
       `${first?.instancePath || 'event'}: ${first?.message ?? 'does not match RawEventV1'}`,
     )
   }
   const receivedMs = Date.parse(value.receivedAt)
   const timestampMs = Date.parse(value.timestamp)
   if (Number.isNaN(receivedMs) || Number.isNaN(timestampMs))
-    return deadLetter('TALLY_ERR_SCHEMA_INVALID', 'timestamp or receivedAt is not a date')
+    return deadLetter(ERR.SCHEMA_INVALID, 'timestamp or receivedAt is not a date')
   return ok({ event: value, receivedMs, timestampMs })
 }
 
