@@ -94,8 +94,8 @@ With --quickstart the default site's keys are kept in TALLY_DATA_DIR/quickstart.
     .action(
       async (opts: { quickstart: boolean; queryPort: number; streamPort: number; batchPort: number }) => {
         const config = getConfig()
-        announceBackend(config, 'all', 'always')
         const logger = createLogger(config.logLevel, { role: 'all' })
+        announceBackend(config, 'all', 'always', process.stderr, logger)
         process.exitCode = await serveUntilSignal(
           async () => {
             const all = await startAll(config, logger, opts)

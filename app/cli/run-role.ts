@@ -1,4 +1,4 @@
-import type { TallyConfig } from '../../core/config.js'
+import { backendOf, type TallyConfig } from '../../core/config.js'
 import { type Closable, serveUntilSignal } from '../../core/lifecycle.js'
 import { createLogger, type Logger } from '../../core/log.js'
 import { describeBackend, requireSeparateProcessBackend } from '../backend.js'
@@ -6,17 +6,24 @@ import type { ConfigLoader } from './config-loader.js'
 
 /**
  * Says on stderr which backend `command` talks to (see describeBackend). Long-running commands say
- * it always; one-shot commands (`sites`, `migrate`, `jobs`, …) only on a terminal, so that a script
- * reading their stderr sees nothing but errors.
+ * it always, as their first log line when given their logger (stderr then holds log lines only,
+ * JSON unless on a terminal); one-shot commands (`sites`, `migrate`, `jobs`, …) only on a terminal,
+ * so that a script reading their stderr sees nothing but errors.
  */
 export function announceBackend(
   config: TallyConfig,
   command: string,
   when: 'always' | 'on-terminal',
   stderr: Pick<NodeJS.WriteStream, 'write' | 'isTTY'> = process.stderr,
+  logger?: Pick<Logger, 'info'>,
 ): void {
+  const line = `tally ${command}: ${describeBackend(config)}`
+  if (when === 'always' && logger) {
+    logger.info({ backend: backendOf(config) }, line)
+    return
+  }
   if (when === 'on-terminal' && !stderr.isTTY) return
-  stderr.write(`tally ${command}: ${describeBackend(config)}\n`)
+  stderr.write(`${line}\n`)
 }
 
 /**
@@ -32,7 +39,7 @@ export async function runRole(
 ): Promise<void> {
   const config = getConfig()
   requireSeparateProcessBackend(config, role)
-  announceBackend(config, role, 'always')
   const logger = createLogger(config.logLevel, { role })
+  announceBackend(config, role, 'always', process.stderr, logger)
   process.exitCode = await serveUntilSignal(() => start(config, logger), logger, config.shutdownTimeoutMs)
 }

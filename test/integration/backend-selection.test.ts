@@ -57,7 +57,7 @@ describe('one backend for every command', () => {
 
     const port = await freePort()
     const child: ChildProcess = spawn(process.execPath, ['bin/tally.js', 'ingest'], {
-      env: { ...base, ...env, PORT: String(port), LOG_LEVEL: 'warn' },
+      env: { ...base, ...env, PORT: String(port), LOG_LEVEL: 'info' },
       stdio: ['ignore', 'ignore', 'pipe'],
     })
     let stderr = ''

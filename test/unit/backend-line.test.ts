@@ -19,6 +19,20 @@ describe('the backend line of every command', () => {
     expect(kafka.lines[0]).toMatch(/^tally ingest: backend: kafka-cassandra \(KAFKA_BROKERS=k1:9092, /)
   })
 
+  it('a long-running command with its logger says it as a log line, so stderr holds log lines only', () => {
+    const logged: Array<[Record<string, unknown>, string]> = []
+    const logger = { info: (o: Record<string, unknown>, msg: string) => void logged.push([o, msg]) }
+    const piped = stderr(false)
+    announceBackend(loadConfig({ TALLY_DATA_DIR: '/srv/tally' }), 'all', 'always', piped, logger as never)
+    expect(piped.lines).toEqual([])
+    expect(logged).toEqual([
+      [
+        { backend: 'embedded' },
+        'tally all: backend: embedded (TALLY_DATA_DIR=/srv/tally; TALLY_BACKEND=auto)',
+      ],
+    ])
+  })
+
   it('one-shot commands say it on a terminal only, so scripts see an empty stderr on success', () => {
     const config = loadConfig({ TALLY_DATA_DIR: '/srv/tally' })
     const piped = stderr(false)
