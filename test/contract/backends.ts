@@ -10,7 +10,6 @@ import {
   CassandraLeaseStore,
 } from '../../core/cassandra/batch-store.js'
 import { createCassandraClient } from '../../core/cassandra/client.js'
-import { loadMigrations, migrateCassandra } from '../../core/cassandra/migrate.js'
 import { CassandraSiteStore } from '../../core/cassandra/sites.js'
 import { CassandraStreamStore } from '../../core/cassandra/stream-store.js'
 import type { TallyConfig } from '../../core/config.js'
@@ -37,21 +36,11 @@ export function tempDataDir(prefix = 'tally-embedded-'): { dir: string; remove: 
 }
 
 /**
- * Keyspace, tables and topics of a test configuration. Falls back to the stream's migrations
- * (0001, 0002 and the group checkpoints table) when another one cannot be applied yet (a
- * colleague's migration in progress).
+ * Keyspace, tables and topics of a test configuration: the whole `tally migrate`. A migration that
+ * fails fails the test, as it would fail an operator's `tally migrate`.
  */
 export async function prepareServices(config: TallyConfig): Promise<void> {
-  try {
-    await migrate(config)
-  } catch (err) {
-    process.stderr.write(`full migrate failed (${String(err)}); applying the stream's migrations only\n`)
-    const migrations = (await loadMigrations()).filter(
-      (m) => m.version <= 2 || m.name === 'stream_group_checkpoints',
-    )
-    await migrateCassandra(config.cassandra, migrations)
-    await ensureTopics(createKafka(config.kafka), topicSpecs(config))
-  }
+  await migrate(config)
 }
 
 /** Kafka behind the event-log port: the real broker, topics of their own. */
