@@ -286,7 +286,10 @@ export class CassandraSiteStore implements SiteStore {
         prepare: true,
       })
     }
-    await this.client.execute('DELETE FROM sites WHERE site_id = ?', [siteId], { prepare: true })
+    // A lightweight transaction like the create: both take Paxos timestamps, so a site created
+    // again under the id is written after this delete. A plain delete carries the driver's
+    // client timestamp, which can run ahead of the server's clock and hide the new row.
+    await this.client.execute('DELETE FROM sites WHERE site_id = ? IF EXISTS', [siteId], { prepare: true })
     return true
   }
 
