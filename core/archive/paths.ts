@@ -2,9 +2,6 @@ import { join, resolve } from 'node:path'
 import type { TallyConfig } from '../config.js'
 import { archiveTopicDir } from './segment-file.js'
 
-/** Default consumer group of the archivers. */
-export const ARCHIVE_GROUP = 'tally-archive'
-
 /** The commit-row key of an archive: its consumer group and topic. */
 export function archiveKey(group: string, topic: string): string {
   return `${group}|${topic}`

@@ -6,9 +6,6 @@ import type { EventLogConsumer, EventLogWriter, LogOffsets } from './event-log.j
 import type { ProgressListener, ProgressPublisher } from './progress-notices.js'
 import type { SiteStore } from './site-store.js'
 
-/** Default consumer group of the archivers (defined with the archive's paths). */
-export { ARCHIVE_GROUP } from '../archive/paths.js'
-
 /** How a role asks for a member of a consumer group. */
 export interface ConsumerRequest {
   groupId: string

@@ -24,6 +24,8 @@ export function testConfig(env: Record<string, string> = {}): TallyConfig {
     TALLY_TOPIC_PROGRESS: `test.${id}.progress`,
     // A group of its own: test runs sharing a broker must not share the stream workers' group.
     TALLY_STREAM_GROUP: `test.${id}.aggregate`,
+    // And of the archivers: a chaos test's archivers must not join another test's group.
+    TALLY_ARCHIVE_GROUP: `test.${id}.archive`,
     KAFKA_PARTITIONS: '3',
     LOG_LEVEL: 'silent',
     ...env,
@@ -40,6 +42,7 @@ export function envOf(config: TallyConfig): Record<string, string> {
     TALLY_TOPIC_DEAD_LETTER: config.kafka.topicDeadLetter,
     TALLY_TOPIC_PROGRESS: config.kafka.topicProgress,
     TALLY_STREAM_GROUP: config.stream.group,
+    TALLY_ARCHIVE_GROUP: config.archive.group,
     KAFKA_PARTITIONS: String(config.kafka.partitions),
   }
 }

@@ -7,7 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { startArchiver } from '../../app/start.js'
 import { decodeRecord } from '../../batch/decode.js'
 import { generateWorkload } from '../../bench/workload.js'
-import { ARCHIVE_GROUP, archiveKey, batchPaths } from '../../core/archive/paths.js'
+import { archiveKey, batchPaths } from '../../core/archive/paths.js'
 import {
   hourRelDir,
   listSegments,
@@ -190,7 +190,7 @@ describe('archiver (real Kafka, Cassandra, processes)', () => {
     const total = [...ends.values()].reduce((a, b) => a + b, 0)
     expect(total).toBe(workload.events.length)
     const store = new CassandraArchiveStateStore(cassandra)
-    const key = archiveKey(ARCHIVE_GROUP, config.kafka.topicRaw)
+    const key = archiveKey(config.archive.group, config.kafka.topicRaw)
     await eventually(
       async () => {
         const progress = await store.progress(key, 4)
@@ -286,7 +286,7 @@ describe('archiver (real Kafka, Cassandra, processes)', () => {
       // What a crashed archiver left: offsets 0..4 written to staging and committed, not renamed;
       // and a staging file of a flush it never committed.
       const paths = batchPaths(cfg)
-      const key = archiveKey(ARCHIVE_GROUP, cfg.kafka.topicRaw)
+      const key = archiveKey(cfg.archive.group, cfg.kafka.topicRaw)
       const store = new CassandraArchiveStateStore(client)
       const crashed = await store.acquire(key, 0, 'crashed')
       const events = Array.from({ length: 5 }, (_, i) => {

@@ -16,7 +16,7 @@ import {
   windowKey,
 } from '../../bench/workload.js'
 import { DIMENSION_GRANULARITIES, DIMENSIONS, GRANULARITIES } from '../../core/aggregate/definition.js'
-import { ARCHIVE_GROUP, archiveKey } from '../../core/archive/paths.js'
+import { archiveKey } from '../../core/archive/paths.js'
 import { archiveTopicDir, listSegments, stagingRelDir } from '../../core/archive/segment-file.js'
 import { type EmbeddedBackend, openEmbedded } from '../../core/embedded/index.js'
 import { HyperLogLog } from '../../core/hll.js'
@@ -88,19 +88,19 @@ async function ingest(backend: EmbeddedBackend, events: readonly GeneratedEvent[
 function startArchiver(backend: EmbeddedBackend): Archiver {
   return new Archiver(
     {
-      consumer: backend.log.consumer({ groupId: ARCHIVE_GROUP, topic, maxBatchRecords: 200 }),
+      consumer: backend.log.consumer({ groupId: config.archive.group, topic, maxBatchRecords: 200 }),
       store: backend.batch.archive,
       offsets: backend.log,
       metrics: createArchiveMetrics(new Registry()),
       logger,
     },
-    { archiveDir, topic, group: ARCHIVE_GROUP, flushIntervalMs: 200, owner: 'embedded-test' },
+    { archiveDir, topic, group: config.archive.group, flushIntervalMs: 200, owner: 'embedded-test' },
   )
 }
 
 /** Waits until the archive's commits cover every record of the log. */
 async function waitArchived(backend: EmbeddedBackend): Promise<void> {
-  const key = archiveKey(ARCHIVE_GROUP, topic)
+  const key = archiveKey(config.archive.group, topic)
   await eventually(
     async () => {
       const behind = await archiveBehind(
@@ -281,7 +281,7 @@ describe('batch layer on the embedded backend', () => {
       }
       // Every record in exactly one closed segment.
       expect(await archivedRows()).toBe(appended)
-      const progress = await backend.batch.archive.progress(archiveKey(ARCHIVE_GROUP, topic), 3)
+      const progress = await backend.batch.archive.progress(archiveKey(config.archive.group, topic), 3)
       expect(progress.map((p) => [p.partition, p.nextOffset])).toEqual([...ends].sort((a, b) => a[0] - b[0]))
 
       const result = await rebuildNow(backend)
@@ -314,7 +314,7 @@ describe('batch layer on the embedded backend', () => {
   it('after a restart, the archiver resumes from its commits (new epoch) and a new rebuild counts everything once', async () => {
     const backend = open()
     try {
-      const key = archiveKey(ARCHIVE_GROUP, topic)
+      const key = archiveKey(config.archive.group, topic)
       const before = await backend.log.endOffsets(topic)
       const appended = await ingest(backend, second.events)
       const archiver = startArchiver(backend)

@@ -23,7 +23,7 @@ import { rebuildSettings } from '../../batch/rebuild-command.js'
 import { BatchScheduler, defaultJobs } from '../../batch/scheduler.js'
 import { type GeneratedEvent, generateWorkload, truthOf } from '../../bench/workload.js'
 import { DIMENSION_GRANULARITIES, DIMENSIONS, GRANULARITIES } from '../../core/aggregate/definition.js'
-import { ARCHIVE_GROUP, archiveKey, batchPaths } from '../../core/archive/paths.js'
+import { archiveKey, batchPaths } from '../../core/archive/paths.js'
 import { listSegments } from '../../core/archive/segment-file.js'
 import { CassandraAggregateReader } from '../../core/cassandra/aggregate-reader.js'
 import { CassandraArchiveStateStore } from '../../core/cassandra/batch-store.js'
@@ -92,7 +92,7 @@ async function waitArchived(): Promise<void> {
   const offsets = new KafkaOffsets(createKafka(config.kafka))
   const store = new CassandraArchiveStateStore(cassandra)
   try {
-    const key = archiveKey(ARCHIVE_GROUP, config.kafka.topicRaw)
+    const key = archiveKey(config.archive.group, config.kafka.topicRaw)
     const ends = await offsets.endOffsets(config.kafka.topicRaw)
     await eventually(
       async () => {
@@ -361,7 +361,7 @@ describe('batch rebuilds from the Arrow archive (real Kafka and Cassandra)', () 
               const behind = await archiveBehind(
                 s.archive,
                 offsets,
-                archiveKey(ARCHIVE_GROUP, config.kafka.topicRaw),
+                archiveKey(config.archive.group, config.kafka.topicRaw),
                 config.kafka.topicRaw,
                 toMs,
               )

@@ -7,7 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { startArchiver } from '../../app/start.js'
 import type { RunningArchiver } from '../../batch/archive-role.js'
 import { type GeneratedEvent, generateWorkload } from '../../bench/workload.js'
-import { ARCHIVE_GROUP, archiveKey } from '../../core/archive/paths.js'
+import { archiveKey } from '../../core/archive/paths.js'
 import { CassandraAggregateReader } from '../../core/cassandra/aggregate-reader.js'
 import { CassandraArchiveStateStore } from '../../core/cassandra/batch-store.js'
 import { createCassandraClient } from '../../core/cassandra/client.js'
@@ -83,7 +83,7 @@ beforeAll(async () => {
   // The archive holds the whole raw topic.
   offsets = new KafkaOffsets(createKafka(config.kafka))
   const archiveState = new CassandraArchiveStateStore(cassandra)
-  const key = archiveKey(ARCHIVE_GROUP, config.kafka.topicRaw)
+  const key = archiveKey(config.archive.group, config.kafka.topicRaw)
   const ends = await offsets.endOffsets(config.kafka.topicRaw)
   expect([...ends.values()].reduce((a, b) => a + b, 0)).toBe(events.length)
   await eventually(

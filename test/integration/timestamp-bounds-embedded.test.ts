@@ -7,7 +7,7 @@ import { archiveBehind } from '../../batch/context.js'
 import { createArchiveMetrics } from '../../batch/metrics.js'
 import { runRebuild } from '../../batch/rebuild.js'
 import { GRANULARITIES, windowStart } from '../../core/aggregate/definition.js'
-import { ARCHIVE_GROUP, archiveKey } from '../../core/archive/paths.js'
+import { archiveKey } from '../../core/archive/paths.js'
 import { archiveTopicDir, parseSegmentFileName } from '../../core/archive/segment-file.js'
 import { readRawSegment, readSegment } from '../../core/archive/segment-reader.js'
 import { loadConfig } from '../../core/config.js'
@@ -210,7 +210,7 @@ describe('bounded event time: stream and archiver under a burst of far-apart tim
       })
       const archiver = new Archiver(
         {
-          consumer: backend.log.consumer({ groupId: ARCHIVE_GROUP, topic, maxBatchRecords: 500 }),
+          consumer: backend.log.consumer({ groupId: config.archive.group, topic, maxBatchRecords: 500 }),
           store: backend.batch.archive,
           offsets: backend.log,
           metrics: createArchiveMetrics(new Registry()),
@@ -219,7 +219,7 @@ describe('bounded event time: stream and archiver under a burst of far-apart tim
         {
           archiveDir,
           topic,
-          group: ARCHIVE_GROUP,
+          group: config.archive.group,
           flushIntervalMs: 200,
           maxOpenHours: config.archive.maxOpenHours,
           owner: 'bounds-test',
@@ -240,7 +240,7 @@ describe('bounded event time: stream and archiver under a burst of far-apart tim
         )
         await eventually(
           async () => {
-            const key = archiveKey(ARCHIVE_GROUP, topic)
+            const key = archiveKey(config.archive.group, topic)
             const behind = await archiveBehind(
               backend.batch.archive,
               backend.log,
