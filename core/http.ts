@@ -1,6 +1,7 @@
 import type { Server } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import Fastify, {
+  type FastifyBaseLogger,
   type FastifyError,
   type FastifyHttpOptions,
   type FastifyInstance,
@@ -93,6 +94,34 @@ function mapFastifyError(err: FastifyError): TallyError {
   )
 }
 
+/** At most one log line per this interval and code for 503 answers (a service outage). */
+const UNAVAILABLE_LOG_INTERVAL_MS = 10_000
+
+/**
+ * Logs a 503 answer at warn, at most once per interval and code, with how many were not logged
+ * since: while Kafka or Cassandra is down every request gets one, and the log must stay readable
+ * (every answer is still counted in the metrics).
+ */
+class ThrottledWarning {
+  private readonly last = new Map<string, { atMs: number; suppressed: number }>()
+
+  constructor(private readonly intervalMs: number) {}
+
+  log(logger: FastifyBaseLogger, err: TallyError): void {
+    const now = Date.now()
+    const seen = this.last.get(err.code)
+    if (seen && now - seen.atMs < this.intervalMs) {
+      seen.suppressed++
+      return
+    }
+    this.last.set(err.code, { atMs: now, suppressed: 0 })
+    logger.warn(
+      { code: err.code, status: err.statusCode, notLoggedSince: seen?.suppressed ?? 0 },
+      `answering 503: ${err.message}`,
+    )
+  }
+}
+
 /**
  * A Fastify instance with Tally's conventions: request id from `x-request-id` or the W3C trace id,
  * echoed back in `x-request-id`; explicit body and time limits; errors as
@@ -146,6 +175,7 @@ export function createHttpServer(options: HttpServerOptions): FastifyInstance {
   // answer until the client's next request or the keep-alive timeout (longer than the shutdown
   // deadline). Answers sent while closing therefore end their connection.
   let closing = false
+  const unavailable = new ThrottledWarning(UNAVAILABLE_LOG_INTERVAL_MS)
   app.addHook('preClose', async () => {
     closing = true
   })
@@ -163,7 +193,8 @@ export function createHttpServer(options: HttpServerOptions): FastifyInstance {
     options.onErrorAnswer?.(err)
     // Rejected requests are counted (onErrorAnswer) and logged at debug only: a flood of bad
     // requests must not flood the log, nor let a client fill its disk.
-    if (err.statusCode >= 500) req.log.error({ err: error }, 'request failed')
+    if (err.statusCode === 503) unavailable.log(req.log, err)
+    else if (err.statusCode >= 500) req.log.error({ err: error }, 'request failed')
     else req.log.debug({ code: err.code, status: err.statusCode }, err.message)
     // A handler that knows the wait (the rate limiter) has set it already.
     if ((err.statusCode === 503 || err.statusCode === 429) && !reply.hasHeader('retry-after'))

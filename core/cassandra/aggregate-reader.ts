@@ -16,6 +16,7 @@ import type {
   ReadOptions,
   StreamProgress,
 } from '../ports/aggregate-store.js'
+import { asServiceError } from './client.js'
 
 function partialOf(row: types.Row): Partial {
   return {
@@ -81,11 +82,23 @@ export class CassandraAggregateReader implements AggregateReader {
     this.fetchSize = options.fetchSize ?? 5000
   }
 
-  private rows(query: string, params: unknown[]): AsyncIterable<types.Row> {
-    return this.client.stream(query, params, {
-      prepare: true,
-      fetchSize: this.fetchSize,
-    }) as unknown as AsyncIterable<types.Row>
+  private async *rows(query: string, params: unknown[]): AsyncIterable<types.Row> {
+    try {
+      yield* this.client.stream(query, params, {
+        prepare: true,
+        fetchSize: this.fetchSize,
+      }) as unknown as AsyncIterable<types.Row>
+    } catch (err) {
+      throw asServiceError(err)
+    }
+  }
+
+  private async execute(query: string, params: unknown[]): Promise<types.ResultSet> {
+    try {
+      return await this.client.execute(query, params, { prepare: true })
+    } catch (err) {
+      throw asServiceError(err)
+    }
   }
 
   async totals(
@@ -338,19 +351,16 @@ export class CassandraAggregateReader implements AggregateReader {
   }
 
   async finalMark(siteId: string): Promise<string> {
-    const rs = await this.client.execute('SELECT mark FROM agg_final_marks WHERE site_id = ?', [siteId], {
-      prepare: true,
-    })
+    const rs = await this.execute('SELECT mark FROM agg_final_marks WHERE site_id = ?', [siteId])
     return String(rs.first()?.get('mark') ?? '')
   }
 
   async streamProgress(group: string, topic: string, partitions: number): Promise<StreamProgress[]> {
     if (partitions <= 0) return []
     // One Cassandra partition holds the group's checkpoints: one read, whatever the partition count.
-    const rs = await this.client.execute(
+    const rs = await this.execute(
       'SELECT partition, next_offset, watermark_ms, updated_at FROM stream_group_checkpoints WHERE consumer_group = ? AND topic = ?',
       [group, topic],
-      { prepare: true },
     )
     return rs.rows
       .map((row) => ({

@@ -1,6 +1,6 @@
-import { Client, policies, types } from 'cassandra-driver'
+import { Client, errors, policies, types } from 'cassandra-driver'
 import type { CassandraConfig, Consistency } from '../config.js'
-import { ServiceUnavailableError } from '../errors.js'
+import { errorMessage, ServiceUnavailableError } from '../errors.js'
 
 /** The Cassandra adapter's connection. cassandra-driver is imported only below core/cassandra/. */
 
@@ -68,4 +68,28 @@ export async function describeCassandra(
   } finally {
     await client.shutdown().catch(() => undefined)
   }
+}
+
+const UNAVAILABLE_CODES = new Set<number>([
+  types.responseErrorCodes.unavailableException,
+  types.responseErrorCodes.overloaded,
+  types.responseErrorCodes.isBootstrapping,
+  types.responseErrorCodes.readTimeout,
+  types.responseErrorCodes.writeTimeout,
+])
+
+/**
+ * A driver error that says Cassandra cannot answer now (no host reachable, a timeout, too few
+ * replicas, overloaded) as a ServiceUnavailableError (503, retriable); any other error unchanged.
+ * A reader answering a client wraps its calls with it: an outage is a 503, not an internal error.
+ */
+export function asServiceError(err: unknown): unknown {
+  if (
+    err instanceof errors.NoHostAvailableError ||
+    err instanceof errors.OperationTimedOutError ||
+    err instanceof errors.BusyConnectionError ||
+    (err instanceof errors.ResponseError && UNAVAILABLE_CODES.has(err.code))
+  )
+    return new ServiceUnavailableError('cassandra', errorMessage(err), err)
+  return err
 }

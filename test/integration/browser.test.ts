@@ -275,7 +275,9 @@ describe('browser tracker in Chromium', () => {
       'the tracker requests of A, B and C',
     ).catch((err: Error) => {
       const seen = captured.map((c) => [c.context, c.resourceType, c.url, c.body.batch.map(nameOf)])
-      throw new Error(`${err.message}; seen: ${JSON.stringify(seen)}`)
+      throw new Error(
+        `${err.message}; seen: ${JSON.stringify(seen)}; the proxy passed on: ${JSON.stringify(proxied)}`,
+      )
     })
     expect(eventsOf('A').map(nameOf)).toEqual([
       'page /app/',

@@ -1,6 +1,8 @@
 import type { FastifyInstance } from 'fastify'
 import { afterEach, describe, expect, it } from 'vitest'
 import type { Granularity } from '../../core/aggregate/definition.js'
+import { CassandraAggregateReader } from '../../core/cassandra/aggregate-reader.js'
+import { createCassandraClient } from '../../core/cassandra/client.js'
 import { hashToken } from '../../core/keys.js'
 import { createLogger } from '../../core/log.js'
 import type { AggregateReader, MergedWindow, StreamProgress } from '../../core/ports/aggregate-store.js'
@@ -232,5 +234,35 @@ describe('AnswerCache.peek', () => {
     // A failed computation leaves nothing to give.
     await expect(cache.answer('bad', 'v1', () => Promise.reject(new Error('store down')))).rejects.toThrow()
     expect(cache.peek('bad', 'v1')).toBeUndefined()
+  })
+})
+
+describe('an aggregate store that cannot answer', () => {
+  it('answers 503 with a retry hint, naming the service, not an internal error (Cassandra unreachable, real driver)', async () => {
+    // Nothing listens on port 1: the driver finds no host, as in a Cassandra outage.
+    const client = createCassandraClient(
+      {
+        contactPoints: ['127.0.0.1:1'],
+        localDataCenter: 'datacenter1',
+        consistency: 'ONE',
+        username: undefined,
+        password: undefined,
+      },
+      { keyspace: 'tally', connectTimeoutMs: 1000 },
+    )
+    try {
+      const f = fixture()
+      const a = await start({ ...f, reader: new CassandraAggregateReader(client, 12) })
+      const res = await get(a, timeseries)
+      expect(res.statusCode, res.body).toBe(503)
+      expect(res.headers['retry-after']).toBe('1')
+      expect(res.json()).toMatchObject({
+        success: false,
+        code: 'TALLY_ERR_SERVICE_UNAVAILABLE',
+        message: expect.stringMatching(/^cassandra: /),
+      })
+    } finally {
+      await client.shutdown()
+    }
   })
 })
