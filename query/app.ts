@@ -6,6 +6,7 @@ import { TallyError } from '../core/errors.js'
 import { DEFAULT_PRECISION } from '../core/hll.js'
 import { createHttpServer } from '../core/http.js'
 import type { Logger } from '../core/log.js'
+import { apiDocs } from '../core/openapi.js'
 import type { AggregateReader, BreakdownResult, MergedWindow } from '../core/ports/aggregate-store.js'
 import type { ReadAuthorizer } from './auth.js'
 import { AnswerCache, type AnswerCacheOptions, DEFAULT_ANSWER_CACHE } from './cache.js'
@@ -14,8 +15,16 @@ import { prepareExport } from './export.js'
 import { type RawEventSource, sendRawExport } from './export-raw.js'
 import type { FreshnessSource } from './freshness.js'
 import { createQueryMetrics, type QueryMetrics } from './metrics.js'
-import { openApiDocument, openApiHtml } from './openapi.js'
 import { type Endpoint, type ParsedQuery, parseQuery, siteParam } from './params.js'
+import {
+  exportAggregatesSchema,
+  exportEventsSchema,
+  HEALTHZ_SCHEMA,
+  METRICS_SCHEMA,
+  QUERY_API,
+  READYZ_SCHEMA,
+  statsSchema,
+} from './schemas.js'
 import {
   DEFAULT_QUERY_LIMITS,
   type QueryLimits,
@@ -72,7 +81,8 @@ type Query = Record<string, unknown>
 
 /**
  * The query HTTP API: /v1/stats/{aggregate,timeseries,breakdown,realtime}, /v1/export/aggregates,
- * /docs, /healthz, /readyz, /metrics. Reads only; every stats answer is `{results, meta}`.
+ * /docs (the OpenAPI document, generated from the routes' schemas), /healthz, /readyz, /metrics.
+ * Reads only; every stats answer is `{results, meta}`.
  */
 export async function buildQueryApp(deps: QueryAppDeps): Promise<FastifyInstance> {
   const metrics = deps.metrics ?? createQueryMetrics()
@@ -117,6 +127,9 @@ export async function buildQueryApp(deps: QueryAppDeps): Promise<FastifyInstance
     onErrorAnswer: (err) => metrics.errors.inc({ code: err.code }),
     registry: metrics.registry,
   })
+
+  // Before any route: the document is made from the routes registered after it.
+  await app.register(apiDocs, QUERY_API)
 
   // Callback hooks and label children looked up once per route and status: on a cached answer,
   // promises and label hashing per request showed in profiles (routes and statuses are few).
@@ -170,7 +183,7 @@ export async function buildQueryApp(deps: QueryAppDeps): Promise<FastifyInstance
   }
 
   for (const endpoint of STATS_ENDPOINTS) {
-    app.get(`/v1/stats/${endpoint}`, async (req, reply) => {
+    app.get(`/v1/stats/${endpoint}`, { schema: statsSchema(endpoint, limits) }, async (req, reply) => {
       const q = await parsed(req, endpoint)
       void reply.header('cache-control', 'private, no-cache')
       // The body serialized when the answer was computed: a cached answer is not serialized again;
@@ -180,7 +193,7 @@ export async function buildQueryApp(deps: QueryAppDeps): Promise<FastifyInstance
     })
   }
 
-  app.get('/v1/export/aggregates', async (req, reply) => {
+  app.get('/v1/export/aggregates', { schema: exportAggregatesSchema(limits) }, async (req, reply) => {
     const q = await parsed(req, 'export')
     const prepared = await prepareExport(
       {
@@ -209,7 +222,7 @@ export async function buildQueryApp(deps: QueryAppDeps): Promise<FastifyInstance
       .send(prepared.body)
   })
 
-  app.get('/v1/export/events', async (req, reply) => {
+  app.get('/v1/export/events', { schema: exportEventsSchema(limits) }, async (req, reply) => {
     if (!deps.rawEvents) {
       throw new TallyError(
         ERR.NOT_IMPLEMENTED,
@@ -221,15 +234,11 @@ export async function buildQueryApp(deps: QueryAppDeps): Promise<FastifyInstance
     return sendRawExport(deps.rawEvents, req.query as Query, q, req, reply)
   })
 
-  const doc = openApiDocument(limits)
-  const html = openApiHtml(doc)
-  app.get('/docs', async (_req, reply) => reply.header('content-type', 'text/html; charset=utf-8').send(html))
-  app.get('/docs/openapi.json', async () => doc)
   // The dashboard at / (static files; its data comes from the API above with a read token).
   await app.register(dashboardPlugin)
 
-  app.get('/healthz', async () => ({ status: 'ok' }))
-  app.get('/readyz', async (req, reply) => {
+  app.get('/healthz', { schema: HEALTHZ_SCHEMA }, async () => ({ status: 'ok' }))
+  app.get('/readyz', { schema: READYZ_SCHEMA }, async (req, reply) => {
     try {
       await deps.freshness.current()
       return { status: 'ready' }
@@ -238,7 +247,7 @@ export async function buildQueryApp(deps: QueryAppDeps): Promise<FastifyInstance
       return reply.status(503).send({ status: 'aggregate store unavailable' })
     }
   })
-  app.get('/metrics', async (_req, reply) =>
+  app.get('/metrics', { schema: METRICS_SCHEMA }, async (_req, reply) =>
     reply.header('content-type', metrics.registry.contentType).send(await metrics.registry.metrics()),
   )
 

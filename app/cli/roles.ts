@@ -19,7 +19,8 @@ export function registerRoleCommands(program: Command, getConfig: ConfigLoader):
       'after',
       `
 Endpoints: POST /v1/track|page|screen|identify|group|alias (and /v1/t|p|s|i|g|a), /v1/batch (/v1/b),
-/v1/import; GET /v1/pixel.gif; GET /healthz, /readyz, /metrics.
+/v1/import; GET /v1/pixel.gif; GET /healthz, /readyz, /metrics; GET /docs (OpenAPI at
+/docs/openapi.json, Swagger UI at /docs/ui).
 A 2xx means every accepted event is durably in the raw topic (acks=all).
 Limits: TALLY_MAX_BODY_BYTES, TALLY_MAX_EVENT_BYTES, TALLY_MAX_BATCH_EVENTS, TALLY_MAX_DEPTH,
 TALLY_RATE_LIMIT_SITE, TALLY_RATE_LIMIT_CLIENT, TALLY_APPEND_TIMEOUT_MS (see tally --help).
@@ -55,7 +56,8 @@ flush. After a SIGKILL the partitions move after TALLY_STREAM_SESSION_TIMEOUT_MS
       `
 Endpoints: GET /v1/stats/aggregate|timeseries|breakdown|realtime, GET /v1/export/aggregates and
 GET /v1/export/events (raw events from the archive, at most 744 hours per export, 2 at once;
-both NDJSON or Arrow IPC), GET /docs (OpenAPI at /docs/openapi.json), /healthz, /readyz, /metrics.
+both NDJSON or Arrow IPC), GET /docs (OpenAPI at /docs/openapi.json, Swagger UI at /docs/ui),
+/healthz, /readyz, /metrics.
 Auth: Authorization: Bearer <read token> (tally sites add / tally sites token).
 Reads only; every answer carries meta: complete_through, final vs provisional windows, and the
 error bound of approximate metrics (visitors).`,

@@ -2,7 +2,13 @@ import { createHash } from 'node:crypto'
 import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { gzipSync } from 'node:zlib'
-import type { FastifyInstance, FastifyReply, FastifyRequest, RouteOptions } from 'fastify'
+import type {
+  FastifyContextConfig,
+  FastifyInstance,
+  FastifyReply,
+  FastifyRequest,
+  RouteOptions,
+} from 'fastify'
 import { projectRoot } from '../../core/paths.js'
 
 /** The tracker as served: compacted source, its gzip, and an ETag of the content. */
@@ -51,6 +57,19 @@ export interface TrackerPluginOptions {
 
 const ALIAS = Symbol('tally-tracker-prefix-alias')
 
+const SCRIPT_SCHEMA = {
+  summary: 'The browser tracker',
+  description: 'ingest/tracker/t.js, compacted; gzipped when the client accepts it. See the README.',
+  tags: ['tracker'],
+  response: {
+    200: {
+      description: 'The script (cached for an hour, with an ETag).',
+      content: { 'text/javascript': { schema: { type: 'string' } } },
+    },
+    304: { description: 'Not modified (If-None-Match matched the ETag).' },
+  },
+}
+
 function sendScript(req: FastifyRequest, reply: FastifyReply): FastifyReply {
   const script = trackerScript()
   void reply
@@ -90,15 +109,18 @@ export async function trackerPlugin(app: FastifyInstance, opts: TrackerPluginOpt
         routePath?: string
         prefix?: string
       }
+      const config = { ...(route.config as object | undefined), [ALIAS]: true } as FastifyContextConfig
+      // The alias answers as its route does; the API documents (core/openapi.ts) show it once.
       this.route({
         ...own,
         url: `${prefix}${route.url}`,
-        config: { ...(route.config as object | undefined), [ALIAS]: true },
+        config,
+        schema: { ...route.schema, hide: true },
       })
     })
   }
   for (const path of prefix === '' ? ['/t.js'] : ['/t.js', `${prefix}/t.js`]) {
-    app.get(path, async (req, reply) => sendScript(req, reply))
+    app.get(path, { schema: SCRIPT_SCHEMA }, async (req, reply) => sendScript(req, reply))
   }
 }
 ;(trackerPlugin as unknown as Record<symbol, boolean>)[Symbol.for('skip-override')] = true

@@ -60,7 +60,8 @@ const CSP = [
 export async function dashboardPlugin(app: FastifyInstance): Promise<void> {
   const assets = loadAssets()
   for (const [url, asset] of assets) {
-    app.get(url, async (req: FastifyRequest, reply: FastifyReply) => {
+    // Static files, not API: left out of the OpenAPI document.
+    app.get(url, { schema: { hide: true } }, async (req: FastifyRequest, reply: FastifyReply) => {
       void reply
         .header('content-type', asset.type)
         // Revalidated every time (cheap with the ETag), so an upgrade shows at once.

@@ -1,0 +1,318 @@
+import { DIMENSIONS, GRANULARITIES } from '../core/aggregate/definition.js'
+import type { ErrorName } from '../core/error-codes.js'
+import { errorResponses, SERVER_ERRORS } from '../core/openapi.js'
+import { DEFAULT_METRICS, ENDPOINT_PARAMS, type Endpoint, EXPORT_FORMATS, METRICS } from './params.js'
+import type { QueryLimits } from './stats.js'
+
+/**
+ * JSON schemas of the query API's routes, from the same constants the routes validate with
+ * (metrics, properties, intervals, limits); the OpenAPI document served at /docs/openapi.json is
+ * generated from them (core/openapi.ts). They describe: query/params.ts checks, so every refusal
+ * keeps its own code and names the parameter in `where`.
+ */
+
+type Json = Record<string, unknown>
+
+function parameters(limits: QueryLimits): Record<string, Json> {
+  const q = (description: string, schema: Json): Json => ({ ...schema, description })
+  return {
+    site: q('Site id. The bearer token must be a read token of this site.', { type: 'string' }),
+    period: q(
+      'Named range, in UTC, relative to `date` (default today): `day`, `Nd` (the N days ending with that day, e.g. 7d, 30d), `Nh` (the N hours ending with the current hour), `month`, `Nmo` (e.g. 6mo, 12mo, calendar months ending with the current one), `year`. Default 30d. Not with from/to.',
+      { type: 'string', pattern: '^(day|today|month|year|[1-9][0-9]{0,3}(d|h|mo))$', default: '30d' },
+    ),
+    date: q('Reference day of `period` (YYYY-MM-DD); default today (UTC).', {
+      type: 'string',
+      format: 'date',
+    }),
+    from: q(
+      'Start (inclusive): ISO 8601 date (UTC day) or date-time with a zone. With `to`; not with `period`. The range is widened to whole windows; `meta.from`/`meta.to` give the range answered.',
+      { type: 'string' },
+    ),
+    to: q(
+      'End (exclusive): ISO 8601 date-time with a zone, or a date, meaning the end of that day (inclusive day).',
+      { type: 'string' },
+    ),
+    interval: q(
+      `Window size of a timeseries or export. Default: hour for ranges up to 2 days (minute for period=Nh with N ≤ 3), else day; export: hour. At most ${limits.maxPoints.minute} minute, ${limits.maxPoints.hour} hour, ${limits.maxPoints.day} day windows per timeseries.`,
+      { type: 'string', enum: [...GRANULARITIES] },
+    ),
+    metrics: q(
+      `Comma-separated, from ${METRICS.join(', ')}. Default ${DEFAULT_METRICS.join(',')}. \`visitors\` is approximate (HyperLogLog; see meta.metrics), the others exact. A breakdown sorts by the first metric, descending.`,
+      { type: 'string', example: 'visitors,pageviews,events,bot_events' },
+    ),
+    property: q('Dimension to break down by (required for breakdown).', {
+      type: 'string',
+      enum: [...DIMENSIONS],
+    }),
+    filters: q(
+      `Equality filters \`property==value\`; \`property==a|b\` matches either; separate filters with \`;\`; a backslash escapes \`;\`, \`|\` or a backslash in a value. Aggregates are stored per single property, so what is answered exactly is: one filter for aggregate and timeseries (timeseries with interval hour or day), and for breakdown a filter on the breakdown's own property. Other combinations get 400 TALLY_ERR_FILTER_UNSUPPORTED. At most ${limits.maxFilterValues} values.`,
+      { type: 'string', example: 'path==/pricing|/signup' },
+    ),
+    limit: q(`Rows per page of a breakdown, 1–${limits.maxLimit}.`, {
+      type: 'integer',
+      minimum: 1,
+      maximum: limits.maxLimit,
+      default: limits.defaultLimit,
+    }),
+    page: q('Page of a breakdown (1-based).', { type: 'integer', minimum: 1, default: 1 }),
+    minutes: q('Minutes of realtime, the current one included.', {
+      type: 'integer',
+      minimum: 1,
+      maximum: limits.maxRealtimeMinutes,
+      default: 5,
+    }),
+    format: q('Export format.', { type: 'string', enum: [...EXPORT_FORMATS], default: 'ndjson' }),
+    sketches: q('Include the HyperLogLog registers of each row (visitors_sketch).', {
+      type: 'boolean',
+      default: false,
+    }),
+  }
+}
+
+const META = {
+  type: 'object',
+  description: 'Present in every answer.',
+  properties: {
+    site: { type: 'string' },
+    from: {
+      type: 'string',
+      format: 'date-time',
+      description: 'Start of the range answered (whole windows).',
+    },
+    to: { type: 'string', format: 'date-time', description: 'End (exclusive) of the range answered.' },
+    requested: { type: 'object', description: 'The range asked for, when it was widened to whole windows.' },
+    interval: { type: 'string' },
+    property: { type: 'string' },
+    filters: { type: 'array', items: { type: 'object' } },
+    segments: {
+      type: 'array',
+      description: 'The windows read: whole days inside the range, hours and minutes at its edges.',
+      items: { type: 'object' },
+    },
+    complete_through: {
+      type: ['string', 'null'],
+      format: 'date-time',
+      description:
+        'Windows ending at or before this are complete in the stream: every on-time event is counted and no on-time event can change them; only a batch rebuild (late data) can still revise them. min over the stream partitions of (checkpoint watermark − grace), floored to the minute; null before the stream has checkpointed.',
+    },
+    freshness: {
+      type: 'object',
+      properties: {
+        received_through: { type: ['string', 'null'], format: 'date-time' },
+        grace_ms: { type: 'integer' },
+        partitions_reporting: { type: 'integer' },
+        partitions_expected: { type: 'integer' },
+      },
+    },
+    windows: {
+      type: 'object',
+      description:
+        'What the windows of the range were made of. status final = rebuilt by batch; closed = stream, ended before complete_through; open = stream, still counting. closed and open are provisional.',
+      properties: {
+        count: { type: 'integer' },
+        final: { type: 'integer' },
+        provisional: { type: 'integer' },
+        open: { type: 'integer' },
+        ranges: {
+          type: 'array',
+          items: {
+            type: 'object',
+            properties: {
+              from: { type: 'string' },
+              to: { type: 'string' },
+              status: { enum: ['final', 'closed', 'open'] },
+            },
+          },
+        },
+      },
+    },
+    metrics: {
+      type: 'object',
+      description:
+        'Per metric: approximate false, or for visitors the HyperLogLog precision, relative standard error 1.04/sqrt(2^p) and error bound (3 standard errors).',
+    },
+  },
+}
+
+/** The querystring of an endpoint: the parameters it takes (ENDPOINT_PARAMS), `site` required. */
+function querystring(endpoint: Endpoint, limits: QueryLimits): Json {
+  const all = parameters(limits)
+  return {
+    type: 'object',
+    required: ['site'],
+    properties: Object.fromEntries(ENDPOINT_PARAMS[endpoint].map((p) => [p, all[p]])),
+  }
+}
+
+const PARAMETER_ERRORS: readonly ErrorName[] = [
+  'BAD_PARAMETER',
+  'MISSING_PARAMETER',
+  'UNKNOWN_PARAMETER',
+  'RANGE_TOO_LARGE',
+  'FILTER_UNSUPPORTED',
+  'BEYOND_RETENTION',
+]
+const READ_ERRORS: readonly ErrorName[] = [
+  ...PARAMETER_ERRORS,
+  'MISSING_READ_TOKEN',
+  'INVALID_READ_TOKEN',
+  'WRONG_SITE',
+  'SITES_UNAVAILABLE',
+  ...SERVER_ERRORS,
+]
+const READ_ERROR_TEXT: Record<number, string> = {
+  400: 'A parameter is missing, malformed or not answerable; `where` names it.',
+  401: 'No read token, or an unknown or revoked one.',
+  403: 'The read token belongs to another site.',
+  503: 'The read tokens cannot be checked right now; retry.',
+}
+
+export const READ_TOKEN_SCHEMES: Record<string, Json> = {
+  readToken: { type: 'http', scheme: 'bearer', description: 'A read token of the site (rt_…).' },
+}
+const SECURITY = [{ readToken: [] }]
+
+const METRIC_VALUES = {
+  type: 'object',
+  additionalProperties: { type: 'object', properties: { value: { type: 'integer' } } },
+  example: { visitors: { value: 1234 }, pageviews: { value: 5678 } },
+}
+
+const STATS: Record<'aggregate' | 'timeseries' | 'breakdown' | 'realtime', [string, string, Json]> = {
+  aggregate: [
+    'Totals over a range',
+    'Events, pageviews and bot events summed over the windows of the range; visitors from the merged HyperLogLog registers of all of them (never a sum).',
+    METRIC_VALUES,
+  ],
+  timeseries: [
+    'One point per window',
+    'Every window of the interval in the range, empty ones included, each with its status (final, closed, open).',
+    {
+      type: 'array',
+      items: {
+        type: 'object',
+        properties: { date: { type: 'string', format: 'date-time' }, status: { type: 'string' } },
+        additionalProperties: { type: 'integer' },
+      },
+    },
+  ],
+  breakdown: [
+    'Top values of a property',
+    'Per value of `property` over the range (hour and day windows), sorted by the first metric descending, then by value. meta.total_values counts the rows before paging.',
+    {
+      type: 'array',
+      items: { type: 'object', example: { path: '/pricing', visitors: 120, pageviews: 300 } },
+    },
+  ],
+  realtime: [
+    'The last minutes',
+    'Totals over the last `minutes` minute windows (default 5), the current one included.',
+    METRIC_VALUES,
+  ],
+}
+
+/** The schema of GET /v1/stats/<endpoint>. */
+export function statsSchema(endpoint: keyof typeof STATS, limits: QueryLimits): Json {
+  const [summary, description, results] = STATS[endpoint]
+  return {
+    operationId: endpoint,
+    summary,
+    description,
+    tags: ['stats'],
+    security: SECURITY,
+    querystring: querystring(endpoint, limits),
+    response: {
+      200: {
+        description: 'The numbers and meta.',
+        type: 'object',
+        required: ['results', 'meta'],
+        properties: { results, meta: META },
+      },
+      ...errorResponses(READ_ERRORS, READ_ERROR_TEXT),
+    },
+  }
+}
+
+const STREAMED = {
+  'application/x-ndjson': { schema: { type: 'string' } },
+  'application/vnd.apache.arrow.stream': { schema: { type: 'string', format: 'binary' } },
+}
+
+/** The schema of GET /v1/export/aggregates. */
+export function exportAggregatesSchema(limits: QueryLimits): Json {
+  return {
+    operationId: 'exportAggregates',
+    summary: 'Bulk export of aggregates',
+    description:
+      'Streams the windows of `interval` in the range that hold data, totals or (with `property`) one row per window and value. NDJSON: a meta line, row lines, an end line {"type":"end","rows":N}. Arrow IPC stream: the meta as JSON in the schema metadata key tally.meta, then record batches.',
+    tags: ['exports'],
+    security: SECURITY,
+    querystring: querystring('export', limits),
+    response: {
+      200: { description: 'The rows.', content: STREAMED },
+      ...errorResponses(READ_ERRORS, READ_ERROR_TEXT),
+    },
+  }
+}
+
+/** The schema of GET /v1/export/events. */
+export function exportEventsSchema(limits: QueryLimits): Json {
+  return {
+    operationId: 'exportEvents',
+    summary: 'Bulk export of raw events',
+    description:
+      'Streams the events of the site whose event time (`timestamp`) is in [from, to), exactly (no widening), read from the archive of the raw log (Arrow segments by event hour and partition). A range is required (from/to or period); at most 744 hours by default (TALLY_ERR_RANGE_TOO_LARGE beyond). Duplicates (same messageId) are removed: of the copies among the event hours read, the first the log received (lowest partition, offset) is the event. Order: event hour, then partition and offset. meta: complete_through is the receive time through which the archive holds every event (events received later may be missing; null while a partition has archived nothing), archive (per-partition progress), segments, duplicates. NDJSON: a meta line {"type":"meta",…}, one line per event {"type":"event","partition","offset","traceparent","request_id","event":<the raw event as ingest wrote it>}, an end line {"type":"end","events":N}; an error after the answer started ends the body with {"type":"error","code","message","events"} instead of the end line, so a body without its end line is incomplete. Arrow IPC stream: the meta as JSON in the schema metadata key tally.meta; columns site, message_id, message_id_assigned, type, timestamp, received_at, visitor_id, bot, imported, event, path, referrer, utm_source, browser, os, device, partition, offset, traceparent, request_id, json (the raw event); an error after the answer started aborts the connection before the end of the chunked body (no end-of-stream marker). A corrupt archive segment found before the answer starts is 500 TALLY_ERR_CORRUPT_SEGMENT naming the segment; too many exports at once is 503 TALLY_ERR_EXPORT_BUSY. Answers 501 TALLY_ERR_NOT_IMPLEMENTED when the query role has no archive.',
+    tags: ['exports'],
+    security: SECURITY,
+    querystring: querystring('events', limits),
+    response: {
+      200: { description: 'The events.', content: STREAMED },
+      ...errorResponses(
+        [...READ_ERRORS, 'CORRUPT_SEGMENT', 'NOT_IMPLEMENTED', 'EXPORT_BUSY', 'SERVICE_UNAVAILABLE'],
+        {
+          ...READ_ERROR_TEXT,
+          500: 'A corrupt archive segment (TALLY_ERR_CORRUPT_SEGMENT; `where` names it), or an unexpected error.',
+          501: 'This query role has no archive of raw events.',
+          503: 'Too many raw-event exports at once, the archive state cannot be read, or the read tokens cannot be checked; retry.',
+        },
+      ),
+    },
+  }
+}
+
+const STATUS = { type: 'object', required: ['status'], properties: { status: { type: 'string' } } }
+
+export const HEALTHZ_SCHEMA: Json = {
+  summary: 'Liveness',
+  tags: ['operation'],
+  response: { 200: { description: 'ok', ...STATUS } },
+}
+
+export const READYZ_SCHEMA: Json = {
+  summary: 'Readiness',
+  tags: ['operation'],
+  response: {
+    200: { description: 'The aggregate store answers.', ...STATUS },
+    503: { description: 'The aggregate store does not answer now.', ...STATUS },
+  },
+}
+
+export const METRICS_SCHEMA: Json = {
+  summary: 'Prometheus metrics',
+  tags: ['operation'],
+  response: {
+    200: {
+      description: 'text: the process registry, Prometheus text format.',
+      content: { 'text/plain': { schema: { type: 'string' } } },
+    },
+  },
+}
+
+export const QUERY_API = {
+  title: 'Tally query API',
+  description:
+    'Reads analytics aggregates (written by the stream workers and the batch rebuild). Every answer carries meta: the range answered, complete_through, which windows are final or provisional, and the accuracy of each metric. All times are UTC.',
+  securitySchemes: READ_TOKEN_SCHEMES,
+  auth: 'Authorization: Bearer <read token>.',
+}
