@@ -5,12 +5,12 @@ import {
   CassandraJobStore,
   CassandraLeaseStore,
 } from '../core/cassandra/batch-store.js'
-import { createCassandraClient } from '../core/cassandra/client.js'
+import { connectCassandra, createCassandraClient } from '../core/cassandra/client.js'
 import { CassandraSiteStore } from '../core/cassandra/sites.js'
 import { CassandraStreamStore } from '../core/cassandra/stream-store.js'
 import { type BackendKind, backendOf, type TallyConfig } from '../core/config.js'
 import { type EmbeddedBackend, openEmbedded } from '../core/embedded/index.js'
-import { UsageError } from '../core/errors.js'
+import { errorMessage, UsageError } from '../core/errors.js'
 import { createKafka } from '../core/kafka/client.js'
 import { KafkaGroupConsumer, KafkaOffsets } from '../core/kafka/consumer.js'
 import { KafkaBatchingProducer } from '../core/kafka/producer.js'
@@ -86,9 +86,22 @@ export interface OwnedPorts extends Ports {
  * that cannot reach Cassandra fails before it starts) and one kafkajs client, whose producers,
  * consumers and admin connect when a role asks for them.
  */
-export async function openKafkaCassandraPorts(config: TallyConfig, logger?: Logger): Promise<OwnedPorts> {
-  const cassandra = createCassandraClient(config.cassandra, { keyspace: config.cassandra.keyspace })
-  await cassandra.connect()
+export async function openKafkaCassandraPorts(
+  config: TallyConfig,
+  logger?: Logger,
+  options: OpenOptions = {},
+): Promise<OwnedPorts> {
+  const cassandra = await connectCassandra(
+    () => createCassandraClient(config.cassandra, { keyspace: config.cassandra.keyspace }),
+    {
+      waitMs: options.waitForServices ? config.cassandra.connectWaitMs : 0,
+      onWait: (err, waitedMs, delayMs) =>
+        logger?.warn(
+          { err: errorMessage(err), waitedMs, retryInMs: delayMs },
+          `cassandra does not answer yet; retrying (waiting up to ${config.cassandra.connectWaitMs} ms in all, TALLY_CONNECT_WAIT_MS)`,
+        ),
+    },
+  )
   const kafka = createKafka(config.kafka, logger ? { logger } : {})
   const offsets = new KafkaOffsets(kafka)
   return {
@@ -132,8 +145,17 @@ export async function openKafkaCassandraPorts(config: TallyConfig, logger?: Logg
 }
 
 /** The ports of the configured backend (see backendOf), owned by the caller. */
-export async function openPorts(config: TallyConfig, logger?: Logger): Promise<OwnedPorts> {
-  if (backendOf(config) === 'kafka-cassandra') return openKafkaCassandraPorts(config, logger)
+export interface OpenOptions {
+  /** A long-running role: wait for Cassandra up to TALLY_CONNECT_WAIT_MS instead of failing at once. */
+  waitForServices?: boolean
+}
+
+export async function openPorts(
+  config: TallyConfig,
+  logger?: Logger,
+  options: OpenOptions = {},
+): Promise<OwnedPorts> {
+  if (backendOf(config) === 'kafka-cassandra') return openKafkaCassandraPorts(config, logger, options)
   const embedded = openEmbeddedBackend(config, logger)
   return { ...embeddedPorts(embedded), close: () => embedded.close() }
 }

@@ -36,7 +36,7 @@ async function onPorts<R extends Closable>(
   start: (ports: Ports) => Promise<R>,
 ): Promise<R> {
   if (given) return start(given)
-  const ports = await openPorts(config, logger)
+  const ports = await openPorts(config, logger, { waitForServices: true })
   let running: R
   try {
     running = await start(ports)

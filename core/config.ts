@@ -46,6 +46,8 @@ export interface CassandraConfig {
   consistency: Consistency
   username: string | undefined
   password: string | undefined
+  /** How long a long-running role waits at start for Cassandra to answer (TALLY_CONNECT_WAIT_MS). */
+  connectWaitMs: number
 }
 
 export interface ServicesConfig {
@@ -441,6 +443,12 @@ export const VARIABLES = {
     'password, when the cluster requires credentials',
     (raw) => raw || undefined,
   ),
+  TALLY_CONNECT_WAIT_MS: integer(
+    30_000,
+    0,
+    3_600_000,
+    'how long a long-running role (`ingest`, `stream`, `query`, `archive`, `batch`) waits at start for Cassandra to answer, retrying, before it exits (0: exit at once); one-shot commands do not wait',
+  ),
   TALLY_MAX_BODY_BYTES: integer(
     500 * 1024,
     1024,
@@ -742,6 +750,7 @@ export function loadConfig(env: Env = process.env): TallyConfig {
       consistency: v.CASSANDRA_CONSISTENCY,
       username: v.CASSANDRA_USERNAME,
       password: v.CASSANDRA_PASSWORD,
+      connectWaitMs: v.TALLY_CONNECT_WAIT_MS,
     },
     services,
     ingest: {

@@ -1,6 +1,7 @@
 import { Client, errors, policies, types } from 'cassandra-driver'
 import type { CassandraConfig, Consistency } from '../config.js'
 import { errorMessage, ServiceUnavailableError } from '../errors.js'
+import { backoffDelayMs, sleep } from '../retry.js'
 
 /** The Cassandra adapter's connection. cassandra-driver is imported only below core/cassandra/. */
 
@@ -92,4 +93,46 @@ export function asServiceError(err: unknown): unknown {
   )
     return new ServiceUnavailableError('cassandra', errorMessage(err), err)
   return err
+}
+
+/** Whether a failed connect may succeed later: no host answered yet (not refused credentials). */
+function mayConnectLater(err: unknown): boolean {
+  if (!(err instanceof errors.NoHostAvailableError)) return asServiceError(err) !== err
+  const inner = Object.values(err.innerErrors ?? {})
+  return !inner.some((e) => e instanceof errors.AuthenticationError)
+}
+
+/**
+ * Connects, retrying with backoff while Cassandra does not answer, for at most `waitMs` (a role
+ * started before its database, or while it restarts, waits instead of exiting). A refusal that
+ * will not change (credentials, a missing keyspace) fails at once. `connect` makes a new client
+ * per attempt: a client whose connect failed is shut down.
+ */
+export async function connectCassandra(
+  make: () => Client,
+  options: { waitMs: number; onWait?: (err: unknown, waitedMs: number, delayMs: number) => void },
+): Promise<Client> {
+  const started = Date.now()
+  for (let attempt = 1; ; attempt++) {
+    const client = make()
+    try {
+      await client.connect()
+      return client
+    } catch (err) {
+      await client.shutdown().catch(() => undefined)
+      const waited = Date.now() - started
+      if (!mayConnectLater(err)) throw err
+      if (waited >= options.waitMs) {
+        if (options.waitMs === 0) throw asServiceError(err)
+        throw new ServiceUnavailableError(
+          'cassandra',
+          `no answer after waiting ${Math.round(waited / 1000)} s (TALLY_CONNECT_WAIT_MS=${options.waitMs}): ${errorMessage(err)}`,
+          err,
+        )
+      }
+      const delay = Math.min(backoffDelayMs(attempt, 250, 5000), options.waitMs - waited)
+      options.onWait?.(err, waited, delay)
+      await sleep(delay)
+    }
+  }
 }
