@@ -4,7 +4,7 @@ import type { Registry } from 'prom-client'
 import { type BatchPathOptions, batchPaths } from '../core/archive/paths.js'
 import { stagingRelDir } from '../core/archive/segment-file.js'
 import type { TallyConfig } from '../core/config.js'
-import { createHttpServer, listenOrExplain } from '../core/http.js'
+import { startOpsServer } from '../core/http.js'
 import { once } from '../core/lifecycle.js'
 import type { Logger } from '../core/log.js'
 import { createProcessRegistry } from '../core/metrics.js'
@@ -130,25 +130,17 @@ export async function startArchiver(
 ): Promise<RunningArchiver> {
   const registry = createProcessRegistry()
   let component: ArchiverComponent | undefined
-  const app = createHttpServer({ logger, bodyLimit: 1024, requestTimeoutMs: 10_000, registry })
-  app.get('/healthz', async () => ({ status: 'ok' }))
-  app.get('/readyz', async (_req, reply) =>
-    component
-      ? { status: 'ready', partitions: component.archiver.ownedPartitions() }
-      : reply.status(503).send({ status: 'starting' }),
-  )
-  app.get('/metrics', async (_req, reply) =>
-    reply.header('content-type', registry.contentType).send(await registry.metrics()),
-  )
   // Bound before the archiver joins its group: a process that cannot serve its metrics fails
   // without leaving a dead member behind (which would stall the other archivers for a session).
-  const url = await listenOrExplain(
-    app,
-    config.host,
-    options.port ?? config.port ?? ARCHIVE_DEFAULT_PORT,
-    "the archiver's /metrics",
-    'PORT',
-  )
+  const { app, url } = await startOpsServer({
+    logger,
+    registry,
+    host: config.host,
+    port: options.port ?? config.port ?? ARCHIVE_DEFAULT_PORT,
+    what: "the archiver's /metrics",
+    where: 'PORT',
+    ready: () => (component ? { partitions: component.archiver.ownedPartitions() } : undefined),
+  })
   const { ports, ...archiverOptions } = options
   try {
     component = await createArchiverComponent(

@@ -1,17 +1,10 @@
 import { createHash, randomUUID } from 'node:crypto'
 import { mkdir, readdir, rm, stat } from 'node:fs/promises'
 import { join } from 'node:path'
-import {
-  DIMENSION_GRANULARITIES,
-  DIMENSIONS,
-  type Granularity,
-  windowMs,
-  windowStart,
-} from '../core/aggregate/definition.js'
-import { spansOfDay } from '../core/aggregate/final.js'
-import { findDuplicates } from '../core/archive/dedup.js'
-import { listSegments } from '../core/archive/segment-file.js'
-import { CorruptSegmentError, readSegment, type SegmentColumns } from '../core/archive/segment-reader.js'
+import { type Granularity, windowMs, windowStart } from '../core/aggregate/definition.js'
+import { type DedupOutcome, findDuplicates } from '../core/archive/dedup.js'
+import { listSegments, type SegmentRef } from '../core/archive/segment-file.js'
+import { CorruptSegmentError } from '../core/archive/segment-reader.js'
 import { ERR } from '../core/error-codes.js'
 import { errorMessage, TallyError } from '../core/errors.js'
 import type { Logger } from '../core/log.js'
@@ -26,7 +19,8 @@ import {
 } from './aggregate.js'
 import { acquireLease, LeaseKeeper, LeaseLostError, RangeBusyError } from './lease.js'
 import type { BatchMetrics } from './metrics.js'
-import { RegisterSet } from './registers.js'
+import { writeDays } from './rebuild-write.js'
+import { SegmentSource } from './segment-source.js'
 import { StagingArea } from './staging.js'
 
 const HOUR_MS = 3_600_000
@@ -168,28 +162,22 @@ function finalRowOf(r: AggregateRow): FinalRow {
   }
 }
 
-function rowKey(r: {
-  granularity: Granularity
-  windowStart: number
-  dimension: string | undefined
-  value: string
-}): string {
-  return `${r.granularity}\u0001${r.windowStart}\u0001${r.dimension ?? ''}\u0001${r.value}`
-}
-
 /**
- * Rebuilds the final aggregates of a range from the archive:
- * 1. takes the range's lease (one job per range at a time) and keeps renewing it;
- * 2. pass 1 reads every segment of the range and finds the duplicates (core/archive/dedup.ts);
- * 3. pass 2 aggregates hour by hour (batch/aggregate.ts) into staging files, one per day; day
- *    windows only when the whole day is in the range. Nothing is written to the store before both
- *    passes finish, so a failure — a corrupt segment, a crash, a lost lease — leaves the previous
- *    numbers as they were;
- * 4. writes the final rows day by day as the job's generation (core/aggregate/final.ts), with the
- *    lease's fencing token as write timestamp, checking the lease before each round, and commits
- *    each site-day once its rows are written: readers switch to it at once. A row that exists in
- *    the store for a window of the range (stream partial or older final row) but not in the result
- *    gets a final row of zeros, so the result replaces the stream's windows completely.
+ * Rebuilds the final aggregates of a range from the archive, in five steps:
+ * 1. **lease**: takes the range's lease (one job per range at a time) and keeps renewing it;
+ * 2. **list**: the range's segments, and their fingerprint (an unchanged range can be skipped);
+ * 3. **dedup**: pass 1 reads every segment of the range and finds the duplicates
+ *    (core/archive/dedup.ts);
+ * 4. **aggregate**: pass 2 aggregates hour by hour (batch/aggregate.ts) into staging files, one per
+ *    day; day windows only when the whole day is in the range. Nothing is written to the store
+ *    before both passes finish, so a failure — a corrupt segment, a crash, a lost lease — leaves the
+ *    previous numbers as they were;
+ * 5. **commit**: writes the final rows day by day as the job's generation (core/aggregate/final.ts,
+ *    batch/rebuild-write.ts), with the lease's fencing token as write timestamp, checking the lease
+ *    before each round, and commits each site-day once its rows are written: readers switch to it
+ *    at once. A row that exists in the store for a window of the range (stream partial or older
+ *    final row) but not in the result gets a final row of zeros, so the result replaces the
+ *    stream's windows completely.
  * Every run is recorded (status, range, counts, duration, error).
  */
 export async function runRebuild(
@@ -197,29 +185,90 @@ export async function runRebuild(
   settings: RebuildSettings,
   request: RebuildRequest,
 ): Promise<RebuildResult> {
-  const { logger, metrics } = deps
-  const started = Date.now()
+  const job = await lease(deps, settings, request)
+  deps.metrics?.running.inc()
+  try {
+    const listing = await list(settings, job)
+    if (request.skipUnchanged && (await unchanged(deps.jobs, job, listing))) return skipped(deps, job)
+    await recordStart(deps.jobs, job, listing, request.skipCorrupt ?? false)
+    const source = new SegmentSource(listing.segments, {
+      cacheBytes: settings.segmentCacheBytes ?? 256 * 1024 * 1024,
+      skipCorrupt: request.skipCorrupt ?? false,
+      onCorrupt: (path) => job.run.corruptSegments.push(path),
+      log: job.log,
+    })
+    const computeStarted = Date.now()
+    const duplicates = await dedup(settings, job, source)
+    const days = await aggregate(deps, settings, job, source, duplicates)
+    const computeMs = Date.now() - computeStarted
+    job.log.info(
+      { ...days.stats, segments: job.run.segmentsRead, computeMs, dedupBuckets: duplicates.buckets },
+      'range computed',
+    )
+    await commit(deps, settings, job, days.days)
+    await recordSuccess(deps, job, listing.fingerprint)
+    return { status: 'succeeded', run: job.run, ...job.range, dedupBuckets: duplicates.buckets, computeMs }
+  } catch (err) {
+    throw await recordFailure(deps, job, err)
+  } finally {
+    deps.metrics?.running.dec()
+    await job.keeper.stop()
+    await job.area
+      ?.remove()
+      .catch((e: unknown) => job.log.warn({ err: errorMessage(e) }, 'cannot remove staging files'))
+  }
+}
+
+/** One rebuild as its steps share it: the range and its lease, the run recorded, its log and progress. */
+interface Job {
+  readonly range: { fromMs: number; toMs: number }
+  readonly siteId: string | undefined
+  readonly kind: string
+  /** The range's lease name (rangeName). */
+  readonly name: string
+  readonly startedMs: number
+  readonly token: number
+  readonly keeper: LeaseKeeper
+  /** The request's signal and the lease's: aborts when either does. */
+  readonly signal: AbortSignal
+  /** Aborted by the request only (a cancelled run, not a lost lease). */
+  readonly requestSignal: AbortSignal | undefined
+  /** RebuildRequest.archiveCompleteThroughMs. */
+  readonly archiveCompleteThroughMs: number | undefined
+  readonly run: JobRun
+  readonly log: Logger
+  readonly progress: ProgressReporter
+  /** The range's staging folder, and the area in it once the dedup step made it. */
+  readonly stagingDir: string
+  area: StagingArea | undefined
+  /** Throttle and cancellation point, after each segment and before each write round. */
+  pause(): Promise<void>
+  /** Logged, and recorded with the run (bounded: a run over many site-days could otherwise carry thousands). */
+  warn(message: string, fields: Record<string, unknown>): void
+}
+
+/** Step 1: the range's lease, kept renewed while the job runs, and the job's record. */
+async function lease(deps: RebuildDeps, settings: RebuildSettings, request: RebuildRequest): Promise<Job> {
+  const startedMs = Date.now()
   const { fromMs, toMs } = alignRange(request.fromMs, request.toMs)
   const siteId = request.siteId
   const kind = request.kind ?? 'manual'
   const name = rangeName(siteId, fromMs, toMs)
-  const ttl = settings.leaseTtlMs ?? 30_000
   const holder = `${settings.owner}/${randomUUID()}`
   const lease = await acquireLease(
     deps.leases,
     name,
     holder,
-    ttl,
+    settings.leaseTtlMs ?? 30_000,
     settings.waitForLeaseMs ?? 0,
     request.signal,
   )
   if (!lease) {
-    metrics?.jobs.inc({ kind, outcome: 'skipped_busy' })
+    deps.metrics?.jobs.inc({ kind, outcome: 'skipped_busy' })
     throw new RangeBusyError(name)
   }
-  const keeper = new LeaseKeeper(deps.leases, lease, logger)
+  const keeper = new LeaseKeeper(deps.leases, lease, deps.logger)
   const signal = request.signal ? AbortSignal.any([request.signal, keeper.signal]) : keeper.signal
-  const staging = join(settings.stagingDir, createHash('sha256').update(name).digest('hex').slice(0, 24))
   const run: JobRun = {
     jobId: randomUUID(),
     kind,
@@ -230,7 +279,7 @@ export async function runRebuild(
     holder,
     leaseName: name,
     token: lease.token,
-    startedAtMs: started,
+    startedAtMs: startedMs,
     finishedAtMs: undefined,
     durationMs: undefined,
     segmentsRead: 0,
@@ -242,270 +291,296 @@ export async function runRebuild(
     warnings: [],
     error: undefined,
   }
-  const log = logger.child({ job: run.jobId, range: name, token: lease.token })
-  // Recorded with the run (bounded: a run over many site-days could otherwise carry thousands).
-  const warn = (message: string, fields: Record<string, unknown>) => {
-    log.warn(fields, message)
-    if (run.warnings.length < MAX_WARNINGS) run.warnings.push(message)
-    else if (run.warnings.length === MAX_WARNINGS) run.warnings.push('… more warnings in the log')
-  }
-  let area: StagingArea | undefined
-  metrics?.running.inc()
-  try {
-    const listing = await listSegments(settings.topicDir, fromMs, toMs)
-    const fingerprint = createHash('sha256')
-      .update([...listing.segments.map((s) => s.relPath), ...listing.misnamed].join('\n'))
-      .digest('hex')
-    if (request.skipUnchanged) {
-      const last = await deps.jobs.lastSuccess(name)
-      if (last?.fingerprint === fingerprint) {
-        metrics?.jobs.inc({ kind, outcome: 'skipped_unchanged' })
-        log.debug('range unchanged since its last rebuild; skipped')
-        return {
-          status: 'skipped_unchanged',
-          run: { ...run, status: 'succeeded' },
-          fromMs,
-          toMs,
-          dedupBuckets: 0,
-          computeMs: 0,
-        }
-      }
-    }
-    await deps.jobs.save(run)
-    log.info({ segments: listing.segments.length, site: siteId ?? '*' }, 'rebuild started')
-
-    // Misnamed files in the archive are segments nobody can trust.
-    for (const path of listing.misnamed) {
-      const err = new CorruptSegmentError(path, 'the file name is not a segment name')
-      if (!request.skipCorrupt) throw err
-      run.corruptSegments.push(path)
-      log.warn({ path }, err.message)
-    }
-    const segments = listing.segments
-    const corrupt = new Set<number>()
-    // Segments read by pass 1 are kept for pass 2 while they fit the budget (then read again).
-    const cache = new Map<number, SegmentColumns>()
-    const cacheBudget = settings.segmentCacheBytes ?? 256 * 1024 * 1024
-    let cached = 0
-    let caching = true
-    const read = async (i: number): Promise<SegmentColumns | undefined> => {
-      if (corrupt.has(i)) return undefined
-      const hit = cache.get(i)
-      if (hit) {
-        cache.delete(i)
-        return hit
-      }
-      try {
-        const cols = await readSegment(segments[i]!)
-        if (caching && cached + cols.byteLength <= cacheBudget) {
-          cache.set(i, cols)
-          cached += cols.byteLength
-        }
-        return cols
-      } catch (err) {
-        if (!(err instanceof CorruptSegmentError) || !request.skipCorrupt) throw err
-        corrupt.add(i)
-        run.corruptSegments.push(err.path)
-        log.warn({ path: err.path }, `${err.message}; skipped (--skip-corrupt)`)
-        return undefined
-      }
-    }
-
-    const n = segments.length
-    // One segment read ahead: the disk works while the CPU aggregates the current one.
-    let ahead: { i: number; p: Promise<SegmentColumns | undefined> } | undefined
-    const readAhead = (i: number): Promise<SegmentColumns | undefined> => {
-      const current = ahead?.i === i ? ahead.p : read(i)
-      ahead = i + 1 < n ? { i: i + 1, p: read(i + 1) } : undefined
-      // Awaited on the next call; a failure here must not go unhandled if the job stops first.
-      ahead?.p.catch(() => undefined)
-      return current
-    }
-    let eventsRead = 0
-    let rowsWritten = 0
-    // Reported on a phase change, at a phase's end, and otherwise at most every PROGRESS_EVERY_MS:
-    // a line per segment or write round costs more than the work on small segments.
-    let lastPhase: RebuildProgress['phase'] | undefined
-    let lastAt = 0
-    const progress = (phase: RebuildProgress['phase'], done: number, total: number) => {
-      if (!request.onProgress) return
-      const now = Date.now()
-      if (phase === lastPhase && done < total && now - lastAt < PROGRESS_EVERY_MS) return
-      lastPhase = phase
-      lastAt = now
-      const share = phase === 'dedup' ? [0, 0.35] : phase === 'aggregate' ? [0.35, 0.55] : [0.9, 0.1]
-      const fraction = share[0]! + share[1]! * (total === 0 ? 1 : done / total)
-      const elapsedMs = Date.now() - started
-      request.onProgress({
-        phase,
-        done,
-        total,
-        fraction,
-        eventsRead,
-        rowsWritten,
-        elapsedMs,
-        etaMs: fraction > 0.01 ? Math.round((elapsedMs / fraction) * (1 - fraction)) : undefined,
-      })
-    }
-    const pause = async () => {
+  const log = deps.logger.child({ job: run.jobId, range: name, token: lease.token })
+  return {
+    range: { fromMs, toMs },
+    siteId,
+    kind,
+    name,
+    startedMs,
+    token: lease.token,
+    keeper,
+    signal,
+    requestSignal: request.signal,
+    archiveCompleteThroughMs: request.archiveCompleteThroughMs,
+    run,
+    log,
+    progress: new ProgressReporter(startedMs, request.onProgress),
+    stagingDir: join(settings.stagingDir, createHash('sha256').update(name).digest('hex').slice(0, 24)),
+    area: undefined,
+    pause: async () => {
       cancelled(signal)
       if (settings.throttleMs) await sleep(settings.throttleMs, signal)
-    }
+    },
+    warn: (message, fields) => {
+      log.warn(fields, message)
+      if (run.warnings.length < MAX_WARNINGS) run.warnings.push(message)
+      else if (run.warnings.length === MAX_WARNINGS) run.warnings.push('… more warnings in the log')
+    },
+  }
+}
 
-    // Pass 1: duplicates across the whole range.
-    const computeStarted = Date.now()
-    progress('dedup', 0, n)
-    await mkdir(settings.stagingDir, { recursive: true })
-    await removeStaleStaging(settings.stagingDir, staging, log)
-    area = await StagingArea.create(staging)
-    const dedup = await findDuplicates(n, (i) => segments[i]!.rows, readAhead, {
-      siteId,
+interface Listing {
+  segments: SegmentRef[]
+  /** Files in the range's folders whose names are not segment names. */
+  misnamed: string[]
+  /** Of the segments and misnamed files: the same at the range's last success, nothing changed. */
+  fingerprint: string
+}
+
+/** Step 2: the range's segments in the archive, in hour order. */
+async function list(settings: RebuildSettings, job: Job): Promise<Listing> {
+  const { segments, misnamed } = await listSegments(settings.topicDir, job.range.fromMs, job.range.toMs)
+  const fingerprint = createHash('sha256')
+    .update([...segments.map((s) => s.relPath), ...misnamed].join('\n'))
+    .digest('hex')
+  return { segments, misnamed, fingerprint }
+}
+
+async function unchanged(jobs: JobStore, job: Job, listing: Listing): Promise<boolean> {
+  const last = await jobs.lastSuccess(job.name)
+  return last?.fingerprint === listing.fingerprint
+}
+
+function skipped(deps: RebuildDeps, job: Job): RebuildResult {
+  deps.metrics?.jobs.inc({ kind: job.kind, outcome: 'skipped_unchanged' })
+  job.log.debug('range unchanged since its last rebuild; skipped')
+  return {
+    status: 'skipped_unchanged',
+    run: { ...job.run, status: 'succeeded' },
+    ...job.range,
+    dedupBuckets: 0,
+    computeMs: 0,
+  }
+}
+
+/** Records the run as running; misnamed files in the archive are segments nobody can trust. */
+async function recordStart(jobs: JobStore, job: Job, listing: Listing, skipCorrupt: boolean): Promise<void> {
+  await jobs.save(job.run)
+  job.log.info({ segments: listing.segments.length, site: job.siteId ?? '*' }, 'rebuild started')
+  for (const path of listing.misnamed) {
+    const err = new CorruptSegmentError(path, 'the file name is not a segment name')
+    if (!skipCorrupt) throw err
+    job.run.corruptSegments.push(path)
+    job.log.warn({ path }, err.message)
+  }
+}
+
+/** Step 3 (pass 1): the duplicates across the whole range, in the staging area it makes. */
+async function dedup(settings: RebuildSettings, job: Job, source: SegmentSource): Promise<DedupOutcome> {
+  const n = source.length
+  job.progress.report('dedup', 0, n)
+  await mkdir(settings.stagingDir, { recursive: true })
+  await removeStaleStaging(settings.stagingDir, job.stagingDir, job.log)
+  job.area = await StagingArea.create(job.stagingDir)
+  const outcome = await findDuplicates(
+    n,
+    (i) => source.segments[i]!.rows,
+    (i) => source.next(i),
+    {
+      siteId: job.siteId,
       maxRowsInMemory: settings.maxDedupRowsInMemory ?? 4_000_000,
-      spillDir: area.dir,
+      spillDir: job.area.dir,
       afterSegment: async (i) => {
-        progress('dedup', i + 1, n)
-        await pause()
+        job.progress.report('dedup', i + 1, n)
+        await job.pause()
       },
-    })
-    run.duplicates = dedup.duplicates
-    caching = false
+    },
+  )
+  job.run.duplicates = outcome.duplicates
+  source.stopCaching()
+  return outcome
+}
 
-    // Pass 2: aggregate hour by hour into the staging area; day rows once a whole day is done.
-    const stats: AggregateStats = emptyStats()
-    let day: DayAggregator | undefined
-    const dayInRange = (d: number) => d >= fromMs && d + DAY_MS <= toMs
-    const ttl = settings.ttlSeconds
-    const live = (r: AggregateRow) =>
-      !ttl ||
-      ttl[r.granularity] === 0 ||
-      r.windowStart + windowMs(r.granularity) + ttl[r.granularity] * 1000 > started
-    const flushDay = async () => {
-      if (!day) return
-      for (const row of day.rows()) if (live(row)) await area!.write(day.dayStartMs, finalRowOf(row))
-      day = undefined
-    }
-    let done = 0
-    progress('aggregate', 0, n)
-    for (let hour = fromMs; hour < toMs; hour += HOUR_MS) {
-      const dayStart = windowStart(hour, 'day')
-      if (day && day.dayStartMs !== dayStart) await flushDay()
-      if (!day && dayInRange(dayStart)) day = new DayAggregator(dayStart, settings.precision)
-      const agg = new HourAggregator(hour, settings.precision, siteId)
-      while (done < n && segments[done]!.hourStartMs === hour) {
-        const i = done++
-        const cols = await readAhead(i)
-        if (cols) {
-          agg.add(cols, dedup.losers.get(i), stats)
-          run.segmentsRead++
-        }
-        eventsRead = stats.rowsRead
-        progress('aggregate', done, n)
-        await pause()
+/**
+ * Step 4 (pass 2): aggregates hour by hour into the staging area, without the duplicates; day rows
+ * once a whole day is done. Returns the days staged.
+ */
+async function aggregate(
+  deps: RebuildDeps,
+  settings: RebuildSettings,
+  job: Job,
+  source: SegmentSource,
+  duplicates: DedupOutcome,
+): Promise<{ days: number[]; stats: AggregateStats }> {
+  const { fromMs, toMs } = job.range
+  const area = job.area!
+  const segments = source.segments
+  const n = source.length
+  const stats: AggregateStats = emptyStats()
+  let day: DayAggregator | undefined
+  const dayInRange = (d: number) => d >= fromMs && d + DAY_MS <= toMs
+  const ttl = settings.ttlSeconds
+  const live = (r: AggregateRow) =>
+    !ttl ||
+    ttl[r.granularity] === 0 ||
+    r.windowStart + windowMs(r.granularity) + ttl[r.granularity] * 1000 > job.startedMs
+  const flushDay = async () => {
+    if (!day) return
+    for (const row of day.rows()) if (live(row)) await area.write(day.dayStartMs, finalRowOf(row))
+    day = undefined
+  }
+  let done = 0
+  job.progress.report('aggregate', 0, n)
+  for (let hour = fromMs; hour < toMs; hour += HOUR_MS) {
+    const dayStart = windowStart(hour, 'day')
+    if (day && day.dayStartMs !== dayStart) await flushDay()
+    if (!day && dayInRange(dayStart)) day = new DayAggregator(dayStart, settings.precision)
+    const agg = new HourAggregator(hour, settings.precision, job.siteId)
+    while (done < n && segments[done]!.hourStartMs === hour) {
+      const i = done++
+      const cols = await source.next(i)
+      if (cols) {
+        agg.add(cols, duplicates.losers.get(i), stats)
+        job.run.segmentsRead++
       }
-      for (const site of agg.siteIds()) {
-        for (const row of agg.rows(site)) {
-          day?.add(row)
-          if (live(row)) await area.write(dayStart, finalRowOf(row))
-        }
+      job.progress.eventsRead = stats.rowsRead
+      job.progress.report('aggregate', done, n)
+      await job.pause()
+    }
+    for (const site of agg.siteIds()) {
+      for (const row of agg.rows(site)) {
+        day?.add(row)
+        if (live(row)) await area.write(dayStart, finalRowOf(row))
       }
     }
-    await flushDay()
-    const days = await area.finish()
-    const computeMs = Date.now() - computeStarted
-    run.eventsRead = stats.rowsRead
-    metrics?.eventsRead.inc(stats.rowsRead)
-    log.info(
-      { ...stats, segments: run.segmentsRead, computeMs, dedupBuckets: dedup.buckets },
-      'range computed',
+  }
+  await flushDay()
+  const days = await area.finish()
+  job.run.eventsRead = stats.rowsRead
+  deps.metrics?.eventsRead.inc(stats.rowsRead)
+  return { days, stats }
+}
+
+/**
+ * Step 5: writes the staged days as final rows and commits each site-day (batch/rebuild-write.ts),
+ * only while the lease is ours: its token fences the writes. Warns where the result may be short of
+ * what the stream counted.
+ */
+async function commit(deps: RebuildDeps, settings: RebuildSettings, job: Job, days: number[]): Promise<void> {
+  const { fromMs, toMs } = job.range
+  const siteId = job.siteId
+  const through = job.archiveCompleteThroughMs
+  if (through !== undefined && through < toMs) {
+    const firstProvisional = Math.max(fromMs, Math.floor(through / HOUR_MS) * HOUR_MS)
+    job.warn(
+      `the archive holds the events received through ${iso(through)} only: the windows from ${iso(firstProvisional)} on are committed but not final (--allow-incomplete); rebuild again once the archive has caught up`,
+      { archiveCompleteThroughMs: through },
     )
-
-    const through = request.archiveCompleteThroughMs
-    if (through !== undefined && through < toMs) {
-      const firstProvisional = Math.max(fromMs, Math.floor(through / HOUR_MS) * HOUR_MS)
-      warn(
-        `the archive holds the events received through ${iso(through)} only: the windows from ${iso(firstProvisional)} on are committed but not final (--allow-incomplete); rebuild again once the archive has caught up`,
-        { archiveCompleteThroughMs: through },
+  }
+  await job.keeper.check()
+  const written = await writeDays(deps.rows, job.area!, days, {
+    siteId,
+    fromMs,
+    toMs,
+    completeThroughMs: through,
+    onZeroed: (site, hours, streamEvents) =>
+      job.warn(
+        `site ${site}: the rebuild read 0 events in ${hours.length} hour(s) where the stream counted ${streamEvents} (${listHours(hours)}); those windows now read 0. Is the archive complete?`,
+        { site, hours: hours.map(iso), streamEvents },
+      ),
+    token: job.token,
+    precision: settings.precision,
+    chunk: Math.max(1, settings.writeChunkRows ?? 500),
+    beforeChunk: async () => {
+      await job.pause()
+      if (job.keeper.lost) throw new LeaseLostError(job.name)
+    },
+    onWritten: (k, rows) => {
+      job.progress.rowsWritten = rows
+      job.progress.report('write', k, days.length)
+    },
+  })
+  job.run.rowsWritten = written.rows
+  job.run.windowsWritten = written.windows
+  // Days without an event of the site are not written at all: the stream's numbers stay there,
+  // provisional. When the stream counted events in them the rebuild did not do what was asked.
+  if (siteId !== undefined) {
+    const counted = await deps.rows.streamHourEvents(siteId, fromMs, toMs)
+    const writtenDays = new Set(days)
+    const hours = [...counted]
+      .filter(([h, n]) => n > 0 && !writtenDays.has(windowStart(h, 'day')))
+      .map(([h]) => h)
+      .sort((a, b) => a - b)
+    if (hours.length > 0) {
+      const streamEvents = hours.reduce((n, h) => n + (counted.get(h) ?? 0), 0)
+      job.warn(
+        `site ${siteId}: the rebuild read 0 events in ${hours.length} hour(s) where the stream counted ${streamEvents} (${listHours(hours)}); nothing was written there, those windows keep the stream's provisional numbers. Is the archive complete?`,
+        { site: siteId, hours: hours.map(iso), streamEvents },
       )
     }
+  }
+  deps.metrics?.rowsWritten.inc(written.rows)
+}
 
-    // Write: only while the lease is ours; its token fences the writes.
-    await keeper.check()
-    const written = await writeDays(deps.rows, area, days, {
-      siteId,
-      fromMs,
-      toMs,
-      completeThroughMs: through,
-      onZeroed: (site, hours, streamEvents) =>
-        warn(
-          `site ${site}: the rebuild read 0 events in ${hours.length} hour(s) where the stream counted ${streamEvents} (${listHours(hours)}); those windows now read 0. Is the archive complete?`,
-          { site, hours: hours.map(iso), streamEvents },
-        ),
-      token: lease.token,
-      precision: settings.precision,
-      chunk: Math.max(1, settings.writeChunkRows ?? 500),
-      beforeChunk: async () => {
-        await pause()
-        if (keeper.lost) throw new LeaseLostError(name)
-      },
-      onWritten: (k, rows) => {
-        rowsWritten = rows
-        progress('write', k, days.length)
-      },
+/** The run succeeded: recorded, with the range's fingerprint for a later skipUnchanged. */
+async function recordSuccess(deps: RebuildDeps, job: Job, fingerprint: string): Promise<void> {
+  const { run } = job
+  run.status = 'succeeded'
+  run.finishedAtMs = Date.now()
+  run.durationMs = run.finishedAtMs - job.startedMs
+  await deps.jobs.save(run)
+  await deps.jobs.recordSuccess(job.name, { fingerprint, jobId: run.jobId, finishedAtMs: run.finishedAtMs })
+  deps.metrics?.jobs.inc({ kind: job.kind, outcome: 'succeeded' })
+  deps.metrics?.jobSeconds.observe({ kind: job.kind }, run.durationMs / 1000)
+  job.log.info(
+    {
+      events: run.eventsRead,
+      rows: run.rowsWritten,
+      windows: run.windowsWritten,
+      durationMs: run.durationMs,
+    },
+    'rebuild done',
+  )
+}
+
+/** The run failed (or was cancelled, or lost its lease): recorded; returns the error to throw. */
+async function recordFailure(deps: RebuildDeps, job: Job, err: unknown): Promise<unknown> {
+  const { run, keeper, log } = job
+  run.status = keeper.lost ? 'lost_lease' : job.requestSignal?.aborted ? 'cancelled' : 'failed'
+  run.error = errorMessage(err)
+  run.finishedAtMs = Date.now()
+  run.durationMs = run.finishedAtMs - job.startedMs
+  deps.metrics?.jobs.inc({ kind: job.kind, outcome: run.status })
+  log.error({ err: run.error, status: run.status }, 'rebuild failed; the previous numbers stay')
+  await deps.jobs.save(run).catch((e: unknown) => log.warn({ err: errorMessage(e) }, 'cannot record the run'))
+  return keeper.lost && !(err instanceof LeaseLostError) ? new LeaseLostError(job.name) : err
+}
+
+/**
+ * Reports a job's progress: on a phase change, at a phase's end, and otherwise at most every
+ * PROGRESS_EVERY_MS (a line per segment or write round costs more than the work on small segments).
+ */
+class ProgressReporter {
+  eventsRead = 0
+  rowsWritten = 0
+  private lastPhase: RebuildProgress['phase'] | undefined
+  private lastAt = 0
+
+  constructor(
+    private readonly startedMs: number,
+    private readonly onProgress: ((p: RebuildProgress) => void) | undefined,
+  ) {}
+
+  report(phase: RebuildProgress['phase'], done: number, total: number): void {
+    if (!this.onProgress) return
+    const now = Date.now()
+    if (phase === this.lastPhase && done < total && now - this.lastAt < PROGRESS_EVERY_MS) return
+    this.lastPhase = phase
+    this.lastAt = now
+    const share = phase === 'dedup' ? [0, 0.35] : phase === 'aggregate' ? [0.35, 0.55] : [0.9, 0.1]
+    const fraction = share[0]! + share[1]! * (total === 0 ? 1 : done / total)
+    const elapsedMs = Date.now() - this.startedMs
+    this.onProgress({
+      phase,
+      done,
+      total,
+      fraction,
+      eventsRead: this.eventsRead,
+      rowsWritten: this.rowsWritten,
+      elapsedMs,
+      etaMs: fraction > 0.01 ? Math.round((elapsedMs / fraction) * (1 - fraction)) : undefined,
     })
-    run.rowsWritten = written.rows
-    run.windowsWritten = written.windows
-    // Days without an event of the site are not written at all: the stream's numbers stay there,
-    // provisional. When the stream counted events in them the rebuild did not do what was asked.
-    if (siteId !== undefined) {
-      const counted = await deps.rows.streamHourEvents(siteId, fromMs, toMs)
-      const writtenDays = new Set(days)
-      const hours = [...counted]
-        .filter(([h, n]) => n > 0 && !writtenDays.has(windowStart(h, 'day')))
-        .map(([h]) => h)
-        .sort((a, b) => a - b)
-      if (hours.length > 0) {
-        const streamEvents = hours.reduce((n, h) => n + (counted.get(h) ?? 0), 0)
-        warn(
-          `site ${siteId}: the rebuild read 0 events in ${hours.length} hour(s) where the stream counted ${streamEvents} (${listHours(hours)}); nothing was written there, those windows keep the stream's provisional numbers. Is the archive complete?`,
-          { site: siteId, hours: hours.map(iso), streamEvents },
-        )
-      }
-    }
-    metrics?.rowsWritten.inc(written.rows)
-    run.status = 'succeeded'
-    run.finishedAtMs = Date.now()
-    run.durationMs = run.finishedAtMs - started
-    await deps.jobs.save(run)
-    await deps.jobs.recordSuccess(name, { fingerprint, jobId: run.jobId, finishedAtMs: run.finishedAtMs })
-    metrics?.jobs.inc({ kind, outcome: 'succeeded' })
-    metrics?.jobSeconds.observe({ kind }, run.durationMs / 1000)
-    log.info(
-      {
-        events: run.eventsRead,
-        rows: run.rowsWritten,
-        windows: run.windowsWritten,
-        durationMs: run.durationMs,
-      },
-      'rebuild done',
-    )
-    return { status: 'succeeded', run, fromMs, toMs, dedupBuckets: dedup.buckets, computeMs }
-  } catch (err) {
-    run.status = keeper.lost ? 'lost_lease' : request.signal?.aborted ? 'cancelled' : 'failed'
-    run.error = errorMessage(err)
-    run.finishedAtMs = Date.now()
-    run.durationMs = run.finishedAtMs - started
-    metrics?.jobs.inc({ kind, outcome: run.status })
-    log.error({ err: run.error, status: run.status }, 'rebuild failed; the previous numbers stay')
-    await deps.jobs
-      .save(run)
-      .catch((e: unknown) => log.warn({ err: errorMessage(e) }, 'cannot record the run'))
-    throw keeper.lost && !(err instanceof LeaseLostError) ? new LeaseLostError(name) : err
-  } finally {
-    metrics?.running.dec()
-    await keeper.stop()
-    await area
-      ?.remove()
-      .catch((e: unknown) => log.warn({ err: errorMessage(e) }, 'cannot remove staging files'))
   }
 }
 
@@ -537,122 +612,4 @@ async function removeStaleStaging(root: string, keep: string, log: Logger): Prom
       log.info({ path }, 'removed the staging files of a job that never finished')
     }
   }
-}
-
-interface WriteOptions {
-  siteId: string | undefined
-  fromMs: number
-  toMs: number
-  /** Spans ending after this are committed provisional (RebuildRequest.archiveCompleteThroughMs). */
-  completeThroughMs: number | undefined
-  /** A site-day's hours the rebuild found empty although the stream counted events in them. */
-  onZeroed: (siteId: string, hours: number[], streamEvents: number) => void
-  token: number
-  precision: number
-  chunk: number
-  /** Before each chunk of rows and each commit. */
-  beforeChunk: () => Promise<void>
-  /** After each chunk and each day: days done, rows written. */
-  onWritten: (daysDone: number, rowsWritten: number) => void
-}
-
-/**
- * Writes the staged rows day by day, site by site, as the job's generation, and commits each
- * site's day (its hours, and the day when whole) once all its rows are written: readers switch
- * from the previous numbers to the new ones at the commit, so a job killed while writing leaves
- * every uncommitted day as it was (core/aggregate/final.ts). Row keys the store holds for a window
- * of the range that the result lacks (stream partials of events now known to be duplicates,
- * values of an older rebuild) get final rows of zeros, so readers see exactly the rebuild's numbers.
- */
-async function writeDays(
-  store: FinalRowStore,
-  area: StagingArea,
-  days: readonly number[],
-  o: WriteOptions,
-): Promise<{ rows: number; windows: number }> {
-  let rows = 0
-  let windows = 0
-  let daysDone = 0
-  const empty = new RegisterSet(o.precision).toBytes()
-  o.onWritten(0, 0)
-  for (const day of days) {
-    const bySite = new Map<string, Map<string, FinalRow>>()
-    for await (const row of area.read(day)) {
-      let m = bySite.get(row.siteId)
-      if (!m) {
-        m = new Map()
-        bySite.set(row.siteId, m)
-      }
-      m.set(rowKey(row), row)
-    }
-    if (o.siteId !== undefined && !bySite.has(o.siteId)) bySite.set(o.siteId, new Map())
-    const from = Math.max(day, o.fromMs)
-    const to = Math.min(day + DAY_MS, o.toMs)
-    const wholeDay = day >= o.fromMs && day + DAY_MS <= o.toMs
-    for (const [siteId, produced] of bySite) {
-      const out: FinalRow[] = [...produced.values()]
-      const zero = (
-        granularity: Granularity,
-        windowStart: number,
-        dimension: FinalRow['dimension'],
-        value: string,
-      ) =>
-        out.push({
-          siteId,
-          granularity,
-          windowStart,
-          dimension,
-          value,
-          values: { events: 0, pageviews: 0, botEvents: 0, visitors: empty },
-        })
-      const granularities: Granularity[] = wholeDay ? ['minute', 'hour', 'day'] : ['minute', 'hour']
-      const zeroedHours: number[] = []
-      for (const g of granularities) {
-        for (const ws of await store.existingWindows(siteId, g, from, to)) {
-          if (!produced.has(rowKey({ granularity: g, windowStart: ws, dimension: undefined, value: '' }))) {
-            zero(g, ws, undefined, '')
-            if (g === 'hour') zeroedHours.push(ws)
-          }
-          if (!DIMENSION_GRANULARITIES.includes(g)) continue
-          for (const d of DIMENSIONS) {
-            for (const value of await store.existingValues(siteId, g, d, ws)) {
-              if (!produced.has(rowKey({ granularity: g, windowStart: ws, dimension: d, value })))
-                zero(g, ws, d, value)
-            }
-          }
-        }
-      }
-      // An hour the store has rows for but the archive had no event of: if the stream counted
-      // events there, the rebuild is about to replace real counts with zeros (a lagging or missing
-      // archive, a wrong --archive-dir): the caller says so loudly.
-      if (zeroedHours.length > 0) {
-        const counted = await store.streamHourEvents(siteId, from, to)
-        const hours = zeroedHours.filter((h) => (counted.get(h) ?? 0) > 0).sort((a, b) => a - b)
-        if (hours.length > 0)
-          o.onZeroed(
-            siteId,
-            hours,
-            hours.reduce((n, h) => n + (counted.get(h) ?? 0), 0),
-          )
-      }
-      const keys = new Set(out.map((r) => `${r.granularity}\u0001${r.windowStart}`))
-      windows += keys.size
-      for (let i = 0; i < out.length; i += o.chunk) {
-        await o.beforeChunk()
-        const part = out.slice(i, i + o.chunk)
-        await store.writeFinal(part, o.token)
-        rows += part.length
-        o.onWritten(daysDone, rows)
-      }
-      await o.beforeChunk()
-      const through = o.completeThroughMs
-      const spans = spansOfDay(day, from, to).map((span) => {
-        const end = span.startMs + (span.scope === 'day' ? DAY_MS : HOUR_MS)
-        return through !== undefined && end > through ? { ...span, provisional: true } : span
-      })
-      await store.commitFinal(siteId, spans, o.token)
-    }
-    o.onWritten(++daysDone, rows)
-  }
-  return { rows, windows }
 }

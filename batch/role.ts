@@ -2,7 +2,7 @@ import type { Registry } from 'prom-client'
 import { archiveKey } from '../core/archive/paths.js'
 import type { TallyConfig } from '../core/config.js'
 import { errorMessage } from '../core/errors.js'
-import { createHttpServer, listenOrExplain } from '../core/http.js'
+import { startOpsServer } from '../core/http.js'
 import { once } from '../core/lifecycle.js'
 import type { Logger } from '../core/log.js'
 import { createProcessRegistry } from '../core/metrics.js'
@@ -62,29 +62,23 @@ export async function startBatch(
   const { ports } = options
   let scheduler: BatchScheduler | undefined
   let archiver: ArchiverComponent | undefined
-  const app = createHttpServer({ logger, bodyLimit: 1024, requestTimeoutMs: 10_000, registry })
-  app.get('/healthz', async () => ({ status: 'ok' }))
-  app.get('/readyz', async (_req, reply) =>
-    scheduler
-      ? {
-          status: 'ready',
-          jobs: scheduler.jobs.map((j) => ({ kind: j.kind, cron: j.cron })),
-          archivePartitions: archiver?.archiver.ownedPartitions() ?? [],
-        }
-      : reply.status(503).send({ status: 'starting' }),
-  )
-  app.get('/metrics', async (_req, reply) =>
-    reply.header('content-type', registry.contentType).send(await registry.metrics()),
-  )
   // Bound before the archiver joins its group: a process that cannot serve its metrics fails
   // without leaving a dead member behind (which would stall the other archivers for a session).
-  const url = await listenOrExplain(
-    app,
-    config.host,
-    options.port ?? config.port ?? BATCH_DEFAULT_PORT,
-    "the batch role's /metrics",
-    options.port === undefined ? 'PORT' : '--batch-port',
-  )
+  const { app, url } = await startOpsServer({
+    logger,
+    registry,
+    host: config.host,
+    port: options.port ?? config.port ?? BATCH_DEFAULT_PORT,
+    what: "the batch role's /metrics",
+    where: options.port === undefined ? 'PORT' : '--batch-port',
+    ready: () =>
+      scheduler
+        ? {
+            jobs: scheduler.jobs.map((j) => ({ kind: j.kind, cron: j.cron })),
+            archivePartitions: archiver?.archiver.ownedPartitions() ?? [],
+          }
+        : undefined,
+  })
   const stores = ports.batch
   const offsets = ports.offsets
   try {

@@ -19,7 +19,7 @@ import {
   rememberRequestId,
 } from './http-limits.js'
 import type { Logger } from './log.js'
-import { observeHttpRequests } from './metrics.js'
+import { observeHttpRequests, serveMetrics } from './metrics.js'
 import { traceIdOrNew } from './record/headers.js'
 
 const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/
@@ -247,4 +247,40 @@ export async function listenOrExplain(
   }
   const addr = app.server.address() as AddressInfo
   return `http://${addr.address}:${addr.port}`
+}
+
+export interface OpsServerOptions {
+  logger: Logger
+  /** The process registry, served at /metrics (core/metrics.ts). */
+  registry: Registry
+  host: string
+  port: number
+  /** What the port serves and the setting that chose it, for TALLY_ERR_PORT_IN_USE (listenOrExplain). */
+  what: string
+  where: string
+  /**
+   * The /readyz body beside `status: "ready"` once the role is ready; undefined until then (503
+   * `{"status":"starting"}`).
+   */
+  ready: () => Record<string, unknown> | undefined
+}
+
+/**
+ * The small HTTP server of a role without an API of its own (stream worker, archiver, batch):
+ * GET /healthz, /readyz and /metrics, bound before it returns. Roles that join a consumer group
+ * start it before joining (see listenOrExplain).
+ */
+export async function startOpsServer(
+  options: OpsServerOptions,
+): Promise<{ app: FastifyInstance; url: string }> {
+  const { logger, registry } = options
+  const app = createHttpServer({ logger, bodyLimit: 1024, requestTimeoutMs: 10_000, registry })
+  app.get('/healthz', async () => ({ status: 'ok' }))
+  app.get('/readyz', async (_req, reply) => {
+    const ready = options.ready()
+    return ready ? { status: 'ready', ...ready } : reply.status(503).send({ status: 'starting' })
+  })
+  serveMetrics(app, registry)
+  const url = await listenOrExplain(app, options.host, options.port, options.what, options.where)
+  return { app, url }
 }

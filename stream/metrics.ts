@@ -74,3 +74,21 @@ export function createStreamMetrics(registry: Registry = createProcessRegistry()
 }
 
 export type StreamMetrics = ReturnType<typeof createStreamMetrics>
+
+/**
+ * The `step` label of tally_stream_step_seconds: `decode_validate_dedup` is the pass of a batch
+ * through the per-event steps (decode, validate, dedup, classify, aggregate: stream/pipeline.ts),
+ * `load` the loading of the rows it touched for the first time.
+ */
+export type StreamStep = 'decode_validate_dedup' | 'load'
+
+/**
+ * Runs one step and, once it succeeds, gives its duration in seconds to `observe`: the one place the
+ * stream worker's steps are timed.
+ */
+export async function timed<T>(observe: (seconds: number) => void, step: () => Promise<T>): Promise<T> {
+  const started = process.hrtime.bigint()
+  const out = await step()
+  observe(Number(process.hrtime.bigint() - started) / 1e9)
+  return out
+}

@@ -1,13 +1,30 @@
-import { kindOf } from '../core/aggregate/definition.js'
+import {
+  DIMENSIONS,
+  type Dimension,
+  dimensionsOf,
+  GRANULARITIES,
+  isPageview,
+  kindOf,
+  visitorId,
+  windowStart,
+} from '../core/aggregate/definition.js'
+import type { StreamConfig } from '../core/config.js'
+import { type HashHalves, hashHalves } from '../core/hll.js'
+import type { Logger } from '../core/log.js'
+import type { ConsumedRecord, RecordBatch } from '../core/ports/event-log.js'
 import { type DecodedEvent, decodeValue, validateEvent } from '../core/record/codec.js'
+import { HEADERS } from '../core/record/headers.js'
 import { dedupKey } from '../core/record/keys.js'
 import { drop, ok, type StepResult } from '../core/record/result.js'
 import type { DedupSet } from './dedup.js'
+import { apply, BOT, type Loading, PAGEVIEW, type RowTable, rowToLoad } from './rows.js'
 
 /**
- * The per-record pipeline of the stream worker: decode → validate → dedup → classify. Each step
- * returns the raw-record module's StepResult: ok, dead-letter (poison: goes to the DLQ with its
- * reason) or drop (counted, not an error).
+ * The per-record pipeline of the stream worker, as the README names it: decode → validate → dedup →
+ * classify → aggregate (the flush, with the loading of rows and the checkpoint, is the worker's:
+ * stream/worker.ts). Each step before aggregate returns the raw-record module's StepResult: ok,
+ * dead-letter (poison: goes to the DLQ with its reason) or drop (counted, not an error).
+ * `countRecords` runs a batch through them; the worker times it as one step.
  */
 
 /** Step 1: bytes → JSON object. Step 2: the raw-event schema (the same TypeBox schema ingest writes with). */
@@ -36,4 +53,191 @@ export function classify(
   if (minuteEnd <= lateBeforeMs) return drop('late')
   if (d.timestampMs > futureAfterMs) return drop('future')
   return ok(d)
+}
+
+/** Scratch for the visitor hash of the event being counted (the steps run one event at a time). */
+const visitorHash: HashHalves = { hi: 0, lo: 0 }
+
+/**
+ * Step 5: counts the event in every row it touches (totals of each granularity, one row per
+ * dimension for hour and day), each row once per offset. A row not in memory is added without its
+ * value and listed in `loading`: the event waits in it until the worker has loaded the batch's rows.
+ */
+export function aggregate(
+  d: DecodedEvent,
+  offset: number,
+  table: RowTable,
+  sourcePartition: number,
+  loading: Loading[],
+): void {
+  // The event as every row sees it: offset, bot/pageview flags and the visitor hash (once).
+  const e = d.event
+  const visitor = visitorHash
+  hashHalves(visitorId(e), visitor)
+  const flags = (kindOf(e) === 'bot' ? BOT : 0) | (isPageview(e) ? PAGEVIEW : 0)
+  let dims: Record<Dimension, string> | undefined
+  for (let gi = 0; gi < GRANULARITIES.length; gi++) {
+    const granularity = GRANULARITIES[gi]!
+    const ws = windowStart(d.timestampMs, granularity)
+    const w = table.window(gi, e.siteId, ws)
+    const totals =
+      w.totals ??
+      rowToLoad(table, loading, w, -1, {
+        siteId: e.siteId,
+        granularity,
+        windowStart: ws,
+        dimension: undefined,
+        value: '',
+        sourcePartition,
+      })
+    apply(table, totals, offset, flags, visitor.hi, visitor.lo)
+    if (w.dims.length === 0) continue
+    dims ??= dimensionsOf(e)
+    for (let di = 0; di < DIMENSIONS.length; di++) {
+      const dimension = DIMENSIONS[di]!
+      const value = dims[dimension]
+      const row =
+        w.dims[di]!.get(value) ??
+        rowToLoad(table, loading, w, di, {
+          siteId: e.siteId,
+          granularity,
+          windowStart: ws,
+          dimension,
+          value,
+          sourcePartition,
+        })
+      apply(table, row, offset, flags, visitor.hi, visitor.lo)
+    }
+  }
+}
+
+/** What the steps read and change of one owned partition (the worker's PartitionState). */
+export interface PipelineState {
+  readonly ref: { readonly partition: number }
+  readonly rows: RowTable
+  readonly dedup: DedupSet
+  /** Latest receivedAt seen (ms): lateness is decided on it, so a replay decides the same. */
+  watermarkMs: number
+  /** Records below this offset are already in memory (or stored): skipped. */
+  readonly processedNext: number
+}
+
+/**
+ * The stream settings the steps use (StreamConfig): the grace and the future bound of classify, and
+ * the open windows a partition may hold (a batch stops before a record that could pass it).
+ */
+export type PipelineSettings = Pick<StreamConfig, 'graceMs' | 'maxFutureMs' | 'maxOpenWindows'>
+
+/** A poison record, for the dead-letter topic. */
+export interface DeadLetterRecord {
+  offset: number
+  code: string
+  reason: string
+  value: Buffer | undefined
+  headers: Record<string, string>
+}
+
+/** What running a batch through the steps leaves for the worker. */
+export interface BatchPass {
+  /** Index of the first record not processed (the batch's length when all were). */
+  next: number
+  /** Offset of the last record looked at (−1: none). */
+  lastOffset: number
+  /** Events counted in rows. */
+  counted: number
+  /** Records not counted, by outcome of `tally_stream_records_total` (replayed, duplicate, late, …). */
+  outcomes: Map<string, number>
+  deadLetters: DeadLetterRecord[]
+  /** Rows first touched by this batch, waiting for their stored values. */
+  loading: Loading[]
+}
+
+function tally(outcomes: Map<string, number>, outcome: string): void {
+  outcomes.set(outcome, (outcomes.get(outcome) ?? 0) + 1)
+}
+
+/**
+ * Runs the batch's records from index `from` on through the steps, stopping before a record that
+ * could take the partition's open windows past the cap (an event opens at most one per granularity).
+ */
+export function countRecords(
+  state: PipelineState,
+  batch: RecordBatch,
+  from: number,
+  settings: PipelineSettings,
+  logger: Logger,
+): BatchPass {
+  const pass: BatchPass = {
+    next: from,
+    lastOffset: -1,
+    counted: 0,
+    outcomes: new Map(),
+    deadLetters: [],
+    loading: [],
+  }
+  const table = state.rows
+  let i = from
+  for (; i < batch.records.length; i++) {
+    if (i > from && table.windows + GRANULARITIES.length > settings.maxOpenWindows) break
+    const record = batch.records[i]!
+    pass.lastOffset = record.offset
+    // Below processedNext: already in memory (or, below the checkpoint, already stored).
+    if (record.offset < state.processedNext) {
+      tally(pass.outcomes, 'replayed')
+      continue
+    }
+    countRecord(record, state, settings, logger, pass)
+  }
+  pass.next = i
+  return pass
+}
+
+/**
+ * One record through the steps, in order. A step that does not return ok ends the record here, with
+ * its outcome in `pass`. A new per-event step goes in this sequence where its input is ready: after
+ * classify it sees the counted events only, in offset order, with the partition's watermark.
+ */
+function countRecord(
+  record: ConsumedRecord,
+  state: PipelineState,
+  s: PipelineSettings,
+  logger: Logger,
+  pass: BatchPass,
+): void {
+  const decoded = decodeValue(record)
+  const valid = decoded.ok ? validateEvent(decoded.event) : decoded
+  if (!valid.ok) {
+    pass.deadLetters.push({
+      offset: record.offset,
+      code: valid.code,
+      reason: valid.reason,
+      value: record.value,
+      headers: record.headers,
+    })
+    return
+  }
+  const d = valid.event
+  if (d.receivedMs > state.watermarkMs) state.watermarkMs = d.receivedMs
+  const unique = dedup(d, state.dedup)
+  if (!unique.ok) {
+    tally(pass.outcomes, 'duplicate')
+    return
+  }
+  const counts = classify(d, state.watermarkMs - s.graceMs, state.watermarkMs + s.maxFutureMs)
+  if (!counts.ok) {
+    tally(pass.outcomes, counts.kind === 'drop' ? counts.reason : 'dead_letter')
+    if (counts.kind === 'drop' && (counts.reason === 'late' || counts.reason === 'future')) {
+      logger.debug(
+        {
+          partition: state.ref.partition,
+          offset: record.offset,
+          traceparent: record.headers[HEADERS.traceparent],
+        },
+        `${counts.reason} event left to batch`,
+      )
+    }
+    return
+  }
+  aggregate(d, record.offset, state.rows, state.ref.partition, pass.loading)
+  pass.counted++
 }

@@ -1,6 +1,6 @@
 import type { Registry } from 'prom-client'
 import type { TallyConfig } from '../core/config.js'
-import { createHttpServer, listenOrExplain } from '../core/http.js'
+import { startOpsServer } from '../core/http.js'
 import { once } from '../core/lifecycle.js'
 import type { Logger } from '../core/log.js'
 import type { Ports } from '../core/ports/backend.js'
@@ -38,28 +38,15 @@ export async function startStream(
 ): Promise<RunningStream> {
   const metrics = createStreamMetrics(options.registry)
   let worker: StreamWorker | undefined
-  const app = createHttpServer({
+  const { app, url } = await startOpsServer({
     logger,
-    bodyLimit: 1024,
-    requestTimeoutMs: 10_000,
     registry: metrics.registry,
+    host: config.host,
+    port: options.port ?? config.port ?? STREAM_DEFAULT_PORT,
+    what: "the stream worker's /metrics",
+    where: options.port === undefined ? 'PORT' : '--stream-port',
+    ready: () => (worker ? { partitions: worker.ownedPartitions() } : undefined),
   })
-  app.get('/healthz', async () => ({ status: 'ok' }))
-  app.get('/readyz', async (_req, reply) =>
-    worker
-      ? { status: 'ready', partitions: worker.ownedPartitions() }
-      : reply.status(503).send({ status: 'starting' }),
-  )
-  app.get('/metrics', async (_req, reply) =>
-    reply.header('content-type', metrics.registry.contentType).send(await metrics.registry.metrics()),
-  )
-  const url = await listenOrExplain(
-    app,
-    config.host,
-    options.port ?? config.port ?? STREAM_DEFAULT_PORT,
-    "the stream worker's /metrics",
-    options.port === undefined ? 'PORT' : '--stream-port',
-  )
   const consumerRequest = {
     groupId: config.stream.group,
     topic: config.kafka.topicRaw,

@@ -1,23 +1,8 @@
 import { hostname } from 'node:os'
-import {
-  DIMENSION_GRANULARITIES,
-  DIMENSIONS,
-  type Dimension,
-  dimensionsOf,
-  GRANULARITIES,
-  isPageview,
-  kindOf,
-  visitorId,
-  windowMs,
-  windowStart,
-} from '../core/aggregate/definition.js'
-import { RowAccumulator } from '../core/aggregate/rows.js'
 import type { StreamConfig } from '../core/config.js'
-import { type HashHalves, hashHalves } from '../core/hll.js'
 import type { Logger } from '../core/log.js'
 import { OwnedPartition, PartitionOwner } from '../core/partition-owner.js'
-import type { PartitionRef, RowKey, StoredRow, StreamStore } from '../core/ports/aggregate-store.js'
-import { rowId } from '../core/ports/aggregate-store.js'
+import type { PartitionRef, StoredRow, StreamStore } from '../core/ports/aggregate-store.js'
 import type {
   BatchControl,
   EventLogConsumer,
@@ -28,120 +13,15 @@ import type {
 import type { ProgressPublisher } from '../core/ports/progress-notices.js'
 import { HEADERS, requestIdOf } from '../core/record/headers.js'
 import { DedupSet } from './dedup.js'
-import type { StreamMetrics } from './metrics.js'
-import { classify, decode, dedup, validate } from './pipeline.js'
-
-interface Row {
-  key: RowKey
-  /** rowId(key): how the store's loadRows answers name it. */
-  id: string
-  /** Undefined while the row's stored value is being loaded (first touched by the current batch). */
-  acc: RowAccumulator | undefined
-  /** Last source offset counted in this row (−1: none). Events at or below it are skipped on replay. */
-  throughOffset: number
-  dirty: boolean
-  /**
-   * While the row is being loaded: the events of the batch waiting for it, four numbers each
-   * (offset, flags, visitor hash high and low halves), in offset order.
-   */
-  pending: number[] | undefined
-}
-
-/** Bits of the flags of a pending event. */
-const BOT = 1
-const PAGEVIEW = 2
-
-/** The rows of one window of one site: its totals and, for hour and day, one row per dimension value. */
-class WindowRows {
-  totals: Row | undefined
-  /** Per dimension (DIMENSIONS order), the rows by value; empty for minute windows. */
-  readonly dims: Array<Map<string, Row>>
-  size = 0
-
-  constructor(
-    readonly windowEnd: number,
-    withDimensions: boolean,
-  ) {
-    this.dims = withDimensions ? DIMENSIONS.map(() => new Map<string, Row>()) : []
-  }
-}
+import { type StreamMetrics, type StreamStep, timed } from './metrics.js'
+import { countRecords, type DeadLetterRecord, type PipelineState } from './pipeline.js'
+import { fillLoaded, type Loading, RowTable, unlink } from './rows.js'
 
 /**
- * The rows of open windows of one partition, reached without building a string key per row:
- * granularity → site → window start → rows. Dirty rows are listed as they become dirty, so a flush
- * does not scan the rest.
+ * Everything a worker holds for one source partition it owns: what the pipeline's steps read and
+ * change (PipelineState: rows, dedup set, watermark), and the offsets of its checkpoint.
  */
-class RowTable {
-  private readonly byGranularity: Array<Map<string, Map<number, WindowRows>>> = GRANULARITIES.map(
-    () => new Map(),
-  )
-  dirty: Row[] = []
-  size = 0
-  /** Open windows, all granularities and sites. */
-  windows = 0
-
-  window(gi: number, siteId: string, windowStart: number): WindowRows {
-    const bySite = this.byGranularity[gi]!
-    let byStart = bySite.get(siteId)
-    if (!byStart) {
-      byStart = new Map()
-      bySite.set(siteId, byStart)
-    }
-    let w = byStart.get(windowStart)
-    if (!w) {
-      const g = GRANULARITIES[gi]!
-      w = new WindowRows(windowStart + windowMs(g), DIMENSION_GRANULARITIES.includes(g))
-      byStart.set(windowStart, w)
-      this.windows++
-    }
-    return w
-  }
-
-  /**
-   * Drops the oldest windows (by end) until at most `keep` are left (only clean rows: call right
-   * after a flush). Their rows are in the store with the offset they count through, so an event
-   * that touches one again loads it back and counts once. Returns how many were dropped.
-   */
-  evictOldest(keep: number): number {
-    const all: Array<{ end: number; byStart: Map<number, WindowRows>; start: number; w: WindowRows }> = []
-    for (const bySite of this.byGranularity) {
-      for (const byStart of bySite.values()) {
-        for (const [start, w] of byStart) all.push({ end: w.windowEnd, byStart, start, w })
-      }
-    }
-    all.sort((a, b) => a.end - b.end)
-    const drop = Math.max(0, all.length - keep)
-    for (let i = 0; i < drop; i++) {
-      const { byStart, start, w } = all[i]!
-      byStart.delete(start)
-      this.size -= w.size
-      this.windows--
-    }
-    for (const bySite of this.byGranularity) {
-      for (const [site, byStart] of bySite) if (byStart.size === 0) bySite.delete(site)
-    }
-    return drop
-  }
-
-  /** Drops the windows that ended at or before `line` (only clean rows: call right after a flush). */
-  evict(line: number): void {
-    for (const bySite of this.byGranularity) {
-      for (const [site, byStart] of bySite) {
-        for (const [ws, w] of byStart) {
-          if (w.windowEnd <= line) {
-            this.size -= w.size
-            this.windows--
-            byStart.delete(ws)
-          }
-        }
-        if (byStart.size === 0) bySite.delete(site)
-      }
-    }
-  }
-}
-
-/** Everything a worker holds for one source partition it owns. */
-class PartitionState extends OwnedPartition {
+class PartitionState extends OwnedPartition implements PipelineState {
   readonly rows = new RowTable()
   readonly dedup = new DedupSet()
   /** Records below this offset are already in the aggregates (skipped on replay). */
@@ -159,51 +39,6 @@ class PartitionState extends OwnedPartition {
   ) {
     super(ref.partition)
   }
-}
-
-/** A row waiting for its stored value, and where it goes in the table once loaded. */
-interface Loading {
-  row: Row
-  window: WindowRows
-  /** Index in DIMENSIONS, or −1 for the window's totals. */
-  dim: number
-}
-
-interface DeadLetter {
-  offset: number
-  code: string
-  reason: string
-  value: Buffer | undefined
-  headers: Record<string, string>
-}
-
-/**
- * Counts one event in one row, unless the row already counts it (its stored value was written
- * through this offset before a restart); a row still loading keeps the event for later.
- */
-function apply(table: RowTable, row: Row, offset: number, flags: number, hi: number, lo: number): void {
-  const acc = row.acc
-  if (acc === undefined) {
-    row.pending!.push(offset, flags, hi, lo)
-    return
-  }
-  if (offset <= row.throughOffset) return
-  acc.addCounted((flags & BOT) !== 0, (flags & PAGEVIEW) !== 0, hi, lo)
-  row.throughOffset = offset
-  if (!row.dirty) {
-    row.dirty = true
-    table.dirty.push(row)
-  }
-}
-
-/** Takes a row that never got its stored value back out of the table. */
-function unlink(table: RowTable, { row, window, dim }: Loading): void {
-  if (dim < 0) {
-    if (window.totals === row) window.totals = undefined
-  } else if (window.dims[dim]!.get(row.key.value) === row) window.dims[dim]!.delete(row.key.value)
-  else return
-  window.size--
-  table.size--
 }
 
 export interface StreamWorkerDeps {
@@ -237,8 +72,6 @@ export interface StreamWorkerDeps {
  */
 export class StreamWorker extends PartitionOwner<PartitionState> {
   private readonly owner: string
-  /** Scratch for the visitor hash of the event being counted. */
-  private readonly visitorHash: HashHalves = { hi: 0, lo: 0 }
 
   constructor(private readonly deps: StreamWorkerDeps) {
     super(
@@ -336,9 +169,10 @@ export class StreamWorker extends PartitionOwner<PartitionState> {
   }
 
   /**
-   * Counts the batch's records from index `from` on, stopping before a record that could take the
-   * partition's open windows past the cap (an event opens at most one per granularity). Returns the
-   * index of the first record not processed.
+   * Runs the batch's records from index `from` on through the pipeline (stream/pipeline.ts), which
+   * stops before a record that could take the partition's open windows past the cap; then loads the
+   * rows the batch touched for the first time and sends its poison records to the dead-letter topic.
+   * Returns the index of the first record not processed.
    */
   private async processFrom(
     state: PartitionState,
@@ -346,153 +180,48 @@ export class StreamWorker extends PartitionOwner<PartitionState> {
     from: number,
     control: BatchControl,
   ): Promise<number> {
-    const { metrics, config } = this.deps
-    const t0 = process.hrtime.bigint()
-    const deadLetters: DeadLetter[] = []
-    const table = state.rows
-    const partition = state.ref.partition
-    // Rows this batch touches that are not in memory: loaded once, after the loop (after a restart
-    // they hold the values written before it, with the offset they count through). The events
-    // waiting for them are kept as a few numbers each, not as decoded events.
-    const loading: Loading[] = []
-    const visitor = this.visitorHash
-    let counted = 0
-    let replayed = 0
-    let lastOffset = -1
-    let i = from
-    for (; i < batch.records.length; i++) {
-      if (i > from && table.windows + GRANULARITIES.length > config.maxOpenWindows) break
-      const record = batch.records[i]!
-      lastOffset = record.offset
-      // Below processedNext: already in memory (or, below the checkpoint, already stored).
-      if (record.offset < state.processedNext) {
-        replayed++
-        continue
-      }
-      const decoded = decode(record)
-      const valid = decoded.ok ? validate(decoded.event) : decoded
-      if (!valid.ok) {
-        deadLetters.push({
-          offset: record.offset,
-          code: valid.code,
-          reason: valid.reason,
-          value: record.value,
-          headers: record.headers,
-        })
-        continue
-      }
-      const d = valid.event
-      if (d.receivedMs > state.watermarkMs) state.watermarkMs = d.receivedMs
-      const unique = dedup(d, state.dedup)
-      if (!unique.ok) {
-        metrics.records.inc({ outcome: 'duplicate' })
-        continue
-      }
-      const counts = classify(d, state.watermarkMs - config.graceMs, state.watermarkMs + config.maxFutureMs)
-      if (!counts.ok) {
-        metrics.records.inc({ outcome: counts.kind === 'drop' ? counts.reason : 'dead_letter' })
-        if (counts.kind === 'drop' && (counts.reason === 'late' || counts.reason === 'future')) {
-          this.deps.logger.debug(
-            { partition, offset: record.offset, traceparent: record.headers[HEADERS.traceparent] },
-            `${counts.reason} event left to batch`,
-          )
-        }
-        continue
-      }
-      // The event as every row sees it: offset, bot/pageview flags and the visitor hash (once).
-      const e = d.event
-      const offset = record.offset
-      hashHalves(visitorId(e), visitor)
-      const flags = (kindOf(e) === 'bot' ? BOT : 0) | (isPageview(e) ? PAGEVIEW : 0)
-      let dims: Record<Dimension, string> | undefined
-      for (let gi = 0; gi < GRANULARITIES.length; gi++) {
-        const granularity = GRANULARITIES[gi]!
-        const ws = windowStart(d.timestampMs, granularity)
-        const w = table.window(gi, e.siteId, ws)
-        const totals =
-          w.totals ??
-          this.rowToLoad(table, loading, w, -1, {
-            siteId: e.siteId,
-            granularity,
-            windowStart: ws,
-            dimension: undefined,
-            value: '',
-            sourcePartition: partition,
-          })
-        apply(table, totals, offset, flags, visitor.hi, visitor.lo)
-        if (w.dims.length === 0) continue
-        dims ??= dimensionsOf(e)
-        for (let di = 0; di < DIMENSIONS.length; di++) {
-          const dimension = DIMENSIONS[di]!
-          const value = dims[dimension]
-          const row =
-            w.dims[di]!.get(value) ??
-            this.rowToLoad(table, loading, w, di, {
-              siteId: e.siteId,
-              granularity,
-              windowStart: ws,
-              dimension,
-              value,
-              sourcePartition: partition,
-            })
-          apply(table, row, offset, flags, visitor.hi, visitor.lo)
-        }
-      }
-      counted++
-    }
-    if (replayed > 0) metrics.records.inc({ outcome: 'replayed' }, replayed)
-    const t1 = process.hrtime.bigint()
-    metrics.stepSeconds.observe({ step: 'decode_validate_dedup' }, Number(t1 - t0) / 1e9)
-
-    if (loading.length > 0) {
-      let loaded: Map<string, StoredRow>
-      try {
-        loaded = await this.untilStopped(
-          () => this.deps.store.loadRows(loading.map((l) => l.row.key)),
-          'load rows',
-          control,
-        )
-      } catch (err) {
-        // Rows without their stored value must not stay in the table.
-        for (const l of loading) unlink(table, l)
-        throw err
-      }
-      for (const { row } of loading) {
-        const stored = loaded.get(row.id)
-        row.acc = new RowAccumulator(config.hllPrecision, stored)
-        row.throughOffset = stored?.throughOffset ?? -1
-        const waiting = row.pending!
-        row.pending = undefined
-        for (let i = 0; i < waiting.length; i += 4)
-          apply(table, row, waiting[i]!, waiting[i + 1]!, waiting[i + 2]!, waiting[i + 3]!)
-      }
-    }
-    const t2 = process.hrtime.bigint()
-    metrics.stepSeconds.observe({ step: 'load' }, Number(t2 - t1) / 1e9)
-    metrics.records.inc({ outcome: 'counted' }, counted)
-
-    if (deadLetters.length > 0) await this.sendDeadLetters(state, deadLetters, control)
-    if (lastOffset >= state.processedNext) state.processedNext = lastOffset + 1
-    return i
+    const { metrics, config, logger } = this.deps
+    const pass = await this.timed('decode_validate_dedup', async () =>
+      countRecords(state, batch, from, config, logger),
+    )
+    for (const [outcome, n] of pass.outcomes) metrics.records.inc({ outcome }, n)
+    await this.timed('load', () => this.loadRows(state.rows, pass.loading, control))
+    metrics.records.inc({ outcome: 'counted' }, pass.counted)
+    if (pass.deadLetters.length > 0) await this.sendDeadLetters(state, pass.deadLetters, control)
+    if (pass.lastOffset >= state.processedNext) state.processedNext = pass.lastOffset + 1
+    return pass.next
   }
 
   /**
-   * Adds a row first touched in this batch to the table, without a value yet: the events that touch
-   * it wait in it until the batch's rows are loaded.
+   * Rows the batch touched that were not in memory, loaded once (after a restart they hold the
+   * values written before it, with the offset they count through); the events waiting in them are
+   * counted then.
    */
-  private rowToLoad(table: RowTable, loading: Loading[], window: WindowRows, dim: number, key: RowKey): Row {
-    const row: Row = { key, id: rowId(key), acc: undefined, throughOffset: -1, dirty: false, pending: [] }
-    if (dim < 0) window.totals = row
-    else window.dims[dim]!.set(key.value, row)
-    window.size++
-    table.size++
-    loading.push({ row, window, dim })
-    return row
+  private async loadRows(table: RowTable, loading: readonly Loading[], control: BatchControl): Promise<void> {
+    if (loading.length === 0) return
+    let loaded: Map<string, StoredRow>
+    try {
+      loaded = await this.untilStopped(
+        () => this.deps.store.loadRows(loading.map((l) => l.row.key)),
+        'load rows',
+        control,
+      )
+    } catch (err) {
+      // Rows without their stored value must not stay in the table.
+      for (const l of loading) unlink(table, l)
+      throw err
+    }
+    fillLoaded(table, loading, loaded, this.deps.config.hllPrecision)
+  }
+
+  /** Runs one step of a batch and records its time in tally_stream_step_seconds. */
+  private timed<T>(step: StreamStep, fn: () => Promise<T>): Promise<T> {
+    return timed((seconds) => this.deps.metrics.stepSeconds.observe({ step }, seconds), fn)
   }
 
   private async sendDeadLetters(
     state: PartitionState,
-    items: readonly DeadLetter[],
+    items: readonly DeadLetterRecord[],
     control: BatchControl,
   ): Promise<void> {
     const records = items.map((i) => ({
@@ -535,8 +264,24 @@ export class StreamWorker extends PartitionOwner<PartitionState> {
   /** Writes dirty rows, then the new dedup entries, then the checkpoint; evicts closed windows. */
   protected async flush(state: PartitionState, control?: BatchControl): Promise<void> {
     if (!state.dirty) return
+    const { metrics } = this.deps
+    await timed(
+      (seconds) => metrics.flushSeconds.observe(seconds),
+      () => this.checkpoint(state, control),
+    )
+    let open = 0
+    let windows = 0
+    for (const s of this.states.values()) {
+      open += s.rows.size
+      windows += s.rows.windows
+    }
+    metrics.openRows.set(open)
+    metrics.openWindows.set(windows)
+  }
+
+  /** The flush's writes, in their order, then the evictions they allow. */
+  private async checkpoint(state: PartitionState, control: BatchControl | undefined): Promise<void> {
     const { store, metrics, config } = this.deps
-    const started = process.hrtime.bigint()
     const dirtyRows = state.rows.dirty
     const writes = dirtyRows.map((r) => ({
       key: r.key,
@@ -578,15 +323,6 @@ export class StreamWorker extends PartitionOwner<PartitionState> {
     const graceLine = state.watermarkMs - config.graceMs
     state.rows.evict(graceLine)
     state.dedup.expire(state.watermarkMs - config.dedupHorizonMs)
-    metrics.flushSeconds.observe(Number(process.hrtime.bigint() - started) / 1e9)
-    let open = 0
-    let windows = 0
-    for (const s of this.states.values()) {
-      open += s.rows.size
-      windows += s.rows.windows
-    }
-    metrics.openRows.set(open)
-    metrics.openWindows.set(windows)
   }
 
   /** Every idle check: the checkpoint age of each owned partition. */

@@ -1,0 +1,203 @@
+import { DIMENSION_GRANULARITIES, DIMENSIONS, GRANULARITIES, windowMs } from '../core/aggregate/definition.js'
+import { RowAccumulator } from '../core/aggregate/rows.js'
+import { type RowKey, rowId, type StoredRow } from '../core/ports/aggregate-store.js'
+
+/**
+ * The rows a stream worker holds for one partition: the open windows' totals and breakdowns, each
+ * with the offset it counts through. The pipeline's aggregate step counts events into them
+ * (stream/pipeline.ts); the worker loads their stored values and flushes them (stream/worker.ts).
+ */
+
+export interface Row {
+  key: RowKey
+  /** rowId(key): how the store's loadRows answers name it. */
+  id: string
+  /** Undefined while the row's stored value is being loaded (first touched by the current batch). */
+  acc: RowAccumulator | undefined
+  /** Last source offset counted in this row (−1: none). Events at or below it are skipped on replay. */
+  throughOffset: number
+  dirty: boolean
+  /**
+   * While the row is being loaded: the events of the batch waiting for it, four numbers each
+   * (offset, flags, visitor hash high and low halves), in offset order.
+   */
+  pending: number[] | undefined
+}
+
+/** Bits of the flags of a pending event. */
+export const BOT = 1
+export const PAGEVIEW = 2
+
+/** The rows of one window of one site: its totals and, for hour and day, one row per dimension value. */
+export class WindowRows {
+  totals: Row | undefined
+  /** Per dimension (DIMENSIONS order), the rows by value; empty for minute windows. */
+  readonly dims: Array<Map<string, Row>>
+  size = 0
+
+  constructor(
+    readonly windowEnd: number,
+    withDimensions: boolean,
+  ) {
+    this.dims = withDimensions ? DIMENSIONS.map(() => new Map<string, Row>()) : []
+  }
+}
+
+/**
+ * The rows of open windows of one partition, reached without building a string key per row:
+ * granularity → site → window start → rows. Dirty rows are listed as they become dirty, so a flush
+ * does not scan the rest.
+ */
+export class RowTable {
+  private readonly byGranularity: Array<Map<string, Map<number, WindowRows>>> = GRANULARITIES.map(
+    () => new Map(),
+  )
+  dirty: Row[] = []
+  size = 0
+  /** Open windows, all granularities and sites. */
+  windows = 0
+
+  window(gi: number, siteId: string, windowStart: number): WindowRows {
+    const bySite = this.byGranularity[gi]!
+    let byStart = bySite.get(siteId)
+    if (!byStart) {
+      byStart = new Map()
+      bySite.set(siteId, byStart)
+    }
+    let w = byStart.get(windowStart)
+    if (!w) {
+      const g = GRANULARITIES[gi]!
+      w = new WindowRows(windowStart + windowMs(g), DIMENSION_GRANULARITIES.includes(g))
+      byStart.set(windowStart, w)
+      this.windows++
+    }
+    return w
+  }
+
+  /**
+   * Drops the oldest windows (by end) until at most `keep` are left (only clean rows: call right
+   * after a flush). Their rows are in the store with the offset they count through, so an event
+   * that touches one again loads it back and counts once. Returns how many were dropped.
+   */
+  evictOldest(keep: number): number {
+    const all: Array<{ end: number; byStart: Map<number, WindowRows>; start: number; w: WindowRows }> = []
+    for (const bySite of this.byGranularity) {
+      for (const byStart of bySite.values()) {
+        for (const [start, w] of byStart) all.push({ end: w.windowEnd, byStart, start, w })
+      }
+    }
+    all.sort((a, b) => a.end - b.end)
+    const drop = Math.max(0, all.length - keep)
+    for (let i = 0; i < drop; i++) {
+      const { byStart, start, w } = all[i]!
+      byStart.delete(start)
+      this.size -= w.size
+      this.windows--
+    }
+    for (const bySite of this.byGranularity) {
+      for (const [site, byStart] of bySite) if (byStart.size === 0) bySite.delete(site)
+    }
+    return drop
+  }
+
+  /** Drops the windows that ended at or before `line` (only clean rows: call right after a flush). */
+  evict(line: number): void {
+    for (const bySite of this.byGranularity) {
+      for (const [site, byStart] of bySite) {
+        for (const [ws, w] of byStart) {
+          if (w.windowEnd <= line) {
+            this.size -= w.size
+            this.windows--
+            byStart.delete(ws)
+          }
+        }
+        if (byStart.size === 0) bySite.delete(site)
+      }
+    }
+  }
+}
+
+/** A row waiting for its stored value, and where it goes in the table once loaded. */
+export interface Loading {
+  row: Row
+  window: WindowRows
+  /** Index in DIMENSIONS, or −1 for the window's totals. */
+  dim: number
+}
+
+/**
+ * Counts one event in one row, unless the row already counts it (its stored value was written
+ * through this offset before a restart); a row still loading keeps the event for later.
+ */
+export function apply(
+  table: RowTable,
+  row: Row,
+  offset: number,
+  flags: number,
+  hi: number,
+  lo: number,
+): void {
+  const acc = row.acc
+  if (acc === undefined) {
+    row.pending!.push(offset, flags, hi, lo)
+    return
+  }
+  if (offset <= row.throughOffset) return
+  acc.addCounted((flags & BOT) !== 0, (flags & PAGEVIEW) !== 0, hi, lo)
+  row.throughOffset = offset
+  if (!row.dirty) {
+    row.dirty = true
+    table.dirty.push(row)
+  }
+}
+
+/** Takes a row that never got its stored value back out of the table. */
+export function unlink(table: RowTable, { row, window, dim }: Loading): void {
+  if (dim < 0) {
+    if (window.totals === row) window.totals = undefined
+  } else if (window.dims[dim]!.get(row.key.value) === row) window.dims[dim]!.delete(row.key.value)
+  else return
+  window.size--
+  table.size--
+}
+
+/**
+ * Adds a row first touched in this batch to the table, without a value yet: the events that touch
+ * it wait in it until the batch's rows are loaded.
+ */
+export function rowToLoad(
+  table: RowTable,
+  loading: Loading[],
+  window: WindowRows,
+  dim: number,
+  key: RowKey,
+): Row {
+  const row: Row = { key, id: rowId(key), acc: undefined, throughOffset: -1, dirty: false, pending: [] }
+  if (dim < 0) window.totals = row
+  else window.dims[dim]!.set(key.value, row)
+  window.size++
+  table.size++
+  loading.push({ row, window, dim })
+  return row
+}
+
+/**
+ * Gives the loading rows their stored values (by row id; none: a new row) and counts the events
+ * that waited for them.
+ */
+export function fillLoaded(
+  table: RowTable,
+  loading: readonly Loading[],
+  loaded: ReadonlyMap<string, StoredRow>,
+  precision: number,
+): void {
+  for (const { row } of loading) {
+    const stored = loaded.get(row.id)
+    row.acc = new RowAccumulator(precision, stored)
+    row.throughOffset = stored?.throughOffset ?? -1
+    const waiting = row.pending!
+    row.pending = undefined
+    for (let i = 0; i < waiting.length; i += 4)
+      apply(table, row, waiting[i]!, waiting[i + 1]!, waiting[i + 2]!, waiting[i + 3]!)
+  }
+}
