@@ -1,4 +1,4 @@
-import type { Dimension, Granularity, RowDimension } from '../aggregate/definition.js'
+import type { Granularity, RowDimension } from '../aggregate/definition.js'
 
 /**
  * What the visits that started in a window (and have a dimension value) add up to
@@ -132,6 +132,11 @@ export interface BreakdownResult {
   values: Map<string, MergedValues & { final: boolean }>
   /** Windows that hold at least one row, with whether a batch rebuild wrote them. */
   windows: Map<number, { final: boolean }>
+  /**
+   * Windows among {@link windows} with a row read without visit data (written before visits
+   * existed): they show no visits until a rebuild writes them again.
+   */
+  windowsWithoutVisits: Set<number>
 }
 
 /** Options of a read. */
@@ -165,7 +170,7 @@ export interface AggregateReader {
   breakdown(
     siteId: string,
     granularity: Granularity,
-    dimension: Dimension,
+    dimension: RowDimension,
     fromMs: number,
     toMs: number,
   ): Promise<Map<string, MergedValues & { final: boolean }>>
@@ -176,7 +181,7 @@ export interface AggregateReader {
   breakdownDetailed(
     siteId: string,
     granularity: Granularity,
-    dimension: Dimension,
+    dimension: RowDimension,
     fromMs: number,
     toMs: number,
     options?: ReadOptions & { values?: readonly string[] },
@@ -188,7 +193,7 @@ export interface AggregateReader {
   dimensionWindows(
     siteId: string,
     granularity: Granularity,
-    dimension: Dimension,
+    dimension: RowDimension,
     values: readonly string[],
     fromMs: number,
     toMs: number,
@@ -205,7 +210,7 @@ export interface AggregateReader {
   streamDimension(
     siteId: string,
     granularity: Granularity,
-    dimension: Dimension,
+    dimension: RowDimension,
     fromMs: number,
     toMs: number,
   ): AsyncIterable<MergedDimensionRow>
