@@ -1,5 +1,15 @@
-import { DIMENSIONS, GRANULARITIES } from '../core/aggregate/definition.js'
-import { DEFAULT_METRICS, ENDPOINT_PARAMS, type Endpoint, EXPORT_FORMATS, METRICS } from './params.js'
+import { GRANULARITIES } from '../core/aggregate/definition.js'
+import {
+  DEFAULT_METRICS,
+  ENDPOINT_PARAMS,
+  ENTRY_EXIT_DEFAULT_METRICS,
+  ENTRY_EXIT_METRICS,
+  type Endpoint,
+  EXPORT_FORMATS,
+  METRICS,
+  PROPERTIES,
+  VISIT_PROPERTIES,
+} from './params.js'
 import type { QueryLimits } from './stats.js'
 
 /**
@@ -46,12 +56,12 @@ function parameters(limits: QueryLimits): Record<string, Json> {
     ),
     metrics: q(
       'metrics',
-      `Comma-separated, from ${METRICS.join(', ')}. Default ${DEFAULT_METRICS.join(',')}. \`visitors\` is approximate (HyperLogLog; see meta.metrics), the others exact. A breakdown sorts by the first metric, descending.`,
+      `Comma-separated, from ${METRICS.join(', ')}. Default ${DEFAULT_METRICS.join(',')}. \`visitors\` is approximate (HyperLogLog; see meta.metrics), the others exact. A breakdown sorts by the first metric, descending. Visits (counted in the window where they started): \`visits\`, \`bounce_rate\` (percent of visits with one pageview and no other event), \`visit_duration\` (mean seconds), \`views_per_visit\`; by property only with ${VISIT_PROPERTIES.join(', ')}. entry_page and exit_page take ${ENTRY_EXIT_METRICS.join(', ')} (pageviews of the visits), default ${ENTRY_EXIT_DEFAULT_METRICS.join(',')}. Windows written before visits were counted show none (meta.visits names them).`,
       { type: 'string', example: 'visitors,pageviews,events,bot_events' },
     ),
     property: q('property', 'Dimension to break down by (required for breakdown).', {
       type: 'string',
-      enum: [...DIMENSIONS],
+      enum: [...PROPERTIES],
     }),
     filters: q(
       'filters',
@@ -261,7 +271,7 @@ export function openApiDocument(limits: QueryLimits): Json {
           operationId: 'exportAggregates',
           summary: 'Bulk export of aggregates',
           description:
-            'Streams the windows of `interval` in the range that hold data, totals or (with `property`) one row per window and value. NDJSON: a meta line, row lines, an end line {"type":"end","rows":N}. Arrow IPC stream: the meta as JSON in the schema metadata key tally.meta, then record batches.',
+            'Streams the windows of `interval` in the range that hold data, totals or (with `property`) one row per window and value. Rows carry the visits that started in the window: sums visits, bounces, visit_duration_ms, visit_pageviews and rates bounce_rate, visit_duration, views_per_visit (null for windows written before visits were counted). NDJSON: a meta line, row lines, an end line {"type":"end","rows":N}. Arrow IPC stream: the meta as JSON in the schema metadata key tally.meta, then record batches.',
           security: [{ readToken: [] }],
           parameters: ENDPOINT_PARAMS.export.map((p) => ({ $ref: `#/components/parameters/${p}` })),
           responses: {
