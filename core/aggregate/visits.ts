@@ -5,6 +5,7 @@ import {
   type Dimension,
   dimensionsOf,
   GRANULARITIES,
+  type Granularity,
   isPageview,
   kindOf,
   SESSION_DIMENSIONS,
@@ -148,14 +149,98 @@ export interface VisitRowDelta {
   delta: VisitCounts
 }
 
-/** The visit counts of every row the visits count in (the rebuild's rows), keyed by rowId. */
+/**
+ * The visit counts of every row the visits count in (the rebuild's rows), keyed by rowId. Same rows
+ * and sums as adding up {@link visitRowKeys} and {@link visitCounts} of each visit, without building
+ * the keys of every visit: visits are summed per hour first.
+ */
 export function visitRows(
   visits: Iterable<Visit>,
   sourcePartition: number,
 ): Map<string, { key: RowKey; counts: VisitCounts }> {
+  interface HourSums {
+    siteId: string
+    hourMs: number
+    total: VisitCounts
+    minutes: Map<number, VisitCounts>
+    /** By dimension index (SESSION_DIMENSIONS, then entry_page, exit_page) + SEP + value. */
+    dims: Map<string, VisitCounts>
+  }
+  const hours = new Map<string, HourSums>()
+  for (const v of visits) {
+    const c = visitCounts(v)
+    const hourMs = windowStart(v.startMs, 'hour')
+    const hk = `${v.siteId}${SEP}${hourMs}`
+    let h = hours.get(hk)
+    if (!h) {
+      h = { siteId: v.siteId, hourMs, total: zero(), minutes: new Map(), dims: new Map() }
+      hours.set(hk, h)
+    }
+    addTo(h.total, c)
+    const minute = windowStart(v.startMs, 'minute')
+    let m = h.minutes.get(minute)
+    if (!m) {
+      m = zero()
+      h.minutes.set(minute, m)
+    }
+    addTo(m, c)
+    const dim = (i: number, value: string) => {
+      const k = `${i}${SEP}${value}`
+      let d = h.dims.get(k)
+      if (!d) {
+        d = zero()
+        h.dims.set(k, d)
+      }
+      addTo(d, c)
+    }
+    for (let i = 0; i < SESSION_DIMENSIONS.length; i++) dim(i, v.session[i]!)
+    if (v.entryPage !== undefined) dim(SESSION_DIMENSIONS.length, v.entryPage)
+    if (v.exitPage !== undefined) dim(SESSION_DIMENSIONS.length + 1, v.exitPage)
+  }
+  const dimensions: RowKey['dimension'][] = [...SESSION_DIMENSIONS, 'entry_page', 'exit_page']
   const out = new Map<string, { key: RowKey; counts: VisitCounts }>()
-  for (const v of visits) accumulate(out, v, sourcePartition, 1)
+  const emit = (
+    siteId: string,
+    g: Granularity,
+    ws: number,
+    dimKey: string | undefined,
+    counts: VisitCounts,
+  ) => {
+    let dimension: RowKey['dimension']
+    let value = ''
+    if (dimKey !== undefined) {
+      const at = dimKey.indexOf(SEP)
+      dimension = dimensions[Number(dimKey.slice(0, at))]
+      value = dimKey.slice(at + 1)
+    }
+    const key: RowKey = { siteId, granularity: g, windowStart: ws, dimension, value, sourcePartition }
+    const id = rowId(key)
+    const row = out.get(id)
+    if (row) addTo(row.counts, counts)
+    else out.set(id, { key, counts: { ...counts } })
+  }
+  for (const h of hours.values()) {
+    const day = windowStart(h.hourMs, 'day')
+    for (const [minute, c] of h.minutes) emit(h.siteId, 'minute', minute, undefined, c)
+    emit(h.siteId, 'hour', h.hourMs, undefined, h.total)
+    emit(h.siteId, 'day', day, undefined, h.total)
+    for (const [k, c] of h.dims) {
+      emit(h.siteId, 'hour', h.hourMs, k, c)
+      emit(h.siteId, 'day', day, k, c)
+    }
+  }
   return out
+}
+
+function zero(): VisitCounts {
+  return { visits: 0, bounces: 0, visitDurationMs: 0, visitPageviews: 0 }
+}
+
+function addTo(to: VisitCounts, c: VisitCounts, sign: 1 | -1 = 1): void {
+  to.visits += sign * c.visits
+  to.bounces += sign * c.bounces
+  to.visitDurationMs += sign * c.visitDurationMs
+  to.visitPageviews += sign * c.visitPageviews
 }
 
 function accumulate(
@@ -169,13 +254,10 @@ function accumulate(
     const id = rowId(key)
     let row = out.get(id)
     if (!row) {
-      row = { key, counts: { visits: 0, bounces: 0, visitDurationMs: 0, visitPageviews: 0 } }
+      row = { key, counts: zero() }
       out.set(id, row)
     }
-    row.counts.visits += sign * c.visits
-    row.counts.bounces += sign * c.bounces
-    row.counts.visitDurationMs += sign * c.visitDurationMs
-    row.counts.visitPageviews += sign * c.visitPageviews
+    addTo(row.counts, c, sign)
   }
 }
 
@@ -190,6 +272,13 @@ export interface VisitChange {
  * added, netted per row; rows whose counts do not change are left out.
  */
 export function visitDeltas(change: VisitChange, sourcePartition: number): VisitRowDelta[] {
+  const { removed, added } = change
+  if (removed.length === 1) {
+    const old = removed[0]!
+    // The common case, an event that extends a visit: same start, same first event.
+    if (old.startMs === added.startMs && old.session === added.session)
+      return extended(old, added, sourcePartition)
+  }
   const net = new Map<string, { key: RowKey; counts: VisitCounts }>()
   for (const v of change.removed) accumulate(net, v, sourcePartition, -1)
   accumulate(net, change.added, sourcePartition, 1)
@@ -207,14 +296,59 @@ export function visitDeltas(change: VisitChange, sourcePartition: number): Visit
   return out
 }
 
+/** Deltas of a visit that kept its start and first event: its rows are the same but entry and exit. */
+function extended(old: Visit, now: Visit, sourcePartition: number): VisitRowDelta[] {
+  const a = visitCounts(old)
+  const b = visitCounts(now)
+  const diff: VisitCounts = {
+    visits: 0,
+    bounces: b.bounces - a.bounces,
+    visitDurationMs: b.visitDurationMs - a.visitDurationMs,
+    visitPageviews: b.visitPageviews - a.visitPageviews,
+  }
+  const same = diff.bounces === 0 && diff.visitDurationMs === 0 && diff.visitPageviews === 0
+  const entryMoved = old.entryPage !== now.entryPage
+  const exitMoved = old.exitPage !== now.exitPage
+  const out: VisitRowDelta[] = []
+  if (!same)
+    for (const key of visitRowKeys(now, sourcePartition)) {
+      if ((key.dimension === 'entry_page' && entryMoved) || (key.dimension === 'exit_page' && exitMoved))
+        continue
+      out.push({ key, delta: { ...diff } })
+    }
+  const negated: VisitCounts = {
+    visits: -a.visits,
+    bounces: -a.bounces,
+    visitDurationMs: -a.visitDurationMs,
+    visitPageviews: -a.visitPageviews,
+  }
+  const moved = (dimension: 'entry_page' | 'exit_page', from: string | undefined, to: string | undefined) => {
+    for (const g of DIMENSION_GRANULARITIES) {
+      const key = (value: string): RowKey => ({
+        siteId: now.siteId,
+        granularity: g,
+        windowStart: windowStart(now.startMs, g),
+        dimension,
+        value,
+        sourcePartition,
+      })
+      if (from !== undefined) out.push({ key: key(from), delta: { ...negated } })
+      if (to !== undefined) out.push({ key: key(to), delta: { ...b } })
+    }
+  }
+  if (entryMoved) moved('entry_page', old.entryPage, now.entryPage)
+  if (exitMoved) moved('exit_page', old.exitPage, now.exitPage)
+  return out
+}
+
 /** The mutable summary of one visit: everything its rows need, whatever the order of its events. */
 interface Summary {
   startMs: number
   endMs: number
   events: number
   pageviews: number
-  /** Session values of the first event, joined by SEP (also its tie-break key). */
-  session: string
+  /** Session values of the first event (joined by SEP, its tie-break key on equal times). */
+  session: readonly string[]
   /** Time and path of the first pageview (entryPath undefined when no pageview). */
   entryMs: number
   entryPath: string | undefined
@@ -232,7 +366,7 @@ function summaryOf(e: VisitEvent): Summary {
     endMs: e.timestampMs,
     events: 1,
     pageviews: e.pageview ? 1 : 0,
-    session: e.session.join(SEP),
+    session: e.session,
     entryMs: e.timestampMs,
     entryPath: path,
     exitMs: e.timestampMs,
@@ -242,7 +376,10 @@ function summaryOf(e: VisitEvent): Summary {
 
 /** Folds `b` into `a` (two runs of events that now form one visit). */
 function absorb(a: Summary, b: Summary): void {
-  if (b.startMs < a.startMs || (b.startMs === a.startMs && b.session < a.session)) {
+  if (
+    b.startMs < a.startMs ||
+    (b.startMs === a.startMs && b.session !== a.session && b.session.join(SEP) < a.session.join(SEP))
+  ) {
     a.startMs = b.startMs
     a.session = b.session
   }
@@ -277,7 +414,7 @@ function visitOf(siteId: string, visitor: string, s: Summary): Visit {
     endMs: s.endMs,
     events: s.events,
     pageviews: s.pageviews,
-    session: s.session.split(SEP),
+    session: s.session,
     entryPage: s.entryPath,
     exitPage: s.exitPath,
   }
@@ -468,7 +605,7 @@ export class VisitState {
         body.uint(v.endMs - v.startMs)
         body.uint(v.events)
         body.uint(v.pageviews)
-        body.uint(intern(v.session))
+        body.uint(intern(v.session.join(SEP)))
         if (v.pageviews > 0) {
           body.uint(v.entryMs - v.startMs)
           body.uint(intern(v.entryPath!))
@@ -498,6 +635,8 @@ export class VisitState {
       if (s === undefined) throw new RangeError(`visit state: string ${i} out of range`)
       return s
     }
+    // Visits of the same session values share one array, as events of one page load do.
+    const sessions = new Map<number, readonly string[]>()
     for (let days = r.uint(); days > 0; days--) {
       const siteId = str(r.uint())
       const visitor = r.string()
@@ -509,7 +648,12 @@ export class VisitState {
         const endMs = startMs + r.uint()
         const events = r.uint()
         const pageviews = r.uint()
-        const session = str(r.uint())
+        const si = r.uint()
+        let session = sessions.get(si)
+        if (!session) {
+          session = str(si).split(SEP)
+          sessions.set(si, session)
+        }
         const s: Summary = {
           startMs,
           endMs,
