@@ -419,7 +419,7 @@ export class StatsService {
     freshness: Freshness,
     finalMark: string | undefined,
   ): Promise<AggregateAnswer> {
-    const at: ReadContext = { settledThroughMs: freshness.completeThroughMs, finalMark }
+    const at = readContext(freshness, finalMark, q.metrics)
     if (q.filters.length > 1) {
       throw unsupported(
         'aggregates are stored per single property, so only one filter can be answered exactly; filter on one property',
@@ -512,7 +512,7 @@ export class StatsService {
     freshness: Freshness,
     finalMark: string | undefined,
   ): Promise<TimeseriesAnswer> {
-    const at: ReadContext = { settledThroughMs: freshness.completeThroughMs, finalMark }
+    const at = readContext(freshness, finalMark, q.metrics)
     if (q.filters.length > 1) {
       throw unsupported(
         'aggregates are stored per single property, so only one filter can be answered exactly; filter on one property',
@@ -583,7 +583,7 @@ export class StatsService {
     const tiled = tile(range, DIMENSION_GRANULARITIES)
     this.checkRetention(tiled)
     this.checkReads(tiled, 'a breakdown')
-    const at: ReadContext = { settledThroughMs: freshness.completeThroughMs, finalMark }
+    const at = readContext(freshness, finalMark, q.metrics)
     const segments = this.deps.settled?.enabled ? unsettledDaysAsHours(tiled, at.settledThroughMs) : tiled
     const withVisitors = q.metrics.includes('visitors')
     const sortBy = q.metrics[0]!
@@ -693,7 +693,7 @@ export class StatsService {
     freshness: Freshness,
     finalMark: string | undefined,
   ): Promise<AggregateAnswer> {
-    const at: ReadContext = { settledThroughMs: freshness.completeThroughMs, finalMark }
+    const at = readContext(freshness, finalMark, q.metrics)
     const now = this.deps.now()
     const current = floorTo(now, 'minute')
     const range = { fromMs: current - (q.minutes - 1) * 60_000, toMs: current + 60_000 }
@@ -727,6 +727,24 @@ export class StatsService {
         ...(gaps ? { visitGaps: gaps } : {}),
       }),
     }
+  }
+}
+
+/**
+ * What decides the settled windows of a read. A window's visit counts change after it closed,
+ * while the visits that began in it go on, up to midnight UTC at the latest: with visit metrics,
+ * only the windows of days that ended by complete_through are settled.
+ */
+function readContext(
+  freshness: Freshness,
+  finalMark: string | undefined,
+  metrics: readonly Metric[],
+): ReadContext {
+  const through = freshness.completeThroughMs
+  return {
+    settledThroughMs:
+      through !== undefined && metrics.some(isVisitMetric) ? floorTo(through, 'day') : through,
+    finalMark,
   }
 }
 

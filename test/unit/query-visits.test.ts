@@ -1,7 +1,9 @@
 import { tableFromIPC } from 'apache-arrow'
-import { describe, expect, it } from 'vitest'
+import { afterEach, describe, expect, it } from 'vitest'
 import type { Granularity, RowDimension } from '../../core/aggregate/definition.js'
 import type { TallyError } from '../../core/errors.js'
+import { hashToken } from '../../core/keys.js'
+import { createLogger } from '../../core/log.js'
 import type {
   AggregateReader,
   BreakdownResult,
@@ -9,8 +11,11 @@ import type {
   MergedWindow,
   VisitCounts,
 } from '../../core/ports/aggregate-store.js'
+import type { Site } from '../../core/ports/site-store.js'
+import { buildQueryApp } from '../../query/app.js'
+import { ReadAccessCache } from '../../query/auth.js'
 import { arrowStream, type ExportMeta, type ExportRow, ndjsonStream } from '../../query/export.js'
-import type { Freshness, FreshnessSource } from '../../query/freshness.js'
+import type { DataSnapshot, Freshness, FreshnessSource, SnapshotSource } from '../../query/freshness.js'
 import { parseQuery } from '../../query/params.js'
 import { DEFAULT_QUERY_LIMITS, StatsService } from '../../query/stats.js'
 
@@ -262,5 +267,86 @@ describe('visit columns of the export', () => {
       2, 61_000, 1.5,
     ])
     expect([got[1]!.visits, got[1]!.bounce_rate]).toEqual([null, null])
+  })
+})
+
+describe('settled reads with visit metrics', () => {
+  let close: (() => Promise<void>) | undefined
+  afterEach(async () => {
+    await close?.()
+    close = undefined
+  })
+
+  it('re-reads the closed hours of the current day: a continuing visit still changes them', async () => {
+    const now = Date.parse('2024-05-20T12:00:00Z')
+    const day = Date.parse('2024-05-20T00:00:00Z')
+    const state = { visits: 1, version: 1 }
+    const reader = {
+      breakdownDetailed: async (
+        _s: string,
+        _g: Granularity,
+        _d: RowDimension,
+        fromMs: number,
+      ): Promise<BreakdownResult> => ({
+        values: new Map(
+          fromMs < now - 2 * HOUR
+            ? [
+                [
+                  'x.com',
+                  {
+                    events: 5,
+                    pageviews: 5,
+                    botEvents: 0,
+                    visitors: EMPTY,
+                    final: false,
+                    ...counts(state.visits, 0, 60, 2),
+                  },
+                ],
+              ]
+            : [],
+        ),
+        windows: new Map([[fromMs, { final: false }]]),
+        windowsWithoutVisits: new Set(),
+      }),
+    } as unknown as AggregateReader
+    const fresh: Freshness = { ...freshness, completeThroughMs: now - HOUR, receivedThroughMs: now }
+    const snapshots: SnapshotSource = {
+      current: async () => fresh,
+      snapshot: async (): Promise<DataSnapshot> => ({
+        freshness: fresh,
+        version: `m|${state.version}`,
+        finalMark: 'm',
+      }),
+    }
+    const site = {
+      siteId: 's',
+      domain: 's',
+      origins: [],
+      readTokenHashes: [hashToken('rt_v')],
+      createdAt: day,
+    } as unknown as Site
+    const app = await buildQueryApp({
+      reader,
+      auth: new ReadAccessCache({ get: async () => site, list: async () => [site] }),
+      freshness: snapshots,
+      logger: createLogger('silent'),
+      now: () => now,
+      retentionSeconds: { minute: 0, hour: 0, day: 0 },
+    })
+    close = () => app.close()
+    const ask = async (metrics: string) => {
+      const res = await app.inject({
+        method: 'GET',
+        url: `/v1/stats/breakdown?site=s&from=2024-05-20&to=2024-05-20&property=referrer&metrics=${metrics}`,
+        headers: { authorization: 'Bearer rt_v' },
+      })
+      expect(res.statusCode, res.body).toBe(200)
+      return (res.json() as { results: Array<Record<string, number>> }).results[0]
+    }
+    expect((await ask('visits'))?.visits).toBe(1)
+    // The stream rewrote the start hour of a visit (a new data version, no rebuild).
+    state.visits = 2
+    state.version++
+    expect((await ask('visits'))?.visits).toBe(2)
   })
 })
