@@ -41,7 +41,7 @@ import { type StatsService, visitorsEstimate, visitRates } from './stats.js'
  * `sketches=true` the HyperLogLog registers come along (`visitors_sketch`, core/hll.ts format), so
  * a consumer can merge windows or values into exact-as-stored unions itself.
  *
- * With `meta.visits` (every export this version writes) rows carry the visits that started in the
+ * With `visits=true` (`meta.visits`) rows carry the visits that started in the
  * window: the sums `visits`, `bounces`, `visit_duration_ms`, `visit_pageviews` (add them up to merge
  * windows or values) and the rates `bounce_rate`, `visit_duration`, `views_per_visit`; all null
  * for a window written before visits were counted.
@@ -128,15 +128,12 @@ export async function prepareExport(deps: ExportDeps, q: ParsedQuery): Promise<P
         'pageviews',
         'bot_events',
         'visitors',
-        'visits',
-        'bounce_rate',
-        'visit_duration',
-        'views_per_visit',
+        ...(q.visits ? (['visits', 'bounce_rate', 'visit_duration', 'views_per_visit'] as const) : []),
       ],
       deps.precision,
     ),
     sketches: q.sketches,
-    visits: true,
+    ...(q.visits ? { visits: true } : {}),
   }
   const source: AsyncIterable<MergedWindow | MergedDimensionRow> = property
     ? deps.reader.streamDimension(q.siteId, interval, property, range.fromMs, range.toMs)

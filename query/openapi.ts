@@ -86,6 +86,11 @@ function parameters(limits: QueryLimits): Record<string, Json> {
       type: 'boolean',
       default: false,
     }),
+    visits: q(
+      'visits',
+      'Include the visits that started in each window: sums visits, bounces, visit_duration_ms, visit_pageviews (add them up to merge rows) and rates bounce_rate, visit_duration, views_per_visit; null for windows written before visits were counted.',
+      { type: 'boolean', default: false },
+    ),
   }
 }
 
@@ -271,7 +276,7 @@ export function openApiDocument(limits: QueryLimits): Json {
           operationId: 'exportAggregates',
           summary: 'Bulk export of aggregates',
           description:
-            'Streams the windows of `interval` in the range that hold data, totals or (with `property`) one row per window and value. Rows carry the visits that started in the window: sums visits, bounces, visit_duration_ms, visit_pageviews and rates bounce_rate, visit_duration, views_per_visit (null for windows written before visits were counted). NDJSON: a meta line, row lines, an end line {"type":"end","rows":N}. Arrow IPC stream: the meta as JSON in the schema metadata key tally.meta, then record batches.',
+            'Streams the windows of `interval` in the range that hold data, totals or (with `property`) one row per window and value. With visits=true rows carry the visits that started in the window. NDJSON: a meta line, row lines, an end line {"type":"end","rows":N}. Arrow IPC stream: the meta as JSON in the schema metadata key tally.meta, then record batches.',
           security: [{ readToken: [] }],
           parameters: ENDPOINT_PARAMS.export.map((p) => ({ $ref: `#/components/parameters/${p}` })),
           responses: {

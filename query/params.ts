@@ -79,7 +79,7 @@ export const ENDPOINT_PARAMS: Readonly<Record<Endpoint, readonly string[]>> = {
   timeseries: ['site', ...RANGE_PARAMS, 'interval', 'metrics', 'filters'],
   breakdown: ['site', ...RANGE_PARAMS, 'property', 'metrics', 'filters', 'limit', 'page'],
   realtime: ['site', 'metrics', 'minutes'],
-  export: ['site', ...RANGE_PARAMS, 'interval', 'property', 'format', 'sketches'],
+  export: ['site', ...RANGE_PARAMS, 'interval', 'property', 'format', 'sketches', 'visits'],
   /** Raw-event export (/v1/export/events). */
   events: ['site', ...RANGE_PARAMS, 'format'],
 }
@@ -116,6 +116,8 @@ export interface ParsedQuery {
   minutes: number
   format: ExportFormat
   sketches: boolean
+  /** Export: rows carry the visit columns (`visits=true`). */
+  visits: boolean
 }
 
 type Raw = Record<string, unknown>
@@ -312,6 +314,7 @@ export function parseQuery(endpoint: Endpoint, q: Raw, nowMs: number, limits: Pa
   const formatRaw = single(q, 'format')
   const format = formatRaw === undefined ? 'ndjson' : oneOf('format', formatRaw, EXPORT_FORMATS)
   const sketches = parseBoolean('sketches', single(q, 'sketches'))
+  const visits = parseBoolean('visits', single(q, 'visits'))
   const resolved = endpoint === 'realtime' ? undefined : parseRange(q, nowMs)
   return {
     siteId,
@@ -326,5 +329,6 @@ export function parseQuery(endpoint: Endpoint, q: Raw, nowMs: number, limits: Pa
     minutes,
     format,
     sketches,
+    visits,
   }
 }

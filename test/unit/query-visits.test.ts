@@ -222,6 +222,12 @@ describe('visit columns of the export', () => {
     yield { window_start: DAY0 + HOUR, ...base, visitors_sketch: null, visit: null }
   }
 
+  it('are asked for with visits=true (export only)', () => {
+    expect(query('export', { visits: 'true' }).visits).toBe(true)
+    expect(query('export', {}).visits).toBe(false)
+    expect(errorOf(() => query('aggregate', { visits: 'true' })).code).toBe('TALLY_ERR_UNKNOWN_PARAMETER')
+  })
+
   it('NDJSON rows carry the sums and the rates, null without visit data', async () => {
     const parts: Buffer[] = []
     for await (const b of ndjsonStream(META, rows())) parts.push(b)
