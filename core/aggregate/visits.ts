@@ -470,6 +470,16 @@ export function sessionize(events: Iterable<VisitEvent>, gapMs: number): Visit[]
   )
 }
 
+/**
+ * The least event time the stream still accepts with watermark `watermarkMs` and grace `graceMs`:
+ * an event is late when its minute window ended at or before watermark − grace (stream/pipeline.ts
+ * `classify`), so the first accepted minute starts at floor((watermark − grace) / 1 min). The value
+ * to pass to {@link VisitState.evict}.
+ */
+export function oldestAcceptableMs(watermarkMs: number, graceMs: number): number {
+  return Math.floor((watermarkMs - graceMs) / 60_000) * 60_000
+}
+
 /** The open visits of one visitor on one UTC day, sorted by start, each at least a gap apart. */
 interface VisitorDay {
   siteId: string

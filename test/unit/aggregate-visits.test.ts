@@ -2,6 +2,7 @@ import { describe, expect, it } from 'vitest'
 import { dimensionsOf } from '../../core/aggregate/definition.js'
 import { RowAccumulator } from '../../core/aggregate/rows.js'
 import {
+  oldestAcceptableMs,
   sessionize,
   type VisitEvent,
   VisitState,
@@ -11,6 +12,7 @@ import {
 } from '../../core/aggregate/visits.js'
 import type { VisitCounts } from '../../core/ports/aggregate-store.js'
 import type { RawEventV1 } from '../../schemas/events.js'
+import { classify } from '../../stream/pipeline.js'
 
 const MIN = 60_000
 const HOUR = 60 * MIN
@@ -434,6 +436,24 @@ describe('visits (core/aggregate/visits.ts)', () => {
     expect(state.visitorDays).toBe(2)
     expect(state.evict(day0 + DAY)).toBe(2)
     expect(state.visitorDays).toBe(0)
+  })
+
+  it('oldestAcceptableMs is the least event time the stream accepts (its eviction line)', () => {
+    const r = rng(7)
+    for (let i = 0; i < 2000; i++) {
+      const watermark = day0 + Math.floor(r() * DAY)
+      const grace = [0, 1, 59_999, 60_000, GRACE, GRACE + 1][i % 6]!
+      const line = oldestAcceptableMs(watermark, grace)
+      for (const t of [line - 1, line, line + 1, line - 60_000, line + 59_999]) {
+        const event = raw('s', 'v', 0, t, 'page', { path: '/' })
+        const accepted = classify(
+          { event, receivedMs: watermark, timestampMs: t },
+          watermark - grace,
+          Infinity,
+        ).ok
+        expect([t, accepted]).toEqual([t, t >= line])
+      }
+    }
   })
 
   it('serializes an open visit in about 60 bytes (36-character visitor ids)', () => {
