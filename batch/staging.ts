@@ -2,7 +2,7 @@ import { createReadStream, createWriteStream, type WriteStream } from 'node:fs'
 import { readdir, rm } from 'node:fs/promises'
 import { dirname, join } from 'node:path'
 import { createInterface } from 'node:readline'
-import type { Dimension, Granularity } from '../core/aggregate/definition.js'
+import type { Granularity, RowDimension } from '../core/aggregate/definition.js'
 import type { FinalRow } from '../core/ports/batch-store.js'
 import { makePrivateDir, PRIVATE_FILE_MODE } from '../core/private-files.js'
 
@@ -16,13 +16,15 @@ interface StagedLine {
   s: string
   g: Granularity
   w: number
-  d: Dimension | null
+  d: RowDimension | null
   v: string
   e: number
   p: number
   b: number
   /** Serialized HyperLogLog, base64. */
   h: string
+  /** Visit counts [visits, bounces, visitDurationMs, visitPageviews]; absent when the row has none. */
+  n?: [number, number, number, number]
 }
 
 const DAY_FILE = /^day-(\d+)\.ndjson$/
@@ -64,6 +66,9 @@ export class StagingArea {
       b: row.values.botEvents,
       h: Buffer.from(row.values.visitors).toString('base64'),
     }
+    const v = row.values
+    if (v.visits !== undefined)
+      line.n = [v.visits, v.bounces ?? 0, v.visitDurationMs ?? 0, v.visitPageviews ?? 0]
     const out = this.current.out
     if (!out.write(`${JSON.stringify(line)}\n`)) await new Promise<void>((r) => out.once('drain', r))
   }
@@ -99,7 +104,15 @@ export class StagingArea {
         windowStart: l.w,
         dimension: l.d ?? undefined,
         value: l.v,
-        values: { events: l.e, pageviews: l.p, botEvents: l.b, visitors: Buffer.from(l.h, 'base64') },
+        values: {
+          events: l.e,
+          pageviews: l.p,
+          botEvents: l.b,
+          visitors: Buffer.from(l.h, 'base64'),
+          ...(l.n
+            ? { visits: l.n[0], bounces: l.n[1], visitDurationMs: l.n[2], visitPageviews: l.n[3] }
+            : {}),
+        },
       }
     }
   }

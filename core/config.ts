@@ -154,6 +154,11 @@ export interface StreamConfig {
   graceMs: number
   /** Events timed more than this ahead of the partition's latest receivedAt are left to the batch path (TALLY_MAX_FUTURE_MS). Default 23 h. */
   maxFutureMs: number
+  /**
+   * A gap of at least this much event time between two counted events of a visitor ends a visit
+   * (TALLY_VISIT_GAP_MS); stream and rebuild read the same value (stream = batch). Default 30 min.
+   */
+  visitGapMs: number
   /** Open windows (all granularities and sites) one partition holds in memory; beyond it the oldest are written and dropped. Default 20000. */
   maxOpenWindows: number
   /** messageIds are remembered this long (by receivedAt) to drop client retries. Default 1 h, at most 24 h. */
@@ -531,6 +536,12 @@ export const VARIABLES = {
     7 * 86_400_000,
     'event-time grace; later events are left to the batch rebuild',
   ),
+  TALLY_VISIT_GAP_MS: integer(
+    1_800_000,
+    60_000,
+    86_400_000,
+    'a gap of at least this much event time between two events of a visitor ends a visit (a visit also ends at midnight UTC); stream and rebuild need the same value',
+  ),
   TALLY_STREAM_MAX_OPEN_WINDOWS: integer(
     20_000,
     100,
@@ -778,6 +789,7 @@ export function loadConfig(env: Env = process.env): TallyConfig {
       group: v.TALLY_STREAM_GROUP,
       graceMs: v.TALLY_GRACE_MS,
       maxFutureMs: v.TALLY_MAX_FUTURE_MS,
+      visitGapMs: v.TALLY_VISIT_GAP_MS,
       maxOpenWindows: v.TALLY_STREAM_MAX_OPEN_WINDOWS,
       dedupHorizonMs: v.TALLY_DEDUP_HORIZON_MS,
       flushIntervalMs: v.TALLY_FLUSH_INTERVAL_MS,

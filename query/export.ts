@@ -5,6 +5,7 @@ import {
   Bool,
   type Data,
   Field,
+  Float64,
   Int64,
   makeData,
   RecordBatch,
@@ -16,12 +17,18 @@ import {
   vectorFromArray,
 } from 'apache-arrow'
 import type { Granularity } from '../core/aggregate/definition.js'
-import type { AggregateReader, MergedDimensionRow, MergedWindow } from '../core/ports/aggregate-store.js'
+import { visitCountsOf } from '../core/aggregate/merge.js'
+import type {
+  AggregateReader,
+  MergedDimensionRow,
+  MergedWindow,
+  VisitCounts,
+} from '../core/ports/aggregate-store.js'
 import type { FreshnessSource } from './freshness.js'
 import { accuracyOf, type FreshnessMeta, freshnessMeta, type MetricAccuracy, windowStatus } from './meta.js'
 import type { ExportFormat, ParsedQuery } from './params.js'
 import { iso } from './range.js'
-import { type StatsService, visitorsEstimate } from './stats.js'
+import { type StatsService, visitorsEstimate, visitRates } from './stats.js'
 
 /**
  * Bulk export of aggregates for a range, streamed: rows are read one Cassandra page at a time and
@@ -33,6 +40,11 @@ import { type StatsService, visitorsEstimate } from './stats.js'
  * `property`, one row per (window, value). `visitors` is the window's estimate; with
  * `sketches=true` the HyperLogLog registers come along (`visitors_sketch`, core/hll.ts format), so
  * a consumer can merge windows or values into exact-as-stored unions itself.
+ *
+ * With `visits=true` (`meta.visits`) rows carry the visits that started in the
+ * window: the sums `visits`, `bounces`, `visit_duration_ms`, `visit_pageviews` (add them up to merge
+ * windows or values) and the rates `bounce_rate`, `visit_duration`, `views_per_visit`; all null
+ * for a window written before visits were counted.
  */
 
 export const ARROW_BATCH_ROWS = 1024
@@ -54,6 +66,8 @@ export interface ExportMeta {
   freshness: FreshnessMeta
   metrics: Record<string, MetricAccuracy>
   sketches: boolean
+  /** Rows carry the visit columns. */
+  visits?: boolean
 }
 
 export interface ExportRow {
@@ -66,6 +80,8 @@ export interface ExportRow {
   final: boolean
   status: string
   visitors_sketch: Uint8Array | null
+  /** Visit counts of the row (meta.visits); null when its window has no visit data. */
+  visit?: VisitCounts | null
 }
 
 export interface PreparedExport {
@@ -106,8 +122,18 @@ export async function prepareExport(deps: ExportDeps, q: ParsedQuery): Promise<P
     property: property ?? null,
     complete_through: freshness.completeThroughMs === undefined ? null : iso(freshness.completeThroughMs),
     freshness: freshnessMeta(freshness),
-    metrics: accuracyOf(['events', 'pageviews', 'bot_events', 'visitors'], deps.precision),
+    metrics: accuracyOf(
+      [
+        'events',
+        'pageviews',
+        'bot_events',
+        'visitors',
+        ...(q.visits ? (['visits', 'bounce_rate', 'visit_duration', 'views_per_visit'] as const) : []),
+      ],
+      deps.precision,
+    ),
     sketches: q.sketches,
+    ...(q.visits ? { visits: true } : {}),
   }
   const source: AsyncIterable<MergedWindow | MergedDimensionRow> = property
     ? deps.reader.streamDimension(q.siteId, interval, property, range.fromMs, range.toMs)
@@ -126,6 +152,7 @@ export async function prepareExport(deps: ExportDeps, q: ParsedQuery): Promise<P
         final: w.final,
         status: windowStatus(w.windowStart, interval, w.final, freshness.completeThroughMs),
         visitors_sketch: sketches ? w.visitors : null,
+        visit: visitCountsOf(w) ?? null,
       }
     }
   }
@@ -156,6 +183,7 @@ export async function* ndjsonStream(
       pageviews: r.pageviews,
       bot_events: r.bot_events,
       visitors: r.visitors,
+      ...(meta.visits ? visitFields(r.visit) : {}),
       final: r.final,
       status: r.status,
       ...(r.visitors_sketch ? { visitors_sketch: Buffer.from(r.visitors_sketch).toString('base64') } : {}),
@@ -168,6 +196,30 @@ export async function* ndjsonStream(
   chunk += `${JSON.stringify({ type: 'end', rows: n })}\n`
   yield Buffer.from(chunk)
 }
+
+/** The visit columns of a row: sums and rates, null without visit data. */
+function visitFields(v: VisitCounts | null | undefined): Record<string, number | null> {
+  if (!v)
+    return {
+      visits: null,
+      bounces: null,
+      visit_duration_ms: null,
+      visit_pageviews: null,
+      bounce_rate: null,
+      visit_duration: null,
+      views_per_visit: null,
+    }
+  return {
+    visits: v.visits,
+    bounces: v.bounces,
+    visit_duration_ms: v.visitDurationMs,
+    visit_pageviews: v.visitPageviews,
+    ...visitRates(v),
+  }
+}
+
+const VISIT_INT_COLUMNS = ['visits', 'bounces', 'visit_duration_ms', 'visit_pageviews'] as const
+const VISIT_RATE_COLUMNS = ['bounce_rate', 'visit_duration', 'views_per_visit'] as const
 
 /** Receives the writer's bytes synchronously, so each batch's bytes can be handed on at once. */
 class ChunkCollector extends AsyncByteQueue<Uint8Array> {
@@ -191,6 +243,12 @@ export function exportSchema(meta: ExportMeta): Schema {
     new Field('pageviews', new Int64(), false),
     new Field('bot_events', new Int64(), false),
     new Field('visitors', new Int64(), false),
+    ...(meta.visits
+      ? [
+          ...VISIT_INT_COLUMNS.map((c) => new Field(c, new Int64(), true)),
+          ...VISIT_RATE_COLUMNS.map((c) => new Field(c, new Float64(), true)),
+        ]
+      : []),
     new Field('final', new Bool(), false),
     new Field('status', new Utf8(), false),
     ...(meta.sketches ? [new Field('visitors_sketch', new Binary(), false)] : []),
@@ -200,6 +258,26 @@ export function exportSchema(meta: ExportMeta): Schema {
 
 function int64(values: readonly number[]): Data {
   return makeData({ type: new Int64(), length: values.length, data: BigInt64Array.from(values, BigInt) })
+}
+
+function visitColumns(rows: readonly ExportRow[]): Data[] {
+  const fields = rows.map((r) => visitFields(r.visit))
+  return [
+    ...VISIT_INT_COLUMNS.map(
+      (c) =>
+        vectorFromArray(
+          fields.map((f) => (f[c] === null ? null : BigInt(f[c]!))),
+          new Int64(),
+        ).data[0]!,
+    ),
+    ...VISIT_RATE_COLUMNS.map(
+      (c) =>
+        vectorFromArray(
+          fields.map((f) => f[c]),
+          new Float64(),
+        ).data[0]!,
+    ),
+  ]
 }
 
 function recordBatch(schema: Schema, meta: ExportMeta, rows: readonly ExportRow[]): RecordBatch {
@@ -220,6 +298,7 @@ function recordBatch(schema: Schema, meta: ExportMeta, rows: readonly ExportRow[
     int64(rows.map((r) => r.pageviews)),
     int64(rows.map((r) => r.bot_events)),
     int64(rows.map((r) => r.visitors)),
+    ...(meta.visits ? visitColumns(rows) : []),
     vectorFromArray(
       rows.map((r) => r.final),
       new Bool(),

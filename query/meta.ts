@@ -86,6 +86,43 @@ export class WindowTally {
   }
 }
 
+/**
+ * What `meta.visits` says when visit metrics are asked for: the windows read that hold rows
+ * written without visit data (before visits existed), which count no visits until a rebuild writes
+ * them again, as consecutive ranges in time order.
+ */
+export interface VisitsMeta {
+  windows_without_data: number
+  ranges_without_data: Array<{ from: string; to: string }>
+  note: string
+}
+
+const VISITS_NOTE =
+  'visits count in the window where they started; a window that is not final can still change while visits that began in it go on (until a gap of TALLY_VISIT_GAP_MS after their last event, at the latest midnight UTC). Windows without data were written before visits were counted: rebuild them (tally rebuild) to count their visits'
+
+/** Collects the windows without visit data of a read. */
+export class VisitGaps {
+  private readonly windows = new Map<number, number>()
+
+  add(windowStart: number, g: Granularity): void {
+    this.windows.set(windowStart, windowStart + windowMs(g))
+  }
+
+  meta(): VisitsMeta {
+    const ranges: Array<{ fromMs: number; toMs: number }> = []
+    for (const [from, to] of [...this.windows].sort((a, b) => a[0] - b[0])) {
+      const last = ranges[ranges.length - 1]
+      if (last && last.toMs === from) last.toMs = to
+      else ranges.push({ fromMs: from, toMs: to })
+    }
+    return {
+      windows_without_data: this.windows.size,
+      ranges_without_data: ranges.map((r) => ({ from: iso(r.fromMs), to: iso(r.toMs) })),
+      note: VISITS_NOTE,
+    }
+  }
+}
+
 export type MetricAccuracy =
   | { approximate: false }
   | {
@@ -146,6 +183,8 @@ export interface Meta {
   freshness: FreshnessMeta
   windows: WindowsMeta
   metrics: Record<string, MetricAccuracy>
+  /** Present when visit metrics are asked for. */
+  visits?: VisitsMeta
 }
 
 export interface MetaInput {
@@ -160,6 +199,8 @@ export interface MetaInput {
   filters: Filter[]
   interval?: Granularity
   property?: string
+  /** Windows without visit data, when visit metrics are asked for. */
+  visitGaps?: VisitGaps
 }
 
 export function buildMeta(input: MetaInput): Meta {
@@ -182,6 +223,7 @@ export function buildMeta(input: MetaInput): Meta {
     freshness: freshnessMeta(freshness),
     windows: input.windows.meta(),
     metrics: accuracyOf(input.metrics, input.precision),
+    ...(input.visitGaps ? { visits: input.visitGaps.meta() } : {}),
   }
 }
 

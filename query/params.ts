@@ -1,4 +1,11 @@
-import { DIMENSIONS, type Dimension, GRANULARITIES, type Granularity } from '../core/aggregate/definition.js'
+import {
+  DIMENSIONS,
+  GRANULARITIES,
+  type Granularity,
+  type RowDimension,
+  SESSION_DIMENSIONS,
+  VISIT_DIMENSIONS,
+} from '../core/aggregate/definition.js'
 import { ERR } from '../core/error-codes.js'
 import { badParameter, parseInstant, parsePeriod, type TimeRange } from './range.js'
 
@@ -7,9 +14,56 @@ import { badParameter, parseInstant, parsePeriod, type TimeRange } from './range
  * `where` names the parameter.
  */
 
-export const METRICS = ['events', 'pageviews', 'visitors', 'bot_events'] as const
+export const METRICS = [
+  'events',
+  'pageviews',
+  'visitors',
+  'bot_events',
+  'visits',
+  'bounce_rate',
+  'visit_duration',
+  'views_per_visit',
+] as const
 export type Metric = (typeof METRICS)[number]
 export const DEFAULT_METRICS: readonly Metric[] = ['visitors', 'pageviews', 'events']
+
+/**
+ * Metrics of visits (core/aggregate/visits.ts): `visits`; `bounce_rate`, percent of the visits
+ * that bounced; `visit_duration`, mean seconds; `views_per_visit`, pageviews of the visits per
+ * visit. Computed when read from stored counts and sums.
+ */
+export const VISIT_METRICS = ['visits', 'bounce_rate', 'visit_duration', 'views_per_visit'] as const
+export function isVisitMetric(m: Metric): boolean {
+  return (VISIT_METRICS as readonly string[]).includes(m)
+}
+
+/** Properties whose rows hold visit counts: the session dimensions and the entry and exit pages. */
+export const VISIT_PROPERTIES: readonly RowDimension[] = [...SESSION_DIMENSIONS, ...VISIT_DIMENSIONS]
+/** Every property of a breakdown or filter. */
+export const PROPERTIES: readonly RowDimension[] = [...DIMENSIONS, ...VISIT_DIMENSIONS]
+
+/**
+ * Metrics of entry_page and exit_page, whose rows hold visits only: `pageviews` there are the
+ * pageviews of the visits that entered (or left) on the page.
+ */
+export const ENTRY_EXIT_METRICS: readonly Metric[] = [
+  'visits',
+  'pageviews',
+  'bounce_rate',
+  'visit_duration',
+  'views_per_visit',
+]
+/** Metrics of an entry_page or exit_page breakdown when none are given. */
+export const ENTRY_EXIT_DEFAULT_METRICS: readonly Metric[] = [
+  'visits',
+  'pageviews',
+  'bounce_rate',
+  'visit_duration',
+]
+
+export function isVisitDimension(d: RowDimension | undefined): boolean {
+  return d !== undefined && (VISIT_DIMENSIONS as readonly string[]).includes(d)
+}
 
 export const ENDPOINTS = ['aggregate', 'timeseries', 'breakdown', 'realtime', 'export', 'events'] as const
 export type Endpoint = (typeof ENDPOINTS)[number]
@@ -25,14 +79,14 @@ export const ENDPOINT_PARAMS: Readonly<Record<Endpoint, readonly string[]>> = {
   timeseries: ['site', ...RANGE_PARAMS, 'interval', 'metrics', 'filters'],
   breakdown: ['site', ...RANGE_PARAMS, 'property', 'metrics', 'filters', 'limit', 'page'],
   realtime: ['site', 'metrics', 'minutes'],
-  export: ['site', ...RANGE_PARAMS, 'interval', 'property', 'format', 'sketches'],
+  export: ['site', ...RANGE_PARAMS, 'interval', 'property', 'format', 'sketches', 'visits'],
   /** Raw-event export (/v1/export/events). */
   events: ['site', ...RANGE_PARAMS, 'format'],
 }
 
 /** Equality on one property: the event's value is one of `values`. */
 export interface Filter {
-  property: Dimension
+  property: RowDimension
   values: string[]
 }
 
@@ -56,12 +110,14 @@ export interface ParsedQuery {
   intervalGiven: boolean
   metrics: Metric[]
   filters: Filter[]
-  property: Dimension | undefined
+  property: RowDimension | undefined
   limit: number
   page: number
   minutes: number
   format: ExportFormat
   sketches: boolean
+  /** Export: rows carry the visit columns (`visits=true`). */
+  visits: boolean
 }
 
 type Raw = Record<string, unknown>
@@ -106,11 +162,36 @@ export function parseMetrics(raw: string | undefined): Metric[] {
   return [...new Set(names)] as Metric[]
 }
 
-export function parseProperty(raw: string, where: string): Dimension {
-  if (!(DIMENSIONS as readonly string[]).includes(raw)) {
-    throw badParameter(where, `unknown property ${raw}: use ${DIMENSIONS.join(', ')}`)
+export function parseProperty(raw: string, where: string): RowDimension {
+  if (!(PROPERTIES as readonly string[]).includes(raw)) {
+    throw badParameter(where, `unknown property ${raw}: use ${PROPERTIES.join(', ')}`)
   }
-  return raw as Dimension
+  return raw as RowDimension
+}
+
+/**
+ * Refuses metrics the rows of the properties asked for do not hold, naming what they do: visit
+ * metrics exist by the session dimensions and entry/exit pages (not by event or path, whose rows
+ * count events), and entry_page/exit_page rows hold visit metrics only.
+ */
+function checkMetricsFor(metrics: readonly Metric[], properties: readonly RowDimension[]): void {
+  for (const p of properties) {
+    if (isVisitDimension(p)) {
+      const bad = metrics.filter((m) => !ENTRY_EXIT_METRICS.includes(m))
+      if (bad.length > 0)
+        throw badParameter(
+          'metrics',
+          `${p} holds visit metrics only (${bad.join(', ')} not available): use ${ENTRY_EXIT_METRICS.join(', ')}`,
+        )
+    } else if (!VISIT_PROPERTIES.includes(p)) {
+      const bad = metrics.filter(isVisitMetric)
+      if (bad.length > 0)
+        throw badParameter(
+          'metrics',
+          `visit metrics (${bad.join(', ')}) are counted by ${VISIT_PROPERTIES.join(', ')}, not by ${p}`,
+        )
+    }
+  }
 }
 
 /** Splits on an unescaped separator; `\` escapes the next character. */
@@ -212,13 +293,19 @@ export function parseQuery(endpoint: Endpoint, q: Raw, nowMs: number, limits: Pa
     }
   }
   const siteId = required(q, 'site')
-  const metrics = parseMetrics(single(q, 'metrics'))
+  const metricsRaw = single(q, 'metrics')
   const filters = parseFilters(single(q, 'filters'), limits.maxFilterValues)
   const propertyRaw = single(q, 'property')
   if (endpoint === 'breakdown' && (propertyRaw === undefined || propertyRaw === '')) {
     throw badParameter('property', 'property is required', ERR.MISSING_PARAMETER)
   }
   const property = propertyRaw === undefined ? undefined : parseProperty(propertyRaw, 'property')
+  const byVisits = isVisitDimension(property) || filters.some((f) => isVisitDimension(f.property))
+  const metrics =
+    metricsRaw === undefined && byVisits ? [...ENTRY_EXIT_DEFAULT_METRICS] : parseMetrics(metricsRaw)
+  // The export writes every column its rows hold: only its property matters.
+  if (endpoint !== 'export')
+    checkMetricsFor(metrics, [...(property ? [property] : []), ...filters.map((f) => f.property)])
   const intervalRaw = single(q, 'interval')
   const interval = intervalRaw === undefined ? undefined : oneOf('interval', intervalRaw, GRANULARITIES)
   const limit = integer('limit', single(q, 'limit'), limits.defaultLimit, 1, limits.maxLimit)
@@ -227,6 +314,7 @@ export function parseQuery(endpoint: Endpoint, q: Raw, nowMs: number, limits: Pa
   const formatRaw = single(q, 'format')
   const format = formatRaw === undefined ? 'ndjson' : oneOf('format', formatRaw, EXPORT_FORMATS)
   const sketches = parseBoolean('sketches', single(q, 'sketches'))
+  const visits = parseBoolean('visits', single(q, 'visits'))
   const resolved = endpoint === 'realtime' ? undefined : parseRange(q, nowMs)
   return {
     siteId,
@@ -241,5 +329,6 @@ export function parseQuery(endpoint: Endpoint, q: Raw, nowMs: number, limits: Pa
     minutes,
     format,
     sketches,
+    visits,
   }
 }

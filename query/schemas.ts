@@ -1,7 +1,17 @@
-import { DIMENSIONS, GRANULARITIES } from '../core/aggregate/definition.js'
+import { GRANULARITIES } from '../core/aggregate/definition.js'
 import type { ErrorName } from '../core/error-codes.js'
 import { errorResponses, SERVER_ERRORS } from '../core/openapi.js'
-import { DEFAULT_METRICS, ENDPOINT_PARAMS, type Endpoint, EXPORT_FORMATS, METRICS } from './params.js'
+import {
+  DEFAULT_METRICS,
+  ENDPOINT_PARAMS,
+  ENTRY_EXIT_DEFAULT_METRICS,
+  ENTRY_EXIT_METRICS,
+  type Endpoint,
+  EXPORT_FORMATS,
+  METRICS,
+  PROPERTIES,
+  VISIT_PROPERTIES,
+} from './params.js'
 import type { QueryLimits } from './stats.js'
 
 /**
@@ -38,12 +48,12 @@ function parameters(limits: QueryLimits): Record<string, Json> {
       { type: 'string', enum: [...GRANULARITIES] },
     ),
     metrics: q(
-      `Comma-separated, from ${METRICS.join(', ')}. Default ${DEFAULT_METRICS.join(',')}. \`visitors\` is approximate (HyperLogLog; see meta.metrics), the others exact. A breakdown sorts by the first metric, descending.`,
+      `Comma-separated, from ${METRICS.join(', ')}. Default ${DEFAULT_METRICS.join(',')}. \`visitors\` is approximate (HyperLogLog; see meta.metrics), the others exact. A breakdown sorts by the first metric, descending. Visits (counted in the window where they started): \`visits\`, \`bounce_rate\` (percent of visits with one pageview and no other event), \`visit_duration\` (mean seconds), \`views_per_visit\`; by property only with ${VISIT_PROPERTIES.join(', ')}. entry_page and exit_page take ${ENTRY_EXIT_METRICS.join(', ')} (pageviews of the visits), default ${ENTRY_EXIT_DEFAULT_METRICS.join(',')}. Windows written before visits were counted show none (meta.visits names them).`,
       { type: 'string', example: 'visitors,pageviews,events,bot_events' },
     ),
     property: q('Dimension to break down by (required for breakdown).', {
       type: 'string',
-      enum: [...DIMENSIONS],
+      enum: [...PROPERTIES],
     }),
     filters: q(
       `Equality filters \`property==value\`; \`property==a|b\` matches either; separate filters with \`;\`; a backslash escapes \`;\`, \`|\` or a backslash in a value. Aggregates are stored per single property, so what is answered exactly is: one filter for aggregate and timeseries (timeseries with interval hour or day), and for breakdown a filter on the breakdown's own property. Other combinations get 400 TALLY_ERR_FILTER_UNSUPPORTED. At most ${limits.maxFilterValues} values.`,
@@ -67,6 +77,10 @@ function parameters(limits: QueryLimits): Record<string, Json> {
       type: 'boolean',
       default: false,
     }),
+    visits: q(
+      'Include the visits that started in each window: sums visits, bounces, visit_duration_ms, visit_pageviews (add them up to merge rows) and rates bounce_rate, visit_duration, views_per_visit; null for windows written before visits were counted.',
+      { type: 'boolean', default: false },
+    ),
   }
 }
 
@@ -245,7 +259,7 @@ export function exportAggregatesSchema(limits: QueryLimits): Json {
     operationId: 'exportAggregates',
     summary: 'Bulk export of aggregates',
     description:
-      'Streams the windows of `interval` in the range that hold data, totals or (with `property`) one row per window and value. NDJSON: a meta line, row lines, an end line {"type":"end","rows":N}. Arrow IPC stream: the meta as JSON in the schema metadata key tally.meta, then record batches.',
+      'Streams the windows of `interval` in the range that hold data, totals or (with `property`) one row per window and value. With visits=true rows carry the visits that started in the window. NDJSON: a meta line, row lines, an end line {"type":"end","rows":N}. Arrow IPC stream: the meta as JSON in the schema metadata key tally.meta, then record batches.',
     tags: ['exports'],
     security: SECURITY,
     querystring: querystring('export', limits),

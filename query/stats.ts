@@ -1,10 +1,11 @@
 import {
   DIMENSION_GRANULARITIES,
-  type Dimension,
   GRANULARITIES,
   type Granularity,
+  type RowDimension,
   windowMs,
 } from '../core/aggregate/definition.js'
+import { visitCountsOf } from '../core/aggregate/merge.js'
 import { ERR } from '../core/error-codes.js'
 import type { TallyError } from '../core/errors.js'
 import { HyperLogLog } from '../core/hll.js'
@@ -14,11 +15,19 @@ import type {
   MergedValues,
   MergedWindow,
   ReadOptions,
+  VisitCounts,
 } from '../core/ports/aggregate-store.js'
 import type { AnswerCache } from './cache.js'
 import { type Freshness, type FreshnessSource, hasRecentSnapshots, isSnapshotSource } from './freshness.js'
-import { buildMeta, type Meta, type WindowStatus, WindowTally } from './meta.js'
-import type { Filter, Metric, ParsedQuery, ParseLimits } from './params.js'
+import { buildMeta, type Meta, VisitGaps, type WindowStatus, WindowTally } from './meta.js'
+import {
+  type Filter,
+  isVisitDimension,
+  isVisitMetric,
+  type Metric,
+  type ParsedQuery,
+  type ParseLimits,
+} from './params.js'
 import {
   alignRange,
   badParameter,
@@ -96,14 +105,23 @@ const HOUR_MS = 3_600_000
 
 export type MetricValues = Partial<Record<Metric, number>>
 
-/** Sums counts and merges registers of windows. */
+/**
+ * Sums counts and merges registers of windows. Visit counts are summed over the windows that have
+ * them (windows without visit data add none; `meta.visits` names them). With `pageviewsOfVisits`
+ * (entry_page and exit_page rows, which hold visits only) `pageviews` are the visits' pageviews.
+ */
 export class MetricAccumulator {
   events = 0
   pageviews = 0
   botEvents = 0
+  readonly visits: VisitCounts = { visits: 0, bounces: 0, visitDurationMs: 0, visitPageviews: 0 }
   private readonly hll: HyperLogLog | undefined
 
-  constructor(precision: number, withVisitors: boolean) {
+  constructor(
+    precision: number,
+    withVisitors: boolean,
+    private readonly pageviewsOfVisits = false,
+  ) {
     this.hll = withVisitors ? new HyperLogLog(precision) : undefined
   }
 
@@ -112,11 +130,23 @@ export class MetricAccumulator {
     this.pageviews += v.pageviews
     this.botEvents += v.botEvents
     if (this.hll && v.visitors.length > 0) this.hll.merge(HyperLogLog.fromBytes(v.visitors))
+    const c = visitCountsOf(v)
+    if (c) {
+      this.visits.visits += c.visits
+      this.visits.bounces += c.bounces
+      this.visits.visitDurationMs += c.visitDurationMs
+      this.visits.visitPageviews += c.visitPageviews
+    }
   }
 
   values(metrics: readonly Metric[]): MetricValues {
     return metricValues(
-      { events: this.events, pageviews: this.pageviews, botEvents: this.botEvents },
+      {
+        events: this.events,
+        pageviews: this.pageviewsOfVisits ? this.visits.visitPageviews : this.pageviews,
+        botEvents: this.botEvents,
+        ...this.visits,
+      },
       this.hll,
       metrics,
     )
@@ -127,16 +157,38 @@ export function visitorsEstimate(registers: Uint8Array): number {
   return registers.length === 0 ? 0 : Math.round(HyperLogLog.fromBytes(registers).estimate())
 }
 
+/**
+ * Rates of visits, computed from stored sums (never averaged): bounce rate in whole percent, mean
+ * duration in whole seconds, views per visit to two decimals (Plausible's roundings); 0 without
+ * visits.
+ */
+export function visitRates(c: VisitCounts): {
+  bounce_rate: number
+  visit_duration: number
+  views_per_visit: number
+} {
+  if (c.visits === 0) return { bounce_rate: 0, visit_duration: 0, views_per_visit: 0 }
+  return {
+    bounce_rate: Math.round((100 * c.bounces) / c.visits),
+    visit_duration: Math.round(c.visitDurationMs / 1000 / c.visits),
+    views_per_visit: Math.round((100 * c.visitPageviews) / c.visits) / 100,
+  }
+}
+
 function metricValues(
   counts: Omit<MergedValues, 'visitors'>,
   hll: HyperLogLog | Uint8Array | undefined,
   metrics: readonly Metric[],
 ): MetricValues {
   const out: MetricValues = {}
+  const visits = visitCountsOf(counts) ?? { visits: 0, bounces: 0, visitDurationMs: 0, visitPageviews: 0 }
   for (const m of metrics) {
     if (m === 'events') out.events = counts.events
     else if (m === 'pageviews') out.pageviews = counts.pageviews
     else if (m === 'bot_events') out.bot_events = counts.botEvents
+    else if (m === 'visits') out.visits = visits.visits
+    else if (m === 'bounce_rate' || m === 'visit_duration' || m === 'views_per_visit')
+      out[m] = visitRates(visits)[m]
     else
       out.visitors =
         hll === undefined
@@ -322,7 +374,7 @@ export class StatsService {
   private breakdownParts(
     siteId: string,
     s: Segment,
-    property: Dimension,
+    property: RowDimension,
     options: ReadOptions & { values?: readonly string[] },
     at: ReadContext,
   ): Promise<BreakdownResult[]> {
@@ -367,7 +419,7 @@ export class StatsService {
     freshness: Freshness,
     finalMark: string | undefined,
   ): Promise<AggregateAnswer> {
-    const at: ReadContext = { settledThroughMs: freshness.completeThroughMs, finalMark }
+    const at = readContext(freshness, finalMark, q.metrics)
     if (q.filters.length > 1) {
       throw unsupported(
         'aggregates are stored per single property, so only one filter can be answered exactly; filter on one property',
@@ -384,12 +436,16 @@ export class StatsService {
     const read = await Promise.all(
       segments.map((s) => this.readSegment(q.siteId, s, filter, withVisitors, at)),
     )
-    const acc = new MetricAccumulator(this.deps.precision, withVisitors)
+    const acc = new MetricAccumulator(this.deps.precision, withVisitors, isVisitDimension(filter?.property))
     const tally = new WindowTally(freshness.completeThroughMs)
+    const gaps = visitGapsFor(q.metrics)
     segments.forEach((s, i) => {
       const windows = read[i]!
       tally.addSegment(s, new Set(windows.filter((w) => w.final).map((w) => w.windowStart)))
-      for (const w of windows) acc.add(w)
+      for (const w of windows) {
+        acc.add(w)
+        if (w.visits === undefined) gaps?.add(w.windowStart, s.granularity)
+      }
     })
     const values = acc.values(q.metrics)
     const results: AggregateAnswer['results'] = {}
@@ -406,6 +462,7 @@ export class StatsService {
         metrics: q.metrics,
         precision: this.deps.precision,
         filters: q.filters,
+        ...(gaps ? { visitGaps: gaps } : {}),
       }),
     }
   }
@@ -455,7 +512,7 @@ export class StatsService {
     freshness: Freshness,
     finalMark: string | undefined,
   ): Promise<TimeseriesAnswer> {
-    const at: ReadContext = { settledThroughMs: freshness.completeThroughMs, finalMark }
+    const at = readContext(freshness, finalMark, q.metrics)
     if (q.filters.length > 1) {
       throw unsupported(
         'aggregates are stored per single property, so only one filter can be answered exactly; filter on one property',
@@ -472,13 +529,18 @@ export class StatsService {
     const windows = await this.readSegment(q.siteId, segment, filter, withVisitors, at)
     const byStart = new Map(windows.map((w) => [w.windowStart, w]))
     const tally = new WindowTally(freshness.completeThroughMs)
+    const gaps = visitGapsFor(q.metrics)
+    const visitRows = isVisitDimension(filter?.property)
     const results: TimeseriesPoint[] = []
     const step = windowMs(interval)
     for (let t = range.fromMs; t < range.toMs; t += step) {
       const w = byStart.get(t)
       const status = tally.add(t, interval, w?.final ?? false)
-      const counts = w ?? { events: 0, pageviews: 0, botEvents: 0, visitors: new Uint8Array(0) }
-      results.push({ date: iso(t), ...metricValues(counts, counts.visitors, q.metrics), status })
+      if (w && w.visits === undefined) gaps?.add(t, interval)
+      const counts: MergedValues = w ?? { events: 0, pageviews: 0, botEvents: 0, visitors: new Uint8Array(0) }
+      // entry_page / exit_page rows hold visits only: their pageviews are the visits' pageviews.
+      const shown = visitRows ? { ...counts, pageviews: counts.visitPageviews ?? 0 } : counts
+      results.push({ date: iso(t), ...metricValues(shown, counts.visitors, q.metrics), status })
     }
     return {
       results,
@@ -493,6 +555,7 @@ export class StatsService {
         precision: this.deps.precision,
         filters: q.filters,
         interval,
+        ...(gaps ? { visitGaps: gaps } : {}),
       }),
     }
   }
@@ -508,7 +571,7 @@ export class StatsService {
     freshness: Freshness,
     finalMark: string | undefined,
   ): Promise<BreakdownAnswer> {
-    const property = q.property as Dimension
+    const property = q.property as RowDimension
     if (q.filters.some((f) => f.property !== property)) {
       throw unsupported(
         `breakdowns are stored per single property, so a breakdown by ${property} can only be filtered on ${property}`,
@@ -520,7 +583,7 @@ export class StatsService {
     const tiled = tile(range, DIMENSION_GRANULARITIES)
     this.checkRetention(tiled)
     this.checkReads(tiled, 'a breakdown')
-    const at: ReadContext = { settledThroughMs: freshness.completeThroughMs, finalMark }
+    const at = readContext(freshness, finalMark, q.metrics)
     const segments = this.deps.settled?.enabled ? unsettledDaysAsHours(tiled, at.settledThroughMs) : tiled
     const withVisitors = q.metrics.includes('visitors')
     const sortBy = q.metrics[0]!
@@ -535,13 +598,15 @@ export class StatsService {
       )
     const read = await readAll(withVisitors && !visitorsLater, values)
     const tally = new WindowTally(freshness.completeThroughMs)
+    const gaps = visitGapsFor(q.metrics)
+    const visitRows = isVisitDimension(property)
     const accs = new Map<string, MetricAccumulator>()
     const accumulate = (r: Awaited<ReturnType<typeof readAll>>, visitors: boolean) => {
       for (const one of r.flat()) {
         for (const [value, v] of one.values) {
           let acc = accs.get(value)
           if (!acc) {
-            acc = new MetricAccumulator(this.deps.precision, visitors)
+            acc = new MetricAccumulator(this.deps.precision, visitors, visitRows)
             accs.set(value, acc)
           }
           acc.add(v)
@@ -550,12 +615,17 @@ export class StatsService {
     }
     segments.forEach((s, i) => {
       const finals = new Set<number>()
-      for (const part of read[i]!) for (const [ws, w] of part.windows) if (w.final) finals.add(ws)
+      for (const part of read[i]!) {
+        for (const [ws, w] of part.windows) if (w.final) finals.add(ws)
+        for (const ws of part.windowsWithoutVisits ?? []) gaps?.add(ws, s.granularity)
+      }
       tally.addSegment(s, finals)
     })
     accumulate(read, withVisitors && !visitorsLater)
     const wantsBots = q.metrics.includes('bot_events')
-    const counted = (acc: MetricAccumulator) => acc.events > 0 || (wantsBots && acc.botEvents > 0)
+    // entry_page / exit_page rows count visits, not events.
+    const counted = (acc: MetricAccumulator) =>
+      acc.events > 0 || acc.visits.visits > 0 || (wantsBots && acc.botEvents > 0)
     const order =
       <T extends { value: string }>(key: (row: T) => number) =>
       (a: T, b: T) =>
@@ -602,6 +672,7 @@ export class StatsService {
           precision: this.deps.precision,
           filters: q.filters,
           property,
+          ...(gaps ? { visitGaps: gaps } : {}),
         }),
         total_values: total,
         page: q.page,
@@ -622,7 +693,7 @@ export class StatsService {
     freshness: Freshness,
     finalMark: string | undefined,
   ): Promise<AggregateAnswer> {
-    const at: ReadContext = { settledThroughMs: freshness.completeThroughMs, finalMark }
+    const at = readContext(freshness, finalMark, q.metrics)
     const now = this.deps.now()
     const current = floorTo(now, 'minute')
     const range = { fromMs: current - (q.minutes - 1) * 60_000, toMs: current + 60_000 }
@@ -631,8 +702,12 @@ export class StatsService {
     const windows = await this.readSegment(q.siteId, segment, undefined, withVisitors, at)
     const acc = new MetricAccumulator(this.deps.precision, withVisitors)
     const tally = new WindowTally(freshness.completeThroughMs)
+    const gaps = visitGapsFor(q.metrics)
     tally.addSegment(segment, new Set(windows.filter((w) => w.final).map((w) => w.windowStart)))
-    for (const w of windows) acc.add(w)
+    for (const w of windows) {
+      acc.add(w)
+      if (w.visits === undefined) gaps?.add(w.windowStart, 'minute')
+    }
     const values = acc.values(q.metrics)
     const results: AggregateAnswer['results'] = {}
     for (const m of q.metrics) results[m] = { value: values[m] ?? 0 }
@@ -649,9 +724,33 @@ export class StatsService {
         precision: this.deps.precision,
         filters: [],
         interval: 'minute',
+        ...(gaps ? { visitGaps: gaps } : {}),
       }),
     }
   }
+}
+
+/**
+ * What decides the settled windows of a read. A window's visit counts change after it closed,
+ * while the visits that began in it go on, up to midnight UTC at the latest: with visit metrics,
+ * only the windows of days that ended by complete_through are settled.
+ */
+function readContext(
+  freshness: Freshness,
+  finalMark: string | undefined,
+  metrics: readonly Metric[],
+): ReadContext {
+  const through = freshness.completeThroughMs
+  return {
+    settledThroughMs:
+      through !== undefined && metrics.some(isVisitMetric) ? floorTo(through, 'day') : through,
+    finalMark,
+  }
+}
+
+/** A collector of windows without visit data when visit metrics are asked for (meta.visits). */
+function visitGapsFor(metrics: readonly Metric[]): VisitGaps | undefined {
+  return metrics.some(isVisitMetric) ? new VisitGaps() : undefined
 }
 
 /**

@@ -22,7 +22,7 @@ export function createStreamMetrics(registry: Registry = createProcessRegistry()
     }),
     stepSeconds: new Histogram({
       name: 'tally_stream_step_seconds',
-      help: 'Time per pipeline step and batch (decode+validate+dedup+classify, load, aggregate, flush)',
+      help: 'Time per pipeline step and batch: decode_validate_dedup (decode, validate, dedup, classify and aggregate of a batch), load (rows read from the store)',
       labelNames: ['step'] as const,
       buckets: [0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
       registers: [registry],

@@ -18,6 +18,30 @@ export type Granularity = (typeof GRANULARITIES)[number]
 export const DIMENSIONS = ['event', 'path', 'referrer', 'utm_source', 'browser', 'os', 'device'] as const
 export type Dimension = (typeof DIMENSIONS)[number]
 
+/**
+ * Dimensions of a visit taken from its first event (see core/aggregate/visits.ts): visits, bounces
+ * and durations are broken down by these. A dimension added to DIMENSIONS that describes the
+ * session rather than the page or the event belongs here too.
+ */
+export const SESSION_DIMENSIONS = [
+  'referrer',
+  'utm_source',
+  'browser',
+  'os',
+  'device',
+] as const satisfies readonly Dimension[]
+export type SessionDimension = (typeof SESSION_DIMENSIONS)[number]
+
+/**
+ * Dimensions that only visits have: the path of a visit's first and of its last pageview. Their
+ * rows carry visit counts only (events, pageviews and visitors stay zero/empty).
+ */
+export const VISIT_DIMENSIONS = ['entry_page', 'exit_page'] as const
+export type VisitDimension = (typeof VISIT_DIMENSIONS)[number]
+
+/** Every dimension a stored row can have: an event's, or a visit's own. */
+export type RowDimension = Dimension | VisitDimension
+
 /** Granularities that keep breakdowns by dimension (minute windows keep totals only). */
 export const DIMENSION_GRANULARITIES: readonly Granularity[] = ['hour', 'day']
 

@@ -1,11 +1,13 @@
 import { HyperLogLog } from '../hll.js'
-import type { MergedValues } from '../ports/aggregate-store.js'
+import type { MergedValues, VisitCounts } from '../ports/aggregate-store.js'
 
 /**
  * How stored rows become answers, the same for every aggregate store: within a window the final
  * (batch) row of the committed generation (core/aggregate/final.ts) replaces the stream partials,
  * the partials of all source partitions add up (counts) and merge (HyperLogLog registers); final
  * rows of other generations are not read. Across windows or values, merged values add up and merge.
+ * Visit counts add up like the other counts (rates are computed when read); a window has them only
+ * when every row read for it has them (rows written before visits existed have none).
  */
 
 /** One stored row of a window: a stream partial of one source partition, or a final row. */
@@ -16,6 +18,8 @@ export interface PartialValues {
   visitors: Uint8Array | null
   /** 0 for a stream partial; the rebuild's generation for a final row. */
   generation: number
+  /** Visit counts; null or absent when the row was written without them. */
+  visits?: VisitCounts | null
 }
 
 /** The generation of a stored row from its source_partition (final rows: −generation). */
@@ -48,6 +52,8 @@ export function mergePartials(
   let events = 0
   let pageviews = 0
   let botEvents = 0
+  let visitsKnown = true
+  const visits: VisitCounts = { visits: 0, bounces: 0, visitDurationMs: 0, visitPageviews: 0 }
   for (const p of parts) {
     if (final ? p !== final : p.generation !== 0) continue
     used++
@@ -55,14 +61,35 @@ export function mergePartials(
     pageviews += p.pageviews
     botEvents += p.botEvents
     if (hll && p.visitors && p.visitors.length > 0) hll.merge(HyperLogLog.fromBytes(p.visitors))
+    if (p.visits) addCounts(visits, p.visits)
+    else visitsKnown = false
   }
   if (used === 0) return undefined
-  return {
+  const merged: MergedFinal = {
     events,
     pageviews,
     botEvents,
     visitors: hll ? hll.toBytes() : EMPTY,
     final: final !== undefined && !provisional,
+  }
+  return visitsKnown ? Object.assign(merged, visits) : merged
+}
+
+function addCounts(to: VisitCounts, c: VisitCounts): void {
+  to.visits += c.visits
+  to.bounces += c.bounces
+  to.visitDurationMs += c.visitDurationMs
+  to.visitPageviews += c.visitPageviews
+}
+
+/** The visit counts of merged values, or undefined when they have none. */
+export function visitCountsOf(m: Partial<VisitCounts>): VisitCounts | undefined {
+  if (m.visits === undefined) return undefined
+  return {
+    visits: m.visits,
+    bounces: m.bounces ?? 0,
+    visitDurationMs: m.visitDurationMs ?? 0,
+    visitPageviews: m.visitPageviews ?? 0,
   }
 }
 
@@ -72,6 +99,11 @@ export class ValuesAccumulator {
   pageviews = 0
   botEvents = 0
   allFinal = true
+  /** Sums of the visit counts of the values added that had them. */
+  readonly visits: VisitCounts = { visits: 0, bounces: 0, visitDurationMs: 0, visitPageviews: 0 }
+  /** Whether any value added had visit counts; whether all of them had. */
+  anyVisits = false
+  allVisits = true
   private readonly hll: HyperLogLog | undefined
 
   constructor(precision: number, withVisitors: boolean) {
@@ -84,15 +116,21 @@ export class ValuesAccumulator {
     this.botEvents += m.botEvents
     if (!m.final) this.allFinal = false
     if (this.hll && m.visitors.length > 0) this.hll.merge(HyperLogLog.fromBytes(m.visitors))
+    const v = visitCountsOf(m)
+    if (v) {
+      addCounts(this.visits, v)
+      this.anyVisits = true
+    } else this.allVisits = false
   }
 
   values(): MergedFinal {
-    return {
+    const out: MergedFinal = {
       events: this.events,
       pageviews: this.pageviews,
       botEvents: this.botEvents,
       visitors: this.hll ? this.hll.toBytes() : EMPTY,
       final: this.allFinal,
     }
+    return this.anyVisits ? Object.assign(out, this.visits) : out
   }
 }

@@ -1,6 +1,6 @@
 import type { RawEventV1 } from '../../schemas/events.js'
 import { HyperLogLog } from '../hll.js'
-import type { AggregateValues, RowKey } from '../ports/aggregate-store.js'
+import type { AggregateValues, RowKey, VisitCounts } from '../ports/aggregate-store.js'
 import {
   DIMENSION_GRANULARITIES,
   DIMENSIONS,
@@ -48,17 +48,42 @@ export class RowAccumulator {
   pageviews = 0
   botEvents = 0
   readonly visitors: HyperLogLog
+  visits = 0
+  bounces = 0
+  visitDurationMs = 0
+  visitPageviews = 0
+  /**
+   * Whether the row carries visit counts: a new row of a writer that counts visits
+   * (`countsVisits`), or a stored row that had them. A stored row without them (written before
+   * visits existed) stays without: its visits before that are unknown, so {@link values} leaves
+   * them absent and readers show no visits for its window until a rebuild.
+   */
+  readonly visitsKnown: boolean
 
-  constructor(precision: number, stored?: AggregateValues) {
+  constructor(precision: number, stored?: AggregateValues, options: { countsVisits?: boolean } = {}) {
     if (stored) {
       this.events = stored.events
       this.pageviews = stored.pageviews
       this.botEvents = stored.botEvents
       this.visitors =
         stored.visitors.length > 0 ? HyperLogLog.fromBytes(stored.visitors) : new HyperLogLog(precision)
+      this.visitsKnown = stored.visits !== undefined
+      this.visits = stored.visits ?? 0
+      this.bounces = stored.bounces ?? 0
+      this.visitDurationMs = stored.visitDurationMs ?? 0
+      this.visitPageviews = stored.visitPageviews ?? 0
     } else {
       this.visitors = new HyperLogLog(precision)
+      this.visitsKnown = options.countsVisits ?? false
     }
+  }
+
+  /** Adds a change of visit counts (core/aggregate/visits.ts `visitDeltas`; negative when visits left). */
+  addVisits(delta: VisitCounts): void {
+    this.visits += delta.visits
+    this.bounces += delta.bounces
+    this.visitDurationMs += delta.visitDurationMs
+    this.visitPageviews += delta.visitPageviews
   }
 
   /** Adds one event (the caller decides that it counts and is not a duplicate). */
@@ -88,11 +113,18 @@ export class RowAccumulator {
   }
 
   values(): AggregateValues {
-    return {
+    const v: AggregateValues = {
       events: this.events,
       pageviews: this.pageviews,
       botEvents: this.botEvents,
       visitors: this.visitors.toBytes(),
     }
+    if (this.visitsKnown) {
+      v.visits = this.visits
+      v.bounces = this.bounces
+      v.visitDurationMs = this.visitDurationMs
+      v.visitPageviews = this.visitPageviews
+    }
+    return v
   }
 }

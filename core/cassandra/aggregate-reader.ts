@@ -1,11 +1,12 @@
 import type { Client, types } from 'cassandra-driver'
-import { type Dimension, type Granularity, totalsBucket, windowMs } from '../aggregate/definition.js'
+import { type Granularity, type RowDimension, totalsBucket, windowMs } from '../aggregate/definition.js'
 import { CommittedGenerations, scopeOf, spanRange } from '../aggregate/final.js'
 import {
   generationOfRow,
   mergePartials,
   type PartialValues as Partial,
   ValuesAccumulator,
+  visitCountsOf,
 } from '../aggregate/merge.js'
 import type {
   AggregateReader,
@@ -17,14 +18,18 @@ import type {
   StreamProgress,
 } from '../ports/aggregate-store.js'
 import { asServiceError } from './client.js'
+import { VISIT_COLUMNS, visitValuesOf } from './stream-store.js'
 
 function partialOf(row: types.Row): Partial {
+  // Rows written before visits existed have null visit columns: no visit data.
+  const visits = visitCountsOf(visitValuesOf(row))
   return {
     events: Number(row.get('events') ?? 0),
     pageviews: Number(row.get('pageviews') ?? 0),
     botEvents: Number(row.get('bot_events') ?? 0),
     visitors: (row.get('visitors') as Buffer | null | undefined) ?? null,
     generation: generationOfRow(Number(row.get('source_partition'))),
+    visits: visits ?? null,
   }
 }
 
@@ -55,7 +60,7 @@ async function forEachLimited<T>(items: readonly T[], limit: number, fn: (item: 
   await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker))
 }
 
-const COUNT_COLUMNS = 'source_partition, events, pageviews, bot_events'
+const COUNT_COLUMNS = `source_partition, events, pageviews, bot_events, ${VISIT_COLUMNS}`
 
 function columns(withVisitors: boolean): string {
   return withVisitors ? `${COUNT_COLUMNS}, visitors` : COUNT_COLUMNS
@@ -142,7 +147,7 @@ export class CassandraAggregateReader implements AggregateReader {
   async breakdown(
     siteId: string,
     granularity: Granularity,
-    dimension: Dimension,
+    dimension: RowDimension,
     fromMs: number,
     toMs: number,
   ): Promise<Map<string, MergedValues & { final: boolean }>> {
@@ -152,7 +157,7 @@ export class CassandraAggregateReader implements AggregateReader {
   async breakdownDetailed(
     siteId: string,
     granularity: Granularity,
-    dimension: Dimension,
+    dimension: RowDimension,
     fromMs: number,
     toMs: number,
     options: ReadOptions & { values?: readonly string[] } = {},
@@ -161,7 +166,8 @@ export class CassandraAggregateReader implements AggregateReader {
     const only = options.values
     const values = new Map<string, ValuesAccumulator>()
     const windows = new Map<number, { final: boolean }>()
-    if (only && only.length === 0) return { values: new Map(), windows }
+    const windowsWithoutVisits = new Set<number>()
+    if (only && only.length === 0) return { values: new Map(), windows, windowsWithoutVisits }
     const generations = await this.committed(siteId, granularity, fromMs, toMs)
     // One partition per window; a window's final row replaces its partials before windows merge.
     // Each window is merged as it arrives, so memory holds one window's rows plus the accumulators.
@@ -183,12 +189,14 @@ export class CassandraAggregateReader implements AggregateReader {
       const generation = generations.of(granularity, ws)
       const provisional = generations.provisional(granularity, ws)
       let windowFinal = false
+      let windowVisits = true
       let seen = false
       for (const [value, parts] of perValue) {
         const merged = mergePartials(parts, this.precision, withVisitors, generation, provisional)
         if (!merged) continue
         seen = true
         if (merged.final) windowFinal = true
+        if (merged.visits === undefined) windowVisits = false
         let acc = values.get(value)
         if (!acc) {
           acc = new ValuesAccumulator(this.precision, withVisitors)
@@ -197,17 +205,19 @@ export class CassandraAggregateReader implements AggregateReader {
         acc.add(merged)
       }
       if (seen) windows.set(ws, { final: windowFinal })
+      if (seen && !windowVisits) windowsWithoutVisits.add(ws)
     })
     return {
       values: new Map([...values].map(([value, acc]) => [value, acc.values()])),
       windows,
+      windowsWithoutVisits,
     }
   }
 
   async dimensionWindows(
     siteId: string,
     granularity: Granularity,
-    dimension: Dimension,
+    dimension: RowDimension,
     values: readonly string[],
     fromMs: number,
     toMs: number,
@@ -291,7 +301,7 @@ export class CassandraAggregateReader implements AggregateReader {
   async *streamDimension(
     siteId: string,
     granularity: Granularity,
-    dimension: Dimension,
+    dimension: RowDimension,
     fromMs: number,
     toMs: number,
   ): AsyncIterable<MergedDimensionRow> {

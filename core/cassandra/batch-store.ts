@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto'
 import type { Client } from 'cassandra-driver'
 import { concurrent, types } from 'cassandra-driver'
-import { type Dimension, type Granularity, totalsBucket, windowMs } from '../aggregate/definition.js'
+import { type Granularity, type RowDimension, totalsBucket, windowMs } from '../aggregate/definition.js'
 import { commitTtlSeconds, type FinalSpan, generationOf } from '../aggregate/final.js'
 import { ERR } from '../error-codes.js'
 import { TallyError } from '../errors.js'
@@ -19,7 +19,7 @@ import type {
   LeaseStore,
   RangeRecord,
 } from '../ports/batch-store.js'
-import type { TtlConfig } from './stream-store.js'
+import { type TtlConfig, VISIT_COLUMNS, visitParams } from './stream-store.js'
 
 /** The batch side of the Cassandra store: archive commits, leases, job runs and final rows. */
 
@@ -352,7 +352,7 @@ export class CassandraJobStore implements JobStore {
   }
 }
 
-const VALUE_COLUMNS = 'events, pageviews, bot_events, visitors, through_offset, final'
+const VALUE_COLUMNS = `events, pageviews, bot_events, visitors, through_offset, ${VISIT_COLUMNS}, final`
 
 export class CassandraFinalRowStore implements FinalRowStore {
   constructor(
@@ -409,7 +409,7 @@ export class CassandraFinalRowStore implements FinalRowStore {
   async existingValues(
     siteId: string,
     granularity: Granularity,
-    dimension: Dimension,
+    dimension: RowDimension,
     windowStart: number,
   ): Promise<string[]> {
     const out = new Set<string>()
@@ -433,11 +433,12 @@ export class CassandraFinalRowStore implements FinalRowStore {
         long(r.values.botEvents),
         Buffer.from(r.values.visitors.buffer, r.values.visitors.byteOffset, r.values.visitors.byteLength),
         long(-1),
+        ...visitParams(r.values),
         true,
       ]
       if (r.dimension === undefined) {
         return {
-          query: `INSERT INTO agg_totals (site_id, granularity, bucket, window_start, source_partition, ${VALUE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TTL ? AND TIMESTAMP ?`,
+          query: `INSERT INTO agg_totals (site_id, granularity, bucket, window_start, source_partition, ${VALUE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TTL ? AND TIMESTAMP ?`,
           params: [
             r.siteId,
             r.granularity,
@@ -451,7 +452,7 @@ export class CassandraFinalRowStore implements FinalRowStore {
         }
       }
       return {
-        query: `INSERT INTO agg_dims (site_id, granularity, dimension, window_start, value, source_partition, ${VALUE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TTL ? AND TIMESTAMP ?`,
+        query: `INSERT INTO agg_dims (site_id, granularity, dimension, window_start, value, source_partition, ${VALUE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TTL ? AND TIMESTAMP ?`,
         params: [
           r.siteId,
           r.granularity,

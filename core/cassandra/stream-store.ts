@@ -4,6 +4,7 @@ import { type Granularity, totalsBucket } from '../aggregate/definition.js'
 import { ERR } from '../error-codes.js'
 import { TallyError } from '../errors.js'
 import type {
+  AggregateValues,
   DedupChunk,
   PartitionRef,
   RowKey,
@@ -11,6 +12,7 @@ import type {
   StoredRow,
   StreamCheckpoint,
   StreamStore,
+  VisitCounts,
 } from '../ports/aggregate-store.js'
 import { rowId } from '../ports/aggregate-store.js'
 
@@ -31,10 +33,40 @@ export function fencedTimestamp(epoch: number, offset: number): types.Long {
     .add(types.Long.fromNumber(Math.max(0, offset)))
 }
 
-const TOTALS_COLS = 'events, pageviews, bot_events, visitors, through_offset'
+/** The visit columns of agg_totals and agg_dims (schemas/cql/0009_visits.cql), in this order. */
+export const VISIT_COLUMNS = 'visits, bounces, visit_duration_ms, visit_pageviews'
 
-const INSERT_TOTALS = `INSERT INTO agg_totals (site_id, granularity, bucket, window_start, source_partition, ${TOTALS_COLS}, final) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TTL ? AND TIMESTAMP ?`
-const INSERT_DIMS = `INSERT INTO agg_dims (site_id, granularity, dimension, window_start, value, source_partition, ${TOTALS_COLS}, final) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TTL ? AND TIMESTAMP ?`
+/**
+ * Bound values of the visit columns. Values without visit counts leave them unset (undefined: no
+ * tombstone, and a row written before keeps what it had), so rows of writers that do not count
+ * visits read back without visit data.
+ */
+export function visitParams(v: AggregateValues): Array<types.Long | undefined> {
+  if (v.visits === undefined) return [undefined, undefined, undefined, undefined]
+  return [
+    types.Long.fromNumber(v.visits),
+    types.Long.fromNumber(v.bounces ?? 0),
+    types.Long.fromNumber(v.visitDurationMs ?? 0),
+    types.Long.fromNumber(v.visitPageviews ?? 0),
+  ]
+}
+
+/** The visit counts of a row read with {@link VISIT_COLUMNS}; empty when it has none (null). */
+export function visitValuesOf(row: types.Row): Partial<VisitCounts> {
+  const visits = row.get('visits') as types.Long | null | undefined
+  if (visits === null || visits === undefined) return {}
+  return {
+    visits: Number(visits),
+    bounces: Number(row.get('bounces') ?? 0),
+    visitDurationMs: Number(row.get('visit_duration_ms') ?? 0),
+    visitPageviews: Number(row.get('visit_pageviews') ?? 0),
+  }
+}
+
+const TOTALS_COLS = `events, pageviews, bot_events, visitors, through_offset, ${VISIT_COLUMNS}`
+
+const INSERT_TOTALS = `INSERT INTO agg_totals (site_id, granularity, bucket, window_start, source_partition, ${TOTALS_COLS}, final) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TTL ? AND TIMESTAMP ?`
+const INSERT_DIMS = `INSERT INTO agg_dims (site_id, granularity, dimension, window_start, value, source_partition, ${TOTALS_COLS}, final) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TTL ? AND TIMESTAMP ?`
 
 /** Most rows one read asks for (`IN` list of one Cassandra partition). */
 const LOAD_IN_LIMIT = 100
@@ -204,6 +236,7 @@ export class CassandraStreamStore implements StreamStore {
           botEvents: Number(row.get('bot_events') ?? 0),
           visitors: (row.get('visitors') as Buffer | null) ?? new Uint8Array(0),
           throughOffset: row.get('through_offset') === null ? -1 : Number(row.get('through_offset')),
+          ...visitValuesOf(row),
         })
       }
     })
@@ -260,6 +293,7 @@ export class CassandraStreamStore implements StreamStore {
       types.Long.fromNumber(r.values.botEvents),
       Buffer.from(r.values.visitors.buffer, r.values.visitors.byteOffset, r.values.visitors.byteLength),
       types.Long.fromNumber(r.throughOffset),
+      ...visitParams(r.values),
       k.sourcePartition < 0,
     ]
     if (k.dimension === undefined) {

@@ -1,4 +1,4 @@
-import type { Dimension, Granularity } from '../aggregate/definition.js'
+import type { Granularity, RowDimension } from '../aggregate/definition.js'
 import { CommittedGenerations, scopeOf, spanRange } from '../aggregate/final.js'
 // One definition of "a final row replaces the partials, partials add up and merge registers",
 // shared with the Cassandra reader so that both backends answer alike.
@@ -22,6 +22,11 @@ interface PartialRow {
   pageviews: number
   bot_events: number
   visitors?: Buffer
+  /** Null in rows written before visits existed (no visit data). */
+  visits: number | null
+  bounces: number | null
+  visit_duration_ms: number | null
+  visit_pageviews: number | null
 }
 
 type Merged = MergedValues & { final: boolean }
@@ -33,6 +38,15 @@ function partialOf(r: PartialRow) {
     botEvents: r.bot_events,
     visitors: r.visitors ?? null,
     generation: generationOfRow(r.source_partition),
+    visits:
+      r.visits === null
+        ? null
+        : {
+            visits: r.visits,
+            bounces: r.bounces ?? 0,
+            visitDurationMs: r.visit_duration_ms ?? 0,
+            visitPageviews: r.visit_pageviews ?? 0,
+          },
   }
 }
 
@@ -100,7 +114,8 @@ export class EmbeddedAggregateReader implements AggregateReader {
   ) {
     this.pageRows = Math.max(2, options.pageRows ?? 5000)
     const live = '(expires_at_ms IS NULL OR expires_at_ms > @now)'
-    const counts = 'source_partition, events, pageviews, bot_events'
+    const counts =
+      'source_partition, events, pageviews, bot_events, visits, bounces, visit_duration_ms, visit_pageviews'
     const totals = (cols: string) =>
       `SELECT window_start, ${cols} FROM agg_totals WHERE site_id = @site AND granularity = @g AND window_start >= @from AND window_start < @to AND ${live}`
     const dims = (cols: string) =>
@@ -174,7 +189,7 @@ export class EmbeddedAggregateReader implements AggregateReader {
   async breakdown(
     siteId: string,
     granularity: Granularity,
-    dimension: Dimension,
+    dimension: RowDimension,
     fromMs: number,
     toMs: number,
   ): Promise<Map<string, Merged>> {
@@ -184,7 +199,7 @@ export class EmbeddedAggregateReader implements AggregateReader {
   private dimRows(
     siteId: string,
     granularity: Granularity,
-    dimension: Dimension,
+    dimension: RowDimension,
     fromMs: number,
     toMs: number,
     withVisitors: boolean,
@@ -202,7 +217,7 @@ export class EmbeddedAggregateReader implements AggregateReader {
   async breakdownDetailed(
     siteId: string,
     granularity: Granularity,
-    dimension: Dimension,
+    dimension: RowDimension,
     fromMs: number,
     toMs: number,
     options: ReadOptions & { values?: readonly string[] } = {},
@@ -211,7 +226,8 @@ export class EmbeddedAggregateReader implements AggregateReader {
     const only = options.values
     const values = new Map<string, ValuesAccumulator>()
     const windows = new Map<number, { final: boolean }>()
-    if (only && only.length === 0) return { values: new Map(), windows }
+    const windowsWithoutVisits = new Set<number>()
+    if (only && only.length === 0) return { values: new Map(), windows, windowsWithoutVisits }
     // A (window, value)'s final row replaces its partials before windows merge.
     const generations = this.committed(siteId, granularity, fromMs, toMs)
     eachGroup(
@@ -229,18 +245,20 @@ export class EmbeddedAggregateReader implements AggregateReader {
         acc.add(merged)
         const w = windows.get(first.window_start)
         windows.set(first.window_start, { final: (w?.final ?? false) || merged.final })
+        if (merged.visits === undefined) windowsWithoutVisits.add(first.window_start)
       },
     )
     return {
       values: new Map([...values].map(([value, acc]) => [value, acc.values()])),
       windows,
+      windowsWithoutVisits,
     }
   }
 
   async dimensionWindows(
     siteId: string,
     granularity: Granularity,
-    dimension: Dimension,
+    dimension: RowDimension,
     values: readonly string[],
     fromMs: number,
     toMs: number,
@@ -305,7 +323,7 @@ export class EmbeddedAggregateReader implements AggregateReader {
   async *streamDimension(
     siteId: string,
     granularity: Granularity,
-    dimension: Dimension,
+    dimension: RowDimension,
     fromMs: number,
     toMs: number,
   ): AsyncIterable<MergedDimensionRow> {

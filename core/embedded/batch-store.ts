@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto'
-import type { Dimension, Granularity } from '../aggregate/definition.js'
+import type { Granularity, RowDimension } from '../aggregate/definition.js'
 import { commitTtlSeconds, type FinalSpan, generationOf } from '../aggregate/final.js'
 import type {
   ArchiveCommit,
@@ -16,7 +16,7 @@ import type {
   RangeRecord,
 } from '../ports/batch-store.js'
 import type { Db } from './sqlite.js'
-import type { EmbeddedTtlConfig } from './stream-store.js'
+import { type EmbeddedTtlConfig, VISIT_COLUMNS, visitBinds, visitUpdate } from './stream-store.js'
 
 /**
  * The batch side of the embedded store (core/ports/batch-store.ts): archive commits, leases with
@@ -359,9 +359,9 @@ export class EmbeddedFinalRowStore implements FinalRowStore {
     private readonly now: Now = Date.now,
   ) {
     const live = '(expires_at_ms IS NULL OR expires_at_ms > ?)'
-    const values = 'events, pageviews, bot_events, visitors, through_offset, fence, expires_at_ms'
+    const values = `events, pageviews, bot_events, visitors, through_offset, fence, expires_at_ms, ${VISIT_COLUMNS}`
     const update = (table: string) =>
-      `DO UPDATE SET events = excluded.events, pageviews = excluded.pageviews, bot_events = excluded.bot_events, visitors = excluded.visitors, through_offset = excluded.through_offset, fence = excluded.fence, expires_at_ms = excluded.expires_at_ms WHERE excluded.fence >= ${table}.fence`
+      `DO UPDATE SET events = excluded.events, pageviews = excluded.pageviews, bot_events = excluded.bot_events, visitors = excluded.visitors, through_offset = excluded.through_offset, fence = excluded.fence, expires_at_ms = excluded.expires_at_ms, ${visitUpdate(table)} WHERE excluded.fence >= ${table}.fence`
     this.stmt = {
       windows: db.prepare(
         `SELECT DISTINCT window_start FROM agg_totals WHERE site_id = ? AND granularity = ? AND window_start >= ? AND window_start < ? AND ${live} ORDER BY window_start`,
@@ -373,11 +373,11 @@ export class EmbeddedFinalRowStore implements FinalRowStore {
         `SELECT DISTINCT value FROM agg_dims WHERE site_id = ? AND granularity = ? AND dimension = ? AND window_start = ? AND ${live}`,
       ),
       writeTotals: db.prepare(
-        `INSERT INTO agg_totals (site_id, granularity, window_start, source_partition, ${values}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, -1, ?, ?)
+        `INSERT INTO agg_totals (site_id, granularity, window_start, source_partition, ${values}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, -1, ?, ?, ?, ?, ?, ?)
          ON CONFLICT (site_id, granularity, window_start, source_partition) ${update('agg_totals')}`,
       ),
       writeDims: db.prepare(
-        `INSERT INTO agg_dims (site_id, granularity, dimension, window_start, value, source_partition, ${values}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, -1, ?, ?)
+        `INSERT INTO agg_dims (site_id, granularity, dimension, window_start, value, source_partition, ${values}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, -1, ?, ?, ?, ?, ?, ?)
          ON CONFLICT (site_id, granularity, dimension, window_start, value, source_partition) ${update('agg_dims')}`,
       ),
       commit: db.prepare(
@@ -414,7 +414,7 @@ export class EmbeddedFinalRowStore implements FinalRowStore {
   async existingValues(
     siteId: string,
     granularity: Granularity,
-    dimension: Dimension,
+    dimension: RowDimension,
     windowStart: number,
   ): Promise<string[]> {
     const rows = this.stmt.values.all(siteId, granularity, dimension, windowStart, this.now()) as Array<{
@@ -449,6 +449,7 @@ export class EmbeddedFinalRowStore implements FinalRowStore {
             visitors,
             token,
             expires,
+            ...visitBinds(v),
           )
         } else {
           this.stmt.writeDims.run(
@@ -464,6 +465,7 @@ export class EmbeddedFinalRowStore implements FinalRowStore {
             visitors,
             token,
             expires,
+            ...visitBinds(v),
           )
         }
       }

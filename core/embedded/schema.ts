@@ -250,4 +250,16 @@ export const STORE_MIGRATIONS: readonly string[] = [
   ALTER TABLE agg_final_commits ADD COLUMN provisional INTEGER NOT NULL DEFAULT 0;
   ALTER TABLE batch_jobs ADD COLUMN warnings TEXT NOT NULL DEFAULT '[]';
   `,
+  // 7: visits (schemas/cql/0009_visits.cql, core/aggregate/visits.ts): counts and sums of the visits
+  // that started in a window; NULL in rows written without visit data (before this step).
+  `
+  ALTER TABLE agg_totals ADD COLUMN visits INTEGER;
+  ALTER TABLE agg_totals ADD COLUMN bounces INTEGER;
+  ALTER TABLE agg_totals ADD COLUMN visit_duration_ms INTEGER;
+  ALTER TABLE agg_totals ADD COLUMN visit_pageviews INTEGER;
+  ALTER TABLE agg_dims ADD COLUMN visits INTEGER;
+  ALTER TABLE agg_dims ADD COLUMN bounces INTEGER;
+  ALTER TABLE agg_dims ADD COLUMN visit_duration_ms INTEGER;
+  ALTER TABLE agg_dims ADD COLUMN visit_pageviews INTEGER;
+  `,
 ]

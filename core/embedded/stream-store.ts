@@ -1,5 +1,6 @@
 import type { Granularity } from '../aggregate/definition.js'
 import type {
+  AggregateValues,
   DedupChunk,
   PartitionRef,
   RowKey,
@@ -7,6 +8,7 @@ import type {
   StoredRow,
   StreamCheckpoint,
   StreamStore,
+  VisitCounts,
 } from '../ports/aggregate-store.js'
 import { rowId } from '../ports/aggregate-store.js'
 import type { Db } from './sqlite.js'
@@ -42,6 +44,45 @@ interface RowRecord {
   bot_events: number
   visitors: Buffer
   through_offset: number
+  visits: number | null
+  bounces: number | null
+  visit_duration_ms: number | null
+  visit_pageviews: number | null
+}
+
+/** The visit columns of agg_totals and agg_dims (schema step 7), in this order. */
+export const VISIT_COLUMNS = 'visits, bounces, visit_duration_ms, visit_pageviews'
+
+/**
+ * The upsert of the visit columns: values without visit counts (NULL) keep what the row had, as an
+ * unset column does in Cassandra (core/cassandra/stream-store.ts visitParams).
+ */
+export function visitUpdate(table: string): string {
+  return VISIT_COLUMNS.split(', ')
+    .map((c) => `${c} = COALESCE(excluded.${c}, ${table}.${c})`)
+    .join(', ')
+}
+
+/** Bound values of the visit columns: NULL when the values carry no visit counts. */
+export function visitBinds(v: AggregateValues): Array<number | null> {
+  if (v.visits === undefined) return [null, null, null, null]
+  return [v.visits, v.bounces ?? 0, v.visitDurationMs ?? 0, v.visitPageviews ?? 0]
+}
+
+/** The visit counts of a row read with {@link VISIT_COLUMNS}; empty when it has none. */
+export function visitValuesOf(r: {
+  visits: number | null
+  bounces: number | null
+  visit_duration_ms: number | null
+  visit_pageviews: number | null
+}): Partial<VisitCounts> {
+  if (r.visits === null) return {}
+  return {
+    visits: r.visits,
+    bounces: r.bounces ?? 0,
+    visitDurationMs: r.visit_duration_ms ?? 0,
+    visitPageviews: r.visit_pageviews ?? 0,
+  }
 }
 
 /**
@@ -58,9 +99,9 @@ export class EmbeddedStreamStore implements StreamStore {
     private readonly now: () => number = Date.now,
   ) {
     const live = '(expires_at_ms IS NULL OR expires_at_ms > ?)'
-    const values = 'events, pageviews, bot_events, visitors, through_offset, fence, expires_at_ms'
+    const values = `events, pageviews, bot_events, visitors, through_offset, fence, expires_at_ms, ${VISIT_COLUMNS}`
     const update = (table: string) =>
-      `DO UPDATE SET events = excluded.events, pageviews = excluded.pageviews, bot_events = excluded.bot_events, visitors = excluded.visitors, through_offset = excluded.through_offset, fence = excluded.fence, expires_at_ms = excluded.expires_at_ms WHERE excluded.fence >= ${table}.fence`
+      `DO UPDATE SET events = excluded.events, pageviews = excluded.pageviews, bot_events = excluded.bot_events, visitors = excluded.visitors, through_offset = excluded.through_offset, fence = excluded.fence, expires_at_ms = excluded.expires_at_ms, ${visitUpdate(table)} WHERE excluded.fence >= ${table}.fence`
     this.stmt = {
       epoch: db.prepare(
         'SELECT epoch FROM stream_epochs WHERE consumer_group = ? AND topic = ? AND partition = ?',
@@ -77,17 +118,17 @@ export class EmbeddedStreamStore implements StreamStore {
          WHERE excluded.fence >= stream_checkpoints.fence`,
       ),
       totalsRow: db.prepare(
-        `SELECT events, pageviews, bot_events, visitors, through_offset FROM agg_totals WHERE site_id = ? AND granularity = ? AND window_start = ? AND source_partition = ? AND ${live}`,
+        `SELECT events, pageviews, bot_events, visitors, through_offset, ${VISIT_COLUMNS} FROM agg_totals WHERE site_id = ? AND granularity = ? AND window_start = ? AND source_partition = ? AND ${live}`,
       ),
       dimsRow: db.prepare(
-        `SELECT events, pageviews, bot_events, visitors, through_offset FROM agg_dims WHERE site_id = ? AND granularity = ? AND dimension = ? AND window_start = ? AND value = ? AND source_partition = ? AND ${live}`,
+        `SELECT events, pageviews, bot_events, visitors, through_offset, ${VISIT_COLUMNS} FROM agg_dims WHERE site_id = ? AND granularity = ? AND dimension = ? AND window_start = ? AND value = ? AND source_partition = ? AND ${live}`,
       ),
       writeTotals: db.prepare(
-        `INSERT INTO agg_totals (site_id, granularity, window_start, source_partition, ${values}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+        `INSERT INTO agg_totals (site_id, granularity, window_start, source_partition, ${values}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
          ON CONFLICT (site_id, granularity, window_start, source_partition) ${update('agg_totals')}`,
       ),
       writeDims: db.prepare(
-        `INSERT INTO agg_dims (site_id, granularity, dimension, window_start, value, source_partition, ${values}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+        `INSERT INTO agg_dims (site_id, granularity, dimension, window_start, value, source_partition, ${values}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
          ON CONFLICT (site_id, granularity, dimension, window_start, value, source_partition) ${update('agg_dims')}`,
       ),
       dedup: db.prepare(
@@ -157,6 +198,7 @@ export class EmbeddedStreamStore implements StreamStore {
         botEvents: row.bot_events,
         visitors: row.visitors,
         throughOffset: row.through_offset,
+        ...visitValuesOf(row),
       })
     }
     return out
@@ -182,6 +224,7 @@ export class EmbeddedStreamStore implements StreamStore {
           r.throughOffset,
           fenceOf(epoch, r.throughOffset),
           this.expiresAt(k.granularity, now),
+          ...visitBinds(r.values),
         ]
         if (k.dimension === undefined) {
           this.stmt.writeTotals.run(k.siteId, k.granularity, k.windowStart, k.sourcePartition, ...values)

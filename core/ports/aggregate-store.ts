@@ -1,7 +1,27 @@
-import type { Dimension, Granularity } from '../aggregate/definition.js'
+import type { Granularity, RowDimension } from '../aggregate/definition.js'
 
-/** Counts of one window (and dimension value), for one source partition or final. */
-export interface AggregateValues {
+/**
+ * What the visits that started in a window (and have a dimension value) add up to
+ * (core/aggregate/visits.ts). Counts and sums only: rates are computed when read, so merging
+ * windows, partitions and ranges adds them up and never averages averages.
+ */
+export interface VisitCounts {
+  visits: number
+  /** Visits with exactly one pageview and no other counted event. */
+  bounces: number
+  /** Sum over the visits of last − first event time (ms). */
+  visitDurationMs: number
+  /** Sum over the visits of their pageviews (views per visit = visitPageviews / visits). */
+  visitPageviews: number
+}
+
+/**
+ * Counts of one window (and dimension value), for one source partition or final. The visit counts
+ * are all present or all absent: absent when the row was written without visit data (before
+ * visits existed, or by a writer that does not count them); stores keep them absent (null), and
+ * readers report such windows as having no visit data until a rebuild writes them again.
+ */
+export interface AggregateValues extends Partial<VisitCounts> {
   events: number
   pageviews: number
   botEvents: number
@@ -9,12 +29,17 @@ export interface AggregateValues {
   visitors: Uint8Array
 }
 
+/** Whether values carry visit counts (see {@link AggregateValues}). */
+export function hasVisits<T extends Partial<VisitCounts>>(v: T): v is T & VisitCounts {
+  return v.visits !== undefined
+}
+
 /** A row of the aggregate store. `dimension` undefined = the window's totals. */
 export interface RowKey {
   siteId: string
   granularity: Granularity
   windowStart: number
-  dimension: Dimension | undefined
+  dimension: RowDimension | undefined
   value: string
   /** Source partition of the stream; -1 for rows written by a batch rebuild (final). */
   sourcePartition: number
@@ -76,8 +101,13 @@ export function rowId(k: RowKey): string {
   return `${k.siteId}\u0001${k.granularity}\u0001${k.windowStart}\u0001${k.dimension ?? ''}\u0001${k.value}\u0001${k.sourcePartition}`
 }
 
-/** One window (or one dimension value over a set of windows) after merging every partial. */
-export interface MergedValues {
+/**
+ * One window (or one dimension value over a set of windows) after merging every partial. Visit
+ * counts: of one window, present when every row read for it had visit data; over several windows,
+ * the sums of the windows that had (present when at least one had; {@link MergedWindow} and
+ * {@link BreakdownResult} tell which windows had none).
+ */
+export interface MergedValues extends Partial<VisitCounts> {
   events: number
   pageviews: number
   botEvents: number
@@ -102,6 +132,11 @@ export interface BreakdownResult {
   values: Map<string, MergedValues & { final: boolean }>
   /** Windows that hold at least one row, with whether a batch rebuild wrote them. */
   windows: Map<number, { final: boolean }>
+  /**
+   * Windows among {@link windows} with a row read without visit data (written before visits
+   * existed): they show no visits until a rebuild writes them again.
+   */
+  windowsWithoutVisits: Set<number>
 }
 
 /** Options of a read. */
@@ -135,7 +170,7 @@ export interface AggregateReader {
   breakdown(
     siteId: string,
     granularity: Granularity,
-    dimension: Dimension,
+    dimension: RowDimension,
     fromMs: number,
     toMs: number,
   ): Promise<Map<string, MergedValues & { final: boolean }>>
@@ -146,7 +181,7 @@ export interface AggregateReader {
   breakdownDetailed(
     siteId: string,
     granularity: Granularity,
-    dimension: Dimension,
+    dimension: RowDimension,
     fromMs: number,
     toMs: number,
     options?: ReadOptions & { values?: readonly string[] },
@@ -158,7 +193,7 @@ export interface AggregateReader {
   dimensionWindows(
     siteId: string,
     granularity: Granularity,
-    dimension: Dimension,
+    dimension: RowDimension,
     values: readonly string[],
     fromMs: number,
     toMs: number,
@@ -175,7 +210,7 @@ export interface AggregateReader {
   streamDimension(
     siteId: string,
     granularity: Granularity,
-    dimension: Dimension,
+    dimension: RowDimension,
     fromMs: number,
     toMs: number,
   ): AsyncIterable<MergedDimensionRow>

@@ -1,4 +1,4 @@
-import type { Dimension, Granularity } from '../aggregate/definition.js'
+import type { Granularity, RowDimension } from '../aggregate/definition.js'
 import type { FinalSpan } from '../aggregate/final.js'
 import type { AggregateValues } from './aggregate-store.js'
 
@@ -140,7 +140,7 @@ export interface FinalRow {
   granularity: Granularity
   windowStart: number
   /** undefined: the window's totals. */
-  dimension: Dimension | undefined
+  dimension: RowDimension | undefined
   value: string
   values: AggregateValues
 }
@@ -158,7 +158,7 @@ export interface FinalRowStore {
   existingValues(
     siteId: string,
     granularity: Granularity,
-    dimension: Dimension,
+    dimension: RowDimension,
     windowStart: number,
   ): Promise<string[]>
   /**

@@ -75,6 +75,8 @@
     el.className = isError ? 'error' : ''
   }
   const utc = (iso) => `${iso.slice(0, 16).replace('T', ' ')} UTC`
+  /** Whole seconds as "1m 05s" (or "42s"). */
+  const duration = (s) => (s >= 60 ? `${Math.floor(s / 60)}m ${String(s % 60).padStart(2, '0')}s` : `${s}s`)
 
   const fillTable = (id, rows, property, metrics) => {
     const body = $(id).tBodies[0]
@@ -208,10 +210,16 @@
     const breakdown = (property, metrics) =>
       api('breakdown', { ...base, property, metrics: metrics.join(','), limit: 10 }, ctl.signal)
     try {
-      const [agg, series, pages, referrers, browsers, devices] = await Promise.all([
-        api('aggregate', { ...base, metrics: 'visitors,pageviews,events' }, ctl.signal),
+      const [agg, series, pages, entries, exits, referrers, browsers, devices] = await Promise.all([
+        api(
+          'aggregate',
+          { ...base, metrics: 'visitors,pageviews,events,visits,bounce_rate,visit_duration' },
+          ctl.signal,
+        ),
         api('timeseries', { ...base, metrics: 'pageviews,visitors' }, ctl.signal),
         breakdown('path', ['pageviews', 'visitors']),
+        breakdown('entry_page', ['visits', 'bounce_rate', 'visit_duration']),
+        breakdown('exit_page', ['visits', 'pageviews']),
         breakdown('referrer', ['visitors', 'pageviews']),
         breakdown('browser', ['visitors']),
         breakdown('device', ['visitors']),
@@ -220,11 +228,19 @@
       $('total-visitors').textContent = fmt.format(agg.results.visitors.value)
       $('total-pageviews').textContent = fmt.format(agg.results.pageviews.value)
       $('total-events').textContent = fmt.format(agg.results.events.value)
+      $('total-visits').textContent = fmt.format(agg.results.visits.value)
+      $('bounce-rate').textContent = `${agg.results.bounce_rate.value} %`
+      $('visit-duration').textContent = duration(agg.results.visit_duration.value)
+      const missing = agg.meta.visits?.windows_without_data ?? 0
+      // Windows written before visits were counted show none until rebuilt.
+      $('visits-note').textContent = missing > 0 ? `${missing} windows without visit data` : ''
       const bound = agg.meta.metrics?.visitors?.error_bound
       $('visitors-note').textContent = bound ? `estimate, ±${(bound * 100).toFixed(1)} %` : ''
       drawChart(series.results)
       describeWindows(series.meta)
       fillTable('pages', pages.results, 'path', ['pageviews', 'visitors'])
+      fillTable('entry-pages', entries.results, 'entry_page', ['visits', 'bounce_rate', 'visit_duration'])
+      fillTable('exit-pages', exits.results, 'exit_page', ['visits', 'pageviews'])
       fillTable('referrers', referrers.results, 'referrer', ['visitors', 'pageviews'])
       fillTable('browsers', browsers.results, 'browser', ['visitors'])
       fillTable('devices', devices.results, 'device', ['visitors'])

@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import type { Dimension, Granularity } from '../../core/aggregate/definition.js'
+import type { RowDimension as Dimension, Granularity } from '../../core/aggregate/definition.js'
 import { generationOf } from '../../core/aggregate/final.js'
 import { HyperLogLog } from '../../core/hll.js'
 import {
@@ -208,6 +208,134 @@ export function aggregateStoreContract(name: string, make: () => Promise<Aggrega
       expect(await read()).toEqual([11, 11])
       await write(3, -1, 3) // new owner, before it counted anything
       expect(await read()).toEqual([3, 3])
+    })
+
+    it('round-trips visit counts (totals, session and entry/exit rows); rows written without them read back without them, and a write without them keeps them', async () => {
+      const site = uniqueName('site')
+      const ws = Math.floor(Date.now() / HOUR) * HOUR - 3 * HOUR
+      const visits = { visits: 4, bounces: 1, visitDurationMs: 3_600_001, visitPageviews: 9 }
+      const rows = [
+        {
+          key: totalsKey(site, 'day', ws - (ws % 86_400_000), 0),
+          values: { ...values(p, 3, ['a']), ...visits },
+          throughOffset: 3,
+        },
+        {
+          key: dimKey(site, 'entry_page', ws, '/landing', 0),
+          values: { ...values(p, 0, []), ...visits },
+          throughOffset: 3,
+        },
+        {
+          key: dimKey(site, 'referrer', ws, 'google.com', 0),
+          values: { ...values(p, 2, ['a']), visits: 0, bounces: 0, visitDurationMs: 0, visitPageviews: 0 },
+          throughOffset: 3,
+        },
+        { key: dimKey(site, 'path', ws, '/old', 0), values: values(p, 2, ['a']), throughOffset: 3 },
+      ]
+      await h.store.writeRows(rows, 1)
+      const loaded = await h.store.loadRows(rows.map((r) => r.key))
+      for (const r of rows) {
+        const got = loaded.get(rowId(r.key))!
+        expect({ ...got, visitors: Buffer.from(got.visitors) }).toEqual({
+          ...r.values,
+          visitors: Buffer.from(r.values.visitors),
+          throughOffset: r.throughOffset,
+        })
+      }
+      expect(loaded.get(rowId(rows[3]!.key))!.visits).toBeUndefined()
+      // A later write without visit counts (a writer that does not count them) leaves them as they were.
+      await h.store.writeRows([{ key: rows[1]!.key, values: values(p, 0, []), throughOffset: 4 }], 1)
+      expect((await h.store.loadRows([rows[1]!.key])).get(rowId(rows[1]!.key))).toMatchObject(visits)
+    })
+
+    it('reads visit counts: partials add up per window, a window with a row without them has none, breakdowns name those windows', async () => {
+      const site = uniqueName('site')
+      const w1 = Math.floor(Date.now() / HOUR) * HOUR - 6 * HOUR
+      const w2 = w1 + HOUR
+      const v = (visits: number, bounces: number, durationMs: number, pageviews: number) => ({
+        visits,
+        bounces,
+        visitDurationMs: durationMs,
+        visitPageviews: pageviews,
+      })
+      await h.store.writeRows(
+        [
+          {
+            key: totalsKey(site, 'hour', w1, 0),
+            values: { ...values(p, 4, ['a']), ...v(2, 1, 60_000, 3) },
+            throughOffset: 1,
+          },
+          {
+            key: totalsKey(site, 'hour', w1, 1),
+            values: { ...values(p, 2, ['b']), ...v(1, 0, 30_000, 2) },
+            throughOffset: 1,
+          },
+          // w2: partition 1 still has a row written before visits existed.
+          {
+            key: totalsKey(site, 'hour', w2, 0),
+            values: { ...values(p, 2, ['c']), ...v(1, 1, 0, 1) },
+            throughOffset: 2,
+          },
+          { key: totalsKey(site, 'hour', w2, 1), values: values(p, 5, ['d']), throughOffset: 2 },
+          {
+            key: dimKey(site, 'entry_page', w1, '/a', 0),
+            values: { ...values(p, 0, []), ...v(2, 1, 60_000, 3) },
+            throughOffset: 1,
+          },
+          {
+            key: dimKey(site, 'entry_page', w1, '/a', 1),
+            values: { ...values(p, 0, []), ...v(1, 0, 30_000, 2) },
+            throughOffset: 1,
+          },
+          {
+            key: dimKey(site, 'entry_page', w2, '/a', 0),
+            values: { ...values(p, 0, []), ...v(1, 1, 0, 1) },
+            throughOffset: 2,
+          },
+          { key: dimKey(site, 'referrer', w2, 'x.com', 1), values: values(p, 5, ['d']), throughOffset: 2 },
+          {
+            key: dimKey(site, 'referrer', w1, 'x.com', 0),
+            values: { ...values(p, 4, ['a']), ...v(2, 1, 60_000, 3) },
+            throughOffset: 1,
+          },
+        ],
+        1,
+      )
+      const [a, b] = (await h.reader.totals(site, 'hour', w1, w2 + HOUR)) as [MergedWindow, MergedWindow]
+      expect([a.visits, a.bounces, a.visitDurationMs, a.visitPageviews, a.events]).toEqual([
+        3, 1, 90_000, 5, 6,
+      ])
+      expect([b.visits, b.bounces, b.visitDurationMs, b.visitPageviews, b.events]).toEqual([
+        undefined,
+        undefined,
+        undefined,
+        undefined,
+        7,
+      ])
+      expect(await all(h.reader.streamTotals(site, 'hour', w1, w2 + HOUR))).toEqual([a, b])
+      const entry = await h.reader.breakdownDetailed(site, 'hour', 'entry_page', w1, w2 + HOUR)
+      expect(entry.values.get('/a')).toMatchObject({
+        visits: 4,
+        bounces: 2,
+        visitDurationMs: 90_000,
+        visitPageviews: 6,
+        events: 0,
+      })
+      expect(entry.windowsWithoutVisits).toEqual(new Set())
+      const ref = await h.reader.breakdownDetailed(site, 'hour', 'referrer', w1, w2 + HOUR)
+      // Over a range, the sums of the windows that have visit data; the others are named.
+      expect(ref.values.get('x.com')).toMatchObject({ visits: 2, bounces: 1, events: 9 })
+      expect(ref.windowsWithoutVisits).toEqual(new Set([w2]))
+      const rows = await all(h.reader.streamDimension(site, 'hour', 'entry_page', w1, w2 + HOUR))
+      expect(rows.map((r) => [r.windowStart, r.value, r.visits, r.visitPageviews])).toEqual([
+        [w1, '/a', 3, 5],
+        [w2, '/a', 1, 1],
+      ])
+      const windows = await h.reader.dimensionWindows(site, 'hour', 'entry_page', ['/a'], w1, w2 + HOUR)
+      expect(windows.map((w) => [w.windowStart, w.visits, w.bounces])).toEqual([
+        [w1, 3, 1],
+        [w2, 1, 1],
+      ])
     })
 
     it('keeps dedup chunks by offset and receipt time, fenced by epoch', async () => {

@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import type { Dimension, Granularity } from '../../core/aggregate/definition.js'
+import type { RowDimension as Dimension, Granularity } from '../../core/aggregate/definition.js'
 import type { FinalSpan } from '../../core/aggregate/final.js'
 import { HyperLogLog } from '../../core/hll.js'
 import type {
@@ -426,6 +426,42 @@ export function batchStoreContract(name: string, make: () => Promise<BatchStoreH
         }
         return out
       }
+
+      it('carry visit counts, which replace the partials of their window once committed (rows without them read as without)', async () => {
+        const site = uniqueName('site')
+        const ws = Math.floor(Date.now() / DAY) * DAY - 3 * DAY + 7 * HOUR
+        const [token] = (await tokens(1)) as [number]
+        const visits = { visits: 5, bounces: 2, visitDurationMs: 1_234_567, visitPageviews: 11 }
+        await h.store.writeRows(
+          [
+            {
+              key: partialKey(site, 'hour', ws, 0),
+              values: { ...values(p, 9), visits: 1, bounces: 1, visitDurationMs: 0, visitPageviews: 1 },
+              throughOffset: 1,
+            },
+          ],
+          1,
+        )
+        await h.batch.rows.writeFinal(
+          [
+            finalRow(site, 'hour', ws, { ...values(p, 20, ids('v', 3)), ...visits }),
+            finalRow(site, 'hour', ws, { ...values(p, 0), ...visits }, 'exit_page', '/bye'),
+            finalRow(site, 'hour', ws, values(p, 20, ids('v', 3)), 'path', '/a'),
+          ],
+          token,
+        )
+        const [before] = await h.reader.totals(site, 'hour', ws, ws + HOUR)
+        expect(before).toMatchObject({ events: 9, visits: 1, bounces: 1, final: false })
+        await h.batch.rows.commitFinal(site, [{ scope: 'hour', startMs: ws }], token)
+        const [after] = await h.reader.totals(site, 'hour', ws, ws + HOUR)
+        expect(after).toMatchObject({ events: 20, ...visits, final: true })
+        const exit = await h.reader.breakdownDetailed(site, 'hour', 'exit_page', ws, ws + HOUR)
+        expect(exit.values.get('/bye')).toMatchObject({ ...visits, final: true })
+        expect(await h.batch.rows.existingValues(site, 'hour', 'exit_page', ws)).toEqual(['/bye'])
+        const path = await h.reader.breakdownDetailed(site, 'hour', 'path', ws, ws + HOUR)
+        expect(path.values.get('/a')?.visits).toBeUndefined()
+        expect(path.windowsWithoutVisits).toEqual(new Set([ws]))
+      })
 
       it('are read only once committed, all spans of a commit at once; a commit of a lower token never replaces a higher one', async () => {
         const site = uniqueName('site')

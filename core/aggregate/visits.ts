@@ -1,0 +1,778 @@
+import type { RawEventV1 } from '../../schemas/events.js'
+import { type RowKey, rowId, type VisitCounts } from '../ports/aggregate-store.js'
+import {
+  DIMENSION_GRANULARITIES,
+  type Dimension,
+  dimensionsOf,
+  GRANULARITIES,
+  type Granularity,
+  isPageview,
+  kindOf,
+  SESSION_DIMENSIONS,
+  visitorId,
+  windowStart,
+} from './definition.js'
+
+/**
+ * Visits (sessions), the one definition for the stream and the rebuild (stream = batch). Pure: no
+ * I/O, no clock.
+ *
+ * - Per site and visitor (`visitorId`), a visit is a run of counted events (`kindOf` = 'event':
+ *   page, track, screen, bots excluded) in event time where no gap between consecutive events is
+ *   `gapMs` (TALLY_VISIT_GAP_MS) or more. A visit also ends at midnight UTC: visits are computed per
+ *   visitor-day, so a day's visits depend on that day's events only.
+ * - A visit belongs to the window in which it started. Its session dimensions (SESSION_DIMENSIONS)
+ *   are those of its first event; its entry page is the path of its first pageview, its exit page
+ *   the path of its last (a visit without pageview has neither and is absent from the entry_page and
+ *   exit_page breakdowns, as in Plausible).
+ * - Bounce: exactly one pageview and no other counted event. Duration: last − first event time.
+ *
+ * Ties in event time are broken by content, never by arrival: the first event is the least by
+ * (time, session values), the entry page the least pageview by (time, path), the exit page the
+ * greatest by (time, path). So any order of the same events gives the same visits.
+ *
+ * Two users:
+ * - the rebuild calls {@link sessionize} on the deduplicated events of a site-day (any order) and
+ *   {@link visitRows} on the result;
+ * - the stream keeps a {@link VisitState} per source partition: {@link VisitState.add} takes one
+ *   counted event (any order) and returns the change of the visits it touched (an event can only
+ *   extend a visit or join two: adding an event never widens a gap, so it never splits one);
+ *   {@link visitDeltas} turns that change into the per-row differences to apply to rows held as
+ *   absolute values. The state is serialized with the checkpoint ({@link VisitState.serialize}) and
+ *   forgets visits no event it may still accept can touch ({@link VisitState.evict}).
+ */
+
+const DAY_MS = 86_400_000
+
+/** What a visit needs of one counted event. */
+export interface VisitEvent {
+  siteId: string
+  /** anonymousId, else userId (`visitorId`). */
+  visitor: string
+  /** Skew-corrected event time (ms), the time the windows use. */
+  timestampMs: number
+  pageview: boolean
+  /** The event's `path` dimension (only a pageview's path is used). */
+  path: string
+  /** The event's values of SESSION_DIMENSIONS, in that order. */
+  session: readonly string[]
+}
+
+/** One visit. */
+export interface Visit {
+  siteId: string
+  visitor: string
+  /** Time of the first event (ms): the visit belongs to the windows that contain it. */
+  startMs: number
+  /** Time of the last event (ms). */
+  endMs: number
+  /** Counted events of the visit. */
+  events: number
+  pageviews: number
+  /** Values of SESSION_DIMENSIONS (in that order) of the first event. */
+  session: readonly string[]
+  /** Path of the first pageview; undefined when the visit has none. */
+  entryPage: string | undefined
+  /** Path of the last pageview; undefined when the visit has none. */
+  exitPage: string | undefined
+}
+
+/** The visit event of a raw event; undefined when it does not count (bot, identify, group, alias). */
+export function visitEventOf(
+  e: RawEventV1,
+  timestampMs: number,
+  dims: Readonly<Record<Dimension, string>> = dimensionsOf(e),
+): VisitEvent | undefined {
+  if (kindOf(e) !== 'event') return undefined
+  return {
+    siteId: e.siteId,
+    visitor: visitorId(e),
+    timestampMs,
+    pageview: isPageview(e),
+    path: dims.path,
+    session: SESSION_DIMENSIONS.map((d) => dims[d]),
+  }
+}
+
+export function isBounce(v: Pick<Visit, 'events' | 'pageviews'>): boolean {
+  return v.events === 1 && v.pageviews === 1
+}
+
+/** What one visit adds to each row it counts in. */
+export function visitCounts(v: Visit): VisitCounts {
+  return {
+    visits: 1,
+    bounces: isBounce(v) ? 1 : 0,
+    visitDurationMs: v.endMs - v.startMs,
+    visitPageviews: v.pageviews,
+  }
+}
+
+/**
+ * The rows a visit counts in, all in the windows of its start: totals of every granularity;
+ * breakdowns (hour, day) by each session dimension with its first event's value, and by
+ * entry_page and exit_page when it has a pageview.
+ */
+export function visitRowKeys(v: Visit, sourcePartition: number): RowKey[] {
+  const keys: RowKey[] = []
+  for (const g of GRANULARITIES)
+    keys.push({
+      siteId: v.siteId,
+      granularity: g,
+      windowStart: windowStart(v.startMs, g),
+      dimension: undefined,
+      value: '',
+      sourcePartition,
+    })
+  for (const g of DIMENSION_GRANULARITIES) {
+    const ws = windowStart(v.startMs, g)
+    const key = (dimension: RowKey['dimension'], value: string): RowKey => ({
+      siteId: v.siteId,
+      granularity: g,
+      windowStart: ws,
+      dimension,
+      value,
+      sourcePartition,
+    })
+    SESSION_DIMENSIONS.forEach((d, i) => {
+      keys.push(key(d, v.session[i]!))
+    })
+    if (v.entryPage !== undefined) keys.push(key('entry_page', v.entryPage))
+    if (v.exitPage !== undefined) keys.push(key('exit_page', v.exitPage))
+  }
+  return keys
+}
+
+/** A row whose visit counts change by `delta` (negative when visits left it). */
+export interface VisitRowDelta {
+  key: RowKey
+  delta: VisitCounts
+}
+
+/**
+ * The visit counts of every row the visits count in (the rebuild's rows), keyed by rowId. Same rows
+ * and sums as adding up {@link visitRowKeys} and {@link visitCounts} of each visit, without building
+ * the keys of every visit: visits are summed per hour first.
+ */
+export function visitRows(
+  visits: Iterable<Visit>,
+  sourcePartition: number,
+): Map<string, { key: RowKey; counts: VisitCounts }> {
+  interface HourSums {
+    siteId: string
+    hourMs: number
+    total: VisitCounts
+    minutes: Map<number, VisitCounts>
+    /** By dimension index (SESSION_DIMENSIONS, then entry_page, exit_page) + SEP + value. */
+    dims: Map<string, VisitCounts>
+  }
+  const hours = new Map<string, HourSums>()
+  for (const v of visits) {
+    const c = visitCounts(v)
+    const hourMs = windowStart(v.startMs, 'hour')
+    const hk = `${v.siteId}${SEP}${hourMs}`
+    let h = hours.get(hk)
+    if (!h) {
+      h = { siteId: v.siteId, hourMs, total: zero(), minutes: new Map(), dims: new Map() }
+      hours.set(hk, h)
+    }
+    addTo(h.total, c)
+    const minute = windowStart(v.startMs, 'minute')
+    let m = h.minutes.get(minute)
+    if (!m) {
+      m = zero()
+      h.minutes.set(minute, m)
+    }
+    addTo(m, c)
+    const dim = (i: number, value: string) => {
+      const k = `${i}${SEP}${value}`
+      let d = h.dims.get(k)
+      if (!d) {
+        d = zero()
+        h.dims.set(k, d)
+      }
+      addTo(d, c)
+    }
+    for (let i = 0; i < SESSION_DIMENSIONS.length; i++) dim(i, v.session[i]!)
+    if (v.entryPage !== undefined) dim(SESSION_DIMENSIONS.length, v.entryPage)
+    if (v.exitPage !== undefined) dim(SESSION_DIMENSIONS.length + 1, v.exitPage)
+  }
+  const dimensions: RowKey['dimension'][] = [...SESSION_DIMENSIONS, 'entry_page', 'exit_page']
+  const out = new Map<string, { key: RowKey; counts: VisitCounts }>()
+  const emit = (
+    siteId: string,
+    g: Granularity,
+    ws: number,
+    dimKey: string | undefined,
+    counts: VisitCounts,
+  ) => {
+    let dimension: RowKey['dimension']
+    let value = ''
+    if (dimKey !== undefined) {
+      const at = dimKey.indexOf(SEP)
+      dimension = dimensions[Number(dimKey.slice(0, at))]
+      value = dimKey.slice(at + 1)
+    }
+    const key: RowKey = { siteId, granularity: g, windowStart: ws, dimension, value, sourcePartition }
+    const id = rowId(key)
+    const row = out.get(id)
+    if (row) addTo(row.counts, counts)
+    else out.set(id, { key, counts: { ...counts } })
+  }
+  for (const h of hours.values()) {
+    const day = windowStart(h.hourMs, 'day')
+    for (const [minute, c] of h.minutes) emit(h.siteId, 'minute', minute, undefined, c)
+    emit(h.siteId, 'hour', h.hourMs, undefined, h.total)
+    emit(h.siteId, 'day', day, undefined, h.total)
+    for (const [k, c] of h.dims) {
+      emit(h.siteId, 'hour', h.hourMs, k, c)
+      emit(h.siteId, 'day', day, k, c)
+    }
+  }
+  return out
+}
+
+function zero(): VisitCounts {
+  return { visits: 0, bounces: 0, visitDurationMs: 0, visitPageviews: 0 }
+}
+
+function addTo(to: VisitCounts, c: VisitCounts, sign: 1 | -1 = 1): void {
+  to.visits += sign * c.visits
+  to.bounces += sign * c.bounces
+  to.visitDurationMs += sign * c.visitDurationMs
+  to.visitPageviews += sign * c.visitPageviews
+}
+
+function accumulate(
+  out: Map<string, { key: RowKey; counts: VisitCounts }>,
+  v: Visit,
+  sourcePartition: number,
+  sign: 1 | -1,
+): void {
+  const c = visitCounts(v)
+  for (const key of visitRowKeys(v, sourcePartition)) {
+    const id = rowId(key)
+    let row = out.get(id)
+    if (!row) {
+      row = { key, counts: zero() }
+      out.set(id, row)
+    }
+    addTo(row.counts, c, sign)
+  }
+}
+
+/** How one event changed the visits of its visitor-day: `removed` are replaced by `added`. */
+export interface VisitChange {
+  removed: readonly Visit[]
+  added: Visit
+}
+
+/**
+ * The per-row differences of a change: the removed visits' counts subtracted, the added visit's
+ * added, netted per row; rows whose counts do not change are left out.
+ */
+export function visitDeltas(change: VisitChange, sourcePartition: number): VisitRowDelta[] {
+  const { removed, added } = change
+  if (removed.length === 1) {
+    const old = removed[0]!
+    // The common case, an event that extends a visit: same start, same first event.
+    if (old.startMs === added.startMs && old.session === added.session)
+      return extended(old, added, sourcePartition)
+  }
+  const net = new Map<string, { key: RowKey; counts: VisitCounts }>()
+  for (const v of change.removed) accumulate(net, v, sourcePartition, -1)
+  accumulate(net, change.added, sourcePartition, 1)
+  const out: VisitRowDelta[] = []
+  for (const { key, counts } of net.values()) {
+    if (
+      counts.visits === 0 &&
+      counts.bounces === 0 &&
+      counts.visitDurationMs === 0 &&
+      counts.visitPageviews === 0
+    )
+      continue
+    out.push({ key, delta: counts })
+  }
+  return out
+}
+
+/** Deltas of a visit that kept its start and first event: its rows are the same but entry and exit. */
+function extended(old: Visit, now: Visit, sourcePartition: number): VisitRowDelta[] {
+  const a = visitCounts(old)
+  const b = visitCounts(now)
+  const diff: VisitCounts = {
+    visits: 0,
+    bounces: b.bounces - a.bounces,
+    visitDurationMs: b.visitDurationMs - a.visitDurationMs,
+    visitPageviews: b.visitPageviews - a.visitPageviews,
+  }
+  const same = diff.bounces === 0 && diff.visitDurationMs === 0 && diff.visitPageviews === 0
+  const entryMoved = old.entryPage !== now.entryPage
+  const exitMoved = old.exitPage !== now.exitPage
+  const out: VisitRowDelta[] = []
+  if (!same)
+    for (const key of visitRowKeys(now, sourcePartition)) {
+      if ((key.dimension === 'entry_page' && entryMoved) || (key.dimension === 'exit_page' && exitMoved))
+        continue
+      out.push({ key, delta: { ...diff } })
+    }
+  const negated: VisitCounts = {
+    visits: -a.visits,
+    bounces: -a.bounces,
+    visitDurationMs: -a.visitDurationMs,
+    visitPageviews: -a.visitPageviews,
+  }
+  const moved = (dimension: 'entry_page' | 'exit_page', from: string | undefined, to: string | undefined) => {
+    for (const g of DIMENSION_GRANULARITIES) {
+      const key = (value: string): RowKey => ({
+        siteId: now.siteId,
+        granularity: g,
+        windowStart: windowStart(now.startMs, g),
+        dimension,
+        value,
+        sourcePartition,
+      })
+      if (from !== undefined) out.push({ key: key(from), delta: { ...negated } })
+      if (to !== undefined) out.push({ key: key(to), delta: { ...b } })
+    }
+  }
+  if (entryMoved) moved('entry_page', old.entryPage, now.entryPage)
+  if (exitMoved) moved('exit_page', old.exitPage, now.exitPage)
+  return out
+}
+
+/** The mutable summary of one visit: everything its rows need, whatever the order of its events. */
+interface Summary {
+  startMs: number
+  endMs: number
+  events: number
+  pageviews: number
+  /** Session values of the first event (joined by SEP, its tie-break key on equal times). */
+  session: readonly string[]
+  /** Time and path of the first pageview (entryPath undefined when no pageview). */
+  entryMs: number
+  entryPath: string | undefined
+  /** Time and path of the last pageview. */
+  exitMs: number
+  exitPath: string | undefined
+}
+
+const SEP = '\u0001'
+
+function summaryOf(e: VisitEvent): Summary {
+  const path = e.pageview ? e.path : undefined
+  return {
+    startMs: e.timestampMs,
+    endMs: e.timestampMs,
+    events: 1,
+    pageviews: e.pageview ? 1 : 0,
+    session: e.session,
+    entryMs: e.timestampMs,
+    entryPath: path,
+    exitMs: e.timestampMs,
+    exitPath: path,
+  }
+}
+
+/** Folds `b` into `a` (two runs of events that now form one visit). */
+function absorb(a: Summary, b: Summary): void {
+  if (
+    b.startMs < a.startMs ||
+    (b.startMs === a.startMs && b.session !== a.session && b.session.join(SEP) < a.session.join(SEP))
+  ) {
+    a.startMs = b.startMs
+    a.session = b.session
+  }
+  if (b.endMs > a.endMs) a.endMs = b.endMs
+  a.events += b.events
+  a.pageviews += b.pageviews
+  if (b.entryPath !== undefined) {
+    if (
+      a.entryPath === undefined ||
+      b.entryMs < a.entryMs ||
+      (b.entryMs === a.entryMs && b.entryPath < a.entryPath)
+    ) {
+      a.entryMs = b.entryMs
+      a.entryPath = b.entryPath
+    }
+    if (
+      a.exitPath === undefined ||
+      b.exitMs > a.exitMs ||
+      (b.exitMs === a.exitMs && b.exitPath !== undefined && b.exitPath > a.exitPath)
+    ) {
+      a.exitMs = b.exitMs
+      a.exitPath = b.exitPath
+    }
+  }
+}
+
+function visitOf(siteId: string, visitor: string, s: Summary): Visit {
+  return {
+    siteId,
+    visitor,
+    startMs: s.startMs,
+    endMs: s.endMs,
+    events: s.events,
+    pageviews: s.pageviews,
+    session: s.session,
+    entryPage: s.entryPath,
+    exitPage: s.exitPath,
+  }
+}
+
+function dayOf(tsMs: number): number {
+  return Math.floor(tsMs / DAY_MS)
+}
+
+function keyOf(siteId: string, visitor: string, day: number): string {
+  return `${siteId}${SEP}${visitor}${SEP}${day}`
+}
+
+function checkGap(gapMs: number): void {
+  if (!Number.isSafeInteger(gapMs) || gapMs <= 0)
+    throw new RangeError(`a visit gap must be a positive integer (ms), got ${gapMs}`)
+}
+
+/**
+ * The visits of a set of counted, deduplicated events (the rebuild: a site-day's events, in any
+ * order). Visits come sorted by site, visitor and start.
+ */
+export function sessionize(events: Iterable<VisitEvent>, gapMs: number): Visit[] {
+  checkGap(gapMs)
+  const byVisitorDay = new Map<string, VisitEvent[]>()
+  for (const e of events) {
+    const k = keyOf(e.siteId, e.visitor, dayOf(e.timestampMs))
+    const list = byVisitorDay.get(k)
+    if (list) list.push(e)
+    else byVisitorDay.set(k, [e])
+  }
+  const out: Visit[] = []
+  for (const list of byVisitorDay.values()) {
+    list.sort((a, b) => a.timestampMs - b.timestampMs)
+    const first = list[0]!
+    let current = summaryOf(first)
+    let lastMs = first.timestampMs
+    for (let i = 1; i < list.length; i++) {
+      const e = list[i]!
+      if (e.timestampMs - lastMs >= gapMs) {
+        out.push(visitOf(first.siteId, first.visitor, current))
+        current = summaryOf(e)
+      } else absorb(current, summaryOf(e))
+      lastMs = e.timestampMs
+    }
+    out.push(visitOf(first.siteId, first.visitor, current))
+  }
+  return out.sort(
+    (a, b) =>
+      (a.siteId < b.siteId ? -1 : a.siteId > b.siteId ? 1 : 0) ||
+      (a.visitor < b.visitor ? -1 : a.visitor > b.visitor ? 1 : 0) ||
+      a.startMs - b.startMs,
+  )
+}
+
+/**
+ * The least event time the stream still accepts with watermark `watermarkMs` and grace `graceMs`:
+ * an event is late when its minute window ended at or before watermark − grace (stream/pipeline.ts
+ * `classify`), so the first accepted minute starts at floor((watermark − grace) / 1 min). The value
+ * to pass to {@link VisitState.evict}.
+ */
+export function oldestAcceptableMs(watermarkMs: number, graceMs: number): number {
+  return Math.floor((watermarkMs - graceMs) / 60_000) * 60_000
+}
+
+/** The open visits of one visitor on one UTC day, sorted by start, each at least a gap apart. */
+interface VisitorDay {
+  siteId: string
+  visitor: string
+  day: number
+  visits: Summary[]
+}
+
+const FORMAT_VERSION = 1
+
+/**
+ * The stream's visits of one source partition: per visitor-day, a summary of each visit that an
+ * event the worker may still accept could change. Events may come in any order; the visits after
+ * any set of events equal {@link sessionize} of those events.
+ *
+ * Memory: one summary per open visit (nine fields) plus one entry per open visitor-day; serialized
+ * (see {@link serialize}), about 60 bytes per open visit with a 36-character visitor id (measured by
+ * test/unit/aggregate-visits.test.ts).
+ */
+export class VisitState {
+  private readonly days = new Map<string, VisitorDay>()
+
+  constructor(readonly gapMs: number) {
+    checkGap(gapMs)
+  }
+
+  /** Visitor-days held. */
+  get visitorDays(): number {
+    return this.days.size
+  }
+
+  /** Visits held. */
+  get openVisits(): number {
+    let n = 0
+    for (const d of this.days.values()) n += d.visits.length
+    return n
+  }
+
+  /**
+   * Adds one counted event (the caller decides that it counts, is not a duplicate, and is not later
+   * than the grace). Returns the visits it replaced (0, 1 or 2: it joined them) and the visit it is
+   * now part of.
+   */
+  add(e: VisitEvent): VisitChange {
+    const day = dayOf(e.timestampMs)
+    const k = keyOf(e.siteId, e.visitor, day)
+    let vd = this.days.get(k)
+    if (!vd) {
+      vd = { siteId: e.siteId, visitor: e.visitor, day, visits: [] }
+      this.days.set(k, vd)
+    }
+    const t = e.timestampMs
+    const merged = summaryOf(e)
+    const removed: Visit[] = []
+    const kept: Summary[] = []
+    for (const v of vd.visits) {
+      // The event is less than a gap from the visit (or inside it): they are one visit.
+      if (t - v.endMs < this.gapMs && v.startMs - t < this.gapMs) {
+        removed.push(visitOf(vd.siteId, vd.visitor, v))
+        absorb(merged, v)
+      } else kept.push(v)
+    }
+    const at = kept.findIndex((v) => v.startMs > merged.startMs)
+    kept.splice(at < 0 ? kept.length : at, 0, merged)
+    vd.visits = kept
+    return { removed, added: visitOf(vd.siteId, vd.visitor, merged) }
+  }
+
+  /**
+   * Forgets the visits no acceptable event can change. `oldestAcceptableMs`: the least event time
+   * the worker may still accept (with the stream's rule, the start of the minute that closed a
+   * grace before the partition's watermark). A visit whose last event is a gap or more before it
+   * is over (any later event starts a new one), and so is every visit of a day that ended by then.
+   * Returns the number of visits dropped.
+   */
+  evict(oldestAcceptableMs: number): number {
+    let dropped = 0
+    for (const [k, vd] of this.days) {
+      if ((vd.day + 1) * DAY_MS <= oldestAcceptableMs) {
+        dropped += vd.visits.length
+        this.days.delete(k)
+        continue
+      }
+      const open = vd.visits.filter((v) => v.endMs + this.gapMs > oldestAcceptableMs)
+      dropped += vd.visits.length - open.length
+      if (open.length === 0) this.days.delete(k)
+      else vd.visits = open
+    }
+    return dropped
+  }
+
+  /** Every visit held, sorted by site, visitor and start. */
+  visits(): Visit[] {
+    const out: Visit[] = []
+    for (const vd of this.days.values())
+      for (const v of vd.visits) out.push(visitOf(vd.siteId, vd.visitor, v))
+    return out.sort(
+      (a, b) =>
+        (a.siteId < b.siteId ? -1 : a.siteId > b.siteId ? 1 : 0) ||
+        (a.visitor < b.visitor ? -1 : a.visitor > b.visitor ? 1 : 0) ||
+        a.startMs - b.startMs,
+    )
+  }
+
+  /**
+   * The state as bytes, to persist with the checkpoint (same epoch, same write). Format 1: a
+   * version byte; a table of the distinct site ids, session values and paths (varint length +
+   * UTF-8 each); then per visitor-day: site index, visitor id (length + UTF-8), UTC day number and
+   * visit count; per visit: start (ms into the day), duration, events, pageviews, session index,
+   * and with a pageview the entry and exit (ms after start, path index). Integers are unsigned
+   * LEB128 varints.
+   */
+  serialize(): Uint8Array {
+    const strings = new Map<string, number>()
+    const intern = (s: string): number => {
+      let i = strings.get(s)
+      if (i === undefined) {
+        i = strings.size
+        strings.set(s, i)
+      }
+      return i
+    }
+    const body = new ByteWriter()
+    body.uint(this.days.size)
+    for (const vd of this.days.values()) {
+      body.uint(intern(vd.siteId))
+      body.string(vd.visitor)
+      body.uint(vd.day)
+      body.uint(vd.visits.length)
+      const dayStart = vd.day * DAY_MS
+      for (const v of vd.visits) {
+        body.uint(v.startMs - dayStart)
+        body.uint(v.endMs - v.startMs)
+        body.uint(v.events)
+        body.uint(v.pageviews)
+        body.uint(intern(v.session.join(SEP)))
+        if (v.pageviews > 0) {
+          body.uint(v.entryMs - v.startMs)
+          body.uint(intern(v.entryPath!))
+          body.uint(v.exitMs - v.startMs)
+          body.uint(intern(v.exitPath!))
+        }
+      }
+    }
+    const head = new ByteWriter()
+    head.byte(FORMAT_VERSION)
+    head.uint(strings.size)
+    for (const s of strings.keys()) head.string(s)
+    return concat(head.bytes(), body.bytes())
+  }
+
+  /** A state from {@link serialize}'s bytes (empty bytes: an empty state). */
+  static deserialize(bytes: Uint8Array, gapMs: number): VisitState {
+    const state = new VisitState(gapMs)
+    if (bytes.length === 0) return state
+    const r = new ByteReader(bytes)
+    const version = r.byte()
+    if (version !== FORMAT_VERSION) throw new RangeError(`unknown visit state format ${version}`)
+    const strings: string[] = []
+    for (let n = r.uint(); n > 0; n--) strings.push(r.string())
+    const str = (i: number): string => {
+      const s = strings[i]
+      if (s === undefined) throw new RangeError(`visit state: string ${i} out of range`)
+      return s
+    }
+    // Visits of the same session values share one array, as events of one page load do.
+    const sessions = new Map<number, readonly string[]>()
+    for (let days = r.uint(); days > 0; days--) {
+      const siteId = str(r.uint())
+      const visitor = r.string()
+      const day = r.uint()
+      const dayStart = day * DAY_MS
+      const visits: Summary[] = []
+      for (let n = r.uint(); n > 0; n--) {
+        const startMs = dayStart + r.uint()
+        const endMs = startMs + r.uint()
+        const events = r.uint()
+        const pageviews = r.uint()
+        const si = r.uint()
+        let session = sessions.get(si)
+        if (!session) {
+          session = str(si).split(SEP)
+          sessions.set(si, session)
+        }
+        const s: Summary = {
+          startMs,
+          endMs,
+          events,
+          pageviews,
+          session,
+          entryMs: startMs,
+          entryPath: undefined,
+          exitMs: startMs,
+          exitPath: undefined,
+        }
+        if (pageviews > 0) {
+          s.entryMs = startMs + r.uint()
+          s.entryPath = str(r.uint())
+          s.exitMs = startMs + r.uint()
+          s.exitPath = str(r.uint())
+        }
+        visits.push(s)
+      }
+      state.days.set(keyOf(siteId, visitor, day), { siteId, visitor, day, visits })
+    }
+    if (!r.done()) throw new RangeError('visit state: trailing bytes')
+    return state
+  }
+}
+
+const encoder = new TextEncoder()
+const decoder = new TextDecoder('utf-8', { fatal: true })
+
+function concat(a: Uint8Array, b: Uint8Array): Uint8Array {
+  const out = new Uint8Array(a.length + b.length)
+  out.set(a, 0)
+  out.set(b, a.length)
+  return out
+}
+
+class ByteWriter {
+  private buf = new Uint8Array(256)
+  private len = 0
+
+  private room(n: number): void {
+    if (this.len + n <= this.buf.length) return
+    const next = new Uint8Array(Math.max(this.buf.length * 2, this.len + n))
+    next.set(this.buf.subarray(0, this.len))
+    this.buf = next
+  }
+
+  byte(b: number): void {
+    this.room(1)
+    this.buf[this.len++] = b
+  }
+
+  /** Unsigned LEB128 of a safe non-negative integer. */
+  uint(n: number): void {
+    if (!Number.isSafeInteger(n) || n < 0)
+      throw new RangeError(`visit state: not a non-negative integer: ${n}`)
+    this.room(8)
+    while (n >= 0x80) {
+      this.buf[this.len++] = (n % 0x80) | 0x80
+      n = Math.floor(n / 0x80)
+    }
+    this.buf[this.len++] = n
+  }
+
+  string(s: string): void {
+    const b = encoder.encode(s)
+    this.uint(b.length)
+    this.room(b.length)
+    this.buf.set(b, this.len)
+    this.len += b.length
+  }
+
+  bytes(): Uint8Array {
+    return this.buf.slice(0, this.len)
+  }
+}
+
+class ByteReader {
+  private at = 0
+
+  constructor(private readonly buf: Uint8Array) {}
+
+  byte(): number {
+    const b = this.buf[this.at++]
+    if (b === undefined) throw new RangeError('visit state: truncated')
+    return b
+  }
+
+  uint(): number {
+    let n = 0
+    let scale = 1
+    for (;;) {
+      const b = this.byte()
+      n += (b & 0x7f) * scale
+      if (b < 0x80) return n
+      scale *= 0x80
+      if (scale > 2 ** 56) throw new RangeError('visit state: varint too long')
+    }
+  }
+
+  string(): string {
+    const n = this.uint()
+    if (this.at + n > this.buf.length) throw new RangeError('visit state: truncated')
+    const s = decoder.decode(this.buf.subarray(this.at, this.at + n))
+    this.at += n
+    return s
+  }
+
+  done(): boolean {
+    return this.at === this.buf.length
+  }
+}
