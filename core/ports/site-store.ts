@@ -88,7 +88,7 @@ export interface SiteStore {
   saltDays(): Promise<string[]>
 }
 
-/** Days (`YYYY-MM-DD`, UTC) whose salt is kept besides `day`: the day before. */
+/** The oldest day (`YYYY-MM-DD`, UTC) whose salt is kept once `day` is used: the day before; older salts are deleted. */
 export function oldestKeptSaltDay(day: string): string {
   return new Date(Date.parse(`${day}T00:00:00Z`) - 86_400_000).toISOString().slice(0, 10)
 }
