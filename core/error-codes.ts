@@ -208,6 +208,11 @@ export const ERRORS = {
   // Sites and tokens.
   SITE_NOT_FOUND: { code: 'TALLY_ERR_SITE_NOT_FOUND', status: 404, meaning: 'no site with this id' },
   SITE_EXISTS: { code: 'TALLY_ERR_SITE_EXISTS', status: 409, meaning: 'a site with this id already exists' },
+  DOMAIN_TAKEN: {
+    code: 'TALLY_ERR_DOMAIN_TAKEN',
+    status: 409,
+    meaning: "the domain is another site's domain or alias (tally sites alias)",
+  },
   READ_TOKEN_NOT_FOUND: {
     code: 'TALLY_ERR_READ_TOKEN_NOT_FOUND',
     status: 404,

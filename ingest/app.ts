@@ -4,6 +4,7 @@ import { createHttpServer } from '../core/http.js'
 import type { Logger } from '../core/log.js'
 import { apiDocs } from '../core/openapi.js'
 import type { EventLogWriter } from '../core/ports/event-log.js'
+import type { DailySalt } from './daily-salt.js'
 import type { IngestMetrics } from './metrics.js'
 import { appendPlugin } from './plugins/append.js'
 import { authPlugin } from './plugins/auth.js'
@@ -15,6 +16,7 @@ import { requestMetricsPlugin } from './plugins/request-metrics.js'
 import { eventRoutes } from './routes/events.js'
 import { healthRoutes } from './routes/health.js'
 import { pixelRoute } from './routes/pixel.js'
+import { plausibleRoute } from './routes/plausible.js'
 import { INGEST_SECURITY_SCHEMES } from './routes/schemas.js'
 import type { SiteCache } from './site-cache.js'
 import { trackerPlugin } from './tracker/plugin.js'
@@ -27,10 +29,18 @@ export interface IngestDeps {
   sites: Pick<SiteCache, 'byWriteKey' | 'isKnownOrigin'>
   metrics: IngestMetrics
   logger: Logger
+  /**
+   * Plausible's event API (POST /api/event): sites by domain and the daily salt of cookieless
+   * visitor ids. Undefined: no domain is known, every Plausible event is dropped (answered 202).
+   */
+  plausible?: {
+    sites: Pick<SiteCache, 'byDomain'>
+    salt: Pick<DailySalt, 'current'>
+  }
 }
 
 /**
- * The ingest HTTP API (Segment HTTP Tracking API compatible), as Fastify plugins registered in
+ * The ingest HTTP API (Segment HTTP Tracking API and Plausible's event API compatible), as Fastify plugins registered in
  * order: body parsing and inflating, the OpenAPI document, the tracker, CORS, request metrics,
  * then the write key check (a preHandler setting `request.site`), the rate limits and the append
  * to the event log as decorators the routes use. A 2xx is sent only after the raw log
@@ -52,7 +62,7 @@ export async function buildIngestApp(deps: IngestDeps): Promise<FastifyInstance>
   await app.register(apiDocs, {
     title: 'Tally ingest API',
     description:
-      'Takes analytics events (Segment HTTP Tracking API compatible: unmodified Segment libraries work against it) and answers 2xx once every accepted event is in the raw log.',
+      "Takes analytics events (Segment HTTP Tracking API compatible: unmodified Segment libraries work against it; Plausible's event API at /api/event for its script and npm tracker) and answers 2xx once every accepted event is in the raw log.",
     securitySchemes: INGEST_SECURITY_SCHEMES,
     auth: 'HTTP Basic with the write key as user name, or writeKey in the body (wk in the pixel URL).',
   })
@@ -65,6 +75,11 @@ export async function buildIngestApp(deps: IngestDeps): Promise<FastifyInstance>
   await app.register(appendPlugin, { config, topic: deps.topic, log: deps.log, metrics })
   await app.register(eventRoutes)
   await app.register(pixelRoute)
+  await app.register(plausibleRoute, {
+    sites: deps.plausible?.sites,
+    salt: deps.plausible?.salt,
+    metrics,
+  })
   await app.register(healthRoutes, { log: deps.log, metrics })
   return app
 }

@@ -44,6 +44,12 @@ export function createIngestMetrics(registry: Registry = createProcessRegistry()
       buckets: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000],
       registers: [registry],
     }),
+    plausibleDropped: new Counter({
+      name: 'tally_ingest_plausible_dropped_total',
+      help: "Plausible events answered 202 but not logged, by reason (unknown_domain: no site has the domain or alias; engagement: the tracker's engagement pings, not kept)",
+      labelNames: ['reason'] as const,
+      registers: [registry],
+    }),
     inFlight: new Gauge({
       name: 'tally_ingest_in_flight_requests',
       help: 'Requests being handled',

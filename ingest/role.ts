@@ -5,6 +5,7 @@ import { once } from '../core/lifecycle.js'
 import type { Logger } from '../core/log.js'
 import type { Ports } from '../core/ports/backend.js'
 import { buildIngestApp } from './app.js'
+import { DailySalt } from './daily-salt.js'
 import { createIngestKafkaMetrics, createIngestMetrics } from './metrics.js'
 import { SiteCache } from './site-cache.js'
 
@@ -46,13 +47,15 @@ export async function startIngest(
       if (ok) kafkaMetrics.kafkaBatchRecords.observe(records)
     },
   })
+  const sites = new SiteCache(ports.sites, { ttlMs: config.ingest.siteCacheTtlMs })
   const app = await buildIngestApp({
     config: config.ingest,
     topic: config.kafka.topicRaw,
     log,
-    sites: new SiteCache(ports.sites, { ttlMs: config.ingest.siteCacheTtlMs }),
+    sites,
     metrics,
     logger,
+    plausible: { sites, salt: new DailySalt(ports.sites) },
   })
   await app.listen({ host: config.host, port: options.port ?? config.port ?? INGEST_DEFAULT_PORT })
   const addr = app.server.address() as AddressInfo

@@ -106,20 +106,65 @@ export function registerSitesCommands(program: Command, getConfig: ConfigLoader)
       'browser origins allowed to send events (the domain itself is always allowed)',
     )
     .option('--id <siteId>', 'site id (default: the domain)')
+    .option(
+      '--alias <domain...>',
+      "other domains Plausible's tracker may name for this site (see `tally sites alias`)",
+    )
     .option('--json', 'print {"siteId","writeKey","readToken"}', false)
-    .action(async (domainArg: string, opts: { origin?: string[]; id?: string; json: boolean }) => {
-      const domain = parseDomain(domainArg)
-      const siteId = opts.id ?? domain
-      if (!SITE_ID.test(siteId))
-        throw new UsageError(`--id "${siteId}" must be lower-case letters, digits, ".", "_" or "-"`)
-      const origins = (opts.origin ?? []).map(parseOrigin)
-      const { site, readToken } = await withStore(getConfig, (s) => s.create({ siteId, domain, origins }))
-      print(
-        opts.json,
-        { siteId: site.siteId, writeKey: site.writeKey, readToken },
-        `site ${site.siteId}\n  write key  ${site.writeKey}\n  read token ${readToken}  (secret: shown only now)\n  origins    ${[`https://${domain}`, ...origins].join(' ')}`,
-      )
-    })
+    .action(
+      async (
+        domainArg: string,
+        opts: { origin?: string[]; id?: string; alias?: string[]; json: boolean },
+      ) => {
+        const domain = parseDomain(domainArg)
+        const siteId = opts.id ?? domain
+        if (!SITE_ID.test(siteId))
+          throw new UsageError(`--id "${siteId}" must be lower-case letters, digits, ".", "_" or "-"`)
+        const origins = (opts.origin ?? []).map(parseOrigin)
+        const aliases = (opts.alias ?? []).map(parseDomain)
+        const { site, readToken } = await withStore(getConfig, async (s) => {
+          const created = await s.create({ siteId, domain, origins })
+          for (const alias of aliases) await s.addAlias(siteId, alias)
+          return created
+        })
+        print(
+          opts.json,
+          { siteId: site.siteId, writeKey: site.writeKey, readToken },
+          `site ${site.siteId}\n  write key  ${site.writeKey}\n  read token ${readToken}  (secret: shown only now)\n  origins    ${[`https://${domain}`, ...origins].join(' ')}${aliases.length > 0 ? `\n  aliases    ${aliases.join(' ')}` : ''}`,
+        )
+      },
+    )
+
+  sites
+    .command('alias')
+    .description(
+      "list, add or remove the other domains under which a site takes Plausible's events (POST /api/event names its site by domain)",
+    )
+    .argument('<siteId>', 'the site')
+    .argument('<action>', 'list, add or remove')
+    .argument('[domain]', 'the domain to add or remove, e.g. staging.example.com')
+    .option('--json', 'print JSON (list: an array of domains)', false)
+    .action(
+      async (siteId: string, action: string, domainArg: string | undefined, opts: { json: boolean }) => {
+        if (action === 'list') {
+          const aliases = await withStore(getConfig, (s) => s.listAliases(siteId))
+          print(opts.json, aliases, aliases.length === 0 ? `site ${siteId} has no alias` : aliases.join('\n'))
+          return
+        }
+        if (action !== 'add' && action !== 'remove')
+          throw new UsageError(`sites alias: the action is list, add or remove, not "${action}"`)
+        if (domainArg === undefined) throw new UsageError(`sites alias ${siteId} ${action}: name the domain`)
+        const domain = parseDomain(domainArg)
+        if (action === 'add') {
+          await withStore(getConfig, (s) => s.addAlias(siteId, domain))
+          print(opts.json, { siteId, alias: domain, added: true }, `site ${siteId}: alias ${domain} added`)
+          return
+        }
+        const removed = await withStore(getConfig, (s) => s.removeAlias(siteId, domain))
+        if (!removed) throw new UsageError(`site ${siteId} has no alias ${domain}`)
+        print(opts.json, { siteId, alias: domain, removed: true }, `site ${siteId}: alias ${domain} removed`)
+      },
+    )
 
   sites
     .command('list')

@@ -149,6 +149,39 @@ export async function copyLegacyCheckpoints(client: Client, keyspace: string): P
 }
 
 /**
+ * Writes each site's own domain into site_domains (0010) where no site holds it yet: sites created
+ * before the table have no row there. Conditional inserts, so a domain's first holder keeps it and
+ * running it again changes nothing; it runs on every migrate, as sites are few.
+ */
+async function indexSiteDomains(client: Client, keyspace: string): Promise<void> {
+  const tables = await tablesOf(client, keyspace)
+  if (!tables.has('site_domains')) return
+  const rows = client.stream(`SELECT site_id, domain, created_at FROM ${keyspace}.sites`, [], {
+    prepare: true,
+    fetchSize: 500,
+  })
+  const sites: Array<{ siteId: string; domain: string; createdAt: number }> = []
+  for await (const row of rows as unknown as AsyncIterable<types.Row>) {
+    const domain = row.get('domain') as string | null
+    if (domain)
+      sites.push({
+        siteId: String(row.get('site_id')),
+        domain,
+        createdAt: (row.get('created_at') as Date | null)?.getTime() ?? 0,
+      })
+  }
+  // Oldest first: of two sites with one domain, the first created keeps it.
+  sites.sort((a, b) => a.createdAt - b.createdAt || a.siteId.localeCompare(b.siteId))
+  for (const s of sites) {
+    await client.execute(
+      `INSERT INTO ${keyspace}.site_domains (domain, site_id, alias) VALUES (?, ?, false) IF NOT EXISTS`,
+      [s.domain, s.siteId],
+      { prepare: true },
+    )
+  }
+}
+
+/**
  * Creates the keyspace (or aligns its replication), then applies the CQL files not applied yet, in
  * version order, recording each in `schema_migrations`. Running it twice is a no-op. A file whose
  * content changed after it was applied stops the run: migrations are append-only. Then copies the
@@ -203,6 +236,7 @@ export async function migrateCassandra(
       applied.push({ version: m.version, name: m.name })
     }
     const checkpointsCopied = await copyLegacyCheckpoints(client, ks)
+    await indexSiteDomains(client, ks)
     return {
       keyspace: ks,
       keyspaceCreated: !current,

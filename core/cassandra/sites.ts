@@ -1,9 +1,12 @@
-import type { Client, types } from 'cassandra-driver'
+import { randomBytes } from 'node:crypto'
+import { type Client, types } from 'cassandra-driver'
 import { ERR } from '../error-codes.js'
 import { TallyError } from '../errors.js'
 import { hashToken, newReadToken, newWriteKey, readTokenId, readTokenPrefix } from '../keys.js'
 import {
+  domainTaken,
   type NewSite,
+  oldestKeptSaltDay,
   type ReadTokenInfo,
   readTokenNotFound,
   type Site,
@@ -45,6 +48,9 @@ function rowToToken(row: { get(name: string): unknown }): TokenRow {
 
 const TOKEN_COLUMNS = 'token_id, token_hash, prefix, created_at, last_used_at, revoked_at'
 
+/** The one partition of visitor_salts. */
+const SALTS = 'visitor'
+
 /** Sites in Cassandra: one row per site plus lookup tables by write key and by token hash. */
 export class CassandraSiteStore implements SiteStore {
   constructor(private readonly client: Client) {}
@@ -79,6 +85,7 @@ export class CassandraSiteStore implements SiteStore {
       { prepare: true },
     )
     await this.insertToken(input.siteId, readToken, tokenHash, now)
+    await this.claimDomain(input.domain, input.siteId, false)
     return {
       site: {
         ...input,
@@ -118,6 +125,7 @@ export class CassandraSiteStore implements SiteStore {
       }
       outcome = 'unchanged'
     }
+    await this.claimDomain(site.domain, site.siteId, false)
     await this.client.execute(
       'INSERT INTO site_write_keys (write_key, site_id) VALUES (?, ?)',
       [site.writeKey, site.siteId],
@@ -278,6 +286,9 @@ export class CassandraSiteStore implements SiteStore {
     const site = await this.get(siteId)
     if (!site) return false
     await this.client.execute('DELETE FROM site_tokens WHERE site_id = ?', [siteId], { prepare: true })
+    for (const domain of [site.domain, ...(await this.aliasesOf(siteId))])
+      await this.releaseDomain(domain, siteId)
+    await this.client.execute('DELETE FROM site_aliases WHERE site_id = ?', [siteId], { prepare: true })
     await this.client.execute('DELETE FROM site_write_keys WHERE write_key = ?', [site.writeKey], {
       prepare: true,
     })
@@ -291,6 +302,92 @@ export class CassandraSiteStore implements SiteStore {
     // client timestamp, which can run ahead of the server's clock and hide the new row.
     await this.client.execute('DELETE FROM sites WHERE site_id = ? IF EXISTS', [siteId], { prepare: true })
     return true
+  }
+
+  async byDomain(domain: string): Promise<Site | undefined> {
+    const rs = await this.client.execute('SELECT site_id FROM site_domains WHERE domain = ?', [domain], {
+      prepare: true,
+    })
+    const siteId = rs.first()?.get('site_id') as string | undefined
+    return siteId ? this.get(siteId) : undefined
+  }
+
+  async addAlias(siteId: string, domain: string): Promise<void> {
+    if (!(await this.get(siteId))) throw notFound(siteId)
+    const holder = await this.claimDomain(domain, siteId, true)
+    if (holder !== siteId) throw domainTaken(domain, holder)
+    // Its own domain is no alias: only a domain claimed as an alias is listed.
+    const rs = await this.client.execute('SELECT alias FROM site_domains WHERE domain = ?', [domain], {
+      prepare: true,
+      consistency: SERIAL_READ,
+    })
+    if (rs.first()?.get('alias') !== true) return
+    await this.client.execute('INSERT INTO site_aliases (site_id, domain) VALUES (?, ?)', [siteId, domain], {
+      prepare: true,
+    })
+  }
+
+  async removeAlias(siteId: string, domain: string): Promise<boolean> {
+    if (!(await this.aliasesOf(siteId)).includes(domain)) return false
+    await this.releaseDomain(domain, siteId)
+    await this.client.execute('DELETE FROM site_aliases WHERE site_id = ? AND domain = ?', [siteId, domain], {
+      prepare: true,
+    })
+    return true
+  }
+
+  async listAliases(siteId: string): Promise<string[]> {
+    if (!(await this.get(siteId))) throw notFound(siteId)
+    return (await this.aliasesOf(siteId)).sort()
+  }
+
+  async dailySalt(day: string): Promise<Buffer> {
+    // A lightweight transaction: of the ingest processes starting a day at once, one salt wins;
+    // the others find it in the answer, which holds the row already there.
+    const mine = randomBytes(32)
+    const rs = await this.client.execute(
+      'INSERT INTO visitor_salts (name, day, salt, created_at) VALUES (?, ?, ?, ?) IF NOT EXISTS',
+      [SALTS, day, mine, new Date()],
+      { prepare: true },
+    )
+    const salt = rs.wasApplied() ? mine : (rs.first()?.get('salt') as Buffer)
+    await this.client.execute(
+      'DELETE FROM visitor_salts WHERE name = ? AND day < ?',
+      [SALTS, oldestKeptSaltDay(day)],
+      { prepare: true },
+    )
+    return salt
+  }
+
+  async saltDays(): Promise<string[]> {
+    const rs = await this.client.execute('SELECT day FROM visitor_salts WHERE name = ?', [SALTS], {
+      prepare: true,
+    })
+    return rs.rows.map((r) => String(r.get('day'))).sort()
+  }
+
+  /** Inserts domain → site unless a site holds it; returns the holder (this site when it won). */
+  private async claimDomain(domain: string, siteId: string, alias: boolean): Promise<string> {
+    const rs = await this.client.execute(
+      'INSERT INTO site_domains (domain, site_id, alias) VALUES (?, ?, ?) IF NOT EXISTS',
+      [domain, siteId, alias],
+      { prepare: true },
+    )
+    return rs.wasApplied() ? siteId : String(rs.first()?.get('site_id'))
+  }
+
+  /** Deletes domain → site if this site holds it (conditional, like the insert). */
+  private async releaseDomain(domain: string, siteId: string): Promise<void> {
+    await this.client.execute('DELETE FROM site_domains WHERE domain = ? IF site_id = ?', [domain, siteId], {
+      prepare: true,
+    })
+  }
+
+  private async aliasesOf(siteId: string): Promise<string[]> {
+    const rs = await this.client.execute('SELECT domain FROM site_aliases WHERE site_id = ?', [siteId], {
+      prepare: true,
+    })
+    return rs.rows.map((r) => String(r.get('domain')))
   }
 
   private async insertToken(siteId: string, token: string, hash: string, createdAt: Date): Promise<void> {
@@ -340,6 +437,9 @@ export class CassandraSiteStore implements SiteStore {
     }
   }
 }
+
+/** Reads rows written by lightweight transactions as Paxos sees them (no stale replica). */
+const SERIAL_READ = types.consistencies.serial
 
 function notFound(siteId: string): TallyError {
   return new TallyError(ERR.SITE_NOT_FOUND, `no site ${siteId}`, { statusCode: 404, where: 'siteId' })

@@ -67,6 +67,17 @@ export async function serveAdmin(
       return { recorded: true }
     },
   )
+  app.get<{ Params: { id: string } }>('/sites/:id/aliases', async (req) => sites.listAliases(req.params.id))
+  app.post<{ Params: { id: string }; Body: { domain: string } }>('/sites/:id/aliases', async (req) => {
+    await sites.addAlias(req.params.id, req.body.domain)
+    return { added: true }
+  })
+  app.post<{ Params: { id: string }; Body: { domain: string } }>(
+    '/sites/:id/aliases/remove',
+    async (req) => ({
+      removed: await sites.removeAlias(req.params.id, req.body.domain),
+    }),
+  )
   app.delete<{ Params: { id: string } }>('/sites/:id', async (req) => ({
     removed: await sites.remove(req.params.id),
   }))
@@ -215,6 +226,40 @@ export class AdminSiteStore implements SiteStore {
   async remove(siteId: string): Promise<boolean> {
     return (await call<{ removed: boolean }>(this.path, 'DELETE', `/sites/${encodeURIComponent(siteId)}`))
       .removed
+  }
+
+  async addAlias(siteId: string, domain: string): Promise<void> {
+    await call(this.path, 'POST', `/sites/${encodeURIComponent(siteId)}/aliases`, { domain })
+  }
+
+  async removeAlias(siteId: string, domain: string): Promise<boolean> {
+    return (
+      await call<{ removed: boolean }>(
+        this.path,
+        'POST',
+        `/sites/${encodeURIComponent(siteId)}/aliases/remove`,
+        {
+          domain,
+        },
+      )
+    ).removed
+  }
+
+  async listAliases(siteId: string): Promise<string[]> {
+    return call<string[]>(this.path, 'GET', `/sites/${encodeURIComponent(siteId)}/aliases`)
+  }
+
+  // Ingest runs inside the process that holds the embedded files: it never asks through the socket.
+  async byDomain(): Promise<Site | undefined> {
+    throw new TallyError(ERR.USAGE, 'looking sites up by domain is done by the running Tally itself')
+  }
+
+  async dailySalt(): Promise<Buffer> {
+    throw new TallyError(ERR.USAGE, 'the daily salt is kept by the running Tally itself')
+  }
+
+  async saltDays(): Promise<string[]> {
+    throw new TallyError(ERR.USAGE, 'the daily salt is kept by the running Tally itself')
   }
 
   async importSite(): Promise<'created' | 'unchanged' | 'conflict'> {

@@ -262,4 +262,24 @@ export const STORE_MIGRATIONS: readonly string[] = [
   ALTER TABLE agg_dims ADD COLUMN visit_duration_ms INTEGER;
   ALTER TABLE agg_dims ADD COLUMN visit_pageviews INTEGER;
   `,
+  // 8: domain → site for Plausible's event API (schemas/cql/0010_site_domains.cql): each site's own domain (the first
+  // created keeps one two sites share) and its aliases; the daily salts of cookieless visitor ids.
+  `
+  CREATE TABLE site_domains (
+    domain TEXT PRIMARY KEY,
+    site_id TEXT NOT NULL,
+    -- 0: the site's own domain; 1: an alias
+    alias INTEGER NOT NULL
+  ) WITHOUT ROWID;
+  CREATE INDEX site_domains_by_site ON site_domains (site_id);
+
+  INSERT OR IGNORE INTO site_domains (domain, site_id, alias)
+    SELECT domain, site_id, 0 FROM sites ORDER BY created_at_ms, site_id;
+
+  CREATE TABLE visitor_salts (
+    day TEXT PRIMARY KEY,
+    salt BLOB NOT NULL,
+    created_at_ms INTEGER NOT NULL
+  ) WITHOUT ROWID;
+  `,
 ]

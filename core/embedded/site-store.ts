@@ -1,8 +1,11 @@
+import { randomBytes } from 'node:crypto'
 import { ERR } from '../error-codes.js'
 import { TallyError } from '../errors.js'
 import { hashToken, newReadToken, newWriteKey, readTokenId, readTokenPrefix } from '../keys.js'
 import {
+  domainTaken,
   type NewSite,
+  oldestKeptSaltDay,
   type ReadTokenInfo,
   readTokenNotFound,
   type Site,
@@ -91,6 +94,17 @@ export class EmbeddedSiteStore implements SiteStore {
         'UPDATE site_tokens SET last_used_at_ms = max(coalesce(last_used_at_ms, 0), ?) WHERE site_id = ? AND token_id = ?',
       ),
       removeTokens: db.prepare('DELETE FROM site_tokens WHERE site_id = ?'),
+      claimDomain: db.prepare('INSERT OR IGNORE INTO site_domains (domain, site_id, alias) VALUES (?, ?, ?)'),
+      domain: db.prepare('SELECT site_id, alias FROM site_domains WHERE domain = ?'),
+      aliases: db.prepare('SELECT domain FROM site_domains WHERE site_id = ? AND alias = 1 ORDER BY domain'),
+      removeAlias: db.prepare('DELETE FROM site_domains WHERE domain = ? AND site_id = ? AND alias = 1'),
+      removeDomains: db.prepare('DELETE FROM site_domains WHERE site_id = ?'),
+      insertSalt: db.prepare(
+        'INSERT INTO visitor_salts (day, salt, created_at_ms) VALUES (?, ?, ?) ON CONFLICT (day) DO NOTHING',
+      ),
+      salt: db.prepare('SELECT salt FROM visitor_salts WHERE day = ?'),
+      deleteSalts: db.prepare('DELETE FROM visitor_salts WHERE day < ?'),
+      saltDays: db.prepare('SELECT day FROM visitor_salts ORDER BY day'),
     }
   }
 
@@ -118,6 +132,7 @@ export class EmbeddedSiteStore implements SiteStore {
         readTokenPrefix(readToken),
         now,
       )
+      this.stmt.claimDomain.run(input.domain, input.siteId, 0)
       return true
     })()
     if (!created) {
@@ -155,10 +170,12 @@ export class EmbeddedSiteStore implements SiteStore {
       )
       if (info.changes > 0) {
         for (const h of hashes) this.stmt.insertToken.run(site.siteId, readTokenId(h), h, null, createdAtMs)
+        this.stmt.claimDomain.run(site.domain, site.siteId, 0)
         return 'created'
       }
       const row = this.stmt.get.get(site.siteId) as SiteRow | undefined
       if (!row || row.write_key !== site.writeKey) return 'conflict'
+      this.stmt.claimDomain.run(site.domain, site.siteId, 0)
       const existing = JSON.parse(row.read_token_hashes) as string[]
       // A token revoked here stays revoked, even when an older copy of the site still holds it.
       const added = hashes.filter((h) => {
@@ -238,7 +255,43 @@ export class EmbeddedSiteStore implements SiteStore {
   async remove(siteId: string): Promise<boolean> {
     return this.db.transaction(() => {
       this.stmt.removeTokens.run(siteId)
+      this.stmt.removeDomains.run(siteId)
       return this.stmt.remove.run(siteId).changes > 0
     })()
+  }
+
+  async byDomain(domain: string): Promise<Site | undefined> {
+    const row = this.stmt.domain.get(domain) as { site_id: string } | undefined
+    return row ? this.get(row.site_id) : undefined
+  }
+
+  async addAlias(siteId: string, domain: string): Promise<void> {
+    this.db.transaction(() => {
+      if (!this.stmt.get.get(siteId)) throw notFound(siteId)
+      this.stmt.claimDomain.run(domain, siteId, 1)
+      const holder = (this.stmt.domain.get(domain) as { site_id: string }).site_id
+      if (holder !== siteId) throw domainTaken(domain, holder)
+    })()
+  }
+
+  async removeAlias(siteId: string, domain: string): Promise<boolean> {
+    return this.stmt.removeAlias.run(domain, siteId).changes > 0
+  }
+
+  async listAliases(siteId: string): Promise<string[]> {
+    if (!this.stmt.get.get(siteId)) throw notFound(siteId)
+    return (this.stmt.aliases.all(siteId) as Array<{ domain: string }>).map((r) => r.domain)
+  }
+
+  async dailySalt(day: string): Promise<Buffer> {
+    return this.db.transaction(() => {
+      this.stmt.insertSalt.run(day, randomBytes(32), this.now())
+      this.stmt.deleteSalts.run(oldestKeptSaltDay(day))
+      return Buffer.from((this.stmt.salt.get(day) as { salt: Uint8Array }).salt)
+    })()
+  }
+
+  async saltDays(): Promise<string[]> {
+    return (this.stmt.saltDays.all() as Array<{ day: string }>).map((r) => r.day)
   }
 }

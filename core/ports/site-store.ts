@@ -61,6 +61,43 @@ export interface SiteStore {
    * the id (nothing is changed).
    */
   importSite(site: Site): Promise<'created' | 'unchanged' | 'conflict'>
+  /**
+   * The site whose domain or alias is `domain` (lower case, as `tally sites` stores it), for
+   * Plausible's event API, which names its site by domain. Of two sites created with one domain,
+   * the first keeps it.
+   */
+  byDomain(domain: string): Promise<Site | undefined>
+  /**
+   * Adds another domain under which the site takes Plausible events (a staging host, a second
+   * name). Adding one the site has is a no-op; TALLY_ERR_SITE_NOT_FOUND without the site,
+   * TALLY_ERR_DOMAIN_TAKEN when another site's domain or alias holds it.
+   */
+  addAlias(siteId: string, domain: string): Promise<void>
+  /** Removes an alias; false when the site had no such alias (its own domain is no alias). */
+  removeAlias(siteId: string, domain: string): Promise<boolean>
+  /** The site's aliases, sorted. TALLY_ERR_SITE_NOT_FOUND without the site. */
+  listAliases(siteId: string): Promise<string[]>
+  /**
+   * The salt of a UTC day (`YYYY-MM-DD`) for cookieless visitor ids (Plausible's scheme): made at
+   * the day's first use with a conditional insert, so every ingest process gets the same one.
+   * Salts of days before the day before `day` are deleted then, so no visitor can be followed
+   * across days once they are gone.
+   */
+  dailySalt(day: string): Promise<Buffer>
+  /** The days whose salt is kept, sorted (to check the deletion). */
+  saltDays(): Promise<string[]>
+}
+
+/** The oldest day (`YYYY-MM-DD`, UTC) whose salt is kept once `day` is used: the day before; older salts are deleted. */
+export function oldestKeptSaltDay(day: string): string {
+  return new Date(Date.parse(`${day}T00:00:00Z`) - 86_400_000).toISOString().slice(0, 10)
+}
+
+export function domainTaken(domain: string, siteId: string): TallyError {
+  return new TallyError(ERR.DOMAIN_TAKEN, `domain ${domain} belongs to site ${siteId}`, {
+    statusCode: 409,
+    where: 'domain',
+  })
 }
 
 /** Oldest first, then by id: the order every store lists a site's tokens in. */

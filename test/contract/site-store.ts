@@ -245,5 +245,72 @@ export function siteStoreContract(name: string, make: () => Promise<SiteStoreHar
       expect((await h.sites.get(siteId))?.writeKey).toBe(site.writeKey)
       await h.sites.remove(siteId)
     })
+
+    it('finds a site by its domain and its aliases; an alias another site holds is refused; removing the site frees them', async () => {
+      const domain = uniqueDomain()
+      const alias = uniqueDomain()
+      const a = uniqueName('site_dom_a')
+      const b = uniqueName('site_dom_b')
+      await h.sites.create({ siteId: a, domain, origins: [] })
+      expect((await h.sites.byDomain(domain))?.siteId).toBe(a)
+      expect(await h.sites.byDomain(alias)).toBeUndefined()
+      expect(await h.sites.listAliases(a)).toEqual([])
+      await h.sites.addAlias(a, alias)
+      await h.sites.addAlias(a, alias)
+      // Its own domain is no alias: adding it changes nothing.
+      await h.sites.addAlias(a, domain)
+      expect(await h.sites.listAliases(a)).toEqual([alias])
+      expect((await h.sites.byDomain(alias))?.siteId).toBe(a)
+      // A second site with the same domain is created, but the first keeps the domain.
+      await h.sites.create({ siteId: b, domain, origins: [] })
+      expect((await h.sites.byDomain(domain))?.siteId).toBe(a)
+      await expect(h.sites.addAlias(b, alias)).rejects.toMatchObject({
+        code: 'TALLY_ERR_DOMAIN_TAKEN',
+        statusCode: 409,
+      })
+      await expect(h.sites.addAlias(b, domain)).rejects.toMatchObject({ code: 'TALLY_ERR_DOMAIN_TAKEN' })
+      await expect(h.sites.addAlias(uniqueName('none'), uniqueDomain())).rejects.toMatchObject({
+        code: 'TALLY_ERR_SITE_NOT_FOUND',
+      })
+      await expect(h.sites.listAliases(uniqueName('none'))).rejects.toMatchObject({
+        code: 'TALLY_ERR_SITE_NOT_FOUND',
+      })
+      expect(await h.sites.removeAlias(b, alias)).toBe(false)
+      expect(await h.sites.removeAlias(a, domain)).toBe(false)
+      expect(await h.sites.removeAlias(a, alias)).toBe(true)
+      expect(await h.sites.byDomain(alias)).toBeUndefined()
+      expect(await h.sites.listAliases(a)).toEqual([])
+      await h.sites.addAlias(b, alias)
+      expect((await h.sites.byDomain(alias))?.siteId).toBe(b)
+      await h.sites.remove(b)
+      expect(await h.sites.byDomain(alias)).toBeUndefined()
+      expect((await h.sites.byDomain(domain))?.siteId).toBe(a)
+      await h.sites.remove(a)
+      expect(await h.sites.byDomain(domain)).toBeUndefined()
+      // Free again: a new site takes the domain.
+      await h.sites.create({ siteId: b, domain, origins: [] })
+      expect((await h.sites.byDomain(domain))?.siteId).toBe(b)
+      await h.sites.remove(b)
+    })
+
+    it('keeps one salt per UTC day, the same for every caller, and none older than the day before', async () => {
+      const first = await h.sites.dailySalt('2031-03-01')
+      expect(first.length).toBeGreaterThanOrEqual(16)
+      // Concurrent first uses of a day (several ingest processes) all get the same salt.
+      const again = await Promise.all([1, 2, 3].map(() => h.sites.dailySalt('2031-03-01')))
+      for (const s of again) expect(Buffer.from(s).equals(Buffer.from(first))).toBe(true)
+      const next = await h.sites.dailySalt('2031-03-02')
+      expect(Buffer.from(next).equals(Buffer.from(first))).toBe(false)
+      expect(await h.sites.saltDays()).toEqual(['2031-03-01', '2031-03-02'])
+      await h.sites.dailySalt('2031-03-03')
+      expect(await h.sites.saltDays()).toEqual(['2031-03-02', '2031-03-03'])
+      await h.sites.dailySalt('2031-03-10')
+      expect(await h.sites.saltDays()).toEqual(['2031-03-10'])
+    })
   })
+}
+
+/** A domain no other test uses. */
+function uniqueDomain(): string {
+  return `${uniqueName('d').replace(/_/g, '-')}.test`
 }

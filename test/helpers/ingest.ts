@@ -21,9 +21,10 @@ import { uniqueName } from './context.js'
  * a schema change elsewhere cannot break the ingest tests.
  */
 export async function migrateForIngest(config: Pick<TallyConfig, 'kafka' | 'cassandra'>): Promise<void> {
-  // The sites table and its read tokens (a site is created with its first token).
-  const sites = (await loadMigrations()).filter((m) => m.name === 'sites' || m.name === 'site_tokens')
-  if (sites.length !== 2) throw new Error('no sites or site_tokens migration in schemas/cql')
+  // The sites table, its read tokens (a site is created with its first token) and its domains.
+  const names = ['sites', 'site_tokens', 'site_domains']
+  const sites = (await loadMigrations()).filter((m) => names.includes(m.name))
+  if (sites.length !== names.length) throw new Error(`not every one of ${names.join(', ')} is in schemas/cql`)
   await migrateCassandra(config.cassandra, sites)
   await ensureTopics(createKafka(config.kafka), topicSpecs(config))
 }

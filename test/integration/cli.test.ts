@@ -84,6 +84,34 @@ describe('tally CLI', () => {
     expect(badId.stderr).toContain('is not a read token id')
   })
 
+  it('adds a site with aliases and lists, adds and removes them; a domain another site holds is refused', () => {
+    const env = envOf(config)
+    const siteId = uniqueName('cli_alias')
+    const other = uniqueName('cli_alias_other')
+    const base = uniqueName('d').replace(/_/g, '-')
+    const added = tally(
+      ['sites', 'add', `${base}.test`, '--id', siteId, '--alias', `staging.${base}.test`],
+      env,
+    )
+    expect(added.code, added.stderr).toBe(0)
+    expect(added.stdout).toContain(`aliases    staging.${base}.test`)
+    expect(tally(['sites', 'alias', siteId, 'add', `HTTPS://Preview.${base}.test/x`], env).stdout).toContain(
+      `alias preview.${base}.test added`,
+    )
+    expect(JSON.parse(tally(['sites', 'alias', siteId, 'list', '--json'], env).stdout)).toEqual([
+      `preview.${base}.test`,
+      `staging.${base}.test`,
+    ])
+    expect(tally(['sites', 'add', `${base}-other.test`, '--id', other], env).code).toBe(0)
+    const taken = tally(['sites', 'alias', other, 'add', `staging.${base}.test`], env)
+    expect(taken.code).not.toBe(0)
+    expect(taken.stderr).toContain('TALLY_ERR_DOMAIN_TAKEN')
+    expect(tally(['sites', 'alias', siteId, 'remove', `staging.${base}.test`], env).code).toBe(0)
+    expect(tally(['sites', 'alias', siteId, 'list'], env).stdout.trim()).toBe(`preview.${base}.test`)
+    expect(tally(['sites', 'alias', siteId, 'remove', `staging.${base}.test`], env).code).toBe(2)
+    expect(tally(['sites', 'alias', siteId, 'rename', 'x.test'], env).code).toBe(2)
+  })
+
   it('exits 2 with a one-line reason on bad usage', () => {
     const res = tally(['frobnicate'])
     expect(res.code).toBe(2)
