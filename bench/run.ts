@@ -118,7 +118,7 @@ Scenarios:
 ${SCENARIOS.map((s) => `  ${s.name.padEnd(9)} ${s.description}`).join('\n')}
 
 Starts the local Kafka and Cassandra when they are not running (and stops them afterwards) unless
-KAFKA_BROKERS / CASSANDRA_CONTACT_POINTS point elsewhere. Uses a keyspace tally_bench_<run> and
+KAFKA_BROKERS / CASSANDRA_CONTACT_POINTS point elsewhere. Uses keyspaces tally_bench_<run>[_filters_<size>] and
 topics tally_bench_<run>_*, removed at the end. Loopback only.`,
     )
   program.parse(argv)

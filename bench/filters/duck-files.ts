@@ -1,5 +1,5 @@
 import { existsSync } from 'node:fs'
-import { rm, stat, writeFile } from 'node:fs/promises'
+import { open, rm, stat, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { type DuckDBConnection, DuckDBInstance } from '@duckdb/node-api'
 import {
@@ -68,20 +68,23 @@ export class ParquetWriter {
   async write(batch: DayBatch): Promise<number> {
     const csv = join(this.dir, `codes-${batch.day}.csv`)
     const columns = FILTER_DIMENSIONS.map((d) => batch.codes[d])
-    const lines: string[] = []
-    const parts: string[] = []
-    for (let i = 0; i < batch.n; i++) {
-      const hi = batch.hashHi[i]!
-      lines.push(
-        `${batch.second[i]},${columns.map((c) => c[i]).join(',')},${registerIndex(hi)},${registerRank(hi, batch.hashLo[i]!)}`,
-      )
-      if (lines.length === 65_536) {
-        parts.push(lines.join('\n'))
-        lines.length = 0
+    // Written in slices: a 20 M-events day as one string would not fit in a V8 string.
+    const file = await open(csv, 'w')
+    try {
+      const lines: string[] = []
+      for (let i = 0; i < batch.n; i++) {
+        const hi = batch.hashHi[i]!
+        lines.push(
+          `${batch.second[i]},${columns.map((c) => c[i]).join(',')},${registerIndex(hi)},${registerRank(hi, batch.hashLo[i]!)}`,
+        )
+        if (lines.length === 65_536 || i === batch.n - 1) {
+          await file.write(`${lines.join('\n')}\n`)
+          lines.length = 0
+        }
       }
+    } finally {
+      await file.close()
     }
-    parts.push(lines.join('\n'))
-    await writeFile(csv, `${parts.join('\n')}\n`)
     const types = {
       second: 'UINTEGER',
       ...Object.fromEntries(FILTER_DIMENSIONS.map((d) => [d, 'INTEGER'])),
