@@ -16,6 +16,7 @@ import {
 } from './harness/report.js'
 import { batchScenario } from './scenarios/batch.js'
 import { embeddedScenario } from './scenarios/embedded.js'
+import { FILTER_SIZES, filtersScenario } from './scenarios/filters.js'
 import { ingestScenario } from './scenarios/ingest.js'
 import { queryScenario } from './scenarios/query.js'
 import { streamScenario } from './scenarios/stream.js'
@@ -32,6 +33,7 @@ const SCENARIOS: readonly ScenarioDefinition[] = [
   queryScenario,
   batchScenario,
   embeddedScenario,
+  filtersScenario,
 ]
 
 interface Options {
@@ -42,6 +44,7 @@ interface Options {
   seed: number
   keepServices: boolean
   keepFiles: boolean
+  filtersSize?: (typeof FILTER_SIZES)[number][]
 }
 
 function parseOnly(value: string): string[] {
@@ -54,6 +57,17 @@ function parseOnly(value: string): string[] {
   if (names.length === 0 || unknown.length > 0)
     throw new InvalidArgumentError(`expected a comma-separated list of ${known.join(', ')}`)
   return names
+}
+
+function parseSizes(value: string): (typeof FILTER_SIZES)[number][] {
+  const names = value
+    .split(',')
+    .map((s) => s.trim())
+    .filter((s) => s !== '')
+  const unknown = names.filter((n) => !(FILTER_SIZES as readonly string[]).includes(n))
+  if (names.length === 0 || unknown.length > 0)
+    throw new InvalidArgumentError(`expected a comma-separated list of ${FILTER_SIZES.join(', ')}`)
+  return names as (typeof FILTER_SIZES)[number][]
 }
 
 function parseSeed(value: string): number {
@@ -82,8 +96,17 @@ async function main(argv: string[]): Promise<number> {
     .option('--markdown <path>', 'also write the results as a Markdown report (BENCHMARKS.md) to this file')
     .option(
       '--only <scenarios>',
-      `run only these (comma-separated): ${SCENARIOS.map((s) => s.name).join(', ')}`,
+      `run only these (comma-separated): ${SCENARIOS.map((s) => s.name).join(', ')}; without it, all but ${SCENARIOS.filter(
+        (s) => s.optIn,
+      )
+        .map((s) => s.name)
+        .join(', ')}`,
       parseOnly,
+    )
+    .option(
+      '--filters-size <sizes>',
+      `filters study: site sizes (comma-separated) of ${FILTER_SIZES.join(', ')} (10 k, 1 M, 20 M events a day; large is sampled: 1 day); default small,medium (under 15 minutes); --quick: small over 7 days`,
+      parseSizes,
     )
     .option('--seed <n>', 'workload seed', parseSeed, 20_240_501)
     .option('--keep-services', 'leave Kafka/Cassandra running when this run started them', false)
@@ -95,12 +118,12 @@ Scenarios:
 ${SCENARIOS.map((s) => `  ${s.name.padEnd(9)} ${s.description}`).join('\n')}
 
 Starts the local Kafka and Cassandra when they are not running (and stops them afterwards) unless
-KAFKA_BROKERS / CASSANDRA_CONTACT_POINTS point elsewhere. Uses a keyspace tally_bench_<run> and
+KAFKA_BROKERS / CASSANDRA_CONTACT_POINTS point elsewhere. Uses keyspaces tally_bench_<run>[_filters_<size>] and
 topics tally_bench_<run>_*, removed at the end. Loopback only.`,
     )
   program.parse(argv)
   const opts = program.opts<Options>()
-  const selected = SCENARIOS.filter((s) => !opts.only || opts.only.includes(s.name))
+  const selected = SCENARIOS.filter((s) => (opts.only ? opts.only.includes(s.name) : !s.optIn))
   const started = performance.now()
   const command = `npm run bench${argv.length > 2 ? ` -- ${argv.slice(2).join(' ')}` : ''}`
 
@@ -145,7 +168,13 @@ topics tally_bench_<run>_*, removed at the end. Loopback only.`,
       await env.ensureServices()
       Object.assign(report.versions, await env.serviceVersions())
     }
-    const ctx: ScenarioContext = { env, quick: opts.quick, seed: opts.seed, say }
+    const ctx: ScenarioContext = {
+      env,
+      quick: opts.quick,
+      seed: opts.seed,
+      say,
+      ...(opts.filtersSize ? { filterSizes: opts.filtersSize } : {}),
+    }
     for (const scenario of selected) {
       // After Ctrl-C the signal handler cleans up and exits; start nothing new meanwhile.
       if (interrupted) break

@@ -13,6 +13,8 @@ export interface ScenarioContext {
   quick: boolean
   seed: number
   say(line: string): void
+  /** Site sizes of the filters study (--filters-size); its default when undefined. */
+  filterSizes?: readonly ('small' | 'medium' | 'large')[]
 }
 
 export interface ScenarioOutcome {
@@ -26,6 +28,8 @@ export interface ScenarioDefinition {
   description: string
   /** Needs Kafka and Cassandra. */
   needsServices: boolean
+  /** Runs only when named in --only (a study, not part of the whole suite). */
+  optIn?: boolean
   run(ctx: ScenarioContext): Promise<ScenarioOutcome>
 }
 
