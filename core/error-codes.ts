@@ -334,6 +334,17 @@ export const ERR = Object.fromEntries(Object.entries(ERRORS).map(([name, e]) => 
   readonly [K in ErrorName]: (typeof ERRORS)[K]['code']
 }
 
+const STATUS_BY_CODE = new Map<string, number>(
+  Object.values(ERRORS)
+    .filter((e: ErrorEntry) => e.status !== undefined)
+    .map((e: ErrorEntry) => [e.code, e.status as number]),
+)
+
+/** The HTTP status the catalogue declares for a code (undefined: never an HTTP answer, or unknown). */
+export function statusOf(code: string): number | undefined {
+  return STATUS_BY_CODE.get(code)
+}
+
 /** The README's "Errors" table (`npm run docs:config` writes it between its markers). */
 export function errorTableMarkdown(): string {
   const rows = Object.values(ERRORS).map((e: ErrorEntry) => {

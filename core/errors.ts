@@ -1,10 +1,11 @@
-import { ERR } from './error-codes.js'
+import { ERR, statusOf } from './error-codes.js'
 
 /**
  * One error tree for the whole project. Every error a user or operator can see carries a stable
  * `code` (TALLY_ERR_*), the HTTP status it maps to, and whether retrying may help.
  */
 export interface TallyErrorOptions {
+  /** Default: the status the catalogue (core/error-codes.ts) declares for the code, else 500. */
   statusCode?: number
   retriable?: boolean
   cause?: unknown
@@ -25,7 +26,7 @@ export class TallyError extends Error {
     super(message, options.cause === undefined ? undefined : { cause: options.cause })
     this.name = 'TallyError'
     this.code = code
-    this.statusCode = options.statusCode ?? 500
+    this.statusCode = options.statusCode ?? statusOf(code) ?? 500
     this.retriable = options.retriable ?? false
     this.where = options.where
     this.details = options.details

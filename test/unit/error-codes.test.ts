@@ -2,6 +2,7 @@ import { readdirSync, readFileSync, statSync } from 'node:fs'
 import { dirname, join, relative } from 'node:path'
 import { describe, expect, it } from 'vitest'
 import { ERR, ERRORS, errorTableMarkdown } from '../../core/error-codes.js'
+import { TallyError } from '../../core/errors.js'
 import { readmePath, withErrorTable } from '../../scripts/docs-config.js'
 
 const root = dirname(readmePath())
@@ -47,6 +48,14 @@ describe('the error catalogue', () => {
     expect(new Set(codes).size).toBe(codes.length)
     expect(ERR.INVALID_WRITE_KEY).toBe('TALLY_ERR_INVALID_WRITE_KEY')
     expect(Object.keys(ERR)).toEqual(Object.keys(ERRORS))
+  })
+
+  it('gives an error thrown by name the status it declares (500 for a code that is no HTTP answer)', () => {
+    for (const entry of Object.values(ERRORS)) {
+      const err = new TallyError(entry.code, 'm')
+      expect([entry.code, err.statusCode]).toEqual([entry.code, 'status' in entry ? entry.status : 500])
+    }
+    expect(new TallyError(ERR.BAD_PARAMETER, 'm', { statusCode: 422 }).statusCode).toBe(422)
   })
 
   it('is the only product file that spells a code as a string literal (use ERR.<NAME>)', () => {
