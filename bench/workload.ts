@@ -16,7 +16,12 @@
  *   (context.page.path, "(none)" when absent), `referrer` (host of context.page.referrer, lower-case,
  *   without leading "www.", "(direct)" when empty/absent), `utm_source` (context.campaign.source, "(none)"
  *   when absent), `browser`, `os`, `device` (ua-parser-js@1 `browser.name`, `os.name`,
- *   `device.type ?? 'desktop'`, "(unknown)" when the parser returns nothing).
+ *   `device.type ?? 'desktop'`, "(unknown)" when the parser returns nothing), `country` (of the
+ *   visitor's `context.ip`, from the generator's own IP table; "(unknown)" for none or a private one),
+ *   `source` and `channel` (from the generator's own table of its referrers and campaigns: a
+ *   campaign's source and GA4 channel, else the referrer's named source, else "Direct / None" and
+ *   "Direct"; a referrer on the site's own host is no source), `utm_medium`, `utm_campaign`,
+ *   `utm_content`, `utm_term` (context.campaign medium, name, content, term; "(none)" when absent).
  *
  * Everything is driven by one inline PRNG (sfc32 seeded through splitmix32): same options → identical
  * output. No Math.random, no clock. Changing any option (even a share) changes the whole stream.
@@ -356,6 +361,8 @@ export interface SegmentCampaign {
   source: string
   medium: string
   name: string
+  content?: string
+  term?: string
 }
 
 export interface SegmentContext {
@@ -363,6 +370,8 @@ export interface SegmentContext {
   page?: SegmentPageContext
   userAgent: string
   locale: string
+  /** The visitor's IP (Segment's context.ip), absent for some visitors; ingest looks its country up and drops it. */
+  ip?: string
   /** Only on events sent from a landing page whose URL carried utm_* parameters. */
   campaign?: SegmentCampaign
   library: { name: string; version: string }
@@ -484,7 +493,21 @@ export const GRANULARITY_MS: Readonly<Record<Granularity, number>> = {
   day: 86_400_000,
 }
 
-export type Dimension = 'event' | 'path' | 'referrer' | 'utm_source' | 'browser' | 'os' | 'device'
+export type Dimension =
+  | 'event'
+  | 'path'
+  | 'referrer'
+  | 'utm_source'
+  | 'browser'
+  | 'os'
+  | 'device'
+  | 'country'
+  | 'source'
+  | 'channel'
+  | 'utm_medium'
+  | 'utm_campaign'
+  | 'utm_content'
+  | 'utm_term'
 export const DIMENSIONS: readonly Dimension[] = [
   'event',
   'path',
@@ -493,6 +516,13 @@ export const DIMENSIONS: readonly Dimension[] = [
   'browser',
   'os',
   'device',
+  'country',
+  'source',
+  'channel',
+  'utm_medium',
+  'utm_campaign',
+  'utm_content',
+  'utm_term',
 ]
 
 export interface Counts {
@@ -565,18 +595,58 @@ export function eventLabel(payload: SegmentPayload): string | undefined {
   }
 }
 
+/** The `country` dimension value of a visitor IP (the generator's table; no product code). */
+export function countryLabel(ip: string | undefined): string {
+  return (ip !== undefined ? CLIENT_IPS.find((c) => c.ip === ip)?.country : undefined) ?? '(unknown)'
+}
+
+const hostLabel = (url: string): string => {
+  const host = new URL(url).hostname.toLowerCase()
+  return host.startsWith('www.') ? host.slice(4) : host
+}
+
+/**
+ * The `source` and `channel` of an event sent from `page` with `campaign`: the campaign's (from
+ * CAMPAIGN_SOURCES), else the landing referrer's (REFERRER_SOURCES; an unlisted host is its own
+ * source, channel Referral), else Direct. The previous page of the same site is no source.
+ */
+export function sourceLabels(
+  page: SegmentPageContext | undefined,
+  campaign: SegmentCampaign | undefined,
+): { source: string; channel: string } {
+  if (campaign !== undefined) {
+    const c = CAMPAIGN_SOURCES.find((x) => x.source === campaign.source)
+    if (c) return { source: c.expectSource, channel: c.expectChannel }
+  }
+  if (page?.referrer && hostLabel(page.referrer) !== hostLabel(page.url)) {
+    const host = hostLabel(page.referrer)
+    const known = REFERRER_SOURCES[host]
+    return known ? { source: known[0], channel: known[1] } : { source: host, channel: 'Referral' }
+  }
+  return { source: 'Direct / None', channel: 'Direct' }
+}
+
 /** Every breakdown dimension's value of one generated event, labelled as the truth labels it. */
 export function dimensionValues(ev: GeneratedEvent): Record<Dimension, string> {
   const p = ev.payload
   const page = p.context.page
+  const campaign = p.context.campaign
+  const { source, channel } = sourceLabels(page, campaign)
   return {
     event: eventLabel(p) ?? '(none)',
     path: page?.path ?? '(none)',
     referrer: referrerLabel(page?.referrer),
-    utm_source: p.context.campaign?.source ?? '(none)',
+    utm_source: campaign?.source ?? '(none)',
     browser: ev.ua.browser ?? '(unknown)',
     os: ev.ua.os ?? '(unknown)',
     device: ev.ua.device,
+    country: countryLabel(p.context.ip),
+    source,
+    channel,
+    utm_medium: campaign?.medium ?? '(none)',
+    utm_campaign: campaign?.name ?? '(none)',
+    utm_content: campaign?.content ?? '(none)',
+    utm_term: campaign?.term ?? '(none)',
   }
 }
 
@@ -744,6 +814,15 @@ export function truthOf(events: readonly GeneratedEvent[], sites: readonly strin
       referrerIds.set(page?.referrer, refId)
     }
     const at = n * nDims
+    const labels = sourceLabels(page, p.context.campaign)
+    const campaign = p.context.campaign
+    evValues[at + 7] = intern(7, countryLabel(p.context.ip))
+    evValues[at + 8] = intern(8, labels.source)
+    evValues[at + 9] = intern(9, labels.channel)
+    evValues[at + 10] = intern(10, campaign?.medium ?? '(none)')
+    evValues[at + 11] = intern(11, campaign?.name ?? '(none)')
+    evValues[at + 12] = intern(12, campaign?.content ?? '(none)')
+    evValues[at + 13] = intern(13, campaign?.term ?? '(none)')
     evValues[at] = intern(0, eventLabel(p)!)
     evValues[at + 1] = intern(1, page?.path ?? '(none)')
     evValues[at + 2] = refId
@@ -897,17 +976,119 @@ function buildReferrers(n: number): (readonly string[])[] {
 interface CampaignSource {
   source: string
   medium: string
+  content?: string
+  term?: string
   referrer: string
   weight: number
+  /** The `source` and GA4 `channel` Tally must report for it (utm_source names the source). */
+  expectSource: string
+  expectChannel: string
 }
 const CAMPAIGN_SOURCES: readonly CampaignSource[] = [
-  { source: 'google', medium: 'cpc', referrer: 'https://www.google.com/', weight: 5 },
-  { source: 'newsletter', medium: 'email', referrer: '', weight: 4 },
-  { source: 'twitter', medium: 'social', referrer: 'https://t.co/Xy98Zw76', weight: 3 },
-  { source: 'facebook', medium: 'paid_social', referrer: 'https://l.facebook.com/', weight: 2 },
-  { source: 'linkedin', medium: 'social', referrer: 'https://www.linkedin.com/', weight: 1 },
-  { source: 'producthunt', medium: 'referral', referrer: 'https://www.producthunt.com/', weight: 1 },
+  {
+    source: 'google',
+    medium: 'cpc',
+    term: 'web analytics',
+    content: 'ad_a',
+    referrer: 'https://www.google.com/',
+    weight: 5,
+    expectSource: 'Google',
+    expectChannel: 'Paid Search',
+  },
+  {
+    source: 'newsletter',
+    medium: 'email',
+    content: 'header_link',
+    referrer: '',
+    weight: 4,
+    expectSource: 'newsletter',
+    expectChannel: 'Email',
+  },
+  {
+    source: 'twitter',
+    medium: 'social',
+    referrer: 'https://t.co/Xy98Zw76',
+    weight: 3,
+    expectSource: 'Twitter',
+    expectChannel: 'Organic Social',
+  },
+  {
+    source: 'facebook',
+    medium: 'paid_social',
+    referrer: 'https://l.facebook.com/',
+    weight: 2,
+    expectSource: 'Facebook',
+    expectChannel: 'Paid Social',
+  },
+  {
+    source: 'linkedin',
+    medium: 'social',
+    referrer: 'https://www.linkedin.com/',
+    weight: 1,
+    expectSource: 'LinkedIn',
+    expectChannel: 'Organic Social',
+  },
+  {
+    source: 'producthunt',
+    medium: 'referral',
+    referrer: 'https://www.producthunt.com/',
+    weight: 1,
+    expectSource: 'producthunt',
+    expectChannel: 'Referral',
+  },
 ]
+
+/**
+ * Named source and GA4 channel of the hosts of KNOWN_REFERRERS that the referrer database knows
+ * (what Tally must report for them); any other host is its own source, channel Referral.
+ */
+const REFERRER_SOURCES: Readonly<Record<string, readonly [string, string]>> = {
+  'google.com': ['Google', 'Organic Search'],
+  'google.co.uk': ['Google', 'Organic Search'],
+  'bing.com': ['Bing', 'Organic Search'],
+  'duckduckgo.com': ['DuckDuckGo', 'Organic Search'],
+  'search.yahoo.com': ['Yahoo!', 'Organic Search'],
+  't.co': ['Twitter', 'Organic Social'],
+  'news.ycombinator.com': ['Hacker News', 'Organic Social'],
+  'facebook.com': ['Facebook', 'Organic Social'],
+  'm.facebook.com': ['Facebook', 'Organic Social'],
+  'reddit.com': ['Reddit', 'Organic Social'],
+  'old.reddit.com': ['Reddit', 'Organic Social'],
+  'linkedin.com': ['LinkedIn', 'Organic Social'],
+  'github.com': ['GitHub', 'Organic Social'],
+  'stackoverflow.com': ['StackOverflow', 'Organic Social'],
+}
+
+/**
+ * Visitor IPs and their countries in the pinned IP database (checked against it by the unit test):
+ * public IPv4 and IPv6, a private address and none at all (both `(unknown)`). A visitor's entry is
+ * chosen by a hash of its anonymousId, so adding IPs drew nothing from the PRNG.
+ */
+export const CLIENT_IPS: readonly { ip: string | undefined; country: string }[] = [
+  { ip: '8.8.8.8', country: 'US' },
+  { ip: '216.160.83.56', country: 'US' },
+  { ip: '2001:4860:4860::8888', country: 'US' },
+  { ip: '81.2.69.142', country: 'GB' },
+  { ip: '2.125.160.216', country: 'GB' },
+  { ip: '89.160.20.112', country: 'SE' },
+  { ip: '1.1.1.1', country: 'AU' },
+  { ip: '175.16.199.1', country: 'CN' },
+  { ip: '2a02:ff0::1', country: 'TR' },
+  { ip: '2a02:cf40::1', country: 'DK' },
+  { ip: '10.20.30.40', country: '(unknown)' },
+  { ip: undefined, country: '(unknown)' },
+]
+
+/** FNV-1a of a string: picks a visitor's IP without drawing from the PRNG. */
+function fnv1a(s: string): number {
+  let h = 0x811c9dc5
+  for (let i = 0; i < s.length; i++) h = Math.imul(h ^ s.charCodeAt(i), 0x01000193)
+  return h >>> 0
+}
+
+function ipOf(anonymousId: string): string | undefined {
+  return CLIENT_IPS[fnv1a(anonymousId) % CLIENT_IPS.length]!.ip
+}
 const CAMPAIGN_NAMES = ['spring_sale', 'launch', 'weekly_digest', 'retargeting']
 
 const TRACK_EVENTS: readonly { name: string; weight: number }[] = [
@@ -998,6 +1179,7 @@ interface Visitor {
   /** Timestamp of the identify call; userId is attached to events from then on. */
   identifiedAt: number
   locale: string
+  ip: string | undefined
 }
 
 type Kind = 'page' | 'track' | 'identify' | 'screen'
@@ -1095,7 +1277,9 @@ export function generateWorkload(opts: WorkloadOptions): Workload {
         userId: undefined,
         identifiedAt: Number.POSITIVE_INFINITY,
         locale: 'en-US',
+        ip: undefined,
       }
+      visitor.ip = ipOf(visitor.anonymousId)
     } else {
       const pool = pools[plan.site]!
       const slot = rng.int(pool.length)
@@ -1108,7 +1292,9 @@ export function generateWorkload(opts: WorkloadOptions): Workload {
           userId: undefined,
           identifiedAt: Number.POSITIVE_INFINITY,
           locale: rng.pick(LOCALES),
+          ip: undefined,
         }
+        v.ip = ipOf(v.anonymousId)
         pool[slot] = v
       }
       visitor = v
@@ -1155,9 +1341,15 @@ export function generateWorkload(opts: WorkloadOptions): Workload {
     if (!plan.bot) {
       if (rng.chance(o.campaignShare)) {
         const c = CAMPAIGN_SOURCES[campaignSampler.sample(rng)]!
-        campaign = Object.freeze({ source: c.source, medium: c.medium, name: rng.pick(CAMPAIGN_NAMES) })
+        const name = rng.pick(CAMPAIGN_NAMES)
+        const fields: SegmentCampaign = { source: c.source, medium: c.medium, name }
+        if (c.content !== undefined) fields.content = c.content
+        if (c.term !== undefined) fields.term = c.term
+        campaign = Object.freeze(fields)
         landingReferrer = c.referrer
-        search = `?utm_source=${c.source}&utm_medium=${c.medium}&utm_campaign=${campaign.name}`
+        search = `?utm_source=${c.source}&utm_medium=${c.medium}&utm_campaign=${name}`
+        if (c.content !== undefined) search += `&utm_content=${encodeURIComponent(c.content)}`
+        if (c.term !== undefined) search += `&utm_term=${encodeURIComponent(c.term)}`
       } else if (!rng.chance(o.directShare)) {
         landingReferrer = rng.pick(referrers[refZipf.sample(rng)]!)
       }
@@ -1208,6 +1400,7 @@ export function generateWorkload(opts: WorkloadOptions): Workload {
       } else {
         context = { page, userAgent: ua.ua, locale: visitor.locale, campaign, library: LIBRARY }
       }
+      if (visitor.ip !== undefined) context.ip = visitor.ip
       const messageId = uniqueId()
       const anonymousId = visitor.anonymousId
       const timestamp = iso(ts)

@@ -1,3 +1,4 @@
+import { isIP } from 'node:net'
 import { homedir, tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
 import { ConfigError } from './errors.js'
@@ -125,6 +126,11 @@ export interface IngestConfig {
    * `/v1/…` under it, for sites that proxy it on their own domain. Default '' (none).
    */
   trackerPrefix?: string
+  /**
+   * TALLY_TRUST_PROXY: whose X-Forwarded-For gives the visitor's IP (for its country): a hop count
+   * or a comma-separated list of proxy addresses/CIDRs. Undefined: the socket's address.
+   */
+  trustProxy?: number | string[]
 }
 
 export interface QueryConfig {
@@ -356,6 +362,29 @@ function parseReplication(raw: string | undefined, name: string): CassandraRepli
 }
 
 /** A URL path prefix like `/stats` or `/a/b` (no trailing slash); '' when unset. */
+function parseTrustProxy(raw: string | undefined, name: string): number | string[] | undefined {
+  if (raw === undefined || raw.trim() === '') return undefined
+  const t = raw.trim()
+  if (/^\d+$/.test(t)) {
+    const hops = Number(t)
+    if (hops < 1 || hops > 32) throw new ConfigError(name, raw, 'a hop count from 1 to 32')
+    return hops
+  }
+  const list = t.split(',').map((x) => x.trim())
+  for (const item of list) {
+    const [addr, prefix, extra] = item.split('/')
+    const version = isIP(addr ?? '')
+    const max = version === 4 ? 32 : 128
+    if (
+      version === 0 ||
+      extra !== undefined ||
+      (prefix !== undefined && (!/^\d{1,3}$/.test(prefix) || Number(prefix) > max))
+    )
+      throw new ConfigError(name, raw, 'a hop count, or a comma-separated list of IP addresses or CIDRs')
+  }
+  return list
+}
+
 function parsePathPrefix(raw: string | undefined, name: string): string {
   if (raw === undefined || raw === '' || raw === '/') return ''
   const trimmed = raw.replace(/\/+$/, '')
@@ -524,6 +553,12 @@ export const VARIABLES = {
     '',
     'first-party path prefix: ingest also serves `<prefix>/t.js` and `<prefix>/v1/…`',
     parsePathPrefix,
+  ),
+  TALLY_TRUST_PROXY: custom(
+    'hop count, or comma-separated proxy addresses/CIDRs',
+    '',
+    "whose `X-Forwarded-For` ingest believes for the visitor's IP (its country): the last N hops, or the listed proxies; unset: the socket's address",
+    parseTrustProxy,
   ),
   TALLY_STREAM_GROUP: text('tally-aggregate', 'consumer group of the stream workers'),
   TALLY_ARCHIVE_GROUP: text(
@@ -779,6 +814,7 @@ export function loadConfig(env: Env = process.env): TallyConfig {
       requestTimeoutMs: v.TALLY_REQUEST_TIMEOUT_MS,
       maxConnections: v.TALLY_MAX_CONNECTIONS,
       trackerPrefix: v.TALLY_TRACKER_PREFIX,
+      ...(v.TALLY_TRUST_PROXY !== undefined ? { trustProxy: v.TALLY_TRUST_PROXY } : {}),
       // One value for ingest (clamp) and the stream (what it leaves to batch), so they agree.
       maxFutureMs: v.TALLY_MAX_FUTURE_MS,
       // Older live events could leave the raw log before the archiver read them.

@@ -45,6 +45,11 @@ export interface HttpServerOptions {
   onErrorAnswer?: (err: TallyError) => void
   /** The process registry: every request is timed into its `http_request_duration_seconds`. */
   registry?: Registry
+  /**
+   * Whose X-Forwarded-For `request.ip` believes (Fastify's trustProxy): a number of proxy hops or
+   * a list of proxy addresses/CIDRs. Default: none, the socket's address.
+   */
+  trustProxy?: number | string[]
 }
 
 /** Maps Fastify's own errors to Tally codes so every error body looks the same. */
@@ -127,6 +132,10 @@ class ThrottledWarning {
  * echoed back in `x-request-id`; explicit body and time limits; errors as
  * `{success:false, code, message, where, requestId}`.
  */
+function trustHops(hops: number): (address: string, hop: number) => boolean {
+  return (_address, hop) => hop < hops
+}
+
 export function createHttpServer(options: HttpServerOptions): FastifyInstance {
   const { requestTimeoutMs } = options
   const serverOptions: FastifyHttpOptions<Server> = {
@@ -144,6 +153,9 @@ export function createHttpServer(options: HttpServerOptions): FastifyInstance {
     // at a request's first byte).
     connectionTimeout: requestTimeoutMs,
     keepAliveTimeout: options.keepAliveTimeoutMs ?? 72_000,
+    // A hop count as a function: Fastify's types take no number (its runtime does the same).
+    trustProxy:
+      typeof options.trustProxy === 'number' ? trustHops(options.trustProxy) : (options.trustProxy ?? false),
     return503OnClosing: true,
     forceCloseConnections: 'idle',
     // Per-request access logs would dominate at ingest rates; errors are logged by the handler.

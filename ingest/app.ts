@@ -53,6 +53,7 @@ export async function buildIngestApp(deps: IngestDeps): Promise<FastifyInstance>
     bodyLimit: config.maxBodyBytes,
     requestTimeoutMs: config.requestTimeoutMs,
     maxConnections: config.maxConnections,
+    ...(config.trustProxy !== undefined ? { trustProxy: config.trustProxy } : {}),
     onErrorAnswer: (err) => metrics.rejections.inc({ code: err.code }),
     registry: metrics.registry,
   })

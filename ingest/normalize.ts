@@ -3,6 +3,7 @@ import { Compile } from 'typebox/compile'
 import { ERR } from '../core/error-codes.js'
 import { type DeadLetter, deadLetter, ok, type StepResult } from '../core/record/result.js'
 import { EVENT_TYPES, type EventType, type RawEventV1, SegmentEventV1 } from '../schemas/events.js'
+import { type CountryLookup, sharedCountryLookup } from './geo.js'
 import type { UserAgentParser } from './user-agent.js'
 
 /** A reason an event was not accepted; returned per event in `rejected`. */
@@ -184,6 +185,12 @@ export interface NormalizeInput {
   /** The route's type (/v1/track → track); batch items carry their own. */
   routeType: EventType | undefined
   imported: boolean
+  /**
+   * The visitor's address as the request shows it (the socket's, or X-Forwarded-For's as far as
+   * TALLY_TRUST_PROXY trusts it); undefined for server-side calls, whose socket is the sender's.
+   * An event's own context.ip (Segment's field for server-side calls) comes first.
+   */
+  clientIp?: string
 }
 
 /** The raw-log event, or the reason it was rejected (a dead letter: ingest never drops an event). */
@@ -209,6 +216,7 @@ export function normalizeEvent(
   input: NormalizeInput,
   limits: IngestLimits,
   uaParser: UserAgentParser,
+  geo: CountryLookup = sharedCountryLookup(),
 ): NormalizeResult {
   if (payload === null || typeof payload !== 'object' || Array.isArray(payload)) {
     return reject(ERR.INVALID_EVENT, 'an event must be a JSON object')
@@ -307,7 +315,9 @@ export function normalizeEvent(
     )
   }
 
-  // The client IP serves rate limiting only; it is never stored.
+  // The client IP serves the country lookup and rate limiting only; it is never stored.
+  const contextIp = e.context?.ip
+  const country = geo.country(typeof contextIp === 'string' && contextIp !== '' ? contextIp : input.clientIp)
   const context = withoutIp(e.context)
   const ua = uaParser.parse(typeof context.userAgent === 'string' ? context.userAgent : input.userAgent)
 
@@ -323,6 +333,7 @@ export function normalizeEvent(
     receivedAt: isoOfReceivedAt(input.receivedAtMs),
     ua: { browser: ua.browser, os: ua.os, device: ua.device },
     bot: ua.bot,
+    country,
   }
   if (e.event !== undefined) event.event = e.event
   if (e.name !== undefined) event.name = e.name

@@ -34,7 +34,7 @@ import type { Dimension } from '../core/aggregate/definition.js'
  */
 
 /** Written into the schema metadata; a reader refuses other versions. */
-export const SEGMENT_FORMAT_VERSION = 1
+export const SEGMENT_FORMAT_VERSION = 2
 
 /** Dimension columns, named after the dimensions and in their order. */
 export const DIMENSION_COLUMNS = [
@@ -45,6 +45,13 @@ export const DIMENSION_COLUMNS = [
   'browser',
   'os',
   'device',
+  'country',
+  'source',
+  'channel',
+  'utm_medium',
+  'utm_campaign',
+  'utm_content',
+  'utm_term',
 ] as const satisfies readonly Dimension[]
 
 export const COLUMNS = {

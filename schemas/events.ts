@@ -85,6 +85,12 @@ export const RawEventV1 = Type.Object({
   receivedAt: Type.String(),
   ua: UserAgentInfo,
   bot: Type.Boolean(),
+  /**
+   * ISO 3166-1 alpha-2 country of the client IP, looked up at ingest before the IP is dropped
+   * (ingest/geo.ts); `(unknown)` for no IP, a private address or no match. Absent on events logged
+   * before countries existed (counted as `(unknown)`).
+   */
+  country: Type.Optional(Type.String({ maxLength: 16 })),
   /** Appended by bulk import (POST /v1/import, tally import) rather than sent live. */
   imported: Type.Optional(Type.Boolean()),
   /**

@@ -1,4 +1,5 @@
 import type { RawEventV1 } from '../../schemas/events.js'
+import { classifySource } from './source.js'
 
 /**
  * The one definition of every metric and dimension, shared by the stream workers and the batch
@@ -15,7 +16,22 @@ import type { RawEventV1 } from '../../schemas/events.js'
 export const GRANULARITIES = ['minute', 'hour', 'day'] as const
 export type Granularity = (typeof GRANULARITIES)[number]
 
-export const DIMENSIONS = ['event', 'path', 'referrer', 'utm_source', 'browser', 'os', 'device'] as const
+export const DIMENSIONS = [
+  'event',
+  'path',
+  'referrer',
+  'utm_source',
+  'browser',
+  'os',
+  'device',
+  'country',
+  'source',
+  'channel',
+  'utm_medium',
+  'utm_campaign',
+  'utm_content',
+  'utm_term',
+] as const
 export type Dimension = (typeof DIMENSIONS)[number]
 
 /**
@@ -29,6 +45,13 @@ export const SESSION_DIMENSIONS = [
   'browser',
   'os',
   'device',
+  'country',
+  'source',
+  'channel',
+  'utm_medium',
+  'utm_campaign',
+  'utm_content',
+  'utm_term',
 ] as const satisfies readonly Dimension[]
 export type SessionDimension = (typeof SESSION_DIMENSIONS)[number]
 
@@ -47,6 +70,8 @@ export const DIMENSION_GRANULARITIES: readonly Granularity[] = ['hour', 'day']
 
 export const NONE = '(none)'
 export const DIRECT = '(direct)'
+/** Country of an event whose IP was missing, private or not in the database (ingest/geo.ts). */
+export const UNKNOWN = '(unknown)'
 
 const MINUTE_MS = 60_000
 const HOUR_MS = 3_600_000
@@ -121,21 +146,39 @@ function memoized<T>(fn: (raw: string) => T, limit = 10_000): (raw: string) => T
   }
 }
 
-const hostOf = memoized((raw) => {
-  const u = urlOf(raw)
-  if (!u?.hostname) return DIRECT
-  return u.hostname.toLowerCase().replace(/^www\./, '')
-})
+function bareHost(u: URL | undefined): string | undefined {
+  return u?.hostname ? u.hostname.toLowerCase().replace(/^www\./, '') : undefined
+}
+
+const hostOf = memoized((raw) => bareHost(urlOf(raw)) ?? DIRECT)
 
 /** Host of a referrer URL, lower-case, without a leading "www."; (direct) when there is none. */
 export function referrerHost(raw: string | undefined): string {
   return raw ? hostOf(raw) : DIRECT
 }
 
-/** Path and utm_source of a page URL (each undefined when the URL has none or does not parse). */
-const partsOf = memoized((raw): { path: string | undefined; utmSource: string | undefined } => {
+interface PageParts {
+  path: string | undefined
+  host: string | undefined
+  utm: Record<(typeof UTM_KEYS)[number], string | undefined>
+  clickId: 'google' | 'microsoft' | undefined
+}
+
+const UTM_KEYS = ['source', 'medium', 'campaign', 'content', 'term'] as const
+
+/** Path, host, utm_* and ad click id of a page URL (each undefined when the URL has none or does not parse). */
+const partsOf = memoized((raw): PageParts => {
   const u = urlOf(raw)
-  return { path: u?.pathname, utmSource: u?.searchParams.get('utm_source') ?? undefined }
+  const q = u?.searchParams
+  const utm = {} as PageParts['utm']
+  for (const k of UTM_KEYS) utm[k] = q?.get(`utm_${k}`) || undefined
+  const clickId =
+    q && (q.has('gclid') || q.has('gbraid') || q.has('wbraid'))
+      ? 'google'
+      : q?.has('msclkid')
+        ? 'microsoft'
+        : undefined
+  return { path: u?.pathname, host: bareHost(u), utm, clickId }
 })
 
 const MAX_VALUE_LENGTH = 256
@@ -144,7 +187,12 @@ function clip(v: string): string {
   return v.length > MAX_VALUE_LENGTH ? v.slice(0, MAX_VALUE_LENGTH) : v
 }
 
-/** The value of every dimension for one event. */
+/**
+ * The value of every dimension for one event. UTM values come from `context.campaign` (Segment's
+ * names: source, medium, name, content, term), else from the page URL's query; `source` and
+ * `channel` from them and the referrer (core/aggregate/source.ts); `country` is what ingest looked
+ * up from the IP (RawEventV1.country).
+ */
 export function dimensionsOf(e: RawEventV1): Record<Dimension, string> {
   const page = obj(e.context.page)
   const props = e.properties
@@ -153,14 +201,30 @@ export function dimensionsOf(e: RawEventV1): Record<Dimension, string> {
   const path = str(props.path) ?? str(page?.path) ?? parts?.path
   const referrer = str(props.referrer) ?? str(page?.referrer)
   const campaign = obj(e.context.campaign)
-  const utm = str(campaign?.source) ?? parts?.utmSource
+  const utm = str(campaign?.source) ?? parts?.utm.source
+  const medium = str(campaign?.medium) ?? parts?.utm.medium
+  const refHost = referrerHost(referrer)
+  const { source, channel } = classifySource({
+    referrerHost: refHost === DIRECT ? undefined : refHost,
+    pageHost: parts?.host,
+    utmSource: utm,
+    utmMedium: medium,
+    clickId: parts?.clickId,
+  })
   return {
     event: clip(e.type === 'track' ? (e.event ?? NONE) : e.type === 'page' ? 'pageview' : 'screen'),
     path: clip(path ?? NONE),
-    referrer: clip(referrerHost(referrer)),
+    referrer: clip(refHost),
     utm_source: clip(utm || NONE),
     browser: e.ua.browser,
     os: e.ua.os,
     device: e.ua.device,
+    country: e.country ?? UNKNOWN,
+    source: clip(source),
+    channel,
+    utm_medium: clip(medium || NONE),
+    utm_campaign: clip(str(campaign?.name) ?? parts?.utm.campaign ?? NONE),
+    utm_content: clip(str(campaign?.content) ?? parts?.utm.content ?? NONE),
+    utm_term: clip(str(campaign?.term) ?? parts?.utm.term ?? NONE),
   }
 }

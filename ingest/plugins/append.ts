@@ -83,6 +83,9 @@ async function append(app: FastifyInstance, options: AppendOptions): Promise<voi
     // its User-Agent is the sender's, not the visitor's, so only context.userAgent describes the
     // visitor. Browsers (beacons, analytics.js, the pixel) send the key in the body or the URL.
     const userAgent = req.headers.authorization ? undefined : req.headers['user-agent']
+    // The same for the address: a server's own is no visitor's country (Segment's context.ip is).
+    // req.ip honours TALLY_TRUST_PROXY (Fastify's trustProxy).
+    const clientIp = req.headers.authorization ? undefined : req.ip
     const trace = traceContext(req.headers.traceparent, req.id)
     const headers = recordHeaders(site.siteId, trace, req.id)
     const records: LogRecord[] = []
@@ -99,6 +102,7 @@ async function append(app: FastifyInstance, options: AppendOptions): Promise<voi
           batchSentAt: input.batchSentAt,
           routeType: input.routeType,
           imported: input.imported,
+          clientIp,
         },
         limits,
         uaParser,

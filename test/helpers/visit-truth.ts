@@ -19,7 +19,20 @@ export interface VisitCounts {
 const MINUTE = 60_000
 const HOUR = 3_600_000
 const DAY = 86_400_000
-export const SESSION_DIMENSIONS = ['referrer', 'utm_source', 'browser', 'os', 'device'] as const
+export const SESSION_DIMENSIONS = [
+  'referrer',
+  'utm_source',
+  'browser',
+  'os',
+  'device',
+  'country',
+  'source',
+  'channel',
+  'utm_medium',
+  'utm_campaign',
+  'utm_content',
+  'utm_term',
+] as const
 const COUNTED = new Set(['track', 'page', 'screen'])
 
 /** The key of a visit row: site, granularity, window start (ISO), dimension ('' for totals), value. */

@@ -5,7 +5,9 @@ import { join } from 'node:path'
 import { isbot } from 'isbot'
 import { describe, expect, it } from 'vitest'
 import {
+  CLIENT_IPS,
   type Counts,
+  countryLabel,
   DIMENSIONS,
   type GeneratedEvent,
   GRANULARITIES,
@@ -13,6 +15,7 @@ import {
   Rng,
   readWorkload,
   referrerLabel,
+  sourceLabels,
   type Truth,
   truthCounts,
   truthOf,
@@ -304,6 +307,13 @@ function naiveTruth(events: readonly GeneratedEvent[], sites: readonly string[])
       browser: ua.browser ?? '(unknown)',
       os: ua.os ?? '(unknown)',
       device: ua.device,
+      // The generator's own tables (checked against the IP database and the classifier below).
+      country: countryLabel(p.context.ip),
+      ...sourceLabels(p.context.page, p.context.campaign),
+      utm_medium: p.context.campaign?.medium ?? '(none)',
+      utm_campaign: p.context.campaign?.name ?? '(none)',
+      utm_content: p.context.campaign?.content ?? '(none)',
+      utm_term: p.context.campaign?.term ?? '(none)',
     }
     for (const scope of scopeKeys) {
       bump(scope, '', p.anonymousId, p.type === 'page')

@@ -53,6 +53,13 @@ const DIMS = (i: number): Record<Dimension, string> => ({
   browser: 'Firefox',
   os: i % 2 === 0 ? 'Linux' : 'iOS',
   device: i % 2 === 0 ? 'desktop' : 'mobile',
+  country: i % 2 === 0 ? 'FR' : '(unknown)',
+  source: i % 2 === 0 ? 'Direct / None' : 'news.example',
+  channel: i % 2 === 0 ? 'Direct' : 'Referral',
+  utm_medium: i % 5 === 0 ? 'email' : '(none)',
+  utm_campaign: '(none)',
+  utm_content: '(none)',
+  utm_term: '(none)',
 })
 
 function makeEvent(
@@ -467,6 +474,13 @@ describe('raw-event export (archive segments → NDJSON / Arrow)', () => {
       'browser',
       'os',
       'device',
+      'country',
+      'source',
+      'channel',
+      'utm_medium',
+      'utm_campaign',
+      'utm_content',
+      'utm_term',
       'partition',
       'offset',
       'traceparent',

@@ -169,7 +169,7 @@ describe('visit metrics', () => {
     const byPath = errorOf(() => query('breakdown', { property: 'path', metrics: 'pageviews,visits' }))
     expect([byPath.statusCode, byPath.where]).toEqual([400, 'metrics'])
     expect(byPath.message).toMatch(
-      /referrer, utm_source, browser, os, device, entry_page, exit_page, not by path/,
+      /referrer, utm_source, browser, os, device, country, source, channel, utm_medium, utm_campaign, utm_content, utm_term, entry_page, exit_page, not by path/,
     )
     const filtered = errorOf(() => query('aggregate', { filters: 'event==signup', metrics: 'bounce_rate' }))
     expect(filtered.message).toMatch(/not by event/)

@@ -60,8 +60,8 @@ describe('the stream pipeline (countRecords)', () => {
     expect(pass.counted).toBe(1)
     expect(Object.fromEntries(pass.outcomes)).toEqual({ replayed: 1, duplicate: 1, late: 1 })
     expect(pass.deadLetters.map((d) => d.offset)).toEqual([3])
-    // One counted event touches 3 totals rows and 14 breakdown rows, none in memory yet.
-    expect(pass.loading).toHaveLength(17)
+    // One counted event touches 3 totals rows and 28 breakdown rows (14 dimensions × hour and day), none in memory yet.
+    expect(pass.loading).toHaveLength(31)
     expect(s.rows.windows).toBe(3)
     expect(s.watermarkMs).toBe(Date.parse('2026-03-01T12:00:01.000Z'))
   })
