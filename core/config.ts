@@ -557,7 +557,7 @@ export const VARIABLES = {
   TALLY_TRUST_PROXY: custom(
     'hop count, or comma-separated proxy addresses/CIDRs',
     '',
-    "whose `X-Forwarded-For` ingest believes for the visitor's IP (its country): the last N hops, or the listed proxies; unset: the socket's address",
+    "whose `X-Forwarded-For` ingest believes for the visitor's IP (its country, Plausible's cookieless visitor id): the last N hops, or the listed proxies; unset: the socket's address",
     parseTrustProxy,
   ),
   TALLY_STREAM_GROUP: text('tally-aggregate', 'consumer group of the stream workers'),

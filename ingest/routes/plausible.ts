@@ -68,11 +68,13 @@ function answerErrors(reply: FastifyReply, errors: PlausibleErrors): FastifyRepl
   return reply.status(400).header('access-control-allow-origin', '*').send({ errors })
 }
 
-/** The visitor's IP as Plausible reads it: the first X-Forwarded-For hop (a proxy in front), else the peer. */
+/**
+ * The visitor's IP: the peer, or the X-Forwarded-For hop TALLY_TRUST_PROXY says to believe
+ * (Fastify's req.ip). A client-sent X-Forwarded-For is not believed without it: it would let one
+ * client count as any number of visitors.
+ */
 function clientIp(req: FastifyRequest): string {
-  const forwarded = req.headers['x-forwarded-for']
-  const first = (Array.isArray(forwarded) ? forwarded[0] : forwarded)?.split(',')[0]?.trim()
-  return first || req.ip
+  return req.ip
 }
 
 /**

@@ -39,10 +39,12 @@ let app: FastifyInstance
 let records: LogRecord[]
 let metrics: IngestMetrics
 let nowMs: number
+/** TALLY_TRUST_PROXY of the app under test ('1': a proxy in front; '': none). */
+let trustProxy = '1'
 /** Salts the fake store handed out, by day. */
 let salts: Map<string, Buffer>
 
-beforeEach(async () => {
+async function rebuild(): Promise<void> {
   records = []
   metrics = createIngestMetrics()
   nowMs = Date.parse('2026-03-10T12:00:00Z')
@@ -63,7 +65,9 @@ beforeEach(async () => {
     () => nowMs,
   )
   app = await buildIngestApp({
-    config: loadConfig({ LOG_LEVEL: 'silent' }).ingest,
+    // Most tests speak as a trusted proxy in front of ingest (X-Forwarded-For names the visitor).
+    config: loadConfig({ LOG_LEVEL: 'silent', ...(trustProxy ? { TALLY_TRUST_PROXY: trustProxy } : {}) })
+      .ingest,
     topic: 'raw',
     log: {
       append: async (_t, rs) => void records.push(...rs),
@@ -75,7 +79,9 @@ beforeEach(async () => {
     logger: createLogger('silent'),
     plausible: { sites, salt },
   })
-})
+}
+
+beforeEach(rebuild)
 
 afterEach(async () => {
   await app.close()
@@ -263,6 +269,22 @@ describe('Plausible event API: cookieless visitors and the daily salt', () => {
     const [a, b, c, d] = ids()
     expect(a).toBe(b)
     expect(new Set([a, c, d]).size).toBe(3)
+  })
+
+  it('believes X-Forwarded-For only behind a trusted proxy: without TALLY_TRUST_PROXY a client cannot pose as other visitors', async () => {
+    trustProxy = ''
+    try {
+      await app.close()
+      records = []
+      // A fresh app without trust (beforeEach built one with it).
+      await rebuild()
+      await hit('198.51.100.1')
+      await hit('198.51.100.2')
+      await hit('198.51.100.3')
+      expect(new Set(ids()).size).toBe(1)
+    } finally {
+      trustProxy = '1'
+    }
   })
 
   it('counts the same visitor on two days as two visitors (the salt rotates at midnight UTC)', async () => {
