@@ -120,16 +120,14 @@ function clientErrorOf(err: ConnectionError, requestTimeoutMs: number): TallyErr
       return new TallyError(
         ERR.REQUEST_TIMEOUT,
         `the request (headers and body) was not received within ${requestTimeoutMs} ms`,
-        { statusCode: 408, cause: err },
+        { cause: err },
       )
     case 'HPE_HEADER_OVERFLOW':
       return new TallyError(ERR.HEADERS_TOO_LARGE, 'the request headers are larger than the limit', {
-        statusCode: 431,
         cause: err,
       })
     default:
       return new TallyError(ERR.BAD_REQUEST, `malformed HTTP request (${err.code})`, {
-        statusCode: 400,
         cause: err,
       })
   }

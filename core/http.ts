@@ -57,34 +57,29 @@ function mapFastifyError(err: FastifyError): TallyError {
   switch (err.code) {
     case 'FST_ERR_CTP_BODY_TOO_LARGE':
       return new TallyError(ERR.PAYLOAD_TOO_LARGE, 'request body is larger than the limit', {
-        statusCode: 413,
         cause: err,
       })
     case 'FST_ERR_CTP_INVALID_MEDIA_TYPE':
       return new TallyError(ERR.UNSUPPORTED_MEDIA_TYPE, 'send application/json or text/plain', {
-        statusCode: 415,
         where: 'content-type',
         cause: err,
       })
     case 'FST_ERR_CTP_EMPTY_JSON_BODY':
-      return new TallyError(ERR.MALFORMED_JSON, 'the body is empty', { statusCode: 400, cause: err })
+      return new TallyError(ERR.MALFORMED_JSON, 'the body is empty', { cause: err })
     case 'FST_ERR_CTP_INVALID_CONTENT_LENGTH':
       return new TallyError(ERR.BAD_REQUEST, 'content-length does not match the body', {
-        statusCode: 400,
         cause: err,
       })
     case 'FST_ERR_VALIDATION':
-      return new TallyError(ERR.BAD_PARAMETER, err.message, { statusCode: 400, cause: err })
+      return new TallyError(ERR.BAD_PARAMETER, err.message, { cause: err })
   }
   if (err instanceof SyntaxError || (err.statusCode === 400 && /JSON/i.test(err.message))) {
     return new TallyError(ERR.MALFORMED_JSON, `body is not valid JSON: ${err.message}`, {
-      statusCode: 400,
       cause: err,
     })
   }
   if (err.code === 'Z_DATA_ERROR' || err.code === 'Z_BUF_ERROR') {
     return new TallyError(ERR.BAD_ENCODING, `body is not valid gzip/deflate: ${err.message}`, {
-      statusCode: 400,
       cause: err,
     })
   }

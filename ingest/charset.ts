@@ -45,7 +45,7 @@ export function decodeBody(bytes: Buffer, contentType: string | undefined): stri
       throw new TallyError(
         ERR.UNSUPPORTED_CHARSET,
         `charset ${JSON.stringify(charset.slice(0, 64))} is not supported: send UTF-8`,
-        { statusCode: 415, where: 'content-type', cause: err },
+        { where: 'content-type', cause: err },
       )
     }
     decoders.set(charset, decoder)

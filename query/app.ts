@@ -227,7 +227,7 @@ export async function buildQueryApp(deps: QueryAppDeps): Promise<FastifyInstance
       throw new TallyError(
         ERR.NOT_IMPLEMENTED,
         'raw-event export is not available on this server: it reads the archive of raw events (Arrow segments written by `tally archive`), which this query role was not given; export aggregates with /v1/export/aggregates',
-        { statusCode: 501 },
+        {},
       )
     }
     const q = await parsed(req, 'events')

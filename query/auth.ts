@@ -135,7 +135,6 @@ export class ReadAccessCache implements ReadAuthorizer {
     const owner = await this.ownerOf(hash)
     if (owner !== undefined && owner !== siteId) {
       throw new TallyError(ERR.WRONG_SITE, `this read token does not give access to site ${siteId}`, {
-        statusCode: 403,
         where: 'site',
       })
     }
@@ -210,7 +209,6 @@ function matchesAny(hash: string, hashes: readonly string[]): boolean {
 
 function unavailable(cause: unknown): TallyError {
   return new TallyError(ERR.SITES_UNAVAILABLE, 'cannot check the read token right now', {
-    statusCode: 503,
     retriable: true,
     cause,
   })

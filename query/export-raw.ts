@@ -184,7 +184,6 @@ export function archiveRawEventSource(
 function corruptError(err: CorruptSegmentError, topicDir: string): TallyError {
   const rel = err.path.startsWith(`${topicDir}/`) ? err.path.slice(topicDir.length + 1) : err.path
   return new TallyError(ERR.CORRUPT_SEGMENT, err.message.split(err.path).join(rel), {
-    statusCode: 500,
     where: rel,
     cause: err,
   })
@@ -220,7 +219,7 @@ export class ArchiveRawEventSource implements RawEventSource {
       throw new TallyError(
         ERR.EXPORT_BUSY,
         `${this.running} raw-event exports are running, the most this server runs at once; retry later`,
-        { statusCode: 503, retriable: true },
+        { retriable: true },
       )
     }
     this.running++

@@ -47,7 +47,6 @@ function casPause(attempt: number): Promise<void> {
 function contended(what: string): TallyError {
   return new TallyError(ERR.STORE_CONTENDED, `${what}: too much contention, try again`, {
     retriable: true,
-    statusCode: 503,
   })
 }
 

@@ -68,7 +68,6 @@ export class CassandraSiteStore implements SiteStore {
     )
     if (!rs.wasApplied()) {
       throw new TallyError(ERR.SITE_EXISTS, `site ${input.siteId} already exists`, {
-        statusCode: 409,
         where: 'siteId',
       })
     }
@@ -442,5 +441,5 @@ export class CassandraSiteStore implements SiteStore {
 const SERIAL_READ = types.consistencies.serial
 
 function notFound(siteId: string): TallyError {
-  return new TallyError(ERR.SITE_NOT_FOUND, `no site ${siteId}`, { statusCode: 404, where: 'siteId' })
+  return new TallyError(ERR.SITE_NOT_FOUND, `no site ${siteId}`, { where: 'siteId' })
 }

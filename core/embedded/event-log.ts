@@ -386,7 +386,6 @@ export class EmbeddedEventLog implements LogOffsets {
 
 function closedError(): TallyError {
   return new TallyError(ERR.SHUTTING_DOWN, 'the embedded log is closed', {
-    statusCode: 503,
     retriable: true,
   })
 }

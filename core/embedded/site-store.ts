@@ -53,7 +53,7 @@ function rowToToken(r: TokenRow): ReadTokenInfo {
 }
 
 function notFound(siteId: string): TallyError {
-  return new TallyError(ERR.SITE_NOT_FOUND, `no site ${siteId}`, { statusCode: 404, where: 'siteId' })
+  return new TallyError(ERR.SITE_NOT_FOUND, `no site ${siteId}`, { where: 'siteId' })
 }
 
 const COLUMNS = 'site_id, domain, origins, write_key, read_token_hashes, created_at_ms'
@@ -137,7 +137,6 @@ export class EmbeddedSiteStore implements SiteStore {
     })()
     if (!created) {
       throw new TallyError(ERR.SITE_EXISTS, `site ${input.siteId} already exists`, {
-        statusCode: 409,
         where: 'siteId',
       })
     }

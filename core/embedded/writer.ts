@@ -29,7 +29,6 @@ export class EmbeddedLogWriter implements EventLogWriter {
     if (this.closing) {
       return Promise.reject(
         new TallyError(ERR.SHUTTING_DOWN, 'the log writer is closing', {
-          statusCode: 503,
           retriable: true,
         }),
       )

@@ -178,7 +178,6 @@ export class KafkaBatchingProducer implements EventLogWriter {
     if (this.closing)
       return Promise.reject(
         new TallyError(ERR.SHUTTING_DOWN, 'the producer is closing', {
-          statusCode: 503,
           retriable: true,
         }),
       )

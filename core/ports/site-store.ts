@@ -95,7 +95,6 @@ export function oldestKeptSaltDay(day: string): string {
 
 export function domainTaken(domain: string, siteId: string): TallyError {
   return new TallyError(ERR.DOMAIN_TAKEN, `domain ${domain} belongs to site ${siteId}`, {
-    statusCode: 409,
     where: 'domain',
   })
 }
@@ -109,7 +108,6 @@ export function sortReadTokens(tokens: ReadTokenInfo[]): ReadTokenInfo[] {
 
 export function readTokenNotFound(siteId: string, tokenId: string): TallyError {
   return new TallyError(ERR.READ_TOKEN_NOT_FOUND, `site ${siteId} has no read token ${tokenId}`, {
-    statusCode: 404,
     where: 'tokenId',
   })
 }

@@ -63,7 +63,6 @@ async function append(app: FastifyInstance, options: AppendOptions): Promise<voi
     if (!site) throw new TallyError(ERR.INTERNAL, 'events appended before the request was authenticated')
     if (items.length === 0)
       throw new TallyError(ERR.NO_VALID_EVENT, 'the batch is empty', {
-        statusCode: 400,
         where: 'batch',
       })
     if (items.length > config.maxBatchEvents) {
@@ -71,7 +70,6 @@ async function append(app: FastifyInstance, options: AppendOptions): Promise<voi
         ERR.TOO_MANY_EVENTS,
         `${items.length} events in one request; the limit is ${config.maxBatchEvents}`,
         {
-          statusCode: 413,
           where: 'batch',
         },
       )
@@ -138,7 +136,6 @@ async function append(app: FastifyInstance, options: AppendOptions): Promise<voi
     } catch (err) {
       metrics.events.inc({ endpoint, outcome: 'unavailable' }, records.length)
       throw new TallyError(ERR.LOG_UNAVAILABLE, 'the event log cannot take the write right now; retry', {
-        statusCode: 503,
         retriable: true,
         cause: err,
       })

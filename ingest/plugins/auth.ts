@@ -55,27 +55,23 @@ async function authenticate(
       ERR.MISSING_WRITE_KEY,
       'send the write key as the HTTP Basic user name or as writeKey in the body',
       {
-        statusCode: 401,
         where: 'authorization',
       },
     )
   }
   const site = await sites.byWriteKey(writeKey).catch((err: unknown) => {
     throw new TallyError(ERR.SITES_UNAVAILABLE, 'cannot check the write key right now', {
-      statusCode: 503,
       retriable: true,
       cause: err,
     })
   })
   if (!site)
     throw new TallyError(ERR.INVALID_WRITE_KEY, 'unknown write key', {
-      statusCode: 401,
       where: 'authorization',
     })
   const claimed = req.headers['x-tally-site'] ?? siteHint
   if (typeof claimed === 'string' && claimed !== '' && claimed !== site.siteId) {
     throw new TallyError(ERR.WRONG_SITE, `this write key belongs to another site than ${claimed}`, {
-      statusCode: 403,
       where: 'site',
     })
   }
@@ -86,7 +82,6 @@ async function authenticate(
         ERR.ORIGIN_NOT_ALLOWED,
         `origin ${origin} is not allowed for site ${site.siteId}`,
         {
-          statusCode: 403,
           where: 'origin',
         },
       )

@@ -35,7 +35,6 @@ async function inflate(app: FastifyInstance, options: InflateOptions): Promise<v
           ERR.UNSUPPORTED_ENCODING,
           `content-encoding ${encoding} is not supported: use gzip, deflate or br`,
           {
-            statusCode: 415,
             where: 'content-encoding',
           },
         ),

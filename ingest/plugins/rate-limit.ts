@@ -40,7 +40,7 @@ async function rateLimit(app: FastifyInstance, config: RateLimitOptions): Promis
         limit === 'client'
           ? `rate limit of ${ratePerSec} events/s per client IP of site ${site.siteId} reached; retry in ${wait} s`
           : `rate limit of ${ratePerSec} events/s of site ${site.siteId} reached; retry in ${wait} s`,
-        { statusCode: 429, retriable: true, details: { limit, ratePerSec, retryAfterSec: wait } },
+        { retriable: true, details: { limit, ratePerSec, retryAfterSec: wait } },
       )
     }
   })

@@ -25,7 +25,7 @@ const SINGLE: Record<string, EventType> = {
 
 function bodyObject(body: unknown): Body {
   if (body === null || typeof body !== 'object' || Array.isArray(body)) {
-    throw new TallyError(ERR.INVALID_EVENT, 'the body must be a JSON object', { statusCode: 400 })
+    throw new TallyError(ERR.INVALID_EVENT, 'the body must be a JSON object')
   }
   return body as Body
 }
@@ -101,7 +101,6 @@ export async function eventRoutes(app: FastifyInstance): Promise<void> {
         const body = req.body as Body
         if (!Array.isArray(body.batch)) {
           throw new TallyError(ERR.INVALID_EVENT, 'batch must be an array of events', {
-            statusCode: 400,
             where: '/batch',
           })
         }

@@ -133,7 +133,6 @@ export async function plausibleRoute(app: FastifyInstance, options: PlausibleRou
       for (const domain of event.domains) {
         const site = await options.sites?.byDomain(domain).catch((err: unknown) => {
           throw new TallyError(ERR.SITES_UNAVAILABLE, 'cannot look the domain up right now', {
-            statusCode: 503,
             retriable: true,
             cause: err,
           })
@@ -148,7 +147,6 @@ export async function plausibleRoute(app: FastifyInstance, options: PlausibleRou
       if (sites.length > 0) {
         const salt = await options.salt!.current().catch((err: unknown) => {
           throw new TallyError(ERR.SITES_UNAVAILABLE, 'cannot read the daily salt right now', {
-            statusCode: 503,
             retriable: true,
             cause: err,
           })
