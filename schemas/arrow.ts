@@ -33,8 +33,16 @@ import type { Dimension } from '../core/aggregate/definition.js'
  * a CRC-32 of the file (see core/archive/segment-file.ts).
  */
 
-/** Written into the schema metadata; a reader refuses other versions. */
+/**
+ * Written into the schema metadata of both files. Version 1 had the first seven dimension columns
+ * only (event … device); version 2 added country, source, channel and the rest of the UTM set. The
+ * sidecar's fields are the same in both.
+ */
 export const SEGMENT_FORMAT_VERSION = 2
+
+/** The versions a reader takes; it refuses any other (and a file without one) as corrupt. */
+export const SEGMENT_FORMAT_VERSIONS = [1, 2] as const
+export type SegmentFormatVersion = (typeof SEGMENT_FORMAT_VERSIONS)[number]
 
 /** Dimension columns, named after the dimensions and in their order. */
 export const DIMENSION_COLUMNS = [
@@ -53,6 +61,14 @@ export const DIMENSION_COLUMNS = [
   'utm_content',
   'utm_term',
 ] as const satisfies readonly Dimension[]
+
+/** How many of DIMENSION_COLUMNS a segment of format version 1 holds (the first ones). */
+export const DIMENSION_COLUMNS_V1_COUNT = 7
+
+/** The dimension columns a segment of `version` holds, in file order. */
+export function dimensionColumnsOf(version: SegmentFormatVersion): readonly Dimension[] {
+  return version === 1 ? DIMENSION_COLUMNS.slice(0, DIMENSION_COLUMNS_V1_COUNT) : DIMENSION_COLUMNS
+}
 
 export const COLUMNS = {
   site: 'site',
@@ -88,12 +104,15 @@ function dictionary(id: number): Dictionary<Utf8, Int32> {
   return new Dictionary(new Utf8(), new Int32(), id)
 }
 
-/** Every field of a segment file, in file order. Dictionary ids are fixed per column. */
-export function segmentFields(): Field[] {
+/**
+ * Every field of a segment file of `version` (default: the one written), in file order. Dictionary
+ * ids are fixed per column.
+ */
+export function segmentFields(version: SegmentFormatVersion = SEGMENT_FORMAT_VERSION): Field[] {
   return [
     new Field(COLUMNS.site, dictionary(0), false),
     new Field(COLUMNS.type, dictionary(1), false),
-    ...DIMENSION_COLUMNS.map((name, i) => new Field(name, dictionary(2 + i), false)),
+    ...dimensionColumnsOf(version).map((name, i) => new Field(name, dictionary(2 + i), false)),
     new Field(COLUMNS.messageIdAssigned, new Bool(), false),
     new Field(COLUMNS.dedupHash, new Uint64(), false),
     new Field(COLUMNS.visitorHash, new Uint64(), false),
@@ -103,7 +122,7 @@ export function segmentFields(): Field[] {
   ]
 }
 
-/** Every field of a raw sidecar, in file order. */
+/** Every field of a raw sidecar, in file order (the same in versions 1 and 2). */
 export function rawSegmentFields(): Field[] {
   return [
     new Field(COLUMNS.offset, new Int64(), false),
@@ -150,16 +169,27 @@ export function rawSegmentSchema(meta: SegmentMetadata): Schema {
   return new Schema(rawSegmentFields(), metadata(meta))
 }
 
-/**
- * Why a schema read from a file is not the expected one (undefined when it is): same version, same
- * field names and types in the same order.
- */
-export function schemaProblem(schema: Schema, expected: readonly Field[]): string | undefined {
+/** The format version in a schema's metadata, if it is one a reader takes. */
+export function segmentVersionOf(schema: Schema): SegmentFormatVersion | undefined {
   const version = schema.metadata.get(SEGMENT_METADATA.version)
-  if (version !== String(SEGMENT_FORMAT_VERSION))
-    return `segment format version ${version ?? '(none)'}, expected ${SEGMENT_FORMAT_VERSION}`
+  return SEGMENT_FORMAT_VERSIONS.find((v) => String(v) === version)
+}
+
+/**
+ * Why a schema read from a file is not an expected one (undefined when it is): a version a reader
+ * takes (SEGMENT_FORMAT_VERSIONS), and the field names and types of that version (`fieldsOf`:
+ * segmentFields or rawSegmentFields) in the same order.
+ */
+export function schemaProblem(
+  schema: Schema,
+  fieldsOf: (version: SegmentFormatVersion) => readonly Field[],
+): string | undefined {
+  const version = segmentVersionOf(schema)
+  if (version === undefined)
+    return `segment format version ${schema.metadata.get(SEGMENT_METADATA.version) ?? '(none)'}, expected ${SEGMENT_FORMAT_VERSIONS.join(' or ')}`
+  const expected = fieldsOf(version)
   if (schema.fields.length !== expected.length)
-    return `${schema.fields.length} columns, expected ${expected.length}`
+    return `${schema.fields.length} columns, expected ${expected.length} (format version ${version})`
   for (let i = 0; i < expected.length; i++) {
     const want = expected[i]!
     const got = schema.fields[i]!

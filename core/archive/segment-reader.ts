@@ -5,13 +5,18 @@ import { type Data, type Table, tableFromIPC } from 'apache-arrow'
 import {
   COLUMNS,
   DIMENSION_COLUMNS,
+  dimensionColumnsOf,
   rawSegmentFields,
   SEGMENT_METADATA,
+  type SegmentFormatVersion,
   schemaProblem,
   segmentFields,
+  segmentVersionOf,
 } from '../../schemas/arrow.js'
+import { dimensionsOf } from '../aggregate/definition.js'
 import { ERR } from '../error-codes.js'
 import { TallyError } from '../errors.js'
+import { decodeEvent } from '../record/codec.js'
 import { rawSidecarName, type SegmentRef } from './segment-file.js'
 
 const HOUR_MS = 3_600_000
@@ -48,8 +53,13 @@ export interface SegmentColumns {
   rows: number
   site: DictColumn
   type: DictColumn
-  /** In DIMENSION_COLUMNS order (the dimensions' order). */
+  /**
+   * In DIMENSION_COLUMNS order (the dimensions' order), every one of them whatever the file's format
+   * version: readSegment derives those a version-1 file lacks (see completeV1Segment).
+   */
   dims: DictColumn[]
+  /** The file's format version (schemas/arrow.ts). */
+  version: SegmentFormatVersion
   /** Bitmaps, bit i of byte i >> 3. */
   bot: Uint8Array
   messageIdAssigned: Uint8Array
@@ -136,21 +146,34 @@ async function readChecked(path: string, expectedCrc: number, what: string): Pro
   return bytes
 }
 
+/**
+ * Reads and checks a segment of format version 1 or 2 (see readChecked, decodeSegment). The columns
+ * are always of the current shape: for a version-1 segment the dimensions it lacks are derived from
+ * its raw sidecar (completeV1Segment).
+ */
 export async function readSegment(ref: SegmentRef): Promise<SegmentColumns> {
   const bytes = await readChecked(ref.path, ref.crc32, 'the name')
+  let cols: SegmentColumns
   try {
-    return decodeSegment(ref, bytes)
+    cols = decodeSegment(ref, bytes)
   } catch (err) {
     if (err instanceof CorruptSegmentError) throw err
     throw new CorruptSegmentError(ref.path, (err as Error).message, err)
   }
+  return cols.version === 1 ? completeV1Segment(cols) : cols
 }
 
-/** Decodes and checks segment bytes (see readSegment); throws plain errors on problems. */
+/**
+ * Decodes and checks segment bytes (see readSegment); throws plain errors on problems. For a
+ * version-1 segment `dims` holds only the columns the file has (the first seven): readSegment
+ * completes them.
+ */
 export function decodeSegment(ref: SegmentRef, bytes: Uint8Array): SegmentColumns {
   const table = tableFromIPC(bytes)
-  const problem = schemaProblem(table.schema, segmentFields())
+  const problem = schemaProblem(table.schema, segmentFields)
   if (problem) throw new Error(problem)
+  // schemaProblem refused a schema without a version a reader takes.
+  const version = segmentVersionOf(table.schema)!
   const meta = table.schema.metadata
   const rows = table.numRows
   if (rows !== ref.rows) throw new Error(`${rows} rows, the name says ${ref.rows}`)
@@ -168,7 +191,8 @@ export function decodeSegment(ref: SegmentRef, bytes: Uint8Array): SegmentColumn
     rows,
     site: dictColumn(table, COLUMNS.site, rows),
     type: dictColumn(table, COLUMNS.type, rows),
-    dims: DIMENSION_COLUMNS.map((d) => dictColumn(table, d, rows)),
+    dims: dimensionColumnsOf(version).map((d) => dictColumn(table, d, rows)),
+    version,
     bot: bits(table, COLUMNS.bot, rows),
     messageIdAssigned: bits(table, COLUMNS.messageIdAssigned, rows),
     timestamp: pairs(table, COLUMNS.timestamp, rows, Int32Array),
@@ -205,8 +229,11 @@ export async function readRawSegment(cols: SegmentColumns): Promise<Table> {
   const bytes = await readChecked(path, cols.rawCrc32, 'the segment’s metadata')
   try {
     const table = tableFromIPC(bytes)
-    const problem = schemaProblem(table.schema, rawSegmentFields())
+    const problem = schemaProblem(table.schema, rawSegmentFields)
     if (problem) throw new Error(problem)
+    const version = segmentVersionOf(table.schema)
+    if (version !== cols.version)
+      throw new Error(`format version ${version}, the segment's is ${cols.version}`)
     if (table.numRows !== cols.rows) throw new Error(`${table.numRows} rows, the segment has ${cols.rows}`)
     const offsets = pairs(table, COLUMNS.offset, cols.rows, Int32Array)
     for (let i = 0; i < cols.rows; i++) {
@@ -217,4 +244,62 @@ export async function readRawSegment(cols: SegmentColumns): Promise<Table> {
   } catch (err) {
     throw new CorruptSegmentError(path, (err as Error).message, err)
   }
+}
+
+/** A dictionary column of `values` (dictionary in order of first appearance, as the writer makes). */
+function dictOf(values: readonly string[]): DictColumn {
+  const index = new Map<string, number>()
+  const dictionary: string[] = []
+  const indices = new Int32Array(values.length)
+  for (let i = 0; i < values.length; i++) {
+    const v = values[i]!
+    let k = index.get(v)
+    if (k === undefined) {
+      k = dictionary.length
+      index.set(v, k)
+      dictionary.push(v)
+    }
+    indices[i] = k
+  }
+  return { indices, dictionary }
+}
+
+/**
+ * A version-1 segment lacks the dimension columns added in version 2 (country, source, channel, the
+ * rest of the UTM set). They are derived exactly as the archiver writes them (batch/decode.ts):
+ * each row's Kafka value from the raw sidecar (read once, checked against the segment), decoded by
+ * the raw-record module, its dimensions from the definitions module. An event logged before
+ * countries existed has none, so its country is what the definitions give for none, `(unknown)`.
+ * One segment at a time: the sidecar is dropped once the columns are built.
+ */
+async function completeV1Segment(cols: SegmentColumns): Promise<SegmentColumns> {
+  const raw = (await readRawSegment(cols)).getChild(COLUMNS.raw)!
+  const missing = DIMENSION_COLUMNS.slice(cols.dims.length)
+  const values = missing.map(() => new Array<string>(cols.rows))
+  for (let i = 0; i < cols.rows; i++) {
+    const bytes = raw.get(i) as Uint8Array
+    const decoded = decodeEvent({
+      offset: int64At(cols.offset, i),
+      key: undefined,
+      value: Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength),
+      // The schema-version header was checked when the record was archived; the sidecar keeps the
+      // value only.
+      headers: {},
+      timestampMs: 0,
+    })
+    if (!decoded.ok) {
+      throw new CorruptSegmentError(
+        rawSidecarPath(cols.ref),
+        `row ${i} is not a raw event the archiver would have kept: ${decoded.reason}`,
+      )
+    }
+    const dims = dimensionsOf(decoded.event.event)
+    missing.forEach((d, k) => {
+      values[k]![i] = dims[d]
+    })
+  }
+  const derived = values.map(dictOf)
+  // Held beside the file's bytes: count their indices too.
+  const derivedBytes = derived.reduce((n, c) => n + c.indices.byteLength, 0)
+  return { ...cols, dims: [...cols.dims, ...derived], byteLength: cols.byteLength + derivedBytes }
 }

@@ -27,6 +27,7 @@ import type {
 import { normalizeEvent } from '../../ingest/normalize.js'
 import { UserAgentParser } from '../../ingest/user-agent.js'
 import type { RawEventV1 } from '../../schemas/events.js'
+import { toFormatV1 } from '../helpers/segment-format.js'
 
 const PRECISION = 14
 const PARTITIONS = 3
@@ -334,6 +335,7 @@ async function writeArchive(topicDir: string, log: readonly Logged[], flushSize 
         )
         await mkdir(dirname(path), { recursive: true })
         await writeFile(path, enc.bytes)
+        await writeFile(path.replace(/\.arrow$/, '.raw.arrow'), enc.raw.bytes)
         paths.push(path)
       }
     }
@@ -401,6 +403,18 @@ describe('rebuild (archive segments → final rows), against in-memory stores', 
     )
     expect(result.dedupBuckets).toBeGreaterThan(4)
     expect(finalValues(deps.rows)).toEqual(streamReference(log))
+  })
+
+  it('counts the same over segments of format version 1 (new dimensions derived from the sidecars)', async () => {
+    const { deps, settings, segments } = await setup('format-v1', log)
+    for (const path of segments) await toFormatV1(path)
+    const result = await runRebuild(deps, settings, { fromMs: FROM, toMs: TO })
+    expect(result.status).toBe('succeeded')
+    expect(result.run.eventsRead).toBe(log.length)
+    const actual = finalValues(deps.rows)
+    expect(actual).toEqual(streamReference(log))
+    // Rows of the dimensions a version-1 file lacks are among them.
+    expect([...actual.keys()].filter((k) => k.includes('|channel|')).length).toBeGreaterThan(0)
   })
 
   it('dedups across hours and counts the copy with the lowest offset', async () => {
