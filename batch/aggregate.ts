@@ -60,10 +60,11 @@ const MINUTE_MS = 60_000
 if (DIMENSION_COLUMNS.length !== DIMENSIONS.length || DIMENSION_COLUMNS.some((d, i) => DIMENSIONS[i] !== d)) {
   throw new Error('schemas/arrow.ts DIMENSION_COLUMNS must list the DIMENSIONS in their order')
 }
-const CODE_IGNORED = 0
-const CODE_EVENT = 1
-const CODE_PAGEVIEW = 2
-const CODE_BOT = 3
+/** Kind codes of a row (see {@link kindCodes}). */
+export const CODE_IGNORED = 0
+export const CODE_EVENT = 1
+export const CODE_PAGEVIEW = 2
+export const CODE_BOT = 3
 
 /** Values of one dimension in one window: counts and registers per value slot. */
 class ValueTable {
@@ -118,7 +119,7 @@ class SiteHour {
 }
 
 /** Event kind code of every (type dictionary entry, bot flag), from the shared definitions. */
-function kindCodes(types: readonly string[]): Uint8Array {
+export function kindCodes(types: readonly string[]): Uint8Array {
   const codes = new Uint8Array(types.length * 2)
   for (let t = 0; t < types.length; t++) {
     const type = types[t] as EventType

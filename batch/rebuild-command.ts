@@ -77,6 +77,7 @@ export function rebuildSettings(
     topicDir: paths.topicDir,
     stagingDir: paths.stagingDir,
     precision: config.stream.hllPrecision,
+    visitGapMs: config.stream.visitGapMs,
     owner: processOwner(),
     ttlSeconds: config.stream.ttlSeconds,
     ...(o.leaseTtlMs === undefined ? {} : { leaseTtlMs: o.leaseTtlMs }),

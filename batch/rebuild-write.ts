@@ -1,5 +1,12 @@
-import { DIMENSION_GRANULARITIES, DIMENSIONS, type Granularity } from '../core/aggregate/definition.js'
+import {
+  DIMENSION_GRANULARITIES,
+  DIMENSIONS,
+  type Granularity,
+  type RowDimension,
+  VISIT_DIMENSIONS,
+} from '../core/aggregate/definition.js'
 import { spansOfDay } from '../core/aggregate/final.js'
+import { type AggregateValues, hasVisits, type VisitCounts } from '../core/ports/aggregate-store.js'
 import type { FinalRow, FinalRowStore } from '../core/ports/batch-store.js'
 import { RegisterSet } from './registers.js'
 import type { StagingArea } from './staging.js'
@@ -16,6 +23,28 @@ function rowKey(r: {
   value: string
 }): string {
   return `${r.granularity}\u0001${r.windowStart}\u0001${r.dimension ?? ''}\u0001${r.value}`
+}
+
+const NO_VISITS: VisitCounts = { visits: 0, bounces: 0, visitDurationMs: 0, visitPageviews: 0 }
+
+/** Every dimension a final row can have: the events' and the visits' own (entry_page, exit_page). */
+const ROW_DIMENSIONS: readonly RowDimension[] = [...DIMENSIONS, ...VISIT_DIMENSIONS]
+
+/**
+ * One staged row of a window from the aggregation (no visit counts) and one from the visits (visit
+ * counts only; batch/rebuild.ts stages them apart because a day's visits are known at its end).
+ */
+function mergeStaged(a: AggregateValues, b: AggregateValues): AggregateValues {
+  const [counts, visits] = hasVisits(a) ? [b, a] : [a, b]
+  if (hasVisits(counts) || !hasVisits(visits))
+    throw new Error('a staged window has two rows of the same kind (aggregation or visits)')
+  return {
+    ...counts,
+    visits: visits.visits,
+    bounces: visits.bounces,
+    visitDurationMs: visits.visitDurationMs,
+    visitPageviews: visits.visitPageviews,
+  }
 }
 
 export interface WriteOptions {
@@ -41,7 +70,9 @@ export interface WriteOptions {
  * from the previous numbers to the new ones at the commit, so a job killed while writing leaves
  * every uncommitted day as it was (core/aggregate/final.ts). Row keys the store holds for a window
  * of the range that the result lacks (stream partials of events now known to be duplicates,
- * values of an older rebuild) get final rows of zeros, so readers see exactly the rebuild's numbers.
+ * values of an older rebuild, entry and exit pages of visits that moved) get final rows of zeros, so
+ * readers see exactly the rebuild's numbers. Every row written carries visit counts (0 where no
+ * visit started), so the windows read as having visit data.
  */
 export async function writeDays(
   store: FinalRowStore,
@@ -62,14 +93,19 @@ export async function writeDays(
         m = new Map()
         bySite.set(row.siteId, m)
       }
-      m.set(rowKey(row), row)
+      const k = rowKey(row)
+      const had = m.get(k)
+      m.set(k, had ? { ...row, values: mergeStaged(had.values, row.values) } : row)
     }
     if (o.siteId !== undefined && !bySite.has(o.siteId)) bySite.set(o.siteId, new Map())
     const from = Math.max(day, o.fromMs)
     const to = Math.min(day + DAY_MS, o.toMs)
     const wholeDay = day >= o.fromMs && day + DAY_MS <= o.toMs
     for (const [siteId, produced] of bySite) {
-      const out: FinalRow[] = [...produced.values()]
+      // Every row carries visit counts: a window where no visit started has 0 visits, known.
+      const out: FinalRow[] = [...produced.values()].map((r) =>
+        hasVisits(r.values) ? r : { ...r, values: { ...r.values, ...NO_VISITS } },
+      )
       const zero = (
         granularity: Granularity,
         windowStart: number,
@@ -82,7 +118,7 @@ export async function writeDays(
           windowStart,
           dimension,
           value,
-          values: { events: 0, pageviews: 0, botEvents: 0, visitors: empty },
+          values: { events: 0, pageviews: 0, botEvents: 0, visitors: empty, ...NO_VISITS },
         })
       const granularities: Granularity[] = wholeDay ? ['minute', 'hour', 'day'] : ['minute', 'hour']
       const zeroedHours: number[] = []
@@ -93,7 +129,7 @@ export async function writeDays(
             if (g === 'hour') zeroedHours.push(ws)
           }
           if (!DIMENSION_GRANULARITIES.includes(g)) continue
-          for (const d of DIMENSIONS) {
+          for (const d of ROW_DIMENSIONS) {
             for (const value of await store.existingValues(siteId, g, d, ws)) {
               if (!produced.has(rowKey({ granularity: g, windowStart: ws, dimension: d, value })))
                 zero(g, ws, d, value)

@@ -8,6 +8,7 @@ import { CorruptSegmentError } from '../core/archive/segment-reader.js'
 import { ERR } from '../core/error-codes.js'
 import { errorMessage, TallyError } from '../core/errors.js'
 import type { Logger } from '../core/log.js'
+import type { RowKey, VisitCounts } from '../core/ports/aggregate-store.js'
 import type { FinalRow, FinalRowStore, JobRun, JobStore, LeaseStore } from '../core/ports/batch-store.js'
 import { sleep } from '../core/retry.js'
 import {
@@ -20,8 +21,10 @@ import {
 import { acquireLease, LeaseKeeper, LeaseLostError, RangeBusyError } from './lease.js'
 import type { BatchMetrics } from './metrics.js'
 import { writeDays } from './rebuild-write.js'
+import { RegisterSet } from './registers.js'
 import { SegmentSource } from './segment-source.js'
 import { StagingArea } from './staging.js'
+import { DayVisits } from './visits.js'
 
 const HOUR_MS = 3_600_000
 const DAY_MS = 86_400_000
@@ -74,6 +77,8 @@ export interface RebuildSettings {
   stagingDir: string
   /** HyperLogLog precision of `visitors` (the stream's). */
   precision: number
+  /** A gap of at least this much event time ends a visit (TALLY_VISIT_GAP_MS, the stream's). Default 30 min. */
+  visitGapMs?: number
   /** Identifies this process in leases and runs. */
   owner: string
   /** Lease TTL; renewed every third of it. Default 30000 ms. */
@@ -162,22 +167,38 @@ function finalRowOf(r: AggregateRow): FinalRow {
   }
 }
 
+/** The staged row of a window's visit counts (merged with the window's other counts when written). */
+function visitRowOf(key: RowKey, counts: VisitCounts, emptyVisitors: Uint8Array): FinalRow {
+  return {
+    siteId: key.siteId,
+    granularity: key.granularity,
+    windowStart: key.windowStart,
+    dimension: key.dimension,
+    value: key.value,
+    values: { events: 0, pageviews: 0, botEvents: 0, visitors: emptyVisitors, ...counts },
+  }
+}
+
 /**
  * Rebuilds the final aggregates of a range from the archive, in five steps:
  * 1. **lease**: takes the range's lease (one job per range at a time) and keeps renewing it;
- * 2. **list**: the range's segments, and their fingerprint (an unchanged range can be skipped);
- * 3. **dedup**: pass 1 reads every segment of the range and finds the duplicates
+ * 2. **list**: the segments of the whole UTC days the range touches (visits need their day's
+ *    events), and their fingerprint (an unchanged range can be skipped);
+ * 3. **dedup**: pass 1 reads every segment listed and finds the duplicates
  *    (core/archive/dedup.ts);
- * 4. **aggregate**: pass 2 aggregates hour by hour (batch/aggregate.ts) into staging files, one per
- *    day; day windows only when the whole day is in the range. Nothing is written to the store
- *    before both passes finish, so a failure — a corrupt segment, a crash, a lost lease — leaves the
- *    previous numbers as they were;
+ * 4. **aggregate**: pass 2 aggregates the range hour by hour (batch/aggregate.ts) into staging
+ *    files, one per day; day windows only when the whole day is in the range. It also keeps the
+ *    counted events of each whole day, in the range or not, and stages at the day's end the visit
+ *    counts (batch/visits.ts) of the range's windows, computed from the whole day's events. Nothing
+ *    is written to the store before both passes finish, so a failure — a corrupt segment, a crash,
+ *    a lost lease — leaves the previous numbers as they were;
  * 5. **commit**: writes the final rows day by day as the job's generation (core/aggregate/final.ts,
  *    batch/rebuild-write.ts), with the lease's fencing token as write timestamp, checking the lease
  *    before each round, and commits each site-day once its rows are written: readers switch to it
- *    at once. A row that exists in the store for a window of the range (stream partial or older
- *    final row) but not in the result gets a final row of zeros, so the result replaces the
- *    stream's windows completely.
+ *    at once. Every row written carries visit counts (0 where no visit started). A row that exists
+ *    in the store for a window of the range (stream partial or older final row, entry_page and
+ *    exit_page included) but not in the result gets a final row of zeros, so the result replaces
+ *    the stream's windows completely.
  * Every run is recorded (status, range, counts, duration, error).
  */
 export async function runRebuild(
@@ -328,9 +349,14 @@ interface Listing {
   fingerprint: string
 }
 
-/** Step 2: the range's segments in the archive, in hour order. */
+/**
+ * Step 2: the segments of the whole days the range touches, in hour order: the range's own, and
+ * those of its days' other hours, which only the visits read (a visit of the range's hours may have
+ * begun before the range or go on after it, until midnight UTC).
+ */
 async function list(settings: RebuildSettings, job: Job): Promise<Listing> {
-  const { segments, misnamed } = await listSegments(settings.topicDir, job.range.fromMs, job.range.toMs)
+  const { fromDay, toDay } = daysOf(job.range)
+  const { segments, misnamed } = await listSegments(settings.topicDir, fromDay, toDay)
   const fingerprint = createHash('sha256')
     .update([...segments.map((s) => s.relPath), ...misnamed].join('\n'))
     .digest('hex')
@@ -366,7 +392,12 @@ async function recordStart(jobs: JobStore, job: Job, listing: Listing, skipCorru
   }
 }
 
-/** Step 3 (pass 1): the duplicates across the whole range, in the staging area it makes. */
+/** The whole UTC days a range touches. */
+function daysOf(range: { fromMs: number; toMs: number }): { fromDay: number; toDay: number } {
+  return { fromDay: windowStart(range.fromMs, 'day'), toDay: Math.ceil(range.toMs / DAY_MS) * DAY_MS }
+}
+
+/** Step 3 (pass 1): the duplicates across the whole days of the range, in the staging area it makes. */
 async function dedup(settings: RebuildSettings, job: Job, source: SegmentSource): Promise<DedupOutcome> {
   const n = source.length
   job.progress.report('dedup', 0, n)
@@ -393,8 +424,9 @@ async function dedup(settings: RebuildSettings, job: Job, source: SegmentSource)
 }
 
 /**
- * Step 4 (pass 2): aggregates hour by hour into the staging area, without the duplicates; day rows
- * once a whole day is done. Returns the days staged.
+ * Step 4 (pass 2): aggregates the range hour by hour into the staging area, without the duplicates;
+ * day rows once a whole day is done. Every hour of the range's days, in the range or not, feeds the
+ * day's visits, staged when the day is done for the windows of the range. Returns the days staged.
  */
 async function aggregate(
   deps: RebuildDeps,
@@ -404,14 +436,16 @@ async function aggregate(
   duplicates: DedupOutcome,
 ): Promise<{ days: number[]; stats: AggregateStats }> {
   const { fromMs, toMs } = job.range
+  const { fromDay, toDay } = daysOf(job.range)
   const area = job.area!
   const segments = source.segments
   const n = source.length
   const stats: AggregateStats = emptyStats()
   let day: DayAggregator | undefined
+  let visits: DayVisits | undefined
   const dayInRange = (d: number) => d >= fromMs && d + DAY_MS <= toMs
   const ttl = settings.ttlSeconds
-  const live = (r: AggregateRow) =>
+  const live = (r: { granularity: Granularity; windowStart: number }) =>
     !ttl ||
     ttl[r.granularity] === 0 ||
     r.windowStart + windowMs(r.granularity) + ttl[r.granularity] * 1000 > job.startedMs
@@ -420,24 +454,45 @@ async function aggregate(
     for (const row of day.rows()) if (live(row)) await area.write(day.dayStartMs, finalRowOf(row))
     day = undefined
   }
+  const gapMs = settings.visitGapMs ?? DEFAULT_VISIT_GAP_MS
+  const emptyVisitors = new RegisterSet(settings.precision).toBytes()
+  // The visit counts of the windows of the range (day windows when the whole day is in it).
+  const flushVisits = async () => {
+    if (!visits) return
+    const d = visits.dayStartMs
+    for (const { key, counts } of visits.rows(gapMs)) {
+      const inRange =
+        key.granularity === 'day' ? dayInRange(d) : key.windowStart >= fromMs && key.windowStart < toMs
+      if (inRange && live(key)) await area.write(d, visitRowOf(key, counts, emptyVisitors))
+    }
+    visits = undefined
+  }
   let done = 0
   job.progress.report('aggregate', 0, n)
-  for (let hour = fromMs; hour < toMs; hour += HOUR_MS) {
+  for (let hour = fromDay; hour < toDay; hour += HOUR_MS) {
     const dayStart = windowStart(hour, 'day')
-    if (day && day.dayStartMs !== dayStart) await flushDay()
-    if (!day && dayInRange(dayStart)) day = new DayAggregator(dayStart, settings.precision)
-    const agg = new HourAggregator(hour, settings.precision, job.siteId)
+    if (visits && visits.dayStartMs !== dayStart) {
+      await flushDay()
+      await flushVisits()
+    }
+    if (!visits) visits = new DayVisits(dayStart, job.siteId)
+    const inRange = hour >= fromMs && hour < toMs
+    if (inRange && !day && dayInRange(dayStart)) day = new DayAggregator(dayStart, settings.precision)
+    const agg = inRange ? new HourAggregator(hour, settings.precision, job.siteId) : undefined
     while (done < n && segments[done]!.hourStartMs === hour) {
       const i = done++
       const cols = await source.next(i)
       if (cols) {
-        agg.add(cols, duplicates.losers.get(i), stats)
+        const losers = duplicates.losers.get(i)
+        agg?.add(cols, losers, stats)
+        visits.add(cols, losers)
         job.run.segmentsRead++
       }
       job.progress.eventsRead = stats.rowsRead
       job.progress.report('aggregate', done, n)
       await job.pause()
     }
+    if (!agg) continue
     for (const site of agg.siteIds()) {
       for (const row of agg.rows(site)) {
         day?.add(row)
@@ -446,8 +501,11 @@ async function aggregate(
     }
   }
   await flushDay()
+  await flushVisits()
   const days = await area.finish()
   job.run.eventsRead = stats.rowsRead
+  // The range's duplicates (pass 1 also saw those of its days' other hours).
+  job.run.duplicates = stats.duplicates
   deps.metrics?.eventsRead.inc(stats.rowsRead)
   return { days, stats }
 }
@@ -585,6 +643,9 @@ class ProgressReporter {
 }
 
 const STALE_STAGING_MS = 7 * DAY_MS
+
+/** TALLY_VISIT_GAP_MS's default. */
+const DEFAULT_VISIT_GAP_MS = 1_800_000
 
 /** Most warnings recorded with one run (all are logged). */
 const MAX_WARNINGS = 50

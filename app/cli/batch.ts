@@ -84,7 +84,7 @@ are written) makes each range run once at a time; a job that loses its lease sto
   program
     .command('rebuild')
     .description(
-      'rebuild final aggregates of a range from the Arrow archive (progress bar and ETA on a terminal); each site-day switches to its new numbers at once, when all its rows are written, so an interrupted rebuild leaves the days it did not finish as they were',
+      'rebuild final aggregates of a range from the Arrow archive (progress bar and ETA on a terminal); each site-day switches to its new numbers at once, when all its rows are written, so an interrupted rebuild leaves the days it did not finish as they were; visits are recomputed per UTC day, from the whole days the range touches',
     )
     .requiredOption('--from <time>', 'range start, ISO 8601 (rounded down to the hour)')
     .requiredOption('--to <time>', 'range end, exclusive (rounded up to the hour)')

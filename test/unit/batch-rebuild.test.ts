@@ -10,6 +10,7 @@ import { generateWorkload } from '../../bench/workload.js'
 import { kindOf, visitorId, windowStart } from '../../core/aggregate/definition.js'
 import { type FinalSpan, scopeOf, spanStartOf } from '../../core/aggregate/final.js'
 import { RowAccumulator, rowKeysFor } from '../../core/aggregate/rows.js'
+import { VisitState, visitEventOf, visitRowKeys } from '../../core/aggregate/visits.js'
 import { hourRelDir, segmentFileName } from '../../core/archive/segment-file.js'
 import { CorruptSegmentError } from '../../core/archive/segment-reader.js'
 import { type ArchivedEvent, encodeSegment } from '../../core/archive/segment-writer.js'
@@ -231,11 +232,14 @@ interface Values {
 
 /**
  * What the stream computes (rowKeysFor + RowAccumulator per partition, dedup by messageId within a
- * partition), merged over partitions as the reader does (counts add, registers merge).
+ * partition), merged over partitions as the reader does (counts add, registers merge). With the
+ * rows its visits add (VisitState, the stream's half of core/aggregate/visits.ts): entry_page and
+ * exit_page rows hold visit counts only (their events, pageviews and visitors are zero/empty).
  */
 function streamReference(log: readonly Logged[]): Map<string, Values> {
   const partials = new Map<string, { acc: RowAccumulator; key: Parameters<typeof keyOf>[0] }>()
   const seen = new Set<string>()
+  const visits = new VisitState(1_800_000)
   for (const l of [...log].sort((a, b) => a.partition - b.partition || a.offset - b.offset)) {
     const e = l.event
     if (!e.messageIdAssigned) {
@@ -244,6 +248,8 @@ function streamReference(log: readonly Logged[]): Map<string, Values> {
       seen.add(id)
     }
     if (kindOf(e) === 'ignored') continue
+    const ve = visitEventOf(e, Date.parse(e.timestamp))
+    if (ve) visits.add(ve)
     for (const k of rowKeysFor(e, Date.parse(e.timestamp), l.partition)) {
       const id = `${keyOf(k)}|${l.partition}`
       let p = partials.get(id)
@@ -265,6 +271,12 @@ function streamReference(log: readonly Logged[]): Map<string, Values> {
     m.hll.merge(HyperLogLog.fromBytes(v.visitors))
     merged.set(k, m)
   }
+  for (const v of visits.visits())
+    for (const key of visitRowKeys(v, 0)) {
+      const k = keyOf(key)
+      if (!merged.has(k))
+        merged.set(k, { events: 0, pageviews: 0, botEvents: 0, hll: new HyperLogLog(PRECISION) })
+    }
   return new Map(
     [...merged].map(([k, m]) => [
       k,

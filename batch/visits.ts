@@ -1,0 +1,204 @@
+import { DIMENSIONS, SESSION_DIMENSIONS, windowStart } from '../core/aggregate/definition.js'
+import { sessionize, type VisitEvent, visitRows } from '../core/aggregate/visits.js'
+import { forEachSiteRun } from '../core/archive/dedup.js'
+import { HI, LO, type SegmentColumns } from '../core/archive/segment-reader.js'
+import type { RowKey, VisitCounts } from '../core/ports/aggregate-store.js'
+import { CODE_EVENT, CODE_PAGEVIEW, kindCodes } from './aggregate.js'
+
+/**
+ * The rebuild's visits of one UTC day (core/aggregate/visits.ts `sessionize` + `visitRows`, the
+ * definition the stream uses): the day's counted, deduplicated events of every segment of the day
+ * are kept compactly (per event: time, visitor hash, pageview flag, path and session indices, about
+ * 30 bytes), then sessionized visitor by visitor in chunks, so the visit objects of a day never
+ * exist all at once.
+ *
+ * The visitor is the segment's `visitor_hash` (XXH64 of anonymousId, else userId; the segment file
+ * does not carry the id itself): two visitor ids of one site-day with the same 64-bit hash would be
+ * one visitor, as two messageIds with the same hash are one event for the dedup (probability about
+ * n² / 2⁶⁵ for n visitors of a site-day).
+ */
+
+/** Events sessionized per call (cut at visitor boundaries). */
+const CHUNK_EVENTS = 65_536
+
+// Where SESSION_DIMENSIONS and `path` are among the segment's dimension columns (DIMENSIONS order).
+const SESSION_COLUMNS = SESSION_DIMENSIONS.map((d) => DIMENSIONS.indexOf(d))
+const PATH_COLUMN = DIMENSIONS.indexOf('path')
+
+/** The counted events of one site-day, column by column. */
+class SiteDayEvents {
+  length = 0
+  ts = new Float64Array(1024)
+  hi = new Uint32Array(1024)
+  lo = new Uint32Array(1024)
+  pageview = new Uint8Array(1024)
+  path = new Int32Array(1024)
+  session = new Int32Array(1024)
+
+  push(ts: number, hi: number, lo: number, pageview: boolean, path: number, session: number): void {
+    if (this.length === this.ts.length) this.grow()
+    const i = this.length++
+    this.ts[i] = ts
+    this.hi[i] = hi
+    this.lo[i] = lo
+    this.pageview[i] = pageview ? 1 : 0
+    this.path[i] = path
+    this.session[i] = session
+  }
+
+  private grow(): void {
+    const n = this.ts.length * 2
+    const grown = <T extends Float64Array | Uint32Array | Uint8Array | Int32Array>(
+      a: T,
+      make: (n: number) => T,
+    ): T => {
+      const b = make(n)
+      b.set(a)
+      return b
+    }
+    this.ts = grown(this.ts, (k) => new Float64Array(k))
+    this.hi = grown(this.hi, (k) => new Uint32Array(k))
+    this.lo = grown(this.lo, (k) => new Uint32Array(k))
+    this.pageview = grown(this.pageview, (k) => new Uint8Array(k))
+    this.path = grown(this.path, (k) => new Int32Array(k))
+    this.session = grown(this.session, (k) => new Int32Array(k))
+  }
+}
+
+export class DayVisits {
+  private readonly sites = new Map<string, SiteDayEvents>()
+  /** Paths and session value tuples, interned across the day's segments. */
+  private readonly paths: string[] = []
+  private readonly pathIds = new Map<string, number>()
+  private readonly sessions: string[][] = []
+  private readonly sessionIds = new Map<string, number>()
+
+  constructor(
+    readonly dayStartMs: number,
+    private readonly siteId: string | undefined,
+  ) {}
+
+  /** Counted events of the day (bots, identify/group/alias and duplicates excluded). */
+  get events(): number {
+    let n = 0
+    for (const s of this.sites.values()) n += s.length
+    return n
+  }
+
+  /** Adds a segment of the day: rows set in `losers` are duplicates and do not count. */
+  add(cols: SegmentColumns, losers: Uint8Array | undefined): void {
+    const codes = kindCodes(cols.type.dictionary)
+    const typeIdx = cols.type.indices
+    const botBits = cols.bot
+    const ts = cols.timestamp
+    const vh = cols.visitorHash
+    const pathCol = cols.dims[PATH_COLUMN]!
+    const sessionCols = SESSION_COLUMNS.map((c) => cols.dims[c]!)
+    // Dictionary index → interned id, per segment (-1: not seen yet).
+    const pathOf = new Int32Array(pathCol.dictionary.length).fill(-1)
+    const sessionOf = new Map<string, number>()
+    forEachSiteRun(cols, this.siteId, (from, to, site) => {
+      let s = this.sites.get(site)
+      if (!s) {
+        s = new SiteDayEvents()
+        this.sites.set(site, s)
+      }
+      for (let i = from; i < to; i++) {
+        if (losers !== undefined && ((losers[i >>> 3]! >>> (i & 7)) & 1) === 1) continue
+        const c = codes[(typeIdx[i]! << 1) | ((botBits[i >>> 3]! >>> (i & 7)) & 1)]!
+        if (c !== CODE_EVENT && c !== CODE_PAGEVIEW) continue
+        const tsMs = ts[2 * i + HI]! * 4294967296 + (ts[2 * i + LO]! >>> 0)
+        const pk = pathCol.indices[i]!
+        let path = pathOf[pk]!
+        if (path < 0) {
+          path = this.intern(pathCol.dictionary[pk]!)
+          pathOf[pk] = path
+        }
+        let sk = ''
+        for (const col of sessionCols) sk += `${col.indices[i]!},`
+        let session = sessionOf.get(sk)
+        if (session === undefined) {
+          session = this.internSession(sessionCols.map((col) => col.dictionary[col.indices[i]!]!))
+          sessionOf.set(sk, session)
+        }
+        s.push(tsMs, vh[2 * i + HI]!, vh[2 * i + LO]!, c === CODE_PAGEVIEW, path, session)
+      }
+    })
+  }
+
+  private intern(path: string): number {
+    let id = this.pathIds.get(path)
+    if (id === undefined) {
+      id = this.paths.length
+      this.paths.push(path)
+      this.pathIds.set(path, id)
+    }
+    return id
+  }
+
+  private internSession(values: string[]): number {
+    const k = values.join('\u0001')
+    let id = this.sessionIds.get(k)
+    if (id === undefined) {
+      id = this.sessions.length
+      this.sessions.push(values)
+      this.sessionIds.set(k, id)
+    }
+    return id
+  }
+
+  /**
+   * The visit counts of every row the day's visits count in (visitRows: totals of every
+   * granularity, hour and day breakdowns by the session dimensions, entry_page and exit_page), all
+   * in windows of this day since a visit ends at midnight UTC. Sites in order.
+   */
+  *rows(gapMs: number): Generator<{ key: RowKey; counts: VisitCounts }> {
+    for (const siteId of [...this.sites.keys()].sort()) {
+      const s = this.sites.get(siteId)!
+      const order = new Uint32Array(s.length)
+      for (let i = 0; i < order.length; i++) order[i] = i
+      order.sort((a, b) => s.hi[a]! - s.hi[b]! || s.lo[a]! - s.lo[b]!)
+      const rows = new Map<string, { key: RowKey; counts: VisitCounts }>()
+      let chunk: VisitEvent[] = []
+      let visitor = ''
+      const flush = () => {
+        for (const [id, r] of visitRows(sessionize(chunk, gapMs), 0)) {
+          const had = rows.get(id)
+          if (!had) rows.set(id, r)
+          else {
+            had.counts.visits += r.counts.visits
+            had.counts.bounces += r.counts.bounces
+            had.counts.visitDurationMs += r.counts.visitDurationMs
+            had.counts.visitPageviews += r.counts.visitPageviews
+          }
+        }
+        chunk = []
+      }
+      for (let k = 0; k < order.length; k++) {
+        const i = order[k]!
+        const hi = s.hi[i]!
+        const lo = s.lo[i]!
+        const same = k > 0 && hi === s.hi[order[k - 1]!] && lo === s.lo[order[k - 1]!]
+        if (!same) {
+          if (chunk.length >= CHUNK_EVENTS) flush()
+          visitor = `${hi.toString(16)}:${lo.toString(16)}`
+        }
+        const ts = s.ts[i]!
+        if (windowStart(ts, 'day') !== this.dayStartMs)
+          throw new RangeError(
+            `an event at ${new Date(ts).toISOString()} is not of the day being sessionized`,
+          )
+        chunk.push({
+          siteId,
+          visitor,
+          timestampMs: ts,
+          pageview: s.pageview[i] === 1,
+          path: this.paths[s.path[i]!]!,
+          session: this.sessions[s.session[i]!]!,
+        })
+      }
+      if (chunk.length > 0) flush()
+      yield* rows.values()
+    }
+  }
+}
