@@ -61,11 +61,6 @@ export interface StreamWorkerDeps {
   progress?: ProgressPublisher
   /** Overrides the owner name recorded with epochs. */
   owner?: string
-  /**
-   * Count visits (default true). Off only to measure what they cost (the bench's stream scenario
-   * with TALLY_BENCH_VISITS=off): rows are then written without visit data.
-   */
-  countsVisits?: boolean
 }
 
 /**
@@ -92,7 +87,7 @@ export class StreamWorker extends PartitionOwner<PartitionState> {
       { topic: deps.topic, idleCheckMs: deps.config.flushIntervalMs },
     )
     this.owner = deps.owner ?? `${hostname()}:${process.pid}`
-    this.countsVisits = deps.countsVisits ?? true
+    this.countsVisits = deps.config.countsVisits
   }
 
   private readonly countsVisits: boolean
