@@ -165,6 +165,11 @@ export interface StreamConfig {
    * (TALLY_VISIT_GAP_MS); stream and rebuild read the same value (stream = batch). Default 30 min.
    */
   visitGapMs: number
+  /**
+   * Count visits (TALLY_STREAM_VISITS, default on). Off only to measure what visits cost (the bench's
+   * stream scenario): rows are then written without visit data and show none until a rebuild.
+   */
+  countsVisits: boolean
   /** Open windows (all granularities and sites) one partition holds in memory; beyond it the oldest are written and dropped. Default 20000. */
   maxOpenWindows: number
   /** messageIds are remembered this long (by receivedAt) to drop client retries. Default 1 h, at most 24 h. */
@@ -577,6 +582,11 @@ export const VARIABLES = {
     86_400_000,
     'a gap of at least this much event time between two events of a visitor ends a visit (a visit also ends at midnight UTC); stream and rebuild need the same value',
   ),
+  TALLY_STREAM_VISITS: choice(
+    ['on', 'off'] as const,
+    'on',
+    'count visits in the stream; `off` only to measure what they cost (the bench does): rows are then written without visit data and show no visits until a rebuild',
+  ),
   TALLY_STREAM_MAX_OPEN_WINDOWS: integer(
     20_000,
     100,
@@ -826,6 +836,7 @@ export function loadConfig(env: Env = process.env): TallyConfig {
       graceMs: v.TALLY_GRACE_MS,
       maxFutureMs: v.TALLY_MAX_FUTURE_MS,
       visitGapMs: v.TALLY_VISIT_GAP_MS,
+      countsVisits: v.TALLY_STREAM_VISITS === 'on',
       maxOpenWindows: v.TALLY_STREAM_MAX_OPEN_WINDOWS,
       dedupHorizonMs: v.TALLY_DEDUP_HORIZON_MS,
       flushIntervalMs: v.TALLY_FLUSH_INTERVAL_MS,

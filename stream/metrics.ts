@@ -22,14 +22,14 @@ export function createStreamMetrics(registry: Registry = createProcessRegistry()
     }),
     stepSeconds: new Histogram({
       name: 'tally_stream_step_seconds',
-      help: 'Time per pipeline step and batch: decode_validate_dedup (decode, validate, dedup, classify and aggregate of a batch), load (rows read from the store)',
+      help: 'Time per pipeline step and batch: decode_validate_dedup (decode, validate, dedup, classify, aggregate and visits of a batch), load (rows read from the store)',
       labelNames: ['step'] as const,
       buckets: [0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
       registers: [registry],
     }),
     flushSeconds: new Histogram({
       name: 'tally_stream_flush_seconds',
-      help: 'Time to write one partition’s dirty windows, dedup entries and checkpoint',
+      help: 'Time to write one partition’s dirty windows, dedup entries, visit state and checkpoint',
       buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
       registers: [registry],
     }),
@@ -65,6 +65,18 @@ export function createStreamMetrics(registry: Registry = createProcessRegistry()
       help: 'Windows held in memory (at most TALLY_STREAM_MAX_OPEN_WINDOWS per partition)',
       registers: [registry],
     }),
+    openVisits: new Gauge({
+      name: 'tally_stream_open_visits',
+      help: 'Open visits held in memory per owned partition (dropped once the visit gap passed on the partition’s watermark)',
+      labelNames: ['partition'] as const,
+      registers: [registry],
+    }),
+    visitStateBytes: new Gauge({
+      name: 'tally_stream_visit_state_bytes',
+      help: 'Bytes of the visit state last written with a checkpoint, per owned partition',
+      labelNames: ['partition'] as const,
+      registers: [registry],
+    }),
     windowsEvicted: new Counter({
       name: 'tally_stream_windows_evicted_total',
       help: 'Open windows written and dropped from memory because a partition reached TALLY_STREAM_MAX_OPEN_WINDOWS (read back if touched again)',
@@ -77,7 +89,7 @@ export type StreamMetrics = ReturnType<typeof createStreamMetrics>
 
 /**
  * The `step` label of tally_stream_step_seconds: `decode_validate_dedup` is the pass of a batch
- * through the per-event steps (decode, validate, dedup, classify, aggregate: stream/pipeline.ts),
+ * through the per-event steps (decode, validate, dedup, classify, aggregate, visits: stream/pipeline.ts),
  * `load` the loading of the rows it touched for the first time.
  */
 export type StreamStep = 'decode_validate_dedup' | 'load'

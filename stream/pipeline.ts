@@ -8,6 +8,7 @@ import {
   visitorId,
   windowStart,
 } from '../core/aggregate/definition.js'
+import { type VisitState, visitDeltas, visitEventOf } from '../core/aggregate/visits.js'
 import type { StreamConfig } from '../core/config.js'
 import { type HashHalves, hashHalves } from '../core/hll.js'
 import type { Logger } from '../core/log.js'
@@ -17,11 +18,11 @@ import { HEADERS } from '../core/record/headers.js'
 import { dedupKey } from '../core/record/keys.js'
 import { drop, ok, type StepResult } from '../core/record/result.js'
 import type { DedupSet } from './dedup.js'
-import { apply, BOT, type Loading, PAGEVIEW, type RowTable, rowToLoad } from './rows.js'
+import { apply, applyVisits, BOT, type Loading, PAGEVIEW, type RowTable, rowOf, rowToLoad } from './rows.js'
 
 /**
  * The per-record pipeline of the stream worker, as the README names it: decode → validate → dedup →
- * classify → aggregate (the flush, with the loading of rows and the checkpoint, is the worker's:
+ * classify → aggregate → visits (the flush, with the loading of rows and the checkpoint, is the worker's:
  * stream/worker.ts). Each step before aggregate returns the raw-record module's StepResult: ok,
  * dead-letter (poison: goes to the DLQ with its reason) or drop (counted, not an error).
  * `countRecords` runs a batch through them; the worker times it as one step.
@@ -69,13 +70,14 @@ export function aggregate(
   table: RowTable,
   sourcePartition: number,
   loading: Loading[],
+  eventDims?: Record<Dimension, string>,
 ): void {
   // The event as every row sees it: offset, bot/pageview flags and the visitor hash (once).
   const e = d.event
   const visitor = visitorHash
   hashHalves(visitorId(e), visitor)
   const flags = (kindOf(e) === 'bot' ? BOT : 0) | (isPageview(e) ? PAGEVIEW : 0)
-  let dims: Record<Dimension, string> | undefined
+  let dims = eventDims
   for (let gi = 0; gi < GRANULARITIES.length; gi++) {
     const granularity = GRANULARITIES[gi]!
     const ws = windowStart(d.timestampMs, granularity)
@@ -111,11 +113,48 @@ export function aggregate(
   }
 }
 
+/**
+ * Step 6: the event's visit (core/aggregate/visits.ts). The partition's VisitState takes the event
+ * and tells which visits it changed; the rows of their start windows change by the difference,
+ * each at most once per offset (a replay skips rows written through it). An event the state already
+ * holds (below `visits.nextOffset`: restored from a state written after it) changes nothing: its
+ * changes are in the rows, which were written before that state.
+ */
+export function countVisit(
+  d: DecodedEvent,
+  offset: number,
+  visits: PartitionVisits,
+  table: RowTable,
+  sourcePartition: number,
+  loading: Loading[],
+  dims: Record<Dimension, string>,
+): void {
+  if (offset < visits.nextOffset) return
+  const ve = visitEventOf(d.event, d.timestampMs, dims)
+  if (ve === undefined) return
+  const change = visits.state.add(ve)
+  visits.nextOffset = offset + 1
+  visits.changed = true
+  for (const { key, delta } of visitDeltas(change, sourcePartition))
+    applyVisits(table, rowOf(table, loading, key), offset, delta)
+}
+
+/** The open visits of one owned partition, as the visits step keeps them. */
+export interface PartitionVisits {
+  readonly state: VisitState
+  /** Events below this offset are in the state already (restored): not added again. */
+  nextOffset: number
+  /** Changed since last written (an event added, or visits evicted). */
+  changed: boolean
+}
+
 /** What the steps read and change of one owned partition (the worker's PartitionState). */
 export interface PipelineState {
   readonly ref: { readonly partition: number }
   readonly rows: RowTable
   readonly dedup: DedupSet
+  /** The partition's open visits; absent: visits are not counted (the rows carry none). */
+  readonly visits?: PartitionVisits
   /** Latest receivedAt seen (ms): lateness is decided on it, so a replay decides the same. */
   watermarkMs: number
   /** Records below this offset are already in memory (or stored): skipped. */
@@ -158,7 +197,8 @@ function tally(outcomes: Map<string, number>, outcome: string): void {
 
 /**
  * Runs the batch's records from index `from` on through the steps, stopping before a record that
- * could take the partition's open windows past the cap (an event opens at most one per granularity).
+ * could take the partition's open windows past the cap (an event opens at most one per granularity,
+ * and its visit change one more: its visit's start window).
  */
 export function countRecords(
   state: PipelineState,
@@ -176,9 +216,10 @@ export function countRecords(
     loading: [],
   }
   const table = state.rows
+  const opens = GRANULARITIES.length * (state.visits ? 2 : 1)
   let i = from
   for (; i < batch.records.length; i++) {
-    if (i > from && table.windows + GRANULARITIES.length > settings.maxOpenWindows) break
+    if (i > from && table.windows + opens > settings.maxOpenWindows) break
     const record = batch.records[i]!
     pass.lastOffset = record.offset
     // Below processedNext: already in memory (or, below the checkpoint, already stored).
@@ -238,6 +279,11 @@ function countRecord(
     }
     return
   }
-  aggregate(d, record.offset, state.rows, state.ref.partition, pass.loading)
+  if (state.visits) {
+    // Counts first, then the visit change: a row both touch at this offset gets both.
+    const dims = dimensionsOf(d.event)
+    aggregate(d, record.offset, state.rows, state.ref.partition, pass.loading, dims)
+    countVisit(d, record.offset, state.visits, state.rows, state.ref.partition, pass.loading, dims)
+  } else aggregate(d, record.offset, state.rows, state.ref.partition, pass.loading)
   pass.counted++
 }

@@ -1,6 +1,14 @@
-import { DIMENSION_GRANULARITIES, DIMENSIONS, GRANULARITIES, windowMs } from '../core/aggregate/definition.js'
+import {
+  DIMENSION_GRANULARITIES,
+  DIMENSIONS,
+  GRANULARITIES,
+  type Granularity,
+  type RowDimension,
+  VISIT_DIMENSIONS,
+  windowMs,
+} from '../core/aggregate/definition.js'
 import { RowAccumulator } from '../core/aggregate/rows.js'
-import { type RowKey, rowId, type StoredRow } from '../core/ports/aggregate-store.js'
+import { type RowKey, rowId, type StoredRow, type VisitCounts } from '../core/ports/aggregate-store.js'
 
 /**
  * The rows a stream worker holds for one partition: the open windows' totals and breakdowns, each
@@ -16,10 +24,16 @@ export interface Row {
   acc: RowAccumulator | undefined
   /** Last source offset counted in this row (−1: none). Events at or below it are skipped on replay. */
   throughOffset: number
+  /**
+   * Last source offset whose visit change is in this row (the stored throughOffset once loaded):
+   * an event changes a row's visits once, even when it also counted in the row at the same offset.
+   */
+  visitThrough: number
   dirty: boolean
   /**
-   * While the row is being loaded: the events of the batch waiting for it, four numbers each
-   * (offset, flags, visitor hash high and low halves), in offset order.
+   * While the row is being loaded: what the batch's events do to it, in offset order. An event
+   * counted: four numbers (offset, flags, visitor hash high and low halves); a visit change: six
+   * (offset, VISIT, then the visits, bounces, duration and pageviews of the change).
    */
   pending: number[] | undefined
 }
@@ -27,11 +41,21 @@ export interface Row {
 /** Bits of the flags of a pending event. */
 export const BOT = 1
 export const PAGEVIEW = 2
+/** A pending visit change (not an event count). */
+export const VISIT = 4
+
+/**
+ * The dimensions a window's rows are kept by, in order: an event's (DIMENSIONS), then a visit's own
+ * (entry and exit page), which only visit changes touch.
+ */
+export const ROW_DIMENSIONS: readonly RowDimension[] = [...DIMENSIONS, ...VISIT_DIMENSIONS]
+const ROW_DIMENSION_INDEX = new Map<RowDimension, number>(ROW_DIMENSIONS.map((d, i) => [d, i]))
+const GRANULARITY_INDEX = new Map<Granularity, number>(GRANULARITIES.map((g, i) => [g, i]))
 
 /** The rows of one window of one site: its totals and, for hour and day, one row per dimension value. */
 export class WindowRows {
   totals: Row | undefined
-  /** Per dimension (DIMENSIONS order), the rows by value; empty for minute windows. */
+  /** Per dimension (ROW_DIMENSIONS order), the rows by value; empty for minute windows. */
   readonly dims: Array<Map<string, Row>>
   size = 0
 
@@ -39,7 +63,7 @@ export class WindowRows {
     readonly windowEnd: number,
     withDimensions: boolean,
   ) {
-    this.dims = withDimensions ? DIMENSIONS.map(() => new Map<string, Row>()) : []
+    this.dims = withDimensions ? ROW_DIMENSIONS.map(() => new Map<string, Row>()) : []
   }
 }
 
@@ -121,7 +145,7 @@ export class RowTable {
 export interface Loading {
   row: Row
   window: WindowRows
-  /** Index in DIMENSIONS, or −1 for the window's totals. */
+  /** Index in ROW_DIMENSIONS, or −1 for the window's totals. */
   dim: number
 }
 
@@ -151,6 +175,38 @@ export function apply(
   }
 }
 
+/**
+ * Changes one row's visit counts by a visit change of the event at `offset` (visitDeltas), unless
+ * the row already has it (its stored value was written through this offset before a restart). The
+ * row then counts through `offset`, so a replay skips the change. A row still loading keeps it.
+ */
+export function applyVisits(table: RowTable, row: Row, offset: number, delta: VisitCounts): void {
+  const acc = row.acc
+  if (acc === undefined) {
+    row.pending!.push(offset, VISIT, delta.visits, delta.bounces, delta.visitDurationMs, delta.visitPageviews)
+    return
+  }
+  if (offset <= row.visitThrough) return
+  acc.addVisits(delta)
+  row.visitThrough = offset
+  if (offset > row.throughOffset) row.throughOffset = offset
+  if (!row.dirty) {
+    row.dirty = true
+    table.dirty.push(row)
+  }
+}
+
+/**
+ * The row of `key` in the table: held, or added to load (a visit change may touch a window already
+ * written and dropped: its start window).
+ */
+export function rowOf(table: RowTable, loading: Loading[], key: RowKey): Row {
+  const w = table.window(GRANULARITY_INDEX.get(key.granularity)!, key.siteId, key.windowStart)
+  if (key.dimension === undefined) return w.totals ?? rowToLoad(table, loading, w, -1, key)
+  const di = ROW_DIMENSION_INDEX.get(key.dimension)!
+  return w.dims[di]!.get(key.value) ?? rowToLoad(table, loading, w, di, key)
+}
+
 /** Takes a row that never got its stored value back out of the table. */
 export function unlink(table: RowTable, { row, window, dim }: Loading): void {
   if (dim < 0) {
@@ -172,7 +228,15 @@ export function rowToLoad(
   dim: number,
   key: RowKey,
 ): Row {
-  const row: Row = { key, id: rowId(key), acc: undefined, throughOffset: -1, dirty: false, pending: [] }
+  const row: Row = {
+    key,
+    id: rowId(key),
+    acc: undefined,
+    throughOffset: -1,
+    visitThrough: -1,
+    dirty: false,
+    pending: [],
+  }
   if (dim < 0) window.totals = row
   else window.dims[dim]!.set(key.value, row)
   window.size++
@@ -182,22 +246,36 @@ export function rowToLoad(
 }
 
 /**
- * Gives the loading rows their stored values (by row id; none: a new row) and counts the events
- * that waited for them.
+ * Gives the loading rows their stored values (by row id; none: a new row, which carries visit
+ * counts when `countsVisits`) and applies what waited for them.
  */
 export function fillLoaded(
   table: RowTable,
   loading: readonly Loading[],
   loaded: ReadonlyMap<string, StoredRow>,
   precision: number,
+  countsVisits = false,
 ): void {
   for (const { row } of loading) {
     const stored = loaded.get(row.id)
-    row.acc = new RowAccumulator(precision, stored)
+    row.acc = new RowAccumulator(precision, stored, { countsVisits })
     row.throughOffset = stored?.throughOffset ?? -1
+    row.visitThrough = row.throughOffset
     const waiting = row.pending!
     row.pending = undefined
-    for (let i = 0; i < waiting.length; i += 4)
-      apply(table, row, waiting[i]!, waiting[i + 1]!, waiting[i + 2]!, waiting[i + 3]!)
+    for (let i = 0; i < waiting.length; ) {
+      if (waiting[i + 1] === VISIT) {
+        applyVisits(table, row, waiting[i]!, {
+          visits: waiting[i + 2]!,
+          bounces: waiting[i + 3]!,
+          visitDurationMs: waiting[i + 4]!,
+          visitPageviews: waiting[i + 5]!,
+        })
+        i += 6
+      } else {
+        apply(table, row, waiting[i]!, waiting[i + 1]!, waiting[i + 2]!, waiting[i + 3]!)
+        i += 4
+      }
+    }
   }
 }

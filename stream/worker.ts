@@ -1,4 +1,5 @@
 import { hostname } from 'node:os'
+import { oldestAcceptableMs, VisitState } from '../core/aggregate/visits.js'
 import type { StreamConfig } from '../core/config.js'
 import type { Logger } from '../core/log.js'
 import { OwnedPartition, PartitionOwner } from '../core/partition-owner.js'
@@ -14,16 +15,17 @@ import type { ProgressPublisher } from '../core/ports/progress-notices.js'
 import { HEADERS, requestIdOf } from '../core/record/headers.js'
 import { DedupSet } from './dedup.js'
 import { type StreamMetrics, type StreamStep, timed } from './metrics.js'
-import { countRecords, type DeadLetterRecord, type PipelineState } from './pipeline.js'
+import { countRecords, type DeadLetterRecord, type PartitionVisits, type PipelineState } from './pipeline.js'
 import { fillLoaded, type Loading, RowTable, unlink } from './rows.js'
 
 /**
  * Everything a worker holds for one source partition it owns: what the pipeline's steps read and
- * change (PipelineState: rows, dedup set, watermark), and the offsets of its checkpoint.
+ * change (PipelineState: rows, dedup set, open visits, watermark), and the offsets of its checkpoint.
  */
 class PartitionState extends OwnedPartition implements PipelineState {
   readonly rows = new RowTable()
   readonly dedup = new DedupSet()
+  visits: PartitionVisits | undefined
   /** Records below this offset are already in the aggregates (skipped on replay). */
   nextOffset = 0
   /** Offset after the last record processed. */
@@ -85,14 +87,18 @@ export class StreamWorker extends PartitionOwner<PartitionState> {
       { topic: deps.topic, idleCheckMs: deps.config.flushIntervalMs },
     )
     this.owner = deps.owner ?? `${hostname()}:${process.pid}`
+    this.countsVisits = deps.config.countsVisits
   }
 
-  /** Open windows and rows held in memory per owned partition (tests and metrics). */
-  held(): Array<{ partition: number; windows: number; rows: number }> {
+  private readonly countsVisits: boolean
+
+  /** Open windows, rows and visits held in memory per owned partition (tests and metrics). */
+  held(): Array<{ partition: number; windows: number; rows: number; visits: number }> {
     return [...this.states.values()].map((s) => ({
       partition: s.ref.partition,
       windows: s.rows.windows,
       rows: s.rows.size,
+      visits: s.visits?.state.openVisits ?? 0,
     }))
   }
 
@@ -102,9 +108,11 @@ export class StreamWorker extends PartitionOwner<PartitionState> {
    */
   protected override onDropped(state: PartitionState): void {
     this.deps.metrics.checkpointAge.remove({ partition: String(state.partition) })
+    this.deps.metrics.openVisits.remove({ partition: String(state.partition) })
+    this.deps.metrics.visitStateBytes.remove({ partition: String(state.partition) })
   }
 
-  /** Takes ownership: new epoch, fence the checkpoint, reload the dedup set. */
+  /** Takes ownership: new epoch, fence the checkpoint and the visit state, reload the dedup set. */
   protected async restore(partition: number): Promise<PartitionState> {
     const { config, store, logger } = this.deps
     const ref: PartitionRef = { group: config.group, topic: this.deps.topic, partition }
@@ -120,6 +128,16 @@ export class StreamWorker extends PartitionOwner<PartitionState> {
         store.writeCheckpoint(ref, { nextOffset: state.nextOffset, watermarkMs: state.watermarkMs, epoch }),
       'fence checkpoint',
     )
+    if (this.countsVisits) {
+      const snapshot = await this.untilStopped(() => store.loadVisitState(ref), 'load visit state')
+      const visitState = VisitState.deserialize(snapshot?.state ?? new Uint8Array(0), config.visitGapMs)
+      const nextOffset = snapshot?.nextOffset ?? 0
+      // Like the checkpoint: rewritten under the new epoch, so a stale owner's state can never
+      // replace it (it might be ahead of rows this owner writes first).
+      const fenced = { nextOffset, state: snapshot?.state ?? new Uint8Array(0) }
+      await this.untilStopped(() => store.writeVisitState(ref, fenced, epoch), 'fence visit state')
+      state.visits = { state: visitState, nextOffset, changed: false }
+    }
     if (state.watermarkMs > 0 && config.dedupHorizonMs > 0) {
       const since = state.watermarkMs - config.dedupHorizonMs
       const chunks = await this.untilStopped(
@@ -129,7 +147,13 @@ export class StreamWorker extends PartitionOwner<PartitionState> {
       for (const c of chunks) state.dedup.load(c.entries, since)
     }
     logger.info(
-      { partition, epoch, nextOffset: state.nextOffset, dedupIds: state.dedup.size },
+      {
+        partition,
+        epoch,
+        nextOffset: state.nextOffset,
+        dedupIds: state.dedup.size,
+        openVisits: state.visits?.state.openVisits,
+      },
       'partition restored',
     )
     return state
@@ -211,7 +235,7 @@ export class StreamWorker extends PartitionOwner<PartitionState> {
       for (const l of loading) unlink(table, l)
       throw err
     }
-    fillLoaded(table, loading, loaded, this.deps.config.hllPrecision)
+    fillLoaded(table, loading, loaded, this.deps.config.hllPrecision, this.countsVisits)
   }
 
   /** Runs one step of a batch and records its time in tally_stream_step_seconds. */
@@ -261,7 +285,10 @@ export class StreamWorker extends PartitionOwner<PartitionState> {
     }
   }
 
-  /** Writes dirty rows, then the new dedup entries, then the checkpoint; evicts closed windows. */
+  /**
+   * Writes dirty rows, then the new dedup entries, then the visit state, then the checkpoint;
+   * evicts closed windows.
+   */
   protected async flush(state: PartitionState, control?: BatchControl): Promise<void> {
     if (!state.dirty) return
     const { metrics } = this.deps
@@ -301,6 +328,23 @@ export class StreamWorker extends PartitionOwner<PartitionState> {
         entries: fresh.entries,
       }
       await this.untilStopped(() => store.writeDedup(state.ref, chunk, state.epoch), 'write dedup', control)
+    }
+    const visits = state.visits
+    if (visits) {
+      // Visits no event the stream may still accept can change are dropped before the write; the
+      // state written holds every counted event below processedNext, after the rows with their changes.
+      if (visits.state.evict(oldestAcceptableMs(state.watermarkMs, config.graceMs)) > 0) visits.changed = true
+      if (visits.changed) {
+        const snapshot = { nextOffset: state.processedNext, state: visits.state.serialize() }
+        await this.untilStopped(
+          () => store.writeVisitState(state.ref, snapshot, state.epoch),
+          'write visit state',
+          control,
+        )
+        visits.changed = false
+        metrics.visitStateBytes.set({ partition: String(state.ref.partition) }, snapshot.state.byteLength)
+      }
+      metrics.openVisits.set({ partition: String(state.ref.partition) }, visits.state.openVisits)
     }
     const checkpoint = { nextOffset: state.processedNext, watermarkMs: state.watermarkMs, epoch: state.epoch }
     await this.untilStopped(() => store.writeCheckpoint(state.ref, checkpoint), 'write checkpoint', control)

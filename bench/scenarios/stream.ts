@@ -21,7 +21,9 @@ import { measureFreshness } from './freshness.js'
  * fresh topic first (through the ingest role's /v1/import), then one `tally stream` starts and the
  * clock runs until every partition's checkpoint reaches the end of the topic; every window and
  * breakdown it wrote is then compared with the truth. Its peer, a bare kafkajs consumer that only
- * decodes and parses each record (bench/peers/bare-consumer.ts), then reads the same topic.
+ * decodes and parses each record (bench/peers/bare-consumer.ts), then reads the same topic. The
+ * same load is then counted again, into a topic and sites of their own, by a worker with visits off
+ * (TALLY_STREAM_VISITS=off): what visits cost, and the visit state's bytes per open visit.
  * (2) Freshness under load: see freshness.ts.
  */
 
@@ -121,13 +123,22 @@ async function bareConsumer(
   }
 }
 
-async function throughput(ctx: ScenarioContext): Promise<Part> {
+/**
+ * One worker's events/s over a fresh topic; with `visits` off (TALLY_STREAM_VISITS=off) in a
+ * scenario, topic and sites of its own, so its rows never meet the other run's.
+ */
+async function throughput(ctx: ScenarioContext, visits = true): Promise<Part & { rate?: number }> {
   const now = Date.now()
-  const { env, config } = await ctx.env.scenario('stream', { TALLY_GRACE_MS: String(2 * 3_600_000) })
-  const keys = await ctx.env.createSites(config, SITES)
+  const sites = visits ? SITES : SITES.map((s) => `${s}-novisits`)
+  const system = visits ? 'tally' : 'tally (visits off)'
+  const { env, config } = await ctx.env.scenario(visits ? 'stream' : 'stream_novisits', {
+    TALLY_GRACE_MS: String(2 * 3_600_000),
+    TALLY_STREAM_VISITS: visits ? 'on' : 'off',
+  })
+  const keys = await ctx.env.createSites(config, sites)
   const workload = generateWorkload({
     seed: ctx.seed,
-    sites: SITES,
+    sites,
     events: pick(ctx, 300_000, 20_000),
     start: new Date(now - 45 * 60_000),
     spanMs: 30 * 60_000,
@@ -136,7 +147,7 @@ async function throughput(ctx: ScenarioContext): Promise<Part> {
   })
   const n = workload.events.length
   ctx.say(
-    `stream: loading ${n} events (${SITES.length} sites, duplicates and bots included) into a fresh topic`,
+    `stream${visits ? '' : ' (visits off)'}: loading ${n} events (${sites.length} sites, duplicates and bots included) into a fresh topic`,
   )
   const children: Child[] = []
   try {
@@ -162,6 +173,10 @@ async function throughput(ctx: ScenarioContext): Promise<Part> {
     children.push(worker)
     const readyMs = performance.now()
     const w = await watchCatchUp(worker, reader, config, ends, t0, pick(ctx, 300_000, 120_000))
+    // The open visits at the end and the bytes of their last written state (its serialized form).
+    const metricsText = await scrape(urlOf(worker))
+    const openVisits = metricSum(metricsText, 'tally_stream_open_visits')
+    const stateBytes = metricSum(metricsText, 'tally_stream_visit_state_bytes')
     const rss = worker.peakRssBytes()
     await worker.stop()
     const steadySec = (w.caughtUpMs - (w.firstRecordMs ?? readyMs)) / 1000
@@ -177,14 +192,14 @@ async function throughput(ctx: ScenarioContext): Promise<Part> {
         reader,
         workload.truth,
         new VisitorSketches(workload.events, config.stream.hllPrecision),
-        SITES,
+        sites,
         now - 86_400_000,
         now + 86_400_000,
       ),
     )
     const figure: Figure = {
       scenario: 'stream.throughput',
-      system: 'tally',
+      system,
       status: checks.every((c) => c.ok) ? 'ok' : 'failed',
       throughput: {
         value: steadyRate,
@@ -200,8 +215,17 @@ async function throughput(ctx: ScenarioContext): Promise<Part> {
         secondsSpawnToCaughtUp: round(wallSec),
         eventsPerSecIncludingStartup: round(n / wallSec),
         secondsSpawnToReady: round((readyMs - t0) / 1000),
+        visits: visits ? 'on' : 'off (TALLY_STREAM_VISITS=off)',
+        ...(visits
+          ? {
+              openVisitsAtEnd: openVisits,
+              visitStateBytes: stateBytes,
+              visitStateBytesPerOpenVisit: openVisits > 0 ? round(stateBytes / openVisits) : null,
+            }
+          : {}),
       },
     }
+    if (!visits) return { figures: [figure], ratios: [], targets: [], rate: steadyRate }
     ctx.say('stream: the bare kafkajs consumer reads the same topic')
     // The peer failing leaves Tally's figure standing.
     const bare = await bareConsumer(
@@ -245,7 +269,52 @@ async function run(ctx: ScenarioContext): Promise<ScenarioOutcome> {
   const targets: Target[] = []
   // The two parts are independent: one failing does not keep the other from being measured.
   for (const [scenario, part] of [
-    ['stream.throughput', throughput],
+    [
+      'stream.throughput',
+      async (c: ScenarioContext): Promise<Part> => {
+        const on = await throughput(c, true)
+        const tally = on.figures.find((f) => f.system === 'tally')
+        // Visits' cost: the same load counted by a worker with visits off, in the same run.
+        const off = await throughput(c, false).catch((err): Part & { rate?: number } => ({
+          figures: [failedFigure('stream.throughput', 'tally (visits off)', err)],
+          ratios: [],
+          targets: [],
+        }))
+        const onRate = tally?.status === 'ok' ? tally.throughput?.value : undefined
+        const both = onRate !== undefined && off.rate !== undefined
+        return {
+          figures: [...on.figures, ...off.figures],
+          ratios: [
+            ...on.ratios,
+            ...(both
+              ? [
+                  {
+                    scenario: 'stream.throughput',
+                    metric: 'events/s Tally worker with visits / without visits',
+                    value: onRate / off.rate!,
+                    target: '≥ 0.75 (visits cost at most 25 %)',
+                  },
+                ]
+              : []),
+          ],
+          targets: [
+            ...on.targets,
+            ...(both
+              ? [
+                  {
+                    scenario: 'stream.throughput',
+                    metric: 'events/s with visits / without visits',
+                    value: onRate / off.rate!,
+                    unit: 'ratio',
+                    target: '≥ 0.75',
+                    met: onRate / off.rate! >= 0.75,
+                  },
+                ]
+              : []),
+          ],
+        }
+      },
+    ],
     [
       'stream.freshness',
       async (c: ScenarioContext): Promise<Part> => {
@@ -270,7 +339,7 @@ async function run(ctx: ScenarioContext): Promise<ScenarioOutcome> {
 export const streamScenario: ScenarioDefinition = {
   name: 'stream',
   description:
-    'one worker Kafka → Cassandra (events/s) vs a bare kafkajs consumer, and freshness from a 2xx at ingest to the query API',
+    'one worker Kafka → Cassandra (events/s, with visits and without) vs a bare kafkajs consumer, and freshness from a 2xx at ingest to the query API',
   needsServices: true,
   run,
 }

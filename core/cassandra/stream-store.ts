@@ -13,6 +13,7 @@ import type {
   StreamCheckpoint,
   StreamStore,
   VisitCounts,
+  VisitStateSnapshot,
 } from '../ports/aggregate-store.js'
 import { rowId } from '../ports/aggregate-store.js'
 
@@ -106,6 +107,12 @@ function chunks<T>(items: readonly T[], size: number): T[][] {
   for (let i = 0; i < items.length; i += size) out.push(items.slice(i, i + size))
   return out
 }
+
+/**
+ * Bytes per chunk of a visit state (stream_visit_state, schemas/cql/0011_stream_visit_state.cql):
+ * blobs stay well under the native protocol's frame and the chunks of one state are one mutation.
+ */
+export const VISIT_STATE_CHUNK_BYTES = 1 << 20
 
 /** The stream side of the Cassandra aggregate store. */
 export class CassandraStreamStore implements StreamStore {
@@ -370,6 +377,58 @@ export class CassandraStreamStore implements StreamStore {
       ],
       { prepare: true },
     )
+  }
+
+  async loadVisitState(ref: PartitionRef): Promise<VisitStateSnapshot | undefined> {
+    const rs = await this.client.execute(
+      'SELECT chunk, data, next_offset, chunks FROM stream_visit_state WHERE consumer_group = ? AND topic = ? AND partition = ?',
+      [ref.group, ref.topic, ref.partition],
+      { prepare: true, fetchSize: 64 },
+    )
+    const rows: types.Row[] = []
+    for await (const row of rs as unknown as AsyncIterable<types.Row>) rows.push(row)
+    const head = rows[0]
+    const count = head?.get('chunks') as number | null | undefined
+    if (!head || count === null || count === undefined) return undefined
+    const parts: Buffer[] = []
+    for (const row of rows) {
+      const i = row.get('chunk') as number | null
+      if (i !== null && i < count) parts[i] = (row.get('data') as Buffer | null) ?? Buffer.alloc(0)
+    }
+    for (let i = 0; i < count; i++) {
+      if (parts[i] === undefined)
+        throw new TallyError(
+          ERR.SERVICE_UNAVAILABLE,
+          `visit state of partition ${ref.partition} of ${ref.topic}: chunk ${i} of ${count} missing`,
+          { retriable: true },
+        )
+    }
+    return { nextOffset: Number(head.get('next_offset')), state: Buffer.concat(parts.slice(0, count)) }
+  }
+
+  async writeVisitState(ref: PartitionRef, snapshot: VisitStateSnapshot, epoch: number): Promise<void> {
+    // One single-partition batch: one mutation, so a reader sees all of this write or none of it
+    // (Cassandra does not apply the batch size limits to a batch of one mutation).
+    const ts = fencedTimestamp(epoch, snapshot.nextOffset)
+    const bytes = snapshot.state
+    const count = Math.ceil(bytes.byteLength / VISIT_STATE_CHUNK_BYTES)
+    const key = [ref.group, ref.topic, ref.partition]
+    const queries: Array<{ query: string; params: unknown[] }> = [
+      {
+        query:
+          'UPDATE stream_visit_state USING TIMESTAMP ? SET next_offset = ?, chunks = ?, epoch = ?, updated_at = ? WHERE consumer_group = ? AND topic = ? AND partition = ?',
+        params: [ts, types.Long.fromNumber(snapshot.nextOffset), count, epoch, new Date(), ...key],
+      },
+    ]
+    for (let i = 0; i < count; i++) {
+      const part = bytes.subarray(i * VISIT_STATE_CHUNK_BYTES, (i + 1) * VISIT_STATE_CHUNK_BYTES)
+      queries.push({
+        query:
+          'INSERT INTO stream_visit_state (consumer_group, topic, partition, chunk, data) VALUES (?, ?, ?, ?, ?) USING TIMESTAMP ?',
+        params: [...key, i, Buffer.from(part.buffer, part.byteOffset, part.byteLength), ts],
+      })
+    }
+    await this.client.batch(queries, { prepare: true, logged: false })
   }
 }
 

@@ -282,4 +282,19 @@ export const STORE_MIGRATIONS: readonly string[] = [
     created_at_ms INTEGER NOT NULL
   ) WITHOUT ROWID;
   `,
+  // 9: the stream's open visits per source partition (schemas/cql/0011_stream_visit_state.cql): the
+  // serialized VisitState and the offset it covers, one row replaced whole, fenced like checkpoints.
+  `
+  CREATE TABLE stream_visit_state (
+    consumer_group TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    partition INTEGER NOT NULL,
+    next_offset INTEGER NOT NULL,
+    state BLOB NOT NULL,
+    epoch INTEGER NOT NULL,
+    fence INTEGER NOT NULL,
+    updated_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (consumer_group, topic, partition)
+  ) WITHOUT ROWID;
+  `,
 ]

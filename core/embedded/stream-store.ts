@@ -9,6 +9,7 @@ import type {
   StreamCheckpoint,
   StreamStore,
   VisitCounts,
+  VisitStateSnapshot,
 } from '../ports/aggregate-store.js'
 import { rowId } from '../ports/aggregate-store.js'
 import type { Db } from './sqlite.js'
@@ -138,6 +139,14 @@ export class EmbeddedStreamStore implements StreamStore {
         `INSERT INTO stream_dedup (consumer_group, topic, partition, last_offset, first_offset, max_received_ms, hashes, fence, written_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
          ON CONFLICT (consumer_group, topic, partition, last_offset) DO UPDATE SET first_offset = excluded.first_offset, max_received_ms = excluded.max_received_ms, hashes = excluded.hashes, fence = excluded.fence, written_at_ms = excluded.written_at_ms
          WHERE excluded.fence >= stream_dedup.fence`,
+      ),
+      visitState: db.prepare(
+        'SELECT next_offset, state FROM stream_visit_state WHERE consumer_group = ? AND topic = ? AND partition = ?',
+      ),
+      writeVisitState: db.prepare(
+        `INSERT INTO stream_visit_state (consumer_group, topic, partition, next_offset, state, epoch, fence, updated_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+         ON CONFLICT (consumer_group, topic, partition) DO UPDATE SET next_offset = excluded.next_offset, state = excluded.state, epoch = excluded.epoch, fence = excluded.fence, updated_at_ms = excluded.updated_at_ms
+         WHERE excluded.fence >= stream_visit_state.fence`,
       ),
     }
   }
@@ -271,6 +280,27 @@ export class EmbeddedStreamStore implements StreamStore {
       chunk.maxReceivedMs,
       chunk.entries,
       fenceOf(epoch, chunk.lastOffset),
+      this.now(),
+    )
+  }
+
+  async loadVisitState(ref: PartitionRef): Promise<VisitStateSnapshot | undefined> {
+    const row = this.stmt.visitState.get(ref.group, ref.topic, ref.partition) as
+      | { next_offset: number; state: Buffer }
+      | undefined
+    return row ? { nextOffset: row.next_offset, state: row.state } : undefined
+  }
+
+  async writeVisitState(ref: PartitionRef, snapshot: VisitStateSnapshot, epoch: number): Promise<void> {
+    checkEpoch(epoch)
+    this.stmt.writeVisitState.run(
+      ref.group,
+      ref.topic,
+      ref.partition,
+      snapshot.nextOffset,
+      Buffer.from(snapshot.state.buffer, snapshot.state.byteOffset, snapshot.state.byteLength),
+      epoch,
+      fenceOf(epoch, snapshot.nextOffset),
       this.now(),
     )
   }

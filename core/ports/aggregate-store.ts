@@ -73,6 +73,18 @@ export interface DedupChunk {
   entries: Buffer
 }
 
+/**
+ * The stream's open visits of one source partition (core/aggregate/visits.ts VisitState), as
+ * persisted with the checkpoint: written after the rows and before the checkpoint, fenced by the
+ * same epoch.
+ */
+export interface VisitStateSnapshot {
+  /** The state holds every counted event below this offset (a replay adds none of those again). */
+  nextOffset: number
+  /** `VisitState.serialize()` bytes (empty: no open visit). */
+  state: Uint8Array
+}
+
 export interface PartitionRef {
   group: string
   topic: string
@@ -94,6 +106,13 @@ export interface StreamStore {
   /** Dedup chunks with lastOffset below `belowOffset` and entries received at or after `sinceMs`. */
   loadDedup(ref: PartitionRef, belowOffset: number, sinceMs: number): Promise<DedupChunk[]>
   writeDedup(ref: PartitionRef, chunk: DedupChunk, epoch: number): Promise<void>
+  /** The partition's last visit state written (undefined: none yet). */
+  loadVisitState(ref: PartitionRef): Promise<VisitStateSnapshot | undefined>
+  /**
+   * Replaces the partition's visit state, whole and at once (a reader never sees part of one write),
+   * fenced like a checkpoint by (epoch, nextOffset): a stale epoch loses even with a higher offset.
+   */
+  writeVisitState(ref: PartitionRef, snapshot: VisitStateSnapshot, epoch: number): Promise<void>
 }
 
 /** A stable string id of a row key (map key in memory). */

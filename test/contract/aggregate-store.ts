@@ -366,6 +366,43 @@ export function aggregateStoreContract(name: string, make: () => Promise<Aggrega
       expect(Buffer.from(again.find((c) => c.lastOffset === 19)!.entries)).toEqual(Buffer.alloc(24, 2))
     })
 
+    it('keeps one visit state per source partition, replaced whole, fenced like checkpoints', async () => {
+      const r = ref(3)
+      const other = { ...r, partition: 4 }
+      expect(await h.store.loadVisitState(r)).toBeUndefined()
+      const bytes = (n: number, fill: number) => new Uint8Array(n).fill(fill)
+      const read = async (pr: PartitionRef) => {
+        const s = await h.store.loadVisitState(pr)
+        return s && { nextOffset: s.nextOffset, state: Buffer.from(s.state).toString('hex') }
+      }
+      const hex = (n: number, fill: number) => Buffer.from(bytes(n, fill)).toString('hex')
+      await h.store.writeVisitState(r, { nextOffset: 10, state: bytes(5, 1) }, 2)
+      expect(await read(r)).toEqual({ nextOffset: 10, state: hex(5, 1) })
+      expect(await h.store.loadVisitState(other)).toBeUndefined()
+      // A stale epoch loses even with a higher offset; within an epoch the later offset wins.
+      await h.store.writeVisitState(r, { nextOffset: 500, state: bytes(7, 9) }, 1)
+      expect(await read(r)).toEqual({ nextOffset: 10, state: hex(5, 1) })
+      await h.store.writeVisitState(r, { nextOffset: 20, state: bytes(3, 2) }, 2)
+      await h.store.writeVisitState(r, { nextOffset: 15, state: bytes(4, 8) }, 2)
+      expect(await read(r)).toEqual({ nextOffset: 20, state: hex(3, 2) })
+      // A new owner re-fences at the offset it read; an empty state is a state.
+      await h.store.writeVisitState(r, { nextOffset: 0, state: new Uint8Array(0) }, 3)
+      expect(await read(r)).toEqual({ nextOffset: 0, state: '' })
+      // A state larger than one chunk (Cassandra: 1 MiB), then a smaller one: exactly the last.
+      const big = new Uint8Array(2.5 * 1024 * 1024)
+      for (let i = 0; i < big.length; i++) big[i] = (i * 7) % 251
+      await h.store.writeVisitState(r, { nextOffset: 30, state: big }, 3)
+      const loaded = await h.store.loadVisitState(r)
+      expect(loaded?.nextOffset).toBe(30)
+      expect(Buffer.from(loaded!.state).equals(Buffer.from(big))).toBe(true)
+      await h.store.writeVisitState(r, { nextOffset: 31, state: bytes(6, 4) }, 3)
+      expect(await read(r)).toEqual({ nextOffset: 31, state: hex(6, 4) })
+      // Epochs beyond 2^13 still compare right.
+      await h.store.writeVisitState(r, { nextOffset: 7, state: bytes(2, 5) }, 10_000)
+      await h.store.writeVisitState(r, { nextOffset: 2 ** 39, state: bytes(2, 6) }, 9_999)
+      expect(await read(r)).toEqual({ nextOffset: 7, state: hex(2, 5) })
+    })
+
     describe('reads', () => {
       const site = uniqueName('site')
       const base = Math.floor(Date.now() / HOUR) * HOUR - 10 * HOUR
