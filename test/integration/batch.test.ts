@@ -22,7 +22,12 @@ import { type RebuildProgress, rangeName, runRebuild } from '../../batch/rebuild
 import { rebuildSettings } from '../../batch/rebuild-command.js'
 import { BatchScheduler, defaultJobs } from '../../batch/scheduler.js'
 import { type GeneratedEvent, generateWorkload, truthOf } from '../../bench/workload.js'
-import { DIMENSION_GRANULARITIES, DIMENSIONS, GRANULARITIES } from '../../core/aggregate/definition.js'
+import {
+  DIMENSION_GRANULARITIES,
+  DIMENSIONS,
+  GRANULARITIES,
+  VISIT_DIMENSIONS,
+} from '../../core/aggregate/definition.js'
 import { archiveKey, batchPaths } from '../../core/archive/paths.js'
 import { listSegments } from '../../core/archive/segment-file.js'
 import { CassandraAggregateReader } from '../../core/cassandra/aggregate-reader.js'
@@ -123,9 +128,13 @@ async function snapshot(siteIds: readonly string[], from: number, to: number): P
     pageviews: number
     botEvents: number
     visitors: Uint8Array
+    visits?: number
+    bounces?: number
+    visitDurationMs?: number
+    visitPageviews?: number
     final: boolean
   }) => ({
-    values: `${v.events}/${v.pageviews}/${v.botEvents}/${Buffer.from(v.visitors).toString('hex')}`,
+    values: `${v.events}/${v.pageviews}/${v.botEvents}/${Buffer.from(v.visitors).toString('hex')} visits ${v.visits}/${v.bounces}/${v.visitDurationMs}/${v.visitPageviews}`,
     final: v.final,
   })
   for (const site of siteIds) {
@@ -134,7 +143,7 @@ async function snapshot(siteIds: readonly string[], from: number, to: number): P
         out.set(`${site}|${g}|${w.windowStart}`, cell(w))
     }
     for (const g of DIMENSION_GRANULARITIES) {
-      for (const d of DIMENSIONS) {
+      for (const d of [...DIMENSIONS, ...VISIT_DIMENSIONS]) {
         for await (const r of reader.streamDimension(site, g, d, from, to))
           out.set(`${site}|${g}|${r.windowStart}|${d}|${r.value}`, cell(r))
       }
@@ -178,7 +187,7 @@ const WIDE_TO = dayStart(Date.now()) + DAY
 const history: GeneratedEvent[] = []
 
 describe('batch rebuilds from the Arrow archive (real Kafka and Cassandra)', () => {
-  it('stream = batch: for on-time data the rebuild writes exactly the stream’s numbers and HyperLogLog registers', async () => {
+  it('stream = batch: for on-time data the rebuild writes exactly the stream’s numbers, HyperLogLog registers and visits (entry and exit pages too)', async () => {
     const now = Date.now()
     const ids = ['same-a.test', 'same-b.test']
     const workload = generateWorkload({
@@ -199,6 +208,9 @@ describe('batch rebuilds from the Arrow archive (real Kafka and Cassandra)', () 
     const before = await snapshot(ids, from, to)
     expect(before.size).toBeGreaterThan(500)
     expect([...before.values()].every((c) => !c.final)).toBe(true)
+    // The stream counted visits (and their entry and exit pages): the rebuild must write the same.
+    expect([...before.values()].filter((c) => / visits [1-9]/.test(c.values)).length).toBeGreaterThan(100)
+    expect([...before.keys()].some((k) => k.includes('|entry_page|'))).toBe(true)
 
     const progress: RebuildProgress[] = []
     const result = await rebuild(config, logger, { from, to, onProgress: (p) => progress.push(p) })
