@@ -78,6 +78,7 @@ export function rebuildSettings(
     stagingDir: paths.stagingDir,
     precision: config.stream.hllPrecision,
     visitGapMs: config.stream.visitGapMs,
+    countsVisits: config.batch.countsVisits,
     owner: processOwner(),
     ttlSeconds: config.stream.ttlSeconds,
     ...(o.leaseTtlMs === undefined ? {} : { leaseTtlMs: o.leaseTtlMs }),

@@ -56,6 +56,11 @@ export interface WriteOptions {
   /** A site-day's hours the rebuild found empty although the stream counted events in them. */
   onZeroed: (siteId: string, hours: number[], streamEvents: number) => void
   token: number
+  /**
+   * The result has visit counts (RebuildSettings.countsVisits): every row carries them. Without
+   * (a measuring run), rows are written without visit data.
+   */
+  countsVisits: boolean
   precision: number
   chunk: number
   /** Before each chunk of rows and each commit. */
@@ -103,8 +108,9 @@ export async function writeDays(
     const wholeDay = day >= o.fromMs && day + DAY_MS <= o.toMs
     for (const [siteId, produced] of bySite) {
       // Every row carries visit counts: a window where no visit started has 0 visits, known.
+      const noVisits = o.countsVisits ? NO_VISITS : {}
       const out: FinalRow[] = [...produced.values()].map((r) =>
-        hasVisits(r.values) ? r : { ...r, values: { ...r.values, ...NO_VISITS } },
+        hasVisits(r.values) ? r : { ...r, values: { ...r.values, ...noVisits } },
       )
       const zero = (
         granularity: Granularity,
@@ -118,7 +124,7 @@ export async function writeDays(
           windowStart,
           dimension,
           value,
-          values: { events: 0, pageviews: 0, botEvents: 0, visitors: empty, ...NO_VISITS },
+          values: { events: 0, pageviews: 0, botEvents: 0, visitors: empty, ...noVisits },
         })
       const granularities: Granularity[] = wholeDay ? ['minute', 'hour', 'day'] : ['minute', 'hour']
       const zeroedHours: number[] = []

@@ -79,6 +79,12 @@ export interface RebuildSettings {
   precision: number
   /** A gap of at least this much event time ends a visit (TALLY_VISIT_GAP_MS, the stream's). Default 30 min. */
   visitGapMs?: number
+  /**
+   * Count visits (TALLY_REBUILD_VISITS). Off only to measure what visits cost (the bench): no visit
+   * is computed, the final rows carry no visit data (they show no visits until a rebuild with visits
+   * on), and the run is not taken as unchanged by a later `skipUnchanged`. Default true.
+   */
+  countsVisits?: boolean
   /** Identifies this process in leases and runs. */
   owner: string
   /** Lease TTL; renewed every third of it. Default 30000 ms. */
@@ -227,7 +233,9 @@ export async function runRebuild(
       'range computed',
     )
     await commit(deps, settings, job, days.days)
-    await recordSuccess(deps, job, listing.fingerprint)
+    // A run without visits is no reason to skip the next one: its fingerprint matches no listing.
+    const countsVisits = settings.countsVisits ?? true
+    await recordSuccess(deps, job, countsVisits ? listing.fingerprint : `${listing.fingerprint}:no-visits`)
     return { status: 'succeeded', run: job.run, ...job.range, dedupBuckets: duplicates.buckets, computeMs }
   } catch (err) {
     throw await recordFailure(deps, job, err)
@@ -455,6 +463,7 @@ async function aggregate(
     day = undefined
   }
   const gapMs = settings.visitGapMs ?? DEFAULT_VISIT_GAP_MS
+  const countsVisits = settings.countsVisits ?? true
   const emptyVisitors = new RegisterSet(settings.precision).toBytes()
   // The visit counts of the windows of the range (day windows when the whole day is in it).
   const flushVisits = async () => {
@@ -471,11 +480,9 @@ async function aggregate(
   job.progress.report('aggregate', 0, n)
   for (let hour = fromDay; hour < toDay; hour += HOUR_MS) {
     const dayStart = windowStart(hour, 'day')
-    if (visits && visits.dayStartMs !== dayStart) {
-      await flushDay()
-      await flushVisits()
-    }
-    if (!visits) visits = new DayVisits(dayStart, job.siteId)
+    if (day && day.dayStartMs !== dayStart) await flushDay()
+    if (visits && visits.dayStartMs !== dayStart) await flushVisits()
+    if (!visits && countsVisits) visits = new DayVisits(dayStart, job.siteId)
     const inRange = hour >= fromMs && hour < toMs
     if (inRange && !day && dayInRange(dayStart)) day = new DayAggregator(dayStart, settings.precision)
     const agg = inRange ? new HourAggregator(hour, settings.precision, job.siteId) : undefined
@@ -485,7 +492,7 @@ async function aggregate(
       if (cols) {
         const losers = duplicates.losers.get(i)
         agg?.add(cols, losers, stats)
-        visits.add(cols, losers)
+        visits?.add(cols, losers)
         job.run.segmentsRead++
       }
       job.progress.eventsRead = stats.rowsRead
@@ -539,6 +546,7 @@ async function commit(deps: RebuildDeps, settings: RebuildSettings, job: Job, da
       ),
     token: job.token,
     precision: settings.precision,
+    countsVisits: settings.countsVisits ?? true,
     chunk: Math.max(1, settings.writeChunkRows ?? 500),
     beforeChunk: async () => {
       await job.pause()

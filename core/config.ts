@@ -210,6 +210,12 @@ export interface BatchConfig {
    * before it fails (TALLY_ERR_ARCHIVE_BEHIND); `--wait-archive-ms` overrides it. Default 300000.
    */
   rebuildWaitArchiveMs: number
+  /**
+   * Count visits in the rebuild (TALLY_REBUILD_VISITS, default on). Off only to measure what visits
+   * cost (the bench's batch scenario): the final rows are then written without visit data and show
+   * no visits until a rebuild with visits on.
+   */
+  countsVisits: boolean
 }
 
 /**
@@ -642,6 +648,11 @@ export const VARIABLES = {
     86_400_000,
     'how long `tally rebuild` waits for the archive to hold the log before failing (the embedded backend does not wait)',
   ),
+  TALLY_REBUILD_VISITS: choice(
+    ['on', 'off'] as const,
+    'on',
+    'count visits in the rebuild; `off` only to measure what they cost (the bench does): its final rows are then written without visit data and show no visits until a rebuild with visits on',
+  ),
   TALLY_SHUTDOWN_TIMEOUT_MS: integer(15_000, 100, 600_000, 'deadline of the ordered shutdown'),
   TALLY_SERVICES_CACHE: text(
     join(homedir(), '.cache', 'tally', 'services'),
@@ -861,6 +872,7 @@ export function loadConfig(env: Env = process.env): TallyConfig {
     },
     batch: {
       rebuildWaitArchiveMs: v.TALLY_REBUILD_WAIT_ARCHIVE_MS,
+      countsVisits: v.TALLY_REBUILD_VISITS === 'on',
     },
     shutdownTimeoutMs: v.TALLY_SHUTDOWN_TIMEOUT_MS,
   }

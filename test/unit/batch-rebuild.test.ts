@@ -669,6 +669,36 @@ describe('rebuild (archive segments → final rows), against in-memory stores', 
     expect(deps.jobs.runs.size).toBe(1)
   })
 
+  it('with visits off (the bench’s measuring switch) writes no visit counts, the rest unchanged', async () => {
+    const on = await setup('visits-on', log)
+    await runRebuild(on.deps, on.settings, { fromMs: FROM, toMs: TO })
+    const off = await setup('visits-off', log)
+    const result = await runRebuild(
+      off.deps,
+      { ...off.settings, countsVisits: false },
+      { fromMs: FROM, toMs: TO, skipUnchanged: true },
+    )
+    expect(result.status).toBe('succeeded')
+    const onRows = [...on.deps.rows.final.values()].map((f) => f.row)
+    const offRows = [...off.deps.rows.final.values()].map((f) => f.row)
+    // On: every row carries visit counts, visits were counted, entry and exit pages written.
+    expect(onRows.every((r) => r.values.visits !== undefined)).toBe(true)
+    expect(onRows.some((r) => (r.values.visits ?? 0) > 0)).toBe(true)
+    expect(onRows.some((r) => r.dimension === 'entry_page')).toBe(true)
+    expect(onRows.some((r) => r.dimension === 'exit_page')).toBe(true)
+    // Off: no row has visit data, no entry or exit page; every other number is the same.
+    expect(offRows.length).toBeGreaterThan(0)
+    expect(offRows.filter((r) => r.values.visits !== undefined)).toEqual([])
+    expect(offRows.filter((r) => r.dimension === 'entry_page' || r.dimension === 'exit_page')).toEqual([])
+    const visitDims = new Set(['entry_page', 'exit_page'])
+    const expected = new Map([...finalValues(on.deps.rows)].filter(([k]) => !visitDims.has(k.split('|')[3]!)))
+    expect(finalValues(off.deps.rows)).toEqual(expected)
+    // A run without visits does not make the next (scheduled) run skip the range.
+    const again = await runRebuild(off.deps, off.settings, { fromMs: FROM, toMs: TO, skipUnchanged: true })
+    expect(again.status).toBe('succeeded')
+    expect([...off.deps.rows.final.values()].every((f) => f.row.values.visits !== undefined)).toBe(true)
+  })
+
   it('rebuilds one site only, and only whole days get day windows', async () => {
     const { deps, settings } = await setup('site', log)
     // 2024-05-01T22:00 .. 2024-05-02T12:00: no whole day inside.

@@ -124,6 +124,11 @@ describe('loadConfig', () => {
     expect(loadConfig({ TALLY_INGEST_COMPRESSION: 'gzip' }).ingest.compression).toBe('gzip')
   })
 
+  it('counts visits in the rebuild unless TALLY_REBUILD_VISITS=off (a measuring switch)', () => {
+    expect(loadConfig({}).batch.countsVisits).toBe(true)
+    expect(loadConfig({ TALLY_REBUILD_VISITS: 'off' }).batch.countsVisits).toBe(false)
+  })
+
   it('bounds the wait of a rebuild for the archive, 5 minutes unless told otherwise', () => {
     expect(loadConfig({}).batch.rebuildWaitArchiveMs).toBe(300_000)
     expect(loadConfig({ TALLY_REBUILD_WAIT_ARCHIVE_MS: '0' }).batch.rebuildWaitArchiveMs).toBe(0)
