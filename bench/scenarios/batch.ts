@@ -34,7 +34,9 @@ import {
  * Tally's side goes the production way: the events enter through the ingest role (/v1/import), the
  * archiver (`dist/app/run-archiver.js`) writes the Arrow segments, and `dist/app/run-rebuild.js`
  * rebuilds the whole day; its compute time (dedup pass + aggregation pass, from its progress lines)
- * is what is timed — writing the final rows to Cassandra is reported apart. DuckDB gets the same
+ * is what is timed — writing the final rows to Cassandra is reported apart. The same day is then
+ * rebuilt again from the same segments with visits off (TALLY_REBUILD_VISITS=off, a measuring
+ * switch): what visits cost the rebuild, as a second figure and a ratio. DuckDB gets the same
  * events with the same derived values (what a segment holds) and runs on one thread. Both results
  * are compared with the truth, every window and every breakdown value.
  */
@@ -185,7 +187,7 @@ async function tally(
   ctx: ScenarioContext,
   workload: { events: GeneratedEvent[]; truth: Truth },
   day0: number,
-): Promise<Figure> {
+): Promise<Figure[]> {
   const scenario = await ctx.env.scenario('batch')
   const { env, config } = scenario
   const keys = await ctx.env.createSites(config, SITES)
@@ -238,25 +240,23 @@ async function tally(
   if (exit.code !== 0)
     throw new Error(`the archiver exited with ${exit.code ?? exit.signal} (log ${archiver.logFile})`)
 
+  const rebuild = (visits: boolean) =>
+    timedRebuildOfDay(ctx, {
+      name: visits ? 'rebuild' : 'rebuild-novisits',
+      dayMs: day0,
+      env: { ...env, TALLY_REBUILD_VISITS: visits ? 'on' : 'off' },
+      args: [
+        '--archive-dir',
+        archiveDir,
+        '--staging-dir',
+        join(ctx.env.dir, visits ? 'batch-staging' : 'batch-staging-novisits'),
+        // The rebuild waits for this group's archive to hold the log (it would wait for tally-archive).
+        '--archive-group',
+        group,
+      ],
+    })
   ctx.say('batch: tally rebuild of the day')
-  const {
-    computeMs,
-    run: result,
-    peakRssBytes,
-  } = await timedRebuildOfDay(ctx, {
-    name: 'rebuild',
-    dayMs: day0,
-    env,
-    args: [
-      '--archive-dir',
-      archiveDir,
-      '--staging-dir',
-      join(ctx.env.dir, 'batch-staging'),
-      // The rebuild waits for this group's archive to hold the log (it would wait for tally-archive).
-      '--archive-group',
-      group,
-    ],
-  })
+  const { computeMs, run: result, peakRssBytes } = await rebuild(true)
   const eventsRead = result.eventsRead!
   const reader = new CassandraAggregateReader(await ctx.env.client(config), config.stream.hllPrecision)
   const checks: Check[] = [
@@ -273,14 +273,14 @@ async function tally(
       day0 + DAY,
     ),
   ]
-  return {
+  const figure: Figure = {
     scenario: 'batch.rebuild',
     system: 'tally',
     status: checks.every((c) => c.ok) ? 'ok' : 'failed',
     throughput: {
       value: eventsRead / (computeMs / 1000),
       unit: 'events/s/core',
-      what: `one process: dedup pass + aggregation pass over the Arrow segments (${eventsRead} events in ${round(computeMs / 1000)} s); writing the final rows to Cassandra not included`,
+      what: `one process: dedup pass + aggregation pass (visits included) over the Arrow segments (${eventsRead} events in ${round(computeMs / 1000)} s); writing the final rows to Cassandra not included`,
     },
     ...(peakRssBytes !== undefined ? { peakRssBytes: peakRssBytes } : {}),
     checks,
@@ -290,8 +290,40 @@ async function tally(
       rowsWritten: result.rowsWritten,
       segmentsRead: result.segmentsRead,
       duplicates: result.duplicates,
+      visits: 'on',
     },
   }
+  // Visits' cost: the same day from the same segments, rebuilt with visits off (after the check
+  // above: its rows carry no visit data).
+  ctx.say('batch: tally rebuild of the day again, visits off (TALLY_REBUILD_VISITS=off)')
+  let off: Figure
+  try {
+    const r = await rebuild(false)
+    const read = r.run.eventsRead!
+    const offChecks: Check[] = [{ ok: read === n, detail: `events: ${n} sent, ${read} read by the rebuild` }]
+    off = {
+      scenario: 'batch.rebuild',
+      system: 'tally (visits off)',
+      status: offChecks.every((c) => c.ok) ? 'ok' : 'failed',
+      throughput: {
+        value: read / (r.computeMs / 1000),
+        unit: 'events/s/core',
+        what: `the same rebuild of the same segments without visits (${read} events in ${round(r.computeMs / 1000)} s); writing not included`,
+      },
+      ...(r.peakRssBytes !== undefined ? { peakRssBytes: r.peakRssBytes } : {}),
+      checks: offChecks,
+      details: {
+        computeSeconds: round(r.computeMs / 1000),
+        jobSeconds: round(r.run.durationMs! / 1000),
+        rowsWritten: r.run.rowsWritten,
+        visits: 'off (TALLY_REBUILD_VISITS=off, a measuring switch)',
+      },
+    }
+  } catch (err) {
+    ctx.say(`batch.rebuild (tally, visits off) failed: ${(err as Error).message}`)
+    off = failedFigure('batch.rebuild', 'tally (visits off)', err)
+  }
+  return [figure, off]
 }
 
 function batchAvailable(): string | undefined {
@@ -335,15 +367,22 @@ async function run(ctx: ScenarioContext): Promise<ScenarioOutcome> {
     return { figures, ratios, targets }
   }
   let t: Figure
+  let off: Figure
   try {
-    t = await tally(ctx, workload, day0)
+    ;[t, off] = (await tally(ctx, workload, day0)) as [Figure, Figure]
   } catch (err) {
     ctx.say(`batch.rebuild (tally) failed: ${(err as Error).message}`)
     figures.unshift(failedFigure('batch.rebuild', 'tally', err))
     return { figures, ratios, targets }
   }
-  figures.unshift(t)
+  figures.unshift(t, off)
   const rate = t.throughput!.value
+  if (off.status === 'ok')
+    ratios.push({
+      scenario: 'batch.rebuild',
+      metric: 'events/s/core Tally rebuild with visits / without visits',
+      value: rate / off.throughput!.value,
+    })
   for (const d of duck)
     ratios.push({
       scenario: 'batch.rebuild',
@@ -364,7 +403,8 @@ async function run(ctx: ScenarioContext): Promise<ScenarioOutcome> {
 
 export const batchScenario: ScenarioDefinition = {
   name: 'batch',
-  description: 'rebuild events/s per core: Tally over its Arrow archive vs DuckDB over Parquet, same events',
+  description:
+    'rebuild events/s per core: Tally over its Arrow archive (with visits and without) vs DuckDB over Parquet, same events',
   needsServices: true,
   run,
 }
