@@ -9,7 +9,7 @@ import { DuckDBInstance } from '@duckdb/node-api'
  * dimensions already derived) into a Parquet file, DuckDB's own columnar format, the counterpart of
  * Tally's Arrow segments. `aggregate` then does, timed, on `threads` threads:
  * keep the first copy of each (site, messageId), keep track/page/screen, and compute per site the
- * minute/hour/day totals and the hour/day breakdowns of 7 dimensions — events, pageviews, bot
+ * minute/hour/day totals and the hour/day breakdowns of 14 dimensions — events, pageviews, bot
  * events, visitors (distinct anonymousId, exact or DuckDB's approx_count_distinct) — into a table,
  * then writes what the bench needs to check it. Usage: node duckdb-aggregate.js '<json spec>'.
  * Prints one line `{"done":true,…}` at the end.
@@ -19,7 +19,22 @@ type Spec =
   | { mode: 'prepare'; ndjson: string; parquet: string }
   | { mode: 'aggregate'; parquet: string; distinct: 'exact' | 'approx'; threads: number; out: string }
 
-const DIMENSION_COLUMNS = ['event', 'path', 'referrer', 'utm_source', 'browser', 'os', 'device'] as const
+const DIMENSION_COLUMNS = [
+  'event',
+  'path',
+  'referrer',
+  'utm_source',
+  'browser',
+  'os',
+  'device',
+  'country',
+  'source',
+  'channel',
+  'utm_medium',
+  'utm_campaign',
+  'utm_content',
+  'utm_term',
+] as const
 
 const COLUMNS = {
   seq: 'BIGINT',
@@ -36,6 +51,13 @@ const COLUMNS = {
   browser: 'VARCHAR',
   os: 'VARCHAR',
   device: 'VARCHAR',
+  country: 'VARCHAR',
+  source: 'VARCHAR',
+  channel: 'VARCHAR',
+  utm_medium: 'VARCHAR',
+  utm_campaign: 'VARCHAR',
+  utm_content: 'VARCHAR',
+  utm_term: 'VARCHAR',
 }
 
 const sql = (s: string) => `'${s.replaceAll("'", "''")}'`
