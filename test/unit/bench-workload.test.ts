@@ -5,7 +5,6 @@ import { join } from 'node:path'
 import { isbot } from 'isbot'
 import { describe, expect, it } from 'vitest'
 import {
-  CLIENT_IPS,
   type Counts,
   countryLabel,
   DIMENSIONS,

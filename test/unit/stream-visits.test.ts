@@ -160,7 +160,7 @@ describe('the stream visit step (countRecords with visits) under the worker sche
     h.writeRows()
     expectRowsOfAllVisits(h)
     // Visitor a: 23:40–23:55 and, after midnight, 00:05–00:20 (two visits, on two days).
-    const day2 = h.stored.get('site-1\u0001day\u0001' + Date.parse('2026-03-02') + '\u0001\u0001\u00010')
+    const day2 = h.stored.get(`site-1\u0001day\u0001${Date.parse('2026-03-02')}\u0001\u0001\u00010`)
     expect(day2 && [day2.visits, day2.bounces]).toEqual([2, 0])
   })
 
