@@ -49,7 +49,12 @@ beforeAll(async () => {
   await client.shutdown()
 }, 300_000)
 
+/** The worker of the test, stopped here if the test failed before it stopped it. */
+let running: ReturnType<typeof spawnRole> | undefined
+
 afterAll(async () => {
+  if (running && running.child.exitCode === null && running.child.signalCode === null)
+    running.child.kill('SIGKILL')
   await producer.close()
   await manager.up(['cassandra'])
   await cleanup(config)
@@ -69,6 +74,7 @@ describe('stream worker while Cassandra stops and restarts', () => {
     })
     const events = lateInRealTime(w.events, 20 * 60_000)
     const worker = spawnRole('stream', { ...envOf(config), ...STREAM_ENV }, 'stream-outage')
+    running = worker
     await waitForLog(worker, /partitions assigned/)
     const app = await ingestApp(config, producer, sites, logger)
     const half = Math.floor(events.length / 2)
