@@ -211,6 +211,9 @@
   }
   d.addEventListener('click', outbound, true)
   d.addEventListener('auxclick', outbound, true)
+  // Before a navigation starts, in the live page: an event tracked in the same task as a
+  // navigation is handed over before the page unloads (a busy browser may cut pagehide short).
+  w.addEventListener('beforeunload', flush)
   w.addEventListener('pagehide', flush)
   d.addEventListener('visibilitychange', () => d.visibilityState === 'hidden' && flush())
   if (q.length) schedule(batchMs)

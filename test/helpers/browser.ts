@@ -180,6 +180,10 @@ export class TrackerSandbox {
     this.fire(this.docListeners, type, { type, button, target: { closest: () => a } })
   }
 
+  beforeunload(): void {
+    this.fire(this.winListeners, 'beforeunload', {})
+  }
+
   pagehide(): void {
     this.fire(this.winListeners, 'pagehide', { persisted: false })
   }

@@ -156,6 +156,17 @@ describe('tracker behaviour (simulated window)', () => {
     expect(t.events().map((e) => e.event ?? e.type)).toEqual(['page', 'Last'])
   })
 
+  it('flushes at once on beforeunload, while the page still lives (an event tracked just before a navigation)', async () => {
+    const t = new TrackerSandbox({ beacon: () => true, attrs: { 'batch-ms': '10000' } })
+    t.call('track', 'Leaving')
+    expect(t.sent).toHaveLength(0)
+    t.beforeunload()
+    expect(t.events().map((e) => e.event ?? e.type)).toEqual(['page', 'Leaving'])
+    // pagehide after it sends nothing twice.
+    t.pagehide()
+    expect(t.events()).toHaveLength(2)
+  })
+
   it('honours Global Privacy Control (default) and Do Not Track (when asked): nothing sent or stored', async () => {
     for (const opts of [{ gpc: true }, { dnt: '1', attrs: { 'honor-dnt': 'true' } }]) {
       const t = new TrackerSandbox({ ...opts, beacon: () => true })
