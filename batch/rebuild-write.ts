@@ -1,10 +1,4 @@
-import {
-  DIMENSION_GRANULARITIES,
-  DIMENSIONS,
-  type Granularity,
-  type RowDimension,
-  VISIT_DIMENSIONS,
-} from '../core/aggregate/definition.js'
+import { DIMENSION_GRANULARITIES, type Granularity, ROW_DIMENSIONS } from '../core/aggregate/definition.js'
 import { spansOfDay } from '../core/aggregate/final.js'
 import { type AggregateValues, hasVisits, type VisitCounts } from '../core/ports/aggregate-store.js'
 import type { FinalRow, FinalRowStore } from '../core/ports/batch-store.js'
@@ -28,7 +22,6 @@ function rowKey(r: {
 const NO_VISITS: VisitCounts = { visits: 0, bounces: 0, visitDurationMs: 0, visitPageviews: 0 }
 
 /** Every dimension a final row can have: the events' and the visits' own (entry_page, exit_page). */
-const ROW_DIMENSIONS: readonly RowDimension[] = [...DIMENSIONS, ...VISIT_DIMENSIONS]
 
 /**
  * One staged row of a window from the aggregation (no visit counts) and one from the visits (visit

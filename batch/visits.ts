@@ -78,13 +78,6 @@ export class DayVisits {
     private readonly siteId: string | undefined,
   ) {}
 
-  /** Counted events of the day (bots, identify/group/alias and duplicates excluded). */
-  get events(): number {
-    let n = 0
-    for (const s of this.sites.values()) n += s.length
-    return n
-  }
-
   /** Adds a segment of the day: rows set in `losers` are duplicates and do not count. */
   add(cols: SegmentColumns, losers: Uint8Array | undefined): void {
     const codes = kindCodes(cols.type.dictionary)

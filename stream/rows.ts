@@ -1,10 +1,9 @@
 import {
   DIMENSION_GRANULARITIES,
-  DIMENSIONS,
   GRANULARITIES,
   type Granularity,
+  ROW_DIMENSIONS,
   type RowDimension,
-  VISIT_DIMENSIONS,
   windowMs,
 } from '../core/aggregate/definition.js'
 import { RowAccumulator } from '../core/aggregate/rows.js'
@@ -48,7 +47,6 @@ export const VISIT = 4
  * The dimensions a window's rows are kept by, in order: an event's (DIMENSIONS), then a visit's own
  * (entry and exit page), which only visit changes touch.
  */
-export const ROW_DIMENSIONS: readonly RowDimension[] = [...DIMENSIONS, ...VISIT_DIMENSIONS]
 const ROW_DIMENSION_INDEX = new Map<RowDimension, number>(ROW_DIMENSIONS.map((d, i) => [d, i]))
 const GRANULARITY_INDEX = new Map<Granularity, number>(GRANULARITIES.map((g, i) => [g, i]))
 

@@ -1,5 +1,6 @@
 import { writeFile } from 'node:fs/promises'
 import { DuckDBInstance } from '@duckdb/node-api'
+import { DIMENSIONS } from '../workload.js'
 
 /**
  * The batch benchmark's peer: DuckDB computing the aggregates a Tally rebuild computes, over the
@@ -19,22 +20,8 @@ type Spec =
   | { mode: 'prepare'; ndjson: string; parquet: string }
   | { mode: 'aggregate'; parquet: string; distinct: 'exact' | 'approx'; threads: number; out: string }
 
-const DIMENSION_COLUMNS = [
-  'event',
-  'path',
-  'referrer',
-  'utm_source',
-  'browser',
-  'os',
-  'device',
-  'country',
-  'source',
-  'channel',
-  'utm_medium',
-  'utm_campaign',
-  'utm_content',
-  'utm_term',
-] as const
+/** Every dimension Tally breaks down by (the truth's list: bench/workload.ts). */
+const DIMENSION_COLUMNS = DIMENSIONS
 
 const COLUMNS = {
   seq: 'BIGINT',
@@ -44,20 +31,7 @@ const COLUMNS = {
   visitor: 'VARCHAR',
   ts: 'BIGINT',
   bot: 'BOOLEAN',
-  event: 'VARCHAR',
-  path: 'VARCHAR',
-  referrer: 'VARCHAR',
-  utm_source: 'VARCHAR',
-  browser: 'VARCHAR',
-  os: 'VARCHAR',
-  device: 'VARCHAR',
-  country: 'VARCHAR',
-  source: 'VARCHAR',
-  channel: 'VARCHAR',
-  utm_medium: 'VARCHAR',
-  utm_campaign: 'VARCHAR',
-  utm_content: 'VARCHAR',
-  utm_term: 'VARCHAR',
+  ...Object.fromEntries(DIMENSION_COLUMNS.map((d) => [d, 'VARCHAR'])),
 }
 
 const sql = (s: string) => `'${s.replaceAll("'", "''")}'`

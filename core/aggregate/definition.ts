@@ -65,6 +65,9 @@ export type VisitDimension = (typeof VISIT_DIMENSIONS)[number]
 /** Every dimension a stored row can have: an event's, or a visit's own. */
 export type RowDimension = Dimension | VisitDimension
 
+/** Every dimension of stored rows, in one order: the event's, then the visit's own. */
+export const ROW_DIMENSIONS: readonly RowDimension[] = [...DIMENSIONS, ...VISIT_DIMENSIONS]
+
 /** Granularities that keep breakdowns by dimension (minute windows keep totals only). */
 export const DIMENSION_GRANULARITIES: readonly Granularity[] = ['hour', 'day']
 

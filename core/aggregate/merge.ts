@@ -1,5 +1,6 @@
 import { HyperLogLog } from '../hll.js'
 import type { MergedValues, VisitCounts } from '../ports/aggregate-store.js'
+import { addTo, zero } from './visits.js'
 
 /**
  * How stored rows become answers, the same for every aggregate store: within a window the final
@@ -53,7 +54,7 @@ export function mergePartials(
   let pageviews = 0
   let botEvents = 0
   let visitsKnown = true
-  const visits: VisitCounts = { visits: 0, bounces: 0, visitDurationMs: 0, visitPageviews: 0 }
+  const visits: VisitCounts = zero()
   for (const p of parts) {
     if (final ? p !== final : p.generation !== 0) continue
     used++
@@ -61,7 +62,7 @@ export function mergePartials(
     pageviews += p.pageviews
     botEvents += p.botEvents
     if (hll && p.visitors && p.visitors.length > 0) hll.merge(HyperLogLog.fromBytes(p.visitors))
-    if (p.visits) addCounts(visits, p.visits)
+    if (p.visits) addTo(visits, p.visits)
     else visitsKnown = false
   }
   if (used === 0) return undefined
@@ -73,13 +74,6 @@ export function mergePartials(
     final: final !== undefined && !provisional,
   }
   return visitsKnown ? Object.assign(merged, visits) : merged
-}
-
-function addCounts(to: VisitCounts, c: VisitCounts): void {
-  to.visits += c.visits
-  to.bounces += c.bounces
-  to.visitDurationMs += c.visitDurationMs
-  to.visitPageviews += c.visitPageviews
 }
 
 /** The visit counts of merged values, or undefined when they have none. */
@@ -100,7 +94,7 @@ export class ValuesAccumulator {
   botEvents = 0
   allFinal = true
   /** Sums of the visit counts of the values added that had them. */
-  readonly visits: VisitCounts = { visits: 0, bounces: 0, visitDurationMs: 0, visitPageviews: 0 }
+  readonly visits: VisitCounts = zero()
   /** Whether any value added had visit counts; whether all of them had. */
   anyVisits = false
   allVisits = true
@@ -118,7 +112,7 @@ export class ValuesAccumulator {
     if (this.hll && m.visitors.length > 0) this.hll.merge(HyperLogLog.fromBytes(m.visitors))
     const v = visitCountsOf(m)
     if (v) {
-      addCounts(this.visits, v)
+      addTo(this.visits, v)
       this.anyVisits = true
     } else this.allVisits = false
   }

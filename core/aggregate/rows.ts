@@ -11,6 +11,7 @@ import {
   visitorId,
   windowStart,
 } from './definition.js'
+import { addTo } from './visits.js'
 
 /** Every row one counted event touches: totals for each granularity, breakdowns for hour and day. */
 export function rowKeysFor(e: RawEventV1, timestampMs: number, sourcePartition: number): RowKey[] {
@@ -80,10 +81,7 @@ export class RowAccumulator {
 
   /** Adds a change of visit counts (core/aggregate/visits.ts `visitDeltas`; negative when visits left). */
   addVisits(delta: VisitCounts): void {
-    this.visits += delta.visits
-    this.bounces += delta.bounces
-    this.visitDurationMs += delta.visitDurationMs
-    this.visitPageviews += delta.visitPageviews
+    addTo(this, delta)
   }
 
   /** Adds one event (the caller decides that it counts and is not a duplicate). */

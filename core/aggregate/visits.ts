@@ -232,11 +232,13 @@ export function visitRows(
   return out
 }
 
-function zero(): VisitCounts {
+/** Visit counts of nothing. */
+export function zero(): VisitCounts {
   return { visits: 0, bounces: 0, visitDurationMs: 0, visitPageviews: 0 }
 }
 
-function addTo(to: VisitCounts, c: VisitCounts, sign: 1 | -1 = 1): void {
+/** Adds `c` (subtracts it with sign −1) into `to`. */
+export function addTo(to: VisitCounts, c: VisitCounts, sign: 1 | -1 = 1): void {
   to.visits += sign * c.visits
   to.bounces += sign * c.bounces
   to.visitDurationMs += sign * c.visitDurationMs
@@ -314,7 +316,7 @@ function extended(old: Visit, now: Visit, sourcePartition: number): VisitRowDelt
     for (const key of visitRowKeys(now, sourcePartition)) {
       if ((key.dimension === 'entry_page' && entryMoved) || (key.dimension === 'exit_page' && exitMoved))
         continue
-      out.push({ key, delta: { ...diff } })
+      out.push({ key, delta: diff })
     }
   const negated: VisitCounts = {
     visits: -a.visits,
@@ -332,8 +334,9 @@ function extended(old: Visit, now: Visit, sourcePartition: number): VisitRowDelt
         value,
         sourcePartition,
       })
-      if (from !== undefined) out.push({ key: key(from), delta: { ...negated } })
-      if (to !== undefined) out.push({ key: key(to), delta: { ...b } })
+      // The deltas are read once by the caller: the rows of a change share one object.
+      if (from !== undefined) out.push({ key: key(from), delta: negated })
+      if (to !== undefined) out.push({ key: key(to), delta: b })
     }
   }
   if (entryMoved) moved('entry_page', old.entryPage, now.entryPage)

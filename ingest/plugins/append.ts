@@ -7,6 +7,7 @@ import type { EventLogWriter, LogRecord } from '../../core/ports/event-log.js'
 import { toLogRecord } from '../../core/record/codec.js'
 import { recordHeaders, traceContext } from '../../core/record/headers.js'
 import type { EventType } from '../../schemas/events.js'
+import { sharedCountryLookup } from '../geo.js'
 import type { IngestMetrics } from '../metrics.js'
 import { type IngestLimits, normalizeEvent, type Rejection, rejectionOf } from '../normalize.js'
 import { UserAgentParser } from '../user-agent.js'
@@ -56,6 +57,8 @@ async function append(app: FastifyInstance, options: AppendOptions): Promise<voi
   const { config, metrics } = options
   const limits: IngestLimits = config
   const uaParser = new UserAgentParser()
+  // The country database is read here, at start-up, not by the first request.
+  const geo = sharedCountryLookup()
 
   app.decorate('appendEvents', async (req: FastifyRequest, reply: FastifyReply, input: AppendInput) => {
     const { endpoint, items } = input
@@ -104,6 +107,7 @@ async function append(app: FastifyInstance, options: AppendOptions): Promise<voi
         },
         limits,
         uaParser,
+        geo,
       )
       if (!result.ok) {
         rejected.push({ index, ...rejectionOf(result) })

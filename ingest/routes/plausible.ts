@@ -1,4 +1,4 @@
-import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
+import type { FastifyError, FastifyInstance, FastifyReply } from 'fastify'
 import { ERR } from '../../core/error-codes.js'
 import { TallyError } from '../../core/errors.js'
 import type { Site } from '../../core/ports/site-store.js'
@@ -66,15 +66,6 @@ const PLAUSIBLE_ERROR = {
 
 function answerErrors(reply: FastifyReply, errors: PlausibleErrors): FastifyReply {
   return reply.status(400).header('access-control-allow-origin', '*').send({ errors })
-}
-
-/**
- * The visitor's IP: the peer, or the X-Forwarded-For hop TALLY_TRUST_PROXY says to believe
- * (Fastify's req.ip). A client-sent X-Forwarded-For is not believed without it: it would let one
- * client count as any number of visitors.
- */
-function clientIp(req: FastifyRequest): string {
-  return req.ip
 }
 
 /**
@@ -151,7 +142,9 @@ export async function plausibleRoute(app: FastifyInstance, options: PlausibleRou
             cause: err,
           })
         })
-        const ip = clientIp(req)
+        // The peer, or the X-Forwarded-For hop TALLY_TRUST_PROXY believes (a client-sent one is
+        // not believed without it: one client could count as any number of visitors).
+        const ip = req.ip
         const userAgent = req.headers['user-agent'] ?? ''
         for (const site of sites) {
           req.site = site
