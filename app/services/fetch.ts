@@ -7,7 +7,7 @@ import { TallyError } from '../../core/errors.js'
 
 /** A Java server published on Maven Central, fetched with Maven into the services cache. */
 export interface Artifact {
-  name: 'kafka' | 'cassandra'
+  name: 'kafka' | 'cassandra' | 'kafka-streams'
   version: string
   /** groupId:artifactId:version of every runtime dependency to copy. */
   coordinates: readonly string[]

@@ -16,9 +16,9 @@ import { migrate } from '../../core/migrate.js'
  * had to start. `close()` removes all of it.
  */
 
-const BENCH_NAME = /^tally_bench_[a-z0-9_]+$/
+const BENCH_NAME = /^tally_bench_[a-z0-9_][a-z0-9_-]*$/
 
-/** Refuses to drop anything whose name is not a bench name (a typo must not drop `tally`). */
+/** Refuses to drop anything whose name is not a bench name (a typo must not drop `tally`). Hyphens: internal topics of the Kafka Streams peer. */
 export function assertBenchName(name: string): void {
   if (!BENCH_NAME.test(name))
     throw new Error(`refusing to remove ${name}: only tally_bench_* names are the bench's`)
@@ -130,6 +130,24 @@ export class BenchEnvironment {
     assertBenchName(name)
     this.groups.add(name)
     return name
+  }
+
+  /** A topic a scenario's process created (deleted by `close()`); must be a bench name. */
+  trackTopic(name: string): string {
+    assertBenchName(name)
+    this.topics.add(name)
+    return name
+  }
+
+  /** The names of the topics on the brokers that start with `prefix` (internal topics of a peer). */
+  async topicsStartingWith(config: TallyConfig, prefix: string): Promise<string[]> {
+    const admin = createKafka(config.kafka).admin()
+    await admin.connect()
+    try {
+      return (await admin.listTopics()).filter((t) => t.startsWith(prefix))
+    } finally {
+      await admin.disconnect()
+    }
   }
 
   /** One Cassandra session on the bench keyspace (closed by `close()`). */

@@ -219,18 +219,26 @@ export interface Finished {
  * Runs `node <args>` to its end (a job rather than a server), keeping its stdout lines and its
  * peak RSS. Killed after `timeoutMs`.
  */
-export async function runNode(
+export function runNode(
   options: Omit<SpawnOptions, 'isReady' | 'readyTimeoutMs'> & { timeoutMs: number },
+): Promise<Finished> {
+  return runJob({ ...options, command: process.execPath, args: nodeArgs(options.args) })
+}
+
+/** Runs `command <args>` (a peer that is not Node, such as a JVM) to its end, as runNode does. */
+export async function runJob(
+  options: Omit<SpawnOptions, 'isReady' | 'readyTimeoutMs'> & { command: string; timeoutMs: number },
 ): Promise<Finished> {
   const logFile = join(options.logDir, `${options.name}-${++counter}.log`)
   const log = createWriteStream(logFile)
-  const child = spawn(process.execPath, nodeArgs(options.args), {
+  const child = spawn(options.command, options.args, {
     cwd: projectRoot(),
     env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '', ...options.env },
     stdio: ['ignore', 'pipe', 'pipe'],
   })
   const pid = child.pid
-  if (pid === undefined) throw new Error(`${options.name}: could not start node ${options.args.join(' ')}`)
+  if (pid === undefined)
+    throw new Error(`${options.name}: could not start ${options.command} ${options.args.join(' ')}`)
   child.stderr.pipe(log, { end: false })
   const lines: string[] = []
   let peak: number | undefined

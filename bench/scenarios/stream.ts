@@ -13,6 +13,7 @@ import { metricSum, scrape } from '../harness/prometheus.js'
 import { type Check, type Figure, failedFigure, type Ratio, type Target } from '../harness/report.js'
 import { round } from '../harness/stats.js'
 import { compareStore, VisitorSketches } from '../harness/verify.js'
+import { kafkaStreamsPeer } from '../peers/kafka-streams.js'
 import { generateWorkload } from '../workload.js'
 import { measureFreshness } from './freshness.js'
 
@@ -235,10 +236,26 @@ async function throughput(ctx: ScenarioContext, visits = true): Promise<Part & {
       ctx.env.trackGroup(`${config.stream.group}_bare`),
       n,
     ).catch((err) => failedFigure('stream.throughput', 'bare kafkajs consumer', err))
+    // Kafka Streams over the same topic: exactly_once_v2 (the peer of the target), and
+    // at_least_once in the full run. A peer failing leaves Tally's figure standing.
+    const guarantees = ctx.quick
+      ? (['exactly_once_v2'] as const)
+      : (['exactly_once_v2', 'at_least_once'] as const)
+    const streams: Figure[] = []
+    for (const g of guarantees) {
+      ctx.say(`stream: the Kafka Streams peer (${g}) reads the same topic`)
+      streams.push(
+        await kafkaStreamsPeer(ctx, config, config.kafka.topicRaw, n, g, pick(ctx, 600_000, 180_000)).catch(
+          (err) => failedFigure('stream.throughput', `Kafka Streams (${g})`, err),
+        ),
+      )
+    }
+    const eos = streams[0]
+    const eosRate = eos?.status === 'ok' ? eos.throughput?.value : undefined
     return {
-      figures: [figure, bare],
-      ratios:
-        bare.status === 'ok' && bare.throughput
+      figures: [figure, bare, ...streams],
+      ratios: [
+        ...(bare.status === 'ok' && bare.throughput
           ? [
               {
                 scenario: 'stream.throughput',
@@ -246,7 +263,20 @@ async function throughput(ctx: ScenarioContext, visits = true): Promise<Part & {
                 value: steadyRate / bare.throughput.value,
               },
             ]
-          : [],
+          : []),
+        ...streams.flatMap((k) =>
+          k.status === 'ok' && k.throughput
+            ? [
+                {
+                  scenario: 'stream.throughput',
+                  metric: `events/s Tally worker / ${k.system}`,
+                  value: steadyRate / k.throughput.value,
+                  ...(k === eos ? { target: '≥ 3' } : {}),
+                },
+              ]
+            : [],
+        ),
+      ],
       targets: [
         {
           scenario: 'stream.throughput',
@@ -256,6 +286,18 @@ async function throughput(ctx: ScenarioContext, visits = true): Promise<Part & {
           target: '≥ 200,000',
           met: steadyRate >= 200_000,
         },
+        ...(eosRate !== undefined
+          ? [
+              {
+                scenario: 'stream.throughput',
+                metric: 'events/s Tally worker / Kafka Streams (exactly_once_v2)',
+                value: steadyRate / eosRate,
+                unit: 'ratio',
+                target: '≥ 3',
+                met: steadyRate / eosRate >= 3,
+              },
+            ]
+          : []),
       ],
     }
   } finally {
