@@ -47,9 +47,21 @@ export function observeHttpRequests(app: FastifyInstance, registry: Registry): v
   })
 }
 
-/** GET /metrics: the registry in Prometheus' text format. */
+/** The route's OpenAPI description (ingest and query publish theirs). */
+const METRICS_SCHEMA = {
+  summary: 'Prometheus metrics',
+  tags: ['operation'],
+  response: {
+    200: {
+      description: 'The process registry, Prometheus text format.',
+      content: { 'text/plain': { schema: { type: 'string' } } },
+    },
+  },
+}
+
+/** GET /metrics: the registry in Prometheus' text format; one route for every server that has one. */
 export function serveMetrics(app: FastifyInstance, registry: Registry): void {
-  app.get('/metrics', async (_req, reply) =>
+  app.get('/metrics', { schema: METRICS_SCHEMA }, async (_req, reply) =>
     reply.header('content-type', registry.contentType).send(await registry.metrics()),
   )
 }

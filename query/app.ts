@@ -6,6 +6,7 @@ import { TallyError } from '../core/errors.js'
 import { DEFAULT_PRECISION } from '../core/hll.js'
 import { createHttpServer } from '../core/http.js'
 import type { Logger } from '../core/log.js'
+import { serveMetrics } from '../core/metrics.js'
 import { apiDocs } from '../core/openapi.js'
 import type { AggregateReader, BreakdownResult, MergedWindow } from '../core/ports/aggregate-store.js'
 import type { ReadAuthorizer } from './auth.js'
@@ -20,7 +21,6 @@ import {
   exportAggregatesSchema,
   exportEventsSchema,
   HEALTHZ_SCHEMA,
-  METRICS_SCHEMA,
   QUERY_API,
   READYZ_SCHEMA,
   statsSchema,
@@ -247,9 +247,7 @@ export async function buildQueryApp(deps: QueryAppDeps): Promise<FastifyInstance
       return reply.status(503).send({ status: 'aggregate store unavailable' })
     }
   })
-  app.get('/metrics', { schema: METRICS_SCHEMA }, async (_req, reply) =>
-    reply.header('content-type', metrics.registry.contentType).send(await metrics.registry.metrics()),
-  )
+  serveMetrics(app, metrics.registry)
 
   return app
 }

@@ -312,17 +312,6 @@ export const READYZ_SCHEMA: Json = {
   },
 }
 
-export const METRICS_SCHEMA: Json = {
-  summary: 'Prometheus metrics',
-  tags: ['operation'],
-  response: {
-    200: {
-      description: 'text: the process registry, Prometheus text format.',
-      content: { 'text/plain': { schema: { type: 'string' } } },
-    },
-  },
-}
-
 export const QUERY_API = {
   title: 'Tally query API',
   description:

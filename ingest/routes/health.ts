@@ -1,4 +1,5 @@
 import type { FastifyInstance } from 'fastify'
+import { serveMetrics } from '../../core/metrics.js'
 import type { EventLogWriter } from '../../core/ports/event-log.js'
 import type { IngestMetrics } from '../metrics.js'
 
@@ -40,22 +41,5 @@ export async function healthRoutes(app: FastifyInstance, options: HealthOptions)
       return reply.status(ready ? 200 : 503).send({ status: ready ? 'ready' : 'log unavailable' })
     },
   )
-  app.get(
-    '/metrics',
-    {
-      schema: {
-        summary: 'Prometheus metrics',
-        tags: ['operation'],
-        response: {
-          200: {
-            description: 'The process registry, Prometheus text format.',
-            content: { 'text/plain': { schema: { type: 'string' } } },
-          },
-        },
-      },
-    },
-    async (_req, reply) => {
-      return reply.header('content-type', metrics.registry.contentType).send(await metrics.registry.metrics())
-    },
-  )
+  serveMetrics(app, metrics.registry)
 }
