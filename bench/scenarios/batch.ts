@@ -76,6 +76,7 @@ function compareDuck(
   rows: DuckRow[],
   truth: Truth,
   exactVisitors: boolean,
+  sets: 'all' | 'hour',
 ): { check: Check; maxVisitorError: number } {
   const c = new Comparison(`DuckDB result (${rows.length} rows: every window, every breakdown value)`)
   const seen = new Set<string>()
@@ -103,10 +104,10 @@ function compareDuck(
     }
   }
   for (const [site, st] of Object.entries(truth.sites)) {
-    for (const g of ['minute', 'hour', 'day'] as const) {
+    for (const g of sets === 'hour' ? (['hour'] as const) : (['minute', 'hour', 'day'] as const)) {
       for (const [key, w] of Object.entries(st.windows[g])) {
         if (!seen.has(`${site}|${g}|${key}||`)) c.exact(`${site} ${g} ${key} missing`, w.events, 0)
-        if (g === 'minute') continue
+        if (g === 'minute' || sets === 'hour') continue
         for (const d of DIMENSIONS as readonly Dimension[])
           for (const [value, t] of Object.entries(w.breakdown[d]))
             if (!seen.has(`${site}|${g}|${key}|${d}|${value}`))
@@ -131,13 +132,22 @@ async function duckdb(ctx: ScenarioContext, dir: string, truth: Truth, events: n
   })
   if (prep.code !== 0) throw new Error(`DuckDB prepare failed (log ${prep.logFile})`)
   const figures: Figure[] = []
-  for (const distinct of ['exact', 'approx'] as const) {
-    const out = join(dir, `duckdb-${distinct}.json`)
+  // Every grouping set from the Parquet file (exact and approximate visitors), then the same from a
+  // native table, then the hourly totals alone from the table: DuckDB's speed at one GROUP BY.
+  const variants = [
+    { distinct: 'exact', source: 'parquet', sets: 'all' },
+    { distinct: 'approx', source: 'parquet', sets: 'all' },
+    { distinct: 'exact', source: 'table', sets: 'all' },
+    { distinct: 'exact', source: 'table', sets: 'hour' },
+  ] as const
+  for (const { distinct, source, sets } of variants) {
+    const label = `${distinct}-${source}-${sets}`
+    const out = join(dir, `duckdb-${label}.json`)
     const r = await runNode({
-      name: `duckdb-${distinct}`,
+      name: `duckdb-${label}`,
       args: [
         benchScript('peers/duckdb-aggregate.js'),
-        JSON.stringify({ mode: 'aggregate', parquet, distinct, threads: 1, out }),
+        JSON.stringify({ mode: 'aggregate', parquet, distinct, threads: 1, out, source, sets }),
       ],
       env: {},
       logDir: ctx.env.logDir,
@@ -146,9 +156,9 @@ async function duckdb(ctx: ScenarioContext, dir: string, truth: Truth, events: n
     const done = r.lines
       .filter((l) => l.startsWith('{"done"'))
       .map((l) => JSON.parse(l) as Record<string, number>)[0]
-    if (r.code !== 0 || !done) throw new Error(`DuckDB (${distinct}) failed (log ${r.logFile})`)
+    if (r.code !== 0 || !done) throw new Error(`DuckDB (${label}) failed (log ${r.logFile})`)
     const rows = JSON.parse(await readFile(out, 'utf8')) as DuckRow[]
-    const compared = compareDuck(rows, truth, distinct === 'exact')
+    const compared = compareDuck(rows, truth, distinct === 'exact', sets)
     const checks: Check[] = [
       { ok: done.inputRows === events, detail: `DuckDB read ${done.inputRows} events of ${events}` },
       compared.check,
@@ -156,17 +166,22 @@ async function duckdb(ctx: ScenarioContext, dir: string, truth: Truth, events: n
     const seconds = done.seconds!
     figures.push({
       scenario: 'batch.rebuild',
-      system: distinct === 'exact' ? 'duckdb (exact distinct)' : 'duckdb (approx_count_distinct)',
+      system: `duckdb (${distinct === 'exact' ? 'exact distinct' : 'approx_count_distinct'}${source === 'table' ? ', native table' : ''}${sets === 'hour' ? ', hourly totals only' : ''})`,
       status: checks.every((c) => c.ok) ? 'ok' : 'failed',
       throughput: {
         value: events / seconds,
         unit: 'events/s/core',
-        what: `1 thread: dedup by (site, messageId) + minute/hour/day totals + hour/day breakdowns of ${DIMENSIONS.length} dimensions from Parquet, into a table (${events} events in ${round(seconds)} s)`,
+        what: `1 thread: dedup by (site, messageId) + ${
+          sets === 'hour'
+            ? 'hourly totals alone (1 grouping set)'
+            : `minute/hour/day totals + hour/day breakdowns of ${DIMENSIONS.length} dimensions (${done.groupingSets} grouping sets)`
+        } from ${source === 'table' ? 'a native table loaded from the Parquet file first (load not timed)' : 'the Parquet file'}, into a table (${events} events in ${round(seconds)} s)`,
       },
       peakRssBytes: done.maxRssBytes!,
       checks,
       details: {
         seconds: round(seconds),
+        ...(done.loadSeconds !== undefined ? { tableLoadSeconds: round(done.loadSeconds) } : {}),
         resultRows: done.resultRows,
         visitors:
           distinct === 'exact'
@@ -383,7 +398,8 @@ async function run(ctx: ScenarioContext): Promise<ScenarioOutcome> {
       scenario: 'batch.rebuild',
       metric: `events/s/core Tally / ${d.system}`,
       value: rate / d.throughput!.value,
-      target: '≥ 0.5',
+      // The hourly totals alone are DuckDB's speed at one GROUP BY, not the same work.
+      ...(d.system.includes('hourly') ? {} : { target: '≥ 0.5' }),
     })
   targets.push({
     scenario: 'batch.rebuild',
