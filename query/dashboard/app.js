@@ -125,17 +125,24 @@
   }
   const flagOf = (code) => String.fromCodePoint(...[...code].map((c) => 0x1f1a5 + c.charCodeAt(0)))
   const countryName = (code) => {
-    if (!/^[A-Z]{2}$/.test(code)) return code
-    let name = code
     try {
-      name = regionNames?.of(code) || code
+      return regionNames?.of(code) || code
     } catch (_) {
-      name = code
+      return code
     }
-    return `${flagOf(code)} ${name}`
   }
-  /** How a value of `property` is shown (it is filtered on as stored). */
-  const display = (property, value) => (property === 'country' ? countryName(value) : value)
+  const isCountryCode = (property, value) => property === 'country' && /^[A-Z]{2}$/.test(value)
+  /**
+   * How a value of `property` reads (it is filtered on as stored); a flag is decoration, left out
+   * for screen readers (the name follows).
+   */
+  const displayNodes = (property, value) => {
+    if (!isCountryCode(property, value)) return [value]
+    const flag = document.createElement('span')
+    flag.setAttribute('aria-hidden', 'true')
+    flag.textContent = flagOf(value)
+    return [flag, ` ${countryName(value)}`]
+  }
 
   const messageRow = (body, columns, text, className) => {
     const td = document.createElement('td')
@@ -166,7 +173,7 @@
       const pick = document.createElement('button')
       pick.type = 'button'
       pick.className = 'pick'
-      pick.textContent = display(property, value)
+      pick.append(...displayNodes(property, value))
       pick.dataset.value = value
       const isActive = active?.property === property && active.value === value
       pick.setAttribute('aria-pressed', String(isActive))
@@ -261,7 +268,10 @@
   }
   const showView = async (view, at) => {
     view.table.dataset.state = 'loading'
-    const answer = await viewAnswer(view, at)
+    const answer = await viewAnswer(view, at).catch((err) => {
+      view.table.dataset.state = 'error'
+      throw err
+    })
     if (at !== current || at.signal.aborted) return
     renderView(view, at, answer)
   }
@@ -436,9 +446,9 @@
 
   const showFilter = (filter) => {
     $('filter-bar').hidden = !filter
-    $('filter-label').textContent = filter
-      ? `${labelOf(filter.property)} is ${display(filter.property, filter.value)}`
-      : ''
+    $('filter-label').replaceChildren(
+      ...(filter ? [`${labelOf(filter.property)} is `, ...displayNodes(filter.property, filter.value)] : []),
+    )
   }
   const setFilter = (raw) => {
     setState({ filter: raw })

@@ -614,15 +614,18 @@ describe('dashboard panels: countries, sources and channels, campaigns, filters'
     })
     expect(res.status, await res.clone().text()).toBe(200)
     expect(((await res.json()) as { rejected: unknown[] }).rejected).toEqual([])
-    const want = truthCounts(truth, SITE)
+    const want = { ...truthCounts(truth, SITE), visits: visitsOf().visits }
     await eventually(
       async () => {
         const r = await fetch(
-          `${query.url}/v1/stats/aggregate?${new URLSearchParams({ site: SITE, ...range(), metrics: 'events,pageviews' })}`,
+          `${query.url}/v1/stats/aggregate?${new URLSearchParams({ site: SITE, ...range(), metrics: 'events,pageviews,visits' })}`,
           { headers: { authorization: `Bearer ${token}` } },
         )
         const body = (await r.json()) as { results: Record<string, { value: number }> }
-        return body.results.events?.value === want.events && body.results.pageviews?.value === want.pageviews
+        const got = body.results
+        return got.events?.value === want.events &&
+          got.pageviews?.value === want.pageviews &&
+          got.visits?.value === want.visits
           ? true
           : undefined
       },
@@ -740,6 +743,22 @@ describe('dashboard panels: countries, sources and channels, campaigns, filters'
     )
 
     await page.screenshot({ path: join(ARTIFACTS, 'dashboard-filtered.png'), fullPage: true })
+
+    // On a phone, every panel's table (four numbers beside a name) fits inside its panel.
+    await page.click('#clear-filter')
+    await page.waitForSelector('body[data-filter=""]')
+    await page.setViewportSize({ width: 390, height: 844 })
+    const overflowing = await page.$$eval('.tables .panel', (els) =>
+      els
+        .filter((el) => {
+          const inner =
+            el.getBoundingClientRect().right -
+            Number.parseFloat(el.ownerDocument.defaultView?.getComputedStyle(el).paddingRight ?? '0')
+          return [...el.querySelectorAll('table')].some((t) => t.getBoundingClientRect().right > inner + 0.5)
+        })
+        .map((el) => el.getAttribute('data-panel')),
+    )
+    expect(overflowing).toEqual([])
     expect(problems).toEqual([])
     await ctx.close()
   })
