@@ -213,7 +213,8 @@
     const panel = {
       views,
       active: views.find((v) => v.tab?.getAttribute('aria-selected') === 'true') || views[0],
-      select(view) {
+      /** Shows a view's tab (the rows it holds stay until read again). */
+      show(view) {
         panel.active = view
         for (const v of views) {
           if (!v.tab) continue
@@ -222,6 +223,10 @@
           v.tab.tabIndex = on ? 0 : -1
           v.box.hidden = !on
         }
+      },
+      /** Shows a view's tab and reads its rows unless it holds the current load's. */
+      select(view) {
+        panel.show(view)
         if (current && view.shown !== current)
           showView(view, current).catch((err) => failed(err, current.site))
       },
@@ -263,6 +268,10 @@
   const renderView = (view, at, answer) => {
     view.shown = at
     view.table.dataset.state = answer.note ? 'unavailable' : 'loaded'
+    const more = answer.rows && answer.total > answer.rows.length
+    view.table.createCaption().textContent = more
+      ? `Top ${answer.rows.length} of ${fmt.format(answer.total)} values`
+      : ''
     if (answer.note) messageRow(view.table.tBodies[0], view.metrics.length + 1, answer.note, 'empty note')
     else fillTable(view.table, answer.rows, view.property, view.metrics, at.filter)
   }
@@ -397,6 +406,12 @@
       filter ? metrics.filter((m) => MODEL.metrics[filter.property]?.includes(m)) : metrics
     const totals = allowed(Object.keys(CARDS))
     const lines = allowed(['pageviews', 'visitors'])
+    // The filtered property's own tab is the one that can answer: it is shown.
+    if (filter)
+      for (const p of panels) {
+        const own = p.views.find((v) => v.property === filter.property)
+        if (own) p.show(own)
+      }
     const shown = panels.map((p) => p.active)
     try {
       const [agg, series, ...answers] = await Promise.all([

@@ -595,7 +595,7 @@ describe('dashboard panels: countries, sources and channels, campaigns, filters'
       start: new Date(Date.now() - 150_000),
       spanMs: 120_000,
       visitors: 60,
-      paths: 6,
+      paths: 14,
       referrers: 3,
       campaignShare: 0.35,
       lateShare: 0,
@@ -684,6 +684,11 @@ describe('dashboard panels: countries, sources and channels, campaigns, filters'
     }
 
     await expectTotals()
+    // Pages: more values than rows shown, so the table says how many there are.
+    const paths = Object.keys(truth.sites[SITE]!.breakdown.path)
+    expect(paths.length).toBeGreaterThan(10)
+    expect(await tableCells(page, 'pages')).toHaveLength(10)
+    expect(await page.textContent('#pages caption')).toBe(`Top 10 of ${paths.length} values`)
     // Sources is the panel's first tab; Channels and Referrers are read when picked.
     expect(await page.getAttribute('#sources-tab', 'aria-selected')).toBe('true')
     expect(await page.isVisible('#channels')).toBe(false)
@@ -727,6 +732,12 @@ describe('dashboard panels: countries, sources and channels, campaigns, filters'
     await page.waitForSelector(`body[data-filter="channel==${channel}"]`)
     await expectTotals('channel', channel)
     expect(await page.getAttribute('#countries', 'data-state')).toBe('unavailable')
+    // The filter is in the URL: a reload keeps it and shows the Channels tab, the one that answers.
+    await page.reload()
+    await page.waitForSelector(`body[data-filter="channel==${channel}"]`)
+    expect(await page.getAttribute('#channels-tab', 'aria-selected')).toBe('true')
+    expect(await page.getAttribute('#channels button.pick', 'aria-pressed')).toBe('true')
+    await expectTotals('channel', channel)
 
     // A page: its rows count events, not visits, so those cards say they are not counted by page.
     await page.click('#clear-filter')
