@@ -8,6 +8,31 @@
   const REALTIME_EVERY_MS = 5000
   const REFRESH_EVERY_MS = 60_000
   const fmt = new Intl.NumberFormat()
+  /** Per property, the metrics the API takes with it (served by plugin.ts from query/params.ts). */
+  const MODEL = window.TALLY_MODEL || { metrics: {} }
+  /** Rows per breakdown table. */
+  const ROWS = 10
+  const LABELS = {
+    path: 'Page',
+    entry_page: 'Entry page',
+    exit_page: 'Exit page',
+    referrer: 'Referrer',
+    source: 'Source',
+    channel: 'Channel',
+    country: 'Country',
+    browser: 'Browser',
+    device: 'Device',
+  }
+  const METRIC_LABELS = {
+    visitors: 'visitors',
+    pageviews: 'pageviews',
+    events: 'events',
+    visits: 'visits',
+    bounce_rate: 'bounce rate',
+    visit_duration: 'visit duration',
+  }
+  const labelOf = (property) => LABELS[property] || property
+  const capital = (text) => text.charAt(0).toUpperCase() + text.slice(1)
 
   // --- sites and tokens ----------------------------------------------------------------------
   const read = (storage) => {
@@ -37,15 +62,28 @@
     }
   }
 
-  // --- state in the URL fragment (site and range only) ----------------------------------------
+  // --- state in the URL fragment: site, range and the filter (never the token) ------------------
   const state = () => {
     const h = new URLSearchParams(location.hash.slice(1))
-    return { site: h.get('site') || '', range: h.get('range') || '24h' }
+    return { site: h.get('site') || '', range: h.get('range') || '24h', filter: h.get('filter') || '' }
   }
   const setState = (next) => {
     const s = { ...state(), ...next }
+    if (!s.filter) delete s.filter
     history.replaceState(null, '', `#${new URLSearchParams(s)}`)
   }
+
+  // --- the filter: one property == one value, in the API's syntax (query/params.ts parseFilters) ---
+  // A backslash escapes `;`, `|` and `\` inside a value.
+  const escapeValue = (v) => v.replace(/[\\;|]/g, (c) => `\\${c}`)
+  const filterOf = (raw) => {
+    const at = raw.indexOf('==')
+    if (at <= 0) return undefined
+    const property = raw.slice(0, at)
+    if (!MODEL.metrics[property]) return undefined
+    return { property, value: raw.slice(at + 2).replace(/\\(.)/g, '$1'), raw }
+  }
+  const filterText = (property, value) => `${property}==${escapeValue(value)}`
 
   // --- API ------------------------------------------------------------------------------------
   class ApiError extends Error {
@@ -78,24 +116,70 @@
   /** Whole seconds as "1m 05s" (or "42s"). */
   const duration = (s) => (s >= 60 ? `${Math.floor(s / 60)}m ${String(s % 60).padStart(2, '0')}s` : `${s}s`)
 
-  const fillTable = (id, rows, property, metrics) => {
-    const body = $(id).tBodies[0]
-    body.replaceChildren()
+  // Countries: the ISO code as a flag (regional indicator symbols) and a name in the browser's language.
+  let regionNames
+  try {
+    regionNames = new Intl.DisplayNames(undefined, { type: 'region' })
+  } catch (_) {
+    regionNames = undefined
+  }
+  const flagOf = (code) => String.fromCodePoint(...[...code].map((c) => 0x1f1a5 + c.charCodeAt(0)))
+  const countryName = (code) => {
+    try {
+      return regionNames?.of(code) || code
+    } catch (_) {
+      return code
+    }
+  }
+  const isCountryCode = (property, value) => property === 'country' && /^[A-Z]{2}$/.test(value)
+  /**
+   * How a value of `property` reads (it is filtered on as stored); a flag is decoration, left out
+   * for screen readers (the name follows).
+   */
+  const displayNodes = (property, value) => {
+    if (!isCountryCode(property, value)) return [value]
+    const flag = document.createElement('span')
+    flag.setAttribute('aria-hidden', 'true')
+    flag.textContent = flagOf(value)
+    return [flag, ` ${countryName(value)}`]
+  }
+
+  const messageRow = (body, columns, text, className) => {
+    const td = document.createElement('td')
+    td.colSpan = columns
+    td.className = className
+    td.textContent = text
+    body.replaceChildren(document.createElement('tr'))
+    body.lastChild.append(td)
+  }
+
+  /**
+   * Fills a breakdown table: one row per value, the first metric as a bar behind the name, which is
+   * a button that filters the dashboard by the value (or removes the filter when it is the one set).
+   */
+  const fillTable = (table, rows, property, metrics, active) => {
+    const body = table.tBodies[0]
     const visible = rows.filter((r) => (r[metrics[0]] ?? 0) > 0)
     if (visible.length === 0) {
-      const td = document.createElement('td')
-      td.colSpan = metrics.length + 1
-      td.className = 'empty'
-      td.textContent = 'No data'
-      body.append(document.createElement('tr'))
-      body.lastChild.append(td)
+      messageRow(body, metrics.length + 1, 'No data', 'empty')
       return
     }
+    body.replaceChildren()
     const top = Math.max(...visible.map((r) => r[metrics[0]] ?? 0), 1)
     for (const r of visible) {
+      const value = String(r[property])
       const tr = document.createElement('tr')
       const name = document.createElement('td')
-      name.textContent = r[property]
+      const pick = document.createElement('button')
+      pick.type = 'button'
+      pick.className = 'pick'
+      pick.append(...displayNodes(property, value))
+      pick.dataset.value = value
+      const isActive = active?.property === property && active.value === value
+      pick.setAttribute('aria-pressed', String(isActive))
+      pick.title = isActive ? 'Remove this filter' : `Filter by ${labelOf(property)}: ${value}`
+      pick.addEventListener('click', () => setFilter(isActive ? '' : filterText(property, value)))
+      name.append(pick)
       name.style.setProperty('--share', `${Math.round(((r[metrics[0]] ?? 0) / top) * 100)}%`)
       tr.append(name)
       for (const m of metrics) {
@@ -105,6 +189,100 @@
       }
       body.append(tr)
     }
+  }
+
+  // --- panels: a tabbed set of breakdown tables (one per property), loaded when shown ------------
+  /**
+   * One panel of `[data-panel]` markup: its tables (`table[data-property][data-metrics]`) are views;
+   * with a tablist, the tab whose aria-controls holds a table shows it. Only the shown view is read;
+   * another is read when its tab is picked (once per load of the dashboard).
+   */
+  const makePanel = (el) => {
+    const views = [...el.querySelectorAll('table[data-property]')].map((table) => {
+      const box = table.closest('[role=tabpanel]')
+      return {
+        table,
+        box,
+        tab: box ? el.querySelector(`[role=tab][aria-controls="${box.id}"]`) : null,
+        property: table.dataset.property,
+        metrics: table.dataset.metrics.split(','),
+        /** The load whose rows the table shows. */
+        shown: undefined,
+      }
+    })
+    const panel = {
+      views,
+      active: views.find((v) => v.tab?.getAttribute('aria-selected') === 'true') || views[0],
+      /** Shows a view's tab (the rows it holds stay until read again). */
+      show(view) {
+        panel.active = view
+        for (const v of views) {
+          if (!v.tab) continue
+          const on = v === view
+          v.tab.setAttribute('aria-selected', String(on))
+          v.tab.tabIndex = on ? 0 : -1
+          v.box.hidden = !on
+        }
+      },
+      /** Shows a view's tab and reads its rows unless it holds the current load's. */
+      select(view) {
+        panel.show(view)
+        if (current && view.shown !== current)
+          showView(view, current).catch((err) => failed(err, current.site))
+      },
+    }
+    for (const v of views) {
+      if (!v.tab) continue
+      v.tab.addEventListener('click', () => panel.select(v))
+      // Arrow keys move between the tabs (WAI-ARIA tabs pattern), Home and End to the ends.
+      v.tab.addEventListener('keydown', (e) => {
+        const i = views.indexOf(v)
+        const to = { ArrowRight: i + 1, ArrowLeft: i - 1, Home: 0, End: views.length - 1 }[e.key]
+        if (to === undefined) return
+        e.preventDefault()
+        const next = views[(to + views.length) % views.length]
+        next.tab.focus()
+        panel.select(next)
+      })
+    }
+    return panel
+  }
+  const panels = [...document.querySelectorAll('[data-panel]')].map(makePanel)
+
+  /**
+   * The rows of a view under the load `at`, or why there are none: breakdowns are stored per single
+   * property, so with a filter a breakdown answers only by the filtered property itself (docs/design.md
+   * "Filters"); the others say so rather than ask.
+   */
+  const viewAnswer = async (view, at) => {
+    const f = at.filter
+    if (f && f.property !== view.property) {
+      return {
+        note: `Not available while filtered by ${labelOf(f.property).toLowerCase()}: breakdowns are stored per property, so a filter applies to its own breakdown only.`,
+      }
+    }
+    const params = { ...at.base, property: view.property, metrics: view.metrics.join(','), limit: ROWS }
+    const answer = await api('breakdown', f ? { ...params, filters: f.raw } : params, at.signal)
+    return { rows: answer.results, total: answer.meta.total_values }
+  }
+  const renderView = (view, at, answer) => {
+    view.shown = at
+    view.table.dataset.state = answer.note ? 'unavailable' : 'loaded'
+    const more = answer.rows && answer.total > answer.rows.length
+    view.table.createCaption().textContent = more
+      ? `Top ${answer.rows.length} of ${fmt.format(answer.total)} values`
+      : ''
+    if (answer.note) messageRow(view.table.tBodies[0], view.metrics.length + 1, answer.note, 'empty note')
+    else fillTable(view.table, answer.rows, view.property, view.metrics, at.filter)
+  }
+  const showView = async (view, at) => {
+    view.table.dataset.state = 'loading'
+    const answer = await viewAnswer(view, at).catch((err) => {
+      view.table.dataset.state = 'error'
+      throw err
+    })
+    if (at !== current || at.signal.aborted) return
+    renderView(view, at, answer)
   }
 
   let chart
@@ -141,12 +319,10 @@
     }
     ctx.restore()
   }
-  const drawChart = (points) => {
-    chartData = [
-      points.map((p) => Date.parse(p.date) / 1000),
-      points.map((p) => p.pageviews ?? 0),
-      points.map((p) => p.visitors ?? 0),
-    ]
+  const drawChart = (points, asked) => {
+    // A metric the filter does not allow (visitors by entry page) is no line rather than zeros.
+    const series = (m) => points.map((p) => (asked.includes(m) ? (p[m] ?? 0) : null))
+    chartData = [points.map((p) => Date.parse(p.date) / 1000), series('pageviews'), series('visitors')]
     chartStatus = points.map((p) => p.status)
     const el = $('chart')
     el.dataset.points = String(points.length)
@@ -199,57 +375,99 @@
   }
 
   // --- loading --------------------------------------------------------------------------------
+  const CARDS = {
+    visitors: 'total-visitors',
+    pageviews: 'total-pageviews',
+    events: 'total-events',
+    visits: 'total-visits',
+    bounce_rate: 'bounce-rate',
+    visit_duration: 'visit-duration',
+  }
+  const cardText = {
+    bounce_rate: (v) => `${v} %`,
+    visit_duration: duration,
+  }
+  /** The load being shown: its parameters, filter and abort signal (tabs picked later read with it). */
+  let current
   let loadCtl
   const load = async () => {
-    const { site, range } = state()
+    const { site, range, filter: raw } = state()
     if (!site) return
     loadCtl?.abort()
     const ctl = new AbortController()
     loadCtl = ctl
-    const base = { site, period: range }
-    const breakdown = (property, metrics) =>
-      api('breakdown', { ...base, property, metrics: metrics.join(','), limit: 10 }, ctl.signal)
+    const filter = filterOf(raw)
+    const at = { site, base: { site, period: range }, filter, signal: ctl.signal }
+    current = at
+    showFilter(filter)
+    const filtered = (params) => (filter ? { ...params, filters: filter.raw } : params)
+    // A filter on a property restricts the metrics to those its rows hold (query/params.ts).
+    const allowed = (metrics) =>
+      filter ? metrics.filter((m) => MODEL.metrics[filter.property]?.includes(m)) : metrics
+    const totals = allowed(Object.keys(CARDS))
+    const lines = allowed(['pageviews', 'visitors'])
+    // The filtered property's own tab is the one that can answer: it is shown.
+    if (filter)
+      for (const p of panels) {
+        const own = p.views.find((v) => v.property === filter.property)
+        if (own) p.show(own)
+      }
+    const shown = panels.map((p) => p.active)
     try {
-      const [agg, series, pages, entries, exits, referrers, browsers, devices] = await Promise.all([
-        api(
-          'aggregate',
-          { ...base, metrics: 'visitors,pageviews,events,visits,bounce_rate,visit_duration' },
-          ctl.signal,
-        ),
-        api('timeseries', { ...base, metrics: 'pageviews,visitors' }, ctl.signal),
-        breakdown('path', ['pageviews', 'visitors']),
-        breakdown('entry_page', ['visits', 'bounce_rate', 'visit_duration']),
-        breakdown('exit_page', ['visits', 'pageviews']),
-        breakdown('referrer', ['visitors', 'pageviews']),
-        breakdown('browser', ['visitors']),
-        breakdown('device', ['visitors']),
+      const [agg, series, ...answers] = await Promise.all([
+        api('aggregate', filtered({ ...at.base, metrics: totals.join(',') }), ctl.signal),
+        api('timeseries', filtered({ ...at.base, metrics: lines.join(',') }), ctl.signal),
+        ...shown.map((v) => viewAnswer(v, at)),
       ])
       if (ctl.signal.aborted) return
-      $('total-visitors').textContent = fmt.format(agg.results.visitors.value)
-      $('total-pageviews').textContent = fmt.format(agg.results.pageviews.value)
-      $('total-events').textContent = fmt.format(agg.results.events.value)
-      $('total-visits').textContent = fmt.format(agg.results.visits.value)
-      $('bounce-rate').textContent = `${agg.results.bounce_rate.value} %`
-      $('visit-duration').textContent = duration(agg.results.visit_duration.value)
+      for (const [m, id] of Object.entries(CARDS)) {
+        const v = agg.results[m]?.value
+        $(id).textContent = v === undefined ? '–' : (cardText[m] || fmt.format)(v)
+        $(id)
+          .closest('.card')
+          .classList.toggle('na', v === undefined)
+      }
       const missing = agg.meta.visits?.windows_without_data ?? 0
       // Windows written before visits were counted show none until rebuilt.
       $('visits-note').textContent = missing > 0 ? `${missing} windows without visit data` : ''
       const bound = agg.meta.metrics?.visitors?.error_bound
       $('visitors-note').textContent = bound ? `estimate, ±${(bound * 100).toFixed(1)} %` : ''
-      drawChart(series.results)
+      const absent = Object.keys(CARDS).filter((m) => !totals.includes(m))
+      $('filter-note').textContent = filter
+        ? [
+            absent.length > 0
+              ? `${capital(absent.map((m) => METRIC_LABELS[m]).join(', '))}: not counted by ${labelOf(filter.property).toLowerCase()}.`
+              : '',
+            'Visitors now: all traffic.',
+          ]
+            .join(' ')
+            .trim()
+        : ''
+      drawChart(series.results, lines)
       describeWindows(series.meta)
-      fillTable('pages', pages.results, 'path', ['pageviews', 'visitors'])
-      fillTable('entry-pages', entries.results, 'entry_page', ['visits', 'bounce_rate', 'visit_duration'])
-      fillTable('exit-pages', exits.results, 'exit_page', ['visits', 'pageviews'])
-      fillTable('referrers', referrers.results, 'referrer', ['visitors', 'pageviews'])
-      fillTable('browsers', browsers.results, 'browser', ['visitors'])
-      fillTable('devices', devices.results, 'device', ['visitors'])
+      // Hidden tabs hold an earlier load's rows: they are read again when picked.
+      for (const v of panels.flatMap((p) => p.views)) if (v.shown !== at) v.shown = undefined
+      shown.forEach((v, i) => {
+        renderView(v, at, answers[i])
+      })
       document.body.dataset.loaded = site
+      document.body.dataset.filter = filter ? filter.raw : ''
       status('')
     } catch (err) {
       if (err.name === 'AbortError') return
       failed(err, site)
     }
+  }
+
+  const showFilter = (filter) => {
+    $('filter-bar').hidden = !filter
+    $('filter-label').replaceChildren(
+      ...(filter ? [`${labelOf(filter.property)} is `, ...displayNodes(filter.property, filter.value)] : []),
+    )
+  }
+  const setFilter = (raw) => {
+    setState({ filter: raw })
+    load()
   }
 
   const realtime = async () => {
@@ -328,8 +546,9 @@
   }
 
   $('manage').addEventListener('click', () => showSites($('sites').hidden))
+  $('clear-filter').addEventListener('click', () => setFilter(''))
   $('site').addEventListener('change', (e) => {
-    setState({ site: e.target.value })
+    setState({ site: e.target.value, filter: '' })
     $('realtime').textContent = '–'
     refresh()
   })

@@ -3,12 +3,41 @@ import { readFileSync } from 'node:fs'
 import { createRequire } from 'node:module'
 import { dirname, join } from 'node:path'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
+import { TallyError } from '../../core/errors.js'
 import { projectRoot } from '../../core/paths.js'
+import { METRICS, type Metric, PROPERTIES, parseQuery } from '../params.js'
+import { DEFAULT_QUERY_LIMITS } from '../stats.js'
 
 interface Asset {
   body: Buffer
   type: string
   etag: string
+}
+
+/** Whether the query API takes `metric` with a filter on `property` (and so in a breakdown by it). */
+function accepts(property: string, metric: Metric): boolean {
+  try {
+    parseQuery(
+      'aggregate',
+      { site: 'model', period: 'day', metrics: metric, filters: `${property}==x` },
+      0,
+      DEFAULT_QUERY_LIMITS,
+    )
+    return true
+  } catch (err) {
+    if (err instanceof TallyError) return false
+    throw err
+  }
+}
+
+/**
+ * What the page needs of the API's rules, as a script setting `window.TALLY_MODEL`: per property,
+ * the metrics it can be asked for (query/params.ts refuses visit metrics by path or event, and
+ * anything but visit metrics by entry or exit page). Asked of the parser itself, so the page
+ * follows params.ts without a copy of its rules.
+ */
+export function dashboardModel(): { metrics: Record<string, Metric[]> } {
+  return { metrics: Object.fromEntries(PROPERTIES.map((p) => [p, METRICS.filter((m) => accepts(p, m))])) }
 }
 
 /**
@@ -30,8 +59,13 @@ function loadAssets(): Map<string, Asset> {
     ['/dashboard/vendor/uPlot.min.css', join(uplot, 'uPlot.min.css'), 'text/css; charset=utf-8'],
   ]
   const out = new Map<string, Asset>()
-  for (const [url, file, type] of files) {
-    const body = readFileSync(file)
+  const model = Buffer.from(`window.TALLY_MODEL = ${JSON.stringify(dashboardModel())}\n`)
+  const bodies: Array<[url: string, body: Buffer | string, type: string]> = [
+    ...files,
+    ['/dashboard/model.js', model, 'text/javascript; charset=utf-8'],
+  ]
+  for (const [url, source, type] of bodies) {
+    const body = typeof source === 'string' ? readFileSync(source) : source
     out.set(url, {
       body,
       type,

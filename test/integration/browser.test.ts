@@ -6,6 +6,13 @@ import type { Browser, BrowserContext, Page, Request } from 'playwright-core'
 import { Compile } from 'typebox/compile'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { startIngest, startQuery, startStream } from '../../app/start.js'
+import {
+  type Dimension,
+  type GeneratedEvent,
+  generateWorkload,
+  truthCounts,
+  truthOf,
+} from '../../bench/workload.js'
 import { createCassandraClient } from '../../core/cassandra/client.js'
 import { CassandraSiteStore } from '../../core/cassandra/sites.js'
 import { createLogger } from '../../core/log.js'
@@ -19,6 +26,7 @@ import { SegmentEventV1 } from '../../schemas/events.js'
 import type { RunningStream } from '../../stream/role.js'
 import { DESKTOP_UA, launchChromium, PHONE_UA } from '../helpers/browser.js'
 import { cleanup, eventually, testConfig } from '../helpers/context.js'
+import { visitTruthOf } from '../helpers/visit-truth.js'
 
 /**
  * The tracker and the dashboard in real headless Chromium, against real ingest, stream worker and
@@ -165,6 +173,21 @@ async function visitor(name: string, opts: { phone?: boolean; init?: string } = 
     })
   })
   return ctx
+}
+
+/**
+ * The cells of a dashboard table; a table on a tab not shown is shown first (its tab clicked, its
+ * rows read for the load shown).
+ */
+async function tableCells(page: Page, table: string): Promise<Array<Array<string | null>>> {
+  const view = await page.$(`#${table}-view[hidden]`)
+  if (view) {
+    await page.click(`#${table}-tab`)
+    await page.waitForSelector(`#${table}[data-state="loaded"]`)
+  }
+  return page.$$eval(`#${table} tbody tr`, (rows) =>
+    rows.map((r) => [...r.querySelectorAll('td')].map((td) => td.textContent)),
+  )
 }
 
 async function trackerReady(page: Page): Promise<boolean> {
@@ -410,7 +433,16 @@ describe('browser tracker in Chromium', () => {
     const shots: string[] = []
     // What the dashboard must show; visitor D (a new desktop visitor from no referrer, on /app/)
     // arrives while the desktop dashboard is open.
-    const want = { pageviews: 5, visitors: 3, events: 8, home: 3, homeVisitors: 2, direct: 2, desktop: 2 }
+    const want = {
+      pageviews: 5,
+      visitors: 3,
+      events: 8,
+      home: 3,
+      homeVisitors: 2,
+      direct: 2,
+      directBounces: 1,
+      desktop: 2,
+    }
     for (const device of ['desktop', 'phone'] as const) {
       const ctx = await browser.newContext(
         device === 'phone'
@@ -436,18 +468,23 @@ describe('browser tracker in Chromium', () => {
       expect(await page.textContent('#total-visitors')).toBe(String(want.visitors))
       expect(await page.textContent('#total-events')).toBe(String(want.events))
       await expect.poll(() => page.textContent('#realtime'), { timeout: 15_000 }).toBe(String(want.visitors))
-      const cells = async (table: string) =>
-        page.$$eval(`#${table} tbody tr`, (rows) =>
-          rows.map((r) => [...r.querySelectorAll('td')].map((td) => td.textContent)),
-        )
+      const cells = (table: string) => tableCells(page, table)
       // Pages by pageviews (visitors of any event on the page); referrers by visitors.
       expect(await cells('pages')).toEqual([
         ['/app/', String(want.home), String(want.homeVisitors)],
         ['/app/pricing', '2', '2'],
       ])
+      // Referrers: visitors, pageviews, visits, bounce rate (A's visit of 3 pages is no bounce; B's
+      // page and event neither; C's and D's single pages are).
       expect(await cells('referrers')).toEqual([
-        ['(direct)', String(want.direct), String(want.direct)],
-        ['news.example.com', '1', '3'],
+        [
+          '(direct)',
+          String(want.direct),
+          String(want.direct),
+          String(want.direct),
+          String(Math.round((100 * want.directBounces) / want.direct)),
+        ],
+        ['news.example.com', '1', '3', '1', '0'],
       ])
       expect(await cells('devices')).toEqual([
         ['desktop', String(want.desktop)],
@@ -480,6 +517,7 @@ describe('browser tracker in Chromium', () => {
           home: 4,
           homeVisitors: 3,
           direct: 3,
+          directBounces: 2,
           desktop: 3,
         })
         // The phone's dashboard reads hour windows: wait until they hold D too.
@@ -506,5 +544,233 @@ describe('browser tracker in Chromium', () => {
       await ctx.close()
     }
     expect(shots).toHaveLength(2)
+  })
+})
+
+describe('dashboard panels: countries, sources and channels, campaigns, filters', () => {
+  const SITE = 'dims.test'
+  let token = ''
+  let events: GeneratedEvent[] = []
+  let truth: ReturnType<typeof truthOf>
+  let visits: ReturnType<typeof visitTruthOf>
+  const regions = new Intl.DisplayNames(['en-US'], { type: 'region' })
+  /** A flag emoji: the two regional indicator symbols of an ISO 3166-1 alpha-2 code. */
+  const flag = (code: string) =>
+    String.fromCodePoint(0x1f1e6 + code.charCodeAt(0) - 65, 0x1f1e6 + code.charCodeAt(1) - 65)
+  const shown = (dim: Dimension, value: string) =>
+    dim === 'country' && /^[A-Z]{2}$/.test(value) ? `${flag(value)} ${regions.of(value)}` : value
+
+  /** Visits and bounces of the site's visits (hour rows, so every visit once) matching dim==value. */
+  const visitsOf = (dim?: string, value?: string) => {
+    let n = 0
+    let bounces = 0
+    for (const [key, c] of visits) {
+      const [site, g, , d, v] = key.split('|')
+      if (site !== SITE || g !== 'hour' || d !== (dim ?? '') || v !== (value ?? '')) continue
+      n += c.visits
+      bounces += c.bounces
+    }
+    return { visits: n, bounceRate: n === 0 ? 0 : Math.round((100 * bounces) / n) }
+  }
+  const bound = 0.03
+  const expectVisitors = (shownText: string, exact: number, what: string) =>
+    expect(
+      Math.abs(Number(shownText.replace(/,/g, '')) - exact),
+      `${what}: ${shownText} shown, ${exact} exact`,
+    ).toBeLessThanOrEqual(Math.max(1, Math.ceil(exact * bound)))
+
+  beforeAll(async () => {
+    const created = await new CassandraSiteStore(cassandra).create({
+      siteId: SITE,
+      domain: SITE,
+      origins: [],
+    })
+    token = created.readToken
+    // Events of the last few minutes (inside the stream's grace), on time, from the generator's
+    // referrers, campaigns and visitor IPs (public IPv4/IPv6 of 7 countries, a private one, none).
+    const workload = generateWorkload({
+      seed: 17,
+      sites: [SITE],
+      events: 400,
+      start: new Date(Date.now() - 150_000),
+      spanMs: 120_000,
+      visitors: 60,
+      paths: 14,
+      referrers: 3,
+      campaignShare: 0.35,
+      lateShare: 0,
+      outOfOrderShare: 0,
+    })
+    events = workload.events
+    truth = truthOf(events, [SITE])
+    visits = visitTruthOf(events, config.stream.visitGapMs)
+    const res = await fetch(`${ingest.url}/v1/import`, {
+      method: 'POST',
+      headers: {
+        'content-type': 'application/json',
+        authorization: `Basic ${Buffer.from(`${created.site.writeKey}:`).toString('base64')}`,
+      },
+      body: JSON.stringify({ batch: events.map((e) => e.payload) }),
+    })
+    expect(res.status, await res.clone().text()).toBe(200)
+    expect(((await res.json()) as { rejected: unknown[] }).rejected).toEqual([])
+    const want = { ...truthCounts(truth, SITE), visits: visitsOf().visits }
+    await eventually(
+      async () => {
+        const r = await fetch(
+          `${query.url}/v1/stats/aggregate?${new URLSearchParams({ site: SITE, ...range(), metrics: 'events,pageviews,visits' })}`,
+          { headers: { authorization: `Bearer ${token}` } },
+        )
+        const body = (await r.json()) as { results: Record<string, { value: number }> }
+        const got = body.results
+        return got.events?.value === want.events &&
+          got.pageviews?.value === want.pageviews &&
+          got.visits?.value === want.visits
+          ? true
+          : undefined
+      },
+      60_000,
+      'the stream to count the generated events',
+    )
+  })
+
+  it('shows each panel and tab with the truth, switches tabs, and filters by a clicked row', async () => {
+    const ctx = await browser.newContext({ locale: 'en-US', viewport: { width: 1280, height: 900 } })
+    const page = await ctx.newPage()
+    const problems: string[] = []
+    page.on('console', (m) => m.type() === 'error' && problems.push(m.text()))
+    page.on('pageerror', (e) => problems.push(String(e)))
+    await page.goto(`${query.url}/`)
+    await page.fill('#new-site', SITE)
+    await page.fill('#new-token', token)
+    await page.click('#add-site button[type=submit]')
+    await page.waitForSelector(`body[data-loaded="${SITE}"][data-filter=""]`)
+
+    /** Rows of a table against the truth: every value with its numbers, ordered by the first column. */
+    const expectTable = async (table: string, dim: Dimension) => {
+      const rows = await tableCells(page, table)
+      const values = await page.$$eval(`#${table} tbody button.pick`, (bs) =>
+        bs.map((b) => b.getAttribute('data-value') ?? ''),
+      )
+      const want = Object.entries(truth.sites[SITE]!.breakdown[dim]).filter(([, c]) => c.visitors > 0)
+      // Every dimension of this workload has at most 10 values, the rows a table shows.
+      expect(want.length).toBeLessThanOrEqual(10)
+      expect(new Set(values), table).toEqual(new Set(want.map(([v]) => v)))
+      rows.forEach((cells, i) => {
+        const value = values[i]!
+        const c = truth.sites[SITE]!.breakdown[dim][value]!
+        const v = visitsOf(dim, value)
+        expect(cells[0], `${table} ${value}`).toBe(shown(dim, value))
+        expectVisitors(cells[1]!, c.visitors, `${table} ${value} visitors`)
+        expect(cells.slice(2), `${table} ${value}`).toEqual([
+          String(c.pageviews),
+          String(v.visits),
+          String(v.bounceRate),
+        ])
+      })
+      const firsts = rows.map((r) => Number(r[1]!.replace(/,/g, '')))
+      expect(firsts, `${table} is ordered by visitors`).toEqual([...firsts].sort((a, b) => b - a))
+      return values
+    }
+    /** The top numbers against the truth of the events (and visits) that `dim == value` keeps. */
+    const expectTotals = async (dim?: Dimension, value?: string) => {
+      const c = truthCounts(truth, SITE, dim ? { dimension: dim, value: value! } : {})
+      const v = visitsOf(dim, value)
+      expectVisitors((await page.textContent('#total-visitors'))!, c.visitors, 'total visitors')
+      expect(await page.textContent('#total-pageviews')).toBe(c.pageviews.toLocaleString('en-US'))
+      expect(await page.textContent('#total-events')).toBe(c.events.toLocaleString('en-US'))
+      expect(await page.textContent('#total-visits')).toBe(v.visits.toLocaleString('en-US'))
+      expect(await page.textContent('#bounce-rate')).toBe(`${v.bounceRate} %`)
+    }
+
+    await expectTotals()
+    // Pages: more values than rows shown, so the table says how many there are.
+    const paths = Object.keys(truth.sites[SITE]!.breakdown.path)
+    expect(paths.length).toBeGreaterThan(10)
+    expect(await tableCells(page, 'pages')).toHaveLength(10)
+    expect(await page.textContent('#pages caption')).toBe(`Top 10 of ${paths.length} values`)
+    // Sources is the panel's first tab; Channels and Referrers are read when picked.
+    expect(await page.getAttribute('#sources-tab', 'aria-selected')).toBe('true')
+    expect(await page.isVisible('#channels')).toBe(false)
+    await expectTable('sources', 'source')
+    await expectTable('channels', 'channel')
+    expect(await page.getAttribute('#channels-tab', 'aria-selected')).toBe('true')
+    expect(await page.getAttribute('#sources-tab', 'aria-selected')).toBe('false')
+    expect(await page.isVisible('#channels')).toBe(true)
+    expect(await page.isVisible('#sources')).toBe(false)
+    await expectTable('referrers', 'referrer')
+    for (const k of ['source', 'medium', 'campaign', 'content', 'term'] as const)
+      await expectTable(`utm-${k}`, `utm_${k}`)
+    // Keyboard: the arrow keys move between tabs (from utm_term, the last, round to utm_source).
+    await page.focus('#utm-term-tab')
+    await page.keyboard.press('ArrowRight')
+    expect(await page.getAttribute('#utm-source-tab', 'aria-selected')).toBe('true')
+    const countries = await expectTable('countries', 'country')
+    expect(countries).toContain('US')
+    await page.screenshot({ path: join(ARTIFACTS, 'dashboard-panels.png'), fullPage: true })
+
+    // Click a country: the top numbers are those of its visitors; panels by another property say
+    // they cannot be answered with the filter; the filter shows as a chip.
+    await page.click('#countries button.pick[data-value="US"]')
+    await page.waitForSelector('body[data-filter="country==US"]')
+    await expectTotals('country', 'US')
+    expect(await page.textContent('#filter-label')).toBe(`Country is ${shown('country', 'US')}`)
+    expect(await tableCells(page, 'countries')).toHaveLength(1)
+    expect(await page.getAttribute('#countries button.pick', 'aria-pressed')).toBe('true')
+    expect(await page.getAttribute('#utm-source', 'data-state')).toBe('unavailable')
+    expect(await page.textContent('#utm-source tbody')).toMatch(/Not available while filtered by country/)
+    expect(page.url()).toContain(`filter=${encodeURIComponent('country==US')}`)
+
+    // Another filter replaces it: a channel, picked on its tab.
+    await page.click('#clear-filter')
+    await page.waitForSelector('body[data-filter=""]')
+    await expectTotals()
+    await page.click('#channels-tab')
+    await page.waitForSelector('#channels[data-state="loaded"]')
+    const channel = 'Organic Social'
+    await page.click(`#channels button.pick[data-value="${channel}"]`)
+    await page.waitForSelector(`body[data-filter="channel==${channel}"]`)
+    await expectTotals('channel', channel)
+    expect(await page.getAttribute('#countries', 'data-state')).toBe('unavailable')
+    // The filter is in the URL: a reload keeps it and shows the Channels tab, the one that answers.
+    await page.reload()
+    await page.waitForSelector(`body[data-filter="channel==${channel}"]`)
+    expect(await page.getAttribute('#channels-tab', 'aria-selected')).toBe('true')
+    expect(await page.getAttribute('#channels button.pick', 'aria-pressed')).toBe('true')
+    await expectTotals('channel', channel)
+
+    // A page: its rows count events, not visits, so those cards say they are not counted by page.
+    await page.click('#clear-filter')
+    await page.waitForSelector('body[data-filter=""]')
+    const path = await page.getAttribute('#pages button.pick', 'data-value')
+    await page.click('#pages button.pick')
+    await page.waitForSelector(`body[data-filter="path==${path}"]`)
+    const c = truthCounts(truth, SITE, { dimension: 'path', value: path! })
+    expect(await page.textContent('#total-pageviews')).toBe(c.pageviews.toLocaleString('en-US'))
+    expect(await page.textContent('#total-events')).toBe(c.events.toLocaleString('en-US'))
+    expect(await page.textContent('#total-visits')).toBe('–')
+    expect(await page.textContent('#filter-note')).toMatch(
+      /^Visits, bounce rate, visit duration: not counted by page\./,
+    )
+
+    await page.screenshot({ path: join(ARTIFACTS, 'dashboard-filtered.png'), fullPage: true })
+
+    // On a phone, every panel's table (four numbers beside a name) fits inside its panel.
+    await page.click('#clear-filter')
+    await page.waitForSelector('body[data-filter=""]')
+    await page.setViewportSize({ width: 390, height: 844 })
+    const overflowing = await page.$$eval('.tables .panel', (els) =>
+      els
+        .filter((el) => {
+          const inner =
+            el.getBoundingClientRect().right -
+            Number.parseFloat(el.ownerDocument.defaultView?.getComputedStyle(el).paddingRight ?? '0')
+          return [...el.querySelectorAll('table')].some((t) => t.getBoundingClientRect().right > inner + 0.5)
+        })
+        .map((el) => el.getAttribute('data-panel')),
+    )
+    expect(overflowing).toEqual([])
+    expect(problems).toEqual([])
+    await ctx.close()
   })
 })

@@ -1,0 +1,76 @@
+import { readFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { createContext, runInContext } from 'node:vm'
+import type { FastifyInstance } from 'fastify'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { createLogger } from '../../core/log.js'
+import { projectRoot } from '../../core/paths.js'
+import type { AggregateReader } from '../../core/ports/aggregate-store.js'
+import { buildQueryApp } from '../../query/app.js'
+import { ReadAccessCache } from '../../query/auth.js'
+import type { FreshnessSource } from '../../query/freshness.js'
+
+/**
+ * The dashboard asks the query API only what it answers: /dashboard/model.js tells the page which
+ * metrics each property takes (from query/params.ts), and every table of index.html asks a
+ * property the API knows, for metrics it takes. The page itself is tested in Chromium
+ * (test/integration/browser.test.ts).
+ */
+
+let app: FastifyInstance
+let model: { metrics: Record<string, string[]> }
+
+beforeAll(async () => {
+  app = await buildQueryApp({
+    reader: {} as AggregateReader,
+    auth: new ReadAccessCache({ get: async () => undefined, list: async () => [] }),
+    freshness: { current: async () => ({}) } as unknown as FreshnessSource,
+    logger: createLogger('silent'),
+  })
+  const res = await app.inject({ method: 'GET', url: '/dashboard/model.js' })
+  expect(res.statusCode).toBe(200)
+  expect(res.headers['content-type']).toMatch(/^text\/javascript/)
+  const window: Record<string, unknown> = {}
+  runInContext(res.body, createContext({ window }))
+  model = window.TALLY_MODEL as typeof model
+})
+
+afterAll(async () => {
+  await app?.close()
+})
+
+const VISIT_METRICS = ['visits', 'bounce_rate', 'visit_duration', 'views_per_visit']
+
+describe('dashboard model (/dashboard/model.js)', () => {
+  it('gives each property the metrics the API takes with it', () => {
+    // Event rows (path, event): counts and visitors, no visit metrics.
+    for (const p of ['path', 'event']) {
+      expect(model.metrics[p]).toEqual(expect.arrayContaining(['visitors', 'pageviews', 'events']))
+      for (const m of VISIT_METRICS) expect(model.metrics[p], `${p} ${m}`).not.toContain(m)
+    }
+    // Entry and exit pages: visits and the pageviews of those visits only.
+    for (const p of ['entry_page', 'exit_page']) {
+      expect(model.metrics[p]).toEqual(expect.arrayContaining([...VISIT_METRICS, 'pageviews']))
+      for (const m of ['visitors', 'events']) expect(model.metrics[p], `${p} ${m}`).not.toContain(m)
+    }
+    // Session properties (a visit's first event): counts, visitors and visit metrics.
+    for (const p of ['country', 'source', 'channel', 'referrer', 'utm_campaign', 'browser', 'device'])
+      expect(model.metrics[p]).toEqual(
+        expect.arrayContaining(['visitors', 'pageviews', 'events', ...VISIT_METRICS]),
+      )
+  })
+
+  it('every table of the page asks a known property for metrics it takes', () => {
+    const html = readFileSync(join(projectRoot(), 'query', 'dashboard', 'index.html'), 'utf8')
+    const tables = [...html.matchAll(/<table id="([^"]+)" data-property="([^"]+)" data-metrics="([^"]+)"/g)]
+    expect(tables.map((t) => t[2])).toEqual(
+      expect.arrayContaining(['country', 'source', 'channel', 'referrer', 'entry_page', 'exit_page']),
+    )
+    for (const k of ['source', 'medium', 'campaign', 'content', 'term'])
+      expect(tables.map((t) => t[2])).toContain(`utm_${k}`)
+    for (const [, id, property, metrics] of tables) {
+      expect(model.metrics[property!], `#${id}: ${property}`).toBeDefined()
+      for (const m of metrics!.split(',')) expect(model.metrics[property!], `#${id}: ${m}`).toContain(m)
+    }
+  })
+})
