@@ -18,6 +18,7 @@ import { batchScenario } from './scenarios/batch.js'
 import { embeddedScenario } from './scenarios/embedded.js'
 import { FILTER_SIZES, filtersScenario } from './scenarios/filters.js'
 import { ingestScenario } from './scenarios/ingest.js'
+import { lookupsScenario } from './scenarios/lookups.js'
 import { queryScenario } from './scenarios/query.js'
 import { streamScenario } from './scenarios/stream.js'
 
@@ -33,6 +34,7 @@ const SCENARIOS: readonly ScenarioDefinition[] = [
   queryScenario,
   batchScenario,
   embeddedScenario,
+  lookupsScenario,
   filtersScenario,
 ]
 

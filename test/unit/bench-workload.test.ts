@@ -481,17 +481,10 @@ describe('files', () => {
   })
 })
 
-describe('performance', () => {
-  it('generates 100k events with truth in well under a few seconds', () => {
-    const opts = { ...base, events: 100_000, spanMs: 24 * 3_600_000 }
-    // Best of two runs, so one scheduling hiccup on a busy CI box does not fail the build.
-    let best = Number.POSITIVE_INFINITY
-    for (let run = 0; run < 2 && best >= 3_000; run++) {
-      const t0 = performance.now()
-      const w = generateWorkload(opts)
-      best = Math.min(best, performance.now() - t0)
-      expect(w.events.length - w.events.filter((e) => e.isDuplicate).length).toBe(100_000)
-    }
-    expect(best).toBeLessThan(3_000)
+describe('size', () => {
+  // How fast it generates is the bench's business (its runs are timed there), not a test's.
+  it('generates 100k counted events with their truth', () => {
+    const w = generateWorkload({ ...base, events: 100_000, spanMs: 24 * 3_600_000 })
+    expect(w.events.length - w.events.filter((e) => e.isDuplicate).length).toBe(100_000)
   })
 })

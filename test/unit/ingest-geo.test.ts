@@ -52,19 +52,12 @@ describe('country lookup (ingest/geo.ts)', () => {
     for (const { ip, country } of CLIENT_IPS) expect(geo.country(ip), String(ip)).toBe(country)
   })
 
-  it('costs little: cached lookups of a visitor mix, measured', () => {
-    const lookup = openCountryLookup()
-    const ips = Array.from({ length: 2_000 }, (_, i) => `${(i % 200) + 1}.${(i * 7) & 255}.${i & 255}.9`)
-    const t0 = process.hrtime.bigint()
-    for (const ip of ips) lookup.country(ip)
-    const cold = Number(process.hrtime.bigint() - t0) / ips.length
-    const t1 = process.hrtime.bigint()
-    for (let r = 0; r < 50; r++) for (const ip of ips) lookup.country(ip)
-    const warm = Number(process.hrtime.bigint() - t1) / (ips.length * 50)
-    console.log(`country lookup: ${Math.round(cold)} ns uncached, ${Math.round(warm)} ns cached`)
-    // Generous bounds for a shared CI machine: the point is microseconds, not milliseconds.
-    expect(cold).toBeLessThan(100_000)
-    expect(warm).toBeLessThan(20_000)
+  it('answers a cached lookup as it answered the first (the cost is measured in the bench: --only lookups)', () => {
+    const lookup = openCountryLookup({ cacheSize: 10 })
+    const first = CLIENT_IPS.map((c) => lookup.country(c.ip))
+    const again = CLIENT_IPS.map((c) => lookup.country(c.ip))
+    expect(again).toEqual(first)
+    expect(first).toEqual(CLIENT_IPS.map((c) => c.country))
   })
 })
 
