@@ -1,7 +1,7 @@
 import { pipeline, Readable } from 'node:stream'
 import { stringify } from 'csv-stringify'
 import { stringify as stringifyRows } from 'csv-stringify/sync'
-import type { ExportMeta, ExportRow } from './export.js'
+import type { VisitCounts } from '../core/ports/aggregate-store.js'
 import type { Metric, ParsedQuery } from './params.js'
 import { iso } from './range.js'
 import { visitRates } from './stats.js'
@@ -16,6 +16,25 @@ import { visitRates } from './stats.js'
 export const CSV_CONTENT_TYPE = 'text/csv; charset=utf-8'
 
 type Cell = string | number | boolean | null | undefined
+
+/** What the CSV export reads of query/export.ts' meta and rows (declared here: export.ts imports this file). */
+interface ExportMeta {
+  property: string | null
+  sketches: boolean
+  visits?: boolean
+}
+interface ExportRow {
+  window_start: number
+  value: string | null
+  events: number
+  pageviews: number
+  bot_events: number
+  visitors: number
+  final: boolean
+  status: string
+  visitors_sketch: Uint8Array | null
+  visit?: VisitCounts | null
+}
 
 /** A timeseries answer's points: `date`, the metrics asked for (in their order), `status`. */
 export function timeseriesCsv(
