@@ -36,6 +36,13 @@ type Query = Record<string, unknown>
 /** The time zone of every range; the site's own once sites have one. */
 const ZONE = 'UTC'
 
+const UNKNOWN_SITE_TTL_MS = 2000
+
+/** Answered as a bad key (401), as Plausible answers a site the key cannot read. */
+function unknownSite(raw: string): TallyError {
+  return new TallyError(ERR.SITE_NOT_FOUND, `no site ${raw}`, { statusCode: 401, where: 'site_id' })
+}
+
 const MESSAGES = {
   missingKey: 'Missing API key. Please use a valid Plausible API key as a Bearer Token.',
   invalidKey:
@@ -76,9 +83,14 @@ export async function plausibleStatsRoutes(app: FastifyInstance, deps: Plausible
   const ttl = deps.siteCacheTtlMs ?? 10_000
   const resolved = new LRUCache<string, string>({ max: 10_000, ttl: Math.max(1, ttl) })
 
-  /** `site_id` as a Tally site id: the id itself, or the site whose domain or alias it is. */
+  /**
+   * `site_id` as a Tally site id: the id itself, or the site whose domain or alias it is. Unknown
+   * ids are remembered too (2 s, as the read-token cache does), so a flood of made-up ids does not
+   * become a flood of store reads.
+   */
   async function siteOf(raw: string): Promise<string> {
     const known = resolved.get(raw)
+    if (known === '') throw unknownSite(raw)
     if (known !== undefined) return known
     let siteId = raw
     if (deps.sites && (await deps.sites.get(raw)) === undefined) {
@@ -87,8 +99,10 @@ export async function plausibleStatsRoutes(app: FastifyInstance, deps: Plausible
         .toLowerCase()
         .replace(/^www\./, '')
       const site = await deps.sites.byDomain(domain)
-      if (!site)
-        throw new TallyError(ERR.SITE_NOT_FOUND, `no site ${raw}`, { statusCode: 401, where: 'site_id' })
+      if (!site) {
+        resolved.set(raw, '', { ttl: Math.min(ttl, UNKNOWN_SITE_TTL_MS) })
+        throw unknownSite(raw)
+      }
       siteId = site.siteId
     }
     resolved.set(raw, siteId)

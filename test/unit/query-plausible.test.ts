@@ -1,6 +1,11 @@
 import { parse } from 'csv-parse/sync'
 import { describe, expect, it } from 'vitest'
+import { createLogger } from '../../core/log.js'
+import type { AggregateReader } from '../../core/ports/aggregate-store.js'
+import { buildQueryApp } from '../../query/app.js'
+import { ReadAccessCache } from '../../query/auth.js'
 import { breakdownCsv } from '../../query/csv.js'
+import type { FreshnessSource } from '../../query/freshness.js'
 import { change } from '../../query/plausible/api.js'
 import { matcherOf, parsePlausibleFilters } from '../../query/plausible/filters.js'
 import { monthsOf, previousPeriod, resolvePeriod } from '../../query/plausible/period.js'
@@ -88,5 +93,52 @@ describe('CSV', () => {
     expect(csv.split('\n')[0]).toBe('path,visitors,pageviews')
     expect(csv).toContain('"/say ""hi"""')
     expect(parse(csv, { columns: true, cast: true })).toEqual(results)
+  })
+})
+
+describe("Plausible's Stats API routes before any read", () => {
+  it("answers Plausible's 401s and remembers an unknown site_id for a moment", async () => {
+    const calls = { get: 0, byDomain: 0 }
+    const sites = {
+      get: async () => {
+        calls.get++
+        return undefined
+      },
+      byDomain: async () => {
+        calls.byDomain++
+        return undefined
+      },
+      list: async () => [],
+    }
+    const app = await buildQueryApp({
+      reader: {} as AggregateReader,
+      auth: new ReadAccessCache(sites),
+      sites,
+      freshness: { current: async () => ({}) } as unknown as FreshnessSource,
+      logger: createLogger('silent'),
+    })
+    try {
+      const ask = (headers: Record<string, string>) =>
+        app.inject({ method: 'GET', url: '/api/v1/stats/aggregate?site_id=nowhere.test', headers })
+      const missing = await ask({})
+      expect([missing.statusCode, missing.json()]).toEqual([
+        401,
+        { error: 'Missing API key. Please use a valid Plausible API key as a Bearer Token.' },
+      ])
+      for (let i = 0; i < 3; i++) {
+        const res = await ask({ authorization: 'Bearer rt_x' })
+        expect(res.statusCode).toBe(401)
+        expect(Object.keys(res.json())).toEqual(['error'])
+      }
+      expect(calls).toEqual({ get: 1, byDomain: 1 })
+      const noSite = await app.inject({
+        method: 'GET',
+        url: '/api/v1/stats/breakdown',
+        headers: { authorization: 'Bearer rt_x' },
+      })
+      expect([noSite.statusCode, Object.keys(noSite.json())]).toEqual([400, ['error']])
+    } finally {
+      await app.close()
+    }
   })
 })
