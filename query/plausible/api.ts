@@ -9,7 +9,12 @@ import { badParameter, iso, type TimeRange } from '../range.js'
 import type { StatsService } from '../stats.js'
 import { matcherOf, type PlausibleFilter, parsePlausibleFilters } from './filters.js'
 import { monthsOf, previousPeriod, type ResolvedPeriod, resolvePeriod } from './period.js'
-import { type PlausibleProperty, plausibleMetrics, plausibleProperty } from './properties.js'
+import {
+  type PlausibleProperty,
+  plausibleMetrics,
+  plausibleProperty,
+  plausibleWording,
+} from './properties.js'
 import { plausibleSchema, realtimeSchema } from './schemas.js'
 
 /**
@@ -72,7 +77,7 @@ function answerError(reply: FastifyReply, err: unknown): FastifyReply {
     if (err.code === ERR.MISSING_READ_TOKEN) return reply.status(401).send({ error: MESSAGES.missingKey })
     if (err.code === ERR.INVALID_READ_TOKEN || err.code === ERR.WRONG_SITE || err.code === ERR.SITE_NOT_FOUND)
       return reply.status(401).send({ error: MESSAGES.invalidKey })
-    if (status < 500) return reply.status(status).send({ error: err.message })
+    if (status < 500) return reply.status(status).send({ error: plausibleWording(err.message) })
     if (err.retriable) return reply.status(503).send({ error: err.message })
   }
   // Anything else is Tally's (logged and answered by the server's handler).

@@ -121,3 +121,15 @@ export function plausibleMetrics(raw: string | undefined): Metric[] {
   }
   return out
 }
+
+const TALLY_TO_PLAUSIBLE: ReadonlyArray<[RegExp, string]> = PROPERTY_TABLE.filter(
+  (r): r is PropertyRow & { match: string } => typeof r.match === 'string',
+).map((r) => [new RegExp(`(?<![\\w:])${r.tally('')}(?![\\w:])`, 'g'), r.match])
+
+/**
+ * A message of Tally's parser or stats (which name Tally's properties: `path`, `source`) in
+ * Plausible's names (`event:page`, `visit:source`), for answers of Plausible's API.
+ */
+export function plausibleWording(message: string): string {
+  return TALLY_TO_PLAUSIBLE.reduce((m, [re, name]) => m.replace(re, name), message)
+}

@@ -439,6 +439,7 @@ describe.each(['cassandra', 'embedded'])("Plausible's Stats API v1 on %s", (name
       [{ ...base, metrics: 'planets' }, 'aggregate', /planets/],
       [{ ...base, property: 'visit:city' }, 'breakdown', /supported: event:page/],
       [{ ...base }, 'breakdown', /property/],
+      [{ ...base, property: 'event:page', metrics: 'bounce_rate' }, 'breakdown', /not by event:page/],
       [
         { ...base, property: 'visit:browser', filters: 'event:page==/a;visit:country==DE' },
         'breakdown',

@@ -9,7 +9,7 @@ import type { FreshnessSource } from '../../query/freshness.js'
 import { change } from '../../query/plausible/api.js'
 import { matcherOf, parsePlausibleFilters } from '../../query/plausible/filters.js'
 import { monthsOf, previousPeriod, resolvePeriod } from '../../query/plausible/period.js'
-import { plausibleMetrics, plausibleProperty } from '../../query/plausible/properties.js'
+import { plausibleMetrics, plausibleProperty, plausibleWording } from '../../query/plausible/properties.js'
 
 const DAY = 86_400_000
 const at = (s: string) => Date.parse(`${s}T00:00:00Z`)
@@ -140,5 +140,17 @@ describe("Plausible's Stats API routes before any read", () => {
     } finally {
       await app.close()
     }
+  })
+})
+
+describe('messages in Plausible names', () => {
+  it("rewords Tally's property names, leaving Plausible's and metric names alone", () => {
+    expect(
+      plausibleWording(
+        'metrics: visit metrics (bounce_rate) are counted by referrer, utm_source, source, not by path; events by event:page',
+      ),
+    ).toBe(
+      'metrics: visit metrics (bounce_rate) are counted by visit:referrer, visit:utm_source, visit:source, not by event:page; events by event:page',
+    )
   })
 })
