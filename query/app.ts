@@ -9,14 +9,17 @@ import type { Logger } from '../core/log.js'
 import { serveMetrics } from '../core/metrics.js'
 import { apiDocs } from '../core/openapi.js'
 import type { AggregateReader, BreakdownResult, MergedWindow } from '../core/ports/aggregate-store.js'
+import type { SiteStore } from '../core/ports/site-store.js'
 import type { ReadAuthorizer } from './auth.js'
 import { AnswerCache, type AnswerCacheOptions, DEFAULT_ANSWER_CACHE } from './cache.js'
+import { CSV_CONTENT_TYPE, statsCsv } from './csv.js'
 import { dashboardPlugin } from './dashboard/plugin.js'
 import { prepareExport } from './export.js'
 import { type RawEventSource, sendRawExport } from './export-raw.js'
 import type { FreshnessSource } from './freshness.js'
 import { createQueryMetrics, type QueryMetrics } from './metrics.js'
 import { type Endpoint, type ParsedQuery, parseQuery, siteParam } from './params.js'
+import { plausibleStatsRoutes } from './plausible/api.js'
 import {
   exportAggregatesSchema,
   exportEventsSchema,
@@ -67,6 +70,13 @@ export interface QueryAppDeps {
    * with snapshots. Default DEFAULT_ANSWER_CACHE; `maxBytes: 0` turns it off.
    */
   answerCache?: AnswerCacheOptions
+  /**
+   * Sites by id and by domain, for Plausible's Stats API, whose `site_id` may be a domain or alias.
+   * Without it, `site_id` is a Tally site id only.
+   */
+  sites?: Pick<SiteStore, 'get' | 'byDomain'>
+  /** How long Plausible's `site_id` → site is kept. Default 10000 ms. */
+  siteCacheTtlMs?: number
 }
 
 const DAY_S = 86_400
@@ -188,8 +198,18 @@ export async function buildQueryApp(deps: QueryAppDeps): Promise<FastifyInstance
       void reply.header('cache-control', 'private, no-cache')
       // The body serialized when the answer was computed: a cached answer is not serialized again;
       // one that can be given at once (a reusable data version) skips render's promises too.
-      const { body } = stats.cachedRender(endpoint, q) ?? (await stats.render(endpoint, q))
-      return reply.header('content-type', 'application/json; charset=utf-8').send(body)
+      const rendered = stats.cachedRender(endpoint, q) ?? (await stats.render(endpoint, q))
+      if (q.format === 'csv') {
+        const name = `${q.siteId}-${endpoint}${q.property ? `-${q.property}` : ''}`.replace(
+          /[^A-Za-z0-9._-]/g,
+          '_',
+        )
+        return reply
+          .header('content-type', CSV_CONTENT_TYPE)
+          .header('content-disposition', `attachment; filename="${name}.csv"`)
+          .send(statsCsv(endpoint, q, rendered.value))
+      }
+      return reply.header('content-type', 'application/json; charset=utf-8').send(rendered.body)
     })
   }
 
@@ -217,7 +237,7 @@ export async function buildQueryApp(deps: QueryAppDeps): Promise<FastifyInstance
       .header('cache-control', 'private, no-cache')
       .header(
         'content-disposition',
-        `attachment; filename="${name}.${q.format === 'arrow' ? 'arrows' : 'ndjson'}"`,
+        `attachment; filename="${name}.${q.format === 'arrow' ? 'arrows' : q.format}"`,
       )
       .send(prepared.body)
   })
@@ -232,6 +252,16 @@ export async function buildQueryApp(deps: QueryAppDeps): Promise<FastifyInstance
     }
     const q = await parsed(req, 'events')
     return sendRawExport(deps.rawEvents, req.query as Query, q, req, reply)
+  })
+
+  // Plausible's Stats API v1, over the same stats service.
+  await app.register(plausibleStatsRoutes, {
+    stats,
+    auth: deps.auth,
+    limits,
+    now,
+    ...(deps.sites ? { sites: deps.sites } : {}),
+    ...(deps.siteCacheTtlMs !== undefined ? { siteCacheTtlMs: deps.siteCacheTtlMs } : {}),
   })
 
   // The dashboard at / (static files; its data comes from the API above with a read token).

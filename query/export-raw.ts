@@ -569,7 +569,8 @@ export async function sendRawExport(
       siteId: q.siteId,
       fromMs: range.fromMs,
       toMs: range.toMs,
-      format: q.format,
+      // parseQuery gives the raw-event export ndjson or arrow only.
+      format: q.format as ExportFormat,
       signal: gone.signal,
       onStreamError: (err) => req.log.error({ err }, 'raw-event export failed after the answer started'),
     })

@@ -24,9 +24,10 @@ import type {
   MergedWindow,
   VisitCounts,
 } from '../core/ports/aggregate-store.js'
+import { CSV_CONTENT_TYPE, csvExportStream } from './csv.js'
 import type { FreshnessSource } from './freshness.js'
 import { accuracyOf, type FreshnessMeta, freshnessMeta, type MetricAccuracy, windowStatus } from './meta.js'
-import type { ExportFormat, ParsedQuery } from './params.js'
+import type { AggregateExportFormat, ParsedQuery } from './params.js'
 import { iso } from './range.js'
 import { type StatsService, visitorsEstimate, visitRates } from './stats.js'
 
@@ -50,9 +51,10 @@ import { type StatsService, visitorsEstimate, visitRates } from './stats.js'
 export const ARROW_BATCH_ROWS = 1024
 const NDJSON_CHUNK_BYTES = 64 * 1024
 
-export const EXPORT_CONTENT_TYPES: Readonly<Record<ExportFormat, string>> = {
+export const EXPORT_CONTENT_TYPES: Readonly<Record<AggregateExportFormat, string>> = {
   ndjson: 'application/x-ndjson',
   arrow: 'application/vnd.apache.arrow.stream',
+  csv: CSV_CONTENT_TYPE,
 }
 
 export interface ExportMeta {
@@ -156,11 +158,14 @@ export async function prepareExport(deps: ExportDeps, q: ParsedQuery): Promise<P
       }
     }
   }
+  const format = q.format as AggregateExportFormat
   const body =
-    q.format === 'arrow'
+    format === 'arrow'
       ? Readable.from(arrowStream(meta, rows()), { objectMode: false })
-      : Readable.from(ndjsonStream(meta, rows()), { objectMode: false })
-  return { contentType: EXPORT_CONTENT_TYPES[q.format], meta, body }
+      : format === 'csv'
+        ? csvExportStream(meta, rows())
+        : Readable.from(ndjsonStream(meta, rows()), { objectMode: false })
+  return { contentType: EXPORT_CONTENT_TYPES[format], meta, body }
 }
 
 /**

@@ -70,14 +70,20 @@ export type Endpoint = (typeof ENDPOINTS)[number]
 
 export const EXPORT_FORMATS = ['ndjson', 'arrow'] as const
 export type ExportFormat = (typeof EXPORT_FORMATS)[number]
+/** Formats of the aggregates export: the raw-event export's and CSV (query/csv.ts). */
+export const AGGREGATE_EXPORT_FORMATS = [...EXPORT_FORMATS, 'csv'] as const
+export type AggregateExportFormat = (typeof AGGREGATE_EXPORT_FORMATS)[number]
+/** Formats of a timeseries or breakdown: the JSON answer, or its results as CSV (query/csv.ts). */
+export const STATS_FORMATS = ['json', 'csv'] as const
+export type StatsFormat = (typeof STATS_FORMATS)[number]
 
 const RANGE_PARAMS = ['period', 'date', 'from', 'to'] as const
 
 /** The parameters each endpoint takes; anything else is refused (it is usually a typo). */
 export const ENDPOINT_PARAMS: Readonly<Record<Endpoint, readonly string[]>> = {
   aggregate: ['site', ...RANGE_PARAMS, 'metrics', 'filters'],
-  timeseries: ['site', ...RANGE_PARAMS, 'interval', 'metrics', 'filters'],
-  breakdown: ['site', ...RANGE_PARAMS, 'property', 'metrics', 'filters', 'limit', 'page'],
+  timeseries: ['site', ...RANGE_PARAMS, 'interval', 'metrics', 'filters', 'format'],
+  breakdown: ['site', ...RANGE_PARAMS, 'property', 'metrics', 'filters', 'limit', 'page', 'format'],
   realtime: ['site', 'metrics', 'minutes'],
   export: ['site', ...RANGE_PARAMS, 'interval', 'property', 'format', 'sketches', 'visits'],
   /** Raw-event export (/v1/export/events). */
@@ -114,7 +120,11 @@ export interface ParsedQuery {
   limit: number
   page: number
   minutes: number
-  format: ExportFormat
+  /**
+   * Aggregates export: ndjson (default), arrow or csv; raw-event export: ndjson or arrow;
+   * timeseries and breakdown: json (default) or csv.
+   */
+  format: AggregateExportFormat | StatsFormat
   sketches: boolean
   /** Export: rows carry the visit columns (`visits=true`). */
   visits: boolean
@@ -312,7 +322,14 @@ export function parseQuery(endpoint: Endpoint, q: Raw, nowMs: number, limits: Pa
   const page = integer('page', single(q, 'page'), 1, 1, 100_000)
   const minutes = integer('minutes', single(q, 'minutes'), 5, 1, limits.maxRealtimeMinutes)
   const formatRaw = single(q, 'format')
-  const format = formatRaw === undefined ? 'ndjson' : oneOf('format', formatRaw, EXPORT_FORMATS)
+  const format =
+    endpoint === 'timeseries' || endpoint === 'breakdown'
+      ? formatRaw === undefined
+        ? 'json'
+        : oneOf('format', formatRaw, STATS_FORMATS)
+      : formatRaw === undefined
+        ? 'ndjson'
+        : oneOf('format', formatRaw, endpoint === 'export' ? AGGREGATE_EXPORT_FORMATS : EXPORT_FORMATS)
   const sketches = parseBoolean('sketches', single(q, 'sketches'))
   const visits = parseBoolean('visits', single(q, 'visits'))
   const resolved = endpoint === 'realtime' ? undefined : parseRange(q, nowMs)

@@ -100,6 +100,8 @@ export async function startQuery(
       ),
       requestTimeoutMs: options.requestTimeoutMs ?? config.ingest.requestTimeoutMs,
       maxConnections: config.ingest.maxConnections,
+      sites,
+      siteCacheTtlMs: options.siteCacheTtlMs ?? config.ingest.siteCacheTtlMs,
       answerCache: { maxBytes: config.query.answerCacheBytes, maxAgeMs: config.query.answerCacheMaxAgeMs },
       ...(options.limits ? { limits: options.limits } : {}),
     })

@@ -2,6 +2,7 @@ import { GRANULARITIES } from '../core/aggregate/definition.js'
 import type { ErrorName } from '../core/error-codes.js'
 import { errorResponses, SERVER_ERRORS } from '../core/openapi.js'
 import {
+  AGGREGATE_EXPORT_FORMATS,
   DEFAULT_METRICS,
   ENDPOINT_PARAMS,
   ENTRY_EXIT_DEFAULT_METRICS,
@@ -10,6 +11,7 @@ import {
   EXPORT_FORMATS,
   METRICS,
   PROPERTIES,
+  STATS_FORMATS,
   VISIT_PROPERTIES,
 } from './params.js'
 import type { QueryLimits } from './stats.js'
@@ -72,7 +74,13 @@ function parameters(limits: QueryLimits): Record<string, Json> {
       maximum: limits.maxRealtimeMinutes,
       default: 5,
     }),
-    format: q('Export format.', { type: 'string', enum: [...EXPORT_FORMATS], default: 'ndjson' }),
+    format: q(
+      'Answer format. Timeseries and breakdown: json (default) or csv (the results as CSV, a header line then one line per point or row; no meta). Aggregates export: ndjson (default), arrow or csv (the rows, same columns as NDJSON). Raw-event export: ndjson or arrow.',
+      {
+        type: 'string',
+        enum: [...new Set([...STATS_FORMATS, ...AGGREGATE_EXPORT_FORMATS, ...EXPORT_FORMATS])],
+      },
+    ),
     sketches: q('Include the HyperLogLog registers of each row (visitors_sketch).', {
       type: 'boolean',
       default: false,
@@ -252,6 +260,7 @@ const STREAMED = {
   'application/x-ndjson': { schema: { type: 'string' } },
   'application/vnd.apache.arrow.stream': { schema: { type: 'string', format: 'binary' } },
 }
+const CSV = { 'text/csv': { schema: { type: 'string' } } }
 
 /** The schema of GET /v1/export/aggregates. */
 export function exportAggregatesSchema(limits: QueryLimits): Json {
@@ -264,7 +273,7 @@ export function exportAggregatesSchema(limits: QueryLimits): Json {
     security: SECURITY,
     querystring: querystring('export', limits),
     response: {
-      200: { description: 'The rows.', content: STREAMED },
+      200: { description: 'The rows.', content: { ...STREAMED, ...CSV } },
       ...errorResponses(READ_ERRORS, READ_ERROR_TEXT),
     },
   }

@@ -567,6 +567,28 @@
     showSites(false)
     refresh()
   })
+  // Download CSV: the timeseries of the site and range (format=csv), fetched with the read token
+  // (a plain link could not send it) and handed to the browser as a file.
+  $('download-csv').addEventListener('click', async () => {
+    const { site, range } = state()
+    const entry = sites().find((s) => s.site === site)
+    if (!entry) return status(`no read token for ${site}`, true)
+    const params = { site, period: range, metrics: 'visitors,pageviews,events', format: 'csv' }
+    const res = await fetch(`/v1/stats/timeseries?${new URLSearchParams(params)}`, {
+      headers: { authorization: `Bearer ${entry.token}` },
+      cache: 'no-store',
+    }).catch((err) => ({ ok: false, status: 0, json: async () => ({ message: String(err) }) }))
+    if (!res.ok) {
+      const body = await res.json().catch(() => undefined)
+      return status(body?.message || `CSV download failed (HTTP ${res.status})`, true)
+    }
+    const url = URL.createObjectURL(await res.blob())
+    const a = document.createElement('a')
+    a.href = url
+    a.download = `${site}-${range}.csv`.replace(/[^A-Za-z0-9._-]/g, '_')
+    a.click()
+    setTimeout(() => URL.revokeObjectURL(url), 10_000)
+  })
   window.addEventListener('hashchange', refresh)
   document.addEventListener('visibilitychange', () => !document.hidden && realtime())
   setInterval(realtime, REALTIME_EVERY_MS)

@@ -1,7 +1,8 @@
-import { mkdirSync } from 'node:fs'
+import { mkdirSync, readFileSync } from 'node:fs'
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { join } from 'node:path'
+import { parse } from 'csv-parse/sync'
 import type { Browser, BrowserContext, Page, Request } from 'playwright-core'
 import { Compile } from 'typebox/compile'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
@@ -544,6 +545,26 @@ describe('browser tracker in Chromium', () => {
       await ctx.close()
     }
     expect(shots).toHaveLength(2)
+  })
+
+  it("the dashboard's Download CSV saves the chart's timeseries, equal to the API's JSON", async () => {
+    const ctx = await browser.newContext({ acceptDownloads: true })
+    const page = await ctx.newPage()
+    await page.goto(`${query.url}/`)
+    await page.fill('#new-site', site.siteId)
+    await page.fill('#new-token', readToken)
+    await page.click('#add-site button[type=submit]')
+    await page.waitForSelector(`body[data-loaded="${site.siteId}"]`)
+    const [download] = await Promise.all([page.waitForEvent('download'), page.click('#download-csv')])
+    expect(download.suggestedFilename()).toBe(`${site.siteId}-24h.csv`.replace(/[^A-Za-z0-9._-]/g, '_'))
+    const text = readFileSync((await download.path())!, 'utf8')
+    const json = await stats<{ results: Array<Record<string, unknown>> }>('timeseries', {
+      period: '24h',
+      metrics: 'visitors,pageviews,events',
+    })
+    expect(parse(text, { columns: true, cast: true, castDate: false })).toEqual(json.results)
+    expect(json.results.reduce((n, p) => n + Number(p.pageviews), 0)).toBeGreaterThan(0)
+    await ctx.close()
   })
 })
 

@@ -180,7 +180,10 @@ describe('query parameters', () => {
       ['breakdown', { site: 's', property: 'path', limit: 'ten' }, 'limit', 'TALLY_ERR_BAD_PARAMETER'],
       ['realtime', { site: 's', minutes: '61' }, 'minutes', 'TALLY_ERR_BAD_PARAMETER'],
       ['realtime', { site: 's', period: 'day' }, 'period', 'TALLY_ERR_UNKNOWN_PARAMETER'],
-      ['export', { site: 's', format: 'csv' }, 'format', 'TALLY_ERR_BAD_PARAMETER'],
+      ['export', { site: 's', format: 'xml' }, 'format', 'TALLY_ERR_BAD_PARAMETER'],
+      ['events', { site: 's', format: 'csv' }, 'format', 'TALLY_ERR_BAD_PARAMETER'],
+      ['timeseries', { site: 's', format: 'ndjson' }, 'format', 'TALLY_ERR_BAD_PARAMETER'],
+      ['aggregate', { site: 's', format: 'csv' }, 'format', 'TALLY_ERR_UNKNOWN_PARAMETER'],
       ['export', { site: 's', sketches: 'yes' }, 'sketches', 'TALLY_ERR_BAD_PARAMETER'],
     ]
     for (const [endpoint, q, where, code] of cases) {

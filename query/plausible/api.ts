@@ -1,0 +1,337 @@
+import type { FastifyError, FastifyInstance, FastifyReply } from 'fastify'
+import { LRUCache } from 'lru-cache'
+import { ERR } from '../../core/error-codes.js'
+import { TallyError } from '../../core/errors.js'
+import type { SiteStore } from '../../core/ports/site-store.js'
+import type { ReadAuthorizer } from '../auth.js'
+import { type Filter, type Metric, type ParsedQuery, type ParseLimits, parseQuery } from '../params.js'
+import { badParameter, iso, type TimeRange } from '../range.js'
+import type { StatsService } from '../stats.js'
+import { matcherOf, type PlausibleFilter, parsePlausibleFilters } from './filters.js'
+import { monthsOf, previousPeriod, type ResolvedPeriod, resolvePeriod } from './period.js'
+import {
+  type PlausibleProperty,
+  plausibleMetrics,
+  plausibleProperty,
+  plausibleWording,
+} from './properties.js'
+import { plausibleSchema, realtimeSchema } from './schemas.js'
+
+/**
+ * Plausible's Stats API v1 (`/api/v1/stats/{aggregate,timeseries,breakdown,realtime/visitors}`) as
+ * a thin translation over Tally's stats (query/stats.ts): Plausible's parameters become a Tally
+ * query (its checks and limits apply), the answer is reshaped to Plausible's. Errors answer
+ * Plausible's `{"error": "…"}`; what the rollups cannot answer (see query/stats.ts) is a 400 that
+ * names what is supported.
+ */
+
+export interface PlausibleApiDeps {
+  stats: StatsService
+  auth: ReadAuthorizer
+  /** Finds a site by id, domain or alias (`site_id` may be either). Without it: ids only. */
+  sites?: Pick<SiteStore, 'get' | 'byDomain'>
+  limits: ParseLimits
+  now: () => number
+  /** How long a `site_id` → site resolution is kept. Default 10000 ms. */
+  siteCacheTtlMs?: number
+}
+
+type Query = Record<string, unknown>
+
+/** The time zone of every range; the site's own once sites have one. */
+const ZONE = 'UTC'
+
+const UNKNOWN_SITE_TTL_MS = 2000
+
+/** Answered as a bad key (401), as Plausible answers a site the key cannot read. */
+function unknownSite(raw: string): TallyError {
+  return new TallyError(ERR.SITE_NOT_FOUND, `no site ${raw}`, { statusCode: 401, where: 'site_id' })
+}
+
+const MESSAGES = {
+  missingKey: 'Missing API key. Please use a valid Plausible API key as a Bearer Token.',
+  invalidKey:
+    "Invalid API key or site ID. Please make sure you're using a valid API key with access to the site you've requested.",
+  missingSite: 'Missing site ID. Please provide the required site_id parameter with your request.',
+}
+
+function text(q: Query, name: string): string | undefined {
+  const v = q[name]
+  if (v === undefined) return undefined
+  if (Array.isArray(v)) throw badParameter(name, `${name} is given more than once`)
+  return String(v)
+}
+
+function integer(q: Query, name: string, fallback: number, max: number): number {
+  const raw = text(q, name)
+  if (raw === undefined) return fallback
+  if (!/^\d{1,9}$/.test(raw) || Number(raw) < 1 || Number(raw) > max)
+    throw badParameter(name, `${name}=${raw} is not an integer from 1 to ${max}`)
+  return Number(raw)
+}
+
+/** Plausible's answer to an error: its status and `{"error": message}`. */
+function answerError(reply: FastifyReply, err: unknown): FastifyReply {
+  if (err instanceof TallyError) {
+    const status = err.statusCode ?? 500
+    if (err.code === ERR.MISSING_READ_TOKEN) return reply.status(401).send({ error: MESSAGES.missingKey })
+    if (err.code === ERR.INVALID_READ_TOKEN || err.code === ERR.WRONG_SITE || err.code === ERR.SITE_NOT_FOUND)
+      return reply.status(401).send({ error: MESSAGES.invalidKey })
+    if (status < 500) return reply.status(status).send({ error: plausibleWording(err.message) })
+    if (err.retriable) return reply.status(503).send({ error: err.message })
+  }
+  // Anything else is Tally's (logged and answered by the server's handler).
+  throw err
+}
+
+export async function plausibleStatsRoutes(app: FastifyInstance, deps: PlausibleApiDeps): Promise<void> {
+  const ttl = deps.siteCacheTtlMs ?? 10_000
+  const resolved = new LRUCache<string, string>({ max: 10_000, ttl: Math.max(1, ttl) })
+
+  /**
+   * `site_id` as a Tally site id: the id itself, or the site whose domain or alias it is. Unknown
+   * ids are remembered too (2 s, as the read-token cache does), so a flood of made-up ids does not
+   * become a flood of store reads.
+   */
+  async function siteOf(raw: string): Promise<string> {
+    const known = resolved.get(raw)
+    if (known === '') throw unknownSite(raw)
+    if (known !== undefined) return known
+    let siteId = raw
+    if (deps.sites && (await deps.sites.get(raw)) === undefined) {
+      const domain = raw
+        .trim()
+        .toLowerCase()
+        .replace(/^www\./, '')
+      const site = await deps.sites.byDomain(domain)
+      if (!site) {
+        resolved.set(raw, '', { ttl: Math.min(ttl, UNKNOWN_SITE_TTL_MS) })
+        throw unknownSite(raw)
+      }
+      siteId = site.siteId
+    }
+    resolved.set(raw, siteId)
+    return siteId
+  }
+
+  /** Authorizes (before any parameter is judged) and returns the site id. */
+  async function authorized(q: Query, authorization: string | undefined): Promise<string> {
+    const raw = text(q, 'site_id')
+    if (!authorization) throw new TallyError(ERR.MISSING_READ_TOKEN, MESSAGES.missingKey, { statusCode: 401 })
+    if (raw === undefined || raw === '')
+      throw badParameter('site_id', MESSAGES.missingSite, ERR.MISSING_PARAMETER)
+    const siteId = await siteOf(raw)
+    if (!deps.auth.allowsNow?.(siteId, authorization)) await deps.auth.authorize(siteId, authorization)
+    return siteId
+  }
+
+  /**
+   * A Tally query of `endpoint` over `range`: parsed by Tally's parser (its checks of metrics by
+   * property and its limits), then given the filters' values. Negations and wildcards are resolved
+   * to the values of the range that match, read from a breakdown of their property.
+   */
+  async function tallyQuery(
+    endpoint: 'aggregate' | 'timeseries' | 'breakdown',
+    siteId: string,
+    range: TimeRange,
+    metrics: Metric[],
+    filters: PlausibleFilter[],
+    extra: { property?: PlausibleProperty; interval?: string; limit?: number; page?: number } = {},
+  ): Promise<ParsedQuery> {
+    const raw: Query = {
+      site: siteId,
+      from: iso(range.fromMs),
+      to: iso(range.toMs),
+      metrics: metrics.join(','),
+      // Placeholders: the parser checks the metrics against each filtered property.
+      ...(filters.length > 0 ? { filters: filters.map((f) => `${f.property.tally}==x`).join(';') } : {}),
+      ...(extra.property ? { property: extra.property.tally } : {}),
+      ...(extra.interval ? { interval: extra.interval } : {}),
+      ...(extra.limit ? { limit: String(extra.limit) } : {}),
+      ...(extra.page ? { page: String(extra.page) } : {}),
+    }
+    const q = parseQuery(endpoint, raw, deps.now(), deps.limits)
+    const tallyFilters: Filter[] = []
+    for (const f of filters) {
+      const property = f.property.tally as Filter['property']
+      if (!f.negated && !f.wildcard) {
+        tallyFilters.push({ property, values: f.values })
+        continue
+      }
+      tallyFilters.push({ property, values: await matchingValues(siteId, range, f) })
+    }
+    return { ...q, filters: tallyFilters }
+  }
+
+  /** The values of the filter's property in the range that the filter keeps. */
+  async function matchingValues(siteId: string, range: TimeRange, f: PlausibleFilter): Promise<string[]> {
+    const property = f.property.tally
+    const visitRows = property === 'entry_page' || property === 'exit_page'
+    const max = deps.limits.maxLimit
+    const q = parseQuery(
+      'breakdown',
+      {
+        site: siteId,
+        from: iso(range.fromMs),
+        to: iso(range.toMs),
+        property,
+        metrics: visitRows ? 'visits' : 'events',
+        limit: String(max),
+      },
+      deps.now(),
+      deps.limits,
+    )
+    const answer = await deps.stats.breakdown(q)
+    if (answer.meta.total_values > max) {
+      throw badParameter(
+        'filters',
+        `${f.property.name} has ${answer.meta.total_values} values in this range; a wildcard or != filter is resolved over at most ${max}: use == with the values`,
+        ERR.FILTER_UNSUPPORTED,
+      )
+    }
+    const matches = matcherOf(f)
+    const values = answer.results.map((r) => String(r[property])).filter((v) => matches(v) !== f.negated)
+    // No value matches: a value no row has, so every number is 0.
+    return values.length > 0 ? values : ['\u0000']
+  }
+
+  function commonParams(q: Query): { period: ResolvedPeriod; metrics: Metric[]; filters: PlausibleFilter[] } {
+    return {
+      period: resolvePeriod(text(q, 'period'), text(q, 'date'), deps.now(), ZONE),
+      metrics: plausibleMetrics(text(q, 'metrics')),
+      filters: parsePlausibleFilters(text(q, 'filters'), deps.limits.maxFilterValues),
+    }
+  }
+
+  const errorHandler = (error: FastifyError, _req: unknown, reply: FastifyReply) => answerError(reply, error)
+
+  app.get(
+    '/api/v1/stats/aggregate',
+    { schema: plausibleSchema('aggregate', deps.limits), errorHandler },
+    async (req) => {
+      const q = req.query as Query
+      const siteId = await authorized(q, req.headers.authorization)
+      const { period, metrics, filters } = commonParams(q)
+      const compare = text(q, 'compare')
+      if (compare !== undefined && compare !== 'previous_period')
+        throw badParameter('compare', `compare=${compare} is not supported; use compare=previous_period`)
+      const totals = async (range: TimeRange) =>
+        (await deps.stats.aggregate(await tallyQuery('aggregate', siteId, range, metrics, filters))).results
+      const now = await totals(period)
+      const before = compare ? await totals(previousPeriod(period, ZONE)) : undefined
+      const results: Record<string, { value: number; change?: number }> = {}
+      for (const m of metrics) {
+        const value = now[m]?.value ?? 0
+        results[m] = before ? { value, change: change(m, before[m]?.value ?? 0, value) } : { value }
+      }
+      return { results }
+    },
+  )
+
+  app.get(
+    '/api/v1/stats/timeseries',
+    { schema: plausibleSchema('timeseries', deps.limits), errorHandler },
+    async (req) => {
+      const q = req.query as Query
+      const siteId = await authorized(q, req.headers.authorization)
+      const { period, metrics, filters } = commonParams(q)
+      const intervalRaw = text(q, 'interval')
+      if (intervalRaw !== undefined && !['date', 'day', 'month'].includes(intervalRaw))
+        throw badParameter('interval', `Invalid value for interval: \`${intervalRaw}\`; use day or month`)
+      const interval =
+        intervalRaw === 'month' ||
+        (intervalRaw === undefined && (period.period === '6mo' || period.period === '12mo'))
+          ? 'month'
+          : period.period === 'day' && intervalRaw === undefined
+            ? 'hour'
+            : 'day'
+      if (interval === 'month') {
+        const months = monthsOf(period, ZONE)
+        const points = await Promise.all(
+          months.map(async (m) => {
+            const a = await deps.stats.aggregate(await tallyQuery('aggregate', siteId, m, metrics, filters))
+            return { date: m.date, ...Object.fromEntries(metrics.map((k) => [k, a.results[k]?.value ?? 0])) }
+          }),
+        )
+        return { results: points }
+      }
+      const answer = await deps.stats.timeseries(
+        await tallyQuery('timeseries', siteId, period, metrics, filters, { interval }),
+      )
+      return {
+        results: answer.results.map((p) => ({
+          date: interval === 'hour' ? `${p.date.slice(0, 10)} ${p.date.slice(11, 19)}` : p.date.slice(0, 10),
+          ...Object.fromEntries(metrics.map((k) => [k, p[k] ?? 0])),
+        })),
+      }
+    },
+  )
+
+  app.get(
+    '/api/v1/stats/breakdown',
+    { schema: plausibleSchema('breakdown', deps.limits), errorHandler },
+    async (req) => {
+      const q = req.query as Query
+      const siteId = await authorized(q, req.headers.authorization)
+      const { period, metrics, filters } = commonParams(q)
+      const propertyRaw = text(q, 'property')
+      if (propertyRaw === undefined || propertyRaw === '')
+        throw badParameter(
+          'property',
+          'The `property` parameter is required for breakdown; e.g. property=event:page',
+          ERR.MISSING_PARAMETER,
+        )
+      const property = plausibleProperty(propertyRaw, 'property')
+      const limit = integer(q, 'limit', deps.limits.defaultLimit, deps.limits.maxLimit)
+      const page = integer(q, 'page', 1, 100_000)
+      const others = filters.filter((f) => f.property.tally !== property.tally)
+      if (others.length > 0) {
+        throw badParameter(
+          'filters',
+          `a breakdown by ${property.name} can be filtered on ${property.name} only (rollups keep one property per row); filters on ${others
+            .map((f) => f.property.name)
+            .join(', ')} are supported on aggregate and timeseries, one property at a time`,
+          ERR.FILTER_UNSUPPORTED,
+        )
+      }
+      const answer = await deps.stats.breakdown(
+        await tallyQuery('breakdown', siteId, period, metrics, filters, { property, limit, page }),
+      )
+      return {
+        results: answer.results.map((r) => ({
+          [property.rowKey]: r[property.tally],
+          ...Object.fromEntries(metrics.map((k) => [k, r[k] ?? 0])),
+        })),
+      }
+    },
+  )
+
+  app.get(
+    '/api/v1/stats/realtime/visitors',
+    { schema: realtimeSchema(), errorHandler },
+    async (req, reply) => {
+      const q = req.query as Query
+      const siteId = await authorized(q, req.headers.authorization)
+      const parsed = parseQuery(
+        'realtime',
+        { site: siteId, metrics: 'visitors', minutes: '5' },
+        deps.now(),
+        deps.limits,
+      )
+      const answer = await deps.stats.realtime(parsed)
+      return reply
+        .header('content-type', 'application/json; charset=utf-8')
+        .send(String(answer.results.visitors?.value ?? 0))
+    },
+  )
+}
+
+/**
+ * Plausible's `change` of a compared metric: bounce_rate in percentage points; the others in whole
+ * percent of the previous value (100 from 0 to more, 0 from 0 to 0).
+ */
+export function change(metric: Metric, before: number, now: number): number {
+  if (metric === 'bounce_rate') return now - before
+  if (before === 0) return now > 0 ? 100 : 0
+  return Math.round(((now - before) / before) * 100)
+}

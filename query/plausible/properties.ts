@@ -1,0 +1,135 @@
+import { ERR } from '../../core/error-codes.js'
+import { type Metric, PROPERTIES } from '../params.js'
+import { badParameter } from '../range.js'
+
+/**
+ * Plausible's Stats API v1 properties and metrics, as Tally's. One row per property: the Tally
+ * property it reads and the key its breakdown rows carry. A Tally property that does not exist (yet)
+ * answers 400 naming the supported ones: custom properties (`prop:KEY`) and goals (`goal`) work here
+ * as soon as query/params.ts knows them.
+ */
+interface PropertyRow {
+  /** Plausible's name, or a pattern whose first group is the custom property's key. */
+  match: string | RegExp
+  tally: (key: string) => string
+  /** The key of a breakdown row: Plausible's name without `event:`/`visit:`. */
+  rowKey: (key: string) => string
+}
+
+const row = (match: string, tally: string, rowKey: string): PropertyRow => ({
+  match,
+  tally: () => tally,
+  rowKey: () => rowKey,
+})
+
+export const PROPERTY_TABLE: readonly PropertyRow[] = [
+  row('event:page', 'path', 'page'),
+  row('event:name', 'event', 'name'),
+  row('event:goal', 'goal', 'goal'),
+  { match: /^event:props:(.+)$/, tally: (k) => `prop:${k}`, rowKey: (k) => k },
+  row('visit:source', 'source', 'source'),
+  row('visit:referrer', 'referrer', 'referrer'),
+  row('visit:channel', 'channel', 'channel'),
+  row('visit:utm_source', 'utm_source', 'utm_source'),
+  row('visit:utm_medium', 'utm_medium', 'utm_medium'),
+  row('visit:utm_campaign', 'utm_campaign', 'utm_campaign'),
+  row('visit:utm_content', 'utm_content', 'utm_content'),
+  row('visit:utm_term', 'utm_term', 'utm_term'),
+  row('visit:device', 'device', 'device'),
+  row('visit:browser', 'browser', 'browser'),
+  row('visit:os', 'os', 'os'),
+  row('visit:country', 'country', 'country'),
+  row('visit:entry_page', 'entry_page', 'entry_page'),
+  row('visit:exit_page', 'exit_page', 'exit_page'),
+]
+
+export interface PlausibleProperty {
+  /** As asked, e.g. `visit:source`. */
+  name: string
+  /** Tally's property, e.g. `source`. */
+  tally: string
+  /** The key of a breakdown row, e.g. `source`. */
+  rowKey: string
+}
+
+/** The properties this server answers, for messages. */
+export function supportedProperties(): string[] {
+  return PROPERTY_TABLE.filter(
+    (r) => typeof r.match === 'string' && PROPERTIES.includes(r.tally('') as never),
+  ).map((r) => r.match as string)
+}
+
+/** Plausible's property as Tally's; 400 for one this server does not count. */
+export function plausibleProperty(name: string, where: string): PlausibleProperty {
+  for (const r of PROPERTY_TABLE) {
+    const key = typeof r.match === 'string' ? (r.match === name ? '' : undefined) : r.match.exec(name)?.[1]
+    if (key === undefined) continue
+    const tally = r.tally(key)
+    if (!(PROPERTIES as readonly string[]).includes(tally)) {
+      throw badParameter(
+        where,
+        `${name} is not supported by this server yet (Tally has no ${tally} dimension); supported: ${supportedProperties().join(', ')}`,
+        ERR.FILTER_UNSUPPORTED,
+      )
+    }
+    return { name, tally, rowKey: r.rowKey(key) }
+  }
+  throw badParameter(
+    where,
+    `${where} ${name} is not a property this server answers; supported: ${supportedProperties().join(', ')}`,
+  )
+}
+
+/** Plausible's metrics as Tally's; those without a Tally metric name what they wait for. */
+const METRIC_TABLE: Readonly<Record<string, Metric | string>> = {
+  visitors: 'visitors',
+  visits: 'visits',
+  pageviews: 'pageviews',
+  views_per_visit: 'views_per_visit',
+  bounce_rate: 'bounce_rate',
+  visit_duration: 'visit_duration',
+  events: 'events',
+  conversion_rate: 'needs goals (event:goal), which this server does not count yet',
+  time_on_page: 'is not counted by this server',
+}
+const TALLY_METRICS = new Set<string>([
+  'visitors',
+  'visits',
+  'pageviews',
+  'views_per_visit',
+  'bounce_rate',
+  'visit_duration',
+  'events',
+])
+
+export const PLAUSIBLE_METRICS = Object.keys(METRIC_TABLE)
+
+/** `metrics=a,b` (default visitors) as Tally's metrics, in the order asked. */
+export function plausibleMetrics(raw: string | undefined): Metric[] {
+  if (raw === undefined || raw.trim() === '') return ['visitors']
+  const out: Metric[] = []
+  for (const name of raw.split(',').map((s) => s.trim())) {
+    const m = METRIC_TABLE[name]
+    if (m === undefined)
+      throw badParameter(
+        'metrics',
+        `The metric \`${name}\` is not recognized. Supported: ${[...TALLY_METRICS].join(', ')}`,
+      )
+    if (!TALLY_METRICS.has(m))
+      throw badParameter('metrics', `Metric \`${name}\` ${m}`, ERR.FILTER_UNSUPPORTED)
+    if (!out.includes(m as Metric)) out.push(m as Metric)
+  }
+  return out
+}
+
+const TALLY_TO_PLAUSIBLE: ReadonlyArray<[RegExp, string]> = PROPERTY_TABLE.filter(
+  (r): r is PropertyRow & { match: string } => typeof r.match === 'string',
+).map((r) => [new RegExp(`(?<![\\w:])${r.tally('')}(?![\\w:])`, 'g'), r.match])
+
+/**
+ * A message of Tally's parser or stats (which name Tally's properties: `path`, `source`) in
+ * Plausible's names (`event:page`, `visit:source`), for answers of Plausible's API.
+ */
+export function plausibleWording(message: string): string {
+  return TALLY_TO_PLAUSIBLE.reduce((m, [re, name]) => m.replace(re, name), message)
+}
