@@ -9,7 +9,7 @@ import { connectCassandra, createCassandraClient } from '../core/cassandra/clien
 import { CassandraSiteStore } from '../core/cassandra/sites.js'
 import { CassandraStreamStore } from '../core/cassandra/stream-store.js'
 import { type BackendKind, backendOf, type TallyConfig } from '../core/config.js'
-import { type EmbeddedBackend, openEmbedded } from '../core/embedded/index.js'
+import { type EmbeddedBackend, type EmbeddedOptions, openEmbedded } from '../core/embedded/index.js'
 import { errorMessage, UsageError } from '../core/errors.js'
 import { createKafka } from '../core/kafka/client.js'
 import { KafkaGroupConsumer, KafkaOffsets } from '../core/kafka/consumer.js'
@@ -24,7 +24,11 @@ import type { Ports } from '../core/ports/backend.js'
  * configuration: raw records go after TALLY_LOG_RETENTION_HOURS once the stream workers and the
  * archiver have both read them; dead letters after the dead-letter topic's retention.
  */
-export function openEmbeddedBackend(config: TallyConfig, logger?: Logger): EmbeddedBackend {
+export function openEmbeddedBackend(
+  config: TallyConfig,
+  logger?: Logger,
+  sharing: Pick<EmbeddedOptions, 'shareWithThreads' | 'onAppended'> = {},
+): EmbeddedBackend {
   // Progress notices stay in memory on the embedded backend (every role is in this process), so
   // the log holds no topic for them.
   const topics = topicSpecs(config).filter((t) => t.topic !== config.kafka.topicProgress)
@@ -43,6 +47,7 @@ export function openEmbeddedBackend(config: TallyConfig, logger?: Logger): Embed
       },
       { topic: config.kafka.topicDeadLetter, ms: retentionOf(config.kafka.topicDeadLetter), groups: [] },
     ],
+    ...sharing,
     ...(logger ? { logger } : {}),
   })
 }

@@ -252,6 +252,11 @@ export const ERRORS = {
     meaning: 'a stream worker could not take a partition for too much contention; it retries',
   },
   UNKNOWN_TOPIC: { code: 'TALLY_ERR_UNKNOWN_TOPIC', meaning: 'the embedded log has no such topic' },
+  ROLES_THREAD: {
+    code: 'TALLY_ERR_ROLES_THREAD',
+    meaning:
+      'the thread of `tally all` (embedded) that runs the stream worker, the archiver and the rebuild scheduler failed to start, crashed or exited',
+  },
   DATA_DIR_LOCKED: {
     code: 'TALLY_ERR_DATA_DIR_LOCKED',
     meaning: 'the data folder is used by another running Tally process',

@@ -1,6 +1,7 @@
 import { BATCH_DEFAULT_PORT } from '../../batch/role.js'
 import { type BackendKind, backendOf, type TallyConfig } from '../../core/config.js'
 import { serveAdmin } from '../../core/embedded/admin.js'
+import type { EmbeddedBackend } from '../../core/embedded/index.js'
 import { type Closable, once } from '../../core/lifecycle.js'
 import type { Logger } from '../../core/log.js'
 import { createProcessRegistry } from '../../core/metrics.js'
@@ -9,6 +10,7 @@ import { QUERY_DEFAULT_PORT } from '../../query/role.js'
 import { STREAM_DEFAULT_PORT } from '../../stream/role.js'
 import { embeddedPorts, openEmbeddedBackend } from '../backend.js'
 import { ensureQuickstartSite, prepareQuickstart, type QuickstartSite } from '../quickstart.js'
+import { type RunningRolesThread, startRolesThread } from '../roles-host.js'
 import { startBatch, startIngest, startQuery, startStream } from '../start.js'
 
 export interface AllOptions {
@@ -35,8 +37,8 @@ export const EMBEDDED_NOTICE =
 
 /**
  * `tally all`: ingest, a stream worker, the query API, an archiver and the rebuild scheduler in one
- * process, on the embedded backend (one set of ports shared by every role) or on Kafka and
- * Cassandra. Roles start in data-flow order and stop in the same order (ingest first, so nothing
+ * process, on the embedded backend (one set of files; the stream worker, the archiver and the
+ * scheduler in a thread of their own, roles-host.ts) or on Kafka and Cassandra. Roles start in data-flow order and stop in the same order (ingest first, so nothing
  * new arrives while the others flush); a role that fails to start closes the ones before it.
  */
 export async function startAll(
@@ -54,9 +56,16 @@ export async function startAll(
   }
   try {
     let site: QuickstartSite | undefined
+    let embedded: EmbeddedBackend | undefined
+    // Ingest's commits wake the roles thread's consumers (set once the thread runs).
+    let appended: RunningRolesThread['appended'] = () => {}
     if (backend === 'embedded') {
-      const embedded = openEmbeddedBackend(config, logger)
-      closeBackend = () => embedded.close()
+      embedded = openEmbeddedBackend(config, logger, {
+        shareWithThreads: true,
+        onAppended: (topic, partition, end) => appended(topic, partition, end),
+      })
+      const opened = embedded
+      closeBackend = () => opened.close()
       ports = embeddedPorts(embedded)
       logger.warn({ dataDir: config.dataDir }, EMBEDDED_NOTICE)
       // `tally sites …` reaches the running process here (it cannot open the data folder itself).
@@ -72,16 +81,35 @@ export async function startAll(
     const shared = ports ? { ports, registry } : { registry }
     const ingest = await startIngest(config, logger, shared)
     started.push(ingest)
-    const stream = await startStream(config, logger, {
-      port: options.streamPort ?? STREAM_DEFAULT_PORT,
-      ...shared,
-    })
-    started.push(stream)
-    const batch = await startBatch(config, logger, {
-      port: options.batchPort ?? BATCH_DEFAULT_PORT,
-      ...shared,
-    })
-    started.push(batch)
+    let streamUrl: string
+    let batchUrl: string
+    if (embedded) {
+      // Off ingest's event loop: the stream worker, the archiver and the rebuild scheduler run in
+      // a thread of their own, on connections of their own to the same files (roles-host.ts).
+      const roles = await startRolesThread(config, logger, {
+        embedded,
+        registry,
+        streamPort: options.streamPort ?? STREAM_DEFAULT_PORT,
+        batchPort: options.batchPort ?? BATCH_DEFAULT_PORT,
+      })
+      started.push(roles)
+      appended = roles.appended
+      streamUrl = roles.streamUrl
+      batchUrl = roles.batchUrl
+    } else {
+      const stream = await startStream(config, logger, {
+        port: options.streamPort ?? STREAM_DEFAULT_PORT,
+        ...shared,
+      })
+      started.push(stream)
+      const batch = await startBatch(config, logger, {
+        port: options.batchPort ?? BATCH_DEFAULT_PORT,
+        ...shared,
+      })
+      started.push(batch)
+      streamUrl = stream.url
+      batchUrl = batch.url
+    }
     const query = await startQuery(config, logger, {
       port: options.queryPort ?? QUERY_DEFAULT_PORT,
       ...shared,
@@ -91,8 +119,8 @@ export async function startAll(
       backend,
       ingestUrl: ingest.url,
       queryUrl: query.url,
-      streamUrl: stream.url,
-      batchUrl: batch.url,
+      streamUrl,
+      batchUrl,
       site,
       close: once(closeStarted),
       // After a crash only group memberships matter (stream worker, archiver): leave them.

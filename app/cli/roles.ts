@@ -91,6 +91,10 @@ a durable log and the aggregates, for one process on one machine) unless KAFKA_B
 CASSANDRA_CONTACT_POINTS is set; TALLY_BACKEND=kafka-cassandra uses Kafka and Cassandra (with
 --quickstart the local ones of \`tally services up\` are started when none is configured).
 A second \`tally all\` on the same data folder refuses to start and names the process holding it.
+On the embedded backend the stream worker, the archiver and the rebuild scheduler run in a worker
+thread of this process, off ingest's event loop; a crash of that thread exits 1.
+SIGTERM: ingest stops taking requests and finishes its own, the stream worker finishes its batch
+and checkpoints, the archiver and the scheduler stop, then the query API; files closed last.
 With --quickstart the default site's keys are kept in TALLY_DATA_DIR/quickstart.json.`,
     )
     .action(

@@ -32,6 +32,13 @@ interface PendingAppend {
 
 export interface EmbeddedEventLogOptions {
   logger?: Logger
+  /**
+   * Other connections (threads of this process) append to the same file: each group commit reads
+   * the end offsets inside its transaction instead of trusting this instance's copy. Default false.
+   */
+  shared?: boolean
+  /** Told after each commit which partitions grew and to what end offset (to wake readers elsewhere). */
+  onAppended?: (topic: string, partition: number, end: number) => void
 }
 
 /**
@@ -61,6 +68,7 @@ export class EmbeddedEventLog implements LogOffsets {
     committed: Statement
     first: Statement
     trim: Statement
+    ends: Statement
   }
 
   constructor(
@@ -102,6 +110,7 @@ export class EmbeddedEventLog implements LogOffsets {
       trim: db.prepare(
         'DELETE FROM records WHERE topic_id = ? AND partition = ? AND offset < ? AND timestamp_ms < ?',
       ),
+      ends: db.prepare('SELECT partition, next_offset FROM partition_ends WHERE topic_id = ?'),
     }
   }
 
@@ -220,6 +229,9 @@ export class EmbeddedEventLog implements LogOffsets {
         for (const p of batch) {
           let next = ends.get(p.topic)
           if (!next) {
+            // Shared file: another connection may have appended since; the transaction holds the
+            // write lock, so what it reads now is the end.
+            if (this.options.shared) this.loadEnds(p.topic)
             next = [...p.topic.ends]
             ends.set(p.topic, next)
           }
@@ -261,9 +273,34 @@ export class EmbeddedEventLog implements LogOffsets {
         if (next[partition] === t.ends[partition]) continue
         t.ends[partition] = next[partition]!
         this.wake(t.id, partition)
+        if (this.options.onAppended) this.notifyAppended(t, partition)
       }
     }
     for (const p of batch) p.resolve()
+  }
+
+  private loadEnds(t: TopicState): void {
+    for (const e of this.stmt.ends.all(t.id) as Array<{ partition: number; next_offset: number }>) {
+      if (e.partition < t.ends.length && e.next_offset > t.ends[e.partition]!)
+        t.ends[e.partition] = e.next_offset
+    }
+  }
+
+  private notifyAppended(t: TopicState, partition: number): void {
+    for (const [name, state] of this.topics) {
+      if (state === t) this.options.onAppended?.(name, partition, t.ends[partition]!)
+    }
+  }
+
+  /**
+   * Another connection to the same file (a thread of this process) committed records up to `end`
+   * on `partition`: readers waiting here are woken instead of finding them at their next idle poll.
+   */
+  noteAppended(topic: string, partition: number, end: number): void {
+    const t = this.topics.get(topic)
+    if (!t || partition < 0 || partition >= t.partitions || end <= (t.ends[partition] ?? 0)) return
+    t.ends[partition] = end
+    this.wake(t.id, partition)
   }
 
   /** Pending appends, for a writer's close. */

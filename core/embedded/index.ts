@@ -67,8 +67,25 @@ export interface EmbeddedOptions {
   retention?: readonly EmbeddedRetention[]
   /** Rows per page of the reader's bulk export reads. Default 5000. */
   readerPageRows?: number
+  /**
+   * Threads of this process attach to the same files (attachEmbedded): the files are opened in
+   * shared mode (sqlite.ts), and the process keeps other processes out by holding the guard file
+   * `embedded/owner.db` exclusively besides the folder's lock. Default false: exclusive files.
+   */
+  shareWithThreads?: boolean
+  /** Told after each log commit which partitions grew (see EmbeddedEventLogOptions.onAppended). */
+  onAppended?: (topic: string, partition: number, end: number) => void
   logger?: Logger
 }
+
+/** What a thread of the owning process needs to attach to its files (attachEmbedded). */
+export type AttachOptions = Pick<
+  EmbeddedOptions,
+  'dataDir' | 'hllPrecision' | 'ttlSeconds' | 'readerPageRows' | 'logger'
+>
+
+/** The guard file of a data folder whose files are shared between threads (see shareWithThreads). */
+export const GUARD_FILE = 'owner.db'
 
 /** Everything Tally needs from its storage, on local files, for one process. */
 export interface EmbeddedBackend {
@@ -111,65 +128,13 @@ export function openEmbedded(options: EmbeddedOptions): EmbeddedBackend {
   try {
     const dir = join(dataDir, EMBEDDED_DIR)
     makePrivateDirSync(dir)
-    const logDb = openDatabase(join(dir, 'log.db'), LOG_MIGRATIONS)
-    opened.push(logDb)
-    const storeDb = openDatabase(join(dir, 'store.db'), STORE_MIGRATIONS)
-    opened.push(storeDb)
-    const log = new EmbeddedEventLog(logDb, logger ? { logger } : {})
-    if (options.topics) log.ensureTopics(options.topics)
-    const ttl = options.ttlSeconds ?? { minute: 0, hour: 0, day: 0 }
-    const streamStore = new EmbeddedStreamStore(storeDb, ttl)
-    const batch: EmbeddedBatchStores = {
-      leases: new EmbeddedLeaseStore(storeDb),
-      jobs: new EmbeddedJobStore(storeDb),
-      rows: new EmbeddedFinalRowStore(storeDb, ttl),
-      archive: new EmbeddedArchiveStateStore(storeDb),
-    }
-    const purge = () => {
-      try {
-        const n = streamStore.purgeExpired()
-        if (n > 0) logger?.info({ rows: n }, 'expired aggregate rows deleted')
-        batch.leases.purgeExpired()
-        batch.jobs.purgeExpired()
-        for (const r of options.retention ?? []) {
-          let records = 0
-          // Bounded rounds per purge: each is one short statement per partition.
-          for (let round = 0; round < 50; round++) {
-            const n = log.trim(r.topic, Date.now() - r.ms, r.groups)
-            records += n
-            if (n === 0) break
-          }
-          if (records > 0) logger?.info({ topic: r.topic, records }, 'log records past retention deleted')
-        }
-      } catch (err) {
-        logger?.warn({ err: errorMessage(err) }, 'purge of expired rows failed')
-      }
-    }
-    purge()
-    const purgeMs = options.purgeIntervalMs ?? 3_600_000
-    const timer = purgeMs > 0 ? setInterval(purge, purgeMs) : undefined
-    timer?.unref()
-    return {
-      dataDir,
-      log,
-      streamStore,
-      reader: new EmbeddedAggregateReader(
-        storeDb,
-        options.hllPrecision,
-        options.readerPageRows === undefined ? {} : { pageRows: options.readerPageRows },
-      ),
-      sites: new EmbeddedSiteStore(storeDb),
-      batch,
-      progress: new EmbeddedProgressBus(),
-      close: once(async () => {
-        clearInterval(timer)
-        try {
-          await log.close()
-        } finally {
-          closeAll(opened, lock, logger)
-        }
-      }),
-    }
+    const shared = options.shareWithThreads === true
+    // Shared files no longer exclude another process by themselves: this one does, for as long as
+    // the process lives (even two processes racing for a stale lock file cannot both hold it).
+    if (shared) opened.push(openDatabase(join(dir, GUARD_FILE), []))
+    const backend = build(options, opened, shared, () => closeAll(opened, lock, logger))
+    if (options.topics) backend.log.ensureTopics(options.topics)
+    return backend
   } catch (err) {
     closeAll(opened, lock, logger)
     if (err instanceof DatabaseLockedError) throw dataDirLockedError(dataDir, undefined, err)
@@ -177,7 +142,102 @@ export function openEmbedded(options: EmbeddedOptions): EmbeddedBackend {
   }
 }
 
-function closeAll(dbs: Db[], lock: DataDirLock, logger: Logger | undefined): void {
+/**
+ * Opens the files of an embedded backend that a thread of this process owns (openEmbedded with
+ * shareWithThreads): no lock taken (the owner holds it), no purge timer (the owner runs it), no
+ * topics created. Close it before the owner closes its own.
+ */
+export function attachEmbedded(options: AttachOptions): EmbeddedBackend {
+  const opened: Db[] = []
+  try {
+    return build(
+      { ...options, purgeIntervalMs: 0, retention: [] },
+      opened,
+      true,
+      () => closeAll(opened, undefined, options.logger),
+      true,
+    )
+  } catch (err) {
+    closeAll(opened, undefined, options.logger)
+    throw err
+  }
+}
+
+function build(
+  options: EmbeddedOptions,
+  opened: Db[],
+  shared: boolean,
+  closeFiles: () => void,
+  attached = false,
+): EmbeddedBackend {
+  const { dataDir, logger } = options
+  const dir = join(dataDir, EMBEDDED_DIR)
+  const logDb = openDatabase(join(dir, 'log.db'), LOG_MIGRATIONS, { shared })
+  opened.push(logDb)
+  const storeDb = openDatabase(join(dir, 'store.db'), STORE_MIGRATIONS, { shared })
+  opened.push(storeDb)
+  const log = new EmbeddedEventLog(logDb, {
+    shared,
+    ...(logger ? { logger } : {}),
+    ...(options.onAppended ? { onAppended: options.onAppended } : {}),
+  })
+  const ttl = options.ttlSeconds ?? { minute: 0, hour: 0, day: 0 }
+  const streamStore = new EmbeddedStreamStore(storeDb, ttl)
+  const batch: EmbeddedBatchStores = {
+    leases: new EmbeddedLeaseStore(storeDb),
+    jobs: new EmbeddedJobStore(storeDb),
+    rows: new EmbeddedFinalRowStore(storeDb, ttl),
+    archive: new EmbeddedArchiveStateStore(storeDb),
+  }
+  const purge = () => {
+    try {
+      const n = streamStore.purgeExpired()
+      if (n > 0) logger?.info({ rows: n }, 'expired aggregate rows deleted')
+      batch.leases.purgeExpired()
+      batch.jobs.purgeExpired()
+      for (const r of options.retention ?? []) {
+        let records = 0
+        // Bounded rounds per purge: each is one short statement per partition.
+        for (let round = 0; round < 50; round++) {
+          const n = log.trim(r.topic, Date.now() - r.ms, r.groups)
+          records += n
+          if (n === 0) break
+        }
+        if (records > 0) logger?.info({ topic: r.topic, records }, 'log records past retention deleted')
+      }
+    } catch (err) {
+      logger?.warn({ err: errorMessage(err) }, 'purge of expired rows failed')
+    }
+  }
+  const purgeMs = options.purgeIntervalMs ?? 3_600_000
+  // An attached thread leaves the purge to the owner.
+  if (!attached) purge()
+  const timer = purgeMs > 0 ? setInterval(purge, purgeMs) : undefined
+  timer?.unref()
+  return {
+    dataDir,
+    log,
+    streamStore,
+    reader: new EmbeddedAggregateReader(
+      storeDb,
+      options.hllPrecision,
+      options.readerPageRows === undefined ? {} : { pageRows: options.readerPageRows },
+    ),
+    sites: new EmbeddedSiteStore(storeDb),
+    batch,
+    progress: new EmbeddedProgressBus(),
+    close: once(async () => {
+      clearInterval(timer)
+      try {
+        await log.close()
+      } finally {
+        closeFiles()
+      }
+    }),
+  }
+}
+
+function closeAll(dbs: Db[], lock: DataDirLock | undefined, logger: Logger | undefined): void {
   for (const db of dbs) {
     try {
       if (db.open) db.close()
@@ -185,5 +245,5 @@ function closeAll(dbs: Db[], lock: DataDirLock, logger: Logger | undefined): voi
       logger?.error({ err: errorMessage(err), file: db.name }, 'closing an embedded database failed')
     }
   }
-  lock.release()
+  lock?.release()
 }

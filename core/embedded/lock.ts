@@ -20,7 +20,8 @@ import { PRIVATE_DIR_MODE, PRIVATE_FILE_MODE } from '../private-files.js'
  * files) but would fail in confusing ways, so it is refused at start with a message naming the
  * owner. The lock file holds the owner's PID; a lock left by a process that no longer runs
  * (SIGKILL, power loss) is stale and taken over. The SQLite files are opened in exclusive locking
- * mode as well, so even two processes racing for a stale lock cannot both open the data.
+ * mode as well (or, when `tally all` shares them between its threads, a guard file is: index.ts
+ * GUARD_FILE), so even two processes racing for a stale lock cannot both open the data.
  */
 
 export const LOCK_FILE = 'tally.lock'

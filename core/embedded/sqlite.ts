@@ -28,25 +28,42 @@ export class DatabaseLockedError extends TallyError {
   }
 }
 
+export interface OpenDatabaseOptions {
+  /**
+   * Let other connections of this process (the threads of `tally all`) open the file too: normal
+   * locking instead of EXCLUSIVE, and a writer that finds the file busy waits up to `busyTimeoutMs`
+   * for the other's transaction (WAL: one writer at a time, readers never wait). Another process is
+   * kept out by the data folder's lock and by a guard file the owner holds exclusively (index.ts).
+   */
+  shared?: boolean
+  /** With `shared`: how long a write waits for another connection's transaction, in ms. Default 5000. */
+  busyTimeoutMs?: number
+}
+
 /**
  * Opens (creating it) a database file with the settings above and brings its schema to the last of
  * `migrations` (each a SQL script; index + 1 is its version).
  */
-export function openDatabase(path: string, migrations: readonly string[]): Db {
+export function openDatabase(
+  path: string,
+  migrations: readonly string[],
+  options: OpenDatabaseOptions = {},
+): Db {
   // SQLite creates a database with mode 0644 less the umask, and its -wal and -shm files with the
   // database's own mode: created here first as 0600, the three are owner-only whatever the umask.
   // Files of an older version are narrowed too.
   closeSync(openSync(path, 'a', PRIVATE_FILE_MODE))
   for (const file of [path, `${path}-wal`, `${path}-shm`, `${path}-journal`]) makePrivateFileSync(file)
   // timeout 0: a locked file fails at once instead of waiting for a lock that is never released.
-  const db = new Database(path, { timeout: 0 })
+  const db = new Database(path, { timeout: options.shared ? (options.busyTimeoutMs ?? 5000) : 0 })
   try {
-    db.pragma('locking_mode = EXCLUSIVE')
+    if (!options.shared) db.pragma('locking_mode = EXCLUSIVE')
     db.pragma('journal_mode = WAL')
     db.pragma('synchronous = FULL')
     // Takes the exclusive lock now rather than at the first write.
-    db.exec('BEGIN EXCLUSIVE; COMMIT')
+    if (!options.shared) db.exec('BEGIN EXCLUSIVE; COMMIT')
     migrate(db, path, migrations)
+    if (options.shared) beginImmediately(db)
     return db
   } catch (err) {
     db.close()
@@ -79,4 +96,22 @@ function migrate(db: Db, path: string, migrations: readonly string[]): void {
     }
     db.pragma(`user_version = ${migrations.length}`)
   })()
+}
+
+/**
+ * Makes every `db.transaction(fn)` of a shared file begin IMMEDIATE: a deferred transaction that
+ * reads before it writes fails at once with SQLITE_BUSY (no busy wait) when another connection
+ * committed in between; one that takes the write lock first waits its turn (busy timeout) instead.
+ */
+function beginImmediately(db: Db): void {
+  const transaction = db.transaction.bind(db)
+  db.transaction = ((fn: (...args: never[]) => unknown) => {
+    const t = transaction(fn)
+    return Object.assign((...args: never[]) => t.immediate(...args), {
+      default: t.immediate,
+      deferred: t.deferred,
+      immediate: t.immediate,
+      exclusive: t.exclusive,
+    })
+  }) as Db['transaction']
 }
