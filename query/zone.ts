@@ -24,7 +24,8 @@ export interface LocalDate {
 const IANA_NAME = /^[A-Za-z][A-Za-z0-9_+-]*(\/[A-Za-z0-9_+-]+){0,2}$/
 
 /**
- * The canonical IANA name of `raw` (`europe/berlin` → `Europe/Berlin`), checked with Intl;
+ * The IANA name `raw` checked with Intl, in its usual case (`europe/berlin` → `Europe/Berlin`);
+ * UTC's aliases are `UTC`;
  * TALLY_ERR_BAD_TIMEZONE otherwise. Offsets such as `+05:30` are refused: a site's zone has rules.
  */
 export function canonicalZone(raw: string, where = 'timezone'): string {
@@ -36,9 +37,11 @@ export function canonicalZone(raw: string, where = 'timezone'): string {
     )
   }
   try {
-    const name = new Intl.DateTimeFormat('en-US', { timeZone: raw }).resolvedOptions().timeZone
-    // Intl names UTC's aliases (Etc/UTC, Etc/GMT, GMT) UTC.
-    return name === 'Etc/UTC' || name === 'Etc/GMT' || name === 'GMT' ? UTC : name
+    const resolved = new Intl.DateTimeFormat('en-US', { timeZone: raw }).resolvedOptions().timeZone
+    if (['UTC', 'Etc/UTC', 'Etc/GMT', 'GMT', 'Etc/Universal', 'Etc/Zulu'].includes(resolved)) return UTC
+    // ICU answers some links by their old names (Asia/Kolkata → Asia/Calcutta): the name given is
+    // kept, in ICU's spelling when only the case differs.
+    return resolved.toLowerCase() === raw.toLowerCase() ? resolved : raw
   } catch (cause) {
     throw new TallyError(
       ERR.BAD_TIMEZONE,
