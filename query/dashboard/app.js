@@ -40,7 +40,7 @@
   // --- state in the URL fragment (site and range only) ----------------------------------------
   const state = () => {
     const h = new URLSearchParams(location.hash.slice(1))
-    return { site: h.get('site') || '', range: h.get('range') || '24h' }
+    return { site: h.get('site') || '', range: h.get('range') || '24h', compare: h.get('compare') || '' }
   }
   const setState = (next) => {
     const s = { ...state(), ...next }
@@ -198,10 +198,39 @@
       : 'Not complete through any time yet: the stream workers have not checkpointed.'
   }
 
+  // --- comparison: the change in percent beside each top number ----------------------------------
+  const CHANGE_OF = {
+    visitors: 'total-visitors',
+    pageviews: 'total-pageviews',
+    events: 'total-events',
+    visits: 'total-visits',
+    bounce_rate: 'bounce-rate',
+    visit_duration: 'visit-duration',
+  }
+  const showChanges = (agg) => {
+    for (const [metric, id] of Object.entries(CHANGE_OF)) {
+      const value = $(id)
+      let badge = value.parentElement.querySelector('.change')
+      if (!badge) {
+        badge = document.createElement('span')
+        badge.className = 'change'
+        value.after(badge)
+      }
+      const r = agg.results[metric]
+      const shown = r && 'change' in r
+      badge.hidden = !shown
+      if (!shown) continue
+      // null: nothing to compare with (the other range had 0).
+      badge.textContent = r.change === null ? 'new' : `${r.change > 0 ? '+' : ''}${r.change} %`
+      badge.dataset.sign = r.change === null ? 'none' : r.change > 0 ? 'up' : r.change < 0 ? 'down' : 'flat'
+      badge.title = `${fmt.format(r.comparison_value)} in ${agg.meta.comparison.from.slice(0, 10)} – ${agg.meta.comparison.to.slice(0, 10)}`
+    }
+  }
+
   // --- loading --------------------------------------------------------------------------------
   let loadCtl
   const load = async () => {
-    const { site, range } = state()
+    const { site, range, compare } = state()
     if (!site) return
     loadCtl?.abort()
     const ctl = new AbortController()
@@ -213,7 +242,11 @@
       const [agg, series, pages, entries, exits, referrers, browsers, devices] = await Promise.all([
         api(
           'aggregate',
-          { ...base, metrics: 'visitors,pageviews,events,visits,bounce_rate,visit_duration' },
+          {
+            ...base,
+            metrics: 'visitors,pageviews,events,visits,bounce_rate,visit_duration',
+            ...(compare ? { compare } : {}),
+          },
           ctl.signal,
         ),
         api('timeseries', { ...base, metrics: 'pageviews,visitors' }, ctl.signal),
@@ -231,6 +264,7 @@
       $('total-visits').textContent = fmt.format(agg.results.visits.value)
       $('bounce-rate').textContent = `${agg.results.bounce_rate.value} %`
       $('visit-duration').textContent = duration(agg.results.visit_duration.value)
+      showChanges(agg)
       const missing = agg.meta.visits?.windows_without_data ?? 0
       // Windows written before visits were counted show none until rebuilt.
       $('visits-note').textContent = missing > 0 ? `${missing} windows without visit data` : ''
@@ -312,6 +346,7 @@
     }
     select.value = site
     $('range').value = state().range
+    $('compare').value = state().compare
     if (list.length === 0) {
       showSites(true)
       status('Add a site id and its read token (`tally sites token <site>`) to see its numbers.')
@@ -335,6 +370,10 @@
   })
   $('range').addEventListener('change', (e) => {
     setState({ range: e.target.value })
+    load()
+  })
+  $('compare').addEventListener('change', (e) => {
+    setState({ compare: e.target.value })
     load()
   })
   $('add-site').addEventListener('submit', (e) => {
