@@ -221,7 +221,8 @@
       badge.hidden = !shown
       if (!shown) continue
       // null: nothing to compare with (the other range had 0).
-      badge.textContent = r.change === null ? 'new' : `${r.change > 0 ? '+' : ''}${r.change} %`
+      badge.textContent =
+        r.change === null ? (r.value > 0 ? 'new' : '–') : `${r.change > 0 ? '+' : ''}${r.change} %`
       badge.dataset.sign = r.change === null ? 'none' : r.change > 0 ? 'up' : r.change < 0 ? 'down' : 'flat'
       badge.title = `${fmt.format(r.comparison_value)} in ${agg.meta.comparison.from.slice(0, 10)} – ${agg.meta.comparison.to.slice(0, 10)}`
     }
