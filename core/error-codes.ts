@@ -213,6 +213,11 @@ export const ERRORS = {
     status: 409,
     meaning: "the domain is another site's domain or alias (tally sites alias)",
   },
+  BAD_TIMEZONE: {
+    code: 'TALLY_ERR_BAD_TIMEZONE',
+    status: 400,
+    meaning: 'not an IANA time zone name this runtime knows (tally sites --timezone)',
+  },
   READ_TOKEN_NOT_FOUND: {
     code: 'TALLY_ERR_READ_TOKEN_NOT_FOUND',
     status: 404,

@@ -35,6 +35,7 @@ import {
   STATS_ENDPOINTS,
   StatsService,
 } from './stats.js'
+import { UTC } from './zone.js'
 
 export interface QueryAppDeps {
   /** The aggregate store, read only. */
@@ -183,10 +184,12 @@ export async function buildQueryApp(deps: QueryAppDeps): Promise<FastifyInstance
     // A cached site holding the token decides at once; anything else takes the full check.
     if (!deps.auth.allowsNow?.(site, authorization)) await deps.auth.authorize(site, authorization)
     const t = now()
-    const key = `${endpoint}\n${Math.floor(t / 60_000)}\n${req.url}`
+    // Periods and dates follow the site's time zone (tally sites set --timezone).
+    const zone = deps.auth.zoneOf?.(site) ?? UTC
+    const key = `${endpoint}\n${Math.floor(t / 60_000)}\n${zone}\n${req.url}`
     let query = parsedByUrl.get(key)
     if (!query) {
-      query = parseQuery(endpoint, q, t, limits)
+      query = parseQuery(endpoint, q, t, limits, zone)
       parsedByUrl.set(key, query)
     }
     return query

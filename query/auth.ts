@@ -13,6 +13,8 @@ export interface ReadAuthorizer {
    * "not known without `authorize`", never "denied".
    */
   allowsNow?(siteId: string, authorization: string | undefined): boolean
+  /** The site's IANA time zone once it was authorized (undefined: UTC, or not known). */
+  zoneOf?(siteId: string): string | undefined
 }
 
 export interface ReadAccessCacheOptions {
@@ -153,6 +155,11 @@ export class ReadAccessCache implements ReadAuthorizer {
     if (!matchesAny(hash, hit.site.readTokenHashes)) return false
     this.onUse?.(siteId, hash)
     return true
+  }
+
+  /** The zone of the site as last read (authorize has just read or confirmed it). */
+  zoneOf(siteId: string): string | undefined {
+    return this.known.peek(siteId, { allowStale: true })?.site.timezone
   }
 
   /** The site, from the cache while fresh; `refresh` re-reads it if cached longer than minRefreshMs. */

@@ -185,6 +185,21 @@ export interface Meta {
   metrics: Record<string, MetricAccuracy>
   /** Present when visit metrics are asked for. */
   visits?: VisitsMeta
+  /** Present for a site whose time zone is not UTC. */
+  time_zone?: TimeZoneMeta
+}
+
+/**
+ * The site's time zone in an answer: its name, its offset at the start of the range, and whether
+ * the range's day edges are its local midnights (`exact`) or were floored to a window boundary that
+ * can be read (`rounded_to_hour`: a zone whose offset is not a whole hour, where minute windows
+ * cannot answer; `rounded_to_day`: beyond the hour retention).
+ */
+export interface TimeZoneMeta {
+  zone: string
+  offset: string
+  day_edges: 'exact' | 'rounded_to_hour' | 'rounded_to_day'
+  note: string
 }
 
 export interface MetaInput {
@@ -201,6 +216,8 @@ export interface MetaInput {
   property?: string
   /** Windows without visit data, when visit metrics are asked for. */
   visitGaps?: VisitGaps
+  /** meta.time_zone (a site with a zone other than UTC). */
+  timeZone?: TimeZoneMeta | undefined
 }
 
 export function buildMeta(input: MetaInput): Meta {
@@ -224,6 +241,7 @@ export function buildMeta(input: MetaInput): Meta {
     windows: input.windows.meta(),
     metrics: accuracyOf(input.metrics, input.precision),
     ...(input.visitGaps ? { visits: input.visitGaps.meta() } : {}),
+    ...(input.timeZone ? { time_zone: input.timeZone } : {}),
   }
 }
 

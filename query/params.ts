@@ -7,7 +7,17 @@ import {
   VISIT_DIMENSIONS,
 } from '../core/aggregate/definition.js'
 import { ERR } from '../core/error-codes.js'
-import { badParameter, parseInstant, parsePeriod, type TimeRange } from './range.js'
+import { badParameter, parseInstant, type TimeRange } from './range.js'
+import {
+  addDays,
+  type LocalDate,
+  localDateOf,
+  offsetMs,
+  parseLocalDate,
+  resolvePeriod,
+  startOfLocalDay,
+  UTC,
+} from './zone.js'
 
 /**
  * Parameters of the query API, parsed and checked once per request. Every problem is a 400 whose
@@ -81,14 +91,22 @@ const RANGE_PARAMS = ['period', 'date', 'from', 'to'] as const
 
 /** The parameters each endpoint takes; anything else is refused (it is usually a typo). */
 export const ENDPOINT_PARAMS: Readonly<Record<Endpoint, readonly string[]>> = {
-  aggregate: ['site', ...RANGE_PARAMS, 'metrics', 'filters'],
-  timeseries: ['site', ...RANGE_PARAMS, 'interval', 'metrics', 'filters', 'format'],
+  aggregate: ['site', ...RANGE_PARAMS, 'metrics', 'filters', 'compare'],
+  timeseries: ['site', ...RANGE_PARAMS, 'interval', 'metrics', 'filters', 'compare', 'format'],
   breakdown: ['site', ...RANGE_PARAMS, 'property', 'metrics', 'filters', 'limit', 'page', 'format'],
   realtime: ['site', 'metrics', 'minutes'],
   export: ['site', ...RANGE_PARAMS, 'interval', 'property', 'format', 'sketches', 'visits'],
   /** Raw-event export (/v1/export/events). */
   events: ['site', ...RANGE_PARAMS, 'format'],
 }
+
+/**
+ * Period comparison (`compare=`): `previous_period`, the range of the same length just before (the
+ * same number of local days, or of calendar months for month periods); `year_over_year`, the same
+ * local dates a year before (29 February → 28 February).
+ */
+export const COMPARE_MODES = ['previous_period', 'year_over_year'] as const
+export type CompareMode = (typeof COMPARE_MODES)[number]
 
 /** Equality on one property: the event's value is one of `values`. */
 export interface Filter {
@@ -128,6 +146,15 @@ export interface ParsedQuery {
   sketches: boolean
   /** Export: rows carry the visit columns (`visits=true`). */
   visits: boolean
+  /** The site's IANA time zone (query/zone.ts); `UTC` for a site without one. */
+  zone: string
+  /**
+   * True when the range's edges are local midnights (a period of days or months, or from/to given
+   * as dates): they may be moved to readable window boundaries (query/zone.ts roundEdge).
+   */
+  localDays: boolean
+  /** `compare=`, with the range it compares with. */
+  compare: { mode: CompareMode; range: TimeRange } | undefined
 }
 
 type Raw = Record<string, unknown>
@@ -265,24 +292,115 @@ function parseBoolean(name: string, raw: string | undefined): boolean {
   throw badParameter(name, `${name}=${raw} is not true or false`)
 }
 
-function parseRange(q: Raw, nowMs: number): { range: TimeRange; periodInterval: Granularity | undefined } {
-  const from = single(q, 'from')
-  const to = single(q, 'to')
-  const period = single(q, 'period')
-  const date = single(q, 'date')
+/** What a range parameter set resolves to in a zone. */
+export interface ResolvedRange {
+  range: TimeRange
+  /** The period's default interval; undefined for from/to. */
+  periodInterval: Granularity | undefined
+  /** Edges are local midnights (see ParsedQuery.localDays). */
+  localDays: boolean
+  /** The local days (first, count) when the range is whole local days; for compare. */
+  days: { first: LocalDate; count: number } | undefined
+  /** Whole calendar months (month, Nmo, year periods): their previous period is months too. */
+  months: number
+}
+
+const DATE_ONLY = /^\d{4}-\d{2}-\d{2}$/
+
+/**
+ * Resolves `period`/`date` or `from`/`to` in the site's zone: dates are local dates whose days start
+ * at the zone's midnight; instants with an offset are taken as they are. In UTC this is the range
+ * Tally always answered. The Plausible Stats API resolves its periods with this too.
+ */
+export function resolveRange(
+  q: { period?: string; date?: string; from?: string; to?: string },
+  nowMs: number,
+  zone: string,
+): ResolvedRange {
+  const { from, to, period, date } = q
   if (from !== undefined || to !== undefined) {
     if (period !== undefined) throw badParameter('period', 'give either period or from and to, not both')
     if (date !== undefined) throw badParameter('date', 'date goes with period, not with from and to')
     if (from === undefined) throw badParameter('from', 'from is required with to', ERR.MISSING_PARAMETER)
     if (to === undefined) throw badParameter('to', 'to is required with from', ERR.MISSING_PARAMETER)
-    const fromMs = parseInstant(from, 'from')
-    const toMs = parseInstant(to, 'to', true)
+    const fromDay = DATE_ONLY.test(from) ? parseLocalDate(from, 'from') : undefined
+    const toDay = DATE_ONLY.test(to) ? parseLocalDate(to, 'to') : undefined
+    const fromMs = fromDay ? startOfLocalDay(fromDay, zone) : parseInstant(from, 'from')
+    const toMs = toDay ? startOfLocalDay(addDays(toDay, 1), zone) : parseInstant(to, 'to', true)
     if (fromMs >= toMs) throw badParameter('from', `from (${from}) is not before to (${to})`)
-    return { range: { fromMs, toMs }, periodInterval: undefined }
+    const whole = fromDay !== undefined && toDay !== undefined
+    return {
+      range: { fromMs, toMs },
+      periodInterval: undefined,
+      localDays: whole,
+      days: whole ? { first: fromDay, count: dayCount(fromDay, addDays(toDay, 1)) } : undefined,
+      months: 0,
+    }
   }
-  const refMs = date === undefined ? nowMs : parseInstant(date, 'date')
-  const p = parsePeriod(period ?? '30d', refMs, nowMs)
-  return { range: { fromMs: p.fromMs, toMs: p.toMs }, periodInterval: p.interval }
+  let ref: LocalDate | undefined
+  if (date !== undefined)
+    ref = DATE_ONLY.test(date) ? parseLocalDate(date, 'date') : localDateOf(parseInstant(date, 'date'), zone)
+  const p = resolvePeriod(period ?? '30d', zone, nowMs, ref)
+  return {
+    range: { fromMs: p.fromMs, toMs: p.toMs },
+    periodInterval: p.interval,
+    localDays: p.firstDay !== undefined,
+    days: p.firstDay ? { first: p.firstDay, count: p.days } : undefined,
+    months: p.months,
+  }
+}
+
+function dayCount(first: LocalDate, end: LocalDate): number {
+  return Math.round(
+    (Date.UTC(end.year, end.month - 1, end.day) - Date.UTC(first.year, first.month - 1, first.day)) /
+      86_400_000,
+  )
+}
+
+/** The same local date a year before; 29 February becomes 28 February. */
+function yearBefore(d: LocalDate): LocalDate {
+  const day = d.month === 2 && d.day === 29 ? 28 : d.day
+  return { year: d.year - 1, month: d.month, day }
+}
+
+/** The same wall-clock time a year before, in the zone. */
+function instantYearBefore(ms: number, zone: string): number {
+  const wall = new Date(ms + offsetMs(ms, zone))
+  const date = yearBefore({
+    year: wall.getUTCFullYear(),
+    month: wall.getUTCMonth() + 1,
+    day: wall.getUTCDate(),
+  })
+  const start = startOfLocalDay(date, zone)
+  return start + (ms - startOfLocalDay(localDateOf(ms, zone), zone))
+}
+
+/**
+ * The range `compare` compares with: previous_period is the range of the same length just before
+ * (local days, or calendar months for month periods, or the same duration for instants);
+ * year_over_year is the same local dates (or wall-clock instants) a year before.
+ */
+export function comparisonRange(r: ResolvedRange, mode: CompareMode, zone: string): TimeRange {
+  const { fromMs, toMs } = r.range
+  if (mode === 'previous_period') {
+    if (r.days && r.months > 0) {
+      const first = r.days.first
+      const back = new Date(Date.UTC(first.year, first.month - 1 - r.months, 1))
+      return {
+        fromMs: startOfLocalDay({ year: back.getUTCFullYear(), month: back.getUTCMonth() + 1, day: 1 }, zone),
+        toMs: fromMs,
+      }
+    }
+    if (r.days) return { fromMs: startOfLocalDay(addDays(r.days.first, -r.days.count), zone), toMs: fromMs }
+    return { fromMs: fromMs - (toMs - fromMs), toMs: fromMs }
+  }
+  if (r.days) {
+    return {
+      fromMs: startOfLocalDay(yearBefore(r.days.first), zone),
+      toMs: startOfLocalDay(yearBefore(addDays(r.days.first, r.days.count)), zone),
+    }
+  }
+  return { fromMs: instantYearBefore(fromMs, zone), toMs: instantYearBefore(toMs, zone) }
 }
 
 /** The `site` parameter (checked before the others: authorization needs it). */
@@ -290,8 +408,14 @@ export function siteParam(q: Raw): string {
   return required(q, 'site')
 }
 
-/** Parses the query string of `endpoint`. */
-export function parseQuery(endpoint: Endpoint, q: Raw, nowMs: number, limits: ParseLimits): ParsedQuery {
+/** Parses the query string of `endpoint`; periods and dates are resolved in `zone` (the site's). */
+export function parseQuery(
+  endpoint: Endpoint,
+  q: Raw,
+  nowMs: number,
+  limits: ParseLimits,
+  zone: string = UTC,
+): ParsedQuery {
   const allowed = ENDPOINT_PARAMS[endpoint]
   for (const name of Object.keys(q)) {
     if (!allowed.includes(name)) {
@@ -332,7 +456,21 @@ export function parseQuery(endpoint: Endpoint, q: Raw, nowMs: number, limits: Pa
         : oneOf('format', formatRaw, endpoint === 'export' ? AGGREGATE_EXPORT_FORMATS : EXPORT_FORMATS)
   const sketches = parseBoolean('sketches', single(q, 'sketches'))
   const visits = parseBoolean('visits', single(q, 'visits'))
-  const resolved = endpoint === 'realtime' ? undefined : parseRange(q, nowMs)
+  const resolved =
+    endpoint === 'realtime'
+      ? undefined
+      : resolveRange(
+          {
+            period: single(q, 'period'),
+            date: single(q, 'date'),
+            from: single(q, 'from'),
+            to: single(q, 'to'),
+          },
+          nowMs,
+          zone,
+        )
+  const compareRaw = single(q, 'compare')
+  const mode = compareRaw === undefined ? undefined : oneOf('compare', compareRaw, COMPARE_MODES)
   return {
     siteId,
     range: resolved?.range,
@@ -347,5 +485,8 @@ export function parseQuery(endpoint: Endpoint, q: Raw, nowMs: number, limits: Pa
     format,
     sketches,
     visits,
+    zone,
+    localDays: resolved?.localDays ?? false,
+    compare: mode && resolved ? { mode, range: comparisonRange(resolved, mode, zone) } : undefined,
   }
 }

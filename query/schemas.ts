@@ -3,6 +3,7 @@ import type { ErrorName } from '../core/error-codes.js'
 import { errorResponses, SERVER_ERRORS } from '../core/openapi.js'
 import {
   AGGREGATE_EXPORT_FORMATS,
+  COMPARE_MODES,
   DEFAULT_METRICS,
   ENDPOINT_PARAMS,
   ENTRY_EXIT_DEFAULT_METRICS,
@@ -30,15 +31,18 @@ function parameters(limits: QueryLimits): Record<string, Json> {
   return {
     site: q('Site id. The bearer token must be a read token of this site.', { type: 'string' }),
     period: q(
-      'Named range, in UTC, relative to `date` (default today): `day`, `Nd` (the N days ending with that day, e.g. 7d, 30d), `Nh` (the N hours ending with the current hour), `month`, `Nmo` (e.g. 6mo, 12mo, calendar months ending with the current one), `year`. Default 30d. Not with from/to.',
+      "Named range in the site's time zone (`tally sites set --timezone`; UTC without one), relative to `date` (default today there): `day`, `Nd` (the N days ending with that day, e.g. 7d, 30d), `Nh` (the N hours ending with the current hour), `month`, `Nmo` (e.g. 6mo, 12mo, calendar months ending with the current one), `year`. Default 30d. Not with from/to.",
       { type: 'string', pattern: '^(day|today|month|year|[1-9][0-9]{0,3}(d|h|mo))$', default: '30d' },
     ),
-    date: q('Reference day of `period` (YYYY-MM-DD); default today (UTC).', {
-      type: 'string',
-      format: 'date',
-    }),
+    date: q(
+      "Reference day of `period` (YYYY-MM-DD, a local date in the site's time zone); default today there.",
+      {
+        type: 'string',
+        format: 'date',
+      },
+    ),
     from: q(
-      'Start (inclusive): ISO 8601 date (UTC day) or date-time with a zone. With `to`; not with `period`. The range is widened to whole windows; `meta.from`/`meta.to` give the range answered.',
+      "Start (inclusive): ISO 8601 date (a local day in the site's time zone; UTC without one) or date-time with a zone (taken as given). With `to`; not with `period`. The range is widened to whole windows; `meta.from`/`meta.to` give the range answered.",
       { type: 'string' },
     ),
     to: q(
@@ -80,6 +84,10 @@ function parameters(limits: QueryLimits): Record<string, Json> {
         type: 'string',
         enum: [...new Set([...STATS_FORMATS, ...AGGREGATE_EXPORT_FORMATS, ...EXPORT_FORMATS])],
       },
+    ),
+    compare: q(
+      'Compare with another range: `previous_period`, the range of the same length just before it (the same number of local days; calendar months for month, Nmo and year; the same duration for instants), or `year_over_year`, the same local dates a year before (29 February → 28 February). Each metric of aggregate becomes {value, comparison_value, change}; each timeseries point gets `comparison` (the point at the same position of the other range, same interval; null past its end) and `change` per metric. `change` is the change in percent, rounded to an integer, null when the comparison value is 0. meta.comparison gives the other range and its windows.',
+      { type: 'string', enum: [...COMPARE_MODES] },
     ),
     sketches: q('Include the HyperLogLog registers of each row (visitors_sketch).', {
       type: 'boolean',
@@ -149,6 +157,30 @@ const META = {
         },
       },
     },
+    time_zone: {
+      type: 'object',
+      description:
+        "Present for a site whose time zone is not UTC. zone (IANA name), offset (at the range's start), day_edges: `exact` (the range's days are local days, assembled from hour windows, and minute windows where the zone's midnight is not a whole hour), `rounded_to_hour` (midnight is not a whole hour here and minute windows cannot answer: breakdowns, filtered queries, or beyond the minute retention — day edges floored to the hour), `rounded_to_day` (beyond the hour retention: floored to the UTC day); note says which.",
+      properties: {
+        zone: { type: 'string' },
+        offset: { type: 'string', example: '+05:30' },
+        day_edges: { enum: ['exact', 'rounded_to_hour', 'rounded_to_day'] },
+        note: { type: 'string' },
+      },
+    },
+    comparison: {
+      type: 'object',
+      description:
+        'With `compare`: mode, the range compared with (from, to, requested), its windows and time_zone.',
+      properties: {
+        mode: { enum: ['previous_period', 'year_over_year'] },
+        from: { type: 'string', format: 'date-time' },
+        to: { type: 'string', format: 'date-time' },
+        requested: { type: 'object' },
+        windows: { type: 'object' },
+        time_zone: { type: 'object' },
+      },
+    },
     metrics: {
       type: 'object',
       description:
@@ -201,21 +233,54 @@ const METRIC_VALUES = {
   example: { visitors: { value: 1234 }, pageviews: { value: 5678 } },
 }
 
+/** Aggregate results: with `compare`, each metric carries the comparison and the change. */
+const AGGREGATE_VALUES = {
+  type: 'object',
+  description:
+    'Per metric {value}; with `compare` {value, comparison_value, change}: change in percent from comparison_value, rounded, null when comparison_value is 0.',
+  additionalProperties: {
+    type: 'object',
+    required: ['value'],
+    properties: {
+      value: { type: 'number' },
+      comparison_value: { type: 'number' },
+      change: { type: ['integer', 'null'] },
+    },
+  },
+  example: {
+    visitors: { value: 1234, comparison_value: 1000, change: 23 },
+    pageviews: { value: 5678, comparison_value: 0, change: null },
+  },
+}
+
 const STATS: Record<'aggregate' | 'timeseries' | 'breakdown' | 'realtime', [string, string, Json]> = {
   aggregate: [
     'Totals over a range',
-    'Events, pageviews and bot events summed over the windows of the range; visitors from the merged HyperLogLog registers of all of them (never a sum).',
-    METRIC_VALUES,
+    "Events, pageviews and bot events summed over the windows of the range; visitors from the merged HyperLogLog registers of all of them (never a sum). Periods and dates follow the site's time zone. With `compare`, the same for the range compared with.",
+    AGGREGATE_VALUES,
   ],
   timeseries: [
     'One point per window',
-    'Every window of the interval in the range, empty ones included, each with its status (final, closed, open).',
+    "Every window of the interval in the range, empty ones included, each with its status (final, closed, open). `date` is the window's start in the site's time zone with its offset (`2026-03-08T00:00:00.000-05:00`; UTC: `…Z`). With interval=day in a zone other than UTC a point is a local day (23 or 25 hours across a daylight-saving change) assembled from hour windows (and minute windows where midnight is not a whole hour), visitors merged per day. With `compare`: `comparison` and `change` per point.",
     {
       type: 'array',
       items: {
         type: 'object',
-        properties: { date: { type: 'string', format: 'date-time' }, status: { type: 'string' } },
-        additionalProperties: { type: 'integer' },
+        properties: {
+          date: { type: 'string', format: 'date-time' },
+          status: { type: 'string' },
+          comparison: {
+            type: ['object', 'null'],
+            description:
+              'With `compare`: {date, status, metrics…} of the point at the same position of the other range.',
+          },
+          change: {
+            type: 'object',
+            description: 'With `compare`: per metric, the change in percent (null when the comparison is 0).',
+            additionalProperties: { type: ['integer', 'null'] },
+          },
+        },
+        additionalProperties: { type: 'number' },
       },
     },
   ],
@@ -324,7 +389,7 @@ export const READYZ_SCHEMA: Json = {
 export const QUERY_API = {
   title: 'Tally query API',
   description:
-    'Reads analytics aggregates (written by the stream workers and the batch rebuild). Every answer carries meta: the range answered, complete_through, which windows are final or provisional, and the accuracy of each metric. All times are UTC.',
+    "Reads analytics aggregates (written by the stream workers and the batch rebuild). Every answer carries meta: the range answered, complete_through, which windows are final or provisional, and the accuracy of each metric. Instants in meta are UTC; periods, dates and daily timeseries follow the site's time zone (UTC without one).",
   securitySchemes: READ_TOKEN_SCHEMES,
   auth: 'Authorization: Bearer <read token>.',
 }

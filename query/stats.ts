@@ -19,8 +19,9 @@ import type {
 } from '../core/ports/aggregate-store.js'
 import type { AnswerCache } from './cache.js'
 import { type Freshness, type FreshnessSource, hasRecentSnapshots, isSnapshotSource } from './freshness.js'
-import { buildMeta, type Meta, VisitGaps, type WindowStatus, WindowTally } from './meta.js'
+import { buildMeta, type Meta, type TimeZoneMeta, VisitGaps, type WindowStatus, WindowTally } from './meta.js'
 import {
+  type CompareMode,
   type Filter,
   isVisitDimension,
   isVisitMetric,
@@ -39,6 +40,7 @@ import {
   tile,
   windowCount,
 } from './range.js'
+import { formatInZone, localDayEdges, offsetMs, roundEdge, UTC } from './zone.js'
 
 /**
  * The four stats endpoints over an {@link AggregateReader}. What the store can answer exactly:
@@ -102,6 +104,7 @@ interface ReadContext {
 /** Unsettled days of a breakdown are read as hours (settled hours cached) up to this many hours. */
 const MAX_SPLIT_HOURS = 72
 const HOUR_MS = 3_600_000
+const DAY_MS = 86_400_000
 
 export type MetricValues = Partial<Record<Metric, number>>
 
@@ -201,18 +204,48 @@ function metricValues(
 }
 
 export interface AggregateAnswer {
-  results: Partial<Record<Metric, { value: number }>>
-  meta: Meta
+  results: Partial<Record<Metric, { value: number } | ComparedValue>>
+  meta: Meta & { comparison?: ComparisonMeta }
 }
 
 export interface TimeseriesPoint extends MetricValues {
+  /** The window's start: ISO 8601 in the site's zone with its offset (UTC: `…Z`). */
   date: string
   status: WindowStatus
+  /** With `compare`: the point at the same position in the range compared with (null past its end). */
+  comparison?: (MetricValues & { date: string; status: WindowStatus }) | null
+  /** With `compare`: per metric, the change in percent from the comparison (see percentChange). */
+  change?: Partial<Record<Metric, number | null>>
+}
+
+/** A metric with `compare`: the value, the value of the range compared with, the change in percent. */
+export interface ComparedValue {
+  value: number
+  comparison_value: number
+  change: number | null
+}
+
+/**
+ * The change from `previous` to `current` in percent, rounded to an integer; null when `previous`
+ * is 0 (no percentage of nothing). Every metric, rates included, is compared this way.
+ */
+export function percentChange(previous: number, current: number): number | null {
+  return previous === 0 ? null : Math.round(((current - previous) / previous) * 100)
+}
+
+/** What `meta.comparison` says with `compare`: the mode, the range compared with and its windows. */
+export interface ComparisonMeta {
+  mode: CompareMode
+  from: string
+  to: string
+  requested?: { from: string; to: string }
+  windows: Meta['windows']
+  time_zone?: TimeZoneMeta
 }
 
 export interface TimeseriesAnswer {
   results: TimeseriesPoint[]
-  meta: Meta
+  meta: Meta & { comparison?: ComparisonMeta }
 }
 
 export interface BreakdownAnswer {
@@ -274,6 +307,59 @@ export class StatsService {
       .reduce((n, s) => n + (s.toMs - s.fromMs) / windowMs('day'), 0)
     if (days > this.deps.limits.maxPoints.day) {
       throw tooLarge('from', `the range spans ${days} days; at most ${this.deps.limits.maxPoints.day}`)
+    }
+  }
+
+  /**
+   * The oldest window start of `g` still kept (−Infinity: forever), less a day: the finer windows
+   * beside an edge start up to a day before it.
+   */
+  private keptSince(g: Granularity): number {
+    const ttl = this.deps.retentionSeconds[g]
+    return ttl > 0 ? this.deps.now() - ttl * 1000 + DAY_MS : Number.NEGATIVE_INFINITY
+  }
+
+  /**
+   * A range whose edges are local midnights with its edges moved onto readable window boundaries
+   * (query/zone.ts roundEdge): unchanged where the windows they need are kept (always in UTC and
+   * in whole-hour zones within the hour retention); floored to the hour where a zone's midnight
+   * is not a whole hour and minute windows cannot answer (breakdowns, filters, beyond the minute
+   * retention); floored to the day beyond the hour retention. Ranges of instants are not moved.
+   */
+  private zonedEdges(
+    q: ParsedQuery,
+    range: TimeRange,
+    allowed: readonly Granularity[],
+  ): { range: TimeRange; rounded: Granularity | undefined } {
+    if (!q.localDays) return { range, rounded: undefined }
+    const kept = (g: Granularity) => this.keptSince(g)
+    const from = roundEdge(range.fromMs, allowed, kept)
+    const to = roundEdge(range.toMs, allowed, kept)
+    return { range: { fromMs: from.edgeMs, toMs: to.edgeMs }, rounded: coarser(from.rounded, to.rounded) }
+  }
+
+  /** meta.time_zone: present for a site with a zone other than UTC. */
+  private zoneMeta(
+    q: ParsedQuery,
+    rounded: Granularity | undefined,
+    allowed: readonly Granularity[],
+  ): TimeZoneMeta | undefined {
+    if (q.zone === UTC) return undefined
+    const offset = formatOffset(offsetMs(q.range?.fromMs ?? this.deps.now(), q.zone))
+    if (rounded === undefined)
+      return { zone: q.zone, offset, day_edges: 'exact', note: `days are local days in ${q.zone}` }
+    const days = (g: Granularity) => Math.round(this.deps.retentionSeconds[g] / 86_400)
+    const why =
+      rounded === 'day'
+        ? `hour windows are kept ${days('hour')} days`
+        : allowed.includes('minute')
+          ? `minute windows are kept ${days('minute')} days`
+          : 'rows by property and filtered totals are kept per hour and day, not per minute'
+    return {
+      zone: q.zone,
+      offset,
+      day_edges: rounded === 'hour' ? 'rounded_to_hour' : 'rounded_to_day',
+      note: `local midnight in ${q.zone} is not a readable window boundary here (${why}): day edges are floored to the ${rounded}, see meta.requested`,
     }
   }
 
@@ -414,7 +500,29 @@ export class StatsService {
     )
   }
 
+  /** The aggregate, and with `compare` the aggregate of the range compared with beside it. */
   private async aggregateAt(
+    q: ParsedQuery,
+    freshness: Freshness,
+    finalMark: string | undefined,
+  ): Promise<AggregateAnswer> {
+    const current = await this.aggregateOne(q, freshness, finalMark)
+    if (!q.compare) return current
+    const previous = await this.aggregateOne(
+      { ...q, range: q.compare.range, compare: undefined },
+      freshness,
+      finalMark,
+    )
+    const results: AggregateAnswer['results'] = {}
+    for (const m of q.metrics) {
+      const value = current.results[m]?.value ?? 0
+      const comparison = previous.results[m]?.value ?? 0
+      results[m] = { value, comparison_value: comparison, change: percentChange(comparison, value) }
+    }
+    return { results, meta: { ...current.meta, comparison: comparisonMeta(q.compare.mode, previous.meta) } }
+  }
+
+  private async aggregateOne(
     q: ParsedQuery,
     freshness: Freshness,
     finalMark: string | undefined,
@@ -427,8 +535,10 @@ export class StatsService {
     }
     const filter = q.filters[0]
     const requested = q.range!
-    const range = alignRange(requested, filter ? 'hour' : 'minute')
-    const segments = tile(range, filter ? DIMENSION_GRANULARITIES : GRANULARITIES)
+    const allowed = filter ? DIMENSION_GRANULARITIES : GRANULARITIES
+    const zoned = this.zonedEdges(q, requested, allowed)
+    const range = alignRange(zoned.range, filter ? 'hour' : 'minute')
+    const segments = tile(range, allowed)
     this.checkRetention(segments)
     if (filter) this.checkReads(segments, 'a filtered aggregate')
     else this.checkDays(segments)
@@ -463,6 +573,7 @@ export class StatsService {
         precision: this.deps.precision,
         filters: q.filters,
         ...(gaps ? { visitGaps: gaps } : {}),
+        timeZone: this.zoneMeta(q, zoned.rounded, allowed),
       }),
     }
   }
@@ -507,7 +618,33 @@ export class StatsService {
     )
   }
 
+  /**
+   * The timeseries, and with `compare` each point beside the point at the same position of the
+   * range compared with (the same interval), and the change per metric.
+   */
   private async timeseriesAt(
+    q: ParsedQuery,
+    freshness: Freshness,
+    finalMark: string | undefined,
+  ): Promise<TimeseriesAnswer> {
+    const current = await this.timeseriesOne(q, freshness, finalMark)
+    if (!q.compare) return current
+    const interval = current.meta.interval ?? q.interval
+    const previous = await this.timeseriesOne(
+      { ...q, range: q.compare.range, compare: undefined, interval, intervalGiven: true },
+      freshness,
+      finalMark,
+    )
+    const results = current.results.map((point, i): TimeseriesPoint => {
+      const before = previous.results[i]
+      const change: Partial<Record<Metric, number | null>> = {}
+      for (const m of q.metrics) change[m] = before ? percentChange(before[m] ?? 0, point[m] ?? 0) : null
+      return { ...point, comparison: before ?? null, change }
+    })
+    return { results, meta: { ...current.meta, comparison: comparisonMeta(q.compare.mode, previous.meta) } }
+  }
+
+  private async timeseriesOne(
     q: ParsedQuery,
     freshness: Freshness,
     finalMark: string | undefined,
@@ -519,6 +656,9 @@ export class StatsService {
       )
     }
     const filter = q.filters[0]
+    // Days in a zone other than UTC are local days, assembled from hour (and minute) windows.
+    if (q.zone !== UTC && (q.interval ?? defaultInterval(q.range!)) === 'day')
+      return this.localDaySeries(q, freshness, at, filter)
     const { interval, range, segment } = this.seriesRange(
       q,
       (g) => this.deps.limits.maxPoints[g],
@@ -540,7 +680,11 @@ export class StatsService {
       const counts: MergedValues = w ?? { events: 0, pageviews: 0, botEvents: 0, visitors: new Uint8Array(0) }
       // entry_page / exit_page rows hold visits only: their pageviews are the visits' pageviews.
       const shown = visitRows ? { ...counts, pageviews: counts.visitPageviews ?? 0 } : counts
-      results.push({ date: iso(t), ...metricValues(shown, counts.visitors, q.metrics), status })
+      results.push({
+        date: formatInZone(t, q.zone),
+        ...metricValues(shown, counts.visitors, q.metrics),
+        status,
+      })
     }
     return {
       results,
@@ -556,6 +700,113 @@ export class StatsService {
         filters: q.filters,
         interval,
         ...(gaps ? { visitGaps: gaps } : {}),
+        timeZone: this.zoneMeta(q, undefined, [interval]),
+      }),
+    }
+  }
+
+  /**
+   * A daily timeseries in the site's zone: one point per local day (23 or 25 hours across a
+   * daylight-saving change), each assembled from the windows that tile it — hours, and minutes
+   * where the zone's midnight is not a whole hour — with counts summed and visitors' registers
+   * merged per day (never summed). Edges beyond the retention of the windows they need are
+   * floored (zonedEdges); meta.time_zone says so.
+   */
+  private async localDaySeries(
+    q: ParsedQuery,
+    freshness: Freshness,
+    at: ReadContext,
+    filter: Filter | undefined,
+  ): Promise<TimeseriesAnswer> {
+    const allowed = filter ? DIMENSION_GRANULARITIES : GRANULARITIES
+    const local = localDayEdges(q.range!, q.zone)
+    const n = local.length - 1
+    if (n > this.deps.limits.maxPoints.day) {
+      throw tooLarge(
+        'interval',
+        `the range holds ${n} day windows; at most ${this.deps.limits.maxPoints.day}: use a shorter range`,
+      )
+    }
+    let rounded: Granularity | undefined
+    const kept = (g: Granularity) => this.keptSince(g)
+    const edges = local.map((e) => {
+      const r = roundEdge(e, allowed, kept)
+      rounded = coarser(rounded, r.rounded)
+      return r.edgeMs
+    })
+    const segments: Segment[] = []
+    for (let i = 0; i < n; i++) {
+      for (const s of tile({ fromMs: edges[i]!, toMs: edges[i + 1]! }, allowed)) {
+        const last = segments[segments.length - 1]
+        if (last && last.granularity === s.granularity && last.toMs === s.fromMs) last.toMs = s.toMs
+        else segments.push({ ...s })
+      }
+    }
+    const reads = windowCount(segments)
+    if (reads > this.deps.limits.maxExportWindows) {
+      throw tooLarge(
+        'from',
+        `local days over this range read ${reads} windows; at most ${this.deps.limits.maxExportWindows}: shorten the range`,
+      )
+    }
+    this.checkRetention(segments)
+    if (filter) this.checkReads(segments, 'a filtered timeseries')
+    const withVisitors = q.metrics.includes('visitors')
+    const read = await Promise.all(
+      segments.map((s) => this.readSegment(q.siteId, s, filter, withVisitors, at)),
+    )
+    const visitRows = isVisitDimension(filter?.property)
+    const accs = Array.from(
+      { length: n },
+      () => new MetricAccumulator(this.deps.precision, withVisitors, visitRows),
+    )
+    const statuses: WindowStatus[] = Array.from({ length: n }, () => 'final')
+    const tally = new WindowTally(freshness.completeThroughMs)
+    const gaps = visitGapsFor(q.metrics)
+    // Edges ascend: the day of a window is the last edge at or before its start.
+    const dayOf = (t: number) => {
+      let lo = 0
+      let hi = n - 1
+      while (lo < hi) {
+        const mid = (lo + hi + 1) >> 1
+        if (edges[mid]! <= t) lo = mid
+        else hi = mid - 1
+      }
+      return lo
+    }
+    segments.forEach((s, i) => {
+      const windows = read[i]!
+      const finals = new Set(windows.filter((w) => w.final).map((w) => w.windowStart))
+      const step = windowMs(s.granularity)
+      for (let t = s.fromMs; t < s.toMs; t += step) {
+        const d = dayOf(t)
+        statuses[d] = worse(statuses[d]!, tally.add(t, s.granularity, finals.has(t)))
+      }
+      for (const w of windows) {
+        accs[dayOf(w.windowStart)]!.add(w)
+        if (w.visits === undefined) gaps?.add(w.windowStart, s.granularity)
+      }
+    })
+    const results: TimeseriesPoint[] = accs.map((acc, i) => ({
+      date: formatInZone(local[i]!, q.zone),
+      ...acc.values(q.metrics),
+      status: statuses[i]!,
+    }))
+    return {
+      results,
+      meta: buildMeta({
+        siteId: q.siteId,
+        range: { fromMs: edges[0]!, toMs: edges[n]! },
+        requested: q.range,
+        segments,
+        freshness,
+        windows: tally,
+        metrics: q.metrics,
+        precision: this.deps.precision,
+        filters: q.filters,
+        interval: 'day',
+        ...(gaps ? { visitGaps: gaps } : {}),
+        timeZone: this.zoneMeta(q, rounded, allowed),
       }),
     }
   }
@@ -579,7 +830,8 @@ export class StatsService {
     }
     const values = q.filters[0]?.values
     const requested = q.range!
-    const range = alignRange(requested, 'hour')
+    const zoned = this.zonedEdges(q, requested, DIMENSION_GRANULARITIES)
+    const range = alignRange(zoned.range, 'hour')
     const tiled = tile(range, DIMENSION_GRANULARITIES)
     this.checkRetention(tiled)
     this.checkReads(tiled, 'a breakdown')
@@ -673,6 +925,7 @@ export class StatsService {
           filters: q.filters,
           property,
           ...(gaps ? { visitGaps: gaps } : {}),
+          timeZone: this.zoneMeta(q, zoned.rounded, DIMENSION_GRANULARITIES),
         }),
         total_values: total,
         page: q.page,
@@ -727,6 +980,37 @@ export class StatsService {
         ...(gaps ? { visitGaps: gaps } : {}),
       }),
     }
+  }
+}
+
+/** The coarser of two roundings (undefined: none). */
+function coarser(a: Granularity | undefined, b: Granularity | undefined): Granularity | undefined {
+  if (a === undefined) return b
+  if (b === undefined) return a
+  return windowMs(a) >= windowMs(b) ? a : b
+}
+
+const STATUS_ORDER: readonly WindowStatus[] = ['final', 'closed', 'open']
+
+/** The less settled of two statuses: a day with an open hour is open. */
+function worse(a: WindowStatus, b: WindowStatus): WindowStatus {
+  return STATUS_ORDER.indexOf(a) >= STATUS_ORDER.indexOf(b) ? a : b
+}
+
+/** `+05:30`, `-04:00`, `+00:00`. */
+function formatOffset(ms: number): string {
+  const abs = Math.abs(ms) / 60_000
+  return `${ms < 0 ? '-' : '+'}${String(Math.floor(abs / 60)).padStart(2, '0')}:${String(abs % 60).padStart(2, '0')}`
+}
+
+function comparisonMeta(mode: CompareMode, previous: Meta): ComparisonMeta {
+  return {
+    mode,
+    from: previous.from,
+    to: previous.to,
+    ...(previous.requested ? { requested: previous.requested } : {}),
+    windows: previous.windows,
+    ...(previous.time_zone ? { time_zone: previous.time_zone } : {}),
   }
 }
 

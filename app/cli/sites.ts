@@ -7,7 +7,8 @@ import type { EmbeddedBackend } from '../../core/embedded/index.js'
 import { ERR } from '../../core/error-codes.js'
 import { TallyError, UsageError } from '../../core/errors.js'
 import { hashToken, READ_TOKEN_ID, readTokenId } from '../../core/keys.js'
-import type { ReadTokenInfo, SiteStore } from '../../core/ports/site-store.js'
+import type { ReadTokenInfo, Site, SiteStore } from '../../core/ports/site-store.js'
+import { canonicalZone, UTC } from '../../query/zone.js'
 import { openEmbeddedBackend } from '../backend.js'
 import type { ConfigLoader } from './config-loader.js'
 import { announceBackend } from './run-role.js'
@@ -90,6 +91,33 @@ function tokenLine(t: ReadTokenInfo): string {
   return `${t.tokenId}\t${t.prefix ? `${t.prefix}…` : '(no prefix)'}\tcreated ${t.createdAt.toISOString()}\tlast used ${t.lastUsedAt?.toISOString() ?? 'never'}\t${state}`
 }
 
+/** A site for `sites show --json` (never a token: only how many). */
+function siteJson(site: Site, aliases: readonly string[]) {
+  return {
+    siteId: site.siteId,
+    domain: site.domain,
+    writeKey: site.writeKey,
+    origins: site.origins,
+    aliases,
+    readTokens: site.readTokenHashes.length,
+    createdAt: site.createdAt.toISOString(),
+    timezone: site.timezone ?? UTC,
+  }
+}
+
+function siteText(site: Site, aliases: readonly string[]): string {
+  return [
+    `site ${site.siteId}`,
+    `  domain     ${site.domain}`,
+    `  write key  ${site.writeKey}`,
+    `  origins    ${site.origins.join(' ') || '-'}`,
+    `  aliases    ${aliases.join(' ') || '-'}`,
+    `  read tokens ${site.readTokenHashes.length}`,
+    `  created    ${site.createdAt.toISOString()}`,
+    `  time zone  ${site.timezone ?? UTC}`,
+  ].join('\n')
+}
+
 function print(json: boolean, value: unknown, text: string): void {
   process.stdout.write(json ? `${JSON.stringify(value)}\n` : `${text}\n`)
 }
@@ -110,11 +138,15 @@ export function registerSitesCommands(program: Command, getConfig: ConfigLoader)
       '--alias <domain...>',
       "other domains Plausible's tracker may name for this site (see `tally sites alias`)",
     )
+    .option(
+      '--timezone <zone>',
+      'IANA time zone its days, periods and daily timeseries follow, e.g. Europe/Berlin (default UTC)',
+    )
     .option('--json', 'print {"siteId","writeKey","readToken"}', false)
     .action(
       async (
         domainArg: string,
-        opts: { origin?: string[]; id?: string; alias?: string[]; json: boolean },
+        opts: { origin?: string[]; id?: string; alias?: string[]; timezone?: string; json: boolean },
       ) => {
         const domain = parseDomain(domainArg)
         const siteId = opts.id ?? domain
@@ -122,15 +154,16 @@ export function registerSitesCommands(program: Command, getConfig: ConfigLoader)
           throw new UsageError(`--id "${siteId}" must be lower-case letters, digits, ".", "_" or "-"`)
         const origins = (opts.origin ?? []).map(parseOrigin)
         const aliases = (opts.alias ?? []).map(parseDomain)
+        const timezone = opts.timezone === undefined ? undefined : canonicalZone(opts.timezone, '--timezone')
         const { site, readToken } = await withStore(getConfig, async (s) => {
-          const created = await s.create({ siteId, domain, origins })
+          const created = await s.create({ siteId, domain, origins, ...(timezone ? { timezone } : {}) })
           for (const alias of aliases) await s.addAlias(siteId, alias)
           return created
         })
         print(
           opts.json,
           { siteId: site.siteId, writeKey: site.writeKey, readToken },
-          `site ${site.siteId}\n  write key  ${site.writeKey}\n  read token ${readToken}  (secret: shown only now)\n  origins    ${[`https://${domain}`, ...origins].join(' ')}${aliases.length > 0 ? `\n  aliases    ${aliases.join(' ')}` : ''}`,
+          `site ${site.siteId}\n  write key  ${site.writeKey}\n  read token ${readToken}  (secret: shown only now)\n  origins    ${[`https://${domain}`, ...origins].join(' ')}\n  time zone  ${site.timezone ?? UTC}${aliases.length > 0 ? `\n  aliases    ${aliases.join(' ')}` : ''}`,
         )
       },
     )
@@ -179,6 +212,7 @@ export function registerSitesCommands(program: Command, getConfig: ConfigLoader)
         origins: s.origins,
         readTokens: s.readTokenHashes.length,
         createdAt: s.createdAt.toISOString(),
+        timezone: s.timezone ?? UTC,
       }))
       print(
         opts.json,
@@ -188,10 +222,44 @@ export function registerSitesCommands(program: Command, getConfig: ConfigLoader)
           : rows
               .map(
                 (r) =>
-                  `${r.siteId}\t${r.writeKey}\t${r.origins.join(',') || '-'}\t${r.readTokens} read token(s)`,
+                  `${r.siteId}\t${r.writeKey}\t${r.origins.join(',') || '-'}\t${r.readTokens} read token(s)\t${r.timezone}`,
               )
               .join('\n'),
       )
+    })
+
+  // Site settings: show and set (the time zone).
+  sites
+    .command('show')
+    .description('show one site: domain, write key, origins, aliases, read tokens, time zone')
+    .argument('<siteId>')
+    .option('--json', 'print JSON', false)
+    .action(async (siteId: string, opts: { json: boolean }) => {
+      const [site, aliases] = await withStore(getConfig, async (s) => {
+        const found = await s.get(siteId)
+        if (!found) throw new TallyError(ERR.SITE_NOT_FOUND, `no site ${siteId}`, { where: 'siteId' })
+        return [found, await s.listAliases(siteId)] as const
+      })
+      print(opts.json, siteJson(site, aliases), siteText(site, aliases))
+    })
+
+  sites
+    .command('set')
+    .description(
+      "change a site's settings; --timezone: the IANA zone its days, periods and daily timeseries follow (UTC clears it)",
+    )
+    .argument('<siteId>')
+    .option('--timezone <zone>', 'IANA time zone, e.g. Europe/Berlin, America/New_York, Asia/Kolkata, UTC')
+    .option('--json', 'print the site as `sites show --json` does', false)
+    .action(async (siteId: string, opts: { timezone?: string; json: boolean }) => {
+      if (opts.timezone === undefined)
+        throw new UsageError('sites set: give a setting to change (--timezone)')
+      const timezone = canonicalZone(opts.timezone, '--timezone')
+      const [site, aliases] = await withStore(getConfig, async (s) => {
+        const changed = await s.setTimezone(siteId, timezone)
+        return [changed, await s.listAliases(siteId)] as const
+      })
+      print(opts.json, siteJson(site, aliases), `site ${siteId}: time zone ${site.timezone ?? UTC}`)
     })
 
   sites

@@ -12,6 +12,7 @@ import {
   type Site,
   type SiteStore,
   sortReadTokens,
+  storedTimezone,
 } from '../ports/site-store.js'
 
 function rowToSite(row: { get(name: string): unknown }): Site {
@@ -22,10 +23,17 @@ function rowToSite(row: { get(name: string): unknown }): Site {
     writeKey: String(row.get('write_key') ?? ''),
     readTokenHashes: ((row.get('read_token_hashes') as string[] | null) ?? []).slice(),
     createdAt: (row.get('created_at') as Date | null) ?? new Date(0),
+    ...timezoneOf(row),
   }
 }
 
-const SITE_COLUMNS = 'site_id, domain, origins, write_key, read_token_hashes, created_at'
+/** The site's time zone when it has one (schemas/cql/0013_site_timezone.cql); none = UTC. */
+function timezoneOf(row: { get(name: string): unknown }): { timezone?: string } {
+  const tz = row.get('timezone') as string | null | undefined
+  return tz ? { timezone: tz } : {}
+}
+
+const SITE_COLUMNS = 'site_id, domain, origins, write_key, read_token_hashes, created_at, timezone'
 
 interface TokenRow {
   tokenHash: string | undefined
@@ -85,13 +93,17 @@ export class CassandraSiteStore implements SiteStore {
     )
     await this.insertToken(input.siteId, readToken, tokenHash, now)
     await this.claimDomain(input.domain, input.siteId, false)
+    const { timezone, ...rest } = input
+    const tz = storedTimezone(timezone)
+    if (tz !== null) await this.writeTimezone(input.siteId, tz)
     return {
       site: {
-        ...input,
+        ...rest,
         origins: [...input.origins].sort(),
         writeKey,
         readTokenHashes: [tokenHash],
         createdAt: now,
+        ...(tz === null ? {} : { timezone: tz }),
       },
       readToken,
     }
@@ -105,6 +117,8 @@ export class CassandraSiteStore implements SiteStore {
       { prepare: true },
     )
     let outcome: 'created' | 'unchanged' = 'created'
+    const tz = storedTimezone(site.timezone)
+    if (rs.wasApplied() && tz !== null) await this.writeTimezone(site.siteId, tz)
     if (!rs.wasApplied()) {
       const existing = await this.get(site.siteId)
       if (!existing || existing.writeKey !== site.writeKey) return 'conflict'
@@ -366,6 +380,23 @@ export class CassandraSiteStore implements SiteStore {
   }
 
   /** Inserts domain → site unless a site holds it; returns the holder (this site when it won). */
+  async setTimezone(siteId: string, timezone: string): Promise<Site> {
+    const site = await this.get(siteId)
+    if (!site) throw notFound(siteId)
+    const tz = storedTimezone(timezone)
+    await this.writeTimezone(siteId, tz)
+    const { timezone: _old, ...rest } = site
+    return tz === null ? rest : { ...rest, timezone: tz }
+  }
+
+  private async writeTimezone(siteId: string, timezone: string | null): Promise<void> {
+    await this.client.execute(
+      'UPDATE sites SET timezone = ?, updated_at = ? WHERE site_id = ?',
+      [timezone, new Date(), siteId],
+      { prepare: true },
+    )
+  }
+
   private async claimDomain(domain: string, siteId: string, alias: boolean): Promise<string> {
     const rs = await this.client.execute(
       'INSERT INTO site_domains (domain, site_id, alias) VALUES (?, ?, ?) IF NOT EXISTS',

@@ -67,6 +67,9 @@ export async function serveAdmin(
       return { recorded: true }
     },
   )
+  app.post<{ Params: { id: string }; Body: { timezone: string } }>('/sites/:id/timezone', async (req) =>
+    sites.setTimezone(req.params.id, req.body.timezone),
+  )
   app.get<{ Params: { id: string } }>('/sites/:id/aliases', async (req) => sites.listAliases(req.params.id))
   app.post<{ Params: { id: string }; Body: { domain: string } }>('/sites/:id/aliases', async (req) => {
     await sites.addAlias(req.params.id, req.body.domain)
@@ -243,6 +246,12 @@ export class AdminSiteStore implements SiteStore {
         },
       )
     ).removed
+  }
+
+  async setTimezone(siteId: string, timezone: string): Promise<Site> {
+    return revive(
+      await call<Site>(this.path, 'POST', `/sites/${encodeURIComponent(siteId)}/timezone`, { timezone }),
+    )
   }
 
   async listAliases(siteId: string): Promise<string[]> {

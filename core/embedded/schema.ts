@@ -297,4 +297,9 @@ export const STORE_MIGRATIONS: readonly string[] = [
     PRIMARY KEY (consumer_group, topic, partition)
   ) WITHOUT ROWID;
   `,
+  // step 11 (step 10 is another change's): a site's time zone (schemas/cql/0013_site_timezone.cql),
+  // the IANA name its days follow (query/zone.ts); NULL = UTC.
+  `
+  ALTER TABLE sites ADD COLUMN timezone TEXT;
+  `,
 ]

@@ -11,6 +11,7 @@ import {
   type Site,
   type SiteStore,
   sortReadTokens,
+  storedTimezone,
 } from '../ports/site-store.js'
 import type { Db } from './sqlite.js'
 
@@ -21,6 +22,7 @@ interface SiteRow {
   write_key: string
   read_token_hashes: string
   created_at_ms: number
+  timezone: string | null
 }
 
 function rowToSite(r: SiteRow): Site {
@@ -31,6 +33,7 @@ function rowToSite(r: SiteRow): Site {
     writeKey: r.write_key,
     readTokenHashes: (JSON.parse(r.read_token_hashes) as string[]).slice().sort(),
     createdAt: new Date(r.created_at_ms),
+    ...(r.timezone ? { timezone: r.timezone } : {}),
   }
 }
 
@@ -56,7 +59,7 @@ function notFound(siteId: string): TallyError {
   return new TallyError(ERR.SITE_NOT_FOUND, `no site ${siteId}`, { where: 'siteId' })
 }
 
-const COLUMNS = 'site_id, domain, origins, write_key, read_token_hashes, created_at_ms'
+const COLUMNS = 'site_id, domain, origins, write_key, read_token_hashes, created_at_ms, timezone'
 
 /**
  * Sites in the embedded store (SiteStore): one row per site, the write key under a unique index.
@@ -78,6 +81,7 @@ export class EmbeddedSiteStore implements SiteStore {
       byWriteKey: db.prepare(`SELECT ${COLUMNS} FROM sites WHERE write_key = ?`),
       setWriteKey: db.prepare('UPDATE sites SET write_key = ?, updated_at_ms = ? WHERE site_id = ?'),
       setTokens: db.prepare('UPDATE sites SET read_token_hashes = ?, updated_at_ms = ? WHERE site_id = ?'),
+      setTimezone: db.prepare('UPDATE sites SET timezone = ?, updated_at_ms = ? WHERE site_id = ?'),
       remove: db.prepare('DELETE FROM sites WHERE site_id = ?'),
       insertToken: db.prepare(
         'INSERT OR IGNORE INTO site_tokens (site_id, token_id, token_hash, prefix, created_at_ms) VALUES (?, ?, ?, ?, ?)',
@@ -114,6 +118,7 @@ export class EmbeddedSiteStore implements SiteStore {
     const tokenHash = hashToken(readToken)
     const now = this.now()
     const origins = [...input.origins].sort()
+    const tz = storedTimezone(input.timezone)
     const created = this.db.transaction(() => {
       const info = this.stmt.insert.run(
         input.siteId,
@@ -133,6 +138,7 @@ export class EmbeddedSiteStore implements SiteStore {
         now,
       )
       this.stmt.claimDomain.run(input.domain, input.siteId, 0)
+      if (tz !== null) this.stmt.setTimezone.run(tz, now, input.siteId)
       return true
     })()
     if (!created) {
@@ -148,6 +154,7 @@ export class EmbeddedSiteStore implements SiteStore {
         writeKey,
         readTokenHashes: [tokenHash],
         createdAt: new Date(now),
+        ...(tz === null ? {} : { timezone: tz }),
       },
       readToken,
     }
@@ -170,6 +177,8 @@ export class EmbeddedSiteStore implements SiteStore {
       if (info.changes > 0) {
         for (const h of hashes) this.stmt.insertToken.run(site.siteId, readTokenId(h), h, null, createdAtMs)
         this.stmt.claimDomain.run(site.domain, site.siteId, 0)
+        const tz = storedTimezone(site.timezone)
+        if (tz !== null) this.stmt.setTimezone.run(tz, now, site.siteId)
         return 'created'
       }
       const row = this.stmt.get.get(site.siteId) as SiteRow | undefined
@@ -209,6 +218,12 @@ export class EmbeddedSiteStore implements SiteStore {
     const writeKey = newWriteKey()
     this.stmt.setWriteKey.run(writeKey, this.now(), siteId)
     return { ...site, writeKey }
+  }
+
+  async setTimezone(siteId: string, timezone: string): Promise<Site> {
+    const tz = storedTimezone(timezone)
+    if (this.stmt.setTimezone.run(tz, this.now(), siteId).changes === 0) throw notFound(siteId)
+    return (await this.get(siteId))!
   }
 
   async addReadToken(siteId: string): Promise<string> {

@@ -11,6 +11,8 @@ export interface Site {
   /** SHA-256 (hex) of each read token not revoked. The tokens themselves are never stored. */
   readTokenHashes: string[]
   createdAt: Date
+  /** IANA time zone its days and periods follow (query/zone.ts); absent = UTC. */
+  timezone?: string
 }
 
 /** A read token as `tally sites tokens` lists it: never the secret. */
@@ -30,6 +32,8 @@ export interface NewSite {
   siteId: string
   domain: string
   origins: string[]
+  /** IANA time zone (canonical name, query/zone.ts canonicalZone); absent or `UTC` = UTC. */
+  timezone?: string
 }
 
 /** The site registry, kept in the aggregate store. */
@@ -86,6 +90,16 @@ export interface SiteStore {
   dailySalt(day: string): Promise<Buffer>
   /** The days whose salt is kept, sorted (to check the deletion). */
   saltDays(): Promise<string[]>
+  /**
+   * Sets the site's time zone (a canonical IANA name; `UTC` clears it, the default) and returns the
+   * site. TALLY_ERR_SITE_NOT_FOUND without the site.
+   */
+  setTimezone(siteId: string, timezone: string): Promise<Site>
+}
+
+/** The stored form of a time zone: none for UTC, the default. */
+export function storedTimezone(timezone: string | undefined): string | null {
+  return timezone === undefined || timezone === 'UTC' ? null : timezone
 }
 
 /** The oldest day (`YYYY-MM-DD`, UTC) whose salt is kept once `day` is used: the day before; older salts are deleted. */

@@ -65,7 +65,12 @@
   // --- state in the URL fragment: site, range and the filter (never the token) ------------------
   const state = () => {
     const h = new URLSearchParams(location.hash.slice(1))
-    return { site: h.get('site') || '', range: h.get('range') || '24h', filter: h.get('filter') || '' }
+    return {
+      site: h.get('site') || '',
+      range: h.get('range') || '24h',
+      filter: h.get('filter') || '',
+      compare: h.get('compare') || '',
+    }
   }
   const setState = (next) => {
     const s = { ...state(), ...next }
@@ -374,6 +379,36 @@
       : 'Not complete through any time yet: the stream workers have not checkpointed.'
   }
 
+  // --- comparison: the change in percent beside each top number ----------------------------------
+  const CHANGE_OF = {
+    visitors: 'total-visitors',
+    pageviews: 'total-pageviews',
+    events: 'total-events',
+    visits: 'total-visits',
+    bounce_rate: 'bounce-rate',
+    visit_duration: 'visit-duration',
+  }
+  const showChanges = (agg) => {
+    for (const [metric, id] of Object.entries(CHANGE_OF)) {
+      const value = $(id)
+      let badge = value.parentElement.querySelector('.change')
+      if (!badge) {
+        badge = document.createElement('span')
+        badge.className = 'change'
+        value.after(badge)
+      }
+      const r = agg.results[metric]
+      const shown = r && 'change' in r
+      badge.hidden = !shown
+      if (!shown) continue
+      // null: nothing to compare with (the other range had 0).
+      badge.textContent =
+        r.change === null ? (r.value > 0 ? 'new' : '–') : `${r.change > 0 ? '+' : ''}${r.change} %`
+      badge.dataset.sign = r.change === null ? 'none' : r.change > 0 ? 'up' : r.change < 0 ? 'down' : 'flat'
+      badge.title = `${fmt.format(r.comparison_value)} in ${agg.meta.comparison.from.slice(0, 10)} – ${agg.meta.comparison.to.slice(0, 10)}`
+    }
+  }
+
   // --- loading --------------------------------------------------------------------------------
   const CARDS = {
     visitors: 'total-visitors',
@@ -391,7 +426,7 @@
   let current
   let loadCtl
   const load = async () => {
-    const { site, range, filter: raw } = state()
+    const { site, range, filter: raw, compare } = state()
     if (!site) return
     loadCtl?.abort()
     const ctl = new AbortController()
@@ -415,7 +450,11 @@
     const shown = panels.map((p) => p.active)
     try {
       const [agg, series, ...answers] = await Promise.all([
-        api('aggregate', filtered({ ...at.base, metrics: totals.join(',') }), ctl.signal),
+        api(
+          'aggregate',
+          filtered({ ...at.base, metrics: totals.join(','), ...(compare ? { compare } : {}) }),
+          ctl.signal,
+        ),
         api('timeseries', filtered({ ...at.base, metrics: lines.join(',') }), ctl.signal),
         ...shown.map((v) => viewAnswer(v, at)),
       ])
@@ -427,6 +466,7 @@
           .closest('.card')
           .classList.toggle('na', v === undefined)
       }
+      showChanges(agg)
       const missing = agg.meta.visits?.windows_without_data ?? 0
       // Windows written before visits were counted show none until rebuilt.
       $('visits-note').textContent = missing > 0 ? `${missing} windows without visit data` : ''
@@ -530,6 +570,7 @@
     }
     select.value = site
     $('range').value = state().range
+    $('compare').value = state().compare
     if (list.length === 0) {
       showSites(true)
       status('Add a site id and its read token (`tally sites token <site>`) to see its numbers.')
@@ -554,6 +595,10 @@
   })
   $('range').addEventListener('change', (e) => {
     setState({ range: e.target.value })
+    load()
+  })
+  $('compare').addEventListener('change', (e) => {
+    setState({ compare: e.target.value })
     load()
   })
   $('add-site').addEventListener('submit', (e) => {

@@ -293,6 +293,44 @@ export function siteStoreContract(name: string, make: () => Promise<SiteStoreHar
       await h.sites.remove(b)
     })
 
+    it('keeps a time zone per site: none (UTC) by default, given at create, changed by setTimezone, UTC clears it, kept by an import', async () => {
+      const plain = uniqueName('site_tz_plain')
+      const zoned = uniqueName('site_tz_zoned')
+      const created = await h.sites.create({ siteId: plain, domain: uniqueDomain(), origins: [] })
+      expect(created.site.timezone).toBeUndefined()
+      expect((await h.sites.get(plain))?.timezone).toBeUndefined()
+      const withZone = await h.sites.create({
+        siteId: zoned,
+        domain: uniqueDomain(),
+        origins: [],
+        timezone: 'Europe/Berlin',
+      })
+      expect(withZone.site.timezone).toBe('Europe/Berlin')
+      expect(await h.sites.get(zoned)).toEqual(withZone.site)
+      expect((await h.sites.list()).find((s) => s.siteId === zoned)?.timezone).toBe('Europe/Berlin')
+      expect(await h.sites.setTimezone(plain, 'Asia/Kathmandu')).toEqual({
+        ...created.site,
+        timezone: 'Asia/Kathmandu',
+      })
+      expect((await h.sites.get(plain))?.timezone).toBe('Asia/Kathmandu')
+      expect((await h.sites.byWriteKey(created.site.writeKey))?.timezone).toBe('Asia/Kathmandu')
+      const cleared = await h.sites.setTimezone(plain, 'UTC')
+      expect(cleared.timezone).toBeUndefined()
+      expect(await h.sites.get(plain)).toEqual(created.site)
+      await expect(h.sites.setTimezone(uniqueName('none'), 'Europe/Berlin')).rejects.toMatchObject({
+        code: 'TALLY_ERR_SITE_NOT_FOUND',
+      })
+      // Moving an installation keeps the zone.
+      const moved = {
+        ...withZone.site,
+        siteId: uniqueName('site_tz_moved'),
+        writeKey: `wk_${uniqueName('tz')}`,
+      }
+      expect(await h.sites.importSite(moved)).toBe('created')
+      expect((await h.sites.get(moved.siteId))?.timezone).toBe('Europe/Berlin')
+      for (const id of [plain, zoned, moved.siteId]) await h.sites.remove(id)
+    })
+
     it('keeps one salt per UTC day, the same for every caller, and none older than the day before', async () => {
       const first = await h.sites.dailySalt('2031-03-01')
       expect(first.length).toBeGreaterThanOrEqual(16)

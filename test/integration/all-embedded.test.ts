@@ -124,6 +124,10 @@ describe('tally all on the embedded backend', () => {
       const listed = await cli(['sites', 'list'])
       expect(listed.out).toContain('shop.example')
       expect(listed.out).toContain('localhost')
+      // Settings go through the running process too.
+      const zoned = await cli(['sites', 'set', 'shop.example', '--timezone', 'Europe/Berlin'])
+      expect(zoned.exit.code, zoned.out).toBe(0)
+      expect((await cli(['sites', 'show', 'shop.example'])).out).toContain('time zone  Europe/Berlin')
       // The new key is taken at once by the running ingest.
       const res = await fetch(`${first.ingest}/v1/track`, {
         method: 'POST',

@@ -503,6 +503,17 @@ describe('browser tracker in Chromium', () => {
       expect(await page.textContent('#windows')).toMatch(/24 windows: 0 final, 24 provisional/)
       expect(await page.textContent('#freshness')).toMatch(/Complete through|Not complete/)
 
+      // Comparing with the 24 hours before, when the site had no traffic: each top number is new.
+      if (device === 'desktop') {
+        const badge = (id: string) => page.textContent(`#${id} + .change`).catch(() => null)
+        await page.selectOption('#compare', 'previous_period')
+        expect(page.url()).toContain('compare=previous_period')
+        for (const id of ['total-visitors', 'total-pageviews', 'total-events'])
+          await expect.poll(() => badge(id), { timeout: 15_000 }).toBe('new')
+        await page.selectOption('#compare', '')
+        await expect.poll(() => page.isVisible('#total-visitors + .change'), { timeout: 15_000 }).toBe(false)
+      }
+
       // Realtime keeps polling: a new visitor shows up without reloading the dashboard.
       if (device === 'desktop') {
         const d = await visitor('D')

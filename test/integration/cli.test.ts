@@ -1,5 +1,8 @@
 import { spawnSync } from 'node:child_process'
 import { createHash } from 'node:crypto'
+import { mkdtempSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { afterAll, describe, expect, it } from 'vitest'
 import { cleanup, envOf, testConfig, uniqueName } from '../helpers/context.js'
 
@@ -111,6 +114,50 @@ describe('tally CLI', () => {
     expect(tally(['sites', 'alias', siteId, 'remove', `staging.${base}.test`], env).code).toBe(2)
     expect(tally(['sites', 'alias', siteId, 'rename', 'x.test'], env).code).toBe(2)
   })
+
+  it.each(['kafka-cassandra', 'embedded'])(
+    '%s: sites add --timezone, set and show keep a time zone (UTC by default); an unknown zone is refused in one line',
+    (backend) => {
+      const data = mkdtempSync(join(tmpdir(), 'tally-cli-tz-'))
+      const env = backend === 'embedded' ? { TALLY_DATA_DIR: data } : envOf(config)
+      try {
+        expect(tally(['migrate'], env).code).toBe(0)
+        const siteId = uniqueName('cli_tz')
+        const base = uniqueName('tz').replace(/_/g, '-')
+        const added = tally(
+          ['sites', 'add', `${base}.test`, '--id', siteId, '--timezone', 'america/new_york'],
+          env,
+        )
+        expect(added.code, added.stderr).toBe(0)
+        expect(added.stdout).toContain('time zone  America/New_York')
+        const shown = JSON.parse(tally(['sites', 'show', siteId, '--json'], env).stdout) as {
+          timezone: string
+        }
+        expect(shown.timezone).toBe('America/New_York')
+        const set = tally(['sites', 'set', siteId, '--timezone', 'Asia/Kolkata'], env)
+        expect([set.code, set.stdout]).toEqual([0, `site ${siteId}: time zone Asia/Kolkata\n`])
+        const listed = JSON.parse(tally(['sites', 'list', '--json'], env).stdout) as Array<{
+          siteId: string
+          timezone: string
+        }>
+        expect(listed.find((r) => r.siteId === siteId)?.timezone).toBe('Asia/Kolkata')
+        expect(tally(['sites', 'set', siteId, '--timezone', 'UTC'], env).code).toBe(0)
+        expect(tally(['sites', 'show', siteId], env).stdout).toContain('time zone  UTC')
+        const plain = uniqueName('cli_tz_plain')
+        expect(tally(['sites', 'add', `${base}-plain.test`, '--id', plain], env).stdout).toContain(
+          'time zone  UTC',
+        )
+        const bad = tally(['sites', 'set', siteId, '--timezone', 'Mars/Olympus'], env)
+        expect(bad.code).toBe(1)
+        expect(bad.stderr.trim().split('\n')).toHaveLength(1)
+        expect(bad.stderr).toContain('TALLY_ERR_BAD_TIMEZONE')
+        const none = tally(['sites', 'show', `${siteId}-none`], env)
+        expect(none.stderr).toContain('TALLY_ERR_SITE_NOT_FOUND')
+      } finally {
+        rmSync(data, { recursive: true, force: true })
+      }
+    },
+  )
 
   it('exits 2 with a one-line reason on bad usage', () => {
     const res = tally(['frobnicate'])
