@@ -297,4 +297,14 @@ export const STORE_MIGRATIONS: readonly string[] = [
     PRIMARY KEY (consumer_group, topic, partition)
   ) WITHOUT ROWID;
   `,
+  // 10: custom properties (schemas/cql/0012_site_props_goals.cql): the event property keys a site
+  // declares, each a dimension `prop:KEY`.
+  `
+  CREATE TABLE site_props (
+    site_id TEXT NOT NULL,
+    key TEXT NOT NULL,
+    added_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (site_id, key)
+  ) WITHOUT ROWID;
+  `,
 ]
