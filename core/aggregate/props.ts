@@ -2,7 +2,7 @@ import type { RawEventV1 } from '../../schemas/events.js'
 import { ERR } from '../error-codes.js'
 import { TallyError } from '../errors.js'
 import { type HashHalves, hashHalves } from '../hll.js'
-import { NONE } from './definition.js'
+import { NONE, type PropDimension } from './definition.js'
 
 /**
  * Custom properties (issue 17 point 4): a site declares event property keys
@@ -24,6 +24,8 @@ import { NONE } from './definition.js'
 export const PROP_PREFIX = 'prop:'
 /** The most keys a site declares (issue 17). */
 export const MAX_PROP_KEYS = 20
+/** TALLY_PROP_VALUES_MAX's default. */
+export const DEFAULT_PROP_VALUES_MAX = 1000
 /** Values counted beyond the cap. */
 export const OTHER = '(other)'
 
@@ -51,12 +53,12 @@ export function propKeysFull(siteId: string): TallyError {
 }
 
 /** The dimension name of a key. */
-export function propDimension(key: string): string {
+export function propDimension(key: string): PropDimension {
   return `${PROP_PREFIX}${key}`
 }
 
 /** Whether a dimension name is a custom property's (`prop:KEY` with a valid key). */
-export function isPropDimension(d: string): boolean {
+export function isPropDimension(d: string): d is PropDimension {
   return d.startsWith(PROP_PREFIX) && KEY_SYNTAX.test(d.slice(PROP_PREFIX.length))
 }
 
