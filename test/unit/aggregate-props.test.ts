@@ -10,6 +10,7 @@ import {
   propValueOf,
   ValueAdmission,
 } from '../../core/aggregate/props.js'
+import { parseProperty } from '../../query/params.js'
 
 /** A deterministic shuffle (seeded by the test, no Math.random), to show order does not matter. */
 function shuffled<T>(xs: readonly T[], seed: string): T[] {
@@ -106,5 +107,16 @@ describe('the cap rule (bottom-N by hash)', () => {
     expect(read).toEqual(truth)
     // Each partition held far fewer rows than values.
     for (const part of parts) expect(part.size).toBeLessThan(values.length / 2)
+  })
+})
+
+describe('the query property of a custom property', () => {
+  it('takes prop:KEY with a valid key and refuses others with TALLY_ERR_BAD_PARAMETER', () => {
+    expect(parseProperty('prop:plan', 'property')).toBe('prop:plan')
+    for (const bad of ['prop:', 'prop:a b', 'props:plan', 'plan']) {
+      expect(() => parseProperty(bad, 'property')).toThrow(
+        expect.objectContaining({ code: 'TALLY_ERR_BAD_PARAMETER' }),
+      )
+    }
   })
 })
