@@ -69,7 +69,12 @@ export async function moveToKafka(
     for (const site of await embedded.sites.list()) {
       const outcome = await target.importSite(site)
       if (outcome === 'conflict') conflicts.push(site.siteId)
-      else report.sites[outcome].push(site.siteId)
+      else {
+        report.sites[outcome].push(site.siteId)
+        // Custom property keys move with the site (adding one it has is a no-op).
+        for (const key of await embedded.sites.listPropKeys(site.siteId))
+          await target.addPropKey(site.siteId, key)
+      }
     }
     if (conflicts.length > 0) {
       throw new TallyError(

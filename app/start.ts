@@ -145,8 +145,8 @@ export function importFile(
   return withPorts(config, logger, (p) => importFileWith(config, logger, { ...rest, ports: p }))
 }
 
-function batchStoresOf(ports: Pick<Ports, 'batch' | 'offsets'>): BatchStores {
-  return { ...ports.batch, offsets: ports.offsets }
+function batchStoresOf(ports: Pick<Ports, 'batch' | 'offsets' | 'sites'>): BatchStores {
+  return { ...ports.batch, offsets: ports.offsets, sites: ports.sites }
 }
 
 /**

@@ -4,7 +4,9 @@ import {
   type Granularity,
   isPageview,
   kindOf,
+  type PropDimension,
 } from '../core/aggregate/definition.js'
+import { keptValues, OTHER } from '../core/aggregate/props.js'
 import { forEachSiteRun } from '../core/archive/dedup.js'
 import { HI, LO, type SegmentColumns } from '../core/archive/segment-reader.js'
 import { DIMENSION_COLUMNS } from '../schemas/arrow.js'
@@ -31,7 +33,7 @@ export interface AggregateRow {
   granularity: Granularity
   windowStart: number
   /** undefined: the window's totals. */
-  dimension: Dimension | undefined
+  dimension: Dimension | PropDimension | undefined
   value: string
   events: number
   pageviews: number
@@ -103,6 +105,68 @@ class ValueTable {
   get size(): number {
     return this.values.length
   }
+
+  /**
+   * The table under the cap rule of custom properties (core/aggregate/props.ts): the kept values as
+   * they are, the others folded into `(other)`.
+   */
+  capped(max: number): ValueTable {
+    const kept = keptValues(this.values, max)
+    if (kept.size === this.size) return this
+    const out = new ValueTable(this.precision)
+    for (let k = 0; k < this.size; k++) {
+      const v = this.values[k]!
+      const s = out.slot(kept.has(v) ? v : OTHER)
+      out.events[s]! += this.events[k]!
+      out.pageviews[s]! += this.pageviews[k]!
+      out.bots[s]! += this.bots[k]!
+      out.registers[s]!.merge(this.registers[k]!)
+    }
+    return out
+  }
+}
+
+/**
+ * The values of a site's custom properties in a segment's rows (read from its raw sidecar,
+ * batch/prop-columns.ts): per declared key, the value of each row of the site's run (indexed from
+ * the run's first row).
+ */
+export interface SitePropValues {
+  readonly dimensions: readonly PropDimension[]
+  /** Per dimension, per row of the run. */
+  readonly values: ReadonlyArray<readonly string[]>
+}
+
+/** One custom property's pass over a site's run of rows (as addDimension, by value). */
+function addPropValues(
+  table: ValueTable,
+  values: readonly string[],
+  code: Uint8Array,
+  entry: Uint32Array,
+  from: number,
+  to: number,
+): void {
+  for (let i = from; i < to; i++) {
+    const c = code[i]!
+    if (c === CODE_IGNORED) continue
+    const slot = table.slot(values[i - from]!)
+    if (c === CODE_BOT) {
+      table.bots[slot]!++
+      continue
+    }
+    table.events[slot]!++
+    if (c === CODE_PAGEVIEW) table.pageviews[slot]!++
+    table.registers[slot]!.add(entry[i]!)
+  }
+}
+
+function propTable(props: Map<PropDimension, ValueTable>, d: PropDimension, precision: number): ValueTable {
+  let t = props.get(d)
+  if (!t) {
+    t = new ValueTable(precision)
+    props.set(d, t)
+  }
+  return t
 }
 
 class SiteHour {
@@ -112,6 +176,7 @@ class SiteHour {
   readonly minuteTouched = new Uint8Array(60)
   readonly minuteRegisters: Array<RegisterSet | undefined> = new Array(60).fill(undefined)
   readonly dims: ValueTable[]
+  readonly props = new Map<PropDimension, ValueTable>()
 
   constructor(precision: number) {
     this.dims = DIMENSIONS.map(() => new ValueTable(precision))
@@ -183,6 +248,8 @@ export class HourAggregator {
     readonly hourStartMs: number,
     private readonly precision: number,
     private readonly siteId: string | undefined,
+    /** Distinct values kept per custom property (TALLY_PROP_VALUES_MAX). */
+    private readonly propValuesMax = 1000,
   ) {}
 
   private siteHour(siteId: string): SiteHour {
@@ -199,7 +266,13 @@ export class HourAggregator {
    * one pass classifies the rows (kind, minute, register entry) and fills the minute totals, then one
    * pass per dimension adds each row to its value's counts and registers.
    */
-  add(cols: SegmentColumns, losers: Uint8Array | undefined, stats: AggregateStats): void {
+  add(
+    cols: SegmentColumns,
+    losers: Uint8Array | undefined,
+    stats: AggregateStats,
+    /** Per site with declared keys, its custom property values in this segment, by its run's first row. */
+    props?: ReadonlyMap<string, SitePropValues>,
+  ): void {
     const codes = kindCodes(cols.type.dictionary)
     const typeIdx = cols.type.indices
     const botBits = cols.bot
@@ -264,6 +337,12 @@ export class HourAggregator {
           ++this.stamp,
         )
       }
+      const pv = props?.get(site)
+      if (pv) {
+        pv.dimensions.forEach((d, k) => {
+          addPropValues(propTable(s.props, d, p), pv.values[k]!, code, entry, from, to)
+        })
+      }
     })
   }
 
@@ -327,6 +406,33 @@ export class HourAggregator {
         }
       }
     }
+    yield* propRows(s.props, this.propValuesMax, siteId, 'hour', this.hourStartMs)
+  }
+}
+
+/** The rows of a window's custom properties, each under the cap rule. */
+function* propRows(
+  props: ReadonlyMap<PropDimension, ValueTable>,
+  max: number,
+  siteId: string,
+  granularity: Granularity,
+  windowStart: number,
+): Generator<AggregateRow> {
+  for (const [dimension, full] of props) {
+    const table = full.capped(max)
+    for (let k = 0; k < table.size; k++) {
+      yield {
+        siteId,
+        granularity,
+        windowStart,
+        dimension,
+        value: table.values[k]!,
+        events: table.events[k]!,
+        pageviews: table.pageviews[k]!,
+        botEvents: table.bots[k]!,
+        visitors: table.registers[k]!,
+      }
+    }
   }
 }
 
@@ -348,6 +454,8 @@ class SiteDay {
     }
     this.dims = DIMENSIONS.map(() => new ValueTable(precision))
   }
+
+  readonly props = new Map<PropDimension, ValueTable>()
 }
 
 /** Rolls hour rows up into the day's rows (counts add, registers merge). */
@@ -357,6 +465,8 @@ export class DayAggregator {
   constructor(
     readonly dayStartMs: number,
     private readonly precision: number,
+    /** Distinct values kept per custom property (TALLY_PROP_VALUES_MAX). */
+    private readonly propValuesMax = 1000,
   ) {}
 
   /** Takes an hour row (totals or breakdown) of this day; minute rows are ignored. */
@@ -372,8 +482,12 @@ export class DayAggregator {
       s.totals.pageviews += row.pageviews
       s.totals.botEvents += row.botEvents
       s.totals.visitors.merge(row.visitors)
+    } else if (row.dimension.startsWith('prop:')) {
+      // The hour rows are capped already; the day's cap keeps every value an hour kept that is
+      // among the day's kept ones (core/aggregate/props.ts).
+      propTable(s.props, row.dimension as PropDimension, this.precision).addRow(row.value, row)
     } else {
-      s.dims[DIMENSIONS.indexOf(row.dimension)]!.addRow(row.value, row)
+      s.dims[DIMENSIONS.indexOf(row.dimension as Dimension)]!.addRow(row.value, row)
     }
   }
 
@@ -397,6 +511,7 @@ export class DayAggregator {
           }
         }
       }
+      yield* propRows(s.props, this.propValuesMax, siteId, 'day', this.dayStartMs)
     }
   }
 }

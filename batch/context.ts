@@ -8,6 +8,7 @@ import type {
   LeaseStore,
 } from '../core/ports/batch-store.js'
 import type { LogOffsets } from '../core/ports/event-log.js'
+import type { SiteStore } from '../core/ports/site-store.js'
 
 export function processOwner(): string {
   return `${hostname()}:${process.pid}`
@@ -20,6 +21,8 @@ export interface BatchStores {
   rows: FinalRowStore
   archive: ArchiveStateStore
   offsets: LogOffsets
+  /** The sites' declared custom property keys, for the rebuild (batch/prop-columns.ts). Optional: none counted without. */
+  sites?: Pick<SiteStore, 'listPropKeys'>
 }
 
 /**

@@ -79,6 +79,7 @@ export function rebuildSettings(
     precision: config.stream.hllPrecision,
     visitGapMs: config.stream.visitGapMs,
     countsVisits: config.batch.countsVisits,
+    propValuesMax: config.stream.propValuesMax,
     owner: processOwner(),
     ttlSeconds: config.stream.ttlSeconds,
     ...(o.leaseTtlMs === undefined ? {} : { leaseTtlMs: o.leaseTtlMs }),
@@ -181,7 +182,13 @@ export async function rebuild(
   const { stores } = options
   const through = await awaitArchive(config, logger, stores, options)
   return await runRebuild(
-    { leases: stores.leases, jobs: stores.jobs, rows: stores.rows, logger },
+    {
+      leases: stores.leases,
+      jobs: stores.jobs,
+      rows: stores.rows,
+      logger,
+      ...(stores.sites ? { propKeys: stores.sites } : {}),
+    },
     rebuildSettings(config, options),
     {
       siteId: options.site,

@@ -20,6 +20,7 @@ import {
 } from './aggregate.js'
 import { acquireLease, LeaseKeeper, LeaseLostError, RangeBusyError } from './lease.js'
 import type { BatchMetrics } from './metrics.js'
+import { propValuesOf, type RebuildPropKeys, RunPropKeys } from './prop-columns.js'
 import { writeDays } from './rebuild-write.js'
 import { RegisterSet } from './registers.js'
 import { SegmentSource } from './segment-source.js'
@@ -85,6 +86,8 @@ export interface RebuildSettings {
    * on), and the run is not taken as unchanged by a later `skipUnchanged`. Default true.
    */
   countsVisits?: boolean
+  /** Distinct values kept per custom property and window (TALLY_PROP_VALUES_MAX, the stream's). Default 1000. */
+  propValuesMax?: number
   /** Identifies this process in leases and runs. */
   owner: string
   /** Lease TTL; renewed every third of it. Default 30000 ms. */
@@ -113,6 +116,11 @@ export interface RebuildDeps {
   rows: FinalRowStore
   logger: Logger
   metrics?: BatchMetrics
+  /**
+   * The sites' declared custom property keys (core/aggregate/props.ts), read at the run's start:
+   * the run counts the keys declared then. Optional: without it no property is counted.
+   */
+  propKeys?: RebuildPropKeys
 }
 
 export interface RebuildResult {
@@ -465,6 +473,7 @@ async function aggregate(
   const gapMs = settings.visitGapMs ?? DEFAULT_VISIT_GAP_MS
   const countsVisits = settings.countsVisits ?? true
   const emptyVisitors = new RegisterSet(settings.precision).toBytes()
+  const runKeys = deps.propKeys ? new RunPropKeys(deps.propKeys) : undefined
   // The visit counts of the windows of the range (day windows when the whole day is in it).
   const flushVisits = async () => {
     if (!visits) return
@@ -484,14 +493,18 @@ async function aggregate(
     if (visits && visits.dayStartMs !== dayStart) await flushVisits()
     if (!visits && countsVisits) visits = new DayVisits(dayStart, job.siteId)
     const inRange = hour >= fromMs && hour < toMs
-    if (inRange && !day && dayInRange(dayStart)) day = new DayAggregator(dayStart, settings.precision)
-    const agg = inRange ? new HourAggregator(hour, settings.precision, job.siteId) : undefined
+    if (inRange && !day && dayInRange(dayStart))
+      day = new DayAggregator(dayStart, settings.precision, settings.propValuesMax)
+    const agg = inRange
+      ? new HourAggregator(hour, settings.precision, job.siteId, settings.propValuesMax)
+      : undefined
     while (done < n && segments[done]!.hourStartMs === hour) {
       const i = done++
       const cols = await source.next(i)
       if (cols) {
         const losers = duplicates.losers.get(i)
-        agg?.add(cols, losers, stats)
+        const props = agg && runKeys ? await propValuesOf(cols, job.siteId, runKeys) : undefined
+        agg?.add(cols, losers, stats, props)
         visits?.add(cols, losers)
         job.run.segmentsRead++
       }

@@ -30,7 +30,7 @@ export interface StartBatchOptions
   /** Port of /metrics, /healthz, /readyz. Default PORT, else 9465. */
   port?: number
   /** The backend (built by app/); closed by its owner after the role. */
-  ports: Pick<Ports, 'batch' | 'offsets' | 'consumer'>
+  ports: Pick<Ports, 'batch' | 'offsets' | 'consumer'> & Partial<Pick<Ports, 'sites'>>
   /** The process registry (core/metrics.ts), when the process runs several roles; default: its own. */
   registry?: Registry
 }
@@ -99,7 +99,14 @@ export async function startBatch(
     {
       rebuild: (request) =>
         runRebuild(
-          { leases: stores.leases, jobs: stores.jobs, rows: stores.rows, logger, metrics },
+          {
+            leases: stores.leases,
+            jobs: stores.jobs,
+            rows: stores.rows,
+            logger,
+            metrics,
+            ...(ports.sites ? { propKeys: ports.sites } : {}),
+          },
           settings,
           { ...request, skipCorrupt: options.skipCorrupt ?? false },
         ),

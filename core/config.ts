@@ -166,6 +166,11 @@ export interface StreamConfig {
    */
   visitGapMs: number
   /**
+   * Distinct values per window kept for each custom property (TALLY_PROP_VALUES_MAX,
+   * core/aggregate/props.ts); stream, rebuild and query read the same value. Default 1000.
+   */
+  propValuesMax: number
+  /**
    * Count visits (TALLY_STREAM_VISITS, default on). Off only to measure what visits cost (the bench's
    * stream scenario): rows are then written without visit data and show none until a rebuild.
    */
@@ -588,6 +593,12 @@ export const VARIABLES = {
     86_400_000,
     'a gap of at least this much event time between two events of a visitor ends a visit (a visit also ends at midnight UTC); stream and rebuild need the same value',
   ),
+  TALLY_PROP_VALUES_MAX: integer(
+    1000,
+    10,
+    100_000,
+    'distinct values per window kept for each custom property (prop:KEY); the others count under `(other)`, chosen by the hash of the value so stream and rebuild keep the same (stream, rebuild and query need the same value)',
+  ),
   TALLY_STREAM_VISITS: choice(
     ['on', 'off'] as const,
     'on',
@@ -847,6 +858,7 @@ export function loadConfig(env: Env = process.env): TallyConfig {
       graceMs: v.TALLY_GRACE_MS,
       maxFutureMs: v.TALLY_MAX_FUTURE_MS,
       visitGapMs: v.TALLY_VISIT_GAP_MS,
+      propValuesMax: v.TALLY_PROP_VALUES_MAX,
       countsVisits: v.TALLY_STREAM_VISITS === 'on',
       maxOpenWindows: v.TALLY_STREAM_MAX_OPEN_WINDOWS,
       dedupHorizonMs: v.TALLY_DEDUP_HORIZON_MS,

@@ -208,6 +208,17 @@ export const ERRORS = {
   // Sites and tokens.
   SITE_NOT_FOUND: { code: 'TALLY_ERR_SITE_NOT_FOUND', status: 404, meaning: 'no site with this id' },
   SITE_EXISTS: { code: 'TALLY_ERR_SITE_EXISTS', status: 409, meaning: 'a site with this id already exists' },
+  PROP_KEY_INVALID: {
+    code: 'TALLY_ERR_PROP_KEY_INVALID',
+    status: 400,
+    meaning:
+      'a custom property key is not 1–64 letters, digits, `_`, `-` or `.` starting with a letter or digit (tally sites props)',
+  },
+  PROP_KEYS_FULL: {
+    code: 'TALLY_ERR_PROP_KEYS_FULL',
+    status: 409,
+    meaning: 'the site already declares the most custom property keys allowed (20; tally sites props)',
+  },
   DOMAIN_TAKEN: {
     code: 'TALLY_ERR_DOMAIN_TAKEN',
     status: 409,

@@ -47,6 +47,8 @@ export interface QueryAppDeps {
   logger: Logger
   /** HyperLogLog precision of the stored sketches (TALLY_HLL_PRECISION). Default 14. */
   hllPrecision?: number
+  /** Distinct values kept per custom property (TALLY_PROP_VALUES_MAX). Default 1000. */
+  propValuesMax?: number
   /**
    * Row TTL per granularity in seconds, 0 = forever (TALLY_TTL_*_DAYS); ranges needing expired rows
    * are refused. Default minute 7 days, hour 90 days, day forever.
@@ -110,6 +112,7 @@ export async function buildQueryApp(deps: QueryAppDeps): Promise<FastifyInstance
     freshness: deps.freshness,
     precision,
     retentionSeconds: deps.retentionSeconds ?? DEFAULT_RETENTION_SECONDS,
+    ...(deps.propValuesMax === undefined ? {} : { propValuesMax: deps.propValuesMax }),
     limits,
     now,
     cache: new AnswerCache(answerCache, {

@@ -6,6 +6,7 @@ import {
   SESSION_DIMENSIONS,
   VISIT_DIMENSIONS,
 } from '../core/aggregate/definition.js'
+import { isPropDimension } from '../core/aggregate/props.js'
 import { ERR } from '../core/error-codes.js'
 import { badParameter, parseInstant, type TimeRange } from './range.js'
 import {
@@ -200,8 +201,13 @@ export function parseMetrics(raw: string | undefined): Metric[] {
 }
 
 export function parseProperty(raw: string, where: string): RowDimension {
+  // A site's custom property (core/aggregate/props.ts): any valid key; an undeclared one has no rows.
+  if (isPropDimension(raw)) return raw
   if (!(PROPERTIES as readonly string[]).includes(raw)) {
-    throw badParameter(where, `unknown property ${raw}: use ${PROPERTIES.join(', ')}`)
+    throw badParameter(
+      where,
+      `unknown property ${raw}: use ${PROPERTIES.join(', ')} or prop:KEY (a declared custom property)`,
+    )
   }
   return raw as RowDimension
 }

@@ -90,6 +90,7 @@ export async function startQuery(
       freshness,
       logger,
       hllPrecision: config.stream.hllPrecision,
+      propValuesMax: config.stream.propValuesMax,
       retentionSeconds: config.stream.ttlSeconds,
       metrics,
       // Raw events come from the Arrow archive (core/archive/), read-only, deduplicated like a rebuild.

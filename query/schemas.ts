@@ -57,10 +57,13 @@ function parameters(limits: QueryLimits): Record<string, Json> {
       `Comma-separated, from ${METRICS.join(', ')}. Default ${DEFAULT_METRICS.join(',')}. \`visitors\` is approximate (HyperLogLog; see meta.metrics), the others exact. A breakdown sorts by the first metric, descending. Visits (counted in the window where they started): \`visits\`, \`bounce_rate\` (percent of visits with one pageview and no other event), \`visit_duration\` (mean seconds), \`views_per_visit\`; by property only with ${VISIT_PROPERTIES.join(', ')}. entry_page and exit_page take ${ENTRY_EXIT_METRICS.join(', ')} (pageviews of the visits), default ${ENTRY_EXIT_DEFAULT_METRICS.join(',')}. Windows written before visits were counted show none (meta.visits names them).`,
       { type: 'string', example: 'visitors,pageviews,events,bot_events' },
     ),
-    property: q('Dimension to break down by (required for breakdown).', {
-      type: 'string',
-      enum: [...PROPERTIES],
-    }),
+    property: q(
+      'Dimension to break down by (required for breakdown): one of the listed, or `prop:KEY` for a custom property the site declares (tally sites props). A custom property keeps at most TALLY_PROP_VALUES_MAX values per window; the others are under `(other)` (meta.values_capped).',
+      {
+        type: 'string',
+        anyOf: [{ enum: [...PROPERTIES] }, { pattern: '^prop:[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$' }],
+      },
+    ),
     filters: q(
       `Equality filters \`property==value\`; \`property==a|b\` matches either; separate filters with \`;\`; a backslash escapes \`;\`, \`|\` or a backslash in a value. Aggregates are stored per single property, so what is answered exactly is: one filter for aggregate and timeseries (timeseries with interval hour or day), and for breakdown a filter on the breakdown's own property. Other combinations get 400 TALLY_ERR_FILTER_UNSUPPORTED. At most ${limits.maxFilterValues} values.`,
       { type: 'string', example: 'path==/pricing|/signup' },
@@ -286,7 +289,7 @@ const STATS: Record<'aggregate' | 'timeseries' | 'breakdown' | 'realtime', [stri
   ],
   breakdown: [
     'Top values of a property',
-    'Per value of `property` over the range (hour and day windows), sorted by the first metric descending, then by value. meta.total_values counts the rows before paging.',
+    'Per value of `property` over the range (hour and day windows), sorted by the first metric descending, then by value. meta.total_values counts the rows before paging. For a custom property `prop:KEY`, meta.values_capped says whether values beyond meta.values_max were counted under `(other)` (the values kept are those with the smallest hash, the same in the stream and a rebuild); events without the key are under `(none)`.',
     {
       type: 'array',
       items: { type: 'object', example: { path: '/pricing', visitors: 120, pageviews: 300 } },

@@ -6,6 +6,7 @@ import {
   windowMs,
 } from '../core/aggregate/definition.js'
 import { visitCountsOf } from '../core/aggregate/merge.js'
+import { DEFAULT_PROP_VALUES_MAX, isPropDimension, keptValues, OTHER } from '../core/aggregate/props.js'
 import { ERR } from '../core/error-codes.js'
 import type { TallyError } from '../core/errors.js'
 import { HyperLogLog } from '../core/hll.js'
@@ -91,6 +92,8 @@ export interface StatsDeps {
    * rebuild writes final rows of the site. Needs a freshness source with snapshots.
    */
   settled?: AnswerCache
+  /** Distinct values kept per custom property (TALLY_PROP_VALUES_MAX; core/aggregate/props.ts). Default 1000. */
+  propValuesMax?: number
 }
 
 /** What decides which windows of a read are settled (see StatsService.settledSplit). */
@@ -841,21 +844,41 @@ export class StatsService {
     const sortBy = q.metrics[0]!
     // Sorted by a count, visitors are needed only for the page shown: the first pass reads counts
     // (no sketches), the second reads the sketches of the page's values alone.
-    const visitorsLater = withVisitors && sortBy !== 'visitors'
+    // A custom property's values beyond the cap fold into (other), which needs every value's sketch.
+    const prop = isPropDimension(property)
+    const visitorsLater = withVisitors && sortBy !== 'visitors' && !prop
     const readAll = (visitors: boolean, only: readonly string[] | undefined) =>
       Promise.all(
         segments.map((s) =>
           this.breakdownParts(q.siteId, s, property, { visitors, ...(only ? { values: only } : {}) }, at),
         ),
       )
-    const read = await readAll(withVisitors && !visitorsLater, values)
+    // A custom property is read whole: whether a value is kept depends on all of them.
+    const read = await readAll(withVisitors && !visitorsLater, prop ? undefined : values)
+    // The cap rule again over the merged values (core/aggregate/props.ts): the stream's partitions
+    // and the rebuild's hours then answer the same.
+    let under: ((value: string) => string | undefined) | undefined
+    let capHit = false
+    if (prop) {
+      const seen = new Set<string>()
+      for (const one of read.flat()) for (const value of one.values.keys()) seen.add(value)
+      const kept = keptValues(seen, this.deps.propValuesMax ?? DEFAULT_PROP_VALUES_MAX)
+      capHit = kept.size < seen.size || seen.has(OTHER)
+      const wanted = values ? new Set(values) : undefined
+      under = (value) => {
+        const v = kept.has(value) ? value : OTHER
+        return wanted && !wanted.has(v) ? undefined : v
+      }
+    }
     const tally = new WindowTally(freshness.completeThroughMs)
     const gaps = visitGapsFor(q.metrics)
     const visitRows = isVisitDimension(property)
     const accs = new Map<string, MetricAccumulator>()
     const accumulate = (r: Awaited<ReturnType<typeof readAll>>, visitors: boolean) => {
       for (const one of r.flat()) {
-        for (const [value, v] of one.values) {
+        for (const [stored, v] of one.values) {
+          const value = under ? under(stored) : stored
+          if (value === undefined) continue
           let acc = accs.get(value)
           if (!acc) {
             acc = new MetricAccumulator(this.deps.precision, visitors, visitRows)
@@ -930,6 +953,9 @@ export class StatsService {
         total_values: total,
         page: q.page,
         limit: q.limit,
+        ...(prop
+          ? { values_capped: capHit, values_max: this.deps.propValuesMax ?? DEFAULT_PROP_VALUES_MAX }
+          : {}),
       },
     }
   }

@@ -8,6 +8,7 @@ import {
   visitorId,
   windowStart,
 } from '../core/aggregate/definition.js'
+import { propDimension, propValueOf } from '../core/aggregate/props.js'
 import { type VisitState, visitDeltas, visitEventOf } from '../core/aggregate/visits.js'
 import type { StreamConfig } from '../core/config.js'
 import { type HashHalves, hashHalves } from '../core/hll.js'
@@ -18,7 +19,17 @@ import { HEADERS } from '../core/record/headers.js'
 import { dedupKey } from '../core/record/keys.js'
 import { drop, ok, type StepResult } from '../core/record/result.js'
 import type { DedupSet } from './dedup.js'
-import { apply, applyVisits, BOT, type Loading, PAGEVIEW, type RowTable, rowOf, rowToLoad } from './rows.js'
+import {
+  apply,
+  applyVisits,
+  BOT,
+  type Loading,
+  PAGEVIEW,
+  PROP_DIM,
+  type RowTable,
+  rowOf,
+  rowToLoad,
+} from './rows.js'
 
 /**
  * The per-record pipeline of the stream worker, as the README names it: decode → validate → dedup →
@@ -71,6 +82,7 @@ export function aggregate(
   sourcePartition: number,
   loading: Loading[],
   eventDims?: Record<Dimension, string>,
+  props?: PipelineProps,
 ): void {
   // The event as every row sees it: offset, bot/pageview flags and the visitor hash (once).
   const e = d.event
@@ -110,7 +122,36 @@ export function aggregate(
         })
       apply(table, row, offset, flags, visitor.hi, visitor.lo)
     }
+    if (props === undefined) continue
+    // The site's custom properties (core/aggregate/props.ts): one row per key, under its value or
+    // `(other)` when the cap rule can no longer keep the value in this window.
+    for (const key of props.keysOf(e.siteId)) {
+      const dimension = propDimension(key)
+      const pr = w.propRows(dimension, props.maxValues)
+      const value = pr.admission.admit(propValueOf(e, key))
+      const row =
+        pr.rows.get(value) ??
+        rowToLoad(
+          table,
+          loading,
+          w,
+          PROP_DIM,
+          { siteId: e.siteId, granularity, windowStart: ws, dimension, value, sourcePartition },
+          pr,
+        )
+      apply(table, row, offset, flags, visitor.hi, visitor.lo)
+    }
   }
+}
+
+/** The custom properties the aggregate step counts: each site's declared keys and the cap. */
+export interface PipelineProps {
+  /** The site's declared keys (stream/prop-keys.ts PropKeyCache, refreshed before the batch). */
+  keysOf(siteId: string): readonly string[]
+  /** Whether the site's keys were read: a pass stops before an event of a site not read yet. */
+  known(siteId: string): boolean
+  /** Values kept per key and window (TALLY_PROP_VALUES_MAX). */
+  maxValues: number
 }
 
 /**
@@ -155,6 +196,8 @@ export interface PipelineState {
   readonly dedup: DedupSet
   /** The partition's open visits; absent: visits are not counted (the rows carry none). */
   readonly visits?: PartitionVisits
+  /** Custom properties; absent: none are counted. */
+  readonly props?: PipelineProps
   /** Latest receivedAt seen (ms): lateness is decided on it, so a replay decides the same. */
   watermarkMs: number
   /** Records below this offset are already in memory (or stored): skipped. */
@@ -189,6 +232,8 @@ export interface BatchPass {
   deadLetters: DeadLetterRecord[]
   /** Rows first touched by this batch, waiting for their stored values. */
   loading: Loading[]
+  /** The pass stopped before an event of this site, whose property keys are not read yet. */
+  unknownSite?: string
 }
 
 function tally(outcomes: Map<string, number>, outcome: string): void {
@@ -221,13 +266,17 @@ export function countRecords(
   for (; i < batch.records.length; i++) {
     if (i > from && table.windows + opens > settings.maxOpenWindows) break
     const record = batch.records[i]!
+    const before = pass.lastOffset
     pass.lastOffset = record.offset
     // Below processedNext: already in memory (or, below the checkpoint, already stored).
     if (record.offset < state.processedNext) {
       tally(pass.outcomes, 'replayed')
       continue
     }
-    countRecord(record, state, settings, logger, pass)
+    if (!countRecord(record, state, settings, logger, pass)) {
+      pass.lastOffset = before
+      break
+    }
   }
   pass.next = i
   return pass
@@ -235,7 +284,8 @@ export function countRecords(
 
 /**
  * One record through the steps, in order. A step that does not return ok ends the record here, with
- * its outcome in `pass`. A new per-event step goes in this sequence where its input is ready: after
+ * its outcome in `pass`. False: the record was not processed (its site's property keys are not
+ * read yet; `pass.unknownSite`). A new per-event step goes in this sequence where its input is ready: after
  * classify it sees the counted events only, in offset order, with the partition's watermark.
  */
 function countRecord(
@@ -244,7 +294,7 @@ function countRecord(
   s: PipelineSettings,
   logger: Logger,
   pass: BatchPass,
-): void {
+): boolean {
   const decoded = decodeValue(record)
   const valid = decoded.ok ? validateEvent(decoded.event) : decoded
   if (!valid.ok) {
@@ -255,14 +305,19 @@ function countRecord(
       value: record.value,
       headers: record.headers,
     })
-    return
+    return true
   }
   const d = valid.event
+  // Before any state changes: the worker reads the site's keys and runs the record again.
+  if (state.props && !state.props.known(d.event.siteId)) {
+    pass.unknownSite = d.event.siteId
+    return false
+  }
   if (d.receivedMs > state.watermarkMs) state.watermarkMs = d.receivedMs
   const unique = dedup(d, state.dedup)
   if (!unique.ok) {
     tally(pass.outcomes, 'duplicate')
-    return
+    return true
   }
   const counts = classify(d, state.watermarkMs - s.graceMs, state.watermarkMs + s.maxFutureMs)
   if (!counts.ok) {
@@ -277,13 +332,14 @@ function countRecord(
         `${counts.reason} event left to batch`,
       )
     }
-    return
+    return true
   }
   if (state.visits) {
     // Counts first, then the visit change: a row both touch at this offset gets both.
     const dims = dimensionsOf(d.event)
-    aggregate(d, record.offset, state.rows, state.ref.partition, pass.loading, dims)
+    aggregate(d, record.offset, state.rows, state.ref.partition, pass.loading, dims, state.props)
     countVisit(d, record.offset, state.visits, state.rows, state.ref.partition, pass.loading, dims)
-  } else aggregate(d, record.offset, state.rows, state.ref.partition, pass.loading)
+  } else aggregate(d, record.offset, state.rows, state.ref.partition, pass.loading, undefined, state.props)
   pass.counted++
+  return true
 }

@@ -7,6 +7,7 @@ import type { Ports } from '../core/ports/backend.js'
 import type { EventLogConsumer, EventLogWriter } from '../core/ports/event-log.js'
 import type { ProgressPublisher } from '../core/ports/progress-notices.js'
 import { createStreamMetrics } from './metrics.js'
+import { PropKeyCache } from './prop-keys.js'
 import { StreamWorker } from './worker.js'
 
 export const STREAM_DEFAULT_PORT = 9464
@@ -31,7 +32,8 @@ export async function startStream(
   options: {
     port?: number
     /** The backend (built by app/); closed by its owner after the role. */
-    ports: Pick<Ports, 'consumer' | 'streamStore' | 'writer' | 'offsets' | 'progress'>
+    ports: Pick<Ports, 'consumer' | 'streamStore' | 'writer' | 'offsets' | 'progress'> &
+      Partial<Pick<Ports, 'sites'>>
     /** The process registry (core/metrics.ts) when the process runs several roles; default: its own. */
     registry?: Registry
   },
@@ -70,6 +72,7 @@ export async function startStream(
   const store = ports.streamStore
   const offsets = ports.offsets
   const started = new StreamWorker({
+    ...(ports.sites ? { propKeys: new PropKeyCache(ports.sites, config.ingest.siteCacheTtlMs, logger) } : {}),
     config: config.stream,
     topic: config.kafka.topicRaw,
     deadLetterTopic: config.kafka.topicDeadLetter,

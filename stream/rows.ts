@@ -6,6 +6,7 @@ import {
   type RowDimension,
   windowMs,
 } from '../core/aggregate/definition.js'
+import { ValueAdmission } from '../core/aggregate/props.js'
 import { RowAccumulator } from '../core/aggregate/rows.js'
 import { type RowKey, rowId, type StoredRow, type VisitCounts } from '../core/ports/aggregate-store.js'
 
@@ -55,6 +56,8 @@ export class WindowRows {
   totals: Row | undefined
   /** Per dimension (ROW_DIMENSIONS order), the rows by value; empty for minute windows. */
   readonly dims: Array<Map<string, Row>>
+  /** Per custom property dimension (`prop:KEY`) of the site: its rows by value, and which values get one. */
+  readonly props = new Map<string, PropRows>()
   size = 0
 
   constructor(
@@ -63,6 +66,25 @@ export class WindowRows {
   ) {
     this.dims = withDimensions ? ROW_DIMENSIONS.map(() => new Map<string, Row>()) : []
   }
+
+  /** The rows of a custom property dimension (hour and day windows only). */
+  propRows(dimension: string, maxValues: number): PropRows {
+    let p = this.props.get(dimension)
+    if (!p) {
+      p = { rows: new Map(), admission: new ValueAdmission(maxValues) }
+      this.props.set(dimension, p)
+    }
+    return p
+  }
+}
+
+/**
+ * A custom property's rows in one window: a value gets its own row while the cap rule may keep it
+ * (core/aggregate/props.ts ValueAdmission), else the event counts in the `(other)` row.
+ */
+export interface PropRows {
+  readonly rows: Map<string, Row>
+  readonly admission: ValueAdmission
 }
 
 /**
@@ -143,9 +165,13 @@ export class RowTable {
 export interface Loading {
   row: Row
   window: WindowRows
-  /** Index in ROW_DIMENSIONS, or −1 for the window's totals. */
+  /** Index in ROW_DIMENSIONS, −1 for the window's totals, −2 for a custom property's row (`prop`). */
   dim: number
+  prop?: PropRows
 }
+
+/** Loading.dim of a custom property's row. */
+export const PROP_DIM = -2
 
 /**
  * Counts one event in one row, unless the row already counts it (its stored value was written
@@ -206,8 +232,11 @@ export function rowOf(table: RowTable, loading: Loading[], key: RowKey): Row {
 }
 
 /** Takes a row that never got its stored value back out of the table. */
-export function unlink(table: RowTable, { row, window, dim }: Loading): void {
-  if (dim < 0) {
+export function unlink(table: RowTable, { row, window, dim, prop }: Loading): void {
+  if (dim === PROP_DIM) {
+    if (prop!.rows.get(row.key.value) === row) prop!.rows.delete(row.key.value)
+    else return
+  } else if (dim < 0) {
     if (window.totals === row) window.totals = undefined
   } else if (window.dims[dim]!.get(row.key.value) === row) window.dims[dim]!.delete(row.key.value)
   else return
@@ -225,6 +254,7 @@ export function rowToLoad(
   window: WindowRows,
   dim: number,
   key: RowKey,
+  prop?: PropRows,
 ): Row {
   const row: Row = {
     key,
@@ -235,11 +265,12 @@ export function rowToLoad(
     dirty: false,
     pending: [],
   }
-  if (dim < 0) window.totals = row
+  if (dim === PROP_DIM) prop!.rows.set(key.value, row)
+  else if (dim < 0) window.totals = row
   else window.dims[dim]!.set(key.value, row)
   window.size++
   table.size++
-  loading.push({ row, window, dim })
+  loading.push(prop ? { row, window, dim, prop } : { row, window, dim })
   return row
 }
 

@@ -15,7 +15,15 @@ import type { ProgressPublisher } from '../core/ports/progress-notices.js'
 import { HEADERS, requestIdOf } from '../core/record/headers.js'
 import { DedupSet } from './dedup.js'
 import { type StreamMetrics, type StreamStep, timed } from './metrics.js'
-import { countRecords, type DeadLetterRecord, type PartitionVisits, type PipelineState } from './pipeline.js'
+import {
+  type BatchPass,
+  countRecords,
+  type DeadLetterRecord,
+  type PartitionVisits,
+  type PipelineProps,
+  type PipelineState,
+} from './pipeline.js'
+import type { PropKeyCache } from './prop-keys.js'
 import { fillLoaded, type Loading, RowTable, unlink } from './rows.js'
 
 /**
@@ -26,6 +34,7 @@ class PartitionState extends OwnedPartition implements PipelineState {
   readonly rows = new RowTable()
   readonly dedup = new DedupSet()
   visits: PartitionVisits | undefined
+  props: PipelineProps | undefined
   /** Records below this offset are already in the aggregates (skipped on replay). */
   nextOffset = 0
   /** Offset after the last record processed. */
@@ -61,6 +70,11 @@ export interface StreamWorkerDeps {
   progress?: ProgressPublisher
   /** Overrides the owner name recorded with epochs. */
   owner?: string
+  /**
+   * The sites' declared custom property keys (core/aggregate/props.ts), refreshed before each
+   * batch. Optional: without it no property is counted.
+   */
+  propKeys?: PropKeyCache
 }
 
 /**
@@ -119,6 +133,14 @@ export class StreamWorker extends PartitionOwner<PartitionState> {
     const epoch = await this.untilStopped(() => store.acquireEpoch(ref, this.owner), 'acquire epoch')
     const cp = await this.untilStopped(() => store.readCheckpoint(ref), 'read checkpoint')
     const state = new PartitionState(ref, epoch)
+    const propKeys = this.deps.propKeys
+    if (propKeys) {
+      state.props = {
+        keysOf: (siteId) => propKeys.keysOf(siteId),
+        known: (siteId) => propKeys.known(siteId),
+        maxValues: config.propValuesMax,
+      }
+    }
     state.nextOffset = cp?.nextOffset ?? 0
     state.processedNext = state.nextOffset
     state.watermarkMs = cp?.watermarkMs ?? 0
@@ -164,8 +186,17 @@ export class StreamWorker extends PartitionOwner<PartitionState> {
     // A batch whose events open more windows than the cap allows is counted in parts, with the
     // oldest windows written and dropped in between, so memory stays bounded whatever arrives.
     let from = 0
+    const propKeys = this.deps.propKeys
+    // The property keys of the batch's sites (by the header ingest writes), read once before it.
+    if (propKeys) await propKeys.refresh(siteIdsOf(batch))
     while (from < batch.records.length) {
-      from = await this.processFrom(state, batch, from, control)
+      const pass = await this.processFrom(state, batch, from, control)
+      from = pass.next
+      if (pass.unknownSite !== undefined && propKeys) {
+        // An event without the site header, of a site not read yet: read it, then go on from it.
+        await propKeys.refresh([pass.unknownSite])
+        continue
+      }
       if (from < batch.records.length) {
         await this.shed(state, control)
         // The partition may have moved meanwhile: its new owner replays from the checkpoint.
@@ -203,7 +234,7 @@ export class StreamWorker extends PartitionOwner<PartitionState> {
     batch: RecordBatch,
     from: number,
     control: BatchControl,
-  ): Promise<number> {
+  ): Promise<BatchPass> {
     const { metrics, config, logger } = this.deps
     const pass = await this.timed('decode_validate_dedup', async () =>
       countRecords(state, batch, from, config, logger),
@@ -213,7 +244,7 @@ export class StreamWorker extends PartitionOwner<PartitionState> {
     metrics.records.inc({ outcome: 'counted' }, pass.counted)
     if (pass.deadLetters.length > 0) await this.sendDeadLetters(state, pass.deadLetters, control)
     if (pass.lastOffset >= state.processedNext) state.processedNext = pass.lastOffset + 1
-    return pass.next
+    return pass
   }
 
   /**
@@ -386,4 +417,14 @@ export class StreamWorker extends PartitionOwner<PartitionState> {
   protected position(state: PartitionState): number {
     return state.processedNext
   }
+}
+
+/** The sites a batch's records name in their site header (ingest writes it on every record). */
+function siteIdsOf(batch: RecordBatch): Set<string> {
+  const sites = new Set<string>()
+  for (const r of batch.records) {
+    const site = r.headers[HEADERS.siteId]
+    if (site !== undefined) sites.add(site)
+  }
+  return sites
 }

@@ -1,4 +1,5 @@
 import type { Command } from 'commander'
+import { checkPropKey } from '../../core/aggregate/props.js'
 import { createCassandraClient } from '../../core/cassandra/client.js'
 import { CassandraSiteStore } from '../../core/cassandra/sites.js'
 import { backendOf } from '../../core/config.js'
@@ -198,6 +199,44 @@ export function registerSitesCommands(program: Command, getConfig: ConfigLoader)
         print(opts.json, { siteId, alias: domain, removed: true }, `site ${siteId}: alias ${domain} removed`)
       },
     )
+
+  // Custom properties (core/aggregate/props.ts).
+  sites
+    .command('props')
+    .description(
+      'list, add or remove the event property keys a site is broken down by (dimensions prop:KEY, at most 20); a key added applies to the stream from then on: rebuild the days you want it for',
+    )
+    .argument('<siteId>', 'the site')
+    .argument('<action>', 'list, add or remove')
+    .argument('[key]', 'the property key, e.g. plan (letters, digits, _ - . ; at most 64)')
+    .option('--json', 'print JSON (list: an array of keys)', false)
+    .action(async (siteId: string, action: string, keyArg: string | undefined, opts: { json: boolean }) => {
+      if (action === 'list') {
+        const keys = await withStore(getConfig, (s) => s.listPropKeys(siteId))
+        print(
+          opts.json,
+          keys,
+          keys.length === 0 ? `site ${siteId} declares no property key` : keys.join('\n'),
+        )
+        return
+      }
+      if (action !== 'add' && action !== 'remove')
+        throw new UsageError(`sites props: the action is list, add or remove, not "${action}"`)
+      if (keyArg === undefined) throw new UsageError(`sites props ${siteId} ${action}: name the key`)
+      const key = checkPropKey(keyArg)
+      if (action === 'add') {
+        await withStore(getConfig, (s) => s.addPropKey(siteId, key))
+        print(
+          opts.json,
+          { siteId, key, added: true },
+          `site ${siteId}: property ${key} added (dimension prop:${key}; counted from now on, rebuild earlier days to count them)`,
+        )
+        return
+      }
+      const removed = await withStore(getConfig, (s) => s.removePropKey(siteId, key))
+      if (!removed) throw new UsageError(`site ${siteId} declares no property ${key}`)
+      print(opts.json, { siteId, key, removed: true }, `site ${siteId}: property ${key} removed`)
+    })
 
   sites
     .command('list')

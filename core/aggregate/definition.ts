@@ -62,8 +62,11 @@ export type SessionDimension = (typeof SESSION_DIMENSIONS)[number]
 export const VISIT_DIMENSIONS = ['entry_page', 'exit_page'] as const
 export type VisitDimension = (typeof VISIT_DIMENSIONS)[number]
 
-/** Every dimension a stored row can have: an event's, or a visit's own. */
-export type RowDimension = Dimension | VisitDimension
+/** A site's declared custom property `KEY` as a dimension (core/aggregate/props.ts). */
+export type PropDimension = `prop:${string}`
+
+/** Every dimension a stored row can have: an event's, a visit's own, or a custom property. */
+export type RowDimension = Dimension | VisitDimension | PropDimension
 
 /** Every dimension of stored rows, in one order: the event's, then the visit's own. */
 export const ROW_DIMENSIONS: readonly RowDimension[] = [...DIMENSIONS, ...VISIT_DIMENSIONS]

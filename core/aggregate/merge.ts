@@ -45,8 +45,15 @@ export function mergePartials(
   withVisitors: boolean,
   committed: number,
   provisional = false,
+  /**
+   * A committed window's value without a final row is not read (its stream partials are not). For
+   * custom properties (core/aggregate/props.ts): a rebuild folds the values past the cap into
+   * `(other)` and writes no row for them, while the stream may hold rows of some.
+   */
+  rebuiltOnly = false,
 ): MergedFinal | undefined {
   const final = committed > 0 ? parts.find((p) => p.generation === committed) : undefined
+  if (rebuiltOnly && committed > 0 && final === undefined) return undefined
   // Read on every window of every query: one pass over the rows, no list of the ones used.
   const hll = withVisitors ? new HyperLogLog(precision) : undefined
   let used = 0

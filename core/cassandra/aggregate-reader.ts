@@ -8,6 +8,7 @@ import {
   ValuesAccumulator,
   visitCountsOf,
 } from '../aggregate/merge.js'
+import { isPropDimension } from '../aggregate/props.js'
 import type {
   AggregateReader,
   BreakdownResult,
@@ -169,6 +170,7 @@ export class CassandraAggregateReader implements AggregateReader {
     const windowsWithoutVisits = new Set<number>()
     if (only && only.length === 0) return { values: new Map(), windows, windowsWithoutVisits }
     const generations = await this.committed(siteId, granularity, fromMs, toMs)
+    const rebuiltOnly = isPropDimension(dimension)
     // One partition per window; a window's final row replaces its partials before windows merge.
     // Each window is merged as it arrives, so memory holds one window's rows plus the accumulators.
     await forEachLimited(windowStarts(fromMs, toMs, granularity), this.concurrency, async (ws) => {
@@ -192,7 +194,14 @@ export class CassandraAggregateReader implements AggregateReader {
       let windowVisits = true
       let seen = false
       for (const [value, parts] of perValue) {
-        const merged = mergePartials(parts, this.precision, withVisitors, generation, provisional)
+        const merged = mergePartials(
+          parts,
+          this.precision,
+          withVisitors,
+          generation,
+          provisional,
+          rebuiltOnly,
+        )
         if (!merged) continue
         seen = true
         if (merged.final) windowFinal = true
@@ -227,6 +236,7 @@ export class CassandraAggregateReader implements AggregateReader {
     const out: MergedWindow[] = []
     if (values.length === 0) return out
     const generations = await this.committed(siteId, granularity, fromMs, toMs)
+    const rebuiltOnly = isPropDimension(dimension)
     await forEachLimited(windowStarts(fromMs, toMs, granularity), this.concurrency, async (ws) => {
       const perValue = new Map<string, Partial[]>()
       const rows = this.rows(
@@ -246,7 +256,14 @@ export class CassandraAggregateReader implements AggregateReader {
       let windowFinal = false
       let seen = false
       for (const parts of perValue.values()) {
-        const merged = mergePartials(parts, this.precision, withVisitors, generation, provisional)
+        const merged = mergePartials(
+          parts,
+          this.precision,
+          withVisitors,
+          generation,
+          provisional,
+          rebuiltOnly,
+        )
         if (!merged) continue
         seen = true
         if (merged.final) windowFinal = true
@@ -306,11 +323,12 @@ export class CassandraAggregateReader implements AggregateReader {
     toMs: number,
   ): AsyncIterable<MergedDimensionRow> {
     const generations = await this.committed(siteId, granularity, fromMs, toMs)
+    const rebuiltOnly = isPropDimension(dimension)
     for (const ws of windowStarts(fromMs, toMs, granularity)) {
       const generation = generations.of(granularity, ws)
       const provisional = generations.provisional(granularity, ws)
       const merge = (value: string, parts: Partial[]): MergedDimensionRow | undefined => {
-        const merged = mergePartials(parts, this.precision, true, generation, provisional)
+        const merged = mergePartials(parts, this.precision, true, generation, provisional, rebuiltOnly)
         return merged && { windowStart: ws, value, ...merged }
       }
       let current: string | undefined

@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto'
 import { type Client, types } from 'cassandra-driver'
+import { MAX_PROP_KEYS, propKeysFull } from '../aggregate/props.js'
 import { ERR } from '../error-codes.js'
 import { TallyError } from '../errors.js'
 import { hashToken, newReadToken, newWriteKey, readTokenId, readTokenPrefix } from '../keys.js'
@@ -302,6 +303,7 @@ export class CassandraSiteStore implements SiteStore {
     for (const domain of [site.domain, ...(await this.aliasesOf(siteId))])
       await this.releaseDomain(domain, siteId)
     await this.client.execute('DELETE FROM site_aliases WHERE site_id = ?', [siteId], { prepare: true })
+    await this.client.execute('DELETE FROM site_props WHERE site_id = ?', [siteId], { prepare: true })
     await this.client.execute('DELETE FROM site_write_keys WHERE write_key = ?', [site.writeKey], {
       prepare: true,
     })
@@ -352,6 +354,42 @@ export class CassandraSiteStore implements SiteStore {
   async listAliases(siteId: string): Promise<string[]> {
     if (!(await this.get(siteId))) throw notFound(siteId)
     return (await this.aliasesOf(siteId)).sort()
+  }
+
+  // Custom properties (core/aggregate/props.ts).
+  async addPropKey(siteId: string, key: string): Promise<void> {
+    if (!(await this.get(siteId))) throw notFound(siteId)
+    const keys = await this.propKeysOf(siteId)
+    if (keys.includes(key)) return
+    // Two adds at once may both pass the count: the limit bounds the work per event, and one key
+    // over it costs little; a later add is refused until one is removed.
+    if (keys.length >= MAX_PROP_KEYS) throw propKeysFull(siteId)
+    await this.client.execute(
+      'INSERT INTO site_props (site_id, key, added_at) VALUES (?, ?, ?)',
+      [siteId, key, new Date()],
+      { prepare: true },
+    )
+  }
+
+  async removePropKey(siteId: string, key: string): Promise<boolean> {
+    if (!(await this.propKeysOf(siteId)).includes(key)) return false
+    await this.client.execute('DELETE FROM site_props WHERE site_id = ? AND key = ?', [siteId, key], {
+      prepare: true,
+    })
+    return true
+  }
+
+  async listPropKeys(siteId: string): Promise<string[]> {
+    if (!(await this.get(siteId))) throw notFound(siteId)
+    return this.propKeysOf(siteId)
+  }
+
+  private async propKeysOf(siteId: string): Promise<string[]> {
+    const rs = await this.client.execute('SELECT key FROM site_props WHERE site_id = ?', [siteId], {
+      prepare: true,
+    })
+    // Clustering order: sorted already.
+    return rs.rows.map((r) => String(r.get('key')))
   }
 
   async dailySalt(day: string): Promise<Buffer> {

@@ -70,6 +70,15 @@ export async function serveAdmin(
   app.post<{ Params: { id: string }; Body: { timezone: string } }>('/sites/:id/timezone', async (req) =>
     sites.setTimezone(req.params.id, req.body.timezone),
   )
+  // Custom properties (core/aggregate/props.ts).
+  app.get<{ Params: { id: string } }>('/sites/:id/props', async (req) => sites.listPropKeys(req.params.id))
+  app.post<{ Params: { id: string }; Body: { key: string } }>('/sites/:id/props', async (req) => {
+    await sites.addPropKey(req.params.id, req.body.key)
+    return { added: true }
+  })
+  app.post<{ Params: { id: string }; Body: { key: string } }>('/sites/:id/props/remove', async (req) => ({
+    removed: await sites.removePropKey(req.params.id, req.body.key),
+  }))
   app.get<{ Params: { id: string } }>('/sites/:id/aliases', async (req) => sites.listAliases(req.params.id))
   app.post<{ Params: { id: string }; Body: { domain: string } }>('/sites/:id/aliases', async (req) => {
     await sites.addAlias(req.params.id, req.body.domain)
@@ -256,6 +265,28 @@ export class AdminSiteStore implements SiteStore {
 
   async listAliases(siteId: string): Promise<string[]> {
     return call<string[]>(this.path, 'GET', `/sites/${encodeURIComponent(siteId)}/aliases`)
+  }
+
+  // Custom properties (core/aggregate/props.ts).
+  async addPropKey(siteId: string, key: string): Promise<void> {
+    await call(this.path, 'POST', `/sites/${encodeURIComponent(siteId)}/props`, { key })
+  }
+
+  async removePropKey(siteId: string, key: string): Promise<boolean> {
+    return (
+      await call<{ removed: boolean }>(
+        this.path,
+        'POST',
+        `/sites/${encodeURIComponent(siteId)}/props/remove`,
+        {
+          key,
+        },
+      )
+    ).removed
+  }
+
+  async listPropKeys(siteId: string): Promise<string[]> {
+    return call<string[]>(this.path, 'GET', `/sites/${encodeURIComponent(siteId)}/props`)
   }
 
   // Ingest runs inside the process that holds the embedded files: it never asks through the socket.

@@ -3,6 +3,7 @@ import { CommittedGenerations, scopeOf, spanRange } from '../aggregate/final.js'
 // One definition of "a final row replaces the partials, partials add up and merge registers",
 // shared with the Cassandra reader so that both backends answer alike.
 import { generationOfRow, mergePartials, ValuesAccumulator } from '../aggregate/merge.js'
+import { isPropDimension } from '../aggregate/props.js'
 import type {
   AggregateReader,
   BreakdownResult,
@@ -80,6 +81,7 @@ function mergeGroup(
   withVisitors: boolean,
   generations: CommittedGenerations,
   g: Granularity,
+  rebuiltOnly = false,
 ) {
   return mergePartials(
     parts.map(partialOf),
@@ -87,6 +89,7 @@ function mergeGroup(
     withVisitors,
     generations.of(g, parts[0]!.window_start),
     generations.provisional(g, parts[0]!.window_start),
+    rebuiltOnly,
   )
 }
 
@@ -234,7 +237,14 @@ export class EmbeddedAggregateReader implements AggregateReader {
       this.dimRows(siteId, granularity, dimension, fromMs, toMs, withVisitors, only),
       byWindowValue,
       (first, parts) => {
-        const merged = mergeGroup(parts, this.precision, withVisitors, generations, granularity)
+        const merged = mergeGroup(
+          parts,
+          this.precision,
+          withVisitors,
+          generations,
+          granularity,
+          isPropDimension(dimension),
+        )
         if (!merged) return
         const value = String(first.value)
         let acc = values.get(value)
@@ -272,7 +282,14 @@ export class EmbeddedAggregateReader implements AggregateReader {
       this.dimRows(siteId, granularity, dimension, fromMs, toMs, withVisitors, values),
       byWindowValue,
       (first, parts) => {
-        const merged = mergeGroup(parts, this.precision, withVisitors, generations, granularity)
+        const merged = mergeGroup(
+          parts,
+          this.precision,
+          withVisitors,
+          generations,
+          granularity,
+          isPropDimension(dimension),
+        )
         if (!merged) return
         let w = perWindow.get(first.window_start)
         if (!w) {
@@ -360,7 +377,14 @@ export class EmbeddedAggregateReader implements AggregateReader {
       }
       const out: MergedDimensionRow[] = []
       eachGroup(page, byWindowValue, (first, parts) => {
-        const merged = mergeGroup(parts, this.precision, true, generations, granularity)
+        const merged = mergeGroup(
+          parts,
+          this.precision,
+          true,
+          generations,
+          granularity,
+          isPropDimension(dimension),
+        )
         if (merged) out.push({ windowStart: first.window_start, value: String(first.value), ...merged })
       })
       for (const r of out) yield r

@@ -297,7 +297,17 @@ export const STORE_MIGRATIONS: readonly string[] = [
     PRIMARY KEY (consumer_group, topic, partition)
   ) WITHOUT ROWID;
   `,
-  // step 11 (step 10 is another change's): a site's time zone (schemas/cql/0013_site_timezone.cql),
+  // 10: custom properties (schemas/cql/0012_site_props_goals.cql): the event property keys a site
+  // declares, each a dimension `prop:KEY`.
+  `
+  CREATE TABLE site_props (
+    site_id TEXT NOT NULL,
+    key TEXT NOT NULL,
+    added_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (site_id, key)
+  ) WITHOUT ROWID;
+  `,
+  // 11: a site's time zone (schemas/cql/0013_site_timezone.cql),
   // the IANA name its days follow (query/zone.ts); NULL = UTC.
   `
   ALTER TABLE sites ADD COLUMN timezone TEXT;

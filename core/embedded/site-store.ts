@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto'
+import { MAX_PROP_KEYS, propKeysFull } from '../aggregate/props.js'
 import { ERR } from '../error-codes.js'
 import { TallyError } from '../errors.js'
 import { hashToken, newReadToken, newWriteKey, readTokenId, readTokenPrefix } from '../keys.js'
@@ -270,6 +271,7 @@ export class EmbeddedSiteStore implements SiteStore {
     return this.db.transaction(() => {
       this.stmt.removeTokens.run(siteId)
       this.stmt.removeDomains.run(siteId)
+      this.propStmt.removeAll.run(siteId)
       return this.stmt.remove.run(siteId).changes > 0
     })()
   }
@@ -295,6 +297,48 @@ export class EmbeddedSiteStore implements SiteStore {
   async listAliases(siteId: string): Promise<string[]> {
     if (!this.stmt.get.get(siteId)) throw notFound(siteId)
     return (this.stmt.aliases.all(siteId) as Array<{ domain: string }>).map((r) => r.domain)
+  }
+
+  // Custom properties (core/aggregate/props.ts).
+  private propStatements: ReturnType<EmbeddedSiteStore['preparePropStatements']> | undefined
+
+  private get propStmt(): ReturnType<EmbeddedSiteStore['preparePropStatements']> {
+    this.propStatements ??= this.preparePropStatements()
+    return this.propStatements
+  }
+
+  private preparePropStatements() {
+    return {
+      insert: this.db.prepare(
+        'INSERT OR IGNORE INTO site_props (site_id, key, added_at_ms) VALUES (?, ?, ?)',
+      ),
+      list: this.db.prepare('SELECT key FROM site_props WHERE site_id = ? ORDER BY key'),
+      remove: this.db.prepare('DELETE FROM site_props WHERE site_id = ? AND key = ?'),
+      removeAll: this.db.prepare('DELETE FROM site_props WHERE site_id = ?'),
+    }
+  }
+
+  async addPropKey(siteId: string, key: string): Promise<void> {
+    this.db.transaction(() => {
+      if (!this.stmt.get.get(siteId)) throw notFound(siteId)
+      const keys = this.propKeysOf(siteId)
+      if (keys.includes(key)) return
+      if (keys.length >= MAX_PROP_KEYS) throw propKeysFull(siteId)
+      this.propStmt.insert.run(siteId, key, this.now())
+    })()
+  }
+
+  async removePropKey(siteId: string, key: string): Promise<boolean> {
+    return this.propStmt.remove.run(siteId, key).changes > 0
+  }
+
+  async listPropKeys(siteId: string): Promise<string[]> {
+    if (!this.stmt.get.get(siteId)) throw notFound(siteId)
+    return this.propKeysOf(siteId)
+  }
+
+  private propKeysOf(siteId: string): string[] {
+    return (this.propStmt.list.all(siteId) as Array<{ key: string }>).map((r) => r.key)
   }
 
   async dailySalt(day: string): Promise<Buffer> {

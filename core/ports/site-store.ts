@@ -95,6 +95,19 @@ export interface SiteStore {
    * site. TALLY_ERR_SITE_NOT_FOUND without the site.
    */
   setTimezone(siteId: string, timezone: string): Promise<Site>
+
+  // Custom properties (issue 17 point 4; core/aggregate/props.ts): the event property keys the
+  // site's rows are broken down by, as dimensions `prop:KEY`.
+  /**
+   * Declares a property key (syntax checked by the caller: checkPropKey). Declaring one the site
+   * has is a no-op; TALLY_ERR_SITE_NOT_FOUND without the site, TALLY_ERR_PROP_KEYS_FULL when it
+   * declares MAX_PROP_KEYS already.
+   */
+  addPropKey(siteId: string, key: string): Promise<void>
+  /** Removes a declared key; false when the site had none such. */
+  removePropKey(siteId: string, key: string): Promise<boolean>
+  /** The site's declared keys, sorted. TALLY_ERR_SITE_NOT_FOUND without the site. */
+  listPropKeys(siteId: string): Promise<string[]>
 }
 
 /** The stored form of a time zone: none for UTC, the default. */

@@ -331,6 +331,32 @@ export function siteStoreContract(name: string, make: () => Promise<SiteStoreHar
       for (const id of [plain, zoned, moved.siteId]) await h.sites.remove(id)
     })
 
+    it('declares custom property keys: sorted, a repeat changes nothing, at most 20, removed with the site', async () => {
+      const siteId = uniqueName('site')
+      await h.sites.create({ siteId, domain: 'props.example.test', origins: [] })
+      expect(await h.sites.listPropKeys(siteId)).toEqual([])
+      const keys = Array.from({ length: 20 }, (_, i) => `key_${String(i).padStart(2, '0')}`)
+      for (const k of [...keys].reverse()) await h.sites.addPropKey(siteId, k)
+      await h.sites.addPropKey(siteId, keys[3]!)
+      expect(await h.sites.listPropKeys(siteId)).toEqual([...keys].sort())
+      await expect(h.sites.addPropKey(siteId, 'one_more')).rejects.toMatchObject({
+        code: 'TALLY_ERR_PROP_KEYS_FULL',
+      })
+      expect(await h.sites.removePropKey(siteId, keys[0]!)).toBe(true)
+      expect(await h.sites.removePropKey(siteId, keys[0]!)).toBe(false)
+      await h.sites.addPropKey(siteId, 'one_more')
+      expect(await h.sites.listPropKeys(siteId)).toEqual([...keys.slice(1), 'one_more'].sort())
+      await expect(h.sites.listPropKeys(uniqueName('none'))).rejects.toMatchObject({
+        code: 'TALLY_ERR_SITE_NOT_FOUND',
+      })
+      await expect(h.sites.addPropKey(uniqueName('none'), 'plan')).rejects.toMatchObject({
+        code: 'TALLY_ERR_SITE_NOT_FOUND',
+      })
+      await h.sites.remove(siteId)
+      await h.sites.create({ siteId, domain: 'props.example.test', origins: [] })
+      expect(await h.sites.listPropKeys(siteId)).toEqual([])
+    })
+
     it('keeps one salt per UTC day, the same for every caller, and none older than the day before', async () => {
       const first = await h.sites.dailySalt('2031-03-01')
       expect(first.length).toBeGreaterThanOrEqual(16)
