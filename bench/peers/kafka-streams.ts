@@ -124,13 +124,13 @@ export async function kafkaStreamsPeer(
       throughput: {
         value: records / seconds,
         unit: 'events/s',
-        what: `one Kafka Streams instance (one stream thread) counting events per site-minute and per site-hour-path in RocksDB stores over the same topic, from its first record to its close (last commit included); JSON parsed with Jackson, no dedup, no bots, no HyperLogLog`,
+        what: `one Kafka Streams instance (one stream thread) counting events per site-minute and per site-hour-path in RocksDB stores over the same topic, from its first record to its close (last commit included); each record's events unpacked (format 1 or 2) and their JSON parsed with Jackson, no dedup, no bots, no HyperLogLog`,
       },
       ...(run.peakRssBytes !== undefined ? { peakRssBytes: run.peakRssBytes } : {}),
       checks: [
         {
           ok,
-          detail: `records counted by each aggregate: ${r.counted.join(', ')} ≥ ${records} in the topic`,
+          detail: `events counted by each aggregate: ${r.counted.join(', ')} ≥ ${records} in the topic`,
         },
       ],
       details: {

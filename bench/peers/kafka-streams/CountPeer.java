@@ -1,6 +1,9 @@
 import com.fasterxml.jackson.databind.JsonNode;
 import com.fasterxml.jackson.databind.ObjectMapper;
+import java.nio.ByteBuffer;
 import java.time.Instant;
+import java.util.ArrayList;
+import java.util.List;
 import java.util.Properties;
 import java.util.concurrent.atomic.AtomicLong;
 import org.apache.kafka.common.serialization.Serdes;
@@ -16,13 +19,13 @@ import org.apache.kafka.streams.state.KeyValueStore;
 
 /**
  * The Kafka Streams peer of the stream benchmark (bench/peers/kafka-streams.ts compiles and runs
- * it): one Kafka Streams instance reads the raw topic Tally's worker read, parses each record's
- * JSON value (Jackson) and counts two aggregates in RocksDB state stores — events per site-minute
+ * it): one Kafka Streams instance reads the raw topic Tally's worker read, unpacks each record's
+ * events (format 1 or 2), parses each event's JSON (Jackson) and counts two aggregates in RocksDB state stores — events per site-minute
  * and per site-hour-path — with the processing guarantee given (exactly_once_v2 or
  * at_least_once). It keeps no HyperLogLog, no dedup, no bot filter and no breakdowns beyond those
  * two: it is the framework's cost for the simplest part of Tally's work.
  *
- * Environment: BROKERS, TOPIC, APP_ID, GUARANTEE, EXPECT (records in the topic), STATE_DIR,
+ * Environment: BROKERS, TOPIC, APP_ID, GUARANTEE, EXPECT (events in the topic), STATE_DIR,
  * TIMEOUT_MS, THREADS. Prints one JSON line when both aggregates have taken EXPECT records and the
  * instance has closed (its last commit included): times in ms from the JVM's start of work.
  */
@@ -41,9 +44,40 @@ public final class CountPeer {
   /** The fields both aggregates need: site, event time (ms) and the page path ("" for none). */
   private record Parsed(String site, long timeMs, String path) {}
 
-  private static Parsed parse(byte[] value) {
+  /**
+   * The events of one record of the raw log: format 1 is one event, its value the JSON; format 2
+   * (core/record/packed.ts) starts with the byte 2 and frames many, each as u16 header-set index,
+   * f64 timestamp, u16-length key, u32-length JSON, after the record's header sets.
+   */
+  private static List<Parsed> events(byte[] value) {
+    if (value == null || value.length == 0) return List.of();
+    if (value[0] != 2) return List.of(parse(value, 0, value.length));
+    ByteBuffer b = ByteBuffer.wrap(value);
     try {
-      JsonNode e = JSON.readTree(value);
+      b.get();
+      int sets = Short.toUnsignedInt(b.getShort());
+      for (int s = 0; s < sets; s++) {
+        int pairs = Short.toUnsignedInt(b.getShort());
+        for (int p = 0; p < 2 * pairs; p++) b.position(b.position() + Short.toUnsignedInt(b.getShort()));
+      }
+      long n = Integer.toUnsignedLong(b.getInt());
+      List<Parsed> out = new ArrayList<>((int) Math.min(n, 65_535));
+      for (long i = 0; i < n; i++) {
+        b.position(b.position() + 2 + 8);
+        b.position(b.position() + Short.toUnsignedInt(b.getShort()));
+        int len = b.getInt();
+        out.add(parse(value, b.position(), len));
+        b.position(b.position() + len);
+      }
+      return out;
+    } catch (RuntimeException cut) {
+      return List.of(new Parsed("(undecodable)", 0L, ""));
+    }
+  }
+
+  private static Parsed parse(byte[] value, int offset, int length) {
+    try {
+      JsonNode e = JSON.readTree(value, offset, length);
       String site = e.path("siteId").asText("");
       long timeMs = Instant.parse(e.path("timestamp").asText()).toEpochMilli();
       String path = e.path("properties").path("path").asText("");
@@ -75,10 +109,10 @@ public final class CountPeer {
     StreamsBuilder b = new StreamsBuilder();
     KStream<Bytes, Parsed> events =
         b.stream(env("TOPIC", null), Consumed.with(Serdes.Bytes(), Serdes.ByteArray()))
-            .mapValues(
+            .flatMapValues(
                 v -> {
                   first.compareAndSet(-1, System.nanoTime());
-                  return parse(v);
+                  return events(v);
                 });
     events
         .map((k, e) -> new org.apache.kafka.streams.KeyValue<>(e.site() + "|" + (e.timeMs() / 60_000L), 1L))
