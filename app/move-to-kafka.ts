@@ -9,6 +9,7 @@ import { KafkaBatchingProducer } from '../core/kafka/producer.js'
 import type { Logger } from '../core/log.js'
 import { migrate } from '../core/migrate.js'
 import type { LogRecord } from '../core/ports/event-log.js'
+import { entriesOf } from '../core/record/packed.js'
 
 /** The embedded log's consumer group that remembers how far the move got (a rerun resumes there). */
 export const MOVE_GROUP = 'tally-move-to-kafka'
@@ -40,7 +41,8 @@ export interface MoveOptions {
 /**
  * Moves an embedded installation's data into Kafka and Cassandra: applies the schema there, copies
  * the sites with their keys as they are (clients and read tokens keep working), then copies the raw
- * and dead-letter topics partition by partition with the same keys, values and headers. Kafka's
+ * and dead-letter topics partition by partition with the same keys, values and headers (events of
+ * a packed record, format 2, become records of their own with theirs). Kafka's
  * partitioner places each key in the same partition number as the embedded log did, so every
  * key's records stay in order.
  *
@@ -106,7 +108,11 @@ export async function moveToKafka(
         while (next < end) {
           const records = embedded.log.read(topic, partition, next, Math.min(batchRecords, end - next))
           if (records.length === 0) break
-          const out: LogRecord[] = records.map((r) => ({
+          // One record per event (format 1), keyed by the event's own key, so Kafka's partitioner
+          // places it as the embedded log did, whichever format the embedded record had (it writes
+          // format 1; a packed record is copied as its events). A record that cannot be unpacked
+          // is copied as it is, for the stream's dead-letter topic to keep.
+          const out: LogRecord[] = entriesOf(records).map((r) => ({
             key: r.key ?? '',
             value: r.value ?? Buffer.alloc(0),
             headers: r.headers,

@@ -17,6 +17,7 @@ import type { Logger } from '../core/log.js'
 import { OwnedPartition, PartitionOwner } from '../core/partition-owner.js'
 import type { ArchivePartitionState, ArchiveStateStore } from '../core/ports/batch-store.js'
 import type { BatchControl, EventLogConsumer, LogOffsets, RecordBatch } from '../core/ports/event-log.js'
+import { entriesOf } from '../core/record/packed.js'
 import { decodeRecord } from './decode.js'
 import type { ArchiveMetrics } from './metrics.js'
 
@@ -230,14 +231,24 @@ export class Archiver extends PartitionOwner<ArchivePartition> {
   protected async process(state: ArchivePartition, batch: RecordBatch, control: BatchControl): Promise<void> {
     const { metrics, logger } = this.deps
     let archived = 0
-    for (const record of batch.records) {
-      if (record.offset < state.processedNext) {
+    // The offset of the record being taken: the events of a packed record (format 2) share it, and
+    // a flush commits whole records, so the record's further events follow its first one.
+    let taking = -1
+    for (const record of entriesOf(batch.records)) {
+      if (record.index === 0 ? record.offset < state.processedNext : record.offset !== taking) {
         metrics.records.inc({ outcome: 'replayed' })
         continue
       }
       const decoded = decodeRecord(record)
       const hour = decoded.ok ? windowStart(decoded.event.timestampMs, 'hour') : 0
-      if (decoded.ok && !state.buffers.has(hour) && state.buffers.size >= this.maxOpenHours) {
+      // Checked before a record's first event only (a flush cannot cut a record): a packed record's
+      // further events may open hours past the cap, at most as many as it has events.
+      if (
+        record.index === 0 &&
+        decoded.ok &&
+        !state.buffers.has(hour) &&
+        state.buffers.size >= this.maxOpenHours
+      ) {
         // Everything before this record is closed first: a flush commits a whole offset range, so
         // the oldest hour alone cannot be closed.
         metrics.buffered.inc(archived)
@@ -249,10 +260,11 @@ export class Archiver extends PartitionOwner<ArchivePartition> {
       }
       if (state.openSinceMs === 0) state.openSinceMs = Date.now()
       state.processedNext = record.offset + 1
+      taking = record.offset
       if (!decoded.ok) {
         metrics.records.inc({ outcome: 'invalid' })
         logger.debug(
-          { partition: state.partition, offset: record.offset, code: decoded.code },
+          { partition: state.partition, offset: record.offset, index: record.index, code: decoded.code },
           `not archived: ${decoded.reason}`,
         )
         continue

@@ -75,7 +75,13 @@ export async function importFile(
   if ((options.checkSite ?? true) && (await ports.sites.get(options.siteId)) === undefined)
     throw new UsageError(`unknown site ${options.siteId}; create it with \`tally sites add\``)
   const own = options.log === undefined
-  const log = options.log ?? (await ports.writer({ appendTimeoutMs: 60_000, lingerMs: 5 }))
+  const log =
+    options.log ??
+    (await ports.writer({
+      appendTimeoutMs: 60_000,
+      lingerMs: 5,
+      ...(config.ingest.pack ? { pack: config.ingest.pack } : {}),
+    }))
   return importInto(config, logger, log, own, options)
 }
 

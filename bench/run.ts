@@ -121,7 +121,8 @@ ${SCENARIOS.map((s) => `  ${s.name.padEnd(9)} ${s.description}`).join('\n')}
 
 Starts the local Kafka and Cassandra when they are not running (and stops them afterwards) unless
 KAFKA_BROKERS / CASSANDRA_CONTACT_POINTS point elsewhere. Uses keyspaces tally_bench_<run>[_filters_<size>] and
-topics tally_bench_<run>_*, removed at the end. Loopback only.`,
+topics tally_bench_<run>_*, removed at the end. Loopback only. TALLY_LOG_FORMAT (1 or 2) is passed on to
+the roles it starts, to compare the raw log's record formats.`,
     )
   program.parse(argv)
   const opts = program.opts<Options>()

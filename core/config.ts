@@ -2,6 +2,7 @@ import { isIP } from 'node:net'
 import { homedir, tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
 import { ConfigError } from './errors.js'
+import type { PackOptions } from './ports/event-log.js'
 
 /**
  * The only module that reads `process.env`. Everything else receives the frozen object built here
@@ -102,6 +103,14 @@ export interface IngestConfig {
    * wait for the previous one's acknowledgement. Default 2.
    */
   inFlightBatches: number
+  /**
+   * How ingest and `tally import` write the raw log (TALLY_LOG_FORMAT): format 2 (default) packs
+   * each producer flush's events per partition into one Kafka record, bounded by `maxEvents`
+   * (TALLY_PACK_MAX_EVENTS, 1000) and `maxBytes` (TALLY_PACK_MAX_BYTES, 900000: under Kafka's
+   * default max.message.bytes of 1 MiB); undefined: format 1, one record per event. Every reader
+   * reads both. The embedded log writes format 1 either way.
+   */
+  pack?: PackOptions
   /** Time allowed to receive a whole request, headers and body (ingest and query). Default 10000 ms. */
   requestTimeoutMs: number
   /**
@@ -534,6 +543,18 @@ export const VARIABLES = {
     'none',
     'compression of the batches ingest writes to Kafka; gzip costs ingest CPU, a topic with `compression.type=gzip` is compressed by the broker instead',
   ),
+  TALLY_LOG_FORMAT: choice(
+    ['1', '2'] as const,
+    '2',
+    "raw log record format ingest and `tally import` write to Kafka: 2 packs a flush's events per partition into one record (readers read both), 1 writes one record per event",
+  ),
+  TALLY_PACK_MAX_EVENTS: integer(1000, 1, 65_535, 'most events in one packed (format 2) raw log record'),
+  TALLY_PACK_MAX_BYTES: integer(
+    900_000,
+    1024,
+    16 * 1024 * 1024,
+    "most bytes of one packed (format 2) raw log record; keep it under the raw topic's `max.message.bytes` (Kafka default 1048588); a larger event goes alone",
+  ),
   TALLY_REQUEST_TIMEOUT_MS: integer(
     10_000,
     100,
@@ -847,6 +868,9 @@ export function loadConfig(env: Env = process.env): TallyConfig {
       maxConnections: v.TALLY_MAX_CONNECTIONS,
       trackerPrefix: v.TALLY_TRACKER_PREFIX,
       ...(v.TALLY_TRUST_PROXY !== undefined ? { trustProxy: v.TALLY_TRUST_PROXY } : {}),
+      ...(v.TALLY_LOG_FORMAT === '2'
+        ? { pack: { maxEvents: v.TALLY_PACK_MAX_EVENTS, maxBytes: v.TALLY_PACK_MAX_BYTES } }
+        : {}),
       // One value for ingest (clamp) and the stream (what it leaves to batch), so they agree.
       maxFutureMs: v.TALLY_MAX_FUTURE_MS,
       // Older live events could leave the raw log before the archiver read them.

@@ -308,6 +308,14 @@ export const ERRORS = {
     code: 'TALLY_ERR_SCHEMA_INVALID',
     meaning: 'dead letter: a log record does not match the record schema',
   },
+  FORMAT_VERSION: {
+    code: 'TALLY_ERR_FORMAT_VERSION',
+    meaning: 'dead letter: a log record has an unknown framing version (tally-format header)',
+  },
+  CORRUPT_FRAME: {
+    code: 'TALLY_ERR_CORRUPT_FRAME',
+    meaning: 'dead letter: a packed (format 2) log record is cut short or its framing is inconsistent',
+  },
   // Batch layer.
   BAD_RANGE: {
     code: 'TALLY_ERR_BAD_RANGE',

@@ -41,6 +41,7 @@ export async function startIngest(
     compression: config.ingest.compression,
     maxInFlightBatches: config.ingest.inFlightBatches,
     appendTimeoutMs: config.ingest.appendTimeoutMs,
+    ...(config.ingest.pack ? { pack: config.ingest.pack } : {}),
     onSend: (records, _bytes, seconds, ok) => {
       if (!kafkaMetrics) return
       kafkaMetrics.kafkaSendSeconds.observe({ outcome: ok ? 'ok' : 'error' }, seconds)

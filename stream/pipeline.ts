@@ -14,9 +14,10 @@ import type { StreamConfig } from '../core/config.js'
 import { type HashHalves, hashHalves } from '../core/hll.js'
 import type { Logger } from '../core/log.js'
 import type { ConsumedRecord, RecordBatch } from '../core/ports/event-log.js'
-import { type DecodedEvent, decodeValue, validateEvent } from '../core/record/codec.js'
+import { checkEvent, type DecodedEvent, decodeValue } from '../core/record/codec.js'
 import { HEADERS } from '../core/record/headers.js'
 import { dedupKey } from '../core/record/keys.js'
+import type { RawEntry } from '../core/record/packed.js'
 import { drop, ok, type StepResult } from '../core/record/result.js'
 import type { DedupSet } from './dedup.js'
 import {
@@ -39,8 +40,11 @@ import {
  * `countRecords` runs a batch through them; the worker times it as one step.
  */
 
-/** Step 1: bytes → JSON object. Step 2: the raw-event schema (the same TypeBox schema ingest writes with). */
-export { decodeValue as decode, validateEvent as validate }
+/**
+ * Step 1: bytes → JSON object. Step 2: the version and the fields the steps read (ingest validated
+ * the whole event with the TypeBox schema before writing it; codec.ts checkEvent).
+ */
+export { checkEvent as validate, decodeValue as decode }
 
 /** Step 3: a messageId seen within the horizon is a client retry. */
 export function dedup(d: DecodedEvent, seen: DedupSet): StepResult<DecodedEvent> {
@@ -174,7 +178,8 @@ export function countVisit(
   const ve = visitEventOf(d.event, d.timestampMs, dims)
   if (ve === undefined) return
   const change = visits.state.add(ve)
-  visits.nextOffset = offset + 1
+  // Not offset + 1: the next event of a packed record (format 2) shares this offset.
+  visits.nextOffset = offset
   visits.changed = true
   for (const { key, delta } of visitDeltas(change, sourcePartition))
     applyVisits(table, rowOf(table, loading, key), offset, delta)
@@ -210,9 +215,11 @@ export interface PipelineState {
  */
 export type PipelineSettings = Pick<StreamConfig, 'graceMs' | 'maxFutureMs' | 'maxOpenWindows'>
 
-/** A poison record, for the dead-letter topic. */
+/** A poison event (or a whole record whose framing is corrupt), for the dead-letter topic. */
 export interface DeadLetterRecord {
   offset: number
+  /** The event's index inside its packed record (0 in a version-1 record). */
+  index: number
   code: string
   reason: string
   value: Buffer | undefined
@@ -241,13 +248,15 @@ function tally(outcomes: Map<string, number>, outcome: string): void {
 }
 
 /**
- * Runs the batch's records from index `from` on through the steps, stopping before a record that
+ * Runs the batch's events from index `from` on through the steps, stopping before a record that
  * could take the partition's open windows past the cap (an event opens at most one per granularity,
- * and its visit change one more: its visit's start window).
+ * and its visit change one more: its visit's start window). The worker gives the batch's records
+ * unpacked into events (core/record/packed.ts entriesOf); the first event of a record is counted
+ * even when the cap would be passed, so a packed record can go past it by its own events' windows.
  */
 export function countRecords(
   state: PipelineState,
-  batch: RecordBatch,
+  batch: Pick<RecordBatch, 'records'> | { records: readonly RawEntry[] },
   from: number,
   settings: PipelineSettings,
   logger: Logger,
@@ -262,10 +271,16 @@ export function countRecords(
   }
   const table = state.rows
   const opens = GRANULARITIES.length * (state.visits ? 2 : 1)
+  const records: readonly (ConsumedRecord | RawEntry)[] = batch.records
   let i = from
-  for (; i < batch.records.length; i++) {
-    if (i > from && table.windows + opens > settings.maxOpenWindows) break
-    const record = batch.records[i]!
+  for (; i < records.length; i++) {
+    const record = records[i]!
+    // Only between log records: the rows and the checkpoint count whole records (the events of a
+    // packed one share its offset), so a record's events are counted together, all of them.
+    if ('index' in record) {
+      if (record.index === 0 && i > from && table.windows + opens * record.count > settings.maxOpenWindows)
+        break
+    } else if (i > from && table.windows + opens > settings.maxOpenWindows) break
     const before = pass.lastOffset
     pass.lastOffset = record.offset
     // Below processedNext: already in memory (or, below the checkpoint, already stored).
@@ -274,7 +289,9 @@ export function countRecords(
       continue
     }
     if (!countRecord(record, state, settings, logger, pass)) {
-      pass.lastOffset = before
+      // Paused before this event (its site's property keys are read first, then it goes on from
+      // here): the offsets passed must not cover its record, whose other events may already count.
+      pass.lastOffset = before === record.offset ? record.offset - 1 : before
       break
     }
   }
@@ -289,17 +306,18 @@ export function countRecords(
  * classify it sees the counted events only, in offset order, with the partition's watermark.
  */
 function countRecord(
-  record: ConsumedRecord,
+  record: ConsumedRecord | RawEntry,
   state: PipelineState,
   s: PipelineSettings,
   logger: Logger,
   pass: BatchPass,
 ): boolean {
   const decoded = decodeValue(record)
-  const valid = decoded.ok ? validateEvent(decoded.event) : decoded
+  const valid = decoded.ok ? checkEvent(decoded.event) : decoded
   if (!valid.ok) {
     pass.deadLetters.push({
       offset: record.offset,
+      index: 'index' in record ? record.index : 0,
       code: valid.code,
       reason: valid.reason,
       value: record.value,

@@ -22,13 +22,15 @@ export interface Row {
   id: string
   /** Undefined while the row's stored value is being loaded (first touched by the current batch). */
   acc: RowAccumulator | undefined
-  /** Last source offset counted in this row (−1: none). Events at or below it are skipped on replay. */
+  /** Last source offset counted in this row (−1: none), written with it as its through_offset. */
   throughOffset: number
   /**
-   * Last source offset whose visit change is in this row (the stored throughOffset once loaded):
-   * an event changes a row's visits once, even when it also counted in the row at the same offset.
+   * The throughOffset the row was loaded with (−1: none): events at or below it are in the stored
+   * value (a replay) and skipped, counts and visit changes alike. Compared with this, not with the
+   * live throughOffset, because the events of one packed record (format 2) share an offset: every
+   * one of them counts, and the worker writes rows and checkpoints only between records.
    */
-  visitThrough: number
+  storedThrough: number
   dirty: boolean
   /**
    * While the row is being loaded: what the batch's events do to it, in offset order. An event
@@ -190,7 +192,7 @@ export function apply(
     row.pending!.push(offset, flags, hi, lo)
     return
   }
-  if (offset <= row.throughOffset) return
+  if (offset <= row.storedThrough) return
   acc.addCounted((flags & BOT) !== 0, (flags & PAGEVIEW) !== 0, hi, lo)
   row.throughOffset = offset
   if (!row.dirty) {
@@ -210,9 +212,8 @@ export function applyVisits(table: RowTable, row: Row, offset: number, delta: Vi
     row.pending!.push(offset, VISIT, delta.visits, delta.bounces, delta.visitDurationMs, delta.visitPageviews)
     return
   }
-  if (offset <= row.visitThrough) return
+  if (offset <= row.storedThrough) return
   acc.addVisits(delta)
-  row.visitThrough = offset
   if (offset > row.throughOffset) row.throughOffset = offset
   if (!row.dirty) {
     row.dirty = true
@@ -261,7 +262,7 @@ export function rowToLoad(
     id: rowId(key),
     acc: undefined,
     throughOffset: -1,
-    visitThrough: -1,
+    storedThrough: -1,
     dirty: false,
     pending: [],
   }
@@ -289,7 +290,7 @@ export function fillLoaded(
     const stored = loaded.get(row.id)
     row.acc = new RowAccumulator(precision, stored, { countsVisits })
     row.throughOffset = stored?.throughOffset ?? -1
-    row.visitThrough = row.throughOffset
+    row.storedThrough = row.throughOffset
     const waiting = row.pending!
     row.pending = undefined
     for (let i = 0; i < waiting.length; ) {

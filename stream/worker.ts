@@ -13,6 +13,7 @@ import type {
 } from '../core/ports/event-log.js'
 import type { ProgressPublisher } from '../core/ports/progress-notices.js'
 import { HEADERS, requestIdOf } from '../core/record/headers.js'
+import { entriesOf, FORMAT_HEADER, type RawEntry } from '../core/record/packed.js'
 import { DedupSet } from './dedup.js'
 import { type StreamMetrics, type StreamStep, timed } from './metrics.js'
 import {
@@ -185,19 +186,21 @@ export class StreamWorker extends PartitionOwner<PartitionState> {
     const { config } = this.deps
     // A batch whose events open more windows than the cap allows is counted in parts, with the
     // oldest windows written and dropped in between, so memory stays bounded whatever arrives.
+    // Records of both framings, as events: a packed record (format 2) gives one per event, at its offset.
+    const events = { ...batch, records: entriesOf(batch.records) }
     let from = 0
     const propKeys = this.deps.propKeys
-    // The property keys of the batch's sites (by the header ingest writes), read once before it.
-    if (propKeys) await propKeys.refresh(siteIdsOf(batch))
-    while (from < batch.records.length) {
-      const pass = await this.processFrom(state, batch, from, control)
+    // The property keys of the batch's sites (by the header ingest writes on each event), read once before it.
+    if (propKeys) await propKeys.refresh(siteIdsOf(events))
+    while (from < events.records.length) {
+      const pass = await this.processFrom(state, events, from, control)
       from = pass.next
       if (pass.unknownSite !== undefined && propKeys) {
         // An event without the site header, of a site not read yet: read it, then go on from it.
         await propKeys.refresh([pass.unknownSite])
         continue
       }
-      if (from < batch.records.length) {
+      if (from < events.records.length) {
         await this.shed(state, control)
         // The partition may have moved meanwhile: its new owner replays from the checkpoint.
         if (!this.owns(state) || control.isStale()) return
@@ -231,7 +234,7 @@ export class StreamWorker extends PartitionOwner<PartitionState> {
    */
   private async processFrom(
     state: PartitionState,
-    batch: RecordBatch,
+    batch: { records: readonly RawEntry[] },
     from: number,
     control: BatchControl,
   ): Promise<BatchPass> {
@@ -279,24 +282,31 @@ export class StreamWorker extends PartitionOwner<PartitionState> {
     items: readonly DeadLetterRecord[],
     control: BatchControl,
   ): Promise<void> {
-    const records = items.map((i) => ({
-      key: `${this.deps.topic}:${state.ref.partition}:${i.offset}`,
-      value: Buffer.from(
-        JSON.stringify({
-          code: i.code,
-          reason: i.reason,
-          sourceTopic: this.deps.topic,
-          sourcePartition: state.ref.partition,
-          sourceOffset: i.offset,
-          traceparent: i.headers[HEADERS.traceparent] ?? null,
-          requestId: requestIdOf(i.headers) ?? null,
-          consumerGroup: this.deps.config.group,
-          at: new Date().toISOString(),
-          original: i.value ? i.value.toString('base64') : null,
-        }),
-      ),
-      headers: { ...i.headers, [HEADERS.deadLetterCode]: i.code },
-    }))
+    const records = items.map((i) => {
+      // The event's own headers (a packed record's events carry theirs); a whole record refused for
+      // its framing keeps its own but the format's: this record's value is the JSON below.
+      const { [FORMAT_HEADER]: _format, ...headers } = i.headers
+      return {
+        key: `${this.deps.topic}:${state.ref.partition}:${i.offset}${i.index > 0 ? `:${i.index}` : ''}`,
+        value: Buffer.from(
+          JSON.stringify({
+            code: i.code,
+            reason: i.reason,
+            sourceTopic: this.deps.topic,
+            sourcePartition: state.ref.partition,
+            sourceOffset: i.offset,
+            // With sourceOffset, the event's position: its index inside a packed record (0 otherwise).
+            sourceIndex: i.index,
+            traceparent: i.headers[HEADERS.traceparent] ?? null,
+            requestId: requestIdOf(i.headers) ?? null,
+            consumerGroup: this.deps.config.group,
+            at: new Date().toISOString(),
+            original: i.value ? i.value.toString('base64') : null,
+          }),
+        ),
+        headers: { ...headers, [HEADERS.deadLetterCode]: i.code },
+      }
+    })
     await this.untilStopped(
       () => this.deps.deadLetters.append(this.deps.deadLetterTopic, records),
       'dead-letter',
@@ -308,6 +318,7 @@ export class StreamWorker extends PartitionOwner<PartitionState> {
         {
           partition: state.ref.partition,
           offset: i.offset,
+          index: i.index,
           code: i.code,
           traceparent: i.headers[HEADERS.traceparent],
         },
@@ -420,7 +431,7 @@ export class StreamWorker extends PartitionOwner<PartitionState> {
 }
 
 /** The sites a batch's records name in their site header (ingest writes it on every record). */
-function siteIdsOf(batch: RecordBatch): Set<string> {
+function siteIdsOf(batch: { records: readonly { headers: Record<string, string> }[] }): Set<string> {
   const sites = new Set<string>()
   for (const r of batch.records) {
     const site = r.headers[HEADERS.siteId]

@@ -9,6 +9,7 @@ import { CassandraSiteStore } from '../../core/cassandra/sites.js'
 import { loadConfig, type TallyConfig } from '../../core/config.js'
 import { createKafka } from '../../core/kafka/client.js'
 import { migrate } from '../../core/migrate.js'
+import { entriesOf } from '../../core/record/packed.js'
 
 /**
  * What one bench run owns: a keyspace `tally_bench_<run>`, topics and consumer groups named
@@ -179,6 +180,54 @@ export class BenchEnvironment {
     } finally {
       await admin.disconnect()
     }
+  }
+
+  /**
+   * Events in the raw topic, read from its start: a packed record (format 2) counts its events
+   * (core/record/packed.ts), a format-1 record one.
+   */
+  async topicEvents(config: TallyConfig): Promise<number> {
+    const ends = await this.topicEnds(config)
+    const left = new Map([...ends].filter(([, end]) => end > 0))
+    if (left.size === 0) return 0
+    const kafka = createKafka(config.kafka)
+    const groupId = `tally_bench_count_${randomBytes(4).toString('hex')}`
+    const consumer = kafka.consumer({ groupId })
+    let events = 0
+    await consumer.connect()
+    try {
+      await consumer.subscribe({ topic: config.kafka.topicRaw, fromBeginning: true })
+      await new Promise<void>((resolve, reject) => {
+        consumer
+          .run({
+            eachBatch: async ({ batch }) => {
+              const records = batch.messages.map((m) => {
+                const headers: Record<string, string> = {}
+                for (const k in m.headers) headers[k] = String(m.headers[k])
+                return {
+                  offset: Number(m.offset),
+                  key: undefined,
+                  value: m.value ?? undefined,
+                  headers,
+                  timestampMs: 0,
+                }
+              })
+              events += entriesOf(records).length
+              const last = records.at(-1)
+              if (last && last.offset + 1 >= (left.get(batch.partition) ?? 0)) left.delete(batch.partition)
+              if (left.size === 0) resolve()
+            },
+          })
+          .catch(reject)
+      })
+    } finally {
+      await consumer.disconnect()
+      const admin = kafka.admin()
+      await admin.connect()
+      await admin.deleteGroups([groupId]).catch(() => undefined)
+      await admin.disconnect()
+    }
+    return events
   }
 
   /** End offset of each partition of the scenario's raw topic. */

@@ -180,7 +180,13 @@ export function spawnRole(
   return spawnNode({
     name,
     args: [join(projectRoot(), 'bin', 'tally.js'), role],
-    env: { LOG_LEVEL: 'info', PORT: '0', ...env },
+    // TALLY_LOG_FORMAT is passed on, so one tree measures format 1 against format 2 back to back.
+    env: {
+      LOG_LEVEL: 'info',
+      PORT: '0',
+      ...(process.env.TALLY_LOG_FORMAT ? { TALLY_LOG_FORMAT: process.env.TALLY_LOG_FORMAT } : {}),
+      ...env,
+    },
     logDir,
     isReady: logLine(readyMsg),
   })

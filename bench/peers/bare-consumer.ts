@@ -1,4 +1,5 @@
 import { Kafka, logLevel } from 'kafkajs'
+import { entriesOf, FORMAT_HEADER } from '../../core/record/packed.js'
 
 /**
  * The peer of the stream throughput benchmark: a bare kafkajs consumer group member that reads the
@@ -7,7 +8,7 @@ import { Kafka, logLevel } from 'kafkajs'
  * dedup, no aggregation, no writes. Its events/s is the ceiling the library and this machine put on
  * one Node process, so Tally's figure is read against it.
  *
- * Run as a job by the bench (environment: KAFKA_BROKERS, TOPIC, GROUP, EXPECT = records in the
+ * Run as a job by the bench (environment: KAFKA_BROKERS, TOPIC, GROUP, EXPECT = events in the
  * topic, TIMEOUT_MS); prints one line when it has read EXPECT records:
  * `{"records":…,"pageviews":…,"firstRecordMs":…,"doneMs":…}` (times from performance.now()).
  */
@@ -50,10 +51,27 @@ await consumer.run({
     if (finished) return
     firstRecordMs ??= performance.now()
     for (const m of batch.messages) {
-      // The parsed value is used, so the parse cannot be skipped as dead code.
-      const event = m.value ? (JSON.parse(m.value.toString('utf8')) as { type?: unknown }) : undefined
-      if (event?.type === 'page') pageviews++
-      records++
+      const headers: Record<string, string> = {}
+      for (const k in m.headers) headers[k] = String(m.headers[k])
+      // A packed record (format 2) is read as its events, as the worker reads it.
+      const values =
+        headers[FORMAT_HEADER] === undefined
+          ? [m.value]
+          : entriesOf([
+              {
+                offset: Number(m.offset),
+                key: undefined,
+                value: m.value ?? undefined,
+                headers,
+                timestampMs: 0,
+              },
+            ]).map((e) => e.value)
+      for (const value of values) {
+        // The parsed value is used, so the parse cannot be skipped as dead code.
+        const event = value ? (JSON.parse(value.toString('utf8')) as { type?: unknown }) : undefined
+        if (event?.type === 'page') pageviews++
+        records++
+      }
     }
     if (batch.messages.length > 0) resolveOffset(batch.lastOffset())
     if (records >= expect) {

@@ -121,7 +121,8 @@ async function run(ctx: ScenarioContext): Promise<ScenarioOutcome> {
     const bareRss = bare.peakRssBytes()
     const tallyRss = tally.peakRssBytes()
     const bareCount = ((await (await fetch(`${urlOf(bare)}/count`)).json()) as { events: number }).events
-    const logged = await ctx.env.topicRecords(config)
+    // Events, not records: ingest packs a flush's events per partition (format 2).
+    const logged = await ctx.env.topicEvents(config)
     const phasesOf = (who: 'bare' | 'tally') => endpoints.map((ep) => results.get(ep.key)![who])
     const perRequest = endpoints.map((ep) => ep.eventsPerRequest)
     const bareChecks = [

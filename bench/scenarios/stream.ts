@@ -114,11 +114,11 @@ async function bareConsumer(
     throughput: {
       value: result.records / seconds,
       unit: 'events/s',
-      what: "one kafkajs consumer process with the worker's fetch settings, decoding and JSON-parsing every record and nothing else, from its first batch to the end of the topic",
+      what: "one kafkajs consumer process with the worker's fetch settings, decoding and JSON-parsing every event (a packed record unpacked into its events) and nothing else, from its first batch to the end of the topic",
     },
     ...(run.peakRssBytes !== undefined ? { peakRssBytes: run.peakRssBytes } : {}),
     checks: [
-      { ok: result.records === records, detail: `records read: ${result.records} = ${records} in the topic` },
+      { ok: result.records === records, detail: `events read: ${result.records} = ${records} in the topic` },
     ],
     details: { seconds: round(seconds), pageviewRecords: result.pageviews },
   }
@@ -163,8 +163,10 @@ async function throughput(ctx: ScenarioContext, visits = true): Promise<Part & {
     const logged = [...ends.values()].reduce((a, b) => a + b, 0)
     const checks: Check[] = [
       {
-        ok: accepted === n && logged === n,
-        detail: `events loaded: ${n} sent, ${accepted} accepted, ${logged} in the topic`,
+        // Format 2 packs several events per record: the events are counted by the worker below.
+        ok:
+          accepted === n && (process.env.TALLY_LOG_FORMAT === '1' ? logged === n : logged > 0 && logged <= n),
+        detail: `events loaded: ${n} sent, ${accepted} accepted, ${logged} records in the topic`,
       },
     ]
     const reader = new CassandraAggregateReader(await ctx.env.client(config), config.stream.hllPrecision)
@@ -187,7 +189,7 @@ async function throughput(ctx: ScenarioContext, visits = true): Promise<Part & {
     checks.push(
       {
         ok: w.records === n,
-        detail: `records the worker processed (its metrics): ${w.records} = ${n} in the topic`,
+        detail: `events the worker processed (its metrics): ${w.records} = ${n} in the topic`,
       },
       await compareStore(
         reader,

@@ -1,8 +1,17 @@
-import { CompressionTypes, type Kafka, type Message, Partitioners, type Producer } from 'kafkajs'
+import {
+  CompressionTypes,
+  type ICustomPartitioner,
+  type Kafka,
+  type Message,
+  Partitioners,
+  type PartitionMetadata,
+  type Producer,
+} from 'kafkajs'
 import { ERR } from '../error-codes.js'
 import { errorMessage, ServiceUnavailableError, TallyError } from '../errors.js'
 import type { Logger } from '../log.js'
-import type { EventLogWriter, LogRecord } from '../ports/event-log.js'
+import type { EventLogWriter, LogRecord, PackOptions } from '../ports/event-log.js'
+import { MAX_PACKED_EVENTS, packedHeaders, packedOverheadBytes, packRecords } from '../record/packed.js'
 
 export interface BatchingProducerOptions {
   /** How long the first pending record waits for company before a batch is sent. Default 2 ms. */
@@ -24,6 +33,12 @@ export interface BatchingProducerOptions {
   logger?: Logger
   /** Observes each send: records, bytes, seconds, outcome. */
   onSend?: (records: number, bytes: number, seconds: number, ok: boolean) => void
+  /**
+   * Pack each flush's records per partition into format-2 records (core/record/packed.ts). The
+   * partition is still chosen per record, by its key, with the partitioner kafkajs would use.
+   * Left out: one Kafka record per record (format 1).
+   */
+  pack?: PackOptions
 }
 
 /** One idempotent producer and the batch it has in flight. */
@@ -36,7 +51,9 @@ interface Lane {
 
 interface Pending {
   topic: string
+  /** Format 1: the Kafka messages. Packed: empty, `records` are packed at the flush. */
   messages: Message[]
+  records: readonly LogRecord[]
   bytes: number
   resolve: () => void
   reject: (err: Error) => void
@@ -73,6 +90,9 @@ export class KafkaBatchingProducer implements EventLogWriter {
   private lastTopic: string | undefined
   private probing = false
   private lastProbeAt = 0
+  private readonly partitioner: ReturnType<ICustomPartitioner> = Partitioners.DefaultPartitioner()
+  /** Partitions of each topic written packed, fetched at its first flush and every 5 minutes. */
+  private readonly partitionsOf = new Map<string, { at: number; partitions: PartitionMetadata[] }>()
 
   constructor(
     private readonly kafka: Kafka,
@@ -89,6 +109,18 @@ export class KafkaBatchingProducer implements EventLogWriter {
     this.maxPendingBytes = options.maxPendingBytes ?? 64 * 1024 * 1024
     this.appendTimeoutMs = options.appendTimeoutMs ?? 5000
     this.compression = options.compression === 'none' ? CompressionTypes.None : CompressionTypes.GZIP
+    const pack = options.pack
+    if (
+      pack &&
+      (!Number.isInteger(pack.maxEvents) ||
+        pack.maxEvents < 1 ||
+        pack.maxEvents > MAX_PACKED_EVENTS ||
+        !Number.isInteger(pack.maxBytes) ||
+        pack.maxBytes < 1)
+    )
+      throw new RangeError(
+        `pack: maxEvents 1..${MAX_PACKED_EVENTS} and maxBytes ≥ 1, got ${JSON.stringify(pack)}`,
+      )
   }
 
   private newProducer(): Producer {
@@ -184,6 +216,7 @@ export class KafkaBatchingProducer implements EventLogWriter {
     if (records.length === 0) return Promise.resolve()
     this.lastTopic = topic
     let bytes = 0
+    const pack = this.options.pack !== undefined
     // The records of one request usually share their headers object and timestamp: copy and
     // measure the headers, and format the timestamp, once per distinct value.
     let lastHeaders: LogRecord['headers'] | undefined
@@ -191,20 +224,32 @@ export class KafkaBatchingProducer implements EventLogWriter {
     let headersBytes = 0
     let lastTimestampMs: number | undefined
     let timestamp = ''
-    const messages: Message[] = records.map((r) => {
-      if (r.headers !== lastHeaders) {
-        lastHeaders = r.headers
-        headersCopy = { ...r.headers }
-        headersBytes = headerBytes(r.headers)
+    if (pack) {
+      // Packed at the flush; the bytes counted are about what the frame takes.
+      for (const r of records) {
+        if (r.headers !== lastHeaders) {
+          lastHeaders = r.headers
+          headersBytes = headerBytes(r.headers)
+        }
+        bytes += r.value.length + packedOverheadBytes(r) + headersBytes
       }
-      bytes += r.value.length + Buffer.byteLength(r.key) + 64 + headersBytes
-      if (r.timestampMs === undefined) return { key: r.key, value: r.value, headers: headersCopy }
-      if (r.timestampMs !== lastTimestampMs) {
-        lastTimestampMs = r.timestampMs
-        timestamp = String(r.timestampMs)
-      }
-      return { key: r.key, value: r.value, headers: headersCopy, timestamp }
-    })
+    }
+    const messages: Message[] = pack
+      ? []
+      : records.map((r) => {
+          if (r.headers !== lastHeaders) {
+            lastHeaders = r.headers
+            headersCopy = { ...r.headers }
+            headersBytes = headerBytes(r.headers)
+          }
+          bytes += r.value.length + Buffer.byteLength(r.key) + 64 + headersBytes
+          if (r.timestampMs === undefined) return { key: r.key, value: r.value, headers: headersCopy }
+          if (r.timestampMs !== lastTimestampMs) {
+            lastTimestampMs = r.timestampMs
+            timestamp = String(r.timestampMs)
+          }
+          return { key: r.key, value: r.value, headers: headersCopy, timestamp }
+        })
     if (this.queuedBytes + bytes > this.maxPendingBytes) {
       return Promise.reject(
         new ServiceUnavailableError(
@@ -217,6 +262,8 @@ export class KafkaBatchingProducer implements EventLogWriter {
       const p: Pending = {
         topic,
         messages,
+        // Copied: the caller may reuse its array once append returns.
+        records: pack ? records.slice() : [],
         bytes,
         resolve,
         reject,
@@ -306,13 +353,21 @@ export class KafkaBatchingProducer implements EventLogWriter {
         lane.inFlightSince = Date.now()
         const batch = this.takeBatch()
         const byTopic = new Map<string, Message[]>()
+        const packed = new Map<string, LogRecord[]>()
         let bytes = 0
         let count = 0
         for (const p of batch) {
+          bytes += p.bytes
+          if (this.options.pack) {
+            const list = packed.get(p.topic) ?? []
+            for (const r of p.records) list.push(r)
+            packed.set(p.topic, list)
+            count += p.records.length
+            continue
+          }
           const list = byTopic.get(p.topic) ?? []
           for (const m of p.messages) list.push(m)
           byTopic.set(p.topic, list)
-          bytes += p.bytes
           count += p.messages.length
         }
         const started = process.hrtime.bigint()
@@ -320,6 +375,7 @@ export class KafkaBatchingProducer implements EventLogWriter {
         if (this.queue.length > 0 && this.queuedBytes >= this.maxBatchBytes) this.startIdleLane()
         try {
           await this.connectLane(lane)
+          for (const [topic, records] of packed) byTopic.set(topic, await this.packedMessages(topic, records))
           await lane.producer.sendBatch({
             acks: -1,
             compression: this.compression,
@@ -339,6 +395,67 @@ export class KafkaBatchingProducer implements EventLogWriter {
       }
     } finally {
       lane.inFlightSince = undefined
+    }
+  }
+
+  /**
+   * The Kafka messages of one flush's records to `topic`, packed: grouped by the partition each
+   * record's key picks (kafkajs's default partitioner, as for format 1), in order, cut into records
+   * of at most `pack.maxEvents` events and `pack.maxBytes` bytes (an event larger goes alone).
+   */
+  private async packedMessages(topic: string, records: readonly LogRecord[]): Promise<Message[]> {
+    const { maxEvents, maxBytes } = this.options.pack!
+    const partitionMetadata = await this.partitions(topic)
+    const byPartition = new Map<number, LogRecord[]>()
+    for (const r of records) {
+      const partition = this.partitioner({ topic, partitionMetadata, message: { key: r.key, value: null } })
+      const list = byPartition.get(partition)
+      if (list) list.push(r)
+      else byPartition.set(partition, [r])
+    }
+    const messages: Message[] = []
+    const headers = packedHeaders()
+    for (const [partition, list] of byPartition) {
+      let from = 0
+      let bytes = 0
+      const cut = (to: number): void => {
+        const chunk = list.slice(from, to)
+        messages.push({
+          partition,
+          key: null,
+          value: packRecords(chunk),
+          headers,
+          timestamp: String(chunk[0]!.timestampMs ?? Date.now()),
+        })
+        from = to
+        bytes = 0
+      }
+      for (let i = 0; i < list.length; i++) {
+        const r = list[i]!
+        // Header sets are counted per event: an upper bound of the value's size.
+        const size = r.value.length + packedOverheadBytes(r) + headerBytes(r.headers)
+        if (i > from && (i - from >= maxEvents || bytes + size > maxBytes)) cut(i)
+        bytes += size
+      }
+      cut(list.length)
+    }
+    return messages
+  }
+
+  /** The partitions of `topic` (cached 5 minutes, as kafkajs's metadataMaxAge). */
+  private async partitions(topic: string): Promise<PartitionMetadata[]> {
+    const cached = this.partitionsOf.get(topic)
+    if (cached && Date.now() - cached.at < 300_000) return cached.partitions
+    const admin = this.kafka.admin()
+    try {
+      await admin.connect()
+      const meta = await admin.fetchTopicMetadata({ topics: [topic] })
+      const partitions = meta.topics[0]?.partitions ?? []
+      if (partitions.length === 0) throw new Error(`topic ${topic} has no partitions`)
+      this.partitionsOf.set(topic, { at: Date.now(), partitions })
+      return partitions
+    } finally {
+      await admin.disconnect().catch(() => undefined)
     }
   }
 

@@ -2,7 +2,7 @@ import type { BackendKind } from '../config.js'
 import type { Logger } from '../log.js'
 import type { AggregateReader, StreamStore } from './aggregate-store.js'
 import type { ArchiveStateStore, FinalRowStore, JobStore, LeaseStore } from './batch-store.js'
-import type { EventLogConsumer, EventLogWriter, LogOffsets } from './event-log.js'
+import type { EventLogConsumer, EventLogWriter, LogOffsets, PackOptions } from './event-log.js'
 import type { ProgressListener, ProgressPublisher } from './progress-notices.js'
 import type { SiteStore } from './site-store.js'
 
@@ -38,6 +38,12 @@ export interface WriterOptions {
   appendTimeoutMs?: number
   /** Observes each send: records, bytes, seconds, outcome. */
   onSend?: (records: number, bytes: number, seconds: number, ok: boolean) => void
+  /**
+   * Write raw events packed (format 2, core/record/packed.ts): one log record per flush and
+   * partition, bounded by events and bytes. Left out: one record per event (format 1). A backend
+   * whose records cost nothing per record (embedded) writes format 1 either way.
+   */
+  pack?: PackOptions
 }
 
 /**

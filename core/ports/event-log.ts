@@ -12,6 +12,14 @@ export interface LogRecord {
   timestampMs?: number
 }
 
+/** Bounds of one packed (format 2) record of the raw log (core/record/packed.ts). */
+export interface PackOptions {
+  /** Events in one record, 1..65535. */
+  maxEvents: number
+  /** Bytes of one record's value (under the topic's max.message.bytes); an event larger goes alone. */
+  maxBytes: number
+}
+
 export interface EventLogWriter {
   /**
    * Appends records to `topic`. Resolves only once the log has durably stored every record

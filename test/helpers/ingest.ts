@@ -53,6 +53,7 @@ export async function buildTestIngest(config: TallyConfig): Promise<TestIngest> 
     appendTimeoutMs: config.ingest.appendTimeoutMs,
     compression: config.ingest.compression,
     maxInFlightBatches: config.ingest.inFlightBatches,
+    ...(config.ingest.pack ? { pack: config.ingest.pack } : {}),
     logger,
   })
   await producer.connect()

@@ -110,7 +110,9 @@ beforeAll(async () => {
   await migrate(config)
   cassandra = createCassandraClient(config.cassandra, { keyspace: config.cassandra.keyspace })
   await cassandra.connect()
-  producer = new KafkaBatchingProducer(createKafka(config.kafka))
+  producer = new KafkaBatchingProducer(createKafka(config.kafka), {
+    ...(config.ingest.pack ? { pack: config.ingest.pack } : {}),
+  })
   const siteStore = new CassandraSiteStore(cassandra)
   for (const id of ['wait.test', 'lag.test']) {
     const created = await siteStore.create({ siteId: id, domain: id, origins: [] })

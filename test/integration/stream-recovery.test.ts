@@ -44,7 +44,14 @@ async function setUp(): Promise<Setup> {
   const sites: Site[] = []
   for (const id of ['one.test', 'two.test'])
     sites.push((await store.create({ siteId: id, domain: id, origins: [] })).site)
-  const s = { config, sites, cassandra, producer: new KafkaBatchingProducer(createKafka(config.kafka)) }
+  const s = {
+    config,
+    sites,
+    cassandra,
+    producer: new KafkaBatchingProducer(createKafka(config.kafka), {
+      ...(config.ingest.pack ? { pack: config.ingest.pack } : {}),
+    }),
+  }
   setups.push(s)
   return s
 }

@@ -66,7 +66,9 @@ async function setUp(): Promise<Setup> {
     sites,
     readTokens,
     cassandra,
-    producer: new KafkaBatchingProducer(createKafka(config.kafka)),
+    producer: new KafkaBatchingProducer(createKafka(config.kafka), {
+      ...(config.ingest.pack ? { pack: config.ingest.pack } : {}),
+    }),
   }
   setups.push(s)
   return s

@@ -17,7 +17,9 @@ import { compareWithTruth, feed, ingestApp, lateInRealTime, waitCaughtUp } from 
 const config = testConfig({ TALLY_FLUSH_INTERVAL_MS: '200', TALLY_GRACE_MS: '300000', PORT: '0' })
 const logger = createLogger('silent')
 const cassandra = createCassandraClient(config.cassandra, { keyspace: config.cassandra.keyspace })
-const producer = new KafkaBatchingProducer(createKafka(config.kafka))
+const producer = new KafkaBatchingProducer(createKafka(config.kafka), {
+  ...(config.ingest.pack ? { pack: config.ingest.pack } : {}),
+})
 const sites: Site[] = []
 
 beforeAll(async () => {
