@@ -492,6 +492,7 @@ interface VisitorDay {
 }
 
 const FORMAT_VERSION = 1
+const SESSION_POOL_MIN = 1024
 
 /**
  * What {@link VisitState.extend} changed of the one visit it extended in place (start and first
@@ -546,6 +547,21 @@ export class VisitState {
   private readonly days = new Map<string, VisitorDay>()
   /** Visits held (kept as they change, so reading it does not walk the state). */
   private open = 0
+  /**
+   * One array per distinct session values (joined by SEP), shared by the visits that have them: a
+   * visit's values are joined once when it starts, and serialize writes each array once instead of
+   * joining the values of every visit at every flush. Rebuilt from the held visits when it holds
+   * more than twice as many arrays as there are visits (and more than SESSION_POOL_MIN).
+   */
+  private sessionPool = new Map<string, readonly string[]>()
+
+  private shared(session: readonly string[]): readonly string[] {
+    const k = session.join(SEP)
+    const held = this.sessionPool.get(k)
+    if (held !== undefined) return held
+    this.sessionPool.set(k, session)
+    return session
+  }
 
   constructor(readonly gapMs: number) {
     checkGap(gapMs)
@@ -628,6 +644,7 @@ export class VisitState {
     }
     const t = e.timestampMs
     const merged = summaryOf(e)
+    merged.session = this.shared(e.session)
     const removed: Visit[] = []
     const kept: Summary[] = []
     for (const v of vd.visits) {
@@ -668,6 +685,11 @@ export class VisitState {
       else vd.visits = vd.visits.filter((v) => v.endMs + this.gapMs > oldestAcceptableMs)
     }
     this.open -= dropped
+    if (this.sessionPool.size > SESSION_POOL_MIN && this.sessionPool.size > 2 * this.open) {
+      const pool = new Map<string, readonly string[]>()
+      for (const vd of this.days.values()) for (const v of vd.visits) pool.set(v.session.join(SEP), v.session)
+      this.sessionPool = pool
+    }
     return dropped
   }
 
@@ -773,6 +795,7 @@ export class VisitState {
         if (!session) {
           session = str(si).split(SEP)
           sessions.set(si, session)
+          state.sessionPool.set(str(si), session)
         }
         const s: Summary = {
           startMs,
