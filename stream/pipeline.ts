@@ -9,10 +9,20 @@ import {
   windowStart,
 } from '../core/aggregate/definition.js'
 import { propDimension, propValueOf } from '../core/aggregate/props.js'
-import { type VisitState, visitDeltas, visitEventOf } from '../core/aggregate/visits.js'
+import {
+  addTo,
+  type Extension,
+  newExtension,
+  type VisitState,
+  visitCounts,
+  visitDeltas,
+  visitEventOf,
+  zero,
+} from '../core/aggregate/visits.js'
 import type { StreamConfig } from '../core/config.js'
 import { type HashHalves, hashHalves } from '../core/hll.js'
 import type { Logger } from '../core/log.js'
+import type { VisitCounts } from '../core/ports/aggregate-store.js'
 import type { ConsumedRecord, RecordBatch } from '../core/ports/event-log.js'
 import { checkEvent, type DecodedEvent, decodeValue } from '../core/record/codec.js'
 import { HEADERS } from '../core/record/headers.js'
@@ -22,6 +32,8 @@ import { drop, ok, type StepResult } from '../core/record/result.js'
 import type { DedupSet } from './dedup.js'
 import {
   apply,
+  applyVisitPageRows,
+  applyVisitRows,
   applyVisits,
   BOT,
   type Loading,
@@ -175,14 +187,101 @@ export function countVisit(
   dims: Record<Dimension, string>,
 ): void {
   if (offset < visits.nextOffset) return
-  const ve = visitEventOf(d.event, d.timestampMs, dims)
-  if (ve === undefined) return
-  const change = visits.state.add(ve)
+  const e = d.event
+  if (kindOf(e) !== 'event') return
   // Not offset + 1: the next event of a packed record (format 2) shares this offset.
   visits.nextOffset = offset
   visits.changed = true
+  // The common case: the event extends one visit after its start (same rows, new counts).
+  const x = extension
+  if (visits.state.extend(e.siteId, visitorId(e), d.timestampMs, isPageview(e), dims.path, x)) {
+    countExtension(x, offset, table, sourcePartition, loading)
+    return
+  }
+  const change = visits.state.add(visitEventOf(e, d.timestampMs, dims)!)
+  if (change.removed.length === 0) {
+    // A new visit: +1 visit in each of its rows.
+    const v = change.added
+    const c = visitCounts(v)
+    applyVisitRows(
+      table,
+      loading,
+      sourcePartition,
+      v.siteId,
+      v.startMs,
+      v.session,
+      v.entryPage,
+      v.exitPage,
+      offset,
+      c,
+    )
+    return
+  }
   for (const { key, delta } of visitDeltas(change, sourcePartition))
     applyVisits(table, rowOf(table, loading, key), offset, delta)
+}
+
+/** Scratch of the visits step (the steps run one event at a time). */
+const extension: Extension = newExtension()
+const diff: VisitCounts = zero()
+const removedCounts: VisitCounts = zero()
+
+/**
+ * The rows of a visit extended in place (core/aggregate/visits.ts `visitDeltas` for a visit that
+ * kept its start and first event, same rows and deltas): every row of the visit changes by
+ * after − before, except an entry or exit page row whose page moved, which loses the visit
+ * (−before) while the new page's row gains it (+after).
+ */
+function countExtension(
+  x: Extension,
+  offset: number,
+  table: RowTable,
+  sourcePartition: number,
+  loading: Loading[],
+): void {
+  diff.visits = 0
+  diff.bounces = x.after.bounces - x.before.bounces
+  diff.visitDurationMs = x.after.visitDurationMs - x.before.visitDurationMs
+  diff.visitPageviews = x.after.visitPageviews - x.before.visitPageviews
+  const entryMoved = x.entryBefore !== x.entryAfter
+  const exitMoved = x.exitBefore !== x.exitAfter
+  if (diff.bounces !== 0 || diff.visitDurationMs !== 0 || diff.visitPageviews !== 0)
+    applyVisitRows(
+      table,
+      loading,
+      sourcePartition,
+      x.siteId,
+      x.startMs,
+      x.session,
+      entryMoved ? undefined : x.entryAfter,
+      exitMoved ? undefined : x.exitAfter,
+      offset,
+      diff,
+    )
+  if (!entryMoved && !exitMoved) return
+  removedCounts.visits = 0
+  removedCounts.bounces = 0
+  removedCounts.visitDurationMs = 0
+  removedCounts.visitPageviews = 0
+  addTo(removedCounts, x.before, -1)
+  const page = (exit: boolean, from: string | undefined, to: string | undefined): void => {
+    if (from !== undefined)
+      applyVisitPageRows(
+        table,
+        loading,
+        sourcePartition,
+        x.siteId,
+        x.startMs,
+        exit,
+        from,
+        offset,
+        removedCounts,
+      )
+    if (to !== undefined)
+      applyVisitPageRows(table, loading, sourcePartition, x.siteId, x.startMs, exit, to, offset, x.after)
+  }
+  if (entryMoved) page(false, x.entryBefore, x.entryAfter)
+  if (exitMoved) page(true, x.exitBefore, x.exitAfter)
 }
 
 /** The open visits of one owned partition, as the visits step keeps them. */

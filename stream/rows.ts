@@ -4,7 +4,9 @@ import {
   type Granularity,
   ROW_DIMENSIONS,
   type RowDimension,
+  SESSION_DIMENSIONS,
   windowMs,
+  windowStart,
 } from '../core/aggregate/definition.js'
 import { ValueAdmission } from '../core/aggregate/props.js'
 import { RowAccumulator } from '../core/aggregate/rows.js'
@@ -230,6 +232,110 @@ export function rowOf(table: RowTable, loading: Loading[], key: RowKey): Row {
   if (key.dimension === undefined) return w.totals ?? rowToLoad(table, loading, w, -1, key)
   const di = ROW_DIMENSION_INDEX.get(key.dimension)!
   return w.dims[di]!.get(key.value) ?? rowToLoad(table, loading, w, di, key)
+}
+
+/** ROW_DIMENSIONS index of each session dimension, and of entry and exit page. */
+const SESSION_ROW_INDEX = SESSION_DIMENSIONS.map((d) => ROW_DIMENSION_INDEX.get(d)!)
+const ENTRY_PAGE = ROW_DIMENSION_INDEX.get('entry_page')!
+const EXIT_PAGE = ROW_DIMENSION_INDEX.get('exit_page')!
+const KEEPS_DIMENSIONS = GRANULARITIES.map((g) => DIMENSION_GRANULARITIES.includes(g))
+
+/**
+ * The row of one window's totals (`di` −1) or of its dimension `di` = `value`: held, or added to
+ * load. Like {@link rowOf} without a RowKey unless the row is new to the table.
+ */
+function rowAt(
+  table: RowTable,
+  loading: Loading[],
+  sourcePartition: number,
+  siteId: string,
+  gi: number,
+  ws: number,
+  di: number,
+  value: string,
+): Row {
+  const w = table.window(gi, siteId, ws)
+  const held = di < 0 ? w.totals : w.dims[di]!.get(value)
+  return (
+    held ??
+    rowToLoad(table, loading, w, di, {
+      siteId,
+      granularity: GRANULARITIES[gi]!,
+      windowStart: ws,
+      dimension: di < 0 ? undefined : ROW_DIMENSIONS[di],
+      value: di < 0 ? '' : value,
+      sourcePartition,
+    })
+  )
+}
+
+/**
+ * Changes by `delta` the visit counts of every row a visit counts in (core/aggregate/visits.ts
+ * `visitRowKeys`, same rows): the totals of its start windows, and for hour and day its session
+ * values' rows and its `entry` / `exit` page rows (undefined: that row is left out). Walks the table
+ * without building a key per row; `delta` is read at once, so the caller may reuse it.
+ */
+export function applyVisitRows(
+  table: RowTable,
+  loading: Loading[],
+  sourcePartition: number,
+  siteId: string,
+  startMs: number,
+  session: readonly string[],
+  entry: string | undefined,
+  exit: string | undefined,
+  offset: number,
+  delta: VisitCounts,
+): void {
+  for (let gi = 0; gi < GRANULARITIES.length; gi++) {
+    const ws = windowStart(startMs, GRANULARITIES[gi]!)
+    applyVisits(table, rowAt(table, loading, sourcePartition, siteId, gi, ws, -1, ''), offset, delta)
+    if (!KEEPS_DIMENSIONS[gi]) continue
+    for (let i = 0; i < SESSION_ROW_INDEX.length; i++)
+      applyVisits(
+        table,
+        rowAt(table, loading, sourcePartition, siteId, gi, ws, SESSION_ROW_INDEX[i]!, session[i]!),
+        offset,
+        delta,
+      )
+    if (entry !== undefined)
+      applyVisits(
+        table,
+        rowAt(table, loading, sourcePartition, siteId, gi, ws, ENTRY_PAGE, entry),
+        offset,
+        delta,
+      )
+    if (exit !== undefined)
+      applyVisits(
+        table,
+        rowAt(table, loading, sourcePartition, siteId, gi, ws, EXIT_PAGE, exit),
+        offset,
+        delta,
+      )
+  }
+}
+
+/**
+ * Changes by `delta` the visit counts of one entry page (`exit` false) or exit page row of each
+ * start window with dimensions (hour, day) of a visit started at `startMs`.
+ */
+export function applyVisitPageRows(
+  table: RowTable,
+  loading: Loading[],
+  sourcePartition: number,
+  siteId: string,
+  startMs: number,
+  exit: boolean,
+  page: string,
+  offset: number,
+  delta: VisitCounts,
+): void {
+  const di = exit ? EXIT_PAGE : ENTRY_PAGE
+  for (let gi = 0; gi < GRANULARITIES.length; gi++) {
+    if (!KEEPS_DIMENSIONS[gi]) continue
+    const ws = windowStart(startMs, GRANULARITIES[gi]!)
+    applyVisits(table, rowAt(table, loading, sourcePartition, siteId, gi, ws, di, page), offset, delta)
+  }
 }
 
 /** Takes a row that never got its stored value back out of the table. */

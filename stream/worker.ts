@@ -377,7 +377,11 @@ export class StreamWorker extends PartitionOwner<PartitionState> {
       // state written holds every counted event below processedNext, after the rows with their changes.
       if (visits.state.evict(oldestAcceptableMs(state.watermarkMs, config.graceMs)) > 0) visits.changed = true
       if (visits.changed) {
-        const snapshot = { nextOffset: state.processedNext, state: visits.state.serialize() }
+        // The state holds every event below processedNext and, restored, every one below its own
+        // nextOffset: during a replay (processedNext still below it) a state written for an
+        // eviction must keep saying so, or a crash then would add the events between twice.
+        const nextOffset = Math.max(state.processedNext, visits.nextOffset)
+        const snapshot = { nextOffset, state: visits.state.serialize() }
         await this.untilStopped(
           () => store.writeVisitState(state.ref, snapshot, state.epoch),
           'write visit state',

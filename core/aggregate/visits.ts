@@ -492,6 +492,47 @@ interface VisitorDay {
 }
 
 const FORMAT_VERSION = 1
+const SESSION_POOL_MIN = 1024
+
+/**
+ * What {@link VisitState.extend} changed of the one visit it extended in place (start and first
+ * event unchanged): its counts before and after, and its entry and exit pages before and after. The
+ * caller's scratch, filled anew by each call (the stream's hot path allocates nothing per event).
+ */
+export interface Extension {
+  siteId: string
+  /** Unchanged start and session values: the visit's rows are those of its start windows. */
+  startMs: number
+  session: readonly string[]
+  before: VisitCounts
+  after: VisitCounts
+  entryBefore: string | undefined
+  entryAfter: string | undefined
+  exitBefore: string | undefined
+  exitAfter: string | undefined
+}
+
+/** A scratch {@link Extension} to pass to {@link VisitState.extend}. */
+export function newExtension(): Extension {
+  return {
+    siteId: '',
+    startMs: 0,
+    session: [],
+    before: zero(),
+    after: zero(),
+    entryBefore: undefined,
+    entryAfter: undefined,
+    exitBefore: undefined,
+    exitAfter: undefined,
+  }
+}
+
+function countsInto(to: VisitCounts, s: Summary): void {
+  to.visits = 1
+  to.bounces = s.events === 1 && s.pageviews === 1 ? 1 : 0
+  to.visitDurationMs = s.endMs - s.startMs
+  to.visitPageviews = s.pageviews
+}
 
 /**
  * The stream's visits of one source partition: per visitor-day, a summary of each visit that an
@@ -504,6 +545,23 @@ const FORMAT_VERSION = 1
  */
 export class VisitState {
   private readonly days = new Map<string, VisitorDay>()
+  /** Visits held (kept as they change, so reading it does not walk the state). */
+  private open = 0
+  /**
+   * One array per distinct session values (joined by SEP), shared by the visits that have them: a
+   * visit's values are joined once when it starts, and serialize writes each array once instead of
+   * joining the values of every visit at every flush. Rebuilt from the held visits when it holds
+   * more than twice as many arrays as there are visits (and more than SESSION_POOL_MIN).
+   */
+  private sessionPool = new Map<string, readonly string[]>()
+
+  private shared(session: readonly string[]): readonly string[] {
+    const k = session.join(SEP)
+    const held = this.sessionPool.get(k)
+    if (held !== undefined) return held
+    this.sessionPool.set(k, session)
+    return session
+  }
 
   constructor(readonly gapMs: number) {
     checkGap(gapMs)
@@ -516,9 +574,59 @@ export class VisitState {
 
   /** Visits held. */
   get openVisits(): number {
-    let n = 0
-    for (const d of this.days.values()) n += d.visits.length
-    return n
+    return this.open
+  }
+
+  /**
+   * The common case of {@link add} without its allocations: when the event falls in exactly one
+   * held visit after its start (so the visit keeps its start and first event), that visit is
+   * extended in place, `out` says what changed, and it returns true. Otherwise (a new visit, a new
+   * start, a tie on the start, a join of two) it changes nothing and returns false: call
+   * {@link add}. Either way the state ends as {@link add} alone would leave it.
+   */
+  extend(
+    siteId: string,
+    visitor: string,
+    timestampMs: number,
+    pageview: boolean,
+    path: string,
+    out: Extension,
+  ): boolean {
+    const vd = this.days.get(keyOf(siteId, visitor, dayOf(timestampMs)))
+    if (vd === undefined) return false
+    const t = timestampMs
+    let hit: Summary | undefined
+    for (const v of vd.visits) {
+      if (t - v.endMs < this.gapMs && v.startMs - t < this.gapMs) {
+        if (hit !== undefined) return false
+        hit = v
+      }
+    }
+    if (hit === undefined || t <= hit.startMs) return false
+    countsInto(out.before, hit)
+    out.entryBefore = hit.entryPath
+    out.exitBefore = hit.exitPath
+    // absorb() of the event's summary, with the visit's start and session kept.
+    if (t > hit.endMs) hit.endMs = t
+    hit.events++
+    if (pageview) {
+      hit.pageviews++
+      if (hit.entryPath === undefined || t < hit.entryMs || (t === hit.entryMs && path < hit.entryPath)) {
+        hit.entryMs = t
+        hit.entryPath = path
+      }
+      if (hit.exitPath === undefined || t > hit.exitMs || (t === hit.exitMs && path > hit.exitPath)) {
+        hit.exitMs = t
+        hit.exitPath = path
+      }
+    }
+    countsInto(out.after, hit)
+    out.siteId = siteId
+    out.startMs = hit.startMs
+    out.session = hit.session
+    out.entryAfter = hit.entryPath
+    out.exitAfter = hit.exitPath
+    return true
   }
 
   /**
@@ -536,6 +644,7 @@ export class VisitState {
     }
     const t = e.timestampMs
     const merged = summaryOf(e)
+    merged.session = this.shared(e.session)
     const removed: Visit[] = []
     const kept: Summary[] = []
     for (const v of vd.visits) {
@@ -548,6 +657,7 @@ export class VisitState {
     const at = kept.findIndex((v) => v.startMs > merged.startMs)
     kept.splice(at < 0 ? kept.length : at, 0, merged)
     vd.visits = kept
+    this.open += 1 - removed.length
     return { removed, added: visitOf(vd.siteId, vd.visitor, merged) }
   }
 
@@ -566,10 +676,19 @@ export class VisitState {
         this.days.delete(k)
         continue
       }
-      const open = vd.visits.filter((v) => v.endMs + this.gapMs > oldestAcceptableMs)
-      dropped += vd.visits.length - open.length
-      if (open.length === 0) this.days.delete(k)
-      else vd.visits = open
+      // Most visitor-days keep every visit: a new array only when one goes.
+      let over = 0
+      for (const v of vd.visits) if (v.endMs + this.gapMs <= oldestAcceptableMs) over++
+      if (over === 0) continue
+      dropped += over
+      if (over === vd.visits.length) this.days.delete(k)
+      else vd.visits = vd.visits.filter((v) => v.endMs + this.gapMs > oldestAcceptableMs)
+    }
+    this.open -= dropped
+    if (this.sessionPool.size > SESSION_POOL_MIN && this.sessionPool.size > 2 * this.open) {
+      const pool = new Map<string, readonly string[]>()
+      for (const vd of this.days.values()) for (const v of vd.visits) pool.set(v.session.join(SEP), v.session)
+      this.sessionPool = pool
     }
     return dropped
   }
@@ -605,6 +724,16 @@ export class VisitState {
       }
       return i
     }
+    // Visits of one page load share one session array: join it once per array, not per visit.
+    const sessions = new Map<readonly string[], number>()
+    const session = (values: readonly string[]): number => {
+      let i = sessions.get(values)
+      if (i === undefined) {
+        i = intern(values.join(SEP))
+        sessions.set(values, i)
+      }
+      return i
+    }
     const body = new ByteWriter()
     body.uint(this.days.size)
     for (const vd of this.days.values()) {
@@ -618,7 +747,7 @@ export class VisitState {
         body.uint(v.endMs - v.startMs)
         body.uint(v.events)
         body.uint(v.pageviews)
-        body.uint(intern(v.session.join(SEP)))
+        body.uint(session(v.session))
         if (v.pageviews > 0) {
           body.uint(v.entryMs - v.startMs)
           body.uint(intern(v.entryPath!))
@@ -666,6 +795,7 @@ export class VisitState {
         if (!session) {
           session = str(si).split(SEP)
           sessions.set(si, session)
+          state.sessionPool.set(str(si), session)
         }
         const s: Summary = {
           startMs,
@@ -687,6 +817,7 @@ export class VisitState {
         visits.push(s)
       }
       state.days.set(keyOf(siteId, visitor, day), { siteId, visitor, day, visits })
+      state.open += visits.length
     }
     if (!r.done()) throw new RangeError('visit state: trailing bytes')
     return state
@@ -731,12 +862,19 @@ class ByteWriter {
     this.buf[this.len++] = n
   }
 
+  /** Length (varint) + UTF-8, encoded straight into the buffer. */
   string(s: string): void {
-    const b = encoder.encode(s)
-    this.uint(b.length)
-    this.room(b.length)
-    this.buf.set(b, this.len)
-    this.len += b.length
+    // At most 3 bytes per UTF-16 unit, after at most 5 bytes of length (< 2^35); room for the
+    // length's own check (8) too, so writing it cannot move the buffer under the encoded bytes.
+    const max = s.length * 3
+    this.room(max + 8)
+    const lenBytes = max < 0x80 ? 1 : max < 0x4000 ? 2 : max < 0x200000 ? 3 : 5
+    const at = this.len
+    const { written } = encoder.encodeInto(s, this.buf.subarray(at + lenBytes))
+    this.uint(written)
+    const used = this.len - at
+    if (used !== lenBytes) this.buf.copyWithin(this.len, at + lenBytes, at + lenBytes + written)
+    this.len += written
   }
 
   bytes(): Uint8Array {
