@@ -4,6 +4,7 @@ import type { IngestConfig } from '../../core/config.js'
 import { ERR } from '../../core/error-codes.js'
 import { TallyError } from '../../core/errors.js'
 import type { EventLogWriter, LogRecord } from '../../core/ports/event-log.js'
+import type { Site } from '../../core/ports/site-store.js'
 import { toLogRecord } from '../../core/record/codec.js'
 import { recordHeaders, traceContext } from '../../core/record/headers.js'
 import type { EventType } from '../../schemas/events.js'
@@ -24,6 +25,8 @@ export interface AppendInput {
   imported: boolean
   /** A batch's `context` and `integrations`, merged into each of its events. */
   shared?: Body
+  /** The site the events are for, when the route found it itself (Plausible's by domain); else `request.site`. */
+  site?: Site
 }
 
 export interface Accepted {
@@ -34,7 +37,7 @@ export interface Accepted {
 declare module 'fastify' {
   interface FastifyInstance {
     /**
-     * Normalizes the events of an authenticated request (`request.site`) and appends the valid
+     * Normalizes the events of an authenticated request (`input.site`, else `request.site`) and appends the valid
      * ones to the event log; resolves once the log acknowledged them all.
      */
     appendEvents(req: FastifyRequest, reply: FastifyReply, input: AppendInput): Promise<Accepted>
@@ -62,7 +65,7 @@ async function append(app: FastifyInstance, options: AppendOptions): Promise<voi
 
   app.decorate('appendEvents', async (req: FastifyRequest, reply: FastifyReply, input: AppendInput) => {
     const { endpoint, items } = input
-    const site = req.site
+    const site = input.site ?? req.site
     if (!site) throw new TallyError(ERR.INTERNAL, 'events appended before the request was authenticated')
     if (items.length === 0)
       throw new TallyError(ERR.NO_VALID_EVENT, 'the batch is empty', {

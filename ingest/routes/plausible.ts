@@ -147,8 +147,8 @@ export async function plausibleRoute(app: FastifyInstance, options: PlausibleRou
         const ip = req.ip
         const userAgent = req.headers['user-agent'] ?? ''
         for (const site of sites) {
-          req.site = site
           await app.appendEvents(req, reply, {
+            site,
             endpoint: 'plausible',
             items: [segmentPayloadOf(event, cookielessVisitorId(salt, site.siteId, ip, userAgent))],
             routeType: undefined,
