@@ -248,19 +248,22 @@ describe.each(BACKENDS)("Plausible's Stats API in a site's time zone: $name", ({
   it.each([
     ['ny', '2026-03-10'],
     ['kol', '2026-03-11'],
-  ])('%s: a daily timeseries (ny 7d, kol 3 custom days) has one point per local date, each equal to its truth', async (key, date) => {
-    // Kolkata's days start at :30: exact from minute windows, which are kept 6 days before now.
-    const params =
-      key === 'kol' ? { period: 'custom', date: `${addDays(date, -2)},${date}` } : { period: '7d', date }
-    const n = key === 'kol' ? 3 : 7
-    const answer = await ask<Series>('timeseries', key, { ...params, ...METRICS })
-    const dates = Array.from({ length: n }, (_, i) => addDays(date, i - n + 1))
-    expect(answer.results.map((p) => p.date)).toEqual(dates)
-    for (const p of answer.results) {
-      const { date: d, ...rest } = p
-      expectTruth(rest, truth(key, onDates([d])), `${key} ${d}`)
-    }
-  })
+  ])(
+    '%s: a daily timeseries (ny 7d, kol 3 custom days) has one point per local date, each equal to its truth',
+    async (key, date) => {
+      // Kolkata's days start at :30: exact from minute windows, which are kept 6 days before now.
+      const params =
+        key === 'kol' ? { period: 'custom', date: `${addDays(date, -2)},${date}` } : { period: '7d', date }
+      const n = key === 'kol' ? 3 : 7
+      const answer = await ask<Series>('timeseries', key, { ...params, ...METRICS })
+      const dates = Array.from({ length: n }, (_, i) => addDays(date, i - n + 1))
+      expect(answer.results.map((p) => p.date)).toEqual(dates)
+      for (const p of answer.results) {
+        const { date: d, ...rest } = p
+        expectTruth(rest, truth(key, onDates([d])), `${key} ${d}`)
+      }
+    },
+  )
 
   it('ny: period=day by hour has the local hours of the 23-hour day (no 02:00), each equal to its truth', async () => {
     const zone = 'America/New_York'
@@ -353,6 +356,28 @@ describe.each(BACKENDS)("Plausible's Stats API in a site's time zone: $name", ({
         p.date,
         truth('ny', (e, z) => onDates([p.date])(e, z) && planOf(e) === 'pro').events,
       ])
+  })
+
+  it("GET /v1/sites/:site/props gives the declared keys with the site's read token only", async () => {
+    const ny = site.get('ny')!
+    const kol = site.get('kol')!
+    await h.sites.addPropKey(ny.id, 'author')
+    const get = (id: string, token?: string) =>
+      app.inject({
+        method: 'GET',
+        url: `/v1/sites/${encodeURIComponent(id)}/props`,
+        headers: token ? { authorization: `Bearer ${token}` } : {},
+      })
+    const res = await get(ny.id, ny.token)
+    expect([res.statusCode, res.json()]).toEqual([
+      200,
+      { site: ny.id, keys: await h.sites.listPropKeys(ny.id) },
+    ])
+    expect(res.json().keys).toEqual(['author', 'plan'])
+    const none = await get(ny.id)
+    expect([none.statusCode, none.json().code]).toEqual([401, 'TALLY_ERR_MISSING_READ_TOKEN'])
+    const other = await get(ny.id, kol.token)
+    expect([other.statusCode, other.json().code]).toEqual([403, 'TALLY_ERR_WRONG_SITE'])
   })
 })
 
