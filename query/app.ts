@@ -26,6 +26,7 @@ import {
   HEALTHZ_SCHEMA,
   QUERY_API,
   READYZ_SCHEMA,
+  SITE_PROPS_SCHEMA,
   statsSchema,
 } from './schemas.js'
 import {
@@ -74,10 +75,11 @@ export interface QueryAppDeps {
    */
   answerCache?: AnswerCacheOptions
   /**
-   * Sites by id and by domain, for Plausible's Stats API, whose `site_id` may be a domain or alias.
-   * Without it, `site_id` is a Tally site id only.
+   * Sites by id and by domain, for Plausible's Stats API, whose `site_id` may be a domain or alias,
+   * and their declared property keys (GET /v1/sites/:site/props). Without it, `site_id` is a Tally
+   * site id only and that route answers 501.
    */
-  sites?: Pick<SiteStore, 'get' | 'byDomain'>
+  sites?: Pick<SiteStore, 'get' | 'byDomain'> & Partial<Pick<SiteStore, 'listPropKeys'>>
   /** How long Plausible's `site_id` → site is kept. Default 10000 ms. */
   siteCacheTtlMs?: number
 }
@@ -258,6 +260,23 @@ export async function buildQueryApp(deps: QueryAppDeps): Promise<FastifyInstance
     }
     const q = await parsed(req, 'events')
     return sendRawExport(deps.rawEvents, req.query as Query, q, req, reply)
+  })
+
+  // The site's declared custom properties (the dashboard's properties panel: one tab per key).
+  app.get('/v1/sites/:site/props', { schema: SITE_PROPS_SCHEMA }, async (req, reply) => {
+    const { site } = req.params as { site: string }
+    const authorization = req.headers.authorization
+    if (!deps.auth.allowsNow?.(site, authorization)) await deps.auth.authorize(site, authorization)
+    if (!deps.sites?.listPropKeys)
+      throw new TallyError(
+        ERR.NOT_IMPLEMENTED,
+        'this query role has no site store to read property keys from',
+        {
+          where: 'site',
+        },
+      )
+    const keys = await deps.sites.listPropKeys(site)
+    return reply.header('cache-control', 'private, no-cache').send({ site, keys })
   })
 
   // Plausible's Stats API v1, over the same stats service.

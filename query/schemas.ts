@@ -372,6 +372,45 @@ export function exportEventsSchema(limits: QueryLimits): Json {
   }
 }
 
+/** The schema of GET /v1/sites/:site/props (the dashboard's properties panel reads it). */
+export const SITE_PROPS_SCHEMA: Json = {
+  operationId: 'siteProps',
+  summary: "A site's custom properties",
+  description:
+    'The custom property keys the site declares (`tally sites props <site> add KEY`), sorted: each is a property `prop:KEY` of breakdowns and filters. Answers 501 TALLY_ERR_NOT_IMPLEMENTED when the query role was given no site store.',
+  tags: ['stats'],
+  security: SECURITY,
+  params: {
+    type: 'object',
+    required: ['site'],
+    properties: {
+      site: { type: 'string', description: 'Site id; the bearer token must be a read token of it.' },
+    },
+  },
+  response: {
+    200: {
+      description: "The site's declared keys.",
+      type: 'object',
+      required: ['site', 'keys'],
+      properties: {
+        site: { type: 'string' },
+        keys: { type: 'array', items: { type: 'string' }, example: ['plan', 'author'] },
+      },
+    },
+    ...errorResponses(
+      [
+        'MISSING_READ_TOKEN',
+        'INVALID_READ_TOKEN',
+        'WRONG_SITE',
+        'SITES_UNAVAILABLE',
+        'NOT_IMPLEMENTED',
+        ...SERVER_ERRORS,
+      ],
+      { ...READ_ERROR_TEXT, 501: 'This query role has no site store.' },
+    ),
+  },
+}
+
 const STATUS = { type: 'object', required: ['status'], properties: { status: { type: 'string' } } }
 
 export const HEALTHZ_SCHEMA: Json = {

@@ -31,7 +31,12 @@
     bounce_rate: 'bounce rate',
     visit_duration: 'visit duration',
   }
-  const labelOf = (property) => LABELS[property] || property
+  const PROP = 'prop:'
+  const labelOf = (property) =>
+    LABELS[property] || (property.startsWith(PROP) ? property.slice(PROP.length) : property)
+  /** The metrics the API takes with a property: custom properties (`prop:KEY`) all take the same. */
+  const metricsOf = (property) =>
+    MODEL.metrics[property] || (property.startsWith(PROP) ? MODEL.propMetrics : undefined)
   const capital = (text) => text.charAt(0).toUpperCase() + text.slice(1)
 
   // --- sites and tokens ----------------------------------------------------------------------
@@ -85,7 +90,7 @@
     const at = raw.indexOf('==')
     if (at <= 0) return undefined
     const property = raw.slice(0, at)
-    if (!MODEL.metrics[property]) return undefined
+    if (!metricsOf(property)) return undefined
     return { property, value: raw.slice(at + 2).replace(/\\(.)/g, '$1'), raw }
   }
   const filterText = (property, value) => `${property}==${escapeValue(value)}`
@@ -98,10 +103,12 @@
       this.code = body?.code
     }
   }
-  const api = async (endpoint, params, signal) => {
-    const entry = sites().find((s) => s.site === params.site)
-    if (!entry) throw new ApiError(401, { message: `no read token for ${params.site}` })
-    const res = await fetch(`/v1/stats/${endpoint}?${new URLSearchParams(params)}`, {
+  const api = (endpoint, params, signal) =>
+    get(params.site, `/v1/stats/${endpoint}?${new URLSearchParams(params)}`, signal)
+  const get = async (site, url, signal) => {
+    const entry = sites().find((s) => s.site === site)
+    if (!entry) throw new ApiError(401, { message: `no read token for ${site}` })
+    const res = await fetch(url, {
       headers: { authorization: `Bearer ${entry.token}` },
       cache: 'no-store',
       signal,
@@ -253,6 +260,63 @@
     return panel
   }
   const panels = [...document.querySelectorAll('[data-panel]')].map(makePanel)
+
+  // --- the properties panel: one tab per custom property the site declares ----------------------
+  const PROP_METRICS = ['visitors', 'events']
+  /** The site whose keys the properties panel holds, and its panel (in `panels` while it has keys). */
+  let propsOf
+  let propsPanel
+  /**
+   * Builds the properties panel for the site's declared keys (GET /v1/sites/:site/props), once per
+   * site shown: a tab and a table per key, read like the other panels. No keys: the panel is hidden.
+   */
+  const loadProps = async (site, signal) => {
+    if (propsOf === site) return
+    const { keys } = await get(site, `/v1/sites/${encodeURIComponent(site)}/props`, signal)
+    if (signal.aborted) return
+    propsOf = site
+    if (propsPanel) panels.splice(panels.indexOf(propsPanel), 1)
+    propsPanel = undefined
+    const el = $('props-panel')
+    const tabs = keys.map((key, i) => {
+      const tab = document.createElement('button')
+      tab.type = 'button'
+      tab.setAttribute('role', 'tab')
+      tab.id = `prop-${i}-tab`
+      tab.setAttribute('aria-controls', `prop-${i}-view`)
+      tab.setAttribute('aria-selected', String(i === 0))
+      if (i > 0) tab.tabIndex = -1
+      tab.textContent = key
+      return tab
+    })
+    const views = keys.map((key, i) => {
+      const box = document.createElement('div')
+      box.setAttribute('role', 'tabpanel')
+      box.id = `prop-${i}-view`
+      box.setAttribute('aria-labelledby', `prop-${i}-tab`)
+      box.hidden = i > 0
+      const table = document.createElement('table')
+      table.id = `prop-${i}`
+      table.dataset.property = `${PROP}${key}`
+      table.dataset.metrics = PROP_METRICS.join(',')
+      const head = table.createTHead().insertRow()
+      for (const text of [key, 'Visitors', 'Events']) {
+        const th = document.createElement('th')
+        th.textContent = text
+        head.append(th)
+      }
+      table.createTBody()
+      box.append(table)
+      return box
+    })
+    $('props-tabs').replaceChildren(...tabs)
+    $('props-views').replaceChildren(...views)
+    el.hidden = keys.length === 0
+    if (keys.length > 0) {
+      propsPanel = makePanel(el)
+      panels.push(propsPanel)
+    }
+  }
 
   /**
    * The rows of a view under the load `at`, or why there are none: breakdowns are stored per single
@@ -436,9 +500,17 @@
     current = at
     showFilter(filter)
     const filtered = (params) => (filter ? { ...params, filters: filter.raw } : params)
+    try {
+      await loadProps(site, ctl.signal)
+    } catch (err) {
+      if (err.name === 'AbortError') return
+      // A query role without a site store (501) has no panel; other errors are the stats calls' too.
+      $('props-panel').hidden = true
+      if (err.status !== 501) failed(err, site)
+    }
     // A filter on a property restricts the metrics to those its rows hold (query/params.ts).
     const allowed = (metrics) =>
-      filter ? metrics.filter((m) => MODEL.metrics[filter.property]?.includes(m)) : metrics
+      filter ? metrics.filter((m) => metricsOf(filter.property)?.includes(m)) : metrics
     const totals = allowed(Object.keys(CARDS))
     const lines = allowed(['pageviews', 'visitors'])
     // The filtered property's own tab is the one that can answer: it is shown.

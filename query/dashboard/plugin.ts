@@ -33,11 +33,15 @@ function accepts(property: string, metric: Metric): boolean {
 /**
  * What the page needs of the API's rules, as a script setting `window.TALLY_MODEL`: per property,
  * the metrics it can be asked for (query/params.ts refuses visit metrics by path or event, and
- * anything but visit metrics by entry or exit page). Asked of the parser itself, so the page
+ * anything but visit metrics by entry or exit page), and those of a custom property `prop:KEY`. Asked of the parser itself, so the page
  * follows params.ts without a copy of its rules.
  */
-export function dashboardModel(): { metrics: Record<string, Metric[]> } {
-  return { metrics: Object.fromEntries(PROPERTIES.map((p) => [p, METRICS.filter((m) => accepts(p, m))])) }
+export function dashboardModel(): { metrics: Record<string, Metric[]>; propMetrics: Metric[] } {
+  return {
+    metrics: Object.fromEntries(PROPERTIES.map((p) => [p, METRICS.filter((m) => accepts(p, m))])),
+    // Custom properties (`prop:KEY`, the properties panel) all take the same metrics.
+    propMetrics: METRICS.filter((m) => accepts('prop:key', m)),
+  }
 }
 
 /**

@@ -5,8 +5,9 @@ import { TallyError } from '../../core/errors.js'
 import type { SiteStore } from '../../core/ports/site-store.js'
 import type { ReadAuthorizer } from '../auth.js'
 import { type Filter, type Metric, type ParsedQuery, type ParseLimits, parseQuery } from '../params.js'
-import { badParameter, iso, type TimeRange } from '../range.js'
+import { badParameter, type TimeRange } from '../range.js'
 import type { StatsService } from '../stats.js'
+import { formatLocalDate, localDateOf, UTC } from '../zone.js'
 import { matcherOf, type PlausibleFilter, parsePlausibleFilters } from './filters.js'
 import { monthsOf, previousPeriod, type ResolvedPeriod, resolvePeriod } from './period.js'
 import {
@@ -38,8 +39,11 @@ export interface PlausibleApiDeps {
 
 type Query = Record<string, unknown>
 
-/** The time zone of every range; the site's own once sites have one. */
-const ZONE = 'UTC'
+/** An authorized site: its id and IANA time zone (`UTC` for a site without one). */
+interface Site {
+  siteId: string
+  zone: string
+}
 
 const UNKNOWN_SITE_TTL_MS = 2000
 
@@ -114,15 +118,30 @@ export async function plausibleStatsRoutes(app: FastifyInstance, deps: Plausible
     return siteId
   }
 
-  /** Authorizes (before any parameter is judged) and returns the site id. */
-  async function authorized(q: Query, authorization: string | undefined): Promise<string> {
+  /**
+   * Authorizes (before any parameter is judged) and returns the site id and its time zone (every
+   * period, date and label of the answer is in it; `tally sites set --timezone`).
+   */
+  async function authorized(q: Query, authorization: string | undefined): Promise<Site> {
     const raw = text(q, 'site_id')
     if (!authorization) throw new TallyError(ERR.MISSING_READ_TOKEN, MESSAGES.missingKey, { statusCode: 401 })
     if (raw === undefined || raw === '')
       throw badParameter('site_id', MESSAGES.missingSite, ERR.MISSING_PARAMETER)
     const siteId = await siteOf(raw)
     if (!deps.auth.allowsNow?.(siteId, authorization)) await deps.auth.authorize(siteId, authorization)
-    return siteId
+    return { siteId, zone: deps.auth.zoneOf?.(siteId) ?? UTC }
+  }
+
+  /**
+   * A range of whole local days as Tally's `from`/`to` dates, which Tally's parser resolves in the
+   * zone to the same instants, so its stats read local days (exact from minute windows where the
+   * zone's midnight is not a whole hour, 23- or 25-hour days across a daylight-saving change).
+   */
+  function localDates(range: TimeRange, zone: string): { from: string; to: string } {
+    return {
+      from: formatLocalDate(localDateOf(range.fromMs, zone)),
+      to: formatLocalDate(localDateOf(range.toMs - 1, zone)),
+    }
   }
 
   /**
@@ -132,7 +151,7 @@ export async function plausibleStatsRoutes(app: FastifyInstance, deps: Plausible
    */
   async function tallyQuery(
     endpoint: 'aggregate' | 'timeseries' | 'breakdown',
-    siteId: string,
+    { siteId, zone }: Site,
     range: TimeRange,
     metrics: Metric[],
     filters: PlausibleFilter[],
@@ -140,8 +159,7 @@ export async function plausibleStatsRoutes(app: FastifyInstance, deps: Plausible
   ): Promise<ParsedQuery> {
     const raw: Query = {
       site: siteId,
-      from: iso(range.fromMs),
-      to: iso(range.toMs),
+      ...localDates(range, zone),
       metrics: metrics.join(','),
       // Placeholders: the parser checks the metrics against each filtered property.
       ...(filters.length > 0 ? { filters: filters.map((f) => `${f.property.tally}==x`).join(';') } : {}),
@@ -150,7 +168,7 @@ export async function plausibleStatsRoutes(app: FastifyInstance, deps: Plausible
       ...(extra.limit ? { limit: String(extra.limit) } : {}),
       ...(extra.page ? { page: String(extra.page) } : {}),
     }
-    const q = parseQuery(endpoint, raw, deps.now(), deps.limits)
+    const q = parseQuery(endpoint, raw, deps.now(), deps.limits, zone)
     const tallyFilters: Filter[] = []
     for (const f of filters) {
       const property = f.property.tally as Filter['property']
@@ -158,13 +176,17 @@ export async function plausibleStatsRoutes(app: FastifyInstance, deps: Plausible
         tallyFilters.push({ property, values: f.values })
         continue
       }
-      tallyFilters.push({ property, values: await matchingValues(siteId, range, f) })
+      tallyFilters.push({ property, values: await matchingValues({ siteId, zone }, range, f) })
     }
     return { ...q, filters: tallyFilters }
   }
 
   /** The values of the filter's property in the range that the filter keeps. */
-  async function matchingValues(siteId: string, range: TimeRange, f: PlausibleFilter): Promise<string[]> {
+  async function matchingValues(
+    { siteId, zone }: Site,
+    range: TimeRange,
+    f: PlausibleFilter,
+  ): Promise<string[]> {
     const property = f.property.tally
     const visitRows = property === 'entry_page' || property === 'exit_page'
     const max = deps.limits.maxLimit
@@ -172,14 +194,14 @@ export async function plausibleStatsRoutes(app: FastifyInstance, deps: Plausible
       'breakdown',
       {
         site: siteId,
-        from: iso(range.fromMs),
-        to: iso(range.toMs),
+        ...localDates(range, zone),
         property,
         metrics: visitRows ? 'visits' : 'events',
         limit: String(max),
       },
       deps.now(),
       deps.limits,
+      zone,
     )
     const answer = await deps.stats.breakdown(q)
     if (answer.meta.total_values > max) {
@@ -195,9 +217,12 @@ export async function plausibleStatsRoutes(app: FastifyInstance, deps: Plausible
     return values.length > 0 ? values : ['\u0000']
   }
 
-  function commonParams(q: Query): { period: ResolvedPeriod; metrics: Metric[]; filters: PlausibleFilter[] } {
+  function commonParams(
+    q: Query,
+    zone: string,
+  ): { period: ResolvedPeriod; metrics: Metric[]; filters: PlausibleFilter[] } {
     return {
-      period: resolvePeriod(text(q, 'period'), text(q, 'date'), deps.now(), ZONE),
+      period: resolvePeriod(text(q, 'period'), text(q, 'date'), deps.now(), zone),
       metrics: plausibleMetrics(text(q, 'metrics')),
       filters: parsePlausibleFilters(text(q, 'filters'), deps.limits.maxFilterValues),
     }
@@ -210,15 +235,15 @@ export async function plausibleStatsRoutes(app: FastifyInstance, deps: Plausible
     { schema: plausibleSchema('aggregate', deps.limits), errorHandler },
     async (req) => {
       const q = req.query as Query
-      const siteId = await authorized(q, req.headers.authorization)
-      const { period, metrics, filters } = commonParams(q)
+      const site = await authorized(q, req.headers.authorization)
+      const { period, metrics, filters } = commonParams(q, site.zone)
       const compare = text(q, 'compare')
       if (compare !== undefined && compare !== 'previous_period')
         throw badParameter('compare', `compare=${compare} is not supported; use compare=previous_period`)
       const totals = async (range: TimeRange) =>
-        (await deps.stats.aggregate(await tallyQuery('aggregate', siteId, range, metrics, filters))).results
+        (await deps.stats.aggregate(await tallyQuery('aggregate', site, range, metrics, filters))).results
       const now = await totals(period)
-      const before = compare ? await totals(previousPeriod(period, ZONE)) : undefined
+      const before = compare ? await totals(previousPeriod(period, site.zone)) : undefined
       const results: Record<string, { value: number; change?: number }> = {}
       for (const m of metrics) {
         const value = now[m]?.value ?? 0
@@ -233,8 +258,8 @@ export async function plausibleStatsRoutes(app: FastifyInstance, deps: Plausible
     { schema: plausibleSchema('timeseries', deps.limits), errorHandler },
     async (req) => {
       const q = req.query as Query
-      const siteId = await authorized(q, req.headers.authorization)
-      const { period, metrics, filters } = commonParams(q)
+      const site = await authorized(q, req.headers.authorization)
+      const { period, metrics, filters } = commonParams(q, site.zone)
       const intervalRaw = text(q, 'interval')
       if (intervalRaw !== undefined && !['date', 'day', 'month'].includes(intervalRaw))
         throw badParameter('interval', `Invalid value for interval: \`${intervalRaw}\`; use day or month`)
@@ -246,18 +271,20 @@ export async function plausibleStatsRoutes(app: FastifyInstance, deps: Plausible
             ? 'hour'
             : 'day'
       if (interval === 'month') {
-        const months = monthsOf(period, ZONE)
+        const months = monthsOf(period, site.zone)
         const points = await Promise.all(
           months.map(async (m) => {
-            const a = await deps.stats.aggregate(await tallyQuery('aggregate', siteId, m, metrics, filters))
+            const a = await deps.stats.aggregate(await tallyQuery('aggregate', site, m, metrics, filters))
             return { date: m.date, ...Object.fromEntries(metrics.map((k) => [k, a.results[k]?.value ?? 0])) }
           }),
         )
         return { results: points }
       }
       const answer = await deps.stats.timeseries(
-        await tallyQuery('timeseries', siteId, period, metrics, filters, { interval }),
+        await tallyQuery('timeseries', site, period, metrics, filters, { interval }),
       )
+      // Tally's dates are local times with their offset (2026-03-08T01:00:00.000-05:00): Plausible's
+      // labels are the local date and time without it.
       return {
         results: answer.results.map((p) => ({
           date: interval === 'hour' ? `${p.date.slice(0, 10)} ${p.date.slice(11, 19)}` : p.date.slice(0, 10),
@@ -272,8 +299,8 @@ export async function plausibleStatsRoutes(app: FastifyInstance, deps: Plausible
     { schema: plausibleSchema('breakdown', deps.limits), errorHandler },
     async (req) => {
       const q = req.query as Query
-      const siteId = await authorized(q, req.headers.authorization)
-      const { period, metrics, filters } = commonParams(q)
+      const site = await authorized(q, req.headers.authorization)
+      const { period, metrics, filters } = commonParams(q, site.zone)
       const propertyRaw = text(q, 'property')
       if (propertyRaw === undefined || propertyRaw === '')
         throw badParameter(
@@ -295,7 +322,7 @@ export async function plausibleStatsRoutes(app: FastifyInstance, deps: Plausible
         )
       }
       const answer = await deps.stats.breakdown(
-        await tallyQuery('breakdown', siteId, period, metrics, filters, { property, limit, page }),
+        await tallyQuery('breakdown', site, period, metrics, filters, { property, limit, page }),
       )
       return {
         results: answer.results.map((r) => ({
@@ -311,7 +338,7 @@ export async function plausibleStatsRoutes(app: FastifyInstance, deps: Plausible
     { schema: realtimeSchema(), errorHandler },
     async (req, reply) => {
       const q = req.query as Query
-      const siteId = await authorized(q, req.headers.authorization)
+      const { siteId } = await authorized(q, req.headers.authorization)
       const parsed = parseQuery(
         'realtime',
         { site: siteId, metrics: 'visitors', minutes: '5' },

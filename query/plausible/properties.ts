@@ -1,3 +1,4 @@
+import { isPropDimension } from '../../core/aggregate/props.js'
 import { ERR } from '../../core/error-codes.js'
 import { type Metric, PROPERTIES } from '../params.js'
 import { badParameter } from '../range.js'
@@ -5,8 +6,9 @@ import { badParameter } from '../range.js'
 /**
  * Plausible's Stats API v1 properties and metrics, as Tally's. One row per property: the Tally
  * property it reads and the key its breakdown rows carry. A Tally property that does not exist (yet)
- * answers 400 naming the supported ones: custom properties (`prop:KEY`) and goals (`goal`) work here
- * as soon as query/params.ts knows them.
+ * answers 400 naming the supported ones: goals (`goal`) work here as soon as query/params.ts knows
+ * them. `event:props:KEY` reads the custom property `prop:KEY` (a key the site declares with
+ * `tally sites props <site> add KEY`; an undeclared one has no rows, so its breakdown is empty).
  */
 interface PropertyRow {
   /** Plausible's name, or a pattern whose first group is the custom property's key. */
@@ -56,7 +58,9 @@ export interface PlausibleProperty {
 export function supportedProperties(): string[] {
   return PROPERTY_TABLE.filter(
     (r) => typeof r.match === 'string' && PROPERTIES.includes(r.tally('') as never),
-  ).map((r) => r.match as string)
+  )
+    .map((r) => r.match as string)
+    .concat('event:props:KEY')
 }
 
 /** Plausible's property as Tally's; 400 for one this server does not count. */
@@ -65,7 +69,12 @@ export function plausibleProperty(name: string, where: string): PlausiblePropert
     const key = typeof r.match === 'string' ? (r.match === name ? '' : undefined) : r.match.exec(name)?.[1]
     if (key === undefined) continue
     const tally = r.tally(key)
-    if (!(PROPERTIES as readonly string[]).includes(tally)) {
+    if (typeof r.match !== 'string' && !isPropDimension(tally))
+      throw badParameter(
+        where,
+        `${name}: ${JSON.stringify(key)} is not a property key (1–64 letters, digits, "_", "-" or "." starting with a letter or digit)`,
+      )
+    if (!(PROPERTIES as readonly string[]).includes(tally) && !isPropDimension(tally)) {
       throw badParameter(
         where,
         `${name} is not supported by this server yet (Tally has no ${tally} dimension); supported: ${supportedProperties().join(', ')}`,
@@ -124,7 +133,9 @@ export function plausibleMetrics(raw: string | undefined): Metric[] {
 
 const TALLY_TO_PLAUSIBLE: ReadonlyArray<[RegExp, string]> = PROPERTY_TABLE.filter(
   (r): r is PropertyRow & { match: string } => typeof r.match === 'string',
-).map((r) => [new RegExp(`(?<![\\w:])${r.tally('')}(?![\\w:])`, 'g'), r.match])
+)
+  .map((r): [RegExp, string] => [new RegExp(`(?<![\\w:])${r.tally('')}(?![\\w:])`, 'g'), r.match])
+  .concat([[/(?<![\w:])prop:([A-Za-z0-9][A-Za-z0-9_.-]*)/g, 'event:props:$1']])
 
 /**
  * A message of Tally's parser or stats (which name Tally's properties: `path`, `source`) in

@@ -29,13 +29,16 @@ const SECURITY = [{ readToken: [] }]
 function parameters(kind: 'aggregate' | 'timeseries' | 'breakdown', limits: ParseLimits): Json {
   const props: Record<string, Json> = {
     site_id: q("The site's id in Tally, or its domain or one of its aliases."),
-    period: q(`One of ${PLAUSIBLE_PERIODS.join(', ')} (UTC days). Default 30d.`, {
-      type: 'string',
-      enum: [...PLAUSIBLE_PERIODS],
-      default: '30d',
-    }),
+    period: q(
+      `One of ${PLAUSIBLE_PERIODS.join(', ')} (whole days in the site's time zone, set by tally sites set --timezone). Default 30d.`,
+      {
+        type: 'string',
+        enum: [...PLAUSIBLE_PERIODS],
+        default: '30d',
+      },
+    ),
     date: q(
-      'Reference day (YYYY-MM-DD, default today); with period=custom two days joined by a comma, inclusive.',
+      "Reference day (YYYY-MM-DD, a local date in the site's zone; default today there); with period=custom two days joined by a comma, inclusive.",
     ),
     metrics: q(
       `Comma-separated, from ${PLAUSIBLE_METRICS.join(', ')}; default visitors. conversion_rate and time_on_page answer 400 (no goals counted yet).`,
@@ -59,7 +62,9 @@ function parameters(kind: 'aggregate' | 'timeseries' | 'breakdown', limits: Pars
       },
     )
   if (kind === 'breakdown') {
-    props.property = q(`One of ${supportedProperties().join(', ')}.`)
+    props.property = q(
+      `One of ${supportedProperties().join(', ')} (event:props:KEY: a custom property the site declares; its rows are keyed by KEY).`,
+    )
     props.limit = q(`Rows per page, 1–${limits.maxLimit}.`, { type: 'integer', default: limits.defaultLimit })
     props.page = q('Page (from 1).', { type: 'integer', default: 1 })
   }
@@ -83,6 +88,8 @@ const RESULTS: Record<'aggregate' | 'timeseries' | 'breakdown', Json> = {
   timeseries: {
     type: 'array',
     items: { type: 'object', required: ['date'], properties: { date: { type: 'string' } } },
+    description:
+      "Dates are local dates in the site's zone (YYYY-MM-DD; hours as YYYY-MM-DD HH:MM:SS local time).",
     example: [{ date: '2026-12-01', visitors: 36 }],
   },
   breakdown: { type: 'array', items: { type: 'object' }, example: [{ page: '/', visitors: 94 }] },

@@ -611,12 +611,21 @@ describe('dashboard panels: countries, sources and channels, campaigns, filters'
       `${what}: ${shownText} shown, ${exact} exact`,
     ).toBeLessThanOrEqual(Math.max(1, Math.ceil(exact * bound)))
 
+  /** The declared custom property `plan` of an event: a function of its messageId, none for one in four. */
+  const planOf = (e: GeneratedEvent): string | undefined => {
+    let h = 7
+    for (const ch of e.payload.messageId) h = (h * 31 + ch.charCodeAt(0)) >>> 0
+    return h % 4 === 0 ? undefined : ['free', 'pro', 'team'][h % 3]
+  }
+
   beforeAll(async () => {
-    const created = await new CassandraSiteStore(cassandra).create({
+    const store = new CassandraSiteStore(cassandra)
+    const created = await store.create({
       siteId: SITE,
       domain: SITE,
       origins: [],
     })
+    await store.addPropKey(SITE, 'plan')
     token = created.readToken
     // Events of the last few minutes (inside the stream's grace), on time, from the generator's
     // referrers, campaigns and visitor IPs (public IPv4/IPv6 of 7 countries, a private one, none).
@@ -633,7 +642,14 @@ describe('dashboard panels: countries, sources and channels, campaigns, filters'
       lateShare: 0,
       outOfOrderShare: 0,
     })
-    events = workload.events
+    // Every counted event's `plan` is planOf's (the workload's own `plan` properties replaced).
+    events = workload.events.map((e) => {
+      if (!['track', 'page', 'screen'].includes(e.payload.type)) return e
+      const { plan: _, ...rest } = (e.payload as { properties?: Record<string, unknown> }).properties ?? {}
+      const plan = planOf(e)
+      const properties = plan === undefined ? rest : { ...rest, plan }
+      return { ...e, payload: { ...e.payload, properties } } as GeneratedEvent
+    })
     truth = truthOf(events, [SITE])
     visits = visitTruthOf(events, config.stream.visitGapMs)
     const res = await fetch(`${ingest.url}/v1/import`, {
@@ -802,6 +818,60 @@ describe('dashboard panels: countries, sources and channels, campaigns, filters'
         .map((el) => el.getAttribute('data-panel')),
     )
     expect(overflowing).toEqual([])
+    expect(problems).toEqual([])
+    await ctx.close()
+  })
+
+  it('the properties panel has a tab per declared key whose rows equal the truth, and filters by a clicked value', async () => {
+    // Truth per plan value: the counted events (no duplicates, no bots) and their visitors.
+    const byPlan = new Map<string, { events: number; visitors: Set<string> }>()
+    const seen = new Set<string>()
+    for (const e of events) {
+      const p = e.payload
+      if (seen.has(p.messageId)) continue
+      seen.add(p.messageId)
+      if (e.isBot || !['track', 'page', 'screen'].includes(p.type)) continue
+      const value = planOf(e) ?? '(none)'
+      const c = byPlan.get(value) ?? { events: 0, visitors: new Set<string>() }
+      c.events++
+      c.visitors.add(p.anonymousId)
+      byPlan.set(value, c)
+    }
+    const ctx = await browser.newContext({ locale: 'en-US', viewport: { width: 1280, height: 900 } })
+    const page = await ctx.newPage()
+    const problems: string[] = []
+    page.on('pageerror', (e) => problems.push(String(e)))
+    await page.goto(`${query.url}/`)
+    await page.fill('#new-site', SITE)
+    await page.fill('#new-token', token)
+    await page.click('#add-site button[type=submit]')
+    await page.waitForSelector(`body[data-loaded="${SITE}"][data-filter=""]`)
+    await page.waitForSelector('#prop-0[data-state="loaded"]')
+    expect(await page.isVisible('#props-panel')).toBe(true)
+    expect(await page.$$eval('#props-tabs [role=tab]', (ts) => ts.map((t) => t.textContent))).toEqual([
+      'plan',
+    ])
+    const rows = await tableCells(page, 'prop-0')
+    const values = await page.$$eval('#prop-0 tbody button.pick', (bs) =>
+      bs.map((b) => b.getAttribute('data-value')),
+    )
+    expect(new Set(values)).toEqual(new Set(byPlan.keys()))
+    rows.forEach((cells, i) => {
+      const c = byPlan.get(values[i]!)!
+      expect(cells[0]).toBe(values[i])
+      expectVisitors(cells[1]!, c.visitors.size, `plan ${values[i]} visitors`)
+      expect(cells[2], `plan ${values[i]} events`).toBe(c.events.toLocaleString('en-US'))
+    })
+    // A click filters the dashboard by the value: the top numbers are that value's.
+    await page.click('#prop-0 button.pick[data-value="pro"]')
+    await page.waitForSelector('body[data-filter="prop:plan==pro"]')
+    expect(await page.textContent('#total-events')).toBe(byPlan.get('pro')!.events.toLocaleString('en-US'))
+    expectVisitors(
+      (await page.textContent('#total-visitors'))!,
+      byPlan.get('pro')!.visitors.size,
+      'pro visitors',
+    )
+    expect(await page.textContent('#filter-label')).toBe('plan is pro')
     expect(problems).toEqual([])
     await ctx.close()
   })

@@ -18,7 +18,7 @@ import type { FreshnessSource } from '../../query/freshness.js'
  */
 
 let app: FastifyInstance
-let model: { metrics: Record<string, string[]> }
+let model: { metrics: Record<string, string[]>; propMetrics: string[] }
 
 beforeAll(async () => {
   app = await buildQueryApp({
@@ -58,6 +58,9 @@ describe('dashboard model (/dashboard/model.js)', () => {
       expect(model.metrics[p]).toEqual(
         expect.arrayContaining(['visitors', 'pageviews', 'events', ...VISIT_METRICS]),
       )
+    // Custom properties (the properties panel asks visitors and events): event rows, no visit metrics.
+    expect(model.propMetrics).toEqual(expect.arrayContaining(['visitors', 'events']))
+    for (const m of VISIT_METRICS) expect(model.propMetrics, `prop ${m}`).not.toContain(m)
   })
 
   it('every table of the page asks a known property for metrics it takes', () => {

@@ -65,7 +65,13 @@ describe("Plausible's Stats API v1 parameters", () => {
     expect(matcherOf(parsePlausibleFilters('event:page==/p*s', 20)[0]!)('/p.x/s')).toBe(true)
     expect(() => parsePlausibleFilters('event:page==/a;event:page==/b', 20)).toThrow(/twice/)
     expect(() => parsePlausibleFilters('visit:city==1', 20)).toThrow(/supported/)
-    expect(() => plausibleProperty('event:props:plan', 'property')).toThrow(/prop:plan/)
+    expect(plausibleProperty('event:props:plan', 'property')).toEqual({
+      name: 'event:props:plan',
+      tally: 'prop:plan',
+      rowKey: 'plan',
+    })
+    expect(parsePlausibleFilters('event:props:plan_2==pro|team', 20)[0]!.property.tally).toBe('prop:plan_2')
+    expect(() => plausibleProperty('event:props:a b', 'property')).toThrow(/not a property key/)
     expect(() => plausibleProperty('event:goal', 'property')).toThrow(/goal/)
     expect(plausibleMetrics(undefined)).toEqual(['visitors'])
     expect(plausibleMetrics('pageviews,visitors,pageviews')).toEqual(['pageviews', 'visitors'])
@@ -151,6 +157,9 @@ describe('messages in Plausible names', () => {
       ),
     ).toBe(
       'metrics: visit metrics (bounce_rate) are counted by visit:referrer, visit:utm_source, visit:source, not by event:page; events by event:page',
+    )
+    expect(plausibleWording('visit metrics (visits) are counted by source, not by prop:plan')).toBe(
+      'visit metrics (visits) are counted by visit:source, not by event:props:plan',
     )
   })
 })
