@@ -1,15 +1,24 @@
 import type { KafkaConfig } from '../../core/config.js'
 import { createKafka } from '../../core/kafka/client.js'
+import { entriesOf } from '../../core/record/packed.js'
 import type { RawEventV1 } from '../../schemas/events.js'
 import { eventually, uniqueName } from './context.js'
 
-/** One record of the raw topic as a consumer sees it. */
+/**
+ * One event of the raw topic as a reader sees it, whatever record carried it: a format-1 record is
+ * one event; a packed (format-2) record holds many, each with its own key and headers, at (offset,
+ * index) — unpacked by the product's raw-record module, as the stream and the archiver do.
+ */
 export interface RawMessage {
   partition: number
   offset: string
+  /** Index of the event inside its record (0 for format 1). */
+  index: number
   key: string
-  /** The value as stored (bytes), for checks such as "the client IP is nowhere in it". */
+  /** The event's JSON bytes as stored, for checks such as "the client IP is nowhere in it". */
   bytes: Buffer
+  /** The whole value of the record that carried it (the same as `bytes` for format 1). */
+  recordBytes: Buffer
   event: RawEventV1
   headers: Record<string, string>
 }
@@ -50,15 +59,28 @@ export class RawTopicReader {
         for (const [k, v] of Object.entries(message.headers ?? {})) {
           if (v !== undefined) headers[k] = Array.isArray(v) ? v.map(String).join(',') : v.toString()
         }
-        const bytes = message.value ?? Buffer.alloc(0)
-        reader.messages.push({
-          partition,
-          offset: message.offset,
-          key: message.key?.toString() ?? '',
-          bytes,
-          event: JSON.parse(bytes.toString('utf8')) as RawEventV1,
+        const recordBytes = message.value ?? Buffer.alloc(0)
+        const record = {
+          offset: Number(message.offset),
+          key: message.key?.toString(),
+          value: recordBytes,
           headers,
-        })
+          timestampMs: Number(message.timestamp),
+        }
+        for (const e of entriesOf([record])) {
+          if (e.problem) throw new Error(`${topic} ${partition}:${message.offset}: ${e.problem.reason}`)
+          const bytes = e.value ?? Buffer.alloc(0)
+          reader.messages.push({
+            partition,
+            offset: message.offset,
+            index: e.index,
+            key: e.key ?? '',
+            bytes,
+            recordBytes,
+            event: JSON.parse(bytes.toString('utf8')) as RawEventV1,
+            headers: e.headers,
+          })
+        }
         reader.consumed.set(partition, BigInt(message.offset) + 1n)
       },
     })

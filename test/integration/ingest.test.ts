@@ -194,7 +194,7 @@ describe('single-event endpoints', () => {
       )
       // Skew-corrected: 2.5 s before it reached us, whatever the client's clock said.
       expect(Date.parse(m.event.receivedAt) - Date.parse(m.event.timestamp)).toBe(2500)
-      expect(m.bytes.toString()).not.toContain('198.51.100.77')
+      expect(m.recordBytes.toString()).not.toContain('198.51.100.77')
       partitions.add(m.partition)
       offsets.push(BigInt(m.offset))
     }
@@ -286,7 +286,7 @@ describe('single-event endpoints', () => {
       if (c.expect) expect(m.event.ua).toEqual(c.expect)
       expect(m.event.bot).toBe(c.bot)
       expect(m.event.context).toEqual({})
-      const stored = m.bytes.toString()
+      const stored = m.recordBytes.toString()
       expect(stored).not.toContain('203.0.113.200')
       expect(stored).not.toContain('203.0.113.201')
       expect(stored).not.toContain('127.0.0.1')
@@ -1129,7 +1129,7 @@ describe('CORS and browser beacons', () => {
         userAgent: USER_AGENTS.chromeDesktop,
       }),
     )
-    expect(m.bytes.toString()).not.toContain(siteA.writeKey)
+    expect(m.recordBytes.toString()).not.toContain(siteA.writeKey)
 
     const evil = { ...beacon, messageId: `beacon-${randomUUID()}` }
     const refused = await ingest.app.inject({
