@@ -1,5 +1,6 @@
 import { ERR } from '../error-codes.js'
 import { TallyError } from '../errors.js'
+import { isPropDimension } from './props.js'
 
 /**
  * Goals (issue 17 point 5): a site defines goals (`tally sites goals <site> add`), each either an
@@ -172,3 +173,13 @@ export class GoalMatcher {
 }
 
 const NO_GOALS: readonly string[] = []
+
+/**
+ * Whether a window's rows of `dimension` are read from the rebuild alone once it is rebuilt (its
+ * stream rows are not): custom properties, whose folded values the rebuild writes no row for, and
+ * goals, which a rebuild recomputes with the goals defined when it runs (a goal removed since has
+ * stream rows and no rebuilt ones).
+ */
+export function isRebuiltOnly(dimension: string): boolean {
+  return dimension === GOAL_DIMENSION || isPropDimension(dimension)
+}
