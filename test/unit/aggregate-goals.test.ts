@@ -8,6 +8,8 @@ import {
   pageGoal,
   pathMatches,
 } from '../../core/aggregate/goals.js'
+import { parseFilters, parseProperty, parseQuery } from '../../query/params.js'
+import { DEFAULT_QUERY_LIMITS } from '../../query/stats.js'
 
 /** The pattern rule written out apart from the module: a segment-wise walk, `**` by backtracking. */
 function matchesByHand(pattern: string, path: string): boolean {
@@ -102,5 +104,42 @@ describe('goal definitions', () => {
     expect(m.reached('screen', 'screen', '/checkout/a')).toEqual([])
     expect(m.reached('track', 'Buy', '/checkout/a')).toEqual([])
     expect(new GoalMatcher([]).empty).toBe(true)
+  })
+})
+
+describe('the query parameters name goals', () => {
+  it('takes property=goal and filters=goal==NAME', () => {
+    expect(parseProperty('goal', 'property')).toBe('goal')
+    expect(parseFilters('goal==Visit /checkout/*', 20)).toEqual([
+      { property: 'goal', values: ['Visit /checkout/*'] },
+    ])
+  })
+
+  it('answers conversions and conversion_rate by goal only, naming what is answered', () => {
+    const q = (endpoint: 'aggregate' | 'breakdown', raw: Record<string, string>) =>
+      parseQuery(endpoint, { site: 's', period: 'day', ...raw }, 0, DEFAULT_QUERY_LIMITS)
+    expect(
+      q('aggregate', { metrics: 'conversions,conversion_rate', filters: 'goal==Signup' }).metrics,
+    ).toEqual(['conversions', 'conversion_rate'])
+    expect(q('breakdown', { metrics: 'conversions', property: 'goal' }).property).toBe('goal')
+    expect(() => q('aggregate', { metrics: 'conversions' })).toThrow(
+      expect.objectContaining({
+        code: 'TALLY_ERR_BAD_PARAMETER',
+        where: 'metrics',
+        message: expect.stringContaining('goal==NAME'),
+      }),
+    )
+    expect(() =>
+      q('breakdown', { metrics: 'conversions', property: 'source', filters: 'goal==Signup' }),
+    ).toThrow(
+      expect.objectContaining({
+        code: 'TALLY_ERR_FILTER_UNSUPPORTED',
+        message: expect.stringContaining('property=goal'),
+      }),
+    )
+    // Goal rows hold no visits.
+    expect(() => q('aggregate', { metrics: 'visits', filters: 'goal==Signup' })).toThrow(
+      expect.objectContaining({ where: 'metrics' }),
+    )
   })
 })
