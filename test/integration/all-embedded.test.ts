@@ -128,6 +128,23 @@ describe('tally all on the embedded backend', () => {
       const zoned = await cli(['sites', 'set', 'shop.example', '--timezone', 'Europe/Berlin'])
       expect(zoned.exit.code, zoned.out).toBe(0)
       expect((await cli(['sites', 'show', 'shop.example'])).out).toContain('time zone  Europe/Berlin')
+      // Goals too, checked as they are added; a bad one gets its code.
+      expect((await cli(['sites', 'goals', 'shop.example', 'add', '--page', '/checkout/*'])).exit.code).toBe(
+        0,
+      )
+      expect((await cli(['sites', 'goals', 'shop.example', 'add', '--event', 'Signup'])).exit.code).toBe(0)
+      const badGoal = await cli(['sites', 'goals', 'shop.example', 'add', '--page', 'checkout'])
+      expect(badGoal.exit.code).not.toBe(0)
+      expect(badGoal.out).toContain('TALLY_ERR_GOAL_INVALID')
+      const lastLine = (out: string) => out.trim().split('\n').at(-1) ?? ''
+      expect(
+        JSON.parse(lastLine((await cli(['sites', 'goals', 'shop.example', 'list', '--json'])).out)),
+      ).toEqual([
+        { name: 'Signup', kind: 'event', target: 'Signup' },
+        { name: 'Visit /checkout/*', kind: 'page', target: '/checkout/*' },
+      ])
+      expect((await cli(['sites', 'goals', 'shop.example', 'remove', 'Signup'])).exit.code).toBe(0)
+      expect(lastLine((await cli(['sites', 'goals', 'shop.example', 'list'])).out)).toBe('Visit /checkout/*')
       // The new key is taken at once by the running ingest.
       const res = await fetch(`${first.ingest}/v1/track`, {
         method: 'POST',
