@@ -308,6 +308,15 @@ describe('tally all on the embedded backend', () => {
         'events counted on the embedded backend',
       )
       await stop(embedded)
+      // A goal of the site moves with it (the store opened directly: nothing runs on the folder).
+      const goalCli = async (args: string[], env: Record<string, string>) => {
+        const p = spawnRole(['sites', 'goals', 'localhost', ...args], env, 'move-goals')
+        const exit = await p.exited
+        const out = await readFile(p.logFile, 'utf8')
+        expect(exit, out).toEqual({ code: 0, signal: null })
+        return out.trim().split('\n').at(-1) ?? ''
+      }
+      await goalCli(['add', '--page', '/pricing/**'], { ...names, TALLY_DATA_DIR: dir.dir })
 
       const move = () => {
         const p = spawnRole(
@@ -326,6 +335,10 @@ describe('tally all on the embedded backend', () => {
       expect(again.exit, again.log).toEqual({ code: 0, signal: null })
       expect(again.log).toContain('already there 1')
       expect(again.log).toContain(`0 records of ${config.kafka.topicRaw}`)
+
+      expect(
+        JSON.parse(await goalCli(['list', '--json'], { ...envOf(config), TALLY_DATA_DIR: dir.dir })),
+      ).toEqual([{ name: 'Visit /pricing/**', kind: 'page', target: '/pricing/**' }])
 
       // The same keys work on the Kafka and Cassandra roles, and the numbers come out the same.
       const stream = await startStream(config, logger, { port: 0 })
