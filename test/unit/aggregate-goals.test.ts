@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest'
 import {
   eventGoal,
+  type Goal,
   GoalMatcher,
   goalName,
   goalOf,
@@ -10,6 +11,7 @@ import {
 } from '../../core/aggregate/goals.js'
 import { parseFilters, parseProperty, parseQuery } from '../../query/params.js'
 import { DEFAULT_QUERY_LIMITS } from '../../query/stats.js'
+import { PropKeyCache } from '../../stream/prop-keys.js'
 
 /** The pattern rule written out apart from the module: a segment-wise walk, `**` by backtracking. */
 function matchesByHand(pattern: string, path: string): boolean {
@@ -141,5 +143,43 @@ describe('the query parameters name goals', () => {
     expect(() => q('aggregate', { metrics: 'visits', filters: 'goal==Signup' })).toThrow(
       expect.objectContaining({ where: 'metrics' }),
     )
+  })
+})
+
+describe("the stream's goal cache (stream/prop-keys.ts)", () => {
+  it('reads goals with the keys, counts a goal defined later after the TTL, keeps the last goals when the store fails', async () => {
+    let now = 0
+    let goals: Goal[] = [eventGoal('Signup')]
+    let fail = false
+    const source = {
+      listPropKeys: async () => {
+        if (fail) throw new Error('store down')
+        return ['plan']
+      },
+      listGoals: async () => goals,
+    }
+    const cache = new PropKeyCache(source, 1000, undefined, 100, () => now)
+    await cache.refresh(['s'])
+    expect(cache.goalsOf('s').reached('track', 'Signup', '/')).toEqual(['Signup'])
+    const first = cache.goalsOf('s')
+    // Unchanged goals keep their matcher (and its cache of paths).
+    now = 1000
+    await cache.refresh(['s'])
+    expect(cache.goalsOf('s')).toBe(first)
+    goals = [eventGoal('Signup'), pageGoal('/checkout/*')]
+    now = 1500
+    await cache.refresh(['s'])
+    expect(cache.goalsOf('s').reached('page', 'pageview', '/checkout/a')).toEqual([])
+    now = 2000
+    await cache.refresh(['s'])
+    expect(cache.goalsOf('s').reached('page', 'pageview', '/checkout/a')).toEqual(['Visit /checkout/*'])
+    fail = true
+    now = 3000
+    await cache.refresh(['s'])
+    expect(cache.goalsOf('s').reached('page', 'pageview', '/checkout/a')).toEqual(['Visit /checkout/*'])
+    // A source without goals (a store that predates them) counts none.
+    const keysOnly = new PropKeyCache({ listPropKeys: async () => [] }, 1000)
+    await keysOnly.refresh(['s'])
+    expect(keysOnly.goalsOf('s').empty).toBe(true)
   })
 })
