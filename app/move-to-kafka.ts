@@ -76,6 +76,9 @@ export async function moveToKafka(
         // Custom property keys move with the site (adding one it has is a no-op).
         for (const key of await embedded.sites.listPropKeys(site.siteId))
           await target.addPropKey(site.siteId, key)
+        // So do its goals.
+        for (const goal of await embedded.sites.listGoals(site.siteId))
+          await target.addGoal(site.siteId, goal)
       }
     }
     if (conflicts.length > 0) {

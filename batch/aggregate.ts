@@ -1,11 +1,13 @@
 import {
   DIMENSIONS,
   type Dimension,
+  type GoalDimension,
   type Granularity,
   isPageview,
   kindOf,
   type PropDimension,
 } from '../core/aggregate/definition.js'
+import { GOAL_DIMENSION, type GoalMatcher } from '../core/aggregate/goals.js'
 import { keptValues, OTHER } from '../core/aggregate/props.js'
 import { forEachSiteRun } from '../core/archive/dedup.js'
 import { HI, LO, type SegmentColumns } from '../core/archive/segment-reader.js'
@@ -33,7 +35,7 @@ export interface AggregateRow {
   granularity: Granularity
   windowStart: number
   /** undefined: the window's totals. */
-  dimension: Dimension | PropDimension | undefined
+  dimension: Dimension | PropDimension | GoalDimension | undefined
   value: string
   events: number
   pageviews: number
@@ -160,7 +162,47 @@ function addPropValues(
   }
 }
 
-function propTable(props: Map<PropDimension, ValueTable>, d: PropDimension, precision: number): ValueTable {
+/**
+ * The goals' pass over a site's run of rows: each counted event (bots complete none) counts in the
+ * row of every goal it completes, matched on its type, event name and path as the stream does.
+ */
+function addGoals(
+  table: ValueTable,
+  goals: GoalMatcher,
+  cols: SegmentColumns,
+  code: Uint8Array,
+  entry: Uint32Array,
+  from: number,
+  to: number,
+): void {
+  const types = cols.type
+  const event = cols.dims[EVENT_COLUMN]!
+  const path = cols.dims[PATH_COLUMN]!
+  for (let i = from; i < to; i++) {
+    const c = code[i]!
+    if (c !== CODE_EVENT && c !== CODE_PAGEVIEW) continue
+    const reached = goals.reached(
+      types.dictionary[types.indices[i]!]!,
+      event.dictionary[event.indices[i]!]!,
+      path.dictionary[path.indices[i]!]!,
+    )
+    for (const name of reached) {
+      const slot = table.slot(name)
+      table.events[slot]!++
+      if (c === CODE_PAGEVIEW) table.pageviews[slot]!++
+      table.registers[slot]!.add(entry[i]!)
+    }
+  }
+}
+
+const EVENT_COLUMN = DIMENSION_COLUMNS.indexOf('event')
+const PATH_COLUMN = DIMENSION_COLUMNS.indexOf('path')
+
+function propTable(
+  props: Map<PropDimension | GoalDimension, ValueTable>,
+  d: PropDimension | GoalDimension,
+  precision: number,
+): ValueTable {
   let t = props.get(d)
   if (!t) {
     t = new ValueTable(precision)
@@ -176,7 +218,7 @@ class SiteHour {
   readonly minuteTouched = new Uint8Array(60)
   readonly minuteRegisters: Array<RegisterSet | undefined> = new Array(60).fill(undefined)
   readonly dims: ValueTable[]
-  readonly props = new Map<PropDimension, ValueTable>()
+  readonly props = new Map<PropDimension | GoalDimension, ValueTable>()
 
   constructor(precision: number) {
     this.dims = DIMENSIONS.map(() => new ValueTable(precision))
@@ -272,6 +314,8 @@ export class HourAggregator {
     stats: AggregateStats,
     /** Per site with declared keys, its custom property values in this segment, by its run's first row. */
     props?: ReadonlyMap<string, SitePropValues>,
+    /** Per site with goals, its goals (core/aggregate/goals.ts), as the run read them. */
+    goals?: ReadonlyMap<string, GoalMatcher>,
   ): void {
     const codes = kindCodes(cols.type.dictionary)
     const typeIdx = cols.type.indices
@@ -343,6 +387,8 @@ export class HourAggregator {
           addPropValues(propTable(s.props, d, p), pv.values[k]!, code, entry, from, to)
         })
       }
+      const gm = goals?.get(site)
+      if (gm && !gm.empty) addGoals(propTable(s.props, GOAL_DIMENSION, p), gm, cols, code, entry, from, to)
     })
   }
 
@@ -412,14 +458,15 @@ export class HourAggregator {
 
 /** The rows of a window's custom properties, each under the cap rule. */
 function* propRows(
-  props: ReadonlyMap<PropDimension, ValueTable>,
+  props: ReadonlyMap<PropDimension | GoalDimension, ValueTable>,
   max: number,
   siteId: string,
   granularity: Granularity,
   windowStart: number,
 ): Generator<AggregateRow> {
   for (const [dimension, full] of props) {
-    const table = full.capped(max)
+    // Goals are at most 20 a site: no cap.
+    const table = dimension === GOAL_DIMENSION ? full : full.capped(max)
     for (let k = 0; k < table.size; k++) {
       yield {
         siteId,
@@ -455,7 +502,7 @@ class SiteDay {
     this.dims = DIMENSIONS.map(() => new ValueTable(precision))
   }
 
-  readonly props = new Map<PropDimension, ValueTable>()
+  readonly props = new Map<PropDimension | GoalDimension, ValueTable>()
 }
 
 /** Rolls hour rows up into the day's rows (counts add, registers merge). */
@@ -482,10 +529,13 @@ export class DayAggregator {
       s.totals.pageviews += row.pageviews
       s.totals.botEvents += row.botEvents
       s.totals.visitors.merge(row.visitors)
-    } else if (row.dimension.startsWith('prop:')) {
+    } else if (row.dimension.startsWith('prop:') || row.dimension === GOAL_DIMENSION) {
       // The hour rows are capped already; the day's cap keeps every value an hour kept that is
-      // among the day's kept ones (core/aggregate/props.ts).
-      propTable(s.props, row.dimension as PropDimension, this.precision).addRow(row.value, row)
+      // among the day's kept ones (core/aggregate/props.ts). Goal rows are never capped.
+      propTable(s.props, row.dimension as PropDimension | GoalDimension, this.precision).addRow(
+        row.value,
+        row,
+      )
     } else {
       s.dims[DIMENSIONS.indexOf(row.dimension as Dimension)]!.addRow(row.value, row)
     }

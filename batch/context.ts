@@ -21,8 +21,8 @@ export interface BatchStores {
   rows: FinalRowStore
   archive: ArchiveStateStore
   offsets: LogOffsets
-  /** The sites' declared custom property keys, for the rebuild (batch/prop-columns.ts). Optional: none counted without. */
-  sites?: Pick<SiteStore, 'listPropKeys'>
+  /** The sites' declared custom property keys and goals, for the rebuild (batch/prop-columns.ts). Optional: none counted without. */
+  sites?: Pick<SiteStore, 'listPropKeys'> & Partial<Pick<SiteStore, 'listGoals'>>
 }
 
 /**

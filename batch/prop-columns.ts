@@ -1,4 +1,5 @@
 import type { PropDimension } from '../core/aggregate/definition.js'
+import { GoalMatcher } from '../core/aggregate/goals.js'
 import { propDimension, propValueOf } from '../core/aggregate/props.js'
 import { forEachSiteRun } from '../core/archive/dedup.js'
 import { readRawSegment, type SegmentColumns } from '../core/archive/segment-reader.js'
@@ -7,8 +8,8 @@ import type { SiteStore } from '../core/ports/site-store.js'
 import { COLUMNS } from '../schemas/arrow.js'
 import type { SitePropValues } from './aggregate.js'
 
-/** What the rebuild reads of the site store: a site's declared property keys. */
-export type RebuildPropKeys = Pick<SiteStore, 'listPropKeys'>
+/** What the rebuild reads of the site store: a site's declared property keys (and goals, when it can). */
+export type RebuildPropKeys = Pick<SiteStore, 'listPropKeys'> & Partial<Pick<SiteStore, 'listGoals'>>
 
 /**
  * The declared keys of the sites a rebuild meets, read once per run: a rebuild counts the keys
@@ -30,6 +31,48 @@ export class RunPropKeys {
     }
     return k
   }
+
+  private readonly goals = new Map<string, Promise<GoalMatcher>>()
+
+  /**
+   * The site's goals (core/aggregate/goals.ts), read once per run like its keys: a rebuild counts
+   * the goals defined when it runs ("define, then rebuild the days you want").
+   */
+  goalsOf(siteId: string): Promise<GoalMatcher> {
+    let g = this.goals.get(siteId)
+    if (!g) {
+      const list = this.source.listGoals
+      g = list
+        ? list
+            .call(this.source, siteId)
+            .then((goals) => new GoalMatcher(goals))
+            .catch((err: unknown) => {
+              if ((err as { code?: unknown }).code === ERR.SITE_NOT_FOUND) return new GoalMatcher([])
+              throw err
+            })
+        : Promise.resolve(new GoalMatcher([]))
+      this.goals.set(siteId, g)
+    }
+    return g
+  }
+}
+
+/** The goals of the sites of a segment's rows that define any (all its sites, or `siteId` alone). */
+export async function goalsOfSegment(
+  cols: SegmentColumns,
+  siteId: string | undefined,
+  keys: RunPropKeys,
+): Promise<Map<string, GoalMatcher> | undefined> {
+  const sites = new Set<string>()
+  forEachSiteRun(cols, siteId, (_from, _to, site) => {
+    sites.add(site)
+  })
+  const out = new Map<string, GoalMatcher>()
+  for (const site of sites) {
+    const g = await keys.goalsOf(site)
+    if (!g.empty) out.set(site, g)
+  }
+  return out.size === 0 ? undefined : out
 }
 
 /**

@@ -20,7 +20,7 @@ import {
 } from './aggregate.js'
 import { acquireLease, LeaseKeeper, LeaseLostError, RangeBusyError } from './lease.js'
 import type { BatchMetrics } from './metrics.js'
-import { propValuesOf, type RebuildPropKeys, RunPropKeys } from './prop-columns.js'
+import { goalsOfSegment, propValuesOf, type RebuildPropKeys, RunPropKeys } from './prop-columns.js'
 import { writeDays } from './rebuild-write.js'
 import { RegisterSet } from './registers.js'
 import { SegmentSource } from './segment-source.js'
@@ -117,8 +117,9 @@ export interface RebuildDeps {
   logger: Logger
   metrics?: BatchMetrics
   /**
-   * The sites' declared custom property keys (core/aggregate/props.ts), read at the run's start:
-   * the run counts the keys declared then. Optional: without it no property is counted.
+   * The sites' declared custom property keys (core/aggregate/props.ts) and goals
+   * (core/aggregate/goals.ts), read at the run's start: the run counts the keys and goals declared
+   * then. Optional: without it no property is counted.
    */
   propKeys?: RebuildPropKeys
 }
@@ -504,7 +505,8 @@ async function aggregate(
       if (cols) {
         const losers = duplicates.losers.get(i)
         const props = agg && runKeys ? await propValuesOf(cols, job.siteId, runKeys) : undefined
-        agg?.add(cols, losers, stats, props)
+        const goals = agg && runKeys ? await goalsOfSegment(cols, job.siteId, runKeys) : undefined
+        agg?.add(cols, losers, stats, props, goals)
         visits?.add(cols, losers)
         job.run.segmentsRead++
       }

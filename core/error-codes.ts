@@ -219,6 +219,17 @@ export const ERRORS = {
     status: 409,
     meaning: 'the site already declares the most custom property keys allowed (20; tally sites props)',
   },
+  GOAL_INVALID: {
+    code: 'TALLY_ERR_GOAL_INVALID',
+    status: 400,
+    meaning:
+      'a goal is not an event name (1–120 characters, not starting with `Visit `) or a page path pattern (starting with `/`, at most 256 characters, `*` and `**` as wildcards) (tally sites goals)',
+  },
+  GOALS_FULL: {
+    code: 'TALLY_ERR_GOALS_FULL',
+    status: 409,
+    meaning: 'the site already defines the most goals allowed (20; tally sites goals)',
+  },
   DOMAIN_TAKEN: {
     code: 'TALLY_ERR_DOMAIN_TAKEN',
     status: 409,

@@ -141,7 +141,7 @@ export function accuracyOf(metrics: readonly Metric[], precision: number): Recor
   const out: Record<string, MetricAccuracy> = {}
   for (const m of metrics) {
     out[m] =
-      m === 'visitors'
+      m === 'visitors' || m === 'conversions' || m === 'conversion_rate'
         ? {
             approximate: true,
             method: 'HyperLogLog',
@@ -149,7 +149,7 @@ export function accuracyOf(metrics: readonly Metric[], precision: number): Recor
             relative_standard_error: round6(hllRelativeError(precision)),
             error_bound: round6(hllErrorBound(precision)),
             sigmas: HLL_ERROR_BOUND_SIGMAS,
-            note: `distinct visitors over the whole range: the registers of every window are merged, never summed. error_bound is the large-count bound; a small count is usually exact and is one lower per pair of visitors sharing a register (about n²/2^${precision + 1} pairs for n visitors)`,
+            note: `${m === 'visitors' ? '' : m === 'conversions' ? 'visitors of the goal rows (converters): ' : 'converters over visitors, both estimated so: '}distinct visitors over the whole range: the registers of every window are merged, never summed. error_bound is the large-count bound; a small count is usually exact and is one lower per pair of visitors sharing a register (about n²/2^${precision + 1} pairs for n visitors)`,
           }
         : { approximate: false }
   }

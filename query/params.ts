@@ -34,6 +34,8 @@ export const METRICS = [
   'bounce_rate',
   'visit_duration',
   'views_per_visit',
+  'conversions',
+  'conversion_rate',
 ] as const
 export type Metric = (typeof METRICS)[number]
 export const DEFAULT_METRICS: readonly Metric[] = ['visitors', 'pageviews', 'events']
@@ -44,6 +46,22 @@ export const DEFAULT_METRICS: readonly Metric[] = ['visitors', 'pageviews', 'eve
  * visit. Computed when read from stored counts and sums.
  */
 export const VISIT_METRICS = ['visits', 'bounce_rate', 'visit_duration', 'views_per_visit'] as const
+/**
+ * Metrics of goals (core/aggregate/goals.ts): `conversions`, the visitors of the goal rows (unique
+ * converters, HyperLogLog); `conversion_rate`, conversions over the visitors of the same range
+ * and windows, in percent with one decimal. Answered with `filters=goal==NAME` (aggregate,
+ * timeseries) or `property=goal` (breakdown).
+ */
+export const GOAL_METRICS = ['conversions', 'conversion_rate'] as const
+export function isGoalMetric(m: Metric): boolean {
+  return (GOAL_METRICS as readonly string[]).includes(m)
+}
+
+/** Metrics read from the visitors' registers. */
+export function needsVisitors(metrics: readonly Metric[]): boolean {
+  return metrics.some((m) => m === 'visitors' || isGoalMetric(m))
+}
+
 export function isVisitMetric(m: Metric): boolean {
   return (VISIT_METRICS as readonly string[]).includes(m)
 }
@@ -203,10 +221,12 @@ export function parseMetrics(raw: string | undefined): Metric[] {
 export function parseProperty(raw: string, where: string): RowDimension {
   // A site's custom property (core/aggregate/props.ts): any valid key; an undeclared one has no rows.
   if (isPropDimension(raw)) return raw
+  // Goal completions, valued by the goal's name (core/aggregate/goals.ts).
+  if (raw === 'goal') return raw
   if (!(PROPERTIES as readonly string[]).includes(raw)) {
     throw badParameter(
       where,
-      `unknown property ${raw}: use ${PROPERTIES.join(', ')} or prop:KEY (a declared custom property)`,
+      `unknown property ${raw}: use ${PROPERTIES.join(', ')}, goal or prop:KEY (a declared custom property)`,
     )
   }
   return raw as RowDimension
@@ -446,6 +466,17 @@ export function parseQuery(
   // The export writes every column its rows hold: only its property matters.
   if (endpoint !== 'export')
     checkMetricsFor(metrics, [...(property ? [property] : []), ...filters.map((f) => f.property)])
+  if (endpoint !== 'export' && metrics.some(isGoalMetric)) {
+    const byGoal = endpoint === 'breakdown' ? property === 'goal' : filters.some((f) => f.property === 'goal')
+    if (!byGoal)
+      throw badParameter(
+        'metrics',
+        endpoint === 'breakdown'
+          ? `${GOAL_METRICS.join(' and ')} are counted by goal: break down by property=goal (conversions by another property are not kept)`
+          : `${GOAL_METRICS.join(' and ')} are counted by goal: filter on one with filters=goal==NAME`,
+        filters.some((f) => f.property === 'goal') ? ERR.FILTER_UNSUPPORTED : undefined,
+      )
+  }
   const intervalRaw = single(q, 'interval')
   const interval = intervalRaw === undefined ? undefined : oneOf('interval', intervalRaw, GRANULARITIES)
   const limit = integer('limit', single(q, 'limit'), limits.defaultLimit, 1, limits.maxLimit)

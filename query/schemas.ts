@@ -54,14 +54,14 @@ function parameters(limits: QueryLimits): Record<string, Json> {
       { type: 'string', enum: [...GRANULARITIES] },
     ),
     metrics: q(
-      `Comma-separated, from ${METRICS.join(', ')}. Default ${DEFAULT_METRICS.join(',')}. \`visitors\` is approximate (HyperLogLog; see meta.metrics), the others exact. A breakdown sorts by the first metric, descending. Visits (counted in the window where they started): \`visits\`, \`bounce_rate\` (percent of visits with one pageview and no other event), \`visit_duration\` (mean seconds), \`views_per_visit\`; by property only with ${VISIT_PROPERTIES.join(', ')}. entry_page and exit_page take ${ENTRY_EXIT_METRICS.join(', ')} (pageviews of the visits), default ${ENTRY_EXIT_DEFAULT_METRICS.join(',')}. Windows written before visits were counted show none (meta.visits names them).`,
+      `Comma-separated, from ${METRICS.join(', ')}. Default ${DEFAULT_METRICS.join(',')}. \`visitors\` is approximate (HyperLogLog; see meta.metrics), the others exact. A breakdown sorts by the first metric, descending. Visits (counted in the window where they started): \`visits\`, \`bounce_rate\` (percent of visits with one pageview and no other event), \`visit_duration\` (mean seconds), \`views_per_visit\`; by property only with ${VISIT_PROPERTIES.join(', ')}. entry_page and exit_page take ${ENTRY_EXIT_METRICS.join(', ')} (pageviews of the visits), default ${ENTRY_EXIT_DEFAULT_METRICS.join(',')}. Windows written before visits were counted show none (meta.visits names them). Goals: \`conversions\` (unique visitors who completed the goal, HyperLogLog like visitors) and \`conversion_rate\` (conversions over the visitors of the same range and windows, percent with one decimal) with \`filters=goal==NAME\` (aggregate, timeseries) or \`property=goal\` (breakdown, the rate against the range's visitors); conversions by another property are not kept (400 TALLY_ERR_FILTER_UNSUPPORTED).`,
       { type: 'string', example: 'visitors,pageviews,events,bot_events' },
     ),
     property: q(
-      'Dimension to break down by (required for breakdown): one of the listed, or `prop:KEY` for a custom property the site declares (tally sites props). A custom property keeps at most TALLY_PROP_VALUES_MAX values per window; the others are under `(other)` (meta.values_capped).',
+      'Dimension to break down by (required for breakdown): one of the listed, `goal` (the goals the site defines, tally sites goals: per goal its completions as events and its converters as visitors and conversions), or `prop:KEY` for a custom property the site declares (tally sites props). A custom property keeps at most TALLY_PROP_VALUES_MAX values per window; the others are under `(other)` (meta.values_capped).',
       {
         type: 'string',
-        anyOf: [{ enum: [...PROPERTIES] }, { pattern: '^prop:[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$' }],
+        anyOf: [{ enum: [...PROPERTIES, 'goal'] }, { pattern: '^prop:[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$' }],
       },
     ),
     filters: q(

@@ -27,6 +27,7 @@ import {
   isVisitDimension,
   isVisitMetric,
   type Metric,
+  needsVisitors,
   type ParsedQuery,
   type ParseLimits,
 } from './params.js'
@@ -159,6 +160,32 @@ export class MetricAccumulator {
   }
 }
 
+/**
+ * Goals (core/aggregate/goals.ts): the conversion rate, converters (the goal rows' visitors) over
+ * the visitors of the same windows, in percent with one decimal; 0 without visitors.
+ */
+export function conversionRate(conversions: number, visitors: number): number {
+  return visitors === 0 ? 0 : Math.round((1000 * conversions) / visitors) / 10
+}
+
+/** Distinct visitors of windows' totals (the denominator of a conversion rate). */
+function visitorsOf(windows: Iterable<MergedValues>, precision: number): number {
+  const acc = new MetricAccumulator(precision, true)
+  for (const w of windows) acc.add(w)
+  return acc.values(['visitors']).visitors ?? 0
+}
+
+/** Sets `conversion_rate` of values holding the goal rows' metrics, when asked for. */
+function withConversionRate(
+  values: MetricValues,
+  metrics: readonly Metric[],
+  conversions: number,
+  visitors: number | undefined,
+): MetricValues {
+  if (metrics.includes('conversion_rate')) values.conversion_rate = conversionRate(conversions, visitors ?? 0)
+  return values
+}
+
 export function visitorsEstimate(registers: Uint8Array): number {
   return registers.length === 0 ? 0 : Math.round(HyperLogLog.fromBytes(registers).estimate())
 }
@@ -195,8 +222,10 @@ function metricValues(
     else if (m === 'visits') out.visits = visits.visits
     else if (m === 'bounce_rate' || m === 'visit_duration' || m === 'views_per_visit')
       out[m] = visitRates(visits)[m]
+    // Needs the visitors of the range besides: set by the caller (withConversionRate).
+    else if (m === 'conversion_rate') continue
     else
-      out.visitors =
+      out[m === 'conversions' ? 'conversions' : 'visitors'] =
         hll === undefined
           ? 0
           : hll instanceof HyperLogLog
@@ -545,7 +574,7 @@ export class StatsService {
     this.checkRetention(segments)
     if (filter) this.checkReads(segments, 'a filtered aggregate')
     else this.checkDays(segments)
-    const withVisitors = q.metrics.includes('visitors')
+    const withVisitors = needsVisitors(q.metrics)
     const read = await Promise.all(
       segments.map((s) => this.readSegment(q.siteId, s, filter, withVisitors, at)),
     )
@@ -561,6 +590,18 @@ export class StatsService {
       }
     })
     const values = acc.values(q.metrics)
+    if (q.metrics.includes('conversion_rate')) {
+      // The visitors of the same windows: the totals of the goal rows' segments.
+      const totals = await Promise.all(
+        segments.map((s) => this.readSegment(q.siteId, s, undefined, true, at)),
+      )
+      withConversionRate(
+        values,
+        q.metrics,
+        acc.values(['conversions']).conversions ?? 0,
+        visitorsOf(totals.flat(), this.deps.precision),
+      )
+    }
     const results: AggregateAnswer['results'] = {}
     for (const m of q.metrics) results[m] = { value: values[m] ?? 0 }
     return {
@@ -668,9 +709,15 @@ export class StatsService {
       filter !== undefined,
     )
     if (filter) this.checkReads([segment], 'a filtered timeseries')
-    const withVisitors = q.metrics.includes('visitors')
+    const withVisitors = needsVisitors(q.metrics)
     const windows = await this.readSegment(q.siteId, segment, filter, withVisitors, at)
     const byStart = new Map(windows.map((w) => [w.windowStart, w]))
+    // A conversion rate's visitors: the totals of the same windows.
+    const totalsByStart = q.metrics.includes('conversion_rate')
+      ? new Map(
+          (await this.readSegment(q.siteId, segment, undefined, true, at)).map((w) => [w.windowStart, w]),
+        )
+      : undefined
     const tally = new WindowTally(freshness.completeThroughMs)
     const gaps = visitGapsFor(q.metrics)
     const visitRows = isVisitDimension(filter?.property)
@@ -683,9 +730,19 @@ export class StatsService {
       const counts: MergedValues = w ?? { events: 0, pageviews: 0, botEvents: 0, visitors: new Uint8Array(0) }
       // entry_page / exit_page rows hold visits only: their pageviews are the visits' pageviews.
       const shown = visitRows ? { ...counts, pageviews: counts.visitPageviews ?? 0 } : counts
+      const values = metricValues(shown, counts.visitors, q.metrics)
+      if (totalsByStart) {
+        const tw = totalsByStart.get(t)
+        withConversionRate(
+          values,
+          q.metrics,
+          metricValues(shown, counts.visitors, ['conversions']).conversions ?? 0,
+          tw ? visitorsEstimate(tw.visitors) : 0,
+        )
+      }
       results.push({
         date: formatInZone(t, q.zone),
-        ...metricValues(shown, counts.visitors, q.metrics),
+        ...values,
         status,
       })
     }
@@ -754,7 +811,7 @@ export class StatsService {
     }
     this.checkRetention(segments)
     if (filter) this.checkReads(segments, 'a filtered timeseries')
-    const withVisitors = q.metrics.includes('visitors')
+    const withVisitors = needsVisitors(q.metrics)
     const read = await Promise.all(
       segments.map((s) => this.readSegment(q.siteId, s, filter, withVisitors, at)),
     )
@@ -790,9 +847,24 @@ export class StatsService {
         if (w.visits === undefined) gaps?.add(w.windowStart, s.granularity)
       }
     })
+    // A conversion rate's visitors: per local day, the totals of the same windows.
+    let dayVisitors: number[] | undefined
+    if (q.metrics.includes('conversion_rate')) {
+      const totals = await Promise.all(
+        segments.map((s) => this.readSegment(q.siteId, s, undefined, true, at)),
+      )
+      const perDay = Array.from({ length: n }, () => new MetricAccumulator(this.deps.precision, true))
+      for (const w of totals.flat()) perDay[dayOf(w.windowStart)]!.add(w)
+      dayVisitors = perDay.map((a) => a.values(['visitors']).visitors ?? 0)
+    }
     const results: TimeseriesPoint[] = accs.map((acc, i) => ({
       date: formatInZone(local[i]!, q.zone),
-      ...acc.values(q.metrics),
+      ...withConversionRate(
+        acc.values(q.metrics),
+        q.metrics,
+        acc.values(['conversions']).conversions ?? 0,
+        dayVisitors?.[i],
+      ),
       status: statuses[i]!,
     }))
     return {
@@ -826,6 +898,11 @@ export class StatsService {
     finalMark: string | undefined,
   ): Promise<BreakdownAnswer> {
     const property = q.property as RowDimension
+    if (property !== 'goal' && q.filters.some((f) => f.property === 'goal')) {
+      throw unsupported(
+        `goal rows are kept per goal only, so conversions by ${property} are not answered: filters=goal==NAME is answered by aggregate and timeseries, and a breakdown by goal takes property=goal`,
+      )
+    }
     if (q.filters.some((f) => f.property !== property)) {
       throw unsupported(
         `breakdowns are stored per single property, so a breakdown by ${property} can only be filtered on ${property}`,
@@ -840,13 +917,14 @@ export class StatsService {
     this.checkReads(tiled, 'a breakdown')
     const at = readContext(freshness, finalMark, q.metrics)
     const segments = this.deps.settled?.enabled ? unsettledDaysAsHours(tiled, at.settledThroughMs) : tiled
-    const withVisitors = q.metrics.includes('visitors')
+    const withVisitors = needsVisitors(q.metrics)
     const sortBy = q.metrics[0]!
     // Sorted by a count, visitors are needed only for the page shown: the first pass reads counts
     // (no sketches), the second reads the sketches of the page's values alone.
     // A custom property's values beyond the cap fold into (other), which needs every value's sketch.
     const prop = isPropDimension(property)
-    const visitorsLater = withVisitors && sortBy !== 'visitors' && !prop
+    // Goals are few (at most 20 a site): read with their sketches at once.
+    const visitorsLater = withVisitors && sortBy !== 'visitors' && !prop && property !== 'goal'
     const readAll = (visitors: boolean, only: readonly string[] | undefined) =>
       Promise.all(
         segments.map((s) =>
@@ -905,6 +983,20 @@ export class StatsService {
       <T extends { value: string }>(key: (row: T) => number) =>
       (a: T, b: T) =>
         key(b) - key(a) || (a.value < b.value ? -1 : a.value > b.value ? 1 : 0)
+    // Goals: each goal's conversion rate is against the visitors of the whole range (its totals).
+    const rangeVisitors = q.metrics.includes('conversion_rate')
+      ? visitorsOf(
+          (await Promise.all(segments.map((s) => this.readSegment(q.siteId, s, undefined, true, at)))).flat(),
+          this.deps.precision,
+        )
+      : undefined
+    const valuesOf = (acc: MetricAccumulator, metrics: readonly Metric[]) =>
+      withConversionRate(
+        acc.values(metrics),
+        metrics,
+        acc.values(['conversions']).conversions ?? 0,
+        rangeVisitors,
+      )
     const start = (q.page - 1) * q.limit
     let page: Array<{ value: string; values: MetricValues }>
     let total = 0
@@ -928,7 +1020,7 @@ export class StatsService {
     } else {
       const all = [...accs]
         .filter(([, acc]) => counted(acc))
-        .map(([value, acc]) => ({ value, values: acc.values(q.metrics) }))
+        .map(([value, acc]) => ({ value, values: valuesOf(acc, q.metrics) }))
       total = all.length
       page = all.sort(order((r) => r.values[sortBy] ?? 0)).slice(start, start + q.limit)
     }

@@ -8,6 +8,7 @@ import {
   visitorId,
   windowStart,
 } from '../core/aggregate/definition.js'
+import { GOAL_DIMENSION, type GoalMatcher } from '../core/aggregate/goals.js'
 import { propDimension, propValueOf } from '../core/aggregate/props.js'
 import {
   addTo,
@@ -106,6 +107,8 @@ export function aggregate(
   hashHalves(visitorId(e), visitor)
   const flags = (kindOf(e) === 'bot' ? BOT : 0) | (isPageview(e) ? PAGEVIEW : 0)
   let dims = eventDims
+  // The goals the event completes, matched once for its hour and day windows.
+  let reached: readonly string[] | undefined
   for (let gi = 0; gi < GRANULARITIES.length; gi++) {
     const granularity = GRANULARITIES[gi]!
     const ws = windowStart(d.timestampMs, granularity)
@@ -157,8 +160,40 @@ export function aggregate(
         )
       apply(table, row, offset, flags, visitor.hi, visitor.lo)
     }
+    // The site's goals (core/aggregate/goals.ts): a counted event that completes goals counts in
+    // the `goal` row of each (bots complete none).
+    const goals = props.goalsOf?.(e.siteId)
+    if (goals === undefined || goals.empty || (flags & BOT) !== 0) continue
+    reached ??= goals.reached(e.type, dims.event, dims.path)
+    for (const name of reached) {
+      const gr = w.propRows(GOAL_DIMENSION, GOAL_ROWS_MAX)
+      const row =
+        gr.rows.get(name) ??
+        rowToLoad(
+          table,
+          loading,
+          w,
+          PROP_DIM,
+          {
+            siteId: e.siteId,
+            granularity,
+            windowStart: ws,
+            dimension: GOAL_DIMENSION,
+            value: name,
+            sourcePartition,
+          },
+          gr,
+        )
+      apply(table, row, offset, flags, visitor.hi, visitor.lo)
+    }
   }
 }
+
+/**
+ * Goal names a window's `goal` rows admit (core/aggregate/props.ts ValueAdmission): far above the
+ * 20 goals a site defines, so none is folded into `(other)` even when goals change in a window.
+ */
+const GOAL_ROWS_MAX = 1000
 
 /** The custom properties the aggregate step counts: each site's declared keys and the cap. */
 export interface PipelineProps {
@@ -168,6 +203,8 @@ export interface PipelineProps {
   known(siteId: string): boolean
   /** Values kept per key and window (TALLY_PROP_VALUES_MAX). */
   maxValues: number
+  /** The site's goals (read with its keys); absent: no goal is counted. */
+  goalsOf?(siteId: string): GoalMatcher
 }
 
 /**

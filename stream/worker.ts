@@ -139,6 +139,7 @@ export class StreamWorker extends PartitionOwner<PartitionState> {
       state.props = {
         keysOf: (siteId) => propKeys.keysOf(siteId),
         known: (siteId) => propKeys.known(siteId),
+        goalsOf: (siteId) => propKeys.goalsOf(siteId),
         maxValues: config.propValuesMax,
       }
     }

@@ -1,4 +1,5 @@
 import type { Command } from 'commander'
+import { eventGoal, type Goal, pageGoal } from '../../core/aggregate/goals.js'
 import { checkPropKey } from '../../core/aggregate/props.js'
 import { createCassandraClient } from '../../core/cassandra/client.js'
 import { CassandraSiteStore } from '../../core/cassandra/sites.js'
@@ -237,6 +238,70 @@ export function registerSitesCommands(program: Command, getConfig: ConfigLoader)
       if (!removed) throw new UsageError(`site ${siteId} declares no property ${key}`)
       print(opts.json, { siteId, key, removed: true }, `site ${siteId}: property ${key} removed`)
     })
+
+  // Goals (core/aggregate/goals.ts).
+  sites
+    .command('goals')
+    .description(
+      'list, add or remove the goals of a site (at most 20): an event name (--event Signup) or a page path pattern (--page /checkout/*, * = any characters within a segment, ** = any across segments), named Signup or "Visit /checkout/*"; completions are counted as the dimension goal from then on: rebuild the days you want them for',
+    )
+    .argument('<siteId>', 'the site')
+    .argument('<action>', 'list, add or remove')
+    .argument('[name]', "remove: the goal's name as list prints it (or give --event / --page)")
+    .option('--event <name>', 'a goal completed by a track event of this name')
+    .option(
+      '--page <pattern>',
+      'a goal completed by a pageview whose path matches (e.g. /checkout/*, /blog/**)',
+    )
+    .option('--json', 'print JSON (list: an array of {name, kind, target})', false)
+    .action(
+      async (
+        siteId: string,
+        action: string,
+        nameArg: string | undefined,
+        opts: { event?: string; page?: string; json: boolean },
+      ) => {
+        if (action === 'list') {
+          const goals = await withStore(getConfig, (s) => s.listGoals(siteId))
+          print(
+            opts.json,
+            goals,
+            goals.length === 0 ? `site ${siteId} defines no goal` : goals.map((g) => g.name).join('\n'),
+          )
+          return
+        }
+        if (action !== 'add' && action !== 'remove')
+          throw new UsageError(`sites goals: the action is list, add or remove, not "${action}"`)
+        const given = [opts.event, opts.page, action === 'remove' ? nameArg : undefined].filter(
+          (x) => x !== undefined,
+        )
+        if (given.length !== 1)
+          throw new UsageError(
+            action === 'add'
+              ? `sites goals ${siteId} add: give one of --event NAME or --page PATTERN`
+              : `sites goals ${siteId} remove: give the goal's name, --event NAME or --page PATTERN`,
+          )
+        if (action === 'add') {
+          const goal: Goal = opts.event !== undefined ? eventGoal(opts.event) : pageGoal(opts.page!)
+          await withStore(getConfig, (s) => s.addGoal(siteId, goal))
+          print(
+            opts.json,
+            { siteId, ...goal, added: true },
+            `site ${siteId}: goal ${goal.name} added (dimension goal; counted from now on, rebuild earlier days to count them)`,
+          )
+          return
+        }
+        const name =
+          opts.event !== undefined
+            ? eventGoal(opts.event).name
+            : opts.page !== undefined
+              ? pageGoal(opts.page).name
+              : nameArg!
+        const removed = await withStore(getConfig, (s) => s.removeGoal(siteId, name))
+        if (!removed) throw new UsageError(`site ${siteId} defines no goal ${name}`)
+        print(opts.json, { siteId, name, removed: true }, `site ${siteId}: goal ${name} removed`)
+      },
+    )
 
   sites
     .command('list')

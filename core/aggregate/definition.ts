@@ -65,8 +65,11 @@ export type VisitDimension = (typeof VISIT_DIMENSIONS)[number]
 /** A site's declared custom property `KEY` as a dimension (core/aggregate/props.ts). */
 export type PropDimension = `prop:${string}`
 
-/** Every dimension a stored row can have: an event's, a visit's own, or a custom property. */
-export type RowDimension = Dimension | VisitDimension | PropDimension
+/** The dimension of goal completions, valued by the goal's name (core/aggregate/goals.ts). */
+export type GoalDimension = 'goal'
+
+/** Every dimension a stored row can have: an event's, a visit's own, a custom property or goals. */
+export type RowDimension = Dimension | VisitDimension | PropDimension | GoalDimension
 
 /** Every dimension of stored rows, in one order: the event's, then the visit's own. */
 export const ROW_DIMENSIONS: readonly RowDimension[] = [...DIMENSIONS, ...VISIT_DIMENSIONS]

@@ -1,6 +1,7 @@
 import type { Client, types } from 'cassandra-driver'
 import { type Granularity, type RowDimension, totalsBucket, windowMs } from '../aggregate/definition.js'
 import { CommittedGenerations, scopeOf, spanRange } from '../aggregate/final.js'
+import { isRebuiltOnly } from '../aggregate/goals.js'
 import {
   generationOfRow,
   mergePartials,
@@ -8,7 +9,6 @@ import {
   ValuesAccumulator,
   visitCountsOf,
 } from '../aggregate/merge.js'
-import { isPropDimension } from '../aggregate/props.js'
 import type {
   AggregateReader,
   BreakdownResult,
@@ -170,7 +170,7 @@ export class CassandraAggregateReader implements AggregateReader {
     const windowsWithoutVisits = new Set<number>()
     if (only && only.length === 0) return { values: new Map(), windows, windowsWithoutVisits }
     const generations = await this.committed(siteId, granularity, fromMs, toMs)
-    const rebuiltOnly = isPropDimension(dimension)
+    const rebuiltOnly = isRebuiltOnly(dimension)
     // One partition per window; a window's final row replaces its partials before windows merge.
     // Each window is merged as it arrives, so memory holds one window's rows plus the accumulators.
     await forEachLimited(windowStarts(fromMs, toMs, granularity), this.concurrency, async (ws) => {
@@ -236,7 +236,7 @@ export class CassandraAggregateReader implements AggregateReader {
     const out: MergedWindow[] = []
     if (values.length === 0) return out
     const generations = await this.committed(siteId, granularity, fromMs, toMs)
-    const rebuiltOnly = isPropDimension(dimension)
+    const rebuiltOnly = isRebuiltOnly(dimension)
     await forEachLimited(windowStarts(fromMs, toMs, granularity), this.concurrency, async (ws) => {
       const perValue = new Map<string, Partial[]>()
       const rows = this.rows(
@@ -323,7 +323,7 @@ export class CassandraAggregateReader implements AggregateReader {
     toMs: number,
   ): AsyncIterable<MergedDimensionRow> {
     const generations = await this.committed(siteId, granularity, fromMs, toMs)
-    const rebuiltOnly = isPropDimension(dimension)
+    const rebuiltOnly = isRebuiltOnly(dimension)
     for (const ws of windowStarts(fromMs, toMs, granularity)) {
       const generation = generations.of(granularity, ws)
       const provisional = generations.provisional(granularity, ws)

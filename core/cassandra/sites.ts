@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto'
 import { type Client, types } from 'cassandra-driver'
+import { type Goal, goalOf, goalsFull, MAX_GOALS } from '../aggregate/goals.js'
 import { MAX_PROP_KEYS, propKeysFull } from '../aggregate/props.js'
 import { ERR } from '../error-codes.js'
 import { TallyError } from '../errors.js'
@@ -304,6 +305,7 @@ export class CassandraSiteStore implements SiteStore {
       await this.releaseDomain(domain, siteId)
     await this.client.execute('DELETE FROM site_aliases WHERE site_id = ?', [siteId], { prepare: true })
     await this.client.execute('DELETE FROM site_props WHERE site_id = ?', [siteId], { prepare: true })
+    await this.client.execute('DELETE FROM site_goals WHERE site_id = ?', [siteId], { prepare: true })
     await this.client.execute('DELETE FROM site_write_keys WHERE write_key = ?', [site.writeKey], {
       prepare: true,
     })
@@ -390,6 +392,44 @@ export class CassandraSiteStore implements SiteStore {
     })
     // Clustering order: sorted already.
     return rs.rows.map((r) => String(r.get('key')))
+  }
+
+  // Goals (core/aggregate/goals.ts).
+  async addGoal(siteId: string, goal: Goal): Promise<void> {
+    if (!(await this.get(siteId))) throw notFound(siteId)
+    const goals = await this.goalsOf(siteId)
+    if (goals.some((g) => g.name === goal.name)) return
+    // As for property keys: two adds at once may both pass the count; the limit bounds the work per
+    // event, and one goal over it costs little.
+    if (goals.length >= MAX_GOALS) throw goalsFull(siteId)
+    await this.client.execute(
+      'INSERT INTO site_goals (site_id, name, kind, target, added_at) VALUES (?, ?, ?, ?, ?)',
+      [siteId, goal.name, goal.kind, goal.target, new Date()],
+      { prepare: true },
+    )
+  }
+
+  async removeGoal(siteId: string, name: string): Promise<boolean> {
+    if (!(await this.goalsOf(siteId)).some((g) => g.name === name)) return false
+    await this.client.execute('DELETE FROM site_goals WHERE site_id = ? AND name = ?', [siteId, name], {
+      prepare: true,
+    })
+    return true
+  }
+
+  async listGoals(siteId: string): Promise<Goal[]> {
+    if (!(await this.get(siteId))) throw notFound(siteId)
+    return this.goalsOf(siteId)
+  }
+
+  private async goalsOf(siteId: string): Promise<Goal[]> {
+    const rs = await this.client.execute(
+      'SELECT name, kind, target FROM site_goals WHERE site_id = ?',
+      [siteId],
+      { prepare: true },
+    )
+    // Clustering order by name: sorted already (by UTF-8 bytes, as the embedded store's BINARY).
+    return rs.rows.map((r) => goalOf(String(r.get('kind')), String(r.get('target'))))
   }
 
   async dailySalt(day: string): Promise<Buffer> {

@@ -1,6 +1,7 @@
 import { chmodSync, existsSync, rmSync } from 'node:fs'
 import { request } from 'node:http'
 import { join } from 'node:path'
+import { type Goal, goalOf } from '../aggregate/goals.js'
 import { ERR } from '../error-codes.js'
 import { TallyError } from '../errors.js'
 import { createHttpServer } from '../http.js'
@@ -78,6 +79,18 @@ export async function serveAdmin(
   })
   app.post<{ Params: { id: string }; Body: { key: string } }>('/sites/:id/props/remove', async (req) => ({
     removed: await sites.removePropKey(req.params.id, req.body.key),
+  }))
+  // Goals (core/aggregate/goals.ts): checked again here, the socket takes any JSON.
+  app.get<{ Params: { id: string } }>('/sites/:id/goals', async (req) => sites.listGoals(req.params.id))
+  app.post<{ Params: { id: string }; Body: { kind: string; target: string } }>(
+    '/sites/:id/goals',
+    async (req) => {
+      await sites.addGoal(req.params.id, goalOf(req.body.kind, req.body.target))
+      return { added: true }
+    },
+  )
+  app.post<{ Params: { id: string }; Body: { name: string } }>('/sites/:id/goals/remove', async (req) => ({
+    removed: await sites.removeGoal(req.params.id, req.body.name),
   }))
   app.get<{ Params: { id: string } }>('/sites/:id/aliases', async (req) => sites.listAliases(req.params.id))
   app.post<{ Params: { id: string }; Body: { domain: string } }>('/sites/:id/aliases', async (req) => {
@@ -287,6 +300,31 @@ export class AdminSiteStore implements SiteStore {
 
   async listPropKeys(siteId: string): Promise<string[]> {
     return call<string[]>(this.path, 'GET', `/sites/${encodeURIComponent(siteId)}/props`)
+  }
+
+  // Goals (core/aggregate/goals.ts).
+  async addGoal(siteId: string, goal: Goal): Promise<void> {
+    await call(this.path, 'POST', `/sites/${encodeURIComponent(siteId)}/goals`, {
+      kind: goal.kind,
+      target: goal.target,
+    })
+  }
+
+  async removeGoal(siteId: string, name: string): Promise<boolean> {
+    return (
+      await call<{ removed: boolean }>(
+        this.path,
+        'POST',
+        `/sites/${encodeURIComponent(siteId)}/goals/remove`,
+        {
+          name,
+        },
+      )
+    ).removed
+  }
+
+  async listGoals(siteId: string): Promise<Goal[]> {
+    return call<Goal[]>(this.path, 'GET', `/sites/${encodeURIComponent(siteId)}/goals`)
   }
 
   // Ingest runs inside the process that holds the embedded files: it never asks through the socket.

@@ -1,9 +1,9 @@
 import type { Granularity, RowDimension } from '../aggregate/definition.js'
 import { CommittedGenerations, scopeOf, spanRange } from '../aggregate/final.js'
+import { isRebuiltOnly } from '../aggregate/goals.js'
 // One definition of "a final row replaces the partials, partials add up and merge registers",
 // shared with the Cassandra reader so that both backends answer alike.
 import { generationOfRow, mergePartials, ValuesAccumulator } from '../aggregate/merge.js'
-import { isPropDimension } from '../aggregate/props.js'
 import type {
   AggregateReader,
   BreakdownResult,
@@ -243,7 +243,7 @@ export class EmbeddedAggregateReader implements AggregateReader {
           withVisitors,
           generations,
           granularity,
-          isPropDimension(dimension),
+          isRebuiltOnly(dimension),
         )
         if (!merged) return
         const value = String(first.value)
@@ -288,7 +288,7 @@ export class EmbeddedAggregateReader implements AggregateReader {
           withVisitors,
           generations,
           granularity,
-          isPropDimension(dimension),
+          isRebuiltOnly(dimension),
         )
         if (!merged) return
         let w = perWindow.get(first.window_start)
@@ -383,7 +383,7 @@ export class EmbeddedAggregateReader implements AggregateReader {
           true,
           generations,
           granularity,
-          isPropDimension(dimension),
+          isRebuiltOnly(dimension),
         )
         if (merged) out.push({ windowStart: first.window_start, value: String(first.value), ...merged })
       })

@@ -312,4 +312,16 @@ export const STORE_MIGRATIONS: readonly string[] = [
   `
   ALTER TABLE sites ADD COLUMN timezone TEXT;
   `,
+  // 12: goals (schemas/cql/0014_site_goals.cql): a site's event and page goals, named by their
+  // definition (core/aggregate/goals.ts), counted in the rows of the dimension `goal`.
+  `
+  CREATE TABLE site_goals (
+    site_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    target TEXT NOT NULL,
+    added_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (site_id, name)
+  ) WITHOUT ROWID;
+  `,
 ]

@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto'
+import { type Goal, goalOf, goalsFull, MAX_GOALS } from '../aggregate/goals.js'
 import { MAX_PROP_KEYS, propKeysFull } from '../aggregate/props.js'
 import { ERR } from '../error-codes.js'
 import { TallyError } from '../errors.js'
@@ -272,6 +273,7 @@ export class EmbeddedSiteStore implements SiteStore {
       this.stmt.removeTokens.run(siteId)
       this.stmt.removeDomains.run(siteId)
       this.propStmt.removeAll.run(siteId)
+      this.goalStmt.removeAll.run(siteId)
       return this.stmt.remove.run(siteId).changes > 0
     })()
   }
@@ -339,6 +341,50 @@ export class EmbeddedSiteStore implements SiteStore {
 
   private propKeysOf(siteId: string): string[] {
     return (this.propStmt.list.all(siteId) as Array<{ key: string }>).map((r) => r.key)
+  }
+
+  // Goals (core/aggregate/goals.ts).
+  private goalStatements: ReturnType<EmbeddedSiteStore['prepareGoalStatements']> | undefined
+
+  private get goalStmt(): ReturnType<EmbeddedSiteStore['prepareGoalStatements']> {
+    this.goalStatements ??= this.prepareGoalStatements()
+    return this.goalStatements
+  }
+
+  private prepareGoalStatements() {
+    return {
+      insert: this.db.prepare(
+        'INSERT OR IGNORE INTO site_goals (site_id, name, kind, target, added_at_ms) VALUES (?, ?, ?, ?, ?)',
+      ),
+      list: this.db.prepare('SELECT kind, target FROM site_goals WHERE site_id = ? ORDER BY name'),
+      remove: this.db.prepare('DELETE FROM site_goals WHERE site_id = ? AND name = ?'),
+      removeAll: this.db.prepare('DELETE FROM site_goals WHERE site_id = ?'),
+    }
+  }
+
+  async addGoal(siteId: string, goal: Goal): Promise<void> {
+    this.db.transaction(() => {
+      if (!this.stmt.get.get(siteId)) throw notFound(siteId)
+      const goals = this.goalsOf(siteId)
+      if (goals.some((g) => g.name === goal.name)) return
+      if (goals.length >= MAX_GOALS) throw goalsFull(siteId)
+      this.goalStmt.insert.run(siteId, goal.name, goal.kind, goal.target, this.now())
+    })()
+  }
+
+  async removeGoal(siteId: string, name: string): Promise<boolean> {
+    return this.goalStmt.remove.run(siteId, name).changes > 0
+  }
+
+  async listGoals(siteId: string): Promise<Goal[]> {
+    if (!this.stmt.get.get(siteId)) throw notFound(siteId)
+    return this.goalsOf(siteId)
+  }
+
+  private goalsOf(siteId: string): Goal[] {
+    return (this.goalStmt.list.all(siteId) as Array<{ kind: string; target: string }>).map((r) =>
+      goalOf(r.kind, r.target),
+    )
   }
 
   async dailySalt(day: string): Promise<Buffer> {

@@ -1,3 +1,4 @@
+import type { Goal } from '../aggregate/goals.js'
 import { ERR } from '../error-codes.js'
 import { TallyError } from '../errors.js'
 
@@ -108,6 +109,19 @@ export interface SiteStore {
   removePropKey(siteId: string, key: string): Promise<boolean>
   /** The site's declared keys, sorted. TALLY_ERR_SITE_NOT_FOUND without the site. */
   listPropKeys(siteId: string): Promise<string[]>
+
+  // Goals (issue 17 point 5; core/aggregate/goals.ts): the event names and page path patterns
+  // whose completions are counted in the rows of the dimension `goal`.
+  /**
+   * Defines a goal (checked by the caller: eventGoal / pageGoal). Defining one the site has (same
+   * name) is a no-op; TALLY_ERR_SITE_NOT_FOUND without the site, TALLY_ERR_GOALS_FULL when it
+   * defines MAX_GOALS already.
+   */
+  addGoal(siteId: string, goal: Goal): Promise<void>
+  /** Removes a goal by its name; false when the site had none such. */
+  removeGoal(siteId: string, name: string): Promise<boolean>
+  /** The site's goals, sorted by name. TALLY_ERR_SITE_NOT_FOUND without the site. */
+  listGoals(siteId: string): Promise<Goal[]>
 }
 
 /** The stored form of a time zone: none for UTC, the default. */

@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { eventGoal, pageGoal } from '../../core/aggregate/goals.js'
 import { hashToken } from '../../core/keys.js'
 import type { SiteStore } from '../../core/ports/site-store.js'
 import { uniqueName } from '../helpers/context.js'
@@ -355,6 +356,44 @@ export function siteStoreContract(name: string, make: () => Promise<SiteStoreHar
       await h.sites.remove(siteId)
       await h.sites.create({ siteId, domain: 'props.example.test', origins: [] })
       expect(await h.sites.listPropKeys(siteId)).toEqual([])
+    })
+
+    it('defines goals: event and page goals by name, sorted, a repeat changes nothing, at most 20, removed with the site', async () => {
+      const siteId = uniqueName('site')
+      await h.sites.create({ siteId, domain: 'goals.example.test', origins: [] })
+      expect(await h.sites.listGoals(siteId)).toEqual([])
+      const goals = [
+        ...Array.from({ length: 10 }, (_, i) => eventGoal(`Event ${String(i).padStart(2, '0')}`)),
+        ...Array.from({ length: 10 }, (_, i) => pageGoal(`/p${String(i).padStart(2, '0')}/*`)),
+      ]
+      for (const g of [...goals].reverse()) await h.sites.addGoal(siteId, g)
+      await h.sites.addGoal(siteId, goals[3]!)
+      const byName = (a: { name: string }, b: { name: string }) =>
+        a.name < b.name ? -1 : a.name > b.name ? 1 : 0
+      expect(await h.sites.listGoals(siteId)).toEqual([...goals].sort(byName))
+      expect((await h.sites.listGoals(siteId)).find((g) => g.kind === 'page')).toMatchObject({
+        name: 'Visit /p00/*',
+        target: '/p00/*',
+      })
+      await expect(h.sites.addGoal(siteId, eventGoal('Signup'))).rejects.toMatchObject({
+        code: 'TALLY_ERR_GOALS_FULL',
+      })
+      expect(await h.sites.removeGoal(siteId, 'Visit /p00/*')).toBe(true)
+      expect(await h.sites.removeGoal(siteId, 'Visit /p00/*')).toBe(false)
+      await h.sites.addGoal(siteId, eventGoal('Signup'))
+      expect((await h.sites.listGoals(siteId)).map((g) => g.name)).toEqual(
+        [...goals.filter((g) => g.name !== 'Visit /p00/*').map((g) => g.name), 'Signup'].sort(),
+      )
+      await expect(h.sites.listGoals(uniqueName('none'))).rejects.toMatchObject({
+        code: 'TALLY_ERR_SITE_NOT_FOUND',
+      })
+      await expect(h.sites.addGoal(uniqueName('none'), eventGoal('Signup'))).rejects.toMatchObject({
+        code: 'TALLY_ERR_SITE_NOT_FOUND',
+      })
+      await h.sites.remove(siteId)
+      await h.sites.create({ siteId, domain: 'goals.example.test', origins: [] })
+      expect(await h.sites.listGoals(siteId)).toEqual([])
+      await h.sites.remove(siteId)
     })
 
     it('keeps one salt per UTC day, the same for every caller, and none older than the day before', async () => {

@@ -128,6 +128,23 @@ describe('tally all on the embedded backend', () => {
       const zoned = await cli(['sites', 'set', 'shop.example', '--timezone', 'Europe/Berlin'])
       expect(zoned.exit.code, zoned.out).toBe(0)
       expect((await cli(['sites', 'show', 'shop.example'])).out).toContain('time zone  Europe/Berlin')
+      // Goals too, checked as they are added; a bad one gets its code.
+      expect((await cli(['sites', 'goals', 'shop.example', 'add', '--page', '/checkout/*'])).exit.code).toBe(
+        0,
+      )
+      expect((await cli(['sites', 'goals', 'shop.example', 'add', '--event', 'Signup'])).exit.code).toBe(0)
+      const badGoal = await cli(['sites', 'goals', 'shop.example', 'add', '--page', 'checkout'])
+      expect(badGoal.exit.code).not.toBe(0)
+      expect(badGoal.out).toContain('TALLY_ERR_GOAL_INVALID')
+      const lastLine = (out: string) => out.trim().split('\n').at(-1) ?? ''
+      expect(
+        JSON.parse(lastLine((await cli(['sites', 'goals', 'shop.example', 'list', '--json'])).out)),
+      ).toEqual([
+        { name: 'Signup', kind: 'event', target: 'Signup' },
+        { name: 'Visit /checkout/*', kind: 'page', target: '/checkout/*' },
+      ])
+      expect((await cli(['sites', 'goals', 'shop.example', 'remove', 'Signup'])).exit.code).toBe(0)
+      expect(lastLine((await cli(['sites', 'goals', 'shop.example', 'list'])).out)).toBe('Visit /checkout/*')
       // The new key is taken at once by the running ingest.
       const res = await fetch(`${first.ingest}/v1/track`, {
         method: 'POST',
@@ -291,6 +308,15 @@ describe('tally all on the embedded backend', () => {
         'events counted on the embedded backend',
       )
       await stop(embedded)
+      // A goal of the site moves with it (the store opened directly: nothing runs on the folder).
+      const goalCli = async (args: string[], env: Record<string, string>) => {
+        const p = spawnRole(['sites', 'goals', 'localhost', ...args], env, 'move-goals')
+        const exit = await p.exited
+        const out = await readFile(p.logFile, 'utf8')
+        expect(exit, out).toEqual({ code: 0, signal: null })
+        return out.trim().split('\n').at(-1) ?? ''
+      }
+      await goalCli(['add', '--page', '/pricing/**'], { ...names, TALLY_DATA_DIR: dir.dir })
 
       const move = () => {
         const p = spawnRole(
@@ -309,6 +335,10 @@ describe('tally all on the embedded backend', () => {
       expect(again.exit, again.log).toEqual({ code: 0, signal: null })
       expect(again.log).toContain('already there 1')
       expect(again.log).toContain(`0 records of ${config.kafka.topicRaw}`)
+
+      expect(
+        JSON.parse(await goalCli(['list', '--json'], { ...envOf(config), TALLY_DATA_DIR: dir.dir })),
+      ).toEqual([{ name: 'Visit /pricing/**', kind: 'page', target: '/pricing/**' }])
 
       // The same keys work on the Kafka and Cassandra roles, and the numbers come out the same.
       const stream = await startStream(config, logger, { port: 0 })

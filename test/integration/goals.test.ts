@@ -1,0 +1,454 @@
+import { join } from 'node:path'
+import { Registry } from 'prom-client'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { Archiver } from '../../batch/archiver.js'
+import { archiveBehind } from '../../batch/context.js'
+import { createArchiveMetrics } from '../../batch/metrics.js'
+import { runRebuild } from '../../batch/rebuild.js'
+import { type GeneratedEvent, generateWorkload } from '../../bench/workload.js'
+import { eventGoal, pageGoal } from '../../core/aggregate/goals.js'
+import { archiveKey } from '../../core/archive/paths.js'
+import { archiveTopicDir } from '../../core/archive/segment-file.js'
+import { HyperLogLog } from '../../core/hll.js'
+import { createLogger } from '../../core/log.js'
+import type { AggregateReader } from '../../core/ports/aggregate-store.js'
+import type { Site } from '../../core/ports/site-store.js'
+import { buildQueryApp } from '../../query/app.js'
+import { ReadAccessCache } from '../../query/auth.js'
+import { CheckpointFreshness } from '../../query/freshness.js'
+import { createQueryMetrics } from '../../query/metrics.js'
+import { createStreamMetrics } from '../../stream/metrics.js'
+import { PropKeyCache } from '../../stream/prop-keys.js'
+import { StreamWorker } from '../../stream/worker.js'
+import {
+  cassandraHarness,
+  embeddedHarness,
+  embeddedLogHarness,
+  kafkaLogHarness,
+  tempDataDir,
+} from '../contract/backends.js'
+import type { EventLogHarness } from '../contract/event-log.js'
+import { eventually, testConfig } from '../helpers/context.js'
+import { feed, ingestApp } from '../helpers/stream.js'
+
+/**
+ * Goals end to end, on both backends: a site defines an event goal (`Added to Cart`) and two page
+ * goals (`/blog/*` within a segment, `/docs/**` across segments); a generated workload (duplicates,
+ * bots, identify calls) goes through ingest and the stream, then the archive and a rebuild. Every
+ * hour and day `goal` row (completions, converters' registers) equals the truth computed here from
+ * the events with the pattern rule written out apart, first from the stream's rows, then from the
+ * rebuild's; the query API's conversions and conversion rates (aggregate, timeseries, breakdown by
+ * goal) equal the truth's estimates. A goal defined after the stream counted (`Searched`) has no
+ * rows until a rebuild counts it ("define, then rebuild").
+ */
+
+const DAY = 86_400_000
+const HOUR = 3_600_000
+const logger = createLogger('silent')
+const START = Date.now() - 3 * HOUR
+const GRACE_MS = 4 * HOUR
+const RANGE_FROM = Math.floor(START / DAY) * DAY
+const RANGE_TO = Math.floor(Date.now() / DAY) * DAY + DAY
+
+type Harness = Awaited<ReturnType<typeof embeddedHarness>>
+
+const backends: Array<[string, () => Promise<Harness>, () => Promise<EventLogHarness>]> = [
+  ['Kafka + Cassandra', cassandraHarness, kafkaLogHarness],
+  ['embedded', embeddedHarness, embeddedLogHarness],
+]
+
+interface Payload {
+  type: string
+  event?: string
+  timestamp?: string
+  anonymousId?: string
+  userId?: string
+  messageId?: string
+  properties?: Record<string, unknown>
+  context?: { page?: { path?: string } }
+}
+
+/** The goals a payload completes, by the rule as the README states it (not the module's code). */
+function goalsOf(p: Payload, defined: readonly string[]): string[] {
+  const out: string[] = []
+  const path =
+    (typeof p.properties?.path === 'string' ? p.properties.path : undefined) ?? p.context?.page?.path
+  for (const name of defined) {
+    if (!name.startsWith('Visit ')) {
+      if (p.type === 'track' && p.event === name) out.push(name)
+      continue
+    }
+    if (p.type !== 'page' || path === undefined) continue
+    const pattern = name.slice('Visit '.length)
+    if (pattern.endsWith('/**') && path.startsWith(pattern.slice(0, -2))) out.push(name)
+    else if (
+      pattern.endsWith('/*') &&
+      path.startsWith(pattern.slice(0, -1)) &&
+      !path.slice(pattern.length - 1).includes('/')
+    )
+      out.push(name)
+  }
+  return out
+}
+
+interface Cell {
+  events: number
+  pageviews: number
+  visitors: Set<string>
+}
+
+function counted(e: GeneratedEvent): Payload | undefined {
+  const p = e.payload as Payload
+  return e.isDuplicate || e.isBot || !['track', 'page', 'screen'].includes(p.type) ? undefined : p
+}
+
+function visitorOf(p: Payload): string {
+  return p.anonymousId ?? p.userId ?? p.messageId!
+}
+
+/** Truth per `granularity|windowStart|goal`, from the counted events (not bots, duplicates, identify). */
+function truthOf(events: readonly GeneratedEvent[], goals: readonly string[]): Map<string, Cell> {
+  const out = new Map<string, Cell>()
+  for (const e of events) {
+    const p = counted(e)
+    if (!p) continue
+    const ts = Date.parse(p.timestamp!)
+    for (const g of ['hour', 'day'] as const) {
+      const ws = Math.floor(ts / (g === 'hour' ? HOUR : DAY)) * (g === 'hour' ? HOUR : DAY)
+      for (const goal of goalsOf(p, goals)) {
+        const k = `${g}|${ws}|${goal}`
+        const cell = out.get(k) ?? { events: 0, pageviews: 0, visitors: new Set<string>() }
+        cell.events++
+        if (p.type === 'page') cell.pageviews++
+        cell.visitors.add(visitorOf(p))
+        out.set(k, cell)
+      }
+    }
+  }
+  return out
+}
+
+function estimate(ids: Iterable<string>, precision: number): number {
+  const h = new HyperLogLog(precision)
+  for (const id of ids) h.add(id)
+  return h.estimate()
+}
+
+/** Differences between the `goal` rows `reader` holds and the truth, per window. */
+async function compare(
+  reader: AggregateReader,
+  precision: number,
+  siteId: string,
+  truth: Map<string, Cell>,
+): Promise<string[]> {
+  const out: string[] = []
+  const windows = new Set<string>()
+  for (const k of truth.keys()) windows.add(k.split('|').slice(0, 2).join('|'))
+  for (const w of windows) {
+    const [g, ws] = w.split('|') as ['hour' | 'day', string]
+    const from = Number(ws)
+    const to = from + (g === 'hour' ? HOUR : DAY)
+    const expected = new Map<string, Cell>()
+    for (const [k, c] of truth) {
+      const [gg, wws, goal] = k.split('|')
+      if (gg === g && wws === ws) expected.set(goal!, c)
+    }
+    const read = await reader.breakdownDetailed(siteId, g, 'goal', from, to, { visitors: true })
+    for (const goal of new Set([...expected.keys(), ...read.values.keys()])) {
+      const e = expected.get(goal)
+      const a = read.values.get(goal)
+      const where = `${g} ${new Date(from).toISOString()} goal=${goal}`
+      if ((a?.events ?? 0) !== (e?.events ?? 0) || (a?.pageviews ?? 0) !== (e?.pageviews ?? 0)) {
+        out.push(`${where}: events ${a?.events} ≠ ${e?.events}, pageviews ${a?.pageviews} ≠ ${e?.pageviews}`)
+        continue
+      }
+      if ((a?.botEvents ?? 0) !== 0) out.push(`${where}: ${a?.botEvents} bot events`)
+      if (!e) continue
+      const stored = a && a.visitors.length > 0 ? HyperLogLog.fromBytes(a.visitors).estimate() : 0
+      if (stored !== estimate(e.visitors, precision))
+        out.push(`${where}: visitors ${stored} ≠ ${estimate(e.visitors, precision)}`)
+    }
+  }
+  return out
+}
+
+const rate = (conversions: number, visitors: number) =>
+  visitors === 0 ? 0 : Math.round((1000 * conversions) / visitors) / 10
+
+describe.each(backends)('goals, stream and rebuild (%s)', (_name, openStore, openLog) => {
+  let store: Harness
+  let log: EventLogHarness
+  let topic: string
+  let data: ReturnType<typeof tempDataDir>
+  let config = testConfig()
+  let site: Site
+  let readToken: string
+  let query: Awaited<ReturnType<typeof buildQueryApp>> | undefined
+  const siteId = `goals-${Date.now()}.test`
+  const group = () => `goals-${topic}`
+  const GOALS = [eventGoal('Added to Cart'), pageGoal('/blog/*'), pageGoal('/docs/**')]
+  const names = GOALS.map((g) => g.name)
+
+  beforeAll(async () => {
+    store = await openStore()
+    log = await openLog()
+    topic = await log.createTopic(3)
+    config = testConfig({
+      TALLY_TOPIC_RAW: topic,
+      TALLY_GRACE_MS: String(GRACE_MS),
+      TALLY_FLUSH_INTERVAL_MS: '100',
+    })
+    data = tempDataDir('tally-goals-')
+    const created = await store.sites.create({ siteId, domain: siteId, origins: [] })
+    site = created.site
+    readToken = created.readToken
+    for (const g of GOALS) await store.sites.addGoal(siteId, g)
+  }, 60_000)
+
+  afterAll(async () => {
+    await query?.close()
+    await log?.close()
+    await store?.close()
+    data?.remove()
+  })
+
+  const events = generateWorkload({
+    seed: 23,
+    sites: ['a'],
+    events: 2000,
+    start: new Date(START),
+    spanMs: 2 * HOUR,
+    lateShare: 0,
+  }).events.map((e) => ({ ...e, siteId }))
+  const stamps = events.map((e) => Date.parse((e.payload as Payload).timestamp!))
+  const FROM = Math.floor(Math.min(...stamps) / HOUR) * HOUR
+  const TO = Math.floor(Math.max(...stamps) / HOUR) * HOUR + HOUR
+
+  const get = async (path: string) => {
+    query ??= await buildQueryApp({
+      reader: store.reader,
+      auth: new ReadAccessCache(store.sites),
+      freshness: new CheckpointFreshness(store.reader, {
+        group: group(),
+        topic,
+        partitions: 3,
+        graceMs: GRACE_MS,
+        cacheMs: 0,
+      }),
+      logger,
+      hllPrecision: store.precision,
+      retentionSeconds: { minute: 0, hour: 0, day: 0 },
+      metrics: createQueryMetrics(),
+    })
+    const res = await query.inject({
+      method: 'GET',
+      url: `${path}&site=${encodeURIComponent(siteId)}&from=${new Date(FROM).toISOString()}&to=${new Date(TO).toISOString()}`,
+      headers: { authorization: `Bearer ${readToken}` },
+    })
+    return { status: res.statusCode, body: res.json() }
+  }
+
+  /** The query API's conversions and rates against the truth's estimates, over [FROM, TO). */
+  async function checkQueries(goals: readonly string[]): Promise<void> {
+    const visitorsIn = (from: number, to: number) => {
+      const ids = new Set<string>()
+      events.forEach((e, i) => {
+        const p = counted(e)
+        if (p && stamps[i]! >= from && stamps[i]! < to) ids.add(visitorOf(p))
+      })
+      return Math.round(estimate(ids, store.precision))
+    }
+    const convertersIn = (goal: string, from: number, to: number) => {
+      const ids = new Set<string>()
+      let completions = 0
+      events.forEach((e, i) => {
+        const p = counted(e)
+        if (p && stamps[i]! >= from && stamps[i]! < to && goalsOf(p, [goal]).length > 0) {
+          ids.add(visitorOf(p))
+          completions++
+        }
+      })
+      return { conversions: Math.round(estimate(ids, store.precision)), completions }
+    }
+    const all = visitorsIn(FROM, TO)
+    const breakdown = await get(
+      '/v1/stats/breakdown?property=goal&metrics=conversions,events,conversion_rate',
+    )
+    expect(breakdown.status, JSON.stringify(breakdown.body)).toBe(200)
+    const expectedRows = goals
+      .map((goal) => {
+        const t = convertersIn(goal, FROM, TO)
+        return {
+          goal,
+          conversions: t.conversions,
+          events: t.completions,
+          conversion_rate: rate(t.conversions, all),
+        }
+      })
+      .filter((r) => r.events > 0)
+      .sort((a, b) => b.conversions - a.conversions || (a.goal < b.goal ? -1 : 1))
+    expect(expectedRows.length).toBe(goals.length)
+    expect(breakdown.body.results).toEqual(expectedRows)
+    expect(breakdown.body.meta.metrics.conversions.approximate).toBe(true)
+    for (const goal of goals) {
+      const t = convertersIn(goal, FROM, TO)
+      const agg = await get(
+        `/v1/stats/aggregate?metrics=conversions,conversion_rate,events&filters=${encodeURIComponent(`goal==${goal}`)}`,
+      )
+      expect(agg.status, JSON.stringify(agg.body)).toBe(200)
+      expect(agg.body.results).toEqual({
+        conversions: { value: t.conversions },
+        conversion_rate: { value: rate(t.conversions, all) },
+        events: { value: t.completions },
+      })
+      expect(agg.body.meta.metrics.conversions).toMatchObject({ approximate: true, method: 'HyperLogLog' })
+    }
+    const goal = goals[1]!
+    const series = await get(
+      `/v1/stats/timeseries?interval=hour&metrics=conversions,conversion_rate&filters=${encodeURIComponent(`goal==${goal}`)}`,
+    )
+    expect(series.status, JSON.stringify(series.body)).toBe(200)
+    const points = (series.body.results as Array<{ conversions: number; conversion_rate: number }>).map(
+      (p) => [p.conversions, p.conversion_rate],
+    )
+    const expectedPoints: number[][] = []
+    for (let h = FROM; h < TO; h += HOUR) {
+      const c = convertersIn(goal, h, h + HOUR).conversions
+      expectedPoints.push([c, rate(c, visitorsIn(h, h + HOUR))])
+    }
+    expect(points).toEqual(expectedPoints)
+    // Conversions by another property are not kept: the answer names what is.
+    const bySource = await get(
+      `/v1/stats/breakdown?property=source&filters=${encodeURIComponent(`goal==${goal}`)}`,
+    )
+    expect(bySource.status).toBe(400)
+    expect(JSON.stringify(bySource.body)).toContain('TALLY_ERR_FILTER_UNSUPPORTED')
+    expect(JSON.stringify(bySource.body)).toContain('property=goal')
+  }
+
+  it('the stream counts completions and converters per goal, hour and day; the query answers conversions and rates', async () => {
+    expect(events.some((e) => e.isDuplicate)).toBe(true)
+    expect(events.some((e) => e.isBot)).toBe(true)
+    const writer = log.writer()
+    const app = await ingestApp(config, writer, [site], logger)
+    try {
+      await feed(app, events, () => site.writeKey)
+    } finally {
+      await app.close()
+      await writer.close()
+    }
+    const deadLetters = log.writer()
+    const worker = new StreamWorker({
+      config: { ...config.stream, group: group(), countsVisits: false },
+      topic,
+      deadLetterTopic: `${topic}-dlq`,
+      consumer: log.consumer(group(), topic),
+      store: store.store,
+      deadLetters,
+      offsets: log.offsets,
+      metrics: createStreamMetrics(new Registry()),
+      logger,
+      propKeys: new PropKeyCache(store.sites, 60_000, logger),
+    })
+    await worker.start()
+    try {
+      const ends = await log.offsets.endOffsets(topic)
+      await eventually(
+        async () => {
+          const progress = await store.reader.streamProgress(group(), topic, ends.size)
+          const done = new Map(progress.map((p) => [p.partition, p.nextOffset]))
+          for (const [p, end] of ends) if (end > 0 && (done.get(p) ?? 0) < end) return undefined
+          return true
+        },
+        60_000,
+        'the stream to checkpoint at the end of the log',
+      )
+    } finally {
+      await worker.close()
+      await deadLetters.close()
+    }
+    const truth = truthOf(events, names)
+    // Every goal is reached, and a bot or a duplicate completed some (they must not count).
+    for (const n of names)
+      expect(
+        [...truth.keys()].some((k) => k.endsWith(`|${n}`)),
+        n,
+      ).toBe(true)
+    expect(
+      events.some((e) => (e.isBot || e.isDuplicate) && goalsOf(e.payload as Payload, names).length > 0),
+    ).toBe(true)
+    expect(await compare(store.reader, store.precision, siteId, truth)).toEqual([])
+    await checkQueries(names)
+    // Not defined yet: no rows, though the events that would complete it were counted.
+    expect([...truthOf(events, ['Searched']).keys()].length).toBeGreaterThan(0)
+    const read = await store.reader.breakdownDetailed(siteId, 'day', 'goal', RANGE_FROM, RANGE_TO)
+    expect([...read.values.keys()].sort()).toEqual([...names].sort())
+  }, 180_000)
+
+  it('a rebuild gives the same numbers, final, and counts a goal defined after the stream ("define, then rebuild")', async () => {
+    await store.sites.addGoal(siteId, eventGoal('Searched'))
+    const archiver = new Archiver(
+      {
+        consumer: log.consumer(`archive-${topic}`, topic),
+        store: store.batch.archive,
+        offsets: log.offsets,
+        metrics: createArchiveMetrics(new Registry()),
+        logger,
+      },
+      {
+        archiveDir: join(data.dir, 'archive'),
+        topic,
+        group: `archive-${topic}`,
+        flushIntervalMs: 200,
+        owner: 'goals-test',
+      },
+    )
+    await archiver.start()
+    try {
+      const key = archiveKey(`archive-${topic}`, topic)
+      await eventually(
+        async () => {
+          const behind = await archiveBehind(
+            store.batch.archive,
+            log.offsets,
+            key,
+            topic,
+            Number.MAX_SAFE_INTEGER,
+          )
+          return behind.length === 0 ? true : undefined
+        },
+        60_000,
+        'the archive to hold the whole log',
+      )
+    } finally {
+      await archiver.close()
+    }
+    const result = await runRebuild(
+      {
+        leases: store.batch.leases,
+        jobs: store.batch.jobs,
+        rows: store.batch.rows,
+        logger,
+        propKeys: store.sites,
+      },
+      {
+        topicDir: archiveTopicDir(join(data.dir, 'archive'), topic),
+        stagingDir: join(data.dir, 'staging'),
+        precision: store.precision,
+        visitGapMs: config.stream.visitGapMs,
+        owner: 'goals-test',
+        leaseTtlMs: 5000,
+      },
+      { fromMs: RANGE_FROM, toMs: RANGE_TO, siteId },
+    )
+    expect(result.status).toBe('succeeded')
+    const all = [...names, 'Searched']
+    const truth = truthOf(events, all)
+    expect(await compare(store.reader, store.precision, siteId, truth)).toEqual([])
+    const [w] = [...truth.keys()].filter((k) => k.startsWith('day|'))
+    const dayStart = Number(w!.split('|')[1])
+    const read = await store.reader.breakdownDetailed(siteId, 'day', 'goal', dayStart, dayStart + DAY)
+    expect([...read.windows.values()].every((x) => x.final)).toBe(true)
+    await checkQueries(all)
+  }, 180_000)
+})
