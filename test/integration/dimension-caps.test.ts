@@ -14,6 +14,9 @@ import { HyperLogLog } from '../../core/hll.js'
 import { createLogger } from '../../core/log.js'
 import type { AggregateReader, MergedValues } from '../../core/ports/aggregate-store.js'
 import type { Site } from '../../core/ports/site-store.js'
+import { buildQueryApp } from '../../query/app.js'
+import { ReadAccessCache } from '../../query/auth.js'
+import { CheckpointFreshness } from '../../query/freshness.js'
 import { createStreamMetrics } from '../../stream/metrics.js'
 import { StreamWorker } from '../../stream/worker.js'
 import {
@@ -37,7 +40,8 @@ import { type VisitCounts, visitKey, visitTruthOf } from '../helpers/visit-truth
  * equals the truth computed here from the events (the workload's own labels, folded by the rule:
  * counts exact, visitors register-exact) and so do the visit counts of the session dimensions (the
  * visits computed here without core/aggregate/visits.ts), first from the stream's rows, then from
- * the rebuild's final rows.
+ * the rebuild's final rows. The query API's path breakdown of the range is the truth folded over
+ * the range, with meta.values_capped.
  */
 
 const DAY = 86_400_000
@@ -202,6 +206,7 @@ describe.each(backends)('dimension value caps, stream and rebuild (%s)', (_name,
   let data: ReturnType<typeof tempDataDir>
   let config = testConfig()
   let site: Site
+  let readToken: string
   const siteId = `caps-${Date.now()}.test`
 
   beforeAll(async () => {
@@ -215,7 +220,9 @@ describe.each(backends)('dimension value caps, stream and rebuild (%s)', (_name,
       TALLY_FLUSH_INTERVAL_MS: '100',
     })
     data = tempDataDir('tally-caps-')
-    site = (await store.sites.create({ siteId, domain: siteId, origins: [] })).site
+    const created = await store.sites.create({ siteId, domain: siteId, origins: [] })
+    site = created.site
+    readToken = created.readToken
   }, 60_000)
 
   afterAll(async () => {
@@ -366,4 +373,62 @@ describe.each(backends)('dimension value caps, stream and rebuild (%s)', (_name,
       expect(counted.length, d).toBeLessThanOrEqual((SESSION.has(d) ? 2 * MAX : MAX) + 2)
     }
   }, 180_000)
+
+  it('the query API folds a range by the rule and says so in meta.values_capped', async () => {
+    const app = await buildQueryApp({
+      reader: store.reader,
+      auth: new ReadAccessCache(store.sites),
+      freshness: new CheckpointFreshness(store.reader, {
+        group: `caps-${topic}`,
+        topic,
+        partitions: 3,
+        graceMs: GRACE_MS,
+        cacheMs: 0,
+      }),
+      logger,
+      hllPrecision: store.precision,
+      dimensionValuesMax: MAX,
+    })
+    try {
+      const from = Math.floor(START / HOUR) * HOUR
+      const to = from + 3 * HOUR
+      // Truth: the range's path values (its hours), folded by the rule over all of them.
+      const byValue = new Map<string, number>()
+      for (const [k, c] of truth) {
+        const [g, ws, d, value] = k.split('|')
+        if (g === 'hour' && d === 'path' && Number(ws) >= from && Number(ws) < to)
+          byValue.set(value!, (byValue.get(value!) ?? 0) + c.events)
+      }
+      const kept = keptValues(byValue.keys(), MAX)
+      const expected = new Map<string, number>()
+      for (const [v, n] of byValue) {
+        const k = kept.has(v) ? v : OTHER
+        expected.set(k, (expected.get(k) ?? 0) + n)
+      }
+      const search = new URLSearchParams({
+        site: siteId,
+        from: new Date(from).toISOString(),
+        to: new Date(to).toISOString(),
+        property: 'path',
+        metrics: 'events',
+        limit: '1000',
+      })
+      const res = await app.inject({
+        method: 'GET',
+        url: `/v1/stats/breakdown?${search}`,
+        headers: { authorization: `Bearer ${readToken}` },
+      })
+      expect(res.statusCode, res.body).toBe(200)
+      const body = res.json() as {
+        results: Array<{ path: string; events: number }>
+        meta: { values_capped?: boolean; values_max?: number }
+      }
+      expect(body.meta.values_capped).toBe(true)
+      expect(body.meta.values_max).toBe(MAX)
+      const actual = new Map(body.results.filter((r) => r.events > 0).map((r) => [r.path, r.events]))
+      expect(actual).toEqual(new Map([...expected].filter(([, n]) => n > 0)))
+    } finally {
+      await app.close()
+    }
+  }, 60_000)
 })
