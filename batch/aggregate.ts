@@ -8,7 +8,12 @@ import {
   type PropDimension,
 } from '../core/aggregate/definition.js'
 import { GOAL_DIMENSION, type GoalMatcher } from '../core/aggregate/goals.js'
-import { keptValues, OTHER } from '../core/aggregate/props.js'
+import {
+  DEFAULT_DIMENSION_VALUES_MAX,
+  isCappedDimension,
+  keptValues,
+  OTHER,
+} from '../core/aggregate/props.js'
 import { forEachSiteRun } from '../core/archive/dedup.js'
 import { HI, LO, type SegmentColumns } from '../core/archive/segment-reader.js'
 import { DIMENSION_COLUMNS } from '../schemas/arrow.js'
@@ -70,6 +75,9 @@ export const CODE_EVENT = 1
 export const CODE_PAGEVIEW = 2
 export const CODE_BOT = 3
 
+/** Per DIMENSIONS index: whether its values per window are capped (TALLY_DIMENSION_VALUES_MAX). */
+const CAPPED_INDEX: readonly boolean[] = DIMENSIONS.map((d) => isCappedDimension(d))
+
 /** Values of one dimension in one window: counts and registers per value slot. */
 class ValueTable {
   private readonly slots = new Map<string, number>()
@@ -109,8 +117,8 @@ class ValueTable {
   }
 
   /**
-   * The table under the cap rule of custom properties (core/aggregate/props.ts): the kept values as
-   * they are, the others folded into `(other)`.
+   * The table under the cap rule of custom properties and capped dimensions
+   * (core/aggregate/props.ts): the kept values as they are, the others folded into `(other)`.
    */
   capped(max: number): ValueTable {
     const kept = keptValues(this.values, max)
@@ -292,6 +300,8 @@ export class HourAggregator {
     private readonly siteId: string | undefined,
     /** Distinct values kept per custom property (TALLY_PROP_VALUES_MAX). */
     private readonly propValuesMax = 1000,
+    /** Distinct values kept per capped dimension (TALLY_DIMENSION_VALUES_MAX). */
+    private readonly dimensionValuesMax = DEFAULT_DIMENSION_VALUES_MAX,
   ) {}
 
   private siteHour(siteId: string): SiteHour {
@@ -437,7 +447,7 @@ export class HourAggregator {
     if (!touched) return
     yield hour
     for (let d = 0; d < DIMENSIONS.length; d++) {
-      const table = s.dims[d]!
+      const table = CAPPED_INDEX[d] ? s.dims[d]!.capped(this.dimensionValuesMax) : s.dims[d]!
       for (let k = 0; k < table.size; k++) {
         yield {
           siteId,
@@ -514,6 +524,8 @@ export class DayAggregator {
     private readonly precision: number,
     /** Distinct values kept per custom property (TALLY_PROP_VALUES_MAX). */
     private readonly propValuesMax = 1000,
+    /** Distinct values kept per capped dimension (TALLY_DIMENSION_VALUES_MAX). */
+    private readonly dimensionValuesMax = DEFAULT_DIMENSION_VALUES_MAX,
   ) {}
 
   /** Takes an hour row (totals or breakdown) of this day; minute rows are ignored. */
@@ -546,7 +558,9 @@ export class DayAggregator {
       const s = this.sites.get(siteId)!
       yield s.totals
       for (let d = 0; d < DIMENSIONS.length; d++) {
-        const table = s.dims[d]!
+        // A capped dimension's hour rows are capped already: the day's cap keeps each kept value
+        // whole (as for custom properties, below).
+        const table = CAPPED_INDEX[d] ? s.dims[d]!.capped(this.dimensionValuesMax) : s.dims[d]!
         for (let k = 0; k < table.size; k++) {
           yield {
             siteId,

@@ -80,6 +80,7 @@ export function rebuildSettings(
     visitGapMs: config.stream.visitGapMs,
     countsVisits: config.batch.countsVisits,
     propValuesMax: config.stream.propValuesMax,
+    dimensionValuesMax: config.stream.dimensionValuesMax,
     owner: processOwner(),
     ttlSeconds: config.stream.ttlSeconds,
     ...(o.leaseTtlMs === undefined ? {} : { leaseTtlMs: o.leaseTtlMs }),

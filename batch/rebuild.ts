@@ -88,6 +88,8 @@ export interface RebuildSettings {
   countsVisits?: boolean
   /** Distinct values kept per custom property and window (TALLY_PROP_VALUES_MAX, the stream's). Default 1000. */
   propValuesMax?: number
+  /** Distinct values kept per capped dimension and window (TALLY_DIMENSION_VALUES_MAX, the stream's). Default 10000. */
+  dimensionValuesMax?: number
   /** Identifies this process in leases and runs. */
   owner: string
   /** Lease TTL; renewed every third of it. Default 30000 ms. */
@@ -492,12 +494,23 @@ async function aggregate(
     const dayStart = windowStart(hour, 'day')
     if (day && day.dayStartMs !== dayStart) await flushDay()
     if (visits && visits.dayStartMs !== dayStart) await flushVisits()
-    if (!visits && countsVisits) visits = new DayVisits(dayStart, job.siteId)
+    if (!visits && countsVisits) visits = new DayVisits(dayStart, job.siteId, settings.dimensionValuesMax)
     const inRange = hour >= fromMs && hour < toMs
     if (inRange && !day && dayInRange(dayStart))
-      day = new DayAggregator(dayStart, settings.precision, settings.propValuesMax)
+      day = new DayAggregator(
+        dayStart,
+        settings.precision,
+        settings.propValuesMax,
+        settings.dimensionValuesMax,
+      )
     const agg = inRange
-      ? new HourAggregator(hour, settings.precision, job.siteId, settings.propValuesMax)
+      ? new HourAggregator(
+          hour,
+          settings.precision,
+          job.siteId,
+          settings.propValuesMax,
+          settings.dimensionValuesMax,
+        )
       : undefined
     while (done < n && segments[done]!.hourStartMs === hour) {
       const i = done++

@@ -1,5 +1,6 @@
 import { DIMENSIONS, SESSION_DIMENSIONS, windowStart } from '../core/aggregate/definition.js'
-import { sessionize, type VisitEvent, visitRows } from '../core/aggregate/visits.js'
+import { capValues, DEFAULT_DIMENSION_VALUES_MAX, isCappedDimension, OTHER } from '../core/aggregate/props.js'
+import { addTo, sessionize, type VisitEvent, visitRows } from '../core/aggregate/visits.js'
 import { forEachSiteRun } from '../core/archive/dedup.js'
 import { HI, LO, type SegmentColumns } from '../core/archive/segment-reader.js'
 import type { RowKey, VisitCounts } from '../core/ports/aggregate-store.js'
@@ -76,6 +77,8 @@ export class DayVisits {
   constructor(
     readonly dayStartMs: number,
     private readonly siteId: string | undefined,
+    /** Distinct values kept per capped dimension and window (TALLY_DIMENSION_VALUES_MAX). */
+    private readonly dimensionValuesMax = DEFAULT_DIMENSION_VALUES_MAX,
   ) {}
 
   /** Adds a segment of the day: rows set in `losers` are duplicates and do not count. */
@@ -191,7 +194,42 @@ export class DayVisits {
         })
       }
       if (chunk.length > 0) flush()
-      yield* rows.values()
+      yield* capVisitRows(rows.values(), this.dimensionValuesMax)
     }
+  }
+}
+
+type VisitRow = { key: RowKey; counts: VisitCounts }
+
+/**
+ * The visit rows of capped dimensions (the session ones: referrer, source, UTM) under the cap rule
+ * of their own values in each window (core/aggregate/props.ts capValues), the others as they are. A
+ * visit's values are its first event's, an event of the same window, so a value past the cap of the
+ * visits' values is past the cap of the events' values too: this folds no value the events keep,
+ * and a reader folding the merged values again answers as over the stream's rows.
+ */
+export function* capVisitRows(rows: Iterable<VisitRow>, max: number): Generator<VisitRow> {
+  const groups = new Map<string, Map<string, VisitRow>>()
+  for (const r of rows) {
+    const { dimension } = r.key
+    if (dimension === undefined || !isCappedDimension(dimension)) {
+      yield r
+      continue
+    }
+    const g = `${r.key.granularity}\u0001${r.key.windowStart}\u0001${dimension}`
+    let byValue = groups.get(g)
+    if (!byValue) {
+      byValue = new Map()
+      groups.set(g, byValue)
+    }
+    byValue.set(r.key.value, r)
+  }
+  for (const byValue of groups.values()) {
+    const { values } = capValues(byValue, max, (into, from) => {
+      if (into === undefined) return { key: { ...from.key, value: OTHER }, counts: { ...from.counts } }
+      addTo(into.counts, from.counts)
+      return into
+    })
+    yield* values.values()
   }
 }

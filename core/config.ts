@@ -180,6 +180,12 @@ export interface StreamConfig {
    */
   propValuesMax: number
   /**
+   * Distinct values per window kept for each of path, referrer, source and the UTM set
+   * (TALLY_DIMENSION_VALUES_MAX, core/aggregate/props.ts CAPPED_DIMENSIONS); stream, rebuild and
+   * query read the same value. Default 10000.
+   */
+  dimensionValuesMax: number
+  /**
    * Count visits (TALLY_STREAM_VISITS, default on). Off only to measure what visits cost (the bench's
    * stream scenario): rows are then written without visit data and show none until a rebuild.
    */
@@ -620,6 +626,12 @@ export const VARIABLES = {
     100_000,
     'distinct values per window kept for each custom property (prop:KEY); the others count under `(other)`, chosen by the hash of the value so stream and rebuild keep the same (stream, rebuild and query need the same value)',
   ),
+  TALLY_DIMENSION_VALUES_MAX: integer(
+    10_000,
+    10,
+    100_000,
+    'distinct values per hour or day window kept for each of `path`, `referrer`, `source` and `utm_*` (the rest count under `(other)`, chosen by the hash of the value as for custom properties; stream, rebuild and query need the same value): a rebuilt window holds at most this + 1 rows per dimension, a stream worker about this × (1 + ln(distinct / this)) per partition',
+  ),
   TALLY_STREAM_VISITS: choice(
     ['on', 'off'] as const,
     'on',
@@ -883,6 +895,7 @@ export function loadConfig(env: Env = process.env): TallyConfig {
       maxFutureMs: v.TALLY_MAX_FUTURE_MS,
       visitGapMs: v.TALLY_VISIT_GAP_MS,
       propValuesMax: v.TALLY_PROP_VALUES_MAX,
+      dimensionValuesMax: v.TALLY_DIMENSION_VALUES_MAX,
       countsVisits: v.TALLY_STREAM_VISITS === 'on',
       maxOpenWindows: v.TALLY_STREAM_MAX_OPEN_WINDOWS,
       dedupHorizonMs: v.TALLY_DEDUP_HORIZON_MS,

@@ -50,6 +50,8 @@ export interface QueryAppDeps {
   hllPrecision?: number
   /** Distinct values kept per custom property (TALLY_PROP_VALUES_MAX). Default 1000. */
   propValuesMax?: number
+  /** Distinct values kept per window of path, referrer, source and UTM (TALLY_DIMENSION_VALUES_MAX). Default 10000. */
+  dimensionValuesMax?: number
   /**
    * Row TTL per granularity in seconds, 0 = forever (TALLY_TTL_*_DAYS); ranges needing expired rows
    * are refused. Default minute 7 days, hour 90 days, day forever.
@@ -115,6 +117,7 @@ export async function buildQueryApp(deps: QueryAppDeps): Promise<FastifyInstance
     precision,
     retentionSeconds: deps.retentionSeconds ?? DEFAULT_RETENTION_SECONDS,
     ...(deps.propValuesMax === undefined ? {} : { propValuesMax: deps.propValuesMax }),
+    ...(deps.dimensionValuesMax === undefined ? {} : { dimensionValuesMax: deps.dimensionValuesMax }),
     limits,
     now,
     cache: new AnswerCache(answerCache, {

@@ -91,6 +91,7 @@ export async function startQuery(
       logger,
       hllPrecision: config.stream.hllPrecision,
       propValuesMax: config.stream.propValuesMax,
+      dimensionValuesMax: config.stream.dimensionValuesMax,
       retentionSeconds: config.stream.ttlSeconds,
       metrics,
       // Raw events come from the Arrow archive (core/archive/), read-only, deduplicated like a rebuild.

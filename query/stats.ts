@@ -6,7 +6,7 @@ import {
   windowMs,
 } from '../core/aggregate/definition.js'
 import { visitCountsOf } from '../core/aggregate/merge.js'
-import { DEFAULT_PROP_VALUES_MAX, isPropDimension, keptValues, OTHER } from '../core/aggregate/props.js'
+import { isCappedDimension, keptValues, OTHER, valuesMaxOf } from '../core/aggregate/props.js'
 import { ERR } from '../core/error-codes.js'
 import type { TallyError } from '../core/errors.js'
 import { HyperLogLog } from '../core/hll.js'
@@ -95,6 +95,11 @@ export interface StatsDeps {
   settled?: AnswerCache
   /** Distinct values kept per custom property (TALLY_PROP_VALUES_MAX; core/aggregate/props.ts). Default 1000. */
   propValuesMax?: number
+  /**
+   * Distinct values kept per window of path, referrer, source and the UTM set
+   * (TALLY_DIMENSION_VALUES_MAX; core/aggregate/props.ts). Default 10000.
+   */
+  dimensionValuesMax?: number
 }
 
 /** What decides which windows of a read are settled (see StatsService.settledSplit). */
@@ -921,26 +926,28 @@ export class StatsService {
     const sortBy = q.metrics[0]!
     // Sorted by a count, visitors are needed only for the page shown: the first pass reads counts
     // (no sketches), the second reads the sketches of the page's values alone.
-    // A custom property's values beyond the cap fold into (other), which needs every value's sketch.
-    const prop = isPropDimension(property)
+    // A capped dimension's (a custom property's, path's, referrer's, …) values beyond the cap fold
+    // into (other), which needs every value's sketch.
+    const cappedDim = isCappedDimension(property)
+    const valuesMax = valuesMaxOf(property, this.deps)
     // Goals are few (at most 20 a site): read with their sketches at once.
-    const visitorsLater = withVisitors && sortBy !== 'visitors' && !prop && property !== 'goal'
+    const visitorsLater = withVisitors && sortBy !== 'visitors' && !cappedDim && property !== 'goal'
     const readAll = (visitors: boolean, only: readonly string[] | undefined) =>
       Promise.all(
         segments.map((s) =>
           this.breakdownParts(q.siteId, s, property, { visitors, ...(only ? { values: only } : {}) }, at),
         ),
       )
-    // A custom property is read whole: whether a value is kept depends on all of them.
-    const read = await readAll(withVisitors && !visitorsLater, prop ? undefined : values)
+    // A capped dimension is read whole: whether a value is kept depends on all of them.
+    const read = await readAll(withVisitors && !visitorsLater, cappedDim ? undefined : values)
     // The cap rule again over the merged values (core/aggregate/props.ts): the stream's partitions
     // and the rebuild's hours then answer the same.
     let under: ((value: string) => string | undefined) | undefined
     let capHit = false
-    if (prop) {
+    if (cappedDim) {
       const seen = new Set<string>()
       for (const one of read.flat()) for (const value of one.values.keys()) seen.add(value)
-      const kept = keptValues(seen, this.deps.propValuesMax ?? DEFAULT_PROP_VALUES_MAX)
+      const kept = keptValues(seen, valuesMax)
       capHit = kept.size < seen.size || seen.has(OTHER)
       const wanted = values ? new Set(values) : undefined
       under = (value) => {
@@ -1045,9 +1052,7 @@ export class StatsService {
         total_values: total,
         page: q.page,
         limit: q.limit,
-        ...(prop
-          ? { values_capped: capHit, values_max: this.deps.propValuesMax ?? DEFAULT_PROP_VALUES_MAX }
-          : {}),
+        ...(cappedDim ? { values_capped: capHit, values_max: valuesMax } : {}),
       },
     }
   }

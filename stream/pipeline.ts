@@ -128,7 +128,8 @@ export function aggregate(
     dims ??= dimensionsOf(e)
     for (let di = 0; di < DIMENSIONS.length; di++) {
       const dimension = DIMENSIONS[di]!
-      const value = dims[dimension]
+      // A capped dimension's value, or `(other)` (core/aggregate/props.ts, TALLY_DIMENSION_VALUES_MAX).
+      const value = w.valueOf(di, dims[dimension])
       const row =
         w.dims[di]!.get(value) ??
         rowToLoad(table, loading, w, di, {

@@ -8,7 +8,7 @@ import {
   windowMs,
   windowStart,
 } from '../core/aggregate/definition.js'
-import { ValueAdmission } from '../core/aggregate/props.js'
+import { DEFAULT_DIMENSION_VALUES_MAX, isCappedDimension, ValueAdmission } from '../core/aggregate/props.js'
 import { RowAccumulator } from '../core/aggregate/rows.js'
 import { type RowKey, rowId, type StoredRow, type VisitCounts } from '../core/ports/aggregate-store.js'
 
@@ -54,6 +54,8 @@ export const VISIT = 4
  */
 const ROW_DIMENSION_INDEX = new Map<RowDimension, number>(ROW_DIMENSIONS.map((d, i) => [d, i]))
 const GRANULARITY_INDEX = new Map<Granularity, number>(GRANULARITIES.map((g, i) => [g, i]))
+/** Per ROW_DIMENSIONS index: whether its values per window are capped (core/aggregate/props.ts). */
+const CAPPED_INDEX: readonly boolean[] = ROW_DIMENSIONS.map((d) => isCappedDimension(d))
 
 /** The rows of one window of one site: its totals and, for hour and day, one row per dimension value. */
 export class WindowRows {
@@ -62,13 +64,33 @@ export class WindowRows {
   readonly dims: Array<Map<string, Row>>
   /** Per custom property dimension (`prop:KEY`) of the site: its rows by value, and which values get one. */
   readonly props = new Map<string, PropRows>()
+  /** Per capped dimension (ROW_DIMENSIONS index; core/aggregate/props.ts): which values get a row. */
+  private readonly admissions: Array<ValueAdmission | undefined> = []
   size = 0
 
   constructor(
     readonly windowEnd: number,
     withDimensions: boolean,
+    /** Values kept per capped dimension (TALLY_DIMENSION_VALUES_MAX). */
+    private readonly valuesMax = DEFAULT_DIMENSION_VALUES_MAX,
   ) {
     this.dims = withDimensions ? ROW_DIMENSIONS.map(() => new Map<string, Row>()) : []
+  }
+
+  /**
+   * The row value an event's (or a visit's) value of dimension `di` counts under: itself, or
+   * `(other)` when the dimension is capped and the cap rule can no longer keep it in this window
+   * (ValueAdmission). A value once admitted stays admitted and one refused stays refused, so a
+   * visit's later changes (visitDeltas) reach the row its first event counted in.
+   */
+  valueOf(di: number, value: string): string {
+    if (!CAPPED_INDEX[di]) return value
+    let a = this.admissions[di]
+    if (a === undefined) {
+      a = new ValueAdmission(this.valuesMax)
+      this.admissions[di] = a
+    }
+    return a.admit(value)
   }
 
   /** The rows of a custom property dimension (hour and day windows only). */
@@ -105,6 +127,11 @@ export class RowTable {
   /** Open windows, all granularities and sites. */
   windows = 0
 
+  constructor(
+    /** Values kept per capped dimension and window (TALLY_DIMENSION_VALUES_MAX). */
+    readonly dimensionValuesMax = DEFAULT_DIMENSION_VALUES_MAX,
+  ) {}
+
   window(gi: number, siteId: string, windowStart: number): WindowRows {
     const bySite = this.byGranularity[gi]!
     let byStart = bySite.get(siteId)
@@ -115,7 +142,11 @@ export class RowTable {
     let w = byStart.get(windowStart)
     if (!w) {
       const g = GRANULARITIES[gi]!
-      w = new WindowRows(windowStart + windowMs(g), DIMENSION_GRANULARITIES.includes(g))
+      w = new WindowRows(
+        windowStart + windowMs(g),
+        DIMENSION_GRANULARITIES.includes(g),
+        this.dimensionValuesMax,
+      )
       byStart.set(windowStart, w)
       this.windows++
     }
@@ -225,13 +256,17 @@ export function applyVisits(table: RowTable, row: Row, offset: number, delta: Vi
 
 /**
  * The row of `key` in the table: held, or added to load (a visit change may touch a window already
- * written and dropped: its start window).
+ * written and dropped: its start window). A capped dimension's value goes through the window's
+ * admission (WindowRows.valueOf), as the event's own count did.
  */
 export function rowOf(table: RowTable, loading: Loading[], key: RowKey): Row {
   const w = table.window(GRANULARITY_INDEX.get(key.granularity)!, key.siteId, key.windowStart)
   if (key.dimension === undefined) return w.totals ?? rowToLoad(table, loading, w, -1, key)
   const di = ROW_DIMENSION_INDEX.get(key.dimension)!
-  return w.dims[di]!.get(key.value) ?? rowToLoad(table, loading, w, di, key)
+  const value = w.valueOf(di, key.value)
+  return (
+    w.dims[di]!.get(value) ?? rowToLoad(table, loading, w, di, value === key.value ? key : { ...key, value })
+  )
 }
 
 /** ROW_DIMENSIONS index of each session dimension, and of entry and exit page. */

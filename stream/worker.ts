@@ -32,7 +32,7 @@ import { fillLoaded, type Loading, RowTable, unlink } from './rows.js'
  * change (PipelineState: rows, dedup set, open visits, watermark), and the offsets of its checkpoint.
  */
 class PartitionState extends OwnedPartition implements PipelineState {
-  readonly rows = new RowTable()
+  readonly rows: RowTable
   readonly dedup = new DedupSet()
   visits: PartitionVisits | undefined
   props: PipelineProps | undefined
@@ -48,8 +48,11 @@ class PartitionState extends OwnedPartition implements PipelineState {
   constructor(
     readonly ref: PartitionRef,
     readonly epoch: number,
+    /** Values kept per capped dimension and window (TALLY_DIMENSION_VALUES_MAX). */
+    dimensionValuesMax: number,
   ) {
     super(ref.partition)
+    this.rows = new RowTable(dimensionValuesMax)
   }
 }
 
@@ -133,7 +136,7 @@ export class StreamWorker extends PartitionOwner<PartitionState> {
     const ref: PartitionRef = { group: config.group, topic: this.deps.topic, partition }
     const epoch = await this.untilStopped(() => store.acquireEpoch(ref, this.owner), 'acquire epoch')
     const cp = await this.untilStopped(() => store.readCheckpoint(ref), 'read checkpoint')
-    const state = new PartitionState(ref, epoch)
+    const state = new PartitionState(ref, epoch, config.dimensionValuesMax)
     const propKeys = this.deps.propKeys
     if (propKeys) {
       state.props = {

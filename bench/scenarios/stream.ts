@@ -180,6 +180,13 @@ async function throughput(ctx: ScenarioContext, visits = true): Promise<Part & {
     const metricsText = await scrape(urlOf(worker))
     const openVisits = metricSum(metricsText, 'tally_stream_open_visits')
     const stateBytes = metricSum(metricsText, 'tally_stream_visit_state_bytes')
+    // What each counted event costs the store (issue 17 point 7: each dimension adds rows per event):
+    // row writes (a row is written again at each flush that changed it) and the distinct rows held,
+    // which are the rows the worker wrote to the store while no window was evicted.
+    const counted = metricSum(metricsText, 'tally_stream_records_total', { outcome: 'counted' })
+    const rowsWritten = metricSum(metricsText, 'tally_stream_rows_written_total')
+    const rowsHeld = metricSum(metricsText, 'tally_stream_open_rows')
+    const windowsEvicted = metricSum(metricsText, 'tally_stream_windows_evicted_total')
     const rss = worker.peakRssBytes()
     await worker.stop()
     const steadySec = (w.caughtUpMs - (w.firstRecordMs ?? readyMs)) / 1000
@@ -219,6 +226,11 @@ async function throughput(ctx: ScenarioContext, visits = true): Promise<Part & {
         eventsPerSecIncludingStartup: round(n / wallSec),
         secondsSpawnToReady: round((readyMs - t0) / 1000),
         visits: visits ? 'on' : 'off (TALLY_STREAM_VISITS=off)',
+        countedEvents: counted,
+        rowsWrittenPerCountedEvent: counted > 0 ? round(rowsWritten / counted) : null,
+        storeRowsPerCountedEvent: counted > 0 && windowsEvicted === 0 ? round(rowsHeld / counted) : null,
+        storeRows: rowsHeld,
+        windowsEvicted,
         ...(visits
           ? {
               openVisitsAtEnd: openVisits,

@@ -2,7 +2,8 @@ import type { RawEventV1 } from '../../schemas/events.js'
 import { ERR } from '../error-codes.js'
 import { TallyError } from '../errors.js'
 import { type HashHalves, hashHalves } from '../hll.js'
-import { NONE, type PropDimension } from './definition.js'
+import { DIRECT, type Dimension, NONE, type PropDimension, type RowDimension } from './definition.js'
+import { DIRECT_NONE } from './source.js'
 
 /**
  * Custom properties (issue 17 point 4): a site declares event property keys
@@ -28,6 +29,42 @@ export const MAX_PROP_KEYS = 20
 export const DEFAULT_PROP_VALUES_MAX = 1000
 /** Values counted beyond the cap. */
 export const OTHER = '(other)'
+
+/**
+ * The open-ended dimensions (issue 17 point 7): their values are as many as what clients send, so
+ * each window keeps at most TALLY_DIMENSION_VALUES_MAX of them by the same rule and code as custom
+ * properties (below). Visits counted by the session ones (referrer, source, UTM) go to the same
+ * rows. `entry_page` and `exit_page` are not capped yet (docs/design.md).
+ */
+export const CAPPED_DIMENSIONS = [
+  'path',
+  'referrer',
+  'source',
+  'utm_source',
+  'utm_medium',
+  'utm_campaign',
+  'utm_content',
+  'utm_term',
+] as const satisfies readonly Dimension[]
+/** TALLY_DIMENSION_VALUES_MAX's default. */
+export const DEFAULT_DIMENSION_VALUES_MAX = 10_000
+
+const CAPPED_SET = new Set<string>(CAPPED_DIMENSIONS)
+
+/** Whether a dimension's values per window are capped: a custom property or a CAPPED_DIMENSIONS one. */
+export function isCappedDimension(d: string): d is (typeof CAPPED_DIMENSIONS)[number] | PropDimension {
+  return CAPPED_SET.has(d) || isPropDimension(d)
+}
+
+/** The cap of a capped dimension: TALLY_PROP_VALUES_MAX for `prop:KEY`, else TALLY_DIMENSION_VALUES_MAX. */
+export function valuesMaxOf(
+  d: RowDimension,
+  max: { propValuesMax?: number | undefined; dimensionValuesMax?: number | undefined },
+): number {
+  return isPropDimension(d)
+    ? (max.propValuesMax ?? DEFAULT_PROP_VALUES_MAX)
+    : (max.dimensionValuesMax ?? DEFAULT_DIMENSION_VALUES_MAX)
+}
 
 const KEY_SYNTAX = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/
 
@@ -86,9 +123,12 @@ export function capRank(value: string): number {
   return (scratch.hi >>> 11) * 4294967296 + scratch.lo
 }
 
-/** Whether a value takes part in the cap (`(none)` and `(other)` are always kept). */
+/**
+ * Whether a value takes part in the cap: `(none)` and `(other)` are always kept, and so are the
+ * "no referrer" values `(direct)` (referrer) and `Direct / None` (source).
+ */
 export function capped(value: string): boolean {
-  return value !== NONE && value !== OTHER
+  return value !== NONE && value !== OTHER && value !== DIRECT && value !== DIRECT_NONE
 }
 
 function before(ra: number, a: string, rb: number, b: string): boolean {

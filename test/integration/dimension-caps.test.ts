@@ -1,0 +1,434 @@
+import { join } from 'node:path'
+import { Registry } from 'prom-client'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { Archiver } from '../../batch/archiver.js'
+import { archiveBehind } from '../../batch/context.js'
+import { createArchiveMetrics } from '../../batch/metrics.js'
+import { runRebuild } from '../../batch/rebuild.js'
+import { dimensionValues, type GeneratedEvent, generateWorkload } from '../../bench/workload.js'
+import { DIMENSION_GRANULARITIES, type Granularity, windowStart } from '../../core/aggregate/definition.js'
+import { capValues, keptValues, OTHER } from '../../core/aggregate/props.js'
+import { archiveKey } from '../../core/archive/paths.js'
+import { archiveTopicDir } from '../../core/archive/segment-file.js'
+import { HyperLogLog } from '../../core/hll.js'
+import { createLogger } from '../../core/log.js'
+import type { AggregateReader, MergedValues } from '../../core/ports/aggregate-store.js'
+import type { Site } from '../../core/ports/site-store.js'
+import { buildQueryApp } from '../../query/app.js'
+import { ReadAccessCache } from '../../query/auth.js'
+import { CheckpointFreshness } from '../../query/freshness.js'
+import { createStreamMetrics } from '../../stream/metrics.js'
+import { StreamWorker } from '../../stream/worker.js'
+import {
+  cassandraHarness,
+  embeddedHarness,
+  embeddedLogHarness,
+  kafkaLogHarness,
+  tempDataDir,
+} from '../contract/backends.js'
+import type { EventLogHarness } from '../contract/event-log.js'
+import { eventually, testConfig } from '../helpers/context.js'
+import { feed, ingestApp } from '../helpers/stream.js'
+import { type VisitCounts, visitKey, visitTruthOf } from '../helpers/visit-truth.js'
+
+/**
+ * The cap on the open-ended dimensions (TALLY_DIMENSION_VALUES_MAX, issue 17 point 7) end to end,
+ * on both backends: a generated workload with 300 paths and 120 referrers (duplicates, bots,
+ * identify calls, campaigns) goes through ingest and the stream (visits counted), then the archive
+ * and a rebuild, with a cap of 25 values per window. Read back under the cap rule (as the query API
+ * reads), every hour and day breakdown by path, referrer, source, utm_source and utm_campaign
+ * equals the truth computed here from the events (the workload's own labels, folded by the rule:
+ * counts exact, visitors register-exact) and so do the visit counts of the session dimensions (the
+ * visits computed here without core/aggregate/visits.ts), first from the stream's rows, then from
+ * the rebuild's final rows. The query API's path breakdown of the range is the truth folded over
+ * the range, with meta.values_capped.
+ */
+
+const DAY = 86_400_000
+const HOUR = 3_600_000
+const logger = createLogger('silent')
+const MAX = 25
+// Within the stream's grace (below): the stream counts every event, none is left to the batch.
+const START = Date.now() - 3 * HOUR
+const GRACE_MS = 4 * HOUR
+const RANGE_FROM = Math.floor(START / DAY) * DAY - DAY
+const RANGE_TO = Math.floor(Date.now() / DAY) * DAY + DAY
+const CAPPED = ['path', 'referrer', 'source', 'utm_source', 'utm_campaign'] as const
+const SESSION = new Set(['referrer', 'source', 'utm_source', 'utm_campaign'])
+
+type Harness = Awaited<ReturnType<typeof embeddedHarness>>
+
+const backends: Array<[string, () => Promise<Harness>, () => Promise<EventLogHarness>]> = [
+  ['Kafka + Cassandra', cassandraHarness, kafkaLogHarness],
+  ['embedded', embeddedHarness, embeddedLogHarness],
+]
+
+interface Cell {
+  events: number
+  /** Bot events: not counted, but their values are values of the window (the cap rule sees them). */
+  bots: number
+  visitors: Set<string>
+  visits: VisitCounts
+}
+
+function cell(): Cell {
+  return {
+    events: 0,
+    bots: 0,
+    visitors: new Set(),
+    visits: { visits: 0, bounces: 0, visitDurationMs: 0, visitPageviews: 0 },
+  }
+}
+
+/** Truth per `granularity|windowStart|dimension|value`, from the events (not duplicates, identify). */
+function truthOf(events: readonly GeneratedEvent[]): Map<string, Cell> {
+  const out = new Map<string, Cell>()
+  for (const e of events) {
+    const p = e.payload
+    if (e.isDuplicate || !['track', 'page', 'screen'].includes(p.type)) continue
+    const ts = Date.parse(p.timestamp)
+    const dims = dimensionValues(e)
+    for (const g of DIMENSION_GRANULARITIES) {
+      for (const d of CAPPED) {
+        const k = `${g}|${windowStart(ts, g)}|${d}|${dims[d]}`
+        const c = out.get(k) ?? cell()
+        if (e.isBot) c.bots++
+        else {
+          c.events++
+          c.visitors.add(p.anonymousId ?? p.userId ?? p.messageId)
+        }
+        out.set(k, c)
+      }
+    }
+  }
+  return out
+}
+
+function addVisits(to: VisitCounts, c: Partial<VisitCounts>): void {
+  to.visits += c.visits ?? 0
+  to.bounces += c.bounces ?? 0
+  to.visitDurationMs += c.visitDurationMs ?? 0
+  to.visitPageviews += c.visitPageviews ?? 0
+}
+
+/** Differences between what `reader` holds (read under the cap rule) and the truth, per window. */
+async function compare(
+  reader: AggregateReader,
+  precision: number,
+  siteId: string,
+  truth: Map<string, Cell>,
+  visitTruth: Map<string, VisitCounts>,
+): Promise<string[]> {
+  const out: string[] = []
+  const windows = new Set([...truth.keys()].map((k) => k.split('|').slice(0, 2).join('|')))
+  for (const w of windows) {
+    const [g, ws] = w.split('|') as [Granularity, string]
+    const from = Number(ws)
+    const to = from + (g === 'hour' ? HOUR : DAY)
+    for (const d of CAPPED) {
+      // Truth under the cap: the values the rule keeps over the window's values, the rest in (other).
+      const cells = new Map<string, Cell>()
+      for (const [k, c] of truth) {
+        const [gg, wws, dd, value] = k.split('|')
+        if (gg === g && wws === ws && dd === d) cells.set(value!, c)
+      }
+      const kept = keptValues(cells.keys(), MAX)
+      const fold = (value: string) => (kept.has(value) ? value : OTHER)
+      const expected = new Map<string, Cell>()
+      for (const [value, c] of cells) {
+        const e = expected.get(fold(value)) ?? cell()
+        e.events += c.events
+        e.bots += c.bots
+        for (const id of c.visitors) e.visitors.add(id)
+        expected.set(fold(value), e)
+      }
+      if (SESSION.has(d)) {
+        const prefix = visitKey(siteId, g, from, d, '')
+        for (const [k, v] of visitTruth) {
+          if (!k.startsWith(prefix)) continue
+          const value = k.slice(prefix.length)
+          // A visit's value is its first event's, an event of the window.
+          if (!cells.has(value)) out.push(`${k}: a visit value that no event of the window has`)
+          const e = expected.get(fold(value)) ?? cell()
+          addVisits(e.visits, v)
+          expected.set(fold(value), e)
+        }
+      }
+      const read = await reader.breakdownDetailed(siteId, g, d, from, to, { visitors: true })
+      const merge = (a: MergedValues | undefined, b: MergedValues): MergedValues => {
+        if (!a) return { ...b }
+        const h = HyperLogLog.fromBytes(a.visitors)
+        if (b.visitors.length > 0) h.merge(HyperLogLog.fromBytes(b.visitors))
+        const visits = { visits: 0, bounces: 0, visitDurationMs: 0, visitPageviews: 0 }
+        addVisits(visits, a)
+        addVisits(visits, b)
+        return {
+          events: a.events + b.events,
+          pageviews: a.pageviews + b.pageviews,
+          botEvents: a.botEvents + b.botEvents,
+          visitors: h.toBytes(),
+          ...visits,
+        }
+      }
+      const { values: actual } = capValues(read.values, MAX, merge)
+      for (const value of new Set([...expected.keys(), ...actual.keys()])) {
+        const e = expected.get(value)
+        const a = actual.get(value)
+        const where = `${siteId} ${g} ${new Date(from).toISOString()} ${d}=${value}`
+        if ((a?.events ?? 0) !== (e?.events ?? 0) || (a?.botEvents ?? 0) !== (e?.bots ?? 0)) {
+          out.push(
+            `${where}: events ${a?.events ?? 0} ≠ ${e?.events ?? 0}, bots ${a?.botEvents ?? 0} ≠ ${e?.bots ?? 0}`,
+          )
+          continue
+        }
+        if (SESSION.has(d)) {
+          const av = { visits: 0, bounces: 0, visitDurationMs: 0, visitPageviews: 0 }
+          if (a) addVisits(av, a)
+          const ev = e?.visits ?? av
+          if (JSON.stringify(av) !== JSON.stringify(ev))
+            out.push(`${where}: visits ${JSON.stringify(av)} ≠ ${JSON.stringify(ev)}`)
+        }
+        if (!e) continue
+        const h = new HyperLogLog(precision)
+        for (const id of e.visitors) h.add(id)
+        const stored = a && a.visitors.length > 0 ? HyperLogLog.fromBytes(a.visitors).estimate() : 0
+        if (stored !== h.estimate()) out.push(`${where}: visitors ${stored} ≠ ${h.estimate()}`)
+      }
+    }
+  }
+  return out
+}
+
+describe.each(backends)('dimension value caps, stream and rebuild (%s)', (_name, openStore, openLog) => {
+  let store: Harness
+  let log: EventLogHarness
+  let topic: string
+  let data: ReturnType<typeof tempDataDir>
+  let config = testConfig()
+  let site: Site
+  let readToken: string
+  const siteId = `caps-${Date.now()}.test`
+
+  beforeAll(async () => {
+    store = await openStore()
+    log = await openLog()
+    topic = await log.createTopic(3)
+    config = testConfig({
+      TALLY_TOPIC_RAW: topic,
+      TALLY_DIMENSION_VALUES_MAX: String(MAX),
+      TALLY_GRACE_MS: String(GRACE_MS),
+      TALLY_FLUSH_INTERVAL_MS: '100',
+    })
+    data = tempDataDir('tally-caps-')
+    const created = await store.sites.create({ siteId, domain: siteId, origins: [] })
+    site = created.site
+    readToken = created.readToken
+  }, 60_000)
+
+  afterAll(async () => {
+    await log?.close()
+    await store?.close()
+    data?.remove()
+  })
+
+  const events = generateWorkload({
+    seed: 71,
+    sites: ['a'],
+    events: 3000,
+    start: new Date(START),
+    spanMs: 2 * HOUR,
+    paths: 300,
+    referrers: 120,
+    campaignShare: 0.3,
+    lateShare: 0,
+  }).events.map((e) => ({ ...e, siteId }))
+  const truth = truthOf(events)
+
+  it('the workload passes the cap of every capped dimension checked in some window', () => {
+    expect(events.some((e) => e.isDuplicate)).toBe(true)
+    expect(events.some((e) => e.isBot)).toBe(true)
+    for (const d of ['path', 'referrer', 'source']) {
+      const perWindow = new Map<string, number>()
+      for (const k of truth.keys()) {
+        const [g, ws, dd] = k.split('|')
+        if (dd === d) perWindow.set(`${g}|${ws}`, (perWindow.get(`${g}|${ws}`) ?? 0) + 1)
+      }
+      expect(Math.max(...perWindow.values()), d).toBeGreaterThan(MAX)
+    }
+  })
+
+  it('the stream counts them per hour and day, values past the cap under (other), visits too', async () => {
+    const writer = log.writer()
+    const app = await ingestApp(config, writer, [site], logger)
+    try {
+      await feed(app, events, () => site.writeKey)
+    } finally {
+      await app.close()
+      await writer.close()
+    }
+    const group = `caps-${topic}`
+    const deadLetters = log.writer()
+    const worker = new StreamWorker({
+      config: { ...config.stream, group },
+      topic,
+      deadLetterTopic: `${topic}-dlq`,
+      consumer: log.consumer(group, topic),
+      store: store.store,
+      deadLetters,
+      offsets: log.offsets,
+      metrics: createStreamMetrics(new Registry()),
+      logger,
+    })
+    await worker.start()
+    try {
+      const ends = await log.offsets.endOffsets(topic)
+      await eventually(
+        async () => {
+          const progress = await store.reader.streamProgress(group, topic, ends.size)
+          const done = new Map(progress.map((p) => [p.partition, p.nextOffset]))
+          for (const [p, end] of ends) if (end > 0 && (done.get(p) ?? 0) < end) return undefined
+          return true
+        },
+        60_000,
+        'the stream to checkpoint at the end of the log',
+      )
+    } finally {
+      await worker.close()
+      await deadLetters.close()
+    }
+    const visitTruth = visitTruthOf(events, config.stream.visitGapMs)
+    expect(await compare(store.reader, store.precision, siteId, truth, visitTruth)).toEqual([])
+    // The stream held fewer path rows than the day has paths: it folded some at once.
+    const day = [...truth.keys()].find((k) => k.startsWith('day|'))!.split('|')[1]!
+    const paths = [...truth.keys()].filter((k) => k.startsWith(`day|${day}|path|`)).length
+    const held = await store.reader.breakdownDetailed(siteId, 'day', 'path', Number(day), Number(day) + DAY)
+    expect(held.values.has(OTHER)).toBe(true)
+    expect(held.values.size).toBeLessThan(paths)
+  }, 180_000)
+
+  it('a rebuild gives the same numbers, final, with at most the kept values and (other) counted', async () => {
+    const archiver = new Archiver(
+      {
+        consumer: log.consumer(`archive-${topic}`, topic),
+        store: store.batch.archive,
+        offsets: log.offsets,
+        metrics: createArchiveMetrics(new Registry()),
+        logger,
+      },
+      {
+        archiveDir: join(data.dir, 'archive'),
+        topic,
+        group: `archive-${topic}`,
+        flushIntervalMs: 200,
+        owner: 'caps-test',
+      },
+    )
+    await archiver.start()
+    try {
+      const key = archiveKey(`archive-${topic}`, topic)
+      await eventually(
+        async () => {
+          const behind = await archiveBehind(
+            store.batch.archive,
+            log.offsets,
+            key,
+            topic,
+            Number.MAX_SAFE_INTEGER,
+          )
+          return behind.length === 0 ? true : undefined
+        },
+        60_000,
+        'the archive to hold the whole log',
+      )
+    } finally {
+      await archiver.close()
+    }
+    const result = await runRebuild(
+      { leases: store.batch.leases, jobs: store.batch.jobs, rows: store.batch.rows, logger },
+      {
+        topicDir: archiveTopicDir(join(data.dir, 'archive'), topic),
+        stagingDir: join(data.dir, 'staging'),
+        precision: store.precision,
+        visitGapMs: config.stream.visitGapMs,
+        dimensionValuesMax: MAX,
+        owner: 'caps-test',
+        leaseTtlMs: 5000,
+      },
+      { fromMs: RANGE_FROM, toMs: RANGE_TO, siteId },
+    )
+    expect(result.status).toBe('succeeded')
+    const visitTruth = visitTruthOf(events, config.stream.visitGapMs)
+    expect(await compare(store.reader, store.precision, siteId, truth, visitTruth)).toEqual([])
+    const day = Number([...truth.keys()].find((k) => k.startsWith('day|'))!.split('|')[1]!)
+    for (const d of CAPPED) {
+      const read = await store.reader.breakdownDetailed(siteId, 'day', d, day, day + DAY)
+      expect([...read.windows.values()].every((x) => x.final)).toBe(true)
+      // Rows the stream held for values the rebuild folded read as zeros: the counted values are
+      // at most the kept ones, (other) and the always-kept (none)/(direct)/Direct / None; a session
+      // dimension's visit rows are capped by the visits' own values (batch/visits.ts capVisitRows),
+      // which may keep up to MAX values more, with visit counts only.
+      const counted = [...read.values.values()].filter(
+        (v) => v.events > 0 || v.botEvents > 0 || (v.visits ?? 0) > 0,
+      )
+      expect(counted.length, d).toBeLessThanOrEqual((SESSION.has(d) ? 2 * MAX : MAX) + 2)
+    }
+  }, 180_000)
+
+  it('the query API folds a range by the rule and says so in meta.values_capped', async () => {
+    const app = await buildQueryApp({
+      reader: store.reader,
+      auth: new ReadAccessCache(store.sites),
+      freshness: new CheckpointFreshness(store.reader, {
+        group: `caps-${topic}`,
+        topic,
+        partitions: 3,
+        graceMs: GRACE_MS,
+        cacheMs: 0,
+      }),
+      logger,
+      hllPrecision: store.precision,
+      dimensionValuesMax: MAX,
+    })
+    try {
+      const from = Math.floor(START / HOUR) * HOUR
+      const to = from + 3 * HOUR
+      // Truth: the range's path values (its hours), folded by the rule over all of them.
+      const byValue = new Map<string, number>()
+      for (const [k, c] of truth) {
+        const [g, ws, d, value] = k.split('|')
+        if (g === 'hour' && d === 'path' && Number(ws) >= from && Number(ws) < to)
+          byValue.set(value!, (byValue.get(value!) ?? 0) + c.events)
+      }
+      const kept = keptValues(byValue.keys(), MAX)
+      const expected = new Map<string, number>()
+      for (const [v, n] of byValue) {
+        const k = kept.has(v) ? v : OTHER
+        expected.set(k, (expected.get(k) ?? 0) + n)
+      }
+      const search = new URLSearchParams({
+        site: siteId,
+        from: new Date(from).toISOString(),
+        to: new Date(to).toISOString(),
+        property: 'path',
+        metrics: 'events',
+        limit: '1000',
+      })
+      const res = await app.inject({
+        method: 'GET',
+        url: `/v1/stats/breakdown?${search}`,
+        headers: { authorization: `Bearer ${readToken}` },
+      })
+      expect(res.statusCode, res.body).toBe(200)
+      const body = res.json() as {
+        results: Array<{ path: string; events: number }>
+        meta: { values_capped?: boolean; values_max?: number }
+      }
+      expect(body.meta.values_capped).toBe(true)
+      expect(body.meta.values_max).toBe(MAX)
+      const actual = new Map(body.results.filter((r) => r.events > 0).map((r) => [r.path, r.events]))
+      expect(actual).toEqual(new Map([...expected].filter(([, n]) => n > 0)))
+    } finally {
+      await app.close()
+    }
+  }, 60_000)
+})
