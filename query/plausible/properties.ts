@@ -6,8 +6,8 @@ import { badParameter } from '../range.js'
 /**
  * Plausible's Stats API v1 properties and metrics, as Tally's. One row per property: the Tally
  * property it reads and the key its breakdown rows carry. A Tally property that does not exist (yet)
- * answers 400 naming the supported ones: goals (`goal`) work here as soon as query/params.ts knows
- * them. `event:props:KEY` reads the custom property `prop:KEY` (a key the site declares with
+ * answers 400 naming the supported ones. `event:goal` reads the goals a site defines (`goal`:
+ * `tally sites goals`), whose rows' visitors are the goal's converters, as Plausible counts them. `event:props:KEY` reads the custom property `prop:KEY` (a key the site declares with
  * `tally sites props <site> add KEY`; an undeclared one has no rows, so its breakdown is empty).
  */
 interface PropertyRow {
@@ -57,7 +57,8 @@ export interface PlausibleProperty {
 /** The properties this server answers, for messages. */
 export function supportedProperties(): string[] {
   return PROPERTY_TABLE.filter(
-    (r) => typeof r.match === 'string' && PROPERTIES.includes(r.tally('') as never),
+    (r) =>
+      typeof r.match === 'string' && (PROPERTIES.includes(r.tally('') as never) || r.tally('') === 'goal'),
   )
     .map((r) => r.match as string)
     .concat('event:props:KEY')
@@ -74,7 +75,7 @@ export function plausibleProperty(name: string, where: string): PlausiblePropert
         where,
         `${name}: ${JSON.stringify(key)} is not a property key (1–64 letters, digits, "_", "-" or "." starting with a letter or digit)`,
       )
-    if (!(PROPERTIES as readonly string[]).includes(tally) && !isPropDimension(tally)) {
+    if (!(PROPERTIES as readonly string[]).includes(tally) && !isPropDimension(tally) && tally !== 'goal') {
       throw badParameter(
         where,
         `${name} is not supported by this server yet (Tally has no ${tally} dimension); supported: ${supportedProperties().join(', ')}`,
@@ -98,7 +99,8 @@ const METRIC_TABLE: Readonly<Record<string, Metric | string>> = {
   bounce_rate: 'bounce_rate',
   visit_duration: 'visit_duration',
   events: 'events',
-  conversion_rate: 'needs goals (event:goal), which this server does not count yet',
+  // With filters=event:goal==NAME or property=event:goal (the converters over the visitors).
+  conversion_rate: 'conversion_rate',
   time_on_page: 'is not counted by this server',
 }
 const TALLY_METRICS = new Set<string>([
@@ -109,6 +111,7 @@ const TALLY_METRICS = new Set<string>([
   'bounce_rate',
   'visit_duration',
   'events',
+  'conversion_rate',
 ])
 
 export const PLAUSIBLE_METRICS = Object.keys(METRIC_TABLE)

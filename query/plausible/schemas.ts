@@ -18,7 +18,7 @@ const ERROR = (description: string): Json => ({
 
 const ERRORS = {
   400: ERROR(
-    "Plausible's error shape: a parameter is missing or malformed, or the question is one the rollups cannot answer (filters on two properties, a breakdown filtered on another property, conversion_rate); the message names what is supported.",
+    "Plausible's error shape: a parameter is missing or malformed, or the question is one the rollups cannot answer (filters on two properties, a breakdown filtered on another property, conversion_rate without a goal); the message names what is supported.",
   ),
   401: ERROR('No API key (read token), an unknown or revoked one, or one without access to `site_id`.'),
   503: ERROR('The read tokens or the aggregate store cannot be read right now; retry.'),
@@ -41,7 +41,7 @@ function parameters(kind: 'aggregate' | 'timeseries' | 'breakdown', limits: Pars
       "Reference day (YYYY-MM-DD, a local date in the site's zone; default today there); with period=custom two days joined by a comma, inclusive.",
     ),
     metrics: q(
-      `Comma-separated, from ${PLAUSIBLE_METRICS.join(', ')}; default visitors. conversion_rate and time_on_page answer 400 (no goals counted yet).`,
+      `Comma-separated, from ${PLAUSIBLE_METRICS.join(', ')}; default visitors. conversion_rate with filters=event:goal==NAME or property=event:goal; time_on_page answers 400.`,
     ),
     filters: q(
       `Plausible's v1 filters: property==a|b, property!=a, * wildcards, ; between filters. Answered: one property per aggregate or timeseries; a breakdown filtered on its own property. At most ${limits.maxFilterValues} values; a wildcard or != is resolved over at most ${limits.maxLimit} values of the range.`,

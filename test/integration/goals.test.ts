@@ -317,6 +317,49 @@ describe.each(backends)('goals, stream and rebuild (%s)', (_name, openStore, ope
       expectedPoints.push([c, rate(c, visitorsIn(h, h + HOUR))])
     }
     expect(points).toEqual(expectedPoints)
+    // Plausible's Stats API over the same days: event:goal reads the goal rows, its visitors are
+    // the converters (as Plausible counts them), conversion_rate over the days' visitors.
+    const day = (ms: number) => new Date(ms).toISOString().slice(0, 10)
+    const plausible = async (path: string) => {
+      const res = await query!.inject({
+        method: 'GET',
+        url: `${path}&site_id=${encodeURIComponent(siteId)}&period=custom&date=${day(FROM)},${day(TO - 1)}`,
+        headers: { authorization: `Bearer ${readToken}` },
+      })
+      return { status: res.statusCode, body: res.json() }
+    }
+    const byGoal = await plausible(
+      '/api/v1/stats/breakdown?property=event:goal&metrics=visitors,events,conversion_rate',
+    )
+    expect(byGoal.status, JSON.stringify(byGoal.body)).toBe(200)
+    const sortByGoal = (rows: Array<{ goal: string }>) => [...rows].sort((a, b) => (a.goal < b.goal ? -1 : 1))
+    expect(sortByGoal(byGoal.body.results)).toEqual(
+      sortByGoal(
+        expectedRows.map((r) => ({
+          goal: r.goal,
+          visitors: r.conversions,
+          events: r.events,
+          conversion_rate: r.conversion_rate,
+        })),
+      ),
+    )
+    for (const goal of goals) {
+      const t = convertersIn(goal, FROM, TO)
+      const agg = await plausible(
+        `/api/v1/stats/aggregate?metrics=visitors,events,conversion_rate&filters=${encodeURIComponent(`event:goal==${goal}`)}`,
+      )
+      expect(agg.status, JSON.stringify(agg.body)).toBe(200)
+      expect(agg.body).toEqual({
+        results: {
+          visitors: { value: t.conversions },
+          events: { value: t.completions },
+          conversion_rate: { value: rate(t.conversions, all) },
+        },
+      })
+    }
+    const noGoal = await plausible('/api/v1/stats/aggregate?metrics=conversion_rate')
+    expect(noGoal.status).toBe(400)
+    expect(noGoal.body.error).toContain('goal')
     // Conversions by another property are not kept: the answer names what is.
     const bySource = await get(
       `/v1/stats/breakdown?property=source&filters=${encodeURIComponent(`goal==${goal}`)}`,

@@ -72,10 +72,15 @@ describe("Plausible's Stats API v1 parameters", () => {
     })
     expect(parsePlausibleFilters('event:props:plan_2==pro|team', 20)[0]!.property.tally).toBe('prop:plan_2')
     expect(() => plausibleProperty('event:props:a b', 'property')).toThrow(/not a property key/)
-    expect(() => plausibleProperty('event:goal', 'property')).toThrow(/goal/)
+    expect(plausibleProperty('event:goal', 'property')).toEqual({
+      name: 'event:goal',
+      tally: 'goal',
+      rowKey: 'goal',
+    })
     expect(plausibleMetrics(undefined)).toEqual(['visitors'])
     expect(plausibleMetrics('pageviews,visitors,pageviews')).toEqual(['pageviews', 'visitors'])
-    expect(() => plausibleMetrics('conversion_rate')).toThrow(/goal/)
+    expect(plausibleMetrics('visitors,conversion_rate')).toEqual(['visitors', 'conversion_rate'])
+    expect(() => plausibleMetrics('time_on_page')).toThrow(/not counted/)
   })
 
   it("computes compare's change as Plausible does", () => {
