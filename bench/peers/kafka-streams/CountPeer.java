@@ -58,13 +58,13 @@ public final class CountPeer {
       int sets = Short.toUnsignedInt(b.getShort());
       for (int s = 0; s < sets; s++) {
         int pairs = Short.toUnsignedInt(b.getShort());
-        for (int p = 0; p < 2 * pairs; p++) b.position(b.position() + Short.toUnsignedInt(b.getShort()));
+        for (int p = 0; p < 2 * pairs; p++) skip(b, Short.toUnsignedInt(b.getShort()));
       }
       long n = Integer.toUnsignedLong(b.getInt());
       List<Parsed> out = new ArrayList<>((int) Math.min(n, 65_535));
       for (long i = 0; i < n; i++) {
-        b.position(b.position() + 2 + 8);
-        b.position(b.position() + Short.toUnsignedInt(b.getShort()));
+        skip(b, 2 + 8);
+        skip(b, Short.toUnsignedInt(b.getShort()));
         int len = b.getInt();
         out.add(parse(value, b.position(), len));
         b.position(b.position() + len);
@@ -73,6 +73,11 @@ public final class CountPeer {
     } catch (RuntimeException cut) {
       return List.of(new Parsed("(undecodable)", 0L, ""));
     }
+  }
+
+  /** Moves past `n` bytes (read the length first: `position() + getShort()` would read the position before the length). */
+  private static void skip(ByteBuffer b, int n) {
+    b.position(b.position() + n);
   }
 
   private static Parsed parse(byte[] value, int offset, int length) {
