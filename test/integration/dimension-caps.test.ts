@@ -1,14 +1,10 @@
 import { join } from 'node:path'
 import { Registry } from 'prom-client'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { Archiver } from '../../batch/archiver.js'
-import { archiveBehind } from '../../batch/context.js'
-import { createArchiveMetrics } from '../../batch/metrics.js'
 import { runRebuild } from '../../batch/rebuild.js'
 import { dimensionValues, type GeneratedEvent, generateWorkload } from '../../bench/workload.js'
 import { DIMENSION_GRANULARITIES, type Granularity, windowStart } from '../../core/aggregate/definition.js'
 import { capValues, keptValues, OTHER } from '../../core/aggregate/props.js'
-import { archiveKey } from '../../core/archive/paths.js'
 import { archiveTopicDir } from '../../core/archive/segment-file.js'
 import { HyperLogLog } from '../../core/hll.js'
 import { createLogger } from '../../core/log.js'
@@ -27,6 +23,7 @@ import {
   tempDataDir,
 } from '../contract/backends.js'
 import type { EventLogHarness } from '../contract/event-log.js'
+import { archiveWholeLog } from '../helpers/archive-log.js'
 import { eventually, testConfig } from '../helpers/context.js'
 import { feed, ingestApp } from '../helpers/stream.js'
 import { type VisitCounts, visitKey, visitTruthOf } from '../helpers/visit-truth.js'
@@ -307,42 +304,12 @@ describe.each(backends)('dimension value caps, stream and rebuild (%s)', (_name,
   }, 180_000)
 
   it('a rebuild gives the same numbers, final, with at most the kept values and (other) counted', async () => {
-    const archiver = new Archiver(
-      {
-        consumer: log.consumer(`archive-${topic}`, topic),
-        store: store.batch.archive,
-        offsets: log.offsets,
-        metrics: createArchiveMetrics(new Registry()),
-        logger,
-      },
-      {
-        archiveDir: join(data.dir, 'archive'),
-        topic,
-        group: `archive-${topic}`,
-        flushIntervalMs: 200,
-        owner: 'caps-test',
-      },
-    )
-    await archiver.start()
-    try {
-      const key = archiveKey(`archive-${topic}`, topic)
-      await eventually(
-        async () => {
-          const behind = await archiveBehind(
-            store.batch.archive,
-            log.offsets,
-            key,
-            topic,
-            Number.MAX_SAFE_INTEGER,
-          )
-          return behind.length === 0 ? true : undefined
-        },
-        60_000,
-        'the archive to hold the whole log',
-      )
-    } finally {
-      await archiver.close()
-    }
+    await archiveWholeLog(log, store, {
+      topic,
+      archiveDir: join(data.dir, 'archive'),
+      owner: 'caps-test',
+      logger,
+    })
     const result = await runRebuild(
       { leases: store.batch.leases, jobs: store.batch.jobs, rows: store.batch.rows, logger },
       {

@@ -1,13 +1,9 @@
 import { join } from 'node:path'
 import { Registry } from 'prom-client'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { Archiver } from '../../batch/archiver.js'
-import { archiveBehind } from '../../batch/context.js'
-import { createArchiveMetrics } from '../../batch/metrics.js'
 import { runRebuild } from '../../batch/rebuild.js'
 import { type GeneratedEvent, generateWorkload } from '../../bench/workload.js'
 import { eventGoal, pageGoal } from '../../core/aggregate/goals.js'
-import { archiveKey } from '../../core/archive/paths.js'
 import { archiveTopicDir } from '../../core/archive/segment-file.js'
 import { HyperLogLog } from '../../core/hll.js'
 import { createLogger } from '../../core/log.js'
@@ -28,6 +24,7 @@ import {
   tempDataDir,
 } from '../contract/backends.js'
 import type { EventLogHarness } from '../contract/event-log.js'
+import { archiveWholeLog } from '../helpers/archive-log.js'
 import { eventually, testConfig } from '../helpers/context.js'
 import { feed, ingestApp } from '../helpers/stream.js'
 
@@ -430,42 +427,12 @@ describe.each(backends)('goals, stream and rebuild (%s)', (_name, openStore, ope
 
   it('a rebuild gives the same numbers, final, and counts a goal defined after the stream ("define, then rebuild")', async () => {
     await store.sites.addGoal(siteId, eventGoal('Searched'))
-    const archiver = new Archiver(
-      {
-        consumer: log.consumer(`archive-${topic}`, topic),
-        store: store.batch.archive,
-        offsets: log.offsets,
-        metrics: createArchiveMetrics(new Registry()),
-        logger,
-      },
-      {
-        archiveDir: join(data.dir, 'archive'),
-        topic,
-        group: `archive-${topic}`,
-        flushIntervalMs: 200,
-        owner: 'goals-test',
-      },
-    )
-    await archiver.start()
-    try {
-      const key = archiveKey(`archive-${topic}`, topic)
-      await eventually(
-        async () => {
-          const behind = await archiveBehind(
-            store.batch.archive,
-            log.offsets,
-            key,
-            topic,
-            Number.MAX_SAFE_INTEGER,
-          )
-          return behind.length === 0 ? true : undefined
-        },
-        60_000,
-        'the archive to hold the whole log',
-      )
-    } finally {
-      await archiver.close()
-    }
+    await archiveWholeLog(log, store, {
+      topic,
+      archiveDir: join(data.dir, 'archive'),
+      owner: 'goals-test',
+      logger,
+    })
     const result = await runRebuild(
       {
         leases: store.batch.leases,

@@ -1,13 +1,8 @@
 import { join } from 'node:path'
-import { Registry } from 'prom-client'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { Archiver } from '../../batch/archiver.js'
-import { archiveBehind } from '../../batch/context.js'
-import { createArchiveMetrics } from '../../batch/metrics.js'
 import { runRebuild } from '../../batch/rebuild.js'
 import { type GeneratedEvent, generateWorkload } from '../../bench/workload.js'
 import { GRANULARITIES, windowMs } from '../../core/aggregate/definition.js'
-import { archiveKey } from '../../core/archive/paths.js'
 import { archiveTopicDir } from '../../core/archive/segment-file.js'
 import { createLogger } from '../../core/log.js'
 import type { AggregateReader } from '../../core/ports/aggregate-store.js'
@@ -20,7 +15,8 @@ import {
   tempDataDir,
 } from '../contract/backends.js'
 import type { EventLogHarness } from '../contract/event-log.js'
-import { eventually, testConfig } from '../helpers/context.js'
+import { archiveWholeLog } from '../helpers/archive-log.js'
+import { testConfig } from '../helpers/context.js'
 import { feed, ingestApp } from '../helpers/stream.js'
 import { type VisitCounts, visitKey, visitTruthOf } from '../helpers/visit-truth.js'
 import { visitScenarios } from '../helpers/visit-workload.js'
@@ -152,42 +148,12 @@ describe.each(backends)('visits after a rebuild (%s)', (_name, openStore, openLo
   }
 
   async function archive(): Promise<void> {
-    const archiver = new Archiver(
-      {
-        consumer: log.consumer(`archive-${topic}`, topic),
-        store: store.batch.archive,
-        offsets: log.offsets,
-        metrics: createArchiveMetrics(new Registry()),
-        logger,
-      },
-      {
-        archiveDir: join(data.dir, 'archive'),
-        topic,
-        group: `archive-${topic}`,
-        flushIntervalMs: 200,
-        owner: 'visits-test',
-      },
-    )
-    await archiver.start()
-    try {
-      const key = archiveKey(`archive-${topic}`, topic)
-      await eventually(
-        async () => {
-          const behind = await archiveBehind(
-            store.batch.archive,
-            log.offsets,
-            key,
-            topic,
-            Number.MAX_SAFE_INTEGER,
-          )
-          return behind.length === 0 ? true : undefined
-        },
-        60_000,
-        'the archive to hold the whole log',
-      )
-    } finally {
-      await archiver.close()
-    }
+    await archiveWholeLog(log, store, {
+      topic,
+      archiveDir: join(data.dir, 'archive'),
+      owner: 'visits-test',
+      logger,
+    })
   }
 
   function rebuild(fromMs: number, toMs: number) {
