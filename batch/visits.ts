@@ -1,10 +1,18 @@
 import { DIMENSIONS, SESSION_DIMENSIONS, windowStart } from '../core/aggregate/definition.js'
-import { capValues, DEFAULT_DIMENSION_VALUES_MAX, isCappedDimension, OTHER } from '../core/aggregate/props.js'
+import {
+  capValues,
+  DEFAULT_DIMENSION_VALUES_MAX,
+  foldValues,
+  isCappedDimension,
+  isDayPathCapped,
+  keptValues,
+  OTHER,
+} from '../core/aggregate/props.js'
 import { addTo, sessionize, type VisitEvent, visitRows } from '../core/aggregate/visits.js'
 import { forEachSiteRun } from '../core/archive/dedup.js'
 import { HI, LO, type SegmentColumns } from '../core/archive/segment-reader.js'
 import type { RowKey, VisitCounts } from '../core/ports/aggregate-store.js'
-import { CODE_EVENT, CODE_PAGEVIEW, kindCodes } from './aggregate.js'
+import { CODE_EVENT, CODE_IGNORED, CODE_PAGEVIEW, kindCodes } from './aggregate.js'
 
 /**
  * The rebuild's visits of one UTC day (core/aggregate/visits.ts `sessionize` + `visitRows`, the
@@ -73,6 +81,11 @@ export class DayVisits {
   private readonly pathIds = new Map<string, number>()
   private readonly sessions: string[][] = []
   private readonly sessionIds = new Map<string, number>()
+  /**
+   * Per site, the day's `path` values of the events its day window counts (bots' too, as the cap
+   * rule sees them): entry and exit pages are kept by them (core/aggregate/props.ts DAY_PATH_CAPPED).
+   */
+  private readonly dayPaths = new Map<string, Set<string>>()
 
   constructor(
     readonly dayStartMs: number,
@@ -99,12 +112,21 @@ export class DayVisits {
         s = new SiteDayEvents()
         this.sites.set(site, s)
       }
+      let dayPaths = this.dayPaths.get(site)
+      if (!dayPaths) {
+        dayPaths = new Set()
+        this.dayPaths.set(site, dayPaths)
+      }
+      // Dictionary indices of the run's counted paths (bots' included).
+      const pathSeen = new Uint8Array(pathCol.dictionary.length)
       for (let i = from; i < to; i++) {
         if (losers !== undefined && ((losers[i >>> 3]! >>> (i & 7)) & 1) === 1) continue
         const c = codes[(typeIdx[i]! << 1) | ((botBits[i >>> 3]! >>> (i & 7)) & 1)]!
+        if (c === CODE_IGNORED) continue
+        const pk = pathCol.indices[i]!
+        pathSeen[pk] = 1
         if (c !== CODE_EVENT && c !== CODE_PAGEVIEW) continue
         const tsMs = ts[2 * i + HI]! * 4294967296 + (ts[2 * i + LO]! >>> 0)
-        const pk = pathCol.indices[i]!
         let path = pathOf[pk]!
         if (path < 0) {
           path = this.intern(pathCol.dictionary[pk]!)
@@ -119,6 +141,7 @@ export class DayVisits {
         }
         s.push(tsMs, vh[2 * i + HI]!, vh[2 * i + LO]!, c === CODE_PAGEVIEW, path, session)
       }
+      for (let k = 0; k < pathSeen.length; k++) if (pathSeen[k] === 1) dayPaths.add(pathCol.dictionary[k]!)
     })
   }
 
@@ -194,7 +217,8 @@ export class DayVisits {
         })
       }
       if (chunk.length > 0) flush()
-      yield* capVisitRows(rows.values(), this.dimensionValuesMax)
+      const keptPaths = keptValues(this.dayPaths.get(siteId) ?? [], this.dimensionValuesMax)
+      yield* capVisitRows(rows.values(), this.dimensionValuesMax, keptPaths)
     }
   }
 }
@@ -207,11 +231,30 @@ type VisitRow = { key: RowKey; counts: VisitCounts }
  * visit's values are its first event's, an event of the same window, so a value past the cap of the
  * visits' values is past the cap of the events' values too: this folds no value the events keep,
  * and a reader folding the merged values again answers as over the stream's rows.
+ *
+ * With `keptPaths` (the kept `path` values of the rows' day, site by site), entry and exit pages
+ * not among them fold into `(other)` too (core/aggregate/props.ts DAY_PATH_CAPPED); without, they
+ * are left as they are.
  */
-export function* capVisitRows(rows: Iterable<VisitRow>, max: number): Generator<VisitRow> {
+export function* capVisitRows(
+  rows: Iterable<VisitRow>,
+  max: number,
+  keptPaths?: ReadonlySet<string>,
+): Generator<VisitRow> {
   const groups = new Map<string, Map<string, VisitRow>>()
+  const pageGroups = new Map<string, Map<string, VisitRow>>()
   for (const r of rows) {
     const { dimension } = r.key
+    if (dimension !== undefined && keptPaths !== undefined && isDayPathCapped(dimension)) {
+      const g = `${r.key.granularity}\u0001${r.key.windowStart}\u0001${dimension}`
+      let byValue = pageGroups.get(g)
+      if (!byValue) {
+        byValue = new Map()
+        pageGroups.set(g, byValue)
+      }
+      byValue.set(r.key.value, r)
+      continue
+    }
     if (dimension === undefined || !isCappedDimension(dimension)) {
       yield r
       continue
@@ -224,12 +267,12 @@ export function* capVisitRows(rows: Iterable<VisitRow>, max: number): Generator<
     }
     byValue.set(r.key.value, r)
   }
-  for (const byValue of groups.values()) {
-    const { values } = capValues(byValue, max, (into, from) => {
-      if (into === undefined) return { key: { ...from.key, value: OTHER }, counts: { ...from.counts } }
-      addTo(into.counts, from.counts)
-      return into
-    })
-    yield* values.values()
-  }
+  for (const byValue of groups.values()) yield* capValues(byValue, max, foldRow).values.values()
+  for (const byValue of pageGroups.values()) yield* foldValues(byValue, keptPaths!, foldRow).values()
+}
+
+function foldRow(into: VisitRow | undefined, from: VisitRow): VisitRow {
+  if (into === undefined) return { key: { ...from.key, value: OTHER }, counts: { ...from.counts } }
+  addTo(into.counts, from.counts)
+  return into
 }

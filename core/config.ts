@@ -181,8 +181,9 @@ export interface StreamConfig {
   propValuesMax: number
   /**
    * Distinct values per window kept for each of path, referrer, source and the UTM set
-   * (TALLY_DIMENSION_VALUES_MAX, core/aggregate/props.ts CAPPED_DIMENSIONS); stream, rebuild and
-   * query read the same value. Default 10000.
+   * (TALLY_DIMENSION_VALUES_MAX, core/aggregate/props.ts CAPPED_DIMENSIONS), and through the day's
+   * kept paths for entry and exit pages (DAY_PATH_CAPPED); stream, rebuild and query read the same
+   * value. Default 10000.
    */
   dimensionValuesMax: number
   /**
@@ -630,7 +631,7 @@ export const VARIABLES = {
     10_000,
     10,
     100_000,
-    'distinct values per hour or day window kept for each of `path`, `referrer`, `source` and `utm_*` (the rest count under `(other)`, chosen by the hash of the value as for custom properties; stream, rebuild and query need the same value): a rebuilt window holds at most this + 1 rows per dimension, a stream worker about this × (1 + ln(distinct / this)) per partition',
+    'distinct values per hour or day window kept for each of `path`, `referrer`, `source` and `utm_*` (the rest count under `(other)`, chosen by the hash of the value as for custom properties; stream, rebuild and query need the same value); `entry_page` and `exit_page` keep the pages among the kept `path` values of their UTC day: a rebuilt window holds at most this + 1 rows per dimension, a stream worker about this × (1 + ln(distinct / this)) per partition',
   ),
   TALLY_STREAM_VISITS: choice(
     ['on', 'off'] as const,

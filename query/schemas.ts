@@ -58,7 +58,7 @@ function parameters(limits: QueryLimits): Record<string, Json> {
       { type: 'string', example: 'visitors,pageviews,events,bot_events' },
     ),
     property: q(
-      'Dimension to break down by (required for breakdown): one of the listed, `goal` (the goals the site defines, tally sites goals: per goal its completions as events and its converters as visitors and conversions), or `prop:KEY` for a custom property the site declares (tally sites props). A custom property keeps at most TALLY_PROP_VALUES_MAX values per window, path, referrer, source and the utm_* properties at most TALLY_DIMENSION_VALUES_MAX; the others are under `(other)` (meta.values_capped).',
+      'Dimension to break down by (required for breakdown): one of the listed, `goal` (the goals the site defines, tally sites goals: per goal its completions as events and its converters as visitors and conversions), or `prop:KEY` for a custom property the site declares (tally sites props). A custom property keeps at most TALLY_PROP_VALUES_MAX values per window, path, referrer, source and the utm_* properties at most TALLY_DIMENSION_VALUES_MAX, entry_page and exit_page the pages among the kept paths of their UTC day; the others are under `(other)` (meta.values_capped).',
       {
         type: 'string',
         anyOf: [{ enum: [...PROPERTIES, 'goal'] }, { pattern: '^prop:[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$' }],
@@ -289,7 +289,7 @@ const STATS: Record<'aggregate' | 'timeseries' | 'breakdown' | 'realtime', [stri
   ],
   breakdown: [
     'Top values of a property',
-    'Per value of `property` over the range (hour and day windows), sorted by the first metric descending, then by value. meta.total_values counts the rows before paging. For a capped property (a custom property `prop:KEY`, path, referrer, source, utm_*), meta.values_capped says whether values beyond meta.values_max per window were counted under `(other)` (the values kept are those with the smallest hash, the same in the stream and a rebuild); events without the key of a custom property are under `(none)`.',
+    'Per value of `property` over the range (hour and day windows), sorted by the first metric descending, then by value. meta.total_values counts the rows before paging. For a capped property (a custom property `prop:KEY`, path, referrer, source, utm_*), meta.values_capped says whether values beyond meta.values_max per window were counted under `(other)` (the values kept are those with the smallest hash, the same in the stream and a rebuild); entry_page and exit_page keep the pages among the kept paths of the UTC days of the range (meta.values_capped: the page of a visit was folded); events without the key of a custom property are under `(none)`.',
     {
       type: 'array',
       items: { type: 'object', example: { path: '/pricing', visitors: 120, pageviews: 300 } },

@@ -6,7 +6,14 @@ import {
   windowMs,
 } from '../core/aggregate/definition.js'
 import { visitCountsOf } from '../core/aggregate/merge.js'
-import { isCappedDimension, keptValues, OTHER, valuesMaxOf } from '../core/aggregate/props.js'
+import {
+  capped,
+  isCappedDimension,
+  isDayPathCapped,
+  keptValues,
+  OTHER,
+  valuesMaxOf,
+} from '../core/aggregate/props.js'
 import { ERR } from '../core/error-codes.js'
 import type { TallyError } from '../core/errors.js'
 import { HyperLogLog } from '../core/hll.js'
@@ -928,7 +935,9 @@ export class StatsService {
     // (no sketches), the second reads the sketches of the page's values alone.
     // A capped dimension's (a custom property's, path's, referrer's, …) values beyond the cap fold
     // into (other), which needs every value's sketch.
-    const cappedDim = isCappedDimension(property)
+    // Entry and exit pages are capped by the paths of their days (core/aggregate/props.ts DAY_PATH_CAPPED).
+    const pageCapped = isDayPathCapped(property)
+    const cappedDim = isCappedDimension(property) || pageCapped
     const valuesMax = valuesMaxOf(property, this.deps)
     // Goals are few (at most 20 a site): read with their sketches at once.
     const visitorsLater = withVisitors && sortBy !== 'visitors' && !cappedDim && property !== 'goal'
@@ -944,7 +953,33 @@ export class StatsService {
     // and the rebuild's hours then answer the same.
     let under: ((value: string) => string | undefined) | undefined
     let capHit = false
-    if (cappedDim) {
+    if (pageCapped) {
+      // The rule over the paths of the range's UTC days, read from their day windows: a page kept
+      // there is kept in each of those days, so its rows are whole; the others fold into (other).
+      const days: Segment = {
+        granularity: 'day',
+        fromMs: floorTo(range.fromMs, 'day'),
+        toMs: floorTo(range.toMs + DAY_MS - 1, 'day'),
+      }
+      // The pages read are paths of those days too (a set within the days' paths that holds their
+      // kept ones answers the same), so a day without path rows folds nothing it cannot prove.
+      const dayPaths = new Set<string>()
+      for (const one of read.flat()) for (const value of one.values.keys()) dayPaths.add(value)
+      for (const one of await this.breakdownParts(q.siteId, days, 'path', { visitors: false }, at))
+        for (const value of one.values.keys()) dayPaths.add(value)
+      const kept = keptValues(dayPaths, valuesMax)
+      const fold = (value: string) => (kept.has(value) || !capped(value) ? value : OTHER)
+      // Capped: a visit of the range has a page folded (a row of no visit folds nothing).
+      let folded = 0
+      for (const one of read.flat())
+        for (const [value, v] of one.values) if (fold(value) === OTHER) folded += v.visits ?? 0
+      capHit = folded > 0
+      const wanted = values ? new Set(values) : undefined
+      under = (value) => {
+        const v = fold(value)
+        return wanted && !wanted.has(v) ? undefined : v
+      }
+    } else if (cappedDim) {
       const seen = new Set<string>()
       for (const one of read.flat()) for (const value of one.values.keys()) seen.add(value)
       const kept = keptValues(seen, valuesMax)

@@ -8,7 +8,12 @@ import {
   windowMs,
   windowStart,
 } from '../core/aggregate/definition.js'
-import { DEFAULT_DIMENSION_VALUES_MAX, isCappedDimension, ValueAdmission } from '../core/aggregate/props.js'
+import {
+  DEFAULT_DIMENSION_VALUES_MAX,
+  isCappedDimension,
+  isDayPathCapped,
+  ValueAdmission,
+} from '../core/aggregate/props.js'
 import { RowAccumulator } from '../core/aggregate/rows.js'
 import { type RowKey, rowId, type StoredRow, type VisitCounts } from '../core/ports/aggregate-store.js'
 
@@ -56,6 +61,10 @@ const ROW_DIMENSION_INDEX = new Map<RowDimension, number>(ROW_DIMENSIONS.map((d,
 const GRANULARITY_INDEX = new Map<Granularity, number>(GRANULARITIES.map((g, i) => [g, i]))
 /** Per ROW_DIMENSIONS index: whether its values per window are capped (core/aggregate/props.ts). */
 const CAPPED_INDEX: readonly boolean[] = ROW_DIMENSIONS.map((d) => isCappedDimension(d))
+/** Per ROW_DIMENSIONS index: whether it is capped by its day's `path` values (entry and exit page). */
+const DAY_PATH_INDEX: readonly boolean[] = ROW_DIMENSIONS.map((d) => isDayPathCapped(d))
+const PATH_INDEX = ROW_DIMENSION_INDEX.get('path')!
+const DAY_INDEX = GRANULARITY_INDEX.get('day')!
 
 /** The rows of one window of one site: its totals and, for hour and day, one row per dimension value. */
 export class WindowRows {
@@ -257,16 +266,40 @@ export function applyVisits(table: RowTable, row: Row, offset: number, delta: Vi
 /**
  * The row of `key` in the table: held, or added to load (a visit change may touch a window already
  * written and dropped: its start window). A capped dimension's value goes through the window's
- * admission (WindowRows.valueOf), as the event's own count did.
+ * admission (WindowRows.valueOf), as the event's own count did; an entry or exit page through its
+ * day's `path` admission.
  */
 export function rowOf(table: RowTable, loading: Loading[], key: RowKey): Row {
-  const w = table.window(GRANULARITY_INDEX.get(key.granularity)!, key.siteId, key.windowStart)
+  const gi = GRANULARITY_INDEX.get(key.granularity)!
+  const w = table.window(gi, key.siteId, key.windowStart)
   if (key.dimension === undefined) return w.totals ?? rowToLoad(table, loading, w, -1, key)
   const di = ROW_DIMENSION_INDEX.get(key.dimension)!
-  const value = w.valueOf(di, key.value)
+  const value = admitted(table, w, gi, key.siteId, key.windowStart, di, key.value)
   return (
     w.dims[di]!.get(value) ?? rowToLoad(table, loading, w, di, value === key.value ? key : { ...key, value })
   )
+}
+
+/**
+ * The row value of dimension `di` = `value` in window `w` (starting at `ws`): a capped dimension's
+ * through the window's admission (WindowRows.valueOf), an entry or exit page's through the
+ * admission of `path` in the window's day (core/aggregate/props.ts DAY_PATH_CAPPED). The page is
+ * a path of that day, so admitting it there adds no value the day does not have: a refusal still
+ * proves it is not among the day's kept paths, and a page once admitted or refused stays so, so a
+ * visit's later changes reach the row it counted in.
+ */
+function admitted(
+  table: RowTable,
+  w: WindowRows,
+  gi: number,
+  siteId: string,
+  ws: number,
+  di: number,
+  value: string,
+): string {
+  if (!DAY_PATH_INDEX[di]) return w.valueOf(di, value)
+  const day = gi === DAY_INDEX ? w : table.window(DAY_INDEX, siteId, windowStart(ws, 'day'))
+  return day.valueOf(PATH_INDEX, value)
 }
 
 /** ROW_DIMENSIONS index of each session dimension, and of entry and exit page. */
@@ -290,15 +323,28 @@ function rowAt(
   value: string,
 ): Row {
   const w = table.window(gi, siteId, ws)
-  const held = di < 0 ? w.totals : w.dims[di]!.get(value)
+  if (di < 0)
+    return (
+      w.totals ??
+      rowToLoad(table, loading, w, di, {
+        siteId,
+        granularity: GRANULARITIES[gi]!,
+        windowStart: ws,
+        dimension: undefined,
+        value: '',
+        sourcePartition,
+      })
+    )
+  // A capped dimension's value as the event's own count took it: itself or `(other)`.
+  const v = admitted(table, w, gi, siteId, ws, di, value)
   return (
-    held ??
+    w.dims[di]!.get(v) ??
     rowToLoad(table, loading, w, di, {
       siteId,
       granularity: GRANULARITIES[gi]!,
       windowStart: ws,
-      dimension: di < 0 ? undefined : ROW_DIMENSIONS[di],
-      value: di < 0 ? '' : value,
+      dimension: ROW_DIMENSIONS[di],
+      value: v,
       sourcePartition,
     })
   )
