@@ -78,6 +78,12 @@ export function formatMarkdown(r: RunReport): string {
         `| ${cell(t.scenario)} | ${cell(t.metric)} | ${formatNumber(t.value)} ${cell(t.unit)} | ${cell(t.target)} | ${t.met ? 'yes' : 'no'} |`,
       )
   }
+  for (const f of r.figures) {
+    if (!f.series) continue
+    out.push('', `## ${f.series.title}`, '', `| ${f.series.columns.map(cell).join(' | ')} |`)
+    out.push(`|${f.series.columns.map((_, i) => (i === 0 ? '---' : '---:')).join('|')}|`)
+    for (const row of f.series.rows) out.push(`| ${row.map(cell).join(' | ')} |`)
+  }
   out.push('', '## What each figure is', '')
   for (const f of r.figures) {
     const parts: string[] = []
