@@ -239,8 +239,18 @@ interface IntervalFigure {
   eventsPerSec: number
   rssBytes: number
   heapUsedBytes: number
+  /** Events per producer send in the interval: the fewer, the more each event pays of a send. */
+  eventsPerSend: number
   batchP99Ms: number | undefined
   trackP99Ms: number | undefined
+}
+
+/** Producer sends so far and the events they carried (tally_ingest_kafka_batch_records). */
+function sends(metrics: string): { sends: number; events: number } {
+  return {
+    sends: metricSum(metrics, 'tally_ingest_kafka_batch_records_count'),
+    events: metricSum(metrics, 'tally_ingest_kafka_batch_records_sum'),
+  }
 }
 
 async function runSteady(ctx: ScenarioContext): Promise<ScenarioOutcome> {
@@ -288,10 +298,13 @@ async function runSteady(ctx: ScenarioContext): Promise<ScenarioOutcome> {
   try {
     await both(plan.warmupSec)
     let before = sampleProc(tally.pid)
+    let sendsBefore = sends(await scrape(url))
     for (let i = 0; i < plan.intervals; i++) {
       const r = await both(plan.seconds)
       const after = sampleProc(tally.pid)
-      const heapUsedBytes = metricSum(await scrape(url), 'nodejs_heap_size_used_bytes')
+      const metrics = await scrape(url)
+      const heapUsedBytes = metricSum(metrics, 'nodejs_heap_size_used_bytes')
+      const sendsAfter = sends(metrics)
       const events = r.batch.ok * BATCH + r.track.ok
       const seconds = (after.atMs - before.atMs) / 1000
       const figure: IntervalFigure = {
@@ -302,14 +315,16 @@ async function runSteady(ctx: ScenarioContext): Promise<ScenarioOutcome> {
         eventsPerSec: events / seconds,
         rssBytes: after.rssBytes,
         heapUsedBytes,
+        eventsPerSend: (sendsAfter.events - sendsBefore.events) / (sendsAfter.sends - sendsBefore.sends),
         batchP99Ms: r.batch.latency?.p99,
         trackP99Ms: r.track.latency?.p99,
       }
       intervals.push(figure)
       ctx.say(
-        `ingest.steady ${figure.index}/${plan.intervals}: ${round(figure.cpuUsPerEvent)} CPU-µs/event, ${round(figure.eventsPerSec)} events/s, RSS ${formatBytes(figure.rssBytes)}, heap ${formatBytes(heapUsedBytes)}, p99 batch ${round(figure.batchP99Ms ?? Number.NaN)} ms, track ${round(figure.trackP99Ms ?? Number.NaN)} ms`,
+        `ingest.steady ${figure.index}/${plan.intervals}: ${round(figure.cpuUsPerEvent)} CPU-µs/event, ${round(figure.eventsPerSec)} events/s, RSS ${formatBytes(figure.rssBytes)}, heap ${formatBytes(heapUsedBytes)}, ${round(figure.eventsPerSend)} events per Kafka send, p99 batch ${round(figure.batchP99Ms ?? Number.NaN)} ms, track ${round(figure.trackP99Ms ?? Number.NaN)} ms`,
       )
       before = sampleProc(tally.pid)
+      sendsBefore = sendsAfter
     }
   } finally {
     await Promise.all([batchClient.close(), trackClient.close()])
@@ -348,11 +363,21 @@ async function runSteady(ctx: ScenarioContext): Promise<ScenarioOutcome> {
     checks: [check],
     series: {
       title: 'ingest.steady: one ingest process under the same load, per interval',
-      columns: ['interval', 'CPU-µs/event', 'events/s', 'RSS', 'heap used', 'p99 batch ms', 'p99 track ms'],
+      columns: [
+        'interval',
+        'CPU-µs/event',
+        'events/s',
+        'events per Kafka send',
+        'RSS',
+        'heap used',
+        'p99 batch ms',
+        'p99 track ms',
+      ],
       rows: intervals.map((f) => [
         `${f.index} (${round(f.seconds)} s)`,
         String(round(f.cpuUsPerEvent)),
         formatNumber(f.eventsPerSec),
+        String(round(f.eventsPerSend)),
         formatBytes(f.rssBytes),
         formatBytes(f.heapUsedBytes),
         f.batchP99Ms === undefined ? '—' : String(round(f.batchP99Ms)),
@@ -364,6 +389,7 @@ async function runSteady(ctx: ScenarioContext): Promise<ScenarioOutcome> {
         ...f,
         cpuUsPerEvent: round(f.cpuUsPerEvent),
         eventsPerSec: round(f.eventsPerSec),
+        eventsPerSend: round(f.eventsPerSend),
       })),
     },
   }
