@@ -219,10 +219,10 @@ function steadyPlan(ctx: ScenarioContext): { intervals: number; seconds: number;
     const m = /^(\d{1,3})x(\d{1,4})$/.exec(fixed)
     if (!m || Number(m[1]) < 2 || Number(m[2]) < 1)
       throw new Error(`TALLY_BENCH_STEADY=${fixed}: expected INTERVALSxSECONDS, at least 2 intervals of 1 s`)
-    return { intervals: Number(m[1]), seconds: Number(m[2]), warmupSec: pick(ctx, 5, 3) }
+    return { intervals: Number(m[1]), seconds: Number(m[2]), warmupSec: pick(ctx, 5, 2) }
   }
   // Full: 10 minutes in 30 s intervals. Quick (CI): under a minute in all.
-  return pick(ctx, { intervals: 20, seconds: 30, warmupSec: 5 }, { intervals: 3, seconds: 12, warmupSec: 3 })
+  return pick(ctx, { intervals: 20, seconds: 30, warmupSec: 5 }, { intervals: 3, seconds: 10, warmupSec: 2 })
 }
 
 /** /v1/batch requests (100 events each) and /v1/track requests per second: ~4,400 events/s, well under one process's peak. */
