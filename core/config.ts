@@ -731,7 +731,8 @@ type Values = { [K in VariableName]: (typeof VARIABLES)[K] extends Variable<infe
 /**
  * TALLY_* variables read outside the configuration, so not unknown: TALLY_DEBUG (the CLI prints
  * stack traces), TALLY_TEST_KEEP_SERVICES (the integration tests leave the services running),
- * TALLY_BENCH_CPU_PROF (the bench profiles its children), TALLY_SOAK, TALLY_SOAK_SECONDS,
+ * TALLY_BENCH_CPU_PROF (the bench profiles its children), TALLY_BENCH_NODE_FLAGS (more Node flags for
+ * them), TALLY_BENCH_STEADY (the ingest-steady scenario's intervals), TALLY_SOAK, TALLY_SOAK_SECONDS,
  * TALLY_SOAK_SEED and TALLY_SOAK_KEEP (the soak test, `npm run test:soak`, whose child processes
  * inherit them).
  */
@@ -739,6 +740,8 @@ export const NON_CONFIG_VARIABLES: ReadonlySet<string> = new Set([
   'TALLY_DEBUG',
   'TALLY_TEST_KEEP_SERVICES',
   'TALLY_BENCH_CPU_PROF',
+  'TALLY_BENCH_NODE_FLAGS',
+  'TALLY_BENCH_STEADY',
   'TALLY_SOAK',
   'TALLY_SOAK_SECONDS',
   'TALLY_SOAK_SEED',

@@ -78,6 +78,12 @@ export function formatMarkdown(r: RunReport): string {
         `| ${cell(t.scenario)} | ${cell(t.metric)} | ${formatNumber(t.value)} ${cell(t.unit)} | ${cell(t.target)} | ${t.met ? 'yes' : 'no'} |`,
       )
   }
+  for (const f of r.figures) {
+    if (!f.series) continue
+    out.push('', `## ${f.series.title}`, '', `| ${f.series.columns.map(cell).join(' | ')} |`)
+    out.push(`|${f.series.columns.map((_, i) => (i === 0 ? '---' : '---:')).join('|')}|`)
+    for (const row of f.series.rows) out.push(`| ${row.map(cell).join(' | ')} |`)
+  }
   out.push('', '## What each figure is', '')
   for (const f of r.figures) {
     const parts: string[] = []
@@ -96,6 +102,9 @@ export function formatMarkdown(r: RunReport): string {
     '- HTTP load comes from autocannon in the bench process, on loopback; latency is taken per response (float ms).',
     '  Ingest runs are sized by request count, so nothing is in flight at the end and the count check is exact;',
     '  Tally and the bare route alternate their peak runs (best of two each), and latency is read at half the peak.',
+    '- Ingest over time (`ingest.steady`): one fresh ingest process under the same open-loop load for every interval;',
+    '  CPU-µs per event is its CPU time (/proc/PID/stat) over the events answered 2xx in the interval, so it holds on a',
+    '  shared machine where rates do not; fewer events per Kafka send make each event dearer.',
     '- Stream: events are loaded into a fresh topic first, then one worker process is timed from its first record to',
     '  every checkpoint at the end of the topic. Freshness: probes through /v1/track under steady background traffic,',
     '  polled through the query API every 20 ms.',
