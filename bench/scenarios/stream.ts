@@ -383,10 +383,17 @@ async function throughput(ctx: ScenarioContext, variant: Variant = ALL): Promise
   }
 }
 
-/** Store rows per counted event of a run (bench figure details), when measured. */
+/**
+ * Store rows per counted event of a run (from its figure's details, not rounded), when measured: no
+ * window was evicted, so the rows held are every row written.
+ */
 function rowsPerEvent(f: Figure | undefined): number | undefined {
-  const v = f?.status === 'ok' ? f.details?.storeRowsPerCountedEvent : undefined
-  return typeof v === 'number' ? v : undefined
+  const d = f?.status === 'ok' ? f.details : undefined
+  const rows = d?.storeRows
+  const counted = d?.countedEvents
+  return typeof rows === 'number' && typeof counted === 'number' && counted > 0 && d?.windowsEvicted === 0
+    ? rows / counted
+    : undefined
 }
 
 /**
