@@ -1,6 +1,7 @@
 import { isIP } from 'node:net'
 import { homedir, tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
+import { BREAKDOWN_DIMENSIONS, type BreakdownDimension, parseBreakdowns } from './aggregate/breakdowns.js'
 import { ConfigError } from './errors.js'
 import type { PackOptions } from './ports/event-log.js'
 
@@ -186,6 +187,11 @@ export interface StreamConfig {
    * value. Default 10000.
    */
   dimensionValuesMax: number
+  /**
+   * The breakdown dimensions aggregated (TALLY_BREAKDOWNS, core/aggregate/breakdowns.ts), in
+   * BREAKDOWN_DIMENSIONS order; stream, rebuild and query read the same list. Default all.
+   */
+  breakdowns: readonly BreakdownDimension[]
   /**
    * Count visits (TALLY_STREAM_VISITS, default on). Off only to measure what visits cost (the bench's
    * stream scenario): rows are then written without visit data and show none until a rebuild.
@@ -633,6 +639,18 @@ export const VARIABLES = {
     100_000,
     'distinct values per hour or day window kept for each of `path`, `referrer`, `source` and `utm_*` (the rest count under `(other)`, chosen by the hash of the value as for custom properties; stream, rebuild and query need the same value); `entry_page` and `exit_page` keep the pages among the kept `path` values of their UTC day: a rebuilt window holds at most this + 1 rows per dimension, a stream worker about this × (1 + ln(distinct / this)) per partition',
   ),
+  TALLY_BREAKDOWNS: custom<readonly BreakdownDimension[]>(
+    `comma-separated list of ${BREAKDOWN_DIMENSIONS.join(', ')}`,
+    'all',
+    'the breakdown dimensions aggregated: each adds a row per event to every hour and day window (its values count in rows of their own), so leaving out unneeded ones (e.g. country, utm_content, utm_term) saves rows; stream, rebuild and query need the same list, and the query answers a breakdown or filter on another with 400 TALLY_ERR_BREAKDOWN_NOT_KEPT; totals, custom properties and goals are always kept',
+    (raw, name) => {
+      const parsed = parseBreakdowns(raw)
+      if (parsed.ok) return parsed.dimensions
+      const err = new ConfigError(name, raw ?? '', 'a list of breakdown dimensions')
+      err.message = `${name}=${JSON.stringify(raw)} is not valid: ${JSON.stringify(parsed.bad)} is not a breakdown dimension; expected a comma-separated list of ${BREAKDOWN_DIMENSIONS.join(', ')}`
+      throw err
+    },
+  ),
   TALLY_STREAM_VISITS: choice(
     ['on', 'off'] as const,
     'on',
@@ -900,6 +918,7 @@ export function loadConfig(env: Env = process.env): TallyConfig {
       visitGapMs: v.TALLY_VISIT_GAP_MS,
       propValuesMax: v.TALLY_PROP_VALUES_MAX,
       dimensionValuesMax: v.TALLY_DIMENSION_VALUES_MAX,
+      breakdowns: v.TALLY_BREAKDOWNS,
       countsVisits: v.TALLY_STREAM_VISITS === 'on',
       maxOpenWindows: v.TALLY_STREAM_MAX_OPEN_WINDOWS,
       dedupHorizonMs: v.TALLY_DEDUP_HORIZON_MS,

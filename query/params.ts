@@ -1,3 +1,4 @@
+import { BREAKDOWN_DIMENSIONS, type BreakdownDimension } from '../core/aggregate/breakdowns.js'
 import {
   DIMENSIONS,
   GRANULARITIES,
@@ -8,6 +9,7 @@ import {
 } from '../core/aggregate/definition.js'
 import { isPropDimension } from '../core/aggregate/props.js'
 import { ERR } from '../core/error-codes.js'
+import type { TallyError } from '../core/errors.js'
 import { badParameter, parseInstant, type TimeRange } from './range.js'
 import {
   addDays,
@@ -142,6 +144,11 @@ export interface ParseLimits {
   maxFilterValues: number
   /** Longest `minutes` of realtime. */
   maxRealtimeMinutes: number
+  /**
+   * The breakdown dimensions the deployment aggregates (TALLY_BREAKDOWNS): a breakdown or filter on
+   * another is refused, as no row holds it. Default all.
+   */
+  breakdowns?: readonly BreakdownDimension[]
 }
 
 export interface ParsedQuery {
@@ -230,6 +237,31 @@ export function parseProperty(raw: string, where: string): RowDimension {
     )
   }
   return raw as RowDimension
+}
+
+/**
+ * Refuses a breakdown or a filter on a dimension the deployment does not aggregate (TALLY_BREAKDOWNS):
+ * no row holds it, so an answer would be empty, not the truth. Names the ones kept.
+ */
+function checkKept(
+  kept: readonly BreakdownDimension[] | undefined,
+  property: RowDimension | undefined,
+  filters: readonly Filter[],
+): void {
+  if (kept === undefined || kept.length === BREAKDOWN_DIMENSIONS.length) return
+  const notKept = (d: RowDimension | undefined): boolean =>
+    d !== undefined &&
+    (BREAKDOWN_DIMENSIONS as readonly string[]).includes(d) &&
+    !(kept as readonly string[]).includes(d)
+  const refuse = (where: string, d: RowDimension): TallyError =>
+    badParameter(
+      where,
+      `${where}: ${d} is not aggregated by this deployment (TALLY_BREAKDOWNS); the breakdowns kept are ${kept.join(', ')}, goal and prop:KEY`,
+      ERR.BREAKDOWN_NOT_KEPT,
+    )
+  if (notKept(property)) throw refuse('property', property!)
+  const f = filters.find((x) => notKept(x.property))
+  if (f) throw refuse('filters', f.property)
 }
 
 /**
@@ -460,6 +492,7 @@ export function parseQuery(
     throw badParameter('property', 'property is required', ERR.MISSING_PARAMETER)
   }
   const property = propertyRaw === undefined ? undefined : parseProperty(propertyRaw, 'property')
+  checkKept(limits.breakdowns, property, filters)
   const byVisits = isVisitDimension(property) || filters.some((f) => isVisitDimension(f.property))
   const metrics =
     metricsRaw === undefined && byVisits ? [...ENTRY_EXIT_DEFAULT_METRICS] : parseMetrics(metricsRaw)

@@ -58,10 +58,13 @@ function parameters(limits: QueryLimits): Record<string, Json> {
       { type: 'string', example: 'visitors,pageviews,events,bot_events' },
     ),
     property: q(
-      'Dimension to break down by (required for breakdown): one of the listed, `goal` (the goals the site defines, tally sites goals: per goal its completions as events and its converters as visitors and conversions), or `prop:KEY` for a custom property the site declares (tally sites props). A custom property keeps at most TALLY_PROP_VALUES_MAX values per window, path, referrer, source and the utm_* properties at most TALLY_DIMENSION_VALUES_MAX, entry_page and exit_page the pages among the kept paths of their UTC day; the others are under `(other)` (meta.values_capped).',
+      'Dimension to break down by (required for breakdown): one of the listed (the breakdowns this deployment aggregates, TALLY_BREAKDOWNS; another answers 400 TALLY_ERR_BREAKDOWN_NOT_KEPT, as does a filter on one), `goal` (the goals the site defines, tally sites goals: per goal its completions as events and its converters as visitors and conversions), or `prop:KEY` for a custom property the site declares (tally sites props). A custom property keeps at most TALLY_PROP_VALUES_MAX values per window, path, referrer, source and the utm_* properties at most TALLY_DIMENSION_VALUES_MAX, entry_page and exit_page the pages among the kept paths of their UTC day; the others are under `(other)` (meta.values_capped).',
       {
         type: 'string',
-        anyOf: [{ enum: [...PROPERTIES, 'goal'] }, { pattern: '^prop:[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$' }],
+        anyOf: [
+          { enum: [...PROPERTIES.filter((p) => limits.breakdowns?.includes(p as never) ?? true), 'goal'] },
+          { pattern: '^prop:[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$' },
+        ],
       },
     ),
     filters: q(
@@ -208,6 +211,7 @@ const PARAMETER_ERRORS: readonly ErrorName[] = [
   'UNKNOWN_PARAMETER',
   'RANGE_TOO_LARGE',
   'FILTER_UNSUPPORTED',
+  'BREAKDOWN_NOT_KEPT',
   'BEYOND_RETENTION',
 ]
 const READ_ERRORS: readonly ErrorName[] = [

@@ -126,7 +126,10 @@ export function aggregate(
     apply(table, totals, offset, flags, visitor.hi, visitor.lo)
     if (w.dims.length === 0) continue
     dims ??= dimensionsOf(e)
-    for (let di = 0; di < DIMENSIONS.length; di++) {
+    // The breakdowns kept (TALLY_BREAKDOWNS): DIMENSIONS indexes computed once with the table.
+    const kept = table.kept.event
+    for (let k = 0; k < kept.length; k++) {
+      const di = kept[k]!
       const dimension = DIMENSIONS[di]!
       // A capped dimension's value, or `(other)` (core/aggregate/props.ts, TALLY_DIMENSION_VALUES_MAX).
       const value = w.valueOf(di, dims[dimension])
@@ -256,7 +259,7 @@ export function countVisit(
     return
   }
   for (const { key, delta } of visitDeltas(change, sourcePartition))
-    applyVisits(table, rowOf(table, loading, key), offset, delta)
+    if (table.kept.keeps(key.dimension)) applyVisits(table, rowOf(table, loading, key), offset, delta)
 }
 
 /** Scratch of the visits step (the steps run one event at a time). */

@@ -1,3 +1,4 @@
+import { KeptBreakdowns } from '../core/aggregate/breakdowns.js'
 import {
   DIMENSION_GRANULARITIES,
   GRANULARITIES,
@@ -139,6 +140,8 @@ export class RowTable {
   constructor(
     /** Values kept per capped dimension and window (TALLY_DIMENSION_VALUES_MAX). */
     readonly dimensionValuesMax = DEFAULT_DIMENSION_VALUES_MAX,
+    /** The breakdown dimensions whose rows are written (TALLY_BREAKDOWNS); the others get none. */
+    readonly kept = new KeptBreakdowns(),
   ) {}
 
   window(gi: number, siteId: string, windowStart: number): WindowRows {
@@ -372,21 +375,24 @@ export function applyVisitRows(
     const ws = windowStart(startMs, GRANULARITIES[gi]!)
     applyVisits(table, rowAt(table, loading, sourcePartition, siteId, gi, ws, -1, ''), offset, delta)
     if (!KEEPS_DIMENSIONS[gi]) continue
-    for (let i = 0; i < SESSION_ROW_INDEX.length; i++)
+    const kept = table.kept.session
+    for (let k = 0; k < kept.length; k++) {
+      const i = kept[k]!
       applyVisits(
         table,
         rowAt(table, loading, sourcePartition, siteId, gi, ws, SESSION_ROW_INDEX[i]!, session[i]!),
         offset,
         delta,
       )
-    if (entry !== undefined)
+    }
+    if (entry !== undefined && table.kept.entryPage)
       applyVisits(
         table,
         rowAt(table, loading, sourcePartition, siteId, gi, ws, ENTRY_PAGE, entry),
         offset,
         delta,
       )
-    if (exit !== undefined)
+    if (exit !== undefined && table.kept.exitPage)
       applyVisits(
         table,
         rowAt(table, loading, sourcePartition, siteId, gi, ws, EXIT_PAGE, exit),
@@ -412,6 +418,7 @@ export function applyVisitPageRows(
   delta: VisitCounts,
 ): void {
   const di = exit ? EXIT_PAGE : ENTRY_PAGE
+  if (!(exit ? table.kept.exitPage : table.kept.entryPage)) return
   for (let gi = 0; gi < GRANULARITIES.length; gi++) {
     if (!KEEPS_DIMENSIONS[gi]) continue
     const ws = windowStart(startMs, GRANULARITIES[gi]!)
