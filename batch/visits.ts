@@ -1,10 +1,18 @@
 import { DIMENSIONS, SESSION_DIMENSIONS, windowStart } from '../core/aggregate/definition.js'
-import { capValues, DEFAULT_DIMENSION_VALUES_MAX, isCappedDimension, OTHER } from '../core/aggregate/props.js'
-import { addTo, sessionize, type VisitEvent, visitRows } from '../core/aggregate/visits.js'
+import {
+  capValues,
+  DEFAULT_DIMENSION_VALUES_MAX,
+  DEFAULT_PROP_VALUES_MAX,
+  isCappedDimension,
+  isPropDimension,
+  OTHER,
+  PROP_PREFIX,
+} from '../core/aggregate/props.js'
+import { addTo, propEntry, sessionize, type VisitEvent, visitRows } from '../core/aggregate/visits.js'
 import { forEachSiteRun } from '../core/archive/dedup.js'
 import { HI, LO, type SegmentColumns } from '../core/archive/segment-reader.js'
 import type { RowKey, VisitCounts } from '../core/ports/aggregate-store.js'
-import { CODE_EVENT, CODE_PAGEVIEW, kindCodes } from './aggregate.js'
+import { CODE_EVENT, CODE_PAGEVIEW, kindCodes, type SitePropValues } from './aggregate.js'
 
 /**
  * The rebuild's visits of one UTC day (core/aggregate/visits.ts `sessionize` + `visitRows`, the
@@ -79,10 +87,21 @@ export class DayVisits {
     private readonly siteId: string | undefined,
     /** Distinct values kept per capped dimension and window (TALLY_DIMENSION_VALUES_MAX). */
     private readonly dimensionValuesMax = DEFAULT_DIMENSION_VALUES_MAX,
+    /** Distinct values kept per custom property and window (TALLY_PROP_VALUES_MAX). */
+    private readonly propValuesMax = DEFAULT_PROP_VALUES_MAX,
   ) {}
 
-  /** Adds a segment of the day: rows set in `losers` are duplicates and do not count. */
-  add(cols: SegmentColumns, losers: Uint8Array | undefined): void {
+  /**
+   * Adds a segment of the day: rows set in `losers` are duplicates and do not count. `props`: per
+   * site that declares keys, its custom property values in this segment (batch/prop-columns.ts
+   * propValuesOf), which follow each event's session values as `KEY=value` entries (a visit's
+   * `prop:KEY` rows are its first event's values, as in the stream).
+   */
+  add(
+    cols: SegmentColumns,
+    losers: Uint8Array | undefined,
+    props?: ReadonlyMap<string, SitePropValues>,
+  ): void {
     const codes = kindCodes(cols.type.dictionary)
     const typeIdx = cols.type.indices
     const botBits = cols.bot
@@ -99,6 +118,9 @@ export class DayVisits {
         s = new SiteDayEvents()
         this.sites.set(site, s)
       }
+      // The site's declared keys (none for most sites: no cost) and their values, row by row.
+      const pv = props?.get(site)
+      const propKeys = pv?.dimensions.map((d) => d.slice(PROP_PREFIX.length)) ?? []
       for (let i = from; i < to; i++) {
         if (losers !== undefined && ((losers[i >>> 3]! >>> (i & 7)) & 1) === 1) continue
         const c = codes[(typeIdx[i]! << 1) | ((botBits[i >>> 3]! >>> (i & 7)) & 1)]!
@@ -112,9 +134,13 @@ export class DayVisits {
         }
         let sk = ''
         for (const col of sessionCols) sk += `${col.indices[i]!},`
+        for (let k = 0; k < propKeys.length; k++) sk += `\u0001${pv!.values[k]![i - from]!}`
         let session = sessionOf.get(sk)
         if (session === undefined) {
-          session = this.internSession(sessionCols.map((col) => col.dictionary[col.indices[i]!]!))
+          const values = sessionCols.map((col) => col.dictionary[col.indices[i]!]!)
+          for (let k = 0; k < propKeys.length; k++)
+            values.push(propEntry(propKeys[k]!, pv!.values[k]![i - from]!))
+          session = this.internSession(values)
           sessionOf.set(sk, session)
         }
         s.push(tsMs, vh[2 * i + HI]!, vh[2 * i + LO]!, c === CODE_PAGEVIEW, path, session)
@@ -194,7 +220,7 @@ export class DayVisits {
         })
       }
       if (chunk.length > 0) flush()
-      yield* capVisitRows(rows.values(), this.dimensionValuesMax)
+      yield* capVisitRows(rows.values(), this.dimensionValuesMax, this.propValuesMax)
     }
   }
 }
@@ -202,13 +228,18 @@ export class DayVisits {
 type VisitRow = { key: RowKey; counts: VisitCounts }
 
 /**
- * The visit rows of capped dimensions (the session ones: referrer, source, UTM) under the cap rule
+ * The visit rows of capped dimensions (the session ones: referrer, source, UTM; custom properties
+ * under `propMax`) under the cap rule
  * of their own values in each window (core/aggregate/props.ts capValues), the others as they are. A
  * visit's values are its first event's, an event of the same window, so a value past the cap of the
  * visits' values is past the cap of the events' values too: this folds no value the events keep,
  * and a reader folding the merged values again answers as over the stream's rows.
  */
-export function* capVisitRows(rows: Iterable<VisitRow>, max: number): Generator<VisitRow> {
+export function* capVisitRows(
+  rows: Iterable<VisitRow>,
+  max: number,
+  propMax = DEFAULT_PROP_VALUES_MAX,
+): Generator<VisitRow> {
   const groups = new Map<string, Map<string, VisitRow>>()
   for (const r of rows) {
     const { dimension } = r.key
@@ -224,8 +255,9 @@ export function* capVisitRows(rows: Iterable<VisitRow>, max: number): Generator<
     }
     byValue.set(r.key.value, r)
   }
-  for (const byValue of groups.values()) {
-    const { values } = capValues(byValue, max, (into, from) => {
+  for (const [g, byValue] of groups) {
+    const dimension = g.slice(g.lastIndexOf('\u0001') + 1)
+    const { values } = capValues(byValue, isPropDimension(dimension) ? propMax : max, (into, from) => {
       if (into === undefined) return { key: { ...from.key, value: OTHER }, counts: { ...from.counts } }
       addTo(into.counts, from.counts)
       return into

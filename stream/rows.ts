@@ -8,8 +8,15 @@ import {
   windowMs,
   windowStart,
 } from '../core/aggregate/definition.js'
-import { DEFAULT_DIMENSION_VALUES_MAX, isCappedDimension, ValueAdmission } from '../core/aggregate/props.js'
+import {
+  DEFAULT_DIMENSION_VALUES_MAX,
+  DEFAULT_PROP_VALUES_MAX,
+  isCappedDimension,
+  isPropDimension,
+  ValueAdmission,
+} from '../core/aggregate/props.js'
 import { RowAccumulator } from '../core/aggregate/rows.js'
+import { splitPropEntry } from '../core/aggregate/visits.js'
 import { type RowKey, rowId, type StoredRow, type VisitCounts } from '../core/ports/aggregate-store.js'
 
 /**
@@ -130,6 +137,11 @@ export class RowTable {
   constructor(
     /** Values kept per capped dimension and window (TALLY_DIMENSION_VALUES_MAX). */
     readonly dimensionValuesMax = DEFAULT_DIMENSION_VALUES_MAX,
+    /**
+     * Values kept per custom property and window (TALLY_PROP_VALUES_MAX), for the `prop:KEY` rows a
+     * visit change reaches; the aggregate step's PipelineProps.maxValues is the same setting.
+     */
+    readonly propValuesMax = DEFAULT_PROP_VALUES_MAX,
   ) {}
 
   window(gi: number, siteId: string, windowStart: number): WindowRows {
@@ -262,6 +274,7 @@ export function applyVisits(table: RowTable, row: Row, offset: number, delta: Vi
 export function rowOf(table: RowTable, loading: Loading[], key: RowKey): Row {
   const w = table.window(GRANULARITY_INDEX.get(key.granularity)!, key.siteId, key.windowStart)
   if (key.dimension === undefined) return w.totals ?? rowToLoad(table, loading, w, -1, key)
+  if (isPropDimension(key.dimension)) return propRowAt(table, loading, w, key.dimension, key)
   const di = ROW_DIMENSION_INDEX.get(key.dimension)!
   const value = w.valueOf(di, key.value)
   return (
@@ -305,10 +318,26 @@ function rowAt(
 }
 
 /**
+ * The row of a custom property's value in window `w` (a visit's first event's value, `key.value`),
+ * through the window's admission of that key's values, as the event's own count went (the
+ * aggregate step): the value's row, or `(other)` when the cap rule refused it.
+ */
+function propRowAt(table: RowTable, loading: Loading[], w: WindowRows, dimension: string, key: RowKey): Row {
+  const pr = w.propRows(dimension, table.propValuesMax)
+  const value = pr.admission.admit(key.value)
+  return (
+    pr.rows.get(value) ??
+    rowToLoad(table, loading, w, PROP_DIM, value === key.value ? key : { ...key, value }, pr)
+  )
+}
+
+/**
  * Changes by `delta` the visit counts of every row a visit counts in (core/aggregate/visits.ts
  * `visitRowKeys`, same rows): the totals of its start windows, and for hour and day its session
- * values' rows and its `entry` / `exit` page rows (undefined: that row is left out). Walks the table
- * without building a key per row; `delta` is read at once, so the caller may reuse it.
+ * values' rows, its declared custom properties' rows (the `KEY=value` entries after the session
+ * values) and its `entry` / `exit` page rows (undefined: that row is left out). Walks the table
+ * without building a key per row unless the row is new; `delta` is read at once, so the caller may
+ * reuse it.
  */
 export function applyVisitRows(
   table: RowTable,
@@ -333,6 +362,23 @@ export function applyVisitRows(
         offset,
         delta,
       )
+    for (let i = SESSION_ROW_INDEX.length; i < session.length; i++) {
+      const { dimension, value } = splitPropEntry(session[i]!)
+      const key: RowKey = {
+        siteId,
+        granularity: GRANULARITIES[gi]!,
+        windowStart: ws,
+        dimension,
+        value,
+        sourcePartition,
+      }
+      applyVisits(
+        table,
+        propRowAt(table, loading, table.window(gi, siteId, ws), dimension, key),
+        offset,
+        delta,
+      )
+    }
     if (entry !== undefined)
       applyVisits(
         table,

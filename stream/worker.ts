@@ -50,9 +50,11 @@ class PartitionState extends OwnedPartition implements PipelineState {
     readonly epoch: number,
     /** Values kept per capped dimension and window (TALLY_DIMENSION_VALUES_MAX). */
     dimensionValuesMax: number,
+    /** Values kept per custom property and window (TALLY_PROP_VALUES_MAX). */
+    propValuesMax?: number,
   ) {
     super(ref.partition)
-    this.rows = new RowTable(dimensionValuesMax)
+    this.rows = new RowTable(dimensionValuesMax, propValuesMax)
   }
 }
 
@@ -136,7 +138,7 @@ export class StreamWorker extends PartitionOwner<PartitionState> {
     const ref: PartitionRef = { group: config.group, topic: this.deps.topic, partition }
     const epoch = await this.untilStopped(() => store.acquireEpoch(ref, this.owner), 'acquire epoch')
     const cp = await this.untilStopped(() => store.readCheckpoint(ref), 'read checkpoint')
-    const state = new PartitionState(ref, epoch, config.dimensionValuesMax)
+    const state = new PartitionState(ref, epoch, config.dimensionValuesMax, config.propValuesMax)
     const propKeys = this.deps.propKeys
     if (propKeys) {
       state.props = {
