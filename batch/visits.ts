@@ -5,6 +5,7 @@ import {
   DEFAULT_PROP_VALUES_MAX,
   isCappedDimension,
   isPropDimension,
+  keptValues,
   OTHER,
   PROP_PREFIX,
 } from '../core/aggregate/props.js'
@@ -12,7 +13,7 @@ import { addTo, propEntry, sessionize, type VisitEvent, visitRows } from '../cor
 import { forEachSiteRun } from '../core/archive/dedup.js'
 import { HI, LO, type SegmentColumns } from '../core/archive/segment-reader.js'
 import type { RowKey, VisitCounts } from '../core/ports/aggregate-store.js'
-import { CODE_EVENT, CODE_PAGEVIEW, kindCodes, type SitePropValues } from './aggregate.js'
+import { CODE_EVENT, CODE_IGNORED, CODE_PAGEVIEW, kindCodes, type SitePropValues } from './aggregate.js'
 
 /**
  * The rebuild's visits of one UTC day (core/aggregate/visits.ts `sessionize` + `visitRows`, the
@@ -81,6 +82,13 @@ export class DayVisits {
   private readonly pathIds = new Map<string, number>()
   private readonly sessions: string[][] = []
   private readonly sessionIds = new Map<string, number>()
+  /**
+   * Per site, the values of each declared key that the day's events (counted and bots', as the
+   * rebuild's event rows see them) hold per hour, by `hourMs|prop:KEY`: the visit rows of a value
+   * the events' cap does not keep are folded into `(other)` with it, so a rebuilt window holds the
+   * events' kept values and `(other)` only (no visit-only rows).
+   */
+  private readonly propSeen = new Map<string, Map<string, Set<string>>>()
 
   constructor(
     readonly dayStartMs: number,
@@ -121,9 +129,26 @@ export class DayVisits {
       // The site's declared keys (none for most sites: no cost) and their values, row by row.
       const pv = props?.get(site)
       const propKeys = pv?.dimensions.map((d) => d.slice(PROP_PREFIX.length)) ?? []
+      let seen = this.propSeen.get(site)
+      if (pv && !seen) {
+        seen = new Map()
+        this.propSeen.set(site, seen)
+      }
       for (let i = from; i < to; i++) {
         if (losers !== undefined && ((losers[i >>> 3]! >>> (i & 7)) & 1) === 1) continue
         const c = codes[(typeIdx[i]! << 1) | ((botBits[i >>> 3]! >>> (i & 7)) & 1)]!
+        if (pv && c !== CODE_IGNORED) {
+          const hour = windowStart(ts[2 * i + HI]! * 4294967296 + (ts[2 * i + LO]! >>> 0), 'hour')
+          for (let k = 0; k < propKeys.length; k++) {
+            const wk = `${hour}|${pv.dimensions[k]!}`
+            let values = seen!.get(wk)
+            if (!values) {
+              values = new Set()
+              seen!.set(wk, values)
+            }
+            values.add(pv.values[k]![i - from]!)
+          }
+        }
         if (c !== CODE_EVENT && c !== CODE_PAGEVIEW) continue
         const tsMs = ts[2 * i + HI]! * 4294967296 + (ts[2 * i + LO]! >>> 0)
         const pk = pathCol.indices[i]!
@@ -220,12 +245,61 @@ export class DayVisits {
         })
       }
       if (chunk.length > 0) flush()
-      yield* capVisitRows(rows.values(), this.dimensionValuesMax, this.propValuesMax)
+      const seen = this.propSeen.get(siteId)
+      const all = seen ? foldPropVisitRows(rows.values(), seen, this.propValuesMax) : rows.values()
+      yield* capVisitRows(all, this.dimensionValuesMax, this.propValuesMax)
     }
   }
 }
 
 type VisitRow = { key: RowKey; counts: VisitCounts }
+
+/**
+ * Folds the `prop:KEY` visit rows of a value the window's events do not keep (the cap rule over
+ * the hour's values, or the union of the day's hours) into the window's `(other)` visit row; the
+ * other rows as they are. A visit's value is its first event's, a value of its start window.
+ */
+function foldPropVisitRows(
+  rows: Iterable<VisitRow>,
+  seen: ReadonlyMap<string, ReadonlySet<string>>,
+  max: number,
+): VisitRow[] {
+  const kept = new Map<string, Set<string>>()
+  const keptOf = (g: string, ws: number, dimension: string): Set<string> => {
+    const wk = `${g}|${ws}|${dimension}`
+    let k = kept.get(wk)
+    if (!k) {
+      const values = new Set<string>()
+      for (let h = ws; h < ws + (g === 'day' ? 24 : 1) * 3_600_000; h += 3_600_000)
+        for (const v of seen.get(`${h}|${dimension}`) ?? []) values.add(v)
+      k = keptValues(values, max)
+      kept.set(wk, k)
+    }
+    return k
+  }
+  const out: VisitRow[] = []
+  const other = new Map<string, VisitRow>()
+  for (const r of rows) {
+    const { dimension, granularity, windowStart: ws, value } = r.key
+    if (
+      dimension === undefined ||
+      !isPropDimension(dimension) ||
+      keptOf(granularity, ws, dimension).has(value)
+    ) {
+      out.push(r)
+      continue
+    }
+    const ok = `${granularity}|${ws}|${dimension}`
+    const had = other.get(ok)
+    if (had) addTo(had.counts, r.counts)
+    else {
+      const row = { key: { ...r.key, value: OTHER }, counts: { ...r.counts } }
+      other.set(ok, row)
+      out.push(row)
+    }
+  }
+  return out
+}
 
 /**
  * The visit rows of capped dimensions (the session ones: referrer, source, UTM; custom properties
