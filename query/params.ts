@@ -252,7 +252,7 @@ function checkMetricsFor(metrics: readonly Metric[], properties: readonly RowDim
       if (bad.length > 0)
         throw badParameter(
           'metrics',
-          `visit metrics (${bad.join(', ')}) are counted by ${VISIT_PROPERTIES.join(', ')} and prop:KEY, not by ${p}`,
+          `visit metrics (${bad.join(', ')}) are counted by prop:KEY, ${VISIT_PROPERTIES.join(', ')}, not by ${p}`,
         )
     }
   }
