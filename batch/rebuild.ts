@@ -510,7 +510,8 @@ async function aggregate(
     const dayStart = windowStart(hour, 'day')
     if (day && day.dayStartMs !== dayStart) await flushDay()
     if (visits && visits.dayStartMs !== dayStart) await flushVisits()
-    if (!visits && countsVisits) visits = new DayVisits(dayStart, job.siteId, settings.dimensionValuesMax)
+    if (!visits && countsVisits)
+      visits = new DayVisits(dayStart, job.siteId, settings.dimensionValuesMax, settings.propValuesMax)
     const inRange = hour >= fromMs && hour < toMs
     if (inRange && !day && dayInRange(dayStart))
       day = new DayAggregator(
@@ -534,10 +535,11 @@ async function aggregate(
       const cols = await source.next(i)
       if (cols) {
         const losers = duplicates.losers.get(i)
-        const props = agg && runKeys ? await propValuesOf(cols, job.siteId, runKeys) : undefined
+        // Visits read them for every hour of the day (a visit's values are its first event's).
+        const props = (agg || visits) && runKeys ? await propValuesOf(cols, job.siteId, runKeys) : undefined
         const goals = agg && runKeys ? await goalsOfSegment(cols, job.siteId, runKeys) : undefined
         agg?.add(cols, losers, stats, props, goals)
-        visits?.add(cols, losers)
+        visits?.add(cols, losers, props)
         job.run.segmentsRead++
       }
       job.progress.eventsRead = stats.rowsRead

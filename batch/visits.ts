@@ -2,17 +2,20 @@ import { DIMENSIONS, SESSION_DIMENSIONS, windowStart } from '../core/aggregate/d
 import {
   capValues,
   DEFAULT_DIMENSION_VALUES_MAX,
+  DEFAULT_PROP_VALUES_MAX,
   foldValues,
   isCappedDimension,
   isDayPathCapped,
+  isPropDimension,
   keptValues,
   OTHER,
+  PROP_PREFIX,
 } from '../core/aggregate/props.js'
-import { addTo, sessionize, type VisitEvent, visitRows } from '../core/aggregate/visits.js'
+import { addTo, propEntry, sessionize, type VisitEvent, visitRows } from '../core/aggregate/visits.js'
 import { forEachSiteRun } from '../core/archive/dedup.js'
 import { HI, LO, type SegmentColumns } from '../core/archive/segment-reader.js'
 import type { RowKey, VisitCounts } from '../core/ports/aggregate-store.js'
-import { CODE_EVENT, CODE_IGNORED, CODE_PAGEVIEW, kindCodes } from './aggregate.js'
+import { CODE_EVENT, CODE_IGNORED, CODE_PAGEVIEW, kindCodes, type SitePropValues } from './aggregate.js'
 
 /**
  * The rebuild's visits of one UTC day (core/aggregate/visits.ts `sessionize` + `visitRows`, the
@@ -82,6 +85,13 @@ export class DayVisits {
   private readonly sessions: string[][] = []
   private readonly sessionIds = new Map<string, number>()
   /**
+   * Per site, the values of each declared key that the day's events (counted and bots', as the
+   * rebuild's event rows see them) hold per hour, by `hourMs|prop:KEY`: the visit rows of a value
+   * the events' cap does not keep are folded into `(other)` with it, so a rebuilt window holds the
+   * events' kept values and `(other)` only (no visit-only rows).
+   */
+  private readonly propSeen = new Map<string, Map<string, Set<string>>>()
+  /**
    * Per site, the day's `path` values of the events its day window counts (bots' too, as the cap
    * rule sees them): entry and exit pages are kept by them (core/aggregate/props.ts DAY_PATH_CAPPED).
    */
@@ -92,10 +102,21 @@ export class DayVisits {
     private readonly siteId: string | undefined,
     /** Distinct values kept per capped dimension and window (TALLY_DIMENSION_VALUES_MAX). */
     private readonly dimensionValuesMax = DEFAULT_DIMENSION_VALUES_MAX,
+    /** Distinct values kept per custom property and window (TALLY_PROP_VALUES_MAX). */
+    private readonly propValuesMax = DEFAULT_PROP_VALUES_MAX,
   ) {}
 
-  /** Adds a segment of the day: rows set in `losers` are duplicates and do not count. */
-  add(cols: SegmentColumns, losers: Uint8Array | undefined): void {
+  /**
+   * Adds a segment of the day: rows set in `losers` are duplicates and do not count. `props`: per
+   * site that declares keys, its custom property values in this segment (batch/prop-columns.ts
+   * propValuesOf), which follow each event's session values as `KEY=value` entries (a visit's
+   * `prop:KEY` rows are its first event's values, as in the stream).
+   */
+  add(
+    cols: SegmentColumns,
+    losers: Uint8Array | undefined,
+    props?: ReadonlyMap<string, SitePropValues>,
+  ): void {
     const codes = kindCodes(cols.type.dictionary)
     const typeIdx = cols.type.indices
     const botBits = cols.bot
@@ -112,6 +133,14 @@ export class DayVisits {
         s = new SiteDayEvents()
         this.sites.set(site, s)
       }
+      // The site's declared keys (none for most sites: no cost) and their values, row by row.
+      const pv = props?.get(site)
+      const propKeys = pv?.dimensions.map((d) => d.slice(PROP_PREFIX.length)) ?? []
+      let seen = this.propSeen.get(site)
+      if (pv && !seen) {
+        seen = new Map()
+        this.propSeen.set(site, seen)
+      }
       let dayPaths = this.dayPaths.get(site)
       if (!dayPaths) {
         dayPaths = new Set()
@@ -125,6 +154,18 @@ export class DayVisits {
         if (c === CODE_IGNORED) continue
         const pk = pathCol.indices[i]!
         pathSeen[pk] = 1
+        if (pv) {
+          const hour = windowStart(ts[2 * i + HI]! * 4294967296 + (ts[2 * i + LO]! >>> 0), 'hour')
+          for (let k = 0; k < propKeys.length; k++) {
+            const wk = `${hour}|${pv.dimensions[k]!}`
+            let values = seen!.get(wk)
+            if (!values) {
+              values = new Set()
+              seen!.set(wk, values)
+            }
+            values.add(pv.values[k]![i - from]!)
+          }
+        }
         if (c !== CODE_EVENT && c !== CODE_PAGEVIEW) continue
         const tsMs = ts[2 * i + HI]! * 4294967296 + (ts[2 * i + LO]! >>> 0)
         let path = pathOf[pk]!
@@ -134,9 +175,13 @@ export class DayVisits {
         }
         let sk = ''
         for (const col of sessionCols) sk += `${col.indices[i]!},`
+        for (let k = 0; k < propKeys.length; k++) sk += `\u0001${pv!.values[k]![i - from]!}`
         let session = sessionOf.get(sk)
         if (session === undefined) {
-          session = this.internSession(sessionCols.map((col) => col.dictionary[col.indices[i]!]!))
+          const values = sessionCols.map((col) => col.dictionary[col.indices[i]!]!)
+          for (let k = 0; k < propKeys.length; k++)
+            values.push(propEntry(propKeys[k]!, pv!.values[k]![i - from]!))
+          session = this.internSession(values)
           sessionOf.set(sk, session)
         }
         s.push(tsMs, vh[2 * i + HI]!, vh[2 * i + LO]!, c === CODE_PAGEVIEW, path, session)
@@ -217,8 +262,10 @@ export class DayVisits {
         })
       }
       if (chunk.length > 0) flush()
+      const seen = this.propSeen.get(siteId)
+      const all = seen ? foldPropVisitRows(rows.values(), seen, this.propValuesMax) : rows.values()
       const keptPaths = keptValues(this.dayPaths.get(siteId) ?? [], this.dimensionValuesMax)
-      yield* capVisitRows(rows.values(), this.dimensionValuesMax, keptPaths)
+      yield* capVisitRows(all, this.dimensionValuesMax, keptPaths, this.propValuesMax)
     }
   }
 }
@@ -226,7 +273,55 @@ export class DayVisits {
 type VisitRow = { key: RowKey; counts: VisitCounts }
 
 /**
- * The visit rows of capped dimensions (the session ones: referrer, source, UTM) under the cap rule
+ * Folds the `prop:KEY` visit rows of a value the window's events do not keep (the cap rule over
+ * the hour's values, or the union of the day's hours) into the window's `(other)` visit row; the
+ * other rows as they are. A visit's value is its first event's, a value of its start window.
+ */
+function foldPropVisitRows(
+  rows: Iterable<VisitRow>,
+  seen: ReadonlyMap<string, ReadonlySet<string>>,
+  max: number,
+): VisitRow[] {
+  const kept = new Map<string, Set<string>>()
+  const keptOf = (g: string, ws: number, dimension: string): Set<string> => {
+    const wk = `${g}|${ws}|${dimension}`
+    let k = kept.get(wk)
+    if (!k) {
+      const values = new Set<string>()
+      for (let h = ws; h < ws + (g === 'day' ? 24 : 1) * 3_600_000; h += 3_600_000)
+        for (const v of seen.get(`${h}|${dimension}`) ?? []) values.add(v)
+      k = keptValues(values, max)
+      kept.set(wk, k)
+    }
+    return k
+  }
+  const out: VisitRow[] = []
+  const other = new Map<string, VisitRow>()
+  for (const r of rows) {
+    const { dimension, granularity, windowStart: ws, value } = r.key
+    if (
+      dimension === undefined ||
+      !isPropDimension(dimension) ||
+      keptOf(granularity, ws, dimension).has(value)
+    ) {
+      out.push(r)
+      continue
+    }
+    const ok = `${granularity}|${ws}|${dimension}`
+    const had = other.get(ok)
+    if (had) addTo(had.counts, r.counts)
+    else {
+      const row = { key: { ...r.key, value: OTHER }, counts: { ...r.counts } }
+      other.set(ok, row)
+      out.push(row)
+    }
+  }
+  return out
+}
+
+/**
+ * The visit rows of capped dimensions (the session ones: referrer, source, UTM; custom properties
+ * under `propMax`) under the cap rule
  * of their own values in each window (core/aggregate/props.ts capValues), the others as they are. A
  * visit's values are its first event's, an event of the same window, so a value past the cap of the
  * visits' values is past the cap of the events' values too: this folds no value the events keep,
@@ -240,6 +335,7 @@ export function* capVisitRows(
   rows: Iterable<VisitRow>,
   max: number,
   keptPaths?: ReadonlySet<string>,
+  propMax = DEFAULT_PROP_VALUES_MAX,
 ): Generator<VisitRow> {
   const groups = new Map<string, Map<string, VisitRow>>()
   const pageGroups = new Map<string, Map<string, VisitRow>>()
@@ -267,7 +363,10 @@ export function* capVisitRows(
     }
     byValue.set(r.key.value, r)
   }
-  for (const byValue of groups.values()) yield* capValues(byValue, max, foldRow).values.values()
+  for (const [g, byValue] of groups) {
+    const dimension = g.slice(g.lastIndexOf('\u0001') + 1)
+    yield* capValues(byValue, isPropDimension(dimension) ? propMax : max, foldRow).values.values()
+  }
   for (const byValue of pageGroups.values()) yield* foldValues(byValue, keptPaths!, foldRow).values()
 }
 

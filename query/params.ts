@@ -266,8 +266,9 @@ function checkKept(
 
 /**
  * Refuses metrics the rows of the properties asked for do not hold, naming what they do: visit
- * metrics exist by the session dimensions and entry/exit pages (not by event or path, whose rows
- * count events), and entry_page/exit_page rows hold visit metrics only.
+ * metrics exist by the session dimensions, custom properties (`prop:KEY`, the visit's first event's
+ * value) and entry/exit pages (not by event or path, whose rows count events), and
+ * entry_page/exit_page rows hold visit metrics only.
  */
 function checkMetricsFor(metrics: readonly Metric[], properties: readonly RowDimension[]): void {
   for (const p of properties) {
@@ -278,12 +279,12 @@ function checkMetricsFor(metrics: readonly Metric[], properties: readonly RowDim
           'metrics',
           `${p} holds visit metrics only (${bad.join(', ')} not available): use ${ENTRY_EXIT_METRICS.join(', ')}`,
         )
-    } else if (!VISIT_PROPERTIES.includes(p)) {
+    } else if (!VISIT_PROPERTIES.includes(p) && !isPropDimension(p)) {
       const bad = metrics.filter(isVisitMetric)
       if (bad.length > 0)
         throw badParameter(
           'metrics',
-          `visit metrics (${bad.join(', ')}) are counted by ${VISIT_PROPERTIES.join(', ')}, not by ${p}`,
+          `visit metrics (${bad.join(', ')}) are counted by prop:KEY, ${VISIT_PROPERTIES.join(', ')}, not by ${p}`,
         )
     }
   }

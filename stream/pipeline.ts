@@ -216,7 +216,8 @@ export interface PipelineProps {
  * and tells which visits it changed; the rows of their start windows change by the difference,
  * each at most once per offset (a replay skips rows written through it). An event the state already
  * holds (below `visits.nextOffset`: restored from a state written after it) changes nothing: its
- * changes are in the rows, which were written before that state.
+ * changes are in the rows, which were written before that state. `propKeys`: the site's declared
+ * custom property keys; a new visit keeps its first event's values of them (its `prop:KEY` rows).
  */
 export function countVisit(
   d: DecodedEvent,
@@ -226,6 +227,7 @@ export function countVisit(
   sourcePartition: number,
   loading: Loading[],
   dims: Record<Dimension, string>,
+  propKeys?: readonly string[],
 ): void {
   if (offset < visits.nextOffset) return
   const e = d.event
@@ -239,7 +241,7 @@ export function countVisit(
     countExtension(x, offset, table, sourcePartition, loading)
     return
   }
-  const change = visits.state.add(visitEventOf(e, d.timestampMs, dims)!)
+  const change = visits.state.add(visitEventOf(e, d.timestampMs, dims, propKeys)!)
   if (change.removed.length === 0) {
     // A new visit: +1 visit in each of its rows.
     const v = change.added
@@ -496,7 +498,16 @@ function countRecord(
     // Counts first, then the visit change: a row both touch at this offset gets both.
     const dims = dimensionsOf(d.event)
     aggregate(d, record.offset, state.rows, state.ref.partition, pass.loading, dims, state.props)
-    countVisit(d, record.offset, state.visits, state.rows, state.ref.partition, pass.loading, dims)
+    countVisit(
+      d,
+      record.offset,
+      state.visits,
+      state.rows,
+      state.ref.partition,
+      pass.loading,
+      dims,
+      state.props?.keysOf(d.event.siteId),
+    )
   } else aggregate(d, record.offset, state.rows, state.ref.partition, pass.loading, undefined, state.props)
   pass.counted++
   return true

@@ -11,11 +11,14 @@ import {
 } from '../core/aggregate/definition.js'
 import {
   DEFAULT_DIMENSION_VALUES_MAX,
+  DEFAULT_PROP_VALUES_MAX,
   isCappedDimension,
   isDayPathCapped,
+  isPropDimension,
   ValueAdmission,
 } from '../core/aggregate/props.js'
 import { RowAccumulator } from '../core/aggregate/rows.js'
+import { splitPropEntry } from '../core/aggregate/visits.js'
 import { type RowKey, rowId, type StoredRow, type VisitCounts } from '../core/ports/aggregate-store.js'
 
 /**
@@ -142,6 +145,11 @@ export class RowTable {
     readonly dimensionValuesMax = DEFAULT_DIMENSION_VALUES_MAX,
     /** The breakdown dimensions whose rows are written (TALLY_BREAKDOWNS); the others get none. */
     readonly kept = new KeptBreakdowns(),
+    /**
+     * Values kept per custom property and window (TALLY_PROP_VALUES_MAX), for the `prop:KEY` rows a
+     * visit change reaches; the aggregate step's PipelineProps.maxValues is the same setting.
+     */
+    readonly propValuesMax = DEFAULT_PROP_VALUES_MAX,
   ) {}
 
   window(gi: number, siteId: string, windowStart: number): WindowRows {
@@ -276,6 +284,7 @@ export function rowOf(table: RowTable, loading: Loading[], key: RowKey): Row {
   const gi = GRANULARITY_INDEX.get(key.granularity)!
   const w = table.window(gi, key.siteId, key.windowStart)
   if (key.dimension === undefined) return w.totals ?? rowToLoad(table, loading, w, -1, key)
+  if (isPropDimension(key.dimension)) return propRowAt(table, loading, w, key.dimension, key)
   const di = ROW_DIMENSION_INDEX.get(key.dimension)!
   const value = admitted(table, w, gi, key.siteId, key.windowStart, di, key.value)
   return (
@@ -354,10 +363,26 @@ function rowAt(
 }
 
 /**
+ * The row of a custom property's value in window `w` (a visit's first event's value, `key.value`),
+ * through the window's admission of that key's values, as the event's own count went (the
+ * aggregate step): the value's row, or `(other)` when the cap rule refused it.
+ */
+function propRowAt(table: RowTable, loading: Loading[], w: WindowRows, dimension: string, key: RowKey): Row {
+  const pr = w.propRows(dimension, table.propValuesMax)
+  const value = pr.admission.admit(key.value)
+  return (
+    pr.rows.get(value) ??
+    rowToLoad(table, loading, w, PROP_DIM, value === key.value ? key : { ...key, value }, pr)
+  )
+}
+
+/**
  * Changes by `delta` the visit counts of every row a visit counts in (core/aggregate/visits.ts
  * `visitRowKeys`, same rows): the totals of its start windows, and for hour and day its session
- * values' rows and its `entry` / `exit` page rows (undefined: that row is left out). Walks the table
- * without building a key per row; `delta` is read at once, so the caller may reuse it.
+ * values' rows, its declared custom properties' rows (the `KEY=value` entries after the session
+ * values) and its `entry` / `exit` page rows (undefined: that row is left out). Walks the table
+ * without building a key per row unless the row is new; `delta` is read at once, so the caller may
+ * reuse it.
  */
 export function applyVisitRows(
   table: RowTable,
@@ -381,6 +406,23 @@ export function applyVisitRows(
       applyVisits(
         table,
         rowAt(table, loading, sourcePartition, siteId, gi, ws, SESSION_ROW_INDEX[i]!, session[i]!),
+        offset,
+        delta,
+      )
+    }
+    for (let i = SESSION_ROW_INDEX.length; i < session.length; i++) {
+      const { dimension, value } = splitPropEntry(session[i]!)
+      const key: RowKey = {
+        siteId,
+        granularity: GRANULARITIES[gi]!,
+        windowStart: ws,
+        dimension,
+        value,
+        sourcePartition,
+      }
+      applyVisits(
+        table,
+        propRowAt(table, loading, table.window(gi, siteId, ws), dimension, key),
         offset,
         delta,
       )

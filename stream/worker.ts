@@ -53,9 +53,11 @@ class PartitionState extends OwnedPartition implements PipelineState {
     dimensionValuesMax: number,
     /** The breakdown dimensions whose rows are written (TALLY_BREAKDOWNS). */
     kept: KeptBreakdowns,
+    /** Values kept per custom property and window (TALLY_PROP_VALUES_MAX). */
+    propValuesMax?: number,
   ) {
     super(ref.partition)
-    this.rows = new RowTable(dimensionValuesMax, kept)
+    this.rows = new RowTable(dimensionValuesMax, kept, propValuesMax)
   }
 }
 
@@ -143,7 +145,7 @@ export class StreamWorker extends PartitionOwner<PartitionState> {
     const ref: PartitionRef = { group: config.group, topic: this.deps.topic, partition }
     const epoch = await this.untilStopped(() => store.acquireEpoch(ref, this.owner), 'acquire epoch')
     const cp = await this.untilStopped(() => store.readCheckpoint(ref), 'read checkpoint')
-    const state = new PartitionState(ref, epoch, config.dimensionValuesMax, this.kept)
+    const state = new PartitionState(ref, epoch, config.dimensionValuesMax, this.kept, config.propValuesMax)
     const propKeys = this.deps.propKeys
     if (propKeys) {
       state.props = {
