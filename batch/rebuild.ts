@@ -486,6 +486,12 @@ async function aggregate(
         key.granularity === 'day' ? dayInRange(d) : key.windowStart >= fromMs && key.windowStart < toMs
       if (inRange && live(key)) await area.write(d, visitRowOf(key, counts, emptyVisitors))
     }
+    // Conversions by dimension (goal|DIM): they need the day's visits, as the visit rows do.
+    for (const row of visits.goalRows(gapMs, settings.precision)) {
+      const inRange =
+        row.granularity === 'day' ? dayInRange(d) : row.windowStart >= fromMs && row.windowStart < toMs
+      if (inRange && live(row)) await area.write(d, finalRowOf(row))
+    }
     visits = undefined
   }
   let done = 0
@@ -518,9 +524,9 @@ async function aggregate(
       if (cols) {
         const losers = duplicates.losers.get(i)
         const props = agg && runKeys ? await propValuesOf(cols, job.siteId, runKeys) : undefined
-        const goals = agg && runKeys ? await goalsOfSegment(cols, job.siteId, runKeys) : undefined
+        const goals = (agg || visits) && runKeys ? await goalsOfSegment(cols, job.siteId, runKeys) : undefined
         agg?.add(cols, losers, stats, props, goals)
-        visits?.add(cols, losers)
+        visits?.add(cols, losers, goals)
         job.run.segmentsRead++
       }
       job.progress.eventsRead = stats.rowsRead
