@@ -5,8 +5,22 @@ import {
   type RowDimension,
   windowMs,
 } from '../core/aggregate/definition.js'
+import {
+  GOAL_BY_DIMENSIONS,
+  type GoalByDimension,
+  goalByDimension,
+  isGoalByDimension,
+  splitGoalByValue,
+} from '../core/aggregate/goals.js'
 import { visitCountsOf } from '../core/aggregate/merge.js'
-import { isCappedDimension, keptValues, OTHER, valuesMaxOf } from '../core/aggregate/props.js'
+import {
+  capped as cappedValue,
+  capRank,
+  isCappedDimension,
+  keptValues,
+  OTHER,
+  valuesMaxOf,
+} from '../core/aggregate/props.js'
 import { ERR } from '../core/error-codes.js'
 import type { TallyError } from '../core/errors.js'
 import { HyperLogLog } from '../core/hll.js'
@@ -904,8 +918,9 @@ export class StatsService {
   ): Promise<BreakdownAnswer> {
     const property = q.property as RowDimension
     if (property !== 'goal' && q.filters.some((f) => f.property === 'goal')) {
+      if (isGoalByDimension(property)) return this.goalByBreakdown(q, freshness, finalMark, property)
       throw unsupported(
-        `goal rows are kept per goal only, so conversions by ${property} are not answered: filters=goal==NAME is answered by aggregate and timeseries, and a breakdown by goal takes property=goal`,
+        `conversions are kept by goal and by ${GOAL_BY_DIMENSIONS.join(', ')}, not by ${property}: filters=goal==NAME is answered by aggregate, timeseries and a breakdown by one of those, and a breakdown by goal takes property=goal`,
       )
     }
     if (q.filters.some((f) => f.property !== property)) {
@@ -1053,6 +1068,166 @@ export class StatsService {
         page: q.page,
         limit: q.limit,
         ...(cappedDim ? { values_capped: capHit, values_max: valuesMax } : {}),
+      },
+    }
+  }
+
+  /**
+   * A breakdown by `property` of the conversions of the goals of `filters=goal==NAME`
+   * (core/aggregate/goals.ts `goal|DIM` rows): per value, `visitors` and `conversions` are the
+   * converters, `events` the completions, `conversion_rate` the converters over the visitors of the
+   * property's own row of that value over the same windows. A capped property's values are folded
+   * as its own rows are: by the cap rule over each goal's values, then into `(other)` where the
+   * property's own rows fold the value. Besides the goal filter, a filter on the property itself
+   * restricts the values.
+   */
+  private async goalByBreakdown(
+    q: ParsedQuery,
+    freshness: Freshness,
+    finalMark: string | undefined,
+    property: GoalByDimension,
+  ): Promise<BreakdownAnswer> {
+    const goalFilter = q.filters.find((f) => f.property === 'goal')!
+    const others = q.filters.filter((f) => f.property !== 'goal')
+    if (others.some((f) => f.property !== property))
+      throw unsupported(
+        `conversions by ${property} can be filtered on goal and on ${property} only (rows are kept per goal and one property)`,
+      )
+    const wanted = others[0] ? new Set(others[0].values) : undefined
+    const goals = new Set(goalFilter.values)
+    const requested = q.range!
+    const zoned = this.zonedEdges(q, requested, DIMENSION_GRANULARITIES)
+    const range = alignRange(zoned.range, 'hour')
+    const tiled = tile(range, DIMENSION_GRANULARITIES)
+    this.checkRetention(tiled)
+    this.checkReads(tiled, 'a breakdown')
+    const at = readContext(freshness, finalMark, q.metrics)
+    const segments = this.deps.settled?.enabled ? unsettledDaysAsHours(tiled, at.settledThroughMs) : tiled
+    const capped = isCappedDimension(property)
+    const valuesMax = valuesMaxOf(property, this.deps)
+    const withRate = q.metrics.includes('conversion_rate')
+    const readDim = (dimension: RowDimension, visitors: boolean) =>
+      Promise.all(segments.map((s) => this.breakdownParts(q.siteId, s, dimension, { visitors }, at)))
+    const [goalRead, ownRead] = await Promise.all([
+      readDim(goalByDimension(property), true),
+      capped || withRate ? readDim(property, withRate) : Promise.resolve(undefined),
+    ])
+    // The property's own rows: which values they keep (the cap rule over the range's values).
+    let own: (value: string) => string = (v) => v
+    let capHit = false
+    if (capped && ownRead) {
+      const seen = new Set<string>()
+      for (const one of ownRead.flat()) for (const v of one.values.keys()) seen.add(v)
+      const kept = keptValues(seen, valuesMax)
+      capHit = kept.size < seen.size || seen.has(OTHER)
+      if (kept.size < seen.size) {
+        // A value the own rows do not hold is kept when it ranks below the last kept one.
+        let last: { r: number; v: string } | undefined
+        for (const v of kept) {
+          if (!cappedValue(v)) continue
+          const r = capRank(v)
+          if (!last || r > last.r || (r === last.r && v > last.v)) last = { r, v }
+        }
+        own = (v) => {
+          if (kept.has(v) || !cappedValue(v)) return v
+          if (seen.has(v) || !last) return OTHER
+          const r = capRank(v)
+          return r < last.r || (r === last.r && v < last.v) ? v : OTHER
+        }
+      }
+    }
+    // Each goal's values, folded by the cap rule over that goal's values of the range.
+    const byGoal = new Map<string, Map<string, MergedValues[]>>()
+    for (const one of goalRead.flat()) {
+      for (const [stored, v] of one.values) {
+        const split = splitGoalByValue(stored)
+        if (!split || !goals.has(split.goal)) continue
+        let m = byGoal.get(split.goal)
+        if (!m) {
+          m = new Map()
+          byGoal.set(split.goal, m)
+        }
+        const list = m.get(split.value)
+        if (list) list.push(v)
+        else m.set(split.value, [v])
+      }
+    }
+    const accs = new Map<string, MetricAccumulator>()
+    for (const m of byGoal.values()) {
+      const keptOfGoal = capped ? keptValues(m.keys(), valuesMax) : undefined
+      if (keptOfGoal && keptOfGoal.size < m.size) capHit = true
+      for (const [raw, list] of m) {
+        const value = own(keptOfGoal && !keptOfGoal.has(raw) ? OTHER : raw)
+        if (wanted && !wanted.has(value)) continue
+        let acc = accs.get(value)
+        if (!acc) {
+          acc = new MetricAccumulator(this.deps.precision, true)
+          accs.set(value, acc)
+        }
+        for (const v of list) acc.add(v)
+      }
+    }
+    // The rate's visitors: the property's own rows of each value, same windows.
+    const visitorsOfValue = new Map<string, MetricAccumulator>()
+    if (withRate && ownRead) {
+      for (const one of ownRead.flat()) {
+        for (const [stored, v] of one.values) {
+          const value = own(stored)
+          if (!accs.has(value)) continue
+          let acc = visitorsOfValue.get(value)
+          if (!acc) {
+            acc = new MetricAccumulator(this.deps.precision, true)
+            visitorsOfValue.set(value, acc)
+          }
+          acc.add(v)
+        }
+      }
+    }
+    const tally = new WindowTally(freshness.completeThroughMs)
+    segments.forEach((s, i) => {
+      const finals = new Set<number>()
+      for (const part of goalRead[i]!) for (const [ws, w] of part.windows) if (w.final) finals.add(ws)
+      tally.addSegment(s, finals)
+    })
+    const all = [...accs]
+      .filter(([, acc]) => acc.events > 0)
+      .map(([value, acc]) => ({
+        value,
+        values: withConversionRate(
+          acc.values(q.metrics),
+          q.metrics,
+          acc.values(['conversions']).conversions ?? 0,
+          visitorsOfValue.get(value)?.values(['visitors']).visitors ?? 0,
+        ),
+      }))
+    const sortBy = q.metrics[0]!
+    all.sort(
+      (a, b) =>
+        (b.values[sortBy] ?? 0) - (a.values[sortBy] ?? 0) ||
+        (a.value < b.value ? -1 : a.value > b.value ? 1 : 0),
+    )
+    const start = (q.page - 1) * q.limit
+    const page = all.slice(start, start + q.limit)
+    return {
+      results: page.map((r) => ({ [property]: r.value, ...r.values })),
+      meta: {
+        ...buildMeta({
+          siteId: q.siteId,
+          range,
+          requested,
+          segments,
+          freshness,
+          windows: tally,
+          metrics: q.metrics,
+          precision: this.deps.precision,
+          filters: q.filters,
+          property,
+          timeZone: this.zoneMeta(q, zoned.rounded, DIMENSION_GRANULARITIES),
+        }),
+        total_values: all.length,
+        page: q.page,
+        limit: q.limit,
+        ...(capped ? { values_capped: capHit, values_max: valuesMax } : {}),
       },
     }
   }
