@@ -66,7 +66,7 @@ function parameters(limits: QueryLimits): Record<string, Json> {
       },
     ),
     filters: q(
-      `Equality filters \`property==value\`; \`property==a|b\` matches either; separate filters with \`;\`; a backslash escapes \`;\`, \`|\` or a backslash in a value. Aggregates are stored per single property, so what is answered exactly is: one filter for aggregate and timeseries (timeseries with interval hour or day), and for breakdown a filter on the breakdown's own property, plus \`goal==NAME\` when the breakdown is by ${GOAL_BY_DIMENSIONS.join(', ')} (conversions by that property). Other combinations get 400 TALLY_ERR_FILTER_UNSUPPORTED. At most ${limits.maxFilterValues} values.`,
+      `Equality filters \`property==value\`; \`property==a|b\` matches either; separate filters with \`;\`; a backslash escapes \`;\`, \`|\` or a backslash in a value. Aggregates are stored per single property, so what is answered exactly is: one filter for aggregate and timeseries (timeseries with interval hour or day), and for breakdown a filter on the breakdown's own property, plus \`goal==NAME\` when the breakdown is by ${GOAL_BY_DIMENSIONS.join(', ')} (conversions by that property), and for aggregate \`goal==NAME\` with a filter on one of those. Other combinations get 400 TALLY_ERR_FILTER_UNSUPPORTED. At most ${limits.maxFilterValues} values.`,
       { type: 'string', example: 'path==/pricing|/signup' },
     ),
     limit: q(`Rows per page of a breakdown, 1–${limits.maxLimit}.`, {

@@ -9,6 +9,7 @@ import {
   GOAL_BY_DIMENSIONS,
   type GoalByDimension,
   goalByDimension,
+  goalByValue,
   isGoalByDimension,
   splitGoalByValue,
 } from '../core/aggregate/goals.js'
@@ -579,12 +580,13 @@ export class StatsService {
     finalMark: string | undefined,
   ): Promise<AggregateAnswer> {
     const at = readContext(freshness, finalMark, q.metrics)
-    if (q.filters.length > 1) {
+    const goalBy = goalByFilter(q.filters)
+    if (q.filters.length > 1 && !goalBy) {
       throw unsupported(
-        'aggregates are stored per single property, so only one filter can be answered exactly; filter on one property',
+        `aggregates are stored per single property, so only one filter can be answered exactly; filter on one property (or on goal and one of ${GOAL_BY_DIMENSIONS.join(', ')})`,
       )
     }
-    const filter = q.filters[0]
+    const filter = goalBy ? goalBy.rows : q.filters[0]
     const requested = q.range!
     const allowed = filter ? DIMENSION_GRANULARITIES : GRANULARITIES
     const zoned = this.zonedEdges(q, requested, allowed)
@@ -610,9 +612,10 @@ export class StatsService {
     })
     const values = acc.values(q.metrics)
     if (q.metrics.includes('conversion_rate')) {
-      // The visitors of the same windows: the totals of the goal rows' segments.
+      // The visitors of the same windows: the totals of the goal rows' segments (with a filter on
+      // another property besides the goal, that property's rows of the values).
       const totals = await Promise.all(
-        segments.map((s) => this.readSegment(q.siteId, s, undefined, true, at)),
+        segments.map((s) => this.readSegment(q.siteId, s, goalBy?.own, true, at)),
       )
       withConversionRate(
         values,
@@ -1279,6 +1282,20 @@ export class StatsService {
       }),
     }
   }
+}
+
+/**
+ * `goal==NAME` with a filter on a property conversions are kept by (core/aggregate/goals.ts): the
+ * filter on the `goal|DIM` rows of those goals and values, and the property's own filter (the
+ * conversion rate's visitors). Undefined for any other filters.
+ */
+function goalByFilter(filters: readonly Filter[]): { rows: Filter; own: Filter } | undefined {
+  if (filters.length !== 2) return undefined
+  const goal = filters.find((f) => f.property === 'goal')
+  const own = filters.find((f) => f.property !== 'goal')
+  if (!goal || !own || !isGoalByDimension(own.property)) return undefined
+  const values = goal.values.flatMap((name) => own.values.map((v) => goalByValue(name, v)))
+  return { rows: { property: goalByDimension(own.property), values }, own }
 }
 
 /** The coarser of two roundings (undefined: none). */

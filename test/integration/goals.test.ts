@@ -538,6 +538,17 @@ describe.each(backends)('goals, stream and rebuild (%s)', (_name, openStore, ope
         expect(answer.status, JSON.stringify(answer.body)).toBe(200)
         expect(answer.body.results, `${g} by ${dim}`).toEqual(expected)
         expect(answer.body.meta.metrics.conversions.approximate).toBe(true)
+        // The aggregate with the goal and that property's value: the same numbers as its row.
+        const top = expected[0]!
+        const one = await get(
+          `/v1/stats/aggregate?metrics=conversions,events,conversion_rate&filters=${encodeURIComponent(`goal==${g};${dim}==${String(top[dim]).replace(/[\\;|]/g, '\\$&')}`)}`,
+        )
+        expect(one.status, JSON.stringify(one.body)).toBe(200)
+        expect(one.body.results, `${g} and ${dim}==${top[dim]}`).toEqual({
+          conversions: { value: top.conversions },
+          events: { value: top.events },
+          conversion_rate: { value: top.conversion_rate },
+        })
         // Plausible's Stats API: event:goal with a breakdown by visit:* or event:page.
         const name = dim === 'path' ? 'event:page' : `visit:${dim}`
         const rowKey = dim === 'path' ? 'page' : dim
