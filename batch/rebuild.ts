@@ -502,6 +502,12 @@ async function aggregate(
       if (inRange && live(key) && kept.keeps(key.dimension))
         await area.write(d, visitRowOf(key, counts, emptyVisitors))
     }
+    // Conversions by dimension (goal|DIM): they need the day's visits, as the visit rows do.
+    for (const row of visits.goalRows(gapMs, settings.precision)) {
+      const inRange =
+        row.granularity === 'day' ? dayInRange(d) : row.windowStart >= fromMs && row.windowStart < toMs
+      if (inRange && live(row)) await area.write(d, finalRowOf(row))
+    }
     visits = undefined
   }
   let done = 0
@@ -537,9 +543,9 @@ async function aggregate(
         const losers = duplicates.losers.get(i)
         // Visits read them for every hour of the day (a visit's values are its first event's).
         const props = (agg || visits) && runKeys ? await propValuesOf(cols, job.siteId, runKeys) : undefined
-        const goals = agg && runKeys ? await goalsOfSegment(cols, job.siteId, runKeys) : undefined
+        const goals = (agg || visits) && runKeys ? await goalsOfSegment(cols, job.siteId, runKeys) : undefined
         agg?.add(cols, losers, stats, props, goals)
-        visits?.add(cols, losers, props)
+        visits?.add(cols, losers, props, goals)
         job.run.segmentsRead++
       }
       job.progress.eventsRead = stats.rowsRead

@@ -1,4 +1,16 @@
-import { DIMENSIONS, SESSION_DIMENSIONS, windowStart } from '../core/aggregate/definition.js'
+import {
+  DIMENSION_GRANULARITIES,
+  DIMENSIONS,
+  NONE,
+  SESSION_DIMENSIONS,
+  windowStart,
+} from '../core/aggregate/definition.js'
+import {
+  GOAL_BY_DIMENSIONS,
+  type GoalMatcher,
+  goalByDimension,
+  goalByValue,
+} from '../core/aggregate/goals.js'
 import {
   capValues,
   DEFAULT_DIMENSION_VALUES_MAX,
@@ -15,7 +27,15 @@ import { addTo, propEntry, sessionize, type VisitEvent, visitRows } from '../cor
 import { forEachSiteRun } from '../core/archive/dedup.js'
 import { HI, LO, type SegmentColumns } from '../core/archive/segment-reader.js'
 import type { RowKey, VisitCounts } from '../core/ports/aggregate-store.js'
-import { CODE_EVENT, CODE_IGNORED, CODE_PAGEVIEW, kindCodes, type SitePropValues } from './aggregate.js'
+import {
+  type AggregateRow,
+  CODE_EVENT,
+  CODE_IGNORED,
+  CODE_PAGEVIEW,
+  kindCodes,
+  type SitePropValues,
+} from './aggregate.js'
+import { RegisterSet, registerEntry } from './registers.js'
 
 /**
  * The rebuild's visits of one UTC day (core/aggregate/visits.ts `sessionize` + `visitRows`, the
@@ -36,6 +56,8 @@ const CHUNK_EVENTS = 65_536
 // Where SESSION_DIMENSIONS and `path` are among the segment's dimension columns (DIMENSIONS order).
 const SESSION_COLUMNS = SESSION_DIMENSIONS.map((d) => DIMENSIONS.indexOf(d))
 const PATH_COLUMN = DIMENSIONS.indexOf('path')
+const EVENT_COLUMN = DIMENSIONS.indexOf('event')
+const SESSION_INDEX = new Map<string, number>(SESSION_DIMENSIONS.map((d, i) => [d, i]))
 
 /** The counted events of one site-day, column by column. */
 class SiteDayEvents {
@@ -46,6 +68,8 @@ class SiteDayEvents {
   pageview = new Uint8Array(1024)
   path = new Int32Array(1024)
   session = new Int32Array(1024)
+  /** Events that complete goals (few): index → the goals' names and the event's `event` value. */
+  readonly goals = new Map<number, { names: readonly string[]; event: string }>()
 
   push(ts: number, hi: number, lo: number, pageview: boolean, path: number, session: number): void {
     if (this.length === this.ts.length) this.grow()
@@ -110,12 +134,14 @@ export class DayVisits {
    * Adds a segment of the day: rows set in `losers` are duplicates and do not count. `props`: per
    * site that declares keys, its custom property values in this segment (batch/prop-columns.ts
    * propValuesOf), which follow each event's session values as `KEY=value` entries (a visit's
-   * `prop:KEY` rows are its first event's values, as in the stream).
+   * `prop:KEY` rows are its first event's values, as in the stream). `goals`: the goals of the
+   * segment's sites that define any, for the conversions by dimension (goalRows).
    */
   add(
     cols: SegmentColumns,
     losers: Uint8Array | undefined,
     props?: ReadonlyMap<string, SitePropValues>,
+    goals?: ReadonlyMap<string, GoalMatcher>,
   ): void {
     const codes = kindCodes(cols.type.dictionary)
     const typeIdx = cols.type.indices
@@ -127,6 +153,7 @@ export class DayVisits {
     // Dictionary index → interned id, per segment (-1: not seen yet).
     const pathOf = new Int32Array(pathCol.dictionary.length).fill(-1)
     const sessionOf = new Map<string, number>()
+    const eventCol = cols.dims[EVENT_COLUMN]!
     forEachSiteRun(cols, this.siteId, (from, to, site) => {
       let s = this.sites.get(site)
       if (!s) {
@@ -148,6 +175,7 @@ export class DayVisits {
       }
       // Dictionary indices of the run's counted paths (bots' included).
       const pathSeen = new Uint8Array(pathCol.dictionary.length)
+      const gm = goals?.get(site)
       for (let i = from; i < to; i++) {
         if (losers !== undefined && ((losers[i >>> 3]! >>> (i & 7)) & 1) === 1) continue
         const c = codes[(typeIdx[i]! << 1) | ((botBits[i >>> 3]! >>> (i & 7)) & 1)]!
@@ -185,9 +213,122 @@ export class DayVisits {
           sessionOf.set(sk, session)
         }
         s.push(tsMs, vh[2 * i + HI]!, vh[2 * i + LO]!, c === CODE_PAGEVIEW, path, session)
+        if (gm !== undefined) {
+          const event = eventCol.dictionary[eventCol.indices[i]!]!
+          const names = gm.reached(cols.type.dictionary[typeIdx[i]!]!, event, this.paths[path]!)
+          if (names.length > 0) s.goals.set(s.length - 1, { names, event })
+        }
       }
       for (let k = 0; k < pathSeen.length; k++) if (pathSeen[k] === 1) dayPaths.add(pathCol.dictionary[k]!)
     })
+  }
+
+  /**
+   * The rows of conversions by dimension of the day's visits (core/aggregate/goals.ts `goal|DIM`,
+   * the rule of the stream's stream/pipeline.ts countGoalsBy): per event that completes goals, in
+   * its hour and day windows, one row per goal and dimension, valued by the visit's first event's
+   * session values, its entry page among its events up to this one, or the event's own path and
+   * event name. A capped dimension's values are capped per window and goal by the cap rule. Only
+   * the visitors that converted are sessionized again. Sites in order.
+   */
+  *goalRows(gapMs: number, precision: number): Generator<AggregateRow> {
+    for (const siteId of [...this.sites.keys()].sort()) {
+      const s = this.sites.get(siteId)!
+      if (s.goals.size === 0) continue
+      const converters = new Set<string>()
+      for (const i of s.goals.keys()) converters.add(`${s.hi[i]!}:${s.lo[i]!}`)
+      const order: number[] = []
+      for (let i = 0; i < s.length; i++) if (converters.has(`${s.hi[i]!}:${s.lo[i]!}`)) order.push(i)
+      order.sort((a, b) => s.hi[a]! - s.hi[b]! || s.lo[a]! - s.lo[b]! || s.ts[a]! - s.ts[b]! || a - b)
+      // `granularity start dimension goal` → value → the row.
+      const groups = new Map<string, Map<string, AggregateRow>>()
+      let startMs = 0
+      let session: readonly string[] = []
+      let entryMs = 0
+      let entry: string | undefined
+      for (let k = 0; k < order.length; k++) {
+        const i = order[k]!
+        const prev = k > 0 ? order[k - 1]! : -1
+        const ts = s.ts[i]!
+        const values = this.sessions[s.session[i]!]!
+        const sameVisitor = prev >= 0 && s.hi[prev] === s.hi[i] && s.lo[prev] === s.lo[i]
+        if (!sameVisitor || ts - s.ts[prev]! >= gapMs) {
+          startMs = ts
+          session = values
+          entry = undefined
+        } else if (ts === startMs && values.join('\u0001') < session.join('\u0001')) session = values
+        if (s.pageview[i] === 1) {
+          const path = this.paths[s.path[i]!]!
+          if (entry === undefined || ts < entryMs || (ts === entryMs && path < entry)) {
+            entryMs = ts
+            entry = path
+          }
+        }
+        const goal = s.goals.get(i)
+        if (goal === undefined) continue
+        const reg = registerEntry(s.hi[i]!, s.lo[i]!, precision)
+        for (const granularity of DIMENSION_GRANULARITIES) {
+          const ws = windowStart(ts, granularity)
+          for (const dim of GOAL_BY_DIMENSIONS) {
+            const value =
+              dim === 'path'
+                ? this.paths[s.path[i]!]!
+                : dim === 'event'
+                  ? goal.event
+                  : dim === 'entry_page'
+                    ? (entry ?? NONE)
+                    : session[SESSION_INDEX.get(dim)!]!
+            const dimension = goalByDimension(dim)
+            for (const name of goal.names) {
+              const g = `${granularity}\u0001${ws}\u0001${dimension}\u0001${name}`
+              let byValue = groups.get(g)
+              if (!byValue) {
+                byValue = new Map()
+                groups.set(g, byValue)
+              }
+              let row = byValue.get(value)
+              if (!row) {
+                row = {
+                  siteId,
+                  granularity,
+                  windowStart: ws,
+                  dimension,
+                  value,
+                  events: 0,
+                  pageviews: 0,
+                  botEvents: 0,
+                  visitors: new RegisterSet(precision),
+                }
+                byValue.set(value, row)
+              }
+              row.events++
+              if (s.pageview[i] === 1) row.pageviews++
+              row.visitors.add(reg)
+            }
+          }
+        }
+      }
+      for (const [g, byValue] of groups) {
+        const parts = g.split('\u0001')
+        const dimension = parts[2]!
+        const name = parts.slice(3).join('\u0001')
+        const capped = isCappedDimension(dimension.slice('goal|'.length))
+        const rows = capped
+          ? capValues(byValue, this.dimensionValuesMax, (into, from) => {
+              if (into === undefined) {
+                const visitors = new RegisterSet(precision)
+                visitors.merge(from.visitors)
+                return { ...from, value: OTHER, visitors }
+              }
+              into.events += from.events
+              into.pageviews += from.pageviews
+              into.visitors.merge(from.visitors)
+              return into
+            }).values
+          : byValue
+        for (const [value, row] of rows) yield { ...row, value: goalByValue(name, value) }
+      }
+    }
   }
 
   private intern(path: string): number {

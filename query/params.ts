@@ -7,6 +7,7 @@ import {
   SESSION_DIMENSIONS,
   VISIT_DIMENSIONS,
 } from '../core/aggregate/definition.js'
+import { GOAL_BY_DIMENSIONS, isGoalByDimension } from '../core/aggregate/goals.js'
 import { isPropDimension } from '../core/aggregate/props.js'
 import { ERR } from '../core/error-codes.js'
 import type { TallyError } from '../core/errors.js'
@@ -52,7 +53,8 @@ export const VISIT_METRICS = ['visits', 'bounce_rate', 'visit_duration', 'views_
  * Metrics of goals (core/aggregate/goals.ts): `conversions`, the visitors of the goal rows (unique
  * converters, HyperLogLog); `conversion_rate`, conversions over the visitors of the same range
  * and windows, in percent with one decimal. Answered with `filters=goal==NAME` (aggregate,
- * timeseries) or `property=goal` (breakdown).
+ * timeseries; a breakdown by a GOAL_BY_DIMENSIONS property, against that value's visitors) or
+ * `property=goal` (breakdown).
  */
 export const GOAL_METRICS = ['conversions', 'conversion_rate'] as const
 export function isGoalMetric(m: Metric): boolean {
@@ -498,15 +500,30 @@ export function parseQuery(
   const metrics =
     metricsRaw === undefined && byVisits ? [...ENTRY_EXIT_DEFAULT_METRICS] : parseMetrics(metricsRaw)
   // The export writes every column its rows hold: only its property matters.
+  // Conversions by another dimension (core/aggregate/goals.ts `goal|DIM`): the goal rows' metrics.
+  const goalBy =
+    endpoint === 'breakdown' &&
+    property !== undefined &&
+    isGoalByDimension(property) &&
+    filters.some((f) => f.property === 'goal')
   if (endpoint !== 'export')
-    checkMetricsFor(metrics, [...(property ? [property] : []), ...filters.map((f) => f.property)])
+    checkMetricsFor(
+      metrics,
+      goalBy ? ['goal'] : [...(property ? [property] : []), ...filters.map((f) => f.property)],
+    )
+  if (goalBy && property === 'entry_page' && metrics.includes('conversion_rate'))
+    throw badParameter(
+      'metrics',
+      'conversion_rate by entry_page is not answered: entry_page rows count visits, not visitors (conversions and events by entry_page are)',
+    )
   if (endpoint !== 'export' && metrics.some(isGoalMetric)) {
-    const byGoal = endpoint === 'breakdown' ? property === 'goal' : filters.some((f) => f.property === 'goal')
+    const byGoal =
+      endpoint === 'breakdown' ? property === 'goal' || goalBy : filters.some((f) => f.property === 'goal')
     if (!byGoal)
       throw badParameter(
         'metrics',
         endpoint === 'breakdown'
-          ? `${GOAL_METRICS.join(' and ')} are counted by goal: break down by property=goal (conversions by another property are not kept)`
+          ? `${GOAL_METRICS.join(' and ')} are counted by goal: break down by property=goal, or filter on one with filters=goal==NAME and break down by ${GOAL_BY_DIMENSIONS.join(', ')}`
           : `${GOAL_METRICS.join(' and ')} are counted by goal: filter on one with filters=goal==NAME`,
         filters.some((f) => f.property === 'goal') ? ERR.FILTER_UNSUPPORTED : undefined,
       )

@@ -707,6 +707,21 @@ export class VisitState {
   }
 
   /**
+   * The held visit of a visitor that contains the time `timestampMs` (its first event's session
+   * values and its entry page), undefined when none does: what conversions by another dimension
+   * read of an event the state holds already (a replay after a restart).
+   */
+  visitAt(
+    siteId: string,
+    visitor: string,
+    timestampMs: number,
+  ): { session: readonly string[]; entryPage: string | undefined } | undefined {
+    const vd = this.days.get(keyOf(siteId, visitor, dayOf(timestampMs)))
+    const v = vd?.visits.find((x) => x.startMs <= timestampMs && timestampMs <= x.endMs)
+    return v && { session: v.session, entryPage: v.entryPath }
+  }
+
+  /**
    * Forgets the visits no acceptable event can change. `oldestAcceptableMs`: the least event time
    * the worker may still accept (with the stream's rule, the start of the minute that closed a
    * grace before the partition's watermark). A visit whose last event is a gap or more before it
