@@ -297,7 +297,7 @@ export async function buildQueryApp(deps: QueryAppDeps): Promise<FastifyInstance
   })
 
   // The dashboard at / (static files; its data comes from the API above with a read token).
-  await app.register(dashboardPlugin)
+  await app.register(dashboardPlugin, deps.breakdowns === undefined ? {} : { breakdowns: deps.breakdowns })
 
   app.get('/healthz', { schema: HEALTHZ_SCHEMA }, async () => ({ status: 'ok' }))
   app.get('/readyz', { schema: READYZ_SCHEMA }, async (req, reply) => {

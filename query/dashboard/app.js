@@ -211,6 +211,20 @@
    * another is read when its tab is picked (once per load of the dashboard).
    */
   const makePanel = (el) => {
+    // A property this deployment does not aggregate (TALLY_BREAKDOWNS) takes no metric: its tab and
+    // table are hidden, and a panel left without any is hidden whole (and not in `panels`).
+    const tables = [...el.querySelectorAll('table[data-property]')]
+    for (const table of tables) {
+      if (metricsOf(table.dataset.property)?.length !== 0) continue
+      const box = table.closest('[role=tabpanel]')
+      const tab = box ? el.querySelector(`[role=tab][aria-controls="${box.id}"]`) : null
+      if (tab) tab.remove()
+      ;(box || table).remove()
+    }
+    if (!el.querySelector('table[data-property]')) {
+      el.hidden = true
+      return undefined
+    }
     const views = [...el.querySelectorAll('table[data-property]')].map((table) => {
       const box = table.closest('[role=tabpanel]')
       return {
@@ -258,9 +272,11 @@
         panel.select(next)
       })
     }
+    // The tab selected in the markup may be one hidden above: the first left is shown then.
+    panel.show(panel.active)
     return panel
   }
-  const panels = [...document.querySelectorAll('[data-panel]')].map(makePanel)
+  const panels = [...document.querySelectorAll('[data-panel]')].map(makePanel).filter(Boolean)
 
   // --- the properties panel: one tab per custom property the site declares ----------------------
   const PROP_METRICS = ['visitors', 'events']

@@ -3,11 +3,12 @@ import { readFileSync } from 'node:fs'
 import { createRequire } from 'node:module'
 import { dirname, join } from 'node:path'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
+import type { BreakdownDimension } from '../../core/aggregate/breakdowns.js'
 import { GOAL_DIMENSION } from '../../core/aggregate/goals.js'
 import { TallyError } from '../../core/errors.js'
 import { projectRoot } from '../../core/paths.js'
 import { METRICS, type Metric, PROPERTIES, parseQuery } from '../params.js'
-import { DEFAULT_QUERY_LIMITS } from '../stats.js'
+import { DEFAULT_QUERY_LIMITS, type QueryLimits } from '../stats.js'
 
 interface Asset {
   body: Buffer
@@ -16,13 +17,13 @@ interface Asset {
 }
 
 /** Whether the query API takes `metric` with a filter on `property` (and so in a breakdown by it). */
-function accepts(property: string, metric: Metric): boolean {
+function accepts(property: string, metric: Metric, limits: QueryLimits): boolean {
   try {
     parseQuery(
       'aggregate',
       { site: 'model', period: 'day', metrics: metric, filters: `${property}==x` },
       0,
-      DEFAULT_QUERY_LIMITS,
+      limits,
     )
     return true
   } catch (err) {
@@ -36,15 +37,21 @@ function accepts(property: string, metric: Metric): boolean {
  * the metrics it can be asked for (query/params.ts refuses visit metrics by path or event, and
  * anything but visit metrics by entry or exit page; `goal` takes conversions and conversion_rate),
  * and those of a custom property `prop:KEY`. Asked of the parser itself, so the page
- * follows params.ts without a copy of its rules.
+ * follows params.ts without a copy of its rules. A property the deployment does not aggregate
+ * (TALLY_BREAKDOWNS) takes no metric: the page hides its panel or tab.
  */
-export function dashboardModel(): { metrics: Record<string, Metric[]>; propMetrics: Metric[] } {
+export function dashboardModel(breakdowns?: readonly BreakdownDimension[]): {
+  metrics: Record<string, Metric[]>
+  propMetrics: Metric[]
+} {
+  const limits: QueryLimits =
+    breakdowns === undefined ? DEFAULT_QUERY_LIMITS : { ...DEFAULT_QUERY_LIMITS, breakdowns }
   return {
     metrics: Object.fromEntries(
-      [...PROPERTIES, GOAL_DIMENSION].map((p) => [p, METRICS.filter((m) => accepts(p, m))]),
+      [...PROPERTIES, GOAL_DIMENSION].map((p) => [p, METRICS.filter((m) => accepts(p, m, limits))]),
     ),
     // Custom properties (`prop:KEY`, the properties panel) all take the same metrics.
-    propMetrics: METRICS.filter((m) => accepts('prop:key', m)),
+    propMetrics: METRICS.filter((m) => accepts('prop:key', m, limits)),
   }
 }
 
@@ -52,7 +59,7 @@ export function dashboardModel(): { metrics: Record<string, Metric[]>; propMetri
  * The dashboard's own files are plain HTML/CSS/JS read from the package root (no build step); the
  * chart library is uPlot's distribution files from node_modules.
  */
-function loadAssets(): Map<string, Asset> {
+function loadAssets(breakdowns: readonly BreakdownDimension[] | undefined): Map<string, Asset> {
   const own = join(projectRoot(), 'query', 'dashboard')
   const uplot = dirname(createRequire(import.meta.url).resolve('uplot'))
   const files: Array<[url: string, file: string, type: string]> = [
@@ -67,7 +74,7 @@ function loadAssets(): Map<string, Asset> {
     ['/dashboard/vendor/uPlot.min.css', join(uplot, 'uPlot.min.css'), 'text/css; charset=utf-8'],
   ]
   const out = new Map<string, Asset>()
-  const model = Buffer.from(`window.TALLY_MODEL = ${JSON.stringify(dashboardModel())}\n`)
+  const model = Buffer.from(`window.TALLY_MODEL = ${JSON.stringify(dashboardModel(breakdowns))}\n`)
   const bodies: Array<[url: string, body: Buffer | string, type: string]> = [
     ...files,
     ['/dashboard/model.js', model, 'text/javascript; charset=utf-8'],
@@ -99,8 +106,11 @@ const CSP = [
 ].join('; ')
 
 /** Serves the dashboard at `/` with its assets under `/dashboard/`. */
-export async function dashboardPlugin(app: FastifyInstance): Promise<void> {
-  const assets = loadAssets()
+export async function dashboardPlugin(
+  app: FastifyInstance,
+  opts: { breakdowns?: readonly BreakdownDimension[] } = {},
+): Promise<void> {
+  const assets = loadAssets(opts.breakdowns)
   for (const [url, asset] of assets) {
     // Static files, not API: left out of the OpenAPI document.
     app.get(url, { schema: { hide: true } }, async (req: FastifyRequest, reply: FastifyReply) => {

@@ -955,4 +955,62 @@ describe('dashboard panels: countries, sources and channels, campaigns, goals, f
     expect(problems).toEqual([])
     await ctx.close()
   })
+  it('a deployment that keeps fewer breakdowns (TALLY_BREAKDOWNS) shows only their panels and tabs, with the truth', async () => {
+    // The breakdowns before countries, sources and the UTM set: a query role reading the same store.
+    const kept = [
+      'event',
+      'path',
+      'referrer',
+      'utm_source',
+      'browser',
+      'os',
+      'device',
+      'entry_page',
+      'exit_page',
+    ] as const
+    const narrow = await startQuery({ ...config, stream: { ...config.stream, breakdowns: kept } }, logger)
+    const ctx = await browser.newContext({ locale: 'en-US', viewport: { width: 1280, height: 900 } })
+    try {
+      const page = await ctx.newPage()
+      const problems: string[] = []
+      page.on('console', (m) => m.type() === 'error' && problems.push(m.text()))
+      page.on('pageerror', (e) => problems.push(String(e)))
+      await page.goto(`${narrow.url}/`)
+      await page.fill('#new-site', SITE)
+      await page.fill('#new-token', token)
+      await page.click('#add-site button[type=submit]')
+      await page.waitForSelector(`body[data-loaded="${SITE}"][data-filter=""]`)
+      // Not aggregated: the countries panel is hidden whole; sources and channels leave their
+      // panel, whose remaining tab (referrers) is the one shown; the campaigns panel keeps utm_source.
+      expect(await page.isVisible('[data-panel="countries"]')).toBe(false)
+      for (const id of ['sources', 'channels', 'utm-medium', 'utm-campaign', 'utm-content', 'utm-term'])
+        expect(await page.$(`#${id}`), id).toBeNull()
+      expect(await page.getAttribute('#referrers-tab', 'aria-selected')).toBe('true')
+      expect(await page.isVisible('#referrers')).toBe(true)
+      expect(await page.isVisible('#utm-source')).toBe(true)
+      // What is shown still equals the truth.
+      for (const [table, dim] of [
+        ['referrers', 'referrer'],
+        ['utm-source', 'utm_source'],
+      ] as const) {
+        await page.waitForSelector(`#${table} tbody button.pick`)
+        const values = await page.$$eval(`#${table} tbody button.pick`, (bs) =>
+          bs.map((b) => b.getAttribute('data-value') ?? ''),
+        )
+        const want = Object.entries(truth.sites[SITE]!.breakdown[dim]).filter(([, c]) => c.visitors > 0)
+        expect(new Set(values), table).toEqual(new Set(want.map(([v]) => v)))
+        const rows = await tableCells(page, table)
+        rows.forEach((cells, i) => {
+          const c = truth.sites[SITE]!.breakdown[dim][values[i]!]!
+          expectVisitors(cells[1]!, c.visitors, `${table} ${values[i]} visitors`)
+          expect(cells[2], `${table} ${values[i]} pageviews`).toBe(String(c.pageviews))
+        })
+      }
+      // No request the page made was refused (a hidden panel asks nothing).
+      expect(problems).toEqual([])
+    } finally {
+      await ctx.close()
+      await narrow.close()
+    }
+  })
 })
