@@ -289,7 +289,21 @@ function rowAt(
   di: number,
   value: string,
 ): Row {
-  const w = table.window(gi, siteId, ws)
+  return rowIn(table, loading, sourcePartition, siteId, gi, ws, table.window(gi, siteId, ws), di, value)
+}
+
+/** {@link rowAt} in a window already found (`w`: the table's window `gi`, `siteId`, `ws`). */
+function rowIn(
+  table: RowTable,
+  loading: Loading[],
+  sourcePartition: number,
+  siteId: string,
+  gi: number,
+  ws: number,
+  w: WindowRows,
+  di: number,
+  value: string,
+): Row {
   const held = di < 0 ? w.totals : w.dims[di]!.get(value)
   return (
     held ??
@@ -324,26 +338,28 @@ export function applyVisitRows(
 ): void {
   for (let gi = 0; gi < GRANULARITIES.length; gi++) {
     const ws = windowStart(startMs, GRANULARITIES[gi]!)
-    applyVisits(table, rowAt(table, loading, sourcePartition, siteId, gi, ws, -1, ''), offset, delta)
+    // The window once for its rows (not once per row: two map reads each).
+    const w = table.window(gi, siteId, ws)
+    applyVisits(table, rowIn(table, loading, sourcePartition, siteId, gi, ws, w, -1, ''), offset, delta)
     if (!KEEPS_DIMENSIONS[gi]) continue
     for (let i = 0; i < SESSION_ROW_INDEX.length; i++)
       applyVisits(
         table,
-        rowAt(table, loading, sourcePartition, siteId, gi, ws, SESSION_ROW_INDEX[i]!, session[i]!),
+        rowIn(table, loading, sourcePartition, siteId, gi, ws, w, SESSION_ROW_INDEX[i]!, session[i]!),
         offset,
         delta,
       )
     if (entry !== undefined)
       applyVisits(
         table,
-        rowAt(table, loading, sourcePartition, siteId, gi, ws, ENTRY_PAGE, entry),
+        rowIn(table, loading, sourcePartition, siteId, gi, ws, w, ENTRY_PAGE, entry),
         offset,
         delta,
       )
     if (exit !== undefined)
       applyVisits(
         table,
-        rowAt(table, loading, sourcePartition, siteId, gi, ws, EXIT_PAGE, exit),
+        rowIn(table, loading, sourcePartition, siteId, gi, ws, w, EXIT_PAGE, exit),
         offset,
         delta,
       )
