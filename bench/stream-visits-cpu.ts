@@ -156,6 +156,7 @@ function run(parts: ConsumedRecord[][], visits: boolean) {
   const cpu = process.cpuUsage(cpu0)
   const ms = performance.now() - t0
   const openVisits = states.reduce((a, s) => a + (s.visits?.state.openVisits ?? 0), 0)
+  const endBytes = states.reduce((a, s) => a + (s.visits?.state.serialize().byteLength ?? 0), 0)
   return {
     visits,
     counted,
@@ -168,6 +169,7 @@ function run(parts: ConsumedRecord[][], visits: boolean) {
     stateBytesMax,
     stateBytesPerEvent: +(stateBytes / counted).toFixed(1),
     openVisitsAtEnd: openVisits,
+    stateBytesPerOpenVisitAtEnd: openVisits > 0 ? Math.round(endBytes / openVisits) : null,
     ...(byDim
       ? { rowsPerFlushByDim: Object.fromEntries([...byDim].map(([k, v]) => [k, Math.round(v / flushes)])) }
       : {}),
