@@ -1,3 +1,4 @@
+import { KeptBreakdowns } from '../core/aggregate/breakdowns.js'
 import {
   DIMENSIONS,
   type Dimension,
@@ -302,6 +303,8 @@ export class HourAggregator {
     private readonly propValuesMax = 1000,
     /** Distinct values kept per capped dimension (TALLY_DIMENSION_VALUES_MAX). */
     private readonly dimensionValuesMax = DEFAULT_DIMENSION_VALUES_MAX,
+    /** The breakdown dimensions aggregated (TALLY_BREAKDOWNS, the stream's); the others get no pass and no rows. */
+    private readonly kept = new KeptBreakdowns(),
   ) {}
 
   private siteHour(siteId: string): SiteHour {
@@ -376,7 +379,8 @@ export class HourAggregator {
         }
         mr.add(e)
       }
-      for (let d = 0; d < cols.dims.length; d++) {
+      // Column d is DIMENSIONS[d] (checked above); only the kept ones are aggregated.
+      for (const d of this.kept.event) {
         const dim = cols.dims[d]!
         addDimension(
           s.dims[d]!,

@@ -81,6 +81,7 @@ export function rebuildSettings(
     countsVisits: config.batch.countsVisits,
     propValuesMax: config.stream.propValuesMax,
     dimensionValuesMax: config.stream.dimensionValuesMax,
+    breakdowns: config.stream.breakdowns,
     owner: processOwner(),
     ttlSeconds: config.stream.ttlSeconds,
     ...(o.leaseTtlMs === undefined ? {} : { leaseTtlMs: o.leaseTtlMs }),

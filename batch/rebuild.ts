@@ -1,6 +1,7 @@
 import { createHash, randomUUID } from 'node:crypto'
 import { mkdir, readdir, rm, stat } from 'node:fs/promises'
 import { join } from 'node:path'
+import { type BreakdownDimension, KeptBreakdowns } from '../core/aggregate/breakdowns.js'
 import { type Granularity, windowMs, windowStart } from '../core/aggregate/definition.js'
 import { type DedupOutcome, findDuplicates } from '../core/archive/dedup.js'
 import { listSegments, type SegmentRef } from '../core/archive/segment-file.js'
@@ -90,6 +91,8 @@ export interface RebuildSettings {
   propValuesMax?: number
   /** Distinct values kept per capped dimension and window (TALLY_DIMENSION_VALUES_MAX, the stream's). Default 10000. */
   dimensionValuesMax?: number
+  /** The breakdown dimensions aggregated (TALLY_BREAKDOWNS, the stream's). Default all. */
+  breakdowns?: readonly BreakdownDimension[]
   /** Identifies this process in leases and runs. */
   owner: string
   /** Lease TTL; renewed every third of it. Default 30000 ms. */
@@ -227,7 +230,8 @@ export async function runRebuild(
   deps.metrics?.running.inc()
   try {
     const listing = await list(settings, job)
-    if (request.skipUnchanged && (await unchanged(deps.jobs, job, listing))) return skipped(deps, job)
+    if (request.skipUnchanged && (await unchanged(deps.jobs, job, runFingerprint(settings, listing))))
+      return skipped(deps, job)
     await recordStart(deps.jobs, job, listing, request.skipCorrupt ?? false)
     const source = new SegmentSource(listing.segments, {
       cacheBytes: settings.segmentCacheBytes ?? 256 * 1024 * 1024,
@@ -246,7 +250,8 @@ export async function runRebuild(
     await commit(deps, settings, job, days.days)
     // A run without visits is no reason to skip the next one: its fingerprint matches no listing.
     const countsVisits = settings.countsVisits ?? true
-    await recordSuccess(deps, job, countsVisits ? listing.fingerprint : `${listing.fingerprint}:no-visits`)
+    const fingerprint = runFingerprint(settings, listing)
+    await recordSuccess(deps, job, countsVisits ? fingerprint : `${fingerprint}:no-visits`)
     return { status: 'succeeded', run: job.run, ...job.range, dedupBuckets: duplicates.buckets, computeMs }
   } catch (err) {
     throw await recordFailure(deps, job, err)
@@ -382,9 +387,18 @@ async function list(settings: RebuildSettings, job: Job): Promise<Listing> {
   return { segments, misnamed, fingerprint }
 }
 
-async function unchanged(jobs: JobStore, job: Job, listing: Listing): Promise<boolean> {
+async function unchanged(jobs: JobStore, job: Job, fingerprint: string): Promise<boolean> {
   const last = await jobs.lastSuccess(job.name)
-  return last?.fingerprint === listing.fingerprint
+  return last?.fingerprint === fingerprint
+}
+
+/**
+ * What a run's result depends on besides the settings every run shares: the listing, and the
+ * breakdowns kept when not all (TALLY_BREAKDOWNS), so a run after the list changed is not skipped.
+ */
+function runFingerprint(settings: RebuildSettings, listing: Listing): string {
+  const kept = new KeptBreakdowns(settings.breakdowns)
+  return kept.all ? listing.fingerprint : `${listing.fingerprint}:breakdowns=${kept.dimensions.join(',')}`
 }
 
 function skipped(deps: RebuildDeps, job: Job): RebuildResult {
@@ -475,6 +489,7 @@ async function aggregate(
   }
   const gapMs = settings.visitGapMs ?? DEFAULT_VISIT_GAP_MS
   const countsVisits = settings.countsVisits ?? true
+  const kept = new KeptBreakdowns(settings.breakdowns)
   const emptyVisitors = new RegisterSet(settings.precision).toBytes()
   const runKeys = deps.propKeys ? new RunPropKeys(deps.propKeys) : undefined
   // The visit counts of the windows of the range (day windows when the whole day is in it).
@@ -484,7 +499,14 @@ async function aggregate(
     for (const { key, counts } of visits.rows(gapMs)) {
       const inRange =
         key.granularity === 'day' ? dayInRange(d) : key.windowStart >= fromMs && key.windowStart < toMs
-      if (inRange && live(key)) await area.write(d, visitRowOf(key, counts, emptyVisitors))
+      if (inRange && live(key) && kept.keeps(key.dimension))
+        await area.write(d, visitRowOf(key, counts, emptyVisitors))
+    }
+    // Conversions by dimension (goal|DIM): they need the day's visits, as the visit rows do.
+    for (const row of visits.goalRows(gapMs, settings.precision)) {
+      const inRange =
+        row.granularity === 'day' ? dayInRange(d) : row.windowStart >= fromMs && row.windowStart < toMs
+      if (inRange && live(row)) await area.write(d, finalRowOf(row))
     }
     visits = undefined
   }
@@ -494,7 +516,8 @@ async function aggregate(
     const dayStart = windowStart(hour, 'day')
     if (day && day.dayStartMs !== dayStart) await flushDay()
     if (visits && visits.dayStartMs !== dayStart) await flushVisits()
-    if (!visits && countsVisits) visits = new DayVisits(dayStart, job.siteId, settings.dimensionValuesMax)
+    if (!visits && countsVisits)
+      visits = new DayVisits(dayStart, job.siteId, settings.dimensionValuesMax, settings.propValuesMax)
     const inRange = hour >= fromMs && hour < toMs
     if (inRange && !day && dayInRange(dayStart))
       day = new DayAggregator(
@@ -510,6 +533,7 @@ async function aggregate(
           job.siteId,
           settings.propValuesMax,
           settings.dimensionValuesMax,
+          kept,
         )
       : undefined
     while (done < n && segments[done]!.hourStartMs === hour) {
@@ -517,10 +541,11 @@ async function aggregate(
       const cols = await source.next(i)
       if (cols) {
         const losers = duplicates.losers.get(i)
-        const props = agg && runKeys ? await propValuesOf(cols, job.siteId, runKeys) : undefined
-        const goals = agg && runKeys ? await goalsOfSegment(cols, job.siteId, runKeys) : undefined
+        // Visits read them for every hour of the day (a visit's values are its first event's).
+        const props = (agg || visits) && runKeys ? await propValuesOf(cols, job.siteId, runKeys) : undefined
+        const goals = (agg || visits) && runKeys ? await goalsOfSegment(cols, job.siteId, runKeys) : undefined
         agg?.add(cols, losers, stats, props, goals)
-        visits?.add(cols, losers)
+        visits?.add(cols, losers, props, goals)
         job.run.segmentsRead++
       }
       job.progress.eventsRead = stats.rowsRead

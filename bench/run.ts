@@ -17,7 +17,7 @@ import {
 import { batchScenario } from './scenarios/batch.js'
 import { embeddedScenario } from './scenarios/embedded.js'
 import { FILTER_SIZES, filtersScenario } from './scenarios/filters.js'
-import { ingestScenario } from './scenarios/ingest.js'
+import { ingestScenario, ingestSteadyScenario } from './scenarios/ingest.js'
 import { lookupsScenario } from './scenarios/lookups.js'
 import { queryScenario } from './scenarios/query.js'
 import { streamScenario } from './scenarios/stream.js'
@@ -30,6 +30,7 @@ import { streamScenario } from './scenarios/stream.js'
 
 const SCENARIOS: readonly ScenarioDefinition[] = [
   ingestScenario,
+  ingestSteadyScenario,
   streamScenario,
   queryScenario,
   batchScenario,

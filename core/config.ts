@@ -1,6 +1,7 @@
 import { isIP } from 'node:net'
 import { homedir, tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
+import { BREAKDOWN_DIMENSIONS, type BreakdownDimension, parseBreakdowns } from './aggregate/breakdowns.js'
 import { ConfigError } from './errors.js'
 import type { PackOptions } from './ports/event-log.js'
 
@@ -181,10 +182,16 @@ export interface StreamConfig {
   propValuesMax: number
   /**
    * Distinct values per window kept for each of path, referrer, source and the UTM set
-   * (TALLY_DIMENSION_VALUES_MAX, core/aggregate/props.ts CAPPED_DIMENSIONS); stream, rebuild and
-   * query read the same value. Default 10000.
+   * (TALLY_DIMENSION_VALUES_MAX, core/aggregate/props.ts CAPPED_DIMENSIONS), and through the day's
+   * kept paths for entry and exit pages (DAY_PATH_CAPPED); stream, rebuild and query read the same
+   * value. Default 10000.
    */
   dimensionValuesMax: number
+  /**
+   * The breakdown dimensions aggregated (TALLY_BREAKDOWNS, core/aggregate/breakdowns.ts), in
+   * BREAKDOWN_DIMENSIONS order; stream, rebuild and query read the same list. Default all.
+   */
+  breakdowns: readonly BreakdownDimension[]
   /**
    * Count visits (TALLY_STREAM_VISITS, default on). Off only to measure what visits cost (the bench's
    * stream scenario): rows are then written without visit data and show none until a rebuild.
@@ -630,7 +637,19 @@ export const VARIABLES = {
     10_000,
     10,
     100_000,
-    'distinct values per hour or day window kept for each of `path`, `referrer`, `source` and `utm_*` (the rest count under `(other)`, chosen by the hash of the value as for custom properties; stream, rebuild and query need the same value): a rebuilt window holds at most this + 1 rows per dimension, a stream worker about this × (1 + ln(distinct / this)) per partition',
+    'distinct values per hour or day window kept for each of `path`, `referrer`, `source` and `utm_*` (the rest count under `(other)`, chosen by the hash of the value as for custom properties; stream, rebuild and query need the same value); `entry_page` and `exit_page` keep the pages among the kept `path` values of their UTC day: a rebuilt window holds at most this + 1 rows per dimension, a stream worker about this × (1 + ln(distinct / this)) per partition',
+  ),
+  TALLY_BREAKDOWNS: custom<readonly BreakdownDimension[]>(
+    `comma-separated list of ${BREAKDOWN_DIMENSIONS.join(', ')}`,
+    'all',
+    'the breakdown dimensions aggregated: each adds a row per event to every hour and day window (its values count in rows of their own), so leaving out unneeded ones (e.g. country, utm_content, utm_term) saves rows; stream, rebuild and query need the same list, and the query answers a breakdown or filter on another with 400 TALLY_ERR_BREAKDOWN_NOT_KEPT; totals, custom properties and goals are always kept',
+    (raw, name) => {
+      const parsed = parseBreakdowns(raw)
+      if (parsed.ok) return parsed.dimensions
+      const err = new ConfigError(name, raw ?? '', 'a list of breakdown dimensions')
+      err.message = `${name}=${JSON.stringify(raw)} is not valid: ${JSON.stringify(parsed.bad)} is not a breakdown dimension; expected a comma-separated list of ${BREAKDOWN_DIMENSIONS.join(', ')}`
+      throw err
+    },
   ),
   TALLY_STREAM_VISITS: choice(
     ['on', 'off'] as const,
@@ -730,7 +749,8 @@ type Values = { [K in VariableName]: (typeof VARIABLES)[K] extends Variable<infe
 /**
  * TALLY_* variables read outside the configuration, so not unknown: TALLY_DEBUG (the CLI prints
  * stack traces), TALLY_TEST_KEEP_SERVICES (the integration tests leave the services running),
- * TALLY_BENCH_CPU_PROF (the bench profiles its children), TALLY_SOAK, TALLY_SOAK_SECONDS,
+ * TALLY_BENCH_CPU_PROF (the bench profiles its children), TALLY_BENCH_NODE_FLAGS (more Node flags for
+ * them), TALLY_BENCH_STEADY (the ingest-steady scenario's intervals), TALLY_SOAK, TALLY_SOAK_SECONDS,
  * TALLY_SOAK_SEED and TALLY_SOAK_KEEP (the soak test, `npm run test:soak`, whose child processes
  * inherit them).
  */
@@ -738,6 +758,8 @@ export const NON_CONFIG_VARIABLES: ReadonlySet<string> = new Set([
   'TALLY_DEBUG',
   'TALLY_TEST_KEEP_SERVICES',
   'TALLY_BENCH_CPU_PROF',
+  'TALLY_BENCH_NODE_FLAGS',
+  'TALLY_BENCH_STEADY',
   'TALLY_SOAK',
   'TALLY_SOAK_SECONDS',
   'TALLY_SOAK_SEED',
@@ -896,6 +918,7 @@ export function loadConfig(env: Env = process.env): TallyConfig {
       visitGapMs: v.TALLY_VISIT_GAP_MS,
       propValuesMax: v.TALLY_PROP_VALUES_MAX,
       dimensionValuesMax: v.TALLY_DIMENSION_VALUES_MAX,
+      breakdowns: v.TALLY_BREAKDOWNS,
       countsVisits: v.TALLY_STREAM_VISITS === 'on',
       maxOpenWindows: v.TALLY_STREAM_MAX_OPEN_WINDOWS,
       dedupHorizonMs: v.TALLY_DEDUP_HORIZON_MS,

@@ -171,6 +171,11 @@ export const ERRORS = {
     status: 400,
     meaning: 'a filter combination the stored aggregates cannot answer exactly',
   },
+  BREAKDOWN_NOT_KEPT: {
+    code: 'TALLY_ERR_BREAKDOWN_NOT_KEPT',
+    status: 400,
+    meaning: 'a breakdown or filter on a dimension this deployment does not aggregate (TALLY_BREAKDOWNS)',
+  },
   BEYOND_RETENTION: {
     code: 'TALLY_ERR_BEYOND_RETENTION',
     status: 400,

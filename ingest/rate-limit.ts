@@ -15,6 +15,11 @@ export class EventRateLimiter {
     private readonly maxKeys = 100_000,
   ) {}
 
+  /** Keys holding a bucket now (at most `maxKeys`, whatever the process has seen). */
+  get size(): number {
+    return this.buckets.size
+  }
+
   /** Takes `n` tokens for `key`; returns 0 when allowed, else the seconds to wait before retrying. */
   take(key: string, n: number): number {
     if (this.ratePerSec <= 0) return 0

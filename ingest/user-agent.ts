@@ -17,6 +17,11 @@ export class UserAgentParser {
 
   constructor(private readonly maxEntries = 10_000) {}
 
+  /** User agents held now (at most `maxEntries`, whatever the process has seen). */
+  get size(): number {
+    return this.cache.size
+  }
+
   parse(ua: string | undefined): ParsedUserAgent {
     if (!ua) return UNKNOWN
     const hit = this.cache.get(ua)

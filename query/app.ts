@@ -1,5 +1,6 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify'
 import { LRUCache } from 'lru-cache'
+import type { BreakdownDimension } from '../core/aggregate/breakdowns.js'
 import type { Granularity } from '../core/aggregate/definition.js'
 import { ERR } from '../core/error-codes.js'
 import { TallyError } from '../core/errors.js'
@@ -52,6 +53,8 @@ export interface QueryAppDeps {
   propValuesMax?: number
   /** Distinct values kept per window of path, referrer, source and UTM (TALLY_DIMENSION_VALUES_MAX). Default 10000. */
   dimensionValuesMax?: number
+  /** The breakdown dimensions aggregated (TALLY_BREAKDOWNS); a breakdown or filter on another is refused. Default all. */
+  breakdowns?: readonly BreakdownDimension[]
   /**
    * Row TTL per granularity in seconds, 0 = forever (TALLY_TTL_*_DAYS); ranges needing expired rows
    * are refused. Default minute 7 days, hour 90 days, day forever.
@@ -109,6 +112,7 @@ export async function buildQueryApp(deps: QueryAppDeps): Promise<FastifyInstance
     ...DEFAULT_QUERY_LIMITS,
     ...deps.limits,
     maxPoints: { ...DEFAULT_QUERY_LIMITS.maxPoints, ...deps.limits?.maxPoints },
+    ...(deps.breakdowns === undefined ? {} : { breakdowns: deps.breakdowns }),
   }
   const answerCache = deps.answerCache ?? DEFAULT_ANSWER_CACHE
   const stats = new StatsService({

@@ -1,3 +1,4 @@
+import { BREAKDOWN_DIMENSIONS, type BreakdownDimension } from '../core/aggregate/breakdowns.js'
 import {
   DIMENSIONS,
   GRANULARITIES,
@@ -6,8 +7,10 @@ import {
   SESSION_DIMENSIONS,
   VISIT_DIMENSIONS,
 } from '../core/aggregate/definition.js'
+import { GOAL_BY_DIMENSIONS, isGoalByDimension } from '../core/aggregate/goals.js'
 import { isPropDimension } from '../core/aggregate/props.js'
 import { ERR } from '../core/error-codes.js'
+import type { TallyError } from '../core/errors.js'
 import { badParameter, parseInstant, type TimeRange } from './range.js'
 import {
   addDays,
@@ -50,7 +53,8 @@ export const VISIT_METRICS = ['visits', 'bounce_rate', 'visit_duration', 'views_
  * Metrics of goals (core/aggregate/goals.ts): `conversions`, the visitors of the goal rows (unique
  * converters, HyperLogLog); `conversion_rate`, conversions over the visitors of the same range
  * and windows, in percent with one decimal. Answered with `filters=goal==NAME` (aggregate,
- * timeseries) or `property=goal` (breakdown).
+ * timeseries; a breakdown by a GOAL_BY_DIMENSIONS property, against that value's visitors) or
+ * `property=goal` (breakdown).
  */
 export const GOAL_METRICS = ['conversions', 'conversion_rate'] as const
 export function isGoalMetric(m: Metric): boolean {
@@ -142,6 +146,11 @@ export interface ParseLimits {
   maxFilterValues: number
   /** Longest `minutes` of realtime. */
   maxRealtimeMinutes: number
+  /**
+   * The breakdown dimensions the deployment aggregates (TALLY_BREAKDOWNS): a breakdown or filter on
+   * another is refused, as no row holds it. Default all.
+   */
+  breakdowns?: readonly BreakdownDimension[]
 }
 
 export interface ParsedQuery {
@@ -233,9 +242,35 @@ export function parseProperty(raw: string, where: string): RowDimension {
 }
 
 /**
+ * Refuses a breakdown or a filter on a dimension the deployment does not aggregate (TALLY_BREAKDOWNS):
+ * no row holds it, so an answer would be empty, not the truth. Names the ones kept.
+ */
+function checkKept(
+  kept: readonly BreakdownDimension[] | undefined,
+  property: RowDimension | undefined,
+  filters: readonly Filter[],
+): void {
+  if (kept === undefined || kept.length === BREAKDOWN_DIMENSIONS.length) return
+  const notKept = (d: RowDimension | undefined): boolean =>
+    d !== undefined &&
+    (BREAKDOWN_DIMENSIONS as readonly string[]).includes(d) &&
+    !(kept as readonly string[]).includes(d)
+  const refuse = (where: string, d: RowDimension): TallyError =>
+    badParameter(
+      where,
+      `${where}: ${d} is not aggregated by this deployment (TALLY_BREAKDOWNS); the breakdowns kept are ${kept.join(', ')}, goal and prop:KEY`,
+      ERR.BREAKDOWN_NOT_KEPT,
+    )
+  if (notKept(property)) throw refuse('property', property!)
+  const f = filters.find((x) => notKept(x.property))
+  if (f) throw refuse('filters', f.property)
+}
+
+/**
  * Refuses metrics the rows of the properties asked for do not hold, naming what they do: visit
- * metrics exist by the session dimensions and entry/exit pages (not by event or path, whose rows
- * count events), and entry_page/exit_page rows hold visit metrics only.
+ * metrics exist by the session dimensions, custom properties (`prop:KEY`, the visit's first event's
+ * value) and entry/exit pages (not by event or path, whose rows count events), and
+ * entry_page/exit_page rows hold visit metrics only.
  */
 function checkMetricsFor(metrics: readonly Metric[], properties: readonly RowDimension[]): void {
   for (const p of properties) {
@@ -246,12 +281,12 @@ function checkMetricsFor(metrics: readonly Metric[], properties: readonly RowDim
           'metrics',
           `${p} holds visit metrics only (${bad.join(', ')} not available): use ${ENTRY_EXIT_METRICS.join(', ')}`,
         )
-    } else if (!VISIT_PROPERTIES.includes(p)) {
+    } else if (!VISIT_PROPERTIES.includes(p) && !isPropDimension(p)) {
       const bad = metrics.filter(isVisitMetric)
       if (bad.length > 0)
         throw badParameter(
           'metrics',
-          `visit metrics (${bad.join(', ')}) are counted by ${VISIT_PROPERTIES.join(', ')}, not by ${p}`,
+          `visit metrics (${bad.join(', ')}) are counted by prop:KEY, ${VISIT_PROPERTIES.join(', ')}, not by ${p}`,
         )
     }
   }
@@ -460,19 +495,35 @@ export function parseQuery(
     throw badParameter('property', 'property is required', ERR.MISSING_PARAMETER)
   }
   const property = propertyRaw === undefined ? undefined : parseProperty(propertyRaw, 'property')
+  checkKept(limits.breakdowns, property, filters)
   const byVisits = isVisitDimension(property) || filters.some((f) => isVisitDimension(f.property))
   const metrics =
     metricsRaw === undefined && byVisits ? [...ENTRY_EXIT_DEFAULT_METRICS] : parseMetrics(metricsRaw)
   // The export writes every column its rows hold: only its property matters.
+  // Conversions by another dimension (core/aggregate/goals.ts `goal|DIM`): the goal rows' metrics.
+  const goalBy =
+    endpoint === 'breakdown' &&
+    property !== undefined &&
+    isGoalByDimension(property) &&
+    filters.some((f) => f.property === 'goal')
   if (endpoint !== 'export')
-    checkMetricsFor(metrics, [...(property ? [property] : []), ...filters.map((f) => f.property)])
+    checkMetricsFor(
+      metrics,
+      goalBy ? ['goal'] : [...(property ? [property] : []), ...filters.map((f) => f.property)],
+    )
+  if (goalBy && property === 'entry_page' && metrics.includes('conversion_rate'))
+    throw badParameter(
+      'metrics',
+      'conversion_rate by entry_page is not answered: entry_page rows count visits, not visitors (conversions and events by entry_page are)',
+    )
   if (endpoint !== 'export' && metrics.some(isGoalMetric)) {
-    const byGoal = endpoint === 'breakdown' ? property === 'goal' : filters.some((f) => f.property === 'goal')
+    const byGoal =
+      endpoint === 'breakdown' ? property === 'goal' || goalBy : filters.some((f) => f.property === 'goal')
     if (!byGoal)
       throw badParameter(
         'metrics',
         endpoint === 'breakdown'
-          ? `${GOAL_METRICS.join(' and ')} are counted by goal: break down by property=goal (conversions by another property are not kept)`
+          ? `${GOAL_METRICS.join(' and ')} are counted by goal: break down by property=goal, or filter on one with filters=goal==NAME and break down by ${GOAL_BY_DIMENSIONS.join(', ')}`
           : `${GOAL_METRICS.join(' and ')} are counted by goal: filter on one with filters=goal==NAME`,
         filters.some((f) => f.property === 'goal') ? ERR.FILTER_UNSUPPORTED : undefined,
       )

@@ -92,6 +92,7 @@ export async function startQuery(
       hllPrecision: config.stream.hllPrecision,
       propValuesMax: config.stream.propValuesMax,
       dimensionValuesMax: config.stream.dimensionValuesMax,
+      breakdowns: config.stream.breakdowns,
       retentionSeconds: config.stream.ttlSeconds,
       metrics,
       // Raw events come from the Arrow archive (core/archive/), read-only, deduplicated like a rebuild.

@@ -1,4 +1,5 @@
 import { GRANULARITIES } from '../core/aggregate/definition.js'
+import { GOAL_BY_DIMENSIONS } from '../core/aggregate/goals.js'
 import type { ErrorName } from '../core/error-codes.js'
 import { errorResponses, SERVER_ERRORS } from '../core/openapi.js'
 import {
@@ -54,18 +55,21 @@ function parameters(limits: QueryLimits): Record<string, Json> {
       { type: 'string', enum: [...GRANULARITIES] },
     ),
     metrics: q(
-      `Comma-separated, from ${METRICS.join(', ')}. Default ${DEFAULT_METRICS.join(',')}. \`visitors\` is approximate (HyperLogLog; see meta.metrics), the others exact. A breakdown sorts by the first metric, descending. Visits (counted in the window where they started): \`visits\`, \`bounce_rate\` (percent of visits with one pageview and no other event), \`visit_duration\` (mean seconds), \`views_per_visit\`; by property only with ${VISIT_PROPERTIES.join(', ')}. entry_page and exit_page take ${ENTRY_EXIT_METRICS.join(', ')} (pageviews of the visits), default ${ENTRY_EXIT_DEFAULT_METRICS.join(',')}. Windows written before visits were counted show none (meta.visits names them). Goals: \`conversions\` (unique visitors who completed the goal, HyperLogLog like visitors) and \`conversion_rate\` (conversions over the visitors of the same range and windows, percent with one decimal) with \`filters=goal==NAME\` (aggregate, timeseries) or \`property=goal\` (breakdown, the rate against the range's visitors); conversions by another property are not kept (400 TALLY_ERR_FILTER_UNSUPPORTED).`,
+      `Comma-separated, from ${METRICS.join(', ')}. Default ${DEFAULT_METRICS.join(',')}. \`visitors\` is approximate (HyperLogLog; see meta.metrics), the others exact. A breakdown sorts by the first metric, descending. Visits (counted in the window where they started): \`visits\`, \`bounce_rate\` (percent of visits with one pageview and no other event), \`visit_duration\` (mean seconds), \`views_per_visit\`; by property only with ${VISIT_PROPERTIES.join(', ')} and \`prop:KEY\` (the value of the visit's first event). entry_page and exit_page take ${ENTRY_EXIT_METRICS.join(', ')} (pageviews of the visits), default ${ENTRY_EXIT_DEFAULT_METRICS.join(',')}. Windows written before visits were counted show none (meta.visits names them). Goals: \`conversions\` (unique visitors who completed the goal, HyperLogLog like visitors) and \`conversion_rate\` (conversions over the visitors of the same range and windows, percent with one decimal) with \`filters=goal==NAME\` (aggregate, timeseries) or \`property=goal\` (breakdown, the rate against the range's visitors); a breakdown by ${GOAL_BY_DIMENSIONS.join(', ')} with \`filters=goal==NAME\` gives per value the converters (visitors, conversions), completions (events) and the rate against the visitors of that value's own row (session properties and entry_page: the converting visit's value; path and event: the completing event's; conversion_rate not by entry_page). Conversions by another property are not kept (400 TALLY_ERR_FILTER_UNSUPPORTED).`,
       { type: 'string', example: 'visitors,pageviews,events,bot_events' },
     ),
     property: q(
-      'Dimension to break down by (required for breakdown): one of the listed, `goal` (the goals the site defines, tally sites goals: per goal its completions as events and its converters as visitors and conversions), or `prop:KEY` for a custom property the site declares (tally sites props). A custom property keeps at most TALLY_PROP_VALUES_MAX values per window, path, referrer, source and the utm_* properties at most TALLY_DIMENSION_VALUES_MAX; the others are under `(other)` (meta.values_capped).',
+      'Dimension to break down by (required for breakdown): one of the listed (the breakdowns this deployment aggregates, TALLY_BREAKDOWNS; another answers 400 TALLY_ERR_BREAKDOWN_NOT_KEPT, as does a filter on one), `goal` (the goals the site defines, tally sites goals: per goal its completions as events and its converters as visitors and conversions), or `prop:KEY` for a custom property the site declares (tally sites props). A custom property keeps at most TALLY_PROP_VALUES_MAX values per window, path, referrer, source and the utm_* properties at most TALLY_DIMENSION_VALUES_MAX, entry_page and exit_page the pages among the kept paths of their UTC day; the others are under `(other)` (meta.values_capped).',
       {
         type: 'string',
-        anyOf: [{ enum: [...PROPERTIES, 'goal'] }, { pattern: '^prop:[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$' }],
+        anyOf: [
+          { enum: [...PROPERTIES.filter((p) => limits.breakdowns?.includes(p as never) ?? true), 'goal'] },
+          { pattern: '^prop:[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$' },
+        ],
       },
     ),
     filters: q(
-      `Equality filters \`property==value\`; \`property==a|b\` matches either; separate filters with \`;\`; a backslash escapes \`;\`, \`|\` or a backslash in a value. Aggregates are stored per single property, so what is answered exactly is: one filter for aggregate and timeseries (timeseries with interval hour or day), and for breakdown a filter on the breakdown's own property. Other combinations get 400 TALLY_ERR_FILTER_UNSUPPORTED. At most ${limits.maxFilterValues} values.`,
+      `Equality filters \`property==value\`; \`property==a|b\` matches either; separate filters with \`;\`; a backslash escapes \`;\`, \`|\` or a backslash in a value. Aggregates are stored per single property, so what is answered exactly is: one filter for aggregate and timeseries (timeseries with interval hour or day), and for breakdown a filter on the breakdown's own property, plus \`goal==NAME\` when the breakdown is by ${GOAL_BY_DIMENSIONS.join(', ')} (conversions by that property), and for aggregate \`goal==NAME\` with a filter on one of those. Other combinations get 400 TALLY_ERR_FILTER_UNSUPPORTED. At most ${limits.maxFilterValues} values.`,
       { type: 'string', example: 'path==/pricing|/signup' },
     ),
     limit: q(`Rows per page of a breakdown, 1–${limits.maxLimit}.`, {
@@ -208,6 +212,7 @@ const PARAMETER_ERRORS: readonly ErrorName[] = [
   'UNKNOWN_PARAMETER',
   'RANGE_TOO_LARGE',
   'FILTER_UNSUPPORTED',
+  'BREAKDOWN_NOT_KEPT',
   'BEYOND_RETENTION',
 ]
 const READ_ERRORS: readonly ErrorName[] = [
@@ -289,7 +294,7 @@ const STATS: Record<'aggregate' | 'timeseries' | 'breakdown' | 'realtime', [stri
   ],
   breakdown: [
     'Top values of a property',
-    'Per value of `property` over the range (hour and day windows), sorted by the first metric descending, then by value. meta.total_values counts the rows before paging. For a capped property (a custom property `prop:KEY`, path, referrer, source, utm_*), meta.values_capped says whether values beyond meta.values_max per window were counted under `(other)` (the values kept are those with the smallest hash, the same in the stream and a rebuild); events without the key of a custom property are under `(none)`.',
+    'Per value of `property` over the range (hour and day windows), sorted by the first metric descending, then by value. meta.total_values counts the rows before paging. For a capped property (a custom property `prop:KEY`, path, referrer, source, utm_*), meta.values_capped says whether values beyond meta.values_max per window were counted under `(other)` (the values kept are those with the smallest hash, the same in the stream and a rebuild); entry_page and exit_page keep the pages among the kept paths of the UTC days of the range (meta.values_capped: the page of a visit was folded); events without the key of a custom property are under `(none)`.',
     {
       type: 'array',
       items: { type: 'object', example: { path: '/pricing', visitors: 120, pageviews: 300 } },

@@ -5,8 +5,24 @@ import {
   type RowDimension,
   windowMs,
 } from '../core/aggregate/definition.js'
+import {
+  GOAL_BY_DIMENSIONS,
+  type GoalByDimension,
+  goalByDimension,
+  goalByValue,
+  isGoalByDimension,
+  splitGoalByValue,
+} from '../core/aggregate/goals.js'
 import { visitCountsOf } from '../core/aggregate/merge.js'
-import { isCappedDimension, keptValues, OTHER, valuesMaxOf } from '../core/aggregate/props.js'
+import {
+  capped as cappedValue,
+  capRank,
+  isCappedDimension,
+  isDayPathCapped,
+  keptValues,
+  OTHER,
+  valuesMaxOf,
+} from '../core/aggregate/props.js'
 import { ERR } from '../core/error-codes.js'
 import type { TallyError } from '../core/errors.js'
 import { HyperLogLog } from '../core/hll.js'
@@ -565,12 +581,13 @@ export class StatsService {
     finalMark: string | undefined,
   ): Promise<AggregateAnswer> {
     const at = readContext(freshness, finalMark, q.metrics)
-    if (q.filters.length > 1) {
+    const goalBy = goalByFilter(q.filters)
+    if (q.filters.length > 1 && !goalBy) {
       throw unsupported(
-        'aggregates are stored per single property, so only one filter can be answered exactly; filter on one property',
+        `aggregates are stored per single property, so only one filter can be answered exactly; filter on one property (or on goal and one of ${GOAL_BY_DIMENSIONS.join(', ')})`,
       )
     }
-    const filter = q.filters[0]
+    const filter = goalBy ? goalBy.rows : q.filters[0]
     const requested = q.range!
     const allowed = filter ? DIMENSION_GRANULARITIES : GRANULARITIES
     const zoned = this.zonedEdges(q, requested, allowed)
@@ -596,9 +613,10 @@ export class StatsService {
     })
     const values = acc.values(q.metrics)
     if (q.metrics.includes('conversion_rate')) {
-      // The visitors of the same windows: the totals of the goal rows' segments.
+      // The visitors of the same windows: the totals of the goal rows' segments (with a filter on
+      // another property besides the goal, that property's rows of the values).
       const totals = await Promise.all(
-        segments.map((s) => this.readSegment(q.siteId, s, undefined, true, at)),
+        segments.map((s) => this.readSegment(q.siteId, s, goalBy?.own, true, at)),
       )
       withConversionRate(
         values,
@@ -904,8 +922,9 @@ export class StatsService {
   ): Promise<BreakdownAnswer> {
     const property = q.property as RowDimension
     if (property !== 'goal' && q.filters.some((f) => f.property === 'goal')) {
+      if (isGoalByDimension(property)) return this.goalByBreakdown(q, freshness, finalMark, property)
       throw unsupported(
-        `goal rows are kept per goal only, so conversions by ${property} are not answered: filters=goal==NAME is answered by aggregate and timeseries, and a breakdown by goal takes property=goal`,
+        `conversions are kept by goal and by ${GOAL_BY_DIMENSIONS.join(', ')}, not by ${property}: filters=goal==NAME is answered by aggregate, timeseries and a breakdown by one of those, and a breakdown by goal takes property=goal`,
       )
     }
     if (q.filters.some((f) => f.property !== property)) {
@@ -928,7 +947,9 @@ export class StatsService {
     // (no sketches), the second reads the sketches of the page's values alone.
     // A capped dimension's (a custom property's, path's, referrer's, …) values beyond the cap fold
     // into (other), which needs every value's sketch.
-    const cappedDim = isCappedDimension(property)
+    // Entry and exit pages are capped by the paths of their days (core/aggregate/props.ts DAY_PATH_CAPPED).
+    const pageCapped = isDayPathCapped(property)
+    const cappedDim = isCappedDimension(property) || pageCapped
     const valuesMax = valuesMaxOf(property, this.deps)
     // Goals are few (at most 20 a site): read with their sketches at once.
     const visitorsLater = withVisitors && sortBy !== 'visitors' && !cappedDim && property !== 'goal'
@@ -944,7 +965,33 @@ export class StatsService {
     // and the rebuild's hours then answer the same.
     let under: ((value: string) => string | undefined) | undefined
     let capHit = false
-    if (cappedDim) {
+    if (pageCapped) {
+      // The rule over the paths of the range's UTC days, read from their day windows: a page kept
+      // there is kept in each of those days, so its rows are whole; the others fold into (other).
+      const days: Segment = {
+        granularity: 'day',
+        fromMs: floorTo(range.fromMs, 'day'),
+        toMs: floorTo(range.toMs + DAY_MS - 1, 'day'),
+      }
+      // The pages read are paths of those days too (a set within the days' paths that holds their
+      // kept ones answers the same), so a day without path rows folds nothing it cannot prove.
+      const dayPaths = new Set<string>()
+      for (const one of read.flat()) for (const value of one.values.keys()) dayPaths.add(value)
+      for (const one of await this.breakdownParts(q.siteId, days, 'path', { visitors: false }, at))
+        for (const value of one.values.keys()) dayPaths.add(value)
+      const kept = keptValues(dayPaths, valuesMax)
+      const fold = (value: string) => (kept.has(value) || !cappedValue(value) ? value : OTHER)
+      // Capped: a visit of the range has a page folded (a row of no visit folds nothing).
+      let folded = 0
+      for (const one of read.flat())
+        for (const [value, v] of one.values) if (fold(value) === OTHER) folded += v.visits ?? 0
+      capHit = folded > 0
+      const wanted = values ? new Set(values) : undefined
+      under = (value) => {
+        const v = fold(value)
+        return wanted && !wanted.has(v) ? undefined : v
+      }
+    } else if (cappedDim) {
       const seen = new Set<string>()
       for (const one of read.flat()) for (const value of one.values.keys()) seen.add(value)
       const kept = keptValues(seen, valuesMax)
@@ -1057,6 +1104,166 @@ export class StatsService {
     }
   }
 
+  /**
+   * A breakdown by `property` of the conversions of the goals of `filters=goal==NAME`
+   * (core/aggregate/goals.ts `goal|DIM` rows): per value, `visitors` and `conversions` are the
+   * converters, `events` the completions, `conversion_rate` the converters over the visitors of the
+   * property's own row of that value over the same windows. A capped property's values are folded
+   * as its own rows are: by the cap rule over each goal's values, then into `(other)` where the
+   * property's own rows fold the value. Besides the goal filter, a filter on the property itself
+   * restricts the values.
+   */
+  private async goalByBreakdown(
+    q: ParsedQuery,
+    freshness: Freshness,
+    finalMark: string | undefined,
+    property: GoalByDimension,
+  ): Promise<BreakdownAnswer> {
+    const goalFilter = q.filters.find((f) => f.property === 'goal')!
+    const others = q.filters.filter((f) => f.property !== 'goal')
+    if (others.some((f) => f.property !== property))
+      throw unsupported(
+        `conversions by ${property} can be filtered on goal and on ${property} only (rows are kept per goal and one property)`,
+      )
+    const wanted = others[0] ? new Set(others[0].values) : undefined
+    const goals = new Set(goalFilter.values)
+    const requested = q.range!
+    const zoned = this.zonedEdges(q, requested, DIMENSION_GRANULARITIES)
+    const range = alignRange(zoned.range, 'hour')
+    const tiled = tile(range, DIMENSION_GRANULARITIES)
+    this.checkRetention(tiled)
+    this.checkReads(tiled, 'a breakdown')
+    const at = readContext(freshness, finalMark, q.metrics)
+    const segments = this.deps.settled?.enabled ? unsettledDaysAsHours(tiled, at.settledThroughMs) : tiled
+    const capped = isCappedDimension(property)
+    const valuesMax = valuesMaxOf(property, this.deps)
+    const withRate = q.metrics.includes('conversion_rate')
+    const readDim = (dimension: RowDimension, visitors: boolean) =>
+      Promise.all(segments.map((s) => this.breakdownParts(q.siteId, s, dimension, { visitors }, at)))
+    const [goalRead, ownRead] = await Promise.all([
+      readDim(goalByDimension(property), true),
+      capped || withRate ? readDim(property, withRate) : Promise.resolve(undefined),
+    ])
+    // The property's own rows: which values they keep (the cap rule over the range's values).
+    let own: (value: string) => string = (v) => v
+    let capHit = false
+    if (capped && ownRead) {
+      const seen = new Set<string>()
+      for (const one of ownRead.flat()) for (const v of one.values.keys()) seen.add(v)
+      const kept = keptValues(seen, valuesMax)
+      capHit = kept.size < seen.size || seen.has(OTHER)
+      if (kept.size < seen.size) {
+        // A value the own rows do not hold is kept when it ranks below the last kept one.
+        let last: { r: number; v: string } | undefined
+        for (const v of kept) {
+          if (!cappedValue(v)) continue
+          const r = capRank(v)
+          if (!last || r > last.r || (r === last.r && v > last.v)) last = { r, v }
+        }
+        own = (v) => {
+          if (kept.has(v) || !cappedValue(v)) return v
+          if (seen.has(v) || !last) return OTHER
+          const r = capRank(v)
+          return r < last.r || (r === last.r && v < last.v) ? v : OTHER
+        }
+      }
+    }
+    // Each goal's values, folded by the cap rule over that goal's values of the range.
+    const byGoal = new Map<string, Map<string, MergedValues[]>>()
+    for (const one of goalRead.flat()) {
+      for (const [stored, v] of one.values) {
+        const split = splitGoalByValue(stored)
+        if (!split || !goals.has(split.goal)) continue
+        let m = byGoal.get(split.goal)
+        if (!m) {
+          m = new Map()
+          byGoal.set(split.goal, m)
+        }
+        const list = m.get(split.value)
+        if (list) list.push(v)
+        else m.set(split.value, [v])
+      }
+    }
+    const accs = new Map<string, MetricAccumulator>()
+    for (const m of byGoal.values()) {
+      const keptOfGoal = capped ? keptValues(m.keys(), valuesMax) : undefined
+      if (keptOfGoal && keptOfGoal.size < m.size) capHit = true
+      for (const [raw, list] of m) {
+        const value = own(keptOfGoal && !keptOfGoal.has(raw) ? OTHER : raw)
+        if (wanted && !wanted.has(value)) continue
+        let acc = accs.get(value)
+        if (!acc) {
+          acc = new MetricAccumulator(this.deps.precision, true)
+          accs.set(value, acc)
+        }
+        for (const v of list) acc.add(v)
+      }
+    }
+    // The rate's visitors: the property's own rows of each value, same windows.
+    const visitorsOfValue = new Map<string, MetricAccumulator>()
+    if (withRate && ownRead) {
+      for (const one of ownRead.flat()) {
+        for (const [stored, v] of one.values) {
+          const value = own(stored)
+          if (!accs.has(value)) continue
+          let acc = visitorsOfValue.get(value)
+          if (!acc) {
+            acc = new MetricAccumulator(this.deps.precision, true)
+            visitorsOfValue.set(value, acc)
+          }
+          acc.add(v)
+        }
+      }
+    }
+    const tally = new WindowTally(freshness.completeThroughMs)
+    segments.forEach((s, i) => {
+      const finals = new Set<number>()
+      for (const part of goalRead[i]!) for (const [ws, w] of part.windows) if (w.final) finals.add(ws)
+      tally.addSegment(s, finals)
+    })
+    const all = [...accs]
+      .filter(([, acc]) => acc.events > 0)
+      .map(([value, acc]) => ({
+        value,
+        values: withConversionRate(
+          acc.values(q.metrics),
+          q.metrics,
+          acc.values(['conversions']).conversions ?? 0,
+          visitorsOfValue.get(value)?.values(['visitors']).visitors ?? 0,
+        ),
+      }))
+    const sortBy = q.metrics[0]!
+    all.sort(
+      (a, b) =>
+        (b.values[sortBy] ?? 0) - (a.values[sortBy] ?? 0) ||
+        (a.value < b.value ? -1 : a.value > b.value ? 1 : 0),
+    )
+    const start = (q.page - 1) * q.limit
+    const page = all.slice(start, start + q.limit)
+    return {
+      results: page.map((r) => ({ [property]: r.value, ...r.values })),
+      meta: {
+        ...buildMeta({
+          siteId: q.siteId,
+          range,
+          requested,
+          segments,
+          freshness,
+          windows: tally,
+          metrics: q.metrics,
+          precision: this.deps.precision,
+          filters: q.filters,
+          property,
+          timeZone: this.zoneMeta(q, zoned.rounded, DIMENSION_GRANULARITIES),
+        }),
+        total_values: all.length,
+        page: q.page,
+        limit: q.limit,
+        ...(capped ? { values_capped: capHit, values_max: valuesMax } : {}),
+      },
+    }
+  }
+
   /** The last `minutes` minute windows, the current one included. */
   realtime(q: ParsedQuery): Promise<AggregateAnswer> {
     return this.answer('realtime', q, (freshness, mark) => this.realtimeAt(q, freshness, mark)).then(
@@ -1104,6 +1311,20 @@ export class StatsService {
       }),
     }
   }
+}
+
+/**
+ * `goal==NAME` with a filter on a property conversions are kept by (core/aggregate/goals.ts): the
+ * filter on the `goal|DIM` rows of those goals and values, and the property's own filter (the
+ * conversion rate's visitors). Undefined for any other filters.
+ */
+function goalByFilter(filters: readonly Filter[]): { rows: Filter; own: Filter } | undefined {
+  if (filters.length !== 2) return undefined
+  const goal = filters.find((f) => f.property === 'goal')
+  const own = filters.find((f) => f.property !== 'goal')
+  if (!goal || !own || !isGoalByDimension(own.property)) return undefined
+  const values = goal.values.flatMap((name) => own.values.map((v) => goalByValue(name, v)))
+  return { rows: { property: goalByDimension(own.property), values }, own }
 }
 
 /** The coarser of two roundings (undefined: none). */

@@ -1,15 +1,24 @@
 import {
+  DIMENSION_GRANULARITIES,
   DIMENSIONS,
   type Dimension,
   dimensionsOf,
   GRANULARITIES,
   isPageview,
   kindOf,
+  NONE,
+  SESSION_DIMENSIONS,
   visitorId,
   windowStart,
 } from '../core/aggregate/definition.js'
-import { GOAL_DIMENSION, type GoalMatcher } from '../core/aggregate/goals.js'
-import { propDimension, propValueOf } from '../core/aggregate/props.js'
+import {
+  GOAL_BY_DIMENSIONS,
+  GOAL_DIMENSION,
+  type GoalMatcher,
+  goalByDimension,
+  goalByValue,
+} from '../core/aggregate/goals.js'
+import { isCappedDimension, propDimension, propValueOf } from '../core/aggregate/props.js'
 import {
   addTo,
   type Extension,
@@ -126,7 +135,10 @@ export function aggregate(
     apply(table, totals, offset, flags, visitor.hi, visitor.lo)
     if (w.dims.length === 0) continue
     dims ??= dimensionsOf(e)
-    for (let di = 0; di < DIMENSIONS.length; di++) {
+    // The breakdowns kept (TALLY_BREAKDOWNS): DIMENSIONS indexes computed once with the table.
+    const kept = table.kept.event
+    for (let k = 0; k < kept.length; k++) {
+      const di = kept[k]!
       const dimension = DIMENSIONS[di]!
       // A capped dimension's value, or `(other)` (core/aggregate/props.ts, TALLY_DIMENSION_VALUES_MAX).
       const value = w.valueOf(di, dims[dimension])
@@ -213,7 +225,8 @@ export interface PipelineProps {
  * and tells which visits it changed; the rows of their start windows change by the difference,
  * each at most once per offset (a replay skips rows written through it). An event the state already
  * holds (below `visits.nextOffset`: restored from a state written after it) changes nothing: its
- * changes are in the rows, which were written before that state.
+ * changes are in the rows, which were written before that state. `propKeys`: the site's declared
+ * custom property keys; a new visit keeps its first event's values of them (its `prop:KEY` rows).
  */
 export function countVisit(
   d: DecodedEvent,
@@ -223,8 +236,16 @@ export function countVisit(
   sourcePartition: number,
   loading: Loading[],
   dims: Record<Dimension, string>,
+  propKeys?: readonly string[],
 ): void {
-  if (offset < visits.nextOffset) return
+  eventVisit.session = undefined
+  if (offset < visits.nextOffset) {
+    // Held already (restored): the visit the state has for it, for the conversions by dimension.
+    const held = visits.state.visitAt(d.event.siteId, visitorId(d.event), d.timestampMs)
+    eventVisit.session = held?.session
+    eventVisit.entryPage = held?.entryPage
+    return
+  }
   const e = d.event
   if (kindOf(e) !== 'event') return
   // Not offset + 1: the next event of a packed record (format 2) shares this offset.
@@ -233,10 +254,14 @@ export function countVisit(
   // The common case: the event extends one visit after its start (same rows, new counts).
   const x = extension
   if (visits.state.extend(e.siteId, visitorId(e), d.timestampMs, isPageview(e), dims.path, x)) {
+    eventVisit.session = x.session
+    eventVisit.entryPage = x.entryAfter
     countExtension(x, offset, table, sourcePartition, loading)
     return
   }
-  const change = visits.state.add(visitEventOf(e, d.timestampMs, dims)!)
+  const change = visits.state.add(visitEventOf(e, d.timestampMs, dims, propKeys)!)
+  eventVisit.session = change.added.session
+  eventVisit.entryPage = change.added.entryPage
   if (change.removed.length === 0) {
     // A new visit: +1 visit in each of its rows.
     const v = change.added
@@ -256,7 +281,89 @@ export function countVisit(
     return
   }
   for (const { key, delta } of visitDeltas(change, sourcePartition))
-    applyVisits(table, rowOf(table, loading, key), offset, delta)
+    if (table.kept.keeps(key.dimension)) applyVisits(table, rowOf(table, loading, key), offset, delta)
+}
+
+/**
+ * The visit of the event the visits step took last (after it was added): its first event's session
+ * values and its entry page so far; session undefined when the event has no visit (not counted).
+ */
+const eventVisit: { session: readonly string[] | undefined; entryPage: string | undefined } = {
+  session: undefined,
+  entryPage: undefined,
+}
+
+const SESSION_INDEX = new Map<string, number>(SESSION_DIMENSIONS.map((d, i) => [d, i]))
+const GOAL_BY_GRANULARITIES = GRANULARITIES.map((g) => DIMENSION_GRANULARITIES.includes(g))
+const GOAL_BY_ROW_DIMENSIONS = GOAL_BY_DIMENSIONS.map((d) => goalByDimension(d))
+const GOAL_BY_CAPPED = GOAL_BY_DIMENSIONS.map((d) => isCappedDimension(d))
+
+/**
+ * Step 6b: conversions by another dimension (core/aggregate/goals.ts `goal|DIM`). A counted event
+ * that completes goals counts, in its hour and day windows, in the row of each goal and each
+ * GOAL_BY_DIMENSIONS dimension, valued by the visit's values (session dimensions: its first
+ * event's; entry_page: its entry page so far) or the event's own (path, event). Runs after the
+ * visits step, which leaves the event's visit in `eventVisit`. A capped dimension's values go
+ * through the same cap rule per goal and window (ValueAdmission), else count under `(other)`.
+ *
+ * Exact for events in order. An event arriving later than a conversion but timed before the
+ * visit's first event changes the visit's values; the conversion stays where it was counted (a
+ * visitor cannot be taken out of a register): the stream's rows are provisional, the rebuild's
+ * exact, and a rebuilt window reads the rebuild's alone (isRebuiltOnly).
+ */
+export function countGoalsBy(
+  d: DecodedEvent,
+  offset: number,
+  table: RowTable,
+  sourcePartition: number,
+  loading: Loading[],
+  dims: Record<Dimension, string>,
+  props: PipelineProps,
+): void {
+  const e = d.event
+  const session = eventVisit.session
+  if (session === undefined || kindOf(e) !== 'event') return
+  const goals = props.goalsOf?.(e.siteId)
+  if (goals === undefined || goals.empty) return
+  const reached = goals.reached(e.type, dims.event, dims.path)
+  if (reached.length === 0) return
+  const visitor = visitorHash
+  hashHalves(visitorId(e), visitor)
+  const flags = isPageview(e) ? PAGEVIEW : 0
+  for (let gi = 0; gi < GRANULARITIES.length; gi++) {
+    if (!GOAL_BY_GRANULARITIES[gi]) continue
+    const granularity = GRANULARITIES[gi]!
+    const ws = windowStart(d.timestampMs, granularity)
+    const w = table.window(gi, e.siteId, ws)
+    for (let k = 0; k < GOAL_BY_DIMENSIONS.length; k++) {
+      const dim = GOAL_BY_DIMENSIONS[k]!
+      const raw =
+        dim === 'path'
+          ? dims.path
+          : dim === 'event'
+            ? dims.event
+            : dim === 'entry_page'
+              ? (eventVisit.entryPage ?? NONE)
+              : session[SESSION_INDEX.get(dim)!]!
+      const dimension = GOAL_BY_ROW_DIMENSIONS[k]!
+      for (const name of reached) {
+        // Rows and admission per goal and dimension: the cap rule applies to each goal's values.
+        const pr = w.propRows(goalByValue(dimension, name), table.dimensionValuesMax)
+        const value = goalByValue(name, GOAL_BY_CAPPED[k] ? pr.admission.admit(raw) : raw)
+        const row =
+          pr.rows.get(value) ??
+          rowToLoad(
+            table,
+            loading,
+            w,
+            PROP_DIM,
+            { siteId: e.siteId, granularity, windowStart: ws, dimension, value, sourcePartition },
+            pr,
+          )
+        apply(table, row, offset, flags, visitor.hi, visitor.lo)
+      }
+    }
+  }
 }
 
 /** Scratch of the visits step (the steps run one event at a time). */
@@ -493,7 +600,18 @@ function countRecord(
     // Counts first, then the visit change: a row both touch at this offset gets both.
     const dims = dimensionsOf(d.event)
     aggregate(d, record.offset, state.rows, state.ref.partition, pass.loading, dims, state.props)
-    countVisit(d, record.offset, state.visits, state.rows, state.ref.partition, pass.loading, dims)
+    countVisit(
+      d,
+      record.offset,
+      state.visits,
+      state.rows,
+      state.ref.partition,
+      pass.loading,
+      dims,
+      state.props?.keysOf(d.event.siteId),
+    )
+    if (state.props)
+      countGoalsBy(d, record.offset, state.rows, state.ref.partition, pass.loading, dims, state.props)
   } else aggregate(d, record.offset, state.rows, state.ref.partition, pass.loading, undefined, state.props)
   pass.counted++
   return true

@@ -1,3 +1,4 @@
+import { KeptBreakdowns } from '../core/aggregate/breakdowns.js'
 import {
   DIMENSION_GRANULARITIES,
   GRANULARITIES,
@@ -8,8 +9,16 @@ import {
   windowMs,
   windowStart,
 } from '../core/aggregate/definition.js'
-import { DEFAULT_DIMENSION_VALUES_MAX, isCappedDimension, ValueAdmission } from '../core/aggregate/props.js'
+import {
+  DEFAULT_DIMENSION_VALUES_MAX,
+  DEFAULT_PROP_VALUES_MAX,
+  isCappedDimension,
+  isDayPathCapped,
+  isPropDimension,
+  ValueAdmission,
+} from '../core/aggregate/props.js'
 import { RowAccumulator } from '../core/aggregate/rows.js'
+import { splitPropEntry } from '../core/aggregate/visits.js'
 import { type RowKey, rowId, type StoredRow, type VisitCounts } from '../core/ports/aggregate-store.js'
 
 /**
@@ -56,6 +65,10 @@ const ROW_DIMENSION_INDEX = new Map<RowDimension, number>(ROW_DIMENSIONS.map((d,
 const GRANULARITY_INDEX = new Map<Granularity, number>(GRANULARITIES.map((g, i) => [g, i]))
 /** Per ROW_DIMENSIONS index: whether its values per window are capped (core/aggregate/props.ts). */
 const CAPPED_INDEX: readonly boolean[] = ROW_DIMENSIONS.map((d) => isCappedDimension(d))
+/** Per ROW_DIMENSIONS index: whether it is capped by its day's `path` values (entry and exit page). */
+const DAY_PATH_INDEX: readonly boolean[] = ROW_DIMENSIONS.map((d) => isDayPathCapped(d))
+const PATH_INDEX = ROW_DIMENSION_INDEX.get('path')!
+const DAY_INDEX = GRANULARITY_INDEX.get('day')!
 
 /** The rows of one window of one site: its totals and, for hour and day, one row per dimension value. */
 export class WindowRows {
@@ -130,6 +143,13 @@ export class RowTable {
   constructor(
     /** Values kept per capped dimension and window (TALLY_DIMENSION_VALUES_MAX). */
     readonly dimensionValuesMax = DEFAULT_DIMENSION_VALUES_MAX,
+    /** The breakdown dimensions whose rows are written (TALLY_BREAKDOWNS); the others get none. */
+    readonly kept = new KeptBreakdowns(),
+    /**
+     * Values kept per custom property and window (TALLY_PROP_VALUES_MAX), for the `prop:KEY` rows a
+     * visit change reaches; the aggregate step's PipelineProps.maxValues is the same setting.
+     */
+    readonly propValuesMax = DEFAULT_PROP_VALUES_MAX,
   ) {}
 
   window(gi: number, siteId: string, windowStart: number): WindowRows {
@@ -257,16 +277,41 @@ export function applyVisits(table: RowTable, row: Row, offset: number, delta: Vi
 /**
  * The row of `key` in the table: held, or added to load (a visit change may touch a window already
  * written and dropped: its start window). A capped dimension's value goes through the window's
- * admission (WindowRows.valueOf), as the event's own count did.
+ * admission (WindowRows.valueOf), as the event's own count did; an entry or exit page through its
+ * day's `path` admission.
  */
 export function rowOf(table: RowTable, loading: Loading[], key: RowKey): Row {
-  const w = table.window(GRANULARITY_INDEX.get(key.granularity)!, key.siteId, key.windowStart)
+  const gi = GRANULARITY_INDEX.get(key.granularity)!
+  const w = table.window(gi, key.siteId, key.windowStart)
   if (key.dimension === undefined) return w.totals ?? rowToLoad(table, loading, w, -1, key)
+  if (isPropDimension(key.dimension)) return propRowAt(table, loading, w, key.dimension, key)
   const di = ROW_DIMENSION_INDEX.get(key.dimension)!
-  const value = w.valueOf(di, key.value)
+  const value = admitted(table, w, gi, key.siteId, key.windowStart, di, key.value)
   return (
     w.dims[di]!.get(value) ?? rowToLoad(table, loading, w, di, value === key.value ? key : { ...key, value })
   )
+}
+
+/**
+ * The row value of dimension `di` = `value` in window `w` (starting at `ws`): a capped dimension's
+ * through the window's admission (WindowRows.valueOf), an entry or exit page's through the
+ * admission of `path` in the window's day (core/aggregate/props.ts DAY_PATH_CAPPED). The page is
+ * a path of that day, so admitting it there adds no value the day does not have: a refusal still
+ * proves it is not among the day's kept paths, and a page once admitted or refused stays so, so a
+ * visit's later changes reach the row it counted in.
+ */
+function admitted(
+  table: RowTable,
+  w: WindowRows,
+  gi: number,
+  siteId: string,
+  ws: number,
+  di: number,
+  value: string,
+): string {
+  if (!DAY_PATH_INDEX[di]) return w.valueOf(di, value)
+  const day = gi === DAY_INDEX ? w : table.window(DAY_INDEX, siteId, windowStart(ws, 'day'))
+  return day.valueOf(PATH_INDEX, value)
 }
 
 /** ROW_DIMENSIONS index of each session dimension, and of entry and exit page. */
@@ -304,25 +349,54 @@ function rowIn(
   di: number,
   value: string,
 ): Row {
-  const held = di < 0 ? w.totals : w.dims[di]!.get(value)
+  if (di < 0)
+    return (
+      w.totals ??
+      rowToLoad(table, loading, w, di, {
+        siteId,
+        granularity: GRANULARITIES[gi]!,
+        windowStart: ws,
+        dimension: undefined,
+        value: '',
+        sourcePartition,
+      })
+    )
+  // A capped dimension's value as the event's own count took it: itself or `(other)`.
+  const v = admitted(table, w, gi, siteId, ws, di, value)
   return (
-    held ??
+    w.dims[di]!.get(v) ??
     rowToLoad(table, loading, w, di, {
       siteId,
       granularity: GRANULARITIES[gi]!,
       windowStart: ws,
-      dimension: di < 0 ? undefined : ROW_DIMENSIONS[di],
-      value: di < 0 ? '' : value,
+      dimension: ROW_DIMENSIONS[di],
+      value: v,
       sourcePartition,
     })
   )
 }
 
 /**
+ * The row of a custom property's value in window `w` (a visit's first event's value, `key.value`),
+ * through the window's admission of that key's values, as the event's own count went (the
+ * aggregate step): the value's row, or `(other)` when the cap rule refused it.
+ */
+function propRowAt(table: RowTable, loading: Loading[], w: WindowRows, dimension: string, key: RowKey): Row {
+  const pr = w.propRows(dimension, table.propValuesMax)
+  const value = pr.admission.admit(key.value)
+  return (
+    pr.rows.get(value) ??
+    rowToLoad(table, loading, w, PROP_DIM, value === key.value ? key : { ...key, value }, pr)
+  )
+}
+
+/**
  * Changes by `delta` the visit counts of every row a visit counts in (core/aggregate/visits.ts
  * `visitRowKeys`, same rows): the totals of its start windows, and for hour and day its session
- * values' rows and its `entry` / `exit` page rows (undefined: that row is left out). Walks the table
- * without building a key per row; `delta` is read at once, so the caller may reuse it.
+ * values' rows, its declared custom properties' rows (the `KEY=value` entries after the session
+ * values) and its `entry` / `exit` page rows (undefined: that row is left out). Walks the table
+ * without building a key per row unless the row is new; `delta` is read at once, so the caller may
+ * reuse it.
  */
 export function applyVisitRows(
   table: RowTable,
@@ -342,21 +416,36 @@ export function applyVisitRows(
     const w = table.window(gi, siteId, ws)
     applyVisits(table, rowIn(table, loading, sourcePartition, siteId, gi, ws, w, -1, ''), offset, delta)
     if (!KEEPS_DIMENSIONS[gi]) continue
-    for (let i = 0; i < SESSION_ROW_INDEX.length; i++)
+    const kept = table.kept.session
+    for (let k = 0; k < kept.length; k++) {
+      const i = kept[k]!
       applyVisits(
         table,
         rowIn(table, loading, sourcePartition, siteId, gi, ws, w, SESSION_ROW_INDEX[i]!, session[i]!),
         offset,
         delta,
       )
-    if (entry !== undefined)
+    }
+    for (let i = SESSION_ROW_INDEX.length; i < session.length; i++) {
+      const { dimension, value } = splitPropEntry(session[i]!)
+      const key: RowKey = {
+        siteId,
+        granularity: GRANULARITIES[gi]!,
+        windowStart: ws,
+        dimension,
+        value,
+        sourcePartition,
+      }
+      applyVisits(table, propRowAt(table, loading, w, dimension, key), offset, delta)
+    }
+    if (entry !== undefined && table.kept.entryPage)
       applyVisits(
         table,
         rowIn(table, loading, sourcePartition, siteId, gi, ws, w, ENTRY_PAGE, entry),
         offset,
         delta,
       )
-    if (exit !== undefined)
+    if (exit !== undefined && table.kept.exitPage)
       applyVisits(
         table,
         rowIn(table, loading, sourcePartition, siteId, gi, ws, w, EXIT_PAGE, exit),
@@ -382,6 +471,7 @@ export function applyVisitPageRows(
   delta: VisitCounts,
 ): void {
   const di = exit ? EXIT_PAGE : ENTRY_PAGE
+  if (!(exit ? table.kept.exitPage : table.kept.entryPage)) return
   for (let gi = 0; gi < GRANULARITIES.length; gi++) {
     if (!KEEPS_DIMENSIONS[gi]) continue
     const ws = windowStart(startMs, GRANULARITIES[gi]!)

@@ -1,4 +1,5 @@
 import { hostname } from 'node:os'
+import { KeptBreakdowns } from '../core/aggregate/breakdowns.js'
 import { oldestAcceptableMs, VisitState } from '../core/aggregate/visits.js'
 import type { StreamConfig } from '../core/config.js'
 import type { Logger } from '../core/log.js'
@@ -50,9 +51,13 @@ class PartitionState extends OwnedPartition implements PipelineState {
     readonly epoch: number,
     /** Values kept per capped dimension and window (TALLY_DIMENSION_VALUES_MAX). */
     dimensionValuesMax: number,
+    /** The breakdown dimensions whose rows are written (TALLY_BREAKDOWNS). */
+    kept: KeptBreakdowns,
+    /** Values kept per custom property and window (TALLY_PROP_VALUES_MAX). */
+    propValuesMax?: number,
   ) {
     super(ref.partition)
-    this.rows = new RowTable(dimensionValuesMax)
+    this.rows = new RowTable(dimensionValuesMax, kept, propValuesMax)
   }
 }
 
@@ -106,7 +111,11 @@ export class StreamWorker extends PartitionOwner<PartitionState> {
     )
     this.owner = deps.owner ?? `${hostname()}:${process.pid}`
     this.countsVisits = deps.config.countsVisits
+    this.kept = new KeptBreakdowns(deps.config.breakdowns)
   }
+
+  /** The breakdowns kept (TALLY_BREAKDOWNS), their indexes computed once for every partition. */
+  private readonly kept: KeptBreakdowns
 
   private readonly countsVisits: boolean
 
@@ -136,7 +145,7 @@ export class StreamWorker extends PartitionOwner<PartitionState> {
     const ref: PartitionRef = { group: config.group, topic: this.deps.topic, partition }
     const epoch = await this.untilStopped(() => store.acquireEpoch(ref, this.owner), 'acquire epoch')
     const cp = await this.untilStopped(() => store.readCheckpoint(ref), 'read checkpoint')
-    const state = new PartitionState(ref, epoch, config.dimensionValuesMax)
+    const state = new PartitionState(ref, epoch, config.dimensionValuesMax, this.kept, config.propValuesMax)
     const propKeys = this.deps.propKeys
     if (propKeys) {
       state.props = {

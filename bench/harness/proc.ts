@@ -70,11 +70,14 @@ let counter = 0
 
 /**
  * Node's arguments for a child: with TALLY_BENCH_CPU_PROF=DIR every role and job the bench starts
- * writes a V8 CPU profile into DIR when it exits (open it in Chrome DevTools or speedscope).
+ * writes a V8 CPU profile into DIR when it exits (open it in Chrome DevTools or speedscope);
+ * TALLY_BENCH_NODE_FLAGS adds Node flags of its own (space-separated, e.g.
+ * `--heapsnapshot-signal=SIGUSR2` to take heap snapshots of a role while it runs).
  */
 function nodeArgs(args: readonly string[]): string[] {
   const dir = process.env.TALLY_BENCH_CPU_PROF
-  return dir ? ['--cpu-prof', `--cpu-prof-dir=${dir}`, ...args] : [...args]
+  const flags = (process.env.TALLY_BENCH_NODE_FLAGS ?? '').split(' ').filter((f) => f !== '')
+  return [...(dir ? ['--cpu-prof', `--cpu-prof-dir=${dir}`] : []), ...flags, ...args]
 }
 
 /** Starts `node <args>` and waits for its ready line. */

@@ -34,6 +34,8 @@ export interface Figure {
   checks: Check[]
   /** Anything else worth keeping (settings, counts, secondary figures). */
   details?: Record<string, unknown>
+  /** A figure measured over time (e.g. per interval): a table of its own in the Markdown report. */
+  series?: { title: string; columns: readonly string[]; rows: readonly (readonly string[])[] }
 }
 
 /** The figure of a measurement that threw: its reason, no numbers. */

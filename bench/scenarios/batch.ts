@@ -1,6 +1,8 @@
 import { mkdir, readFile, writeFile } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { CassandraAggregateReader } from '../../core/cassandra/aggregate-reader.js'
+import { hllErrorBound } from '../../core/hll.js'
 import {
   benchScript,
   isBuilt,
@@ -16,11 +18,10 @@ import { timedRebuildOfDay } from '../harness/rebuild-job.js'
 import { type Check, type Figure, failedFigure, type Ratio, type Target } from '../harness/report.js'
 import { round } from '../harness/stats.js'
 import { Comparison, compareStore, VisitorSketches } from '../harness/verify.js'
+import { flatRow } from '../peers/tally-compute.js'
 import {
   DIMENSIONS,
   type Dimension,
-  dimensionValues,
-  eventLabel,
   type GeneratedEvent,
   type Granularity,
   generateWorkload,
@@ -44,23 +45,6 @@ import {
 const SITES = ['bench-b1', 'bench-b2', 'bench-b3']
 const DAY = 86_400_000
 const GRANULARITY_MS: Record<Granularity, number> = { minute: 60_000, hour: 3_600_000, day: DAY }
-
-/** One event as DuckDB reads it: the values the rebuild reads from a segment. */
-function flatRow(e: GeneratedEvent, seq: number): string {
-  const p = e.payload
-  return JSON.stringify({
-    seq,
-    site_id: e.siteId,
-    message_id: p.messageId,
-    type: p.type,
-    visitor: p.anonymousId,
-    ts: Date.parse(p.timestamp),
-    bot: e.isBot,
-    // Every dimension Tally breaks down by, labelled as the truth labels it.
-    ...dimensionValues(e),
-    event: eventLabel(p) ?? '',
-  })
-}
 
 type DuckRow = Record<string, string | number | null>
 
@@ -118,7 +102,41 @@ function compareDuck(
   return { check: c.check(), maxVisitorError: c.maxRelativeError }
 }
 
-async function duckdb(ctx: ScenarioContext, dir: string, truth: Truth, events: number): Promise<Figure[]> {
+interface DuckVariant {
+  distinct: 'exact' | 'approx'
+  source: 'parquet' | 'table'
+  sets: 'all' | 'hour'
+}
+
+/** The small run's variants: every grouping set from Parquet (exact and approximate), from a native table, and the hourly totals alone. */
+const SMALL_VARIANTS: readonly DuckVariant[] = [
+  { distinct: 'exact', source: 'parquet', sets: 'all' },
+  { distinct: 'approx', source: 'parquet', sets: 'all' },
+  { distinct: 'exact', source: 'table', sets: 'all' },
+  { distinct: 'exact', source: 'table', sets: 'hour' },
+]
+
+/** The large run's: exact distinct only (the rebuild target's peer), from the files and from a native table, 17 sets and 1. */
+const LARGE_VARIANTS: readonly DuckVariant[] = [
+  { distinct: 'exact', source: 'table', sets: 'all' },
+  { distinct: 'exact', source: 'parquet', sets: 'all' },
+  { distinct: 'exact', source: 'table', sets: 'hour' },
+  { distinct: 'exact', source: 'parquet', sets: 'hour' },
+]
+
+async function duckdb(
+  ctx: ScenarioContext,
+  o: {
+    dir: string
+    events: number
+    variants: readonly DuckVariant[]
+    scenario: string
+    compare: (rows: DuckRow[], v: DuckVariant) => { check: Check; maxVisitorError: number }
+    /** Each variant's result rows, for the caller's own checks. */
+    onRows?: (rows: DuckRow[], v: DuckVariant) => void
+  },
+): Promise<Figure[]> {
+  const { dir, events } = o
   const parquet = join(dir, 'events.parquet')
   const prep = await runNode({
     name: 'duckdb-prepare',
@@ -128,19 +146,12 @@ async function duckdb(ctx: ScenarioContext, dir: string, truth: Truth, events: n
     ],
     env: {},
     logDir: ctx.env.logDir,
-    timeoutMs: 300_000,
+    timeoutMs: 1_800_000,
   })
   if (prep.code !== 0) throw new Error(`DuckDB prepare failed (log ${prep.logFile})`)
   const figures: Figure[] = []
-  // Every grouping set from the Parquet file (exact and approximate visitors), then the same from a
-  // native table, then the hourly totals alone from the table: DuckDB's speed at one GROUP BY.
-  const variants = [
-    { distinct: 'exact', source: 'parquet', sets: 'all' },
-    { distinct: 'approx', source: 'parquet', sets: 'all' },
-    { distinct: 'exact', source: 'table', sets: 'all' },
-    { distinct: 'exact', source: 'table', sets: 'hour' },
-  ] as const
-  for (const { distinct, source, sets } of variants) {
+  for (const v of o.variants) {
+    const { distinct, source, sets } = v
     const label = `${distinct}-${source}-${sets}`
     const out = join(dir, `duckdb-${label}.json`)
     const r = await runNode({
@@ -151,21 +162,22 @@ async function duckdb(ctx: ScenarioContext, dir: string, truth: Truth, events: n
       ],
       env: {},
       logDir: ctx.env.logDir,
-      timeoutMs: 600_000,
+      timeoutMs: 1_800_000,
     })
     const done = r.lines
       .filter((l) => l.startsWith('{"done"'))
       .map((l) => JSON.parse(l) as Record<string, number>)[0]
     if (r.code !== 0 || !done) throw new Error(`DuckDB (${label}) failed (log ${r.logFile})`)
     const rows = JSON.parse(await readFile(out, 'utf8')) as DuckRow[]
-    const compared = compareDuck(rows, truth, distinct === 'exact', sets)
+    o.onRows?.(rows, v)
+    const compared = o.compare(rows, v)
     const checks: Check[] = [
       { ok: done.inputRows === events, detail: `DuckDB read ${done.inputRows} events of ${events}` },
       compared.check,
     ]
     const seconds = done.seconds!
     figures.push({
-      scenario: 'batch.rebuild',
+      scenario: o.scenario,
       system: `duckdb (${distinct === 'exact' ? 'exact distinct' : 'approx_count_distinct'}${source === 'table' ? ', native table' : ''}${sets === 'hour' ? ', hourly totals only' : ''})`,
       status: checks.every((c) => c.ok) ? 'ok' : 'failed',
       throughput: {
@@ -342,7 +354,7 @@ function batchAvailable(): string | undefined {
   return undefined
 }
 
-async function run(ctx: ScenarioContext): Promise<ScenarioOutcome> {
+async function small(ctx: ScenarioContext): Promise<ScenarioOutcome> {
   const day0 = Math.floor(Date.now() / DAY) * DAY - 2 * DAY
   const workload = generateWorkload({
     seed: ctx.seed + 4,
@@ -363,7 +375,13 @@ async function run(ctx: ScenarioContext): Promise<ScenarioOutcome> {
   const figures: Figure[] = []
   const ratios: Ratio[] = []
   const targets: Target[] = []
-  const duck = await duckdb(ctx, dir, workload.truth, n)
+  const duck = await duckdb(ctx, {
+    dir,
+    events: n,
+    variants: SMALL_VARIANTS,
+    scenario: 'batch.rebuild',
+    compare: (rows, v) => compareDuck(rows, workload.truth, v.distinct === 'exact', v.sets),
+  })
   figures.push(...duck)
   const missing = batchAvailable()
   if (missing) {
@@ -412,10 +430,248 @@ async function run(ctx: ScenarioContext): Promise<ScenarioOutcome> {
   return { figures, ratios, targets }
 }
 
+/** Logical events of the large run (client retries come on top): the issue's "at least 10 million". */
+const LARGE_EVENTS = 10_000_000
+const LARGE_EVENTS_QUICK = 40_000
+/** Generated (and held in memory) at a time by the large run's preparation. */
+const LARGE_CHUNK = 1_000_000
+/** Timed passes of Tally's compute after its warm-up pass; the best one is the figure. */
+const LARGE_PASSES = 2
+const LARGE_SITES = ['bench-l1', 'bench-l2', 'bench-l3']
+/** The issue's rebuild target on the large run. */
+const LARGE_TARGET_PER_CORE = 2_000_000
+
+/** What bench/peers/tally-compute.js reports of its compute. */
+interface ComputeDone {
+  segments: number
+  eventsRead: number
+  duplicates: number
+  dedupBuckets: number
+  rows: number
+  visitRows: number
+  readSeconds: number
+  warmupSeconds: number
+  passSeconds: number[]
+  cpuSeconds: number[]
+  maxRssBytes: number
+}
+
+type CountsKey = string
+const countsKey = (site: string, g: string, ws: number, dim: string | null, value: string): CountsKey =>
+  `${site}|${g}|${ws}|${dim ?? ''}|${dim === null ? '' : value}`
+
+interface TallyCounts {
+  siteId: string
+  granularity: Granularity
+  windowStart: number
+  dimension: string | null
+  value: string
+  events: number
+  pageviews: number
+  botEvents: number
+  visitors: number
+}
+
+/** DuckDB's rows by key (a grouping set's columns outside the set are null). */
+function duckByKey(rows: DuckRow[]): Map<CountsKey, DuckRow> {
+  const out = new Map<CountsKey, DuckRow>()
+  for (const r of rows) {
+    const g: Granularity = r.m !== null ? 'minute' : r.h !== null ? 'hour' : 'day'
+    const ws = Number(r.m ?? r.h ?? r.d) * GRANULARITY_MS[g]
+    const dim = DIMENSIONS.find((d) => r[d] !== null) ?? null
+    out.set(countsKey(String(r.site_id), g, ws, dim, dim === null ? '' : String(r[dim])), r)
+  }
+  return out
+}
+
+/**
+ * The large run: Tally's compute and DuckDB's exact distinct on the same ≥ 10 million events, each
+ * checking the other (two engines computing the same numbers independently): counts exactly, Tally's
+ * HyperLogLog visitors within twice its documented bound of DuckDB's exact count.
+ */
+async function large(ctx: ScenarioContext): Promise<ScenarioOutcome> {
+  const scenario = 'batch.rebuild.large'
+  const logical = pick(ctx, LARGE_EVENTS, LARGE_EVENTS_QUICK)
+  // A fixed day, so that the cached events stay valid from one run to the next.
+  const day0 = Date.UTC(2026, 0, 5)
+  const seed = ctx.seed + 40
+  // The full run's events are kept between runs (their preparation takes minutes); the quick ones not.
+  const dir = ctx.quick
+    ? join(ctx.env.dir, 'batch-large')
+    : join(tmpdir(), 'tally-bench-cache', `batch-large-${logical}-${seed}`)
+  const topic = 'tally-bench-large'
+  ctx.say(
+    `batch (large): preparing ${logical} events as Arrow segments and NDJSON in ${dir} (kept between runs)`,
+  )
+  const prep = await runNode({
+    name: 'tally-compute-prepare',
+    args: [
+      benchScript('peers/tally-compute.js'),
+      JSON.stringify({
+        mode: 'prepare',
+        dir,
+        topic,
+        seed,
+        sites: LARGE_SITES,
+        dayMs: day0,
+        events: logical,
+        chunk: LARGE_CHUNK,
+        partitions: 6,
+      }),
+    ],
+    env: { NODE_OPTIONS: '--max-old-space-size=8192' },
+    logDir: ctx.env.logDir,
+    timeoutMs: 3_600_000,
+  })
+  const prepared = prep.lines
+    .filter((l) => l.startsWith('{"done"'))
+    .map((l) => JSON.parse(l) as { rows: number; segments: number; cached: boolean })[0]
+  if (prep.code !== 0 || !prepared) throw new Error(`preparing the large run failed (log ${prep.logFile})`)
+  const n = prepared.rows
+  const { config } = await ctx.env.scenario('batch-large')
+  const precision = config.stream.hllPrecision
+  ctx.say(
+    `batch (large): Tally compute over ${n} events (${prepared.segments} segments), warm-up + ${LARGE_PASSES} timed passes`,
+  )
+  const out = join(dir, 'tally-rows.json')
+  const job = await runNode({
+    name: 'tally-compute',
+    args: [
+      benchScript('peers/tally-compute.js'),
+      JSON.stringify({
+        mode: 'compute',
+        archiveDir: join(dir, 'archive'),
+        topic,
+        dayMs: day0,
+        precision,
+        dimensionValuesMax: config.stream.dimensionValuesMax,
+        maxDedupRowsInMemory: 4_000_000,
+        spillDir: join(ctx.env.dir, 'batch-large-spill'),
+        passes: LARGE_PASSES,
+        out,
+      }),
+    ],
+    env: { NODE_OPTIONS: '--max-old-space-size=16384' },
+    logDir: ctx.env.logDir,
+    timeoutMs: 1_800_000,
+  })
+  const done = job.lines.filter((l) => l.startsWith('{"done"')).map((l) => JSON.parse(l) as ComputeDone)[0]
+  if (job.code !== 0 || !done) throw new Error(`Tally's compute failed (log ${job.logFile})`)
+  const tallyRows = JSON.parse(await readFile(out, 'utf8')) as TallyCounts[]
+  const tallyByKey = new Map(
+    tallyRows.map((r) => [countsKey(r.siteId, r.granularity, r.windowStart, r.dimension, r.value), r]),
+  )
+  const visitorBound = 2 * hllErrorBound(precision)
+  /** Tally's rows of the grouping sets DuckDB computed against DuckDB's, both ways. */
+  const againstTally = (rows: DuckRow[], v: DuckVariant): { check: Check; maxVisitorError: number } => {
+    const c = new Comparison(
+      `Tally's and DuckDB's rows (${rows.length}) equal: counts exactly, visitors within ${round(visitorBound * 100)} %`,
+    )
+    const duck = duckByKey(rows)
+    for (const [key, d] of duck) {
+      const t = tallyByKey.get(key)
+      c.exact(`${key} events`, Number(d.events), t?.events ?? 0)
+      c.exact(`${key} pageviews`, Number(d.pageviews), t?.pageviews ?? 0)
+      c.exact(`${key} bot events`, Number(d.bot_events), t?.botEvents ?? 0)
+      c.approx(`${key} visitors`, Number(d.visitors), t?.visitors ?? 0, visitorBound)
+    }
+    for (const t of tallyRows) {
+      const inSets =
+        v.sets === 'hour'
+          ? t.granularity === 'hour' && t.dimension === null
+          : t.granularity === 'minute'
+            ? t.dimension === null
+            : true
+      const key = countsKey(t.siteId, t.granularity, t.windowStart, t.dimension, t.value)
+      // A window of bots alone has no DuckDB row of 0 events only when it has no row at all.
+      if (inSets && !duck.has(key)) c.exact(`${key} missing in DuckDB`, t.events + t.botEvents, 0)
+    }
+    return { check: c.check(), maxVisitorError: c.maxRelativeError }
+  }
+  ctx.say(`batch (large): DuckDB, 1 thread, exact distinct, ${LARGE_VARIANTS.length} variants`)
+  const duck = await duckdb(ctx, {
+    dir,
+    events: n,
+    variants: LARGE_VARIANTS,
+    scenario,
+    compare: againstTally,
+  })
+  const best = Math.min(...done.passSeconds)
+  const bestCpu = done.cpuSeconds[done.passSeconds.indexOf(best)]!
+  const rate = done.eventsRead / best
+  const checks: Check[] = [
+    { ok: done.eventsRead === n, detail: `events: ${n} prepared, ${done.eventsRead} read by the compute` },
+    ...duck.flatMap((d) => d.checks.filter((c) => c.detail.startsWith("Tally's"))),
+  ]
+  const t: Figure = {
+    scenario,
+    system: 'tally',
+    status: checks.every((c) => c.ok) ? 'ok' : 'failed',
+    throughput: {
+      value: rate,
+      unit: 'events/s/core',
+      what: `one process, warmed (1 untimed pass first), best of ${LARGE_PASSES}: the rebuild's compute over ${done.segments} Arrow segments already read — dedup pass + aggregation pass (visits included) down to the final rows with serialized registers (${n} events in ${round(best)} s, ${round(bestCpu)} CPU-s); reading the segments (${round(done.readSeconds)} s) and writing the rows not included`,
+    },
+    peakRssBytes: done.maxRssBytes,
+    checks,
+    details: {
+      computeSeconds: done.passSeconds.map(round).join(', '),
+      cpuSeconds: done.cpuSeconds.map(round).join(', '),
+      warmupSeconds: round(done.warmupSeconds),
+      readSeconds: round(done.readSeconds),
+      rows: done.rows,
+      visitRows: done.visitRows,
+      duplicates: done.duplicates,
+      dedupBuckets: done.dedupBuckets,
+      prepared: prepared.cached ? 'cached from an earlier run' : 'this run',
+    },
+  }
+  const ratios: Ratio[] = duck.map((d) => ({
+    scenario,
+    metric: `events/s/core Tally / ${d.system}`,
+    value: rate / d.throughput!.value,
+    ...(d.system.includes('hourly') ? {} : { target: '≥ 1' }),
+  }))
+  const targets: Target[] = [
+    {
+      scenario,
+      metric: `Tally rebuild compute events/s per core (${n} events)`,
+      value: rate,
+      unit: 'events/s/core',
+      target: `≥ ${LARGE_TARGET_PER_CORE.toLocaleString('en-US')}`,
+      met: rate >= LARGE_TARGET_PER_CORE && n >= (ctx.quick ? 0 : LARGE_EVENTS),
+    },
+  ]
+  for (const d of duck.filter((x) => !x.system.includes('hourly')))
+    targets.push({
+      scenario,
+      metric: `Tally not slower than ${d.system}`,
+      value: rate / d.throughput!.value,
+      unit: '×',
+      target: '≥ 1',
+      met: rate >= d.throughput!.value,
+    })
+  return { figures: [t, ...duck], ratios, targets }
+}
+
+async function run(ctx: ScenarioContext): Promise<ScenarioOutcome> {
+  const outcome = await small(ctx)
+  try {
+    const l = await large(ctx)
+    outcome.figures.push(...l.figures)
+    outcome.ratios.push(...l.ratios)
+    outcome.targets.push(...l.targets)
+  } catch (err) {
+    ctx.say(`batch.rebuild.large failed: ${(err as Error).message}`)
+    outcome.figures.push(failedFigure('batch.rebuild.large', 'tally', err))
+  }
+  return outcome
+}
+
 export const batchScenario: ScenarioDefinition = {
   name: 'batch',
   description:
-    'rebuild events/s per core: Tally over its Arrow archive (with visits and without) vs DuckDB over Parquet, same events',
+    'rebuild events/s per core: Tally over its Arrow archive (with visits and without) vs DuckDB over Parquet, same events; then the compute alone on 10 M events (cached between runs) vs DuckDB exact distinct from a native table and from Parquet, every grouping set and 1',
   needsServices: true,
   run,
 }

@@ -1,4 +1,8 @@
+import { type BreakdownDimension, ORIGINAL_BREAKDOWNS } from '../../core/aggregate/breakdowns.js'
+import { DIMENSIONS } from '../../core/aggregate/definition.js'
+import { eventGoal, pageGoal } from '../../core/aggregate/goals.js'
 import { CassandraAggregateReader } from '../../core/cassandra/aggregate-reader.js'
+import { CassandraSiteStore } from '../../core/cassandra/sites.js'
 import type { TallyConfig } from '../../core/config.js'
 import {
   benchScript,
@@ -24,7 +28,10 @@ import { measureFreshness } from './freshness.js'
  * breakdown it wrote is then compared with the truth. Its peer, a bare kafkajs consumer that only
  * decodes and parses each record (bench/peers/bare-consumer.ts), then reads the same topic. The
  * same load is then counted again, into a topic and sites of their own, by a worker with visits off
- * (TALLY_STREAM_VISITS=off): what visits cost, and the visit state's bytes per open visit.
+ * (TALLY_STREAM_VISITS=off): what visits cost, and the visit state's bytes per open visit; by a
+ * worker with the issue-17 dimensions off (TALLY_BREAKDOWNS = the dimensions before it): what they
+ * cost in events/s and in store rows per counted event; and (full run only) with 3 custom
+ * properties and 2 goals declared: the rows they add.
  * (2) Freshness under load: see freshness.ts.
  */
 
@@ -125,18 +132,70 @@ async function bareConsumer(
 }
 
 /**
- * One worker's events/s over a fresh topic; with `visits` off (TALLY_STREAM_VISITS=off) in a
- * scenario, topic and sites of its own, so its rows never meet the other run's.
+ * How one worker run is set up: the default (every dimension, visits on, with the peers), and the
+ * same load with one thing changed, each in a scenario, topic and sites of its own so its rows never
+ * meet another run's: visits off (what visits cost), the issue-17 dimensions off (TALLY_BREAKDOWNS =
+ * the dimensions Tally had before: what they cost in events/s and store rows per event), or three
+ * custom properties and two goals declared on every site (the rows they add).
  */
-async function throughput(ctx: ScenarioContext, visits = true): Promise<Part & { rate?: number }> {
+interface Variant {
+  system: string
+  scenario: string
+  /** Appended to the site ids. */
+  suffix: string
+  visits: boolean
+  /** TALLY_BREAKDOWNS; undefined: all. */
+  breakdowns?: readonly BreakdownDimension[]
+  /** Declares BENCH_PROPS and BENCH_GOALS on every site. */
+  propsAndGoals?: boolean
+  /** Runs the peers over the same topic (the default run only). */
+  peers?: boolean
+}
+
+const ALL: Variant = { system: 'tally', scenario: 'stream', suffix: '', visits: true, peers: true }
+const NO_VISITS: Variant = {
+  system: 'tally (visits off)',
+  scenario: 'stream_novisits',
+  suffix: '-novisits',
+  visits: false,
+}
+const ORIGINAL_DIMENSIONS: Variant = {
+  system: 'tally (issue-17 dimensions off)',
+  scenario: 'stream_dims7',
+  suffix: '-dims7',
+  visits: true,
+  breakdowns: ORIGINAL_BREAKDOWNS,
+}
+const PROPS_AND_GOALS: Variant = {
+  system: 'tally (3 properties, 2 goals)',
+  scenario: 'stream_props',
+  suffix: '-props',
+  visits: true,
+  propsAndGoals: true,
+}
+/** Keys the workload's track events carry (bench/workload.ts trackProperties). */
+const BENCH_PROPS = ['category', 'currency', 'plan'] as const
+/** An event goal and a page goal the workload reaches. */
+const BENCH_GOALS = [eventGoal('Signed Up'), pageGoal('/docs/**')]
+
+/** One worker's events/s over a fresh topic, set up as `variant` says. */
+async function throughput(ctx: ScenarioContext, variant: Variant = ALL): Promise<Part & { rate?: number }> {
   const now = Date.now()
-  const sites = visits ? SITES : SITES.map((s) => `${s}-novisits`)
-  const system = visits ? 'tally' : 'tally (visits off)'
-  const { env, config } = await ctx.env.scenario(visits ? 'stream' : 'stream_novisits', {
+  const { visits, system } = variant
+  const sites = SITES.map((s) => `${s}${variant.suffix}`)
+  const { env, config } = await ctx.env.scenario(variant.scenario, {
     TALLY_GRACE_MS: String(2 * 3_600_000),
     TALLY_STREAM_VISITS: visits ? 'on' : 'off',
+    ...(variant.breakdowns ? { TALLY_BREAKDOWNS: variant.breakdowns.join(',') } : {}),
   })
   const keys = await ctx.env.createSites(config, sites)
+  if (variant.propsAndGoals) {
+    const store = new CassandraSiteStore(await ctx.env.client(config))
+    for (const site of sites) {
+      for (const key of BENCH_PROPS) await store.addPropKey(site, key)
+      for (const goal of BENCH_GOALS) await store.addGoal(site, goal)
+    }
+  }
   const workload = generateWorkload({
     seed: ctx.seed,
     sites,
@@ -148,7 +207,7 @@ async function throughput(ctx: ScenarioContext, visits = true): Promise<Part & {
   })
   const n = workload.events.length
   ctx.say(
-    `stream${visits ? '' : ' (visits off)'}: loading ${n} events (${sites.length} sites, duplicates and bots included) into a fresh topic`,
+    `stream${variant === ALL ? '' : ` ${system.slice('tally '.length)}`}: loading ${n} events (${sites.length} sites, duplicates and bots included) into a fresh topic`,
   )
   const children: Child[] = []
   try {
@@ -208,6 +267,7 @@ async function throughput(ctx: ScenarioContext, visits = true): Promise<Part & {
         sites,
         now - 86_400_000,
         now + 86_400_000,
+        DIMENSIONS.filter((d) => config.stream.breakdowns.includes(d)),
       ),
     )
     const figure: Figure = {
@@ -229,6 +289,10 @@ async function throughput(ctx: ScenarioContext, visits = true): Promise<Part & {
         eventsPerSecIncludingStartup: round(n / wallSec),
         secondsSpawnToReady: round((readyMs - t0) / 1000),
         visits: visits ? 'on' : 'off (TALLY_STREAM_VISITS=off)',
+        breakdowns: variant.breakdowns ? variant.breakdowns.join(',') : 'all',
+        ...(variant.propsAndGoals
+          ? { props: BENCH_PROPS.join(','), goals: BENCH_GOALS.map((g) => g.name).join(',') }
+          : {}),
         countedEvents: counted,
         rowsWrittenPerCountedEvent: counted > 0 ? round(rowsWritten / counted) : null,
         workerCpuMicrosecondsPerCountedEvent: counted > 0 ? round((cpuSeconds * 1e6) / counted) : null,
@@ -244,7 +308,7 @@ async function throughput(ctx: ScenarioContext, visits = true): Promise<Part & {
           : {}),
       },
     }
-    if (!visits) return { figures: [figure], ratios: [], targets: [], rate: steadyRate }
+    if (!variant.peers) return { figures: [figure], ratios: [], targets: [], rate: steadyRate }
     ctx.say('stream: the bare kafkajs consumer reads the same topic')
     // The peer failing leaves Tally's figure standing.
     const bare = await bareConsumer(
@@ -323,6 +387,61 @@ async function throughput(ctx: ScenarioContext, visits = true): Promise<Part & {
   }
 }
 
+/**
+ * Store rows per counted event of a run (from its figure's details, not rounded), when measured: no
+ * window was evicted, so the rows held are every row written.
+ */
+function rowsPerEvent(f: Figure | undefined): number | undefined {
+  const d = f?.status === 'ok' ? f.details : undefined
+  const rows = d?.storeRows
+  const counted = d?.countedEvents
+  return typeof rows === 'number' && typeof counted === 'number' && counted > 0 && d?.windowsEvicted === 0
+    ? rows / counted
+    : undefined
+}
+
+/**
+ * What the issue-17 dimensions cost, from the runs of the same load: events/s and store rows per
+ * counted event with every dimension over those with the dimensions before issue 17 only (and
+ * with 3 properties and 2 goals over without).
+ */
+function dimensionCost(
+  all: Figure | undefined,
+  dims7: Figure | undefined,
+  props: Figure | undefined,
+): Ratio[] {
+  const rate = (f: Figure | undefined) => (f?.status === 'ok' ? f.throughput?.value : undefined)
+  const out: Ratio[] = []
+  const [allRate, dims7Rate] = [rate(all), rate(dims7)]
+  if (allRate !== undefined && dims7Rate !== undefined)
+    out.push({
+      scenario: 'stream.throughput',
+      metric: 'events/s Tally worker, all dimensions / issue-17 dimensions off',
+      value: allRate / dims7Rate,
+    })
+  const [allRows, dims7Rows, propsRows] = [rowsPerEvent(all), rowsPerEvent(dims7), rowsPerEvent(props)]
+  if (allRows !== undefined && dims7Rows !== undefined)
+    out.push({
+      scenario: 'stream.throughput',
+      metric: 'store rows per counted event, all dimensions / issue-17 dimensions off',
+      value: allRows / dims7Rows,
+    })
+  if (allRows !== undefined && propsRows !== undefined)
+    out.push({
+      scenario: 'stream.throughput',
+      metric: 'store rows per counted event, with 3 properties and 2 goals / without',
+      value: propsRows / allRows,
+    })
+  const propsRate = rate(props)
+  if (allRate !== undefined && propsRate !== undefined)
+    out.push({
+      scenario: 'stream.throughput',
+      metric: 'events/s Tally worker, with 3 properties and 2 goals / without',
+      value: propsRate / allRate,
+    })
+  return out
+}
+
 async function run(ctx: ScenarioContext): Promise<ScenarioOutcome> {
   const figures: Figure[] = []
   const ratios: Ratio[] = []
@@ -332,20 +451,27 @@ async function run(ctx: ScenarioContext): Promise<ScenarioOutcome> {
     [
       'stream.throughput',
       async (c: ScenarioContext): Promise<Part> => {
-        const on = await throughput(c, true)
+        const on = await throughput(c, ALL)
         const tally = on.figures.find((f) => f.system === 'tally')
+        const variant = (v: Variant) =>
+          throughput(c, v).catch((err): Part & { rate?: number } => ({
+            figures: [failedFigure('stream.throughput', v.system, err)],
+            ratios: [],
+            targets: [],
+          }))
         // Visits' cost: the same load counted by a worker with visits off, in the same run.
-        const off = await throughput(c, false).catch((err): Part & { rate?: number } => ({
-          figures: [failedFigure('stream.throughput', 'tally (visits off)', err)],
-          ratios: [],
-          targets: [],
-        }))
+        const off = await variant(NO_VISITS)
+        // The issue-17 dimensions' cost (issue 17 point 7): the same load with TALLY_BREAKDOWNS =
+        // the dimensions before it; and, in the full run only, what 3 properties and 2 goals add.
+        const dims7 = await variant(ORIGINAL_DIMENSIONS)
+        const props = c.quick ? undefined : await variant(PROPS_AND_GOALS)
         const onRate = tally?.status === 'ok' ? tally.throughput?.value : undefined
         const both = onRate !== undefined && off.rate !== undefined
         return {
-          figures: [...on.figures, ...off.figures],
+          figures: [...on.figures, ...off.figures, ...dims7.figures, ...(props?.figures ?? [])],
           ratios: [
             ...on.ratios,
+            ...dimensionCost(tally, dims7.figures[0], props?.figures[0]),
             ...(both
               ? [
                   {
@@ -399,7 +525,7 @@ async function run(ctx: ScenarioContext): Promise<ScenarioOutcome> {
 export const streamScenario: ScenarioDefinition = {
   name: 'stream',
   description:
-    'one worker Kafka → Cassandra (events/s, with visits and without) vs a bare kafkajs consumer, and freshness from a 2xx at ingest to the query API',
+    'one worker Kafka → Cassandra (events/s, with visits and without, with the issue-17 dimensions and without: store rows per event) vs a bare kafkajs consumer, and freshness from a 2xx at ingest to the query API',
   needsServices: true,
   run,
 }

@@ -65,8 +65,11 @@ export type VisitDimension = (typeof VISIT_DIMENSIONS)[number]
 /** A site's declared custom property `KEY` as a dimension (core/aggregate/props.ts). */
 export type PropDimension = `prop:${string}`
 
-/** The dimension of goal completions, valued by the goal's name (core/aggregate/goals.ts). */
-export type GoalDimension = 'goal'
+/**
+ * The dimension of goal completions, valued by the goal's name, and of conversions by another
+ * dimension, `goal|DIM` (core/aggregate/goals.ts).
+ */
+export type GoalDimension = 'goal' | `goal|${string}`
 
 /** Every dimension a stored row can have: an event's, a visit's own, a custom property or goals. */
 export type RowDimension = Dimension | VisitDimension | PropDimension | GoalDimension

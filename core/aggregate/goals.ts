@@ -1,5 +1,6 @@
 import { ERR } from '../error-codes.js'
 import { TallyError } from '../errors.js'
+import { type RowDimension, SESSION_DIMENSIONS } from './definition.js'
 import { isPropDimension } from './props.js'
 
 /**
@@ -178,8 +179,63 @@ const NO_GOALS: readonly string[] = []
  * Whether a window's rows of `dimension` are read from the rebuild alone once it is rebuilt (its
  * stream rows are not): custom properties, whose folded values the rebuild writes no row for, and
  * goals, which a rebuild recomputes with the goals defined when it runs (a goal removed since has
- * stream rows and no rebuilt ones).
+ * stream rows and no rebuilt ones), and conversions by another dimension (`goal|DIM`, the same, and
+ * the stream's values of a visit changed by a late event are provisional).
  */
 export function isRebuiltOnly(dimension: string): boolean {
-  return dimension === GOAL_DIMENSION || isPropDimension(dimension)
+  return dimension === GOAL_DIMENSION || isPropDimension(dimension) || goalByOf(dimension) !== undefined
+}
+
+/**
+ * Conversions by another dimension (issue 17 point 5): rows of dimension `goal|DIM` valued
+ * `NAME` + U+001F + the dimension's value, written only for counted, non-bot events that complete
+ * goal NAME, in the event's hour and day windows (`events` = completions, the visitors' registers
+ * = converters). A goal's name holds no control character (eventGoal, pageGoal), so the first
+ * U+001F splits a value unambiguously, whatever the dimension's value holds.
+ *
+ * The value: for the session dimensions and `entry_page`, the converting visit's (its first
+ * event's values; its first pageview's path among its events up to the completing one), so a
+ * checkout page's own referrer (the site itself) does not hide the visit's source; for `path` and
+ * `event`, the completing event's own.
+ */
+export const GOAL_BY_PREFIX = 'goal|'
+/** Between a goal's name and the dimension's value in a `goal|DIM` row's value. */
+export const GOAL_VALUE_SEPARATOR = '\u001f'
+/** The dimensions conversions are kept by (besides `goal` itself). */
+export const GOAL_BY_DIMENSIONS = [
+  ...SESSION_DIMENSIONS,
+  'entry_page',
+  'path',
+  'event',
+] as const satisfies readonly RowDimension[]
+export type GoalByDimension = (typeof GOAL_BY_DIMENSIONS)[number]
+const GOAL_BY_SET = new Set<string>(GOAL_BY_DIMENSIONS)
+
+/** Whether conversions are kept by `d` (a `goal|d` dimension exists). */
+export function isGoalByDimension(d: string): d is GoalByDimension {
+  return GOAL_BY_SET.has(d)
+}
+
+/** The dimension of the rows of conversions by `d`: `goal|source`. */
+export function goalByDimension(d: GoalByDimension): `goal|${GoalByDimension}` {
+  return `${GOAL_BY_PREFIX}${d}`
+}
+
+/** The dimension `d` of a `goal|d` dimension name; undefined for any other name. */
+export function goalByOf(dimension: string): GoalByDimension | undefined {
+  if (!dimension.startsWith(GOAL_BY_PREFIX)) return undefined
+  const d = dimension.slice(GOAL_BY_PREFIX.length)
+  return isGoalByDimension(d) ? d : undefined
+}
+
+/** The value of a `goal|DIM` row: the goal's name, U+001F, the dimension's value. */
+export function goalByValue(goal: string, value: string): string {
+  return `${goal}${GOAL_VALUE_SEPARATOR}${value}`
+}
+
+/** The goal's name and the dimension's value of a `goal|DIM` row's value; undefined if not one. */
+export function splitGoalByValue(stored: string): { goal: string; value: string } | undefined {
+  const i = stored.indexOf(GOAL_VALUE_SEPARATOR)
+  if (i <= 0) return undefined
+  return { goal: stored.slice(0, i), value: stored.slice(i + GOAL_VALUE_SEPARATOR.length) }
 }

@@ -34,7 +34,8 @@ export const OTHER = '(other)'
  * The open-ended dimensions (issue 17 point 7): their values are as many as what clients send, so
  * each window keeps at most TALLY_DIMENSION_VALUES_MAX of them by the same rule and code as custom
  * properties (below). Visits counted by the session ones (referrer, source, UTM) go to the same
- * rows. `entry_page` and `exit_page` are not capped yet (docs/design.md).
+ * rows. `entry_page` and `exit_page` are capped by the day's `path` values instead
+ * ({@link DAY_PATH_CAPPED}).
  */
 export const CAPPED_DIMENSIONS = [
   'path',
@@ -50,6 +51,23 @@ export const CAPPED_DIMENSIONS = [
 export const DEFAULT_DIMENSION_VALUES_MAX = 10_000
 
 const CAPPED_SET = new Set<string>(CAPPED_DIMENSIONS)
+
+/**
+ * The visit pages, capped by the day's `path` values: an entry or exit page of a window is kept
+ * when it is among the kept `path` values of the window's UTC day (the cap rule over the day's
+ * paths, bots' included), else it counts under `(other)`. A visit ends at midnight UTC, so its
+ * pages are paths of its day, and the day's set of paths only grows, while a window's set of entry
+ * pages does not (a late event moves a visit's entry page): a refusal by the day's paths proves a
+ * page is not kept, which the pages' own values could not. A page kept over several days' paths is
+ * kept in each of them (the rule composes), so a reader folding a range by the union of its days'
+ * paths answers as over the rebuild's rows. TALLY_DIMENSION_VALUES_MAX bounds them.
+ */
+export const DAY_PATH_CAPPED = ['entry_page', 'exit_page'] as const satisfies readonly RowDimension[]
+
+/** Whether a dimension is capped by the day's `path` values (entry and exit page, above). */
+export function isDayPathCapped(d: string): d is (typeof DAY_PATH_CAPPED)[number] {
+  return d === 'entry_page' || d === 'exit_page'
+}
 
 /** Whether a dimension's values per window are capped: a custom property or a CAPPED_DIMENSIONS one. */
 export function isCappedDimension(d: string): d is (typeof CAPPED_DIMENSIONS)[number] | PropDimension {
@@ -161,15 +179,27 @@ export function capValues<T>(
 ): { values: Map<string, T>; hit: boolean } {
   const kept = keptValues(entries.keys(), max)
   if (kept.size === entries.size) return { values: new Map(entries), hit: entries.has(OTHER) }
+  return { values: foldValues(entries, kept, merge), hit: true }
+}
+
+/**
+ * Folds the entries whose value is not in `kept` (and is not one of the always-kept values) into
+ * `(other)` with `merge`; `(other)` is in the result when anything was folded or it was there.
+ */
+export function foldValues<T>(
+  entries: ReadonlyMap<string, T>,
+  kept: ReadonlySet<string>,
+  merge: (into: T | undefined, from: T) => T,
+): Map<string, T> {
   const out = new Map<string, T>()
   let other = entries.get(OTHER)
   for (const [v, x] of entries) {
     if (v === OTHER) continue
-    if (kept.has(v)) out.set(v, x)
+    if (kept.has(v) || !capped(v)) out.set(v, x)
     else other = merge(other, x)
   }
   if (other !== undefined) out.set(OTHER, other)
-  return { values: out, hit: true }
+  return out
 }
 
 /**

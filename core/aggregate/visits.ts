@@ -8,10 +8,12 @@ import {
   type Granularity,
   isPageview,
   kindOf,
+  type PropDimension,
   SESSION_DIMENSIONS,
   visitorId,
   windowStart,
 } from './definition.js'
+import { PROP_PREFIX, propValueOf } from './props.js'
 
 /**
  * Visits (sessions), the one definition for the stream and the rebuild (stream = batch). Pure: no
@@ -54,8 +56,27 @@ export interface VisitEvent {
   pageview: boolean
   /** The event's `path` dimension (only a pageview's path is used). */
   path: string
-  /** The event's values of SESSION_DIMENSIONS, in that order. */
+  /**
+   * The event's values of SESSION_DIMENSIONS, in that order, then one entry `KEY=value` per custom
+   * property the site declares ({@link propEntry}, keys in the site's order): a visit's values of
+   * the declared keys travel with its session values, so its `prop:KEY` rows are those of its first
+   * event.
+   */
   session: readonly string[]
+}
+
+/**
+ * A visit's value of a declared custom property, as it travels among its session values:
+ * `KEY=value` (a key has no `=`: core/aggregate/props.ts checkPropKey).
+ */
+export function propEntry(key: string, value: string): string {
+  return `${key}=${value}`
+}
+
+/** The dimension (`prop:KEY`) and value of a {@link propEntry}. */
+export function splitPropEntry(entry: string): { dimension: PropDimension; value: string } {
+  const at = entry.indexOf('=')
+  return { dimension: `prop:${entry.slice(0, at)}`, value: entry.slice(at + 1) }
 }
 
 /** One visit. */
@@ -69,7 +90,7 @@ export interface Visit {
   /** Counted events of the visit. */
   events: number
   pageviews: number
-  /** Values of SESSION_DIMENSIONS (in that order) of the first event. */
+  /** Values of SESSION_DIMENSIONS (in that order), then its {@link propEntry}s, of the first event. */
   session: readonly string[]
   /** Path of the first pageview; undefined when the visit has none. */
   entryPage: string | undefined
@@ -77,20 +98,26 @@ export interface Visit {
   exitPage: string | undefined
 }
 
-/** The visit event of a raw event; undefined when it does not count (bot, identify, group, alias). */
+/**
+ * The visit event of a raw event; undefined when it does not count (bot, identify, group, alias).
+ * `propKeys`: the site's declared custom property keys (none: no `prop:KEY` visit rows).
+ */
 export function visitEventOf(
   e: RawEventV1,
   timestampMs: number,
   dims: Readonly<Record<Dimension, string>> = dimensionsOf(e),
+  propKeys: readonly string[] = [],
 ): VisitEvent | undefined {
   if (kindOf(e) !== 'event') return undefined
+  const session: string[] = SESSION_DIMENSIONS.map((d) => dims[d])
+  for (const key of propKeys) session.push(propEntry(key, propValueOf(e, key)))
   return {
     siteId: e.siteId,
     visitor: visitorId(e),
     timestampMs,
     pageview: isPageview(e),
     path: dims.path,
-    session: SESSION_DIMENSIONS.map((d) => dims[d]),
+    session,
   }
 }
 
@@ -110,8 +137,8 @@ export function visitCounts(v: Visit): VisitCounts {
 
 /**
  * The rows a visit counts in, all in the windows of its start: totals of every granularity;
- * breakdowns (hour, day) by each session dimension with its first event's value, and by
- * entry_page and exit_page when it has a pageview.
+ * breakdowns (hour, day) by each session dimension and each declared custom property (`prop:KEY`)
+ * with its first event's value, and by entry_page and exit_page when it has a pageview.
  */
 export function visitRowKeys(v: Visit, sourcePartition: number): RowKey[] {
   const keys: RowKey[] = []
@@ -137,6 +164,10 @@ export function visitRowKeys(v: Visit, sourcePartition: number): RowKey[] {
     SESSION_DIMENSIONS.forEach((d, i) => {
       keys.push(key(d, v.session[i]!))
     })
+    for (let i = SESSION_DIMENSIONS.length; i < v.session.length; i++) {
+      const { dimension, value } = splitPropEntry(v.session[i]!)
+      keys.push(key(dimension, value))
+    }
     if (v.entryPage !== undefined) keys.push(key('entry_page', v.entryPage))
     if (v.exitPage !== undefined) keys.push(key('exit_page', v.exitPage))
   }
@@ -163,7 +194,10 @@ export function visitRows(
     hourMs: number
     total: VisitCounts
     minutes: Map<number, VisitCounts>
-    /** By dimension index (SESSION_DIMENSIONS, then entry_page, exit_page) + SEP + value. */
+    /**
+     * By dimension index (SESSION_DIMENSIONS, then entry_page, exit_page) + SEP + value; a custom
+     * property by its dimension name (`prop:KEY`) + SEP + value.
+     */
     dims: Map<string, VisitCounts>
   }
   const hours = new Map<string, HourSums>()
@@ -194,6 +228,16 @@ export function visitRows(
       addTo(d, c)
     }
     for (let i = 0; i < SESSION_DIMENSIONS.length; i++) dim(i, v.session[i]!)
+    for (let i = SESSION_DIMENSIONS.length; i < v.session.length; i++) {
+      const { dimension, value } = splitPropEntry(v.session[i]!)
+      const k = `${dimension}${SEP}${value}`
+      let d = h.dims.get(k)
+      if (!d) {
+        d = zero()
+        h.dims.set(k, d)
+      }
+      addTo(d, c)
+    }
     if (v.entryPage !== undefined) dim(SESSION_DIMENSIONS.length, v.entryPage)
     if (v.exitPage !== undefined) dim(SESSION_DIMENSIONS.length + 1, v.exitPage)
   }
@@ -210,7 +254,8 @@ export function visitRows(
     let value = ''
     if (dimKey !== undefined) {
       const at = dimKey.indexOf(SEP)
-      dimension = dimensions[Number(dimKey.slice(0, at))]
+      const head = dimKey.slice(0, at)
+      dimension = head.startsWith(PROP_PREFIX) ? (head as PropDimension) : dimensions[Number(head)]
       value = dimKey.slice(at + 1)
     }
     const key: RowKey = { siteId, granularity: g, windowStart: ws, dimension, value, sourcePartition }
@@ -663,6 +708,21 @@ export class VisitState {
   }
 
   /**
+   * The held visit of a visitor that contains the time `timestampMs` (its first event's session
+   * values and its entry page), undefined when none does: what conversions by another dimension
+   * read of an event the state holds already (a replay after a restart).
+   */
+  visitAt(
+    siteId: string,
+    visitor: string,
+    timestampMs: number,
+  ): { session: readonly string[]; entryPage: string | undefined } | undefined {
+    const vd = this.days.get(keyOf(siteId, visitor, dayOf(timestampMs)))
+    const v = vd?.visits.find((x) => x.startMs <= timestampMs && timestampMs <= x.endMs)
+    return v && { session: v.session, entryPage: v.entryPath }
+  }
+
+  /**
    * Forgets the visits no acceptable event can change. `oldestAcceptableMs`: the least event time
    * the worker may still accept (with the stream's rule, the start of the minute that closed a
    * grace before the partition's watermark). A visit whose last event is a gap or more before it
@@ -711,7 +771,8 @@ export class VisitState {
    * The state as bytes, to persist with the checkpoint (same epoch, same write). Format 2: a
    * version byte; a table of the distinct site ids, session values and paths (varint length +
    * UTF-8 each); a table of the distinct session value lists (count, then a string index per
-   * value); then per visitor-day: site index, visitor id (length + UTF-8), UTC day number and
+   * value; the declared keys' `KEY=value` entries last, so a state written before custom
+   * properties counted visits has none and reads as visits without `prop:KEY` rows); then per visitor-day: site index, visitor id (length + UTF-8), UTC day number and
    * visit count; per visit: start (ms into the day), duration, events, pageviews, session index,
    * and with a pageview the entry and exit (ms after start, path index). Integers are unsigned
    * LEB128 varints. Format 1 (read, no longer written) had no session table: a visit's session

@@ -22,6 +22,7 @@
     country: 'Country',
     browser: 'Browser',
     device: 'Device',
+    goal: 'Goal',
   }
   const METRIC_LABELS = {
     visitors: 'visitors',

@@ -3,6 +3,7 @@ import { readFileSync } from 'node:fs'
 import { createRequire } from 'node:module'
 import { dirname, join } from 'node:path'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
+import { GOAL_DIMENSION } from '../../core/aggregate/goals.js'
 import { TallyError } from '../../core/errors.js'
 import { projectRoot } from '../../core/paths.js'
 import { METRICS, type Metric, PROPERTIES, parseQuery } from '../params.js'
@@ -33,12 +34,15 @@ function accepts(property: string, metric: Metric): boolean {
 /**
  * What the page needs of the API's rules, as a script setting `window.TALLY_MODEL`: per property,
  * the metrics it can be asked for (query/params.ts refuses visit metrics by path or event, and
- * anything but visit metrics by entry or exit page), and those of a custom property `prop:KEY`. Asked of the parser itself, so the page
+ * anything but visit metrics by entry or exit page; `goal` takes conversions and conversion_rate),
+ * and those of a custom property `prop:KEY`. Asked of the parser itself, so the page
  * follows params.ts without a copy of its rules.
  */
 export function dashboardModel(): { metrics: Record<string, Metric[]>; propMetrics: Metric[] } {
   return {
-    metrics: Object.fromEntries(PROPERTIES.map((p) => [p, METRICS.filter((m) => accepts(p, m))])),
+    metrics: Object.fromEntries(
+      [...PROPERTIES, GOAL_DIMENSION].map((p) => [p, METRICS.filter((m) => accepts(p, m))]),
+    ),
     // Custom properties (`prop:KEY`, the properties panel) all take the same metrics.
     propMetrics: METRICS.filter((m) => accepts('prop:key', m)),
   }

@@ -1,5 +1,6 @@
 import type { FastifyError, FastifyInstance, FastifyReply } from 'fastify'
 import { LRUCache } from 'lru-cache'
+import { isGoalByDimension } from '../../core/aggregate/goals.js'
 import { ERR } from '../../core/error-codes.js'
 import { TallyError } from '../../core/errors.js'
 import type { SiteStore } from '../../core/ports/site-store.js'
@@ -312,7 +313,9 @@ export async function plausibleStatsRoutes(app: FastifyInstance, deps: Plausible
       const limit = integer(q, 'limit', deps.limits.defaultLimit, deps.limits.maxLimit)
       const page = integer(q, 'page', 1, 100_000)
       const others = filters.filter((f) => f.property.tally !== property.tally)
-      if (others.length > 0) {
+      // event:goal with a breakdown by a property conversions are kept by (core/aggregate/goals.ts).
+      const goalBy = isGoalByDimension(property.tally) && others.every((f) => f.property.tally === 'goal')
+      if (others.length > 0 && !goalBy) {
         throw badParameter(
           'filters',
           `a breakdown by ${property.name} can be filtered on ${property.name} only (rollups keep one property per row); filters on ${others

@@ -9,11 +9,13 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { startIngest, startQuery, startStream } from '../../app/start.js'
 import {
   type Dimension,
+  dimensionValues,
   type GeneratedEvent,
   generateWorkload,
   truthCounts,
   truthOf,
 } from '../../bench/workload.js'
+import { eventGoal, pageGoal } from '../../core/aggregate/goals.js'
 import { createCassandraClient } from '../../core/cassandra/client.js'
 import { CassandraSiteStore } from '../../core/cassandra/sites.js'
 import { createLogger } from '../../core/log.js'
@@ -579,7 +581,7 @@ describe('browser tracker in Chromium', () => {
   })
 })
 
-describe('dashboard panels: countries, sources and channels, campaigns, filters', () => {
+describe('dashboard panels: countries, sources and channels, campaigns, goals, filters', () => {
   const SITE = 'dims.test'
   let token = ''
   let events: GeneratedEvent[] = []
@@ -611,6 +613,9 @@ describe('dashboard panels: countries, sources and channels, campaigns, filters'
       `${what}: ${shownText} shown, ${exact} exact`,
     ).toBeLessThanOrEqual(Math.max(1, Math.ceil(exact * bound)))
 
+  /** The site's goals: an event goal and a page goal (`**`: any path below /docs/). */
+  const GOALS = [eventGoal('Added to Cart'), pageGoal('/docs/**')]
+
   /** The declared custom property `plan` of an event: a function of its messageId, none for one in four. */
   const planOf = (e: GeneratedEvent): string | undefined => {
     let h = 7
@@ -626,6 +631,7 @@ describe('dashboard panels: countries, sources and channels, campaigns, filters'
       origins: [],
     })
     await store.addPropKey(SITE, 'plan')
+    for (const goal of GOALS) await store.addGoal(SITE, goal)
     token = created.readToken
     // Events of the last few minutes (inside the stream's grace), on time, from the generator's
     // referrers, campaigns and visitor IPs (public IPv4/IPv6 of 7 countries, a private one, none).
@@ -872,6 +878,80 @@ describe('dashboard panels: countries, sources and channels, campaigns, filters'
       'pro visitors',
     )
     expect(await page.textContent('#filter-label')).toBe('plan is pro')
+    expect(problems).toEqual([])
+    await ctx.close()
+  })
+
+  it('the goals panel lists each goal with its conversions, completions and conversion rate, and filters by a clicked goal', async () => {
+    // Truth per goal, by the rule as the README states it: a counted event (no duplicate, no bot)
+    // completes the event goal when it is a track of that name, the page goal when it is a page
+    // view whose path is below /docs/. Conversions: its distinct visitors; events: completions.
+    const byGoal = new Map<string, { events: number; visitors: Set<string> }>()
+    const seen = new Set<string>()
+    for (const e of events) {
+      const p = e.payload as { type: string; event?: string; messageId: string; anonymousId: string }
+      if (seen.has(p.messageId)) continue
+      seen.add(p.messageId)
+      if (e.isBot || !['track', 'page', 'screen'].includes(p.type)) continue
+      const reached = [
+        ...(p.type === 'track' && p.event === 'Added to Cart' ? [GOALS[0]!.name] : []),
+        ...(p.type === 'page' && dimensionValues(e).path.startsWith('/docs/') ? [GOALS[1]!.name] : []),
+      ]
+      for (const name of reached) {
+        const c = byGoal.get(name) ?? { events: 0, visitors: new Set<string>() }
+        c.events++
+        c.visitors.add(p.anonymousId)
+        byGoal.set(name, c)
+      }
+    }
+    expect([...byGoal.keys()].sort()).toEqual(GOALS.map((g) => g.name).sort())
+    const siteVisitors = truthCounts(truth, SITE).visitors
+    const ctx = await browser.newContext({ locale: 'en-US', viewport: { width: 1280, height: 900 } })
+    const page = await ctx.newPage()
+    const problems: string[] = []
+    page.on('pageerror', (e) => problems.push(String(e)))
+    await page.goto(`${query.url}/`)
+    await page.fill('#new-site', SITE)
+    await page.fill('#new-token', token)
+    await page.click('#add-site button[type=submit]')
+    await page.waitForSelector(`body[data-loaded="${SITE}"][data-filter=""]`)
+    await page.waitForSelector('#goals[data-state="loaded"]')
+    const rows = await tableCells(page, 'goals')
+    const values = await page.$$eval('#goals tbody button.pick', (bs) =>
+      bs.map((b) => b.getAttribute('data-value')),
+    )
+    expect(new Set(values)).toEqual(new Set(byGoal.keys()))
+    rows.forEach((cells, i) => {
+      const c = byGoal.get(values[i]!)!
+      expect(cells[0]).toBe(values[i])
+      expectVisitors(cells[1]!, c.visitors.size, `${values[i]} conversions`)
+      expect(cells[2], `${values[i]} completions`).toBe(c.events.toLocaleString('en-US'))
+      // Percent of the range's visitors, one decimal: both numbers are estimates (bound 3 % each).
+      const rate = (100 * c.visitors.size) / siteVisitors
+      expect(
+        Math.abs(Number(cells[3]) - rate),
+        `${values[i]} conversion rate ${cells[3]}, exact ${rate}`,
+      ).toBeLessThanOrEqual(Math.max(0.1, rate * 2 * bound) + 0.05)
+    })
+    const firsts = rows.map((r) => Number(r[1]!.replace(/,/g, '')))
+    expect(firsts, 'goals are ordered by conversions').toEqual([...firsts].sort((a, b) => b - a))
+    // A click filters the dashboard by the goal: the top numbers are its completions and converters,
+    // the goals panel keeps its own row, panels by another property say they cannot answer.
+    const goal = 'Added to Cart'
+    await page.click(`#goals button.pick[data-value="${goal}"]`)
+    await page.waitForSelector(`body[data-filter="goal==${goal}"]`)
+    expect(await page.textContent('#total-events')).toBe(byGoal.get(goal)!.events.toLocaleString('en-US'))
+    expectVisitors(
+      (await page.textContent('#total-visitors'))!,
+      byGoal.get(goal)!.visitors.size,
+      'converters',
+    )
+    expect(await page.textContent('#filter-label')).toBe(`Goal is ${goal}`)
+    expect(await tableCells(page, 'goals')).toHaveLength(1)
+    expect(await page.getAttribute('#goals button.pick', 'aria-pressed')).toBe('true')
+    expect(await page.getAttribute('#countries', 'data-state')).toBe('unavailable')
+    expect(page.url()).toContain(`filter=${encodeURIComponent(`goal==${goal}`).replace(/%20/g, '+')}`)
+    await page.screenshot({ path: join(ARTIFACTS, 'dashboard-goals.png'), fullPage: true })
     expect(problems).toEqual([])
     await ctx.close()
   })

@@ -38,7 +38,10 @@ import { type VisitCounts, visitKey, visitTruthOf } from '../helpers/visit-truth
  * counts exact, visitors register-exact) and so do the visit counts of the session dimensions (the
  * visits computed here without core/aggregate/visits.ts), first from the stream's rows, then from
  * the rebuild's final rows. The query API's path breakdown of the range is the truth folded over
- * the range, with meta.values_capped.
+ * the range, with meta.values_capped. Entry and exit pages are kept by the rule over their day's
+ * paths (core/aggregate/props.ts DAY_PATH_CAPPED): their visit counts, read back as the query
+ * reads them, equal the visits computed here folded by the day's paths, after the stream and after
+ * the rebuild, and so does the query API's entry_page breakdown of the range.
  */
 
 const DAY = 86_400_000
@@ -52,6 +55,7 @@ const RANGE_FROM = Math.floor(START / DAY) * DAY - DAY
 const RANGE_TO = Math.floor(Date.now() / DAY) * DAY + DAY
 const CAPPED = ['path', 'referrer', 'source', 'utm_source', 'utm_campaign'] as const
 const SESSION = new Set(['referrer', 'source', 'utm_source', 'utm_campaign'])
+const PAGES = ['entry_page', 'exit_page'] as const
 
 type Harness = Awaited<ReturnType<typeof embeddedHarness>>
 
@@ -106,6 +110,79 @@ function addVisits(to: VisitCounts, c: Partial<VisitCounts>): void {
   to.bounces += c.bounces ?? 0
   to.visitDurationMs += c.visitDurationMs ?? 0
   to.visitPageviews += c.visitPageviews ?? 0
+}
+
+/** The kept paths of a UTC day by the rule, from the truth: every value of the day's path (bots' too). */
+function keptDayPaths(truth: Map<string, Cell>, day: number): Set<string> {
+  const prefix = `day|${day}|path|`
+  return keptValues(
+    [...truth.keys()].filter((k) => k.startsWith(prefix)).map((k) => k.slice(prefix.length)),
+    MAX,
+  )
+}
+
+/** The visits of one page dimension's windows (`granularity|windowStart`) in the truth, by page. */
+function pageVisits(
+  visitTruth: Map<string, VisitCounts>,
+  siteId: string,
+  g: Granularity,
+  from: number,
+  d: string,
+): Map<string, VisitCounts> {
+  const prefix = visitKey(siteId, g, from, d, '')
+  const out = new Map<string, VisitCounts>()
+  for (const [k, v] of visitTruth) if (k.startsWith(prefix)) out.set(k.slice(prefix.length), v)
+  return out
+}
+
+/**
+ * Differences between the visit counts of entry and exit pages `reader` holds, folded as the query
+ * folds them (by the rule over the day's stored paths and the pages read), and the truth folded by
+ * the rule over the day's paths, per hour and day window.
+ */
+async function comparePages(
+  reader: AggregateReader,
+  siteId: string,
+  truth: Map<string, Cell>,
+  visitTruth: Map<string, VisitCounts>,
+): Promise<string[]> {
+  const out: string[] = []
+  const windows = new Set([...truth.keys()].map((k) => k.split('|').slice(0, 2).join('|')))
+  for (const w of windows) {
+    const [g, ws] = w.split('|') as [Granularity, string]
+    const from = Number(ws)
+    const to = from + (g === 'hour' ? HOUR : DAY)
+    const day = Math.floor(from / DAY) * DAY
+    const kept = keptDayPaths(truth, day)
+    const storedPaths = await reader.breakdownDetailed(siteId, 'day', 'path', day, day + DAY)
+    for (const d of PAGES) {
+      const expected = new Map<string, VisitCounts>()
+      for (const [page, v] of pageVisits(visitTruth, siteId, g, from, d)) {
+        if (!truth.has(`day|${day}|path|${page}`))
+          out.push(`${d}=${page}: a page that no event of the day has`)
+        const k = kept.has(page) ? page : OTHER
+        const e = expected.get(k) ?? { visits: 0, bounces: 0, visitDurationMs: 0, visitPageviews: 0 }
+        addVisits(e, v)
+        expected.set(k, e)
+      }
+      const read = await reader.breakdownDetailed(siteId, g, d, from, to)
+      const storedKept = keptValues(new Set([...storedPaths.values.keys(), ...read.values.keys()]), MAX)
+      const actual = new Map<string, VisitCounts>()
+      for (const [page, v] of read.values) {
+        const k = storedKept.has(page) ? page : OTHER
+        const a = actual.get(k) ?? { visits: 0, bounces: 0, visitDurationMs: 0, visitPageviews: 0 }
+        addVisits(a, v)
+        actual.set(k, a)
+      }
+      const zero = JSON.stringify({ visits: 0, bounces: 0, visitDurationMs: 0, visitPageviews: 0 })
+      for (const value of new Set([...expected.keys(), ...actual.keys()])) {
+        const e = JSON.stringify(expected.get(value) ?? JSON.parse(zero))
+        const a = JSON.stringify(actual.get(value) ?? JSON.parse(zero))
+        if (a !== e) out.push(`${siteId} ${g} ${new Date(from).toISOString()} ${d}=${value}: ${a} ≠ ${e}`)
+      }
+    }
+  }
+  return out
 }
 
 /** Differences between what `reader` holds (read under the cap rule) and the truth, per window. */
@@ -301,6 +378,22 @@ describe.each(backends)('dimension value caps, stream and rebuild (%s)', (_name,
     const held = await store.reader.breakdownDetailed(siteId, 'day', 'path', Number(day), Number(day) + DAY)
     expect(held.values.has(OTHER)).toBe(true)
     expect(held.values.size).toBeLessThan(paths)
+    // Entry and exit pages: the truth folds some (the cap is exercised), and the stream's rows
+    // read as the query reads them equal it; a page row is a path the day's rows hold, or (other)
+    // (so the page rows are bounded as the path rows are).
+    const kept = keptDayPaths(truth, Number(day))
+    for (const d of PAGES) {
+      const pages = pageVisits(visitTruth, siteId, 'day', Number(day), d)
+      expect(
+        [...pages.keys()].some((p) => !kept.has(p)),
+        d,
+      ).toBe(true)
+      const rows = await store.reader.breakdownDetailed(siteId, 'day', d, Number(day), Number(day) + DAY)
+      for (const page of rows.values.keys())
+        if (page !== OTHER) expect(held.values.has(page), page).toBe(true)
+    }
+    expect(await comparePages(store.reader, siteId, truth, visitTruth)).toEqual([])
+    await expectPageBreakdown()
   }, 180_000)
 
   it('a rebuild gives the same numbers, final, with at most the kept values and (other) counted', async () => {
@@ -339,10 +432,20 @@ describe.each(backends)('dimension value caps, stream and rebuild (%s)', (_name,
       )
       expect(counted.length, d).toBeLessThanOrEqual((SESSION.has(d) ? 2 * MAX : MAX) + 2)
     }
+    expect(await comparePages(store.reader, siteId, truth, visitTruth)).toEqual([])
+    // A rebuilt window's pages with visits are among the day's kept paths, or (other).
+    for (const d of PAGES) {
+      const read = await store.reader.breakdownDetailed(siteId, 'day', d, day, day + DAY)
+      const kept = keptDayPaths(truth, day)
+      const counted = [...read.values.entries()].filter(([, v]) => (v.visits ?? 0) > 0).map(([p]) => p)
+      for (const page of counted) expect(kept.has(page) || page === OTHER, `${d}=${page}`).toBe(true)
+      expect(counted.length, d).toBeLessThanOrEqual(MAX + 1)
+    }
+    await expectPageBreakdown()
   }, 180_000)
 
-  it('the query API folds a range by the rule and says so in meta.values_capped', async () => {
-    const app = await buildQueryApp({
+  const queryApp = () =>
+    buildQueryApp({
       reader: store.reader,
       auth: new ReadAccessCache(store.sites),
       freshness: new CheckpointFreshness(store.reader, {
@@ -356,6 +459,63 @@ describe.each(backends)('dimension value caps, stream and rebuild (%s)', (_name,
       hllPrecision: store.precision,
       dimensionValuesMax: MAX,
     })
+
+  /**
+   * The query API's entry_page breakdown of three hours equals the visits computed here, folded by
+   * the rule over the paths of the range's UTC days, with meta.values_capped when a visit's page
+   * was folded.
+   */
+  async function expectPageBreakdown(): Promise<void> {
+    const from = Math.floor(START / HOUR) * HOUR
+    const to = from + 3 * HOUR
+    const visitTruth = visitTruthOf(events, config.stream.visitGapMs)
+    const dayPaths = new Set<string>()
+    for (let day = Math.floor(from / DAY) * DAY; day < to; day += DAY) {
+      const prefix = `day|${day}|path|`
+      for (const k of truth.keys()) if (k.startsWith(prefix)) dayPaths.add(k.slice(prefix.length))
+    }
+    const kept = keptValues(dayPaths, MAX)
+    const expected = new Map<string, number>()
+    let folded = 0
+    for (let h = from; h < to; h += HOUR) {
+      for (const [page, v] of pageVisits(visitTruth, siteId, 'hour', h, 'entry_page')) {
+        const k = kept.has(page) ? page : OTHER
+        if (k === OTHER) folded += v.visits
+        expected.set(k, (expected.get(k) ?? 0) + v.visits)
+      }
+    }
+    expect(folded).toBeGreaterThan(0)
+    const app = await queryApp()
+    try {
+      const search = new URLSearchParams({
+        site: siteId,
+        from: new Date(from).toISOString(),
+        to: new Date(to).toISOString(),
+        property: 'entry_page',
+        metrics: 'visits',
+        limit: '1000',
+      })
+      const res = await app.inject({
+        method: 'GET',
+        url: `/v1/stats/breakdown?${search}`,
+        headers: { authorization: `Bearer ${readToken}` },
+      })
+      expect(res.statusCode, res.body).toBe(200)
+      const body = res.json() as {
+        results: Array<{ entry_page: string; visits: number }>
+        meta: { values_capped?: boolean; values_max?: number }
+      }
+      expect(body.meta.values_capped).toBe(true)
+      expect(body.meta.values_max).toBe(MAX)
+      const actual = new Map(body.results.filter((r) => r.visits > 0).map((r) => [r.entry_page, r.visits]))
+      expect(actual).toEqual(new Map([...expected].filter(([, n]) => n > 0)))
+    } finally {
+      await app.close()
+    }
+  }
+
+  it('the query API folds a range by the rule and says so in meta.values_capped', async () => {
+    const app = await queryApp()
     try {
       const from = Math.floor(START / HOUR) * HOUR
       const to = from + 3 * HOUR

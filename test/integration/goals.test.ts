@@ -2,7 +2,7 @@ import { join } from 'node:path'
 import { Registry } from 'prom-client'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { runRebuild } from '../../batch/rebuild.js'
-import { type GeneratedEvent, generateWorkload } from '../../bench/workload.js'
+import { dimensionValues, type GeneratedEvent, generateWorkload } from '../../bench/workload.js'
 import { eventGoal, pageGoal } from '../../core/aggregate/goals.js'
 import { archiveTopicDir } from '../../core/archive/segment-file.js'
 import { HyperLogLog } from '../../core/hll.js'
@@ -169,6 +169,135 @@ async function compare(
   return out
 }
 
+/** The dimensions conversions are broken down by here (the `goal|DIM` rows read). */
+const BY = ['source', 'channel', 'path', 'country', 'entry_page'] as const
+type By = (typeof BY)[number]
+
+interface Known {
+  ts: number
+  index: number
+  pageview: boolean
+  dims: Record<string, string>
+}
+
+/**
+ * The reference sessionizer, written apart from the product: the visit of `e` among `known` (the
+ * visitor's counted events of that UTC day) is the run of events around it whose gaps (by time) are
+ * under `gapMs`. Its values: the first event's session values, the path of its first pageview
+ * (`(none)` without one). `upToEvent`: the run ends at `e` (the rebuild's "entry page so far"), else
+ * the whole run of what is known (the stream's visit of the events arrived so far).
+ */
+function visitOfEvent(known: readonly Known[], e: Known, gapMs: number, upToEvent: boolean) {
+  const sorted = [...known].sort((a, b) => a.ts - b.ts || a.index - b.index)
+  const at = sorted.indexOf(e)
+  let start = at
+  while (start > 0 && sorted[start]!.ts - sorted[start - 1]!.ts < gapMs) start--
+  let end = at
+  if (!upToEvent) while (end + 1 < sorted.length && sorted[end + 1]!.ts - sorted[end]!.ts < gapMs) end++
+  let entry: Known | undefined
+  for (let k = start; k <= end; k++) {
+    const x = sorted[k]!
+    if (x.pageview && (!entry || x.ts < entry.ts || (x.ts === entry.ts && x.dims.path! < entry.dims.path!)))
+      entry = x
+  }
+  return { first: sorted[start]!, entry: entry?.dims.path ?? '(none)' }
+}
+
+/**
+ * Truth of conversions by dimension, per JSON [granularity, window start, dimension, stored value]
+ * (the documented key: `NAME` U+001F value): session dimensions by the visit's first event, the
+ * entry page by the visit, `path` by the completing event. Mode `stream`: each conversion valued
+ * by the visit of the events arrived before it, in the order sent (what the stream knows then);
+ * `rebuild`: by every event of the day, the entry page among the visit's events up to it.
+ */
+function goalByTruthOf(
+  events: readonly GeneratedEvent[],
+  goals: readonly string[],
+  gapMs: number,
+  mode: 'stream' | 'rebuild',
+): Map<string, Cell> {
+  const out = new Map<string, Cell>()
+  const byVisitorDay = new Map<string, Known[]>()
+  const all: Array<{ k: Known; p: Payload; key: string }> = []
+  events.forEach((e, index) => {
+    const p = counted(e)
+    if (!p) return
+    const ts = Date.parse(p.timestamp!)
+    const k: Known = { ts, index, pageview: p.type === 'page', dims: dimensionValues(e) }
+    all.push({ k, p, key: `${visitorOf(p)}|${Math.floor(ts / DAY)}` })
+  })
+  const count = (k: Known, p: Payload, known: Known[]) => {
+    const reached = goalsOf(p, goals)
+    if (reached.length === 0) return
+    const v = visitOfEvent(known, k, gapMs, mode === 'rebuild')
+    const values: Record<By, string> = {
+      source: v.first.dims.source!,
+      channel: v.first.dims.channel!,
+      country: v.first.dims.country!,
+      entry_page: v.entry,
+      path: k.dims.path!,
+    }
+    for (const g of ['hour', 'day'] as const) {
+      const ws = Math.floor(k.ts / (g === 'hour' ? HOUR : DAY)) * (g === 'hour' ? HOUR : DAY)
+      for (const goal of reached)
+        for (const dim of BY) {
+          const key = JSON.stringify([g, ws, dim, `${goal}\u001f${values[dim]}`])
+          const cell = out.get(key) ?? { events: 0, pageviews: 0, visitors: new Set<string>() }
+          cell.events++
+          if (k.pageview) cell.pageviews++
+          cell.visitors.add(visitorOf(p))
+          out.set(key, cell)
+        }
+    }
+  }
+  for (const { k, key } of all) {
+    const list = byVisitorDay.get(key) ?? []
+    list.push(k)
+    byVisitorDay.set(key, list)
+    if (mode === 'stream') count(k, all.find((x) => x.k === k)!.p, [...list])
+  }
+  if (mode === 'rebuild') for (const { k, p, key } of all) count(k, p, byVisitorDay.get(key)!)
+  return out
+}
+
+/** Differences between the `goal|DIM` rows `reader` holds and the truth, per window and dimension. */
+async function compareBy(
+  reader: AggregateReader,
+  precision: number,
+  siteId: string,
+  truth: Map<string, Cell>,
+): Promise<string[]> {
+  const out: string[] = []
+  const groups = new Map<string, Map<string, Cell>>()
+  for (const [k, c] of truth) {
+    const [g, ws, dim, value] = JSON.parse(k) as [string, number, string, string]
+    const gk = JSON.stringify([g, ws, dim])
+    const m = groups.get(gk) ?? new Map<string, Cell>()
+    m.set(value, c)
+    groups.set(gk, m)
+  }
+  for (const [gk, expected] of groups) {
+    const [g, from, dim] = JSON.parse(gk) as ['hour' | 'day', number, string]
+    const to = from + (g === 'hour' ? HOUR : DAY)
+    const read = await reader.breakdownDetailed(siteId, g, `goal|${dim}`, from, to, { visitors: true })
+    for (const value of new Set([...expected.keys(), ...read.values.keys()])) {
+      const e = expected.get(value)
+      const a = read.values.get(value)
+      const where = `${g} ${new Date(from).toISOString()} goal|${dim}=${JSON.stringify(value)}`
+      if ((a?.events ?? 0) !== (e?.events ?? 0) || (a?.pageviews ?? 0) !== (e?.pageviews ?? 0)) {
+        out.push(`${where}: events ${a?.events} ≠ ${e?.events}, pageviews ${a?.pageviews} ≠ ${e?.pageviews}`)
+        continue
+      }
+      if ((a?.botEvents ?? 0) !== 0) out.push(`${where}: ${a?.botEvents} bot events`)
+      if (!e) continue
+      const stored = a && a.visitors.length > 0 ? HyperLogLog.fromBytes(a.visitors).estimate() : 0
+      if (stored !== estimate(e.visitors, precision))
+        out.push(`${where}: visitors ${stored} ≠ ${estimate(e.visitors, precision)}`)
+    }
+  }
+  return out
+}
+
 const rate = (conversions: number, visitors: number) =>
   visitors === 0 ? 0 : Math.round((1000 * conversions) / visitors) / 10
 
@@ -246,7 +375,7 @@ describe.each(backends)('goals, stream and rebuild (%s)', (_name, openStore, ope
   }
 
   /** The query API's conversions and rates against the truth's estimates, over [FROM, TO). */
-  async function checkQueries(goals: readonly string[]): Promise<void> {
+  async function checkQueries(goals: readonly string[], mode: 'stream' | 'rebuild'): Promise<void> {
     const visitorsIn = (from: number, to: number) => {
       const ids = new Set<string>()
       events.forEach((e, i) => {
@@ -357,13 +486,85 @@ describe.each(backends)('goals, stream and rebuild (%s)', (_name, openStore, ope
     const noGoal = await plausible('/api/v1/stats/aggregate?metrics=conversion_rate')
     expect(noGoal.status).toBe(400)
     expect(noGoal.body.error).toContain('goal')
-    // Conversions by another property are not kept: the answer names what is.
-    const bySource = await get(
-      `/v1/stats/breakdown?property=source&filters=${encodeURIComponent(`goal==${goal}`)}`,
+    // Conversions by a property they are not kept by: the answer names what is.
+    const byProp = await get(
+      `/v1/stats/breakdown?property=prop:plan&filters=${encodeURIComponent(`goal==${goal}`)}`,
     )
-    expect(bySource.status).toBe(400)
-    expect(JSON.stringify(bySource.body)).toContain('TALLY_ERR_FILTER_UNSUPPORTED')
-    expect(JSON.stringify(bySource.body)).toContain('property=goal')
+    expect(byProp.status).toBe(400)
+    expect(JSON.stringify(byProp.body)).toContain('TALLY_ERR_FILTER_UNSUPPORTED')
+    expect(JSON.stringify(byProp.body)).toContain('property=goal')
+    // Conversions by source, channel, path and country: converters and completions of the visit's
+    // (or the event's) value, the rate over that value's own visitors in the range.
+    const byTruth = goalByTruthOf(events, goals, config.stream.visitGapMs, mode)
+    const visitorsOfValue = (dim: By, value: string) => {
+      const ids = new Set<string>()
+      events.forEach((e, i) => {
+        const p = counted(e)
+        if (p && stamps[i]! >= FROM && stamps[i]! < TO && dimensionValues(e)[dim as 'path'] === value)
+          ids.add(visitorOf(p))
+      })
+      return Math.round(estimate(ids, store.precision))
+    }
+    for (const g of [goals[0]!, goals[1]!])
+      for (const dim of ['source', 'channel', 'path', 'country'] as const) {
+        // The range's truth: the hour cells of the range, merged per value.
+        const cells = new Map<string, Cell>()
+        for (const [k, c] of byTruth) {
+          const [gg, ws, d, stored] = JSON.parse(k) as [string, number, string, string]
+          if (gg !== 'hour' || d !== dim || ws < FROM || ws >= TO || !stored.startsWith(`${g}\u001f`))
+            continue
+          const value = stored.slice(g.length + 1)
+          const cell = cells.get(value) ?? { events: 0, pageviews: 0, visitors: new Set<string>() }
+          cell.events += c.events
+          for (const v of c.visitors) cell.visitors.add(v)
+          cells.set(value, cell)
+        }
+        expect(cells.size, `${g} by ${dim}`).toBeGreaterThan(0)
+        const expected = [...cells]
+          .map(([value, c]) => {
+            const conversions = Math.round(estimate(c.visitors, store.precision))
+            return {
+              [dim]: value,
+              visitors: conversions,
+              conversions,
+              events: c.events,
+              conversion_rate: rate(conversions, visitorsOfValue(dim, value)),
+            }
+          })
+          .sort((a, b) => b.visitors - a.visitors || (a[dim]! < b[dim]! ? -1 : 1))
+        const answer = await get(
+          `/v1/stats/breakdown?property=${dim}&limit=1000&metrics=visitors,conversions,events,conversion_rate&filters=${encodeURIComponent(`goal==${g}`)}`,
+        )
+        expect(answer.status, JSON.stringify(answer.body)).toBe(200)
+        expect(answer.body.results, `${g} by ${dim}`).toEqual(expected)
+        expect(answer.body.meta.metrics.conversions.approximate).toBe(true)
+        // The aggregate with the goal and that property's value: the same numbers as its row.
+        const top = expected[0]!
+        const one = await get(
+          `/v1/stats/aggregate?metrics=conversions,events,conversion_rate&filters=${encodeURIComponent(`goal==${g};${dim}==${String(top[dim]).replace(/[\\;|]/g, '\\$&')}`)}`,
+        )
+        expect(one.status, JSON.stringify(one.body)).toBe(200)
+        expect(one.body.results, `${g} and ${dim}==${top[dim]}`).toEqual({
+          conversions: { value: top.conversions },
+          events: { value: top.events },
+          conversion_rate: { value: top.conversion_rate },
+        })
+        // Plausible's Stats API: event:goal with a breakdown by visit:* or event:page.
+        const name = dim === 'path' ? 'event:page' : `visit:${dim}`
+        const rowKey = dim === 'path' ? 'page' : dim
+        const pl = await plausible(
+          `/api/v1/stats/breakdown?property=${name}&limit=1000&metrics=visitors,events,conversion_rate&filters=${encodeURIComponent(`event:goal==${g}`)}`,
+        )
+        expect(pl.status, JSON.stringify(pl.body)).toBe(200)
+        expect(pl.body.results, `Plausible ${g} by ${name}`).toEqual(
+          expected.map((r) => ({
+            [rowKey]: r[dim],
+            visitors: r.visitors,
+            events: r.events,
+            conversion_rate: r.conversion_rate,
+          })),
+        )
+      }
   }
 
   it('the stream counts completions and converters per goal, hour and day; the query answers conversions and rates', async () => {
@@ -379,7 +580,7 @@ describe.each(backends)('goals, stream and rebuild (%s)', (_name, openStore, ope
     }
     const deadLetters = log.writer()
     const worker = new StreamWorker({
-      config: { ...config.stream, group: group(), countsVisits: false },
+      config: { ...config.stream, group: group() },
       topic,
       deadLetterTopic: `${topic}-dlq`,
       consumer: log.consumer(group(), topic),
@@ -418,7 +619,37 @@ describe.each(backends)('goals, stream and rebuild (%s)', (_name, openStore, ope
       events.some((e) => (e.isBot || e.isDuplicate) && goalsOf(e.payload as Payload, names).length > 0),
     ).toBe(true)
     expect(await compare(store.reader, store.precision, siteId, truth)).toEqual([])
-    await checkQueries(names)
+    expect(
+      await compareBy(
+        store.reader,
+        store.precision,
+        siteId,
+        goalByTruthOf(events, names, config.stream.visitGapMs, 'stream'),
+      ),
+    ).toEqual([])
+    // The visit's values matter: some conversions' own source (a later page's referrer is the
+    // site itself: Direct / None) is not their visit's, so rows by the event's own would differ.
+    const streamBy = goalByTruthOf(events, names, config.stream.visitGapMs, 'stream')
+    const ownSources = new Set<string>()
+    events.forEach((e) => {
+      const p = counted(e)
+      if (!p) return
+      const ts = Date.parse(p.timestamp!)
+      for (const goal of goalsOf(p, names))
+        ownSources.add(
+          JSON.stringify([
+            'day',
+            Math.floor(ts / DAY) * DAY,
+            'source',
+            `${goal}\u001f${dimensionValues(e).source}`,
+          ]),
+        )
+    })
+    const visitSources = [...streamBy.keys()].filter((k) => k.startsWith('["day"') && k.includes('"source"'))
+    expect(
+      visitSources.some((k) => !ownSources.has(k)) || [...ownSources].some((k) => !streamBy.has(k)),
+    ).toBe(true)
+    await checkQueries(names, 'stream')
     // Not defined yet: no rows, though the events that would complete it were counted.
     expect([...truthOf(events, ['Searched']).keys()].length).toBeGreaterThan(0)
     const read = await store.reader.breakdownDetailed(siteId, 'day', 'goal', RANGE_FROM, RANGE_TO)
@@ -455,10 +686,18 @@ describe.each(backends)('goals, stream and rebuild (%s)', (_name, openStore, ope
     const all = [...names, 'Searched']
     const truth = truthOf(events, all)
     expect(await compare(store.reader, store.precision, siteId, truth)).toEqual([])
+    expect(
+      await compareBy(
+        store.reader,
+        store.precision,
+        siteId,
+        goalByTruthOf(events, all, config.stream.visitGapMs, 'rebuild'),
+      ),
+    ).toEqual([])
     const [w] = [...truth.keys()].filter((k) => k.startsWith('day|'))
     const dayStart = Number(w!.split('|')[1])
     const read = await store.reader.breakdownDetailed(siteId, 'day', 'goal', dayStart, dayStart + DAY)
     expect([...read.windows.values()].every((x) => x.final)).toBe(true)
-    await checkQueries(all)
+    await checkQueries(all, 'rebuild')
   }, 180_000)
 })

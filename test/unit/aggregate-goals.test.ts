@@ -132,7 +132,7 @@ describe('the query parameters name goals', () => {
       }),
     )
     expect(() =>
-      q('breakdown', { metrics: 'conversions', property: 'source', filters: 'goal==Signup' }),
+      q('breakdown', { metrics: 'conversions', property: 'prop:plan', filters: 'goal==Signup' }),
     ).toThrow(
       expect.objectContaining({
         code: 'TALLY_ERR_FILTER_UNSUPPORTED',

@@ -172,12 +172,109 @@ describe('the capped dimensions', () => {
     }
     expect(folded).toBeGreaterThan(0)
     expect(loading).toEqual([])
-    // entry_page is not capped: a new value gets its own row.
+    // entry_page is capped by its day's paths, which hold one (/a) of 3: a new page gets its own row.
     expect(rowOf(s.rows, loading, { ...key('/x'), dimension: 'entry_page' }).key.value).toBe('/x')
+  })
+
+  it("an entry or exit page reaches its own row when its day's path admission keeps it, else (other), in hour and day windows", () => {
+    const s = state(0, 3)
+    const paths = Array.from({ length: 40 }, (_, i) => `/p${i}`)
+    const pass = countRecords(
+      s,
+      batch(
+        0,
+        paths.map((p, i) => event(i, p, '')),
+      ),
+      0,
+      settings,
+      logger,
+    )
+    // The day window's path rows: the paths its admission kept (each event counted in one row).
+    const dayPaths = new Set<string>()
+    for (const { row } of pass.loading)
+      if (row.key.dimension === 'path' && row.key.granularity === 'day') dayPaths.add(row.key.value)
+    expect(dayPaths.has(OTHER)).toBe(true)
+    const loading: Loading[] = []
+    let folded = 0
+    for (const dimension of ['entry_page', 'exit_page'] as const) {
+      for (const [granularity, windowStart] of [
+        ['hour', HOUR_START],
+        ['day', Math.floor(HOUR_START / 86_400_000) * 86_400_000],
+      ] as const) {
+        for (const p of paths) {
+          const key: RowKey = {
+            siteId: 'site-1',
+            granularity,
+            windowStart,
+            dimension,
+            value: p,
+            sourcePartition: 0,
+          }
+          const row = rowOf(s.rows, loading, key)
+          const again = rowOf(s.rows, loading, key)
+          // Admitted or refused once, it stays so: a visit's later change reaches the same row.
+          expect(again).toBe(row)
+          if (dayPaths.has(p)) expect(row.key.value).toBe(p)
+          else {
+            expect(row.key.value).toBe(OTHER)
+            folded++
+          }
+        }
+      }
+    }
+    expect(folded).toBeGreaterThan(0)
+    // A page row per kept path and one (other) (dayPaths holds both), per window and dimension.
+    expect(loading.length).toBe(4 * dayPaths.size)
   })
 })
 
 describe('the rebuild caps the visit rows of the session dimensions (capVisitRows)', () => {
+  it("folds entry and exit pages not among the day's kept paths into (other), the sums kept", () => {
+    const counts = (i: number): VisitCounts => ({
+      visits: i + 1,
+      bounces: i % 2,
+      visitDurationMs: 1000 * i,
+      visitPageviews: 2 * i + 1,
+    })
+    const row = (dimension: RowKey['dimension'], value: string, i: number) => ({
+      key: {
+        siteId: 's',
+        granularity: 'hour' as const,
+        windowStart: HOUR_START,
+        dimension,
+        value,
+        sourcePartition: 0,
+      },
+      counts: counts(i),
+    })
+    const pages = Array.from({ length: 30 }, (_, i) => `/p${i}`)
+    const rows = [
+      ...pages.map((p, i) => row('entry_page', p, i)),
+      ...pages.map((p, i) => row('exit_page', p, 29 - i)),
+      row('browser', 'b', 1),
+    ]
+    // The day's paths are more than the pages (a page is a path of its day).
+    const kept = keptValues([...pages, ...Array.from({ length: 50 }, (_, i) => `/q${i}`)], 10)
+    const out = [...capVisitRows(rows, 10, kept)]
+    for (const d of ['entry_page', 'exit_page'] as const) {
+      const mine = rows.filter((r) => r.key.dimension === d)
+      const got = new Map(out.filter((r) => r.key.dimension === d).map((r) => [r.key.value, r.counts]))
+      const expected = new Map<string, VisitCounts>()
+      for (const r of mine) {
+        const v = kept.has(r.key.value) ? r.key.value : OTHER
+        const e = expected.get(v) ?? { visits: 0, bounces: 0, visitDurationMs: 0, visitPageviews: 0 }
+        e.visits += r.counts.visits
+        e.bounces += r.counts.bounces
+        e.visitDurationMs += r.counts.visitDurationMs
+        e.visitPageviews += r.counts.visitPageviews
+        expected.set(v, e)
+      }
+      expect(expected.has(OTHER)).toBe(true)
+      expect(got).toEqual(expected)
+    }
+    expect(out.filter((r) => r.key.dimension === 'browser')).toHaveLength(1)
+  })
+
   it('folds a window past the cap into (other) by the rule, keeps the totals, leaves other dimensions as they are', () => {
     const counts = (i: number): VisitCounts => ({
       visits: i + 1,
