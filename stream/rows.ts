@@ -334,7 +334,21 @@ function rowAt(
   di: number,
   value: string,
 ): Row {
-  const w = table.window(gi, siteId, ws)
+  return rowIn(table, loading, sourcePartition, siteId, gi, ws, table.window(gi, siteId, ws), di, value)
+}
+
+/** {@link rowAt} in a window already found (`w`: the table's window `gi`, `siteId`, `ws`). */
+function rowIn(
+  table: RowTable,
+  loading: Loading[],
+  sourcePartition: number,
+  siteId: string,
+  gi: number,
+  ws: number,
+  w: WindowRows,
+  di: number,
+  value: string,
+): Row {
   if (di < 0)
     return (
       w.totals ??
@@ -398,14 +412,16 @@ export function applyVisitRows(
 ): void {
   for (let gi = 0; gi < GRANULARITIES.length; gi++) {
     const ws = windowStart(startMs, GRANULARITIES[gi]!)
-    applyVisits(table, rowAt(table, loading, sourcePartition, siteId, gi, ws, -1, ''), offset, delta)
+    // The window once for its rows (not once per row: two map reads each).
+    const w = table.window(gi, siteId, ws)
+    applyVisits(table, rowIn(table, loading, sourcePartition, siteId, gi, ws, w, -1, ''), offset, delta)
     if (!KEEPS_DIMENSIONS[gi]) continue
     const kept = table.kept.session
     for (let k = 0; k < kept.length; k++) {
       const i = kept[k]!
       applyVisits(
         table,
-        rowAt(table, loading, sourcePartition, siteId, gi, ws, SESSION_ROW_INDEX[i]!, session[i]!),
+        rowIn(table, loading, sourcePartition, siteId, gi, ws, w, SESSION_ROW_INDEX[i]!, session[i]!),
         offset,
         delta,
       )
@@ -420,24 +436,19 @@ export function applyVisitRows(
         value,
         sourcePartition,
       }
-      applyVisits(
-        table,
-        propRowAt(table, loading, table.window(gi, siteId, ws), dimension, key),
-        offset,
-        delta,
-      )
+      applyVisits(table, propRowAt(table, loading, w, dimension, key), offset, delta)
     }
     if (entry !== undefined && table.kept.entryPage)
       applyVisits(
         table,
-        rowAt(table, loading, sourcePartition, siteId, gi, ws, ENTRY_PAGE, entry),
+        rowIn(table, loading, sourcePartition, siteId, gi, ws, w, ENTRY_PAGE, entry),
         offset,
         delta,
       )
     if (exit !== undefined && table.kept.exitPage)
       applyVisits(
         table,
-        rowAt(table, loading, sourcePartition, siteId, gi, ws, EXIT_PAGE, exit),
+        rowIn(table, loading, sourcePartition, siteId, gi, ws, w, EXIT_PAGE, exit),
         offset,
         delta,
       )

@@ -536,7 +536,8 @@ interface VisitorDay {
   visits: Summary[]
 }
 
-const FORMAT_VERSION = 1
+/** The format serialize writes (2: session values interned one by one); deserialize reads 1 too. */
+const FORMAT_VERSION = 2
 const SESSION_POOL_MIN = 1024
 
 /**
@@ -767,13 +768,16 @@ export class VisitState {
   }
 
   /**
-   * The state as bytes, to persist with the checkpoint (same epoch, same write). Format 1: a
-   * version byte; a table of the distinct site ids, session values (joined by U+0001, the declared
-   * keys' `KEY=value` entries last: a state written before custom properties counted visits has
-   * none, and reads as visits without `prop:KEY` rows) and paths (varint length + UTF-8 each); then per visitor-day: site index, visitor id (length + UTF-8), UTC day number and
+   * The state as bytes, to persist with the checkpoint (same epoch, same write). Format 2: a
+   * version byte; a table of the distinct site ids, session values and paths (varint length +
+   * UTF-8 each); a table of the distinct session value lists (count, then a string index per
+   * value; the declared keys' `KEY=value` entries last, so a state written before custom
+   * properties counted visits has none and reads as visits without `prop:KEY` rows); then per visitor-day: site index, visitor id (length + UTF-8), UTC day number and
    * visit count; per visit: start (ms into the day), duration, events, pageviews, session index,
    * and with a pageview the entry and exit (ms after start, path index). Integers are unsigned
-   * LEB128 varints.
+   * LEB128 varints. Format 1 (read, no longer written) had no session table: a visit's session
+   * index named one string, its values joined by SEP, so each distinct list repeated its values
+   * (about 85 of the 143 bytes per open visit of the stream bench).
    */
   serialize(): Uint8Array {
     const strings = new Map<string, number>()
@@ -785,13 +789,16 @@ export class VisitState {
       }
       return i
     }
-    // Visits of one page load share one session array: join it once per array, not per visit.
+    // Visits of one page load share one session array: one entry per array, its values interned.
     const sessions = new Map<readonly string[], number>()
+    const table = new ByteWriter()
     const session = (values: readonly string[]): number => {
       let i = sessions.get(values)
       if (i === undefined) {
-        i = intern(values.join(SEP))
+        i = sessions.size
         sessions.set(values, i)
+        table.uint(values.length)
+        for (const v of values) table.uint(intern(v))
       }
       return i
     }
@@ -821,7 +828,8 @@ export class VisitState {
     head.byte(FORMAT_VERSION)
     head.uint(strings.size)
     for (const s of strings.keys()) head.string(s)
-    return concat(head.bytes(), body.bytes())
+    head.uint(sessions.size)
+    return concat(concat(head.bytes(), table.bytes()), body.bytes())
   }
 
   /** A state from {@link serialize}'s bytes (empty bytes: an empty state). */
@@ -830,7 +838,8 @@ export class VisitState {
     if (bytes.length === 0) return state
     const r = new ByteReader(bytes)
     const version = r.byte()
-    if (version !== FORMAT_VERSION) throw new RangeError(`unknown visit state format ${version}`)
+    if (version !== FORMAT_VERSION && version !== 1)
+      throw new RangeError(`unknown visit state format ${version}`)
     const strings: string[] = []
     for (let n = r.uint(); n > 0; n--) strings.push(r.string())
     const str = (i: number): string => {
@@ -838,6 +847,14 @@ export class VisitState {
       if (s === undefined) throw new RangeError(`visit state: string ${i} out of range`)
       return s
     }
+    // Format 2's session lists, each a shared array in the pool.
+    const lists: Array<readonly string[]> = []
+    if (version === FORMAT_VERSION)
+      for (let n = r.uint(); n > 0; n--) {
+        const values: string[] = []
+        for (let k = r.uint(); k > 0; k--) values.push(str(r.uint()))
+        lists.push(state.shared(values))
+      }
     // Visits of the same session values share one array, as events of one page load do.
     const sessions = new Map<number, readonly string[]>()
     for (let days = r.uint(); days > 0; days--) {
@@ -852,7 +869,9 @@ export class VisitState {
         const events = r.uint()
         const pageviews = r.uint()
         const si = r.uint()
-        let session = sessions.get(si)
+        let session = version === FORMAT_VERSION ? lists[si] : sessions.get(si)
+        if (version === FORMAT_VERSION && !session)
+          throw new RangeError(`visit state: session ${si} out of range`)
         if (!session) {
           session = str(si).split(SEP)
           sessions.set(si, session)

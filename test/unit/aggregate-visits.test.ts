@@ -497,6 +497,80 @@ describe('visits (core/aggregate/visits.ts)', () => {
     expect(() => VisitState.deserialize(Uint8Array.of(9), GAP)).toThrow(/unknown visit state format/)
   })
 
+  it('writes a session value once however many distinct session lists share it', () => {
+    // 1000 visits, each with its own list of 12 values drawn from 12 × 10 shared values.
+    const state = new VisitState(GAP)
+    const n = 1000
+    for (let i = 0; i < n; i++)
+      state.add({
+        siteId: 'site-1',
+        visitor: `${i.toString(16).padStart(8, '0')}-1c2d-4e5f-8a9b-0c1d2e3f4a5b`,
+        timestampMs: day0 + 12 * HOUR + i * 1000,
+        pageview: true,
+        path: '/',
+        session: Array.from({ length: 12 }, (_, d) => `dimension-${d}-value-${Math.floor(i / (d + 1)) % 10}`),
+      })
+    const bytes = state.serialize()
+    const lists = new Set(state.visits().map((v) => v.session.join('|'))).size
+    expect(lists).toBeGreaterThan(n / 10)
+    // Each list costs its 12 indices (1 byte each here), not its joined values (about 200 bytes).
+    expect(bytes.length / n).toBeLessThanOrEqual(64 + (13 * lists) / n)
+    expect(VisitState.deserialize(bytes, GAP).visits()).toEqual(state.visits())
+  })
+
+  it('reads a state written in format 1 (session values joined into one string per list)', () => {
+    const uint = (x: number): number[] => {
+      const out: number[] = []
+      for (; x >= 0x80; x = Math.floor(x / 0x80)) out.push((x % 0x80) | 0x80)
+      out.push(x)
+      return out
+    }
+    const str = (s: string): number[] => {
+      const b = [...new TextEncoder().encode(s)]
+      return [...uint(b.length), ...b]
+    }
+    const day = Math.floor(day0 / DAY)
+    const bytes = Uint8Array.from([
+      1,
+      ...uint(4),
+      ...str('site-1'),
+      ...str('google.com\u0001Chrome'),
+      ...str('/x'),
+      ...str('/y'),
+      ...uint(1), // visitor-days
+      ...uint(0),
+      ...str('visitor-1'),
+      ...uint(day),
+      ...uint(1), // visits
+      ...uint(12 * HOUR),
+      ...uint(60_000),
+      ...uint(2),
+      ...uint(2),
+      ...uint(1),
+      ...uint(0),
+      ...uint(2),
+      ...uint(60_000),
+      ...uint(3),
+    ])
+    const expected = new VisitState(GAP)
+    for (const [t, path] of [
+      [day0 + 12 * HOUR, '/x'],
+      [day0 + 12 * HOUR + 60_000, '/y'],
+    ] as const)
+      expected.add({
+        siteId: 'site-1',
+        visitor: 'visitor-1',
+        timestampMs: t,
+        pageview: true,
+        path,
+        session: ['google.com', 'Chrome'],
+      })
+    const read = VisitState.deserialize(bytes, GAP)
+    expect(read.visits()).toEqual(expected.visits())
+    // Written again in the current format, it reads back the same.
+    expect(VisitState.deserialize(read.serialize(), GAP).visits()).toEqual(expected.visits())
+  })
+
   it('keeps rows without visit data without it, and new rows of a visit-counting writer with zeros', () => {
     const stored = { events: 3, pageviews: 2, botEvents: 0, visitors: new Uint8Array(0) }
     const old = new RowAccumulator(14, stored, { countsVisits: true })
