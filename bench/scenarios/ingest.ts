@@ -51,6 +51,8 @@ import { round } from '../harness/stats.js'
  */
 
 const SITE = 'bench-ingest'
+/** The steady run's own site (the site store is shared by the run's scenarios). */
+const STEADY_SITE = 'bench-ingest-steady'
 
 /** The bare kafkajs producer over the batch bodies: events/s with every send acknowledged. */
 async function bareProducer(
@@ -256,12 +258,12 @@ function sends(metrics: string): { sends: number; events: number } {
 async function runSteady(ctx: ScenarioContext): Promise<ScenarioOutcome> {
   const plan = steadyPlan(ctx)
   const { env, config } = await ctx.env.scenario('ingest_steady')
-  const keys = await ctx.env.createSites(config, [SITE])
-  const endpoints = ingestEndpoints(ctx, SITE)
+  const keys = await ctx.env.createSites(config, [STEADY_SITE])
+  const endpoints = ingestEndpoints(ctx, STEADY_SITE)
   const [track, batch] = endpoints as [Endpoint, Endpoint]
   const headers = {
     'content-type': 'application/json',
-    authorization: basicAuth(keys.get(SITE)!.writeKey),
+    authorization: basicAuth(keys.get(STEADY_SITE)!.writeKey),
     'user-agent': 'tally-bench (steady)',
   }
   ctx.say(
