@@ -932,6 +932,25 @@ describe.each(backends)('goals, stream and rebuild (%s)', (_name, openStore, ope
       ).toEqual(expectedDays)
       expect(daily.body.meta.time_zone).toMatchObject({ zone: ZONE })
     }
+    // Plausible's timeseries with event:goal and event:props:quantity: per UTC day, `visitors`
+    // the converters with that value, the rate over the value's visitors of the day.
+    const day = (ms: number) => new Date(ms).toISOString().slice(0, 10)
+    const res = await query!.inject({
+      method: 'GET',
+      url: `/api/v1/stats/timeseries?interval=date&metrics=visitors,conversion_rate&filters=${encodeURIComponent(`event:goal==${cart};event:props:quantity==${q}`)}&site_id=${encodeURIComponent(siteId)}&period=custom&date=${day(FROM)},${day(TO - 1)}`,
+      headers: { authorization: `Bearer ${readToken}` },
+    })
+    expect(res.statusCode, res.body).toBe(200)
+    const expectedDays: Array<{ date: string; visitors: number; conversion_rate: number }> = []
+    for (let d = Math.floor(FROM / DAY) * DAY; d < TO; d += DAY) {
+      const c = n(completionsBy(cart, 'quantity', d, d + DAY).get(q)?.visitors ?? [])
+      expectedDays.push({
+        date: day(d),
+        visitors: c,
+        conversion_rate: rate(c, n(visitorsWith(byProp('quantity'), q, d, d + DAY))),
+      })
+    }
+    expect(res.json().results, 'Plausible timeseries by goal and event:props:quantity').toEqual(expectedDays)
   }
 
   it('the stream counts completions and converters per goal, hour and day; the query answers conversions and rates', async () => {
