@@ -2,11 +2,14 @@ import {
   DIMENSION_GRANULARITIES,
   DIMENSIONS,
   NONE,
+  type PropDimension,
   SESSION_DIMENSIONS,
   windowStart,
 } from '../core/aggregate/definition.js'
 import {
   GOAL_BY_DIMENSIONS,
+  GOAL_BY_PREFIX,
+  type GoalByDimension,
   type GoalMatcher,
   goalByDimension,
   goalByValue,
@@ -59,6 +62,8 @@ const PATH_COLUMN = DIMENSIONS.indexOf('path')
 const EVENT_COLUMN = DIMENSIONS.indexOf('event')
 const SESSION_INDEX = new Map<string, number>(SESSION_DIMENSIONS.map((d, i) => [d, i]))
 
+const NO_VALUES: readonly never[] = []
+
 /** The counted events of one site-day, column by column. */
 class SiteDayEvents {
   length = 0
@@ -68,8 +73,14 @@ class SiteDayEvents {
   pageview = new Uint8Array(1024)
   path = new Int32Array(1024)
   session = new Int32Array(1024)
-  /** Events that complete goals (few): index → the goals' names and the event's `event` value. */
-  readonly goals = new Map<number, { names: readonly string[]; event: string }>()
+  /**
+   * Events that complete goals (few): index → the goals' names, the event's `event` value and its
+   * own values of the site's declared property keys (`props[k]` of `goal|dims[k]`).
+   */
+  readonly goals = new Map<
+    number,
+    { names: readonly string[]; event: string; dims: readonly string[]; props: readonly string[] }
+  >()
 
   push(ts: number, hi: number, lo: number, pageview: boolean, path: number, session: number): void {
     if (this.length === this.ts.length) this.grow()
@@ -216,7 +227,13 @@ export class DayVisits {
         if (gm !== undefined) {
           const event = eventCol.dictionary[eventCol.indices[i]!]!
           const names = gm.reached(cols.type.dictionary[typeIdx[i]!]!, event, this.paths[path]!)
-          if (names.length > 0) s.goals.set(s.length - 1, { names, event })
+          if (names.length > 0)
+            s.goals.set(s.length - 1, {
+              names,
+              event,
+              dims: pv?.dimensions ?? NO_VALUES,
+              props: pv ? pv.values.map((col) => col[i - from]!) : NO_VALUES,
+            })
         }
       }
       for (let k = 0; k < pathSeen.length; k++) if (pathSeen[k] === 1) dayPaths.add(pathCol.dictionary[k]!)
@@ -267,17 +284,25 @@ export class DayVisits {
         const goal = s.goals.get(i)
         if (goal === undefined) continue
         const reg = registerEntry(s.hi[i]!, s.lo[i]!, precision)
+        // The built-in dimensions, then the site's declared properties (the event's own values).
+        const dims: readonly GoalByDimension[] =
+          goal.dims.length > 0
+            ? [...GOAL_BY_DIMENSIONS, ...(goal.dims as PropDimension[])]
+            : GOAL_BY_DIMENSIONS
         for (const granularity of DIMENSION_GRANULARITIES) {
           const ws = windowStart(ts, granularity)
-          for (const dim of GOAL_BY_DIMENSIONS) {
+          for (let d = 0; d < dims.length; d++) {
+            const dim = dims[d]!
             const value =
-              dim === 'path'
-                ? this.paths[s.path[i]!]!
-                : dim === 'event'
-                  ? goal.event
-                  : dim === 'entry_page'
-                    ? (entry ?? NONE)
-                    : session[SESSION_INDEX.get(dim)!]!
+              d >= GOAL_BY_DIMENSIONS.length
+                ? goal.props[d - GOAL_BY_DIMENSIONS.length]!
+                : dim === 'path'
+                  ? this.paths[s.path[i]!]!
+                  : dim === 'event'
+                    ? goal.event
+                    : dim === 'entry_page'
+                      ? (entry ?? NONE)
+                      : session[SESSION_INDEX.get(dim)!]!
             const dimension = goalByDimension(dim)
             for (const name of goal.names) {
               const g = `${granularity}\u0001${ws}\u0001${dimension}\u0001${name}`
@@ -312,19 +337,23 @@ export class DayVisits {
         const parts = g.split('\u0001')
         const dimension = parts[2]!
         const name = parts.slice(3).join('\u0001')
-        const capped = isCappedDimension(dimension.slice('goal|'.length))
-        const rows = capped
-          ? capValues(byValue, this.dimensionValuesMax, (into, from) => {
-              if (into === undefined) {
-                const visitors = new RegisterSet(precision)
-                visitors.merge(from.visitors)
-                return { ...from, value: OTHER, visitors }
-              }
-              into.events += from.events
-              into.pageviews += from.pageviews
-              into.visitors.merge(from.visitors)
-              return into
-            }).values
+        const of = dimension.slice(GOAL_BY_PREFIX.length)
+        const rows = isCappedDimension(of)
+          ? capValues(
+              byValue,
+              isPropDimension(of) ? this.propValuesMax : this.dimensionValuesMax,
+              (into, from) => {
+                if (into === undefined) {
+                  const visitors = new RegisterSet(precision)
+                  visitors.merge(from.visitors)
+                  return { ...from, value: OTHER, visitors }
+                }
+                into.events += from.events
+                into.pageviews += from.pageviews
+                into.visitors.merge(from.visitors)
+                return into
+              },
+            ).values
           : byValue
         for (const [value, row] of rows) yield { ...row, value: goalByValue(name, value) }
       }

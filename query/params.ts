@@ -7,7 +7,7 @@ import {
   SESSION_DIMENSIONS,
   VISIT_DIMENSIONS,
 } from '../core/aggregate/definition.js'
-import { GOAL_BY_DIMENSIONS, isGoalByDimension } from '../core/aggregate/goals.js'
+import { GOAL_BY_NAMES, isGoalByDimension } from '../core/aggregate/goals.js'
 import { isPropDimension } from '../core/aggregate/props.js'
 import { ERR } from '../core/error-codes.js'
 import type { TallyError } from '../core/errors.js'
@@ -53,7 +53,7 @@ export const VISIT_METRICS = ['visits', 'bounce_rate', 'visit_duration', 'views_
  * Metrics of goals (core/aggregate/goals.ts): `conversions`, the visitors of the goal rows (unique
  * converters, HyperLogLog); `conversion_rate`, conversions over the visitors of the same range
  * and windows, in percent with one decimal. Answered with `filters=goal==NAME` (aggregate,
- * timeseries; a breakdown by a GOAL_BY_DIMENSIONS property, against that value's visitors) or
+ * timeseries; a breakdown by a GOAL_BY_NAMES property, against that value's visitors) or
  * `property=goal` (breakdown).
  */
 export const GOAL_METRICS = ['conversions', 'conversion_rate'] as const
@@ -523,7 +523,7 @@ export function parseQuery(
       throw badParameter(
         'metrics',
         endpoint === 'breakdown'
-          ? `${GOAL_METRICS.join(' and ')} are counted by goal: break down by property=goal, or filter on one with filters=goal==NAME and break down by ${GOAL_BY_DIMENSIONS.join(', ')}`
+          ? `${GOAL_METRICS.join(' and ')} are counted by goal: break down by property=goal, or filter on one with filters=goal==NAME and break down by ${GOAL_BY_NAMES.join(', ')}`
           : `${GOAL_METRICS.join(' and ')} are counted by goal: filter on one with filters=goal==NAME`,
         filters.some((f) => f.property === 'goal') ? ERR.FILTER_UNSUPPORTED : undefined,
       )

@@ -6,7 +6,7 @@ import {
   windowMs,
 } from '../core/aggregate/definition.js'
 import {
-  GOAL_BY_DIMENSIONS,
+  GOAL_BY_NAMES,
   type GoalByDimension,
   goalByDimension,
   goalByValue,
@@ -584,7 +584,7 @@ export class StatsService {
     const goalBy = goalByFilter(q.filters)
     if (q.filters.length > 1 && !goalBy) {
       throw unsupported(
-        `aggregates are stored per single property, so only one filter can be answered exactly; filter on one property (or on goal and one of ${GOAL_BY_DIMENSIONS.join(', ')})`,
+        `aggregates are stored per single property, so only one filter can be answered exactly; filter on one property (or on goal and one of ${GOAL_BY_NAMES.join(', ')})`,
       )
     }
     const filter = goalBy ? goalBy.rows : q.filters[0]
@@ -717,15 +717,18 @@ export class StatsService {
     finalMark: string | undefined,
   ): Promise<TimeseriesAnswer> {
     const at = readContext(freshness, finalMark, q.metrics)
-    if (q.filters.length > 1) {
+    // goal==NAME with a filter on a property conversions are kept by: the `goal|DIM` rows, the rate
+    // over the property's own rows of the values (as aggregate).
+    const goalBy = goalByFilter(q.filters)
+    if (q.filters.length > 1 && !goalBy) {
       throw unsupported(
-        'aggregates are stored per single property, so only one filter can be answered exactly; filter on one property',
+        `aggregates are stored per single property, so only one filter can be answered exactly; filter on one property (or on goal and one of ${GOAL_BY_NAMES.join(', ')})`,
       )
     }
-    const filter = q.filters[0]
+    const filter = goalBy ? goalBy.rows : q.filters[0]
     // Days in a zone other than UTC are local days, assembled from hour (and minute) windows.
     if (q.zone !== UTC && (q.interval ?? defaultInterval(q.range!)) === 'day')
-      return this.localDaySeries(q, freshness, at, filter)
+      return this.localDaySeries(q, freshness, at, filter, goalBy?.own)
     const { interval, range, segment } = this.seriesRange(
       q,
       (g) => this.deps.limits.maxPoints[g],
@@ -735,10 +738,11 @@ export class StatsService {
     const withVisitors = needsVisitors(q.metrics)
     const windows = await this.readSegment(q.siteId, segment, filter, withVisitors, at)
     const byStart = new Map(windows.map((w) => [w.windowStart, w]))
-    // A conversion rate's visitors: the totals of the same windows.
+    // A conversion rate's visitors: the totals of the same windows (with a filter on another
+    // property besides the goal, that property's rows of the values).
     const totalsByStart = q.metrics.includes('conversion_rate')
       ? new Map(
-          (await this.readSegment(q.siteId, segment, undefined, true, at)).map((w) => [w.windowStart, w]),
+          (await this.readSegment(q.siteId, segment, goalBy?.own, true, at)).map((w) => [w.windowStart, w]),
         )
       : undefined
     const tally = new WindowTally(freshness.completeThroughMs)
@@ -800,6 +804,7 @@ export class StatsService {
     freshness: Freshness,
     at: ReadContext,
     filter: Filter | undefined,
+    rateFilter: Filter | undefined,
   ): Promise<TimeseriesAnswer> {
     const allowed = filter ? DIMENSION_GRANULARITIES : GRANULARITIES
     const local = localDayEdges(q.range!, q.zone)
@@ -870,11 +875,12 @@ export class StatsService {
         if (w.visits === undefined) gaps?.add(w.windowStart, s.granularity)
       }
     })
-    // A conversion rate's visitors: per local day, the totals of the same windows.
+    // A conversion rate's visitors: per local day, the totals of the same windows (or the rows of
+    // `rateFilter`, the other property's values besides the goal).
     let dayVisitors: number[] | undefined
     if (q.metrics.includes('conversion_rate')) {
       const totals = await Promise.all(
-        segments.map((s) => this.readSegment(q.siteId, s, undefined, true, at)),
+        segments.map((s) => this.readSegment(q.siteId, s, rateFilter, true, at)),
       )
       const perDay = Array.from({ length: n }, () => new MetricAccumulator(this.deps.precision, true))
       for (const w of totals.flat()) perDay[dayOf(w.windowStart)]!.add(w)
@@ -924,7 +930,7 @@ export class StatsService {
     if (property !== 'goal' && q.filters.some((f) => f.property === 'goal')) {
       if (isGoalByDimension(property)) return this.goalByBreakdown(q, freshness, finalMark, property)
       throw unsupported(
-        `conversions are kept by goal and by ${GOAL_BY_DIMENSIONS.join(', ')}, not by ${property}: filters=goal==NAME is answered by aggregate, timeseries and a breakdown by one of those, and a breakdown by goal takes property=goal`,
+        `conversions are kept by goal and by ${GOAL_BY_NAMES.join(', ')}, not by ${property}: filters=goal==NAME is answered by aggregate, timeseries and a breakdown by one of those, and a breakdown by goal takes property=goal`,
       )
     }
     if (q.filters.some((f) => f.property !== property)) {

@@ -302,7 +302,8 @@ const GOAL_BY_CAPPED = GOAL_BY_DIMENSIONS.map((d) => isCappedDimension(d))
  * Step 6b: conversions by another dimension (core/aggregate/goals.ts `goal|DIM`). A counted event
  * that completes goals counts, in its hour and day windows, in the row of each goal and each
  * GOAL_BY_DIMENSIONS dimension, valued by the visit's values (session dimensions: its first
- * event's; entry_page: its entry page so far) or the event's own (path, event). Runs after the
+ * event's; entry_page: its entry page so far) or the event's own (path, event, and the site's
+ * declared custom properties, `goal|prop:KEY`, capped by TALLY_PROP_VALUES_MAX). Runs after the
  * visits step, which leaves the event's visit in `eventVisit`. A capped dimension's values go
  * through the same cap rule per goal and window (ValueAdmission), else count under `(other)`.
  *
@@ -350,6 +351,27 @@ export function countGoalsBy(
         // Rows and admission per goal and dimension: the cap rule applies to each goal's values.
         const pr = w.propRows(goalByValue(dimension, name), table.dimensionValuesMax)
         const value = goalByValue(name, GOAL_BY_CAPPED[k] ? pr.admission.admit(raw) : raw)
+        const row =
+          pr.rows.get(value) ??
+          rowToLoad(
+            table,
+            loading,
+            w,
+            PROP_DIM,
+            { siteId: e.siteId, granularity, windowStart: ws, dimension, value, sourcePartition },
+            pr,
+          )
+        apply(table, row, offset, flags, visitor.hi, visitor.lo)
+      }
+    }
+    // The site's custom properties: the completing event's own value of each declared key, capped
+    // per goal and window by TALLY_PROP_VALUES_MAX (the `prop:KEY` rows' cap).
+    for (const key of props.keysOf(e.siteId)) {
+      const dimension = goalByDimension(propDimension(key))
+      const raw = propValueOf(e, key)
+      for (const name of reached) {
+        const pr = w.propRows(goalByValue(dimension, name), props.maxValues)
+        const value = goalByValue(name, pr.admission.admit(raw))
         const row =
           pr.rows.get(value) ??
           rowToLoad(

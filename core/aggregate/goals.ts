@@ -1,6 +1,6 @@
 import { ERR } from '../error-codes.js'
 import { TallyError } from '../errors.js'
-import { type RowDimension, SESSION_DIMENSIONS } from './definition.js'
+import { type PropDimension, type RowDimension, SESSION_DIMENSIONS } from './definition.js'
 import { isPropDimension } from './props.js'
 
 /**
@@ -195,28 +195,32 @@ export function isRebuiltOnly(dimension: string): boolean {
  *
  * The value: for the session dimensions and `entry_page`, the converting visit's (its first
  * event's values; its first pageview's path among its events up to the completing one), so a
- * checkout page's own referrer (the site itself) does not hide the visit's source; for `path` and
- * `event`, the completing event's own.
+ * checkout page's own referrer (the site itself) does not hide the visit's source; for `path`,
+ * `event` and the site's custom properties (`prop:KEY`, its declared keys), the completing event's
+ * own (a property's value on the event that reached the goal, as `path` is that event's page).
  */
 export const GOAL_BY_PREFIX = 'goal|'
 /** Between a goal's name and the dimension's value in a `goal|DIM` row's value. */
 export const GOAL_VALUE_SEPARATOR = '\u001f'
-/** The dimensions conversions are kept by (besides `goal` itself). */
+/** The built-in dimensions conversions are kept by (besides `goal` itself and `prop:KEY`). */
 export const GOAL_BY_DIMENSIONS = [
   ...SESSION_DIMENSIONS,
   'entry_page',
   'path',
   'event',
 ] as const satisfies readonly RowDimension[]
-export type GoalByDimension = (typeof GOAL_BY_DIMENSIONS)[number]
+/** Every dimension conversions are kept by: the built-in ones and the site's custom properties. */
+export type GoalByDimension = (typeof GOAL_BY_DIMENSIONS)[number] | PropDimension
+/** The names of those dimensions, for messages and documents: the built-in ones, then `prop:KEY`. */
+export const GOAL_BY_NAMES: readonly string[] = [...GOAL_BY_DIMENSIONS, 'prop:KEY']
 const GOAL_BY_SET = new Set<string>(GOAL_BY_DIMENSIONS)
 
-/** Whether conversions are kept by `d` (a `goal|d` dimension exists). */
+/** Whether conversions are kept by `d` (a `goal|d` dimension exists): built-in or `prop:KEY`. */
 export function isGoalByDimension(d: string): d is GoalByDimension {
-  return GOAL_BY_SET.has(d)
+  return GOAL_BY_SET.has(d) || isPropDimension(d)
 }
 
-/** The dimension of the rows of conversions by `d`: `goal|source`. */
+/** The dimension of the rows of conversions by `d`: `goal|source`, `goal|prop:plan`. */
 export function goalByDimension(d: GoalByDimension): `goal|${GoalByDimension}` {
   return `${GOAL_BY_PREFIX}${d}`
 }

@@ -3,9 +3,11 @@ import { SESSION_DIMENSIONS } from '../../core/aggregate/definition.js'
 import {
   eventGoal,
   GOAL_BY_DIMENSIONS,
+  GOAL_BY_NAMES,
   goalByDimension,
   goalByOf,
   goalByValue,
+  isGoalByDimension,
   isRebuiltOnly,
   pageGoal,
   splitGoalByValue,
@@ -35,11 +37,26 @@ describe('conversions by dimension: the key scheme (goal|DIM, NAME U+001F VALUE)
       'source',
       'goal|exit_page',
       'goal|',
-      'goal|prop:plan',
+      'goal|prop:',
+      'goal|prop:-bad',
       'prop:plan',
       'goals|path',
     ])
       expect(goalByOf(other)).toBeUndefined()
+  })
+
+  it('keeps conversions by every custom property key the key syntax accepts (goal|prop:KEY)', () => {
+    for (const key of ['plan', 'Plan_2', 'a.b-c', 'x'.repeat(64)]) {
+      const d = `prop:${key}` as const
+      expect(isGoalByDimension(d)).toBe(true)
+      expect(goalByDimension(d)).toBe(`goal|prop:${key}`)
+      expect(goalByOf(`goal|prop:${key}`)).toBe(d)
+      // Rebuilt only, as goal and prop:KEY rows are (the rebuild's values are exact).
+      expect(isRebuiltOnly(`goal|prop:${key}`)).toBe(true)
+    }
+    for (const bad of ['prop:', 'prop:_x', `prop:${'x'.repeat(65)}`, 'prop:a b', 'exit_page'])
+      expect(isGoalByDimension(bad)).toBe(false)
+    expect(GOAL_BY_NAMES).toEqual([...GOAL_BY_DIMENSIONS, 'prop:KEY'])
   })
 
   it('splits a stored value into the goal and the value whatever the value holds', () => {
@@ -85,6 +102,30 @@ describe('conversions by dimension: the query parameters', () => {
       { property: 'goal', values: ['Signup'] },
       { property: 'source', values: ['Google'] },
     ])
+  })
+
+  it('takes a goal filter with a breakdown by a custom property, and goal + DIM filters on a timeseries', () => {
+    const parsed = q({
+      property: 'prop:plan',
+      filters: 'goal==Signup',
+      metrics: 'conversions,conversion_rate',
+    })
+    expect(parsed.property).toBe('prop:plan')
+    for (const other of ['source==Google', 'prop:plan==pro|team', 'path==/a']) {
+      const ts = parseQuery(
+        'timeseries',
+        {
+          site: 's',
+          period: 'day',
+          interval: 'hour',
+          filters: `goal==Signup;${other}`,
+          metrics: 'conversions,conversion_rate',
+        },
+        0,
+        DEFAULT_QUERY_LIMITS,
+      )
+      expect(ts.filters.map((f) => f.property)).toEqual(['goal', other.slice(0, other.indexOf('=='))])
+    }
   })
 
   it('refuses what the rows cannot answer, naming it', () => {

@@ -131,14 +131,14 @@ describe('the query parameters name goals', () => {
         message: expect.stringContaining('goal==NAME'),
       }),
     )
+    // Conversions are kept by a declared custom property (goal|prop:KEY), not by exit_page.
+    expect(
+      q('breakdown', { metrics: 'conversions', property: 'prop:plan', filters: 'goal==Signup' }).property,
+    ).toBe('prop:plan')
     expect(() =>
-      q('breakdown', { metrics: 'conversions', property: 'prop:plan', filters: 'goal==Signup' }),
-    ).toThrow(
-      expect.objectContaining({
-        code: 'TALLY_ERR_FILTER_UNSUPPORTED',
-        message: expect.stringContaining('property=goal'),
-      }),
-    )
+      q('breakdown', { metrics: 'conversions', property: 'exit_page', filters: 'goal==Signup' }),
+    ).toThrow(expect.objectContaining({ where: 'metrics' }))
+    expect(() => q('aggregate', { metrics: 'visitors', filters: 'goal==Signup' })).not.toThrow()
     // Goal rows hold no visits.
     expect(() => q('aggregate', { metrics: 'visits', filters: 'goal==Signup' })).toThrow(
       expect.objectContaining({ where: 'metrics' }),
