@@ -9,7 +9,7 @@
   const REFRESH_EVERY_MS = 60_000
   const fmt = new Intl.NumberFormat()
   /** Per property, the metrics the API takes with it (served by plugin.ts from query/params.ts). */
-  const MODEL = window.TALLY_MODEL || { metrics: {} }
+  const MODEL = window.TALLY_MODEL || { metrics: {}, goalMetrics: {} }
   /** Rows per breakdown table. */
   const ROWS = 10
   const LABELS = {
@@ -38,6 +38,20 @@
   /** The metrics the API takes with a property: custom properties (`prop:KEY`) all take the same. */
   const metricsOf = (property) =>
     MODEL.metrics[property] || (property.startsWith(PROP) ? MODEL.propMetrics : undefined)
+  /**
+   * The metrics a breakdown by a property takes under a goal filter (conversions by that property;
+   * none where the API does not keep them, as by exit page).
+   */
+  const goalMetricsOf = (property) =>
+    MODEL.goalMetrics?.[property] || (property.startsWith(PROP) ? MODEL.propGoalMetrics : undefined) || []
+  /** Under a goal filter, a panel by another property shows these of them, in this order. */
+  const GOAL_COLUMNS = ['conversions', 'events', 'conversion_rate']
+  /** Column headers of the metrics shown under a goal filter. */
+  const GOAL_HEADERS = {
+    conversions: 'Conversions',
+    events: 'Completions',
+    conversion_rate: 'Conversion rate %',
+  }
   const capital = (text) => text.charAt(0).toUpperCase() + text.slice(1)
 
   // --- sites and tokens ----------------------------------------------------------------------
@@ -342,6 +356,18 @@
    */
   const viewAnswer = async (view, at) => {
     const f = at.filter
+    // Under a goal filter, a property conversions are kept by answers with them (docs/design.md
+    // "Goals": conversions by another dimension); the others cannot.
+    if (f?.property === 'goal' && view.property !== 'goal') {
+      const metrics = GOAL_COLUMNS.filter((m) => goalMetricsOf(view.property).includes(m))
+      if (metrics.length === 0)
+        return {
+          note: `Not available while filtered by goal: conversions are not kept by ${labelOf(view.property).toLowerCase()}.`,
+        }
+      const params = { ...at.base, property: view.property, metrics: metrics.join(','), limit: ROWS }
+      const answer = await api('breakdown', { ...params, filters: f.raw }, at.signal)
+      return { rows: answer.results, total: answer.meta.total_values, metrics }
+    }
     if (f && f.property !== view.property) {
       return {
         note: `Not available while filtered by ${labelOf(f.property).toLowerCase()}: breakdowns are stored per property, so a filter applies to its own breakdown only.`,
@@ -351,15 +377,35 @@
     const answer = await api('breakdown', f ? { ...params, filters: f.raw } : params, at.signal)
     return { rows: answer.results, total: answer.meta.total_values }
   }
+  /**
+   * Sets a table's header to the metrics shown: its own (from the page) or, under a goal filter,
+   * the conversion metrics.
+   */
+  const setHeaders = (view, metrics) => {
+    const head = view.table.tHead.rows[0]
+    view.headers ??= [...head.cells].map((th) => th.textContent)
+    const own = metrics === view.metrics
+    const texts = own ? view.headers : [view.headers[0], ...metrics.map((m) => GOAL_HEADERS[m] || m)]
+    head.replaceChildren(
+      ...texts.map((text) => {
+        const th = document.createElement('th')
+        th.textContent = text
+        return th
+      }),
+    )
+    view.table.dataset.columns = metrics.join(',')
+  }
   const renderView = (view, at, answer) => {
     view.shown = at
+    const metrics = answer.metrics || view.metrics
+    setHeaders(view, metrics)
     view.table.dataset.state = answer.note ? 'unavailable' : 'loaded'
     const more = answer.rows && answer.total > answer.rows.length
     view.table.createCaption().textContent = more
       ? `Top ${answer.rows.length} of ${fmt.format(answer.total)} values`
       : ''
-    if (answer.note) messageRow(view.table.tBodies[0], view.metrics.length + 1, answer.note, 'empty note')
-    else fillTable(view.table, answer.rows, view.property, view.metrics, at.filter)
+    if (answer.note) messageRow(view.table.tBodies[0], metrics.length + 1, answer.note, 'empty note')
+    else fillTable(view.table, answer.rows, view.property, metrics, at.filter)
   }
   const showView = async (view, at) => {
     view.table.dataset.state = 'loading'

@@ -4,7 +4,7 @@ import { createRequire } from 'node:module'
 import { dirname, join } from 'node:path'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import type { BreakdownDimension } from '../../core/aggregate/breakdowns.js'
-import { GOAL_DIMENSION } from '../../core/aggregate/goals.js'
+import { GOAL_DIMENSION, isGoalByDimension } from '../../core/aggregate/goals.js'
 import { TallyError } from '../../core/errors.js'
 import { projectRoot } from '../../core/paths.js'
 import { METRICS, type Metric, PROPERTIES, parseQuery } from '../params.js'
@@ -33,16 +33,41 @@ function accepts(property: string, metric: Metric, limits: QueryLimits): boolean
 }
 
 /**
+ * Whether the query API answers `metric` in a breakdown by `property` under a goal filter
+ * (`filters=goal==NAME`: conversions by another dimension, docs/design.md "Goals"): the property
+ * is one conversions are kept by (the rule query/stats.ts answers by) and the parser takes the metric.
+ */
+function acceptsUnderGoal(property: string, metric: Metric, limits: QueryLimits): boolean {
+  if (!isGoalByDimension(property)) return false
+  try {
+    parseQuery(
+      'breakdown',
+      { site: 'model', period: 'day', property, metrics: metric, filters: `${GOAL_DIMENSION}==x` },
+      0,
+      limits,
+    )
+    return true
+  } catch (err) {
+    if (err instanceof TallyError) return false
+    throw err
+  }
+}
+
+/**
  * What the page needs of the API's rules, as a script setting `window.TALLY_MODEL`: per property,
  * the metrics it can be asked for (query/params.ts refuses visit metrics by path or event, and
  * anything but visit metrics by entry or exit page; `goal` takes conversions and conversion_rate),
  * and those of a custom property `prop:KEY`. Asked of the parser itself, so the page
  * follows params.ts without a copy of its rules. A property the deployment does not aggregate
- * (TALLY_BREAKDOWNS) takes no metric: the page hides its panel or tab.
+ * (TALLY_BREAKDOWNS) takes no metric: the page hides its panel or tab. `goalMetrics` (and
+ * `propGoalMetrics` for `prop:KEY`): the metrics a breakdown by the property takes under a goal
+ * filter (`filters=goal==NAME`); none where the API cannot answer by it under a goal (exit_page).
  */
 export function dashboardModel(breakdowns?: readonly BreakdownDimension[]): {
   metrics: Record<string, Metric[]>
   propMetrics: Metric[]
+  goalMetrics: Record<string, Metric[]>
+  propGoalMetrics: Metric[]
 } {
   const limits: QueryLimits =
     breakdowns === undefined ? DEFAULT_QUERY_LIMITS : { ...DEFAULT_QUERY_LIMITS, breakdowns }
@@ -52,6 +77,10 @@ export function dashboardModel(breakdowns?: readonly BreakdownDimension[]): {
     ),
     // Custom properties (`prop:KEY`, the properties panel) all take the same metrics.
     propMetrics: METRICS.filter((m) => accepts('prop:key', m, limits)),
+    goalMetrics: Object.fromEntries(
+      PROPERTIES.map((p) => [p, METRICS.filter((m) => acceptsUnderGoal(p, m, limits))]),
+    ),
+    propGoalMetrics: METRICS.filter((m) => acceptsUnderGoal('prop:key', m, limits)),
   }
 }
 

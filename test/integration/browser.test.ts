@@ -29,7 +29,7 @@ import { SegmentEventV1 } from '../../schemas/events.js'
 import type { RunningStream } from '../../stream/role.js'
 import { DESKTOP_UA, launchChromium, PHONE_UA } from '../helpers/browser.js'
 import { cleanup, eventually, testConfig } from '../helpers/context.js'
-import { visitTruthOf } from '../helpers/visit-truth.js'
+import { SESSION_DIMENSIONS, visitTruthOf } from '../helpers/visit-truth.js'
 
 /**
  * The tracker and the dashboard in real headless Chromium, against real ingest, stream worker and
@@ -936,7 +936,8 @@ describe('dashboard panels: countries, sources and channels, campaigns, goals, f
     const firsts = rows.map((r) => Number(r[1]!.replace(/,/g, '')))
     expect(firsts, 'goals are ordered by conversions').toEqual([...firsts].sort((a, b) => b - a))
     // A click filters the dashboard by the goal: the top numbers are its completions and converters,
-    // the goals panel keeps its own row, panels by another property say they cannot answer.
+    // the goals panel keeps its own row, panels by a property conversions are kept by show them per
+    // value, the others (exit pages) say they cannot answer.
     const goal = 'Added to Cart'
     await page.click(`#goals button.pick[data-value="${goal}"]`)
     await page.waitForSelector(`body[data-filter="goal==${goal}"]`)
@@ -949,7 +950,90 @@ describe('dashboard panels: countries, sources and channels, campaigns, goals, f
     expect(await page.textContent('#filter-label')).toBe(`Goal is ${goal}`)
     expect(await tableCells(page, 'goals')).toHaveLength(1)
     expect(await page.getAttribute('#goals button.pick', 'aria-pressed')).toBe('true')
-    expect(await page.getAttribute('#countries', 'data-state')).toBe('unavailable')
+    // Truth of conversions by a session property (docs/design.md "Goals"): each completion counts
+    // under its visit's value, the visit's first event's (visits: a visitor's counted events of a UTC
+    // day cut at a gap of TALLY_VISIT_GAP_MS or more; ties in time: the least session values first).
+    const byVisit = new Map<string, Array<{ t: number; e: GeneratedEvent }>>()
+    const once = new Set<string>()
+    for (const e of events) {
+      const p = e.payload
+      if (once.has(p.messageId)) continue
+      once.add(p.messageId)
+      if (e.isBot || !['track', 'page', 'screen'].includes(p.type)) continue
+      const t = Date.parse(p.timestamp)
+      const key = `${p.anonymousId}|${Math.floor(t / 86_400_000)}`
+      byVisit.set(key, [...(byVisit.get(key) ?? []), { t, e }])
+    }
+    const conversionsBy = (dim: (typeof SESSION_DIMENSIONS)[number]) => {
+      const out = new Map<string, { events: number; visitors: Set<string> }>()
+      const tuple = (e: GeneratedEvent) => SESSION_DIMENSIONS.map((d) => dimensionValues(e)[d]).join('\u0001')
+      for (const list of byVisit.values()) {
+        list.sort((a, b) => a.t - b.t)
+        const cut: Array<typeof list> = []
+        for (const x of list) {
+          const cur = cut.at(-1)
+          if (cur && x.t - cur.at(-1)!.t < config.stream.visitGapMs) cur.push(x)
+          else cut.push([x])
+        }
+        for (const visit of cut) {
+          const first = visit
+            .filter((x) => x.t === visit[0]!.t)
+            .sort((a, b) => (tuple(a.e) < tuple(b.e) ? -1 : 1))[0]!.e
+          const value = dimensionValues(first)[dim]
+          for (const { e } of visit) {
+            const p = e.payload as { type: string; event?: string; anonymousId: string }
+            if (p.type !== 'track' || p.event !== goal) continue
+            const c = out.get(value) ?? { events: 0, visitors: new Set<string>() }
+            c.events++
+            c.visitors.add(p.anonymousId)
+            out.set(value, c)
+          }
+        }
+      }
+      return out
+    }
+    // Countries answered "unavailable" under a goal filter before conversions were kept by them.
+    for (const [table, dim, label] of [
+      ['sources', 'source', 'Source'],
+      ['countries', 'country', 'Country'],
+    ] as const) {
+      const want = conversionsBy(dim)
+      // Each completion counted under one value: the values' converters are the goal's.
+      expect(new Set([...want.values()].flatMap((c) => [...c.visitors]))).toEqual(byGoal.get(goal)!.visitors)
+      expect([...want.values()].reduce((n, c) => n + c.events, 0)).toBe(byGoal.get(goal)!.events)
+      await page.waitForSelector(`#${table}[data-state="loaded"]`)
+      expect(await page.$$eval(`#${table} thead th`, (ths) => ths.map((th) => th.textContent))).toEqual([
+        label,
+        'Conversions',
+        'Completions',
+        'Conversion rate %',
+      ])
+      const picked = await page.$$eval(`#${table} tbody button.pick`, (bs) =>
+        bs.map((b) => b.getAttribute('data-value') ?? ''),
+      )
+      // The top ten values by conversions (all of them when there are no more).
+      expect(picked.length, table).toBe(Math.min(10, want.size))
+      if (want.size <= 10) expect(new Set(picked), table).toEqual(new Set(want.keys()))
+      const cells = await tableCells(page, table)
+      cells.forEach((row, i) => {
+        const value = picked[i]!
+        const c = want.get(value)
+        expect(c, `${table} ${value} has conversions`).toBeDefined()
+        expect(row[0]).toBe(shown(dim, value))
+        expectVisitors(row[1]!, c!.visitors.size, `${table} ${value} conversions`)
+        expect(row[2], `${table} ${value} completions`).toBe(c!.events.toLocaleString('en-US'))
+        // Converters of the value ÷ its visitors over the range, one decimal: two estimates.
+        const rate = (100 * c!.visitors.size) / truth.sites[SITE]!.breakdown[dim][value]!.visitors
+        expect(
+          Math.abs(Number(row[3]) - rate),
+          `${table} ${value} conversion rate ${row[3]}, exact ${rate}`,
+        ).toBeLessThanOrEqual(Math.max(0.1, rate * 2 * bound) + 0.05)
+      })
+    }
+    // Exit pages: no conversions kept by them, so the panel says so rather than asking.
+    await page.click('#exit-pages-tab')
+    await page.waitForSelector('#exit-pages[data-state="unavailable"]')
+    expect(await page.textContent('#exit-pages tbody')).toContain('Not available while filtered by goal')
     expect(page.url()).toContain(`filter=${encodeURIComponent(`goal==${goal}`).replace(/%20/g, '+')}`)
     await page.screenshot({ path: join(ARTIFACTS, 'dashboard-goals.png'), fullPage: true })
     expect(problems).toEqual([])

@@ -3,6 +3,7 @@ import { join } from 'node:path'
 import { createContext, runInContext } from 'node:vm'
 import type { FastifyInstance } from 'fastify'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { GOAL_BY_DIMENSIONS } from '../../core/aggregate/goals.js'
 import { createLogger } from '../../core/log.js'
 import { projectRoot } from '../../core/paths.js'
 import type { AggregateReader } from '../../core/ports/aggregate-store.js'
@@ -18,7 +19,12 @@ import type { FreshnessSource } from '../../query/freshness.js'
  */
 
 let app: FastifyInstance
-let model: { metrics: Record<string, string[]>; propMetrics: string[] }
+let model: {
+  metrics: Record<string, string[]>
+  propMetrics: string[]
+  goalMetrics: Record<string, string[]>
+  propGoalMetrics: string[]
+}
 
 beforeAll(async () => {
   app = await buildQueryApp({
@@ -75,5 +81,30 @@ describe('dashboard model (/dashboard/model.js)', () => {
       expect(model.metrics[property!], `#${id}: ${property}`).toBeDefined()
       for (const m of metrics!.split(',')) expect(model.metrics[property!], `#${id}: ${m}`).toContain(m)
     }
+  })
+
+  it('gives each property the metrics a breakdown by it takes under a goal filter', () => {
+    // docs/design.md "Goals": conversions are kept by the session dimensions, entry_page, path,
+    // event and prop:KEY (`goal|DIM` rows): converters (visitors, conversions), completions
+    // (events) and the rate over DIM's own visitors, which entry_page rows do not hold (visits).
+    const byGoal = new Set<string>(GOAL_BY_DIMENSIONS)
+    for (const p of GOAL_BY_DIMENSIONS) {
+      expect(model.goalMetrics[p], p).toEqual(expect.arrayContaining(['conversions', 'events', 'visitors']))
+      for (const m of ['bounce_rate', 'visits', 'visit_duration'])
+        expect(model.goalMetrics[p], `${p} ${m}`).not.toContain(m)
+      if (p === 'entry_page') expect(model.goalMetrics[p]).not.toContain('conversion_rate')
+      else expect(model.goalMetrics[p], p).toContain('conversion_rate')
+    }
+    expect(model.propGoalMetrics).toEqual(
+      expect.arrayContaining(['conversions', 'events', 'visitors', 'conversion_rate']),
+    )
+    // Any other property (exit_page): no `goal|DIM` rows, so nothing under a goal filter.
+    const others = Object.keys(model.goalMetrics).filter((p) => !byGoal.has(p))
+    expect(others).toContain('exit_page')
+    for (const p of others) expect(model.goalMetrics[p], p).toEqual([])
+    // Every table's property is in the model, so the page knows whether it answers under a goal.
+    const html = readFileSync(join(projectRoot(), 'query', 'dashboard', 'index.html'), 'utf8')
+    for (const [, property] of html.matchAll(/<table id="[^"]+" data-property="([^"]+)"/g))
+      if (property !== 'goal') expect(model.goalMetrics[property!], property).toBeDefined()
   })
 })
