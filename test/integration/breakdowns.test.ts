@@ -1,5 +1,4 @@
 import { join } from 'node:path'
-import { Registry } from 'prom-client'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { runRebuild } from '../../batch/rebuild.js'
 import { dimensionValues, type GeneratedEvent, generateWorkload } from '../../bench/workload.js'
@@ -14,8 +13,6 @@ import type { Site } from '../../core/ports/site-store.js'
 import { buildQueryApp } from '../../query/app.js'
 import { ReadAccessCache } from '../../query/auth.js'
 import { CheckpointFreshness } from '../../query/freshness.js'
-import { createStreamMetrics } from '../../stream/metrics.js'
-import { StreamWorker } from '../../stream/worker.js'
 import {
   cassandraHarness,
   embeddedHarness,
@@ -25,8 +22,8 @@ import {
 } from '../contract/backends.js'
 import type { EventLogHarness } from '../contract/event-log.js'
 import { archiveWholeLog } from '../helpers/archive-log.js'
-import { eventually, testConfig } from '../helpers/context.js'
-import { feed, ingestApp } from '../helpers/stream.js'
+import { testConfig } from '../helpers/context.js'
+import { ingestAll, streamToEnd } from '../helpers/stream.js'
 import { type VisitCounts, visitKey, visitTruthOf } from '../helpers/visit-truth.js'
 
 /**
@@ -234,44 +231,13 @@ describe.each(backends)('TALLY_BREAKDOWNS, stream and rebuild (%s)', (_name, ope
   })
 
   it('the stream writes the kept breakdowns exactly and no row of the others', async () => {
-    const writer = log.writer()
-    const app = await ingestApp(config, writer, [site], logger)
-    try {
-      await feed(app, events, () => site.writeKey)
-    } finally {
-      await app.close()
-      await writer.close()
-    }
-    const group = `breakdowns-${topic}`
-    const deadLetters = log.writer()
-    const worker = new StreamWorker({
-      config: { ...config.stream, group },
+    await ingestAll(log, config, [site], events, logger)
+    await streamToEnd(log, store, {
       topic,
-      deadLetterTopic: `${topic}-dlq`,
-      consumer: log.consumer(group, topic),
-      store: store.store,
-      deadLetters,
-      offsets: log.offsets,
-      metrics: createStreamMetrics(new Registry()),
+      group: `breakdowns-${topic}`,
+      stream: config.stream,
       logger,
     })
-    await worker.start()
-    try {
-      const ends = await log.offsets.endOffsets(topic)
-      await eventually(
-        async () => {
-          const progress = await store.reader.streamProgress(group, topic, ends.size)
-          const done = new Map(progress.map((p) => [p.partition, p.nextOffset]))
-          for (const [p, end] of ends) if (end > 0 && (done.get(p) ?? 0) < end) return undefined
-          return true
-        },
-        60_000,
-        'the stream to checkpoint at the end of the log',
-      )
-    } finally {
-      await worker.close()
-      await deadLetters.close()
-    }
     const visitTruth = visitTruthOf(events, config.stream.visitGapMs)
     const read = await readAll(store.reader, siteId, windows)
     expect(compare(read, store.precision, siteId, truth, visitTruth, windows)).toEqual([])

@@ -1,5 +1,4 @@
 import { join } from 'node:path'
-import { Registry } from 'prom-client'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { runRebuild } from '../../batch/rebuild.js'
 import { type GeneratedEvent, generateWorkload } from '../../bench/workload.js'
@@ -13,9 +12,7 @@ import { buildQueryApp } from '../../query/app.js'
 import { ReadAccessCache } from '../../query/auth.js'
 import { CheckpointFreshness } from '../../query/freshness.js'
 import { createQueryMetrics } from '../../query/metrics.js'
-import { createStreamMetrics } from '../../stream/metrics.js'
 import { PropKeyCache } from '../../stream/prop-keys.js'
-import { StreamWorker } from '../../stream/worker.js'
 import {
   cassandraHarness,
   embeddedHarness,
@@ -25,8 +22,8 @@ import {
 } from '../contract/backends.js'
 import type { EventLogHarness } from '../contract/event-log.js'
 import { archiveWholeLog } from '../helpers/archive-log.js'
-import { eventually, testConfig } from '../helpers/context.js'
-import { feed, ingestApp } from '../helpers/stream.js'
+import { testConfig } from '../helpers/context.js'
+import { ingestAll, streamToEnd } from '../helpers/stream.js'
 
 /**
  * Visits by custom property (issue 17 point 4), on both backends: a site declares `plan` (a few
@@ -391,44 +388,14 @@ describe.each(backends)('visits by custom property, stream and rebuild (%s)', (_
   it('the stream counts visits by the first event of each visit, values past the cap under (other)', async () => {
     expect(events.some((e) => e.isDuplicate)).toBe(true)
     expect(events.some((e) => e.isBot)).toBe(true)
-    const writer = log.writer()
-    const app = await ingestApp(config, writer, [site], logger)
-    try {
-      await feed(app, events, () => site.writeKey)
-    } finally {
-      await app.close()
-      await writer.close()
-    }
-    const deadLetters = log.writer()
-    const worker = new StreamWorker({
-      config: { ...config.stream, group: group(), countsVisits: true },
+    await ingestAll(log, config, [site], events, logger)
+    await streamToEnd(log, store, {
       topic,
-      deadLetterTopic: `${topic}-dlq`,
-      consumer: log.consumer(group(), topic),
-      store: store.store,
-      deadLetters,
-      offsets: log.offsets,
-      metrics: createStreamMetrics(new Registry()),
+      group: group(),
+      stream: { ...config.stream, countsVisits: true },
       logger,
       propKeys: new PropKeyCache(store.sites, 60_000, logger),
     })
-    await worker.start()
-    try {
-      const ends = await log.offsets.endOffsets(topic)
-      await eventually(
-        async () => {
-          const progress = await store.reader.streamProgress(group(), topic, ends.size)
-          const done = new Map(progress.map((p) => [p.partition, p.nextOffset]))
-          for (const [p, end] of ends) if (end > 0 && (done.get(p) ?? 0) < end) return undefined
-          return true
-        },
-        60_000,
-        'the stream to checkpoint at the end of the log',
-      )
-    } finally {
-      await worker.close()
-      await deadLetters.close()
-    }
     const { visits, ties } = sessionize(events, config.stream.visitGapMs)
     expect(ties).toBe(0)
     // Visits of several events, bounces, and visits whose first event lacks `plan`.

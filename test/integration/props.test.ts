@@ -1,5 +1,4 @@
 import { join } from 'node:path'
-import { Registry } from 'prom-client'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { runRebuild } from '../../batch/rebuild.js'
 import { type GeneratedEvent, generateWorkload } from '../../bench/workload.js'
@@ -10,9 +9,7 @@ import { HyperLogLog } from '../../core/hll.js'
 import { createLogger } from '../../core/log.js'
 import type { AggregateReader, MergedValues } from '../../core/ports/aggregate-store.js'
 import type { Site } from '../../core/ports/site-store.js'
-import { createStreamMetrics } from '../../stream/metrics.js'
 import { PropKeyCache } from '../../stream/prop-keys.js'
-import { StreamWorker } from '../../stream/worker.js'
 import {
   cassandraHarness,
   embeddedHarness,
@@ -22,8 +19,8 @@ import {
 } from '../contract/backends.js'
 import type { EventLogHarness } from '../contract/event-log.js'
 import { archiveWholeLog } from '../helpers/archive-log.js'
-import { eventually, testConfig } from '../helpers/context.js'
-import { feed, ingestApp } from '../helpers/stream.js'
+import { testConfig } from '../helpers/context.js'
+import { ingestAll, streamToEnd } from '../helpers/stream.js'
 
 /**
  * Custom properties end to end, on both backends: a site declares `plan` (a few values) and `item`
@@ -224,45 +221,14 @@ describe.each(backends)('custom properties, stream and rebuild (%s)', (_name, op
   it('the stream counts the declared keys per hour and day, values past the cap under (other)', async () => {
     expect(events.some((e) => e.isDuplicate)).toBe(true)
     expect(events.some((e) => e.isBot)).toBe(true)
-    const writer = log.writer()
-    const app = await ingestApp(config, writer, [site], logger)
-    try {
-      await feed(app, events, () => site.writeKey)
-    } finally {
-      await app.close()
-      await writer.close()
-    }
-    const group = `props-${topic}`
-    const deadLetters = log.writer()
-    const worker = new StreamWorker({
-      config: { ...config.stream, group, countsVisits: false },
+    await ingestAll(log, config, [site], events, logger)
+    await streamToEnd(log, store, {
       topic,
-      deadLetterTopic: `${topic}-dlq`,
-      consumer: log.consumer(group, topic),
-      store: store.store,
-      deadLetters,
-      offsets: log.offsets,
-      metrics: createStreamMetrics(new Registry()),
+      group: `props-${topic}`,
+      stream: { ...config.stream, countsVisits: false },
       logger,
       propKeys: new PropKeyCache(store.sites, 60_000, logger),
     })
-    await worker.start()
-    try {
-      const ends = await log.offsets.endOffsets(topic)
-      await eventually(
-        async () => {
-          const progress = await store.reader.streamProgress(group, topic, ends.size)
-          const done = new Map(progress.map((p) => [p.partition, p.nextOffset]))
-          for (const [p, end] of ends) if (end > 0 && (done.get(p) ?? 0) < end) return undefined
-          return true
-        },
-        60_000,
-        'the stream to checkpoint at the end of the log',
-      )
-    } finally {
-      await worker.close()
-      await deadLetters.close()
-    }
     const truth = truthOf(events, ['plan', 'item'])
     // The cap is passed: some day window holds far more item values than it keeps.
     const dayItems = [...truth.keys()].filter((k) => k.startsWith('day|') && k.includes('|item|'))

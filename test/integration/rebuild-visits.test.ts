@@ -17,7 +17,7 @@ import {
 import type { EventLogHarness } from '../contract/event-log.js'
 import { archiveWholeLog } from '../helpers/archive-log.js'
 import { testConfig } from '../helpers/context.js'
-import { feed, ingestApp } from '../helpers/stream.js'
+import { ingestAll } from '../helpers/stream.js'
 import { type VisitCounts, visitKey, visitTruthOf } from '../helpers/visit-truth.js'
 import { visitScenarios } from '../helpers/visit-workload.js'
 
@@ -137,14 +137,7 @@ describe.each(backends)('visits after a rebuild (%s)', (_name, openStore, openLo
   })
 
   async function ingest(events: readonly GeneratedEvent[]): Promise<void> {
-    const writer = log.writer()
-    const app = await ingestApp(config, writer, sites, logger)
-    try {
-      await feed(app, events, (siteId) => sites.find((s) => s.siteId === siteId)!.writeKey)
-    } finally {
-      await app.close()
-      await writer.close()
-    }
+    await ingestAll(log, config, sites, events, logger)
   }
 
   async function archive(): Promise<void> {
