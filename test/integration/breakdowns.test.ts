@@ -13,16 +13,11 @@ import type { Site } from '../../core/ports/site-store.js'
 import { buildQueryApp } from '../../query/app.js'
 import { ReadAccessCache } from '../../query/auth.js'
 import { CheckpointFreshness } from '../../query/freshness.js'
-import {
-  cassandraHarness,
-  embeddedHarness,
-  embeddedLogHarness,
-  kafkaLogHarness,
-  tempDataDir,
-} from '../contract/backends.js'
+import { tempDataDir } from '../contract/backends.js'
 import type { EventLogHarness } from '../contract/event-log.js'
 import { archiveWholeLog } from '../helpers/archive-log.js'
 import { testConfig } from '../helpers/context.js'
+import { backends, type Harness } from '../helpers/pipeline-backends.js'
 import { ingestAll, streamToEnd } from '../helpers/stream.js'
 import { type VisitCounts, visitKey, visitTruthOf } from '../helpers/visit-truth.js'
 
@@ -48,13 +43,6 @@ const KEPT = ['event', 'path', 'browser', 'country', 'entry_page'] as const
 /** The kept ones whose truth is checked from the events (entry_page: only that it has rows). */
 const CHECKED = ['event', 'path', 'country'] as const
 const SKIPPED = BREAKDOWN_DIMENSIONS.filter((d) => !(KEPT as readonly string[]).includes(d))
-
-type Harness = Awaited<ReturnType<typeof embeddedHarness>>
-
-const backends: Array<[string, () => Promise<Harness>, () => Promise<EventLogHarness>]> = [
-  ['Kafka + Cassandra', cassandraHarness, kafkaLogHarness],
-  ['embedded', embeddedHarness, embeddedLogHarness],
-]
 
 interface Cell {
   events: number

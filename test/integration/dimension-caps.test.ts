@@ -12,16 +12,11 @@ import type { Site } from '../../core/ports/site-store.js'
 import { buildQueryApp } from '../../query/app.js'
 import { ReadAccessCache } from '../../query/auth.js'
 import { CheckpointFreshness } from '../../query/freshness.js'
-import {
-  cassandraHarness,
-  embeddedHarness,
-  embeddedLogHarness,
-  kafkaLogHarness,
-  tempDataDir,
-} from '../contract/backends.js'
+import { tempDataDir } from '../contract/backends.js'
 import type { EventLogHarness } from '../contract/event-log.js'
 import { archiveWholeLog } from '../helpers/archive-log.js'
 import { testConfig } from '../helpers/context.js'
+import { backends, type Harness } from '../helpers/pipeline-backends.js'
 import { ingestAll, streamToEnd } from '../helpers/stream.js'
 import { type VisitCounts, visitKey, visitTruthOf } from '../helpers/visit-truth.js'
 
@@ -53,13 +48,6 @@ const RANGE_TO = Math.floor(Date.now() / DAY) * DAY + DAY
 const CAPPED = ['path', 'referrer', 'source', 'utm_source', 'utm_campaign'] as const
 const SESSION = new Set(['referrer', 'source', 'utm_source', 'utm_campaign'])
 const PAGES = ['entry_page', 'exit_page'] as const
-
-type Harness = Awaited<ReturnType<typeof embeddedHarness>>
-
-const backends: Array<[string, () => Promise<Harness>, () => Promise<EventLogHarness>]> = [
-  ['Kafka + Cassandra', cassandraHarness, kafkaLogHarness],
-  ['embedded', embeddedHarness, embeddedLogHarness],
-]
 
 interface Cell {
   events: number

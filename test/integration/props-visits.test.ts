@@ -13,16 +13,11 @@ import { ReadAccessCache } from '../../query/auth.js'
 import { CheckpointFreshness } from '../../query/freshness.js'
 import { createQueryMetrics } from '../../query/metrics.js'
 import { PropKeyCache } from '../../stream/prop-keys.js'
-import {
-  cassandraHarness,
-  embeddedHarness,
-  embeddedLogHarness,
-  kafkaLogHarness,
-  tempDataDir,
-} from '../contract/backends.js'
+import { tempDataDir } from '../contract/backends.js'
 import type { EventLogHarness } from '../contract/event-log.js'
 import { archiveWholeLog } from '../helpers/archive-log.js'
 import { testConfig } from '../helpers/context.js'
+import { backends, type Harness } from '../helpers/pipeline-backends.js'
 import { ingestAll, streamToEnd } from '../helpers/stream.js'
 
 /**
@@ -48,13 +43,6 @@ const RANGE_FROM = Math.floor(START / DAY) * DAY
 const RANGE_TO = Math.floor(Date.now() / DAY) * DAY + DAY
 const PLANS = ['free', 'pro', 'team']
 const KEYS = ['plan', 'item']
-
-type Harness = Awaited<ReturnType<typeof embeddedHarness>>
-
-const backends: Array<[string, () => Promise<Harness>, () => Promise<EventLogHarness>]> = [
-  ['Kafka + Cassandra', cassandraHarness, kafkaLogHarness],
-  ['embedded', embeddedHarness, embeddedLogHarness],
-]
 
 function numberOf(s: string): number {
   let h = 7

@@ -10,16 +10,11 @@ import { createLogger } from '../../core/log.js'
 import type { AggregateReader, MergedValues } from '../../core/ports/aggregate-store.js'
 import type { Site } from '../../core/ports/site-store.js'
 import { PropKeyCache } from '../../stream/prop-keys.js'
-import {
-  cassandraHarness,
-  embeddedHarness,
-  embeddedLogHarness,
-  kafkaLogHarness,
-  tempDataDir,
-} from '../contract/backends.js'
+import { tempDataDir } from '../contract/backends.js'
 import type { EventLogHarness } from '../contract/event-log.js'
 import { archiveWholeLog } from '../helpers/archive-log.js'
 import { testConfig } from '../helpers/context.js'
+import { backends, type Harness } from '../helpers/pipeline-backends.js'
 import { ingestAll, streamToEnd } from '../helpers/stream.js'
 
 /**
@@ -42,13 +37,6 @@ const GRACE_MS = 4 * HOUR
 const RANGE_FROM = Math.floor(START / DAY) * DAY
 const RANGE_TO = Math.floor(Date.now() / DAY) * DAY + DAY
 const PLANS = ['free', 'pro', 'team']
-
-type Harness = Awaited<ReturnType<typeof embeddedHarness>>
-
-const backends: Array<[string, () => Promise<Harness>, () => Promise<EventLogHarness>]> = [
-  ['Kafka + Cassandra', cassandraHarness, kafkaLogHarness],
-  ['embedded', embeddedHarness, embeddedLogHarness],
-]
 
 /** A small deterministic number of a string (the same for an event and its duplicate). */
 function numberOf(s: string): number {

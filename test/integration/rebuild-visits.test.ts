@@ -7,16 +7,11 @@ import { archiveTopicDir } from '../../core/archive/segment-file.js'
 import { createLogger } from '../../core/log.js'
 import type { AggregateReader } from '../../core/ports/aggregate-store.js'
 import type { Site } from '../../core/ports/site-store.js'
-import {
-  cassandraHarness,
-  embeddedHarness,
-  embeddedLogHarness,
-  kafkaLogHarness,
-  tempDataDir,
-} from '../contract/backends.js'
+import { tempDataDir } from '../contract/backends.js'
 import type { EventLogHarness } from '../contract/event-log.js'
 import { archiveWholeLog } from '../helpers/archive-log.js'
 import { testConfig } from '../helpers/context.js'
+import { backends, type Harness } from '../helpers/pipeline-backends.js'
 import { ingestAll } from '../helpers/stream.js'
 import { type VisitCounts, visitKey, visitTruthOf } from '../helpers/visit-truth.js'
 import { visitScenarios } from '../helpers/visit-workload.js'
@@ -38,13 +33,6 @@ const MIDNIGHT = Math.floor(Date.now() / DAY) * DAY - DAY
 const RANGE_FROM = MIDNIGHT - DAY
 const RANGE_TO = MIDNIGHT + DAY
 const BREAKDOWNS = ['referrer', 'utm_source', 'browser', 'os', 'device', 'entry_page', 'exit_page'] as const
-
-type Harness = Awaited<ReturnType<typeof embeddedHarness>>
-
-const backends: Array<[string, () => Promise<Harness>, () => Promise<EventLogHarness>]> = [
-  ['Kafka + Cassandra', cassandraHarness, kafkaLogHarness],
-  ['embedded', embeddedHarness, embeddedLogHarness],
-]
 
 function zero(): VisitCounts {
   return { visits: 0, bounces: 0, visitDurationMs: 0, visitPageviews: 0 }
