@@ -12,6 +12,7 @@ import {
 import { DIMENSION_GRANULARITIES, DIMENSIONS, GRANULARITIES } from '../../core/aggregate/definition.js'
 import { CassandraAggregateReader } from '../../core/cassandra/aggregate-reader.js'
 import type { StreamConfig, TallyConfig } from '../../core/config.js'
+import type { EmbeddedBackend } from '../../core/embedded/index.js'
 import { HyperLogLog, hllErrorBound } from '../../core/hll.js'
 import { createKafka } from '../../core/kafka/client.js'
 import type { Logger } from '../../core/log.js'
@@ -20,7 +21,7 @@ import type { EventLogWriter, LogOffsets } from '../../core/ports/event-log.js'
 import type { Site } from '../../core/ports/site-store.js'
 import { buildIngestApp } from '../../ingest/app.js'
 import { createIngestMetrics } from '../../ingest/metrics.js'
-import { createStreamMetrics } from '../../stream/metrics.js'
+import { createStreamMetrics, type StreamMetrics } from '../../stream/metrics.js'
 import type { PropKeyCache } from '../../stream/prop-keys.js'
 import { StreamWorker, type StreamWorkerDeps } from '../../stream/worker.js'
 import type { EventLogHarness } from '../contract/event-log.js'
@@ -211,6 +212,32 @@ export async function streamToEnd(
       ...(o.propKeys ? { propKeys: o.propKeys } : {}),
     },
     store.reader,
+  )
+}
+
+/**
+ * Streams the whole of `topic` on an embedded backend's log into its store with a real StreamWorker
+ * (the group of `stream`, metrics as given) and returns once every partition's checkpoint is at the
+ * end of the log.
+ */
+export async function streamEmbeddedToEnd(
+  backend: Pick<EmbeddedBackend, 'log' | 'streamStore' | 'reader'>,
+  o: { stream: StreamConfig; topic: string; deadLetterTopic: string; metrics: StreamMetrics; logger: Logger },
+): Promise<void> {
+  await runWorkerToEnd(
+    {
+      config: o.stream,
+      topic: o.topic,
+      deadLetterTopic: o.deadLetterTopic,
+      consumer: backend.log.consumer({ groupId: o.stream.group, topic: o.topic }),
+      store: backend.streamStore,
+      deadLetters: backend.log.writer(),
+      offsets: backend.log,
+      metrics: o.metrics,
+      logger: o.logger,
+    },
+    backend.reader,
+    'stream checkpoints at the end of the embedded log',
   )
 }
 
