@@ -1,10 +1,8 @@
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { runRebuild } from '../../batch/rebuild.js'
 import { dimensionValues, type GeneratedEvent, generateWorkload } from '../../bench/workload.js'
 import { BREAKDOWN_DIMENSIONS } from '../../core/aggregate/breakdowns.js'
 import { DIMENSION_GRANULARITIES, type Granularity, windowStart } from '../../core/aggregate/definition.js'
-import { archiveTopicDir } from '../../core/archive/segment-file.js'
 import { ERR } from '../../core/error-codes.js'
 import { HyperLogLog } from '../../core/hll.js'
 import { createLogger } from '../../core/log.js'
@@ -15,7 +13,7 @@ import { ReadAccessCache } from '../../query/auth.js'
 import { CheckpointFreshness } from '../../query/freshness.js'
 import { tempDataDir } from '../contract/backends.js'
 import type { EventLogHarness } from '../contract/event-log.js'
-import { archiveWholeLog } from '../helpers/archive-log.js'
+import { archiveWholeLog, rebuildFromArchive } from '../helpers/archive-log.js'
 import { testConfig } from '../helpers/context.js'
 import { backends, type Harness } from '../helpers/pipeline-backends.js'
 import { ingestAll, streamToEnd } from '../helpers/stream.js'
@@ -239,16 +237,15 @@ describe.each(backends)('TALLY_BREAKDOWNS, stream and rebuild (%s)', (_name, ope
       owner: 'breakdowns-test',
       logger,
     })
-    const result = await runRebuild(
-      { leases: store.batch.leases, jobs: store.batch.jobs, rows: store.batch.rows, logger },
+    const result = await rebuildFromArchive(
+      store,
       {
-        topicDir: archiveTopicDir(join(data.dir, 'archive'), topic),
-        stagingDir: join(data.dir, 'staging'),
-        precision: store.precision,
-        visitGapMs: config.stream.visitGapMs,
-        breakdowns: config.stream.breakdowns,
+        topic,
+        dataDir: data.dir,
         owner: 'breakdowns-test',
-        leaseTtlMs: 5000,
+        logger,
+        visitGapMs: config.stream.visitGapMs,
+        settings: { breakdowns: config.stream.breakdowns },
       },
       { fromMs: RANGE_FROM, toMs: RANGE_TO, siteId },
     )

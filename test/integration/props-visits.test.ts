@@ -1,10 +1,8 @@
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { runRebuild } from '../../batch/rebuild.js'
 import { type GeneratedEvent, generateWorkload } from '../../bench/workload.js'
 import { DIMENSION_GRANULARITIES, type Granularity, windowStart } from '../../core/aggregate/definition.js'
 import { capValues, keptValues, OTHER } from '../../core/aggregate/props.js'
-import { archiveTopicDir } from '../../core/archive/segment-file.js'
 import { createLogger } from '../../core/log.js'
 import type { AggregateReader, MergedValues } from '../../core/ports/aggregate-store.js'
 import type { Site } from '../../core/ports/site-store.js'
@@ -15,7 +13,7 @@ import { createQueryMetrics } from '../../query/metrics.js'
 import { PropKeyCache } from '../../stream/prop-keys.js'
 import { tempDataDir } from '../contract/backends.js'
 import type { EventLogHarness } from '../contract/event-log.js'
-import { archiveWholeLog } from '../helpers/archive-log.js'
+import { archiveWholeLog, rebuildFromArchive } from '../helpers/archive-log.js'
 import { testConfig } from '../helpers/context.js'
 import { backends, type Harness } from '../helpers/pipeline-backends.js'
 import { ingestAll, streamToEnd } from '../helpers/stream.js'
@@ -406,22 +404,16 @@ describe.each(backends)('visits by custom property, stream and rebuild (%s)', (_
       owner: 'propvisits-test',
       logger,
     })
-    const result = await runRebuild(
+    const result = await rebuildFromArchive(
+      store,
       {
-        leases: store.batch.leases,
-        jobs: store.batch.jobs,
-        rows: store.batch.rows,
-        logger,
-        propKeys: store.sites,
-      },
-      {
-        topicDir: archiveTopicDir(join(data.dir, 'archive'), topic),
-        stagingDir: join(data.dir, 'staging'),
-        precision: store.precision,
-        visitGapMs: config.stream.visitGapMs,
-        propValuesMax: MAX,
+        topic,
+        dataDir: data.dir,
         owner: 'propvisits-test',
-        leaseTtlMs: 5000,
+        logger,
+        visitGapMs: config.stream.visitGapMs,
+        propKeys: true,
+        settings: { propValuesMax: MAX },
       },
       { fromMs: RANGE_FROM, toMs: RANGE_TO, siteId },
     )

@@ -1,10 +1,8 @@
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { runRebuild } from '../../batch/rebuild.js'
 import { type GeneratedEvent, generateWorkload } from '../../bench/workload.js'
 import { DIMENSION_GRANULARITIES, type Granularity, windowStart } from '../../core/aggregate/definition.js'
 import { capValues, keptValues, OTHER } from '../../core/aggregate/props.js'
-import { archiveTopicDir } from '../../core/archive/segment-file.js'
 import { HyperLogLog } from '../../core/hll.js'
 import { createLogger } from '../../core/log.js'
 import type { AggregateReader, MergedValues } from '../../core/ports/aggregate-store.js'
@@ -12,7 +10,7 @@ import type { Site } from '../../core/ports/site-store.js'
 import { PropKeyCache } from '../../stream/prop-keys.js'
 import { tempDataDir } from '../contract/backends.js'
 import type { EventLogHarness } from '../contract/event-log.js'
-import { archiveWholeLog } from '../helpers/archive-log.js'
+import { archiveWholeLog, rebuildFromArchive } from '../helpers/archive-log.js'
 import { testConfig } from '../helpers/context.js'
 import { backends, type Harness } from '../helpers/pipeline-backends.js'
 import { ingestAll, streamToEnd } from '../helpers/stream.js'
@@ -237,22 +235,16 @@ describe.each(backends)('custom properties, stream and rebuild (%s)', (_name, op
       owner: 'props-test',
       logger,
     })
-    const result = await runRebuild(
+    const result = await rebuildFromArchive(
+      store,
       {
-        leases: store.batch.leases,
-        jobs: store.batch.jobs,
-        rows: store.batch.rows,
-        logger,
-        propKeys: store.sites,
-      },
-      {
-        topicDir: archiveTopicDir(join(data.dir, 'archive'), topic),
-        stagingDir: join(data.dir, 'staging'),
-        precision: store.precision,
-        visitGapMs: config.stream.visitGapMs,
-        propValuesMax: MAX,
+        topic,
+        dataDir: data.dir,
         owner: 'props-test',
-        leaseTtlMs: 5000,
+        logger,
+        visitGapMs: config.stream.visitGapMs,
+        propKeys: true,
+        settings: { propValuesMax: MAX },
       },
       { fromMs: RANGE_FROM, toMs: RANGE_TO, siteId },
     )

@@ -1,15 +1,13 @@
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { runRebuild } from '../../batch/rebuild.js'
 import { type GeneratedEvent, generateWorkload } from '../../bench/workload.js'
 import { GRANULARITIES, windowMs } from '../../core/aggregate/definition.js'
-import { archiveTopicDir } from '../../core/archive/segment-file.js'
 import { createLogger } from '../../core/log.js'
 import type { AggregateReader } from '../../core/ports/aggregate-store.js'
 import type { Site } from '../../core/ports/site-store.js'
 import { tempDataDir } from '../contract/backends.js'
 import type { EventLogHarness } from '../contract/event-log.js'
-import { archiveWholeLog } from '../helpers/archive-log.js'
+import { archiveWholeLog, rebuildFromArchive } from '../helpers/archive-log.js'
 import { testConfig } from '../helpers/context.js'
 import { backends, type Harness } from '../helpers/pipeline-backends.js'
 import { ingestAll } from '../helpers/stream.js'
@@ -138,15 +136,14 @@ describe.each(backends)('visits after a rebuild (%s)', (_name, openStore, openLo
   }
 
   function rebuild(fromMs: number, toMs: number) {
-    return runRebuild(
-      { leases: store.batch.leases, jobs: store.batch.jobs, rows: store.batch.rows, logger },
+    return rebuildFromArchive(
+      store,
       {
-        topicDir: archiveTopicDir(join(data.dir, 'archive'), topic),
-        stagingDir: join(data.dir, 'staging'),
-        precision: store.precision,
-        visitGapMs: config.stream.visitGapMs,
+        topic,
+        dataDir: data.dir,
         owner: 'visits-test',
-        leaseTtlMs: 5000,
+        logger,
+        visitGapMs: config.stream.visitGapMs,
       },
       { fromMs, toMs },
     )
