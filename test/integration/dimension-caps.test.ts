@@ -10,11 +10,11 @@ import type { Site } from '../../core/ports/site-store.js'
 import { buildQueryApp } from '../../query/app.js'
 import { ReadAccessCache } from '../../query/auth.js'
 import { CheckpointFreshness } from '../../query/freshness.js'
-import { tempDataDir } from '../contract/backends.js'
+import type { tempDataDir } from '../contract/backends.js'
 import type { EventLogHarness } from '../contract/event-log.js'
 import { archiveWholeLog, rebuildFromArchive } from '../helpers/archive-log.js'
 import { testConfig } from '../helpers/context.js'
-import { backends, type Harness } from '../helpers/pipeline-backends.js'
+import { backends, closePipeline, type Harness, openPipeline } from '../helpers/pipeline-backends.js'
 import { ingestAll, streamToEnd } from '../helpers/stream.js'
 import { type VisitCounts, visitKey, visitTruthOf } from '../helpers/visit-truth.js'
 
@@ -267,25 +267,21 @@ describe.each(backends)('dimension value caps, stream and rebuild (%s)', (_name,
   const siteId = `caps-${Date.now()}.test`
 
   beforeAll(async () => {
-    store = await openStore()
-    log = await openLog()
-    topic = await log.createTopic(3)
-    config = testConfig({
-      TALLY_TOPIC_RAW: topic,
-      TALLY_DIMENSION_VALUES_MAX: String(MAX),
-      TALLY_GRACE_MS: String(GRACE_MS),
-      TALLY_FLUSH_INTERVAL_MS: '100',
-    })
-    data = tempDataDir('tally-caps-')
+    ;({ store, log, topic, config, data } = await openPipeline(openStore, openLog, {
+      dataPrefix: 'tally-caps-',
+      env: {
+        TALLY_DIMENSION_VALUES_MAX: String(MAX),
+        TALLY_GRACE_MS: String(GRACE_MS),
+        TALLY_FLUSH_INTERVAL_MS: '100',
+      },
+    }))
     const created = await store.sites.create({ siteId, domain: siteId, origins: [] })
     site = created.site
     readToken = created.readToken
   }, 60_000)
 
   afterAll(async () => {
-    await log?.close()
-    await store?.close()
-    data?.remove()
+    await closePipeline({ log, store, data })
   })
 
   const events = generateWorkload({

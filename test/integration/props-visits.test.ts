@@ -11,11 +11,11 @@ import { ReadAccessCache } from '../../query/auth.js'
 import { CheckpointFreshness } from '../../query/freshness.js'
 import { createQueryMetrics } from '../../query/metrics.js'
 import { PropKeyCache } from '../../stream/prop-keys.js'
-import { tempDataDir } from '../contract/backends.js'
+import type { tempDataDir } from '../contract/backends.js'
 import type { EventLogHarness } from '../contract/event-log.js'
 import { archiveWholeLog, rebuildFromArchive } from '../helpers/archive-log.js'
 import { testConfig } from '../helpers/context.js'
-import { backends, type Harness } from '../helpers/pipeline-backends.js'
+import { backends, closePipeline, type Harness, openPipeline } from '../helpers/pipeline-backends.js'
 import { ingestAll, streamToEnd } from '../helpers/stream.js'
 
 /**
@@ -245,16 +245,14 @@ describe.each(backends)('visits by custom property, stream and rebuild (%s)', (_
   const group = () => `propvisits-${topic}`
 
   beforeAll(async () => {
-    store = await openStore()
-    log = await openLog()
-    topic = await log.createTopic(3)
-    config = testConfig({
-      TALLY_TOPIC_RAW: topic,
-      TALLY_PROP_VALUES_MAX: String(MAX),
-      TALLY_GRACE_MS: String(GRACE_MS),
-      TALLY_FLUSH_INTERVAL_MS: '100',
-    })
-    data = tempDataDir('tally-propvisits-')
+    ;({ store, log, topic, config, data } = await openPipeline(openStore, openLog, {
+      dataPrefix: 'tally-propvisits-',
+      env: {
+        TALLY_PROP_VALUES_MAX: String(MAX),
+        TALLY_GRACE_MS: String(GRACE_MS),
+        TALLY_FLUSH_INTERVAL_MS: '100',
+      },
+    }))
     const created = await store.sites.create({ siteId, domain: siteId, origins: [] })
     site = created.site
     readToken = created.readToken
@@ -263,9 +261,7 @@ describe.each(backends)('visits by custom property, stream and rebuild (%s)', (_
 
   afterAll(async () => {
     await query?.close()
-    await log?.close()
-    await store?.close()
-    data?.remove()
+    await closePipeline({ log, store, data })
   })
 
   const events = withProps(

@@ -8,11 +8,11 @@ import { createLogger } from '../../core/log.js'
 import type { AggregateReader, MergedValues } from '../../core/ports/aggregate-store.js'
 import type { Site } from '../../core/ports/site-store.js'
 import { PropKeyCache } from '../../stream/prop-keys.js'
-import { tempDataDir } from '../contract/backends.js'
+import type { tempDataDir } from '../contract/backends.js'
 import type { EventLogHarness } from '../contract/event-log.js'
 import { archiveWholeLog, rebuildFromArchive } from '../helpers/archive-log.js'
 import { testConfig } from '../helpers/context.js'
-import { backends, type Harness } from '../helpers/pipeline-backends.js'
+import { backends, closePipeline, type Harness, openPipeline } from '../helpers/pipeline-backends.js'
 import { ingestAll, streamToEnd } from '../helpers/stream.js'
 
 /**
@@ -172,25 +172,21 @@ describe.each(backends)('custom properties, stream and rebuild (%s)', (_name, op
   const siteId = `props-${Date.now()}.test`
 
   beforeAll(async () => {
-    store = await openStore()
-    log = await openLog()
-    topic = await log.createTopic(3)
-    config = testConfig({
-      TALLY_TOPIC_RAW: topic,
-      TALLY_PROP_VALUES_MAX: String(MAX),
-      TALLY_GRACE_MS: String(GRACE_MS),
-      TALLY_FLUSH_INTERVAL_MS: '100',
-    })
-    data = tempDataDir('tally-props-')
+    ;({ store, log, topic, config, data } = await openPipeline(openStore, openLog, {
+      dataPrefix: 'tally-props-',
+      env: {
+        TALLY_PROP_VALUES_MAX: String(MAX),
+        TALLY_GRACE_MS: String(GRACE_MS),
+        TALLY_FLUSH_INTERVAL_MS: '100',
+      },
+    }))
     site = (await store.sites.create({ siteId, domain: siteId, origins: [] })).site
     await store.sites.addPropKey(siteId, 'plan')
     await store.sites.addPropKey(siteId, 'item')
   }, 60_000)
 
   afterAll(async () => {
-    await log?.close()
-    await store?.close()
-    data?.remove()
+    await closePipeline({ log, store, data })
   })
 
   const events = withProps(

@@ -5,11 +5,11 @@ import { GRANULARITIES, windowMs } from '../../core/aggregate/definition.js'
 import { createLogger } from '../../core/log.js'
 import type { AggregateReader } from '../../core/ports/aggregate-store.js'
 import type { Site } from '../../core/ports/site-store.js'
-import { tempDataDir } from '../contract/backends.js'
+import type { tempDataDir } from '../contract/backends.js'
 import type { EventLogHarness } from '../contract/event-log.js'
 import { archiveWholeLog, rebuildFromArchive } from '../helpers/archive-log.js'
 import { testConfig } from '../helpers/context.js'
-import { backends, type Harness } from '../helpers/pipeline-backends.js'
+import { backends, closePipeline, type Harness, openPipeline } from '../helpers/pipeline-backends.js'
 import { ingestAll } from '../helpers/stream.js'
 import { type VisitCounts, visitKey, visitTruthOf } from '../helpers/visit-truth.js'
 import { visitScenarios } from '../helpers/visit-workload.js'
@@ -107,19 +107,15 @@ describe.each(backends)('visits after a rebuild (%s)', (_name, openStore, openLo
   const SITE_IDS = [`visits-a-${Date.now()}.test`, `visits-b-${Date.now()}.test`]
 
   beforeAll(async () => {
-    store = await openStore()
-    log = await openLog()
-    topic = await log.createTopic(3)
-    config = testConfig({ TALLY_TOPIC_RAW: topic })
-    data = tempDataDir('tally-rebuild-visits-')
+    ;({ store, log, topic, config, data } = await openPipeline(openStore, openLog, {
+      dataPrefix: 'tally-rebuild-visits-',
+    }))
     for (const id of SITE_IDS)
       sites.push((await store.sites.create({ siteId: id, domain: id, origins: [] })).site)
   }, 60_000)
 
   afterAll(async () => {
-    await log?.close()
-    await store?.close()
-    data?.remove()
+    await closePipeline({ log, store, data })
   })
 
   async function ingest(events: readonly GeneratedEvent[]): Promise<void> {
