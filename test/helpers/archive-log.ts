@@ -1,8 +1,16 @@
+import { join } from 'node:path'
 import { Registry } from 'prom-client'
 import { Archiver } from '../../batch/archiver.js'
 import { archiveBehind } from '../../batch/context.js'
 import { createArchiveMetrics } from '../../batch/metrics.js'
+import {
+  type RebuildRequest,
+  type RebuildResult,
+  type RebuildSettings,
+  runRebuild,
+} from '../../batch/rebuild.js'
 import { archiveKey } from '../../core/archive/paths.js'
+import { archiveTopicDir } from '../../core/archive/segment-file.js'
 import type { Logger } from '../../core/log.js'
 import type { embeddedHarness } from '../contract/backends.js'
 import type { EventLogHarness } from '../contract/event-log.js'
@@ -50,4 +58,43 @@ export async function archiveWholeLog(
   } finally {
     await archiver.close()
   }
+}
+
+/**
+ * Rebuilds `request` with a real runRebuild from the archive archiveWholeLog wrote to
+ * `<dataDir>/archive` (staging in `<dataDir>/staging`, lease 5 s), with `settings` beyond those;
+ * `propKeys` reads the declared keys and goals from the harness's site store.
+ */
+export function rebuildFromArchive(
+  store: Pick<Awaited<ReturnType<typeof embeddedHarness>>, 'batch' | 'precision' | 'sites'>,
+  o: {
+    topic: string
+    dataDir: string
+    owner: string
+    logger: Logger
+    visitGapMs: number
+    propKeys?: boolean
+    settings?: Partial<RebuildSettings>
+  },
+  request: RebuildRequest,
+): Promise<RebuildResult> {
+  return runRebuild(
+    {
+      leases: store.batch.leases,
+      jobs: store.batch.jobs,
+      rows: store.batch.rows,
+      logger: o.logger,
+      ...(o.propKeys ? { propKeys: store.sites } : {}),
+    },
+    {
+      topicDir: archiveTopicDir(join(o.dataDir, 'archive'), o.topic),
+      stagingDir: join(o.dataDir, 'staging'),
+      precision: store.precision,
+      visitGapMs: o.visitGapMs,
+      ...o.settings,
+      owner: o.owner,
+      leaseTtlMs: 5000,
+    },
+    request,
+  )
 }

@@ -1,5 +1,6 @@
 import type { Client } from 'cassandra-driver'
 import type { FastifyInstance } from 'fastify'
+import { Registry } from 'prom-client'
 import { expect } from 'vitest'
 import {
   dimensionValues,
@@ -10,15 +11,20 @@ import {
 } from '../../bench/workload.js'
 import { DIMENSION_GRANULARITIES, DIMENSIONS, GRANULARITIES } from '../../core/aggregate/definition.js'
 import { CassandraAggregateReader } from '../../core/cassandra/aggregate-reader.js'
-import type { TallyConfig } from '../../core/config.js'
+import type { StreamConfig, TallyConfig } from '../../core/config.js'
+import type { EmbeddedBackend } from '../../core/embedded/index.js'
 import { HyperLogLog, hllErrorBound } from '../../core/hll.js'
 import { createKafka } from '../../core/kafka/client.js'
 import type { Logger } from '../../core/log.js'
-import type { AggregateReader } from '../../core/ports/aggregate-store.js'
-import type { EventLogWriter } from '../../core/ports/event-log.js'
+import type { AggregateReader, StreamStore } from '../../core/ports/aggregate-store.js'
+import type { EventLogWriter, LogOffsets } from '../../core/ports/event-log.js'
 import type { Site } from '../../core/ports/site-store.js'
 import { buildIngestApp } from '../../ingest/app.js'
 import { createIngestMetrics } from '../../ingest/metrics.js'
+import { createStreamMetrics, type StreamMetrics } from '../../stream/metrics.js'
+import type { PropKeyCache } from '../../stream/prop-keys.js'
+import { StreamWorker, type StreamWorkerDeps } from '../../stream/worker.js'
+import type { EventLogHarness } from '../contract/event-log.js'
 import { eventually } from './context.js'
 
 /** An in-process ingest app (no socket) over the given log, knowing the given sites. */
@@ -37,6 +43,33 @@ export async function ingestApp(
     metrics: createIngestMetrics(),
     logger,
   })
+}
+
+/**
+ * Posts generated events through an in-process ingest app onto `log` (feed, each event with its
+ * site's write key), then closes both.
+ */
+export async function ingestAll(
+  log: { writer(): EventLogWriter },
+  config: TallyConfig,
+  sites: readonly Site[],
+  events: readonly GeneratedEvent[],
+  logger: Logger,
+): Promise<number> {
+  const keys = new Map(sites.map((s) => [s.siteId, s.writeKey]))
+  const keyOf = (siteId: string) => {
+    const key = keys.get(siteId)
+    if (key === undefined) throw new Error(`ingestAll: an event of site ${siteId}, not one of those given`)
+    return key
+  }
+  const writer = log.writer()
+  const app = await ingestApp(config, writer, [...sites], logger)
+  try {
+    return await feed(app, events, keyOf)
+  } finally {
+    await app.close()
+    await writer.close()
+  }
 }
 
 /**
@@ -102,6 +135,110 @@ export async function waitCaughtUp(
   } finally {
     await admin.disconnect()
   }
+}
+
+type Progress = Pick<AggregateReader, 'streamProgress'>
+
+/**
+ * Waits until every partition's checkpoint of `group` (as `reader` reads it) has reached the end
+ * `offsets` gives for `topic` (empty partitions need none).
+ */
+export async function checkpointsAtEnd(
+  offsets: LogOffsets,
+  reader: Progress,
+  group: string,
+  topic: string,
+  what = 'the stream to checkpoint at the end of the log',
+): Promise<void> {
+  const ends = await offsets.endOffsets(topic)
+  await eventually(
+    async () => {
+      const progress = await reader.streamProgress(group, topic, ends.size)
+      const done = new Map(progress.map((p) => [p.partition, p.nextOffset]))
+      for (const [p, end] of ends) if (end > 0 && (done.get(p) ?? 0) < end) return undefined
+      return true
+    },
+    60_000,
+    what,
+  )
+}
+
+/**
+ * Runs a StreamWorker built from `deps` until every partition's checkpoint has reached the end of
+ * the log (checkpointsAtEnd), then closes it and its dead-letter writer.
+ */
+export async function runWorkerToEnd(
+  deps: StreamWorkerDeps & { offsets: LogOffsets },
+  reader: Progress,
+  what?: string,
+): Promise<void> {
+  const worker = new StreamWorker(deps)
+  await worker.start()
+  try {
+    await checkpointsAtEnd(deps.offsets, reader, deps.config.group, deps.topic, what)
+  } finally {
+    await worker.close()
+    await deps.deadLetters.close()
+  }
+}
+
+/**
+ * Streams the whole of `topic` on a harness's log into its store with a real StreamWorker (group
+ * `group`, dead letters to `<topic>-dlq`) and returns once every partition's checkpoint is at the
+ * end of the log: what a test needs before it reads the stream's rows.
+ */
+export async function streamToEnd(
+  log: EventLogHarness,
+  store: { store: StreamStore; reader: Progress },
+  o: {
+    topic: string
+    group: string
+    stream: StreamConfig
+    logger: Logger
+    propKeys?: PropKeyCache
+  },
+): Promise<void> {
+  await runWorkerToEnd(
+    {
+      config: { ...o.stream, group: o.group },
+      topic: o.topic,
+      deadLetterTopic: `${o.topic}-dlq`,
+      consumer: log.consumer(o.group, o.topic),
+      store: store.store,
+      deadLetters: log.writer(),
+      offsets: log.offsets,
+      metrics: createStreamMetrics(new Registry()),
+      logger: o.logger,
+      ...(o.propKeys ? { propKeys: o.propKeys } : {}),
+    },
+    store.reader,
+  )
+}
+
+/**
+ * Streams the whole of `topic` on an embedded backend's log into its store with a real StreamWorker
+ * (the group of `stream`, metrics as given) and returns once every partition's checkpoint is at the
+ * end of the log.
+ */
+export async function streamEmbeddedToEnd(
+  backend: Pick<EmbeddedBackend, 'log' | 'streamStore' | 'reader'>,
+  o: { stream: StreamConfig; topic: string; deadLetterTopic: string; metrics: StreamMetrics; logger: Logger },
+): Promise<void> {
+  await runWorkerToEnd(
+    {
+      config: o.stream,
+      topic: o.topic,
+      deadLetterTopic: o.deadLetterTopic,
+      consumer: backend.log.consumer({ groupId: o.stream.group, topic: o.topic }),
+      store: backend.streamStore,
+      deadLetters: backend.log.writer(),
+      offsets: backend.log,
+      metrics: o.metrics,
+      logger: o.logger,
+    },
+    backend.reader,
+    'stream checkpoints at the end of the embedded log',
+  )
 }
 
 export interface Mismatch {

@@ -1,11 +1,8 @@
 import { join } from 'node:path'
-import { Registry } from 'prom-client'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { runRebuild } from '../../batch/rebuild.js'
 import { dimensionValues, type GeneratedEvent, generateWorkload } from '../../bench/workload.js'
 import { BREAKDOWN_DIMENSIONS } from '../../core/aggregate/breakdowns.js'
 import { DIMENSION_GRANULARITIES, type Granularity, windowStart } from '../../core/aggregate/definition.js'
-import { archiveTopicDir } from '../../core/archive/segment-file.js'
 import { ERR } from '../../core/error-codes.js'
 import { HyperLogLog } from '../../core/hll.js'
 import { createLogger } from '../../core/log.js'
@@ -14,19 +11,12 @@ import type { Site } from '../../core/ports/site-store.js'
 import { buildQueryApp } from '../../query/app.js'
 import { ReadAccessCache } from '../../query/auth.js'
 import { CheckpointFreshness } from '../../query/freshness.js'
-import { createStreamMetrics } from '../../stream/metrics.js'
-import { StreamWorker } from '../../stream/worker.js'
-import {
-  cassandraHarness,
-  embeddedHarness,
-  embeddedLogHarness,
-  kafkaLogHarness,
-  tempDataDir,
-} from '../contract/backends.js'
+import type { tempDataDir } from '../contract/backends.js'
 import type { EventLogHarness } from '../contract/event-log.js'
-import { archiveWholeLog } from '../helpers/archive-log.js'
-import { eventually, testConfig } from '../helpers/context.js'
-import { feed, ingestApp } from '../helpers/stream.js'
+import { archiveWholeLog, rebuildFromArchive } from '../helpers/archive-log.js'
+import { testConfig } from '../helpers/context.js'
+import { backends, closePipeline, type Harness, openPipeline } from '../helpers/pipeline-backends.js'
+import { ingestAll, streamToEnd } from '../helpers/stream.js'
 import { type VisitCounts, visitKey, visitTruthOf } from '../helpers/visit-truth.js'
 
 /**
@@ -51,13 +41,6 @@ const KEPT = ['event', 'path', 'browser', 'country', 'entry_page'] as const
 /** The kept ones whose truth is checked from the events (entry_page: only that it has rows). */
 const CHECKED = ['event', 'path', 'country'] as const
 const SKIPPED = BREAKDOWN_DIMENSIONS.filter((d) => !(KEPT as readonly string[]).includes(d))
-
-type Harness = Awaited<ReturnType<typeof embeddedHarness>>
-
-const backends: Array<[string, () => Promise<Harness>, () => Promise<EventLogHarness>]> = [
-  ['Kafka + Cassandra', cassandraHarness, kafkaLogHarness],
-  ['embedded', embeddedHarness, embeddedLogHarness],
-]
 
 interface Cell {
   events: number
@@ -193,25 +176,21 @@ describe.each(backends)('TALLY_BREAKDOWNS, stream and rebuild (%s)', (_name, ope
   const siteId = `breakdowns-${Date.now()}.test`
 
   beforeAll(async () => {
-    store = await openStore()
-    log = await openLog()
-    topic = await log.createTopic(3)
-    config = testConfig({
-      TALLY_TOPIC_RAW: topic,
-      TALLY_BREAKDOWNS: KEPT.join(','),
-      TALLY_GRACE_MS: String(GRACE_MS),
-      TALLY_FLUSH_INTERVAL_MS: '100',
-    })
-    data = tempDataDir('tally-breakdowns-')
+    ;({ store, log, topic, config, data } = await openPipeline(openStore, openLog, {
+      dataPrefix: 'tally-breakdowns-',
+      env: {
+        TALLY_BREAKDOWNS: KEPT.join(','),
+        TALLY_GRACE_MS: String(GRACE_MS),
+        TALLY_FLUSH_INTERVAL_MS: '100',
+      },
+    }))
     const created = await store.sites.create({ siteId, domain: siteId, origins: [] })
     site = created.site
     readToken = created.readToken
   }, 60_000)
 
   afterAll(async () => {
-    await log?.close()
-    await store?.close()
-    data?.remove()
+    await closePipeline({ log, store, data })
   })
 
   const events = generateWorkload({
@@ -234,44 +213,13 @@ describe.each(backends)('TALLY_BREAKDOWNS, stream and rebuild (%s)', (_name, ope
   })
 
   it('the stream writes the kept breakdowns exactly and no row of the others', async () => {
-    const writer = log.writer()
-    const app = await ingestApp(config, writer, [site], logger)
-    try {
-      await feed(app, events, () => site.writeKey)
-    } finally {
-      await app.close()
-      await writer.close()
-    }
-    const group = `breakdowns-${topic}`
-    const deadLetters = log.writer()
-    const worker = new StreamWorker({
-      config: { ...config.stream, group },
+    await ingestAll(log, config, [site], events, logger)
+    await streamToEnd(log, store, {
       topic,
-      deadLetterTopic: `${topic}-dlq`,
-      consumer: log.consumer(group, topic),
-      store: store.store,
-      deadLetters,
-      offsets: log.offsets,
-      metrics: createStreamMetrics(new Registry()),
+      group: `breakdowns-${topic}`,
+      stream: config.stream,
       logger,
     })
-    await worker.start()
-    try {
-      const ends = await log.offsets.endOffsets(topic)
-      await eventually(
-        async () => {
-          const progress = await store.reader.streamProgress(group, topic, ends.size)
-          const done = new Map(progress.map((p) => [p.partition, p.nextOffset]))
-          for (const [p, end] of ends) if (end > 0 && (done.get(p) ?? 0) < end) return undefined
-          return true
-        },
-        60_000,
-        'the stream to checkpoint at the end of the log',
-      )
-    } finally {
-      await worker.close()
-      await deadLetters.close()
-    }
     const visitTruth = visitTruthOf(events, config.stream.visitGapMs)
     const read = await readAll(store.reader, siteId, windows)
     expect(compare(read, store.precision, siteId, truth, visitTruth, windows)).toEqual([])
@@ -285,16 +233,15 @@ describe.each(backends)('TALLY_BREAKDOWNS, stream and rebuild (%s)', (_name, ope
       owner: 'breakdowns-test',
       logger,
     })
-    const result = await runRebuild(
-      { leases: store.batch.leases, jobs: store.batch.jobs, rows: store.batch.rows, logger },
+    const result = await rebuildFromArchive(
+      store,
       {
-        topicDir: archiveTopicDir(join(data.dir, 'archive'), topic),
-        stagingDir: join(data.dir, 'staging'),
-        precision: store.precision,
-        visitGapMs: config.stream.visitGapMs,
-        breakdowns: config.stream.breakdowns,
+        topic,
+        dataDir: data.dir,
         owner: 'breakdowns-test',
-        leaseTtlMs: 5000,
+        logger,
+        visitGapMs: config.stream.visitGapMs,
+        settings: { breakdowns: config.stream.breakdowns },
       },
       { fromMs: RANGE_FROM, toMs: RANGE_TO, siteId },
     )

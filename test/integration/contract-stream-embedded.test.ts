@@ -8,10 +8,15 @@ import { createLogger } from '../../core/log.js'
 import type { ProgressNotice } from '../../core/ports/progress-notices.js'
 import type { Site } from '../../core/ports/site-store.js'
 import { createStreamMetrics } from '../../stream/metrics.js'
-import { StreamWorker } from '../../stream/worker.js'
 import { tempDataDir } from '../contract/backends.js'
 import { eventually } from '../helpers/context.js'
-import { compareReaderWithTruth, feed, ingestApp, lateInRealTime } from '../helpers/stream.js'
+import {
+  compareReaderWithTruth,
+  feed,
+  ingestApp,
+  lateInRealTime,
+  streamEmbeddedToEnd,
+} from '../helpers/stream.js'
 
 /**
  * The stream worker, unchanged, on the embedded log and store: ingest → embedded log → worker →
@@ -47,35 +52,7 @@ function openBackend(): EmbeddedBackend {
 /** Runs a worker until every partition's checkpoint reached the end of the log, then closes it. */
 async function runWorker(backend: EmbeddedBackend): Promise<string> {
   const metrics = createStreamMetrics()
-  const deadLetters = backend.log.writer()
-  const worker = new StreamWorker({
-    config: config.stream,
-    topic,
-    deadLetterTopic: dlq,
-    consumer: backend.log.consumer({ groupId: config.stream.group, topic }),
-    store: backend.streamStore,
-    deadLetters,
-    offsets: backend.log,
-    metrics,
-    logger,
-  })
-  await worker.start()
-  try {
-    const ends = await backend.log.endOffsets(topic)
-    await eventually(
-      async () => {
-        const progress = await backend.reader.streamProgress(config.stream.group, topic, ends.size)
-        const done = new Map(progress.map((p) => [p.partition, p.nextOffset]))
-        for (const [p, end] of ends) if (end > 0 && (done.get(p) ?? 0) < end) return undefined
-        return true
-      },
-      60_000,
-      'stream checkpoints at the end of the embedded log',
-    )
-  } finally {
-    await worker.close()
-    await deadLetters.close()
-  }
+  await streamEmbeddedToEnd(backend, { stream: config.stream, topic, deadLetterTopic: dlq, metrics, logger })
   return metrics.registry.metrics()
 }
 

@@ -1,11 +1,8 @@
 import { join } from 'node:path'
-import { Registry } from 'prom-client'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { runRebuild } from '../../batch/rebuild.js'
 import { dimensionValues, type GeneratedEvent, generateWorkload } from '../../bench/workload.js'
 import { DIMENSION_GRANULARITIES, type Granularity, windowStart } from '../../core/aggregate/definition.js'
 import { capValues, keptValues, OTHER } from '../../core/aggregate/props.js'
-import { archiveTopicDir } from '../../core/archive/segment-file.js'
 import { HyperLogLog } from '../../core/hll.js'
 import { createLogger } from '../../core/log.js'
 import type { AggregateReader, MergedValues } from '../../core/ports/aggregate-store.js'
@@ -13,19 +10,12 @@ import type { Site } from '../../core/ports/site-store.js'
 import { buildQueryApp } from '../../query/app.js'
 import { ReadAccessCache } from '../../query/auth.js'
 import { CheckpointFreshness } from '../../query/freshness.js'
-import { createStreamMetrics } from '../../stream/metrics.js'
-import { StreamWorker } from '../../stream/worker.js'
-import {
-  cassandraHarness,
-  embeddedHarness,
-  embeddedLogHarness,
-  kafkaLogHarness,
-  tempDataDir,
-} from '../contract/backends.js'
+import type { tempDataDir } from '../contract/backends.js'
 import type { EventLogHarness } from '../contract/event-log.js'
-import { archiveWholeLog } from '../helpers/archive-log.js'
-import { eventually, testConfig } from '../helpers/context.js'
-import { feed, ingestApp } from '../helpers/stream.js'
+import { archiveWholeLog, rebuildFromArchive } from '../helpers/archive-log.js'
+import { testConfig } from '../helpers/context.js'
+import { backends, closePipeline, type Harness, openPipeline } from '../helpers/pipeline-backends.js'
+import { ingestAll, streamToEnd } from '../helpers/stream.js'
 import { type VisitCounts, visitKey, visitTruthOf } from '../helpers/visit-truth.js'
 
 /**
@@ -56,13 +46,6 @@ const RANGE_TO = Math.floor(Date.now() / DAY) * DAY + DAY
 const CAPPED = ['path', 'referrer', 'source', 'utm_source', 'utm_campaign'] as const
 const SESSION = new Set(['referrer', 'source', 'utm_source', 'utm_campaign'])
 const PAGES = ['entry_page', 'exit_page'] as const
-
-type Harness = Awaited<ReturnType<typeof embeddedHarness>>
-
-const backends: Array<[string, () => Promise<Harness>, () => Promise<EventLogHarness>]> = [
-  ['Kafka + Cassandra', cassandraHarness, kafkaLogHarness],
-  ['embedded', embeddedHarness, embeddedLogHarness],
-]
 
 interface Cell {
   events: number
@@ -284,25 +267,21 @@ describe.each(backends)('dimension value caps, stream and rebuild (%s)', (_name,
   const siteId = `caps-${Date.now()}.test`
 
   beforeAll(async () => {
-    store = await openStore()
-    log = await openLog()
-    topic = await log.createTopic(3)
-    config = testConfig({
-      TALLY_TOPIC_RAW: topic,
-      TALLY_DIMENSION_VALUES_MAX: String(MAX),
-      TALLY_GRACE_MS: String(GRACE_MS),
-      TALLY_FLUSH_INTERVAL_MS: '100',
-    })
-    data = tempDataDir('tally-caps-')
+    ;({ store, log, topic, config, data } = await openPipeline(openStore, openLog, {
+      dataPrefix: 'tally-caps-',
+      env: {
+        TALLY_DIMENSION_VALUES_MAX: String(MAX),
+        TALLY_GRACE_MS: String(GRACE_MS),
+        TALLY_FLUSH_INTERVAL_MS: '100',
+      },
+    }))
     const created = await store.sites.create({ siteId, domain: siteId, origins: [] })
     site = created.site
     readToken = created.readToken
   }, 60_000)
 
   afterAll(async () => {
-    await log?.close()
-    await store?.close()
-    data?.remove()
+    await closePipeline({ log, store, data })
   })
 
   const events = generateWorkload({
@@ -332,44 +311,13 @@ describe.each(backends)('dimension value caps, stream and rebuild (%s)', (_name,
   })
 
   it('the stream counts them per hour and day, values past the cap under (other), visits too', async () => {
-    const writer = log.writer()
-    const app = await ingestApp(config, writer, [site], logger)
-    try {
-      await feed(app, events, () => site.writeKey)
-    } finally {
-      await app.close()
-      await writer.close()
-    }
-    const group = `caps-${topic}`
-    const deadLetters = log.writer()
-    const worker = new StreamWorker({
-      config: { ...config.stream, group },
+    await ingestAll(log, config, [site], events, logger)
+    await streamToEnd(log, store, {
       topic,
-      deadLetterTopic: `${topic}-dlq`,
-      consumer: log.consumer(group, topic),
-      store: store.store,
-      deadLetters,
-      offsets: log.offsets,
-      metrics: createStreamMetrics(new Registry()),
+      group: `caps-${topic}`,
+      stream: config.stream,
       logger,
     })
-    await worker.start()
-    try {
-      const ends = await log.offsets.endOffsets(topic)
-      await eventually(
-        async () => {
-          const progress = await store.reader.streamProgress(group, topic, ends.size)
-          const done = new Map(progress.map((p) => [p.partition, p.nextOffset]))
-          for (const [p, end] of ends) if (end > 0 && (done.get(p) ?? 0) < end) return undefined
-          return true
-        },
-        60_000,
-        'the stream to checkpoint at the end of the log',
-      )
-    } finally {
-      await worker.close()
-      await deadLetters.close()
-    }
     const visitTruth = visitTruthOf(events, config.stream.visitGapMs)
     expect(await compare(store.reader, store.precision, siteId, truth, visitTruth)).toEqual([])
     // The stream held fewer path rows than the day has paths: it folded some at once.
@@ -403,16 +351,15 @@ describe.each(backends)('dimension value caps, stream and rebuild (%s)', (_name,
       owner: 'caps-test',
       logger,
     })
-    const result = await runRebuild(
-      { leases: store.batch.leases, jobs: store.batch.jobs, rows: store.batch.rows, logger },
+    const result = await rebuildFromArchive(
+      store,
       {
-        topicDir: archiveTopicDir(join(data.dir, 'archive'), topic),
-        stagingDir: join(data.dir, 'staging'),
-        precision: store.precision,
-        visitGapMs: config.stream.visitGapMs,
-        dimensionValuesMax: MAX,
+        topic,
+        dataDir: data.dir,
         owner: 'caps-test',
-        leaseTtlMs: 5000,
+        logger,
+        visitGapMs: config.stream.visitGapMs,
+        settings: { dimensionValuesMax: MAX },
       },
       { fromMs: RANGE_FROM, toMs: RANGE_TO, siteId },
     )

@@ -19,10 +19,9 @@ import { buildQueryApp } from '../../query/app.js'
 import { ReadAccessCache } from '../../query/auth.js'
 import { CheckpointFreshness } from '../../query/freshness.js'
 import { createStreamMetrics } from '../../stream/metrics.js'
-import { StreamWorker } from '../../stream/worker.js'
 import { tempDataDir } from '../contract/backends.js'
-import { cleanup, eventually, testConfig } from '../helpers/context.js'
-import { feed, ingestApp, waitCaughtUp } from '../helpers/stream.js'
+import { cleanup, testConfig } from '../helpers/context.js'
+import { feed, ingestApp, streamEmbeddedToEnd, waitCaughtUp } from '../helpers/stream.js'
 import { visitKey, visitTruthOf } from '../helpers/visit-truth.js'
 
 /**
@@ -150,35 +149,13 @@ async function embeddedSetup(): Promise<Setup> {
   await feed(ingest, events, () => created.site.writeKey)
   await ingest.close()
   await writer.close()
-  const deadLetters = backend.log.writer()
-  const worker = new StreamWorker({
-    config: config.stream,
+  await streamEmbeddedToEnd(backend, {
+    stream: config.stream,
     topic,
     deadLetterTopic: config.kafka.topicDeadLetter,
-    consumer: backend.log.consumer({ groupId: config.stream.group, topic }),
-    store: backend.streamStore,
-    deadLetters,
-    offsets: backend.log,
     metrics: createStreamMetrics(),
     logger,
   })
-  await worker.start()
-  try {
-    const ends = await backend.log.endOffsets(topic)
-    await eventually(
-      async () => {
-        const progress = await backend.reader.streamProgress(config.stream.group, topic, ends.size)
-        const done = new Map(progress.map((p) => [p.partition, p.nextOffset]))
-        for (const [p, end] of ends) if (end > 0 && (done.get(p) ?? 0) < end) return undefined
-        return true
-      },
-      60_000,
-      'stream checkpoints at the end of the embedded log',
-    )
-  } finally {
-    await worker.close()
-    await deadLetters.close()
-  }
   const app = await queryApp(
     backend.reader,
     backend.sites,

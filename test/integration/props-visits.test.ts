@@ -1,11 +1,8 @@
 import { join } from 'node:path'
-import { Registry } from 'prom-client'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { runRebuild } from '../../batch/rebuild.js'
 import { type GeneratedEvent, generateWorkload } from '../../bench/workload.js'
 import { DIMENSION_GRANULARITIES, type Granularity, windowStart } from '../../core/aggregate/definition.js'
 import { capValues, keptValues, OTHER } from '../../core/aggregate/props.js'
-import { archiveTopicDir } from '../../core/archive/segment-file.js'
 import { createLogger } from '../../core/log.js'
 import type { AggregateReader, MergedValues } from '../../core/ports/aggregate-store.js'
 import type { Site } from '../../core/ports/site-store.js'
@@ -13,20 +10,13 @@ import { buildQueryApp } from '../../query/app.js'
 import { ReadAccessCache } from '../../query/auth.js'
 import { CheckpointFreshness } from '../../query/freshness.js'
 import { createQueryMetrics } from '../../query/metrics.js'
-import { createStreamMetrics } from '../../stream/metrics.js'
 import { PropKeyCache } from '../../stream/prop-keys.js'
-import { StreamWorker } from '../../stream/worker.js'
-import {
-  cassandraHarness,
-  embeddedHarness,
-  embeddedLogHarness,
-  kafkaLogHarness,
-  tempDataDir,
-} from '../contract/backends.js'
+import type { tempDataDir } from '../contract/backends.js'
 import type { EventLogHarness } from '../contract/event-log.js'
-import { archiveWholeLog } from '../helpers/archive-log.js'
-import { eventually, testConfig } from '../helpers/context.js'
-import { feed, ingestApp } from '../helpers/stream.js'
+import { archiveWholeLog, rebuildFromArchive } from '../helpers/archive-log.js'
+import { testConfig } from '../helpers/context.js'
+import { backends, closePipeline, type Harness, openPipeline } from '../helpers/pipeline-backends.js'
+import { ingestAll, streamToEnd } from '../helpers/stream.js'
 
 /**
  * Visits by custom property (issue 17 point 4), on both backends: a site declares `plan` (a few
@@ -51,13 +41,6 @@ const RANGE_FROM = Math.floor(START / DAY) * DAY
 const RANGE_TO = Math.floor(Date.now() / DAY) * DAY + DAY
 const PLANS = ['free', 'pro', 'team']
 const KEYS = ['plan', 'item']
-
-type Harness = Awaited<ReturnType<typeof embeddedHarness>>
-
-const backends: Array<[string, () => Promise<Harness>, () => Promise<EventLogHarness>]> = [
-  ['Kafka + Cassandra', cassandraHarness, kafkaLogHarness],
-  ['embedded', embeddedHarness, embeddedLogHarness],
-]
 
 function numberOf(s: string): number {
   let h = 7
@@ -262,16 +245,14 @@ describe.each(backends)('visits by custom property, stream and rebuild (%s)', (_
   const group = () => `propvisits-${topic}`
 
   beforeAll(async () => {
-    store = await openStore()
-    log = await openLog()
-    topic = await log.createTopic(3)
-    config = testConfig({
-      TALLY_TOPIC_RAW: topic,
-      TALLY_PROP_VALUES_MAX: String(MAX),
-      TALLY_GRACE_MS: String(GRACE_MS),
-      TALLY_FLUSH_INTERVAL_MS: '100',
-    })
-    data = tempDataDir('tally-propvisits-')
+    ;({ store, log, topic, config, data } = await openPipeline(openStore, openLog, {
+      dataPrefix: 'tally-propvisits-',
+      env: {
+        TALLY_PROP_VALUES_MAX: String(MAX),
+        TALLY_GRACE_MS: String(GRACE_MS),
+        TALLY_FLUSH_INTERVAL_MS: '100',
+      },
+    }))
     const created = await store.sites.create({ siteId, domain: siteId, origins: [] })
     site = created.site
     readToken = created.readToken
@@ -280,9 +261,7 @@ describe.each(backends)('visits by custom property, stream and rebuild (%s)', (_
 
   afterAll(async () => {
     await query?.close()
-    await log?.close()
-    await store?.close()
-    data?.remove()
+    await closePipeline({ log, store, data })
   })
 
   const events = withProps(
@@ -391,44 +370,14 @@ describe.each(backends)('visits by custom property, stream and rebuild (%s)', (_
   it('the stream counts visits by the first event of each visit, values past the cap under (other)', async () => {
     expect(events.some((e) => e.isDuplicate)).toBe(true)
     expect(events.some((e) => e.isBot)).toBe(true)
-    const writer = log.writer()
-    const app = await ingestApp(config, writer, [site], logger)
-    try {
-      await feed(app, events, () => site.writeKey)
-    } finally {
-      await app.close()
-      await writer.close()
-    }
-    const deadLetters = log.writer()
-    const worker = new StreamWorker({
-      config: { ...config.stream, group: group(), countsVisits: true },
+    await ingestAll(log, config, [site], events, logger)
+    await streamToEnd(log, store, {
       topic,
-      deadLetterTopic: `${topic}-dlq`,
-      consumer: log.consumer(group(), topic),
-      store: store.store,
-      deadLetters,
-      offsets: log.offsets,
-      metrics: createStreamMetrics(new Registry()),
+      group: group(),
+      stream: { ...config.stream, countsVisits: true },
       logger,
       propKeys: new PropKeyCache(store.sites, 60_000, logger),
     })
-    await worker.start()
-    try {
-      const ends = await log.offsets.endOffsets(topic)
-      await eventually(
-        async () => {
-          const progress = await store.reader.streamProgress(group(), topic, ends.size)
-          const done = new Map(progress.map((p) => [p.partition, p.nextOffset]))
-          for (const [p, end] of ends) if (end > 0 && (done.get(p) ?? 0) < end) return undefined
-          return true
-        },
-        60_000,
-        'the stream to checkpoint at the end of the log',
-      )
-    } finally {
-      await worker.close()
-      await deadLetters.close()
-    }
     const { visits, ties } = sessionize(events, config.stream.visitGapMs)
     expect(ties).toBe(0)
     // Visits of several events, bounces, and visits whose first event lacks `plan`.
@@ -451,22 +400,16 @@ describe.each(backends)('visits by custom property, stream and rebuild (%s)', (_
       owner: 'propvisits-test',
       logger,
     })
-    const result = await runRebuild(
+    const result = await rebuildFromArchive(
+      store,
       {
-        leases: store.batch.leases,
-        jobs: store.batch.jobs,
-        rows: store.batch.rows,
-        logger,
-        propKeys: store.sites,
-      },
-      {
-        topicDir: archiveTopicDir(join(data.dir, 'archive'), topic),
-        stagingDir: join(data.dir, 'staging'),
-        precision: store.precision,
-        visitGapMs: config.stream.visitGapMs,
-        propValuesMax: MAX,
+        topic,
+        dataDir: data.dir,
         owner: 'propvisits-test',
-        leaseTtlMs: 5000,
+        logger,
+        visitGapMs: config.stream.visitGapMs,
+        propKeys: true,
+        settings: { propValuesMax: MAX },
       },
       { fromMs: RANGE_FROM, toMs: RANGE_TO, siteId },
     )

@@ -1,29 +1,19 @@
 import { join } from 'node:path'
-import { Registry } from 'prom-client'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { runRebuild } from '../../batch/rebuild.js'
 import { type GeneratedEvent, generateWorkload } from '../../bench/workload.js'
 import { DIMENSION_GRANULARITIES, type Granularity, windowStart } from '../../core/aggregate/definition.js'
 import { capValues, keptValues, OTHER } from '../../core/aggregate/props.js'
-import { archiveTopicDir } from '../../core/archive/segment-file.js'
 import { HyperLogLog } from '../../core/hll.js'
 import { createLogger } from '../../core/log.js'
 import type { AggregateReader, MergedValues } from '../../core/ports/aggregate-store.js'
 import type { Site } from '../../core/ports/site-store.js'
-import { createStreamMetrics } from '../../stream/metrics.js'
 import { PropKeyCache } from '../../stream/prop-keys.js'
-import { StreamWorker } from '../../stream/worker.js'
-import {
-  cassandraHarness,
-  embeddedHarness,
-  embeddedLogHarness,
-  kafkaLogHarness,
-  tempDataDir,
-} from '../contract/backends.js'
+import type { tempDataDir } from '../contract/backends.js'
 import type { EventLogHarness } from '../contract/event-log.js'
-import { archiveWholeLog } from '../helpers/archive-log.js'
-import { eventually, testConfig } from '../helpers/context.js'
-import { feed, ingestApp } from '../helpers/stream.js'
+import { archiveWholeLog, rebuildFromArchive } from '../helpers/archive-log.js'
+import { testConfig } from '../helpers/context.js'
+import { backends, closePipeline, type Harness, openPipeline } from '../helpers/pipeline-backends.js'
+import { ingestAll, streamToEnd } from '../helpers/stream.js'
 
 /**
  * Custom properties end to end, on both backends: a site declares `plan` (a few values) and `item`
@@ -45,13 +35,6 @@ const GRACE_MS = 4 * HOUR
 const RANGE_FROM = Math.floor(START / DAY) * DAY
 const RANGE_TO = Math.floor(Date.now() / DAY) * DAY + DAY
 const PLANS = ['free', 'pro', 'team']
-
-type Harness = Awaited<ReturnType<typeof embeddedHarness>>
-
-const backends: Array<[string, () => Promise<Harness>, () => Promise<EventLogHarness>]> = [
-  ['Kafka + Cassandra', cassandraHarness, kafkaLogHarness],
-  ['embedded', embeddedHarness, embeddedLogHarness],
-]
 
 /** A small deterministic number of a string (the same for an event and its duplicate). */
 function numberOf(s: string): number {
@@ -189,25 +172,21 @@ describe.each(backends)('custom properties, stream and rebuild (%s)', (_name, op
   const siteId = `props-${Date.now()}.test`
 
   beforeAll(async () => {
-    store = await openStore()
-    log = await openLog()
-    topic = await log.createTopic(3)
-    config = testConfig({
-      TALLY_TOPIC_RAW: topic,
-      TALLY_PROP_VALUES_MAX: String(MAX),
-      TALLY_GRACE_MS: String(GRACE_MS),
-      TALLY_FLUSH_INTERVAL_MS: '100',
-    })
-    data = tempDataDir('tally-props-')
+    ;({ store, log, topic, config, data } = await openPipeline(openStore, openLog, {
+      dataPrefix: 'tally-props-',
+      env: {
+        TALLY_PROP_VALUES_MAX: String(MAX),
+        TALLY_GRACE_MS: String(GRACE_MS),
+        TALLY_FLUSH_INTERVAL_MS: '100',
+      },
+    }))
     site = (await store.sites.create({ siteId, domain: siteId, origins: [] })).site
     await store.sites.addPropKey(siteId, 'plan')
     await store.sites.addPropKey(siteId, 'item')
   }, 60_000)
 
   afterAll(async () => {
-    await log?.close()
-    await store?.close()
-    data?.remove()
+    await closePipeline({ log, store, data })
   })
 
   const events = withProps(
@@ -224,45 +203,14 @@ describe.each(backends)('custom properties, stream and rebuild (%s)', (_name, op
   it('the stream counts the declared keys per hour and day, values past the cap under (other)', async () => {
     expect(events.some((e) => e.isDuplicate)).toBe(true)
     expect(events.some((e) => e.isBot)).toBe(true)
-    const writer = log.writer()
-    const app = await ingestApp(config, writer, [site], logger)
-    try {
-      await feed(app, events, () => site.writeKey)
-    } finally {
-      await app.close()
-      await writer.close()
-    }
-    const group = `props-${topic}`
-    const deadLetters = log.writer()
-    const worker = new StreamWorker({
-      config: { ...config.stream, group, countsVisits: false },
+    await ingestAll(log, config, [site], events, logger)
+    await streamToEnd(log, store, {
       topic,
-      deadLetterTopic: `${topic}-dlq`,
-      consumer: log.consumer(group, topic),
-      store: store.store,
-      deadLetters,
-      offsets: log.offsets,
-      metrics: createStreamMetrics(new Registry()),
+      group: `props-${topic}`,
+      stream: { ...config.stream, countsVisits: false },
       logger,
       propKeys: new PropKeyCache(store.sites, 60_000, logger),
     })
-    await worker.start()
-    try {
-      const ends = await log.offsets.endOffsets(topic)
-      await eventually(
-        async () => {
-          const progress = await store.reader.streamProgress(group, topic, ends.size)
-          const done = new Map(progress.map((p) => [p.partition, p.nextOffset]))
-          for (const [p, end] of ends) if (end > 0 && (done.get(p) ?? 0) < end) return undefined
-          return true
-        },
-        60_000,
-        'the stream to checkpoint at the end of the log',
-      )
-    } finally {
-      await worker.close()
-      await deadLetters.close()
-    }
     const truth = truthOf(events, ['plan', 'item'])
     // The cap is passed: some day window holds far more item values than it keeps.
     const dayItems = [...truth.keys()].filter((k) => k.startsWith('day|') && k.includes('|item|'))
@@ -283,22 +231,16 @@ describe.each(backends)('custom properties, stream and rebuild (%s)', (_name, op
       owner: 'props-test',
       logger,
     })
-    const result = await runRebuild(
+    const result = await rebuildFromArchive(
+      store,
       {
-        leases: store.batch.leases,
-        jobs: store.batch.jobs,
-        rows: store.batch.rows,
-        logger,
-        propKeys: store.sites,
-      },
-      {
-        topicDir: archiveTopicDir(join(data.dir, 'archive'), topic),
-        stagingDir: join(data.dir, 'staging'),
-        precision: store.precision,
-        visitGapMs: config.stream.visitGapMs,
-        propValuesMax: MAX,
+        topic,
+        dataDir: data.dir,
         owner: 'props-test',
-        leaseTtlMs: 5000,
+        logger,
+        visitGapMs: config.stream.visitGapMs,
+        propKeys: true,
+        settings: { propValuesMax: MAX },
       },
       { fromMs: RANGE_FROM, toMs: RANGE_TO, siteId },
     )

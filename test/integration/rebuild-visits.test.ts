@@ -1,23 +1,16 @@
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { runRebuild } from '../../batch/rebuild.js'
 import { type GeneratedEvent, generateWorkload } from '../../bench/workload.js'
 import { GRANULARITIES, windowMs } from '../../core/aggregate/definition.js'
-import { archiveTopicDir } from '../../core/archive/segment-file.js'
 import { createLogger } from '../../core/log.js'
 import type { AggregateReader } from '../../core/ports/aggregate-store.js'
 import type { Site } from '../../core/ports/site-store.js'
-import {
-  cassandraHarness,
-  embeddedHarness,
-  embeddedLogHarness,
-  kafkaLogHarness,
-  tempDataDir,
-} from '../contract/backends.js'
+import type { tempDataDir } from '../contract/backends.js'
 import type { EventLogHarness } from '../contract/event-log.js'
-import { archiveWholeLog } from '../helpers/archive-log.js'
+import { archiveWholeLog, rebuildFromArchive } from '../helpers/archive-log.js'
 import { testConfig } from '../helpers/context.js'
-import { feed, ingestApp } from '../helpers/stream.js'
+import { backends, closePipeline, type Harness, openPipeline } from '../helpers/pipeline-backends.js'
+import { ingestAll } from '../helpers/stream.js'
 import { type VisitCounts, visitKey, visitTruthOf } from '../helpers/visit-truth.js'
 import { visitScenarios } from '../helpers/visit-workload.js'
 
@@ -38,13 +31,6 @@ const MIDNIGHT = Math.floor(Date.now() / DAY) * DAY - DAY
 const RANGE_FROM = MIDNIGHT - DAY
 const RANGE_TO = MIDNIGHT + DAY
 const BREAKDOWNS = ['referrer', 'utm_source', 'browser', 'os', 'device', 'entry_page', 'exit_page'] as const
-
-type Harness = Awaited<ReturnType<typeof embeddedHarness>>
-
-const backends: Array<[string, () => Promise<Harness>, () => Promise<EventLogHarness>]> = [
-  ['Kafka + Cassandra', cassandraHarness, kafkaLogHarness],
-  ['embedded', embeddedHarness, embeddedLogHarness],
-]
 
 function zero(): VisitCounts {
   return { visits: 0, bounces: 0, visitDurationMs: 0, visitPageviews: 0 }
@@ -121,30 +107,19 @@ describe.each(backends)('visits after a rebuild (%s)', (_name, openStore, openLo
   const SITE_IDS = [`visits-a-${Date.now()}.test`, `visits-b-${Date.now()}.test`]
 
   beforeAll(async () => {
-    store = await openStore()
-    log = await openLog()
-    topic = await log.createTopic(3)
-    config = testConfig({ TALLY_TOPIC_RAW: topic })
-    data = tempDataDir('tally-rebuild-visits-')
+    ;({ store, log, topic, config, data } = await openPipeline(openStore, openLog, {
+      dataPrefix: 'tally-rebuild-visits-',
+    }))
     for (const id of SITE_IDS)
       sites.push((await store.sites.create({ siteId: id, domain: id, origins: [] })).site)
   }, 60_000)
 
   afterAll(async () => {
-    await log?.close()
-    await store?.close()
-    data?.remove()
+    await closePipeline({ log, store, data })
   })
 
   async function ingest(events: readonly GeneratedEvent[]): Promise<void> {
-    const writer = log.writer()
-    const app = await ingestApp(config, writer, sites, logger)
-    try {
-      await feed(app, events, (siteId) => sites.find((s) => s.siteId === siteId)!.writeKey)
-    } finally {
-      await app.close()
-      await writer.close()
-    }
+    await ingestAll(log, config, sites, events, logger)
   }
 
   async function archive(): Promise<void> {
@@ -157,15 +132,14 @@ describe.each(backends)('visits after a rebuild (%s)', (_name, openStore, openLo
   }
 
   function rebuild(fromMs: number, toMs: number) {
-    return runRebuild(
-      { leases: store.batch.leases, jobs: store.batch.jobs, rows: store.batch.rows, logger },
+    return rebuildFromArchive(
+      store,
       {
-        topicDir: archiveTopicDir(join(data.dir, 'archive'), topic),
-        stagingDir: join(data.dir, 'staging'),
-        precision: store.precision,
-        visitGapMs: config.stream.visitGapMs,
+        topic,
+        dataDir: data.dir,
         owner: 'visits-test',
-        leaseTtlMs: 5000,
+        logger,
+        visitGapMs: config.stream.visitGapMs,
       },
       { fromMs, toMs },
     )

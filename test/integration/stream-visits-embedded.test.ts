@@ -7,9 +7,8 @@ import type { Site } from '../../core/ports/site-store.js'
 import { createStreamMetrics } from '../../stream/metrics.js'
 import { StreamWorker } from '../../stream/worker.js'
 import { tempDataDir } from '../contract/backends.js'
-import { eventually } from '../helpers/context.js'
 import { seeded } from '../helpers/processes.js'
-import { compareReaderWithTruth, feed, ingestApp } from '../helpers/stream.js'
+import { checkpointsAtEnd, compareReaderWithTruth, feed, ingestApp } from '../helpers/stream.js'
 import { visitTruthOf } from '../helpers/visit-truth.js'
 import { compareVisits, visitWorkload } from '../helpers/visit-workload.js'
 
@@ -66,15 +65,11 @@ function makeWorker(backend: EmbeddedBackend) {
 }
 
 async function caughtUp(backend: EmbeddedBackend): Promise<void> {
-  const ends = await backend.log.endOffsets(topic)
-  await eventually(
-    async () => {
-      const progress = await backend.reader.streamProgress(config.stream.group, topic, ends.size)
-      const done = new Map(progress.map((p) => [p.partition, p.nextOffset]))
-      for (const [p, end] of ends) if (end > 0 && (done.get(p) ?? 0) < end) return undefined
-      return true
-    },
-    60_000,
+  await checkpointsAtEnd(
+    backend.log,
+    backend.reader,
+    config.stream.group,
+    topic,
     'stream checkpoints at the end of the embedded log',
   )
 }
