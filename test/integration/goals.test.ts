@@ -1,11 +1,8 @@
 import { join } from 'node:path'
-import { Registry } from 'prom-client'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { runRebuild } from '../../batch/rebuild.js'
 import { dimensionValues, type GeneratedEvent, generateWorkload } from '../../bench/workload.js'
 import { eventGoal, pageGoal } from '../../core/aggregate/goals.js'
 import { capValues, keptValues, OTHER } from '../../core/aggregate/props.js'
-import { archiveTopicDir } from '../../core/archive/segment-file.js'
 import { HyperLogLog } from '../../core/hll.js'
 import { createLogger } from '../../core/log.js'
 import type { AggregateReader, MergedValues } from '../../core/ports/aggregate-store.js'
@@ -14,20 +11,13 @@ import { buildQueryApp } from '../../query/app.js'
 import { ReadAccessCache, type ReadAuthorizer } from '../../query/auth.js'
 import { CheckpointFreshness } from '../../query/freshness.js'
 import { createQueryMetrics } from '../../query/metrics.js'
-import { createStreamMetrics } from '../../stream/metrics.js'
 import { PropKeyCache } from '../../stream/prop-keys.js'
-import { StreamWorker } from '../../stream/worker.js'
-import {
-  cassandraHarness,
-  embeddedHarness,
-  embeddedLogHarness,
-  kafkaLogHarness,
-  tempDataDir,
-} from '../contract/backends.js'
+import type { tempDataDir } from '../contract/backends.js'
 import type { EventLogHarness } from '../contract/event-log.js'
-import { archiveWholeLog } from '../helpers/archive-log.js'
-import { eventually, testConfig } from '../helpers/context.js'
-import { feed, ingestApp } from '../helpers/stream.js'
+import { archiveWholeLog, rebuildFromArchive } from '../helpers/archive-log.js'
+import { testConfig } from '../helpers/context.js'
+import { backends, closePipeline, type Harness, openPipeline } from '../helpers/pipeline-backends.js'
+import { ingestAll, streamToEnd } from '../helpers/stream.js'
 
 /**
  * Goals end to end, on both backends: a site defines an event goal (`Added to Cart`) and two page
@@ -58,13 +48,6 @@ const PROP_MAX = 10
 const PROP_KEYS = ['quantity', 'product_id'] as const
 /** A zone whose midnights are whole UTC hours (America/New_York: UTC−5 or −4). */
 const ZONE = 'America/New_York'
-
-type Harness = Awaited<ReturnType<typeof embeddedHarness>>
-
-const backends: Array<[string, () => Promise<Harness>, () => Promise<EventLogHarness>]> = [
-  ['Kafka + Cassandra', cassandraHarness, kafkaLogHarness],
-  ['embedded', embeddedHarness, embeddedLogHarness],
-]
 
 interface Payload {
   type: string
@@ -143,6 +126,27 @@ function estimate(ids: Iterable<string>, precision: number): number {
   return h.estimate()
 }
 
+/**
+ * Differences between one stored value and its truth cell: events and pageviews exactly (then no
+ * more), no bot events, and the converters' registers those of the true visitor set.
+ */
+function cellDiffs(
+  where: string,
+  e: Cell | undefined,
+  a: MergedValues | undefined,
+  precision: number,
+): string[] {
+  if ((a?.events ?? 0) !== (e?.events ?? 0) || (a?.pageviews ?? 0) !== (e?.pageviews ?? 0))
+    return [`${where}: events ${a?.events} ≠ ${e?.events}, pageviews ${a?.pageviews} ≠ ${e?.pageviews}`]
+  const out: string[] = []
+  if ((a?.botEvents ?? 0) !== 0) out.push(`${where}: ${a?.botEvents} bot events`)
+  if (!e) return out
+  const stored = a && a.visitors.length > 0 ? HyperLogLog.fromBytes(a.visitors).estimate() : 0
+  if (stored !== estimate(e.visitors, precision))
+    out.push(`${where}: visitors ${stored} ≠ ${estimate(e.visitors, precision)}`)
+  return out
+}
+
 /** Differences between the `goal` rows `reader` holds and the truth, per window. */
 async function compare(
   reader: AggregateReader,
@@ -167,15 +171,7 @@ async function compare(
       const e = expected.get(goal)
       const a = read.values.get(goal)
       const where = `${g} ${new Date(from).toISOString()} goal=${goal}`
-      if ((a?.events ?? 0) !== (e?.events ?? 0) || (a?.pageviews ?? 0) !== (e?.pageviews ?? 0)) {
-        out.push(`${where}: events ${a?.events} ≠ ${e?.events}, pageviews ${a?.pageviews} ≠ ${e?.pageviews}`)
-        continue
-      }
-      if ((a?.botEvents ?? 0) !== 0) out.push(`${where}: ${a?.botEvents} bot events`)
-      if (!e) continue
-      const stored = a && a.visitors.length > 0 ? HyperLogLog.fromBytes(a.visitors).estimate() : 0
-      if (stored !== estimate(e.visitors, precision))
-        out.push(`${where}: visitors ${stored} ≠ ${estimate(e.visitors, precision)}`)
+      out.push(...cellDiffs(where, e, a, precision))
     }
   }
   return out
@@ -296,15 +292,7 @@ async function compareBy(
       const e = expected.get(value)
       const a = read.values.get(value)
       const where = `${g} ${new Date(from).toISOString()} goal|${dim}=${JSON.stringify(value)}`
-      if ((a?.events ?? 0) !== (e?.events ?? 0) || (a?.pageviews ?? 0) !== (e?.pageviews ?? 0)) {
-        out.push(`${where}: events ${a?.events} ≠ ${e?.events}, pageviews ${a?.pageviews} ≠ ${e?.pageviews}`)
-        continue
-      }
-      if ((a?.botEvents ?? 0) !== 0) out.push(`${where}: ${a?.botEvents} bot events`)
-      if (!e) continue
-      const stored = a && a.visitors.length > 0 ? HyperLogLog.fromBytes(a.visitors).estimate() : 0
-      if (stored !== estimate(e.visitors, precision))
-        out.push(`${where}: visitors ${stored} ≠ ${estimate(e.visitors, precision)}`)
+      out.push(...cellDiffs(where, e, a, precision))
     }
   }
   return out
@@ -417,15 +405,7 @@ async function compareProps(
       const e = expected.get(value)
       const a = actual.get(value)
       const where = `${g} ${new Date(from).toISOString()} goal|prop:${key} ${goal}=${JSON.stringify(value)}`
-      if ((a?.events ?? 0) !== (e?.events ?? 0) || (a?.pageviews ?? 0) !== (e?.pageviews ?? 0)) {
-        out.push(`${where}: events ${a?.events} ≠ ${e?.events}, pageviews ${a?.pageviews} ≠ ${e?.pageviews}`)
-        continue
-      }
-      if ((a?.botEvents ?? 0) !== 0) out.push(`${where}: ${a?.botEvents} bot events`)
-      if (!e) continue
-      const stored = a && a.visitors.length > 0 ? HyperLogLog.fromBytes(a.visitors).estimate() : 0
-      if (stored !== estimate(e.visitors, precision))
-        out.push(`${where}: visitors ${stored} ≠ ${estimate(e.visitors, precision)}`)
+      out.push(...cellDiffs(where, e, a, precision))
     }
   }
   return out
@@ -456,16 +436,14 @@ describe.each(backends)('goals, stream and rebuild (%s)', (_name, openStore, ope
   const names = GOALS.map((g) => g.name)
 
   beforeAll(async () => {
-    store = await openStore()
-    log = await openLog()
-    topic = await log.createTopic(3)
-    config = testConfig({
-      TALLY_TOPIC_RAW: topic,
-      TALLY_GRACE_MS: String(GRACE_MS),
-      TALLY_FLUSH_INTERVAL_MS: '100',
-      TALLY_PROP_VALUES_MAX: String(PROP_MAX),
-    })
-    data = tempDataDir('tally-goals-')
+    ;({ store, log, topic, config, data } = await openPipeline(openStore, openLog, {
+      dataPrefix: 'tally-goals-',
+      env: {
+        TALLY_GRACE_MS: String(GRACE_MS),
+        TALLY_FLUSH_INTERVAL_MS: '100',
+        TALLY_PROP_VALUES_MAX: String(PROP_MAX),
+      },
+    }))
     const created = await store.sites.create({ siteId, domain: siteId, origins: [] })
     site = created.site
     readToken = created.readToken
@@ -476,9 +454,7 @@ describe.each(backends)('goals, stream and rebuild (%s)', (_name, openStore, ope
   afterAll(async () => {
     await query?.close()
     await zoned?.close()
-    await log?.close()
-    await store?.close()
-    data?.remove()
+    await closePipeline({ log, store, data })
   })
 
   const events = generateWorkload({
@@ -956,44 +932,14 @@ describe.each(backends)('goals, stream and rebuild (%s)', (_name, openStore, ope
   it('the stream counts completions and converters per goal, hour and day; the query answers conversions and rates', async () => {
     expect(events.some((e) => e.isDuplicate)).toBe(true)
     expect(events.some((e) => e.isBot)).toBe(true)
-    const writer = log.writer()
-    const app = await ingestApp(config, writer, [site], logger)
-    try {
-      await feed(app, events, () => site.writeKey)
-    } finally {
-      await app.close()
-      await writer.close()
-    }
-    const deadLetters = log.writer()
-    const worker = new StreamWorker({
-      config: { ...config.stream, group: group() },
+    await ingestAll(log, config, [site], events, logger)
+    await streamToEnd(log, store, {
       topic,
-      deadLetterTopic: `${topic}-dlq`,
-      consumer: log.consumer(group(), topic),
-      store: store.store,
-      deadLetters,
-      offsets: log.offsets,
-      metrics: createStreamMetrics(new Registry()),
+      group: group(),
+      stream: config.stream,
       logger,
       propKeys: new PropKeyCache(store.sites, 60_000, logger),
     })
-    await worker.start()
-    try {
-      const ends = await log.offsets.endOffsets(topic)
-      await eventually(
-        async () => {
-          const progress = await store.reader.streamProgress(group(), topic, ends.size)
-          const done = new Map(progress.map((p) => [p.partition, p.nextOffset]))
-          for (const [p, end] of ends) if (end > 0 && (done.get(p) ?? 0) < end) return undefined
-          return true
-        },
-        60_000,
-        'the stream to checkpoint at the end of the log',
-      )
-    } finally {
-      await worker.close()
-      await deadLetters.close()
-    }
     const truth = truthOf(events, names)
     // Every goal is reached, and a bot or a duplicate completed some (they must not count).
     for (const n of names)
@@ -1057,22 +1003,16 @@ describe.each(backends)('goals, stream and rebuild (%s)', (_name, openStore, ope
       owner: 'goals-test',
       logger,
     })
-    const result = await runRebuild(
+    const result = await rebuildFromArchive(
+      store,
       {
-        leases: store.batch.leases,
-        jobs: store.batch.jobs,
-        rows: store.batch.rows,
-        logger,
-        propKeys: store.sites,
-      },
-      {
-        topicDir: archiveTopicDir(join(data.dir, 'archive'), topic),
-        stagingDir: join(data.dir, 'staging'),
-        precision: store.precision,
-        visitGapMs: config.stream.visitGapMs,
-        propValuesMax: PROP_MAX,
+        topic,
+        dataDir: data.dir,
         owner: 'goals-test',
-        leaseTtlMs: 5000,
+        logger,
+        visitGapMs: config.stream.visitGapMs,
+        propKeys: true,
+        settings: { propValuesMax: PROP_MAX },
       },
       { fromMs: RANGE_FROM, toMs: RANGE_TO, siteId },
     )
