@@ -324,6 +324,11 @@ function tooLarge(where: string, message: string): TallyError {
   return badParameter(where, message, ERR.RANGE_TOO_LARGE)
 }
 
+/** Breakdown order: by `key` descending, then by value (a stable order for pages). */
+function order<T extends { value: string }>(key: (row: T) => number): (a: T, b: T) => number {
+  return (a, b) => key(b) - key(a) || (a.value < b.value ? -1 : a.value > b.value ? 1 : 0)
+}
+
 export class StatsService {
   constructor(private readonly deps: StatsDeps) {}
 
@@ -1039,10 +1044,6 @@ export class StatsService {
     // entry_page / exit_page rows count visits, not events.
     const counted = (acc: MetricAccumulator) =>
       acc.events > 0 || acc.visits.visits > 0 || (wantsBots && acc.botEvents > 0)
-    const order =
-      <T extends { value: string }>(key: (row: T) => number) =>
-      (a: T, b: T) =>
-        key(b) - key(a) || (a.value < b.value ? -1 : a.value > b.value ? 1 : 0)
     // Goals: each goal's conversion rate is against the visitors of the whole range (its totals).
     const rangeVisitors = q.metrics.includes('conversion_rate')
       ? visitorsOf(
@@ -1239,11 +1240,7 @@ export class StatsService {
         ),
       }))
     const sortBy = q.metrics[0]!
-    all.sort(
-      (a, b) =>
-        (b.values[sortBy] ?? 0) - (a.values[sortBy] ?? 0) ||
-        (a.value < b.value ? -1 : a.value > b.value ? 1 : 0),
-    )
+    all.sort(order((r) => r.values[sortBy] ?? 0))
     const start = (q.page - 1) * q.limit
     const page = all.slice(start, start + q.limit)
     return {
