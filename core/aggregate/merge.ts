@@ -1,5 +1,5 @@
 import { HyperLogLog } from '../hll.js'
-import type { MergedValues, VisitCounts } from '../ports/aggregate-store.js'
+import type { BreakdownResult, MergedValues, MergedWindow, VisitCounts } from '../ports/aggregate-store.js'
 import { addTo, zero } from './visits.js'
 
 /**
@@ -133,5 +133,71 @@ export class ValuesAccumulator {
       final: this.allFinal,
     }
     return this.anyVisits ? Object.assign(out, this.visits) : out
+  }
+}
+
+/**
+ * A breakdown's answer built from merged (window, value) groups in any order, the same for every
+ * aggregate store: per value the groups add up; a window is listed when a group of it was merged,
+ * final when any of its groups is, and without visits when any of its groups has none.
+ */
+export class BreakdownCollector {
+  private readonly values = new Map<string, ValuesAccumulator>()
+  private readonly windows = new Map<number, { final: boolean }>()
+  private readonly windowsWithoutVisits = new Set<number>()
+
+  constructor(
+    private readonly precision: number,
+    private readonly withVisitors: boolean,
+  ) {}
+
+  add(windowStart: number, value: string, merged: MergedFinal): void {
+    let acc = this.values.get(value)
+    if (!acc) {
+      acc = new ValuesAccumulator(this.precision, this.withVisitors)
+      this.values.set(value, acc)
+    }
+    acc.add(merged)
+    const w = this.windows.get(windowStart)
+    if (!w) this.windows.set(windowStart, { final: merged.final })
+    else if (merged.final) w.final = true
+    if (merged.visits === undefined) this.windowsWithoutVisits.add(windowStart)
+  }
+
+  result(): BreakdownResult {
+    return {
+      values: new Map([...this.values].map(([value, acc]) => [value, acc.values()])),
+      windows: this.windows,
+      windowsWithoutVisits: this.windowsWithoutVisits,
+    }
+  }
+}
+
+/**
+ * Per window, the merged groups of the values read added up (any order), listed by window start;
+ * a window is final when any of its groups is.
+ */
+export class WindowsCollector {
+  private readonly perWindow = new Map<number, { acc: ValuesAccumulator; final: boolean }>()
+
+  constructor(
+    private readonly precision: number,
+    private readonly withVisitors: boolean,
+  ) {}
+
+  add(windowStart: number, merged: MergedFinal): void {
+    let w = this.perWindow.get(windowStart)
+    if (!w) {
+      w = { acc: new ValuesAccumulator(this.precision, this.withVisitors), final: false }
+      this.perWindow.set(windowStart, w)
+    }
+    w.acc.add(merged)
+    if (merged.final) w.final = true
+  }
+
+  result(): MergedWindow[] {
+    return [...this.perWindow]
+      .sort((a, b) => a[0] - b[0])
+      .map(([windowStart, w]) => ({ windowStart, ...w.acc.values(), final: w.final }))
   }
 }

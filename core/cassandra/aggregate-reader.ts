@@ -3,11 +3,12 @@ import { type Granularity, type RowDimension, totalsBucket, windowMs } from '../
 import { CommittedGenerations, scopeOf, spanRange } from '../aggregate/final.js'
 import { isRebuiltOnly } from '../aggregate/goals.js'
 import {
+  BreakdownCollector,
   generationOfRow,
   mergePartials,
   type PartialValues as Partial,
-  ValuesAccumulator,
   visitCountsOf,
+  WindowsCollector,
 } from '../aggregate/merge.js'
 import type {
   AggregateReader,
@@ -165,10 +166,8 @@ export class CassandraAggregateReader implements AggregateReader {
   ): Promise<BreakdownResult> {
     const withVisitors = options.visitors ?? true
     const only = options.values
-    const values = new Map<string, ValuesAccumulator>()
-    const windows = new Map<number, { final: boolean }>()
-    const windowsWithoutVisits = new Set<number>()
-    if (only && only.length === 0) return { values: new Map(), windows, windowsWithoutVisits }
+    const out = new BreakdownCollector(this.precision, withVisitors)
+    if (only && only.length === 0) return out.result()
     const generations = await this.committed(siteId, granularity, fromMs, toMs)
     const rebuiltOnly = isRebuiltOnly(dimension)
     // One partition per window; a window's final row replaces its partials before windows merge.
@@ -190,9 +189,6 @@ export class CassandraAggregateReader implements AggregateReader {
       if (perValue.size === 0) return
       const generation = generations.of(granularity, ws)
       const provisional = generations.provisional(granularity, ws)
-      let windowFinal = false
-      let windowVisits = true
-      let seen = false
       for (const [value, parts] of perValue) {
         const merged = mergePartials(
           parts,
@@ -202,25 +198,10 @@ export class CassandraAggregateReader implements AggregateReader {
           provisional,
           rebuiltOnly,
         )
-        if (!merged) continue
-        seen = true
-        if (merged.final) windowFinal = true
-        if (merged.visits === undefined) windowVisits = false
-        let acc = values.get(value)
-        if (!acc) {
-          acc = new ValuesAccumulator(this.precision, withVisitors)
-          values.set(value, acc)
-        }
-        acc.add(merged)
+        if (merged) out.add(ws, value, merged)
       }
-      if (seen) windows.set(ws, { final: windowFinal })
-      if (seen && !windowVisits) windowsWithoutVisits.add(ws)
     })
-    return {
-      values: new Map([...values].map(([value, acc]) => [value, acc.values()])),
-      windows,
-      windowsWithoutVisits,
-    }
+    return out.result()
   }
 
   async dimensionWindows(
@@ -233,8 +214,8 @@ export class CassandraAggregateReader implements AggregateReader {
     options: ReadOptions = {},
   ): Promise<MergedWindow[]> {
     const withVisitors = options.visitors ?? true
-    const out: MergedWindow[] = []
-    if (values.length === 0) return out
+    const out = new WindowsCollector(this.precision, withVisitors)
+    if (values.length === 0) return out.result()
     const generations = await this.committed(siteId, granularity, fromMs, toMs)
     const rebuiltOnly = isRebuiltOnly(dimension)
     await forEachLimited(windowStarts(fromMs, toMs, granularity), this.concurrency, async (ws) => {
@@ -252,9 +233,6 @@ export class CassandraAggregateReader implements AggregateReader {
       if (perValue.size === 0) return
       const generation = generations.of(granularity, ws)
       const provisional = generations.provisional(granularity, ws)
-      const acc = new ValuesAccumulator(this.precision, withVisitors)
-      let windowFinal = false
-      let seen = false
       for (const parts of perValue.values()) {
         const merged = mergePartials(
           parts,
@@ -264,14 +242,10 @@ export class CassandraAggregateReader implements AggregateReader {
           provisional,
           rebuiltOnly,
         )
-        if (!merged) continue
-        seen = true
-        if (merged.final) windowFinal = true
-        acc.add(merged)
+        if (merged) out.add(ws, merged)
       }
-      if (seen) out.push({ windowStart: ws, ...acc.values(), final: windowFinal })
     })
-    return out.sort((a, b) => a.windowStart - b.windowStart)
+    return out.result()
   }
 
   async *streamTotals(

@@ -3,7 +3,7 @@ import { CommittedGenerations, scopeOf, spanRange } from '../aggregate/final.js'
 import { isRebuiltOnly } from '../aggregate/goals.js'
 // One definition of "a final row replaces the partials, partials add up and merge registers",
 // shared with the Cassandra reader so that both backends answer alike.
-import { generationOfRow, mergePartials, ValuesAccumulator } from '../aggregate/merge.js'
+import { BreakdownCollector, generationOfRow, mergePartials, WindowsCollector } from '../aggregate/merge.js'
 import type {
   AggregateReader,
   BreakdownResult,
@@ -227,10 +227,8 @@ export class EmbeddedAggregateReader implements AggregateReader {
   ): Promise<BreakdownResult> {
     const withVisitors = options.visitors ?? true
     const only = options.values
-    const values = new Map<string, ValuesAccumulator>()
-    const windows = new Map<number, { final: boolean }>()
-    const windowsWithoutVisits = new Set<number>()
-    if (only && only.length === 0) return { values: new Map(), windows, windowsWithoutVisits }
+    const out = new BreakdownCollector(this.precision, withVisitors)
+    if (only && only.length === 0) return out.result()
     // A (window, value)'s final row replaces its partials before windows merge.
     const generations = this.committed(siteId, granularity, fromMs, toMs)
     eachGroup(
@@ -245,24 +243,10 @@ export class EmbeddedAggregateReader implements AggregateReader {
           granularity,
           isRebuiltOnly(dimension),
         )
-        if (!merged) return
-        const value = String(first.value)
-        let acc = values.get(value)
-        if (!acc) {
-          acc = new ValuesAccumulator(this.precision, withVisitors)
-          values.set(value, acc)
-        }
-        acc.add(merged)
-        const w = windows.get(first.window_start)
-        windows.set(first.window_start, { final: (w?.final ?? false) || merged.final })
-        if (merged.visits === undefined) windowsWithoutVisits.add(first.window_start)
+        if (merged) out.add(first.window_start, String(first.value), merged)
       },
     )
-    return {
-      values: new Map([...values].map(([value, acc]) => [value, acc.values()])),
-      windows,
-      windowsWithoutVisits,
-    }
+    return out.result()
   }
 
   async dimensionWindows(
@@ -276,7 +260,7 @@ export class EmbeddedAggregateReader implements AggregateReader {
   ): Promise<MergedWindow[]> {
     const withVisitors = options.visitors ?? true
     if (values.length === 0) return []
-    const perWindow = new Map<number, { acc: ValuesAccumulator; final: boolean }>()
+    const out = new WindowsCollector(this.precision, withVisitors)
     const generations = this.committed(siteId, granularity, fromMs, toMs)
     eachGroup(
       this.dimRows(siteId, granularity, dimension, fromMs, toMs, withVisitors, values),
@@ -290,19 +274,10 @@ export class EmbeddedAggregateReader implements AggregateReader {
           granularity,
           isRebuiltOnly(dimension),
         )
-        if (!merged) return
-        let w = perWindow.get(first.window_start)
-        if (!w) {
-          w = { acc: new ValuesAccumulator(this.precision, withVisitors), final: false }
-          perWindow.set(first.window_start, w)
-        }
-        w.acc.add(merged)
-        if (merged.final) w.final = true
+        if (merged) out.add(first.window_start, merged)
       },
     )
-    return [...perWindow]
-      .sort((a, b) => a[0] - b[0])
-      .map(([windowStart, w]) => ({ windowStart, ...w.acc.values(), final: w.final }))
+    return out.result()
   }
 
   async *streamTotals(
