@@ -1,24 +1,18 @@
 import type { FastifyInstance } from 'fastify'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { type GeneratedEvent, generateWorkload } from '../../bench/workload.js'
-import {
-  DIMENSION_GRANULARITIES,
-  GRANULARITIES,
-  type Granularity,
-  type RowDimension,
-  windowMs,
-} from '../../core/aggregate/definition.js'
-import { type FinalSpan, scopeOf, spanStartOf } from '../../core/aggregate/final.js'
+import type { Granularity } from '../../core/aggregate/definition.js'
 import { HyperLogLog, hllErrorBound } from '../../core/hll.js'
 import { createLogger } from '../../core/log.js'
 import type { AggregateReader } from '../../core/ports/aggregate-store.js'
-import type { FinalRow, FinalRowStore } from '../../core/ports/batch-store.js'
+import type { FinalRowStore } from '../../core/ports/batch-store.js'
 import type { SiteStore } from '../../core/ports/site-store.js'
 import { buildQueryApp } from '../../query/app.js'
 import { ReadAccessCache } from '../../query/auth.js'
 import { CheckpointFreshness } from '../../query/freshness.js'
 import { cassandraHarness, embeddedHarness } from '../contract/backends.js'
 import { uniqueName } from '../helpers/context.js'
+import { addDays, dayStart, local, tsOf, writeFinalRowsOf } from '../helpers/zone-rows.js'
 
 /**
  * Plausible's Stats API v1 in a site's time zone, and `event:props:KEY`, on both backends: a
@@ -35,40 +29,12 @@ const PRECISION = 14
 const bound = hllErrorBound(PRECISION)
 const COUNTED = new Set(['track', 'page', 'screen'])
 const PLANS = ['free', 'pro', 'team']
-const tsOf = (e: GeneratedEvent) => Date.parse(e.payload.timestamp)
 
 /** The event's `plan` (none for one in four), a function of its messageId. */
 function planOf(e: GeneratedEvent): string {
   let h = 7
   for (const c of e.payload.messageId) h = (h * 31 + c.charCodeAt(0)) >>> 0
   return h % 4 === 0 ? '(none)' : PLANS[h % 3]!
-}
-
-function local(ms: number, zone: string): { date: string; hour: string } {
-  const parts = Object.fromEntries(
-    new Intl.DateTimeFormat('en-CA', {
-      timeZone: zone,
-      hourCycle: 'h23',
-      year: 'numeric',
-      month: '2-digit',
-      day: '2-digit',
-      hour: '2-digit',
-    })
-      .formatToParts(new Date(ms))
-      .map((p) => [p.type, p.value]),
-  )
-  return { date: `${parts.year}-${parts.month}-${parts.day}`, hour: parts.hour! }
-}
-
-/** The first instant (on a quarter hour) whose local date is `date`. */
-function dayStart(date: string, zone: string): number {
-  let t = Date.parse(`${date}T12:00:00Z`) - 36 * HOUR
-  while (local(t, zone).date < date) t += 15 * 60_000
-  return t
-}
-
-function addDays(date: string, n: number): string {
-  return new Date(Date.parse(`${date}T00:00:00Z`) + n * DAY).toISOString().slice(0, 10)
 }
 
 interface Truth {
@@ -184,7 +150,7 @@ describe.each(BACKENDS)("Plausible's Stats API in a site's time zone: $name", ({
         visitors: 400,
       })
       site.set(key, { id, token: created.readToken, zone, events })
-      await writeRows(store.rows, id, events)
+      await writeFinalRowsOf(store.rows, id, events, PRECISION, 'prop:plan', planOf)
     }
     app = await buildQueryApp({
       reader: store.reader,
@@ -380,61 +346,3 @@ describe.each(BACKENDS)("Plausible's Stats API in a site's time zone: $name", ({
     expect([other.statusCode, other.json().code]).toEqual([403, 'TALLY_ERR_WRONG_SITE'])
   })
 })
-
-/**
- * The rows the stream or a rebuild would write for these events: totals per window, and the
- * declared property `plan` per hour and day.
- */
-async function writeRows(rows: FinalRowStore, siteId: string, events: GeneratedEvent[]): Promise<void> {
-  const acc = new Map<
-    string,
-    {
-      g: Granularity
-      ws: number
-      plan: string | undefined
-      events: number
-      pageviews: number
-      bots: number
-      hll: HyperLogLog
-    }
-  >()
-  const seen = new Set<string>()
-  for (const e of events) {
-    const p = e.payload
-    if (seen.has(p.messageId) || !COUNTED.has(p.type)) continue
-    seen.add(p.messageId)
-    for (const g of GRANULARITIES) {
-      for (const plan of DIMENSION_GRANULARITIES.includes(g) ? [undefined, planOf(e)] : [undefined]) {
-        const ws = Math.floor(tsOf(e) / windowMs(g)) * windowMs(g)
-        const key = `${g}|${ws}|${plan ?? ''}`
-        let row = acc.get(key)
-        if (!row) {
-          row = { g, ws, plan, events: 0, pageviews: 0, bots: 0, hll: new HyperLogLog(PRECISION) }
-          acc.set(key, row)
-        }
-        if (e.isBot) row.bots++
-        else {
-          row.events++
-          if (p.type === 'page') row.pageviews++
-          row.hll.add(p.anonymousId)
-        }
-      }
-    }
-  }
-  const token = Date.now() * 1000
-  const final: FinalRow[] = [...acc.values()].map((r) => ({
-    siteId,
-    granularity: r.g,
-    windowStart: r.ws,
-    dimension: r.plan === undefined ? undefined : ('prop:plan' as RowDimension),
-    value: r.plan ?? '',
-    values: { events: r.events, pageviews: r.pageviews, botEvents: r.bots, visitors: r.hll.toBytes() },
-  }))
-  for (let i = 0; i < final.length; i += 2000) await rows.writeFinal(final.slice(i, i + 2000), token)
-  const spans = new Map<string, FinalSpan>()
-  for (const r of acc.values()) {
-    const span: FinalSpan = { scope: scopeOf(r.g), startMs: spanStartOf(r.g, r.ws) }
-    spans.set(`${span.scope}|${span.startMs}`, span)
-  }
-  await rows.commitFinal(siteId, [...spans.values()], token)
-}

@@ -1,18 +1,18 @@
 import type { FastifyInstance } from 'fastify'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { type GeneratedEvent, generateWorkload } from '../../bench/workload.js'
-import { GRANULARITIES, type Granularity, windowMs } from '../../core/aggregate/definition.js'
-import { type FinalSpan, scopeOf, spanStartOf } from '../../core/aggregate/final.js'
+import type { Granularity } from '../../core/aggregate/definition.js'
 import { HyperLogLog, hllErrorBound } from '../../core/hll.js'
 import { createLogger } from '../../core/log.js'
 import type { AggregateReader } from '../../core/ports/aggregate-store.js'
-import type { FinalRow, FinalRowStore } from '../../core/ports/batch-store.js'
+import type { FinalRowStore } from '../../core/ports/batch-store.js'
 import type { SiteStore } from '../../core/ports/site-store.js'
 import { buildQueryApp } from '../../query/app.js'
 import { ReadAccessCache } from '../../query/auth.js'
 import { CheckpointFreshness } from '../../query/freshness.js'
 import { cassandraHarness, embeddedHarness } from '../contract/backends.js'
 import { uniqueName } from '../helpers/context.js'
+import { addDays, dayStart, local, tsOf, writeFinalRowsOf } from '../helpers/zone-rows.js'
 
 /**
  * Site time zones and period comparison through the query API on both backends: a generated
@@ -28,27 +28,6 @@ const DAY = 86_400_000
 const PRECISION = 14
 const bound = hllErrorBound(PRECISION)
 const COUNTED = new Set(['track', 'page', 'screen'])
-const tsOf = (e: GeneratedEvent) => Date.parse(e.payload.timestamp)
-
-function localDate(ms: number, zone: string): string {
-  return new Intl.DateTimeFormat('en-CA', {
-    timeZone: zone,
-    year: 'numeric',
-    month: '2-digit',
-    day: '2-digit',
-  }).format(new Date(ms))
-}
-
-/** The first instant (on a quarter hour) whose local date is `date`. */
-function dayStart(date: string, zone: string): number {
-  let t = Date.parse(`${date}T12:00:00Z`) - 36 * HOUR
-  while (localDate(t, zone) < date) t += 15 * 60_000
-  return t
-}
-
-function addDays(date: string, n: number): string {
-  return new Date(Date.parse(`${date}T00:00:00Z`) + n * DAY).toISOString().slice(0, 10)
-}
 
 interface Truth {
   events: number
@@ -114,7 +93,7 @@ describe.each(BACKENDS)('site time zones and compare through the query API: $nam
   /** Truth of one local date, chosen per event by its local date (not by computed bounds). */
   function truthOfDate(key: string, date: string): Truth {
     const s = site.get(key)!
-    const of = s.events.filter((e) => localDate(tsOf(e), s.zone) === date)
+    const of = s.events.filter((e) => local(tsOf(e), s.zone).date === date)
     const saved = s.events
     s.events = of
     try {
@@ -170,7 +149,14 @@ describe.each(BACKENDS)('site time zones and compare through the query API: $nam
         visitors: 400,
       })
       site.set(span.key, { id, token: created.readToken, zone: span.zone, events })
-      await writeRows(store.rows, id, events)
+      await writeFinalRowsOf(
+        store.rows,
+        id,
+        events,
+        PRECISION,
+        'path',
+        (e) => e.payload.context.page?.path ?? '(none)',
+      )
     }
     app = await buildQueryApp({
       reader: store.reader,
@@ -345,59 +331,3 @@ describe.each(BACKENDS)('site time zones and compare through the query API: $nam
     }
   })
 })
-
-/** The rows the stream or a rebuild would write for these events: totals per window, paths per hour and day. */
-async function writeRows(rows: FinalRowStore, siteId: string, events: GeneratedEvent[]): Promise<void> {
-  const acc = new Map<
-    string,
-    {
-      g: Granularity
-      ws: number
-      path: string | undefined
-      events: number
-      pageviews: number
-      bots: number
-      hll: HyperLogLog
-    }
-  >()
-  const seen = new Set<string>()
-  for (const e of events) {
-    const p = e.payload
-    if (seen.has(p.messageId) || !COUNTED.has(p.type)) continue
-    seen.add(p.messageId)
-    const path = p.context.page?.path ?? '(none)'
-    for (const g of GRANULARITIES) {
-      for (const dim of g === 'minute' ? [undefined] : [undefined, path]) {
-        const ws = Math.floor(tsOf(e) / windowMs(g)) * windowMs(g)
-        const key = `${g}|${ws}|${dim ?? ''}`
-        let row = acc.get(key)
-        if (!row) {
-          row = { g, ws, path: dim, events: 0, pageviews: 0, bots: 0, hll: new HyperLogLog(PRECISION) }
-          acc.set(key, row)
-        }
-        if (e.isBot) row.bots++
-        else {
-          row.events++
-          if (p.type === 'page') row.pageviews++
-          row.hll.add(p.anonymousId)
-        }
-      }
-    }
-  }
-  const token = Date.now() * 1000
-  const final: FinalRow[] = [...acc.values()].map((r) => ({
-    siteId,
-    granularity: r.g,
-    windowStart: r.ws,
-    dimension: r.path === undefined ? undefined : 'path',
-    value: r.path ?? '',
-    values: { events: r.events, pageviews: r.pageviews, botEvents: r.bots, visitors: r.hll.toBytes() },
-  }))
-  for (let i = 0; i < final.length; i += 2000) await rows.writeFinal(final.slice(i, i + 2000), token)
-  const spans = new Map<string, FinalSpan>()
-  for (const r of acc.values()) {
-    const span: FinalSpan = { scope: scopeOf(r.g), startMs: spanStartOf(r.g, r.ws) }
-    spans.set(`${span.scope}|${span.startMs}`, span)
-  }
-  await rows.commitFinal(siteId, [...spans.values()], token)
-}
