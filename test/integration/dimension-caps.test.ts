@@ -408,6 +408,48 @@ describe.each(backends)('dimension value caps, stream and rebuild (%s)', (_name,
     })
 
   /**
+   * The query API's breakdown of [from, to) by `property` (metric `metric`), which must say a cap
+   * folded values (meta.values_capped, meta.values_max): value → metric, the values above 0.
+   */
+  async function cappedBreakdown(
+    property: string,
+    metric: 'events' | 'visits',
+    from: number,
+    to: number,
+  ): Promise<Map<string, number>> {
+    const app = await queryApp()
+    try {
+      const search = new URLSearchParams({
+        site: siteId,
+        from: new Date(from).toISOString(),
+        to: new Date(to).toISOString(),
+        property,
+        metrics: metric,
+        limit: '1000',
+      })
+      const res = await app.inject({
+        method: 'GET',
+        url: `/v1/stats/breakdown?${search}`,
+        headers: { authorization: `Bearer ${readToken}` },
+      })
+      expect(res.statusCode, res.body).toBe(200)
+      const body = res.json() as {
+        results: Array<Record<string, string | number>>
+        meta: { values_capped?: boolean; values_max?: number }
+      }
+      expect(body.meta.values_capped).toBe(true)
+      expect(body.meta.values_max).toBe(MAX)
+      return new Map(
+        body.results
+          .filter((r) => Number(r[metric]) > 0)
+          .map((r) => [String(r[property]), Number(r[metric])] as const),
+      )
+    } finally {
+      await app.close()
+    }
+  }
+
+  /**
    * The query API's entry_page breakdown of three hours equals the visits computed here, folded by
    * the rule over the paths of the range's UTC days, with meta.values_capped when a visit's page
    * was folded.
@@ -432,77 +474,27 @@ describe.each(backends)('dimension value caps, stream and rebuild (%s)', (_name,
       }
     }
     expect(folded).toBeGreaterThan(0)
-    const app = await queryApp()
-    try {
-      const search = new URLSearchParams({
-        site: siteId,
-        from: new Date(from).toISOString(),
-        to: new Date(to).toISOString(),
-        property: 'entry_page',
-        metrics: 'visits',
-        limit: '1000',
-      })
-      const res = await app.inject({
-        method: 'GET',
-        url: `/v1/stats/breakdown?${search}`,
-        headers: { authorization: `Bearer ${readToken}` },
-      })
-      expect(res.statusCode, res.body).toBe(200)
-      const body = res.json() as {
-        results: Array<{ entry_page: string; visits: number }>
-        meta: { values_capped?: boolean; values_max?: number }
-      }
-      expect(body.meta.values_capped).toBe(true)
-      expect(body.meta.values_max).toBe(MAX)
-      const actual = new Map(body.results.filter((r) => r.visits > 0).map((r) => [r.entry_page, r.visits]))
-      expect(actual).toEqual(new Map([...expected].filter(([, n]) => n > 0)))
-    } finally {
-      await app.close()
-    }
+    const actual = await cappedBreakdown('entry_page', 'visits', from, to)
+    expect(actual).toEqual(new Map([...expected].filter(([, n]) => n > 0)))
   }
 
   it('the query API folds a range by the rule and says so in meta.values_capped', async () => {
-    const app = await queryApp()
-    try {
-      const from = Math.floor(START / HOUR) * HOUR
-      const to = from + 3 * HOUR
-      // Truth: the range's path values (its hours), folded by the rule over all of them.
-      const byValue = new Map<string, number>()
-      for (const [k, c] of truth) {
-        const [g, ws, d, value] = k.split('|')
-        if (g === 'hour' && d === 'path' && Number(ws) >= from && Number(ws) < to)
-          byValue.set(value!, (byValue.get(value!) ?? 0) + c.events)
-      }
-      const kept = keptValues(byValue.keys(), MAX)
-      const expected = new Map<string, number>()
-      for (const [v, n] of byValue) {
-        const k = kept.has(v) ? v : OTHER
-        expected.set(k, (expected.get(k) ?? 0) + n)
-      }
-      const search = new URLSearchParams({
-        site: siteId,
-        from: new Date(from).toISOString(),
-        to: new Date(to).toISOString(),
-        property: 'path',
-        metrics: 'events',
-        limit: '1000',
-      })
-      const res = await app.inject({
-        method: 'GET',
-        url: `/v1/stats/breakdown?${search}`,
-        headers: { authorization: `Bearer ${readToken}` },
-      })
-      expect(res.statusCode, res.body).toBe(200)
-      const body = res.json() as {
-        results: Array<{ path: string; events: number }>
-        meta: { values_capped?: boolean; values_max?: number }
-      }
-      expect(body.meta.values_capped).toBe(true)
-      expect(body.meta.values_max).toBe(MAX)
-      const actual = new Map(body.results.filter((r) => r.events > 0).map((r) => [r.path, r.events]))
-      expect(actual).toEqual(new Map([...expected].filter(([, n]) => n > 0)))
-    } finally {
-      await app.close()
+    const from = Math.floor(START / HOUR) * HOUR
+    const to = from + 3 * HOUR
+    // Truth: the range's path values (its hours), folded by the rule over all of them.
+    const byValue = new Map<string, number>()
+    for (const [k, c] of truth) {
+      const [g, ws, d, value] = k.split('|')
+      if (g === 'hour' && d === 'path' && Number(ws) >= from && Number(ws) < to)
+        byValue.set(value!, (byValue.get(value!) ?? 0) + c.events)
     }
+    const kept = keptValues(byValue.keys(), MAX)
+    const expected = new Map<string, number>()
+    for (const [v, n] of byValue) {
+      const k = kept.has(v) ? v : OTHER
+      expected.set(k, (expected.get(k) ?? 0) + n)
+    }
+    const actual = await cappedBreakdown('path', 'events', from, to)
+    expect(actual).toEqual(new Map([...expected].filter(([, n]) => n > 0)))
   }, 60_000)
 })
