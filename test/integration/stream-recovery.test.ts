@@ -1,17 +1,12 @@
 import { readFile } from 'node:fs/promises'
-import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { type GeneratedEvent, generateWorkload, truthOf } from '../../bench/workload.js'
-import { createCassandraClient } from '../../core/cassandra/client.js'
-import { CassandraSiteStore } from '../../core/cassandra/sites.js'
-import type { TallyConfig } from '../../core/config.js'
-import { createKafka } from '../../core/kafka/client.js'
-import { KafkaBatchingProducer } from '../../core/kafka/producer.js'
+import { beforeAll, describe, expect, it } from 'vitest'
+import { type GeneratedEvent, truthOf } from '../../bench/workload.js'
 import { createLogger } from '../../core/log.js'
-import { migrate } from '../../core/migrate.js'
 import type { Site } from '../../core/ports/site-store.js'
-import { cleanup, envOf, testConfig } from '../helpers/context.js'
+import { envOf } from '../helpers/context.js'
 import { type RoleProcess, spawnRole, waitForLog } from '../helpers/processes.js'
-import { compareWithTruth, feed, ingestApp, lateInRealTime, waitCaughtUp } from '../helpers/stream.js'
+import { compareWithTruth, feed, ingestApp, waitCaughtUp } from '../helpers/stream.js'
+import { recentWorkload, type StreamSetup, streamSetups } from '../helpers/stream-setup.js'
 
 /** Small on purpose: the bounds below are stated in it. */
 const SESSION_TIMEOUT_MS = 8000
@@ -26,57 +21,9 @@ const STREAM_ENV = {
 const logger = createLogger('silent')
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
 
-interface Setup {
-  config: TallyConfig
-  sites: Site[]
-  cassandra: ReturnType<typeof createCassandraClient>
-  producer: KafkaBatchingProducer
-}
-
-const setups: Setup[] = []
-
-async function setUp(): Promise<Setup> {
-  const config = testConfig({ ...STREAM_ENV, KAFKA_PARTITIONS: String(PARTITIONS) })
-  await migrate(config)
-  const cassandra = createCassandraClient(config.cassandra, { keyspace: config.cassandra.keyspace })
-  await cassandra.connect()
-  const store = new CassandraSiteStore(cassandra)
-  const sites: Site[] = []
-  for (const id of ['one.test', 'two.test'])
-    sites.push((await store.create({ siteId: id, domain: id, origins: [] })).site)
-  const s = {
-    config,
-    sites,
-    cassandra,
-    producer: new KafkaBatchingProducer(createKafka(config.kafka), {
-      ...(config.ingest.pack ? { pack: config.ingest.pack } : {}),
-    }),
-  }
-  setups.push(s)
-  return s
-}
-
-afterAll(async () => {
-  for (const s of setups) {
-    await s.producer.close()
-    await s.cassandra.shutdown()
-    await cleanup(s.config)
-  }
-})
-
-function workloadFor(sites: Site[], seed: number): GeneratedEvent[] {
-  const now = Date.now()
-  const w = generateWorkload({
-    seed,
-    sites: sites.map((s) => s.siteId),
-    events: 30_000,
-    start: new Date(now - 4 * 60_000),
-    spanMs: 3 * 60_000,
-    lateShare: 0.02,
-    lateByMs: 20 * 60_000,
-  })
-  return lateInRealTime(w.events, 20 * 60_000)
-}
+type Setup = StreamSetup
+const setUp = streamSetups(STREAM_ENV, PARTITIONS)
+const workloadFor = (sites: Site[], seed: number) => recentWorkload(sites, seed, 30_000)
 
 /**
  * A steady load: small chunks with pauses until stopped. Resolves with the events fed, the truth
