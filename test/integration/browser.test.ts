@@ -1035,7 +1035,60 @@ describe('dashboard panels: countries, sources and channels, campaigns, goals, f
     await page.waitForSelector('#exit-pages[data-state="unavailable"]')
     expect(await page.textContent('#exit-pages tbody')).toContain('Not available while filtered by goal')
     expect(page.url()).toContain(`filter=${encodeURIComponent(`goal==${goal}`).replace(/%20/g, '+')}`)
+    // The top row is the goal's, as in Plausible: Unique conversions (converters), Total conversions
+    // (completions), Conversion rate (percent of the range's visitors); the traffic cards whose
+    // numbers do not apply to a goal are not shown. The chart plots total and unique conversions.
+    const cardsShown = () =>
+      page.$$eval('.cards .card:not(.live)', (cs) =>
+        cs.filter((c) => !c.hasAttribute('hidden')).map((c) => c.querySelector('h2')!.textContent),
+      )
+    expect(await cardsShown()).toEqual(['Unique conversions', 'Total conversions', 'Conversion rate'])
+    for (const id of ['total-pageviews', 'total-visits', 'bounce-rate', 'visit-duration'])
+      expect(await page.isVisible(`#${id}`), id).toBe(false)
+    const converters = byGoal.get(goal)!.visitors.size
+    const rateShown = (await page.textContent('#conversion-rate'))!
+    expect(rateShown).toMatch(/^\d+(\.\d)? %$/)
+    const goalRate = (100 * converters) / siteVisitors
+    expect(
+      Math.abs(Number.parseFloat(rateShown) - goalRate),
+      `conversion rate ${rateShown}, exact ${goalRate}`,
+    ).toBeLessThanOrEqual(Math.max(0.1, goalRate * 2 * bound) + 0.05)
+    expect(await page.textContent('#chart-title')).toBe('Unique and total conversions')
+    expect(await page.getAttribute('#chart', 'data-series')).toBe('Total conversions,Unique conversions')
+    expect(await page.$$eval('#chart .u-legend .u-label', (ls) => ls.map((l) => l.textContent))).toEqual(
+      expect.arrayContaining(['Total conversions', 'Unique conversions']),
+    )
+    // Completions per window add up to the goal's; a window's converters are at most the goal's.
+    const [completions, converterSum] = (await page.getAttribute('#chart', 'data-sums'))!
+      .split(',')
+      .map(Number)
+    expect(completions).toBe(byGoal.get(goal)!.events)
+    expectVisitors(String(Math.min(converterSum!, converters)), converters, 'converters plotted')
     await page.screenshot({ path: join(ARTIFACTS, 'dashboard-goals.png'), fullPage: true })
+    // The filter removed: the traffic's cards and chart again, with the site's numbers.
+    await page.click('#clear-filter')
+    await page.waitForSelector('body[data-filter=""]')
+    expect(await cardsShown()).toEqual([
+      'Visitors',
+      'Pageviews',
+      'Events',
+      'Visits',
+      'Bounce rate',
+      'Visit duration',
+    ])
+    expect(await page.isVisible('#conversion-rate')).toBe(false)
+    const site = truthCounts(truth, SITE)
+    expect(await page.textContent('#total-pageviews')).toBe(site.pageviews.toLocaleString('en-US'))
+    expect(await page.textContent('#total-events')).toBe(site.events.toLocaleString('en-US'))
+    expectVisitors((await page.textContent('#total-visitors'))!, site.visitors, 'site visitors')
+    expect(await page.textContent('#total-visits')).toBe(visitsOf().visits.toLocaleString('en-US'))
+    expect(await page.textContent('#filter-note')).toBe('')
+    expect(await page.textContent('#chart-title')).toBe('Pageviews and visitors')
+    expect(await page.getAttribute('#chart', 'data-series')).toBe('Pageviews,Visitors')
+    expect(Number((await page.getAttribute('#chart', 'data-sums'))!.split(',')[0])).toBe(site.pageviews)
+    expect(await page.$$eval('#chart .u-legend .u-label', (ls) => ls.map((l) => l.textContent))).toEqual(
+      expect.arrayContaining(['Pageviews', 'Visitors']),
+    )
     expect(problems).toEqual([])
     await ctx.close()
   })
