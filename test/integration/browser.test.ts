@@ -906,7 +906,11 @@ describe('dashboard panels: countries, sources and channels, campaigns, goals, f
     }
     expect([...byGoal.keys()].sort()).toEqual(GOALS.map((g) => g.name).sort())
     const siteVisitors = truthCounts(truth, SITE).visitors
-    const ctx = await browser.newContext({ locale: 'en-US', viewport: { width: 1280, height: 900 } })
+    const ctx = await browser.newContext({
+      locale: 'en-US',
+      viewport: { width: 1280, height: 900 },
+      acceptDownloads: true,
+    })
     const page = await ctx.newPage()
     const problems: string[] = []
     page.on('pageerror', (e) => problems.push(String(e)))
@@ -1065,6 +1069,28 @@ describe('dashboard panels: countries, sources and channels, campaigns, goals, f
     expect(completions).toBe(byGoal.get(goal)!.events)
     expectVisitors(String(Math.min(converterSum!, converters)), converters, 'converters plotted')
     await page.screenshot({ path: join(ARTIFACTS, 'dashboard-goals.png'), fullPage: true })
+    // Download CSV saves the goal's timeseries (the cards' metrics per point), as the API answers it.
+    const [download] = await Promise.all([page.waitForEvent('download'), page.click('#download-csv')])
+    const csv = parse(readFileSync((await download.path())!, 'utf8'), {
+      columns: true,
+      cast: true,
+      castDate: false,
+    }) as Array<Record<string, unknown>>
+    const goalSeries = await fetch(
+      `${query.url}/v1/stats/timeseries?${new URLSearchParams({ site: SITE, period: '24h', filters: `goal==${goal}`, metrics: 'conversions,events,conversion_rate' })}`,
+      { headers: { authorization: `Bearer ${token}` } },
+    )
+    expect(goalSeries.status).toBe(200)
+    expect(csv).toEqual(((await goalSeries.json()) as { results: unknown[] }).results)
+    expect(csv.reduce((n, p) => n + Number(p.events), 0)).toBe(byGoal.get(goal)!.events)
+    // Comparing with the 24 hours before, when the site had no traffic: each goal card is new.
+    await page.selectOption('#compare', 'previous_period')
+    for (const id of ['total-visitors', 'total-events', 'conversion-rate'])
+      await expect
+        .poll(() => page.textContent(`#${id} + .change`).catch(() => null), { timeout: 15_000 })
+        .toBe('new')
+    await page.selectOption('#compare', '')
+    await expect.poll(() => page.isVisible('#conversion-rate + .change'), { timeout: 15_000 }).toBe(false)
     // The filter removed: the traffic's cards and chart again, with the site's numbers.
     await page.click('#clear-filter')
     await page.waitForSelector('body[data-filter=""]')
