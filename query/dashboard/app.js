@@ -9,7 +9,12 @@
   const REFRESH_EVERY_MS = 60_000
   const fmt = new Intl.NumberFormat()
   /** Per property, the metrics the API takes with it (served by plugin.ts from query/params.ts). */
-  const MODEL = window.TALLY_MODEL || { metrics: {}, goalMetrics: {} }
+  const MODEL = window.TALLY_MODEL || {
+    metrics: {},
+    goalMetrics: {},
+    cards: { all: [], goal: [] },
+    lines: { all: [], goal: [] },
+  }
   /** Rows per breakdown table. */
   const ROWS = 10
   const LABELS = {
@@ -31,6 +36,8 @@
     visits: 'visits',
     bounce_rate: 'bounce rate',
     visit_duration: 'visit duration',
+    conversions: 'unique conversions',
+    conversion_rate: 'conversion rate',
   }
   const PROP = 'prop:'
   const labelOf = (property) =>
@@ -418,6 +425,8 @@
   }
 
   let chart
+  /** The legends of the chart's lines (the chart is made again when they change). */
+  let chartLabels = ''
   let chartData = [[], [], []]
   let chartStatus = []
   const css = (name) => getComputedStyle(document.documentElement).getPropertyValue(name).trim()
@@ -451,22 +460,38 @@
     }
     ctx.restore()
   }
-  const drawChart = (points, asked) => {
+  /**
+   * Plots `lines` (the model's: pageviews and visitors, or under a goal filter total and unique
+   * conversions) of the timeseries' points; `asked`: those of them the query could ask for.
+   */
+  const drawChart = (points, asked, lines, title) => {
     // A metric the filter does not allow (visitors by entry page) is no line rather than zeros.
     const series = (m) => points.map((p) => (asked.includes(m) ? (p[m] ?? 0) : null))
-    chartData = [points.map((p) => Date.parse(p.date) / 1000), series('pageviews'), series('visitors')]
+    chartData = [points.map((p) => Date.parse(p.date) / 1000), ...lines.map((l) => series(l.metric))]
     chartStatus = points.map((p) => p.status)
+    $('chart-title').textContent = title
     const el = $('chart')
     el.dataset.points = String(points.length)
     el.dataset.provisional = String(points.filter((p) => p.status !== 'final').length)
+    el.dataset.series = lines.map((l) => l.label).join(',')
+    // Each line's sum over the points ('' for a line not asked).
+    el.dataset.sums = chartData
+      .slice(1)
+      .map((ys, i) => (asked.includes(lines[i].metric) ? String(ys.reduce((n, y) => n + y, 0)) : ''))
+      .join(',')
     if (!window.uPlot) {
       el.textContent = 'Chart library not loaded.'
       return
     }
-    if (chart) {
+    const labels = el.dataset.series
+    if (chart && labels === chartLabels) {
       chart.setData(chartData)
       return
     }
+    // Other lines (a goal filter set or removed): a chart with their legends.
+    if (chart) chart.destroy()
+    else new ResizeObserver(() => chart.setSize(chartSize())).observe(el)
+    chartLabels = labels
     chart = new window.uPlot(
       {
         ...chartSize(),
@@ -480,20 +505,19 @@
         series: [
           {},
           {
-            label: 'Pageviews',
+            label: lines[0].label,
             stroke: css('--accent'),
             fill: 'rgba(45,108,223,0.12)',
             width: 2,
             points: { show: false },
           },
-          { label: 'Visitors', stroke: css('--accent2'), width: 2, points: { show: false } },
+          { label: lines[1].label, stroke: css('--accent2'), width: 2, points: { show: false } },
         ],
         hooks: { drawClear: [shadeProvisional] },
       },
       chartData,
       el,
     )
-    new ResizeObserver(() => chart.setSize(chartSize())).observe(el)
   }
 
   const describeWindows = (meta) => {
@@ -507,16 +531,8 @@
   }
 
   // --- comparison: the change in percent beside each top number ----------------------------------
-  const CHANGE_OF = {
-    visitors: 'total-visitors',
-    pageviews: 'total-pageviews',
-    events: 'total-events',
-    visits: 'total-visits',
-    bounce_rate: 'bounce-rate',
-    visit_duration: 'visit-duration',
-  }
-  const showChanges = (agg) => {
-    for (const [metric, id] of Object.entries(CHANGE_OF)) {
+  const showChanges = (agg, cards) => {
+    for (const { id, metric } of cards) {
       const value = $(id)
       let badge = value.parentElement.querySelector('.change')
       if (!badge) {
@@ -536,19 +552,30 @@
     }
   }
 
-  // --- loading --------------------------------------------------------------------------------
-  const CARDS = {
-    visitors: 'total-visitors',
-    pageviews: 'total-pageviews',
-    events: 'total-events',
-    visits: 'total-visits',
-    bounce_rate: 'bounce-rate',
-    visit_duration: 'visit-duration',
-  }
+  // --- the top row: the model's cards, unfiltered or under a goal filter -------------------------
   const cardText = {
     bounce_rate: (v) => `${v} %`,
     visit_duration: duration,
+    conversion_rate: (v) => `${v} %`,
   }
+  /** Every card of either set, by the id of its value's element. */
+  const cardIds = [...new Set([...MODEL.cards.all, ...MODEL.cards.goal].map((c) => c.id))]
+  /** Shows `cards` (with their headings and values from `agg`) and hides the other cards. */
+  const showCards = (cards, agg) => {
+    for (const id of cardIds) {
+      const card = $(id).closest('.card')
+      const shown = cards.find((c) => c.id === id)
+      card.hidden = !shown
+      if (!shown) continue
+      card.querySelector('h2').textContent = shown.label
+      card.dataset.metric = shown.metric
+      const v = agg.results[shown.metric]?.value
+      $(id).textContent = v === undefined ? '–' : (cardText[shown.metric] || fmt.format)(v)
+      card.classList.toggle('na', v === undefined)
+    }
+  }
+
+  // --- loading --------------------------------------------------------------------------------
   /** The load being shown: its parameters, filter and abort signal (tabs picked later read with it). */
   let current
   let loadCtl
@@ -574,8 +601,12 @@
     // A filter on a property restricts the metrics to those its rows hold (query/params.ts).
     const allowed = (metrics) =>
       filter ? metrics.filter((m) => metricsOf(filter.property)?.includes(m)) : metrics
-    const totals = allowed(Object.keys(CARDS))
-    const lines = allowed(['pageviews', 'visitors'])
+    // Under a goal filter the top row and the chart are the goal's conversions (as in Plausible).
+    const byGoal = filter?.property === 'goal'
+    const cards = byGoal ? MODEL.cards.goal : MODEL.cards.all
+    const chartLines = byGoal ? MODEL.lines.goal : MODEL.lines.all
+    const totals = allowed(cards.map((c) => c.metric))
+    const lines = allowed(chartLines.map((l) => l.metric))
     // The filtered property's own tab is the one that can answer: it is shown.
     if (filter)
       for (const p of panels) {
@@ -594,31 +625,32 @@
         ...shown.map((v) => viewAnswer(v, at)),
       ])
       if (ctl.signal.aborted) return
-      for (const [m, id] of Object.entries(CARDS)) {
-        const v = agg.results[m]?.value
-        $(id).textContent = v === undefined ? '–' : (cardText[m] || fmt.format)(v)
-        $(id)
-          .closest('.card')
-          .classList.toggle('na', v === undefined)
-      }
-      showChanges(agg)
+      showCards(cards, agg)
+      showChanges(agg, cards)
       const missing = agg.meta.visits?.windows_without_data ?? 0
       // Windows written before visits were counted show none until rebuilt.
       $('visits-note').textContent = missing > 0 ? `${missing} windows without visit data` : ''
-      const bound = agg.meta.metrics?.visitors?.error_bound
+      // The first card's metric (visitors, or a goal's converters) is a HyperLogLog estimate.
+      const bound = agg.meta.metrics?.[cards[0]?.metric]?.error_bound
       $('visitors-note').textContent = bound ? `estimate, ±${(bound * 100).toFixed(1)} %` : ''
-      const absent = Object.keys(CARDS).filter((m) => !totals.includes(m))
+      const absent = cards.map((c) => c.metric).filter((m) => !totals.includes(m))
       $('filter-note').textContent = filter
         ? [
             absent.length > 0
               ? `${capital(absent.map((m) => METRIC_LABELS[m]).join(', '))}: not counted by ${labelOf(filter.property).toLowerCase()}.`
               : '',
+            byGoal ? 'Conversion rate: percent of all visitors in the range.' : '',
             'Visitors now: all traffic.',
           ]
+            .filter(Boolean)
             .join(' ')
-            .trim()
         : ''
-      drawChart(series.results, lines)
+      drawChart(
+        series.results,
+        lines,
+        chartLines,
+        byGoal ? 'Unique and total conversions' : 'Pageviews and visitors',
+      )
       describeWindows(series.meta)
       // Hidden tabs hold an earlier load's rows: they are read again when picked.
       for (const v of panels.flatMap((p) => p.views)) if (v.shown !== at) v.shown = undefined
@@ -748,12 +780,23 @@
     refresh()
   })
   // Download CSV: the timeseries of the site and range (format=csv), fetched with the read token
-  // (a plain link could not send it) and handed to the browser as a file.
+  // (a plain link could not send it) and handed to the browser as a file. Under a goal filter, the
+  // goal's: the top row's conversion metrics per point, as the chart then plots conversions.
   $('download-csv').addEventListener('click', async () => {
-    const { site, range } = state()
+    const { site, range, filter: raw } = state()
     const entry = sites().find((s) => s.site === site)
     if (!entry) return status(`no read token for ${site}`, true)
-    const params = { site, period: range, metrics: 'visitors,pageviews,events', format: 'csv' }
+    const filter = filterOf(raw)
+    const goal = filter?.property === 'goal' ? filter : undefined
+    const params = goal
+      ? {
+          site,
+          period: range,
+          filters: goal.raw,
+          metrics: MODEL.cards.goal.map((c) => c.metric).join(','),
+          format: 'csv',
+        }
+      : { site, period: range, metrics: 'visitors,pageviews,events', format: 'csv' }
     const res = await fetch(`/v1/stats/timeseries?${new URLSearchParams(params)}`, {
       headers: { authorization: `Bearer ${entry.token}` },
       cache: 'no-store',

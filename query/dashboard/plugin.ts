@@ -53,6 +53,51 @@ function acceptsUnderGoal(property: string, metric: Metric, limits: QueryLimits)
   }
 }
 
+/** A card of the dashboard's top row: the element showing the value, the metric, the heading. */
+export interface TopCard {
+  id: string
+  metric: Metric
+  label: string
+}
+/** A line of the dashboard's chart: the metric and its legend. */
+export interface ChartLine {
+  metric: Metric
+  label: string
+}
+
+/**
+ * The top row and the chart: unfiltered (or under a filter on a property, less what its rows do
+ * not hold), the traffic's; under a goal filter (`goal==NAME`), as in Plausible, the goal's unique
+ * conversions (converters), total conversions (completions) and conversion rate (percent of the
+ * range's visitors), the chart plotting conversions. A goal card keeps the element of the card whose
+ * number it replaces, so a value has one place.
+ */
+export const TOP_CARDS: { all: readonly TopCard[]; goal: readonly TopCard[] } = {
+  all: [
+    { id: 'total-visitors', metric: 'visitors', label: 'Visitors' },
+    { id: 'total-pageviews', metric: 'pageviews', label: 'Pageviews' },
+    { id: 'total-events', metric: 'events', label: 'Events' },
+    { id: 'total-visits', metric: 'visits', label: 'Visits' },
+    { id: 'bounce-rate', metric: 'bounce_rate', label: 'Bounce rate' },
+    { id: 'visit-duration', metric: 'visit_duration', label: 'Visit duration' },
+  ],
+  goal: [
+    { id: 'total-visitors', metric: 'conversions', label: 'Unique conversions' },
+    { id: 'total-events', metric: 'events', label: 'Total conversions' },
+    { id: 'conversion-rate', metric: 'conversion_rate', label: 'Conversion rate' },
+  ],
+}
+export const CHART_LINES: { all: readonly ChartLine[]; goal: readonly ChartLine[] } = {
+  all: [
+    { metric: 'pageviews', label: 'Pageviews' },
+    { metric: 'visitors', label: 'Visitors' },
+  ],
+  goal: [
+    { metric: 'events', label: 'Total conversions' },
+    { metric: 'conversions', label: 'Unique conversions' },
+  ],
+}
+
 /**
  * What the page needs of the API's rules, as a script setting `window.TALLY_MODEL`: per property,
  * the metrics it can be asked for (query/params.ts refuses visit metrics by path or event, and
@@ -62,12 +107,16 @@ function acceptsUnderGoal(property: string, metric: Metric, limits: QueryLimits)
  * (TALLY_BREAKDOWNS) takes no metric: the page hides its panel or tab. `goalMetrics` (and
  * `propGoalMetrics` for `prop:KEY`): the metrics a breakdown by the property takes under a goal
  * filter (`filters=goal==NAME`); none where the API cannot answer by it under a goal (exit_page).
+ * `cards` and `lines`: the top row's cards and the chart's lines, unfiltered and under a goal filter
+ * (TOP_CARDS, CHART_LINES).
  */
 export function dashboardModel(breakdowns?: readonly BreakdownDimension[]): {
   metrics: Record<string, Metric[]>
   propMetrics: Metric[]
   goalMetrics: Record<string, Metric[]>
   propGoalMetrics: Metric[]
+  cards: typeof TOP_CARDS
+  lines: typeof CHART_LINES
 } {
   const limits: QueryLimits =
     breakdowns === undefined ? DEFAULT_QUERY_LIMITS : { ...DEFAULT_QUERY_LIMITS, breakdowns }
@@ -81,6 +130,8 @@ export function dashboardModel(breakdowns?: readonly BreakdownDimension[]): {
       PROPERTIES.map((p) => [p, METRICS.filter((m) => acceptsUnderGoal(p, m, limits))]),
     ),
     propGoalMetrics: METRICS.filter((m) => acceptsUnderGoal('prop:key', m, limits)),
+    cards: TOP_CARDS,
+    lines: CHART_LINES,
   }
 }
 

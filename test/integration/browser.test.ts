@@ -906,7 +906,11 @@ describe('dashboard panels: countries, sources and channels, campaigns, goals, f
     }
     expect([...byGoal.keys()].sort()).toEqual(GOALS.map((g) => g.name).sort())
     const siteVisitors = truthCounts(truth, SITE).visitors
-    const ctx = await browser.newContext({ locale: 'en-US', viewport: { width: 1280, height: 900 } })
+    const ctx = await browser.newContext({
+      locale: 'en-US',
+      viewport: { width: 1280, height: 900 },
+      acceptDownloads: true,
+    })
     const page = await ctx.newPage()
     const problems: string[] = []
     page.on('pageerror', (e) => problems.push(String(e)))
@@ -1035,7 +1039,82 @@ describe('dashboard panels: countries, sources and channels, campaigns, goals, f
     await page.waitForSelector('#exit-pages[data-state="unavailable"]')
     expect(await page.textContent('#exit-pages tbody')).toContain('Not available while filtered by goal')
     expect(page.url()).toContain(`filter=${encodeURIComponent(`goal==${goal}`).replace(/%20/g, '+')}`)
+    // The top row is the goal's, as in Plausible: Unique conversions (converters), Total conversions
+    // (completions), Conversion rate (percent of the range's visitors); the traffic cards whose
+    // numbers do not apply to a goal are not shown. The chart plots total and unique conversions.
+    const cardsShown = () =>
+      page.$$eval('.cards .card:not(.live)', (cs) =>
+        cs.filter((c) => !c.hasAttribute('hidden')).map((c) => c.querySelector('h2')!.textContent),
+      )
+    expect(await cardsShown()).toEqual(['Unique conversions', 'Total conversions', 'Conversion rate'])
+    for (const id of ['total-pageviews', 'total-visits', 'bounce-rate', 'visit-duration'])
+      expect(await page.isVisible(`#${id}`), id).toBe(false)
+    const converters = byGoal.get(goal)!.visitors.size
+    const rateShown = (await page.textContent('#conversion-rate'))!
+    expect(rateShown).toMatch(/^\d+(\.\d)? %$/)
+    const goalRate = (100 * converters) / siteVisitors
+    expect(
+      Math.abs(Number.parseFloat(rateShown) - goalRate),
+      `conversion rate ${rateShown}, exact ${goalRate}`,
+    ).toBeLessThanOrEqual(Math.max(0.1, goalRate * 2 * bound) + 0.05)
+    expect(await page.textContent('#chart-title')).toBe('Unique and total conversions')
+    expect(await page.getAttribute('#chart', 'data-series')).toBe('Total conversions,Unique conversions')
+    expect(await page.$$eval('#chart .u-legend .u-label', (ls) => ls.map((l) => l.textContent))).toEqual(
+      expect.arrayContaining(['Total conversions', 'Unique conversions']),
+    )
+    // Completions per window add up to the goal's; a window's converters are at most the goal's.
+    const [completions, converterSum] = (await page.getAttribute('#chart', 'data-sums'))!
+      .split(',')
+      .map(Number)
+    expect(completions).toBe(byGoal.get(goal)!.events)
+    expectVisitors(String(Math.min(converterSum!, converters)), converters, 'converters plotted')
     await page.screenshot({ path: join(ARTIFACTS, 'dashboard-goals.png'), fullPage: true })
+    // Download CSV saves the goal's timeseries (the cards' metrics per point), as the API answers it.
+    const [download] = await Promise.all([page.waitForEvent('download'), page.click('#download-csv')])
+    const csv = parse(readFileSync((await download.path())!, 'utf8'), {
+      columns: true,
+      cast: true,
+      castDate: false,
+    }) as Array<Record<string, unknown>>
+    const goalSeries = await fetch(
+      `${query.url}/v1/stats/timeseries?${new URLSearchParams({ site: SITE, period: '24h', filters: `goal==${goal}`, metrics: 'conversions,events,conversion_rate' })}`,
+      { headers: { authorization: `Bearer ${token}` } },
+    )
+    expect(goalSeries.status).toBe(200)
+    expect(csv).toEqual(((await goalSeries.json()) as { results: unknown[] }).results)
+    expect(csv.reduce((n, p) => n + Number(p.events), 0)).toBe(byGoal.get(goal)!.events)
+    // Comparing with the 24 hours before, when the site had no traffic: each goal card is new.
+    await page.selectOption('#compare', 'previous_period')
+    for (const id of ['total-visitors', 'total-events', 'conversion-rate'])
+      await expect
+        .poll(() => page.textContent(`#${id} + .change`).catch(() => null), { timeout: 15_000 })
+        .toBe('new')
+    await page.selectOption('#compare', '')
+    await expect.poll(() => page.isVisible('#conversion-rate + .change'), { timeout: 15_000 }).toBe(false)
+    // The filter removed: the traffic's cards and chart again, with the site's numbers.
+    await page.click('#clear-filter')
+    await page.waitForSelector('body[data-filter=""]')
+    expect(await cardsShown()).toEqual([
+      'Visitors',
+      'Pageviews',
+      'Events',
+      'Visits',
+      'Bounce rate',
+      'Visit duration',
+    ])
+    expect(await page.isVisible('#conversion-rate')).toBe(false)
+    const site = truthCounts(truth, SITE)
+    expect(await page.textContent('#total-pageviews')).toBe(site.pageviews.toLocaleString('en-US'))
+    expect(await page.textContent('#total-events')).toBe(site.events.toLocaleString('en-US'))
+    expectVisitors((await page.textContent('#total-visitors'))!, site.visitors, 'site visitors')
+    expect(await page.textContent('#total-visits')).toBe(visitsOf().visits.toLocaleString('en-US'))
+    expect(await page.textContent('#filter-note')).toBe('')
+    expect(await page.textContent('#chart-title')).toBe('Pageviews and visitors')
+    expect(await page.getAttribute('#chart', 'data-series')).toBe('Pageviews,Visitors')
+    expect(Number((await page.getAttribute('#chart', 'data-sums'))!.split(',')[0])).toBe(site.pageviews)
+    expect(await page.$$eval('#chart .u-legend .u-label', (ls) => ls.map((l) => l.textContent))).toEqual(
+      expect.arrayContaining(['Pageviews', 'Visitors']),
+    )
     expect(problems).toEqual([])
     await ctx.close()
   })

@@ -10,6 +10,8 @@ import type { AggregateReader } from '../../core/ports/aggregate-store.js'
 import { buildQueryApp } from '../../query/app.js'
 import { ReadAccessCache } from '../../query/auth.js'
 import type { FreshnessSource } from '../../query/freshness.js'
+import { parseQuery } from '../../query/params.js'
+import { DEFAULT_QUERY_LIMITS } from '../../query/stats.js'
 
 /**
  * The dashboard asks the query API only what it answers: /dashboard/model.js tells the page which
@@ -24,6 +26,8 @@ let model: {
   propMetrics: string[]
   goalMetrics: Record<string, string[]>
   propGoalMetrics: string[]
+  cards: Record<'all' | 'goal', Array<{ id: string; metric: string; label: string }>>
+  lines: Record<'all' | 'goal', Array<{ metric: string; label: string }>>
 }
 
 beforeAll(async () => {
@@ -106,5 +110,78 @@ describe('dashboard model (/dashboard/model.js)', () => {
     const html = readFileSync(join(projectRoot(), 'query', 'dashboard', 'index.html'), 'utf8')
     for (const [, property] of html.matchAll(/<table id="[^"]+" data-property="([^"]+)"/g))
       if (property !== 'goal') expect(model.goalMetrics[property!], property).toBeDefined()
+  })
+
+  it('gives the top row and the chart the metrics the API answers, unfiltered and under a goal filter', () => {
+    /** Whether the parser takes `metrics` on `endpoint` (with `filters` when given). */
+    const takes = (endpoint: 'aggregate' | 'timeseries', metrics: string[], filters?: string) => {
+      try {
+        parseQuery(
+          endpoint,
+          { site: 's', period: 'day', metrics: metrics.join(','), ...(filters ? { filters } : {}) },
+          0,
+          DEFAULT_QUERY_LIMITS,
+        )
+        return true
+      } catch {
+        return false
+      }
+    }
+    const html = readFileSync(join(projectRoot(), 'query', 'dashboard', 'index.html'), 'utf8')
+    // The value elements of the top row's cards (the live card's is "Visitors now", unfiltered).
+    const valueIds = [...html.matchAll(/<p class="value" id="([^"]+)">/g)].map((m) => m[1]!)
+    // Unfiltered: the six traffic totals, as before goals; the chart, pageviews and visitors.
+    expect(model.cards.all.map((c) => c.metric)).toEqual([
+      'visitors',
+      'pageviews',
+      'events',
+      'visits',
+      'bounce_rate',
+      'visit_duration',
+    ])
+    expect(
+      takes(
+        'aggregate',
+        model.cards.all.map((c) => c.metric),
+      ),
+    ).toBe(true)
+    expect(model.lines.all.map((l) => l.metric)).toEqual(['pageviews', 'visitors'])
+    expect(
+      takes(
+        'timeseries',
+        model.lines.all.map((l) => l.metric),
+      ),
+    ).toBe(true)
+    // Under a goal filter: Plausible's Unique conversions (converters), Total conversions
+    // (completions) and Conversion rate, asked with the filter; none of the traffic cards whose
+    // numbers do not apply to a goal (pageviews of an event goal are 0; visits are not kept by goal).
+    expect(model.cards.goal.map((c) => [c.metric, c.label])).toEqual([
+      ['conversions', 'Unique conversions'],
+      ['events', 'Total conversions'],
+      ['conversion_rate', 'Conversion rate'],
+    ])
+    const goalMetrics = model.cards.goal.map((c) => c.metric)
+    expect(takes('aggregate', goalMetrics, 'goal==x')).toBe(true)
+    // Conversion metrics need the goal filter: unfiltered they are refused, so they are goal-only.
+    for (const m of ['conversions', 'conversion_rate']) expect(takes('aggregate', [m]), m).toBe(false)
+    expect(model.metrics.goal).toEqual(expect.arrayContaining(goalMetrics))
+    expect(model.lines.goal.map((l) => [l.metric, l.label])).toEqual([
+      ['events', 'Total conversions'],
+      ['conversions', 'Unique conversions'],
+    ])
+    expect(
+      takes(
+        'timeseries',
+        model.lines.goal.map((l) => l.metric),
+        'goal==x',
+      ),
+    ).toBe(true)
+    // Every card's value element is on the page, and every card of the page is in one set.
+    const ids = new Set([...model.cards.all, ...model.cards.goal].map((c) => c.id))
+    for (const id of ids) expect(valueIds, id).toContain(id)
+    expect(valueIds.filter((id) => !ids.has(id))).toEqual(['realtime'])
+    // A card's element shows one metric per set.
+    for (const set of [model.cards.all, model.cards.goal])
+      expect(new Set(set.map((c) => c.id)).size).toBe(set.length)
   })
 })
