@@ -780,23 +780,28 @@
     refresh()
   })
   // Download CSV: the timeseries of the site and range (format=csv), fetched with the read token
-  // (a plain link could not send it) and handed to the browser as a file. Under a goal filter, the
-  // goal's: the top row's conversion metrics per point, as the chart then plots conversions.
+  // (a plain link could not send it) and handed to the browser as a file. Under a filter, the
+  // filtered one: a goal's top-row conversion metrics per point (the chart then plots conversions),
+  // another property's traffic metrics that its rows hold.
   $('download-csv').addEventListener('click', async () => {
     const { site, range, filter: raw } = state()
     const entry = sites().find((s) => s.site === site)
     if (!entry) return status(`no read token for ${site}`, true)
     const filter = filterOf(raw)
-    const goal = filter?.property === 'goal' ? filter : undefined
-    const params = goal
-      ? {
-          site,
-          period: range,
-          filters: goal.raw,
-          metrics: MODEL.cards.goal.map((c) => c.metric).join(','),
-          format: 'csv',
-        }
-      : { site, period: range, metrics: 'visitors,pageviews,events', format: 'csv' }
+    const traffic = ['visitors', 'pageviews', 'events']
+    const metrics =
+      filter?.property === 'goal'
+        ? MODEL.cards.goal.map((c) => c.metric)
+        : filter
+          ? traffic.filter((m) => metricsOf(filter.property)?.includes(m))
+          : traffic
+    const params = {
+      site,
+      period: range,
+      ...(filter ? { filters: filter.raw } : {}),
+      metrics: metrics.join(','),
+      format: 'csv',
+    }
     const res = await fetch(`/v1/stats/timeseries?${new URLSearchParams(params)}`, {
       headers: { authorization: `Bearer ${entry.token}` },
       cache: 'no-store',

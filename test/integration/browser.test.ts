@@ -689,7 +689,11 @@ describe('dashboard panels: countries, sources and channels, campaigns, goals, f
   })
 
   it('shows each panel and tab with the truth, switches tabs, and filters by a clicked row', async () => {
-    const ctx = await browser.newContext({ locale: 'en-US', viewport: { width: 1280, height: 900 } })
+    const ctx = await browser.newContext({
+      locale: 'en-US',
+      viewport: { width: 1280, height: 900 },
+      acceptDownloads: true,
+    })
     const page = await ctx.newPage()
     const problems: string[] = []
     page.on('console', (m) => m.type() === 'error' && problems.push(m.text()))
@@ -806,6 +810,20 @@ describe('dashboard panels: countries, sources and channels, campaigns, goals, f
     expect(await page.textContent('#filter-note')).toMatch(
       /^Visits, bounce rate, visit duration: not counted by page\./,
     )
+    // Download CSV saves the filtered timeseries the chart shows, as the API answers it.
+    const [download] = await Promise.all([page.waitForEvent('download'), page.click('#download-csv')])
+    const csv = parse(readFileSync((await download.path())!, 'utf8'), {
+      columns: true,
+      cast: true,
+      castDate: false,
+    }) as Array<Record<string, unknown>>
+    const pathSeries = await fetch(
+      `${query.url}/v1/stats/timeseries?${new URLSearchParams({ site: SITE, period: '24h', filters: `path==${path}`, metrics: 'visitors,pageviews,events' })}`,
+      { headers: { authorization: `Bearer ${token}` } },
+    )
+    expect(pathSeries.status).toBe(200)
+    expect(csv).toEqual(((await pathSeries.json()) as { results: unknown[] }).results)
+    expect(csv.reduce((n, p) => n + Number(p.pageviews), 0)).toBe(c.pageviews)
 
     await page.screenshot({ path: join(ARTIFACTS, 'dashboard-filtered.png'), fullPage: true })
 
