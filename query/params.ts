@@ -7,7 +7,12 @@ import {
   SESSION_DIMENSIONS,
   VISIT_DIMENSIONS,
 } from '../core/aggregate/definition.js'
-import { GOAL_BY_NAMES, isGoalByDimension } from '../core/aggregate/goals.js'
+import {
+  GOAL_BY_EXIT_PAGE,
+  GOAL_BY_EXIT_PAGE_METRICS,
+  GOAL_BY_NAMES,
+  isGoalByDimension,
+} from '../core/aggregate/goals.js'
 import { isPropDimension } from '../core/aggregate/props.js'
 import { ERR } from '../core/error-codes.js'
 import type { TallyError } from '../core/errors.js'
@@ -515,6 +520,17 @@ export function parseQuery(
     throw badParameter(
       'metrics',
       'conversion_rate by entry_page is not answered: entry_page rows count visits, not visitors (conversions and events by entry_page are)',
+    )
+  // Conversions by exit page (core/aggregate/goals.ts GOAL_BY_EXIT_PAGE): converters' registers only.
+  const byExitPage =
+    endpoint !== 'export' &&
+    filters.some((f) => f.property === 'goal') &&
+    (goalBy ? property === GOAL_BY_EXIT_PAGE : filters.some((f) => f.property === GOAL_BY_EXIT_PAGE))
+  const exitPageOnly: readonly string[] = GOAL_BY_EXIT_PAGE_METRICS
+  if (byExitPage && metrics.some((m) => !exitPageOnly.includes(m)))
+    throw badParameter(
+      'metrics',
+      `conversions by exit_page answer ${GOAL_BY_EXIT_PAGE_METRICS.join(' and ')} only: they are counted once a visit has ended, as converters (HyperLogLog registers, which a replayed count cannot double), without completions (events) or pageviews, and exit_page rows count visits, not visitors (no conversion_rate)`,
     )
   if (endpoint !== 'export' && metrics.some(isGoalMetric)) {
     const byGoal =

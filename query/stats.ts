@@ -6,6 +6,7 @@ import {
   windowMs,
 } from '../core/aggregate/definition.js'
 import {
+  GOAL_BY_EXIT_PAGE,
   GOAL_BY_NAMES,
   type GoalByDimension,
   goalByDimension,
@@ -1228,8 +1229,11 @@ export class StatsService {
       for (const part of goalRead[i]!) for (const [ws, w] of part.windows) if (w.final) finals.add(ws)
       tally.addSegment(s, finals)
     })
+    // Conversions by exit page hold converters only (no completions): a value is there when its
+    // register is not empty.
+    const byExit = property === GOAL_BY_EXIT_PAGE
     const all = [...accs]
-      .filter(([, acc]) => acc.events > 0)
+      .filter(([, acc]) => acc.events > 0 || (byExit && (acc.values(['visitors']).visitors ?? 0) > 0))
       .map(([value, acc]) => ({
         value,
         values: withConversionRate(
@@ -1258,6 +1262,9 @@ export class StatsService {
           filters: q.filters,
           property,
           timeZone: this.zoneMeta(q, zoned.rounded, DIMENSION_GRANULARITIES),
+          // A visit's conversions reach its exit page's row when the visit has ended: meta.visits
+          // says that windows not final can still change while their visits go on.
+          ...(byExit ? { visitGaps: new VisitGaps() } : {}),
         }),
         total_values: all.length,
         page: q.page,
