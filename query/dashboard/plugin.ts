@@ -61,7 +61,8 @@ function acceptsUnderGoal(property: string, metric: Metric, limits: QueryLimits)
  * follows params.ts without a copy of its rules. A property the deployment does not aggregate
  * (TALLY_BREAKDOWNS) takes no metric: the page hides its panel or tab. `goalMetrics` (and
  * `propGoalMetrics` for `prop:KEY`): the metrics a breakdown by the property takes under a goal
- * filter (`filters=goal==NAME`); none where the API cannot answer by it under a goal (exit_page).
+ * filter (`filters=goal==NAME`); none where the API cannot answer by it under a goal (exit_page:
+ * visitors and conversions only).
  */
 export function dashboardModel(breakdowns?: readonly BreakdownDimension[]): {
   metrics: Record<string, Metric[]>
