@@ -608,7 +608,7 @@ export class StatsService {
     )
     const acc = new MetricAccumulator(this.deps.precision, withVisitors, isVisitDimension(filter?.property))
     const tally = new WindowTally(freshness.completeThroughMs)
-    const gaps = visitGapsFor(q.metrics)
+    const gaps = visitGapsFor(q.metrics, goalBy?.own.property)
     segments.forEach((s, i) => {
       const windows = read[i]!
       tally.addSegment(s, new Set(windows.filter((w) => w.final).map((w) => w.windowStart)))
@@ -752,7 +752,7 @@ export class StatsService {
         )
       : undefined
     const tally = new WindowTally(freshness.completeThroughMs)
-    const gaps = visitGapsFor(q.metrics)
+    const gaps = visitGapsFor(q.metrics, goalBy?.own.property)
     const visitRows = isVisitDimension(filter?.property)
     const results: TimeseriesPoint[] = []
     const step = windowMs(interval)
@@ -856,7 +856,7 @@ export class StatsService {
     )
     const statuses: WindowStatus[] = Array.from({ length: n }, () => 'final')
     const tally = new WindowTally(freshness.completeThroughMs)
-    const gaps = visitGapsFor(q.metrics)
+    const gaps = visitGapsFor(q.metrics, rateFilter?.property)
     // Edges ascend: the day of a window is the last edge at or before its start.
     const dayOf = (t: number) => {
       let lo = 0
@@ -1386,9 +1386,13 @@ function readContext(
   }
 }
 
-/** A collector of windows without visit data when visit metrics are asked for (meta.visits). */
-function visitGapsFor(metrics: readonly Metric[]): VisitGaps | undefined {
-  return metrics.some(isVisitMetric) ? new VisitGaps() : undefined
+/**
+ * A collector of windows without visit data when visit metrics are asked for (meta.visits), or for
+ * conversions by exit page (`goalBy`: the property besides goal==NAME), whose windows gain the
+ * converters of visits that go on once they end: meta.visits says so.
+ */
+function visitGapsFor(metrics: readonly Metric[], goalBy?: string): VisitGaps | undefined {
+  return metrics.some(isVisitMetric) || goalBy === GOAL_BY_EXIT_PAGE ? new VisitGaps() : undefined
 }
 
 /**

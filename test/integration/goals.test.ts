@@ -833,6 +833,21 @@ describe.each(backends)('goals, stream and rebuild (%s)', (_name, openStore, ope
         conversions: { value: top.conversions },
         visitors: { value: top.conversions },
       })
+      expect(agg.body.meta.visits.note).toContain('TALLY_VISIT_GAP_MS')
+      // Per hour: the converters of the visits that started in it and ended on that page.
+      const series = await get(
+        `/v1/stats/timeseries?interval=hour&metrics=conversions&filters=${encodeURIComponent(`goal==${goal};exit_page==${top.exit_page}`)}`,
+      )
+      expect(series.status, JSON.stringify(series.body)).toBe(200)
+      const perHour = (ws: number) => {
+        const c = truth.get(JSON.stringify(['hour', ws, 'exit_page', `${goal}\u001f${top.exit_page}`]))
+        return c ? Math.round(estimate(c.visitors, store.precision)) : 0
+      }
+      const points = (series.body.results as Array<{ conversions: number }>).map((p) => p.conversions)
+      const expectedPoints: number[] = []
+      for (let h = FROM; h < TO; h += HOUR) expectedPoints.push(perHour(h))
+      expect(points).toEqual(expectedPoints)
+      expect(expectedPoints.some((c) => c > 0)).toBe(true)
       const pl = await query!.inject({
         method: 'GET',
         url: `/api/v1/stats/breakdown?site_id=${encodeURIComponent(siteId)}&period=custom&date=${new Date(FROM).toISOString().slice(0, 10)},${new Date(TO - 1).toISOString().slice(0, 10)}&property=visit:exit_page&metrics=visitors&limit=1000&filters=${encodeURIComponent(`event:goal==${goal}`)}`,
