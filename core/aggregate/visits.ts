@@ -837,7 +837,9 @@ export class VisitState {
    * and with a pageview the entry and exit (ms after start, path index). Integers are unsigned
    * LEB128 varints. Format 1 (read, no longer written) had no session table: a visit's session
    * index named one string, its values joined by SEP, so each distinct list repeated its values
-   * (about 85 of the 143 bytes per open visit of the stream bench).
+   * (about 85 of the 143 bytes per open visit of the stream bench). Format 3 (written only when a
+   * visit holds goals reached, `reachGoals`): format 2, then a trailer of those visits (count; per
+   * visit its position among the body's visits, its goals' count and their string indices).
    */
   serialize(): Uint8Array {
     const strings = new Map<string, number>()
