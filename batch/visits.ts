@@ -8,6 +8,7 @@ import {
 } from '../core/aggregate/definition.js'
 import {
   GOAL_BY_DIMENSIONS,
+  GOAL_BY_EXIT_PAGE,
   GOAL_BY_PREFIX,
   type GoalByDimension,
   type GoalMatcher,
@@ -263,6 +264,45 @@ export class DayVisits {
       let session: readonly string[] = []
       let entryMs = 0
       let entry: string | undefined
+      // The visit's exit page (its last pageview, the greatest path on a tie) and goals reached: its
+      // conversions by exit page, in its start windows, once it ends (as the stream's eviction).
+      let exitMs = 0
+      let exit: string | undefined
+      const reachedInVisit = new Set<string>()
+      let visitorReg = 0
+      const endVisit = () => {
+        if (reachedInVisit.size === 0) return
+        const dimension = goalByDimension(GOAL_BY_EXIT_PAGE)
+        const value = exit ?? NONE
+        for (const granularity of DIMENSION_GRANULARITIES) {
+          const ws = windowStart(startMs, granularity)
+          for (const name of reachedInVisit) {
+            const g = `${granularity}\u0001${ws}\u0001${dimension}\u0001${name}`
+            let byValue = groups.get(g)
+            if (!byValue) {
+              byValue = new Map()
+              groups.set(g, byValue)
+            }
+            let row = byValue.get(value)
+            if (!row) {
+              row = {
+                siteId,
+                granularity,
+                windowStart: ws,
+                dimension,
+                value,
+                events: 0,
+                pageviews: 0,
+                botEvents: 0,
+                visitors: new RegisterSet(precision),
+              }
+              byValue.set(value, row)
+            }
+            row.visitors.add(visitorReg)
+          }
+        }
+        reachedInVisit.clear()
+      }
       for (let k = 0; k < order.length; k++) {
         const i = order[k]!
         const prev = k > 0 ? order[k - 1]! : -1
@@ -270,9 +310,11 @@ export class DayVisits {
         const values = this.sessions[s.session[i]!]!
         const sameVisitor = prev >= 0 && s.hi[prev] === s.hi[i] && s.lo[prev] === s.lo[i]
         if (!sameVisitor || ts - s.ts[prev]! >= gapMs) {
+          endVisit()
           startMs = ts
           session = values
           entry = undefined
+          exit = undefined
         } else if (ts === startMs && values.join('\u0001') < session.join('\u0001')) session = values
         if (s.pageview[i] === 1) {
           const path = this.paths[s.path[i]!]!
@@ -280,10 +322,16 @@ export class DayVisits {
             entryMs = ts
             entry = path
           }
+          if (exit === undefined || ts > exitMs || (ts === exitMs && path > exit)) {
+            exitMs = ts
+            exit = path
+          }
         }
         const goal = s.goals.get(i)
         if (goal === undefined) continue
         const reg = registerEntry(s.hi[i]!, s.lo[i]!, precision)
+        for (const name of goal.names) reachedInVisit.add(name)
+        visitorReg = reg
         // The built-in dimensions, then the site's declared properties (the event's own values).
         const dims: readonly GoalByDimension[] =
           goal.dims.length > 0
@@ -333,6 +381,7 @@ export class DayVisits {
           }
         }
       }
+      endVisit()
       for (const [g, byValue] of groups) {
         const parts = g.split('\u0001')
         const dimension = parts[2]!

@@ -7,7 +7,12 @@ import {
   SESSION_DIMENSIONS,
   VISIT_DIMENSIONS,
 } from '../core/aggregate/definition.js'
-import { GOAL_BY_NAMES, isGoalByDimension } from '../core/aggregate/goals.js'
+import {
+  GOAL_BY_EXIT_PAGE,
+  GOAL_BY_EXIT_PAGE_METRICS,
+  GOAL_BY_NAMES,
+  isGoalByDimension,
+} from '../core/aggregate/goals.js'
 import { isPropDimension } from '../core/aggregate/props.js'
 import { ERR } from '../core/error-codes.js'
 import type { TallyError } from '../core/errors.js'
@@ -497,8 +502,13 @@ export function parseQuery(
   const property = propertyRaw === undefined ? undefined : parseProperty(propertyRaw, 'property')
   checkKept(limits.breakdowns, property, filters)
   const byVisits = isVisitDimension(property) || filters.some((f) => isVisitDimension(f.property))
+  const underGoal = filters.some((f) => f.property === 'goal')
   const metrics =
-    metricsRaw === undefined && byVisits ? [...ENTRY_EXIT_DEFAULT_METRICS] : parseMetrics(metricsRaw)
+    metricsRaw === undefined && byVisits
+      ? underGoal && (property === GOAL_BY_EXIT_PAGE || filters.some((f) => f.property === GOAL_BY_EXIT_PAGE))
+        ? [...GOAL_BY_EXIT_PAGE_METRICS]
+        : [...ENTRY_EXIT_DEFAULT_METRICS]
+      : parseMetrics(metricsRaw)
   // The export writes every column its rows hold: only its property matters.
   // Conversions by another dimension (core/aggregate/goals.ts `goal|DIM`): the goal rows' metrics.
   const goalBy =
@@ -506,15 +516,39 @@ export function parseQuery(
     property !== undefined &&
     isGoalByDimension(property) &&
     filters.some((f) => f.property === 'goal')
+  // Aggregate and timeseries of conversions by another dimension: goal==NAME and one filter on a
+  // dimension conversions are kept by (query/stats.ts goalByFilter), the goal rows' metrics too.
+  const goalByFiltered =
+    (endpoint === 'aggregate' || endpoint === 'timeseries') &&
+    filters.length === 2 &&
+    filters.some((f) => f.property === 'goal') &&
+    filters.some((f) => f.property !== 'goal' && isGoalByDimension(f.property))
   if (endpoint !== 'export')
     checkMetricsFor(
       metrics,
-      goalBy ? ['goal'] : [...(property ? [property] : []), ...filters.map((f) => f.property)],
+      goalBy || goalByFiltered
+        ? ['goal']
+        : [...(property ? [property] : []), ...filters.map((f) => f.property)],
     )
-  if (goalBy && property === 'entry_page' && metrics.includes('conversion_rate'))
+  if (
+    ((goalBy && property === 'entry_page') ||
+      (goalByFiltered && filters.some((f) => f.property === 'entry_page'))) &&
+    metrics.includes('conversion_rate')
+  )
     throw badParameter(
       'metrics',
       'conversion_rate by entry_page is not answered: entry_page rows count visits, not visitors (conversions and events by entry_page are)',
+    )
+  // Conversions by exit page (core/aggregate/goals.ts GOAL_BY_EXIT_PAGE): converters' registers only.
+  const byExitPage =
+    endpoint !== 'export' &&
+    filters.some((f) => f.property === 'goal') &&
+    (goalBy ? property === GOAL_BY_EXIT_PAGE : filters.some((f) => f.property === GOAL_BY_EXIT_PAGE))
+  const exitPageOnly: readonly string[] = GOAL_BY_EXIT_PAGE_METRICS
+  if (byExitPage && metrics.some((m) => !exitPageOnly.includes(m)))
+    throw badParameter(
+      'metrics',
+      `conversions by exit_page answer ${GOAL_BY_EXIT_PAGE_METRICS.join(' and ')} only: they are counted once a visit has ended, as converters (HyperLogLog registers, which a replayed count cannot double), without completions (events) or pageviews, and exit_page rows count visits, not visitors (no conversion_rate)`,
     )
   if (endpoint !== 'export' && metrics.some(isGoalMetric)) {
     const byGoal =

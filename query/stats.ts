@@ -6,6 +6,7 @@ import {
   windowMs,
 } from '../core/aggregate/definition.js'
 import {
+  GOAL_BY_EXIT_PAGE,
   GOAL_BY_NAMES,
   type GoalByDimension,
   goalByDimension,
@@ -607,7 +608,7 @@ export class StatsService {
     )
     const acc = new MetricAccumulator(this.deps.precision, withVisitors, isVisitDimension(filter?.property))
     const tally = new WindowTally(freshness.completeThroughMs)
-    const gaps = visitGapsFor(q.metrics)
+    const gaps = visitGapsFor(q.metrics, goalBy?.own.property)
     segments.forEach((s, i) => {
       const windows = read[i]!
       tally.addSegment(s, new Set(windows.filter((w) => w.final).map((w) => w.windowStart)))
@@ -751,7 +752,7 @@ export class StatsService {
         )
       : undefined
     const tally = new WindowTally(freshness.completeThroughMs)
-    const gaps = visitGapsFor(q.metrics)
+    const gaps = visitGapsFor(q.metrics, goalBy?.own.property)
     const visitRows = isVisitDimension(filter?.property)
     const results: TimeseriesPoint[] = []
     const step = windowMs(interval)
@@ -855,7 +856,7 @@ export class StatsService {
     )
     const statuses: WindowStatus[] = Array.from({ length: n }, () => 'final')
     const tally = new WindowTally(freshness.completeThroughMs)
-    const gaps = visitGapsFor(q.metrics)
+    const gaps = visitGapsFor(q.metrics, rateFilter?.property)
     // Edges ascend: the day of a window is the last edge at or before its start.
     const dayOf = (t: number) => {
       let lo = 0
@@ -1228,8 +1229,11 @@ export class StatsService {
       for (const part of goalRead[i]!) for (const [ws, w] of part.windows) if (w.final) finals.add(ws)
       tally.addSegment(s, finals)
     })
+    // Conversions by exit page hold converters only (no completions): a value is there when its
+    // register is not empty.
+    const byExit = property === GOAL_BY_EXIT_PAGE
     const all = [...accs]
-      .filter(([, acc]) => acc.events > 0)
+      .filter(([, acc]) => acc.events > 0 || (byExit && (acc.values(['visitors']).visitors ?? 0) > 0))
       .map(([value, acc]) => ({
         value,
         values: withConversionRate(
@@ -1258,6 +1262,9 @@ export class StatsService {
           filters: q.filters,
           property,
           timeZone: this.zoneMeta(q, zoned.rounded, DIMENSION_GRANULARITIES),
+          // A visit's conversions reach its exit page's row when the visit has ended: meta.visits
+          // says that windows not final can still change while their visits go on.
+          ...(byExit ? { visitGaps: new VisitGaps() } : {}),
         }),
         total_values: all.length,
         page: q.page,
@@ -1379,9 +1386,13 @@ function readContext(
   }
 }
 
-/** A collector of windows without visit data when visit metrics are asked for (meta.visits). */
-function visitGapsFor(metrics: readonly Metric[]): VisitGaps | undefined {
-  return metrics.some(isVisitMetric) ? new VisitGaps() : undefined
+/**
+ * A collector of windows without visit data when visit metrics are asked for (meta.visits), or for
+ * conversions by exit page (`goalBy`: the property besides goal==NAME), whose windows gain the
+ * converters of visits that go on once they end: meta.visits says so.
+ */
+function visitGapsFor(metrics: readonly Metric[], goalBy?: string): VisitGaps | undefined {
+  return metrics.some(isVisitMetric) || goalBy === GOAL_BY_EXIT_PAGE ? new VisitGaps() : undefined
 }
 
 /**

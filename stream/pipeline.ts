@@ -13,6 +13,7 @@ import {
 } from '../core/aggregate/definition.js'
 import {
   GOAL_BY_DIMENSIONS,
+  GOAL_BY_EXIT_PAGE,
   GOAL_DIMENSION,
   type GoalMatcher,
   goalByDimension,
@@ -21,6 +22,7 @@ import {
 import { isCappedDimension, propDimension, propValueOf } from '../core/aggregate/props.js'
 import {
   addTo,
+  type EndedVisit,
   type Extension,
   newExtension,
   type VisitState,
@@ -42,6 +44,7 @@ import { drop, ok, type StepResult } from '../core/record/result.js'
 import type { DedupSet } from './dedup.js'
 import {
   apply,
+  applyConverter,
   applyVisitPageRows,
   applyVisitRows,
   applyVisits,
@@ -388,6 +391,69 @@ export function countGoalsBy(
   }
 }
 
+/**
+ * Step 6c: the goals a counted, non-bot event completes are marked on its visit in the state, for
+ * the conversions by exit page written when the visit ends (flushConverters). An event the state
+ * held already (below `visits.nextOffset`) marked them then: the state restored has them.
+ */
+export function markGoals(
+  d: DecodedEvent,
+  offset: number,
+  visits: PartitionVisits,
+  dims: Record<Dimension, string>,
+  props: PipelineProps,
+): void {
+  const e = d.event
+  if (offset < visits.nextOffset || kindOf(e) !== 'event') return
+  const goals = props.goalsOf?.(e.siteId)
+  if (goals === undefined || goals.empty) return
+  const reached = goals.reached(e.type, dims.event, dims.path)
+  if (reached.length === 0) return
+  if (visits.state.reachGoals(e.siteId, visitorId(e), d.timestampMs, reached)) visits.changed = true
+}
+
+/**
+ * Conversions by exit page of visits the state evicted as ended (VisitState.evict's `ended`): per
+ * visit, goal and start window (hour, day), the visitor added to the register of the
+ * `goal|exit_page` row valued `NAME` U+001F the exit page (`(none)` without a pageview), as the
+ * rebuild's batch/visits.ts goalRows. Registers only (applyConverter): a replay that evicts the
+ * visit again adds nothing. Rows not held are listed in `loading`.
+ */
+export function countEndedGoals(
+  ended: readonly EndedVisit[],
+  table: RowTable,
+  sourcePartition: number,
+  loading: Loading[],
+): void {
+  const dimension = goalByDimension(GOAL_BY_EXIT_PAGE)
+  const visitor = visitorHash
+  for (const v of ended) {
+    hashHalves(v.visitor, visitor)
+    const raw = v.exitPage ?? NONE
+    for (let gi = 0; gi < GRANULARITIES.length; gi++) {
+      if (!GOAL_BY_GRANULARITIES[gi]) continue
+      const granularity = GRANULARITIES[gi]!
+      const ws = windowStart(v.startMs, granularity)
+      const w = table.window(gi, v.siteId, ws)
+      for (const name of v.goals) {
+        const pr = w.propRows(goalByValue(dimension, name), table.dimensionValuesMax)
+        const value = goalByValue(name, raw)
+        const row =
+          pr.rows.get(value) ??
+          rowToLoad(
+            table,
+            loading,
+            w,
+            PROP_DIM,
+            { siteId: v.siteId, granularity, windowStart: ws, dimension, value, sourcePartition },
+            pr,
+          )
+        applyConverter(table, row, visitor.hi, visitor.lo)
+      }
+    }
+  }
+}
+
 /** Scratch of the visits step (the steps run one event at a time). */
 const extension: Extension = newExtension()
 const diff: VisitCounts = zero()
@@ -632,8 +698,10 @@ function countRecord(
       dims,
       state.props?.keysOf(d.event.siteId),
     )
-    if (state.props)
+    if (state.props) {
       countGoalsBy(d, record.offset, state.rows, state.ref.partition, pass.loading, dims, state.props)
+      markGoals(d, record.offset, state.visits, dims, state.props)
+    }
   } else aggregate(d, record.offset, state.rows, state.ref.partition, pass.loading, undefined, state.props)
   pass.counted++
   return true

@@ -56,6 +56,8 @@ export const BOT = 1
 export const PAGEVIEW = 2
 /** A pending visit change (not an event count). */
 export const VISIT = 4
+/** A pending converter of an ended visit (conversions by exit page: the register only). */
+export const CONVERTER = 8
 
 /**
  * The dimensions a window's rows are kept by, in order: an event's (DIMENSIONS), then a visit's own
@@ -268,6 +270,25 @@ export function applyVisits(table: RowTable, row: Row, offset: number, delta: Vi
   if (offset <= row.storedThrough) return
   acc.addVisits(delta)
   if (offset > row.throughOffset) row.throughOffset = offset
+  if (!row.dirty) {
+    row.dirty = true
+    table.dirty.push(row)
+  }
+}
+
+/**
+ * Adds a converter of an ended visit to a `goal|exit_page` row (stream/worker.ts, at the eviction):
+ * its visitor register only, whatever offset the row counts through. A register add is idempotent,
+ * so a replay that evicts the same visit again changes nothing, and no count is kept that it could
+ * double. A row still loading keeps it.
+ */
+export function applyConverter(table: RowTable, row: Row, hi: number, lo: number): void {
+  const acc = row.acc
+  if (acc === undefined) {
+    row.pending!.push(-1, CONVERTER, hi, lo)
+    return
+  }
+  acc.visitors.addHalves(hi, lo)
   if (!row.dirty) {
     row.dirty = true
     table.dirty.push(row)
@@ -549,6 +570,9 @@ export function fillLoaded(
           visitPageviews: waiting[i + 5]!,
         })
         i += 6
+      } else if (waiting[i + 1] === CONVERTER) {
+        applyConverter(table, row, waiting[i + 2]!, waiting[i + 3]!)
+        i += 4
       } else {
         apply(table, row, waiting[i]!, waiting[i + 1]!, waiting[i + 2]!, waiting[i + 3]!)
         i += 4

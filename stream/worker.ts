@@ -1,6 +1,6 @@
 import { hostname } from 'node:os'
 import { KeptBreakdowns } from '../core/aggregate/breakdowns.js'
-import { oldestAcceptableMs, VisitState } from '../core/aggregate/visits.js'
+import { type EndedVisit, oldestAcceptableMs, VisitState } from '../core/aggregate/visits.js'
 import type { StreamConfig } from '../core/config.js'
 import type { Logger } from '../core/log.js'
 import { OwnedPartition, PartitionOwner } from '../core/partition-owner.js'
@@ -19,6 +19,7 @@ import { DedupSet } from './dedup.js'
 import { type StreamMetrics, type StreamStep, timed } from './metrics.js'
 import {
   type BatchPass,
+  countEndedGoals,
   countRecords,
   type DeadLetterRecord,
   type PartitionVisits,
@@ -364,6 +365,16 @@ export class StreamWorker extends PartitionOwner<PartitionState> {
   /** The flush's writes, in their order, then the evictions they allow. */
   private async checkpoint(state: PartitionState, control: BatchControl | undefined): Promise<void> {
     const { store, metrics, config } = this.deps
+    const visits = state.visits
+    if (visits) {
+      // Visits no event the stream may still accept can change are dropped before the writes; those
+      // that reached goals add their converters to their exit page's rows first (the rows are
+      // written before the state that no longer holds the visits).
+      const ended: EndedVisit[] = []
+      if (visits.state.evict(oldestAcceptableMs(state.watermarkMs, config.graceMs), ended) > 0)
+        visits.changed = true
+      if (ended.length > 0) await this.countEnded(state, ended, control)
+    }
     const dirtyRows = state.rows.dirty
     const writes = dirtyRows.map((r) => ({
       key: r.key,
@@ -384,11 +395,8 @@ export class StreamWorker extends PartitionOwner<PartitionState> {
       }
       await this.untilStopped(() => store.writeDedup(state.ref, chunk, state.epoch), 'write dedup', control)
     }
-    const visits = state.visits
     if (visits) {
-      // Visits no event the stream may still accept can change are dropped before the write; the
-      // state written holds every counted event below processedNext, after the rows with their changes.
-      if (visits.state.evict(oldestAcceptableMs(state.watermarkMs, config.graceMs)) > 0) visits.changed = true
+      // The state written holds every counted event below processedNext, after the rows with their changes.
       if (visits.changed) {
         // The state holds every event below processedNext and, restored, every one below its own
         // nextOffset: during a replay (processedNext still below it) a state written for an
@@ -426,6 +434,33 @@ export class StreamWorker extends PartitionOwner<PartitionState> {
     const graceLine = state.watermarkMs - config.graceMs
     state.rows.evict(graceLine)
     state.dedup.expire(state.watermarkMs - config.dedupHorizonMs)
+  }
+
+  /**
+   * The conversions by exit page of visits evicted as ended (stream/pipeline.ts countEndedGoals),
+   * their rows loaded when not held. Registers only: an eviction replayed after a crash adds the
+   * same converters again, which changes nothing.
+   */
+  private async countEnded(
+    state: PartitionState,
+    ended: readonly EndedVisit[],
+    control: BatchControl | undefined,
+  ): Promise<void> {
+    const loading: Loading[] = []
+    countEndedGoals(ended, state.rows, state.ref.partition, loading)
+    if (loading.length === 0) return
+    let loaded: Map<string, StoredRow>
+    try {
+      loaded = await this.untilStopped(
+        () => this.deps.store.loadRows(loading.map((l) => l.row.key)),
+        'load rows',
+        control,
+      )
+    } catch (err) {
+      for (const l of loading) unlink(state.rows, l)
+      throw err
+    }
+    fillLoaded(state.rows, loading, loaded, this.deps.config.hllPrecision, this.countsVisits)
   }
 
   /** Every idle check: the checkpoint age of each owned partition. */

@@ -209,11 +209,21 @@ export const GOAL_BY_DIMENSIONS = [
   'path',
   'event',
 ] as const satisfies readonly RowDimension[]
-/** Every dimension conversions are kept by: the built-in ones and the site's custom properties. */
-export type GoalByDimension = (typeof GOAL_BY_DIMENSIONS)[number] | PropDimension
+/**
+ * Conversions by exit page (`goal|exit_page`): not counted per completing event like the others
+ * (a visit's exit page is known only once the visit has ended) but per ended visit, in its start
+ * hour and day windows: the stream writes them when its VisitState evicts the visit
+ * (stream/worker.ts), the rebuild from the day's visits (batch/visits.ts goalRows). Converters only
+ * (registers): no completions (`events`) or pageviews, which a replayed eviction would add twice.
+ */
+export const GOAL_BY_EXIT_PAGE = 'exit_page' as const satisfies RowDimension
+/** Every dimension conversions are kept by: the built-in ones, exit page and the site's custom properties. */
+export type GoalByDimension = (typeof GOAL_BY_DIMENSIONS)[number] | typeof GOAL_BY_EXIT_PAGE | PropDimension
 /** The names of those dimensions, for messages and documents: the built-in ones, then `prop:KEY`. */
-export const GOAL_BY_NAMES: readonly string[] = [...GOAL_BY_DIMENSIONS, 'prop:KEY']
-const GOAL_BY_SET = new Set<string>(GOAL_BY_DIMENSIONS)
+export const GOAL_BY_NAMES: readonly string[] = [...GOAL_BY_DIMENSIONS, GOAL_BY_EXIT_PAGE, 'prop:KEY']
+const GOAL_BY_SET = new Set<string>([...GOAL_BY_DIMENSIONS, GOAL_BY_EXIT_PAGE])
+/** The metrics conversions by exit page answer (its rows hold converters' registers only). */
+export const GOAL_BY_EXIT_PAGE_METRICS = ['visitors', 'conversions'] as const
 
 /** Whether conversions are kept by `d` (a `goal|d` dimension exists): built-in or `prop:KEY`. */
 export function isGoalByDimension(d: string): d is GoalByDimension {

@@ -403,6 +403,11 @@ interface Summary {
   /** Time and path of the last pageview. */
   exitMs: number
   exitPath: string | undefined
+  /**
+   * Names of the goals the visit's events completed (the stream's conversions by exit page, written
+   * when the visit ends: VisitState.reachGoals, evict); absent when none.
+   */
+  goals?: string[]
 }
 
 const SEP = '\u0001'
@@ -432,6 +437,7 @@ function absorb(a: Summary, b: Summary): void {
     a.session = b.session
   }
   if (b.endMs > a.endMs) a.endMs = b.endMs
+  if (b.goals !== undefined) for (const g of b.goals) addGoal(a, g)
   a.events += b.events
   a.pageviews += b.pageviews
   if (b.entryPath !== undefined) {
@@ -452,6 +458,27 @@ function absorb(a: Summary, b: Summary): void {
       a.exitPath = b.exitPath
     }
   }
+}
+
+/** Adds a goal's name to a visit's goals reached (once). */
+function addGoal(s: Summary, name: string): boolean {
+  if (s.goals === undefined) s.goals = [name]
+  else if (s.goals.includes(name)) return false
+  else s.goals.push(name)
+  return true
+}
+
+/**
+ * A visit the stream's state dropped as ended ({@link VisitState.evict}) whose events completed
+ * goals: what its conversions by exit page need (its start windows, its final exit page).
+ */
+export interface EndedVisit {
+  siteId: string
+  visitor: string
+  startMs: number
+  /** The path of its last pageview; undefined when it had none. */
+  exitPage: string | undefined
+  goals: readonly string[]
 }
 
 function visitOf(siteId: string, visitor: string, s: Summary): Visit {
@@ -538,6 +565,12 @@ interface VisitorDay {
 
 /** The format serialize writes (2: session values interned one by one); deserialize reads 1 too. */
 const FORMAT_VERSION = 2
+/**
+ * Format 2 and a trailer: the number of visits that reached goals, then per such visit its position
+ * among the body's visits, its goals' count and their string indices. Written only when a visit
+ * reached a goal.
+ */
+const FORMAT_GOALS = 3
 const SESSION_POOL_MIN = 1024
 
 /**
@@ -723,17 +756,43 @@ export class VisitState {
   }
 
   /**
+   * Marks goals `names` as reached by the held visit of a visitor that contains `timestampMs` (the
+   * event just added): when the visit ends, {@link evict} hands them over for its conversions by
+   * exit page. Idempotent. Returns whether the visit gained a goal.
+   */
+  reachGoals(siteId: string, visitor: string, timestampMs: number, names: readonly string[]): boolean {
+    const vd = this.days.get(keyOf(siteId, visitor, dayOf(timestampMs)))
+    const v = vd?.visits.find((x) => x.startMs <= timestampMs && timestampMs <= x.endMs)
+    if (v === undefined) return false
+    let gained = false
+    for (const name of names) if (addGoal(v, name)) gained = true
+    return gained
+  }
+
+  /**
    * Forgets the visits no acceptable event can change. `oldestAcceptableMs`: the least event time
    * the worker may still accept (with the stream's rule, the start of the minute that closed a
    * grace before the partition's watermark). A visit whose last event is a gap or more before it
    * is over (any later event starts a new one), and so is every visit of a day that ended by then.
-   * Returns the number of visits dropped.
+   * Returns the number of visits dropped; `ended` (when given) receives those whose events
+   * completed goals, their exit page now final (the stream's conversions by exit page).
    */
-  evict(oldestAcceptableMs: number): number {
+  evict(oldestAcceptableMs: number, ended?: EndedVisit[]): number {
     let dropped = 0
+    const hand = (vd: VisitorDay, v: Summary) => {
+      if (ended !== undefined && v.goals !== undefined)
+        ended.push({
+          siteId: vd.siteId,
+          visitor: vd.visitor,
+          startMs: v.startMs,
+          exitPage: v.exitPath,
+          goals: v.goals,
+        })
+    }
     for (const [k, vd] of this.days) {
       if ((vd.day + 1) * DAY_MS <= oldestAcceptableMs) {
         dropped += vd.visits.length
+        for (const v of vd.visits) hand(vd, v)
         this.days.delete(k)
         continue
       }
@@ -742,6 +801,7 @@ export class VisitState {
       for (const v of vd.visits) if (v.endMs + this.gapMs <= oldestAcceptableMs) over++
       if (over === 0) continue
       dropped += over
+      for (const v of vd.visits) if (v.endMs + this.gapMs <= oldestAcceptableMs) hand(vd, v)
       if (over === vd.visits.length) this.days.delete(k)
       else vd.visits = vd.visits.filter((v) => v.endMs + this.gapMs > oldestAcceptableMs)
     }
@@ -777,7 +837,9 @@ export class VisitState {
    * and with a pageview the entry and exit (ms after start, path index). Integers are unsigned
    * LEB128 varints. Format 1 (read, no longer written) had no session table: a visit's session
    * index named one string, its values joined by SEP, so each distinct list repeated its values
-   * (about 85 of the 143 bytes per open visit of the stream bench).
+   * (about 85 of the 143 bytes per open visit of the stream bench). Format 3 (written only when a
+   * visit holds goals reached, `reachGoals`): format 2, then a trailer of those visits (count; per
+   * visit its position among the body's visits, its goals' count and their string indices).
    */
   serialize(): Uint8Array {
     const strings = new Map<string, number>()
@@ -803,6 +865,10 @@ export class VisitState {
       return i
     }
     const body = new ByteWriter()
+    // Format 3's trailer: the visits that reached goals (few), by their position in the body.
+    const trailer = new ByteWriter()
+    let ordinal = 0
+    let withGoals = 0
     body.uint(this.days.size)
     for (const vd of this.days.values()) {
       body.uint(intern(vd.siteId))
@@ -822,10 +888,22 @@ export class VisitState {
           body.uint(v.exitMs - v.startMs)
           body.uint(intern(v.exitPath!))
         }
+        if (v.goals !== undefined) {
+          withGoals++
+          trailer.uint(ordinal)
+          trailer.uint(v.goals.length)
+          for (const g of v.goals) trailer.uint(intern(g))
+        }
+        ordinal++
       }
     }
+    if (withGoals > 0) {
+      body.uint(withGoals)
+      body.append(trailer.bytes())
+    }
     const head = new ByteWriter()
-    head.byte(FORMAT_VERSION)
+    // Format 2 while no visit reached a goal (a reader of format 2 takes such a state).
+    head.byte(withGoals > 0 ? FORMAT_GOALS : FORMAT_VERSION)
     head.uint(strings.size)
     for (const s of strings.keys()) head.string(s)
     head.uint(sessions.size)
@@ -838,7 +916,7 @@ export class VisitState {
     if (bytes.length === 0) return state
     const r = new ByteReader(bytes)
     const version = r.byte()
-    if (version !== FORMAT_VERSION && version !== 1)
+    if (version !== FORMAT_VERSION && version !== FORMAT_GOALS && version !== 1)
       throw new RangeError(`unknown visit state format ${version}`)
     const strings: string[] = []
     for (let n = r.uint(); n > 0; n--) strings.push(r.string())
@@ -849,7 +927,8 @@ export class VisitState {
     }
     // Format 2's session lists, each a shared array in the pool.
     const lists: Array<readonly string[]> = []
-    if (version === FORMAT_VERSION)
+    const interned = version !== 1
+    if (interned)
       for (let n = r.uint(); n > 0; n--) {
         const values: string[] = []
         for (let k = r.uint(); k > 0; k--) values.push(str(r.uint()))
@@ -857,6 +936,7 @@ export class VisitState {
       }
     // Visits of the same session values share one array, as events of one page load do.
     const sessions = new Map<number, readonly string[]>()
+    const all: Summary[] = []
     for (let days = r.uint(); days > 0; days--) {
       const siteId = str(r.uint())
       const visitor = r.string()
@@ -869,9 +949,8 @@ export class VisitState {
         const events = r.uint()
         const pageviews = r.uint()
         const si = r.uint()
-        let session = version === FORMAT_VERSION ? lists[si] : sessions.get(si)
-        if (version === FORMAT_VERSION && !session)
-          throw new RangeError(`visit state: session ${si} out of range`)
+        let session = interned ? lists[si] : sessions.get(si)
+        if (interned && !session) throw new RangeError(`visit state: session ${si} out of range`)
         if (!session) {
           session = str(si).split(SEP)
           sessions.set(si, session)
@@ -895,10 +974,17 @@ export class VisitState {
           s.exitPath = str(r.uint())
         }
         visits.push(s)
+        all.push(s)
       }
       state.days.set(keyOf(siteId, visitor, day), { siteId, visitor, day, visits })
       state.open += visits.length
     }
+    if (version === FORMAT_GOALS)
+      for (let n = r.uint(); n > 0; n--) {
+        const v = all[r.uint()]
+        if (v === undefined) throw new RangeError('visit state: goal visit out of range')
+        for (let k = r.uint(); k > 0; k--) addGoal(v, str(r.uint()))
+      }
     if (!r.done()) throw new RangeError('visit state: trailing bytes')
     return state
   }
@@ -959,6 +1045,12 @@ class ByteWriter {
 
   bytes(): Uint8Array {
     return this.buf.slice(0, this.len)
+  }
+
+  append(bytes: Uint8Array): void {
+    this.room(bytes.length)
+    this.buf.set(bytes, this.len)
+    this.len += bytes.length
   }
 }
 

@@ -1052,10 +1052,14 @@ describe('dashboard panels: countries, sources and channels, campaigns, goals, f
         ).toBeLessThanOrEqual(Math.max(0.1, rate * 2 * bound) + 0.05)
       })
     }
-    // Exit pages: no conversions kept by them, so the panel says so rather than asking.
+    // Exit pages: conversions only (converters of ended visits, no completions or rate).
     await page.click('#exit-pages-tab')
-    await page.waitForSelector('#exit-pages[data-state="unavailable"]')
-    expect(await page.textContent('#exit-pages tbody')).toContain('Not available while filtered by goal')
+    await page.waitForSelector('#exit-pages[data-state="loaded"]')
+    expect(await page.$$eval('#exit-pages thead th', (ths) => ths.map((th) => th.textContent))).toEqual([
+      'Page',
+      'Conversions',
+    ])
+    expect(await page.textContent('#exit-pages tbody')).not.toContain('Not available')
     expect(page.url()).toContain(`filter=${encodeURIComponent(`goal==${goal}`).replace(/%20/g, '+')}`)
     // The top row is the goal's, as in Plausible: Unique conversions (converters), Total conversions
     // (completions), Conversion rate (percent of the range's visitors); the traffic cards whose

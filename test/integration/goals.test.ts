@@ -298,6 +298,58 @@ async function compareBy(
   return out
 }
 
+/**
+ * Truth of conversions by exit page, per JSON [granularity, window start, 'exit_page', stored value]:
+ * the visits of the counted events (per visitor and UTC day, runs with gaps under `gapMs`, by the
+ * reference rule written here), each visit whose events completed goals counted once per goal in its
+ * start hour and day under its exit page (its last pageview's path, the greatest on a tie; `(none)`
+ * without one): converters only (no completions or pageviews). The same for stream and rebuild once
+ * every visit has ended.
+ */
+function exitTruthOf(
+  events: readonly GeneratedEvent[],
+  goals: readonly string[],
+  gapMs: number,
+): Map<string, Cell> {
+  const byVisitorDay = new Map<string, Array<{ ts: number; index: number; p: Payload; path: string }>>()
+  events.forEach((e, index) => {
+    const p = counted(e)
+    if (!p) return
+    const ts = Date.parse(p.timestamp!)
+    const key = `${visitorOf(p)}|${Math.floor(ts / DAY)}`
+    const list = byVisitorDay.get(key) ?? []
+    list.push({ ts, index, p, path: dimensionValues(e).path! })
+    byVisitorDay.set(key, list)
+  })
+  const out = new Map<string, Cell>()
+  for (const list of byVisitorDay.values()) {
+    list.sort((a, b) => a.ts - b.ts || a.index - b.index)
+    let start = 0
+    while (start < list.length) {
+      let end = start
+      while (end + 1 < list.length && list[end + 1]!.ts - list[end]!.ts < gapMs) end++
+      const visit = list.slice(start, end + 1)
+      let exit: { ts: number; path: string } | undefined
+      for (const x of visit)
+        if (x.p.type === 'page' && (!exit || x.ts > exit.ts || (x.ts === exit.ts && x.path > exit.path)))
+          exit = { ts: x.ts, path: x.path }
+      const reached = new Set(visit.flatMap((x) => goalsOf(x.p, goals)))
+      for (const g of ['hour', 'day'] as const) {
+        const size = g === 'hour' ? HOUR : DAY
+        const ws = Math.floor(visit[0]!.ts / size) * size
+        for (const goal of reached) {
+          const key = JSON.stringify([g, ws, 'exit_page', `${goal}\u001f${exit?.path ?? '(none)'}`])
+          const cell = out.get(key) ?? { events: 0, pageviews: 0, visitors: new Set<string>() }
+          cell.visitors.add(visitorOf(visit[0]!.p))
+          out.set(key, cell)
+        }
+      }
+      start = end + 1
+    }
+  }
+  return out
+}
+
 const rate = (conversions: number, visitors: number) =>
   visitors === 0 ? 0 : Math.round((1000 * conversions) / visitors) / 10
 
@@ -621,10 +673,10 @@ describe.each(backends)('goals, stream and rebuild (%s)', (_name, openStore, ope
     const noGoal = await plausible('/api/v1/stats/aggregate?metrics=conversion_rate')
     expect(noGoal.status).toBe(400)
     expect(noGoal.body.error).toContain('goal')
-    // Conversions by a property they are not kept by (exit_page: a conversion is counted before
-    // its visit ends): the answer names what is.
+    // Completions by exit page are not kept (converters of ended visits only): the answer names
+    // what is.
     const byExit = await get(
-      `/v1/stats/breakdown?property=exit_page&metrics=conversions&filters=${encodeURIComponent(`goal==${goal}`)}`,
+      `/v1/stats/breakdown?property=exit_page&metrics=conversions,events&filters=${encodeURIComponent(`goal==${goal}`)}`,
     )
     expect(byExit.status, JSON.stringify(byExit.body)).toBe(400)
     expect(JSON.stringify(byExit.body)).toContain('exit_page')
@@ -741,6 +793,72 @@ describe.each(backends)('goals, stream and rebuild (%s)', (_name, openStore, ope
    * Conversions by custom property over [FROM, TO): the breakdown (Tally's and Plausible's), the
    * aggregate of one value; `product_id` folds beyond the cap as its own rows fold.
    */
+  /**
+   * Conversions by exit page: the `goal|exit_page` rows equal the truth of the ended visits, and the
+   * query API (breakdown, aggregate with goal==NAME;exit_page==P, Plausible's event:goal with
+   * visit:exit_page) answers its estimates over [FROM, TO).
+   */
+  async function checkExitPages(goals: readonly string[]): Promise<void> {
+    const truth = exitTruthOf(events, goals, config.stream.visitGapMs)
+    // Conversions under several exit pages, and some under (none) or not: the rows are exercised.
+    expect(truth.size).toBeGreaterThan(goals.length * 2)
+    expect(await compareBy(store.reader, store.precision, siteId, truth)).toEqual([])
+    for (const goal of goals) {
+      const byPage = new Map<string, Set<string>>()
+      for (const [k, c] of truth) {
+        const [g, ws, , value] = JSON.parse(k) as [string, number, string, string]
+        if (g !== 'hour' || ws < FROM || ws >= TO || !value.startsWith(`${goal}\u001f`)) continue
+        const page = value.slice(goal.length + 1)
+        const ids = byPage.get(page) ?? new Set<string>()
+        for (const id of c.visitors) ids.add(id)
+        byPage.set(page, ids)
+      }
+      const expected = [...byPage]
+        .map(([page, ids]) => ({ exit_page: page, conversions: Math.round(estimate(ids, store.precision)) }))
+        .sort((a, b) => b.conversions - a.conversions || (a.exit_page < b.exit_page ? -1 : 1))
+      const res = await get(
+        `/v1/stats/breakdown?property=exit_page&metrics=conversions&limit=1000&filters=${encodeURIComponent(`goal==${goal}`)}`,
+      )
+      expect(res.status, JSON.stringify(res.body)).toBe(200)
+      expect(res.body.results, goal).toEqual(expected)
+      // meta says visits still going on can add to windows that are not final.
+      expect(res.body.meta.visits.note).toContain('TALLY_VISIT_GAP_MS')
+      const [top] = expected
+      if (!top) continue
+      const agg = await get(
+        `/v1/stats/aggregate?metrics=conversions,visitors&filters=${encodeURIComponent(`goal==${goal};exit_page==${top.exit_page}`)}`,
+      )
+      expect(agg.status, JSON.stringify(agg.body)).toBe(200)
+      expect(agg.body.results).toEqual({
+        conversions: { value: top.conversions },
+        visitors: { value: top.conversions },
+      })
+      expect(agg.body.meta.visits.note).toContain('TALLY_VISIT_GAP_MS')
+      // Per hour: the converters of the visits that started in it and ended on that page.
+      const series = await get(
+        `/v1/stats/timeseries?interval=hour&metrics=conversions&filters=${encodeURIComponent(`goal==${goal};exit_page==${top.exit_page}`)}`,
+      )
+      expect(series.status, JSON.stringify(series.body)).toBe(200)
+      const perHour = (ws: number) => {
+        const c = truth.get(JSON.stringify(['hour', ws, 'exit_page', `${goal}\u001f${top.exit_page}`]))
+        return c ? Math.round(estimate(c.visitors, store.precision)) : 0
+      }
+      const points = (series.body.results as Array<{ conversions: number }>).map((p) => p.conversions)
+      const expectedPoints: number[] = []
+      for (let h = FROM; h < TO; h += HOUR) expectedPoints.push(perHour(h))
+      expect(points).toEqual(expectedPoints)
+      expect(expectedPoints.some((c) => c > 0)).toBe(true)
+      const pl = await query!.inject({
+        method: 'GET',
+        url: `/api/v1/stats/breakdown?site_id=${encodeURIComponent(siteId)}&period=custom&date=${new Date(FROM).toISOString().slice(0, 10)},${new Date(TO - 1).toISOString().slice(0, 10)}&property=visit:exit_page&metrics=visitors&limit=1000&filters=${encodeURIComponent(`event:goal==${goal}`)}`,
+        headers: { authorization: `Bearer ${readToken}` },
+      })
+      expect(pl.statusCode, pl.body).toBe(200)
+      const plRows = (pl.json() as { results: Array<{ exit_page: string; visitors: number }> }).results
+      expect(new Set(plRows.map((r) => r.exit_page))).toEqual(new Set(expected.map((r) => r.exit_page)))
+    }
+  }
+
   async function checkByPropQueries(): Promise<void> {
     const cart = 'Added to Cart'
     for (const goal of [cart, 'Visit /blog/*'])
@@ -995,6 +1113,39 @@ describe.each(backends)('goals, stream and rebuild (%s)', (_name, openStore, ope
     expect([...read.values.keys()].sort()).toEqual([...names].sort())
   }, 180_000)
 
+  it('the stream writes conversions by exit page once the visits have ended, not before', async () => {
+    // Before: the watermark (receive time) is within the grace of every visit, so none has ended
+    // and no conversion is in an exit-page row yet.
+    const before = await store.reader.breakdownDetailed(siteId, 'day', 'goal|exit_page', RANGE_FROM, RANGE_TO)
+    expect(before.values.size).toBe(0)
+    // An operator lowers the grace and the stream restarts; identify calls (counted nowhere) of
+    // many visitors move every partition's watermark past the visits' last events plus the gap.
+    const identify: GeneratedEvent[] = Array.from({ length: 40 }, (_, i) => ({
+      ...events[0]!,
+      isBot: false,
+      isDuplicate: false,
+      isLate: false,
+      isOutOfOrder: false,
+      payload: {
+        type: 'identify',
+        anonymousId: `exit-watermark-${i}`,
+        messageId: `exit-watermark-${siteId}-${i}`,
+        timestamp: new Date().toISOString(),
+        traits: {},
+        context: {},
+      } as unknown as GeneratedEvent['payload'],
+    }))
+    await ingestAll(log, config, [site], identify, logger)
+    await streamToEnd(log, store, {
+      topic,
+      group: group(),
+      stream: { ...config.stream, graceMs: 5 * 60_000 },
+      logger,
+      propKeys: new PropKeyCache(store.sites, 60_000, logger),
+    })
+    await checkExitPages(names)
+  }, 180_000)
+
   it('a rebuild gives the same numbers, final, and counts a goal defined after the stream ("define, then rebuild")', async () => {
     await store.sites.addGoal(siteId, eventGoal('Searched'))
     await archiveWholeLog(log, store, {
@@ -1037,5 +1188,6 @@ describe.each(backends)('goals, stream and rebuild (%s)', (_name, openStore, ope
     const read = await store.reader.breakdownDetailed(siteId, 'day', 'goal', dayStart, dayStart + DAY)
     expect([...read.windows.values()].every((x) => x.final)).toBe(true)
     await checkQueries(all, 'rebuild')
+    await checkExitPages(all)
   }, 180_000)
 })

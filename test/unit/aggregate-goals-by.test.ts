@@ -35,7 +35,6 @@ describe('conversions by dimension: the key scheme (goal|DIM, NAME U+001F VALUE)
     for (const other of [
       'goal',
       'source',
-      'goal|exit_page',
       'goal|',
       'goal|prop:',
       'goal|prop:-bad',
@@ -54,9 +53,15 @@ describe('conversions by dimension: the key scheme (goal|DIM, NAME U+001F VALUE)
       // Rebuilt only, as goal and prop:KEY rows are (the rebuild's values are exact).
       expect(isRebuiltOnly(`goal|prop:${key}`)).toBe(true)
     }
-    for (const bad of ['prop:', 'prop:_x', `prop:${'x'.repeat(65)}`, 'prop:a b', 'exit_page'])
+    for (const bad of ['prop:', 'prop:_x', `prop:${'x'.repeat(65)}`, 'prop:a b', 'goal'])
       expect(isGoalByDimension(bad)).toBe(false)
-    expect(GOAL_BY_NAMES).toEqual([...GOAL_BY_DIMENSIONS, 'prop:KEY'])
+    // Conversions by exit page are kept too, by ended visits (not in GOAL_BY_DIMENSIONS, which the
+    // per-event step walks).
+    expect(GOAL_BY_DIMENSIONS).not.toContain('exit_page')
+    expect(isGoalByDimension('exit_page')).toBe(true)
+    expect(goalByOf('goal|exit_page')).toBe('exit_page')
+    expect(isRebuiltOnly('goal|exit_page')).toBe(true)
+    expect(GOAL_BY_NAMES).toEqual([...GOAL_BY_DIMENSIONS, 'exit_page', 'prop:KEY'])
   })
 
   it('splits a stored value into the goal and the value whatever the value holds', () => {
@@ -136,8 +141,13 @@ describe('conversions by dimension: the query parameters', () => {
     expect(() => q({ property: 'source', filters: 'goal==Signup', metrics: 'visits' })).toThrow(
       expect.objectContaining({ where: 'metrics' }),
     )
-    expect(() => q({ property: 'exit_page', filters: 'goal==Signup', metrics: 'conversions' })).toThrow(
-      expect.objectContaining({ where: 'metrics' }),
-    )
+    // By exit page: converters only (visitors, conversions), no completions, pageviews or rate.
+    expect(
+      q({ property: 'exit_page', filters: 'goal==Signup', metrics: 'conversions,visitors' }).metrics,
+    ).toEqual(['conversions', 'visitors'])
+    for (const m of ['events', 'pageviews', 'conversion_rate'])
+      expect(() =>
+        q({ property: 'exit_page', filters: 'goal==Signup', metrics: `conversions,${m}` }),
+      ).toThrow(expect.objectContaining({ where: 'metrics', message: expect.stringContaining('exit_page') }))
   })
 })

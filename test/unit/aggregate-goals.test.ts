@@ -131,12 +131,15 @@ describe('the query parameters name goals', () => {
         message: expect.stringContaining('goal==NAME'),
       }),
     )
-    // Conversions are kept by a declared custom property (goal|prop:KEY), not by exit_page.
+    // Conversions are kept by a declared custom property (goal|prop:KEY) and by exit_page (converters only).
     expect(
       q('breakdown', { metrics: 'conversions', property: 'prop:plan', filters: 'goal==Signup' }).property,
     ).toBe('prop:plan')
+    expect(
+      q('breakdown', { metrics: 'conversions', property: 'exit_page', filters: 'goal==Signup' }).property,
+    ).toBe('exit_page')
     expect(() =>
-      q('breakdown', { metrics: 'conversions', property: 'exit_page', filters: 'goal==Signup' }),
+      q('breakdown', { metrics: 'events', property: 'exit_page', filters: 'goal==Signup' }),
     ).toThrow(expect.objectContaining({ where: 'metrics' }))
     expect(() => q('aggregate', { metrics: 'visitors', filters: 'goal==Signup' })).not.toThrow()
     // Goal rows hold no visits.

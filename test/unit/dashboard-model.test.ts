@@ -102,9 +102,10 @@ describe('dashboard model (/dashboard/model.js)', () => {
     expect(model.propGoalMetrics).toEqual(
       expect.arrayContaining(['conversions', 'events', 'visitors', 'conversion_rate']),
     )
-    // Any other property (exit_page): no `goal|DIM` rows, so nothing under a goal filter.
-    const others = Object.keys(model.goalMetrics).filter((p) => !byGoal.has(p))
-    expect(others).toContain('exit_page')
+    // Exit pages: converters of ended visits only.
+    expect(model.goalMetrics.exit_page).toEqual(['visitors', 'conversions'])
+    // Any other property: no `goal|DIM` rows, so nothing under a goal filter.
+    const others = Object.keys(model.goalMetrics).filter((p) => !byGoal.has(p) && p !== 'exit_page')
     for (const p of others) expect(model.goalMetrics[p], p).toEqual([])
     // Every table's property is in the model, so the page knows whether it answers under a goal.
     const html = readFileSync(join(projectRoot(), 'query', 'dashboard', 'index.html'), 'utf8')
