@@ -106,8 +106,8 @@ export const CHART_LINES: { all: readonly ChartLine[]; goal: readonly ChartLine[
  * follows params.ts without a copy of its rules. A property the deployment does not aggregate
  * (TALLY_BREAKDOWNS) takes no metric: the page hides its panel or tab. `goalMetrics` (and
  * `propGoalMetrics` for `prop:KEY`): the metrics a breakdown by the property takes under a goal
- * filter (`filters=goal==NAME`); none where the API cannot answer by it under a goal (exit_page:
- * visitors and conversions only). `cards` and `lines`: the top row's cards and the chart's lines,
+ * filter (`filters=goal==NAME`; exit_page takes visitors and conversions only), none where the API
+ * cannot answer by it under a goal. `cards` and `lines`: the top row's cards and the chart's lines,
  * unfiltered and under a goal filter (TOP_CARDS, CHART_LINES).
  */
 export function dashboardModel(breakdowns?: readonly BreakdownDimension[]): {
