@@ -856,6 +856,22 @@ describe.each(backends)('goals, stream and rebuild (%s)', (_name, openStore, ope
       expect(pl.statusCode, pl.body).toBe(200)
       const plRows = (pl.json() as { results: Array<{ exit_page: string; visitors: number }> }).results
       expect(new Set(plRows.map((r) => r.exit_page))).toEqual(new Set(expected.map((r) => r.exit_page)))
+      // Plausible's range is whole UTC days: per exit page, the estimate of the converters of the
+      // visits that started on those days.
+      const dayFrom = Math.floor(FROM / DAY) * DAY
+      const dayTo = Math.floor((TO - 1) / DAY) * DAY + DAY
+      const byDayPage = new Map<string, Set<string>>()
+      for (const [k, c] of truth) {
+        const [g, ws, , value] = JSON.parse(k) as [string, number, string, string]
+        if (g !== 'day' || ws < dayFrom || ws >= dayTo || !value.startsWith(`${goal}\u001f`)) continue
+        const page = value.slice(goal.length + 1)
+        const ids = byDayPage.get(page) ?? new Set<string>()
+        for (const id of c.visitors) ids.add(id)
+        byDayPage.set(page, ids)
+      }
+      expect(new Map(plRows.map((r) => [r.exit_page, r.visitors])), `Plausible ${goal}`).toEqual(
+        new Map([...byDayPage].map(([page, ids]) => [page, Math.round(estimate(ids, store.precision))])),
+      )
     }
   }
 
