@@ -389,7 +389,7 @@ export function normalizeEvent(
     context,
     timestamp: new Date(timestampMs).toISOString(),
     receivedAt: isoOfReceivedAt(input.receivedAtMs),
-    ua: { browser: ua.browser, os: ua.os, device: ua.device },
+    ua: ua.info,
     bot: ua.bot,
     country,
   }
