@@ -9,7 +9,8 @@
  *   node dist/bench/ingest-cpu.js [--seconds 10] [--runs 3] [--only track|batch100]
  *
  * With TALLY_BENCH_CPU_PROF=DIR the ingest process writes its V8 CPU profile into DIR when it
- * stops (use `--only` for the profile of one endpoint).
+ * stops (use `--only` for the profile of one endpoint). TALLY_LINGER_MS and
+ * TALLY_INGEST_IN_FLIGHT_BATCHES, when set, are passed to the ingest process.
  */
 
 import { BenchEnvironment } from './harness/environment.js'
@@ -18,6 +19,7 @@ import { ingestEndpoints } from './harness/ingest-pair.js'
 import { runLoad } from './harness/load.js'
 import { spawnRole, urlOf } from './harness/proc.js'
 import { sampleProc } from './harness/proc-sample.js'
+import { metricSum, scrape } from './harness/prometheus.js'
 
 function arg(name: string, fallback: string): string {
   const i = process.argv.indexOf(`--${name}`)
@@ -40,7 +42,11 @@ async function main(): Promise<void> {
   await bench.init()
   try {
     await bench.ensureServices()
-    const { env, config } = await bench.scenario('ingestcpu')
+    // The producer's settings, when given, go to the ingest process (to compare them on one tree).
+    const producerEnv: Record<string, string> = {}
+    for (const key of ['TALLY_LINGER_MS', 'TALLY_INGEST_IN_FLIGHT_BATCHES'])
+      if (process.env[key]) producerEnv[key] = process.env[key]!
+    const { env, config } = await bench.scenario('ingestcpu', producerEnv)
     const keys = await bench.createSites(config, [SITE])
     const endpoints = ingestEndpoints({ env: bench, quick: false, seed: 42, say }, SITE).filter(
       (ep) => only === '' || ep.key === only,
@@ -64,15 +70,27 @@ async function main(): Promise<void> {
           connections: ep.connections,
           amount: ep.warmupRequests * 2,
         })
+      // Producer sends and the events they carried, read outside the runs' CPU readings.
+      const sends = async () => {
+        const text = await scrape(urlOf(tally))
+        return {
+          sends: metricSum(text, 'tally_ingest_kafka_batch_records_count'),
+          events: metricSum(text, 'tally_ingest_kafka_batch_records_sum'),
+        }
+      }
       const perRequest = new Map<string, number[]>()
       for (let r = 0; r < runs; r++) {
         for (const ep of endpoints) {
+          const sendsBefore = await sends()
           const before = sampleProc(tally.pid)
           const result = await runLoad(target(ep.path, ep.bodies), {
             connections: ep.connections,
             durationSec: seconds,
           })
           const after = sampleProc(tally.pid)
+          const sendsAfter = await sends()
+          const perSend =
+            (sendsAfter.events - sendsBefore.events) / Math.max(1, sendsAfter.sends - sendsBefore.sends)
           // Requests in flight at the end are not counted by the client but took CPU: a small overcount.
           const us = ((after.cpuSec - before.cpuSec) * 1e6) / result.ok
           const list = perRequest.get(ep.key) ?? []
@@ -80,7 +98,7 @@ async function main(): Promise<void> {
           perRequest.set(ep.key, list)
           say(
             `${ep.key} run ${r + 1}: ${result.ok} requests 2xx (${Math.round(result.okPerSec)}/s, ${Math.round(result.okPerSec * ep.eventsPerRequest)} events/s), ` +
-              `${(after.cpuSec - before.cpuSec).toFixed(2)} CPU-s, ${us.toFixed(1)} CPU-µs/request, ${(us / ep.eventsPerRequest).toFixed(2)} CPU-µs/event, p99 ${result.latency?.p99?.toFixed(2) ?? '?'} ms`,
+              `${(after.cpuSec - before.cpuSec).toFixed(2)} CPU-s, ${us.toFixed(1)} CPU-µs/request, ${(us / ep.eventsPerRequest).toFixed(2)} CPU-µs/event, ${perSend.toFixed(1)} events per Kafka send, p99 ${result.latency?.p99?.toFixed(2) ?? '?'} ms`,
           )
         }
       }
