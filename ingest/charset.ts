@@ -18,7 +18,8 @@ const decoders = new Map<string, TextDecoder>()
 
 /** The `charset` parameter of a Content-Type header, lower-cased and unquoted; undefined if none. */
 export function charsetOf(contentType: string | undefined): string | undefined {
-  if (contentType === undefined) return undefined
+  // The usual `application/json` has no parameter: nothing to split.
+  if (contentType === undefined || !contentType.includes(';')) return undefined
   for (const param of contentType.split(';').slice(1)) {
     const eq = param.indexOf('=')
     if (eq < 0 || param.slice(0, eq).trim().toLowerCase() !== 'charset') continue

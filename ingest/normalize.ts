@@ -87,12 +87,62 @@ function daysInMonth(year: number, month: number): number {
   return month === 2 && leap ? 29 : DAYS_IN_MONTH[month - 1]!
 }
 
+/** The number of the ASCII digits of `s` from `at` to `end` (exclusive); -1 when one is no digit. */
+function digits(s: string, at: number, end: number): number {
+  let n = 0
+  for (let i = at; i < end; i++) {
+    const d = s.charCodeAt(i) - 48
+    if (d < 0 || d > 9) return -1
+    n = n * 10 + d
+  }
+  return n
+}
+
+/**
+ * True when `v` has the form `toISOString` writes (`2024-05-01T12:34:56.789Z`, what Segment's
+ * libraries send): such a string, once it parsed, is its own `toISOString()`.
+ */
+function isIsoShape(v: unknown): v is string {
+  return (
+    typeof v === 'string' &&
+    v.length === 24 &&
+    v.charCodeAt(4) === 45 && // -
+    v.charCodeAt(7) === 45 &&
+    v.charCodeAt(10) === 84 && // T
+    v.charCodeAt(13) === 58 && // :
+    v.charCodeAt(16) === 58 &&
+    v.charCodeAt(19) === 46 && // .
+    v.charCodeAt(23) === 90 && // Z
+    digits(v, 0, 4) >= 0 &&
+    digits(v, 20, 23) >= 0
+  )
+}
+
+/**
+ * The ms of a string of isIsoShape, or undefined when it is no real day and time: a character walk
+ * instead of ISO_8601's match, which allocated an array and eight strings per timestamp (two
+ * timestamps an event), with the same range checks.
+ */
+function isoShapeMs(v: string): number | undefined {
+  const month = digits(v, 5, 7)
+  const day = digits(v, 8, 10)
+  const hour = digits(v, 11, 13)
+  const minute = digits(v, 14, 16)
+  const second = digits(v, 17, 19)
+  if (hour < 0 || minute < 0 || second < 0) return undefined
+  if (month < 1 || month > 12 || day < 1 || day > daysInMonth(digits(v, 0, 4), month)) return undefined
+  if (hour > 23 || minute > 59 || second > 59) return undefined
+  const t = Date.parse(v)
+  return Number.isNaN(t) ? undefined : t
+}
+
 /**
  * An ISO 8601 date-time in ms, or undefined. The fields are range-checked first: Date.parse rolls
  * impossible dates over (2024-02-30 → 2024-03-01, T24:00 → the next day) instead of refusing them.
  */
 function parseTime(v: unknown): number | undefined {
   if (typeof v !== 'string') return undefined
+  if (isIsoShape(v)) return isoShapeMs(v)
   const m = ISO_8601.exec(v)
   if (!m) return undefined
   const [year, month, day] = [Number(m[1]), Number(m[2]), Number(m[3])]
@@ -142,18 +192,26 @@ export function withWellFormedStrings(value: unknown): unknown {
     }
     return out ?? value
   }
-  let changed = false
-  const entries: Array<[string, unknown]> = []
-  for (const key in value) {
-    if (!Object.hasOwn(value, key)) continue
-    const item = (value as Record<string, unknown>)[key]
+  const o = value as Record<string, unknown>
+  // Entries are collected only from the first key or value that changes (the keys before it are
+  // taken as they are): an object with nothing to fix allocates nothing.
+  let entries: Array<[string, unknown]> | undefined
+  for (const key in o) {
+    if (!Object.hasOwn(o, key)) continue
+    const item = o[key]
     const fixedKey = wellFormed(key)
     const fixed = withWellFormedStrings(item)
-    if (fixedKey !== key || fixed !== item) changed = true
-    entries.push([fixedKey, fixed])
+    if (entries === undefined && (fixedKey !== key || fixed !== item)) {
+      entries = []
+      for (const before in o) {
+        if (before === key) break
+        if (Object.hasOwn(o, before)) entries.push([before, o[before]])
+      }
+    }
+    entries?.push([fixedKey, fixed])
   }
   // fromEntries defines own properties, so no key (not even "__proto__") reaches the prototype.
-  return changed ? Object.fromEntries(entries) : value
+  return entries ? Object.fromEntries(entries) : value
 }
 
 /** A shallow copy without `ip`; built without `delete`, which would slow the object down. */
@@ -331,7 +389,7 @@ export function normalizeEvent(
     context,
     timestamp: new Date(timestampMs).toISOString(),
     receivedAt: isoOfReceivedAt(input.receivedAtMs),
-    ua: { browser: ua.browser, os: ua.os, device: ua.device },
+    ua: ua.info,
     bot: ua.bot,
     country,
   }
@@ -346,8 +404,12 @@ export function normalizeEvent(
   if (previousId !== undefined) event.previousId = previousId
   if (e.traits !== undefined) event.traits = e.traits
   if (e.integrations !== undefined) event.integrations = e.integrations
-  if (eventTime !== undefined) event.originalTimestamp = new Date(eventTime).toISOString()
-  if (sentAt !== undefined) event.sentAt = new Date(sentAt).toISOString()
+  // A time that parsed and was sent as toISOString writes it is kept as sent: the same text.
+  if (eventTime !== undefined) {
+    const sent = e.timestamp ?? e.originalTimestamp
+    event.originalTimestamp = isIsoShape(sent) ? sent : new Date(eventTime).toISOString()
+  }
+  if (sentAt !== undefined) event.sentAt = isIsoShape(sentAtRaw) ? sentAtRaw : new Date(sentAt).toISOString()
   if (input.imported) event.imported = true
   if (timestampClamped) event.timestampClamped = true
   return ok(event)

@@ -4,9 +4,17 @@ import type { UserAgentInfo } from '../schemas/events.js'
 
 export interface ParsedUserAgent extends UserAgentInfo {
   bot: boolean
+  /** The same browser, os and device as an object of their own, shared by every event of this user agent. */
+  info: Readonly<UserAgentInfo>
 }
 
-const UNKNOWN: ParsedUserAgent = { browser: '(unknown)', os: '(unknown)', device: '(unknown)', bot: false }
+const UNKNOWN: ParsedUserAgent = Object.freeze({
+  browser: '(unknown)',
+  os: '(unknown)',
+  device: '(unknown)',
+  bot: false,
+  info: Object.freeze({ browser: '(unknown)', os: '(unknown)', device: '(unknown)' }),
+})
 
 /**
  * ua-parser-js for browser/OS/device and isbot for crawlers, behind a bounded cache: user agents
@@ -27,12 +35,12 @@ export class UserAgentParser {
     const hit = this.cache.get(ua)
     if (hit) return hit
     const r = new UAParser(ua).getResult()
-    const parsed: ParsedUserAgent = Object.freeze({
+    const info = Object.freeze({
       browser: r.browser.name ?? '(unknown)',
       os: r.os.name ?? '(unknown)',
       device: r.device.type ?? 'desktop',
-      bot: isbot(ua),
     })
+    const parsed: ParsedUserAgent = Object.freeze({ ...info, bot: isbot(ua), info })
     if (this.cache.size >= this.maxEntries) {
       // Drop the oldest entry (Map keeps insertion order): a cheap, bounded FIFO.
       const first = this.cache.keys().next().value

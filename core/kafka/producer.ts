@@ -1,6 +1,5 @@
 import {
   CompressionTypes,
-  type ICustomPartitioner,
   type Kafka,
   type Message,
   Partitioners,
@@ -12,6 +11,7 @@ import { errorMessage, ServiceUnavailableError, TallyError } from '../errors.js'
 import type { Logger } from '../log.js'
 import type { EventLogWriter, LogRecord, PackOptions } from '../ports/event-log.js'
 import { MAX_PACKED_EVENTS, packedHeaders, packedOverheadBytes, packRecords } from '../record/packed.js'
+import { partitionForKey } from '../record/partition.js'
 
 export interface BatchingProducerOptions {
   /** How long the first pending record waits for company before a batch is sent. Default 2 ms. */
@@ -90,7 +90,6 @@ export class KafkaBatchingProducer implements EventLogWriter {
   private lastTopic: string | undefined
   private probing = false
   private lastProbeAt = 0
-  private readonly partitioner: ReturnType<ICustomPartitioner> = Partitioners.DefaultPartitioner()
   /** Partitions of each topic written packed, fetched at its first flush and every 5 minutes. */
   private readonly partitionsOf = new Map<string, { at: number; partitions: PartitionMetadata[] }>()
 
@@ -132,7 +131,7 @@ export class KafkaBatchingProducer implements EventLogWriter {
       maxInFlightRequests: 1,
       allowAutoTopicCreation: false,
       // Java's murmur2 partitioner, named so kafkajs stops warning: the embedded log places keys
-      // the same way (core/embedded/partitioner.ts), so a moved log keeps each key's partition.
+      // the same way (core/record/partition.ts), so a moved log keeps each key's partition.
       createPartitioner: Partitioners.DefaultPartitioner,
       retry: { retries: Number.MAX_SAFE_INTEGER, initialRetryTime: 100, maxRetryTime: 1000 },
     })
@@ -400,15 +399,17 @@ export class KafkaBatchingProducer implements EventLogWriter {
 
   /**
    * The Kafka messages of one flush's records to `topic`, packed: grouped by the partition each
-   * record's key picks (kafkajs's default partitioner, as for format 1), in order, cut into records
+   * record's key picks (Kafka's default partitioner, as kafkajs picks it for format 1:
+   * core/record/partition.ts, which does it without kafkajs's `Long` arithmetic), in order, cut into records
    * of at most `pack.maxEvents` events and `pack.maxBytes` bytes (an event larger goes alone).
    */
   private async packedMessages(topic: string, records: readonly LogRecord[]): Promise<Message[]> {
     const { maxEvents, maxBytes } = this.options.pack!
     const partitionMetadata = await this.partitions(topic)
     const byPartition = new Map<number, LogRecord[]>()
+    const count = partitionMetadata.length
     for (const r of records) {
-      const partition = this.partitioner({ topic, partitionMetadata, message: { key: r.key, value: null } })
+      const partition = partitionForKey(r.key, count)
       const list = byPartition.get(partition)
       if (list) list.push(r)
       else byPartition.set(partition, [r])

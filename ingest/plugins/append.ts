@@ -119,7 +119,7 @@ async function append(app: FastifyInstance, options: AppendOptions): Promise<voi
       if (result.event.timestampClamped) clamped++
       records.push(toLogRecord(result.event, headers, receivedAtMs))
     }
-    metrics.events.inc({ endpoint, outcome: 'rejected' }, rejected.length)
+    if (rejected.length > 0) metrics.events.inc({ endpoint, outcome: 'rejected' }, rejected.length)
     const single = items.length === 1
     // A lone event's rejection is the request's error, which the error handler counts.
     if (!(single && records.length === 0)) {
