@@ -125,6 +125,8 @@ class ValueTable {
    * (core/aggregate/props.ts): the kept values as they are, the others folded into `(other)`.
    */
   capped(max: number): ValueTable {
+    // At most `max` values: all are kept (keptValues would say so after copying them into a set).
+    if (this.size <= max) return this
     const kept = keptValues(this.values, max)
     if (kept.size === this.size) return this
     const out = new ValueTable(this.precision)

@@ -124,13 +124,18 @@ export class RegisterSet {
     if (other.dense !== null) {
       const a = this.toDense()
       const b = other.dense
+      const words = wordsOf(b)
       let set = this.denseSet
-      for (let i = 0; i < b.length; i++) {
-        const r = b[i]!
-        const was = a[i]!
-        if (r > was) {
-          if (was === 0) set++
-          a[i] = r
+      // Four registers at a time: most words of a row's registers are zero (few visitors).
+      for (let w = 0; w < words.length; w++) {
+        if (words[w] === 0) continue
+        for (let i = w << 2, end = i + 4; i < end; i++) {
+          const r = b[i]!
+          const was = a[i]!
+          if (r > was) {
+            if (was === 0) set++
+            a[i] = r
+          }
         }
       }
       this.denseSet = set
@@ -223,14 +228,18 @@ export class RegisterSet {
     out[6] = n & 0xff
     let at = 7
     if (dense !== null) {
-      for (let i = 0; i < m; i++) {
-        const r = dense[i]!
-        if (r === 0) continue
-        const e = (i << RANK_BITS) | r
-        out[at] = e >>> 16
-        out[at + 1] = (e >>> 8) & 0xff
-        out[at + 2] = e & 0xff
-        at += 3
+      const words = wordsOf(dense)
+      for (let w = 0; w < words.length; w++) {
+        if (words[w] === 0) continue
+        for (let i = w << 2, end = i + 4; i < end; i++) {
+          const r = dense[i]!
+          if (r === 0) continue
+          const e = (i << RANK_BITS) | r
+          out[at] = e >>> 16
+          out[at + 1] = (e >>> 8) & 0xff
+          out[at + 2] = e & 0xff
+          at += 3
+        }
       }
     } else {
       const entries = this.entries!
@@ -244,6 +253,14 @@ export class RegisterSet {
     }
     return out
   }
+}
+
+/**
+ * Dense registers as 32-bit words, to skip four zero registers at once. Dense arrays are 2^p bytes
+ * (p ≥ 4) at offset 0 of their own buffer, so the view covers them exactly.
+ */
+function wordsOf(dense: Uint8Array): Uint32Array {
+  return new Uint32Array(dense.buffer, dense.byteOffset, dense.length >>> 2)
 }
 
 /** Below this many entries `compact` sorts in place by insertion (a typed array's sort costs more to call). */
