@@ -76,6 +76,9 @@ export const CODE_EVENT = 1
 export const CODE_PAGEVIEW = 2
 export const CODE_BOT = 3
 
+/** DIMENSIONS index of each dimension (custom properties and goals are not among them). */
+const DIMENSION_INDEX: ReadonlyMap<string, number> = new Map(DIMENSIONS.map((d, i) => [d, i]))
+
 /** Per DIMENSIONS index: whether its values per window are capped (TALLY_DIMENSION_VALUES_MAX). */
 const CAPPED_INDEX: readonly boolean[] = DIMENSIONS.map((d) => isCappedDimension(d))
 
@@ -122,6 +125,8 @@ class ValueTable {
    * (core/aggregate/props.ts): the kept values as they are, the others folded into `(other)`.
    */
   capped(max: number): ValueTable {
+    // At most `max` values: all are kept (keptValues would say so after copying them into a set).
+    if (this.size <= max) return this
     const kept = keptValues(this.values, max)
     if (kept.size === this.size) return this
     const out = new ValueTable(this.precision)
@@ -545,15 +550,18 @@ export class DayAggregator {
       s.totals.pageviews += row.pageviews
       s.totals.botEvents += row.botEvents
       s.totals.visitors.merge(row.visitors)
-    } else if (row.dimension.startsWith('prop:') || row.dimension === GOAL_DIMENSION) {
-      // The hour rows are capped already; the day's cap keeps every value an hour kept that is
-      // among the day's kept ones (core/aggregate/props.ts). Goal rows are never capped.
-      propTable(s.props, row.dimension as PropDimension | GoalDimension, this.precision).addRow(
-        row.value,
-        row,
-      )
     } else {
-      s.dims[DIMENSIONS.indexOf(row.dimension as Dimension)]!.addRow(row.value, row)
+      const d = DIMENSION_INDEX.get(row.dimension)
+      if (d !== undefined) s.dims[d]!.addRow(row.value, row)
+      else {
+        // A custom property or goal: the hour rows are capped already; the day's cap keeps every
+        // value an hour kept that is among the day's kept ones (core/aggregate/props.ts). Goal rows
+        // are never capped.
+        propTable(s.props, row.dimension as PropDimension | GoalDimension, this.precision).addRow(
+          row.value,
+          row,
+        )
+      }
     }
   }
 

@@ -2,31 +2,23 @@ import { createHash, randomUUID } from 'node:crypto'
 import { mkdir, readdir, rm, stat } from 'node:fs/promises'
 import { join } from 'node:path'
 import { type BreakdownDimension, KeptBreakdowns } from '../core/aggregate/breakdowns.js'
-import { type Granularity, windowMs, windowStart } from '../core/aggregate/definition.js'
+import { type Granularity, windowStart } from '../core/aggregate/definition.js'
 import { type DedupOutcome, findDuplicates } from '../core/archive/dedup.js'
 import { listSegments, type SegmentRef } from '../core/archive/segment-file.js'
 import { CorruptSegmentError } from '../core/archive/segment-reader.js'
 import { ERR } from '../core/error-codes.js'
 import { errorMessage, TallyError } from '../core/errors.js'
 import type { Logger } from '../core/log.js'
-import type { RowKey, VisitCounts } from '../core/ports/aggregate-store.js'
-import type { FinalRow, FinalRowStore, JobRun, JobStore, LeaseStore } from '../core/ports/batch-store.js'
+import type { FinalRowStore, JobRun, JobStore, LeaseStore } from '../core/ports/batch-store.js'
 import { sleep } from '../core/retry.js'
-import {
-  type AggregateRow,
-  type AggregateStats,
-  DayAggregator,
-  emptyStats,
-  HourAggregator,
-} from './aggregate.js'
+import type { AggregateStats } from './aggregate.js'
+import { computeRange } from './compute.js'
 import { acquireLease, LeaseKeeper, LeaseLostError, RangeBusyError } from './lease.js'
 import type { BatchMetrics } from './metrics.js'
-import { goalsOfSegment, propValuesOf, type RebuildPropKeys, RunPropKeys } from './prop-columns.js'
+import { type RebuildPropKeys, RunPropKeys } from './prop-columns.js'
 import { writeDays } from './rebuild-write.js'
-import { RegisterSet } from './registers.js'
 import { SegmentSource } from './segment-source.js'
 import { StagingArea } from './staging.js'
-import { DayVisits } from './visits.js'
 
 const HOUR_MS = 3_600_000
 const DAY_MS = 86_400_000
@@ -168,34 +160,6 @@ function cancelled(signal: AbortSignal | undefined): void {
     throw signal.reason instanceof Error
       ? signal.reason
       : new TallyError(ERR.CANCELLED, 'the rebuild was cancelled')
-  }
-}
-
-function finalRowOf(r: AggregateRow): FinalRow {
-  return {
-    siteId: r.siteId,
-    granularity: r.granularity,
-    windowStart: r.windowStart,
-    dimension: r.dimension,
-    value: r.value,
-    values: {
-      events: r.events,
-      pageviews: r.pageviews,
-      botEvents: r.botEvents,
-      visitors: r.visitors.toBytes(),
-    },
-  }
-}
-
-/** The staged row of a window's visit counts (merged with the window's other counts when written). */
-function visitRowOf(key: RowKey, counts: VisitCounts, emptyVisitors: Uint8Array): FinalRow {
-  return {
-    siteId: key.siteId,
-    granularity: key.granularity,
-    windowStart: key.windowStart,
-    dimension: key.dimension,
-    value: key.value,
-    values: { events: 0, pageviews: 0, botEvents: 0, visitors: emptyVisitors, ...counts },
   }
 }
 
@@ -459,7 +423,8 @@ async function dedup(settings: RebuildSettings, job: Job, source: SegmentSource)
 /**
  * Step 4 (pass 2): aggregates the range hour by hour into the staging area, without the duplicates;
  * day rows once a whole day is done. Every hour of the range's days, in the range or not, feeds the
- * day's visits, staged when the day is done for the windows of the range. Returns the days staged.
+ * day's visits, staged when the day is done for the windows of the range (batch/compute.ts, the
+ * compute the batch benchmark runs too). Returns the days staged.
  */
 async function aggregate(
   deps: RebuildDeps,
@@ -468,100 +433,36 @@ async function aggregate(
   source: SegmentSource,
   duplicates: DedupOutcome,
 ): Promise<{ days: number[]; stats: AggregateStats }> {
-  const { fromMs, toMs } = job.range
-  const { fromDay, toDay } = daysOf(job.range)
   const area = job.area!
-  const segments = source.segments
   const n = source.length
-  const stats: AggregateStats = emptyStats()
-  let day: DayAggregator | undefined
-  let visits: DayVisits | undefined
-  const dayInRange = (d: number) => d >= fromMs && d + DAY_MS <= toMs
-  const ttl = settings.ttlSeconds
-  const live = (r: { granularity: Granularity; windowStart: number }) =>
-    !ttl ||
-    ttl[r.granularity] === 0 ||
-    r.windowStart + windowMs(r.granularity) + ttl[r.granularity] * 1000 > job.startedMs
-  const flushDay = async () => {
-    if (!day) return
-    for (const row of day.rows()) if (live(row)) await area.write(day.dayStartMs, finalRowOf(row))
-    day = undefined
-  }
-  const gapMs = settings.visitGapMs ?? DEFAULT_VISIT_GAP_MS
-  const countsVisits = settings.countsVisits ?? true
-  const kept = new KeptBreakdowns(settings.breakdowns)
-  const emptyVisitors = new RegisterSet(settings.precision).toBytes()
-  const runKeys = deps.propKeys ? new RunPropKeys(deps.propKeys) : undefined
-  // The visit counts of the windows of the range (day windows when the whole day is in it).
-  const flushVisits = async () => {
-    if (!visits) return
-    const d = visits.dayStartMs
-    for (const { key, counts } of visits.rows(gapMs)) {
-      const inRange =
-        key.granularity === 'day' ? dayInRange(d) : key.windowStart >= fromMs && key.windowStart < toMs
-      if (inRange && live(key) && kept.keeps(key.dimension))
-        await area.write(d, visitRowOf(key, counts, emptyVisitors))
-    }
-    // Conversions by dimension (goal|DIM): they need the day's visits, as the visit rows do.
-    for (const row of visits.goalRows(gapMs, settings.precision)) {
-      const inRange =
-        row.granularity === 'day' ? dayInRange(d) : row.windowStart >= fromMs && row.windowStart < toMs
-      if (inRange && live(row)) await area.write(d, finalRowOf(row))
-    }
-    visits = undefined
-  }
-  let done = 0
   job.progress.report('aggregate', 0, n)
-  for (let hour = fromDay; hour < toDay; hour += HOUR_MS) {
-    const dayStart = windowStart(hour, 'day')
-    if (day && day.dayStartMs !== dayStart) await flushDay()
-    if (visits && visits.dayStartMs !== dayStart) await flushVisits()
-    if (!visits && countsVisits)
-      visits = new DayVisits(dayStart, job.siteId, settings.dimensionValuesMax, settings.propValuesMax)
-    const inRange = hour >= fromMs && hour < toMs
-    if (inRange && !day && dayInRange(dayStart))
-      day = new DayAggregator(
-        dayStart,
-        settings.precision,
-        settings.propValuesMax,
-        settings.dimensionValuesMax,
-      )
-    const agg = inRange
-      ? new HourAggregator(
-          hour,
-          settings.precision,
-          job.siteId,
-          settings.propValuesMax,
-          settings.dimensionValuesMax,
-          kept,
-        )
-      : undefined
-    while (done < n && segments[done]!.hourStartMs === hour) {
-      const i = done++
-      const cols = await source.next(i)
-      if (cols) {
-        const losers = duplicates.losers.get(i)
-        // Visits read them for every hour of the day (a visit's values are its first event's).
-        const props = (agg || visits) && runKeys ? await propValuesOf(cols, job.siteId, runKeys) : undefined
-        const goals = (agg || visits) && runKeys ? await goalsOfSegment(cols, job.siteId, runKeys) : undefined
-        agg?.add(cols, losers, stats, props, goals)
-        visits?.add(cols, losers, props, goals)
-        job.run.segmentsRead++
-      }
-      job.progress.eventsRead = stats.rowsRead
-      job.progress.report('aggregate', done, n)
-      await job.pause()
-    }
-    if (!agg) continue
-    for (const site of agg.siteIds()) {
-      for (const row of agg.rows(site)) {
-        day?.add(row)
-        if (live(row)) await area.write(dayStart, finalRowOf(row))
-      }
-    }
-  }
-  await flushDay()
-  await flushVisits()
+  const stats = await computeRange(
+    {
+      range: job.range,
+      siteId: job.siteId,
+      hours: source.segments.map((s) => s.hourStartMs),
+      next: (i) => source.next(i),
+      duplicates,
+      propKeys: deps.propKeys ? new RunPropKeys(deps.propKeys) : undefined,
+      afterSegment: async (done, stats, read) => {
+        if (read) job.run.segmentsRead++
+        job.progress.eventsRead = stats.rowsRead
+        job.progress.report('aggregate', done, n)
+        await job.pause()
+      },
+      emit: (day, row) => area.write(day, row),
+    },
+    {
+      precision: settings.precision,
+      visitGapMs: settings.visitGapMs ?? DEFAULT_VISIT_GAP_MS,
+      countsVisits: settings.countsVisits ?? true,
+      propValuesMax: settings.propValuesMax,
+      dimensionValuesMax: settings.dimensionValuesMax,
+      breakdowns: settings.breakdowns,
+      ttlSeconds: settings.ttlSeconds,
+      nowMs: job.startedMs,
+    },
+  )
   const days = await area.finish()
   job.run.eventsRead = stats.rowsRead
   // The range's duplicates (pass 1 also saw those of its days' other hours).

@@ -35,6 +35,8 @@ export class RegisterSet {
   private entries: Uint32Array | null = null
   private count = 0
   private dense: Uint8Array | null = null
+  /** Registers set (non-zero) in `dense`, kept as they are set: serializing needs no count pass. */
+  private denseSet = 0
   private readonly denseAt: number
 
   constructor(readonly precision: number) {
@@ -46,7 +48,11 @@ export class RegisterSet {
     if (dense !== null) {
       const i = entry >>> RANK_BITS
       const r = entry & RANK_MASK
-      if (r > dense[i]!) dense[i] = r
+      const was = dense[i]!
+      if (r > was) {
+        if (was === 0) this.denseSet++
+        dense[i] = r
+      }
       return
     }
     let entries = this.entries
@@ -74,7 +80,8 @@ export class RegisterSet {
     const entries = this.entries
     if (entries === null || this.count === 0) return
     const list = entries.subarray(0, this.count)
-    list.sort()
+    if (this.count <= INSERTION_SORT_MAX) insertionSort(entries, this.count)
+    else list.sort()
     let k = 0
     for (let i = 0; i < list.length; i++) {
       const e = list[i]!
@@ -90,14 +97,20 @@ export class RegisterSet {
     if (this.dense !== null) return this.dense
     const dense = new Uint8Array(1 << this.precision)
     const entries = this.entries
+    let set = 0
     if (entries !== null) {
       for (let i = 0; i < this.count; i++) {
         const e = entries[i]!
         const idx = e >>> RANK_BITS
         const r = e & RANK_MASK
-        if (r > dense[idx]!) dense[idx] = r
+        const was = dense[idx]!
+        if (r > was) {
+          if (was === 0) set++
+          dense[idx] = r
+        }
       }
     }
+    this.denseSet = set
     this.dense = dense
     this.entries = null
     this.count = 0
@@ -111,12 +124,42 @@ export class RegisterSet {
     if (other.dense !== null) {
       const a = this.toDense()
       const b = other.dense
-      for (let i = 0; i < b.length; i++) if (b[i]! > a[i]!) a[i] = b[i]!
+      const words = wordsOf(b)
+      let set = this.denseSet
+      // Four registers at a time: most words of a row's registers are zero (few visitors).
+      for (let w = 0; w < words.length; w++) {
+        if (words[w] === 0) continue
+        for (let i = w << 2, end = i + 4; i < end; i++) {
+          const r = b[i]!
+          const was = a[i]!
+          if (r > was) {
+            if (was === 0) set++
+            a[i] = r
+          }
+        }
+      }
+      this.denseSet = set
       return
     }
     const entries = other.entries
     if (entries === null) return
-    for (let i = 0; i < other.count; i++) this.add(entries[i]!)
+    const n = other.count
+    const mine = this.entries
+    // Appended at once while they fit below the dense threshold (registers depend only on the set
+    // of entries, not on when a row goes dense).
+    if (this.dense === null && this.count + n <= DENSE_AFTER) {
+      if (mine === null || this.count + n > mine.length) {
+        let size = mine === null ? 8 : mine.length * 2
+        while (size < this.count + n) size *= 2
+        const grown = new Uint32Array(size)
+        if (mine !== null) grown.set(mine.subarray(0, this.count))
+        this.entries = grown
+      }
+      this.entries!.set(entries.subarray(0, n), this.count)
+      this.count += n
+      return
+    }
+    for (let i = 0; i < n; i++) this.add(entries[i]!)
   }
 
   isEmpty(): boolean {
@@ -161,11 +204,7 @@ export class RegisterSet {
     const m = 1 << this.precision
     if (this.dense === null) this.compact()
     const dense = this.dense
-    let n = this.count
-    if (dense !== null) {
-      n = 0
-      for (let i = 0; i < m; i++) if (dense[i] !== 0) n++
-    }
+    const n = dense !== null ? this.denseSet : this.count
     if (7 + 3 * n >= 3 + m) {
       const out = new Uint8Array(3 + m)
       out[0] = HLL_FORMAT_VERSION
@@ -182,20 +221,59 @@ export class RegisterSet {
     out[0] = HLL_FORMAT_VERSION
     out[1] = this.precision
     out[2] = 1
-    new DataView(out.buffer).setUint32(3, n)
+    // The entry count, a big-endian uint32.
+    out[3] = n >>> 24
+    out[4] = (n >>> 16) & 0xff
+    out[5] = (n >>> 8) & 0xff
+    out[6] = n & 0xff
     let at = 7
-    const put = (e: number) => {
-      out[at] = e >>> 16
-      out[at + 1] = (e >>> 8) & 0xff
-      out[at + 2] = e & 0xff
-      at += 3
-    }
     if (dense !== null) {
-      for (let i = 0; i < m; i++) if (dense[i] !== 0) put((i << RANK_BITS) | dense[i]!)
+      const words = wordsOf(dense)
+      for (let w = 0; w < words.length; w++) {
+        if (words[w] === 0) continue
+        for (let i = w << 2, end = i + 4; i < end; i++) {
+          const r = dense[i]!
+          if (r === 0) continue
+          const e = (i << RANK_BITS) | r
+          out[at] = e >>> 16
+          out[at + 1] = (e >>> 8) & 0xff
+          out[at + 2] = e & 0xff
+          at += 3
+        }
+      }
     } else {
-      const entries = this.entries
-      for (let k = 0; k < n; k++) put(entries![k]!)
+      const entries = this.entries!
+      for (let k = 0; k < n; k++) {
+        const e = entries[k]!
+        out[at] = e >>> 16
+        out[at + 1] = (e >>> 8) & 0xff
+        out[at + 2] = e & 0xff
+        at += 3
+      }
     }
     return out
+  }
+}
+
+/**
+ * Dense registers as 32-bit words, to skip four zero registers at once. Dense arrays are 2^p bytes
+ * (p ≥ 4) at offset 0 of their own buffer, so the view covers them exactly.
+ */
+function wordsOf(dense: Uint8Array): Uint32Array {
+  return new Uint32Array(dense.buffer, dense.byteOffset, dense.length >>> 2)
+}
+
+/** Below this many entries `compact` sorts in place by insertion (a typed array's sort costs more to call). */
+const INSERTION_SORT_MAX = 24
+
+function insertionSort(a: Uint32Array, n: number): void {
+  for (let i = 1; i < n; i++) {
+    const v = a[i]!
+    let j = i - 1
+    while (j >= 0 && a[j]! > v) {
+      a[j + 1] = a[j]!
+      j--
+    }
+    a[j + 1] = v
   }
 }

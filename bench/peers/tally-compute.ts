@@ -2,8 +2,7 @@ import { once } from 'node:events'
 import { createWriteStream } from 'node:fs'
 import { mkdir, readFile, rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
-import { type AggregateRow, DayAggregator, emptyStats, HourAggregator } from '../../batch/aggregate.js'
-import { DayVisits } from '../../batch/visits.js'
+import { computeRange } from '../../batch/compute.js'
 import { windowStart } from '../../core/aggregate/definition.js'
 import { findDuplicates } from '../../core/archive/dedup.js'
 import {
@@ -16,7 +15,8 @@ import {
 import { readSegment, type SegmentColumns } from '../../core/archive/segment-reader.js'
 import { type ArchivedEvent, encodeSegment } from '../../core/archive/segment-writer.js'
 import { partitionForKey } from '../../core/embedded/partitioner.js'
-import { hash64 } from '../../core/hll.js'
+import { HyperLogLog, hash64 } from '../../core/hll.js'
+import type { FinalRow } from '../../core/ports/batch-store.js'
 import { dedupKey, partitionKey } from '../../core/record/keys.js'
 import { dimensionValues, eventLabel, type GeneratedEvent, generateWorkload } from '../workload.js'
 
@@ -34,8 +34,9 @@ import { dimensionValues, eventLabel, type GeneratedEvent, generateWorkload } fr
  * `compute` reads every segment of the day into memory (timed apart: the read), runs the rebuild's
  * compute once to warm the process (JIT, dictionaries) and then `passes` more times, timed: pass 1
  * (dedup by the segments' dedup hashes, in bounded memory as the rebuild does) and pass 2 (hour
- * aggregation, day roll-up, visits) down to the final rows with their registers serialized — what
- * `runRebuild` computes before it stages and writes (batch/rebuild.ts); nothing is written. It then
+ * aggregation, day roll-up, visits) down to the final rows with their registers serialized, by the
+ * very function `runRebuild` runs before it stages and writes (`computeRange`, batch/compute.ts);
+ * nothing is written. It then
  * writes the counts of every row (visitors as the sketch's estimate) for the bench to check.
  * Usage: node tally-compute.js '<json spec>'. Prints one line `{"done":true,…}` at the end.
  */
@@ -67,7 +68,6 @@ type Spec =
     }
 
 const DAY_MS = 86_400_000
-const HOUR_MS = 3_600_000
 const VISIT_GAP_MS = 1_800_000
 
 /** One event as DuckDB reads it: the values the rebuild reads from a segment. */
@@ -190,7 +190,7 @@ interface RowCounts {
 }
 
 interface ComputeOutcome {
-  rows: AggregateRow[]
+  rows: FinalRow[]
   visitRows: number
   bytes: number
   duplicates: number
@@ -198,7 +198,11 @@ interface ComputeOutcome {
   eventsRead: number
 }
 
-/** The rebuild's compute over segments in memory: pass 1 and pass 2, as batch/rebuild.ts runs them. */
+/**
+ * The rebuild's compute over segments in memory: pass 1 (core/archive/dedup.ts) as batch/rebuild.ts
+ * runs it, then pass 2 by the rebuild's own function (batch/compute.ts) down to the final rows, kept
+ * here instead of staged.
+ */
 async function compute(
   spec: Extract<Spec, { mode: 'compute' }>,
   hours: readonly number[],
@@ -210,33 +214,33 @@ async function compute(
     async (i) => segments[i],
     { siteId: undefined, maxRowsInMemory: spec.maxDedupRowsInMemory, spillDir: spec.spillDir },
   )
-  const stats = emptyStats()
-  const day = new DayAggregator(spec.dayMs, spec.precision, 1000, spec.dimensionValuesMax)
-  const visits = new DayVisits(spec.dayMs, undefined, spec.dimensionValuesMax)
-  const rows: AggregateRow[] = []
-  let bytes = 0
-  let i = 0
-  for (let hour = spec.dayMs; hour < spec.dayMs + DAY_MS; hour += HOUR_MS) {
-    const agg = new HourAggregator(hour, spec.precision, undefined, 1000, spec.dimensionValuesMax)
-    for (; i < segments.length && hours[i] === hour; i++) {
-      const losers = dup.losers.get(i)
-      agg.add(segments[i]!, losers, stats)
-      visits.add(segments[i]!, losers)
-    }
-    for (const site of agg.siteIds())
-      for (const row of agg.rows(site)) {
-        day.add(row)
-        // Serialized as the final row carries it (finalRowOf in batch/rebuild.ts).
-        bytes += row.visitors.toBytes().length
-        rows.push(row)
-      }
-  }
-  for (const row of day.rows()) {
-    bytes += row.visitors.toBytes().length
-    rows.push(row)
-  }
+  const rows: FinalRow[] = []
   let visitRows = 0
-  for (const _ of visits.rows(VISIT_GAP_MS)) visitRows++
+  let bytes = 0
+  const stats = await computeRange(
+    {
+      range: { fromMs: spec.dayMs, toMs: spec.dayMs + DAY_MS },
+      siteId: undefined,
+      hours,
+      next: (i) => segments[i],
+      duplicates: dup,
+      emit: (_day, row, kind) => {
+        if (kind === 'visits') {
+          visitRows++
+          return
+        }
+        bytes += row.values.visitors.length
+        rows.push(row)
+      },
+    },
+    {
+      precision: spec.precision,
+      visitGapMs: VISIT_GAP_MS,
+      countsVisits: true,
+      dimensionValuesMax: spec.dimensionValuesMax,
+      nowMs: Date.now(),
+    },
+  )
   return {
     rows,
     visitRows,
@@ -281,10 +285,10 @@ async function computeMode(spec: Extract<Spec, { mode: 'compute' }>): Promise<Re
     windowStart: r.windowStart,
     dimension: r.dimension ?? null,
     value: r.value,
-    events: r.events,
-    pageviews: r.pageviews,
-    botEvents: r.botEvents,
-    visitors: Math.round(r.visitors.toSketch().estimate()),
+    events: r.values.events,
+    pageviews: r.values.pageviews,
+    botEvents: r.values.botEvents,
+    visitors: Math.round(HyperLogLog.fromBytes(r.values.visitors).estimate()),
   }))
   await writeFile(spec.out, JSON.stringify(counts))
   return {

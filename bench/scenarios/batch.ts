@@ -610,7 +610,7 @@ async function large(ctx: ScenarioContext): Promise<ScenarioOutcome> {
     throughput: {
       value: rate,
       unit: 'events/s/core',
-      what: `one process, warmed (1 untimed pass first), best of ${LARGE_PASSES}: the rebuild's compute over ${done.segments} Arrow segments already read — dedup pass + aggregation pass (visits included) down to the final rows with serialized registers (${n} events in ${round(best)} s, ${round(bestCpu)} CPU-s); reading the segments (${round(done.readSeconds)} s) and writing the rows not included`,
+      what: `one process, warmed (1 untimed pass first), best of ${LARGE_PASSES}: the rebuild's own compute (batch/compute.ts) over ${done.segments} Arrow segments already read — dedup pass + aggregation pass (visits included) down to the final rows with serialized registers (${n} events in ${round(best)} s, ${round(bestCpu)} CPU-s); reading the segments (${round(done.readSeconds)} s) and writing the rows not included`,
     },
     peakRssBytes: done.maxRssBytes,
     checks,
