@@ -1,6 +1,7 @@
 import {
   DIMENSION_GRANULARITIES,
   DIMENSIONS,
+  type Granularity,
   NONE,
   type PropDimension,
   SESSION_DIMENSIONS,
@@ -260,6 +261,36 @@ export class DayVisits {
       order.sort((a, b) => s.hi[a]! - s.hi[b]! || s.lo[a]! - s.lo[b]! || s.ts[a]! - s.ts[b]! || a - b)
       // `granularity start dimension goal` → value → the row.
       const groups = new Map<string, Map<string, AggregateRow>>()
+      const rowOf = (
+        granularity: Granularity,
+        ws: number,
+        dimension: ReturnType<typeof goalByDimension>,
+        name: string,
+        value: string,
+      ): AggregateRow => {
+        const g = `${granularity}\u0001${ws}\u0001${dimension}\u0001${name}`
+        let byValue = groups.get(g)
+        if (!byValue) {
+          byValue = new Map()
+          groups.set(g, byValue)
+        }
+        let row = byValue.get(value)
+        if (!row) {
+          row = {
+            siteId,
+            granularity,
+            windowStart: ws,
+            dimension,
+            value,
+            events: 0,
+            pageviews: 0,
+            botEvents: 0,
+            visitors: new RegisterSet(precision),
+          }
+          byValue.set(value, row)
+        }
+        return row
+      }
       let startMs = 0
       let session: readonly string[] = []
       let entryMs = 0
@@ -276,30 +307,8 @@ export class DayVisits {
         const value = exit ?? NONE
         for (const granularity of DIMENSION_GRANULARITIES) {
           const ws = windowStart(startMs, granularity)
-          for (const name of reachedInVisit) {
-            const g = `${granularity}\u0001${ws}\u0001${dimension}\u0001${name}`
-            let byValue = groups.get(g)
-            if (!byValue) {
-              byValue = new Map()
-              groups.set(g, byValue)
-            }
-            let row = byValue.get(value)
-            if (!row) {
-              row = {
-                siteId,
-                granularity,
-                windowStart: ws,
-                dimension,
-                value,
-                events: 0,
-                pageviews: 0,
-                botEvents: 0,
-                visitors: new RegisterSet(precision),
-              }
-              byValue.set(value, row)
-            }
-            row.visitors.add(visitorReg)
-          }
+          for (const name of reachedInVisit)
+            rowOf(granularity, ws, dimension, name, value).visitors.add(visitorReg)
         }
         reachedInVisit.clear()
       }
@@ -353,27 +362,7 @@ export class DayVisits {
                       : session[SESSION_INDEX.get(dim)!]!
             const dimension = goalByDimension(dim)
             for (const name of goal.names) {
-              const g = `${granularity}\u0001${ws}\u0001${dimension}\u0001${name}`
-              let byValue = groups.get(g)
-              if (!byValue) {
-                byValue = new Map()
-                groups.set(g, byValue)
-              }
-              let row = byValue.get(value)
-              if (!row) {
-                row = {
-                  siteId,
-                  granularity,
-                  windowStart: ws,
-                  dimension,
-                  value,
-                  events: 0,
-                  pageviews: 0,
-                  botEvents: 0,
-                  visitors: new RegisterSet(precision),
-                }
-                byValue.set(value, row)
-              }
+              const row = rowOf(granularity, ws, dimension, name, value)
               row.events++
               if (s.pageview[i] === 1) row.pageviews++
               row.visitors.add(reg)
