@@ -269,7 +269,11 @@ export class StreamWorker extends PartitionOwner<PartitionState> {
    * values written before it, with the offset they count through); the events waiting in them are
    * counted then.
    */
-  private async loadRows(table: RowTable, loading: readonly Loading[], control: BatchControl): Promise<void> {
+  private async loadRows(
+    table: RowTable,
+    loading: readonly Loading[],
+    control: BatchControl | undefined,
+  ): Promise<void> {
     if (loading.length === 0) return
     let loaded: Map<string, StoredRow>
     try {
@@ -448,19 +452,7 @@ export class StreamWorker extends PartitionOwner<PartitionState> {
   ): Promise<void> {
     const loading: Loading[] = []
     countEndedGoals(ended, state.rows, state.ref.partition, loading)
-    if (loading.length === 0) return
-    let loaded: Map<string, StoredRow>
-    try {
-      loaded = await this.untilStopped(
-        () => this.deps.store.loadRows(loading.map((l) => l.row.key)),
-        'load rows',
-        control,
-      )
-    } catch (err) {
-      for (const l of loading) unlink(state.rows, l)
-      throw err
-    }
-    fillLoaded(state.rows, loading, loaded, this.deps.config.hllPrecision, this.countsVisits)
+    await this.loadRows(state.rows, loading, control)
   }
 
   /** Every idle check: the checkpoint age of each owned partition. */
