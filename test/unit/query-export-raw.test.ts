@@ -832,7 +832,17 @@ describe('raw-event export: constant memory', () => {
     expect(res.statusCode).toBe(200)
     // ~33 MB to send; the client reads nothing for a while.
     res.pause()
-    await new Promise((r) => setTimeout(r, 700))
+    // Until the first pass is done and the second has stood still for half a second (the socket's
+    // buffers full), at most 30 s: a fixed wait would depend on the machine's load.
+    let last = -1
+    let stillSince = Date.now()
+    for (const deadline = Date.now() + 30_000; Date.now() < deadline; ) {
+      await new Promise((r) => setTimeout(r, 50))
+      if (reads[1] !== segments || reads[2] === 0 || reads[2] !== last) {
+        last = reads[2]
+        stillSince = Date.now()
+      } else if (Date.now() - stillSince >= 500) break
+    }
     expect(reads[1]).toBe(segments)
     const whilePaused = reads[2]
     expect(whilePaused).toBeGreaterThan(0)
