@@ -51,7 +51,7 @@ import {
   BOT,
   type Loading,
   PAGEVIEW,
-  PROP_DIM,
+  propRowOf,
   type RowTable,
   rowOf,
   rowToLoad,
@@ -164,16 +164,14 @@ export function aggregate(
       const dimension = propDimension(key)
       const pr = w.propRows(dimension, props.maxValues)
       const value = pr.admission.admit(propValueOf(e, key))
-      const row =
-        pr.rows.get(value) ??
-        rowToLoad(
-          table,
-          loading,
-          w,
-          PROP_DIM,
-          { siteId: e.siteId, granularity, windowStart: ws, dimension, value, sourcePartition },
-          pr,
-        )
+      const row = propRowOf(table, loading, w, pr, {
+        siteId: e.siteId,
+        granularity,
+        windowStart: ws,
+        dimension,
+        value,
+        sourcePartition,
+      })
       apply(table, row, offset, flags, visitor.hi, visitor.lo)
     }
     // The site's goals (core/aggregate/goals.ts): a counted event that completes goals counts in
@@ -183,23 +181,14 @@ export function aggregate(
     reached ??= goals.reached(e.type, dims.event, dims.path)
     for (const name of reached) {
       const gr = w.propRows(GOAL_DIMENSION, GOAL_ROWS_MAX)
-      const row =
-        gr.rows.get(name) ??
-        rowToLoad(
-          table,
-          loading,
-          w,
-          PROP_DIM,
-          {
-            siteId: e.siteId,
-            granularity,
-            windowStart: ws,
-            dimension: GOAL_DIMENSION,
-            value: name,
-            sourcePartition,
-          },
-          gr,
-        )
+      const row = propRowOf(table, loading, w, gr, {
+        siteId: e.siteId,
+        granularity,
+        windowStart: ws,
+        dimension: GOAL_DIMENSION,
+        value: name,
+        sourcePartition,
+      })
       apply(table, row, offset, flags, visitor.hi, visitor.lo)
     }
   }
@@ -354,16 +343,14 @@ export function countGoalsBy(
         // Rows and admission per goal and dimension: the cap rule applies to each goal's values.
         const pr = w.propRows(goalByValue(dimension, name), table.dimensionValuesMax)
         const value = goalByValue(name, GOAL_BY_CAPPED[k] ? pr.admission.admit(raw) : raw)
-        const row =
-          pr.rows.get(value) ??
-          rowToLoad(
-            table,
-            loading,
-            w,
-            PROP_DIM,
-            { siteId: e.siteId, granularity, windowStart: ws, dimension, value, sourcePartition },
-            pr,
-          )
+        const row = propRowOf(table, loading, w, pr, {
+          siteId: e.siteId,
+          granularity,
+          windowStart: ws,
+          dimension,
+          value,
+          sourcePartition,
+        })
         apply(table, row, offset, flags, visitor.hi, visitor.lo)
       }
     }
@@ -375,16 +362,14 @@ export function countGoalsBy(
       for (const name of reached) {
         const pr = w.propRows(goalByValue(dimension, name), props.maxValues)
         const value = goalByValue(name, pr.admission.admit(raw))
-        const row =
-          pr.rows.get(value) ??
-          rowToLoad(
-            table,
-            loading,
-            w,
-            PROP_DIM,
-            { siteId: e.siteId, granularity, windowStart: ws, dimension, value, sourcePartition },
-            pr,
-          )
+        const row = propRowOf(table, loading, w, pr, {
+          siteId: e.siteId,
+          granularity,
+          windowStart: ws,
+          dimension,
+          value,
+          sourcePartition,
+        })
         apply(table, row, offset, flags, visitor.hi, visitor.lo)
       }
     }
@@ -438,16 +423,14 @@ export function countEndedGoals(
       for (const name of v.goals) {
         const pr = w.propRows(goalByValue(dimension, name), table.dimensionValuesMax)
         const value = goalByValue(name, raw)
-        const row =
-          pr.rows.get(value) ??
-          rowToLoad(
-            table,
-            loading,
-            w,
-            PROP_DIM,
-            { siteId: v.siteId, granularity, windowStart: ws, dimension, value, sourcePartition },
-            pr,
-          )
+        const row = propRowOf(table, loading, w, pr, {
+          siteId: v.siteId,
+          granularity,
+          windowStart: ws,
+          dimension,
+          value,
+          sourcePartition,
+        })
         applyConverter(table, row, visitor.hi, visitor.lo)
       }
     }

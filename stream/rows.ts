@@ -405,10 +405,7 @@ function rowIn(
 function propRowAt(table: RowTable, loading: Loading[], w: WindowRows, dimension: string, key: RowKey): Row {
   const pr = w.propRows(dimension, table.propValuesMax)
   const value = pr.admission.admit(key.value)
-  return (
-    pr.rows.get(value) ??
-    rowToLoad(table, loading, w, PROP_DIM, value === key.value ? key : { ...key, value }, pr)
-  )
+  return propRowOf(table, loading, w, pr, value === key.value ? key : { ...key, value })
 }
 
 /**
@@ -541,6 +538,20 @@ export function rowToLoad(
   table.size++
   loading.push(prop ? { row, window, dim, prop } : { row, window, dim })
   return row
+}
+
+/**
+ * The row of `key.value` among a window's rows of one custom property, goal or goal-by dimension
+ * (`pr`), set to load (rowToLoad) when the window does not hold it.
+ */
+export function propRowOf(
+  table: RowTable,
+  loading: Loading[],
+  window: WindowRows,
+  pr: PropRows,
+  key: RowKey,
+): Row {
+  return pr.rows.get(key.value) ?? rowToLoad(table, loading, window, PROP_DIM, key, pr)
 }
 
 /**
