@@ -586,8 +586,8 @@ export class StatsService {
     freshness: Freshness,
     finalMark: string | undefined,
   ): Promise<AggregateAnswer> {
-    const at = readContext(freshness, finalMark, q.metrics)
     const goalBy = goalByFilter(q.filters)
+    const at = readContext(freshness, finalMark, q.metrics, goalBy?.own.property)
     if (q.filters.length > 1 && !goalBy) {
       throw unsupported(
         `aggregates are stored per single property, so only one filter can be answered exactly; filter on one property (or on goal and one of ${GOAL_BY_NAMES.join(', ')})`,
@@ -722,10 +722,10 @@ export class StatsService {
     freshness: Freshness,
     finalMark: string | undefined,
   ): Promise<TimeseriesAnswer> {
-    const at = readContext(freshness, finalMark, q.metrics)
     // goal==NAME with a filter on a property conversions are kept by: the `goal|DIM` rows, the rate
     // over the property's own rows of the values (as aggregate).
     const goalBy = goalByFilter(q.filters)
+    const at = readContext(freshness, finalMark, q.metrics, goalBy?.own.property)
     if (q.filters.length > 1 && !goalBy) {
       throw unsupported(
         `aggregates are stored per single property, so only one filter can be answered exactly; filter on one property (or on goal and one of ${GOAL_BY_NAMES.join(', ')})`,
@@ -1141,7 +1141,7 @@ export class StatsService {
     const tiled = tile(range, DIMENSION_GRANULARITIES)
     this.checkRetention(tiled)
     this.checkReads(tiled, 'a breakdown')
-    const at = readContext(freshness, finalMark, q.metrics)
+    const at = readContext(freshness, finalMark, q.metrics, property)
     const segments = this.deps.settled?.enabled ? unsettledDaysAsHours(tiled, at.settledThroughMs) : tiled
     const capped = isCappedDimension(property)
     const valuesMax = valuesMaxOf(property, this.deps)
@@ -1371,17 +1371,20 @@ function comparisonMeta(mode: CompareMode, previous: Meta): ComparisonMeta {
 /**
  * What decides the settled windows of a read. A window's visit counts change after it closed,
  * while the visits that began in it go on, up to midnight UTC at the latest: with visit metrics,
- * only the windows of days that ended by complete_through are settled.
+ * only the windows of days that ended by complete_through are settled. So for conversions by exit
+ * page (`goalBy`, the property besides goal==NAME): a visit's converters reach its start windows
+ * when it ends (by midnight UTC, in the flush of the checkpoint that passes it).
  */
 function readContext(
   freshness: Freshness,
   finalMark: string | undefined,
   metrics: readonly Metric[],
+  goalBy?: string,
 ): ReadContext {
   const through = freshness.completeThroughMs
+  const untilVisitsEnd = metrics.some(isVisitMetric) || goalBy === GOAL_BY_EXIT_PAGE
   return {
-    settledThroughMs:
-      through !== undefined && metrics.some(isVisitMetric) ? floorTo(through, 'day') : through,
+    settledThroughMs: through !== undefined && untilVisitsEnd ? floorTo(through, 'day') : through,
     finalMark,
   }
 }

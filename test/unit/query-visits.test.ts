@@ -2,6 +2,7 @@ import { tableFromIPC } from 'apache-arrow'
 import { afterEach, describe, expect, it } from 'vitest'
 import type { Granularity, RowDimension } from '../../core/aggregate/definition.js'
 import type { TallyError } from '../../core/errors.js'
+import { HyperLogLog } from '../../core/hll.js'
 import { hashToken } from '../../core/keys.js'
 import { createLogger } from '../../core/log.js'
 import type {
@@ -354,5 +355,91 @@ describe('settled reads with visit metrics', () => {
     state.visits = 2
     state.version++
     expect((await ask('visits'))?.visits).toBe(2)
+  })
+})
+
+describe('settled reads of conversions by exit page', () => {
+  let close: (() => Promise<void>) | undefined
+  afterEach(async () => {
+    await close?.()
+    close = undefined
+  })
+
+  it('re-reads the closed hours of the current day: a visit that ends later adds its converter to its start hour', async () => {
+    const now = Date.parse('2024-05-20T12:00:00Z')
+    const day = Date.parse('2024-05-20T00:00:00Z')
+    const state = { converters: ['a'], version: 1 }
+    const registers = (ids: readonly string[]) => {
+      const h = new HyperLogLog(14)
+      for (const id of ids) h.add(id)
+      return h.toBytes()
+    }
+    const reader = {
+      breakdownDetailed: async (
+        _s: string,
+        _g: Granularity,
+        d: RowDimension,
+        fromMs: number,
+      ): Promise<BreakdownResult> => ({
+        values: new Map(
+          d === 'goal|exit_page' && fromMs < now - 2 * HOUR
+            ? [
+                [
+                  'Signup\u001f/pricing',
+                  {
+                    events: 0,
+                    pageviews: 0,
+                    botEvents: 0,
+                    visitors: registers(state.converters),
+                    final: false,
+                  },
+                ],
+              ]
+            : [],
+        ),
+        windows: new Map([[fromMs, { final: false }]]),
+        windowsWithoutVisits: new Set(),
+      }),
+    } as unknown as AggregateReader
+    const fresh: Freshness = { ...freshness, completeThroughMs: now - HOUR, receivedThroughMs: now }
+    const snapshots: SnapshotSource = {
+      current: async () => fresh,
+      snapshot: async (): Promise<DataSnapshot> => ({
+        freshness: fresh,
+        version: `m|${state.version}`,
+        finalMark: 'm',
+      }),
+    }
+    const site = {
+      siteId: 's',
+      domain: 's',
+      origins: [],
+      readTokenHashes: [hashToken('rt_v')],
+      createdAt: day,
+    } as unknown as Site
+    const app = await buildQueryApp({
+      reader,
+      auth: new ReadAccessCache({ get: async () => site, list: async () => [site] }),
+      freshness: snapshots,
+      logger: createLogger('silent'),
+      now: () => now,
+      retentionSeconds: { minute: 0, hour: 0, day: 0 },
+      hllPrecision: 14,
+    })
+    close = () => app.close()
+    const ask = async () => {
+      const res = await app.inject({
+        method: 'GET',
+        url: `/v1/stats/breakdown?site=s&from=2024-05-20&to=2024-05-20&property=exit_page&metrics=conversions&filters=${encodeURIComponent('goal==Signup')}`,
+        headers: { authorization: 'Bearer rt_v' },
+      })
+      expect(res.statusCode, res.body).toBe(200)
+      return (res.json() as { results: Array<Record<string, number | string>> }).results[0]
+    }
+    expect(await ask()).toEqual({ exit_page: '/pricing', conversions: 1 })
+    // A visit that began in a closed hour ended: the stream added its converter there.
+    state.converters = ['a', 'b']
+    state.version++
+    expect(await ask()).toEqual({ exit_page: '/pricing', conversions: 2 })
   })
 })
