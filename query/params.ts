@@ -503,10 +503,16 @@ export function parseQuery(
   checkKept(limits.breakdowns, property, filters)
   const byVisits = isVisitDimension(property) || filters.some((f) => isVisitDimension(f.property))
   const underGoal = filters.some((f) => f.property === 'goal')
+  // Without metrics: by entry or exit page, visits; under a goal filter, the goal rows' (exit page:
+  // converters only; entry page: as any other dimension conversions are kept by).
+  const exitPageAsked =
+    property === GOAL_BY_EXIT_PAGE || filters.some((f) => f.property === GOAL_BY_EXIT_PAGE)
   const metrics =
     metricsRaw === undefined && byVisits
-      ? underGoal && (property === GOAL_BY_EXIT_PAGE || filters.some((f) => f.property === GOAL_BY_EXIT_PAGE))
-        ? [...GOAL_BY_EXIT_PAGE_METRICS]
+      ? underGoal
+        ? exitPageAsked
+          ? [...GOAL_BY_EXIT_PAGE_METRICS]
+          : [...DEFAULT_METRICS]
         : [...ENTRY_EXIT_DEFAULT_METRICS]
       : parseMetrics(metricsRaw)
   // The export writes every column its rows hold: only its property matters.

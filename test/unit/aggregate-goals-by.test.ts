@@ -133,6 +133,24 @@ describe('conversions by dimension: the query parameters', () => {
     }
   })
 
+  it("under a goal filter, entry and exit pages default to the goal rows' metrics", () => {
+    expect(q({ property: 'exit_page', filters: 'goal==Signup' }).metrics).toEqual(['visitors', 'conversions'])
+    expect(q({ property: 'entry_page', filters: 'goal==Signup' }).metrics).toEqual([
+      'visitors',
+      'pageviews',
+      'events',
+    ])
+    for (const [filters, want] of [
+      ['goal==Signup;entry_page==/a', ['visitors', 'pageviews', 'events']],
+      ['goal==Signup;exit_page==/a', ['visitors', 'conversions']],
+    ] as const)
+      for (const endpoint of ['aggregate', 'timeseries'] as const)
+        expect(
+          parseQuery(endpoint, { site: 's', period: 'day', filters }, 0, DEFAULT_QUERY_LIMITS).metrics,
+          `${endpoint} ${filters}`,
+        ).toEqual(want)
+  })
+
   it('refuses what the rows cannot answer, naming it', () => {
     expect(() => q({ property: 'entry_page', filters: 'goal==Signup', metrics: 'conversion_rate' })).toThrow(
       expect.objectContaining({ where: 'metrics', message: expect.stringContaining('entry_page') }),
