@@ -62,6 +62,9 @@ async function append(app: FastifyInstance, options: AppendOptions): Promise<voi
   const uaParser = new UserAgentParser()
   // The country database is read here, at start-up, not by the first request.
   const geo = sharedCountryLookup()
+  // Each endpoint's rejected-events series exists from its first request (at 0), so rates and
+  // absence alerts on it work before the first rejection.
+  const seenEndpoints = new Set<string>()
 
   app.decorate('appendEvents', async (req: FastifyRequest, reply: FastifyReply, input: AppendInput) => {
     const { endpoint, items } = input
@@ -119,7 +122,10 @@ async function append(app: FastifyInstance, options: AppendOptions): Promise<voi
       if (result.event.timestampClamped) clamped++
       records.push(toLogRecord(result.event, headers, receivedAtMs))
     }
-    if (rejected.length > 0) metrics.events.inc({ endpoint, outcome: 'rejected' }, rejected.length)
+    if (rejected.length > 0 || !seenEndpoints.has(endpoint)) {
+      seenEndpoints.add(endpoint)
+      metrics.events.inc({ endpoint, outcome: 'rejected' }, rejected.length)
+    }
     const single = items.length === 1
     // A lone event's rejection is the request's error, which the error handler counts.
     if (!(single && records.length === 0)) {

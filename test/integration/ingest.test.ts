@@ -540,6 +540,20 @@ describe('pixel, health and metrics', () => {
     expect(after).toContain('tally_ingest_in_flight_requests')
     expect(after).toContain('tally_ingest_request_events_bucket')
     expect(metricValue(after, 'process_resident_memory_bytes')).toBeGreaterThan(0)
+    // An endpoint's rejected-events series exists at 0 once it has taken a request, without any
+    // rejection (rates and absence alerts on it work before the first).
+    const screenRejected = { endpoint: 'screen', outcome: 'rejected' }
+    expect((await post('/v1/screen', { name: 'Home', anonymousId: 'm' }, auth)).statusCode).toBe(200)
+    const later = await scrape()
+    expect(later).toMatch(
+      /tally_ingest_events_total\{[^}]*endpoint="screen"[^}]*outcome="rejected"[^}]*\} 0\n/,
+    )
+    expect(metricValue(later, 'tally_ingest_events_total', screenRejected)).toBe(0)
+    const screenAccepted = { endpoint: 'screen', outcome: 'accepted' }
+    expect(
+      metricValue(later, 'tally_ingest_events_total', screenAccepted) -
+        metricValue(after, 'tally_ingest_events_total', screenAccepted),
+    ).toBe(1)
   })
 })
 
