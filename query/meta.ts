@@ -98,7 +98,7 @@ export interface VisitsMeta {
 }
 
 const VISITS_NOTE =
-  'visits count in the window where they started; a window that is not final can still change while visits that began in it go on (until a gap of TALLY_VISIT_GAP_MS after their last event, at the latest midnight UTC). Windows without data were written before visits were counted: rebuild them (tally rebuild) to count their visits'
+  "visits count in the window where they started; a window that is not final can still change while visits that began in it go on (until a gap of TALLY_VISIT_GAP_MS after their last event, at the latest midnight UTC; conversions by exit page are counted when a visit has ended, that gap plus TALLY_GRACE_MS on the stream's watermark). Windows without data were written before visits were counted: rebuild them (tally rebuild) to count their visits"
 
 /** Collects the windows without visit data of a read. */
 export class VisitGaps {
