@@ -594,6 +594,26 @@ describe('dashboard panels: countries, sources and channels, campaigns, goals, f
   const shown = (dim: Dimension, value: string) =>
     dim === 'country' && /^[A-Z]{2}$/.test(value) ? `${flag(value)} ${regions.of(value)}` : value
 
+  /**
+   * Clicks Download CSV: the file must equal the API's JSON timeseries of the last 24 hours with
+   * `params` (filters, metrics). Its rows.
+   */
+  async function expectCsvDownload(page: Page, params: Record<string, string>) {
+    const [download] = await Promise.all([page.waitForEvent('download'), page.click('#download-csv')])
+    const csv = parse(readFileSync((await download.path())!, 'utf8'), {
+      columns: true,
+      cast: true,
+      castDate: false,
+    }) as Array<Record<string, unknown>>
+    const series = await fetch(
+      `${query.url}/v1/stats/timeseries?${new URLSearchParams({ site: SITE, period: '24h', ...params })}`,
+      { headers: { authorization: `Bearer ${token}` } },
+    )
+    expect(series.status).toBe(200)
+    expect(csv).toEqual(((await series.json()) as { results: unknown[] }).results)
+    return csv
+  }
+
   /** Visits and bounces of the site's visits (hour rows, so every visit once) matching dim==value. */
   const visitsOf = (dim?: string, value?: string) => {
     let n = 0
@@ -811,18 +831,10 @@ describe('dashboard panels: countries, sources and channels, campaigns, goals, f
       /^Visits, bounce rate, visit duration: not counted by page\./,
     )
     // Download CSV saves the filtered timeseries the chart shows, as the API answers it.
-    const [download] = await Promise.all([page.waitForEvent('download'), page.click('#download-csv')])
-    const csv = parse(readFileSync((await download.path())!, 'utf8'), {
-      columns: true,
-      cast: true,
-      castDate: false,
-    }) as Array<Record<string, unknown>>
-    const pathSeries = await fetch(
-      `${query.url}/v1/stats/timeseries?${new URLSearchParams({ site: SITE, period: '24h', filters: `path==${path}`, metrics: 'visitors,pageviews,events' })}`,
-      { headers: { authorization: `Bearer ${token}` } },
-    )
-    expect(pathSeries.status).toBe(200)
-    expect(csv).toEqual(((await pathSeries.json()) as { results: unknown[] }).results)
+    const csv = await expectCsvDownload(page, {
+      filters: `path==${path}`,
+      metrics: 'visitors,pageviews,events',
+    })
     expect(csv.reduce((n, p) => n + Number(p.pageviews), 0)).toBe(c.pageviews)
 
     await page.screenshot({ path: join(ARTIFACTS, 'dashboard-filtered.png'), fullPage: true })
@@ -1092,18 +1104,10 @@ describe('dashboard panels: countries, sources and channels, campaigns, goals, f
     expectVisitors(String(Math.min(converterSum!, converters)), converters, 'converters plotted')
     await page.screenshot({ path: join(ARTIFACTS, 'dashboard-goals.png'), fullPage: true })
     // Download CSV saves the goal's timeseries (the cards' metrics per point), as the API answers it.
-    const [download] = await Promise.all([page.waitForEvent('download'), page.click('#download-csv')])
-    const csv = parse(readFileSync((await download.path())!, 'utf8'), {
-      columns: true,
-      cast: true,
-      castDate: false,
-    }) as Array<Record<string, unknown>>
-    const goalSeries = await fetch(
-      `${query.url}/v1/stats/timeseries?${new URLSearchParams({ site: SITE, period: '24h', filters: `goal==${goal}`, metrics: 'conversions,events,conversion_rate' })}`,
-      { headers: { authorization: `Bearer ${token}` } },
-    )
-    expect(goalSeries.status).toBe(200)
-    expect(csv).toEqual(((await goalSeries.json()) as { results: unknown[] }).results)
+    const csv = await expectCsvDownload(page, {
+      filters: `goal==${goal}`,
+      metrics: 'conversions,events,conversion_rate',
+    })
     expect(csv.reduce((n, p) => n + Number(p.events), 0)).toBe(byGoal.get(goal)!.events)
     // Comparing with the 24 hours before, when the site had no traffic: each goal card is new.
     await page.selectOption('#compare', 'previous_period')

@@ -277,103 +277,23 @@ describe('visit columns of the export', () => {
   })
 })
 
-describe('settled reads with visit metrics', () => {
+describe('settled reads of rows that change after their window closed', () => {
+  const now = Date.parse('2024-05-20T12:00:00Z')
+  const day = Date.parse('2024-05-20T00:00:00Z')
   let close: (() => Promise<void>) | undefined
   afterEach(async () => {
     await close?.()
     close = undefined
   })
 
-  it('re-reads the closed hours of the current day: a continuing visit still changes them', async () => {
-    const now = Date.parse('2024-05-20T12:00:00Z')
-    const day = Date.parse('2024-05-20T00:00:00Z')
-    const state = { visits: 1, version: 1 }
-    const reader = {
-      breakdownDetailed: async (
-        _s: string,
-        _g: Granularity,
-        _d: RowDimension,
-        fromMs: number,
-      ): Promise<BreakdownResult> => ({
-        values: new Map(
-          fromMs < now - 2 * HOUR
-            ? [
-                [
-                  'x.com',
-                  {
-                    events: 5,
-                    pageviews: 5,
-                    botEvents: 0,
-                    visitors: EMPTY,
-                    final: false,
-                    ...counts(state.visits, 0, 60, 2),
-                  },
-                ],
-              ]
-            : [],
-        ),
-        windows: new Map([[fromMs, { final: false }]]),
-        windowsWithoutVisits: new Set(),
-      }),
-    } as unknown as AggregateReader
-    const fresh: Freshness = { ...freshness, completeThroughMs: now - HOUR, receivedThroughMs: now }
-    const snapshots: SnapshotSource = {
-      current: async () => fresh,
-      snapshot: async (): Promise<DataSnapshot> => ({
-        freshness: fresh,
-        version: `m|${state.version}`,
-        finalMark: 'm',
-      }),
-    }
-    const site = {
-      siteId: 's',
-      domain: 's',
-      origins: [],
-      readTokenHashes: [hashToken('rt_v')],
-      createdAt: day,
-    } as unknown as Site
-    const app = await buildQueryApp({
-      reader,
-      auth: new ReadAccessCache({ get: async () => site, list: async () => [site] }),
-      freshness: snapshots,
-      logger: createLogger('silent'),
-      now: () => now,
-      retentionSeconds: { minute: 0, hour: 0, day: 0 },
-    })
-    close = () => app.close()
-    const ask = async (metrics: string) => {
-      const res = await app.inject({
-        method: 'GET',
-        url: `/v1/stats/breakdown?site=s&from=2024-05-20&to=2024-05-20&property=referrer&metrics=${metrics}`,
-        headers: { authorization: 'Bearer rt_v' },
-      })
-      expect(res.statusCode, res.body).toBe(200)
-      return (res.json() as { results: Array<Record<string, number>> }).results[0]
-    }
-    expect((await ask('visits'))?.visits).toBe(1)
-    // The stream rewrote the start hour of a visit (a new data version, no rebuild).
-    state.visits = 2
-    state.version++
-    expect((await ask('visits'))?.visits).toBe(2)
-  })
-})
-
-describe('settled reads of conversions by exit page', () => {
-  let close: (() => Promise<void>) | undefined
-  afterEach(async () => {
-    await close?.()
-    close = undefined
-  })
-
-  it('re-reads the closed hours of the current day: a visit that ends later adds its converter to its start hour', async () => {
-    const now = Date.parse('2024-05-20T12:00:00Z')
-    const day = Date.parse('2024-05-20T00:00:00Z')
-    const state = { converters: ['a'], version: 1 }
-    const registers = (ids: readonly string[]) => {
-      const h = new HyperLogLog(14)
-      for (const id of ids) h.add(id)
-      return h.toBytes()
-    }
+  /**
+   * The query API over breakdown rows `valuesOf(dimension, window start)`, complete through an hour
+   * ago, whose data version is `state.version` (the stream rewrote rows: a new version, no rebuild).
+   */
+  async function settledApp(
+    valuesOf: (d: RowDimension, fromMs: number) => Array<[string, MergedValues & { final: boolean }]>,
+    state: { version: number },
+  ) {
     const reader = {
       breakdownDetailed: async (
         _s: string,
@@ -381,22 +301,7 @@ describe('settled reads of conversions by exit page', () => {
         d: RowDimension,
         fromMs: number,
       ): Promise<BreakdownResult> => ({
-        values: new Map(
-          d === 'goal|exit_page' && fromMs < now - 2 * HOUR
-            ? [
-                [
-                  'Signup\u001f/pricing',
-                  {
-                    events: 0,
-                    pageviews: 0,
-                    botEvents: 0,
-                    visitors: registers(state.converters),
-                    final: false,
-                  },
-                ],
-              ]
-            : [],
-        ),
+        values: new Map(valuesOf(d, fromMs)),
         windows: new Map([[fromMs, { final: false }]]),
         windowsWithoutVisits: new Set(),
       }),
@@ -427,19 +332,77 @@ describe('settled reads of conversions by exit page', () => {
       hllPrecision: 14,
     })
     close = () => app.close()
-    const ask = async () => {
+    return async (params: string) => {
       const res = await app.inject({
         method: 'GET',
-        url: `/v1/stats/breakdown?site=s&from=2024-05-20&to=2024-05-20&property=exit_page&metrics=conversions&filters=${encodeURIComponent('goal==Signup')}`,
+        url: `/v1/stats/breakdown?site=s&from=2024-05-20&to=2024-05-20&${params}`,
         headers: { authorization: 'Bearer rt_v' },
       })
       expect(res.statusCode, res.body).toBe(200)
       return (res.json() as { results: Array<Record<string, number | string>> }).results[0]
     }
-    expect(await ask()).toEqual({ exit_page: '/pricing', conversions: 1 })
+  }
+
+  it('re-reads the closed hours of the current day: a continuing visit still changes them', async () => {
+    const state = { visits: 1, version: 1 }
+    const ask = await settledApp(
+      (_d, fromMs) =>
+        fromMs < now - 2 * HOUR
+          ? [
+              [
+                'x.com',
+                {
+                  events: 5,
+                  pageviews: 5,
+                  botEvents: 0,
+                  visitors: EMPTY,
+                  final: false,
+                  ...counts(state.visits, 0, 60, 2),
+                },
+              ],
+            ]
+          : [],
+      state,
+    )
+    const visits = async () => (await ask('property=referrer&metrics=visits'))?.visits
+    expect(await visits()).toBe(1)
+    // The stream rewrote the start hour of a visit (a new data version, no rebuild).
+    state.visits = 2
+    state.version++
+    expect(await visits()).toBe(2)
+  })
+
+  it('re-reads them for conversions by exit page: a visit that ends later adds its converter to its start hour', async () => {
+    const state = { converters: ['a'], version: 1 }
+    const registers = (ids: readonly string[]) => {
+      const h = new HyperLogLog(14)
+      for (const id of ids) h.add(id)
+      return h.toBytes()
+    }
+    const ask = await settledApp(
+      (d, fromMs) =>
+        d === 'goal|exit_page' && fromMs < now - 2 * HOUR
+          ? [
+              [
+                'Signup\u001f/pricing',
+                {
+                  events: 0,
+                  pageviews: 0,
+                  botEvents: 0,
+                  visitors: registers(state.converters),
+                  final: false,
+                },
+              ],
+            ]
+          : [],
+      state,
+    )
+    const byExit = () =>
+      ask(`property=exit_page&metrics=conversions&filters=${encodeURIComponent('goal==Signup')}`)
+    expect(await byExit()).toEqual({ exit_page: '/pricing', conversions: 1 })
     // A visit that began in a closed hour ended: the stream added its converter there.
     state.converters = ['a', 'b']
     state.version++
-    expect(await ask()).toEqual({ exit_page: '/pricing', conversions: 2 })
+    expect(await byExit()).toEqual({ exit_page: '/pricing', conversions: 2 })
   })
 })
