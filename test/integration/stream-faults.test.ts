@@ -1,11 +1,10 @@
 import { beforeAll, describe, expect, it } from 'vitest'
 import { type GeneratedEvent, truthOf } from '../../bench/workload.js'
-import { createLogger } from '../../core/log.js'
 import type { Site } from '../../core/ports/site-store.js'
 import { envOf } from '../helpers/context.js'
 import { type RoleProcess, seeded, spawnRole, waitForLog } from '../helpers/processes.js'
-import { compareWithTruth, feed, ingestApp, waitCaughtUp } from '../helpers/stream.js'
-import { recentWorkload, type StreamSetup, streamSetups } from '../helpers/stream-setup.js'
+import { compareWithTruth, waitCaughtUp } from '../helpers/stream.js'
+import { feedSlowly, recentWorkload, type StreamSetup, streamSetups } from '../helpers/stream-setup.js'
 
 const STREAM_ENV = {
   TALLY_FLUSH_INTERVAL_MS: '150',
@@ -14,29 +13,11 @@ const STREAM_ENV = {
   TALLY_STREAM_CONCURRENCY: '3',
 }
 
-const logger = createLogger('silent')
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
 
 type Setup = StreamSetup
 const setUp = streamSetups(STREAM_ENV, 4)
 const workloadFor = (sites: Site[], seed: number) => recentWorkload(sites, seed, 6_000)
-
-/** Feeds the events in chunks with pauses, so workers are busy while the test disturbs them. */
-async function feedSlowly(
-  s: Setup,
-  events: GeneratedEvent[],
-  chunks: number,
-  pauseMs: number,
-): Promise<void> {
-  const app = await ingestApp(s.config, s.producer, s.sites, logger)
-  const keyOf = (id: string) => s.sites.find((x) => x.siteId === id)!.writeKey
-  const size = Math.ceil(events.length / chunks)
-  for (let i = 0; i < events.length; i += size) {
-    await feed(app, events.slice(i, i + size), keyOf)
-    await sleep(pauseMs)
-  }
-  await app.close()
-}
 
 async function expectExact(s: Setup, events: GeneratedEvent[]): Promise<void> {
   const ids = s.sites.map((x) => x.siteId)

@@ -1,20 +1,15 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { beforeAll, describe, expect, it } from 'vitest'
 import { type GeneratedEvent, truthOf } from '../../bench/workload.js'
 import { CassandraAggregateReader } from '../../core/cassandra/aggregate-reader.js'
-import { createCassandraClient } from '../../core/cassandra/client.js'
 import { CassandraSiteStore } from '../../core/cassandra/sites.js'
-import type { TallyConfig } from '../../core/config.js'
-import { createKafka } from '../../core/kafka/client.js'
-import { KafkaBatchingProducer } from '../../core/kafka/producer.js'
 import { createLogger } from '../../core/log.js'
-import { migrate } from '../../core/migrate.js'
-import type { Site } from '../../core/ports/site-store.js'
 import { buildQueryApp } from '../../query/app.js'
 import { ReadAccessCache } from '../../query/auth.js'
 import { CheckpointFreshness } from '../../query/freshness.js'
-import { cleanup, envOf, testConfig } from '../helpers/context.js'
+import { envOf } from '../helpers/context.js'
 import { type RoleProcess, seeded, spawnRole, waitForLog } from '../helpers/processes.js'
-import { compareWithTruth, feed, ingestApp, waitCaughtUp } from '../helpers/stream.js'
+import { compareWithTruth, waitCaughtUp } from '../helpers/stream.js'
+import { feedSlowly, type StreamSetup, streamSetups } from '../helpers/stream-setup.js'
 import { type VisitCounts, visitKey, visitTruthOf } from '../helpers/visit-truth.js'
 import { compareVisits, visitWorkload } from '../helpers/visit-workload.js'
 
@@ -38,65 +33,8 @@ const DAY = 86_400_000
 const logger = createLogger('silent')
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
 
-interface Setup {
-  config: TallyConfig
-  sites: Site[]
-  readTokens: Map<string, string>
-  cassandra: ReturnType<typeof createCassandraClient>
-  producer: KafkaBatchingProducer
-}
-
-const setups: Setup[] = []
-
-async function setUp(): Promise<Setup> {
-  const config = testConfig({ ...STREAM_ENV, KAFKA_PARTITIONS: '4' })
-  await migrate(config)
-  const cassandra = createCassandraClient(config.cassandra, { keyspace: config.cassandra.keyspace })
-  await cassandra.connect()
-  const store = new CassandraSiteStore(cassandra)
-  const sites: Site[] = []
-  const readTokens = new Map<string, string>()
-  for (const id of ['v-one.test', 'v-two.test']) {
-    const created = await store.create({ siteId: id, domain: id, origins: [] })
-    sites.push(created.site)
-    readTokens.set(id, created.readToken)
-  }
-  const s = {
-    config,
-    sites,
-    readTokens,
-    cassandra,
-    producer: new KafkaBatchingProducer(createKafka(config.kafka), {
-      ...(config.ingest.pack ? { pack: config.ingest.pack } : {}),
-    }),
-  }
-  setups.push(s)
-  return s
-}
-
-afterAll(async () => {
-  for (const s of setups) {
-    await s.producer.close()
-    await s.cassandra.shutdown()
-    await cleanup(s.config)
-  }
-})
-
-async function feedSlowly(
-  s: Setup,
-  events: GeneratedEvent[],
-  chunks: number,
-  pauseMs: number,
-): Promise<void> {
-  const app = await ingestApp(s.config, s.producer, s.sites, logger)
-  const keyOf = (id: string) => s.sites.find((x) => x.siteId === id)!.writeKey
-  const size = Math.ceil(events.length / chunks)
-  for (let i = 0; i < events.length; i += size) {
-    await feed(app, events.slice(i, i + size), keyOf, 50)
-    await sleep(pauseMs)
-  }
-  await app.close()
-}
+type Setup = StreamSetup
+const setUp = streamSetups(STREAM_ENV, 4, ['v-one.test', 'v-two.test'])
 
 async function expectExact(s: Setup, events: GeneratedEvent[], now: number): Promise<void> {
   const ids = s.sites.map((x) => x.siteId)
@@ -190,7 +128,7 @@ describe('visits through the stream (real Kafka, Cassandra, processes)', () => {
     )
     const env = { ...envOf(a.config), ...STREAM_ENV }
     let worker = spawnRole('stream', env, 'visits-kill')
-    const feeding = feedSlowly(a, events, 40, 500)
+    const feeding = feedSlowly(a, events, 40, 500, 50)
     let kills = 0
     while (kills < 4) {
       await waitForLog(worker, /partition restored/)
@@ -219,7 +157,7 @@ describe('visits through the stream (real Kafka, Cassandra, processes)', () => {
     )
     const env = { ...envOf(b.config), ...STREAM_ENV }
     const first = spawnRole('stream', env, 'visits-rebalance-1')
-    const feeding = feedSlowly(b, events, 30, 400)
+    const feeding = feedSlowly(b, events, 30, 400, 50)
     await waitForLog(first, /partition restored/)
     const second = spawnRole('stream', env, 'visits-rebalance-2')
     await waitForLog(second, /partition restored/)

@@ -6,9 +6,9 @@ import { createLogger } from '../../core/log.js'
 import type { StoredRow } from '../../core/ports/aggregate-store.js'
 import type { ConsumedRecord } from '../../core/ports/event-log.js'
 import type { RawEventV1 } from '../../schemas/events.js'
-import { DedupSet } from '../../stream/dedup.js'
 import { countEndedGoals, countRecords, type PipelineState } from '../../stream/pipeline.js'
-import { fillLoaded, type Loading, RowTable } from '../../stream/rows.js'
+import { fillLoaded, type Loading } from '../../stream/rows.js'
+import { restoredPartition } from '../helpers/partition-state.js'
 
 /**
  * Conversions by exit page in the stream, without I/O: the goals reached are kept per visit in the
@@ -126,20 +126,12 @@ class Harness {
   }
 
   restore(): void {
-    const s = this.visitState
-    this.state = {
-      ref: { partition: 0 },
-      rows: new RowTable(),
-      dedup: new DedupSet(),
-      watermarkMs: 0,
-      processedNext: this.checkpoint,
-      visits: {
-        state: VisitState.deserialize(s?.bytes ?? new Uint8Array(0), GAP),
-        nextOffset: s?.nextOffset ?? 0,
-        changed: false,
-      },
-      props: { keysOf: () => [], known: () => true, maxValues: 10, goalsOf: () => GOALS },
-    }
+    this.state = restoredPartition(this, GAP, {
+      keysOf: () => [],
+      known: () => true,
+      maxValues: 10,
+      goalsOf: () => GOALS,
+    })
   }
 
   process(from: number, to: number): void {

@@ -4,9 +4,9 @@ import { createLogger } from '../../core/log.js'
 import type { StoredRow } from '../../core/ports/aggregate-store.js'
 import type { ConsumedRecord } from '../../core/ports/event-log.js'
 import type { RawEventV1 } from '../../schemas/events.js'
-import { DedupSet } from '../../stream/dedup.js'
 import { countRecords, type PipelineState } from '../../stream/pipeline.js'
-import { fillLoaded, RowTable } from '../../stream/rows.js'
+import { fillLoaded } from '../../stream/rows.js'
+import { restoredPartition } from '../helpers/partition-state.js'
 
 /**
  * The stream's visit step takes a visit extended in place (VisitState.extend, the rows walked
@@ -170,19 +170,7 @@ class Harness {
   }
 
   restore(): void {
-    const s = this.visitState
-    this.state = {
-      ref: { partition: 0 },
-      rows: new RowTable(),
-      dedup: new DedupSet(),
-      watermarkMs: 0,
-      processedNext: this.checkpoint,
-      visits: {
-        state: VisitState.deserialize(s?.bytes ?? new Uint8Array(0), GAP),
-        nextOffset: s?.nextOffset ?? 0,
-        changed: false,
-      },
-    }
+    this.state = restoredPartition(this, GAP)
   }
 
   process(from: number, to: number): void {

@@ -1,12 +1,12 @@
 import { describe, expect, it } from 'vitest'
-import { sessionize, VisitState, visitEventOf, visitRows } from '../../core/aggregate/visits.js'
+import { sessionize, visitEventOf, visitRows } from '../../core/aggregate/visits.js'
 import { createLogger } from '../../core/log.js'
 import type { StoredRow } from '../../core/ports/aggregate-store.js'
 import type { ConsumedRecord } from '../../core/ports/event-log.js'
 import type { RawEventV1 } from '../../schemas/events.js'
-import { DedupSet } from '../../stream/dedup.js'
 import { countRecords, type PipelineState } from '../../stream/pipeline.js'
-import { fillLoaded, RowTable } from '../../stream/rows.js'
+import { fillLoaded } from '../../stream/rows.js'
+import { restoredPartition } from '../helpers/partition-state.js'
 
 /**
  * The stream's visit step with the worker's exactly-once scheme, without I/O: rows written with the
@@ -88,19 +88,7 @@ class Harness {
   }
 
   restore(): void {
-    const s = this.visitState
-    this.state = {
-      ref: { partition: 0 },
-      rows: new RowTable(),
-      dedup: new DedupSet(),
-      watermarkMs: 0,
-      processedNext: this.checkpoint,
-      visits: {
-        state: VisitState.deserialize(s?.bytes ?? new Uint8Array(0), GAP),
-        nextOffset: s?.nextOffset ?? 0,
-        changed: false,
-      },
-    }
+    this.state = restoredPartition(this, GAP)
   }
 
   process(from: number, to: number): void {
