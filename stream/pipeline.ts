@@ -312,14 +312,11 @@ export function countGoalsBy(
   loading: Loading[],
   dims: Record<Dimension, string>,
   props: PipelineProps,
+  reached: readonly string[],
 ): void {
   const e = d.event
   const session = eventVisit.session
-  if (session === undefined || kindOf(e) !== 'event') return
-  const goals = props.goalsOf?.(e.siteId)
-  if (goals === undefined || goals.empty) return
-  const reached = goals.reached(e.type, dims.event, dims.path)
-  if (reached.length === 0) return
+  if (session === undefined || reached.length === 0) return
   const visitor = visitorHash
   hashHalves(visitorId(e), visitor)
   const flags = isPageview(e) ? PAGEVIEW : 0
@@ -376,25 +373,35 @@ export function countGoalsBy(
   }
 }
 
+const NO_GOALS: readonly string[] = []
+
+/** The goals of its site a counted, non-bot event completes (none for a site without goals). */
+function goalsReached(
+  d: DecodedEvent,
+  dims: Record<Dimension, string>,
+  props: PipelineProps,
+): readonly string[] {
+  const e = d.event
+  if (kindOf(e) !== 'event') return NO_GOALS
+  const goals = props.goalsOf?.(e.siteId)
+  if (goals === undefined || goals.empty) return NO_GOALS
+  return goals.reached(e.type, dims.event, dims.path)
+}
+
 /**
- * Step 6c: the goals a counted, non-bot event completes are marked on its visit in the state, for
- * the conversions by exit page written when the visit ends (flushConverters). An event the state
- * held already (below `visits.nextOffset`) marked them then: the state restored has them.
+ * Step 6c: the goals a counted, non-bot event completes (`reached`) are marked on its visit in the
+ * state, for the conversions by exit page written when the visit ends (countEndedGoals). An event
+ * the state held already (below `visits.nextOffset`) marked them then: the state restored has them.
  */
 export function markGoals(
   d: DecodedEvent,
   offset: number,
   visits: PartitionVisits,
-  dims: Record<Dimension, string>,
-  props: PipelineProps,
+  reached: readonly string[],
 ): void {
-  const e = d.event
-  if (offset < visits.nextOffset || kindOf(e) !== 'event') return
-  const goals = props.goalsOf?.(e.siteId)
-  if (goals === undefined || goals.empty) return
-  const reached = goals.reached(e.type, dims.event, dims.path)
-  if (reached.length === 0) return
-  if (visits.state.reachGoals(e.siteId, visitorId(e), d.timestampMs, reached)) visits.changed = true
+  if (offset < visits.nextOffset || reached.length === 0) return
+  if (visits.state.reachGoals(d.event.siteId, visitorId(d.event), d.timestampMs, reached))
+    visits.changed = true
 }
 
 /**
@@ -682,8 +689,18 @@ function countRecord(
       state.props?.keysOf(d.event.siteId),
     )
     if (state.props) {
-      countGoalsBy(d, record.offset, state.rows, state.ref.partition, pass.loading, dims, state.props)
-      markGoals(d, record.offset, state.visits, dims, state.props)
+      const reached = goalsReached(d, dims, state.props)
+      countGoalsBy(
+        d,
+        record.offset,
+        state.rows,
+        state.ref.partition,
+        pass.loading,
+        dims,
+        state.props,
+        reached,
+      )
+      markGoals(d, record.offset, state.visits, reached)
     }
   } else aggregate(d, record.offset, state.rows, state.ref.partition, pass.loading, undefined, state.props)
   pass.counted++
