@@ -12,7 +12,10 @@ import { formatLocalDate, localDateOf, UTC } from '../zone.js'
 import { matcherOf, type PlausibleFilter, parsePlausibleFilters } from './filters.js'
 import { monthsOf, previousPeriod, type ResolvedPeriod, resolvePeriod } from './period.js'
 import {
+  checkPlausibleMetrics,
+  isPlausibleWorded,
   type PlausibleProperty,
+  plausibleError,
   plausibleMetrics,
   plausibleProperty,
   plausibleWording,
@@ -67,11 +70,26 @@ function text(q: Query, name: string): string | undefined {
   return String(v)
 }
 
-function integer(q: Query, name: string, fallback: number, max: number): number {
-  const raw = text(q, name)
+/** `limit`, from 1 to `max` (Plausible's 1000 by default), with Plausible's message. */
+function limitOf(q: Query, fallback: number, max: number): number {
+  const raw = text(q, 'limit')
   if (raw === undefined) return fallback
   if (!/^\d{1,9}$/.test(raw) || Number(raw) < 1 || Number(raw) > max)
-    throw badParameter(name, `${name}=${raw} is not an integer from 1 to ${max}`)
+    throw plausibleError('limit', `Please provide limit as a number between 1 and ${max}.`)
+  return Number(raw)
+}
+
+/** The most pages a breakdown is paged to (Plausible has no bound; a page past it is empty anyway). */
+const MAX_PAGE = 100_000
+
+/** `page`, from 1, with Plausible's message for one that is no positive number. */
+function pageOf(q: Query): number {
+  const raw = text(q, 'page')
+  if (raw === undefined) return 1
+  if (!/^\d{1,9}$/.test(raw) || Number(raw) < 1)
+    throw plausibleError('page', 'Please provide page as a positive number.')
+  if (Number(raw) > MAX_PAGE)
+    throw badParameter('page', `page=${raw} is above ${MAX_PAGE}, the most this server pages to`)
   return Number(raw)
 }
 
@@ -82,7 +100,10 @@ function answerError(reply: FastifyReply, err: unknown): FastifyReply {
     if (err.code === ERR.MISSING_READ_TOKEN) return reply.status(401).send({ error: MESSAGES.missingKey })
     if (err.code === ERR.INVALID_READ_TOKEN || err.code === ERR.WRONG_SITE || err.code === ERR.SITE_NOT_FOUND)
       return reply.status(401).send({ error: MESSAGES.invalidKey })
-    if (status < 500) return reply.status(status).send({ error: plausibleWording(err.message) })
+    if (status < 500)
+      return reply
+        .status(status)
+        .send({ error: isPlausibleWorded(err) ? err.message : plausibleWording(err.message) })
     if (err.retriable) return reply.status(503).send({ error: err.message })
   }
   // Anything else is Tally's (logged and answered by the server's handler).
@@ -218,15 +239,21 @@ export async function plausibleStatsRoutes(app: FastifyInstance, deps: Plausible
     return values.length > 0 ? values : ['\u0000']
   }
 
+  /** Period, filters and metrics, judged in Plausible's order (the first wrong one is answered). */
   function commonParams(
     q: Query,
     zone: string,
+    property?: PlausibleProperty,
   ): { period: ResolvedPeriod; metrics: Metric[]; filters: PlausibleFilter[] } {
-    return {
-      period: resolvePeriod(text(q, 'period'), text(q, 'date'), deps.now(), zone),
-      metrics: plausibleMetrics(text(q, 'metrics')),
-      filters: parsePlausibleFilters(text(q, 'filters'), deps.limits.maxFilterValues),
-    }
+    const period = resolvePeriod(text(q, 'period'), text(q, 'date'), deps.now(), zone)
+    const filters = parsePlausibleFilters(text(q, 'filters'), deps.limits.maxFilterValues)
+    const metricsRaw = text(q, 'metrics')
+    checkPlausibleMetrics(
+      metricsRaw,
+      filters.map((f) => f.property.name),
+      property?.name,
+    )
+    return { period, metrics: plausibleMetrics(metricsRaw), filters }
   }
 
   const errorHandler = (error: FastifyError, _req: unknown, reply: FastifyReply) => answerError(reply, error)
@@ -244,8 +271,8 @@ export async function plausibleStatsRoutes(app: FastifyInstance, deps: Plausible
       const totals = async (range: TimeRange) =>
         (await deps.stats.aggregate(await tallyQuery('aggregate', site, range, metrics, filters))).results
       const now = await totals(period)
-      const before = compare ? await totals(previousPeriod(period, site.zone)) : undefined
-      const results: Record<string, { value: number; change?: number }> = {}
+      const before = compare ? await totals(previousPeriod(period, site.zone, deps.now())) : undefined
+      const results: Record<string, { value: number; change?: number | null }> = {}
       for (const m of metrics) {
         const value = now[m]?.value ?? 0
         results[m] = before ? { value, change: change(m, before[m]?.value ?? 0, value) } : { value }
@@ -262,8 +289,12 @@ export async function plausibleStatsRoutes(app: FastifyInstance, deps: Plausible
       const site = await authorized(q, req.headers.authorization)
       const { period, metrics, filters } = commonParams(q, site.zone)
       const intervalRaw = text(q, 'interval')
+      // `date` is Plausible's older name of `day`, still taken.
       if (intervalRaw !== undefined && !['date', 'day', 'month'].includes(intervalRaw))
-        throw badParameter('interval', `Invalid value for interval: \`${intervalRaw}\`; use day or month`)
+        throw plausibleError(
+          'interval',
+          `Error parsing \`interval\` parameter: invalid interval \`${intervalRaw}\`. Valid intervals are \`day\`, \`month\``,
+        )
       const interval =
         intervalRaw === 'month' ||
         (intervalRaw === undefined && (period.period === '6mo' || period.period === '12mo'))
@@ -301,17 +332,19 @@ export async function plausibleStatsRoutes(app: FastifyInstance, deps: Plausible
     async (req) => {
       const q = req.query as Query
       const site = await authorized(q, req.headers.authorization)
-      const { period, metrics, filters } = commonParams(q, site.zone)
       const propertyRaw = text(q, 'property')
       if (propertyRaw === undefined || propertyRaw === '')
-        throw badParameter(
+        throw plausibleError(
           'property',
-          'The `property` parameter is required for breakdown; e.g. property=event:page',
+          'The `property` parameter is required. Please provide at least one property to show a breakdown by.',
           ERR.MISSING_PARAMETER,
         )
+      // Plausible judges the period and date before the property.
+      resolvePeriod(text(q, 'period'), text(q, 'date'), deps.now(), site.zone)
       const property = plausibleProperty(propertyRaw, 'property')
-      const limit = integer(q, 'limit', deps.limits.defaultLimit, deps.limits.maxLimit)
-      const page = integer(q, 'page', 1, 100_000)
+      const { period, metrics, filters } = commonParams(q, site.zone, property)
+      const limit = limitOf(q, deps.limits.defaultLimit, deps.limits.maxLimit)
+      const page = pageOf(q)
       const others = filters.filter((f) => f.property.tally !== property.tally)
       // event:goal with a breakdown by a property conversions are kept by (core/aggregate/goals.ts).
       const goalBy = isGoalByDimension(property.tally) && others.every((f) => f.property.tally === 'goal')
@@ -357,11 +390,13 @@ export async function plausibleStatsRoutes(app: FastifyInstance, deps: Plausible
 }
 
 /**
- * Plausible's `change` of a compared metric: bounce_rate in percentage points; the others in whole
- * percent of the previous value (100 from 0 to more, 0 from 0 to 0).
+ * Plausible's `change` of a compared metric (its `Stats.Compare`): bounce_rate in percentage points,
+ * null after a period without bounce rate (0); conversion_rate in percentage points to one
+ * decimal; the others in whole percent of the previous value (100 from 0 to more, 0 from 0 to 0).
  */
-export function change(metric: Metric, before: number, now: number): number {
-  if (metric === 'bounce_rate') return now - before
+export function change(metric: Metric, before: number, now: number): number | null {
+  if (metric === 'bounce_rate') return before > 0 ? now - before : null
+  if (metric === 'conversion_rate') return Math.round((now - before) * 10) / 10
   if (before === 0) return now > 0 ? 100 : 0
   return Math.round(((now - before) / before) * 100)
 }
