@@ -49,10 +49,13 @@ function parameters(kind: 'aggregate' | 'timeseries' | 'breakdown', limits: Pars
     with_imported: q('Accepted and ignored: Tally has no imported stats.'),
   }
   if (kind === 'aggregate')
-    props.compare = q('previous_period: each metric with its change.', {
-      type: 'string',
-      enum: ['previous_period'],
-    })
+    props.compare = q(
+      "previous_period: each metric with its change, against the period's days up to today just before it (Plausible's rule); bounce_rate's change in points (null after 0), conversion_rate's in points.",
+      {
+        type: 'string',
+        enum: ['previous_period'],
+      },
+    )
   if (kind === 'timeseries')
     props.interval = q(
       'day (or date) or month; default month for 6mo and 12mo, hours for period=day, else day.',
@@ -66,7 +69,7 @@ function parameters(kind: 'aggregate' | 'timeseries' | 'breakdown', limits: Pars
       `One of ${supportedProperties().join(', ')} (event:props:KEY: a custom property the site declares; its rows are keyed by KEY).`,
     )
     props.limit = q(`Rows per page, 1–${limits.maxLimit}.`, { type: 'integer', default: limits.defaultLimit })
-    props.page = q('Page (from 1).', { type: 'integer', default: 1 })
+    props.page = q('Page (from 1; at most 100000).', { type: 'integer', default: 1 })
   }
   return {
     type: 'object',
@@ -81,7 +84,7 @@ const RESULTS: Record<'aggregate' | 'timeseries' | 'breakdown', Json> = {
     additionalProperties: {
       type: 'object',
       required: ['value'],
-      properties: { value: { type: 'number' }, change: { type: 'number' } },
+      properties: { value: { type: 'number' }, change: { type: ['number', 'null'] } },
     },
     example: { visitors: { value: 1234, change: 12 } },
   },

@@ -45,6 +45,8 @@ const freshness: Freshness = {
 /** Pageviews of a UTC day: its day of the month (nothing after today, as a real store). */
 const pageviewsOn = (dayStartMs: number) => (dayStartMs > NOW ? 0 : new Date(dayStartMs).getUTCDate())
 
+const MAY = Date.parse('2024-05-01T00:00:00Z')
+
 const reader = {
   totals: async (_site: string, g: Granularity, fromMs: number, toMs: number): Promise<MergedWindow[]> => {
     const out: MergedWindow[] = []
@@ -55,6 +57,11 @@ const reader = {
             windowStart: t,
             events: pageviewsOn(t),
             pageviews: pageviewsOn(t),
+            // As many one-pageview visits; from May on each one bounces, before May none does.
+            visits: pageviewsOn(t),
+            bounces: t >= MAY ? pageviewsOn(t) : 0,
+            visitDurationMs: 0,
+            visitPageviews: pageviewsOn(t),
             botEvents: 0,
             visitors: new Uint8Array(0),
             final: true,
@@ -232,7 +239,27 @@ describe('compare=previous_period as Plausible compares', () => {
     expect(week.body).toEqual({ results: { pageviews: { value: w, change: percent(wb, w) } } })
   })
 
-  it("answers bounce_rate's change as null after a period without visits, and conversion_rate's in points", () => {
+  it("answers bounce_rate's change as null after a period whose bounce rate is 0", async () => {
+    // May 1st: every visit bounces (100); April 30th: none does (0). Plausible: change null, not 100.
+    const res = await ask('aggregate', {
+      period: 'day',
+      date: '2024-05-01',
+      metrics: 'bounce_rate,visits',
+      compare: 'previous_period',
+    })
+    const visits = pageviewsOf('2024-05-01', '2024-05-01')
+    expect(res).toEqual({
+      status: 200,
+      body: {
+        results: {
+          bounce_rate: { value: 100, change: null },
+          visits: { value: visits, change: percent(pageviewsOf('2024-04-30', '2024-04-30'), visits) },
+        },
+      },
+    })
+  })
+
+  it("computes bounce_rate's and conversion_rate's changes in points", () => {
     // Plausible's Stats.Compare: bounce_rate's change exists only when the previous one is above 0.
     expect(change('bounce_rate', 0, 40)).toBeNull()
     expect(change('bounce_rate', 50, 40)).toBe(-10)
