@@ -16,9 +16,11 @@ import {
   isPlausibleWorded,
   type PlausibleProperty,
   plausibleError,
+  plausibleLabel,
   plausibleMetrics,
   plausibleProperty,
   plausibleWording,
+  tallyValue,
 } from './properties.js'
 import { plausibleSchema, realtimeSchema } from './schemas.js'
 
@@ -195,7 +197,7 @@ export async function plausibleStatsRoutes(app: FastifyInstance, deps: Plausible
     for (const f of filters) {
       const property = f.property.tally as Filter['property']
       if (!f.negated && !f.wildcard) {
-        tallyFilters.push({ property, values: f.values })
+        tallyFilters.push({ property, values: f.values.map((v) => tallyValue(property, v)) })
         continue
       }
       tallyFilters.push({ property, values: await matchingValues({ siteId, zone }, range, f) })
@@ -234,7 +236,10 @@ export async function plausibleStatsRoutes(app: FastifyInstance, deps: Plausible
       )
     }
     const matches = matcherOf(f)
-    const values = answer.results.map((r) => String(r[property])).filter((v) => matches(v) !== f.negated)
+    // Matched as Plausible names the values (Desktop, Mac), asked as Tally stores them.
+    const values = answer.results
+      .map((r) => String(r[property]))
+      .filter((v) => matches(plausibleLabel(property, v)) !== f.negated)
     // No value matches: a value no row has, so every number is 0.
     return values.length > 0 ? values : ['\u0000']
   }
@@ -362,7 +367,7 @@ export async function plausibleStatsRoutes(app: FastifyInstance, deps: Plausible
       )
       return {
         results: answer.results.map((r) => ({
-          [property.rowKey]: r[property.tally],
+          [property.rowKey]: plausibleLabel(property.tally, String(r[property.tally])),
           ...Object.fromEntries(metrics.map((k) => [k, r[k] ?? 0])),
         })),
       }

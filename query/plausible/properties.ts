@@ -227,6 +227,34 @@ export function plausibleMetrics(raw: string | undefined): Metric[] {
   return out
 }
 
+/**
+ * Values Tally and Plausible name differently, per Tally property: Tally's (ua-parser-js's) name →
+ * Plausible's (its documentation's, from Matomo's device detector). One to one only, so a breakdown
+ * row keeps its numbers (visitors cannot be merged here); `Mobile Safari` stays as it is, where
+ * Plausible writes `Safari` for it and desktop Safari alike.
+ */
+const VALUE_LABELS: Readonly<Record<string, Readonly<Record<string, string>>>> = {
+  device: { desktop: 'Desktop', mobile: 'Mobile', tablet: 'Tablet' },
+  os: { 'Mac OS': 'Mac', Linux: 'GNU/Linux', 'Chromium OS': 'Chrome OS' },
+  browser: { Edge: 'Microsoft Edge', 'Samsung Internet': 'Samsung Browser' },
+}
+const VALUES_OF_LABELS: Readonly<Record<string, Readonly<Record<string, string>>>> = Object.fromEntries(
+  Object.entries(VALUE_LABELS).map(([p, m]) => [
+    p,
+    Object.fromEntries(Object.entries(m).map(([v, l]) => [l, v])),
+  ]),
+)
+
+/** A Tally value of `property` as Plausible names it (`desktop` → `Desktop`). */
+export function plausibleLabel(property: string, value: string): string {
+  return VALUE_LABELS[property]?.[value] ?? value
+}
+
+/** A Plausible value of `property` as Tally stores it (`Desktop` → `desktop`); others as they are. */
+export function tallyValue(property: string, label: string): string {
+  return VALUES_OF_LABELS[property]?.[label] ?? label
+}
+
 const TALLY_TO_PLAUSIBLE: ReadonlyArray<[RegExp, string]> = PROPERTY_TABLE.filter(
   (r): r is PropertyRow & { match: string } => typeof r.match === 'string',
 )
