@@ -35,8 +35,11 @@ import { plausibleSchema, realtimeSchema } from './schemas.js'
 export interface PlausibleApiDeps {
   stats: StatsService
   auth: ReadAuthorizer
-  /** Finds a site by id, domain or alias (`site_id` may be either). Without it: ids only. */
-  sites?: Pick<SiteStore, 'get' | 'byDomain'>
+  /**
+   * Finds a site by id, domain or alias (`site_id` may be either), and its goals (a filter on a goal
+   * the site does not define is Plausible's 400). Without it: ids only, goals not checked.
+   */
+  sites?: Pick<SiteStore, 'get' | 'byDomain'> & Partial<Pick<SiteStore, 'listGoals'>>
   limits: ParseLimits
   now: () => number
   /** How long a `site_id` → site resolution is kept. Default 10000 ms. */
@@ -244,14 +247,41 @@ export async function plausibleStatsRoutes(app: FastifyInstance, deps: Plausible
     return values.length > 0 ? values : ['\u0000']
   }
 
+  const goalNames = new LRUCache<string, readonly string[]>({ max: 10_000, ttl: Math.max(1, ttl) })
+
+  /**
+   * Plausible's check of goal filters: each goal named must be one the site defines (a site moved
+   * from Plausible without its goals would otherwise answer 0 without a word). Patterns (`*`) are
+   * Tally's and match among the goals the range holds, so they are not checked.
+   */
+  async function checkGoals(siteId: string, filters: readonly PlausibleFilter[]): Promise<void> {
+    const goal = filters.find((f) => f.property.tally === 'goal')
+    if (!goal || !deps.sites?.listGoals) return
+    let names = goalNames.get(siteId)
+    if (!names) {
+      names = (await deps.sites.listGoals(siteId)).map((g) => g.name)
+      goalNames.set(siteId, names)
+    }
+    const missing = goal.values.find((v) => !v.includes('*') && !names.includes(v))
+    if (missing === undefined) return
+    const what = missing.startsWith('Visit ')
+      ? `The pageview goal for the pathname \`${missing.slice('Visit '.length)}\` is not configured for this site. `
+      : `The goal \`${missing}\` is not configured for this site. `
+    throw plausibleError(
+      'filters',
+      `${what}Find out how to configure goals here: https://plausible.io/docs/stats-api#filtering-by-goals`,
+    )
+  }
+
   /** Period, filters and metrics, judged in Plausible's order (the first wrong one is answered). */
-  function commonParams(
+  async function commonParams(
     q: Query,
-    zone: string,
+    { siteId, zone }: Site,
     property?: PlausibleProperty,
-  ): { period: ResolvedPeriod; metrics: Metric[]; filters: PlausibleFilter[] } {
+  ): Promise<{ period: ResolvedPeriod; metrics: Metric[]; filters: PlausibleFilter[] }> {
     const period = resolvePeriod(text(q, 'period'), text(q, 'date'), deps.now(), zone)
     const filters = parsePlausibleFilters(text(q, 'filters'), deps.limits.maxFilterValues)
+    await checkGoals(siteId, filters)
     const metricsRaw = text(q, 'metrics')
     checkPlausibleMetrics(
       metricsRaw,
@@ -269,7 +299,7 @@ export async function plausibleStatsRoutes(app: FastifyInstance, deps: Plausible
     async (req) => {
       const q = req.query as Query
       const site = await authorized(q, req.headers.authorization)
-      const { period, metrics, filters } = commonParams(q, site.zone)
+      const { period, metrics, filters } = await commonParams(q, site)
       const compare = text(q, 'compare')
       if (compare !== undefined && compare !== 'previous_period')
         throw badParameter('compare', `compare=${compare} is not supported; use compare=previous_period`)
@@ -292,7 +322,7 @@ export async function plausibleStatsRoutes(app: FastifyInstance, deps: Plausible
     async (req) => {
       const q = req.query as Query
       const site = await authorized(q, req.headers.authorization)
-      const { period, metrics, filters } = commonParams(q, site.zone)
+      const { period, metrics, filters } = await commonParams(q, site)
       const intervalRaw = text(q, 'interval')
       // `date` is Plausible's older name of `day`, still taken.
       if (intervalRaw !== undefined && !['date', 'day', 'month'].includes(intervalRaw))
@@ -347,7 +377,7 @@ export async function plausibleStatsRoutes(app: FastifyInstance, deps: Plausible
       // Plausible judges the period and date before the property.
       resolvePeriod(text(q, 'period'), text(q, 'date'), deps.now(), site.zone)
       const property = plausibleProperty(propertyRaw, 'property')
-      const { period, metrics, filters } = commonParams(q, site.zone, property)
+      const { period, metrics, filters } = await commonParams(q, site, property)
       const limit = limitOf(q, deps.limits.defaultLimit, deps.limits.maxLimit)
       const page = pageOf(q)
       const others = filters.filter((f) => f.property.tally !== property.tally)

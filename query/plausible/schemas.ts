@@ -44,7 +44,7 @@ function parameters(kind: 'aggregate' | 'timeseries' | 'breakdown', limits: Pars
       `Comma-separated, from ${PLAUSIBLE_METRICS.join(', ')}; default visitors. conversion_rate with filters=event:goal==NAME or property=event:goal (also with a breakdown by visit:* but entry_page and exit_page, event:page or event:name, against that value's visitors; visit:exit_page takes visitors only: converters of ended visits); time_on_page answers 400.`,
     ),
     filters: q(
-      `Plausible's v1 filters: property==a|b, property!=a, * wildcards, ; between filters. Answered: one property per aggregate or timeseries; a breakdown filtered on its own property, and event:goal with a breakdown by visit:* (exit_page: converters of ended visits), event:page or event:name (conversions by that property: visitors are the converters). At most ${limits.maxFilterValues} values; a wildcard or != is resolved over at most ${limits.maxLimit} values of the range.`,
+      `Plausible's v1 filters: property==a|b, property!=a, * wildcards, ; between filters. Answered: one property per aggregate or timeseries; a breakdown filtered on its own property, and event:goal with a breakdown by visit:* (exit_page: converters of ended visits), event:page or event:name (conversions by that property: visitors are the converters). At most ${limits.maxFilterValues} values; a wildcard or != is resolved over at most ${limits.maxLimit} values of the range. event:goal names goals the site defines (else 400, as Plausible answers). visit:device, visit:os and visit:browser take Plausible's names (Desktop, Mac, Microsoft Edge).`,
     ),
     with_imported: q('Accepted and ignored: Tally has no imported stats.'),
   }

@@ -1,6 +1,7 @@
 import type { FastifyInstance } from 'fastify'
 import { afterEach, describe, expect, it } from 'vitest'
 import type { Granularity } from '../../core/aggregate/definition.js'
+import type { Goal } from '../../core/aggregate/goals.js'
 import { hashToken } from '../../core/keys.js'
 import { createLogger } from '../../core/log.js'
 import type { AggregateReader, MergedWindow } from '../../core/ports/aggregate-store.js'
@@ -9,6 +10,7 @@ import { buildQueryApp } from '../../query/app.js'
 import { ReadAccessCache } from '../../query/auth.js'
 import type { DataSnapshot, Freshness, SnapshotSource } from '../../query/freshness.js'
 import { change } from '../../query/plausible/api.js'
+import { parsePlausibleFilters } from '../../query/plausible/filters.js'
 
 /**
  * Plausible's Stats API v1 as a Plausible client meets it, checked against Plausible's own answers
@@ -68,7 +70,15 @@ const reader = {
           })
     return out
   },
+  // No goal or property rows: the site's goals are never reached in this store.
+  dimensionWindows: async (): Promise<MergedWindow[]> => [],
 } as unknown as AggregateReader
+
+/** The goals the site defines, as `tally sites goals` keeps them. */
+const GOALS: Goal[] = [
+  { name: 'Signup', kind: 'event', target: 'Signup' },
+  { name: 'Visit /register', kind: 'page', target: '/register' },
+]
 
 const source: SnapshotSource = {
   current: async () => freshness,
@@ -88,6 +98,11 @@ async function start(): Promise<FastifyInstance> {
       get: async (id) => (id === SITE ? site : undefined),
       list: async () => [site],
     }),
+    sites: {
+      get: async (id) => (id === SITE ? site : undefined),
+      byDomain: async () => undefined,
+      listGoals: async () => GOALS,
+    },
     freshness: source,
     logger,
     now: () => NOW,
@@ -195,6 +210,16 @@ describe("Plausible's Stats API v1 errors, as Plausible words them", () => {
       { property: 'event:name', metrics: 'visitors,bounce_rate' },
       'Session metric `bounce_rate` cannot be queried for breakdown by `event:name`.',
     ],
+    [
+      'aggregate',
+      { filters: 'event:goal==Signu' },
+      'The goal `Signu` is not configured for this site. Find out how to configure goals here: https://plausible.io/docs/stats-api#filtering-by-goals',
+    ],
+    [
+      'timeseries',
+      { filters: 'event:goal==Signup|Visit /pricing' },
+      'The pageview goal for the pathname `/pricing` is not configured for this site. Find out how to configure goals here: https://plausible.io/docs/stats-api#filtering-by-goals',
+    ],
   ]
   it.each(cases)('%s %j', async (endpoint, params, error) => {
     expect(await ask(endpoint, params)).toEqual({ status: 400, body: { error } })
@@ -211,6 +236,26 @@ function pageviewsOf(first: string, last: string): number {
 
 const percent = (before: number, now: number) =>
   before === 0 ? (now > 0 ? 100 : 0) : Math.round(((now - before) / before) * 100)
+
+describe('filters as Plausible parses them', () => {
+  it('trims spaces around the property, the operator and the value', () => {
+    const [page, source] = parsePlausibleFilters(' event:page == /blog ;visit:source!= Google ', 20)
+    expect(page).toMatchObject({ values: ['/blog'], negated: false, property: { tally: 'path' } })
+    expect(source).toMatchObject({ values: ['Google'], negated: true, property: { tally: 'source' } })
+  })
+})
+
+describe('goal filters', () => {
+  it('answers a goal the site defines (by name, or a page goal by its Visit name)', async () => {
+    for (const goal of ['Signup', 'Visit /register', 'Signup|Visit /register']) {
+      const res = await ask('aggregate', { metrics: 'visitors,events', filters: `event:goal==${goal}` })
+      expect([goal, res]).toEqual([
+        goal,
+        { status: 200, body: { results: { visitors: { value: 0 }, events: { value: 0 } } } },
+      ])
+    }
+  })
+})
 
 describe('compare=previous_period as Plausible compares', () => {
   it('compares a period that runs past today with as many days before it as it has up to today', async () => {
