@@ -6,6 +6,7 @@ import { hashToken } from '../../core/keys.js'
 import { createLogger } from '../../core/log.js'
 import type { AggregateReader, MergedWindow } from '../../core/ports/aggregate-store.js'
 import type { Site } from '../../core/ports/site-store.js'
+import { parsePlausibleBody } from '../../ingest/plausible.js'
 import { buildQueryApp } from '../../query/app.js'
 import { ReadAccessCache } from '../../query/auth.js'
 import type { DataSnapshot, Freshness, SnapshotSource } from '../../query/freshness.js'
@@ -242,6 +243,17 @@ describe('filters as Plausible parses them', () => {
     const [page, source] = parsePlausibleFilters(' event:page == /blog ;visit:source!= Google ', 20)
     expect(page).toMatchObject({ values: ['/blog'], negated: false, property: { tally: 'path' } })
     expect(source).toMatchObject({ values: ['Google'], negated: true, property: { tally: 'source' } })
+  })
+})
+
+describe("Plausible's event API", () => {
+  it('drops props whose key or value is blank, as Plausible does', () => {
+    const parsed = parsePlausibleBody({
+      n: 'Signup',
+      u: 'https://shop.test/',
+      p: { plan: 'pro', blank: '   ', empty: '', ' ': 'x', seats: 3, trial: false },
+    })
+    expect(parsed.ok && parsed.event.props).toEqual({ plan: 'pro', seats: 3, trial: false })
   })
 })
 
