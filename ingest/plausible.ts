@@ -49,7 +49,11 @@ function decode(s: string): string {
   }
 }
 
-/** Props as Plausible keeps them: an object (or its JSON text), scalar values that are not empty. */
+/**
+ * Props as Plausible keeps them: an object (or its JSON text), scalar values that are not empty or
+ * blank, under keys that are not blank (its Ingestion.Request drops a prop whose key or value is
+ * only spaces).
+ */
 function propsOf(body: Body): Record<string, string | number | boolean> {
   let raw = body.m ?? body.meta ?? body.p ?? body.props
   if (typeof raw === 'string') {
@@ -62,7 +66,8 @@ function propsOf(body: Body): Record<string, string | number | boolean> {
   if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) return {}
   const out: Record<string, string | number | boolean> = {}
   for (const [k, v] of Object.entries(raw as Body)) {
-    if (v === '' || v === null || v === undefined || typeof v === 'object') continue
+    if (v === null || v === undefined || typeof v === 'object' || k.trim() === '') continue
+    if (typeof v === 'string' && v.trim() === '') continue
     if (typeof v === 'string' || typeof v === 'number' || typeof v === 'boolean') out[k] = v
   }
   return out

@@ -81,10 +81,11 @@ export interface QueryAppDeps {
   answerCache?: AnswerCacheOptions
   /**
    * Sites by id and by domain, for Plausible's Stats API, whose `site_id` may be a domain or alias,
-   * and their declared property keys (GET /v1/sites/:site/props). Without it, `site_id` is a Tally
-   * site id only and that route answers 501.
+   * and their declared property keys (GET /v1/sites/:site/props) and goals (Plausible's 400 for a
+   * goal filter on a goal the site does not define). Without it, `site_id` is a Tally site id only
+   * and that route answers 501.
    */
-  sites?: Pick<SiteStore, 'get' | 'byDomain'> & Partial<Pick<SiteStore, 'listPropKeys'>>
+  sites?: Pick<SiteStore, 'get' | 'byDomain'> & Partial<Pick<SiteStore, 'listPropKeys' | 'listGoals'>>
   /** How long Plausible's `site_id` → site is kept. Default 10000 ms. */
   siteCacheTtlMs?: number
 }

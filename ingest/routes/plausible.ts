@@ -35,7 +35,8 @@ const BODY = {
     props: {
       type: ['object', 'string'],
       additionalProperties: true,
-      description: 'Custom properties (or `p`; `m`/`meta` as JSON text): scalar values, empty ones dropped.',
+      description:
+        'Custom properties (or `p`; `m`/`meta` as JSON text): scalar values; empty or blank values and blank keys dropped, as Plausible drops them.',
     },
     revenue: {
       type: 'object',

@@ -12,10 +12,15 @@ import { formatLocalDate, localDateOf, UTC } from '../zone.js'
 import { matcherOf, type PlausibleFilter, parsePlausibleFilters } from './filters.js'
 import { monthsOf, previousPeriod, type ResolvedPeriod, resolvePeriod } from './period.js'
 import {
+  checkPlausibleMetrics,
+  isPlausibleWorded,
   type PlausibleProperty,
+  plausibleError,
+  plausibleLabel,
   plausibleMetrics,
   plausibleProperty,
   plausibleWording,
+  tallyValue,
 } from './properties.js'
 import { plausibleSchema, realtimeSchema } from './schemas.js'
 
@@ -30,8 +35,11 @@ import { plausibleSchema, realtimeSchema } from './schemas.js'
 export interface PlausibleApiDeps {
   stats: StatsService
   auth: ReadAuthorizer
-  /** Finds a site by id, domain or alias (`site_id` may be either). Without it: ids only. */
-  sites?: Pick<SiteStore, 'get' | 'byDomain'>
+  /**
+   * Finds a site by id, domain or alias (`site_id` may be either), and its goals (a filter on a goal
+   * the site does not define is Plausible's 400). Without it: ids only, goals not checked.
+   */
+  sites?: Pick<SiteStore, 'get' | 'byDomain'> & Partial<Pick<SiteStore, 'listGoals'>>
   limits: ParseLimits
   now: () => number
   /** How long a `site_id` → site resolution is kept. Default 10000 ms. */
@@ -67,11 +75,26 @@ function text(q: Query, name: string): string | undefined {
   return String(v)
 }
 
-function integer(q: Query, name: string, fallback: number, max: number): number {
-  const raw = text(q, name)
+/** `limit`, from 1 to `max` (Plausible's 1000 by default), with Plausible's message. */
+function limitOf(q: Query, fallback: number, max: number): number {
+  const raw = text(q, 'limit')
   if (raw === undefined) return fallback
   if (!/^\d{1,9}$/.test(raw) || Number(raw) < 1 || Number(raw) > max)
-    throw badParameter(name, `${name}=${raw} is not an integer from 1 to ${max}`)
+    throw plausibleError('limit', `Please provide limit as a number between 1 and ${max}.`)
+  return Number(raw)
+}
+
+/** The most pages a breakdown is paged to (Plausible has no bound; a page past it is empty anyway). */
+const MAX_PAGE = 100_000
+
+/** `page`, from 1, with Plausible's message for one that is no positive number. */
+function pageOf(q: Query): number {
+  const raw = text(q, 'page')
+  if (raw === undefined) return 1
+  if (!/^\d{1,9}$/.test(raw) || Number(raw) < 1)
+    throw plausibleError('page', 'Please provide page as a positive number.')
+  if (Number(raw) > MAX_PAGE)
+    throw badParameter('page', `page=${raw} is above ${MAX_PAGE}, the most this server pages to`)
   return Number(raw)
 }
 
@@ -82,7 +105,10 @@ function answerError(reply: FastifyReply, err: unknown): FastifyReply {
     if (err.code === ERR.MISSING_READ_TOKEN) return reply.status(401).send({ error: MESSAGES.missingKey })
     if (err.code === ERR.INVALID_READ_TOKEN || err.code === ERR.WRONG_SITE || err.code === ERR.SITE_NOT_FOUND)
       return reply.status(401).send({ error: MESSAGES.invalidKey })
-    if (status < 500) return reply.status(status).send({ error: plausibleWording(err.message) })
+    if (status < 500)
+      return reply
+        .status(status)
+        .send({ error: isPlausibleWorded(err) ? err.message : plausibleWording(err.message) })
     if (err.retriable) return reply.status(503).send({ error: err.message })
   }
   // Anything else is Tally's (logged and answered by the server's handler).
@@ -174,7 +200,7 @@ export async function plausibleStatsRoutes(app: FastifyInstance, deps: Plausible
     for (const f of filters) {
       const property = f.property.tally as Filter['property']
       if (!f.negated && !f.wildcard) {
-        tallyFilters.push({ property, values: f.values })
+        tallyFilters.push({ property, values: f.values.map((v) => tallyValue(property, v)) })
         continue
       }
       tallyFilters.push({ property, values: await matchingValues({ siteId, zone }, range, f) })
@@ -213,20 +239,56 @@ export async function plausibleStatsRoutes(app: FastifyInstance, deps: Plausible
       )
     }
     const matches = matcherOf(f)
-    const values = answer.results.map((r) => String(r[property])).filter((v) => matches(v) !== f.negated)
+    // Matched as Plausible names the values (Desktop, Mac), asked as Tally stores them.
+    const values = answer.results
+      .map((r) => String(r[property]))
+      .filter((v) => matches(plausibleLabel(property, v)) !== f.negated)
     // No value matches: a value no row has, so every number is 0.
     return values.length > 0 ? values : ['\u0000']
   }
 
-  function commonParams(
-    q: Query,
-    zone: string,
-  ): { period: ResolvedPeriod; metrics: Metric[]; filters: PlausibleFilter[] } {
-    return {
-      period: resolvePeriod(text(q, 'period'), text(q, 'date'), deps.now(), zone),
-      metrics: plausibleMetrics(text(q, 'metrics')),
-      filters: parsePlausibleFilters(text(q, 'filters'), deps.limits.maxFilterValues),
+  const goalNames = new LRUCache<string, readonly string[]>({ max: 10_000, ttl: Math.max(1, ttl) })
+
+  /**
+   * Plausible's check of goal filters: each goal named must be one the site defines (a site moved
+   * from Plausible without its goals would otherwise answer 0 without a word). Patterns (`*`) are
+   * Tally's and match among the goals the range holds, so they are not checked.
+   */
+  async function checkGoals(siteId: string, filters: readonly PlausibleFilter[]): Promise<void> {
+    const goal = filters.find((f) => f.property.tally === 'goal')
+    if (!goal || !deps.sites?.listGoals) return
+    let names = goalNames.get(siteId)
+    if (!names) {
+      names = (await deps.sites.listGoals(siteId)).map((g) => g.name)
+      goalNames.set(siteId, names)
     }
+    const missing = goal.values.find((v) => !v.includes('*') && !names.includes(v))
+    if (missing === undefined) return
+    const what = missing.startsWith('Visit ')
+      ? `The pageview goal for the pathname \`${missing.slice('Visit '.length)}\` is not configured for this site. `
+      : `The goal \`${missing}\` is not configured for this site. `
+    throw plausibleError(
+      'filters',
+      `${what}Find out how to configure goals here: https://plausible.io/docs/stats-api#filtering-by-goals`,
+    )
+  }
+
+  /** Period, filters and metrics, judged in Plausible's order (the first wrong one is answered). */
+  async function commonParams(
+    q: Query,
+    { siteId, zone }: Site,
+    property?: PlausibleProperty,
+  ): Promise<{ period: ResolvedPeriod; metrics: Metric[]; filters: PlausibleFilter[] }> {
+    const period = resolvePeriod(text(q, 'period'), text(q, 'date'), deps.now(), zone)
+    const filters = parsePlausibleFilters(text(q, 'filters'), deps.limits.maxFilterValues)
+    await checkGoals(siteId, filters)
+    const metricsRaw = text(q, 'metrics')
+    checkPlausibleMetrics(
+      metricsRaw,
+      filters.map((f) => f.property.name),
+      property?.name,
+    )
+    return { period, metrics: plausibleMetrics(metricsRaw), filters }
   }
 
   const errorHandler = (error: FastifyError, _req: unknown, reply: FastifyReply) => answerError(reply, error)
@@ -237,15 +299,15 @@ export async function plausibleStatsRoutes(app: FastifyInstance, deps: Plausible
     async (req) => {
       const q = req.query as Query
       const site = await authorized(q, req.headers.authorization)
-      const { period, metrics, filters } = commonParams(q, site.zone)
+      const { period, metrics, filters } = await commonParams(q, site)
       const compare = text(q, 'compare')
       if (compare !== undefined && compare !== 'previous_period')
         throw badParameter('compare', `compare=${compare} is not supported; use compare=previous_period`)
       const totals = async (range: TimeRange) =>
         (await deps.stats.aggregate(await tallyQuery('aggregate', site, range, metrics, filters))).results
       const now = await totals(period)
-      const before = compare ? await totals(previousPeriod(period, site.zone)) : undefined
-      const results: Record<string, { value: number; change?: number }> = {}
+      const before = compare ? await totals(previousPeriod(period, site.zone, deps.now())) : undefined
+      const results: Record<string, { value: number; change?: number | null }> = {}
       for (const m of metrics) {
         const value = now[m]?.value ?? 0
         results[m] = before ? { value, change: change(m, before[m]?.value ?? 0, value) } : { value }
@@ -260,10 +322,14 @@ export async function plausibleStatsRoutes(app: FastifyInstance, deps: Plausible
     async (req) => {
       const q = req.query as Query
       const site = await authorized(q, req.headers.authorization)
-      const { period, metrics, filters } = commonParams(q, site.zone)
+      const { period, metrics, filters } = await commonParams(q, site)
       const intervalRaw = text(q, 'interval')
+      // `date` is Plausible's older name of `day`, still taken.
       if (intervalRaw !== undefined && !['date', 'day', 'month'].includes(intervalRaw))
-        throw badParameter('interval', `Invalid value for interval: \`${intervalRaw}\`; use day or month`)
+        throw plausibleError(
+          'interval',
+          `Error parsing \`interval\` parameter: invalid interval \`${intervalRaw}\`. Valid intervals are \`day\`, \`month\``,
+        )
       const interval =
         intervalRaw === 'month' ||
         (intervalRaw === undefined && (period.period === '6mo' || period.period === '12mo'))
@@ -301,17 +367,19 @@ export async function plausibleStatsRoutes(app: FastifyInstance, deps: Plausible
     async (req) => {
       const q = req.query as Query
       const site = await authorized(q, req.headers.authorization)
-      const { period, metrics, filters } = commonParams(q, site.zone)
       const propertyRaw = text(q, 'property')
       if (propertyRaw === undefined || propertyRaw === '')
-        throw badParameter(
+        throw plausibleError(
           'property',
-          'The `property` parameter is required for breakdown; e.g. property=event:page',
+          'The `property` parameter is required. Please provide at least one property to show a breakdown by.',
           ERR.MISSING_PARAMETER,
         )
+      // Plausible judges the period and date before the property.
+      resolvePeriod(text(q, 'period'), text(q, 'date'), deps.now(), site.zone)
       const property = plausibleProperty(propertyRaw, 'property')
-      const limit = integer(q, 'limit', deps.limits.defaultLimit, deps.limits.maxLimit)
-      const page = integer(q, 'page', 1, 100_000)
+      const { period, metrics, filters } = await commonParams(q, site, property)
+      const limit = limitOf(q, deps.limits.defaultLimit, deps.limits.maxLimit)
+      const page = pageOf(q)
       const others = filters.filter((f) => f.property.tally !== property.tally)
       // event:goal with a breakdown by a property conversions are kept by (core/aggregate/goals.ts).
       const goalBy = isGoalByDimension(property.tally) && others.every((f) => f.property.tally === 'goal')
@@ -329,7 +397,7 @@ export async function plausibleStatsRoutes(app: FastifyInstance, deps: Plausible
       )
       return {
         results: answer.results.map((r) => ({
-          [property.rowKey]: r[property.tally],
+          [property.rowKey]: plausibleLabel(property.tally, String(r[property.tally])),
           ...Object.fromEntries(metrics.map((k) => [k, r[k] ?? 0])),
         })),
       }
@@ -357,11 +425,13 @@ export async function plausibleStatsRoutes(app: FastifyInstance, deps: Plausible
 }
 
 /**
- * Plausible's `change` of a compared metric: bounce_rate in percentage points; the others in whole
- * percent of the previous value (100 from 0 to more, 0 from 0 to 0).
+ * Plausible's `change` of a compared metric (its `Stats.Compare`): bounce_rate in percentage points,
+ * null after a period without bounce rate (0); conversion_rate in percentage points to one
+ * decimal; the others in whole percent of the previous value (100 from 0 to more, 0 from 0 to 0).
  */
-export function change(metric: Metric, before: number, now: number): number {
-  if (metric === 'bounce_rate') return now - before
+export function change(metric: Metric, before: number, now: number): number | null {
+  if (metric === 'bounce_rate') return before > 0 ? now - before : null
+  if (metric === 'conversion_rate') return Math.round((now - before) * 10) / 10
   if (before === 0) return now > 0 ? 100 : 0
   return Math.round(((now - before) / before) * 100)
 }

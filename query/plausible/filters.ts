@@ -27,7 +27,8 @@ export function parsePlausibleFilters(raw: string | undefined, maxValues: number
       )
     }
     const property = plausibleProperty(m[1]!, 'filters')
-    const values = splitBars(m[3]!)
+    // Plausible trims the value (its LegacyStatsAPIFilterParser.to_kv): `event:page == /blog ` is /blog.
+    const values = splitBars(m[3]!.trim())
     if (values.some((v) => v === '')) throw badParameter('filters', `filter on ${m[1]} has an empty value`)
     if (values.length > maxValues)
       throw badParameter('filters', `filter on ${m[1]} has ${values.length} values; at most ${maxValues}`)

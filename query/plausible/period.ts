@@ -8,6 +8,7 @@ import {
   startOfLocalDay,
   UTC,
 } from '../zone.js'
+import { plausibleError } from './properties.js'
 
 /**
  * Plausible's periods as half-open ranges [fromMs, toMs): every one is whole local days of the
@@ -32,11 +33,25 @@ export interface ResolvedPeriod extends LocalSpan {
   days: number
 }
 
-function parseDay(raw: string, where: string): LocalDate {
+const DOCS = 'https://plausible.io/docs/stats-api'
+
+/**
+ * A `date` as Plausible reads it (Elixir's Date.from_iso8601), with its message: `invalid_format`
+ * for what is no YYYY-MM-DD, `invalid_date` for a day the month does not have.
+ */
+function parseDay(raw: string): LocalDate {
+  if (!/^\d{4}-\d{2}-\d{2}$/.test(raw.trim()))
+    throw plausibleError(
+      'date',
+      'Error parsing `date` parameter: invalid_format. Please specify a valid date in ISO-8601 format.',
+    )
   try {
-    return parseLocalDate(raw.trim(), where)
+    return parseLocalDate(raw.trim(), 'date')
   } catch {
-    throw badParameter(where, `Failed to parse date argument \`${raw}\`: use YYYY-MM-DD`)
+    throw plausibleError(
+      'date',
+      'Error parsing `date` parameter: invalid_date. Please specify a valid date in ISO-8601 format.',
+    )
   }
 }
 
@@ -44,6 +59,14 @@ const DAY_MS = 86_400_000
 
 function dayNumber(d: LocalDate): number {
   return Date.UTC(d.year, d.month - 1, d.day) / DAY_MS
+}
+
+function parseCustomDay(raw: string): LocalDate | undefined {
+  try {
+    return parseLocalDate(raw.trim(), 'date')
+  } catch {
+    return undefined
+  }
 }
 
 /** The span of local days `first` through `last` in `zone`. */
@@ -60,26 +83,32 @@ export function resolvePeriod(
 ): ResolvedPeriod {
   const period = (periodRaw ?? '30d') as PlausiblePeriod
   if (!PLAUSIBLE_PERIODS.includes(period)) {
-    throw badParameter(
+    throw plausibleError(
       'period',
-      `Error parsing \`period\` parameter: invalid period \`${periodRaw}\`; use ${PLAUSIBLE_PERIODS.join(', ')}`,
+      `Error parsing \`period\` parameter: invalid period \`${periodRaw}\`. Please find accepted values in our docs: ${DOCS}#time-periods`,
     )
   }
   let first: LocalDate
   let last: LocalDate
   if (period === 'custom') {
-    const parts = (dateRaw ?? '').split(',')
-    if (parts.length !== 2)
-      throw badParameter(
+    if (dateRaw === undefined)
+      throw plausibleError(
         'date',
-        'period=custom needs `date` as two dates joined with a comma: 2021-01-01,2021-01-31',
+        `The \`date\` parameter is required when using a custom period. See ${DOCS}#time-periods`,
       )
-    first = parseDay(parts[0]!, 'date')
-    last = parseDay(parts[1]!, 'date')
+    const parts = dateRaw.split(',')
+    const days = parts.length === 2 ? parts.map((p) => parseCustomDay(p)) : []
+    if (days.length !== 2 || days.includes(undefined))
+      throw plausibleError(
+        'date',
+        `Invalid format for \`date\` parameter. When using a custom period, please include two ISO-8601 formatted dates joined by a comma. See ${DOCS}#time-periods`,
+      )
+    first = days[0]!
+    last = days[1]!
     if (dayNumber(first) > dayNumber(last))
       throw badParameter('date', `the custom range ${dateRaw} ends before it starts`)
   } else {
-    const ref = dateRaw === undefined ? localDateOf(nowMs, zone) : parseDay(dateRaw, 'date')
+    const ref = dateRaw === undefined ? localDateOf(nowMs, zone) : parseDay(dateRaw)
     last = ref
     if (period === 'day') first = ref
     else if (period === '7d') first = addDays(ref, -6)
@@ -93,9 +122,18 @@ export function resolvePeriod(
   return { period, ...spanOf(first, last, zone), days: dayNumber(last) - dayNumber(first) + 1 }
 }
 
-/** The previous period of the same length in local days, ending where `r` starts. */
-export function previousPeriod(r: ResolvedPeriod, zone = UTC): TimeRange {
-  return { fromMs: startOfLocalDay(addDays(r.first, -r.days), zone), toMs: r.fromMs }
+/**
+ * The previous period, as Plausible's `previous_period` (its `Stats.Comparisons`): as many local
+ * days as `r` has up to today (`nowMs` in `zone`; all of them for a period in the past), ending
+ * where `r` starts. So `month` on the 20th is compared with the 20 days before the 1st, not with a
+ * whole month of days.
+ */
+export function previousPeriod(r: ResolvedPeriod, zone = UTC, nowMs = Number.POSITIVE_INFINITY): TimeRange {
+  const today = Number.isFinite(nowMs) ? localDateOf(nowMs, zone) : r.last
+  const last = dayNumber(today) < dayNumber(r.last) ? today : r.last
+  // A period that starts after today: one day, as Plausible's range of last − first + 1 days is then 1 or less.
+  const days = Math.max(1, dayNumber(last) - dayNumber(r.first) + 1)
+  return { fromMs: startOfLocalDay(addDays(r.first, -days), zone), toMs: r.fromMs }
 }
 
 /** Months of a range, as the local days of each calendar month in `zone` within it (interval=month). */

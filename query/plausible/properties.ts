@@ -1,5 +1,6 @@
 import { isPropDimension } from '../../core/aggregate/props.js'
 import { ERR } from '../../core/error-codes.js'
+import { TallyError } from '../../core/errors.js'
 import { type Metric, PROPERTIES } from '../params.js'
 import { badParameter } from '../range.js'
 
@@ -64,8 +65,49 @@ export function supportedProperties(): string[] {
     .concat('event:props:KEY')
 }
 
+/** Where Plausible's documentation of the Stats API v1 is, as its messages link to it. */
+export const PLAUSIBLE_DOCS = 'https://plausible.io/docs/stats-api'
+
+/**
+ * A 400 worded exactly as Plausible words it (plausible/analytics `external_stats_controller.ex`),
+ * so a client that shows or matches Plausible's message gets the same one: sent as is, not through
+ * plausibleWording.
+ */
+export function plausibleError(where: string, message: string, code: string = ERR.BAD_PARAMETER): TallyError {
+  return new TallyError(code, message, { statusCode: 400, where, details: { wording: 'plausible' } })
+}
+
+export function isPlausibleWorded(err: TallyError): boolean {
+  return (err.details as { wording?: string } | undefined)?.wording === 'plausible'
+}
+
+/** Properties Plausible's Stats API v1 knows (its `Legacy.Dimensions`), answered here or not. */
+const PLAUSIBLE_KNOWN = new Set([
+  ...PROPERTY_TABLE.filter((r) => typeof r.match === 'string').map((r) => r.match as string),
+  'event:hostname',
+  'visit:browser_version',
+  'visit:os_version',
+  'visit:region',
+  'visit:city',
+  'visit:country_name',
+  'visit:region_name',
+  'visit:city_name',
+])
+
 /** Plausible's property as Tally's; 400 for one this server does not count. */
 export function plausibleProperty(name: string, where: string): PlausibleProperty {
+  if (!PLAUSIBLE_KNOWN.has(name) && !/^event:props:./.test(name)) {
+    // Plausible's answer to a property it does not know.
+    throw where === 'filters'
+      ? plausibleError(
+          where,
+          `Invalid filter property '${name}'. Please provide a valid filter property: ${PLAUSIBLE_DOCS}#properties`,
+        )
+      : plausibleError(
+          where,
+          `Invalid property '${name}'. Please provide a valid property for the breakdown endpoint: ${PLAUSIBLE_DOCS}#properties`,
+        )
+  }
   for (const r of PROPERTY_TABLE) {
     const key = typeof r.match === 'string' ? (r.match === name ? '' : undefined) : r.match.exec(name)?.[1]
     if (key === undefined) continue
@@ -116,6 +158,57 @@ const TALLY_METRICS = new Set<string>([
 
 export const PLAUSIBLE_METRICS = Object.keys(METRIC_TABLE)
 
+const SESSION_METRICS = new Set(['visits', 'bounce_rate', 'visit_duration', 'views_per_visit'])
+
+/**
+ * Plausible's checks of `metrics` against the query (its `validate_metrics`), in its order and with
+ * its messages: a metric asked twice, an unknown one, and the metrics that need a filter or
+ * breakdown (conversion_rate a goal, time_on_page a page) or refuse one (session metrics with
+ * event:name). What Plausible answers but Tally cannot is refused after, by plausibleMetrics and
+ * Tally's parser, in Tally's words. `filtered`: the properties the filters name; `property`: the
+ * breakdown's.
+ */
+export function checkPlausibleMetrics(
+  raw: string | undefined,
+  filtered: readonly string[],
+  property: string | undefined,
+): void {
+  const names = raw === undefined || raw.trim() === '' ? ['visitors'] : raw.split(',').map((s) => s.trim())
+  if (new Set(names).size !== names.length)
+    throw plausibleError('metrics', 'Metrics cannot be queried multiple times.')
+  const fail = (message: string) => {
+    throw plausibleError('metrics', message)
+  }
+  for (const m of names) {
+    if (METRIC_TABLE[m] === undefined)
+      fail(
+        `The metric \`${m}\` is not recognized. Find valid metrics from the documentation: ${PLAUSIBLE_DOCS}#metrics`,
+      )
+    if (m === 'time_on_page') {
+      if (filtered.includes('event:goal'))
+        fail(`Metric \`${m}\` cannot be queried when filtering by \`event:goal\``)
+      if (filtered.includes('event:name'))
+        fail(`Metric \`${m}\` cannot be queried when filtering by \`event:name\``)
+      if (property !== undefined && property !== 'event:page')
+        fail(`Metric \`${m}\` is not supported in breakdown queries (except \`event:page\` breakdown)`)
+      if (property === undefined && !filtered.includes('event:page'))
+        fail(`Metric \`${m}\` can only be queried in a page breakdown or with a page filter.`)
+    }
+    if (m === 'conversion_rate' && property !== 'event:goal' && !filtered.includes('event:goal'))
+      fail(`Metric \`${m}\` can only be queried in a goal breakdown or with a goal filter`)
+    if (m === 'views_per_visit' && filtered.includes('event:page'))
+      fail(`Metric \`${m}\` cannot be queried with a filter on \`event:page\`.`)
+    if (SESSION_METRICS.has(m)) {
+      // Plausible refuses them with event:name, event:goal and event:props:* alike; Tally counts
+      // visits by goal and by custom property (core/aggregate), so only event:name is refused here.
+      if (property === 'event:name')
+        fail(`Session metric \`${m}\` cannot be queried for breakdown by \`event:name\`.`)
+      if (filtered.includes('event:name'))
+        fail(`Session metric \`${m}\` cannot be queried when using a filter on \`event:name\`.`)
+    }
+  }
+}
+
 /** `metrics=a,b` (default visitors) as Tally's metrics, in the order asked. */
 export function plausibleMetrics(raw: string | undefined): Metric[] {
   if (raw === undefined || raw.trim() === '') return ['visitors']
@@ -132,6 +225,34 @@ export function plausibleMetrics(raw: string | undefined): Metric[] {
     if (!out.includes(m as Metric)) out.push(m as Metric)
   }
   return out
+}
+
+/**
+ * Values Tally and Plausible name differently, per Tally property: Tally's (ua-parser-js's) name →
+ * Plausible's (its documentation's, from Matomo's device detector). One to one only, so a breakdown
+ * row keeps its numbers (visitors cannot be merged here); `Mobile Safari` stays as it is, where
+ * Plausible writes `Safari` for it and desktop Safari alike.
+ */
+const VALUE_LABELS: Readonly<Record<string, Readonly<Record<string, string>>>> = {
+  device: { desktop: 'Desktop', mobile: 'Mobile', tablet: 'Tablet' },
+  os: { 'Mac OS': 'Mac', Linux: 'GNU/Linux', 'Chromium OS': 'Chrome OS' },
+  browser: { Edge: 'Microsoft Edge', 'Samsung Internet': 'Samsung Browser' },
+}
+const VALUES_OF_LABELS: Readonly<Record<string, Readonly<Record<string, string>>>> = Object.fromEntries(
+  Object.entries(VALUE_LABELS).map(([p, m]) => [
+    p,
+    Object.fromEntries(Object.entries(m).map(([v, l]) => [l, v])),
+  ]),
+)
+
+/** A Tally value of `property` as Plausible names it (`desktop` → `Desktop`). */
+export function plausibleLabel(property: string, value: string): string {
+  return VALUE_LABELS[property]?.[value] ?? value
+}
+
+/** A Plausible value of `property` as Tally stores it (`Desktop` → `desktop`); others as they are. */
+export function tallyValue(property: string, label: string): string {
+  return VALUES_OF_LABELS[property]?.[label] ?? label
 }
 
 const TALLY_TO_PLAUSIBLE: ReadonlyArray<[RegExp, string]> = PROPERTY_TABLE.filter(

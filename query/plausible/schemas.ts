@@ -44,15 +44,18 @@ function parameters(kind: 'aggregate' | 'timeseries' | 'breakdown', limits: Pars
       `Comma-separated, from ${PLAUSIBLE_METRICS.join(', ')}; default visitors. conversion_rate with filters=event:goal==NAME or property=event:goal (also with a breakdown by visit:* but entry_page and exit_page, event:page or event:name, against that value's visitors; visit:exit_page takes visitors only: converters of ended visits); time_on_page answers 400.`,
     ),
     filters: q(
-      `Plausible's v1 filters: property==a|b, property!=a, * wildcards, ; between filters. Answered: one property per aggregate or timeseries; a breakdown filtered on its own property, and event:goal with a breakdown by visit:* (exit_page: converters of ended visits), event:page or event:name (conversions by that property: visitors are the converters). At most ${limits.maxFilterValues} values; a wildcard or != is resolved over at most ${limits.maxLimit} values of the range.`,
+      `Plausible's v1 filters: property==a|b, property!=a, * wildcards, ; between filters. Answered: one property per aggregate or timeseries; a breakdown filtered on its own property, and event:goal with a breakdown by visit:* (exit_page: converters of ended visits), event:page or event:name (conversions by that property: visitors are the converters). At most ${limits.maxFilterValues} values; a wildcard or != is resolved over at most ${limits.maxLimit} values of the range. event:goal names goals the site defines (else 400, as Plausible answers). visit:device, visit:os and visit:browser take Plausible's names (Desktop, Mac, Microsoft Edge).`,
     ),
     with_imported: q('Accepted and ignored: Tally has no imported stats.'),
   }
   if (kind === 'aggregate')
-    props.compare = q('previous_period: each metric with its change.', {
-      type: 'string',
-      enum: ['previous_period'],
-    })
+    props.compare = q(
+      "previous_period: each metric with its change, against the period's days up to today just before it (Plausible's rule); bounce_rate's change in points (null after 0), conversion_rate's in points.",
+      {
+        type: 'string',
+        enum: ['previous_period'],
+      },
+    )
   if (kind === 'timeseries')
     props.interval = q(
       'day (or date) or month; default month for 6mo and 12mo, hours for period=day, else day.',
@@ -66,7 +69,7 @@ function parameters(kind: 'aggregate' | 'timeseries' | 'breakdown', limits: Pars
       `One of ${supportedProperties().join(', ')} (event:props:KEY: a custom property the site declares; its rows are keyed by KEY).`,
     )
     props.limit = q(`Rows per page, 1–${limits.maxLimit}.`, { type: 'integer', default: limits.defaultLimit })
-    props.page = q('Page (from 1).', { type: 'integer', default: 1 })
+    props.page = q('Page (from 1; at most 100000).', { type: 'integer', default: 1 })
   }
   return {
     type: 'object',
@@ -81,7 +84,7 @@ const RESULTS: Record<'aggregate' | 'timeseries' | 'breakdown', Json> = {
     additionalProperties: {
       type: 'object',
       required: ['value'],
-      properties: { value: { type: 'number' }, change: { type: 'number' } },
+      properties: { value: { type: 'number' }, change: { type: ['number', 'null'] } },
     },
     example: { visitors: { value: 1234, change: 12 } },
   },

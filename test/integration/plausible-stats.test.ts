@@ -393,6 +393,56 @@ describe.each(['cassandra', 'embedded'])("Plausible's Stats API v1 on %s", (name
     )
   })
 
+  it('names devices, systems and browsers as Plausible does, in breakdowns and filters', async () => {
+    // Plausible's names (its Stats API documentation: Desktop, Tablet, Mobile; Mac; and Matomo's
+    // device detector's GNU/Linux, Chrome OS, Microsoft Edge, Samsung Browser) for what ua-parser-js
+    // calls so.
+    const PLAUSIBLE: Record<'device' | 'os' | 'browser', Record<string, string>> = {
+      device: { desktop: 'Desktop', mobile: 'Mobile', tablet: 'Tablet' },
+      os: { 'Mac OS': 'Mac', Linux: 'GNU/Linux', 'Chromium OS': 'Chrome OS' },
+      browser: { Edge: 'Microsoft Edge', 'Samsung Internet': 'Samsung Browser' },
+    }
+    const name = (p: keyof typeof PLAUSIBLE, v: string) => PLAUSIBLE[p][v] ?? v
+    const range = { site_id: s().site.siteId, period: 'custom', date: `${day(D1)},${day(D2)}` }
+    const humans = s().events.filter((e) => !e.isBot)
+    for (const p of ['device', 'os', 'browser'] as const) {
+      const rows = (await ok(s(), '/api/v1/stats/breakdown', {
+        ...range,
+        property: `visit:${p}`,
+        metrics: 'visitors,pageviews',
+      })) as { results: Array<Record<string, string | number>> }
+      const expected = [...new Set(humans.map((e) => dimensionValues(e)[p]))]
+        .map((v) => {
+          const t = truthOf(s(), D1, D2 + DAY, (e) => dimensionValues(e)[p] === v)
+          return { [p]: name(p, v), visitors: t.visitors, pageviews: t.pageviews, events: t.events }
+        })
+        .filter((r) => r.events > 0)
+        .map(({ events: _, ...r }) => r)
+      const byName = (a: Record<string, unknown>, b: Record<string, unknown>) =>
+        String(a[p]) < String(b[p]) ? -1 : 1
+      expect([...rows.results].sort(byName)).toEqual(expected.sort(byName))
+    }
+    const filtered = async (filters: string) =>
+      (
+        (await ok(s(), '/api/v1/stats/aggregate', { ...range, metrics: 'events', filters })) as {
+          results: { events: { value: number } }
+        }
+      ).results.events.value
+    const events = (keep: (e: GeneratedEvent) => boolean) => truthOf(s(), D1, D2 + DAY, keep).events
+    expect(await filtered('visit:device==Desktop')).toBe(
+      events((e) => dimensionValues(e).device === 'desktop'),
+    )
+    expect(await filtered('visit:device==Mobile|Tablet')).toBe(
+      events((e) => ['mobile', 'tablet'].includes(dimensionValues(e).device)),
+    )
+    expect(await filtered('visit:os==Mac')).toBe(events((e) => dimensionValues(e).os === 'Mac OS'))
+    expect(await filtered('visit:os==GNU*')).toBe(events((e) => dimensionValues(e).os === 'Linux'))
+    expect(await filtered('visit:browser!=Microsoft Edge')).toBe(
+      events((e) => dimensionValues(e).browser !== 'Edge'),
+    )
+    expect(events((e) => dimensionValues(e).os === 'Linux')).toBeGreaterThan(0)
+  })
+
   it("answers Plausible's errors: tokens, parameters, and what the rollups cannot answer", async () => {
     const site = s().site.siteId
     const base = { site_id: site, period: 'day', date: day(D1) }
