@@ -257,12 +257,18 @@ export async function plausibleStatsRoutes(app: FastifyInstance, deps: Plausible
   async function checkGoals(siteId: string, filters: readonly PlausibleFilter[]): Promise<void> {
     const goal = filters.find((f) => f.property.tally === 'goal')
     if (!goal || !deps.sites?.listGoals) return
-    let names = goalNames.get(siteId)
-    if (!names) {
-      names = (await deps.sites.listGoals(siteId)).map((g) => g.name)
-      goalNames.set(siteId, names)
+    const listGoals = deps.sites.listGoals.bind(deps.sites)
+    const read = async (): Promise<readonly string[]> => {
+      const fresh = (await listGoals(siteId)).map((g) => g.name)
+      goalNames.set(siteId, fresh)
+      return fresh
     }
-    const missing = goal.values.find((v) => !v.includes('*') && !names.includes(v))
+    const missingIn = (names: readonly string[]) =>
+      goal.values.find((v) => !v.includes('*') && !names.includes(v))
+    const cached = goalNames.get(siteId)
+    let missing = missingIn(cached ?? (await read()))
+    // A goal added since the list was kept is not refused: a miss reads the list again first.
+    if (missing !== undefined && cached !== undefined) missing = missingIn(await read())
     if (missing === undefined) return
     const what = missing.startsWith('Visit ')
       ? `The pageview goal for the pathname \`${missing.slice('Visit '.length)}\` is not configured for this site. `

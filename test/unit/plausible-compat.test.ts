@@ -269,6 +269,21 @@ describe('goal filters', () => {
   })
 })
 
+describe('goal filters, goals added later', () => {
+  it("answers a goal added after the site's goals were read (a miss reads them again before a 400)", async () => {
+    const before = await ask('aggregate', { filters: 'event:goal==Signup' })
+    expect(before.status).toBe(200)
+    expect((await ask('aggregate', { filters: 'event:goal==Trial' })).status).toBe(400)
+    GOALS.push({ name: 'Trial', kind: 'event', target: 'Trial' })
+    try {
+      const res = await ask('aggregate', { metrics: 'visitors', filters: 'event:goal==Trial' })
+      expect(res).toEqual({ status: 200, body: { results: { visitors: { value: 0 } } } })
+    } finally {
+      GOALS.pop()
+    }
+  })
+})
+
 describe('compare=previous_period as Plausible compares', () => {
   it('compares a period that runs past today with as many days before it as it has up to today', async () => {
     // period=month on 2024-05-20: May 1..31 is asked; up to today it has 20 days, so Plausible
