@@ -305,6 +305,11 @@ export const ERRORS = {
     code: 'TALLY_ERR_MIGRATION_NAME',
     meaning: 'a Cassandra migration file is misnamed or its version is used twice',
   },
+  NOT_MIGRATED: {
+    code: 'TALLY_ERR_NOT_MIGRATED',
+    meaning:
+      'the Cassandra keyspace does not exist or was never migrated: run `tally migrate` (with the same environment) before the roles',
+  },
   MIGRATION_CHANGED: {
     code: 'TALLY_ERR_MIGRATION_CHANGED',
     meaning: 'an applied Cassandra migration file was changed afterwards',
