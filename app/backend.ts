@@ -5,7 +5,8 @@ import {
   CassandraJobStore,
   CassandraLeaseStore,
 } from '../core/cassandra/batch-store.js'
-import { connectCassandra, createCassandraClient } from '../core/cassandra/client.js'
+import { connectCassandra, createCassandraClient, isUnknownKeyspace } from '../core/cassandra/client.js'
+import { migrationName, notMigrated, unappliedMigrations } from '../core/cassandra/migrate.js'
 import { CassandraSiteStore } from '../core/cassandra/sites.js'
 import { CassandraStreamStore } from '../core/cassandra/stream-store.js'
 import { type BackendKind, backendOf, type TallyConfig } from '../core/config.js'
@@ -96,17 +97,30 @@ export async function openKafkaCassandraPorts(
   logger?: Logger,
   options: OpenOptions = {},
 ): Promise<OwnedPorts> {
-  const cassandra = await connectCassandra(
-    () => createCassandraClient(config.cassandra, { keyspace: config.cassandra.keyspace }),
-    {
-      waitMs: options.waitForServices ? config.cassandra.connectWaitMs : 0,
-      onWait: (err, waitedMs, delayMs) =>
-        logger?.warn(
-          { err: errorMessage(err), waitedMs, retryInMs: delayMs },
-          `cassandra does not answer yet; retrying (waiting up to ${config.cassandra.connectWaitMs} ms in all, TALLY_CONNECT_WAIT_MS)`,
-        ),
-    },
-  )
+  const keyspace = config.cassandra.keyspace
+  const cassandra = await connectCassandra(() => createCassandraClient(config.cassandra, { keyspace }), {
+    waitMs: options.waitForServices ? config.cassandra.connectWaitMs : 0,
+    onWait: (err, waitedMs, delayMs) =>
+      logger?.warn(
+        { err: errorMessage(err), waitedMs, retryInMs: delayMs },
+        `cassandra does not answer yet; retrying (waiting up to ${config.cassandra.connectWaitMs} ms in all, TALLY_CONNECT_WAIT_MS)`,
+      ),
+  }).catch((err: unknown) => {
+    throw isUnknownKeyspace(err) ? notMigrated(keyspace, 'does not exist') : err
+  })
+  // A keyspace never migrated is refused before any role reads or writes it; one an upgrade has not
+  // migrated yet runs on the tables it has, with a warning naming what is missing.
+  try {
+    const missing = await unappliedMigrations(cassandra, keyspace)
+    if (missing.length > 0)
+      logger?.warn(
+        { missing: missing.map(migrationName) },
+        `keyspace ${keyspace} lacks ${missing.length} migration(s) of this version (${missing.map(migrationName).join(', ')}): run \`tally migrate\``,
+      )
+  } catch (err) {
+    await cassandra.shutdown().catch(() => undefined)
+    throw err
+  }
   const kafka = createKafka(config.kafka, logger ? { logger } : {})
   const offsets = new KafkaOffsets(kafka)
   return {

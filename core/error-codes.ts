@@ -293,6 +293,11 @@ export const ERRORS = {
     code: 'TALLY_ERR_DATA_DIR_LOCKED',
     meaning: 'the data folder is used by another running Tally process',
   },
+  DATA_DIR_UNUSABLE: {
+    code: 'TALLY_ERR_DATA_DIR_UNUSABLE',
+    meaning:
+      'the data folder (TALLY_DATA_DIR) cannot be created or its lock file written (not a folder, read-only, no permission, disk full)',
+  },
   DATA_DIR_LOCK: {
     code: 'TALLY_ERR_DATA_DIR_LOCK',
     meaning: "the data folder's lock file cannot be removed",
@@ -304,6 +309,11 @@ export const ERRORS = {
   MIGRATION_NAME: {
     code: 'TALLY_ERR_MIGRATION_NAME',
     meaning: 'a Cassandra migration file is misnamed or its version is used twice',
+  },
+  NOT_MIGRATED: {
+    code: 'TALLY_ERR_NOT_MIGRATED',
+    meaning:
+      'the Cassandra keyspace does not exist or was never migrated: run `tally migrate` (with the same environment) before the roles',
   },
   MIGRATION_CHANGED: {
     code: 'TALLY_ERR_MIGRATION_CHANGED',

@@ -92,6 +92,14 @@ export interface QueryAppDeps {
 
 const DAY_S = 86_400
 
+/**
+ * Parsed queries kept by URL: at most this many, holding at most this many bytes (a URL's twice:
+ * the key, and the filter values the query keeps of it). A dashboard's URLs are a few hundred bytes,
+ * so the count binds; distinct ~16 KB URLs from one token holder meet the byte budget instead.
+ */
+const PARSED_URLS_MAX = 10_000
+const PARSED_URLS_MAX_BYTES = 8 * 1024 * 1024
+
 export const DEFAULT_RETENTION_SECONDS: Readonly<Record<Granularity, number>> = Object.freeze({
   minute: 7 * DAY_S,
   hour: 90 * DAY_S,
@@ -186,8 +194,13 @@ export async function buildQueryApp(deps: QueryAppDeps): Promise<FastifyInstance
   // Parsed queries by URL, for the current minute. Dashboards ask the same URLs again and again, and
   // parsing depends on the clock only through the current hour and day (periods), so within one
   // minute a URL always parses to the same query. Only queries that parsed are kept; they are never
-  // changed afterwards (the answer cache keys them once, see StatsService.answerKey).
-  const parsedByUrl = new LRUCache<string, ParsedQuery>({ max: 10_000 })
+  // changed afterwards (the answer cache keys them once, see StatsService.answerKey). Bounded in
+  // bytes as well as entries: a URL can be ~16 KB of filter values, and a query holds them again.
+  const parsedByUrl = new LRUCache<string, ParsedQuery>({
+    max: PARSED_URLS_MAX,
+    maxSize: PARSED_URLS_MAX_BYTES,
+    sizeCalculation: (_q, key) => 2 * key.length + 256,
+  })
 
   /** Authorizes first, so a caller without a valid token learns nothing from parameter errors. */
   async function parsed(req: FastifyRequest, endpoint: Endpoint): Promise<ParsedQuery> {

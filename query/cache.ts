@@ -91,7 +91,7 @@ export class AnswerCache {
     }
     this.hooks.onMiss?.()
     const answer = compute()
-    const entry: Entry = { version, answer, bytes: PENDING_BYTES }
+    const entry: Entry = { version, answer, bytes: PENDING_BYTES + key.length }
     lru.set(key, entry)
     answer.then(
       (value) => {
@@ -99,7 +99,8 @@ export class AnswerCache {
         if (lru.peek(key) !== entry) return
         // A new object: the LRU recomputes sizes only when the stored value changes.
         const size = this.hooks.sizeOf ? this.hooks.sizeOf(value) : JSON.stringify(value).length
-        const bytes = Math.max(PENDING_BYTES, size)
+        // The key counts too: it holds the parsed query, filter values included (up to a URL's size).
+        const bytes = Math.max(PENDING_BYTES, size) + key.length
         lru.set(key, { ...entry, value, bytes }, { noUpdateTTL: true })
       },
       () => {

@@ -11,6 +11,11 @@ import { visitRates } from './stats.js'
  * as RFC 4180 CSV written by csv-stringify (a header line, then one line per result; a value with a
  * comma, a quote or a line break is quoted, its quotes doubled). CSV carries the rows only: `meta`
  * (freshness, final windows, error bounds) stays with the JSON and NDJSON forms.
+ *
+ * Paths, event names, referrers, UTM and property values are a visitor's own text, and a cell that
+ * begins with `=`, `+`, `-`, `@`, a tab or a carriage return is a formula to Excel, LibreOffice and
+ * Google Sheets (CSV injection). csv-stringify's `escape_formulas` writes such a text behind a `'`
+ * (shown as text, the quote mark hidden); numbers, negative ones included, are written as numbers.
  */
 
 export const CSV_CONTENT_TYPE = 'text/csv; charset=utf-8'
@@ -56,7 +61,7 @@ export function breakdownCsv(
 function rowsCsv(results: ReadonlyArray<Record<string, Cell>>, columns: readonly string[]): string {
   return stringifyRows(
     results.map((r) => columns.map((c) => r[c] ?? null)),
-    { header: true, columns: [...columns] },
+    { header: true, columns: [...columns], escape_formulas: true },
   )
 }
 
@@ -123,7 +128,12 @@ export function csvExportStream(meta: ExportMeta, rows: AsyncIterable<ExportRow>
       ]
     }
   }
-  const out = stringify({ header: true, columns: exportCsvColumns(meta), cast: { boolean: String } })
+  const out = stringify({
+    header: true,
+    columns: exportCsvColumns(meta),
+    cast: { boolean: String },
+    escape_formulas: true,
+  })
   // pipeline destroys `out` with the error of a failed read, so the HTTP answer is cut, not ended.
   pipeline(Readable.from(records()), out, () => {})
   return out

@@ -1,7 +1,8 @@
 import type { Command } from 'commander'
 import { eventGoal, type Goal, pageGoal } from '../../core/aggregate/goals.js'
 import { checkPropKey } from '../../core/aggregate/props.js'
-import { createCassandraClient } from '../../core/cassandra/client.js'
+import { createCassandraClient, isUnknownKeyspace } from '../../core/cassandra/client.js'
+import { notMigrated, unappliedMigrations } from '../../core/cassandra/migrate.js'
 import { CassandraSiteStore } from '../../core/cassandra/sites.js'
 import { backendOf } from '../../core/config.js'
 import { AdminSiteStore, adminSocketPath, hasAdminSocket } from '../../core/embedded/admin.js'
@@ -63,7 +64,12 @@ async function withStore<T>(getConfig: ConfigLoader, fn: (store: SiteStore) => P
   const client = createCassandraClient(config.cassandra, { keyspace: config.cassandra.keyspace })
   try {
     await client.connect()
+    // A keyspace `tally migrate` never ran on is refused before a site is written into it.
+    await unappliedMigrations(client, config.cassandra.keyspace)
   } catch (err) {
+    await client.shutdown().catch(() => undefined)
+    if (err instanceof TallyError) throw err
+    if (isUnknownKeyspace(err)) throw notMigrated(config.cassandra.keyspace, 'does not exist')
     throw new TallyError(
       ERR.SERVICE_UNAVAILABLE,
       `cannot reach Cassandra at ${config.cassandra.contactPoints.join(',')} (keyspace ${config.cassandra.keyspace}; run \`tally migrate\` first): ${(err as Error).message}`,

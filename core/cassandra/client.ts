@@ -95,6 +95,15 @@ export function asServiceError(err: unknown): unknown {
   return err
 }
 
+/** Whether `err` is Cassandra's answer to a session opened on a keyspace that does not exist. */
+export function isUnknownKeyspace(err: unknown): boolean {
+  return (
+    err instanceof errors.ResponseError &&
+    err.code === types.responseErrorCodes.invalid &&
+    /^Keyspace '.*' does not exist$/.test(err.message)
+  )
+}
+
 /** Whether a failed connect may succeed later: no host answered yet (not refused credentials). */
 function mayConnectLater(err: unknown): boolean {
   if (!(err instanceof errors.NoHostAvailableError)) return asServiceError(err) !== err

@@ -250,6 +250,42 @@ export async function migrateCassandra(
   }
 }
 
+/** TALLY_ERR_NOT_MIGRATED for `keyspace`: `why` it cannot be used, and what to run. */
+export function notMigrated(keyspace: string, why: string): TallyError {
+  return new TallyError(
+    ERR.NOT_MIGRATED,
+    `keyspace ${keyspace} ${why}: run \`tally migrate\` (with the same CASSANDRA_* and KAFKA_* environment) before the roles`,
+    { where: 'CASSANDRA_KEYSPACE' },
+  )
+}
+
+/** A migration's file name without `.cql` (`0013_site_timezone`), as operators see it. */
+export function migrationName(m: Pick<Migration, 'version' | 'name'>): string {
+  return `${String(m.version).padStart(4, '0')}_${m.name}`
+}
+
+/**
+ * What a role checks on the session it starts with: a keyspace `tally migrate` never ran on (no
+ * `schema_migrations`, or none recorded) is refused with TALLY_ERR_NOT_MIGRATED, before anything
+ * reads or writes it. Otherwise the migrations of this version not applied yet, in order (empty
+ * when up to date): the caller warns, since an upgrade whose migrate is still to come may run the
+ * tables it has.
+ */
+export async function unappliedMigrations(
+  client: Client,
+  keyspace: string,
+  migrations?: Migration[],
+): Promise<Migration[]> {
+  const all = migrations ?? (await loadMigrations())
+  const tables = await tablesOf(client, keyspace)
+  if (!tables.has('schema_migrations'))
+    throw notMigrated(keyspace, 'has no Tally tables (it was never migrated)')
+  const rs = await client.execute(`SELECT version FROM ${keyspace}.schema_migrations`)
+  const applied = new Set(rs.rows.map((r) => Number(r.get('version'))))
+  if (applied.size === 0) throw notMigrated(keyspace, 'has no migration applied')
+  return all.filter((m) => !applied.has(m.version))
+}
+
 /** Drops a test keyspace (guarded: only tally_test_* names). */
 export async function dropTestKeyspace(config: CassandraConfig): Promise<void> {
   assertTestKeyspace(config.keyspace)

@@ -110,6 +110,15 @@ function readOwner(path: string): LockOwner | undefined {
   }
 }
 
+/** TALLY_ERR_DATA_DIR_UNUSABLE: the folder cannot be made or written, with the system's reason. */
+function dataDirUnusable(dataDir: string, cause: unknown): TallyError {
+  return new TallyError(
+    ERR.DATA_DIR_UNUSABLE,
+    `cannot use ${dataDir} as the data folder: ${errorMessage(cause)}; set TALLY_DATA_DIR to a folder this user can create and write`,
+    { where: 'TALLY_DATA_DIR', cause },
+  )
+}
+
 /** A lock file nobody could have written yet is younger than this; an unreadable older one is stale. */
 const UNREADABLE_GRACE_MS = 5000
 
@@ -119,7 +128,11 @@ const UNREADABLE_GRACE_MS = 5000
  */
 export function lockDataDir(dataDir: string): DataDirLock {
   // A folder this creates is owner-only; one the operator made keeps the mode they chose.
-  mkdirSync(dataDir, { recursive: true, mode: PRIVATE_DIR_MODE })
+  try {
+    mkdirSync(dataDir, { recursive: true, mode: PRIVATE_DIR_MODE })
+  } catch (err) {
+    throw dataDirUnusable(dataDir, err)
+  }
   const path = join(dataDir, LOCK_FILE)
   const start = procStart(process.pid)
   const owner: LockOwner = {
@@ -134,7 +147,7 @@ export function lockDataDir(dataDir: string): DataDirLock {
     try {
       fd = openSync(path, 'wx', PRIVATE_FILE_MODE)
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw dataDirUnusable(dataDir, err)
       const current = readOwner(path)
       if (current === undefined) {
         // Just created by a process that has not written it yet, or left half-written by a crash.
