@@ -197,6 +197,13 @@ export interface StreamConfig {
    * stream scenario): rows are then written without visit data and show none until a rebuild.
    */
   countsVisits: boolean
+  /**
+   * Open visits one partition keeps (TALLY_STREAM_OPEN_VISITS_MAX, default 100000). Beyond it, at a
+   * flush, the least recently active end early: their rows keep what they counted, but a visitor who
+   * comes back within the gap starts a new visit, so the visits of those days are approximate until
+   * rebuilt. Bounds the worker's memory and the visit state written (one Cassandra mutation).
+   */
+  openVisitsMax: number
   /** Open windows (all granularities and sites) one partition holds in memory; beyond it the oldest are written and dropped. Default 20000. */
   maxOpenWindows: number
   /** messageIds are remembered this long (by receivedAt) to drop client retries. Default 1 h, at most 24 h. */
@@ -656,6 +663,12 @@ export const VARIABLES = {
     'on',
     'count visits in the stream; `off` only to measure what they cost (the bench does): rows are then written without visit data and show no visits until a rebuild',
   ),
+  TALLY_STREAM_OPEN_VISITS_MAX: integer(
+    100_000,
+    1_000,
+    1_000_000,
+    "open visits a stream partition keeps (about 0.7 KB of heap and 60–150 bytes of written state each; the state is one Cassandra mutation, 16 MiB by default); beyond it the least recently active end early at a flush (`tally_stream_visits_ended_early_total`, a warning): a visitor who returns within the gap then starts a new visit, so those days' visits are approximate until rebuilt",
+  ),
   TALLY_STREAM_MAX_OPEN_WINDOWS: integer(
     20_000,
     100,
@@ -920,6 +933,7 @@ export function loadConfig(env: Env = process.env): TallyConfig {
       dimensionValuesMax: v.TALLY_DIMENSION_VALUES_MAX,
       breakdowns: v.TALLY_BREAKDOWNS,
       countsVisits: v.TALLY_STREAM_VISITS === 'on',
+      openVisitsMax: v.TALLY_STREAM_OPEN_VISITS_MAX,
       maxOpenWindows: v.TALLY_STREAM_MAX_OPEN_WINDOWS,
       dedupHorizonMs: v.TALLY_DEDUP_HORIZON_MS,
       flushIntervalMs: v.TALLY_FLUSH_INTERVAL_MS,

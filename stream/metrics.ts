@@ -71,6 +71,12 @@ export function createStreamMetrics(registry: Registry = createProcessRegistry()
       labelNames: ['partition'] as const,
       registers: [registry],
     }),
+    visitsEndedEarly: new Counter({
+      name: 'tally_stream_visits_ended_early_total',
+      help: "Open visits ended before their gap passed because a partition held more than TALLY_STREAM_OPEN_VISITS_MAX (their days' visits are approximate until rebuilt)",
+      labelNames: ['partition'] as const,
+      registers: [registry],
+    }),
     visitStateBytes: new Gauge({
       name: 'tally_stream_visit_state_bytes',
       help: 'Bytes of the visit state last written with a checkpoint, per owned partition',

@@ -377,6 +377,17 @@ export class StreamWorker extends PartitionOwner<PartitionState> {
       const ended: EndedVisit[] = []
       if (visits.state.evict(oldestAcceptableMs(state.watermarkMs, config.graceMs), ended) > 0)
         visits.changed = true
+      // The memory bound: beyond it the least recently active visits end now (approximate visits
+      // for their days until a rebuild, said in the log and a metric).
+      const early = visits.state.evictLeastRecent(config.openVisitsMax, ended)
+      if (early > 0) {
+        visits.changed = true
+        metrics.visitsEndedEarly.inc({ partition: String(state.ref.partition) }, early)
+        this.deps.logger.warn(
+          { partition: state.ref.partition, endedEarly: early, openVisitsMax: config.openVisitsMax },
+          "open visits above TALLY_STREAM_OPEN_VISITS_MAX: the least recently active ended early; their days' visits are approximate until rebuilt",
+        )
+      }
       if (ended.length > 0) await this.countEnded(state, ended, control)
     }
     const dirtyRows = state.rows.dirty

@@ -814,6 +814,24 @@ export class VisitState {
     return dropped
   }
 
+  /**
+   * Ends early the least recently active visits (by their last event) when more than `keep` are
+   * open, as {@link evict} ends visits (those that reached goals go to `ended`): at least the
+   * `open − keep` oldest by last event, and any other visit of a UTC day that would end by then.
+   * Returns how many ended. Their rows keep what they counted; a visitor who comes back within
+   * the gap then starts a new visit (the worker's memory bound, TALLY_STREAM_OPEN_VISITS_MAX).
+   */
+  evictLeastRecent(keep: number, ended?: EndedVisit[]): number {
+    if (this.open <= keep) return 0
+    const ends = new Float64Array(this.open)
+    let n = 0
+    for (const vd of this.days.values()) for (const v of vd.visits) ends[n++] = v.endMs
+    ends.sort()
+    // Every visit whose last event is at or before the cut: endMs + gap ≤ cut + gap.
+    const cut = ends[this.open - keep - 1]!
+    return this.evict(cut + this.gapMs, ended)
+  }
+
   /** Every visit held, sorted by site, visitor and start. */
   visits(): Visit[] {
     const out: Visit[] = []

@@ -455,6 +455,32 @@ describe('visits (core/aggregate/visits.ts)', () => {
     expect(state.visitorDays).toBe(0)
   })
 
+  it('ends early the least recently active visits beyond a bound (evictLeastRecent)', () => {
+    const state = new VisitState(GAP)
+    const ev = (visitor: string, t: number): VisitEvent => ({
+      siteId: 's',
+      visitor,
+      timestampMs: t,
+      pageview: true,
+      path: '/',
+      session: ['a', 'b', 'c', 'd', 'e'],
+    })
+    const t0 = day0 + 10 * HOUR
+    // 10 visitors, the last event of visitor i at t0 + i minutes (visitor 0 had a second event).
+    state.add(ev('v0', t0 - 5 * MIN))
+    for (let i = 0; i < 10; i++) state.add(ev(`v${i}`, t0 + i * MIN))
+    expect(state.openVisits).toBe(10)
+    expect(state.evictLeastRecent(10)).toBe(0)
+    expect(state.evictLeastRecent(4)).toBe(6)
+    expect(state.openVisits).toBe(4)
+    // The four most recently active are kept, whole (visitor 0's two events were one visit).
+    expect(state.visits().map((v) => v.visitor)).toEqual(['v6', 'v7', 'v8', 'v9'])
+    // A kept visit still extends; an ended one's visitor starts a new visit.
+    expect(state.add(ev('v9', t0 + 20 * MIN)).removed).toHaveLength(1)
+    expect(state.add(ev('v0', t0 + 20 * MIN)).removed).toHaveLength(0)
+    expect(state.openVisits).toBe(5)
+  })
+
   it('oldestAcceptableMs is the least event time the stream accepts (its eviction line)', () => {
     const r = rng(7)
     for (let i = 0; i < 2000; i++) {
