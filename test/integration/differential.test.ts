@@ -393,24 +393,39 @@ type Dim = 'path' | 'event' | 'referrer' | 'utm_source' | 'plan' | 'entry_page' 
 class Reference {
   readonly counted: Counted[]
   readonly visits: Visit[]
+  /** Times of bot events (track and page, first copy of each messageId): bot_events. */
+  readonly bots: number[]
   constructor(sent: readonly Sent[]) {
     this.counted = countedOf(sent)
     this.visits = visitsOf(this.counted)
+    const seen = new Set<string>()
+    this.bots = []
+    for (const e of sent) {
+      if (seen.has(e.messageId)) continue
+      seen.add(e.messageId)
+      if (e.bot && e.type !== 'identify') this.bots.push(e.ts)
+    }
+  }
+
+  botEvents(from: number, to: number): number {
+    return this.bots.filter((t) => t >= from && t < to).length
   }
 
   total(
     from: number,
     to: number,
-    filter?: { dim: 'referrer' | 'utm_source' | 'plan' | 'path'; value: string },
+    filter?: { dim: 'referrer' | 'utm_source' | 'plan' | 'path'; value: string | readonly string[] },
   ) {
     const c = cell()
+    const values =
+      filter === undefined ? [] : typeof filter.value === 'string' ? [filter.value] : filter.value
     for (const e of this.counted)
-      if (e.ts >= from && e.ts < to && (!filter || e[filter.dim] === filter.value)) addEvent(c, e)
+      if (e.ts >= from && e.ts < to && (!filter || values.includes(e[filter.dim]))) addEvent(c, e)
     for (const v of this.visits)
       if (
         v.start >= from &&
         v.start < to &&
-        (!filter || (filter.dim !== 'path' && v.first[filter.dim] === filter.value))
+        (!filter || (filter.dim !== 'path' && values.includes(v.first[filter.dim])))
       )
         addVisit(c, v)
     return c
@@ -457,6 +472,23 @@ interface Diff {
 
 function near(got: number, want: number): boolean {
   return Math.abs(got - want) <= Math.ceil(HLL_BOUND * want)
+}
+
+/**
+ * A conversion rate is a ratio of two HyperLogLog estimates (converters over visitors), percent to
+ * one decimal: it must lie between the ratios of the estimates' bounds.
+ */
+function checkRate(where: string, got: unknown, converters: number, visitors: number, diffs: Diff[]): void {
+  const b = (n: number) => Math.ceil(HLL_BOUND * n)
+  const lo = visitors === 0 ? 0 : Math.max(0, converters - b(converters)) / (visitors + b(visitors))
+  const hi = visitors === 0 ? 0 : (converters + b(converters)) / Math.max(1, visitors - b(visitors))
+  const value = typeof got === 'object' && got !== null ? (got as { value: unknown }).value : got
+  if (typeof value !== 'number' || value < Math.floor(1000 * lo) / 10 || value > Math.ceil(1000 * hi) / 10)
+    diffs.push({
+      where: `${where} conversion_rate`,
+      got: value,
+      want: [Math.floor(1000 * lo) / 10, Math.ceil(1000 * hi) / 10],
+    })
 }
 
 /** Compares an answer's metrics with the reference's (visitors/conversions within the HLL bound). */
@@ -867,6 +899,85 @@ describe.each(backends)(
           )
         }
 
+        // Filters of several values (`a|b`): visitors merged across the values, never summed; bots
+        // apart in bot_events.
+        for (const [dim, values] of [
+          ['referrer', ['news.ycombinator.com', '(direct)']],
+          ['prop:plan', ['free', 'pro', '(none)']],
+          ['path', ['/blog/a', '/pricing']],
+        ] as const) {
+          const metrics = dim === 'path' ? EVENT_METRICS : ALL_METRICS
+          const body = await ok(s, '/v1/stats/aggregate', {
+            from: addDays(today, -2),
+            to: today,
+            filters: `${dim}==${values.join('|')}`,
+            metrics: metrics.join(','),
+          })
+          const refDim = dim === 'prop:plan' ? 'plan' : dim
+          const [from, to] = answered(
+            body.meta,
+            localRange(zone, addDays(today, -2), today),
+            tag(`filter ${dim}`),
+            diffs,
+          )
+          compareMetrics(
+            tag(`aggregate ${dim}==${values.join('|')}`),
+            body.results,
+            pick(metricsOf(ref.total(from, to, { dim: refDim, value: values })), metrics),
+            diffs,
+          )
+        }
+        {
+          const body = await ok(s, '/v1/stats/aggregate', { period: '7d', metrics: 'events,bot_events' })
+          const [from, to] = answered(
+            body.meta,
+            localRange(zone, addDays(today, -6), today),
+            tag('bots'),
+            diffs,
+          )
+          compareMetrics(
+            tag('aggregate bot_events'),
+            body.results,
+            { events: ref.total(from, to).events, bot_events: ref.botEvents(from, to) },
+            diffs,
+          )
+        }
+
+        // A daily timeseries compared with the previous period: points paired by position.
+        {
+          const body = await ok(s, '/v1/stats/timeseries', {
+            from: addDays(today, -1),
+            to: today,
+            interval: 'day',
+            compare: 'previous_period',
+            metrics: 'visitors,pageviews,visits,views_per_visit',
+          })
+          const points = body.results as Array<Record<string, any>>
+          if (points.length !== 2) diffs.push({ where: tag('compared points'), got: points.length, want: 2 })
+          for (const [k, p] of points.entries()) {
+            const date = addDays(today, k - 1)
+            const cur = metricsOf(ref.total(...localRange(zone, date, date)))
+            const prev = metricsOf(ref.total(...localRange(zone, addDays(date, -2), addDays(date, -2))))
+            const names = ['visitors', 'pageviews', 'visits', 'views_per_visit']
+            compareMetrics(tag(`compared point ${date}`), p, pick(cur, names), diffs)
+            compareMetrics(
+              tag(`compared point ${date} (previous)`),
+              p.comparison ?? {},
+              pick(prev, names),
+              diffs,
+            )
+            for (const m of names.filter((x) => x !== 'visitors')) {
+              const change = prev[m] === 0 ? null : Math.round(((cur[m]! - prev[m]!) / prev[m]!) * 100)
+              if (p.change?.[m] !== change)
+                diffs.push({
+                  where: tag(`compared point ${date} change ${m}`),
+                  got: p.change?.[m],
+                  want: change,
+                })
+            }
+          }
+        }
+
         // Timeseries: hourly over yesterday (local), daily over 7d.
         {
           const body = await ok(s, '/v1/stats/timeseries', {
@@ -978,8 +1089,14 @@ describe.each(backends)(
             {
               conversions: conv.converters.size,
               events: conv.completions,
-              conversion_rate: visitors === 0 ? 0 : Math.round((1000 * conv.converters.size) / visitors) / 10,
             },
+            diffs,
+          )
+          checkRate(
+            tag(`goal ${g.name}`),
+            body.results.conversion_rate,
+            conv.converters.size,
+            visitors,
             diffs,
           )
           for (const by of ['referrer', 'path'] as const) {
@@ -1011,8 +1128,14 @@ describe.each(backends)(
                 {
                   conversions: w.converters.size,
                   events: w.completions,
-                  conversion_rate: base === 0 ? 0 : Math.round((1000 * w.converters.size) / base) / 10,
                 },
+                diffs,
+              )
+              checkRate(
+                tag(`goal ${g.name} by ${by}=${value}`),
+                r.conversion_rate,
+                w.converters.size,
+                base,
                 diffs,
               )
             }
