@@ -830,6 +830,19 @@ describe.each(backends)(
             },
             [TODAY - DAY + 3 * HOUR, TODAY - 2 * HOUR - 7 * MIN],
           ],
+          // Instants on the edge events: an hour's first millisecond is out of a range ending there,
+          // a minute's first one in a range starting there; midnight UTC starts the day.
+          ...(
+            [
+              [TODAY - DAY + 10 * HOUR, TODAY - DAY + 13 * HOUR + 17 * MIN],
+              [TODAY - DAY, TODAY - DAY + 10 * HOUR],
+              [TODAY - DAY - 10 * MIN, TODAY - DAY + 13 * HOUR + 17 * MIN],
+            ] as const
+          ).map(([a, b]): [string, Record<string, string>, [number, number]] => [
+            `instants ${new Date(a).toISOString()}–${new Date(b).toISOString()}`,
+            { from: new Date(a).toISOString(), to: new Date(b).toISOString() },
+            [a, b],
+          ]),
         ]
         for (const [name, params, want] of ranges) {
           const body = await ok(s, '/v1/stats/aggregate', { ...params, metrics: ALL_METRICS.join(',') })
@@ -1140,6 +1153,115 @@ describe.each(backends)(
               )
             }
           }
+        }
+
+        // A goal with a filter on another property (the conversions of that value, the rate over
+        // that value's own visitors), and a goal's daily timeseries.
+        for (const g of GOALS) {
+          const body = await ok(s, '/v1/stats/aggregate', {
+            from: addDays(today, -2),
+            to: today,
+            filters: `goal==${g.name};referrer==(direct)`,
+            metrics: 'conversions,events,conversion_rate',
+          })
+          const [from, to] = answered(body.meta, [gFrom, gTo], tag(`goal ${g.name} and referrer`), diffs)
+          const w = ref.goal(g.name, from, to, 'referrer').get('(direct)') ?? {
+            converters: new Set(),
+            completions: 0,
+          }
+          const base = ref.breakdown(from, to, 'referrer').get('(direct)')?.visitors.size ?? 0
+          compareMetrics(
+            tag(`goal ${g.name};referrer==(direct)`),
+            body.results,
+            { conversions: w.converters.size, events: w.completions },
+            diffs,
+          )
+          checkRate(
+            tag(`goal ${g.name};referrer==(direct)`),
+            body.results.conversion_rate,
+            w.converters.size,
+            base,
+            diffs,
+          )
+          const series = await ok(s, '/v1/stats/timeseries', {
+            period: '7d',
+            interval: 'day',
+            filters: `goal==${g.name}`,
+            metrics: 'conversions,events,conversion_rate',
+          })
+          for (const [k, p] of (series.results as Array<Record<string, any>>).entries()) {
+            const date = addDays(today, k - 6)
+            // Goal rows have no minute windows: a +5:30 day's edges are floored to the hour (meta says so).
+            const floored = series.meta.time_zone?.day_edges === 'rounded_to_hour'
+            const edge = (t: number) => (floored ? Math.floor(t / HOUR) * HOUR : t)
+            const [a, b] = localRange(zone, date, date).map(edge) as [number, number]
+            const c = ref.goal(g.name, a, b).get('') ?? { converters: new Set(), completions: 0 }
+            compareMetrics(
+              tag(`goal ${g.name} daily ${date}`),
+              p,
+              { conversions: c.converters.size, events: c.completions },
+              diffs,
+            )
+            checkRate(
+              tag(`goal ${g.name} daily ${date}`),
+              p.conversion_rate,
+              c.converters.size,
+              ref.total(a, b).visitors.size,
+              diffs,
+            )
+          }
+        }
+
+        // Plausible's aggregate compared with the previous period, and its daily timeseries.
+        {
+          const body = await ok(s, '/api/v1/stats/aggregate', {
+            site_id: s,
+            period: 'day',
+            date: yesterday,
+            compare: 'previous_period',
+            metrics: 'visitors,pageviews,visits,bounce_rate,visit_duration',
+          })
+          const cur = metricsOf(ref.total(...localRange(zone, yesterday, yesterday)))
+          const prev = metricsOf(
+            ref.total(...localRange(zone, addDays(yesterday, -1), addDays(yesterday, -1))),
+          )
+          for (const m of ['visitors', 'pageviews', 'visits', 'bounce_rate', 'visit_duration']) {
+            const r = body.results[m] as { value: number; change: number | null }
+            compareMetrics(tag(`plausible compare ${m}`), { [m]: r.value }, { [m]: cur[m]! }, diffs)
+            if (m !== 'visitors') {
+              // Plausible: the change of a rate (bounce_rate) is the difference in points, of the others the percent change.
+              const change =
+                m === 'bounce_rate'
+                  ? cur[m]! - prev[m]!
+                  : prev[m] === 0
+                    ? null
+                    : Math.round(((cur[m]! - prev[m]!) / prev[m]!) * 100)
+              if (r.change !== change)
+                diffs.push({ where: tag(`plausible compare ${m} change`), got: r.change, want: change })
+            }
+          }
+          const ts = await ok(s, '/api/v1/stats/timeseries', {
+            site_id: s,
+            period: '7d',
+            metrics: 'visitors,pageviews,visits,views_per_visit',
+          })
+          const points = ts.results as Array<Record<string, any>>
+          if (points.length !== 7)
+            diffs.push({ where: tag('plausible 7d points'), got: points.length, want: 7 })
+          // Plausible's Stats API v1: 7d is the 7 days ending with `date` (today), today included.
+          for (const p of points) {
+            const want = metricsOf(ref.total(...localRange(zone, p.date, p.date)))
+            compareMetrics(
+              tag(`plausible daily ${p.date}`),
+              p,
+              pick(want, ['visitors', 'pageviews', 'visits', 'views_per_visit']),
+              diffs,
+            )
+          }
+          const dates = points.map((p) => p.date)
+          const wantDates = Array.from({ length: 7 }, (_, k) => addDays(today, k - 6))
+          if (JSON.stringify(dates) !== JSON.stringify(wantDates))
+            diffs.push({ where: tag('plausible 7d dates'), got: dates, want: wantDates })
         }
 
         // A filter on one property with a breakdown on another: refused with its code, not answered wrong.
