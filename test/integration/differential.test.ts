@@ -173,6 +173,29 @@ function generate(site: SiteSpec, seed: number): { sent: Sent[]; duplicates: Sen
       plan: undefined,
       bot: false,
     })
+  // Out of order: a visitor's events arrive 10:40, 10:00, 10:20, in one /v1/batch request: two
+  // visits until the last joins them into one (entry /docs, source google.com, not a bounce).
+  for (const [k, [minutes, path, type]] of (
+    [
+      [40, '/about', 'page'],
+      [0, '/docs', 'page'],
+      [20, '/pricing', 'track'],
+    ] as const
+  ).entries())
+    sent.push({
+      site: site.id,
+      channel: 'batch',
+      type,
+      visitor: `ooo-${site.id}`,
+      ts: yesterday + 10 * HOUR + minutes * MIN + 123,
+      messageId: `ooo${k}-${site.id}`,
+      path,
+      referrer: minutes === 0 ? 'https://www.google.com/' : '',
+      utm: undefined,
+      name: type === 'track' ? 'Click' : undefined,
+      plan: minutes === 0 ? 'team' : undefined,
+      bot: false,
+    })
   // A tie in visits: two visitors with the same count on every metric of a breakdown (order by value).
   for (const who of ['tie-a', 'tie-b'])
     sent.push({
