@@ -36,6 +36,21 @@ const DAY = 24 * HOUR
 const GAP = 30 * MIN
 const GRACE_MS = 4 * DAY
 const logger = createLogger('silent')
+
+/**
+ * "Today" must be the same local date for the reference and the reads a minute later: a run that
+ * would start within 4 minutes of a local midnight of one of the zones waits until it has passed.
+ */
+async function pastLocalMidnights(zones: ReadonlyArray<string | undefined>): Promise<void> {
+  for (;;) {
+    const now = Date.now()
+    const next = zones.map((z) => localMidnight(addDays(localDate(now, z), 1), z) - now)
+    const soonest = Math.min(...next)
+    if (soonest > 4 * 60_000) return
+    await new Promise((r) => setTimeout(r, soonest + 1000))
+  }
+}
+await pastLocalMidnights([undefined, 'America/New_York', 'Asia/Kolkata'])
 const NOW = Date.now()
 const TODAY = Math.floor(NOW / DAY) * DAY
 /** Generated traffic: from midnight UTC two days ago to 20 minutes ago. */
@@ -259,8 +274,9 @@ function localMidnight(date: string, zone: string | undefined): number {
   return t
 }
 
-const addDays = (date: string, n: number) =>
-  new Date(Date.parse(`${date}T00:00:00Z`) + n * DAY).toISOString().slice(0, 10)
+function addDays(date: string, n: number): string {
+  return new Date(Date.parse(`${date}T00:00:00Z`) + n * DAY).toISOString().slice(0, 10)
+}
 
 // ---------------------------------------------------------------------------------------------
 // The reference
@@ -351,8 +367,16 @@ function visitsOf(counted: readonly Counted[]): Visit[] {
         duration: run[run.length - 1]!.ts - t0,
         bounce: run.length === 1 && pages.length === 1,
         first: firsts[0]!,
-        entry: pages[0]?.path,
-        exit: pages[pages.length - 1]?.path,
+        // Ties in time by content: entry the least path, exit the greatest.
+        entry: pages
+          .filter((c) => c.ts === pages[0]!.ts)
+          .map((c) => c.path)
+          .sort()[0],
+        exit: pages
+          .filter((c) => c.ts === pages[pages.length - 1]!.ts)
+          .map((c) => c.path)
+          .sort()
+          .at(-1),
       })
       run = []
     }
