@@ -288,6 +288,7 @@ interface Counted {
   path: string
   referrer: string
   utm_source: string
+  source: string
   event: string
   plan: string
   goals: string[]
@@ -308,6 +309,24 @@ function referrerLabel(url: string): string {
   if (!url) return '(direct)'
   const host = new URL(url).hostname.toLowerCase().replace(/^www\./, '')
   return host || '(direct)'
+}
+
+/**
+ * README, `source`: utm_source names the source (by its name in the referrer database when it
+ * is one there: twitter → Twitter, as Plausible names utm_source), else the referrer host by its
+ * name there (google.com → Google, news.ycombinator.com → Hacker News), else the host itself;
+ * neither → Direct / None.
+ */
+function sourceOf(e: Sent): string {
+  const names: Record<string, string> = {
+    twitter: 'Twitter',
+    'google.com': 'Google',
+    'news.ycombinator.com': 'Hacker News',
+  }
+  if (e.utm) return names[e.utm] ?? e.utm
+  const host = referrerLabel(e.referrer)
+  if (host === '(direct)') return 'Direct / None'
+  return names[host] ?? host
 }
 
 function goalsOf(type: 'page' | 'track', name: string | undefined, path: string): string[] {
@@ -332,6 +351,7 @@ function countedOf(sent: readonly Sent[]): Counted[] {
       path: e.path,
       referrer: referrerLabel(e.referrer),
       utm_source: e.utm ?? '(none)',
+      source: sourceOf(e),
       event: e.type === 'page' ? 'pageview' : e.name!,
       plan: e.plan ?? '(none)',
       goals: goalsOf(e.type, e.name, e.path),
@@ -435,7 +455,7 @@ function metricsOf(c: Cell): Record<string, number> {
   }
 }
 
-type Dim = 'path' | 'event' | 'referrer' | 'utm_source' | 'plan' | 'entry_page' | 'exit_page'
+type Dim = 'path' | 'event' | 'referrer' | 'utm_source' | 'source' | 'plan' | 'entry_page' | 'exit_page'
 
 class Reference {
   readonly counted: Counted[]
@@ -488,7 +508,8 @@ class Reference {
       if (dim === 'entry_page' || dim === 'exit_page') {
         const page = dim === 'entry_page' ? v.entry : v.exit
         if (page !== undefined) addVisit(at(page), v)
-      } else if (dim === 'referrer' || dim === 'utm_source' || dim === 'plan') addVisit(at(v.first[dim]), v)
+      } else if (dim === 'referrer' || dim === 'utm_source' || dim === 'source' || dim === 'plan')
+        addVisit(at(v.first[dim]), v)
     }
     return rows
   }
@@ -1090,6 +1111,7 @@ describe.each(backends)(
           ['event', 'event', ['events', 'pageviews', 'visitors']],
           ['referrer', 'referrer', ['visits', ...ALL_METRICS.filter((m) => m !== 'visits')]],
           ['utm_source', 'utm_source', ['events', ...ALL_METRICS.filter((m) => m !== 'events')]],
+          ['source', 'source', ['visits', ...ALL_METRICS.filter((m) => m !== 'visits')]],
           ['prop:plan', 'plan', ['pageviews', ...ALL_METRICS.filter((m) => m !== 'pageviews')]],
           ['entry_page', 'entry_page', ['visits', 'bounce_rate', 'visit_duration', 'views_per_visit']],
           ['exit_page', 'exit_page', ['visits', 'bounce_rate', 'visit_duration']],
@@ -1309,6 +1331,55 @@ describe.each(backends)(
           const wantDates = Array.from({ length: 7 }, (_, k) => addDays(today, k - 6))
           if (JSON.stringify(dates) !== JSON.stringify(wantDates))
             diffs.push({ where: tag('plausible 7d dates'), got: dates, want: wantDates })
+        }
+
+        // year_over_year: nothing a year before, so every comparison is 0 and every change null.
+        {
+          const body = await ok(s, '/v1/stats/aggregate', {
+            from: yesterday,
+            to: yesterday,
+            compare: 'year_over_year',
+            metrics: 'pageviews,events,visits',
+          })
+          const cur = metricsOf(ref.total(...localRange(zone, yesterday, yesterday)))
+          for (const m of ['pageviews', 'events', 'visits']) {
+            const r = body.results[m] as { value: number; comparison_value: number; change: number | null }
+            if (r.value !== cur[m] || r.comparison_value !== 0 || r.change !== null)
+              diffs.push({
+                where: tag(`year_over_year ${m}`),
+                got: r,
+                want: { value: cur[m], comparison_value: 0, change: null },
+              })
+          }
+        }
+
+        // Plausible's goal breakdown: per goal its converters (visitors) and completions (events).
+        {
+          const body = await ok(s, '/api/v1/stats/breakdown', {
+            site_id: s,
+            period: 'custom',
+            date: `${addDays(today, -2)},${today}`,
+            property: 'event:goal',
+            metrics: 'visitors,events',
+          })
+          // Goal rows have no minute windows: a +5:30 day's edges are floored to the hour.
+          const floored = zone === 'Asia/Kolkata'
+          const [a, b] = localRange(zone, addDays(today, -2), today).map((t) =>
+            floored ? Math.floor(t / HOUR) * HOUR : t,
+          ) as [number, number]
+          const got = body.results as Array<Record<string, any>>
+          for (const g of GOALS) {
+            const w = ref.goal(g.name, a, b).get('') ?? { converters: new Set(), completions: 0 }
+            const r = got.find((x) => x.goal === g.name)
+            if (!r) diffs.push({ where: tag(`plausible goal ${g.name}`), got: 'no row', want: w.completions })
+            else
+              compareMetrics(
+                tag(`plausible goal ${g.name}`),
+                r,
+                { visitors: w.converters.size, events: w.completions },
+                diffs,
+              )
+          }
         }
 
         // A filter on one property with a breakdown on another: refused with its code, not answered wrong.
