@@ -12,7 +12,7 @@ import {
 import { DIMENSION_GRANULARITIES, DIMENSIONS, GRANULARITIES } from '../../core/aggregate/definition.js'
 import { CassandraAggregateReader } from '../../core/cassandra/aggregate-reader.js'
 import type { StreamConfig, TallyConfig } from '../../core/config.js'
-import type { EmbeddedBackend } from '../../core/embedded/index.js'
+import { type EmbeddedBackend, openEmbedded } from '../../core/embedded/index.js'
 import { HyperLogLog, hllErrorBound } from '../../core/hll.js'
 import { createKafka } from '../../core/kafka/client.js'
 import type { Logger } from '../../core/log.js'
@@ -220,6 +220,23 @@ export async function streamToEnd(
  * (the group of `stream`, metrics as given) and returns once every partition's checkpoint is at the
  * end of the log.
  */
+/**
+ * The embedded backend of a stream test: its log (the raw topic with `config`'s partitions and the
+ * dead-letter topic) and store under `dataDir`.
+ */
+export function openStreamBackend(config: TallyConfig, dataDir: string, logger: Logger): EmbeddedBackend {
+  return openEmbedded({
+    dataDir,
+    hllPrecision: config.stream.hllPrecision,
+    ttlSeconds: config.stream.ttlSeconds,
+    topics: [
+      { topic: config.kafka.topicRaw, partitions: config.kafka.partitions },
+      { topic: config.kafka.topicDeadLetter, partitions: 1 },
+    ],
+    logger,
+  })
+}
+
 export async function streamEmbeddedToEnd(
   backend: Pick<EmbeddedBackend, 'log' | 'streamStore' | 'reader'>,
   o: { stream: StreamConfig; topic: string; deadLetterTopic: string; metrics: StreamMetrics; logger: Logger },

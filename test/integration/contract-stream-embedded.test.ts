@@ -3,7 +3,7 @@ import { embeddedPorts } from '../../app/backend.js'
 import { startStream } from '../../app/start.js'
 import { generateWorkload, truthOf } from '../../bench/workload.js'
 import { loadConfig } from '../../core/config.js'
-import { type EmbeddedBackend, openEmbedded } from '../../core/embedded/index.js'
+import type { EmbeddedBackend } from '../../core/embedded/index.js'
 import { createLogger } from '../../core/log.js'
 import type { ProgressNotice } from '../../core/ports/progress-notices.js'
 import type { Site } from '../../core/ports/site-store.js'
@@ -15,6 +15,7 @@ import {
   feed,
   ingestApp,
   lateInRealTime,
+  openStreamBackend,
   streamEmbeddedToEnd,
 } from '../helpers/stream.js'
 
@@ -37,16 +38,7 @@ const data = tempDataDir()
 const sites: Site[] = []
 
 function openBackend(): EmbeddedBackend {
-  return openEmbedded({
-    dataDir: data.dir,
-    hllPrecision: config.stream.hllPrecision,
-    ttlSeconds: config.stream.ttlSeconds,
-    topics: [
-      { topic, partitions: config.kafka.partitions },
-      { topic: dlq, partitions: 1 },
-    ],
-    logger,
-  })
+  return openStreamBackend(config, data.dir, logger)
 }
 
 /** Runs a worker until every partition's checkpoint reached the end of the log, then closes it. */

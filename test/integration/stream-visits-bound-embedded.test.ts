@@ -3,12 +3,17 @@ import { afterAll, describe, expect, it } from 'vitest'
 import { metricSum } from '../../bench/harness/prometheus.js'
 import { type GeneratedEvent, generateWorkload, truthOf } from '../../bench/workload.js'
 import { loadConfig } from '../../core/config.js'
-import { type EmbeddedBackend, openEmbedded } from '../../core/embedded/index.js'
+import type { EmbeddedBackend } from '../../core/embedded/index.js'
 import { createLogger } from '../../core/log.js'
 import { createStreamMetrics } from '../../stream/metrics.js'
-import { StreamWorker } from '../../stream/worker.js'
 import { tempDataDir } from '../contract/backends.js'
-import { checkpointsAtEnd, compareReaderWithTruth, feed, ingestApp } from '../helpers/stream.js'
+import {
+  compareReaderWithTruth,
+  feed,
+  ingestApp,
+  openStreamBackend,
+  streamEmbeddedToEnd,
+} from '../helpers/stream.js'
 import { visitTruthOf } from '../helpers/visit-truth.js'
 import { compareVisits } from '../helpers/visit-workload.js'
 
@@ -36,16 +41,7 @@ const dlq = config.kafka.topicDeadLetter
 const data = tempDataDir()
 
 function openBackend(): EmbeddedBackend {
-  return openEmbedded({
-    dataDir: data.dir,
-    hllPrecision: config.stream.hllPrecision,
-    ttlSeconds: config.stream.ttlSeconds,
-    topics: [
-      { topic, partitions: config.kafka.partitions },
-      { topic: dlq, partitions: 1 },
-    ],
-    logger,
-  })
+  return openStreamBackend(config, data.dir, logger)
 }
 
 afterAll(() => {
@@ -96,25 +92,13 @@ describe('open visits a stream partition keeps (TALLY_STREAM_OPEN_VISITS_MAX)', 
         await writer.close()
       }
       const metrics = createStreamMetrics()
-      const deadLetters = backend.log.writer()
-      const worker = new StreamWorker({
-        config: config.stream,
+      await streamEmbeddedToEnd(backend, {
+        stream: config.stream,
         topic,
         deadLetterTopic: dlq,
-        consumer: backend.log.consumer({ groupId: config.stream.group, topic }),
-        store: backend.streamStore,
-        deadLetters,
-        offsets: backend.log,
         metrics,
         logger,
       })
-      await worker.start()
-      try {
-        await checkpointsAtEnd(backend.log, backend.reader, config.stream.group, topic, 'caught up')
-      } finally {
-        await worker.close()
-        await deadLetters.close()
-      }
       const text = await metrics.registry.metrics()
       const open = metricSum(text, 'tally_stream_open_visits')
       const early = metricSum(text, 'tally_stream_visits_ended_early_total')

@@ -1,14 +1,20 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { truthOf } from '../../bench/workload.js'
 import { loadConfig } from '../../core/config.js'
-import { type EmbeddedBackend, openEmbedded } from '../../core/embedded/index.js'
+import type { EmbeddedBackend } from '../../core/embedded/index.js'
 import { createLogger } from '../../core/log.js'
 import type { Site } from '../../core/ports/site-store.js'
 import { createStreamMetrics } from '../../stream/metrics.js'
 import { StreamWorker } from '../../stream/worker.js'
 import { tempDataDir } from '../contract/backends.js'
 import { seeded } from '../helpers/processes.js'
-import { checkpointsAtEnd, compareReaderWithTruth, feed, ingestApp } from '../helpers/stream.js'
+import {
+  checkpointsAtEnd,
+  compareReaderWithTruth,
+  feed,
+  ingestApp,
+  openStreamBackend,
+} from '../helpers/stream.js'
 import { visitTruthOf } from '../helpers/visit-truth.js'
 import { compareVisits, visitWorkload } from '../helpers/visit-workload.js'
 
@@ -35,16 +41,7 @@ const sites: Site[] = []
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
 
 function openBackend(): EmbeddedBackend {
-  return openEmbedded({
-    dataDir: data.dir,
-    hllPrecision: config.stream.hllPrecision,
-    ttlSeconds: config.stream.ttlSeconds,
-    topics: [
-      { topic, partitions: config.kafka.partitions },
-      { topic: dlq, partitions: 1 },
-    ],
-    logger,
-  })
+  return openStreamBackend(config, data.dir, logger)
 }
 
 function makeWorker(backend: EmbeddedBackend) {

@@ -220,6 +220,18 @@ function rowsOf(map: ReturnType<typeof visitRows>): Rows {
   return out
 }
 
+/** A page view at `/` of `visitor` at `t`, with one session list for all. */
+function ev(visitor: string, t: number): VisitEvent {
+  return {
+    siteId: 's',
+    visitor,
+    timestampMs: t,
+    pageview: true,
+    path: '/',
+    session: ['a', 'b', 'c', 'd', 'e'],
+  }
+}
+
 function eventsOf(gen: readonly Gen[]): VisitEvent[] {
   return gen.map((g) => visitEventOf(g.event, g.t)).filter((e): e is VisitEvent => e !== undefined)
 }
@@ -436,14 +448,6 @@ describe('visits (core/aggregate/visits.ts)', () => {
 
   it('evicts visits once no acceptable event can reach them, and whole days once they ended', () => {
     const state = new VisitState(GAP)
-    const ev = (visitor: string, t: number): VisitEvent => ({
-      siteId: 's',
-      visitor,
-      timestampMs: t,
-      pageview: true,
-      path: '/',
-      session: ['a', 'b', 'c', 'd', 'e'],
-    })
     const t0 = day0 + 10 * HOUR
     state.add(ev('a', t0))
     state.add(ev('a', t0 + HOUR))
@@ -457,14 +461,6 @@ describe('visits (core/aggregate/visits.ts)', () => {
 
   it('ends early the least recently active visits beyond a bound (evictLeastRecent)', () => {
     const state = new VisitState(GAP)
-    const ev = (visitor: string, t: number): VisitEvent => ({
-      siteId: 's',
-      visitor,
-      timestampMs: t,
-      pageview: true,
-      path: '/',
-      session: ['a', 'b', 'c', 'd', 'e'],
-    })
     const t0 = day0 + 10 * HOUR
     // 10 visitors, the last event of visitor i at t0 + i minutes (visitor 0 had a second event).
     state.add(ev('v0', t0 - 5 * MIN))
