@@ -17,6 +17,7 @@ import type { EventLogHarness } from '../contract/event-log.js'
 import { archiveWholeLog, rebuildFromArchive } from '../helpers/archive-log.js'
 import { testConfig } from '../helpers/context.js'
 import { backends, closePipeline, type Harness, openPipeline } from '../helpers/pipeline-backends.js'
+import { seeded } from '../helpers/processes.js'
 import { streamToEnd } from '../helpers/stream.js'
 
 /**
@@ -76,17 +77,6 @@ const GOALS = [eventGoal('Signup'), pageGoal('/blog/*')]
 // ---------------------------------------------------------------------------------------------
 // The workload (seeded)
 
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0
-    let t = a
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
-
 type Channel = 'segment' | 'batch' | 'track' | 'plausible'
 
 /** One call sent. `type` identify counts nowhere; `bot` is sent with a crawler's user agent. */
@@ -112,7 +102,7 @@ interface SiteSpec {
 }
 
 function generate(site: SiteSpec, seed: number): { sent: Sent[]; duplicates: Sent[] } {
-  const rnd = mulberry32(seed)
+  const rnd = seeded(seed)
   const pick = <T>(xs: readonly T[]): T => xs[Math.floor(rnd() * xs.length)]!
   const sent: Sent[] = []
   let n = 0
