@@ -239,15 +239,21 @@ export async function plausibleStatsRoutes(app: FastifyInstance, deps: Plausible
       )
     }
     const matches = matcherOf(f)
-    // Matched as Plausible names the values (Desktop, Mac), asked as Tally stores them.
+    // Matched by Plausible's name of the value (Desktop, Mac) or Tally's own (desktop, Mac OS), as
+    // `==` takes either; asked as Tally stores them.
     const values = answer.results
       .map((r) => String(r[property]))
-      .filter((v) => matches(plausibleLabel(property, v)) !== f.negated)
+      .filter((v) => (matches(plausibleLabel(property, v)) || matches(v)) !== f.negated)
     // No value matches: a value no row has, so every number is 0.
     return values.length > 0 ? values : ['\u0000']
   }
 
-  const goalNames = new LRUCache<string, readonly string[]>({ max: 10_000, ttl: Math.max(1, ttl) })
+  const goalNames = new LRUCache<string, { names: readonly string[]; readAtMs: number }>({
+    max: 10_000,
+    ttl: Math.max(1, ttl),
+  })
+  /** A miss reads a site's goals again at most this often (unknown names cannot flood the store). */
+  const GOALS_REREAD_MS = 1000
 
   /**
    * Plausible's check of goal filters: each goal named must be one the site defines (a site moved
@@ -259,16 +265,18 @@ export async function plausibleStatsRoutes(app: FastifyInstance, deps: Plausible
     if (!goal || !deps.sites?.listGoals) return
     const listGoals = deps.sites.listGoals.bind(deps.sites)
     const read = async (): Promise<readonly string[]> => {
-      const fresh = (await listGoals(siteId)).map((g) => g.name)
-      goalNames.set(siteId, fresh)
-      return fresh
+      const names = (await listGoals(siteId)).map((g) => g.name)
+      goalNames.set(siteId, { names, readAtMs: Date.now() })
+      return names
     }
     const missingIn = (names: readonly string[]) =>
       goal.values.find((v) => !v.includes('*') && !names.includes(v))
     const cached = goalNames.get(siteId)
-    let missing = missingIn(cached ?? (await read()))
-    // A goal added since the list was kept is not refused: a miss reads the list again first.
-    if (missing !== undefined && cached !== undefined) missing = missingIn(await read())
+    let missing = missingIn(cached?.names ?? (await read()))
+    // A goal added since the list was kept is not refused: a miss reads the list again first (at
+    // most once a second per site).
+    if (missing !== undefined && cached !== undefined && Date.now() - cached.readAtMs >= GOALS_REREAD_MS)
+      missing = missingIn(await read())
     if (missing === undefined) return
     const what = missing.startsWith('Visit ')
       ? `The pageview goal for the pathname \`${missing.slice('Visit '.length)}\` is not configured for this site. `

@@ -39,15 +39,16 @@ const GRACE_MS = 4 * DAY
 const logger = createLogger('silent')
 
 /**
- * "Today" must be the same local date for the reference and the reads a minute later: a run that
- * would start within 4 minutes of a local midnight of one of the zones waits until it has passed.
+ * "Today" must be the same local date for the reference and the reads of the whole file (both
+ * backends, a few minutes): a run that would start within 12 minutes of a local midnight of one of
+ * the zones waits until it has passed.
  */
 async function pastLocalMidnights(zones: ReadonlyArray<string | undefined>): Promise<void> {
   for (;;) {
     const now = Date.now()
     const next = zones.map((z) => localMidnight(addDays(localDate(now, z), 1), z) - now)
     const soonest = Math.min(...next)
-    if (soonest > 4 * 60_000) return
+    if (soonest > 12 * 60_000) return
     await new Promise((r) => setTimeout(r, soonest + 1000))
   }
 }

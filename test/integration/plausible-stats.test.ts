@@ -441,6 +441,13 @@ describe.each(['cassandra', 'embedded'])("Plausible's Stats API v1 on %s", (name
       events((e) => dimensionValues(e).browser !== 'Edge'),
     )
     expect(events((e) => dimensionValues(e).os === 'Linux')).toBeGreaterThan(0)
+    // Tally's own names keep working in every form of filter (== took them before the renaming).
+    const notDesktop = events((e) => dimensionValues(e).device !== 'desktop')
+    expect(events((e) => dimensionValues(e).device === 'desktop')).toBeGreaterThan(0)
+    expect(await filtered('visit:device!=desktop')).toBe(notDesktop)
+    expect(await filtered('visit:device!=Desktop')).toBe(notDesktop)
+    expect(await filtered('visit:device==desk*')).toBe(events((e) => dimensionValues(e).device === 'desktop'))
+    expect(await filtered('visit:os==Mac OS*')).toBe(events((e) => dimensionValues(e).os === 'Mac OS'))
   })
 
   it("answers Plausible's errors: tokens, parameters, and what the rollups cannot answer", async () => {
