@@ -204,6 +204,11 @@ export interface StreamConfig {
    * rebuilt. Bounds the worker's memory and the visit state written (one Cassandra mutation).
    */
   openVisitsMax: number
+  /**
+   * Bytes of a partition's serialized visit state (TALLY_STREAM_VISIT_STATE_MAX_BYTES, default
+   * 12 MiB: one Cassandra mutation, 16 MiB by default). Above it visits end early as above.
+   */
+  visitStateMaxBytes: number
   /** Open windows (all granularities and sites) one partition holds in memory; beyond it the oldest are written and dropped. Default 20000. */
   maxOpenWindows: number
   /** messageIds are remembered this long (by receivedAt) to drop client retries. Default 1 h, at most 24 h. */
@@ -667,7 +672,13 @@ export const VARIABLES = {
     100_000,
     1_000,
     1_000_000,
-    "open visits a stream partition keeps (about 0.7 KB of heap and 60–150 bytes of written state each; the state is one Cassandra mutation, 16 MiB by default); beyond it the least recently active end early at a flush (`tally_stream_visits_ended_early_total`, a warning): a visitor who returns within the gap then starts a new visit, so those days' visits are approximate until rebuilt",
+    "open visits a stream partition keeps (typically about 0.7 KB of heap and 60–150 bytes of written state each; TALLY_STREAM_VISIT_STATE_MAX_BYTES bounds the state's bytes); beyond it the least recently active end early at a flush (`tally_stream_visits_ended_early_total`, a warning): a visitor who returns within the gap then starts a new visit, so those days' visits and conversions by visit values (source, UTM, entry and exit page) are approximate until rebuilt",
+  ),
+  TALLY_STREAM_VISIT_STATE_MAX_BYTES: integer(
+    12 * 1024 * 1024,
+    64 * 1024,
+    256 * 1024 * 1024,
+    "bytes of a partition's visit state as written with each checkpoint (one Cassandra mutation: keep it under the cluster's max_mutation_size, 16 MiB by default); visits with long ids, paths or UTM values take up to a few KB each, so beyond it the least recently active end early as for TALLY_STREAM_OPEN_VISITS_MAX",
   ),
   TALLY_STREAM_MAX_OPEN_WINDOWS: integer(
     20_000,
@@ -934,6 +945,7 @@ export function loadConfig(env: Env = process.env): TallyConfig {
       breakdowns: v.TALLY_BREAKDOWNS,
       countsVisits: v.TALLY_STREAM_VISITS === 'on',
       openVisitsMax: v.TALLY_STREAM_OPEN_VISITS_MAX,
+      visitStateMaxBytes: v.TALLY_STREAM_VISIT_STATE_MAX_BYTES,
       maxOpenWindows: v.TALLY_STREAM_MAX_OPEN_WINDOWS,
       dedupHorizonMs: v.TALLY_DEDUP_HORIZON_MS,
       flushIntervalMs: v.TALLY_FLUSH_INTERVAL_MS,

@@ -378,16 +378,16 @@ export class StreamWorker extends PartitionOwner<PartitionState> {
       if (visits.state.evict(oldestAcceptableMs(state.watermarkMs, config.graceMs), ended) > 0)
         visits.changed = true
       // The memory bound: beyond it the least recently active visits end now (approximate visits
-      // for their days until a rebuild, said in the log and a metric).
-      const early = visits.state.evictLeastRecent(config.openVisitsMax, ended)
-      if (early > 0) {
-        visits.changed = true
-        metrics.visitsEndedEarly.inc({ partition: String(state.ref.partition) }, early)
-        this.deps.logger.warn(
-          { partition: state.ref.partition, endedEarly: early, openVisitsMax: config.openVisitsMax },
-          "open visits above TALLY_STREAM_OPEN_VISITS_MAX: the least recently active ended early; their days' visits are approximate until rebuilt",
-        )
+      // for their days until a rebuild, said in the log and a metric). In count, and in bytes by the
+      // last state's bytes per visit, so the state stays one write (TALLY_STREAM_VISIT_STATE_MAX_BYTES).
+      if (visits.pendingEnded) {
+        ended.push(...visits.pendingEnded)
+        visits.pendingEnded = undefined
       }
+      const byBytes = visits.bytesPerVisit
+        ? Math.floor((0.9 * config.visitStateMaxBytes) / visits.bytesPerVisit)
+        : Number.POSITIVE_INFINITY
+      this.endEarly(state, visits.state.evictLeastRecent(Math.min(config.openVisitsMax, byBytes), ended))
       if (ended.length > 0) await this.countEnded(state, ended, control)
     }
     const dirtyRows = state.rows.dirty
@@ -417,7 +417,21 @@ export class StreamWorker extends PartitionOwner<PartitionState> {
         // nextOffset: during a replay (processedNext still below it) a state written for an
         // eviction must keep saying so, or a crash then would add the events between twice.
         const nextOffset = Math.max(state.processedNext, visits.nextOffset)
-        const snapshot = { nextOffset, state: visits.state.serialize() }
+        let bytes = visits.state.serialize()
+        // Visits larger than the last ones (long ids, paths, UTM values) can outgrow the estimate:
+        // end more until the state fits; converters of those with goals go with the next rows.
+        while (bytes.byteLength > config.visitStateMaxBytes && visits.state.openVisits > 0) {
+          const pending: EndedVisit[] = []
+          const keep = Math.floor(
+            (0.9 * visits.state.openVisits * config.visitStateMaxBytes) / bytes.byteLength,
+          )
+          this.endEarly(state, visits.state.evictLeastRecent(keep, pending))
+          if (pending.length > 0) visits.pendingEnded = [...(visits.pendingEnded ?? []), ...pending]
+          bytes = visits.state.serialize()
+        }
+        const open = visits.state.openVisits
+        visits.bytesPerVisit = open > 0 ? bytes.byteLength / open : undefined
+        const snapshot = { nextOffset, state: bytes }
         await this.untilStopped(
           () => store.writeVisitState(state.ref, snapshot, state.epoch),
           'write visit state',
@@ -449,6 +463,27 @@ export class StreamWorker extends PartitionOwner<PartitionState> {
     const graceLine = state.watermarkMs - config.graceMs
     state.rows.evict(graceLine)
     state.dedup.expire(state.watermarkMs - config.dedupHorizonMs)
+  }
+
+  /** Counts visits ended early by the bound, and warns at most once a minute per partition. */
+  private endEarly(state: PartitionState, early: number): void {
+    const visits = state.visits
+    if (early === 0 || !visits) return
+    visits.changed = true
+    const { metrics, config } = this.deps
+    metrics.visitsEndedEarly.inc({ partition: String(state.ref.partition) }, early)
+    const now = Date.now()
+    if (visits.warnedAtMs !== undefined && now - visits.warnedAtMs < 60_000) return
+    visits.warnedAtMs = now
+    this.deps.logger.warn(
+      {
+        partition: state.ref.partition,
+        endedEarly: early,
+        openVisitsMax: config.openVisitsMax,
+        visitStateMaxBytes: config.visitStateMaxBytes,
+      },
+      "open visits above TALLY_STREAM_OPEN_VISITS_MAX or TALLY_STREAM_VISIT_STATE_MAX_BYTES: the least recently active ended early (counted in tally_stream_visits_ended_early_total; warned at most once a minute); their days' visits and conversions by visit are approximate until rebuilt",
+    )
   }
 
   /**
