@@ -514,12 +514,6 @@ export interface PartitionVisits {
   nextOffset: number
   /** Changed since last written (an event added, or visits evicted). */
   changed: boolean
-  /** Serialized bytes per open visit of the last state written (the worker's byte bound). */
-  bytesPerVisit?: number
-  /** Visits with goals ended early after the last rows were written: their converters go with the next. */
-  pendingEnded?: EndedVisit[]
-  /** When the worker last warned that this partition ended visits early. */
-  warnedAtMs?: number
 }
 
 /** What the steps read and change of one owned partition (the worker's PartitionState). */

@@ -46,6 +46,12 @@ class PartitionState extends OwnedPartition implements PipelineState {
   lastFlushMs = Date.now()
   lastCheckpointMs = Date.now()
   dirty = false
+  /** The visit bounds' bookkeeping: serialized bytes per open visit of the last state written. */
+  visitBytesPerVisit: number | undefined
+  /** Visits with goals ended early after the last rows were written: their converters go with the next. */
+  pendingEnded: EndedVisit[] = []
+  /** When visits ending early was last logged for this partition. */
+  warnedEarlyAtMs: number | undefined
 
   constructor(
     readonly ref: PartitionRef,
@@ -380,12 +386,10 @@ export class StreamWorker extends PartitionOwner<PartitionState> {
       // The memory bound: beyond it the least recently active visits end now (approximate visits
       // for their days until a rebuild, said in the log and a metric). In count, and in bytes by the
       // last state's bytes per visit, so the state stays one write (TALLY_STREAM_VISIT_STATE_MAX_BYTES).
-      if (visits.pendingEnded) {
-        ended.push(...visits.pendingEnded)
-        visits.pendingEnded = undefined
-      }
-      const byBytes = visits.bytesPerVisit
-        ? Math.floor((0.9 * config.visitStateMaxBytes) / visits.bytesPerVisit)
+      ended.push(...state.pendingEnded)
+      state.pendingEnded = []
+      const byBytes = state.visitBytesPerVisit
+        ? Math.floor((0.9 * config.visitStateMaxBytes) / state.visitBytesPerVisit)
         : Number.POSITIVE_INFINITY
       this.endEarly(state, visits.state.evictLeastRecent(Math.min(config.openVisitsMax, byBytes), ended))
       if (ended.length > 0) await this.countEnded(state, ended, control)
@@ -421,16 +425,14 @@ export class StreamWorker extends PartitionOwner<PartitionState> {
         // Visits larger than the last ones (long ids, paths, UTM values) can outgrow the estimate:
         // end more until the state fits; converters of those with goals go with the next rows.
         while (bytes.byteLength > config.visitStateMaxBytes && visits.state.openVisits > 0) {
-          const pending: EndedVisit[] = []
           const keep = Math.floor(
             (0.9 * visits.state.openVisits * config.visitStateMaxBytes) / bytes.byteLength,
           )
-          this.endEarly(state, visits.state.evictLeastRecent(keep, pending))
-          if (pending.length > 0) visits.pendingEnded = [...(visits.pendingEnded ?? []), ...pending]
+          this.endEarly(state, visits.state.evictLeastRecent(keep, state.pendingEnded))
           bytes = visits.state.serialize()
         }
         const open = visits.state.openVisits
-        visits.bytesPerVisit = open > 0 ? bytes.byteLength / open : undefined
+        state.visitBytesPerVisit = open > 0 ? bytes.byteLength / open : undefined
         const snapshot = { nextOffset, state: bytes }
         await this.untilStopped(
           () => store.writeVisitState(state.ref, snapshot, state.epoch),
@@ -473,8 +475,8 @@ export class StreamWorker extends PartitionOwner<PartitionState> {
     const { metrics, config } = this.deps
     metrics.visitsEndedEarly.inc({ partition: String(state.ref.partition) }, early)
     const now = Date.now()
-    if (visits.warnedAtMs !== undefined && now - visits.warnedAtMs < 60_000) return
-    visits.warnedAtMs = now
+    if (state.warnedEarlyAtMs !== undefined && now - state.warnedEarlyAtMs < 60_000) return
+    state.warnedEarlyAtMs = now
     this.deps.logger.warn(
       {
         partition: state.ref.partition,

@@ -14,6 +14,7 @@ import { monthsOf, previousPeriod, type ResolvedPeriod, resolvePeriod } from './
 import {
   checkPlausibleMetrics,
   isPlausibleWorded,
+  PLAUSIBLE_DOCS,
   type PlausibleProperty,
   plausibleError,
   plausibleLabel,
@@ -283,7 +284,7 @@ export async function plausibleStatsRoutes(app: FastifyInstance, deps: Plausible
       : `The goal \`${missing}\` is not configured for this site. `
     throw plausibleError(
       'filters',
-      `${what}Find out how to configure goals here: https://plausible.io/docs/stats-api#filtering-by-goals`,
+      `${what}Find out how to configure goals here: ${PLAUSIBLE_DOCS}#filtering-by-goals`,
     )
   }
 

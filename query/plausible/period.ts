@@ -8,7 +8,7 @@ import {
   startOfLocalDay,
   UTC,
 } from '../zone.js'
-import { plausibleError } from './properties.js'
+import { PLAUSIBLE_DOCS, plausibleError } from './properties.js'
 
 /**
  * Plausible's periods as half-open ranges [fromMs, toMs): every one is whole local days of the
@@ -32,8 +32,6 @@ export interface ResolvedPeriod extends LocalSpan {
   /** Calendar days of the range (in the zone). */
   days: number
 }
-
-const DOCS = 'https://plausible.io/docs/stats-api'
 
 /**
  * A `date` as Plausible reads it (Elixir's Date.from_iso8601), with its message: `invalid_format`
@@ -85,7 +83,7 @@ export function resolvePeriod(
   if (!PLAUSIBLE_PERIODS.includes(period)) {
     throw plausibleError(
       'period',
-      `Error parsing \`period\` parameter: invalid period \`${periodRaw}\`. Please find accepted values in our docs: ${DOCS}#time-periods`,
+      `Error parsing \`period\` parameter: invalid period \`${periodRaw}\`. Please find accepted values in our docs: ${PLAUSIBLE_DOCS}#time-periods`,
     )
   }
   let first: LocalDate
@@ -94,14 +92,14 @@ export function resolvePeriod(
     if (dateRaw === undefined)
       throw plausibleError(
         'date',
-        `The \`date\` parameter is required when using a custom period. See ${DOCS}#time-periods`,
+        `The \`date\` parameter is required when using a custom period. See ${PLAUSIBLE_DOCS}#time-periods`,
       )
     const parts = dateRaw.split(',')
     const days = parts.length === 2 ? parts.map((p) => parseCustomDay(p)) : []
     if (days.length !== 2 || days.includes(undefined))
       throw plausibleError(
         'date',
-        `Invalid format for \`date\` parameter. When using a custom period, please include two ISO-8601 formatted dates joined by a comma. See ${DOCS}#time-periods`,
+        `Invalid format for \`date\` parameter. When using a custom period, please include two ISO-8601 formatted dates joined by a comma. See ${PLAUSIBLE_DOCS}#time-periods`,
       )
     first = days[0]!
     last = days[1]!
